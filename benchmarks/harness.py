@@ -1,0 +1,188 @@
+"""The benchmark harness: repeat, summarise (median, min-max), compare to a baseline, print."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+PG_DSN = os.environ.get("DC_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("DC_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class Row:
+    """One measured line of a table: the values of every repeat, in ``unit``."""
+
+    label: str
+    values: list[float]
+    unit: str
+    baseline: bool = False
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+
+@dataclass
+class Table:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    #: Lines printed under the table: targets met or not, the setup.
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def baseline(self) -> Row | None:
+        return next((r for r in self.rows if r.baseline), None)
+
+    def ratio(self, row: Row) -> float | None:
+        base = self.baseline()
+        if base is None or row is base or not base.values or not row.values:
+            return None
+        if base.unit != row.unit:
+            return None
+        if row.higher_is_better:
+            return row.median / base.median if base.median else None
+        return base.median / row.median if row.median else None
+
+
+@dataclass
+class BenchContext:
+    quick: bool
+    repeats: int
+    pg_dsn: str = PG_DSN
+    pg_url: str = PG_URL
+    redis_url: str = REDIS_URL
+
+
+async def repeat(n: int, fn: Callable[[], Awaitable[float]]) -> list[float]:
+    """Run ``fn`` ``n`` times and collect what each run returns."""
+    return [await fn() for _ in range(n)]
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def render(table: Table) -> str:
+    header = ("case", "median", "min-max", "unit", "vs baseline")
+    lines = [[r.label + (" (baseline)" if r.baseline else ""), _fmt(r.median),
+              f"{_fmt(min(r.values))}-{_fmt(max(r.values))}" if r.values else "-", r.unit,
+              (f"{ratio:.1f}x" if (ratio := table.ratio(r)) is not None else "")]
+             for r in table.rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    out = [f"\n## {table.title}", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    out += [f"- {note}" for note in table.notes]
+    return "\n".join(out)
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "postgresql": _version(["psql", "--version"]),
+        "redis": _version(["redis-server", "--version"]),
+    }
+
+
+def discover() -> dict[str, Any]:
+    import benchmarks
+
+    found = {}
+    for info in sorted(pkgutil.iter_modules(benchmarks.__path__), key=lambda m: m.name):
+        if info.name.startswith("bench_"):
+            module = importlib.import_module(f"benchmarks.{info.name}")
+            found[module.NAME] = module
+    return found
+
+
+async def main_async(names: list[str], quick: bool, json_path: str | None, repeats: int | None) -> int:
+    modules = discover()
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(modules)}")
+        return 2
+    selected = names or list(modules)
+    ctx = BenchContext(quick=quick, repeats=repeats or 3)
+    info = machine_info()
+    print(f"# Benchmarks ({'quick' if quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    results: dict[str, Any] = {"machine": info, "quick": quick, "benchmarks": {}}
+    failed = 0
+    for name in selected:
+        module = modules[name]
+        print(f"\n# {name}: {module.DESCRIPTION}", flush=True)
+        started = time.perf_counter()
+        try:
+            tables = await module.run(ctx)
+        except Exception as exc:  # a benchmark that breaks is reported, and the others still run
+            failed += 1
+            print(f"FAILED: {type(exc).__name__}: {exc}")
+            results["benchmarks"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        for table in tables:
+            print(render(table), flush=True)
+        print(f"({name} took {time.perf_counter() - started:.1f} s)")
+        results["benchmarks"][name] = [
+            {"title": t.title, "notes": t.notes,
+             "rows": [dict(asdict(r), median=r.median, ratio=t.ratio(r)) for r in t.rows]}
+            for t in tables
+        ]
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 1 if failed else 0
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
+    parser.add_argument("--json", dest="json_path", help="also write the results to this file")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per case (default 3)")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return asyncio.run(main_async(args.names, args.quick, args.json_path, args.repeats))

@@ -1,0 +1,348 @@
+"""The project's configuration: ``config.yaml`` plus ``DC__*`` environment overrides, validated.
+
+A config may be given as a path, a dict, a :class:`Config` or ``None`` (the defaults plus the
+environment). Environment variables override the file: ``DC__DATABASE__URL=...`` sets
+``database.url``, ``DC__PERFORMANCE__DB_POOL_SIZE=10`` sets ``performance.db_pool_size``.
+
+Any unknown key or bad value raises :class:`~data_collector.errors.ConfigError` with one line that
+names the key, e.g. ``config.yaml: performance.db_pool_size: must be a positive integer``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from data_collector.errors import ConfigError, UsageError
+from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
+
+ENV_PREFIX = "DC__"
+DEFAULT_CONFIG_PATH = Path("config.yaml")
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/crypto_data"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+_RELATIVE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
+_RELATIVE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExchangeConfig(_Section):
+    """Which exchange to talk to, through ccxt."""
+
+    id: str = "binance"
+    #: Extra ccxt options (merged into ``options``), e.g. ``{"fetchMarkets": {"types": ["spot"]}}``.
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: Overrides of ccxt's ``urls`` (the simulator sets these), e.g. ``{"api": {"public": ...}}``.
+    urls: dict[str, Any] = Field(default_factory=dict)
+    #: WebSocket base URL for the streamer; ``None`` means the exchange's own.
+    ws_url: str | None = None
+    api_key: SecretStr | None = None
+    secret: SecretStr | None = None
+    #: Timeout of one HTTP request to the exchange.
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("id")
+    @classmethod
+    def _known_exchange(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9]{2,32}$", value):
+            raise ValueError("must be a ccxt exchange id such as 'binance'")
+        return value
+
+
+class DatabaseConfig(_Section):
+    """Where candles are stored: PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
+
+    url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    #: PostgreSQL schema that holds the tables (tests use one schema each).
+    db_schema: str = Field(default="public", alias="schema")
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Bound on any single statement or COPY, enforced from outside the driver as well.
+    command_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not (url.startswith("postgresql") or url.startswith("sqlite")):
+            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return value
+
+    @field_validator("db_schema")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENT_RE.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
+        return value
+
+
+class RedisConfig(_Section):
+    """Redis, for the streamer, the cache and the health heartbeat."""
+
+    url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
+    #: First part of every key the project writes (``dc:...``); tests use one prefix each.
+    prefix: str = "dc"
+    socket_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("prefix")
+    @classmethod
+    def _safe_prefix(cls, value: str) -> str:
+        if not _PREFIX_RE.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return value
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    file: str | None = "logs/optimized_collection.log"
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    backup_count: int = Field(default=5, ge=0)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class PerformanceConfig(_Section):
+    """The user's tuning keys, with their defaults. Each does what its name says."""
+
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    db_max_overflow: int = Field(default=40, ge=0, le=1000)
+    db_pool_recycle: int = Field(default=3600, ge=-1)
+    redis_pool_size: int = Field(default=50, ge=1, le=10000)
+    ws_batch_size: int = Field(default=10, ge=1, le=100_000)
+    ws_batch_interval: float = Field(default=0.1, gt=0, le=60)
+    concurrent_symbols: int = Field(default=5, ge=1, le=1000)
+    #: Requests per minute, a cap on top of the exchange's own limit.
+    api_rate_limit: int = Field(default=1200, ge=1, le=1_000_000)
+
+
+class CacheConfig(_Section):
+    compression: Literal["lz4", "zlib", "none"] = "lz4"
+    #: Values whose packed size is at least this many bytes are compressed.
+    compress_threshold: int = Field(default=1024, ge=0)
+    namespace: str = "cache"
+
+
+class StreamingConfig(_Section):
+    channels: list[str] = Field(default_factory=lambda: ["trade", "bookTicker", "kline_1m", "depth"])
+    #: Redis stream length bound (``XADD MAXLEN ~``).
+    stream_maxlen: int = Field(default=100_000, ge=1)
+    #: Messages kept in memory while Redis is unreachable; the oldest are dropped past this.
+    buffer_max: int = Field(default=100_000, ge=1)
+    #: Reconnect a connection that has been silent this long.
+    watchdog_s: float = Field(default=30.0, gt=0)
+    reconnect_max_backoff_s: float = Field(default=30.0, gt=0)
+    book_depth: int = Field(default=20, ge=1, le=5000)
+    book_publish_interval_ms: int = Field(default=100, ge=0)
+
+
+class MetricsConfig(_Section):
+    #: Port of the Prometheus ``/metrics`` endpoint; ``None`` switches it off.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: Heartbeat key TTL; the health check reports a writer whose heartbeat expired.
+    heartbeat_ttl_s: int = Field(default=60, ge=1)
+
+
+class Config(BaseSettings):
+    """The whole configuration. Build one with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        populate_by_name=True,
+    )
+
+    exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+    symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
+    timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
+    #: ISO date/datetime, or a relative form like ``180d`` (before now).
+    start: str = "30d"
+    #: ISO date/datetime, a relative form, or ``None`` for now.
+    end: str | None = None
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, as twelve-factor deployments expect.
+        return (env_settings, init_settings)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        try:
+            out = [normalize_symbol(s) for s in value]
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        if not out:
+            raise ValueError("list at least one symbol, e.g. ['SOL/USDT']")
+        return list(dict.fromkeys(out))
+
+    @field_validator("timeframes")
+    @classmethod
+    def _timeframes(cls, value: list[str]) -> list[str]:
+        try:
+            out = [validate_timeframe(tf) for tf in value]
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        if not out:
+            raise ValueError("list at least one timeframe, e.g. ['1m', '1h']")
+        return list(dict.fromkeys(out))
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time_spec(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_time_ms(value)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def start_ms(self, now_ms: int | None = None) -> int:
+        return parse_time_ms(self.start, now_ms)
+
+    def end_ms(self, now_ms: int | None = None) -> int:
+        return parse_time_ms(self.end, now_ms) if self.end is not None else _now_ms(now_ms)
+
+
+def _now_ms(now_ms: int | None) -> int:
+    return now_ms if now_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
+
+
+def to_ms(value: datetime | date | int | float | str) -> int:
+    """Convert a datetime, date, ms integer or time spec to UTC milliseconds.
+
+    Timezone-naive datetimes are taken as UTC.
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"not a time: {value!r}")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return int(value.timestamp() * 1000)
+    if isinstance(value, date):
+        return int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp() * 1000)
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        return parse_time_ms(value)
+    raise UsageError(f"not a time: {value!r}; use a datetime, an ISO date or a form like '30d'")
+
+
+def parse_time_ms(spec: str, now_ms: int | None = None) -> int:
+    """Parse an ISO date/datetime or a relative ``<n><s|m|h|d|w>`` (ago) into UTC milliseconds."""
+    text = spec.strip()
+    match = _RELATIVE_RE.match(text)
+    if match:
+        delta = timedelta(**{_RELATIVE_UNITS[match.group(2)]: int(match.group(1))})
+        return _now_ms(now_ms) - int(delta.total_seconds() * 1000)
+    if text.lower() == "now":
+        return _now_ms(now_ms)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"invalid time {spec!r}: use an ISO date like 2024-01-01 or a relative form like 180d"
+        ) from None
+    return to_ms(parsed)
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{origin}: unknown key '{loc}'; check its spelling against config.yaml"
+    message = first["msg"]
+    for noise in ("Value error, ", "Assertion failed, "):
+        message = message.replace(noise, "")
+    extra = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{origin}: {loc}: {message}{extra}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (exchange:, database:, ...)")
+    return data
+
+
+def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> Config:
+    """Build a validated :class:`Config`.
+
+    Args:
+        source: a ``Config`` (returned as is), a dict of settings, a path to a YAML file, or
+            ``None`` for ``./config.yaml`` when it exists, else the defaults. ``DC__*``
+            environment variables override whatever the source says.
+
+    Raises:
+        ConfigError: one line naming the key that is wrong and what to fix.
+    """
+    if isinstance(source, Config):
+        return source
+    origin = "config"
+    data: dict[str, Any]
+    if source is None:
+        data = _read_yaml(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else {}
+        origin = str(DEFAULT_CONFIG_PATH) if data else "config"
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        data = _read_yaml(path)
+        origin = str(path)
+    else:
+        raise ConfigError(f"config must be a path, a dict or a Config, not {type(source).__name__}")
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+    except UsageError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        # pydantic-settings raises SettingsError (a ValueError) for unparsable env values.
+        raise ConfigError(f"{origin}: {exc}") from None

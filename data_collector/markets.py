@@ -1,0 +1,164 @@
+"""Symbols and timeframes: validation and time arithmetic shared by every part of the project.
+
+Symbols are canonical ccxt spot symbols, ``BASE/QUOTE`` in upper case (``SOL/USDT``). Anything
+else is rejected here, before it can reach SQL, a Redis key or a URL. Timeframes are ccxt strings
+(``1m`` … ``1M``); each has a fixed small-integer code used as a database key, which must never
+change once data has been written with it.
+
+All times are UTC integers in milliseconds (``*_ms``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from data_collector.errors import InvalidSymbolError, InvalidTimeframeError
+
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+WEEK_MS = 7 * DAY_MS
+#: 1970-01-01 was a Thursday; Binance's weekly candles open on Mondays (1970-01-05).
+WEEK_OFFSET_MS = 4 * DAY_MS
+
+#: ccxt timeframe -> fixed-length duration in ms (``1M`` is calendar months, handled apart).
+TIMEFRAME_MS: dict[str, int] = {
+    "1s": SECOND_MS,
+    "1m": MINUTE_MS,
+    "3m": 3 * MINUTE_MS,
+    "5m": 5 * MINUTE_MS,
+    "15m": 15 * MINUTE_MS,
+    "30m": 30 * MINUTE_MS,
+    "1h": HOUR_MS,
+    "2h": 2 * HOUR_MS,
+    "4h": 4 * HOUR_MS,
+    "6h": 6 * HOUR_MS,
+    "8h": 8 * HOUR_MS,
+    "12h": 12 * HOUR_MS,
+    "1d": DAY_MS,
+    "3d": 3 * DAY_MS,
+    "1w": WEEK_MS,
+}
+
+#: Every timeframe Binance spot serves, shortest first.
+TIMEFRAMES: tuple[str, ...] = (*TIMEFRAME_MS, "1M")
+
+#: Stable database codes. Append only: a code, once used, keeps its meaning forever.
+TIMEFRAME_CODES: dict[str, int] = {tf: i for i, tf in enumerate(TIMEFRAMES)}
+CODE_TIMEFRAMES: dict[int, str] = {code: tf for tf, code in TIMEFRAME_CODES.items()}
+
+DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
+
+
+def normalize_symbol(symbol: object) -> str:
+    """Return the canonical ``BASE/QUOTE`` form of ``symbol`` or raise ``InvalidSymbolError``.
+
+    Lower case is accepted and upper-cased; anything but letters, digits and one slash is refused.
+    """
+    if not isinstance(symbol, str):
+        raise InvalidSymbolError(f"symbol must be a string like 'SOL/USDT', got {type(symbol).__name__}")
+    text = symbol.strip().upper()
+    if not _SYMBOL_RE.match(text):
+        shown = symbol if len(symbol) <= 40 else symbol[:37] + "..."
+        raise InvalidSymbolError(
+            f"invalid symbol {shown!r}: use BASE/QUOTE with letters and digits, e.g. 'SOL/USDT'"
+        )
+    return text
+
+
+def normalize_symbols(symbols: Iterable[object]) -> list[str]:
+    """Normalise a list of symbols, dropping repeats but keeping order."""
+    seen: dict[str, None] = {}
+    for symbol in symbols:
+        seen.setdefault(normalize_symbol(symbol), None)
+    return list(seen)
+
+
+def exchange_symbol(symbol: str) -> str:
+    """``SOL/USDT`` -> ``SOLUSDT`` (Binance's REST form)."""
+    return normalize_symbol(symbol).replace("/", "")
+
+
+def stream_symbol(symbol: str) -> str:
+    """``SOL/USDT`` -> ``solusdt`` (Binance's WebSocket stream form)."""
+    return exchange_symbol(symbol).lower()
+
+
+def validate_timeframe(timeframe: object) -> str:
+    """Return ``timeframe`` if it is a supported ccxt timeframe, else raise ``InvalidTimeframeError``."""
+    if isinstance(timeframe, str) and timeframe in TIMEFRAME_CODES:
+        return timeframe
+    shown = repr(timeframe) if not isinstance(timeframe, str) or len(timeframe) <= 40 else repr(timeframe[:37] + "...")
+    raise InvalidTimeframeError(f"unknown timeframe {shown}: use one of {', '.join(TIMEFRAMES)}")
+
+
+def timeframe_code(timeframe: str) -> int:
+    """The fixed small-integer database code of ``timeframe``."""
+    return TIMEFRAME_CODES[validate_timeframe(timeframe)]
+
+
+def _month_index(ts_ms: int) -> int:
+    dt = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return (dt.year - 1970) * 12 + dt.month - 1
+
+
+def _month_start_ms(index: int) -> int:
+    year, month0 = divmod(index, 12)
+    return calendar.timegm((1970 + year, month0 + 1, 1, 0, 0, 0)) * SECOND_MS
+
+
+def candle_open_ms(ts_ms: int, timeframe: str) -> int:
+    """Open time of the candle of ``timeframe`` that contains ``ts_ms``."""
+    if timeframe == "1M":
+        return _month_start_ms(_month_index(ts_ms))
+    step = TIMEFRAME_MS[validate_timeframe(timeframe)]
+    if timeframe == "1w":
+        return ts_ms - (ts_ms - WEEK_OFFSET_MS) % step
+    return ts_ms - ts_ms % step
+
+
+def next_open_ms(open_ms: int, timeframe: str) -> int:
+    """Open time of the candle after the one opening at ``open_ms`` (which must be aligned)."""
+    if timeframe == "1M":
+        return _month_start_ms(_month_index(open_ms) + 1)
+    return open_ms + TIMEFRAME_MS[validate_timeframe(timeframe)]
+
+
+def candle_close_ms(open_ms: int, timeframe: str) -> int:
+    """Binance's closeTime: the last millisecond of the candle."""
+    return next_open_ms(open_ms, timeframe) - 1
+
+
+def candle_opens(start_ms: int, end_ms: int, timeframe: str) -> list[int]:
+    """Open times of every candle with ``start_ms <= open < end_ms``, first one aligned up."""
+    first = candle_open_ms(start_ms, timeframe)
+    if first < start_ms:
+        first = next_open_ms(first, timeframe)
+    if timeframe != "1M":
+        step = TIMEFRAME_MS[timeframe]
+        return list(range(first, max(first, end_ms), step))
+    out: list[int] = []
+    t = first
+    while t < end_ms:
+        out.append(t)
+        t = next_open_ms(t, timeframe)
+    return out
+
+
+def count_candles(start_ms: int, end_ms: int, timeframe: str) -> int:
+    """How many candles of ``timeframe`` open in ``[start_ms, end_ms)``."""
+    if end_ms <= start_ms:
+        return 0
+    if timeframe == "1M":
+        return len(candle_opens(start_ms, end_ms, timeframe))
+    first = candle_open_ms(start_ms, timeframe)
+    if first < start_ms:
+        first = next_open_ms(first, timeframe)
+    step = TIMEFRAME_MS[timeframe]
+    return max(0, -(-(end_ms - first) // step))

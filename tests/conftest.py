@@ -1,0 +1,74 @@
+"""Shared fixtures: real PostgreSQL and Redis, each test in its own schema or key prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+
+PG_ADMIN_DSN = os.environ.get("DC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("DC_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False, help="run the full (long) chaos and soak forms")
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True when the suite runs with --long (full chaos/soak forms)."""
+    return bool(request.config.getoption("--long"))
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema in database ``test``, dropped after the test."""
+    name = _unique("t")
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+        yield name
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique Redis key prefix; every key under it is deleted after the test."""
+    prefix = _unique("test")
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def base_config(pg_schema: str, redis_prefix: str) -> dict[str, Any]:
+    """A config dict wired to the test schema and key prefix (no exchange URLs yet)."""
+    return {
+        "database": {"url": PG_URL, "schema": pg_schema},
+        "redis": {"url": REDIS_URL, "prefix": redis_prefix},
+        "logging": {"file": None},
+    }
