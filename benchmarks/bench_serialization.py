@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -15,10 +16,21 @@ from benchmarks.harness import BenchContext, Row, Table
 NAME = "serialization"
 DESCRIPTION = "encode/decode speed and size: json (baseline), orjson, msgpack"
 
-TRADE = {"e": "trade", "E": 1672515782136, "s": "BNBBTC", "t": 12345, "p": "0.001", "q": "100",
-         "T": 1672515782136, "m": True, "M": True}
+TRADE = {
+    "e": "trade",
+    "E": 1672515782136,
+    "s": "BNBBTC",
+    "t": 12345,
+    "p": "0.001",
+    "q": "100",
+    "T": 1672515782136,
+    "m": True,
+    "M": True,
+}
 CANDLE = [1706630400000, 43519.34, 43936.0, 43171.0, 43488.71, 20.55495]
-BATCH = [[1706630400000 + i * 60_000, 43519.34 + i, 43936.0, 43171.0, 43488.71, 20.55495 + i] for i in range(1000)]
+BATCH = [
+    [1706630400000 + i * 60_000, 43519.34 + i, 43936.0, 43171.0, 43488.71, 20.55495 + i] for i in range(1000)
+]
 
 CODECS: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
     "json": (lambda o: json.dumps(o).encode(), json.loads),
@@ -48,8 +60,14 @@ async def run(ctx: BenchContext) -> list[Table]:
         for name, (encode, decode) in CODECS.items():
             data = encode(obj)
             sizes.append(f"{name} {len(data):,} B")
-            enc_t.add(Row(name, [_rate(lambda: encode(obj), budget) for _ in range(ctx.repeats)], "ops/s", baseline=name == "json"))
-            dec_t.add(Row(name, [_rate(lambda: decode(data), budget) for _ in range(ctx.repeats)], "ops/s", baseline=name == "json"))
+            enc = functools.partial(encode, obj)
+            dec = functools.partial(decode, data)
+            enc_t.add(
+                Row(name, [_rate(enc, budget) for _ in range(ctx.repeats)], "ops/s", baseline=name == "json")
+            )
+            dec_t.add(
+                Row(name, [_rate(dec, budget) for _ in range(ctx.repeats)], "ops/s", baseline=name == "json")
+            )
         enc_t.notes.append("size: " + ", ".join(sizes))
         tables += [enc_t, dec_t]
     return tables

@@ -89,13 +89,24 @@ def _fmt(value: float) -> str:
 
 def render(table: Table) -> str:
     header = ("case", "median", "min-max", "unit", "vs baseline")
-    lines = [[r.label + (" (baseline)" if r.baseline else ""), _fmt(r.median),
-              f"{_fmt(min(r.values))}-{_fmt(max(r.values))}" if r.values else "-", r.unit,
-              (f"{ratio:.1f}x" if (ratio := table.ratio(r)) is not None else "")]
-             for r in table.rows]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    out = [f"\n## {table.title}", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        [
+            r.label + (" (baseline)" if r.baseline else ""),
+            _fmt(r.median),
+            f"{_fmt(min(r.values))}-{_fmt(max(r.values))}" if r.values else "-",
+            r.unit,
+            (f"{ratio:.1f}x" if (ratio := table.ratio(r)) is not None else ""),
+        ]
+        for r in table.rows
+    ]
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)
+    ]
+    out = [
+        f"\n## {table.title}",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
     out += [f"- {note}" for note in table.notes]
     return "\n".join(out)
@@ -145,7 +156,9 @@ async def main_async(names: list[str], quick: bool, json_path: str | None, repea
     selected = names or list(modules)
     ctx = BenchContext(quick=quick, repeats=repeats or 3)
     info = machine_info()
-    print(f"# Benchmarks ({'quick' if quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"# Benchmarks ({'quick' if quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     results: dict[str, Any] = {"machine": info, "quick": quick, "benchmarks": {}}
     failed = 0
@@ -164,14 +177,21 @@ async def main_async(names: list[str], quick: bool, json_path: str | None, repea
             print(render(table), flush=True)
         print(f"({name} took {time.perf_counter() - started:.1f} s)")
         results["benchmarks"][name] = [
-            {"title": t.title, "notes": t.notes,
-             "rows": [dict(asdict(r), median=r.median, ratio=t.ratio(r)) for r in t.rows]}
+            {
+                "title": t.title,
+                "notes": t.notes,
+                "rows": [dict(asdict(r), median=r.median, ratio=t.ratio(r)) for r in t.rows],
+            }
             for t in tables
         ]
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        await asyncio.to_thread(_write_json, json_path, results)
     return 1 if failed else 0
+
+
+def _write_json(path: str, results: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -94,7 +94,11 @@ def validate_timeframe(timeframe: object) -> str:
     """Return ``timeframe`` if it is a supported ccxt timeframe, else raise ``InvalidTimeframeError``."""
     if isinstance(timeframe, str) and timeframe in TIMEFRAME_CODES:
         return timeframe
-    shown = repr(timeframe) if not isinstance(timeframe, str) or len(timeframe) <= 40 else repr(timeframe[:37] + "...")
+    shown = (
+        repr(timeframe)
+        if not isinstance(timeframe, str) or len(timeframe) <= 40
+        else repr(timeframe[:37] + "...")
+    )
     raise InvalidTimeframeError(f"unknown timeframe {shown}: use one of {', '.join(TIMEFRAMES)}")
 
 

@@ -27,7 +27,9 @@ def test_symbol_forms() -> None:
     assert stream_symbol("SOL/USDT") == "solusdt"
 
 
-@pytest.mark.parametrize("bad", ["'; DROP TABLE x; --", "a:b*", "../etc", "SOLUSDT", "SOL/USDT/X", "", "x" * 10_000, "ÄÖ/USDT", 5])
+@pytest.mark.parametrize(
+    "bad", ["'; DROP TABLE x; --", "a:b*", "../etc", "SOLUSDT", "SOL/USDT/X", "", "x" * 10_000, "ÄÖ/USDT", 5]
+)
 def test_bad_symbols_rejected(bad: object) -> None:
     with pytest.raises(InvalidSymbolError):
         normalize_symbol(bad)
@@ -35,7 +37,16 @@ def test_bad_symbols_rejected(bad: object) -> None:
 
 def test_timeframe_codes_are_stable() -> None:
     # These codes are database keys: changing one corrupts stored data.
-    assert [timeframe_code(tf) for tf in ("1s", "1m", "5m", "1h", "4h", "1d", "1w", "1M")] == [0, 1, 3, 6, 8, 12, 14, 15]
+    assert [timeframe_code(tf) for tf in ("1s", "1m", "5m", "1h", "4h", "1d", "1w", "1M")] == [
+        0,
+        1,
+        3,
+        6,
+        8,
+        12,
+        14,
+        15,
+    ]
     with pytest.raises(InvalidTimeframeError):
         validate_timeframe("7m")
 
@@ -47,7 +58,11 @@ def test_weekly_and_monthly_alignment() -> None:
     assert next_open_ms(1_704_067_200_000, "1M") == calendar.timegm((2024, 2, 1, 0, 0, 0)) * 1000
 
 
-@given(st.integers(min_value=0, max_value=4_000_000_000_000), st.integers(min_value=0, max_value=90 * 86_400_000), st.sampled_from(TIMEFRAMES[1:]))
+@given(
+    st.integers(min_value=0, max_value=4_000_000_000_000),
+    st.integers(min_value=0, max_value=90 * 86_400_000),
+    st.sampled_from(TIMEFRAMES[1:]),
+)
 def test_count_matches_enumeration(start: int, span: int, tf: str) -> None:
     end = start + span
     opens = candle_opens(start, end, tf)
