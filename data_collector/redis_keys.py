@@ -1,0 +1,56 @@
+"""Every Redis key the project writes is built here, from validated parts only.
+
+Layout (``<p>`` is ``redis.prefix``, default ``dc``; ``<ex>`` a ccxt exchange id; ``<sym>`` a
+canonical symbol such as ``SOL/USDT``; ``<ch>`` a channel such as ``trade`` or ``kline_1m``):
+
+=====================================  =====================================================
+``<p>:stream:<ex>:<ch>:<sym>``         Redis Stream of msgpack-packed events (field ``d``)
+``<p>:latest:<ex>:<ch>:<sym>``         the last event of that stream (msgpack)
+``<p>:book:<ex>:<sym>``                top-N order book (msgpack), only while in sync
+``<p>:gaps:<ex>``                      Redis Stream of gap markers (stream, from_ms, to_ms)
+``<p>:heartbeat:<component>``          JSON heartbeat with a TTL (collector, streamer)
+``<p>:<namespace>:<key>``              CacheManager values
+=====================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+from data_collector.errors import UsageError
+from data_collector.markets import normalize_symbol
+
+_PART_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def _part(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _PART_RE.match(value):
+        raise UsageError(f"invalid {kind} {value!r} for a Redis key: use letters, digits, '_', '.', '@', '-'")
+    return value
+
+
+def stream_key(prefix: str, exchange: str, channel: str, symbol: str) -> str:
+    return f"{_part('prefix', prefix)}:stream:{_part('exchange', exchange)}:{_part('channel', channel)}:{normalize_symbol(symbol)}"
+
+
+def latest_key(prefix: str, exchange: str, channel: str, symbol: str) -> str:
+    return f"{_part('prefix', prefix)}:latest:{_part('exchange', exchange)}:{_part('channel', channel)}:{normalize_symbol(symbol)}"
+
+
+def book_key(prefix: str, exchange: str, symbol: str) -> str:
+    return f"{_part('prefix', prefix)}:book:{_part('exchange', exchange)}:{normalize_symbol(symbol)}"
+
+
+def gaps_key(prefix: str, exchange: str) -> str:
+    return f"{_part('prefix', prefix)}:gaps:{_part('exchange', exchange)}"
+
+
+def heartbeat_key(prefix: str, component: str) -> str:
+    return f"{_part('prefix', prefix)}:heartbeat:{_part('component', component)}"
+
+
+def cache_key(prefix: str, namespace: str, key: str) -> str:
+    """Cache keys are the caller's own strings; only the prefix and namespace are checked."""
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise UsageError("cache key must be a non-empty string of at most 1024 characters")
+    return f"{_part('prefix', prefix)}:{_part('namespace', namespace)}:{key}"
