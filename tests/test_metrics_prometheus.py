@@ -83,3 +83,17 @@ def test_port_in_use_is_a_usage_error() -> None:
     metrics = Metrics()
     with metrics.serve(0) as server, pytest.raises(UsageError, match="cannot serve /metrics"):
         Metrics().serve(server.port)
+
+
+def test_serve_metrics_from_a_port_setting() -> None:
+    from utils.performance_monitor import serve_metrics
+
+    assert serve_metrics(None) is None
+    monitor = PerformanceMonitor()
+    server = serve_metrics(0, monitor)
+    assert server is not None
+    try:
+        monitor.record_db_operation("INSERT", 3.0, rows=42)
+        assert scrape(server.url)[("dc_rows_written_total", ())] == 42
+    finally:
+        server.close()

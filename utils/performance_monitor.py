@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from utils.metrics import Metrics
+from utils.metrics import Metrics, MetricsServer
 
 DEFAULT_WINDOW = 100_000
 #: Distinct operation / timer names tracked; further names are folded into "other".
@@ -435,6 +435,23 @@ def get_default_monitor() -> PerformanceMonitor:
         return _default_monitor
 
 
+def serve_metrics(
+    port: int | None, monitor: PerformanceMonitor | None = None, host: str = "127.0.0.1"
+) -> MetricsServer | None:
+    """Serve ``monitor``'s Prometheus metrics on ``host:port``; nothing when ``port`` is None.
+
+    Scripts call it with ``--metrics-port`` or ``config.metrics.port`` and close what it returns.
+    The default monitor is used when ``monitor`` is omitted; a monitor made without metrics gets
+    them now.
+    """
+    if port is None:
+        return None
+    target = monitor if monitor is not None else get_default_monitor()
+    if target.metrics is None:
+        target.metrics = Metrics()
+    return target.metrics.serve(port, host)
+
+
 def timed(
     monitor: PerformanceMonitor | Callable[[], PerformanceMonitor] = get_default_monitor,
     name: str | None = None,
@@ -474,5 +491,6 @@ __all__ = [
     "PerformanceMonitor",
     "Timer",
     "get_default_monitor",
+    "serve_metrics",
     "timed",
 ]
