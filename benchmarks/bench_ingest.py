@@ -224,9 +224,14 @@ async def run(ctx: BenchContext) -> list[Table]:
             ("plain COPY, no conflict handling, 2 conns (ceiling)", ceiling, False, ""),
             ("project writer, SQLite", sqlite_path, False, f"{sqlite_n:,}-row sample"),
         ]
-        for label, fn, baseline, note in cases:
-            values = [await fn() for _ in range(ctx.repeats)]
-            table.add(Row(label, values, "rows/s", baseline=baseline, note=note))
+        # Cases take turns within each repeat, so that load from elsewhere on the machine
+        # falls on all of them alike rather than on whichever ran at the wrong moment.
+        values: list[list[float]] = [[] for _ in cases]
+        for _ in range(ctx.repeats):
+            for i, (_, fn, _, _) in enumerate(cases):
+                values[i].append(await fn())
+        for (label, _, baseline, note), vals in zip(cases, values, strict=True):
+            table.add(Row(label, vals, "rows/s", baseline=baseline, note=note))
         rates = {r.label: r.median for r in table.rows}
         pandas_rate = rates[cases[0][0]]
         fresh_rate = rates[cases[2][0]]

@@ -24,14 +24,9 @@ class RowGroup:
     code: int
     final: bool
     records: list[Record]
-
-    @property
-    def lo(self) -> int:
-        return self.records[0][2]
-
-    @property
-    def hi(self) -> int:
-        return self.records[-1][2]
+    #: Inclusive ``[first_ts, last_ts]`` spans of the batches behind these rows, merged: where
+    #: to look for rows already stored (tighter than the group's hull when batches lie apart).
+    spans: list[Span] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -61,6 +56,7 @@ def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
     pending: dict[tuple[int, int], dict[int, Candle]] = {}
     # Keys whose last word came from a final=False batch: they are overwritten, not skipped.
     forming: dict[tuple[int, int], set[int]] = {}
+    spans: dict[tuple[int, int], list[Span]] = {}
     for batch in batches:
         code = timeframe_code(batch.timeframe)
         key = (batch.instrument_id, code)
@@ -77,8 +73,10 @@ def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
         if not batch.candles:
             continue
         new = {c[0]: c for c in batch.candles}
+        first, last = min(new), max(new)
         if data_spans:
-            _check_inside(batch, min(new), max(new), merge_spans(data_spans))
+            _check_inside(batch, first, last, merge_spans(data_spans))
+        spans.setdefault(key, []).append((first, last))
         rows = pending.setdefault(key, {})
         rows.update(new)
         if not batch.final:
@@ -98,10 +96,12 @@ def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
                 else [(instrument_id, code, *rows[ts]) for ts in order]
             )
             redo = []
+        # Inclusive spans: join those that touch or lie one ms apart.
+        probe = [(a, b - 1) for a, b in merge_spans((a, b + 1) for a, b in spans[(instrument_id, code)])]
         if keep:
-            out.groups.append(RowGroup(instrument_id, code, True, keep))
+            out.groups.append(RowGroup(instrument_id, code, True, keep, probe))
         if redo:
-            out.groups.append(RowGroup(instrument_id, code, False, redo))
+            out.groups.append(RowGroup(instrument_id, code, False, redo, probe))
     out.groups.sort(key=lambda g: (g.instrument_id, g.code, not g.final))
     out.coverage = {k: merge_spans(v) for k, v in sorted(out.coverage.items())}
     return out
