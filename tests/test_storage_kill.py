@@ -85,7 +85,7 @@ async def _snapshot(schema: str) -> tuple[list[Any], list[Any]]:
     try:
         rows = await conn.fetch(f'SELECT * FROM "{schema}".ohlcv ORDER BY instrument_id, timeframe, ts')
         config = load_config({"database": {"url": PG_URL, "schema": schema}, "logging": {"file": None}})
-        async with open_store(config) as store:  # type: ignore[attr-defined]
+        async with open_store(config) as store:
             coverage = await store.coverage(1, "1m")
         return [tuple(r) for r in rows], coverage
     finally:
