@@ -302,7 +302,12 @@ class PostgresCandleStore(BaseCandleStore):
         self._closed = True
         engine, self._engine = self._engine, None
         if engine is not None:
-            await engine.dispose()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await engine.dispose()
+            except TimeoutError:
+                # A server gone silent must not hang shutdown; its sockets die with the process.
+                log.warning("%s: closing the pool timed out after %g s", self.where, self._timeout_s)
 
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
         async with asyncio.timeout(self._timeout_s + _OUTER_SLACK_S):
