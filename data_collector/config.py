@@ -230,6 +230,16 @@ class Config(BaseSettings):
             raise ValueError("list at least one timeframe, e.g. ['1m', '1h']")
         return list(dict.fromkeys(out))
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _yaml_dates(cls, value: object) -> object:
+        # YAML reads an unquoted 2024-01-01 as a date; config.yaml documents that form.
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        if isinstance(value, date):
+            return value.isoformat()
+        return value
+
     @field_validator("start", "end")
     @classmethod
     def _time_spec(cls, value: str | None) -> str | None:
@@ -276,7 +286,10 @@ def parse_time_ms(spec: str, now_ms: int | None = None) -> int:
     text = spec.strip()
     match = _RELATIVE_RE.match(text)
     if match:
-        delta = timedelta(**{_RELATIVE_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            delta = timedelta(**{_RELATIVE_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise UsageError(f"invalid time {spec!r}: that is further back than any date") from None
         return _now_ms(now_ms) - int(delta.total_seconds() * 1000)
     if text.lower() == "now":
         return _now_ms(now_ms)
@@ -310,6 +323,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -78,3 +78,20 @@ def test_naive_datetimes_are_utc() -> None:
 def test_shipped_config_yaml_loads_and_matches_defaults() -> None:
     shipped = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
     assert shipped.performance == load_config({}).performance
+
+
+def test_unquoted_yaml_dates_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("start: 2024-01-01\nend: 2024-02-01T00:00:00\n")
+    config = load_config(path)
+    assert config.start_ms() == 1_704_067_200_000
+    assert config.end_ms() == 1_706_745_600_000
+
+
+def test_absurd_inputs_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="start"):
+        load_config({"start": "99999999999d"})
+    path = tmp_path / "deep.yaml"
+    path.write_text("exchange: " + "[" * 5000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
