@@ -122,12 +122,14 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
     """
     ex_symbol = symbol.replace("/", "")
 
-    if channel == "trade":
+    if channel in ("trade", "aggTrade"):
+        id_field = "t" if channel == "trade" else "a"
+        agg = channel == "aggTrade"
 
         def trade(data: dict[str, Any], recv_ms: int) -> Normalized:
             _check_symbol(data, ex_symbol)
             trade_ms = _ts(data["T"], recv_ms)
-            trade_id = _int(data["t"])
+            trade_id = _int(data[id_field])
             maker = data["m"]
             if type(maker) is not bool:
                 raise MalformedEvent("m must be a boolean")
@@ -143,36 +145,12 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
                 "amount": _qty(data["q"]),
                 "side": "sell" if maker else "buy",
             }
+            if agg:
+                event["first_id"] = _int(data["f"])
+                event["last_id"] = _int(data["l"])
             return f"{trade_ms}-{trade_id}", event
 
         return trade
-
-    if channel == "aggTrade":
-
-        def agg_trade(data: dict[str, Any], recv_ms: int) -> Normalized:
-            _check_symbol(data, ex_symbol)
-            trade_ms = _ts(data["T"], recv_ms)
-            agg_id = _int(data["a"])
-            maker = data["m"]
-            if type(maker) is not bool:
-                raise MalformedEvent("m must be a boolean")
-            event = {
-                "exchange": exchange,
-                "symbol": symbol,
-                "channel": channel,
-                "event_ms": _ts(data["E"], recv_ms),
-                "recv_ms": recv_ms,
-                "id": agg_id,
-                "first_id": _int(data["f"]),
-                "last_id": _int(data["l"]),
-                "trade_ms": trade_ms,
-                "price": _price(data["p"]),
-                "amount": _qty(data["q"]),
-                "side": "sell" if maker else "buy",
-            }
-            return f"{trade_ms}-{agg_id}", event
-
-        return agg_trade
 
     if channel == "bookTicker":
 
