@@ -111,6 +111,8 @@ def parse_levels(raw: object) -> list[list[float]]:
 
 
 def _check_symbol(data: dict[str, Any], exchange_symbol: str) -> None:
+    if type(data) is not dict:
+        raise MalformedEvent("payload must be an object")
     if data.get("s") != exchange_symbol:
         raise MalformedEvent(f"symbol {data.get('s')!r} on the stream of {exchange_symbol}")
 

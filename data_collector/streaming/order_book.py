@@ -136,10 +136,13 @@ class BookKeeper:
         book.apply(diff)
         self._schedule_publish(symbol)
 
-    def invalidate(self, symbol: str) -> None:
-        """Forget the book (a gap in its diffs) and delete its Redis key until it is rebuilt."""
+    def invalidate(self, symbol: str, resync: bool = True) -> None:
+        """Forget the book and delete its Redis key until it is rebuilt.
+
+        ``resync=False`` (shutdown) does not count it as a resync.
+        """
         book = self.books[symbol]
-        if book.synced:
+        if book.synced and resync:
             self._metrics.book_resyncs += 1
         book.reset()
         timer = self._timers.pop(symbol, None)

@@ -72,6 +72,13 @@ class BinanceRest:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise TransientError(f"GET {path}: {type(exc).__name__}: {exc}") from None
 
+    async def server_time(self) -> int:
+        """``/api/v3/time``: the exchange's clock in ms."""
+        data = await self._get("/api/v3/time", {})
+        if not isinstance(data, dict) or type(data.get("serverTime")) is not int:
+            raise TransientError("GET /api/v3/time: unexpected response")
+        return int(data["serverTime"])
+
     async def depth(self, symbol: str, limit: int) -> dict[str, Any]:
         """``/api/v3/depth``: ``{"lastUpdateId": int, "bids": [[p, q]], "asks": [[p, q]]}``."""
         data = await self._get("/api/v3/depth", {"symbol": exchange_symbol(symbol), "limit": limit})
