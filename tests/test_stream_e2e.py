@@ -334,3 +334,36 @@ async def test_streams_split_across_connections_and_subscribed_beyond_the_url(
             assert ids == sorted(set(ids)) and (not ids or ids[-1] == sent["last_id"])
         assert len(got) == sent["count"], (channel, symbol)
     client.close()
+
+
+async def test_pings_are_answered_and_server_shutdown_is_survived(redis_prefix: str) -> None:
+    # The simulator pings every 0.3 s (aiohttp closes a client that does not pong) and ends every
+    # connection after 1.5 s with serverShutdown, as Binance does after 24 h.
+    async with SimulatedExchange(
+        symbols=["SOL/USDT"], seed=6, ws_rate=20, ws_ping_s=0.3, ws_max_lifetime_s=1.5
+    ) as sim:
+        streamer = OptimizedWebSocketStreamer(
+            symbols=["SOL/USDT"],
+            redis_client=REDIS_URL,
+            channels=["trade", "depth"],
+            config=stream_config(sim, redis_prefix, watchdog_s=30.0),
+        )
+        async with streamer:
+            assert await streamer.wait_connected()
+            await wait_for(lambda: streamer.get_metrics()["reconnects"] >= 2, what="two planned drops")
+            sim.ws_shutdown_all()
+            await wait_for(
+                lambda: streamer.get_metrics()["reconnects"] >= 3, what="a reconnect after shutdown"
+            )
+            await wait_for(lambda: streamer.connected, what="connected again")
+            await asyncio.sleep(0.5)
+            await settle(streamer, sim)
+        metrics = streamer.get_metrics()
+    assert metrics["malformed"] == 0 and metrics["gaps"] >= 6
+    client = redis.Redis.from_url(REDIS_URL)
+    trades = [e["id"] for _, e in entries(client, key(redis_prefix, "trade", "SOL/USDT"))]
+    assert (
+        trades == sorted(set(trades))
+        and len(trades) == sent_by_stream(sim, ["SOL/USDT"])[("trade", "SOL/USDT")]["count"]
+    )
+    client.close()
