@@ -149,7 +149,7 @@ def klines_json(rows: Rows, market: SymbolMarket, timeframe: str) -> bytes:
         ),
         axis=1,
     )
-    body = src[:, _ORDER][keep[:, _ORDER]].tobytes()
+    body: bytes = src[:, _ORDER][keep[:, _ORDER]].tobytes()
     return b"[" + body[:-1] + b"]"
 
 
