@@ -504,11 +504,11 @@ class SymbolMarket:
         sub_end = next_open_ms(last_open, timeframe)
         sub = self._closed_rows(unit, start_ms, sub_end, now_ms)
         rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        key = candle_open_ms(now_ms, timeframe)
+        if not (start_ms <= key < end_ms):
+            return rows
         partial = self.partial_minute(now_ms)
         if partial is None:
-            return rows
-        key = candle_open_ms(partial.minute * MINUTE_MS, timeframe)
-        if not (start_ms <= key < end_ms):
             return rows
         if len(rows) and int(rows.open_ms[-1]) == key:
             if partial.n == 0:

@@ -101,6 +101,9 @@ class SimulatedExchange:
         faults: initial global faults (latency, jitter and fault probabilities).
         ws_ping_s: WebSocket ping interval.
         ws_max_lifetime_s: connections are closed (after ``serverShutdown``) at this age.
+        ban_grace_ms: a request this long after the first 429 of a minute, still inside its
+            Retry-After window, earns a 418 ban.
+        ban_base_s: length of the first ban; each further ban doubles it (up to 3 days).
     """
 
     def __init__(
@@ -117,6 +120,8 @@ class SimulatedExchange:
         faults: Faults | None = None,
         ws_ping_s: float = 20.0,
         ws_max_lifetime_s: float = 24 * 3600.0,
+        ban_grace_ms: int = 1000,
+        ban_base_s: int = 120,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -130,7 +135,9 @@ class SimulatedExchange:
         self.port = port
         self.ws_rate = float(ws_rate)
         self.clock = SimClock()
-        self.limiter = WeightLimiter(weight_limit, self.clock)
+        self.limiter = WeightLimiter(
+            weight_limit, self.clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s
+        )
         listings = {k.upper(): v for k, v in (listings or {}).items()}
         self.markets: dict[str, SymbolMarket] = {}
         for name in names:
@@ -367,9 +374,9 @@ class SimulatedExchange:
 
     def set_latency(self, ms: float, jitter_ms: float = 0.0, endpoint: str | None = None) -> None:
         """Fixed plus uniformly jittered latency, for one endpoint (``"klines"``) or all."""
+        Faults(latency_ms=ms, jitter_ms=jitter_ms).validate()
         f = self._faults_for(endpoint, create=True)
         f.latency_ms, f.jitter_ms = float(ms), float(jitter_ms)
-        f.validate()
 
     def set_faults(
         self,
@@ -380,14 +387,12 @@ class SimulatedExchange:
         endpoint: str | None = None,
     ) -> None:
         """Fault probabilities per request: 5xx, connection reset, hang, malformed JSON."""
+        Faults(
+            error_rate=error_rate, reset_rate=reset_rate, hang_rate=hang_rate, malformed_rate=malformed_rate
+        ).validate()
         f = self._faults_for(endpoint, create=True)
-        f.error_rate, f.reset_rate, f.hang_rate, f.malformed_rate = (
-            error_rate,
-            reset_rate,
-            hang_rate,
-            malformed_rate,
-        )
-        f.validate()
+        f.error_rate, f.reset_rate = error_rate, reset_rate
+        f.hang_rate, f.malformed_rate = hang_rate, malformed_rate
 
     def start_outage(self) -> None:
         """Every request fails (503) and WebSocket connections drop until ``end_outage``."""
