@@ -130,14 +130,14 @@ async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSessio
 async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
     async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
         await _next(ws)
-        sim.ws_malformed()
+        sim.ws_faults.malformed()
         while True:
             msg = await asyncio.wait_for(ws.receive(), 5)
             try:
                 json.loads(msg.data)
             except json.JSONDecodeError:
                 break
-        sim.ws_stall(1.0)
+        sim.ws_faults.stall(1.0)
         await asyncio.sleep(0.05)
         while True:  # drain what was in flight
             try:

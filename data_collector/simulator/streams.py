@@ -561,5 +561,8 @@ class StreamHub:
     async def _pump(self) -> None:
         sleep: Callable[[float], Any] = asyncio.sleep
         while True:
-            self.tick()
-            await sleep(self.tick_s)
+            if self.streams or self.connections:
+                self.tick()
+                await sleep(self.tick_s)
+            else:
+                await sleep(0.05)
