@@ -312,7 +312,7 @@ class SimulatedExchange:
 
     def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> Rows:
         """Raw candle rows (integer ticks and lots) opening in ``[start_ms, end_ms)``."""
-        if timeframe not in TIMEFRAMES or timeframe == "1s":
+        if timeframe not in TIMEFRAMES:
             raise UsageError(f"unsupported timeframe {timeframe!r}")
         return self.market(symbol).candles(timeframe, start_ms, end_ms, self.clock.now_ms())
 
@@ -705,7 +705,7 @@ class SimulatedExchange:
             raise ApiError(
                 -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
             )
-        if interval not in TIMEFRAMES or interval == "1s":
+        if interval not in TIMEFRAMES:
             raise ApiError(-1120, "Invalid interval.")
         limit = _limit(request, 500, 1000)
         start = _int_param(request, "startTime")
