@@ -217,7 +217,7 @@ async def test_far_past_is_cheap_and_lazy() -> None:
     market = SymbolMarket("ETH/USDT", 1, listing_ms=0, gaps=[])
     rows = market.candles("1m", 5 * 365 * DAY_MS, 5 * 365 * DAY_MS + 1000 * MINUTE_MS, 10 * 365 * DAY_MS)
     assert len(rows) == 1000
-    assert len(market._day_cache) == 0
+    assert len(market.day_cache) == 0
 
 
 def _fetch_bytes(port: int, seed: int) -> list[bytes]:

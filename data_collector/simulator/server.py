@@ -26,7 +26,7 @@ from data_collector.markets import (
 from data_collector.simulator.book import OrderBook
 from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json, symbol_info
 from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
-from data_collector.simulator.market import Rows, SymbolMarket
+from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.rng import stream_key
 from data_collector.simulator.streams import StreamError, StreamHub
 
@@ -167,12 +167,14 @@ class SimulatedExchange:
         )
         listings = {k.upper(): v for k, v in (listings or {}).items()}
         self.markets: dict[str, SymbolMarket] = {}
+        # ~2 KB per cached day: 20,000 days (all symbols together) stay under ~50 MB.
+        day_cache = DayCache(20_000)
         for name in names:
             if gaps is None:
                 sym_gaps = None
             else:
                 sym_gaps = {k.upper(): v for k, v in gaps.items()}.get(name, [])
-            self.markets[name] = SymbolMarket(name, self.seed, listings.get(name), sym_gaps)
+            self.markets[name] = SymbolMarket(name, self.seed, listings.get(name), sym_gaps, day_cache)
         self.market_by_id = {m.exchange_symbol: m for m in self.markets.values()}
         self.market_by_stream = {stream_symbol(s): m for s, m in self.markets.items()}
         self.books: dict[str, OrderBook] = {
