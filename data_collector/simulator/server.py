@@ -131,6 +131,9 @@ class SimulatedExchange:
         ban_grace_ms: a request this long after the first 429 of a minute, still inside its
             Retry-After window, earns a 418 ban.
         ban_base_s: length of the first ban; each further ban doubles it (up to 3 days).
+        ws_max_incoming_per_s: drop a WebSocket client sending more control messages a second
+            than this (Binance: 5); ``None`` (default) does not limit.
+        clock: the simulated wall clock (default: real time); tests freeze or advance it.
     """
 
     def __init__(
@@ -149,6 +152,8 @@ class SimulatedExchange:
         ws_max_lifetime_s: float = 24 * 3600.0,
         ban_grace_ms: int = 1000,
         ban_base_s: int = 120,
+        ws_max_incoming_per_s: float | None = None,
+        clock: SimClock | None = None,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -161,7 +166,7 @@ class SimulatedExchange:
         self.host = host
         self.port = port
         self.ws_rate = float(ws_rate)
-        self.clock = SimClock()
+        self.clock = clock if clock is not None else SimClock()
         self.limiter = WeightLimiter(
             weight_limit, self.clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s
         )
@@ -198,6 +203,7 @@ class SimulatedExchange:
         self.ws_faults = WsFaults(self)
         self.hub.ping_s = ws_ping_s
         self.hub.max_lifetime_s = ws_max_lifetime_s
+        self.hub.max_incoming_per_s = ws_max_incoming_per_s
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._hanging: set[asyncio.Future[None]] = set()
