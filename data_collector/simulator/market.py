@@ -219,6 +219,7 @@ class SymbolMarket:
         self._gaps_min = self._make_gaps(gaps)
         #: Aggregates of past days (shared between the symbols of one simulator).
         self.day_cache = day_cache if day_cache is not None else DayCache(4000)
+        self._trade_cache: OrderedDict[int, list[Trade]] = OrderedDict()
 
     # -- gaps and listing ------------------------------------------------------------------
 
@@ -376,6 +377,15 @@ class SymbolMarket:
 
     def minute_trades(self, minute: int) -> list[Trade]:
         """The aggregate trades of one minute (empty if not trading), in id order."""
+        hit = self._trade_cache.get(minute)
+        if hit is None:
+            hit = self._make_minute_trades(minute)
+            self._trade_cache[minute] = hit
+            if len(self._trade_cache) > 8:
+                self._trade_cache.popitem(last=False)
+        return hit
+
+    def _make_minute_trades(self, minute: int) -> list[Trade]:
         if not self.is_trading(minute):
             return []
         m = np.array([minute], dtype=np.int64)
@@ -476,21 +486,18 @@ class SymbolMarket:
             return None
         trades = self.minute_trades(minute)
         m = np.array([minute], dtype=np.int64)
-        o, _h, _l, _c, v, n_, q, _tb, _tbq, k_, _a = self._minute_fields(m)
+        o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
         done = [t for t in trades if t.time_ms <= now_ms]
         j = len(done)
         if j == 0:
             p = int(o[0])
             return Partial(minute, p, p, p, p, 0, 0, 0, 0, 0)
-        n, k, vol, qq = int(n_[0]), int(k_[0]), int(v[0]), int(q[0])
+        vol, qq = int(v[0]), int(q[0])
         vj = sum(t.qty for t in done)
         tbj = sum(t.qty for t in done if not t.buyer_maker)
-        if j == n:
-            qj = qq
-        else:
-            qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
+        # The same float expressions as the closed candle's, so the last trade lands on it exactly.
+        qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
         tbqj = int(np.floor(float(qq) * (float(tbj) / float(vol))))
-        del k
         return Partial(
             minute,
             done[0].price,
