@@ -207,6 +207,7 @@ class SimulatedExchange:
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._hanging: set[asyncio.Future[None]] = set()
+        self._scheduled: list[asyncio.TimerHandle] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -254,6 +255,8 @@ class SimulatedExchange:
         self._closed = True
         for fut in list(self._hanging):
             fut.cancel()
+        for handle in self._scheduled:
+            handle.cancel()
         await self.hub.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -445,6 +448,12 @@ class SimulatedExchange:
         """An outage that ends by itself after ``seconds`` (of real time)."""
         self.start_outage()
         self._outage_until_ms = self._loop_ms() + seconds * 1000
+
+    def schedule_outage(self, after_s: float, seconds: float) -> None:
+        """An outage of ``seconds`` that starts ``after_s`` from now."""
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(after_s, self.outage, seconds)
+        self._scheduled.append(handle)
 
     @staticmethod
     def _loop_ms() -> float:
