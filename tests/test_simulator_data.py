@@ -43,7 +43,7 @@ def _range_ms(rng: random.Random, market: SymbolMarket, now: int, span_ms: int) 
     return rng.randrange(lo, now - span_ms) // HOUR_MS * HOUR_MS
 
 
-@pytest.mark.parametrize("timeframe", ["1h", "4h", "1d", "1w", "1M"])
+@pytest.mark.parametrize("timeframe", ["3m", "1h", "4h", "1d", "1w", "1M"])
 async def test_intervals_aggregate_their_1m_candles(sim: SimulatedExchange, timeframe: str) -> None:
     rng = random.Random(timeframe)
     now = sim.clock.now_ms()
@@ -64,6 +64,20 @@ async def test_intervals_aggregate_their_1m_candles(sim: SimulatedExchange, time
                 assert int(big.l[i]) == int(m.l.min())
                 for f in ("v", "n", "q", "tb", "tbq"):
                     assert int(getattr(big, f)[i]) == int(getattr(m, f).sum()), f
+
+
+async def test_1s_candles_add_up_to_their_minute(sim: SimulatedExchange) -> None:
+    rng = random.Random(5)
+    now = sim.clock.now_ms()
+    for symbol in ("BTC/USDT", "PEPE/USDT"):
+        start = _range_ms(rng, sim.markets[symbol], now, DAY_MS) + rng.randrange(60) * MINUTE_MS
+        seconds = sim.candles(symbol, "1s", start, start + MINUTE_MS)
+        minute = sim.candles(symbol, "1m", start, start + 1)
+        assert [int(x) for x in seconds.open_ms] == list(range(start, start + MINUTE_MS, 1000))
+        assert int(seconds.o[0]) == int(minute.o[0]) and int(seconds.c[-1]) == int(minute.c[0])
+        assert int(seconds.h.max()) == int(minute.h[0]) and int(seconds.l.min()) == int(minute.l[0])
+        for f in ("v", "n", "q", "tb", "tbq"):
+            assert int(getattr(seconds, f).sum()) == int(getattr(minute, f)[0]), f
 
 
 async def test_gaps_hold_no_candles_and_ids_run_on(sim: SimulatedExchange) -> None:
@@ -203,7 +217,7 @@ async def test_far_past_is_cheap_and_lazy() -> None:
     market = SymbolMarket("ETH/USDT", 1, listing_ms=0, gaps=[])
     rows = market.candles("1m", 5 * 365 * DAY_MS, 5 * 365 * DAY_MS + 1000 * MINUTE_MS, 10 * 365 * DAY_MS)
     assert len(rows) == 1000
-    assert len(market._day_cache) == 0
+    assert len(market.day_cache) == 0
 
 
 def _fetch_bytes(port: int, seed: int) -> list[bytes]:

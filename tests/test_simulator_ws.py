@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from data_collector.markets import MINUTE_MS
+from data_collector.markets import MINUTE_MS, TIMEFRAMES
 from data_collector.simulator import SimulatedExchange
 
 
@@ -130,14 +130,14 @@ async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSessio
 async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
     async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
         await _next(ws)
-        sim.ws_malformed()
+        sim.ws_faults.malformed()
         while True:
             msg = await asyncio.wait_for(ws.receive(), 5)
             try:
                 json.loads(msg.data)
             except json.JSONDecodeError:
                 break
-        sim.ws_stall(1.0)
+        sim.ws_faults.stall(1.0)
         await asyncio.sleep(0.05)
         while True:  # drain what was in flight
             try:
@@ -176,3 +176,26 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
             assert aiohttp.WSMsgType.PING in kinds
+
+
+async def test_control_message_limits(http: aiohttp.ClientSession) -> None:
+    symbols = [f"C{i}/USDT" for i in range(50)]
+    async with SimulatedExchange(symbols=symbols, ws_max_incoming_per_s=5) as sim:
+        async with http.ws_connect(sim.ws_url + "/ws") as ws:
+            for i in range(6):
+                await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": i})
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            while msg.type == aiohttp.WSMsgType.TEXT:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert sim.hub.dropped_for_rate == 1
+        kinds = ["trade", "aggTrade", "bookTicker", "miniTicker", "depth", "depth@100ms"]
+        kinds += [f"kline_{tf}" for tf in TIMEFRAMES] + [f"depth{n}" for n in (5, 10, 20)]
+        names = [f"c{i}usdt@{kind}" for i in range(50) for kind in kinds]
+        assert len(names) > 1024
+        async with http.ws_connect(sim.ws_url + "/ws") as ws:
+            await ws.send_json({"method": "SUBSCRIBE", "params": names, "id": 1})
+            reply = await _next(ws)
+            assert reply["id"] == 1 and "1024" in reply["error"]["msg"]
+            await ws.send_json({"method": "SUBSCRIBE", "params": names[:24], "id": 2})
+            assert await _next(ws) == {"result": None, "id": 2}

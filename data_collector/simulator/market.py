@@ -49,7 +49,6 @@ OCTAVES = 23
 FIELDS = ("open_ms", "o", "h", "l", "c", "v", "n", "q", "tb", "tbq")
 _KNOWN_PRICES = {"BTC": 40000.0, "ETH": 2500.0, "SOL": 100.0, "BNB": 300.0, "XRP": 0.5, "DOGE": 0.1}
 _YEAR_MIN = 365 * 24 * 60
-_DAY_CACHE = 20000
 
 
 class Rows(NamedTuple):
@@ -136,6 +135,29 @@ def candle_keys(open_ms: I64, timeframe: str) -> I64:
     return open_ms - (open_ms - offset) % step
 
 
+class DayCache:
+    """A bounded LRU of per-day aggregates, keyed by (symbol, day index); about 2 KB a day."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        hit = self._data.get(key)
+        if hit is not None:
+            self._data.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[str, int], value: np.ndarray) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 class SymbolMarket:
     """Candles and trades of one simulated symbol.
 
@@ -145,6 +167,7 @@ class SymbolMarket:
         listing_ms: first millisecond with trading (aligned down to the minute).
         gaps: maintenance windows ``[(start_ms, end_ms)]`` with no trades and no candles, or
             ``None`` for the seed's defaults (one multi-hour window per year).
+        day_cache: LRU of daily aggregates, shareable between symbols.
     """
 
     def __init__(
@@ -153,6 +176,7 @@ class SymbolMarket:
         seed: int,
         listing_ms: int | None = None,
         gaps: list[tuple[int, int]] | None = None,
+        day_cache: DayCache | None = None,
     ) -> None:
         self.symbol = normalize_symbol(symbol)
         self.exchange_symbol = exchange_symbol(self.symbol)
@@ -193,7 +217,9 @@ class SymbolMarket:
         self.listing_ms = listing_ms - listing_ms % MINUTE_MS
         self._lm = self.listing_ms // MINUTE_MS
         self._gaps_min = self._make_gaps(gaps)
-        self._day_cache: OrderedDict[int, tuple[Rows, Rows]] = OrderedDict()
+        #: Aggregates of past days (shared between the symbols of one simulator).
+        self.day_cache = day_cache if day_cache is not None else DayCache(4000)
+        self._trade_cache: OrderedDict[int, list[Trade]] = OrderedDict()
 
     # -- gaps and listing ------------------------------------------------------------------
 
@@ -351,6 +377,15 @@ class SymbolMarket:
 
     def minute_trades(self, minute: int) -> list[Trade]:
         """The aggregate trades of one minute (empty if not trading), in id order."""
+        hit = self._trade_cache.get(minute)
+        if hit is None:
+            hit = self._make_minute_trades(minute)
+            self._trade_cache[minute] = hit
+            if len(self._trade_cache) > 8:
+                self._trade_cache.popitem(last=False)
+        return hit
+
+    def _make_minute_trades(self, minute: int) -> list[Trade]:
         if not self.is_trading(minute):
             return []
         m = np.array([minute], dtype=np.int64)
@@ -385,6 +420,65 @@ class SymbolMarket:
         cum = i + np.floor(vp * (x + a * x * (1.0 - x))).astype(np.int64)
         return np.where(i >= n, vol, cum)
 
+    def second_rows(self, start_ms: int, end_ms: int, now_ms: int) -> Rows:
+        """1s candles opening in ``[start_ms, end_ms)`` up to ``now_ms``, built from the trades.
+
+        Every second of a trading minute has a candle; a second without trades repeats the last
+        price with zero volume. Quote volumes are differences of the minute's cumulative quote,
+        so the seconds of a minute add up to exactly its 1m candle.
+        """
+        start_ms = max(-(-start_ms // 1000) * 1000, self.listing_ms)
+        end_ms = min(end_ms, now_ms - now_ms % 1000 + 1000)
+        cols: list[list[int]] = [[] for _ in FIELDS]
+        for minute in range(start_ms // MINUTE_MS, (end_ms - 1) // MINUTE_MS + 1 if end_ms > start_ms else 0):
+            trades = [t for t in self.minute_trades(minute) if t.time_ms <= now_ms]
+            if not self.is_trading(minute):
+                continue
+            m = np.array([minute], dtype=np.int64)
+            o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
+            price, vol, quote = int(o[0]), float(v[0]), float(q[0])
+            cum_v = cum_tb = 0
+            cum_q = cum_tbq = 0
+            i = 0
+            t0 = minute * MINUTE_MS
+            for sec in range(60):
+                open_ms = t0 + sec * 1000
+                if open_ms > now_ms:
+                    break
+                bucket = []
+                while i < len(trades) and trades[i].time_ms < open_ms + 1000:
+                    bucket.append(trades[i])
+                    i += 1
+                if not start_ms <= open_ms < end_ms:
+                    for t in bucket:
+                        cum_v += t.qty
+                        cum_tb += 0 if t.buyer_maker else t.qty
+                    if bucket:
+                        price = bucket[-1].price
+                    cum_q = int(np.floor(quote * (cum_v / vol)))
+                    cum_tbq = int(np.floor(quote * (cum_tb / vol)))
+                    continue
+                if bucket:
+                    prices = [t.price for t in bucket]
+                    op, hi, lo, cl = prices[0], max(prices), min(prices), prices[-1]
+                    price = cl
+                else:
+                    op = hi = lo = cl = price
+                bv = sum(t.qty for t in bucket)
+                btb = sum(t.qty for t in bucket if not t.buyer_maker)
+                cum_v += bv
+                cum_tb += btb
+                new_q = int(np.floor(quote * (cum_v / vol)))
+                new_tbq = int(np.floor(quote * (cum_tb / vol)))
+                for col, val in zip(
+                    cols,
+                    (open_ms, op, hi, lo, cl, bv, len(bucket), new_q - cum_q, btb, new_tbq - cum_tbq),
+                    strict=True,
+                ):
+                    col.append(val)
+                cum_q, cum_tbq = new_q, new_tbq
+        return Rows(*(np.array(c, dtype=np.int64) for c in cols))
+
     def partial_minute(self, now_ms: int) -> Partial | None:
         """The forming minute at ``now_ms``: aggregate of its trades with time <= now."""
         minute = now_ms // MINUTE_MS
@@ -392,21 +486,18 @@ class SymbolMarket:
             return None
         trades = self.minute_trades(minute)
         m = np.array([minute], dtype=np.int64)
-        o, _h, _l, _c, v, n_, q, _tb, _tbq, k_, _a = self._minute_fields(m)
+        o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
         done = [t for t in trades if t.time_ms <= now_ms]
         j = len(done)
         if j == 0:
             p = int(o[0])
             return Partial(minute, p, p, p, p, 0, 0, 0, 0, 0)
-        n, k, vol, qq = int(n_[0]), int(k_[0]), int(v[0]), int(q[0])
+        vol, qq = int(v[0]), int(q[0])
         vj = sum(t.qty for t in done)
         tbj = sum(t.qty for t in done if not t.buyer_maker)
-        if j == n:
-            qj = qq
-        else:
-            qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
+        # The same float expressions as the closed candle's, so the last trade lands on it exactly.
+        qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
         tbqj = int(np.floor(float(qq) * (float(tbj) / float(vol))))
-        del k
         return Partial(
             minute,
             done[0].price,
@@ -422,20 +513,11 @@ class SymbolMarket:
 
     # -- aggregation -------------------------------------------------------------------------
 
-    def _day(self, day: int) -> tuple[Rows, Rows]:
-        """(hourly rows, daily row) of a fully past day, cached."""
-        hit = self._day_cache.get(day)
-        if hit is not None:
-            self._day_cache.move_to_end(day)
-            return hit
-        self._fill_days(day, day + 1)
-        return self._day_cache[day]
-
-    def _fill_days(self, d_lo: int, d_hi: int) -> None:
-        missing = [d for d in range(d_lo, d_hi) if d not in self._day_cache]
-        if not missing:
-            return
-        # Compute contiguous runs of missing days in chunks of at most 60 days of minutes.
+    def _days(self, d_lo: int, d_hi: int) -> list[np.ndarray]:
+        """Per fully past day, its hourly rows plus the daily row last, as one (k + 1, 10) array."""
+        out: list[np.ndarray | None] = [self.day_cache.get((self.symbol, d)) for d in range(d_lo, d_hi)]
+        missing = [d_lo + i for i, hit in enumerate(out) if hit is None]
+        # Compute contiguous runs of missing days, at most 60 days of minutes at a time.
         runs: list[tuple[int, int]] = []
         for d in missing:
             if runs and runs[-1][1] == d and d - runs[-1][0] < 60:
@@ -446,16 +528,16 @@ class SymbolMarket:
             rows = self.minute_rows(a * 1440, b * 1440)
             hours = _group_reduce(rows, rows.open_ms - rows.open_ms % HOUR_MS)
             days = _group_reduce(hours, hours.open_ms - hours.open_ms % DAY_MS)
-            hday = hours.open_ms // DAY_MS
+            h_mat = np.stack(hours, axis=1) if len(hours) else np.zeros((0, 10), dtype=np.int64)
+            d_mat = np.stack(days, axis=1) if len(days) else np.zeros((0, 10), dtype=np.int64)
+            h_cut = np.searchsorted(hours.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
+            d_cut = np.searchsorted(days.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
             for d in range(a, b):
-                sel = hday == d
-                dsel = days.open_ms == d * DAY_MS
-                self._day_cache[d] = (
-                    Rows(*(f[sel] for f in hours)),
-                    Rows(*(f[dsel] for f in days)),
-                )
-        while len(self._day_cache) > _DAY_CACHE:
-            self._day_cache.popitem(last=False)
+                i = d - a
+                block = np.concatenate((h_mat[h_cut[i] : h_cut[i + 1]], d_mat[d_cut[i] : d_cut[i + 1]]))
+                self.day_cache.put((self.symbol, d), block)
+                out[d - d_lo] = block
+        return [b for b in out if b is not None]
 
     def _closed_rows(self, unit: str, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Sub-candles of ``unit`` (1m/1h/1d) opening in [start, end), from closed minutes only."""
@@ -467,9 +549,13 @@ class SymbolMarket:
         d_hi = min(-(-end_ms // DAY_MS), today)
         parts: list[Rows] = []
         if d_hi > d_lo:
-            self._fill_days(d_lo, d_hi)
-            which = 0 if unit == "1h" else 1
-            parts += [self._day(d)[which] for d in range(d_lo, d_hi)]
+            blocks = [b for b in self._days(d_lo, d_hi) if len(b)]
+            if blocks:
+                if unit == "1h":
+                    mat = np.concatenate([b[:-1] for b in blocks])
+                else:
+                    mat = np.stack([b[-1] for b in blocks])
+                parts.append(Rows(*(np.ascontiguousarray(c) for c in mat.T)))
         if end_ms > today * DAY_MS and start_ms < now_min * MINUTE_MS:
             rows = self.minute_rows(max(today * 1440, start_ms // MINUTE_MS), now_min)
             step = HOUR_MS if unit == "1h" else DAY_MS
@@ -487,6 +573,8 @@ class SymbolMarket:
         the aggregate of the trades so far. Candles after now, before the listing or wholly in a
         gap are absent.
         """
+        if timeframe == "1s":
+            return self.second_rows(start_ms, end_ms, now_ms)
         first = candle_open_ms(max(start_ms, self.listing_ms), timeframe)
         if first < start_ms:
             first = next_open_ms(first, timeframe)

@@ -26,7 +26,7 @@ from data_collector.markets import (
 from data_collector.simulator.book import OrderBook
 from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json, symbol_info
 from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
-from data_collector.simulator.market import Rows, SymbolMarket
+from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.rng import stream_key
 from data_collector.simulator.streams import StreamError, StreamHub
 
@@ -80,6 +80,33 @@ def _limit(request: web.Request, default: int, maximum: int) -> int:
     return min(limit, maximum)
 
 
+class WsFaults:
+    """WebSocket fault switches of one simulator (``sim.ws_faults``)."""
+
+    def __init__(self, sim: SimulatedExchange) -> None:
+        self._sim = sim
+
+    def drop_all(self) -> int:
+        """Abort every connection now, without a close frame. Returns how many."""
+        return self._sim.hub.drop_all()
+
+    def shutdown_all(self) -> int:
+        """A planned drop: ``serverShutdown`` event, then a close frame, on every connection."""
+        return self._sim.hub.shutdown_all()
+
+    def stall(self, seconds: float) -> None:
+        """Send nothing for ``seconds``; sockets stay open and data resumes afterwards."""
+        self._sim.hub.stalled_until_ms = self._sim.clock.now_ms() + int(seconds * 1000)
+
+    def malformed(self) -> None:
+        """Send one frame that is not valid JSON to every connection."""
+        self._sim.hub.malformed()
+
+    def skip_depth_id(self, symbol: str, count: int = 1) -> None:
+        """Lose ``count`` depth update ids of ``symbol``: the next diff does not follow on."""
+        self._sim.books[self._sim.market(symbol).symbol].skip_update_id(count)
+
+
 class SimulatedExchange:
     """A deterministic Binance spot exchange on localhost, for tests, benchmarks and demos.
 
@@ -104,6 +131,9 @@ class SimulatedExchange:
         ban_grace_ms: a request this long after the first 429 of a minute, still inside its
             Retry-After window, earns a 418 ban.
         ban_base_s: length of the first ban; each further ban doubles it (up to 3 days).
+        ws_max_incoming_per_s: drop a WebSocket client sending more control messages a second
+            than this (Binance: 5); ``None`` (default) does not limit.
+        clock: the simulated wall clock (default: real time); tests freeze or advance it.
     """
 
     def __init__(
@@ -122,6 +152,8 @@ class SimulatedExchange:
         ws_max_lifetime_s: float = 24 * 3600.0,
         ban_grace_ms: int = 1000,
         ban_base_s: int = 120,
+        ws_max_incoming_per_s: float | None = None,
+        clock: SimClock | None = None,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -134,18 +166,20 @@ class SimulatedExchange:
         self.host = host
         self.port = port
         self.ws_rate = float(ws_rate)
-        self.clock = SimClock()
+        self.clock = clock if clock is not None else SimClock()
         self.limiter = WeightLimiter(
             weight_limit, self.clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s
         )
         listings = {k.upper(): v for k, v in (listings or {}).items()}
         self.markets: dict[str, SymbolMarket] = {}
+        # ~2 KB per cached day: 20,000 days (all symbols together) stay under ~50 MB.
+        day_cache = DayCache(20_000)
         for name in names:
             if gaps is None:
                 sym_gaps = None
             else:
                 sym_gaps = {k.upper(): v for k, v in gaps.items()}.get(name, [])
-            self.markets[name] = SymbolMarket(name, self.seed, listings.get(name), sym_gaps)
+            self.markets[name] = SymbolMarket(name, self.seed, listings.get(name), sym_gaps, day_cache)
         self.market_by_id = {m.exchange_symbol: m for m in self.markets.values()}
         self.market_by_stream = {stream_symbol(s): m for s, m in self.markets.items()}
         self.books: dict[str, OrderBook] = {
@@ -165,11 +199,15 @@ class SimulatedExchange:
         self._by_endpoint: Counter[str] = Counter()
         self._by_status: Counter[int] = Counter()
         self.hub = StreamHub(self)
+        #: WebSocket fault switches: ``drop_all``, ``shutdown_all``, ``stall``, ``malformed``, ``skip_depth_id``.
+        self.ws_faults = WsFaults(self)
         self.hub.ping_s = ws_ping_s
         self.hub.max_lifetime_s = ws_max_lifetime_s
+        self.hub.max_incoming_per_s = ws_max_incoming_per_s
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._hanging: set[asyncio.Future[None]] = set()
+        self._scheduled: list[asyncio.TimerHandle] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -217,6 +255,8 @@ class SimulatedExchange:
         self._closed = True
         for fut in list(self._hanging):
             fut.cancel()
+        for handle in self._scheduled:
+            handle.cancel()
         await self.hub.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -273,7 +313,8 @@ class SimulatedExchange:
 
     # -- the truth -----------------------------------------------------------------------------
 
-    def _market(self, symbol: str) -> SymbolMarket:
+    def market(self, symbol: str) -> SymbolMarket:
+        """The model of ``symbol`` (``SOL/USDT`` or ``SOLUSDT``); ``UsageError`` if not listed."""
         key = symbol.upper()
         market = self.markets.get(key) or self.market_by_id.get(key.replace("/", ""))
         if market is None:
@@ -282,23 +323,23 @@ class SimulatedExchange:
 
     def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> Rows:
         """Raw candle rows (integer ticks and lots) opening in ``[start_ms, end_ms)``."""
-        if timeframe not in TIMEFRAMES or timeframe == "1s":
+        if timeframe not in TIMEFRAMES:
             raise UsageError(f"unsupported timeframe {timeframe!r}")
-        return self._market(symbol).candles(timeframe, start_ms, end_ms, self.clock.now_ms())
+        return self.market(symbol).candles(timeframe, start_ms, end_ms, self.clock.now_ms())
 
     def klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> list[list[Any]]:
         """Kline arrays exactly as REST serves them, for candles opening in ``[start_ms, end_ms)``.
 
         Includes the forming candle if it opens in the range (its values so far).
         """
-        market = self._market(symbol)
+        market = self.market(symbol)
         rows = self.candles(symbol, timeframe, start_ms, end_ms)
         result: list[list[Any]] = json.loads(klines_json(rows, market, timeframe))
         return result
 
     def agg_trades(self, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
         """aggTrades with ``start_ms <= T < end_ms`` (up to now), as REST serves them."""
-        market = self._market(symbol)
+        market = self.market(symbol)
         now = self.clock.now_ms()
         out = []
         for minute in range(start_ms // MINUTE_MS, (min(end_ms, now + 1) - 1) // MINUTE_MS + 1):
@@ -309,15 +350,15 @@ class SimulatedExchange:
 
     def listing_ms(self, symbol: str) -> int:
         """When ``symbol`` started trading (no candles before)."""
-        return self._market(symbol).listing_ms
+        return self.market(symbol).listing_ms
 
     def gaps(self, symbol: str) -> list[tuple[int, int]]:
         """Maintenance windows ``(start_ms, end_ms)`` up to now: no candles open inside."""
-        return self._market(symbol).gaps(self.clock.now_ms())
+        return self.market(symbol).gaps(self.clock.now_ms())
 
     def order_book(self, symbol: str, limit: int = 5000) -> dict[str, Any]:
         """The current book: ``{"lastUpdateId", "bids": [[price, qty]], "asks": ...}`` as floats."""
-        market = self._market(symbol)
+        market = self.market(symbol)
         self.advance_book(market, self.clock.now_ms())
         book = self.books[market.symbol]
         bids, asks = book.top(limit)
@@ -408,6 +449,12 @@ class SimulatedExchange:
         self.start_outage()
         self._outage_until_ms = self._loop_ms() + seconds * 1000
 
+    def schedule_outage(self, after_s: float, seconds: float) -> None:
+        """An outage of ``seconds`` that starts ``after_s`` from now."""
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(after_s, self.outage, seconds)
+        self._scheduled.append(handle)
+
     @staticmethod
     def _loop_ms() -> float:
         return asyncio.get_running_loop().time() * 1000
@@ -424,24 +471,24 @@ class SimulatedExchange:
     # WebSocket faults
 
     def ws_drop_all(self) -> int:
-        """Abort every WebSocket connection now (no close frame)."""
-        return self.hub.drop_all()
+        """Same as ``ws_faults.drop_all()``."""
+        return self.ws_faults.drop_all()
 
     def ws_shutdown_all(self) -> int:
-        """A planned drop: ``serverShutdown`` event, then a close frame, on every connection."""
-        return self.hub.shutdown_all()
+        """Same as ``ws_faults.shutdown_all()``."""
+        return self.ws_faults.shutdown_all()
 
     def ws_stall(self, seconds: float) -> None:
-        """Send nothing on any WebSocket for ``seconds`` (sockets stay open; data resumes after)."""
-        self.hub.stalled_until_ms = self.clock.now_ms() + int(seconds * 1000)
+        """Same as ``ws_faults.stall(seconds)``."""
+        self.ws_faults.stall(seconds)
 
     def ws_malformed(self) -> None:
-        """Send one frame that is not valid JSON to every connection."""
-        self.hub.malformed()
+        """Same as ``ws_faults.malformed()``."""
+        self.ws_faults.malformed()
 
     def ws_skip_depth_id(self, symbol: str, count: int = 1) -> None:
-        """Lose ``count`` depth update ids of ``symbol`` (the next diff does not follow on)."""
-        self.books[self._market(symbol).symbol].skip_update_id(count)
+        """Same as ``ws_faults.skip_depth_id(symbol, count)``."""
+        self.ws_faults.skip_depth_id(symbol, count)
 
     def ws_sent(self) -> dict[str, dict[str, int]]:
         """Per stream: messages produced (each sent to every subscriber) and the last id."""
@@ -675,7 +722,7 @@ class SimulatedExchange:
             raise ApiError(
                 -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
             )
-        if interval not in TIMEFRAMES or interval == "1s":
+        if interval not in TIMEFRAMES:
             raise ApiError(-1120, "Invalid interval.")
         limit = _limit(request, 500, 1000)
         start = _int_param(request, "startTime")

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
 HIGH_WATER = 4 * 1024 * 1024
 _KLINE_PUSH_MS = 2000
+#: Binance's cap on streams per connection.
+MAX_STREAMS = 1024
 
 
 def frame(payload: bytes) -> bytes:
@@ -92,6 +94,9 @@ class StreamHub:
         self.tick_s = 0.005
         self.ping_s = 20.0
         self.max_lifetime_s = 24 * 3600.0
+        #: Incoming control messages allowed per second and connection (None: no limit).
+        self.max_incoming_per_s: float | None = None
+        self.dropped_for_rate = 0
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random(sim.seed)
         self._trade_ids: dict[str, int] = {}
@@ -127,7 +132,7 @@ class StreamHub:
             raise StreamError(name)
         if rest in ("trade", "aggTrade", "bookTicker", "miniTicker"):
             return market, rest, ""
-        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES and rest[6:] != "1s":
+        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES:
             return market, "kline", rest[6:]
         if rest in ("depth", "depth@1000ms"):
             return market, "depth", "1000"
@@ -143,6 +148,8 @@ class StreamHub:
     def subscribe(self, conn: Connection, names: list[str]) -> None:
         """Add streams to ``conn`` (validated first: all or nothing)."""
         parsed = [(n, self.parse(n)) for n in names]
+        if len(conn.subs | set(names)) > MAX_STREAMS:
+            raise StreamError(f"more than {MAX_STREAMS} streams on one connection")
         now = self.sim.clock.now_ms()
         for name, (market, kind, arg) in parsed:
             state = self.streams.get(name)
@@ -192,9 +199,21 @@ class StreamHub:
                     )
                     await ws.close()
                     return ws
+            window_start, in_window = 0.0, 0
+            loop = asyncio.get_running_loop()
             async for msg in ws:
                 if msg.type != web.WSMsgType.TEXT:
                     continue
+                if self.max_incoming_per_s is not None:
+                    # Binance drops a connection that sends more than 5 messages a second.
+                    now_s = loop.time()
+                    if now_s - window_start >= 1.0:
+                        window_start, in_window = now_s, 0
+                    in_window += 1
+                    if in_window > self.max_incoming_per_s:
+                        self.dropped_for_rate += 1
+                        await ws.close(code=1008, message=b"Too many requests")
+                        break
                 self._control(conn, msg.data)
         finally:
             self.drop(conn)
@@ -561,5 +580,8 @@ class StreamHub:
     async def _pump(self) -> None:
         sleep: Callable[[float], Any] = asyncio.sleep
         while True:
-            self.tick()
-            await sleep(self.tick_s)
+            if self.streams or self.connections:
+                self.tick()
+                await sleep(self.tick_s)
+            else:
+                await sleep(0.05)
