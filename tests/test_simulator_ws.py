@@ -168,6 +168,8 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     events.append(json.loads(msg.data).get("e"))
             assert events[-1] == "serverShutdown"
+    # A client that never answers pings is dropped (no serverShutdown: not a planned close).
+    async with SimulatedExchange(symbols=["BTC/USDT"], ws_ping_s=0.3) as sim:
         async with http.ws_connect(sim.ws_url + "/ws", autoping=False) as ws:
             kinds = []
             while True:
@@ -175,7 +177,14 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 kinds.append(msg.type)
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
-            assert aiohttp.WSMsgType.PING in kinds
+            assert aiohttp.WSMsgType.PING in kinds and aiohttp.WSMsgType.TEXT not in kinds
+        # One that does answer stays.
+        async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
+            while loop.time() < until:  # reading is what answers the pings
+                assert (await _next(ws))["e"] == "trade"
+            assert sim.ws_connections() == 1
 
 
 async def test_control_message_limits(http: aiohttp.ClientSession) -> None:
