@@ -18,6 +18,7 @@ Model (every number is a pure function of ``(seed, symbol, position)``):
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -51,8 +52,12 @@ _KNOWN_PRICES = {"BTC": 40000.0, "ETH": 2500.0, "SOL": 100.0, "BNB": 300.0, "XRP
 _YEAR_MIN = 365 * 24 * 60
 
 
-class Rows(NamedTuple):
-    """Aggregated candles as parallel int64 arrays (prices in ticks, volumes in lot steps)."""
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Aggregated candles as parallel int64 arrays (prices in ticks, volumes in lot steps).
+
+    ``len()`` is the number of candles; iterating yields the columns in :data:`FIELDS` order.
+    """
 
     open_ms: I64
     o: I64
@@ -67,6 +72,9 @@ class Rows(NamedTuple):
 
     def __len__(self) -> int:
         return int(self.open_ms.shape[0])
+
+    def __iter__(self) -> Iterator[I64]:
+        return iter((self.open_ms, self.o, self.h, self.l, self.c, self.v, self.n, self.q, self.tb, self.tbq))
 
 
 def _empty_rows() -> Rows:
@@ -528,8 +536,8 @@ class SymbolMarket:
             rows = self.minute_rows(a * 1440, b * 1440)
             hours = _group_reduce(rows, rows.open_ms - rows.open_ms % HOUR_MS)
             days = _group_reduce(hours, hours.open_ms - hours.open_ms % DAY_MS)
-            h_mat = np.stack(hours, axis=1) if len(hours) else np.zeros((0, 10), dtype=np.int64)
-            d_mat = np.stack(days, axis=1) if len(days) else np.zeros((0, 10), dtype=np.int64)
+            h_mat = np.stack(list(hours), axis=1) if len(hours) else np.zeros((0, 10), dtype=np.int64)
+            d_mat = np.stack(list(days), axis=1) if len(days) else np.zeros((0, 10), dtype=np.int64)
             h_cut = np.searchsorted(hours.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
             d_cut = np.searchsorted(days.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
             for d in range(a, b):

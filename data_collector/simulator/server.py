@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from data_collector.errors import ClosedError, UsageError
@@ -780,8 +781,6 @@ class SimulatedExchange:
 
     @staticmethod
     def _cat(parts: list[Rows], limit: int, keep_last: bool) -> Rows:
-        import numpy as np
-
         parts = [p for p in parts if len(p)]
         if not parts:
             return Rows(*(np.zeros(0, dtype=np.int64) for _ in range(10)))
