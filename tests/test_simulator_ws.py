@@ -125,6 +125,12 @@ async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSessio
     ids = [t["t"] for t in got]
     assert ids == list(range(ids[0], ids[0] + 40))
     assert sent["count"] >= 40 and sent["last_id"] == ids[0] + sent["count"] - 1
+    sim.set_ws_rate(0)
+    before = sim.ws_sent()["solusdt@trade"]["count"]
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.3)
+    assert sim.ws_sent()["solusdt@trade"]["count"] == before
 
 
 async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:

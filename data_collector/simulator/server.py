@@ -135,6 +135,7 @@ class SimulatedExchange:
         ws_max_incoming_per_s: drop a WebSocket client sending more control messages a second
             than this (Binance: 5); ``None`` (default) does not limit.
         clock: the simulated wall clock (default: real time); tests freeze or advance it.
+        endpoint_faults: initial per-endpoint faults, e.g. ``{"klines": Faults(error_rate=0.1)}``.
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class SimulatedExchange:
         ban_base_s: int = 120,
         ws_max_incoming_per_s: float | None = None,
         clock: SimClock | None = None,
+        endpoint_faults: dict[str, Faults] | None = None,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -193,7 +195,9 @@ class SimulatedExchange:
         if latency_ms:
             self._global_faults.latency_ms = float(latency_ms)
             self._global_faults.validate()
-        self._endpoint_faults: dict[str, Faults] = {}
+        self._endpoint_faults: dict[str, Faults] = {
+            str(endpoint_key(k)): f.validate() for k, f in (endpoint_faults or {}).items()
+        }
         self._rng = random.Random(self.seed)
         self._outage_until_ms: float | None = None
         self._stats: Counter[str] = Counter()
@@ -435,6 +439,12 @@ class SimulatedExchange:
         f = self._faults_for(endpoint, create=True)
         f.error_rate, f.reset_rate = error_rate, reset_rate
         f.hang_rate, f.malformed_rate = hang_rate, malformed_rate
+
+    def set_ws_rate(self, rate: float) -> None:
+        """Messages per second of each ``trade`` and ``bookTicker`` stream, from now on."""
+        if rate < 0:
+            raise UsageError(f"ws_rate must be >= 0, got {rate}")
+        self.ws_rate = float(rate)
 
     def start_outage(self) -> None:
         """Every request fails (503) and WebSocket connections drop until ``end_outage``."""
