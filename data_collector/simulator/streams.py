@@ -98,6 +98,7 @@ class StreamHub:
         self.max_incoming_per_s: float | None = None
         self.dropped_for_rate = 0
         self._task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[bool]] = set()
         self._rng = random.Random(sim.seed)
         self._trade_ids: dict[str, int] = {}
         self._ref: dict[str, tuple[int, int]] = {}
@@ -247,6 +248,12 @@ class StreamHub:
         # The ack is written before any data of the new streams can be (the pump runs later).
         conn.write_now(json.dumps(reply, separators=(",", ":")).encode())
 
+    def _close_later(self, conn: Connection) -> None:
+        """Close ``conn`` with a close frame, in a task the hub keeps until it is done."""
+        task = asyncio.get_running_loop().create_task(conn.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     # -- faults ------------------------------------------------------------------------------
 
     def drop_all(self) -> int:
@@ -265,7 +272,7 @@ class StreamHub:
         for conn in list(self.connections):
             conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
             conn.closing = True
-            asyncio.get_running_loop().create_task(conn.ws.close())
+            self._close_later(conn)
             self.drop(conn)
             n += 1
         return n
@@ -574,7 +581,7 @@ class StreamHub:
             if now - conn.opened_ms >= limit_ms and not conn.closing:
                 conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
                 conn.closing = True
-                asyncio.get_running_loop().create_task(conn.ws.close())
+                self._close_later(conn)
                 self.drop(conn)
 
     async def _pump(self) -> None:
