@@ -213,6 +213,7 @@ class SimulatedExchange:
         self._closed = False
         self._hanging: set[asyncio.Future[None]] = set()
         self._scheduled: list[asyncio.TimerHandle] = []
+        self._rolling: dict[str, tuple[int, tuple[int, ...] | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -384,28 +385,67 @@ class SimulatedExchange:
         book.advance(now_ms, mid, market.qty_units)
 
     def rolling_24h(self, market: SymbolMarket, now: int) -> dict[str, Any] | None:
-        """24 h rolling statistics (strings) or None before the listing."""
-        rows = market.candles("1m", now - 86_400_000 + 1, now + 1, now)
-        if len(rows) == 0:
+        """24 h rolling statistics (strings) or None before the listing.
+
+        The closed minutes are aggregated once per minute; only the forming one is redone.
+        """
+        now_min = now // MINUTE_MS
+        hit = self._rolling.get(market.symbol)
+        if hit is None or hit[0] != now_min:
+            start = now - 86_400_000 + 1
+            closed = market.minute_rows(-(-start // MINUTE_MS), now_min)
+            if len(closed):
+                agg: tuple[int, ...] | None = (
+                    int(closed.open_ms[0]),
+                    int(closed.o[0]),
+                    int(closed.h.max()),
+                    int(closed.l.min()),
+                    int(closed.c[-1]),
+                    int(closed.v.sum()),
+                    int(closed.q.sum()),
+                    int(closed.n.sum()),
+                )
+            else:
+                agg = None
+            hit = (now_min, agg)
+            self._rolling[market.symbol] = hit
+        agg = hit[1]
+        partial = market.partial_minute(now)
+        if agg is None and partial is None:
             return None
+        if agg is None:
+            assert partial is not None
+            open_ms, o, h, low, c, v, q, n = (
+                now_min * MINUTE_MS,
+                partial.o,
+                partial.h,
+                partial.l,
+                partial.c,
+                0,
+                0,
+                0,
+            )
+        else:
+            open_ms, o, h, low, c, v, q, n = agg
+        if partial is not None and partial.n:
+            h, low, c = max(h, partial.h), min(low, partial.l), partial.c
+            v, q, n = v + partial.v, q + partial.q, n + partial.n
         pd, qd = market.price_decimals, market.qty_decimals
-        o, c = int(rows.o[0]), int(rows.c[-1])
-        v, q, n = int(rows.v.sum()), int(rows.q.sum()), int(rows.n.sum())
-        first = market.trades_before(int(rows.open_ms[0]) // MINUTE_MS)
+        first = market.trades_before(open_ms // MINUTE_MS)
         return {
             "o": decimal8(o, pd),
             "c": decimal8(c, pd),
-            "h": decimal8(int(rows.h.max()), pd),
-            "l": decimal8(int(rows.l.min()), pd),
+            "h": decimal8(h, pd),
+            "l": decimal8(low, pd),
             "v": decimal8(v, qd),
             "q": decimal8(q, 8),
-            "change": o and c - o,
+            "change": c - o,
             "pct": "%.3f" % ((c - o) * 100.0 / o),
-            "wavg": decimal8(int(q * 10**pd // (v * 10 ** (8 - qd))) if v else c, pd),
+            "wavg": decimal8(q * 10**pd // (v * 10 ** (8 - qd)) if v else c, pd),
             "n": n,
             "first": first,
             "last": first + n - 1,
-            "open_ms": int(rows.open_ms[0]),
+            "open_ms": open_ms,
         }
 
     # -- runtime controls ----------------------------------------------------------------------
