@@ -218,6 +218,7 @@ class SymbolMarket:
         self._k_tt = stream_key(seed, self.symbol, "trade-time")
         self._k_tp = stream_key(seed, self.symbol, "trade-price")
         self._k_tw = stream_key(seed, self.symbol, "trade-pick")
+        self._k_tb = stream_key(seed, self.symbol, "trade-side")
         if listing_ms is None:
             lk = stream_key(seed, self.symbol, "listing")
             base = 1546300800000  # 2019-01-01
@@ -397,8 +398,8 @@ class SymbolMarket:
         if not self.is_trading(minute):
             return []
         m = np.array([minute], dtype=np.int64)
-        o, h, low, c, v, n_, _q, _tb, _tbq, k_, a_ = self._minute_fields(m)
-        n, k, a, vol = int(n_[0]), int(k_[0]), float(a_[0]), int(v[0])
+        o, h, low, c, v, n_, _q, tb_, _tbq, k_, a_ = self._minute_fields(m)
+        n, k, a, vol, tb = int(n_[0]), int(k_[0]), float(a_[0]), int(v[0]), int(tb_[0])
         idx = np.arange(minute * 4096, minute * 4096 + n, dtype=np.int64)
         offsets = np.sort(np.floor(uniform_array(self._k_tt, idx) * 60000.0).astype(np.int64))
         lo_t, hi_t = int(low[0]), int(h[0])
@@ -412,21 +413,28 @@ class SymbolMarket:
         prices[i_lo] = lo_t
         prices[0] = int(o[0])
         prices[-1] = int(c[0])
-        cum = self._cum_volume(n, vol, a, np.arange(n + 1, dtype=np.int64))
-        qtys = np.diff(cum)
+        # k of the n trades, at random places, were bought by the taker; their quantities add up
+        # to the candle's taker-buy volume and the others' to the rest of the volume.
+        buyer = np.zeros(n, dtype=bool)
+        buyer[np.argsort(uniform_array(self._k_tb, idx), kind="stable")[:k]] = True
+        qtys = np.empty(n, dtype=np.int64)
+        qtys[buyer] = self._split(tb, k, a)
+        qtys[~buyer] = self._split(vol - tb, n - k, -a)
         first = self.trades_before(minute)
         t0 = minute * MINUTE_MS
         return [
-            Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), i >= k) for i in range(n)
+            Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), not buyer[i])
+            for i in range(n)
         ]
 
     @staticmethod
-    def _cum_volume(n: int, vol: int, a: float, i: I64) -> I64:
-        """Volume of the first ``i`` trades of a minute with ``n`` trades and volume ``vol``."""
-        vp = float(vol - n)
-        x = i.astype(np.float64) / float(n)
-        cum = i + np.floor(vp * (x + a * x * (1.0 - x))).astype(np.int64)
-        return np.where(i >= n, vol, cum)
+    def _split(total: int, parts: int, a: float) -> I64:
+        """``parts`` positive integers adding up to ``total`` (>= parts), shaped by ``a``."""
+        i = np.arange(parts + 1, dtype=np.int64)
+        x = i.astype(np.float64) / float(parts)
+        cum = i + np.floor(float(total - parts) * (x + a * x * (1.0 - x))).astype(np.int64)
+        cum[-1] = total
+        return np.diff(cum)
 
     def second_rows(self, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """1s candles opening in ``[start_ms, end_ms)`` up to ``now_ms``, built from the trades.
