@@ -219,6 +219,7 @@ class SymbolMarket:
         self._k_tp = stream_key(seed, self.symbol, "trade-price")
         self._k_tw = stream_key(seed, self.symbol, "trade-pick")
         self._k_tb = stream_key(seed, self.symbol, "trade-side")
+        self._k_tq = stream_key(seed, self.symbol, "trade-qty")
         if listing_ms is None:
             lk = stream_key(seed, self.symbol, "listing")
             base = 1546300800000  # 2019-01-01
@@ -398,8 +399,8 @@ class SymbolMarket:
         if not self.is_trading(minute):
             return []
         m = np.array([minute], dtype=np.int64)
-        o, h, low, c, v, n_, _q, tb_, _tbq, k_, a_ = self._minute_fields(m)
-        n, k, a, vol, tb = int(n_[0]), int(k_[0]), float(a_[0]), int(v[0]), int(tb_[0])
+        o, h, low, c, v, n_, _q, tb_, _tbq, k_, _a = self._minute_fields(m)
+        n, k, vol, tb = int(n_[0]), int(k_[0]), int(v[0]), int(tb_[0])
         idx = np.arange(minute * 4096, minute * 4096 + n, dtype=np.int64)
         offsets = np.sort(np.floor(uniform_array(self._k_tt, idx) * 60000.0).astype(np.int64))
         lo_t, hi_t = int(low[0]), int(h[0])
@@ -418,8 +419,9 @@ class SymbolMarket:
         buyer = np.zeros(n, dtype=bool)
         buyer[np.argsort(uniform_array(self._k_tb, idx), kind="stable")[:k]] = True
         qtys = np.empty(n, dtype=np.int64)
-        qtys[buyer] = self._split(tb, k, a)
-        qtys[~buyer] = self._split(vol - tb, n - k, -a)
+        weights = uniform_array(self._k_tq, idx)
+        qtys[buyer] = self._split(tb, k, weights[buyer])
+        qtys[~buyer] = self._split(vol - tb, n - k, weights[~buyer])
         first = self.trades_before(minute)
         t0 = minute * MINUTE_MS
         return [
@@ -428,13 +430,15 @@ class SymbolMarket:
         ]
 
     @staticmethod
-    def _split(total: int, parts: int, a: float) -> I64:
-        """``parts`` positive integers adding up to ``total`` (>= parts), shaped by ``a``."""
-        i = np.arange(parts + 1, dtype=np.int64)
-        x = i.astype(np.float64) / float(parts)
-        cum = i + np.floor(float(total - parts) * (x + a * x * (1.0 - x))).astype(np.int64)
+    def _split(total: int, parts: int, u: F64) -> I64:
+        """``parts`` positive integers adding up to ``total`` (>= parts), weighted by ``u``."""
+        if parts == 0:
+            return np.zeros(0, dtype=np.int64)
+        w = np.cumsum(0.1 + u[:parts] ** 4 * 8.0)
+        cum = np.arange(1, parts + 1, dtype=np.int64)
+        cum += np.floor(float(total - parts) * (w / w[-1])).astype(np.int64)
         cum[-1] = total
-        return np.diff(cum)
+        return np.diff(cum, prepend=0)
 
     def second_rows(self, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """1s candles opening in ``[start_ms, end_ms)`` up to ``now_ms``, built from the trades.
