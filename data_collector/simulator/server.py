@@ -959,7 +959,8 @@ class SimulatedExchange:
             )
         )
 
-    def _ticker(self, market: SymbolMarket, now: int) -> dict[str, Any]:
+    def ticker_24hr(self, market: SymbolMarket, now: int) -> dict[str, Any]:
+        """The ``/api/v3/ticker/24hr`` object of ``market`` at ``now``."""
         self.advance_book(market, now)
         (bp, bq), (ap, aq) = self.books[market.symbol].best()
         pd, qd = market.price_decimals, market.qty_decimals
@@ -996,10 +997,10 @@ class SimulatedExchange:
         now = self.clock.now_ms()
         one = self._symbol(request, required=False)
         if one is not None:
-            return self._json(json.dumps(self._ticker(one, now), separators=(",", ":")))
+            return self._json(json.dumps(self.ticker_24hr(one, now), separators=(",", ":")))
         several = self._symbols_list(request)
         markets = several if several is not None else list(self.markets.values())
-        return self._json(json.dumps([self._ticker(m, now) for m in markets], separators=(",", ":")))
+        return self._json(json.dumps([self.ticker_24hr(m, now) for m in markets], separators=(",", ":")))
 
     def _book_ticker_obj(self, market: SymbolMarket, now: int) -> dict[str, Any]:
         self.advance_book(market, now)

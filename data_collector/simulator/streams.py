@@ -131,7 +131,7 @@ class StreamHub:
         market = self.sim.market_by_stream.get(sym)
         if market is None or not rest:
             raise StreamError(name)
-        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker"):
+        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker", "ticker"):
             return market, rest, ""
         if rest.startswith("kline_") and rest[6:] in TIMEFRAMES:
             return market, "kline", rest[6:]
@@ -382,7 +382,7 @@ class StreamHub:
             if out:
                 self._count_sent(st.name, len(out), st.kline_open)
             return out
-        if kind == "miniTicker":
+        if kind in ("miniTicker", "ticker"):
             if now - st.last_ms < 1000 and st.cursor:
                 return []
             st.last_ms = now
@@ -391,6 +391,32 @@ class StreamHub:
             if stats is None:
                 return []
             self._count_sent(st.name, 1, now)
+            if kind == "ticker":
+                tick = self.sim.ticker_24hr(m, now)
+                keys = (
+                    ("p", "priceChange"),
+                    ("P", "priceChangePercent"),
+                    ("w", "weightedAvgPrice"),
+                    ("x", "prevClosePrice"),
+                    ("c", "lastPrice"),
+                    ("Q", "lastQty"),
+                    ("b", "bidPrice"),
+                    ("B", "bidQty"),
+                    ("a", "askPrice"),
+                    ("A", "askQty"),
+                    ("o", "openPrice"),
+                    ("h", "highPrice"),
+                    ("l", "lowPrice"),
+                    ("v", "volume"),
+                    ("q", "quoteVolume"),
+                    ("O", "openTime"),
+                    ("C", "closeTime"),
+                    ("F", "firstId"),
+                    ("L", "lastId"),
+                    ("n", "count"),
+                )
+                event = {"e": "24hrTicker", "E": now, "s": sym, **{short: tick[long] for short, long in keys}}
+                return [json.dumps(event, separators=(",", ":")).encode()]
             return [
                 (
                     '{"e":"24hrMiniTicker","E":%d,"s":"%s","c":"%s","o":"%s","h":"%s","l":"%s","v":"%s","q":"%s"}'
