@@ -237,8 +237,8 @@ class SymbolMarket:
         out: list[tuple[int, int]] = []
         if gaps is None:
             gk = stream_key(self.seed, self.symbol, "gaps")
-            for year in range(100):
-                h = int(hash_array(gk, np.array([year], dtype=np.int64))[0])
+            for year, h64 in enumerate(hash_array(gk, np.arange(100, dtype=np.int64))):
+                h = int(h64)
                 start = self._lm + year * _YEAR_MIN + 30 * 1440 + (h % (300 * 1440))
                 length = 120 + (h >> 32) % 240
                 out.append((start, start + length))
