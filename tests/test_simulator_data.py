@@ -277,3 +277,43 @@ async def test_24h_ticker_aggregates_the_last_day_of_candles(sim: SimulatedExcha
         assert ticker["count"] == sum(x[8] for x in k)
         assert ticker["lastId"] - ticker["firstId"] + 1 == ticker["count"]
     sim.clock.unfreeze()
+
+
+async def test_rest_klines_paging_semantics() -> None:
+    gap = (1_700_000_000_000 // HOUR_MS * HOUR_MS, 1_700_000_000_000 // HOUR_MS * HOUR_MS + 2 * HOUR_MS)
+    async with (
+        SimulatedExchange(symbols=["SOL/USDT"], seed=4, gaps={"SOL/USDT": [gap]}) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def get(**params: Any) -> list[list[Any]]:
+            params = {"symbol": "SOLUSDT", "interval": "1m", **{k: str(v) for k, v in params.items()}}
+            async with http.get(sim.rest_url + "/api/v3/klines", params=params) as resp:
+                assert resp.status == 200
+                result: list[list[Any]] = await resp.json()
+                return result
+
+        end = gap[0] - 10 * DAY_MS + 12_345
+        latest = await get(endTime=end, limit=7)
+        assert [k[0] for k in latest] == [
+            end // MINUTE_MS * MINUTE_MS - i * MINUTE_MS for i in range(6, -1, -1)
+        ]
+        assert len(await get()) == 500
+        start = end - 5 * MINUTE_MS
+        ranged = await get(startTime=start, endTime=end)
+        assert [k[0] for k in ranged] == [(start // MINUTE_MS + 1 + i) * MINUTE_MS for i in range(5)]
+        across = await get(startTime=gap[0] - 3 * MINUTE_MS, limit=6)
+        assert [k[0] for k in across] == [gap[0] - 3 * MINUTE_MS + i * MINUTE_MS for i in range(3)] + [
+            gap[1] + i * MINUTE_MS for i in range(3)
+        ]
+        backwards = await get(endTime=gap[1] + MINUTE_MS, limit=4)
+        assert [k[0] for k in backwards] == [
+            gap[0] - 2 * MINUTE_MS,
+            gap[0] - MINUTE_MS,
+            gap[1],
+            gap[1] + MINUTE_MS,
+        ]
+        assert await get(startTime=sim.clock.now_ms() + DAY_MS) == []
+        assert await get(endTime=sim.listing_ms("SOL/USDT") - 1) == []
+        listing = sim.listing_ms("SOL/USDT")
+        assert (await get(startTime=0, limit=1))[0][0] == listing
