@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import struct
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from data_collector.simulator.market import SymbolMarket
 
 if TYPE_CHECKING:
     from data_collector.simulator.server import SimulatedExchange
+
+log = logging.getLogger(__name__)
 
 #: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
 HIGH_WATER = 4 * 1024 * 1024
@@ -614,7 +617,10 @@ class StreamHub:
         sleep: Callable[[float], Any] = asyncio.sleep
         while True:
             if self.streams or self.connections:
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # one bad tick must not silence every stream for good
+                    log.exception("simulator stream pump tick failed")
                 await sleep(self.tick_s)
             else:
                 await sleep(0.05)
