@@ -103,6 +103,8 @@ class OptimizedDataCollector:
         self._closed = False
         self._stop = asyncio.Event()
         self._instruments: dict[str, Instrument] = {}
+        #: The report of the run in progress (or the last one), for live monitoring.
+        self.current_report: CollectionReport | None = None
 
     async def __aenter__(self) -> OptimizedDataCollector:
         await self.initialize()
@@ -252,6 +254,7 @@ class OptimizedDataCollector:
             client.check_timeframe(timeframe)
         self._stop.clear()
         report = CollectionReport()
+        self.current_report = report
         for symbol in symbol_list:
             for timeframe in timeframe_list:
                 report.pair(symbol, timeframe)

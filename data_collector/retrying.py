@@ -82,7 +82,7 @@ def retry_policy(
 
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
         stop=stop_after_attempt(attempts),
         before_sleep=before_sleep,
         reraise=True,
