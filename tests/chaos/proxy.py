@@ -246,8 +246,7 @@ class FaultProxy:
         conn.tasks = [up, down]
         await asyncio.wait(conn.tasks, return_when=asyncio.FIRST_COMPLETED)
         # One side finished: give the other a moment to flush a half-close, then drop both.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*conn.tasks, return_exceptions=True), 1.0)
+        await asyncio.wait(conn.tasks, timeout=1.0)
 
     async def _pump(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, d: str

@@ -252,3 +252,24 @@ def test_cache_keys_keep_the_prefix_and_namespace(key: str) -> None:
         assert not key or len(key) > 1024
         return
     assert built == "dc:cache:" + key
+
+
+async def test_cache_keys_with_metacharacters_are_stored_safely(redis_prefix: str) -> None:
+    """Keys are the caller's own strings: they round-trip exactly, and a ``clear(prefix)`` holding
+    glob characters deletes only what literally starts with it."""
+    cache_manager = pytest.importorskip("utils.cache_manager")
+    from tests.conftest import REDIS_URL
+
+    config = {"redis": {"url": REDIS_URL, "prefix": redis_prefix}, "logging": {"file": None}}
+    keys = [k for k in NASTY if k and len(k) <= 1024] + ["a:b", "a:bc", "ab*", "a?", "[ab]"]
+    async with cache_manager.AsyncCacheManager(config, strict=True) as cache:
+        for i, key in enumerate(keys):
+            assert await cache.set(key, i)
+        for i, key in enumerate(keys):
+            assert await cache.get(key) == i, key
+        assert await cache.clear("a:b*") == 1  # only the literal "a:b*", not "a:b" or "a:bc"
+        assert await cache.get("a:b") is not None and await cache.get("a:bc") is not None
+        assert await cache.clear("[ab]") == 1
+        assert await cache.get("a?") is not None
+        with pytest.raises(UsageError):
+            await cache.set("x" * 10_000, 1)

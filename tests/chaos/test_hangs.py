@@ -93,3 +93,98 @@ async def test_exchange_client_fails_within_timeout_when_blackholed(
     assert not outcome.hung, outcome
     assert isinstance(outcome.error, TransientError), outcome
     scenario_report.outcome = "ok"
+
+
+def _redis_config(url: str, prefix: str) -> dict[str, Any]:
+    return {
+        "redis": {
+            "url": url,
+            "prefix": prefix,
+            "socket_timeout_s": TIMEOUT_S,
+            "connect_timeout_s": TIMEOUT_S,
+        },
+        "cache": {"down_backoff_s": 0},
+        "logging": {"file": None},
+    }
+
+
+def _redis_target() -> tuple[str, int]:
+    from tests.conftest import REDIS_URL
+
+    netloc = REDIS_URL.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    host, _, port = netloc.partition(":")
+    return host, int(port or 6379)
+
+
+async def test_cache_calls_end_within_timeout_when_blackholed(
+    make_proxy: MakeProxy, redis_prefix: str, scenario_report: ScenarioReport
+) -> None:
+    cache_manager = pytest.importorskip("utils.cache_manager")
+    from tests.conftest import REDIS_URL
+
+    proxy = await make_proxy(*_redis_target())
+    config = _redis_config(proxy.url(REDIS_URL), redis_prefix)
+    outcomes: list[Outcome] = []
+    async with cache_manager.AsyncCacheManager(config) as cache:
+        assert await cache.set("k", {"v": 1})  # a pooled connection exists before the fault
+        proxy.blackhole = True
+        calls: dict[str, Any] = {
+            "get": lambda: cache.get("k", "miss"),
+            "set": lambda: cache.set("k2", 2),
+            "get_multi": lambda: cache.get_multi(["k", "k2"]),
+            "set_multi": lambda: cache.set_multi({"a": 1, "b": 2}),
+            "delete": lambda: cache.delete("k"),
+            "exists": lambda: cache.exists("k"),
+            "clear": lambda: cache.clear(),
+            "ping": lambda: cache.ping(),
+        }
+        for name, call in calls.items():
+            outcome = await bounded(f"AsyncCacheManager.{name}", call(), GUARD_S)
+            outcomes.append(outcome)
+            assert not outcome.hung, outcome
+            assert outcome.error is None, outcome  # degrade to a miss/False, never raise
+        assert outcomes[0].result == "miss" and outcomes[1].result is False
+        proxy.blackhole = False
+        proxy.reset_all()
+        assert await cache.get("k") == {"v": 1}  # reconnects by itself; nothing lost
+
+    strict_outcomes = []
+    async with cache_manager.AsyncCacheManager(config, strict=True) as cache:
+        assert await cache.ping()
+        proxy.blackhole = True
+        for name in ("get", "set"):
+            call = cache.get("k") if name == "get" else cache.set("k", 3)
+            outcome = await bounded(f"AsyncCacheManager(strict).{name}", call, GUARD_S)
+            strict_outcomes.append(outcome)
+            assert not outcome.hung, outcome
+            assert isinstance(outcome.error, cache_manager.CacheUnavailableError), outcome
+        proxy.blackhole = False
+
+    sync_outcomes = []
+    cache = cache_manager.CacheManager(config)
+    try:
+        assert await asyncio.to_thread(cache.set, "s", 1)
+        proxy.blackhole = True
+        for name in ("get", "set", "clear"):
+            fn = {
+                "get": lambda: cache.get("s", "miss"),
+                "set": lambda: cache.set("s", 2),
+                "clear": cache.clear,
+            }[name]
+            outcome = await bounded(f"CacheManager.{name}", asyncio.to_thread(fn), GUARD_S)
+            sync_outcomes.append(outcome)
+            assert not outcome.hung and outcome.error is None, outcome
+        proxy.blackhole = False
+    finally:
+        proxy.blackhole = False
+        await asyncio.to_thread(cache.close)
+    for o in outcomes + sync_outcomes:
+        scenario_report.fault("blackhole")
+        scenario_report.faults_survived += int(not o.hung and o.error is None)
+    for o in strict_outcomes:
+        scenario_report.fault("blackhole")
+        scenario_report.faults_survived += int(not o.hung)
+    scenario_report.extra["slowest_s"] = round(
+        max(o.elapsed_s for o in outcomes + strict_outcomes + sync_outcomes), 2
+    )
+    scenario_report.outcome = "ok"
