@@ -162,6 +162,16 @@ class StreamingConfig(_Section):
     reconnect_max_backoff_s: float = Field(default=30.0, gt=0)
     book_depth: int = Field(default=20, ge=1, le=5000)
     book_publish_interval_ms: int = Field(default=100, ge=0)
+    #: Levels asked for in the REST depth snapshot a book is rebuilt from.
+    book_snapshot_limit: int = Field(default=1000, ge=5, le=5000)
+    #: First reconnect delay; it doubles (with jitter) up to ``reconnect_max_backoff_s``.
+    reconnect_min_backoff_s: float = Field(default=0.5, gt=0)
+    #: Streams on one WebSocket connection (Binance allows 1024).
+    max_streams_per_connection: int = Field(default=1024, ge=1, le=1024)
+    #: Most entries written in one Redis round trip when messages queue up faster than round trips.
+    max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: Frames larger than this are counted as malformed and skipped.
+    max_frame_bytes: int = Field(default=1_048_576, ge=1024)
 
 
 class MetricsConfig(_Section):

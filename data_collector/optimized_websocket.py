@@ -1,0 +1,291 @@
+"""``OptimizedWebSocketStreamer``: live Binance streams into Redis, fast and without silent loss.
+
+::
+
+    from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+    streamer = OptimizedWebSocketStreamer(symbols=['SOL/USDT'], redis_client=redis_client, batch_size=10)
+    streamer.start()
+    metrics = streamer.get_metrics()
+
+``start()`` returns at once: inside a running event loop it schedules the streamer on that loop,
+outside one it runs it in a background thread with its own loop (uvloop when installed).
+``stop()`` / ``await astop()`` flush and close; ``await run()`` runs in the foreground;
+``async with OptimizedWebSocketStreamer(...)`` is also supported. The work itself is done by
+:mod:`data_collector.streaming` (see its modules for the Redis layout and the guarantees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from data_collector.config import Config, load_config
+from data_collector.errors import ClosedError, UsageError
+from data_collector.streaming.candles import CandleSink
+from data_collector.streaming.connection import BINANCE_WS_URL, ConnectionSettings
+from data_collector.streaming.metrics import BatchHook, StreamMetrics
+from data_collector.streaming.redis_conn import RedisEndpoint
+from data_collector.streaming.rest import BINANCE_REST_URL, rest_base_from_urls
+from data_collector.streaming.service import ServiceOptions, StreamService
+
+__all__ = ["OptimizedWebSocketStreamer"]
+
+log = logging.getLogger(__name__)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class OptimizedWebSocketStreamer:
+    """Streams trades, book tickers, klines and depth from Binance into Redis.
+
+    Args:
+        symbols: canonical symbols (``['SOL/USDT']``); default: the config's ``symbols``.
+        redis_client: a ``redis.asyncio.Redis``, a sync ``redis.Redis`` (its connection settings
+            are reused) or a URL; default: the config's ``redis.url``.
+        batch_size: flush a batch at this many entries; default ``performance.ws_batch_size``.
+        channels: any of ``trade``, ``aggTrade``, ``bookTicker``, ``depth``, ``kline_<tf>``;
+            default ``streaming.channels``.
+        batch_interval: flush a batch at most this many seconds after its first entry; default
+            ``performance.ws_batch_interval``.
+        ws_url: WebSocket base URL; default ``exchange.ws_url``, else Binance's.
+        rest_url: REST base URL (depth snapshots, kline repair); default from ``exchange.urls``,
+            else Binance's.
+        config: a path, dict or :class:`~data_collector.config.Config` (``streaming.*``,
+            ``redis.*`` and the two ``performance.ws_*`` keys apply).
+        exchange: exchange id used in keys and events; only ``binance`` is spoken.
+        candle_store: an open ``CandleStore`` for closed klines (the caller keeps owning it).
+        store_candles: write closed klines to the database; default: when ``candle_store`` is
+            given or the config names a ``database``.
+        on_batch: called after each Redis round trip with ``(entries written, event->Redis
+            latencies in ms)``, e.g. to feed a PerformanceMonitor.
+    """
+
+    def __init__(
+        self,
+        symbols: Sequence[str] | None = None,
+        redis_client: Any = None,
+        batch_size: int | None = None,
+        *,
+        channels: Sequence[str] | None = None,
+        batch_interval: float | None = None,
+        ws_url: str | None = None,
+        rest_url: str | None = None,
+        config: Config | dict[str, Any] | str | None = None,
+        exchange: str | None = None,
+        candle_store: Any = None,
+        store_candles: bool | None = None,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        cfg = load_config(config)
+        self.config = cfg
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_interval is not None and not batch_interval > 0:
+            raise UsageError(f"batch_interval must be positive seconds, got {batch_interval!r}")
+        st = cfg.streaming
+        target = redis_client if redis_client is not None else cfg.redis.url.get_secret_value()
+        endpoint = RedisEndpoint.from_any(
+            target, socket_timeout_s=cfg.redis.socket_timeout_s, connect_timeout_s=cfg.redis.connect_timeout_s
+        )
+        options = ServiceOptions(
+            symbols=list(symbols) if symbols is not None else list(cfg.symbols),
+            channels=list(channels) if channels is not None else list(st.channels),
+            exchange=exchange or cfg.exchange.id,
+            prefix=cfg.redis.prefix,
+            ws_url=ws_url or cfg.exchange.ws_url or BINANCE_WS_URL,
+            rest_url=rest_url or rest_base_from_urls(cfg.exchange.urls) or BINANCE_REST_URL,
+            rest_timeout_s=cfg.exchange.timeout_s,
+            batch_size=int(batch_size) if batch_size is not None else cfg.performance.ws_batch_size,
+            batch_interval_s=float(batch_interval)
+            if batch_interval is not None
+            else cfg.performance.ws_batch_interval,
+            max_batch=st.max_batch,
+            buffer_max=st.buffer_max,
+            stream_maxlen=st.stream_maxlen,
+            book_depth=st.book_depth,
+            book_publish_interval_ms=st.book_publish_interval_ms,
+            book_snapshot_limit=st.book_snapshot_limit,
+            max_streams_per_connection=st.max_streams_per_connection,
+            connection=ConnectionSettings(
+                watchdog_s=st.watchdog_s,
+                min_backoff_s=st.reconnect_min_backoff_s,
+                max_backoff_s=st.reconnect_max_backoff_s,
+                max_frame_bytes=st.max_frame_bytes,
+            ),
+        )
+        self.metrics = StreamMetrics()
+        self.metrics.on_batch = on_batch
+        if store_candles is None:
+            store_candles = candle_store is not None or "database" in cfg.model_fields_set
+        sink = None
+        if store_candles:
+            sink = CandleSink(options.exchange, self.metrics, store=candle_store, config=cfg)
+        self._service = StreamService(options, endpoint, self.metrics, sink)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop_event = asyncio.Event()
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._state = "new"
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self._service.symbols)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._service.channels)
+
+    @property
+    def connected(self) -> bool:
+        """True while every WebSocket connection and the Redis writer are up."""
+        return self._service.connected
+
+    def _claim(self) -> None:
+        if self._state == "closed":
+            raise ClosedError("this streamer was stopped; create a new one")
+        if self._state != "new":
+            raise UsageError("this streamer is already running")
+        self._state = "running"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._service.start()
+            await self._stop_event.wait()
+        finally:
+            await self._service.close()
+            self._state = "closed"
+            if not self._done.done():
+                self._done.set_result(None)
+
+    def start(self) -> None:
+        """Start streaming and return at once.
+
+        Inside a running event loop the streamer becomes a task on that loop (stop it with
+        ``await astop()``); otherwise it runs in a daemon thread with its own loop.
+        """
+        self._claim()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._task = loop.create_task(self._main(), name="OptimizedWebSocketStreamer")
+            return
+        started = threading.Event()
+
+        def thread_main() -> None:
+            loop = _new_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                task = loop.create_task(self._main())
+                loop.call_soon(started.set)
+                loop.run_until_complete(task)
+            except BaseException:
+                log.exception("the streamer thread stopped")
+            finally:
+                started.set()
+                if not self._done.done():
+                    self._done.set_result(None)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=thread_main, name="OptimizedWebSocketStreamer", daemon=True)
+        self._thread.start()
+        started.wait(timeout=10)
+
+    async def run(self) -> None:
+        """Stream in the foreground until :meth:`astop` is called or the task is cancelled."""
+        self._claim()
+        await self._main()
+
+    def _request_stop(self) -> None:
+        self._stop_event.set()
+
+    async def astop(self) -> None:
+        """Stop, flush what is queued to Redis (bounded by a timeout) and close; idempotent."""
+        if self._state == "new":
+            self._state = "closed"
+            await self._service.close()
+            return
+        loop = self._loop
+        current = asyncio.get_running_loop()
+        if loop is None or loop is current:
+            self._request_stop()
+            await asyncio.wrap_future(self._done)
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._request_stop)
+        await asyncio.wrap_future(self._done)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop from synchronous code; blocks until flushed and closed (at most ``timeout_s``).
+
+        Called on the streamer's own event loop thread it cannot block: it then only requests
+        the stop (use ``await astop()`` there).
+        """
+        if self._state == "new":
+            self._state = "closed"
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._request_stop()
+            return
+        loop.call_soon_threadsafe(self._request_stop)
+        try:
+            self._done.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            log.warning("the streamer did not stop within %.0f s", timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    async def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every connection is up (on any loop); False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.connected:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Counters and latencies; see the README's "Live streams to Redis" for each key."""
+        return self.metrics.snapshot(self._service.writer.queue_depth)
+
+    def order_book(self, symbol: str) -> dict[str, Any] | None:
+        """The full local order book of ``symbol`` while in sync (else ``None``)."""
+        return self._service.order_book(symbol)
+
+    async def __aenter__(self) -> OptimizedWebSocketStreamer:
+        self.start()
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()

@@ -1,0 +1,130 @@
+"""Closed klines from the stream (and the REST repair) into the candle store.
+
+The live stream then extends the backfilled history with no seam: a closed kline equals the REST
+one, and the store's write is idempotent. The storage package is imported only when a store is
+actually used, so a Redis-only streamer never loads SQLAlchemy or a database driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from typing import Any
+
+from data_collector.markets import next_open_ms
+from data_collector.streaming.metrics import StreamMetrics
+
+log = logging.getLogger(__name__)
+
+#: Closed candles waiting for the store; past this the oldest are dropped (and counted).
+QUEUE_MAX = 50_000
+
+#: ``(symbol, timeframe, (open_ms, open, high, low, close, volume))``
+PendingCandle = tuple[str, str, tuple[int, float, float, float, float, float]]
+
+
+class CandleSink:
+    """Writes closed candles through a :class:`~data_collector.storage.base.CandleStore`.
+
+    Give it an open ``store`` (the caller keeps owning it), or a ``config`` from which it opens
+    (and then owns) one with ``data_collector.storage.open_store``.
+    """
+
+    def __init__(
+        self, exchange: str, metrics: StreamMetrics, *, store: Any = None, config: Any = None
+    ) -> None:
+        self._exchange = exchange
+        self._metrics = metrics
+        self._store = store
+        self._owns_store = store is None
+        self._config = config
+        self._queue: asyncio.Queue[PendingCandle] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._instrument_ids: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(
+        self, symbol: str, timeframe: str, candle: tuple[int, float, float, float, float, float]
+    ) -> None:
+        """Queue one closed candle (non-blocking)."""
+        if self._queue.full():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            self._metrics.store_errors += 1
+        self._queue.put_nowait((symbol, timeframe, candle))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _open(self) -> Any:
+        if self._store is None:
+            from data_collector.storage import open_store  # type: ignore[attr-defined,unused-ignore]
+
+            store = open_store(self._config)
+            if inspect.isawaitable(store):
+                store = await store
+            await store.initialize()
+            self._store = store
+        return self._store
+
+    async def _instrument_id(self, store: Any, symbol: str) -> int:
+        if symbol not in self._instrument_ids:
+            base, quote = symbol.split("/")
+            instrument = await store.ensure_instrument(self._exchange, symbol, base=base, quote=quote)
+            self._instrument_ids[symbol] = instrument.id
+        return self._instrument_ids[symbol]
+
+    async def _run(self) -> None:
+        from data_collector.storage.base import CandleBatch, CoverageRange
+
+        while True:
+            first = await self._queue.get()
+            items = [first]
+            while not self._queue.empty() and len(items) < 5000:
+                items.append(self._queue.get_nowait())
+            try:
+                store = await self._open()
+                groups: dict[tuple[str, str], list[tuple[int, float, float, float, float, float]]] = {}
+                for symbol, timeframe, candle in items:
+                    groups.setdefault((symbol, timeframe), []).append(candle)
+                batches = []
+                for (symbol, timeframe), candles in groups.items():
+                    candles = sorted({c[0]: c for c in candles}.values())
+                    batches.append(
+                        CandleBatch(
+                            instrument_id=await self._instrument_id(store, symbol),
+                            timeframe=timeframe,
+                            candles=candles,
+                            coverage=[
+                                CoverageRange(c[0], next_open_ms(c[0], timeframe), "data") for c in candles
+                            ],
+                            final=True,
+                        )
+                    )
+                await store.write(batches)
+                self._metrics.candles_stored += len(items)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store's own errors vary by backend; the stream goes on
+                self._metrics.store_errors += len(items)
+                log.warning("could not store %d closed candles: %s", len(items), exc)
+                await asyncio.sleep(1.0)
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (bounded by ``timeout_s``), stop, close an owned store; idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._queue.join()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._owns_store and self._store is not None:
+            store, self._store = self._store, None
+            await store.close()

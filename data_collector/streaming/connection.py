@@ -1,0 +1,273 @@
+"""One Binance combined-stream WebSocket connection that keeps itself alive.
+
+It connects to ``<ws_url>/stream?streams=a/b/...`` (streams that do not fit in the URL are added
+with ``SUBSCRIBE``, at most ``subscribe_per_s`` control messages a second: Binance allows 5, and
+counts pongs too). It reconnects on any close, the 24 h drop and ``serverShutdown`` included,
+after a capped exponential backoff with jitter; a watchdog aborts a connection silent for
+``watchdog_s``. websockets answers the server's pings by itself.
+
+Each frame is decoded with orjson, normalised and handed to the writer; a frame that does not fit
+is counted as malformed and skipped, and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from data_collector.streaming.metrics import StreamMetrics
+from data_collector.streaming.normalize import Event, MalformedEvent, Normalizer
+from data_collector.streaming.writer import Entry
+
+log = logging.getLogger(__name__)
+
+BINANCE_WS_URL = "wss://stream.binance.com:9443"
+#: Binance's limit of streams on one connection.
+MAX_STREAMS_PER_CONNECTION = 1024
+
+
+@dataclass(slots=True)
+class Route:
+    """Where the events of one Binance stream go."""
+
+    symbol: str
+    channel: str
+    stream_key: str
+    normalize: Normalizer
+    xadd_head: bytes
+    set_head: bytes
+    #: Called with every valid event after it is queued (order books, closed klines).
+    on_event: Callable[[Event], None] | None = None
+
+
+@dataclass(slots=True)
+class ConnectionSettings:
+    watchdog_s: float = 30.0
+    min_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    #: Frames larger than this are counted as malformed and skipped.
+    max_frame_bytes: int = 1 << 20
+    #: The WebSocket library closes the connection on frames larger than this.
+    ws_max_size: int = 16 << 20
+    url_max_chars: int = 4000
+    subscribe_per_s: float = 4.0
+    subscribe_chunk: int = 100
+    open_timeout_s: float = 10.0
+
+
+def backoff_delay(attempt: int, min_s: float, max_s: float) -> float:
+    """Capped exponential backoff with jitter: within ``[d/2, d]``, ``d = min(max_s, min_s * 2**attempt)``."""
+    delay = min(max_s, min_s * float(2 ** min(attempt, 30)))
+    return float(delay * (0.5 + random.random() / 2))
+
+
+def ws_base(url: str) -> str:
+    """``ws://host:port`` from a base URL given with or without ``/ws`` or ``/stream``."""
+    base = url.rstrip("/")
+    changed = True
+    while changed:
+        changed = False
+        for suffix in ("/stream", "/ws"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+                changed = True
+    return base
+
+
+def split_for_url(base: str, streams: list[str], url_max_chars: int) -> tuple[str, list[str]]:
+    """The combined-stream URL holding as many streams as fit, and the streams left to SUBSCRIBE."""
+    url = f"{ws_base(base)}/stream?streams="
+    taken: list[str] = []
+    length = len(url)
+    for stream in streams:
+        extra = len(stream) + (1 if taken else 0)
+        if taken and length + extra > url_max_chars:
+            break
+        taken.append(stream)
+        length += extra
+    return url + "/".join(taken), streams[len(taken) :]
+
+
+ReconnectHook = Callable[["StreamConnection", int, int], Awaitable[None]]
+DisconnectHook = Callable[["StreamConnection"], None]
+
+
+class StreamConnection:
+    """Owns one WebSocket connection (and its reconnects) for a fixed set of streams."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        streams: list[str],
+        routes: dict[str, Route],
+        *,
+        submit: Callable[[Entry], None],
+        metrics: StreamMetrics,
+        settings: ConnectionSettings,
+        on_reconnect: ReconnectHook,
+        on_disconnect: DisconnectHook,
+    ) -> None:
+        self.name = name
+        self.routes = routes
+        self.streams = list(streams)
+        self.url, self._to_subscribe = split_for_url(base_url, self.streams, settings.url_max_chars)
+        self._submit = submit
+        self._metrics = metrics
+        self._settings = settings
+        self._on_reconnect = on_reconnect
+        self._on_disconnect = on_disconnect
+        self._ws: ClientConnection | None = None
+        self._last_rx = 0.0
+        self.last_rx_ms = 0
+        self.connected = False
+        self.connects = 0
+        self._shutdown_requested = False
+
+    async def run(self) -> None:
+        """Connect, read, reconnect, forever (until cancelled)."""
+        attempt = 0
+        gap_from_ms = 0
+        settings = self._settings
+        while True:
+            started = time.monotonic()
+            opened_ms = 0
+            try:
+                async with connect(
+                    self.url,
+                    compression=None,
+                    max_size=settings.ws_max_size,
+                    ping_interval=None,
+                    close_timeout=1.0,
+                    open_timeout=settings.open_timeout_s,
+                    max_queue=1024,
+                ) as ws:
+                    self._ws = ws
+                    opened_ms = int(time.time() * 1000)
+                    self.connects += 1
+                    if self.connects > 1:
+                        self._metrics.reconnects += 1
+                        log.info("%s reconnected; gap %d..%d ms", self.name, gap_from_ms, opened_ms)
+                        await self._on_reconnect(self, gap_from_ms or opened_ms, opened_ms)
+                    self.connected = True
+                    self._shutdown_requested = False
+                    self._last_rx = time.monotonic()
+                    helpers = [asyncio.create_task(self._watchdog(ws))]
+                    if self._to_subscribe:
+                        helpers.append(asyncio.create_task(self._subscribe(ws)))
+                    try:
+                        await self._read(ws)
+                    finally:
+                        for task in helpers:
+                            task.cancel()
+                        await asyncio.gather(*helpers, return_exceptions=True)
+            except (websockets.WebSocketException, OSError, TimeoutError) as exc:
+                log.warning("%s: %s: %s", self.name, type(exc).__name__, exc)
+            finally:
+                self._ws = None
+                if self.connected:
+                    self.connected = False
+                    gap_from_ms = self.last_rx_ms or int(time.time() * 1000)
+                    self._on_disconnect(self)
+            if opened_ms and self.last_rx_ms >= opened_ms and time.monotonic() - started > 1.0:
+                attempt = 0
+            delay = backoff_delay(attempt, settings.min_backoff_s, settings.max_backoff_s)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _read(self, ws: ClientConnection) -> None:
+        routes = self.routes
+        submit = self._submit
+        metrics = self._metrics
+        max_frame = self._settings.max_frame_bytes
+        loads = orjson.loads
+        packb = msgpack.packb
+        clock = time.time
+        monotonic = time.monotonic
+        while True:
+            try:
+                raw = await ws.recv(decode=False)
+            except websockets.ConnectionClosedOK:
+                log.info("%s closed by the server", self.name)
+                return
+            now = clock()
+            self._last_rx = monotonic()
+            recv_ms = int(now * 1000)
+            self.last_rx_ms = recv_ms
+            metrics.received += 1
+            if len(raw) > max_frame:
+                metrics.malformed += 1
+                continue
+            try:
+                msg = loads(raw)
+                route = routes[msg["stream"]]
+                entry_id, event = route.normalize(msg["data"], recv_ms)
+            except (MalformedEvent, ValueError, KeyError, TypeError, IndexError, AttributeError):
+                if self._control_frame(raw):
+                    metrics.received -= 1
+                    if self._shutdown_requested:
+                        return
+                    continue
+                metrics.malformed += 1
+                continue
+            submit((route.xadd_head, route.set_head, entry_id, packb(event), event["event_ms"], now))
+            if route.on_event is not None:
+                route.on_event(event)
+
+    def _control_frame(self, raw: bytes) -> bool:
+        """Answers to SUBSCRIBE and ``serverShutdown`` notices: not data, not malformed."""
+        try:
+            msg: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(msg, dict):
+            return False
+        if "id" in msg and ("result" in msg or "error" in msg):
+            if msg.get("error"):
+                log.warning("%s: the server refused a control message: %s", self.name, msg["error"])
+            return True
+        data = msg.get("data", msg)
+        if isinstance(data, dict) and data.get("e") == "serverShutdown":
+            log.info("%s: serverShutdown received; reconnecting", self.name)
+            self._shutdown_requested = True
+            return True
+        return False
+
+    async def _subscribe(self, ws: ClientConnection) -> None:
+        pending = list(self._to_subscribe)
+        chunk = self._settings.subscribe_chunk
+        interval = 1.0 / self._settings.subscribe_per_s
+        request_id = 1
+        while pending:
+            params, pending = pending[:chunk], pending[chunk:]
+            await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": request_id}).decode())
+            request_id += 1
+            await asyncio.sleep(interval)
+
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        limit = self._settings.watchdog_s
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            silent = time.monotonic() - self._last_rx
+            if silent > limit:
+                log.warning("%s silent for %.1f s; reconnecting", self.name, silent)
+                ws.transport.abort()
+                return
+
+    async def close(self) -> None:
+        """Close the socket now (the owner cancels :meth:`run`); idempotent."""
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.transport.abort()

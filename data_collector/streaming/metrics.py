@@ -1,0 +1,112 @@
+"""Counters and latency samples of one streamer, and the dict ``get_metrics()`` returns."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: Latency samples kept for the percentiles (the most recent ones).
+LATENCY_SAMPLES = 20_000
+#: Seconds of history behind ``messages_per_second``.
+RATE_WINDOW_S = 5.0
+
+#: Called after every batch written: ``(messages written, event->Redis latencies in ms)``.
+BatchHook = Callable[[int, list[float]], None]
+
+
+def percentiles(samples: Iterable[float]) -> dict[str, float | None]:
+    """p50/p95/p99 (nearest rank) of ``samples``, ``None`` when there are none."""
+    ordered = sorted(samples)
+    if not ordered:
+        return {"p50": None, "p95": None, "p99": None}
+    last = len(ordered) - 1
+
+    def rank(q: float) -> float:
+        return round(ordered[min(last, int(q * len(ordered)))], 3)
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99)}
+
+
+class StreamMetrics:
+    """Mutable counters shared by the connections, the book keeper and the writer (one loop)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.received = 0
+        self.written = 0
+        self.deduplicated = 0
+        self.batches = 0
+        self.batched_messages = 0
+        self.reconnects = 0
+        self.gaps = 0
+        self.book_resyncs = 0
+        self.books_published = 0
+        self.dropped = 0
+        self.malformed = 0
+        self.redis_errors = 0
+        self.rejected = 0
+        self.repaired_klines = 0
+        self.rest_errors = 0
+        self.candles_stored = 0
+        self.store_errors = 0
+        self.event_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.receive_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        # (monotonic second, messages written in it)
+        self._rate: deque[list[float]] = deque()
+        self.on_batch: BatchHook | None = None
+
+    def record_batch(self, size: int, written: int, event_lat: list[float], recv_lat: list[float]) -> None:
+        """Account one round trip of ``size`` entries, ``written`` of them new."""
+        self.batches += 1
+        self.batched_messages += size
+        self.written += written
+        self.event_latency_ms.extend(event_lat)
+        self.receive_latency_ms.extend(recv_lat)
+        second = float(int(time.monotonic()))
+        rate = self._rate
+        if rate and rate[-1][0] == second:
+            rate[-1][1] += written
+        else:
+            rate.append([second, float(written)])
+            while rate and rate[0][0] < second - RATE_WINDOW_S - 1:
+                rate.popleft()
+        if self.on_batch is not None:
+            self.on_batch(written, event_lat)
+
+    def messages_per_second(self) -> float:
+        """Messages written per second over the last ``RATE_WINDOW_S`` seconds."""
+        now = time.monotonic()
+        current = float(int(now))
+        total = sum(n for s, n in self._rate if s >= current - RATE_WINDOW_S)
+        span = min(RATE_WINDOW_S + (now - current), now - self.started)
+        return round(total / max(span, 1e-3), 1)
+
+    def snapshot(self, queue_depth: int) -> dict[str, Any]:
+        return {
+            "latency_ms": {
+                "event_to_redis": percentiles(self.event_latency_ms),
+                "receive_to_redis": percentiles(self.receive_latency_ms),
+            },
+            "messages_per_second": self.messages_per_second(),
+            "received": self.received,
+            "written": self.written,
+            "deduplicated": self.deduplicated,
+            "batches": self.batches,
+            "mean_batch_size": round(self.batched_messages / self.batches, 2) if self.batches else 0.0,
+            "reconnects": self.reconnects,
+            "gaps": self.gaps,
+            "book_resyncs": self.book_resyncs,
+            "books_published": self.books_published,
+            "dropped": self.dropped,
+            "malformed": self.malformed,
+            "redis_errors": self.redis_errors,
+            "rejected": self.rejected,
+            "repaired_klines": self.repaired_klines,
+            "rest_errors": self.rest_errors,
+            "candles_stored": self.candles_stored,
+            "store_errors": self.store_errors,
+            "queue_depth": queue_depth,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+        }

@@ -1,0 +1,279 @@
+"""Binance stream payloads -> one typed event shape per channel, plus its Redis stream entry id.
+
+Every event is a dict of plain types (floats and ints, never numeric strings) carrying
+``exchange``, ``symbol`` (canonical ``SOL/USDT``), ``channel``, ``event_ms`` (the exchange's
+event time) and ``recv_ms`` (local receive time), both UTC milliseconds.
+
+Entry ids are derived from the event itself and strictly increase along a stream, so a batch
+that is written twice (after a timeout whose first attempt did land) is rejected by Redis
+instead of duplicated:
+
+=============  ==========================================================================
+trade          ``<trade time>-<trade id>``
+aggTrade       ``<trade time>-<aggregate trade id>``
+depth          ``<event time>-<last update id u>``
+bookTicker     ``<event time, else receive time>-<update id u>``
+kline_<tf>     ``<open time>-<n>``: ``n = event time - open time`` while forming (at most
+               ``interval - 1``), ``n = interval length`` once closed, so a closed candle has
+               the same id whether it came from the stream or from the REST repair
+=============  ==========================================================================
+
+A payload that does not fit (missing or mistyped field, NaN, infinity, a non-positive price, a
+timestamp before 2010 or more than a day ahead) raises :class:`MalformedEvent`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from data_collector.markets import TIMEFRAME_MS, candle_close_ms, validate_timeframe
+
+#: 2010-01-01: anything earlier is not a crypto exchange timestamp.
+MIN_TS_MS = 1_262_304_000_000
+#: How far ahead of the local clock an exchange timestamp may be.
+MAX_AHEAD_MS = 86_400_000
+
+Event = dict[str, Any]
+#: ``(entry id, event)``
+Normalized = tuple[str, Event]
+Normalizer = Callable[[dict[str, Any], int], Normalized]
+
+#: Channels the streamer understands; ``kline_<tf>`` for any timeframe.
+BASE_CHANNELS = ("trade", "aggTrade", "bookTicker", "depth")
+
+
+class MalformedEvent(ValueError):
+    """A payload that cannot be turned into a valid event."""
+
+
+def validate_channel(channel: str) -> str:
+    """Return ``channel`` if the streamer supports it (``trade``, ``kline_1m`` ...), else raise."""
+    from data_collector.errors import UsageError
+
+    if channel in BASE_CHANNELS:
+        return channel
+    if isinstance(channel, str) and channel.startswith("kline_"):
+        try:
+            validate_timeframe(channel[6:])
+        except UsageError as exc:
+            raise UsageError(f"invalid channel {channel!r}: {exc}") from None
+        return channel
+    raise UsageError(
+        f"unknown channel {channel!r}: use one of {', '.join(BASE_CHANNELS)} or kline_<timeframe> (kline_1m)"
+    )
+
+
+def binance_stream_name(stream_symbol: str, channel: str) -> str:
+    """The Binance stream for a channel: ``solusdt@trade``, ``solusdt@depth@100ms`` ..."""
+    if channel == "depth":
+        return f"{stream_symbol}@depth@100ms"
+    return f"{stream_symbol}@{channel}"
+
+
+def _price(value: object) -> float:
+    out = float(value)  # type: ignore[arg-type]
+    if not (out > 0.0 and math.isfinite(out)):
+        raise MalformedEvent(f"price out of range: {value!r}")
+    return out
+
+
+def _qty(value: object) -> float:
+    out = float(value)  # type: ignore[arg-type]
+    if not (out >= 0.0 and math.isfinite(out)):
+        raise MalformedEvent(f"quantity out of range: {value!r}")
+    return out
+
+
+def _int(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise MalformedEvent(f"not a non-negative integer: {value!r}")
+    return value
+
+
+def _ts(value: object, recv_ms: int) -> int:
+    if type(value) is not int or not (MIN_TS_MS <= value <= recv_ms + MAX_AHEAD_MS):
+        raise MalformedEvent(f"timestamp out of range: {value!r}")
+    return value
+
+
+def parse_levels(raw: object) -> list[list[float]]:
+    if not isinstance(raw, list):
+        raise MalformedEvent("levels must be a list")
+    out = []
+    for level in raw:
+        if not isinstance(level, list) or len(level) < 2:
+            raise MalformedEvent("a level must be [price, quantity]")
+        out.append([_price(level[0]), _qty(level[1])])
+    return out
+
+
+def _check_symbol(data: dict[str, Any], exchange_symbol: str) -> None:
+    if data.get("s") != exchange_symbol:
+        raise MalformedEvent(f"symbol {data.get('s')!r} on the stream of {exchange_symbol}")
+
+
+def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
+    """A function turning one payload of ``channel`` for ``symbol`` into ``(entry id, event)``.
+
+    Raises:
+        MalformedEvent: from the returned function, for any payload that does not fit.
+    """
+    ex_symbol = symbol.replace("/", "")
+
+    if channel in ("trade", "aggTrade"):
+        id_field = "t" if channel == "trade" else "a"
+        agg = channel == "aggTrade"
+
+        def trade(data: dict[str, Any], recv_ms: int) -> Normalized:
+            _check_symbol(data, ex_symbol)
+            trade_ms = _ts(data["T"], recv_ms)
+            trade_id = _int(data[id_field])
+            maker = data["m"]
+            if type(maker) is not bool:
+                raise MalformedEvent("m must be a boolean")
+            event = {
+                "exchange": exchange,
+                "symbol": symbol,
+                "channel": channel,
+                "event_ms": _ts(data["E"], recv_ms),
+                "recv_ms": recv_ms,
+                "id": trade_id,
+                "trade_ms": trade_ms,
+                "price": _price(data["p"]),
+                "amount": _qty(data["q"]),
+                "side": "sell" if maker else "buy",
+            }
+            if agg:
+                event["first_id"] = _int(data["f"])
+                event["last_id"] = _int(data["l"])
+            return f"{trade_ms}-{trade_id}", event
+
+        return trade
+
+    if channel == "bookTicker":
+
+        def book_ticker(data: dict[str, Any], recv_ms: int) -> Normalized:
+            _check_symbol(data, ex_symbol)
+            update_id = _int(data["u"])
+            raw_event_ms = data.get("E")
+            event_ms = recv_ms if raw_event_ms is None else _ts(raw_event_ms, recv_ms)
+            event = {
+                "exchange": exchange,
+                "symbol": symbol,
+                "channel": channel,
+                "event_ms": event_ms,
+                "recv_ms": recv_ms,
+                "update_id": update_id,
+                "bid": _price(data["b"]),
+                "bid_qty": _qty(data["B"]),
+                "ask": _price(data["a"]),
+                "ask_qty": _qty(data["A"]),
+            }
+            return f"{event_ms}-{update_id}", event
+
+        return book_ticker
+
+    if channel == "depth":
+
+        def depth(data: dict[str, Any], recv_ms: int) -> Normalized:
+            _check_symbol(data, ex_symbol)
+            first = _int(data["U"])
+            last = _int(data["u"])
+            if last < first:
+                raise MalformedEvent("depth update with u < U")
+            event_ms = _ts(data["E"], recv_ms)
+            event = {
+                "exchange": exchange,
+                "symbol": symbol,
+                "channel": channel,
+                "event_ms": event_ms,
+                "recv_ms": recv_ms,
+                "first_update_id": first,
+                "update_id": last,
+                "bids": parse_levels(data["b"]),
+                "asks": parse_levels(data["a"]),
+            }
+            return f"{event_ms}-{last}", event
+
+        return depth
+
+    if channel.startswith("kline_"):
+        timeframe = validate_timeframe(channel[6:])
+
+        def kline(data: dict[str, Any], recv_ms: int) -> Normalized:
+            _check_symbol(data, ex_symbol)
+            k = data["k"]
+            if not isinstance(k, dict) or k.get("i") != timeframe:
+                raise MalformedEvent("kline payload of another interval")
+            closed = k["x"]
+            if type(closed) is not bool:
+                raise MalformedEvent("x must be a boolean")
+            open_ms = _ts(k["t"], recv_ms)
+            event_ms = _ts(data["E"], recv_ms)
+            event = kline_event(
+                exchange,
+                symbol,
+                timeframe,
+                open_ms=open_ms,
+                values=(k["o"], k["h"], k["l"], k["c"], k["v"], k["q"]),
+                trades=_int(k["n"]),
+                closed=closed,
+                event_ms=event_ms,
+                recv_ms=recv_ms,
+            )
+            return kline_entry_id(open_ms, timeframe, event_ms, closed), event
+
+        return kline
+
+    raise MalformedEvent(f"no normalizer for channel {channel!r}")
+
+
+def kline_event(
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    *,
+    open_ms: int,
+    values: tuple[object, object, object, object, object, object],
+    trades: int,
+    closed: bool,
+    event_ms: int,
+    recv_ms: int,
+) -> Event:
+    """The kline event shape, shared by the stream and the REST gap repair.
+
+    ``values`` are open, high, low, close, volume and quote volume (strings or numbers).
+    """
+    o, h, lo, c = (_price(v) for v in values[:4])
+    if not (lo <= min(o, c) and max(o, c) <= h):
+        raise MalformedEvent("kline with low/high outside open/close")
+    return {
+        "exchange": exchange,
+        "symbol": symbol,
+        "channel": f"kline_{timeframe}",
+        "event_ms": event_ms,
+        "recv_ms": recv_ms,
+        "timeframe": timeframe,
+        "open_ms": open_ms,
+        "close_ms": candle_close_ms(open_ms, timeframe),
+        "open": o,
+        "high": h,
+        "low": lo,
+        "close": c,
+        "volume": _qty(values[4]),
+        "quote_volume": _qty(values[5]),
+        "trades": trades,
+        "closed": closed,
+    }
+
+
+def kline_entry_id(open_ms: int, timeframe: str, event_ms: int, closed: bool) -> str:
+    """Stream entry id of a kline event (see the module docstring)."""
+    length = (
+        candle_close_ms(open_ms, timeframe) + 1 - open_ms if timeframe == "1M" else TIMEFRAME_MS[timeframe]
+    )
+    if closed:
+        return f"{open_ms}-{length}"
+    return f"{open_ms}-{min(max(event_ms - open_ms, 0), length - 1)}"

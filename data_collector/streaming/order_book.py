@@ -1,0 +1,242 @@
+"""Local order books from a REST snapshot plus depth diffs, published (top N) to Redis.
+
+Binance's rules (PROTOCOL.md): buffer the diffs; fetch ``/api/v3/depth``; drop diffs with
+``u <= lastUpdateId``; the first applied diff has ``U <= lastUpdateId + 1 <= u``; every later one
+has ``U == previous u + 1``, else the book is out of sync and is rebuilt. A quantity of 0 removes
+the level. While a book is not in sync its Redis key is deleted: no wrong book is ever published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from data_collector.errors import CollectorError
+from data_collector.redis_keys import book_key
+from data_collector.streaming.metrics import StreamMetrics
+from data_collector.streaming.normalize import MalformedEvent, parse_levels
+from data_collector.streaming.rest import BinanceRest, RateLimitedError
+
+log = logging.getLogger(__name__)
+
+#: Diffs buffered while a snapshot is on its way; past this the sync starts over.
+MAX_PENDING_DIFFS = 10_000
+
+
+class OrderBook:
+    """One symbol's book: price -> quantity on each side, and the last applied update id."""
+
+    __slots__ = ("asks", "bids", "event_ms", "last_update_id", "pending", "symbol", "synced")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.last_update_id = 0
+        self.event_ms = 0
+        self.synced = False
+        self.pending: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self.bids.clear()
+        self.asks.clear()
+        self.last_update_id = 0
+        self.synced = False
+        self.pending.clear()
+
+    def load_snapshot(self, last_update_id: int, bids: list[list[float]], asks: list[list[float]]) -> None:
+        self.bids = {p: q for p, q in bids if q > 0}
+        self.asks = {p: q for p, q in asks if q > 0}
+        self.last_update_id = last_update_id
+
+    def apply(self, diff: dict[str, Any]) -> None:
+        for side, levels in ((self.bids, diff["bids"]), (self.asks, diff["asks"])):
+            for price, qty in levels:
+                if qty == 0.0:
+                    side.pop(price, None)
+                else:
+                    side[price] = qty
+        self.last_update_id = diff["update_id"]
+        self.event_ms = diff["event_ms"]
+
+    def top(self, depth: int) -> tuple[list[list[float]], list[list[float]]]:
+        """The best ``depth`` bids (highest first) and asks (lowest first)."""
+        bids = [[p, self.bids[p]] for p in heapq.nlargest(depth, self.bids)]
+        asks = [[p, self.asks[p]] for p in heapq.nsmallest(depth, self.asks)]
+        return bids, asks
+
+
+class BookKeeper:
+    """Keeps every symbol's book in sync and publishes its top N at most every interval."""
+
+    def __init__(
+        self,
+        symbols: list[str],
+        *,
+        rest: BinanceRest,
+        metrics: StreamMetrics,
+        publish: Callable[[str, bytes | None], None],
+        prefix: str,
+        exchange: str,
+        depth: int,
+        publish_interval_ms: int,
+        snapshot_limit: int,
+    ) -> None:
+        self._rest = rest
+        self._metrics = metrics
+        self._publish = publish
+        self._exchange = exchange
+        self._depth = depth
+        self._interval_s = publish_interval_ms / 1000.0
+        self._snapshot_limit = snapshot_limit
+        self.books = {s: OrderBook(s) for s in symbols}
+        self._keys = {s: book_key(prefix, exchange, s) for s in symbols}
+        self._syncing: dict[str, asyncio.Task[None]] = {}
+        self._last_publish: dict[str, float] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._closed = False
+
+    def on_diff(self, symbol: str, diff: dict[str, Any]) -> None:
+        """Apply (or buffer) one normalised depth diff."""
+        book = self.books[symbol]
+        if not book.synced:
+            if len(book.pending) >= MAX_PENDING_DIFFS:
+                book.pending.clear()
+            book.pending.append(diff)
+            self._ensure_sync(symbol)
+            return
+        if diff["update_id"] <= book.last_update_id:
+            return
+        if diff["first_update_id"] != book.last_update_id + 1:
+            log.warning(
+                "%s book out of sync (expected update %d, got %d-%d); resyncing",
+                symbol,
+                book.last_update_id + 1,
+                diff["first_update_id"],
+                diff["update_id"],
+            )
+            self.invalidate(symbol)
+            book.pending.append(diff)
+            self._ensure_sync(symbol)
+            return
+        book.apply(diff)
+        self._schedule_publish(symbol)
+
+    def invalidate(self, symbol: str) -> None:
+        """Forget the book (a gap in its diffs) and delete its Redis key until it is rebuilt."""
+        book = self.books[symbol]
+        if book.synced:
+            self._metrics.book_resyncs += 1
+        book.reset()
+        timer = self._timers.pop(symbol, None)
+        if timer is not None:
+            timer.cancel()
+        self._publish(self._keys[symbol], None)
+
+    def snapshot(self, symbol: str) -> dict[str, Any] | None:
+        """The full local book (``None`` while not in sync)."""
+        book = self.books.get(symbol)
+        if book is None or not book.synced:
+            return None
+        return {
+            "symbol": symbol,
+            "update_id": book.last_update_id,
+            "bids": sorted(([p, q] for p, q in book.bids.items()), reverse=True),
+            "asks": sorted([p, q] for p, q in book.asks.items()),
+        }
+
+    def _ensure_sync(self, symbol: str) -> None:
+        if self._closed or symbol in self._syncing:
+            return
+        task = asyncio.get_running_loop().create_task(self._sync(symbol))
+        self._syncing[symbol] = task
+        task.add_done_callback(lambda _t: self._syncing.pop(symbol, None))
+
+    async def _sync(self, symbol: str) -> None:
+        book = self.books[symbol]
+        attempt = 0
+        while not book.synced and not self._closed:
+            try:
+                snap = await self._rest.depth(symbol, self._snapshot_limit)
+                bids, asks = parse_levels(snap["bids"]), parse_levels(snap["asks"])
+            except (CollectorError, MalformedEvent, KeyError) as exc:
+                self._metrics.rest_errors += 1
+                delay = (
+                    exc.retry_after_s if isinstance(exc, RateLimitedError) else min(10.0, 0.2 * 2**attempt)
+                )
+                attempt += 1
+                log.warning("%s depth snapshot failed (%s); retrying in %.1f s", symbol, exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                continue
+            last_id = int(snap["lastUpdateId"])
+            pending = [d for d in book.pending if d["update_id"] > last_id]
+            if not pending or pending[0]["first_update_id"] > last_id + 1:
+                # The snapshot is older than the first buffered diff, or no diff follows it yet:
+                # wait for diffs to arrive, then take a fresh snapshot.
+                book.pending = pending
+                await asyncio.sleep(0.05 if not pending else 0.2)
+                continue
+            book.load_snapshot(last_id, bids, asks)
+            ok = True
+            for diff in pending:
+                if diff["first_update_id"] > book.last_update_id + 1:
+                    ok = False
+                    break
+                book.apply(diff)
+            book.pending = []
+            if not ok:
+                book.reset()
+                continue
+            book.synced = True
+            self._last_publish.pop(symbol, None)
+            self._schedule_publish(symbol)
+
+    def _schedule_publish(self, symbol: str) -> None:
+        if symbol in self._timers:
+            return
+        now = time.monotonic()
+        due = self._last_publish.get(symbol, 0.0) + self._interval_s
+        if now >= due:
+            self._publish_now(symbol)
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[symbol] = loop.call_later(due - now, self._publish_now, symbol)
+
+    def _publish_now(self, symbol: str) -> None:
+        self._timers.pop(symbol, None)
+        book = self.books[symbol]
+        if not book.synced or self._closed:
+            return
+        self._last_publish[symbol] = time.monotonic()
+        bids, asks = book.top(self._depth)
+        payload = msgpack.packb(
+            {
+                "exchange": self._exchange,
+                "symbol": symbol,
+                "update_id": book.last_update_id,
+                "event_ms": book.event_ms,
+                "published_ms": int(time.time() * 1000),
+                "bids": bids,
+                "asks": asks,
+            }
+        )
+        self._metrics.books_published += 1
+        self._publish(self._keys[symbol], payload)
+
+    async def close(self) -> None:
+        """Stop syncing and publishing; safe to call twice."""
+        self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        tasks = list(self._syncing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

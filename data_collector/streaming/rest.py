@@ -1,0 +1,101 @@
+"""The two REST calls the streamer needs (depth snapshots, kline repair), over plain aiohttp.
+
+ccxt is deliberately not used: importing it costs about 100 MB of RSS, more than the whole
+streamer. Every request is bounded by ``timeout_s``; failures raise :class:`TransientError`
+(network, 5xx, 429/418 with the server's ``Retry-After``) or :class:`PermanentError` (other 4xx).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from data_collector.errors import PermanentError, TransientError
+from data_collector.markets import exchange_symbol
+
+BINANCE_REST_URL = "https://api.binance.com"
+
+
+class RateLimitedError(TransientError):
+    """HTTP 429/418: wait ``retry_after_s`` before the next request."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def rest_base_from_urls(urls: dict[str, Any]) -> str | None:
+    """The REST base URL (``http://host:port``) from ccxt-style ``urls`` overrides, if any."""
+    api = urls.get("api")
+    public = api.get("public") if isinstance(api, dict) else api if isinstance(api, str) else None
+    if not isinstance(public, str):
+        return None
+    for suffix in ("/api/v3", "/api"):
+        if public.endswith(suffix):
+            return public[: -len(suffix)]
+    return public.rstrip("/")
+
+
+class BinanceRest:
+    """A small Binance spot REST client; owns its aiohttp session. Close it with :meth:`close`."""
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _get(self, path: str, params: dict[str, str | int]) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        url = f"{self.base_url}{path}"
+        try:
+            async with self._session.get(url, params=params) as resp:
+                body = await resp.read()
+                if resp.status in (418, 429):
+                    retry_after = float(resp.headers.get("Retry-After", "1") or 1)
+                    raise RateLimitedError(f"GET {path}: HTTP {resp.status}", retry_after)
+                if resp.status >= 500:
+                    raise TransientError(f"GET {path}: HTTP {resp.status}")
+                if resp.status >= 400:
+                    raise PermanentError(f"GET {path}: HTTP {resp.status}: {body[:200]!r}")
+                return orjson.loads(body)
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            raise TransientError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+
+    async def depth(self, symbol: str, limit: int) -> dict[str, Any]:
+        """``/api/v3/depth``: ``{"lastUpdateId": int, "bids": [[p, q]], "asks": [[p, q]]}``."""
+        data = await self._get("/api/v3/depth", {"symbol": exchange_symbol(symbol), "limit": limit})
+        if not isinstance(data, dict) or type(data.get("lastUpdateId")) is not int:
+            raise TransientError("GET /api/v3/depth: unexpected response")
+        return data
+
+    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[list[Any]]:
+        """Klines with ``start_ms <= open time <= end_ms``, oldest first (all pages)."""
+        out: list[list[Any]] = []
+        cursor = start_ms
+        while cursor <= end_ms:
+            page = await self._get(
+                "/api/v3/klines",
+                {
+                    "symbol": exchange_symbol(symbol),
+                    "interval": interval,
+                    "startTime": cursor,
+                    "endTime": end_ms,
+                    "limit": 1000,
+                },
+            )
+            if not isinstance(page, list) or not page:
+                break
+            out.extend(row for row in page if isinstance(row, list) and len(row) >= 9)
+            if len(page) < 1000:
+                break
+            cursor = int(page[-1][0]) + 1
+        return out
+
+    async def close(self) -> None:
+        """Close the HTTP session; safe to call twice."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
