@@ -188,3 +188,107 @@ async def test_cache_calls_end_within_timeout_when_blackholed(
         max(o.elapsed_s for o in outcomes + strict_outcomes + sync_outcomes), 2
     )
     scenario_report.outcome = "ok"
+
+
+def _candles(
+    start_ms: int, n: int, step_ms: int = 60_000
+) -> list[tuple[int, float, float, float, float, float]]:
+    return [(start_ms + i * step_ms, 10.0 + i % 7, 12.0 + i % 7, 9.0, 11.0, 1.0 + i) for i in range(n)]
+
+
+async def test_store_calls_end_within_timeout_and_copy_cut_leaves_nothing_half_written(
+    make_proxy: MakeProxy, pg_schema: str, scenario_report: ScenarioReport
+) -> None:
+    from data_collector.storage import CandleBatch, CoverageRange, open_store
+    from tests.conftest import PG_URL
+
+    proxy = await make_proxy("127.0.0.1", 5432)
+    config = load_config(
+        {
+            "database": {
+                "url": proxy.url(PG_URL),
+                "schema": pg_schema,
+                "connect_timeout_s": TIMEOUT_S,
+                "command_timeout_s": TIMEOUT_S,
+            },
+            "performance": {"db_pool_size": 2, "db_max_overflow": 0},
+            "logging": {"file": None},
+        }
+    )
+    t0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+    small = _candles(t0, 100)
+    big = _candles(t0 + 100 * 60_000, 200_000)
+
+    def batch(candles: list[Any]) -> Any:
+        end = candles[-1][0] + 60_000
+        return CandleBatch(inst.id, "1m", candles, [CoverageRange(candles[0][0], end, "data")])
+
+    outcomes: list[Outcome] = []
+    store = open_store(config)
+    try:
+        await store.initialize()
+        inst = await store.ensure_instrument("binance", "SOL/USDT", base="SOL", quote="USDT")
+        assert (await store.write([batch(small)])).written == 100
+
+        proxy.blackhole = True
+        calls: dict[str, Any] = {
+            "write": lambda: store.write([batch(_candles(t0 - 10 * 60_000, 5))]),
+            "coverage": lambda: store.coverage(inst.id, "1m"),
+            "load": lambda: store.load(inst.id, "1m", t0, t0 + 10**9),
+            "latest_ts": lambda: store.latest_ts(inst.id, "1m"),
+            "ensure_instrument": lambda: store.ensure_instrument(
+                "binance", "BTC/USDT", base="BTC", quote="USDT"
+            ),
+            "missing_ranges": lambda: store.missing_ranges(inst.id, "1m", t0, t0 + 10**9),
+            "find_gaps": lambda: store.find_gaps(inst.id, "1m", t0, t0 + 10**9),
+        }
+        for name, call in calls.items():
+            outcomes.append(await bounded(f"store.{name} (blackholed)", call(), GUARD_S))
+        proxy.blackhole = False
+        proxy.reset_all()  # drop what the blackhole held
+
+        # The COPY cases: a 200k-row write through a slow link, cut in the middle of the COPY.
+        for fault in ("reset", "blackhole"):
+            proxy.bandwidth_bps = 1_500_000
+
+            async def strike(fault: str = fault) -> None:
+                await asyncio.sleep(0.7)
+                if fault == "reset":
+                    proxy.reset_all()
+                else:
+                    proxy.blackhole = True
+
+            striker = asyncio.create_task(strike())
+            outcomes.append(
+                await bounded(f"store.write 200k rows, COPY {fault}", store.write([batch(big)]), GUARD_S)
+            )
+            await striker
+            proxy.clear()
+            proxy.reset_all()
+
+        # Nothing of the failed writes is visible, and the store works again by itself.
+        assert await store.load(inst.id, "1m", t0 - 10**7, t0 + 10**11) == small
+        assert [(c.start_ms, c.end_ms) for c in await store.coverage(inst.id, "1m")] == [
+            (t0, t0 + 100 * 60_000)
+        ]
+        result = await store.write([batch(big)])
+        found = await store.load(inst.id, "1m", t0 - 10**7, t0 + 10**11)
+    finally:
+        proxy.clear()
+        await store.close()
+
+    for outcome in outcomes:
+        scenario_report.fault("blackhole" if "blackhole" in outcome.what else "reset")
+        scenario_report.faults_survived += int(not outcome.hung and isinstance(outcome.error, TransientError))
+    expected = small + big
+    scenario_report.expected = len(expected)
+    scenario_report.found = len(found)
+    scenario_report.lost = len(set(expected) - set(found))
+    scenario_report.duplicated = len(found) - len(set(c[0] for c in found))
+    scenario_report.extra["calls"] = "; ".join(str(o) for o in outcomes)
+    for outcome in outcomes:
+        assert not outcome.hung, outcome
+        assert isinstance(outcome.error, TransientError), outcome
+    assert result.written == len(big)
+    assert found == expected
+    scenario_report.outcome = "ok"

@@ -139,12 +139,16 @@ def _formatted(node: ast.expr) -> str | None:
 
 
 def _identifier_only(node: ast.JoinedStr) -> bool:
-    """True when every placeholder of an f-string is an SQL identifier from code (schema/table name).
+    """True when every placeholder of an f-string is an SQL identifier from code (schema/table name)
+    or an ``int(...)`` (which cannot carry SQL; e.g. SQLite's ``PRAGMA busy_timeout=`` takes no
+    parameters).
 
     The house style allows identifiers from code (the validated schema name); values never.
     """
     for value in node.values:
         if isinstance(value, ast.FormattedValue):
+            if isinstance(value.value, ast.Call) and ast.unparse(value.value.func) == "int":
+                continue
             src = ast.unparse(value.value).lower()
             if not any(word in src for word in ("schema", "table", "ident", "_q(", "quote")):
                 return False
