@@ -18,6 +18,7 @@ class RssSampler:
         self.pids: set[int] = set()
         self.peak_self = 0
         self.peak_total = 0
+        self.peak_children = 0
         self.series: list[int] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -31,9 +32,12 @@ class RssSampler:
         total = mine
         for pid in list(self.pids):
             try:
-                total += psutil.Process(pid).memory_info().rss
+                child = psutil.Process(pid).memory_info().rss
             except psutil.Error:
                 self.pids.discard(pid)
+                continue
+            total += child
+            self.peak_children = max(self.peak_children, child)
         self.peak_self = max(self.peak_self, mine)
         self.peak_total = max(self.peak_total, total)
         self.series.append(mine)
