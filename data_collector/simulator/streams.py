@@ -1,0 +1,565 @@
+"""WebSocket market streams: one pump builds each frame once and writes it to every subscriber.
+
+Frames are built as raw WebSocket bytes (server frames are unmasked, we never compress) and all
+frames due for a connection in one tick go out in a single ``transport.write``: that is what lets
+one Python process push well over 100,000 messages a second to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from data_collector.markets import TIMEFRAMES, candle_open_ms, next_open_ms
+from data_collector.simulator.book import DepthDiff
+from data_collector.simulator.formats import decimal8
+from data_collector.simulator.market import SymbolMarket
+
+if TYPE_CHECKING:
+    from data_collector.simulator.server import SimulatedExchange
+
+#: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
+HIGH_WATER = 4 * 1024 * 1024
+_KLINE_PUSH_MS = 2000
+
+
+def frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client socket."""
+
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport
+    wrapped: bool
+    opened_ms: int
+    subs: set[str] = field(default_factory=set)
+    out: list[bytes] = field(default_factory=list)
+    closing: bool = False
+
+    def backed_up(self) -> bool:
+        return self.transport.get_write_buffer_size() > HIGH_WATER
+
+    def write_now(self, payload: bytes) -> None:
+        if not self.closing and not self.transport.is_closing():
+            self.transport.write(frame(payload))
+
+
+@dataclass(eq=False)
+class StreamState:
+    """A stream with at least one subscriber."""
+
+    name: str
+    market: SymbolMarket
+    kind: str
+    arg: str
+    subscribers: set[Connection] = field(default_factory=set)
+    last_ms: int = 0
+    carry: float = 0.0
+    cursor: int = 0
+    kline_open: int = -1
+    diffs: list[DepthDiff] = field(default_factory=list)
+
+
+class StreamError(ValueError):
+    """A stream name the server does not know."""
+
+
+class StreamHub:
+    """Subscriptions, the pump task and what was sent, for one simulator."""
+
+    def __init__(self, sim: SimulatedExchange) -> None:
+        self.sim = sim
+        self.connections: set[Connection] = set()
+        self.streams: dict[str, StreamState] = {}
+        self.sent: dict[str, dict[str, int]] = {}
+        self.stalled_until_ms = 0
+        self.tick_s = 0.005
+        self.ping_s = 20.0
+        self.max_lifetime_s = 24 * 3600.0
+        self._task: asyncio.Task[None] | None = None
+        self._rng = random.Random(sim.seed)
+        self._trade_ids: dict[str, int] = {}
+        self._ref: dict[str, tuple[int, int]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for conn in list(self.connections):
+            conn.closing = True
+            conn.transport.abort()
+        self.connections.clear()
+        self.streams.clear()
+
+    # -- parsing -----------------------------------------------------------------------------
+
+    def parse(self, name: str) -> tuple[SymbolMarket, str, str]:
+        """(market, kind, argument) of a stream name like ``solusdt@kline_1m``."""
+        sym, _, rest = name.partition("@")
+        market = self.sim.market_by_stream.get(sym)
+        if market is None or not rest:
+            raise StreamError(name)
+        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker"):
+            return market, rest, ""
+        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES and rest[6:] != "1s":
+            return market, "kline", rest[6:]
+        if rest in ("depth", "depth@1000ms"):
+            return market, "depth", "1000"
+        if rest == "depth@100ms":
+            return market, "depth", "100"
+        for n in ("5", "10", "20"):
+            if rest in (f"depth{n}", f"depth{n}@1000ms"):
+                return market, "partial", n + ":1000"
+            if rest == f"depth{n}@100ms":
+                return market, "partial", n + ":100"
+        raise StreamError(name)
+
+    def subscribe(self, conn: Connection, names: list[str]) -> None:
+        """Add streams to ``conn`` (validated first: all or nothing)."""
+        parsed = [(n, self.parse(n)) for n in names]
+        now = self.sim.clock.now_ms()
+        for name, (market, kind, arg) in parsed:
+            state = self.streams.get(name)
+            if state is None:
+                state = StreamState(name, market, kind, arg, last_ms=now)
+                if kind == "aggTrade":
+                    state.cursor = now
+                if kind in ("depth", "partial"):
+                    self.sim.advance_book(market, now)
+                    book = self.sim.books[market.symbol]
+                    state.cursor = book.update_id
+                self.streams[name] = state
+            state.subscribers.add(conn)
+            conn.subs.add(name)
+
+    def unsubscribe(self, conn: Connection, names: list[str]) -> None:
+        for name in names:
+            conn.subs.discard(name)
+            state = self.streams.get(name)
+            if state is not None:
+                state.subscribers.discard(conn)
+                if not state.subscribers:
+                    del self.streams[name]
+
+    def drop(self, conn: Connection) -> None:
+        self.unsubscribe(conn, list(conn.subs))
+        self.connections.discard(conn)
+
+    # -- the connection handler --------------------------------------------------------------
+
+    async def handle(self, request: web.Request, initial: list[str], wrapped: bool) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=self.ping_s, compress=False, autoping=True)
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        conn = Connection(ws, transport, wrapped, self.sim.clock.now_ms())
+        self.connections.add(conn)
+        self.start()
+        try:
+            if initial:
+                try:
+                    self.subscribe(conn, initial)
+                except StreamError as exc:
+                    conn.write_now(
+                        json.dumps({"error": {"code": 2, "msg": f"Invalid request: {exc}"}}).encode()
+                    )
+                    await ws.close()
+                    return ws
+            async for msg in ws:
+                if msg.type != web.WSMsgType.TEXT:
+                    continue
+                self._control(conn, msg.data)
+        finally:
+            self.drop(conn)
+        return ws
+
+    def _control(self, conn: Connection, text: str) -> None:
+        try:
+            req = json.loads(text)
+            method = req["method"]
+            req_id = req.get("id")
+            params = req.get("params", [])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            conn.write_now(b'{"error":{"code":3,"msg":"Invalid JSON: expected a method"}}')
+            return
+        try:
+            if method == "SUBSCRIBE":
+                self.subscribe(conn, [str(p) for p in params])
+                reply: dict[str, Any] = {"result": None, "id": req_id}
+            elif method == "UNSUBSCRIBE":
+                self.unsubscribe(conn, [str(p) for p in params])
+                reply = {"result": None, "id": req_id}
+            elif method == "LIST_SUBSCRIPTIONS":
+                reply = {"result": sorted(conn.subs), "id": req_id}
+            else:
+                reply = {
+                    "error": {"code": 2, "msg": f"Invalid request: unknown method {method}"},
+                    "id": req_id,
+                }
+        except StreamError as exc:
+            reply = {"error": {"code": 2, "msg": f"Invalid request: unknown stream {exc}"}, "id": req_id}
+        # The ack is written before any data of the new streams can be (the pump runs later).
+        conn.write_now(json.dumps(reply, separators=(",", ":")).encode())
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def drop_all(self) -> int:
+        """Abort every connection without a close frame. Returns how many were dropped."""
+        n = len(self.connections)
+        for conn in list(self.connections):
+            conn.closing = True
+            conn.transport.abort()
+            self.drop(conn)
+        return n
+
+    def shutdown_all(self) -> int:
+        """Send ``serverShutdown`` then close every connection (a planned drop)."""
+        n = 0
+        now = self.sim.clock.now_ms()
+        for conn in list(self.connections):
+            conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
+            conn.closing = True
+            asyncio.get_running_loop().create_task(conn.ws.close())
+            self.drop(conn)
+            n += 1
+        return n
+
+    def malformed(self) -> None:
+        """Send a frame that is not valid JSON to every connection."""
+        for conn in self.connections:
+            conn.write_now(b'{"e":"trade","E":')
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def _ref_price(self, market: SymbolMarket, now: int) -> int:
+        slot = now // 100
+        hit = self._ref.get(market.symbol)
+        if hit is not None and hit[0] == slot:
+            return hit[1]
+        partial = market.partial_minute(now)
+        if partial is None:
+            price = hit[1] if hit else max(1, int(market.price0 * 10**market.price_decimals))
+        else:
+            price = partial.c
+        self._ref[market.symbol] = (slot, price)
+        return price
+
+    def _count_sent(self, name: str, count: int, last_id: int) -> None:
+        entry = self.sent.get(name)
+        if entry is None:
+            self.sent[name] = {"count": count, "last_id": last_id}
+        else:
+            entry["count"] += count
+            entry["last_id"] = last_id
+
+    def _produce(self, st: StreamState, now: int) -> list[bytes]:
+        kind = st.kind
+        m = st.market
+        sym = m.exchange_symbol
+        if kind in ("trade", "bookTicker"):
+            if any(c.backed_up() for c in st.subscribers):
+                st.last_ms = now
+                st.carry = 0.0
+                return []
+            due = self.sim.ws_rate * (now - st.last_ms) / 1000.0 + st.carry
+            st.last_ms = now
+            n = int(due)
+            st.carry = due - n
+            if n <= 0:
+                return []
+            n = min(n, max(1, int(self.sim.ws_rate)))
+            if kind == "trade":
+                return self._trades(st, now, n)
+            self.sim.advance_book(m, now)
+            (bp, bq), (ap, aq) = self.sim.books[m.symbol].best()
+            uid = self.sim.books[m.symbol].update_id
+            pd, qd = m.price_decimals, m.qty_decimals
+            msg = (
+                '{"u":%d,"s":"%s","b":"%s","B":"%s","a":"%s","A":"%s"}'
+                % (uid, sym, decimal8(bp, pd), decimal8(bq, qd), decimal8(ap, pd), decimal8(aq, qd))
+            ).encode()
+            self._count_sent(st.name, n, uid)
+            return [msg] * n
+        if kind == "aggTrade":
+            out = []
+            last_id = -1
+            for minute in range(st.cursor // 60000, now // 60000 + 1):
+                for t in m.minute_trades(minute):
+                    if st.cursor < t.time_ms <= now:
+                        out.append(
+                            (
+                                '{"e":"aggTrade","E":%d,"s":"%s","a":%d,"p":"%s","q":"%s","f":%d,"l":%d,"T":%d,"m":%s,"M":true}'
+                                % (
+                                    now,
+                                    sym,
+                                    t.id,
+                                    decimal8(t.price, m.price_decimals),
+                                    decimal8(t.qty, m.qty_decimals),
+                                    t.id,
+                                    t.id,
+                                    t.time_ms,
+                                    "true" if t.buyer_maker else "false",
+                                )
+                            ).encode()
+                        )
+                        last_id = t.id
+            st.cursor = now
+            if out:
+                self._count_sent(st.name, len(out), last_id)
+            return out
+        if kind == "kline":
+            tf = st.arg
+            cur_open = candle_open_ms(now, tf)
+            out = []
+            if st.kline_open >= 0 and st.kline_open != cur_open:
+                kmsg = self._kline(m, tf, st.kline_open, now, closed=True)
+                if kmsg is not None:
+                    out.append(kmsg)
+                st.kline_open = cur_open
+                st.last_ms = now
+                kmsg = self._kline(m, tf, cur_open, now, closed=False)
+                if kmsg is not None:
+                    out.append(kmsg)
+            elif st.kline_open < 0 or now - st.last_ms >= _KLINE_PUSH_MS:
+                st.kline_open = cur_open
+                st.last_ms = now
+                kmsg = self._kline(m, tf, cur_open, now, closed=False)
+                if kmsg is not None:
+                    out.append(kmsg)
+            if out:
+                self._count_sent(st.name, len(out), st.kline_open)
+            return out
+        if kind == "miniTicker":
+            if now - st.last_ms < 1000 and st.cursor:
+                return []
+            st.last_ms = now
+            st.cursor = 1
+            stats = self.sim.rolling_24h(m, now)
+            if stats is None:
+                return []
+            self._count_sent(st.name, 1, now)
+            return [
+                (
+                    '{"e":"24hrMiniTicker","E":%d,"s":"%s","c":"%s","o":"%s","h":"%s","l":"%s","v":"%s","q":"%s"}'
+                    % (now, sym, stats["c"], stats["o"], stats["h"], stats["l"], stats["v"], stats["q"])
+                ).encode()
+            ]
+        return []
+
+    def _trades(self, st: StreamState, now: int, n: int) -> list[bytes]:
+        m = st.market
+        ref = self._ref_price(m, now)
+        tid = self._trade_ids.get(m.symbol)
+        if tid is None:
+            tid = m.trades_before(now // 60000) * 3
+        getrandbits = self._rng.getrandbits
+        pd, qd = m.price_decimals, m.qty_decimals
+        spread = max(1, ref // 20000)
+        prices = [decimal8(max(1, ref + (i - 4) * spread), pd) for i in range(9)]
+        unit = max(1, int(m.qty_units))
+        qtys = [decimal8(unit * (1 + i) // 4 or 1, qd) for i in range(16)]
+        head = '{"e":"trade","E":%d,"s":"%s","t":' % (now, m.exchange_symbol)
+        tail_t = ',"T":%d,"m":' % now
+        out = []
+        for i in range(n):
+            r = getrandbits(8)
+            out.append(
+                (
+                    head
+                    + str(tid + i)
+                    + ',"p":"'
+                    + prices[r % 9]
+                    + '","q":"'
+                    + qtys[r >> 4]
+                    + '"'
+                    + tail_t
+                    + ("true" if r & 1 else "false")
+                    + ',"M":true}'
+                ).encode()
+            )
+        self._trade_ids[m.symbol] = tid + n
+        self._count_sent(st.name, n, tid + n - 1)
+        return out
+
+    def _kline(self, m: SymbolMarket, tf: str, open_ms: int, now: int, closed: bool) -> bytes | None:
+        rows = m.candles(tf, open_ms, next_open_ms(open_ms, tf), now)
+        if len(rows) == 0 or int(rows.open_ms[0]) != open_ms:
+            return None
+        pd, qd = m.price_decimals, m.qty_decimals
+        n = int(rows.n[0])
+        first = m.trades_before(open_ms // 60000) if n else -1
+        last = first + n - 1 if n else -1
+        return (
+            '{"e":"kline","E":%d,"s":"%s","k":{"t":%d,"T":%d,"s":"%s","i":"%s","f":%d,"L":%d,'
+            '"o":"%s","c":"%s","h":"%s","l":"%s","v":"%s","n":%d,"x":%s,"q":"%s","V":"%s","Q":"%s","B":"0"}}'
+            % (
+                now,
+                m.exchange_symbol,
+                open_ms,
+                next_open_ms(open_ms, tf) - 1,
+                m.exchange_symbol,
+                tf,
+                first,
+                last,
+                decimal8(int(rows.o[0]), pd),
+                decimal8(int(rows.c[0]), pd),
+                decimal8(int(rows.h[0]), pd),
+                decimal8(int(rows.l[0]), pd),
+                decimal8(int(rows.v[0]), qd),
+                n,
+                "true" if closed else "false",
+                decimal8(int(rows.q[0]), 8),
+                decimal8(int(rows.tb[0]), qd),
+                decimal8(int(rows.tbq[0]), 8),
+            )
+        ).encode()
+
+    def _depth(self, now: int) -> dict[str, list[bytes]]:
+        """Depth and partial-book messages per stream, from the books' pending diffs."""
+        out: dict[str, list[bytes]] = {}
+        by_symbol: dict[str, list[StreamState]] = {}
+        for st in self.streams.values():
+            if st.kind in ("depth", "partial"):
+                by_symbol.setdefault(st.market.symbol, []).append(st)
+        for symbol, book in self.sim.books.items():
+            states = by_symbol.get(symbol)
+            if not states:
+                book.pending.clear()
+                continue
+            m = states[0].market
+            self.sim.advance_book(m, now)
+            diffs = list(book.pending)
+            book.pending.clear()
+            for st in states:
+                msgs: list[bytes] = []
+                if st.kind == "depth":
+                    st.diffs += [d for d in diffs if d.last > st.cursor]
+                    if not st.diffs:
+                        continue
+                    if st.arg == "100":
+                        groups = [[d] for d in st.diffs]
+                    elif now - st.last_ms >= 1000:
+                        groups = [st.diffs]
+                    else:
+                        continue
+                    st.diffs = []
+                    st.last_ms = now
+                    for g in groups:
+                        msgs.append(self._diff_msg(m, g, now))
+                    st.cursor = groups[-1][-1].last
+                    self._count_sent(st.name, len(msgs), st.cursor)
+                else:
+                    levels, _, ms = st.arg.partition(":")
+                    if now - st.last_ms < int(ms):
+                        continue
+                    st.last_ms = now
+                    bids, asks = book.top(int(levels))
+                    pd, qd = m.price_decimals, m.qty_decimals
+                    msgs.append(
+                        json.dumps(
+                            {
+                                "lastUpdateId": book.update_id,
+                                "bids": [[decimal8(p, pd), decimal8(q, qd)] for p, q in bids],
+                                "asks": [[decimal8(p, pd), decimal8(q, qd)] for p, q in asks],
+                            },
+                            separators=(",", ":"),
+                        ).encode()
+                    )
+                    self._count_sent(st.name, 1, book.update_id)
+                if msgs:
+                    out[st.name] = msgs
+        return out
+
+    @staticmethod
+    def _diff_msg(m: SymbolMarket, group: list[DepthDiff], now: int) -> bytes:
+        bids: dict[int, int] = {}
+        asks: dict[int, int] = {}
+        for d in group:
+            bids.update(d.bids)
+            asks.update(d.asks)
+        pd, qd = m.price_decimals, m.qty_decimals
+        return json.dumps(
+            {
+                "e": "depthUpdate",
+                "E": now,
+                "s": m.exchange_symbol,
+                "U": group[0].first,
+                "u": group[-1].last,
+                "b": [[decimal8(p, pd), decimal8(q, qd)] for p, q in sorted(bids.items(), reverse=True)],
+                "a": [[decimal8(p, pd), decimal8(q, qd)] for p, q in sorted(asks.items())],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def tick(self) -> None:
+        """Produce everything due now and write it out, one write per connection."""
+        now = self.sim.clock.now_ms()
+        if now < self.stalled_until_ms:
+            return
+        batches: dict[str, list[bytes]] = (
+            self._depth(now) if any(s.kind in ("depth", "partial") for s in self.streams.values()) else {}
+        )
+        for st in list(self.streams.values()):
+            if st.kind in ("depth", "partial"):
+                continue
+            msgs = self._produce(st, now)
+            if msgs:
+                batches[st.name] = msgs
+        for name, msgs in batches.items():
+            st = self.streams[name]
+            raw: bytes | None = None
+            wrapped: bytes | None = None
+            for conn in st.subscribers:
+                if conn.wrapped:
+                    if wrapped is None:
+                        pre = b'{"stream":"' + name.encode() + b'","data":'
+                        wrapped = b"".join([frame(pre + p + b"}") for p in msgs])
+                    conn.out.append(wrapped)
+                else:
+                    if raw is None:
+                        raw = b"".join([frame(p) for p in msgs])
+                    conn.out.append(raw)
+        limit_ms = self.max_lifetime_s * 1000
+        for conn in list(self.connections):
+            if conn.out:
+                if not conn.closing and not conn.transport.is_closing():
+                    conn.transport.write(b"".join(conn.out))
+                conn.out.clear()
+            if now - conn.opened_ms >= limit_ms and not conn.closing:
+                conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
+                conn.closing = True
+                asyncio.get_running_loop().create_task(conn.ws.close())
+                self.drop(conn)
+
+    async def _pump(self) -> None:
+        sleep: Callable[[float], Any] = asyncio.sleep
+        while True:
+            self.tick()
+            await sleep(self.tick_s)
