@@ -22,11 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: ``(ts_ms, open, high, low, close, volume)``
 Candle = tuple[int, float, float, float, float, float]
 CoverageKind = Literal["data", "empty"]
+#: ``'exchange'``: covered as empty (the exchange has no candles there); ``'missing'``: not covered
+#: at all (never fetched); ``'hole'``: covered as data, yet candles are absent (lost or corrupt).
+GapKind = Literal["exchange", "missing", "hole"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,15 @@ class CoverageRange:
     start_ms: int
     end_ms: int
     kind: CoverageKind
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A range ``[start_ms, end_ms)`` without candles, and why (see :data:`GapKind`)."""
+
+    start_ms: int
+    end_ms: int
+    kind: GapKind
 
 
 @dataclass(slots=True)
@@ -66,6 +81,12 @@ class CandleBatch:
 
 @dataclass(slots=True)
 class WriteResult:
+    """Rows written and rows skipped; ``written + skipped`` is the number of candles passed in.
+
+    Skipped rows were already stored (or repeated within the call). For ``final=False`` batches a
+    row that changed an existing candle counts as written.
+    """
+
     written: int = 0
     skipped: int = 0
 
@@ -103,3 +124,19 @@ class CandleStore(Protocol):
 
     async def latest_ts(self, instrument_id: int, timeframe: str) -> int | None:
         """Open time of the newest stored candle, or ``None``."""
+
+    async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
+        """The instrument, or ``None`` when it was never stored."""
+
+    async def missing_ranges(
+        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int]]:
+        """Parts of ``[start_ms, end_ms)`` that no coverage range covers (what to fetch), sorted."""
+
+    async def find_gaps(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Gap]:
+        """Gaps in ``[start_ms, end_ms)``: exchange-side, missing (never fetched) and holes."""
+
+    async def load_frame(
+        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
+    ) -> pd.DataFrame:
+        """Candles as a DataFrame indexed by UTC time, columns open high low close volume."""

@@ -1,0 +1,96 @@
+"""What both backends share: coverage reading, gap finding and DataFrames on top of a few queries."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import pandas as pd
+
+from data_collector.markets import candle_opens, count_candles, timeframe_code
+from data_collector.storage.base import Candle, CoverageRange, Gap
+from data_collector.storage.ranges import (
+    Span,
+    clip,
+    gaps_from_coverage,
+    hole_spans,
+    merge_coverage,
+    subtract_spans,
+)
+
+FRAME_COLUMNS = ["open", "high", "low", "close", "volume"]
+
+
+class BaseCandleStore(ABC):
+    """Backend-independent parts of a :class:`~data_collector.storage.base.CandleStore`."""
+
+    @abstractmethod
+    async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
+        """Every stored coverage row of (instrument, timeframe code), unmerged."""
+
+    @abstractmethod
+    async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
+        """How many candles each span holds."""
+
+    @abstractmethod
+    async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
+        """Open times of the stored candles in ``[start_ms, end_ms)``."""
+
+    @abstractmethod
+    async def load(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
+        """Candles with ``start_ms <= ts < end_ms``, oldest first."""
+
+    async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
+        """Covered ranges, merged and sorted (adjacent ranges of one kind joined).
+
+        Where a ``'data'`` range overlaps an ``'empty'`` one, the overlap counts as ``'data'``.
+        """
+        return merge_coverage(await self._coverage_rows(instrument_id, timeframe_code(timeframe)))
+
+    async def missing_ranges(
+        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int]]:
+        """Parts of ``[start_ms, end_ms)`` that no coverage range covers (what to fetch), sorted."""
+        covered = await self.coverage(instrument_id, timeframe)
+        return subtract_spans(start_ms, end_ms, ((r.start_ms, r.end_ms) for r in covered))
+
+    async def find_gaps(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Gap]:
+        """Gaps in ``[start_ms, end_ms)``, sorted by start.
+
+        * ``'exchange'``: covered as empty; the exchange has no candles there (not refetched).
+        * ``'missing'``: not covered at all; never fetched (or the fetch never committed).
+        * ``'hole'``: covered as data, yet candles are absent. Found by comparing each covered
+          range's row count with the candles its timeframe implies, so it costs one count per
+          covered range; the missing candles are located only where a count falls short.
+        """
+        code = timeframe_code(timeframe)
+        merged = merge_coverage(await self._coverage_rows(instrument_id, code))
+        gaps = gaps_from_coverage(merged, start_ms, end_ms)
+        data = [(r.start_ms, r.end_ms) for r in clip(merged, start_ms, end_ms) if r.kind == "data"]
+        if data:
+            counts = await self._count_rows(instrument_id, code, data)
+            for (s, e), n in zip(data, counts, strict=True):
+                if n < count_candles(s, e, timeframe):
+                    present = await self._load_ts(instrument_id, code, s, e)
+                    opens = candle_opens(s, e, timeframe)
+                    gaps += [Gap(a, b, "hole") for a, b in hole_spans(opens, present, e)]
+        gaps.sort(key=lambda g: g.start_ms)
+        return gaps
+
+    async def load_frame(
+        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
+    ) -> pd.DataFrame:
+        """Candles in ``[start_ms, end_ms)`` as a DataFrame for notebooks.
+
+        Returns:
+            A DataFrame indexed by a UTC ``DatetimeIndex`` named ``time`` (the candle's open
+            time) with float columns ``open high low close volume``, oldest first.
+        """
+        return candles_frame(await self.load(instrument_id, timeframe, start_ms, end_ms))
+
+
+def candles_frame(candles: Sequence[Candle]) -> pd.DataFrame:
+    """Candles as a DataFrame indexed by UTC open time (see :meth:`BaseCandleStore.load_frame`)."""
+    index = pd.DatetimeIndex(pd.to_datetime([c[0] for c in candles], unit="ms", utc=True), name="time")
+    frame = pd.DataFrame([c[1:] for c in candles], columns=FRAME_COLUMNS, index=index, dtype="float64")
+    return frame
