@@ -2,7 +2,7 @@
 
 Same API and tables as PostgreSQL (SQLite has no schemas, so ``database.db_schema`` is unused, and
 ``ohlcv_view.ts`` stays an integer in ms: ``datetime(ts / 1000, 'unixepoch')`` reads it). A write is
-one ``BEGIN IMMEDIATE`` transaction of ``executemany`` ``INSERT OR IGNORE`` (``ON CONFLICT DO
+one ``BEGIN IMMEDIATE`` transaction of ``executemany`` ``INSERT … ON CONFLICT DO NOTHING`` (``DO
 UPDATE`` for ``final=False`` batches) plus the coverage update: slower than COPY, equally atomic.
 The file runs in WAL mode so that readers in other processes do not block the writer.
 """
@@ -63,7 +63,10 @@ _DDL = (
         JOIN instruments i ON i.id = o.instrument_id
         JOIN timeframes t ON t.code = o.timeframe""",
 )
-_INSERT_KEEP = "INSERT OR IGNORE INTO ohlcv VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# Not INSERT OR IGNORE: that would also drop rows breaking NOT NULL, silently.
+_INSERT_KEEP = (
+    "INSERT INTO ohlcv VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instrument_id, timeframe, ts) DO NOTHING"
+)
 _INSERT_OVERWRITE = (
     "INSERT INTO ohlcv VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (instrument_id, timeframe, ts) DO UPDATE SET "

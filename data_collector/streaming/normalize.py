@@ -12,7 +12,8 @@ instead of duplicated:
 trade          ``<trade time>-<trade id>``
 aggTrade       ``<trade time>-<aggregate trade id>``
 depth          ``<event time>-<last update id u>``
-bookTicker     ``<event time, else receive time>-<update id u>``
+bookTicker     ``<event time, else receive time>-<sequence within that ms>`` (made locally:
+               Binance may repeat an update id and sends no event time)
 kline_<tf>     ``<open time>-<n>``: ``n = event time - open time`` while forming (at most
                ``interval - 1``), ``n = interval length`` once closed, so a closed candle has
                the same id whether it came from the stream or from the REST repair
@@ -110,6 +111,8 @@ def parse_levels(raw: object) -> list[list[float]]:
 
 
 def _check_symbol(data: dict[str, Any], exchange_symbol: str) -> None:
+    if type(data) is not dict:
+        raise MalformedEvent("payload must be an object")
     if data.get("s") != exchange_symbol:
         raise MalformedEvent(f"symbol {data.get('s')!r} on the stream of {exchange_symbol}")
 
@@ -153,6 +156,9 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
         return trade
 
     if channel == "bookTicker":
+        # Binance sends no event time and may repeat an update id here, so the entry id is
+        # made locally: (time, sequence within that millisecond), strictly increasing.
+        last = [0, 0]
 
         def book_ticker(data: dict[str, Any], recv_ms: int) -> Normalized:
             _check_symbol(data, ex_symbol)
@@ -171,7 +177,11 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
                 "ask": _price(data["a"]),
                 "ask_qty": _qty(data["A"]),
             }
-            return f"{event_ms}-{update_id}", event
+            if event_ms > last[0]:
+                last[0], last[1] = event_ms, 0
+            else:
+                last[1] += 1
+            return f"{last[0]}-{last[1]}", event
 
         return book_ticker
 

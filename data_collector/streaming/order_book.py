@@ -9,6 +9,7 @@ the level. While a book is not in sync its Redis key is deleted: no wrong book i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Diffs buffered while a snapshot is on its way; past this the sync starts over.
 MAX_PENDING_DIFFS = 10_000
+#: How long to wait for the first diff after a snapshot before taking a new one.
+SNAPSHOT_WAIT_S = 5.0
 
 
 class OrderBook:
@@ -101,6 +104,7 @@ class BookKeeper:
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._last_publish: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
         self._closed = False
 
     def on_diff(self, symbol: str, diff: dict[str, Any]) -> None:
@@ -110,6 +114,9 @@ class BookKeeper:
             if len(book.pending) >= MAX_PENDING_DIFFS:
                 book.pending.clear()
             book.pending.append(diff)
+            arrived = self._arrived.get(symbol)
+            if arrived is not None:
+                arrived.set()
             self._ensure_sync(symbol)
             return
         if diff["update_id"] <= book.last_update_id:
@@ -129,10 +136,13 @@ class BookKeeper:
         book.apply(diff)
         self._schedule_publish(symbol)
 
-    def invalidate(self, symbol: str) -> None:
-        """Forget the book (a gap in its diffs) and delete its Redis key until it is rebuilt."""
+    def invalidate(self, symbol: str, resync: bool = True) -> None:
+        """Forget the book and delete its Redis key until it is rebuilt.
+
+        ``resync=False`` (shutdown) does not count it as a resync.
+        """
         book = self.books[symbol]
-        if book.synced:
+        if book.synced and resync:
             self._metrics.book_resyncs += 1
         book.reset()
         timer = self._timers.pop(symbol, None)
@@ -161,27 +171,32 @@ class BookKeeper:
 
     async def _sync(self, symbol: str) -> None:
         book = self.books[symbol]
+        arrived = self._arrived.setdefault(symbol, asyncio.Event())
         attempt = 0
         while not book.synced and not self._closed:
+            if attempt:
+                await asyncio.sleep(min(10.0, 0.2 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+            attempt += 1
             try:
                 snap = await self._rest.depth(symbol, self._snapshot_limit)
                 bids, asks = parse_levels(snap["bids"]), parse_levels(snap["asks"])
             except (CollectorError, MalformedEvent, KeyError) as exc:
                 self._metrics.rest_errors += 1
-                delay = (
-                    exc.retry_after_s if isinstance(exc, RateLimitedError) else min(10.0, 0.2 * 2**attempt)
-                )
-                attempt += 1
-                log.warning("%s depth snapshot failed (%s); retrying in %.1f s", symbol, exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                if isinstance(exc, RateLimitedError):
+                    await asyncio.sleep(exc.retry_after_s)
+                log.warning("%s depth snapshot failed (%s); retrying", symbol, exc)
                 continue
             last_id = int(snap["lastUpdateId"])
+            # Diffs up to the snapshot may still be on their way: wait for one that follows it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SNAPSHOT_WAIT_S):
+                    while not any(d["update_id"] > last_id for d in book.pending):
+                        arrived.clear()
+                        await arrived.wait()
             pending = [d for d in book.pending if d["update_id"] > last_id]
             if not pending or pending[0]["first_update_id"] > last_id + 1:
-                # The snapshot is older than the first buffered diff, or no diff follows it yet:
-                # wait for diffs to arrive, then take a fresh snapshot.
+                # No diff follows, or the snapshot is older than the first buffered diff.
                 book.pending = pending
-                await asyncio.sleep(0.05 if not pending else 0.2)
                 continue
             book.load_snapshot(last_id, bids, asks)
             ok = True

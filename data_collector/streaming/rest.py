@@ -7,6 +7,7 @@ streamer. Every request is bounded by ``timeout_s``; failures raise :class:`Tran
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -45,24 +46,38 @@ class BinanceRest:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        #: After a 429/418, no request goes out before this loop time (the server's Retry-After).
+        self._blocked_until = 0.0
 
     async def _get(self, path: str, params: dict[str, str | int]) -> Any:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         url = f"{self.base_url}{path}"
+        loop = asyncio.get_running_loop()
+        wait_s = self._blocked_until - loop.time()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
         try:
             async with self._session.get(url, params=params) as resp:
                 body = await resp.read()
                 if resp.status in (418, 429):
                     retry_after = float(resp.headers.get("Retry-After", "1") or 1)
+                    self._blocked_until = max(self._blocked_until, loop.time() + retry_after)
                     raise RateLimitedError(f"GET {path}: HTTP {resp.status}", retry_after)
                 if resp.status >= 500:
                     raise TransientError(f"GET {path}: HTTP {resp.status}")
                 if resp.status >= 400:
                     raise PermanentError(f"GET {path}: HTTP {resp.status}: {body[:200]!r}")
                 return orjson.loads(body)
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise TransientError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+
+    async def server_time(self) -> int:
+        """``/api/v3/time``: the exchange's clock in ms."""
+        data = await self._get("/api/v3/time", {})
+        if not isinstance(data, dict) or type(data.get("serverTime")) is not int:
+            raise TransientError("GET /api/v3/time: unexpected response")
+        return int(data["serverTime"])
 
     async def depth(self, symbol: str, limit: int) -> dict[str, Any]:
         """``/api/v3/depth``: ``{"lastUpdateId": int, "bids": [[p, q]], "asks": [[p, q]]}``."""

@@ -213,7 +213,7 @@ class StreamService:
         if self.books is None:
             return
         for symbol in {r.symbol for r in conn.routes.values() if r.channel == "depth"}:
-            self.books.invalidate(symbol)
+            self.books.invalidate(symbol, resync=not self._closed)
 
     def _next_gap_id(self, to_ms: int) -> str:
         last_ms, last_seq = self._gap_id
@@ -253,23 +253,30 @@ class StreamService:
             return
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
-        async def fetch(route: Route) -> list[list[Any]]:
+        async def fetch(route: Route, cutoff_ms: int) -> list[list[Any]]:
             timeframe = route.channel[6:]
             last = self._last_closed_open.get((route.symbol, timeframe))
             start = next_open_ms(last, timeframe) if last else candle_open_ms(from_ms, timeframe)
             async with semaphore:
                 try:
-                    return await self.rest.klines(route.symbol, timeframe, start, to_ms)
+                    return await self.rest.klines(route.symbol, timeframe, start, cutoff_ms)
                 except CollectorError as exc:
                     self.metrics.rest_errors += 1
                     log.warning("could not repair %s %s klines after a gap: %s", route.symbol, timeframe, exc)
                     return []
 
-        results = await asyncio.gather(*(fetch(r) for r in kline_routes))
+        # Candles count as closed by the exchange's clock, which may differ from ours. One that
+        # closes after the new connection opened may also arrive on it: it has the same entry id
+        # and is then rejected by Redis as a duplicate.
+        try:
+            cutoff_ms = max(to_ms, await self.rest.server_time())
+        except CollectorError:
+            cutoff_ms = to_ms
+        results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))
         now = time.time()
         recv_ms = int(now * 1000)
         for route, rows in zip(kline_routes, results, strict=True):
-            self._write_repaired(route, rows, to_ms, recv_ms, now)
+            self._write_repaired(route, rows, cutoff_ms, recv_ms, now)
 
     def _write_repaired(
         self, route: Route, rows: list[list[Any]], to_ms: int, recv_ms: int, now: float

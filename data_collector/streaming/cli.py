@@ -1,0 +1,152 @@
+"""The streaming command line, as an importable coroutine (scripts only parse arguments).
+
+``python scripts/stream_market_data.py --symbols SOL/USDT --demo`` and the collector's
+``--stream`` option both end up in :func:`run_stream_cli`: it runs the streamer until Ctrl-C (or
+``duration_s``), prints a one-line status every ``status_interval_s`` and a summary at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from data_collector.config import Config, load_config
+from data_collector.markets import normalize_symbols
+from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+from data_collector.streaming.normalize import validate_channel
+from data_collector.streaming.redis_conn import RedisEndpoint
+
+#: Messages per second per trade/bookTicker stream of the ``--demo`` simulator.
+DEMO_WS_RATE = 50.0
+
+
+def status_line(metrics: dict[str, Any]) -> str:
+    """One line for a terminal or a log."""
+    p99 = metrics["latency_ms"]["event_to_redis"]["p99"]
+    return (
+        f"{time.strftime('%H:%M:%S')} written {metrics['written']:,} "
+        f"({metrics['messages_per_second']:,.0f} msg/s, p99 {'-' if p99 is None else f'{p99:.1f}'} ms) "
+        f"queue {metrics['queue_depth']:,} | reconnects {metrics['reconnects']} gaps {metrics['gaps']} "
+        f"book resyncs {metrics['book_resyncs']} | dropped {metrics['dropped']:,} "
+        f"malformed {metrics['malformed']:,} redis errors {metrics['redis_errors']:,}"
+    )
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """The final multi-line metrics summary."""
+    lat = metrics["latency_ms"]
+    lines = ["stream summary:"]
+    for name in ("event_to_redis", "receive_to_redis"):
+        p = lat[name]
+        lines.append(
+            f"  latency {name.replace('_', ' ')}: p50 {p['p50']} / p95 {p['p95']} / p99 {p['p99']} ms"
+        )
+    for key, value in metrics.items():
+        if key != "latency_ms":
+            lines.append(
+                f"  {key.replace('_', ' ')}: {value:,}" if isinstance(value, int) else f"  {key}: {value}"
+            )
+    return "\n".join(lines)
+
+
+async def run_stream_cli(
+    *,
+    config: Config | dict[str, Any] | str | None = None,
+    symbols: Sequence[str] | None = None,
+    channels: Sequence[str] | None = None,
+    demo: bool = False,
+    status_interval_s: float = 5.0,
+    duration_s: float | None = None,
+    out: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Stream until Ctrl-C/SIGTERM, ``duration_s`` or ``stop``; return the final metrics.
+
+    Args:
+        config: the collector's config (path, dict or Config).
+        symbols: default: the config's ``symbols``.
+        channels: default: ``streaming.channels``.
+        demo: stream from an in-process simulator instead of the exchange.
+        status_interval_s: seconds between status lines (0 for none).
+        duration_s: stop after this long (``None``: until interrupted).
+        out: where status lines go (default stdout).
+        stop: an event that ends the run when set.
+
+    Raises:
+        UsageError: bad symbols, channels or config.
+        ServerUnavailableError: Redis cannot be reached at start.
+    """
+    cfg = load_config(config)
+    normalize_symbols(symbols or cfg.symbols)
+    for channel in channels or cfg.streaming.channels:
+        validate_channel(channel)
+    out = out or sys.stdout
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    endpoint = RedisEndpoint.from_any(
+        cfg.redis.url.get_secret_value(),
+        socket_timeout_s=cfg.redis.socket_timeout_s,
+        connect_timeout_s=cfg.redis.connect_timeout_s,
+    )
+    probe = await endpoint.connect()
+    await probe.close()
+
+    sim: Any = None
+    urls: dict[str, str] = {}
+    try:
+        if demo:
+            from data_collector.simulator import SimulatedExchange
+
+            sim = SimulatedExchange(symbols=list(symbols or cfg.symbols), seed=42, ws_rate=DEMO_WS_RATE)
+            await sim.start()
+            urls = {"ws_url": sim.ws_url, "rest_url": sim.rest_url}
+            print(f"demo: simulator at {sim.rest_url}", file=out, flush=True)
+        streamer = OptimizedWebSocketStreamer(
+            symbols=symbols,
+            channels=channels,
+            config=cfg,
+            store_candles=False if demo else None,
+            ws_url=urls.get("ws_url"),
+            rest_url=urls.get("rest_url"),
+        )
+        print(
+            f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
+            f"into Redis {endpoint.describe()} (prefix {cfg.redis.prefix!r}); Ctrl-C stops",
+            file=out,
+            flush=True,
+        )
+        streamer.start()
+        deadline = None if duration_s is None else loop.time() + duration_s
+        try:
+            while not stop.is_set():
+                wait = status_interval_s if status_interval_s > 0 else 3600.0
+                if deadline is not None:
+                    wait = min(wait, deadline - loop.time())
+                    if wait <= 0:
+                        break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
+                if status_interval_s > 0 and not stop.is_set():
+                    print(status_line(streamer.get_metrics()), file=out, flush=True)
+        finally:
+            await streamer.astop()
+        metrics = streamer.get_metrics()
+        print(summary(metrics), file=out, flush=True)
+        return metrics
+    finally:
+        if sim is not None:
+            await sim.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,191 @@
+"""``MarketDataReader``: what the streamer wrote, read back for trading code and notebooks.
+
+::
+
+    reader = MarketDataReader("redis://127.0.0.1:6379/0", prefix="dc")
+    await reader.latest("SOL/USDT", "trade")            # the last trade (a dict)
+    await reader.book("SOL/USDT")                       # top-N book, None while out of sync
+    await reader.last("SOL/USDT", "trade", 100)         # the last 100, oldest first
+    await reader.range("SOL/USDT", "kline_1m", start_ms, end_ms)
+    await reader.dataframe("SOL/USDT", "trade", count=1000)
+    async for event in reader.tail("SOL/USDT", "trade"):  # new entries as they arrive
+        ...
+    await reader.gaps()                                 # reconnect gap markers
+
+Range queries use the stream entry ids, whose time part is the event's own time (trade time,
+kline open time, depth event time; see ``data_collector.streaming.normalize``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import redis.asyncio
+
+from data_collector.errors import ClosedError
+from data_collector.redis_keys import book_key, gaps_key, latest_key, stream_key
+from data_collector.streaming.normalize import validate_channel
+from data_collector.streaming.redis_conn import RedisEndpoint
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Event = dict[str, Any]
+
+
+def _unpack(raw: bytes | None) -> Event | None:
+    if raw is None:
+        return None
+    out: Event = msgpack.unpackb(raw)
+    return out
+
+
+def _entries(rows: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+    out = []
+    for entry_id, fields in rows:
+        event = msgpack.unpackb(fields[b"d"])
+        event["entry_id"] = entry_id.decode()
+        out.append(event)
+    return out
+
+
+class MarketDataReader:
+    """Reads the Redis layout written by ``OptimizedWebSocketStreamer``.
+
+    Args:
+        redis_client: a ``redis.asyncio.Redis`` (kept, not closed by the reader), a sync
+            ``redis.Redis`` (its settings are reused) or a URL.
+        prefix: the ``redis.prefix`` the streamer wrote under.
+        exchange: the exchange id in the keys.
+        socket_timeout_s: timeout of each call when the reader opens its own client.
+    """
+
+    def __init__(
+        self,
+        redis_client: Any = "redis://127.0.0.1:6379/0",
+        prefix: str = "dc",
+        exchange: str = "binance",
+        socket_timeout_s: float = 5.0,
+    ) -> None:
+        if isinstance(redis_client, redis.asyncio.Redis):
+            self._redis = redis_client
+            self._owns = False
+        else:
+            endpoint = RedisEndpoint.from_any(redis_client, socket_timeout_s=socket_timeout_s)
+            self._redis = endpoint.async_client()
+            self._owns = True
+        self.prefix = prefix
+        self.exchange = exchange
+        self._closed = False
+
+    def _client(self) -> redis.asyncio.Redis:
+        if self._closed:
+            raise ClosedError("this MarketDataReader was closed")
+        return self._redis
+
+    def stream_key(self, symbol: str, channel: str) -> str:
+        return stream_key(self.prefix, self.exchange, validate_channel(channel), symbol)
+
+    async def latest(self, symbol: str, channel: str) -> Event | None:
+        """The last event written for ``symbol`` on ``channel`` (``None`` if there is none)."""
+        key = latest_key(self.prefix, self.exchange, validate_channel(channel), symbol)
+        return _unpack(await self._client().get(key))
+
+    async def book(self, symbol: str) -> Event | None:
+        """The published top-N book (``bids``/``asks`` as ``[price, qty]``), ``None`` while out of sync."""
+        return _unpack(await self._client().get(book_key(self.prefix, self.exchange, symbol)))
+
+    async def last(self, symbol: str, channel: str, count: int = 100) -> list[Event]:
+        """The newest ``count`` entries, oldest first; each carries its ``entry_id``."""
+        rows = await self._client().xrevrange(self.stream_key(symbol, channel), count=count)
+        return _entries(list(reversed(rows)))
+
+    async def range(
+        self, symbol: str, channel: str, start_ms: int, end_ms: int, count: int | None = None
+    ) -> list[Event]:
+        """Entries whose id time lies in ``[start_ms, end_ms]``, oldest first."""
+        rows = await self._client().xrange(
+            self.stream_key(symbol, channel), min=str(int(start_ms)), max=str(int(end_ms)), count=count
+        )
+        return _entries(rows)
+
+    async def dataframe(
+        self,
+        symbol: str,
+        channel: str,
+        *,
+        count: int | None = 1000,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> pd.DataFrame:
+        """The last ``count`` entries, or a time range, as a pandas DataFrame (pandas is imported here)."""
+        import pandas as pd
+
+        if start_ms is not None or end_ms is not None:
+            events = await self.range(
+                symbol,
+                channel,
+                start_ms if start_ms is not None else 0,
+                end_ms if end_ms is not None else 2**63 - 1,
+            )
+        else:
+            events = await self.last(symbol, channel, count or 1000)
+        frame = pd.DataFrame(events)
+        for column in ("event_ms", "recv_ms", "trade_ms", "open_ms", "close_ms"):
+            if column in frame:
+                frame[column.replace("_ms", "_time")] = pd.to_datetime(frame[column], unit="ms", utc=True)
+        return frame
+
+    async def tail(
+        self, symbol: str, channel: str, *, last_id: str = "$", block_ms: int = 1000, count: int = 1000
+    ) -> AsyncIterator[Event]:
+        """Yield new entries as they are written (``XREAD BLOCK``), forever.
+
+        Args:
+            last_id: start after this entry id; ``"$"`` means only entries written from now on,
+                ``"0"`` replays the stream from its start.
+            block_ms: how long one XREAD waits (the loop then simply reads again).
+        """
+        key = self.stream_key(symbol, channel)
+        client = self._client()
+        if last_id == "$":
+            newest = await client.xrevrange(key, count=1)
+            last_id = newest[0][0].decode() if newest else "0-0"
+        while True:
+            reply = await client.xread({key: last_id}, count=count, block=block_ms)
+            for _key, rows in reply or []:
+                for event in _entries(rows):
+                    last_id = event["entry_id"]
+                    yield event
+
+    async def gaps(self, start_ms: int = 0, end_ms: int | None = None) -> list[dict[str, Any]]:
+        """Reconnect gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first."""
+        rows = await self._client().xrange(
+            gaps_key(self.prefix, self.exchange),
+            min=str(start_ms),
+            max="+" if end_ms is None else str(end_ms),
+        )
+        out = []
+        for entry_id, fields in rows:
+            item: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
+            item["from_ms"] = int(item["from_ms"])
+            item["to_ms"] = int(item["to_ms"])
+            item["entry_id"] = entry_id.decode()
+            out.append(item)
+        return out
+
+    async def close(self) -> None:
+        """Close the client the reader opened itself; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> MarketDataReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
