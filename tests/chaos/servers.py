@@ -22,7 +22,23 @@ PG_BIN = os.environ.get("DC_TEST_PG_BIN", "/usr/lib/postgresql/15/bin")
 class RestartableRedis(PrivateRedis):
     """``PrivateRedis`` plus :meth:`restart` on the same port (an empty server comes back)."""
 
-    def restart(self, down_s: float = 0.0) -> None:
+    def restart(self, down_s: float = 0.0, *, keep_data: bool = False) -> None:
+        """Stop and start again on the same port.
+
+        ``keep_data=False`` kills the server (a crash: it comes back empty); ``keep_data=True`` is
+        a planned restart (``SHUTDOWN SAVE``, then the RDB file is loaded on start).
+        """
+        if keep_data and self.running:
+            import redis
+
+            client = redis.Redis(port=self.port, socket_timeout=10)
+            try:
+                client.shutdown(save=True)
+            except redis.ConnectionError:
+                pass  # the server closes the connection as it exits
+            finally:
+                client.close()
+            self.proc.wait(timeout=30)
         self.stop()
         if down_s:
             time.sleep(down_s)

@@ -57,4 +57,7 @@ def test_restartable_redis(restartable_redis: RestartableRedis) -> None:
     restartable_redis.restart()
     assert client.get("k") is None  # an empty server came back on the same port
     assert client.ping()
+    client.set("kept", "yes")
+    restartable_redis.restart(keep_data=True)
+    assert client.get("kept") == b"yes"  # a planned restart keeps the data
     client.close()
