@@ -209,3 +209,84 @@ def test_ws_boolean_prices_are_malformed() -> None:
     payload = {**_good_payload("trade"), "p": True, "q": False}
     with pytest.raises(_CAUGHT_BY_READER):
         normalize.make_normalizer("binance", "SOL/USDT", "trade")(payload, _NOW_MS)
+
+
+async def test_bad_ws_frames_are_skipped_and_counted_end_to_end(redis_prefix: str) -> None:
+    """A hostile stream server: every bad frame is counted as malformed, the connection stays up,
+    and only the valid trades reach Redis (once each)."""
+    websockets = pytest.importorskip("websockets")
+    orjson = pytest.importorskip("orjson")
+    msgpack = pytest.importorskip("msgpack")
+    streamer_mod = pytest.importorskip("data_collector.optimized_websocket")
+    import asyncio
+    import time
+
+    import redis.asyncio as aioredis
+
+    from tests.conftest import REDIS_URL
+
+    now = int(time.time() * 1000)
+
+    def trade(tid: int, **changes: Any) -> bytes:
+        data = {"e": "trade", "E": now, "s": "SOLUSDT", "t": tid, "p": "1.5", "q": "2", "T": now + tid,
+                "m": True, "M": True}  # fmt: skip
+        data.update(changes)
+        return orjson.dumps({"stream": "solusdt@trade", "data": data})
+
+    bad: list[bytes | str] = [
+        b"{not json",
+        b"[1, 2, 3]",
+        b'"just a string"',
+        b"null",
+        trade(90, p="NaN"),
+        trade(91, p="-1"),
+        trade(92, q="inf"),
+        trade(93, T=now + 40 * 86_400_000),  # absurd: 40 days ahead
+        trade(94, T=12),  # absurd: 1970
+        trade(95, t="abc"),
+        trade(96, s="BTCUSDT"),  # another symbol on this stream
+        trade(97, m="yes"),
+        orjson.dumps({"stream": "nosuch@trade", "data": {}}),
+        orjson.dumps({"stream": "solusdt@trade"}),
+        b'{"stream":"solusdt@trade","data":' + b" " * (2 << 20) + b"{}}",  # 2 MB > max_frame_bytes
+        "\u0000\ufffd",  # a text frame of garbage
+    ]
+    good = [trade(1), trade(2), trade(3)]
+    frames: list[bytes | str] = [good[0], *bad[:8], good[1], *bad[8:], good[2]]
+    sent = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def handler(ws: Any) -> None:
+        for frame in frames:
+            await ws.send(frame)
+        sent.set()
+        await finished.wait()
+
+    async with websockets.serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        config = {
+            "exchange": {"ws_url": f"ws://127.0.0.1:{port}"},
+            "symbols": ["SOL/USDT"],
+            "redis": {"url": REDIS_URL, "prefix": redis_prefix},
+            "streaming": {"channels": ["trade"]},
+            "logging": {"file": None},
+        }
+        streamer = streamer_mod.OptimizedWebSocketStreamer(config=config, batch_size=1)
+        async with streamer:
+            await asyncio.wait_for(sent.wait(), 15)
+            for _ in range(100):
+                metrics = streamer.get_metrics()
+                if metrics["written"] >= 3 and metrics["malformed"] >= len(bad):
+                    break
+                await asyncio.sleep(0.05)
+        metrics = streamer.get_metrics()
+        finished.set()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        rows = await client.xrange(f"{redis_prefix}:stream:binance:trade:SOL/USDT")
+    finally:
+        await client.aclose()
+    ids = [msgpack.unpackb(fields[b"d"])["id"] for _, fields in rows]
+    assert ids == [1, 2, 3]
+    assert metrics["malformed"] == len(bad), metrics
+    assert metrics["reconnects"] == 0
