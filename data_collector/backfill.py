@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from data_collector.markets import TIMEFRAME_MS, candle_open_ms, next_open_ms
 from data_collector.storage.base import Candle, CoverageRange
+from data_collector.storage.ranges import subtract_spans
 
 DEFAULT_PAGE_LIMIT = 1000
 
@@ -39,25 +40,9 @@ def align_range(start_ms: int, end_ms: int, timeframe: str) -> Range:
     return start, end
 
 
-def subtract(target: Range, covered: Sequence[Range] | Sequence[CoverageRange]) -> list[Range]:
-    """Parts of ``target`` not inside any of ``covered`` (in any order, possibly overlapping)."""
-    spans = sorted((r.start_ms, r.end_ms) if isinstance(r, CoverageRange) else (r[0], r[1]) for r in covered)
-    start, end = target
-    out: list[Range] = []
-    cursor = start
-    for s, e in spans:
-        if e <= cursor:
-            continue
-        if s >= end:
-            break
-        if s > cursor:
-            out.append((cursor, min(s, end)))
-        cursor = max(cursor, e)
-        if cursor >= end:
-            break
-    if cursor < end:
-        out.append((cursor, end))
-    return out
+def subtract(target: Range, covered: Sequence[CoverageRange]) -> list[Range]:
+    """Parts of ``target`` not inside any of ``covered``."""
+    return subtract_spans(target[0], target[1], ((r.start_ms, r.end_ms) for r in covered))
 
 
 def pages(missing: Range, timeframe: str, limit: int = DEFAULT_PAGE_LIMIT) -> list[Range]:

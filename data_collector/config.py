@@ -177,6 +177,8 @@ class StreamingConfig(_Section):
 class MetricsConfig(_Section):
     #: Port of the Prometheus ``/metrics`` endpoint; ``None`` switches it off.
     port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the ``/metrics`` endpoint listens on (``0.0.0.0`` inside a container).
+    host: str = "127.0.0.1"
     #: Heartbeat key TTL; the health check reports a writer whose heartbeat expired.
     heartbeat_ttl_s: int = Field(default=60, ge=1)
     #: The health check warns when the newest stream message is older than this.

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -204,8 +205,8 @@ async def check_sqlite(config: Config) -> CheckResult:
 
 
 async def check_redis(config: Config, client: aioredis.Redis) -> CheckResult:
-    where = make_url(config.redis.url.get_secret_value().replace("rediss://", "redis://"))
-    place = f"{where.host or 'localhost'}:{where.port or 6379}"
+    parts = urlsplit(config.redis.url.get_secret_value())
+    place = f"{parts.hostname or 'localhost'}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
     try:
         await client.ping()  # connects
         started = time.perf_counter()

@@ -26,12 +26,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from data_collector.backfill import BackfillPlan, align_range, page_coverage, plan_backfill, subtract
+from data_collector.backfill import BackfillPlan, align_range, page_coverage, plan_backfill
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -45,7 +45,8 @@ from data_collector.exchange_client import ExchangeClient, classify
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
 from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
-from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Instrument
+from data_collector.storage import open_store
+from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,16 +63,6 @@ PAGES_IN_FLIGHT_PER_PAIR = 4
 WRITE_QUEUE_BATCHES = 64
 WRITERS = 2
 MAX_BATCHES_PER_WRITE = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """A range with no candles: ``'exchange'`` (the exchange has none: maintenance, before the
-    listing) or ``'missing'`` (never fetched, or lost: ``repair_gaps`` fetches it)."""
-
-    start_ms: int
-    end_ms: int
-    kind: Literal["exchange", "missing"]
 
 
 class OptimizedDataCollector:
@@ -151,8 +142,6 @@ class OptimizedDataCollector:
         opened_store = False
         try:
             if self._store is None:
-                from data_collector.storage import open_store
-
                 self._store = open_store(self.config)
                 opened_store = True
             await self._store.initialize()
@@ -285,23 +274,22 @@ class OptimizedDataCollector:
         return self._instruments[symbol]
 
     async def find_gaps(self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike) -> list[Gap]:
-        """Ranges of ``[start, end)`` with no candles, each either exchange-side or missing.
+        """Ranges of ``[start, end)`` without candles, sorted, each of one kind.
 
-        ``'exchange'``: fetched and confirmed empty (maintenance, before the listing); not fetched
-        again. ``'missing'``: never fetched (or the run stopped first); :meth:`repair_gaps` and
-        any later ``collect`` fetch it. The candle still forming is not a gap.
+        * ``'exchange'``: fetched and confirmed empty (maintenance, before the listing); not
+          fetched again.
+        * ``'missing'``: never fetched (or the run stopped first); :meth:`repair_gaps` and any
+          later ``collect`` fetch it.
+        * ``'hole'``: recorded as fetched, yet candles are absent (lost afterwards).
+
+        The candle still forming is not a gap. Naive datetimes are UTC.
         """
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
         end_ms = min(to_ms(end), candle_open_ms(self.client.server_now_ms(), timeframe))
-        target = align_range(to_ms(start), end_ms, timeframe)
-        covered = await self.store.coverage(instrument.id, timeframe)
-        gaps = [Gap(s, e, "missing") for s, e in subtract(target, covered)]
-        for r in covered:
-            if r.kind == "empty" and r.end_ms > target[0] and r.start_ms < target[1]:
-                gaps.append(Gap(max(r.start_ms, target[0]), min(r.end_ms, target[1]), "exchange"))
-        return sorted(gaps, key=lambda g: g.start_ms)
+        start_ms, end_ms = align_range(to_ms(start), end_ms, timeframe)
+        return await self.store.find_gaps(instrument.id, timeframe, start_ms, end_ms)
 
     async def repair_gaps(
         self,
@@ -320,22 +308,13 @@ class OptimizedDataCollector:
     async def load_ohlcv(self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored candles opening in ``[start, end)`` as a DataFrame indexed by UTC time.
 
-        Columns: ``open, high, low, close, volume`` (float64); the index is a
-        ``DatetimeIndex`` named ``ts`` in UTC. Naive datetimes are taken as UTC.
+        Columns: ``open, high, low, close, volume`` (float64); the index is a UTC
+        ``DatetimeIndex`` named ``time`` (the candle's open time). Naive datetimes are UTC.
         """
-        import pandas as pd
-
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
-        rows = await self.store.load(instrument.id, timeframe, to_ms(start), to_ms(end))
-        frame = pd.DataFrame.from_records(
-            list(rows), columns=["ts", "open", "high", "low", "close", "volume"]
-        ).astype({c: "float64" for c in ("open", "high", "low", "close", "volume")})
-        frame.index = pd.DatetimeIndex(
-            pd.to_datetime(frame.pop("ts").astype("int64"), unit="ms", utc=True), name="ts"
-        )
-        return frame
+        return await self.store.load_frame(instrument.id, timeframe, to_ms(start), to_ms(end))
 
 
 def _iso(ts_ms: int) -> str:
@@ -406,8 +385,6 @@ class _Run:
             await asyncio.gather(*(self._pair(instrument, plans[tf]) for tf in timeframes))
 
     async def _relisted(self, instrument: Instrument, listing_ms: int) -> Instrument:
-        from dataclasses import replace
-
         updated = replace(instrument, listing_ms=listing_ms)
         self.owner._instruments[instrument.symbol] = updated
         return updated

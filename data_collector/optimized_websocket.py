@@ -46,6 +46,26 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def monitor_hook(monitor: Any) -> BatchHook:
+    """A batch hook feeding a PerformanceMonitor: the count and the worst latency of each batch."""
+
+    def hook(written: int, latencies: list[float]) -> None:
+        monitor.record_ws_message(max(latencies) if latencies else None, count=written)
+
+    return hook
+
+
+def _chain(first: BatchHook | None, second: BatchHook | None) -> BatchHook | None:
+    if first is None or second is None:
+        return first or second
+
+    def both(written: int, latencies: list[float]) -> None:
+        first(written, latencies)
+        second(written, latencies)
+
+    return both
+
+
 class OptimizedWebSocketStreamer:
     """Streams trades, book tickers, klines and depth from Binance into Redis.
 
@@ -68,7 +88,10 @@ class OptimizedWebSocketStreamer:
         store_candles: write closed klines to the database; default: when ``candle_store`` is
             given or the config names a ``database``.
         on_batch: called after each Redis round trip with ``(entries written, event->Redis
-            latencies in ms)``, e.g. to feed a PerformanceMonitor.
+            latencies in ms)``.
+        monitor: a ``utils.performance_monitor.PerformanceMonitor`` (anything with
+            ``record_ws_message(latency_ms, count)``) fed once per round trip with the batch's
+            count and its worst event->Redis latency.
     """
 
     def __init__(
@@ -86,6 +109,7 @@ class OptimizedWebSocketStreamer:
         candle_store: Any = None,
         store_candles: bool | None = None,
         on_batch: BatchHook | None = None,
+        monitor: Any = None,
     ) -> None:
         cfg = load_config(config)
         self.config = cfg
@@ -125,7 +149,7 @@ class OptimizedWebSocketStreamer:
             ),
         )
         self.metrics = StreamMetrics()
-        self.metrics.on_batch = on_batch
+        self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)
         if store_candles is None:
             store_candles = candle_store is not None or "database" in cfg.model_fields_set
         sink = None

@@ -7,11 +7,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from data_collector.markets import MINUTE_MS, candle_opens
+from data_collector.markets import CODE_TIMEFRAMES, MINUTE_MS, candle_opens
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
+from data_collector.storage.store_base import BaseCandleStore
 
 
-class MemoryStore:
+class MemoryStore(BaseCandleStore):
     """An in-memory CandleStore."""
 
     def __init__(self) -> None:
@@ -65,16 +66,19 @@ class MemoryStore:
             self.cov.setdefault((b.instrument_id, b.timeframe), []).extend(b.coverage)
         return result
 
-    async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
-        spans = sorted(self.cov.get((instrument_id, timeframe), []), key=lambda r: (r.start_ms, r.end_ms))
-        merged: list[CoverageRange] = []
-        for r in spans:
-            if merged and merged[-1].kind == r.kind and r.start_ms <= merged[-1].end_ms:
-                last = merged[-1]
-                merged[-1] = CoverageRange(last.start_ms, max(last.end_ms, r.end_ms), r.kind)
-            else:
-                merged.append(r)
-        return merged
+    async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
+        return list(self.cov.get((instrument_id, CODE_TIMEFRAMES[code]), []))
+
+    async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[tuple[int, int]]) -> list[int]:
+        rows = self.rows.get((instrument_id, CODE_TIMEFRAMES[code]), {})
+        return [sum(1 for t in rows if s <= t < e) for s, e in spans]
+
+    async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
+        rows = self.rows.get((instrument_id, CODE_TIMEFRAMES[code]), {})
+        return sorted(t for t in rows if start_ms <= t < end_ms)
+
+    async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
+        return self.instruments.get((exchange, symbol))
 
     async def load(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
         rows = self.rows.get((instrument_id, timeframe), {})

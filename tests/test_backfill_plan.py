@@ -24,6 +24,11 @@ def test_subtract() -> None:
     assert subtract((0, 60), covered) == [(0, 10), (20, 30), (50, 60)]
     assert subtract((12, 18), covered) == []
     assert subtract((0, 5), []) == [(0, 5)]
+    assert subtract((0, 60), [CoverageRange(35, 50, "data"), CoverageRange(10, 20, "data")]) == [
+        (0, 10),
+        (20, 35),
+        (50, 60),
+    ]
 
 
 def test_pages_fit_the_limit_and_cover_exactly() -> None:

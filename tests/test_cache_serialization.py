@@ -190,3 +190,27 @@ def test_columnar_rows_keep_int_float_nan_and_extremes() -> None:
     assert [[type(v) for v in r] for r in decode(encode(mixed)[0])] == [[type(v) for v in r] for r in mixed]
     nested = {"candles": [(1, 2.0)] * 20, "n": 20}
     assert decode(encode(nested)[0]) == {"candles": [[1, 2.0]] * 20, "n": 20}
+
+
+numeric_rows = st.integers(min_value=1, max_value=7).flatmap(
+    lambda width: st.lists(
+        st.tuples(
+            *[
+                st.integers(min_value=-(2**63), max_value=2**63 - 1)
+                if j % 2 == 0
+                else st.floats(allow_nan=False)
+                for j in range(width)
+            ]
+        ).map(list),
+        min_size=0,
+        max_size=40,
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(numeric_rows)
+def test_property_numeric_row_batches_round_trip_with_types(rows: list[list[Any]]) -> None:
+    back = decode(encode(rows, "lz4", threshold=64)[0])
+    assert back == rows
+    assert [[type(v) for v in r] for r in back] == [[type(v) for v in r] for r in rows]

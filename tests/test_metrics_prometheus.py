@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import urllib.request
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -83,3 +84,42 @@ def test_port_in_use_is_a_usage_error() -> None:
     metrics = Metrics()
     with metrics.serve(0) as server, pytest.raises(UsageError, match="cannot serve /metrics"):
         Metrics().serve(server.port)
+
+
+def test_serve_metrics_from_a_port_setting() -> None:
+    from utils.performance_monitor import serve_metrics
+
+    assert serve_metrics(None) is None
+    monitor = PerformanceMonitor()
+    server = serve_metrics(0, monitor)
+    assert server is not None
+    try:
+        monitor.record_db_operation("INSERT", 3.0, rows=42)
+        assert scrape(server.url)[("dc_rows_written_total", ())] == 42
+    finally:
+        server.close()
+
+
+def test_batched_ws_latencies_match_one_by_one_observations() -> None:
+    rng = np.random.default_rng(3)
+    latencies_ms = np.concatenate([rng.exponential(5, 5000), [0.5, 1.0, 2.5, 10_000.0, 0.0]])
+    one, many = Metrics(), Metrics()
+    single = PerformanceMonitor(metrics=one)
+    batched = PerformanceMonitor(metrics=many)
+    for value in latencies_ms:
+        single.record_ws_message(latency_ms=float(value))
+    batched.record_ws_messages(latencies_ms[:2000])
+    batched.record_ws_messages(latencies_ms[2000:], count=len(latencies_ms) - 2000 + 7)
+    with one.serve(0) as a, many.serve(0) as b:
+        got_one, got_many = scrape(a.url), scrape(b.url)
+    buckets = [k for k in got_one if k[0] == "dc_ws_message_latency_seconds_bucket"]
+    assert len(buckets) == 15
+    for key in buckets + [("dc_ws_message_latency_seconds_count", ())]:
+        assert got_many[key] == got_one[key], key
+    assert got_many[("dc_ws_message_latency_seconds_sum", ())] == pytest.approx(
+        got_one[("dc_ws_message_latency_seconds_sum", ())]
+    )
+    assert got_many[("dc_ws_messages_total", ())] == got_one[("dc_ws_messages_total", ())] + 7
+    s1, s2 = single.get_summary()["ws_messages"], batched.get_summary()["ws_messages"]
+    assert s2["count"] == s1["count"] + 7
+    assert s2["latency_ms"]["p99"] == pytest.approx(s1["latency_ms"]["p99"])

@@ -51,6 +51,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 TTL = int | float | timedelta | None
 ConfigSource = Config | Mapping[str, Any] | str | None
+#: ``(ok, result, latency_ns)`` of one guarded Redis call.
+Outcome = tuple[bool, Any, int]
 
 _SCAN_BATCH = 1000
 _LATENCY_WINDOW = 10_000
@@ -197,6 +199,74 @@ class _CacheCore:
             self._was_down = False
             self._down_until = 0.0
 
+    # Every public call is: prepare (here, no I/O), one guarded Redis call (``_call`` of each
+    # manager, sync or async), then finish (here). Only the middle differs between the twins.
+
+    def prepare_set(self, key: str, value: Any, ttl: TTL) -> tuple[str, bytes, int, int | None, int | None]:
+        self.check_open()
+        full = self.key(key)
+        data, logical = self.encode(value)
+        ex, px = _ttl_args(ttl)
+        return full, data, logical, ex, px
+
+    def prepare_sets(
+        self, mapping: Mapping[str, Any], ttl: TTL
+    ) -> tuple[list[tuple[str, bytes, int]], int | None, int | None]:
+        self.check_open()
+        encoded = [(self.key(k), *self.encode(v)) for k, v in mapping.items()]
+        ex, px = _ttl_args(ttl)
+        return encoded, ex, px
+
+    def prepare_keys(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
+        self.check_open()
+        names = list(keys)
+        return names, [self.key(k) for k in names]
+
+    def clear_pattern(self, prefix: str) -> str:
+        self.check_open()
+        return _glob_escape(f"{self.prefix}:{self.namespace}:{prefix}") + "*"
+
+    def finish_get(self, outcome: Outcome, key: str) -> tuple[bool, Any]:
+        ok, data, latency = outcome
+        if not ok:
+            return False, None
+        if data is None:
+            self.stats.record(misses=1, latency_ns=latency)
+            return False, None
+        found, value = self.decode(data, key)
+        self.stats.record(hits=int(found), misses=int(not found), latency_ns=latency)
+        return found, value
+
+    def finish_get_multi(self, outcome: Outcome, names: list[str]) -> dict[str, Any]:
+        ok, raw, latency = outcome
+        if not ok:
+            return {}
+        out: dict[str, Any] = {}
+        misses = 0
+        for name, data in zip(names, raw, strict=True):
+            found, value = (False, None) if data is None else self.decode(data, name)
+            if found:
+                out[name] = value
+            else:
+                misses += 1
+        self.stats.record(hits=len(out), misses=misses, latency_ns=latency)
+        return out
+
+    def finish_sets(self, outcome: Outcome, encoded: list[tuple[str, bytes, int]]) -> bool:
+        ok, _, latency = outcome
+        if ok:
+            logical = sum(e[2] for e in encoded)
+            stored = sum(len(e[1]) for e in encoded)
+            self.stats.record_sets(len(encoded), logical, stored, latency)
+        return ok
+
+    def finish_delete(self, outcome: Outcome) -> int:
+        ok, n, latency = outcome
+        if not ok:
+            return 0
+        self.stats.record_deletes(int(n), latency)
+        return int(n)
+
     def function_key(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """``fn:<module>.<qualname>:<digest of the bound arguments>``."""
         try:
@@ -254,31 +324,28 @@ class CacheManager:
     def namespace(self) -> str:
         return self._core.namespace
 
+    def _call(self, what: str, fn: Callable[[], Any]) -> Outcome:
+        core = self._core
+        if core.skip_while_down():
+            return False, None, 0
+        started = time.perf_counter_ns()
+        try:
+            result = fn()
+        except redis.RedisError as exc:
+            core.failed(exc, what)
+            return False, None, 0
+        core.succeeded()
+        return True, result, time.perf_counter_ns() - started
+
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` on a miss or when Redis is unreachable."""
         found, value = self._lookup(key)
         return value if found else default
 
     def _lookup(self, key: str) -> tuple[bool, Any]:
-        core = self._core
-        core.check_open()
-        full = core.key(key)
-        if core.skip_while_down():
-            return False, None
-        started = time.perf_counter_ns()
-        try:
-            data = cast(bytes | None, self._redis.get(full))
-        except redis.RedisError as exc:
-            core.failed(exc, "GET")
-            return False, None
-        core.succeeded()
-        latency = time.perf_counter_ns() - started
-        if data is None:
-            core.stats.record(misses=1, latency_ns=latency)
-            return False, None
-        found, value = core.decode(data, key)
-        core.stats.record(hits=int(found), misses=int(not found), latency_ns=latency)
-        return found, value
+        self._core.check_open()
+        full = self._core.key(key)
+        return self._core.finish_get(self._call("GET", lambda: self._redis.get(full)), key)
 
     def set(self, key: str, value: Any, ttl: TTL = None) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``None``: no expiry).
@@ -289,114 +356,54 @@ class CacheManager:
         Raises:
             SerializationError: ``value`` holds a type the format cannot store.
         """
-        core = self._core
-        core.check_open()
-        full = core.key(key)
-        data, logical = core.encode(value)
-        ex, px = _ttl_args(ttl)
-        if core.skip_while_down():
-            return False
-        started = time.perf_counter_ns()
-        try:
-            self._redis.set(full, data, ex=ex, px=px)
-        except redis.RedisError as exc:
-            core.failed(exc, "SET")
-            return False
-        core.succeeded()
-        core.stats.record_sets(1, logical, len(data), time.perf_counter_ns() - started)
-        return True
+        full, data, logical, ex, px = self._core.prepare_set(key, value, ttl)
+        outcome = self._call("SET", lambda: self._redis.set(full, data, ex=ex, px=px))
+        return self._core.finish_sets(outcome, [(full, data, logical)])
 
     def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         """The values of those ``keys`` that are cached, in one ``MGET``. Missing keys are left out."""
-        core = self._core
-        core.check_open()
-        names = list(keys)
+        names, full = self._core.prepare_keys(keys)
         if not names:
             return {}
-        full = [core.key(k) for k in names]
-        if core.skip_while_down():
-            return {}
-        started = time.perf_counter_ns()
-        try:
-            raw = cast(list[Any], self._redis.mget(full))
-        except redis.RedisError as exc:
-            core.failed(exc, "MGET")
-            return {}
-        core.succeeded()
-        return _decode_many(core, names, raw, time.perf_counter_ns() - started)
+        return self._core.finish_get_multi(self._call("MGET", lambda: self._redis.mget(full)), names)
 
     def set_multi(self, mapping: Mapping[str, Any], ttl: TTL = None) -> bool:
         """Store every item of ``mapping`` in one pipelined round trip (``SET ... EX`` each)."""
-        core = self._core
-        core.check_open()
-        encoded = [(core.key(k), *core.encode(v)) for k, v in mapping.items()]
+        encoded, ex, px = self._core.prepare_sets(mapping, ttl)
         if not encoded:
             return True
-        ex, px = _ttl_args(ttl)
-        if core.skip_while_down():
-            return False
-        started = time.perf_counter_ns()
-        try:
+
+        def send() -> None:
             with self._redis.pipeline(transaction=False) as pipe:
                 for full, data, _ in encoded:
                     pipe.set(full, data, ex=ex, px=px)
                 pipe.execute()
-        except redis.RedisError as exc:
-            core.failed(exc, "SET (pipeline)")
-            return False
-        core.succeeded()
-        logical = sum(e[2] for e in encoded)
-        stored = sum(len(e[1]) for e in encoded)
-        core.stats.record_sets(len(encoded), logical, stored, time.perf_counter_ns() - started)
-        return True
+
+        return self._core.finish_sets(self._call("SET (pipeline)", send), encoded)
 
     def delete(self, *keys: str) -> int:
         """Delete ``keys``; returns how many existed (0 when Redis is unreachable)."""
-        core = self._core
-        core.check_open()
-        if not keys:
+        names, full = self._core.prepare_keys(keys)
+        if not names:
             return 0
-        full = [core.key(k) for k in keys]
-        if core.skip_while_down():
-            return 0
-        started = time.perf_counter_ns()
-        try:
-            n = cast(int, self._redis.delete(*full))
-        except redis.RedisError as exc:
-            core.failed(exc, "DEL")
-            return 0
-        core.succeeded()
-        core.stats.record_deletes(n, time.perf_counter_ns() - started)
-        return n
+        return self._core.finish_delete(self._call("DEL", lambda: self._redis.delete(*full)))
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is cached (False when Redis is unreachable)."""
-        core = self._core
-        core.check_open()
-        full = core.key(key)
-        if core.skip_while_down():
-            return False
-        try:
-            found = bool(self._redis.exists(full))
-        except redis.RedisError as exc:
-            core.failed(exc, "EXISTS")
-            return False
-        core.succeeded()
-        return found
+        _, full = self._core.prepare_keys([key])
+        ok, found, _ = self._call("EXISTS", lambda: self._redis.exists(*full))
+        return ok and bool(found)
 
     def clear(self, prefix: str = "") -> int:
         """Delete every key of this namespace that starts with ``prefix`` (SCAN, never KEYS).
 
         Returns:
-            how many keys were deleted.
+            how many keys were deleted (0 when Redis is unreachable).
         """
-        core = self._core
-        core.check_open()
-        pattern = _glob_escape(f"{core.prefix}:{core.namespace}:{prefix}") + "*"
-        if core.skip_while_down():
-            return 0
-        deleted = 0
-        try:
+        pattern = self._core.clear_pattern(prefix)
+
+        def scan_and_unlink() -> int:
+            deleted = 0
             batch: list[bytes] = []
             for name in self._redis.scan_iter(match=pattern, count=_SCAN_BATCH):
                 batch.append(name)
@@ -405,11 +412,10 @@ class CacheManager:
                     batch.clear()
             if batch:
                 deleted += cast(int, self._redis.unlink(*batch))
-        except redis.RedisError as exc:
-            core.failed(exc, "SCAN/UNLINK")
             return deleted
-        core.succeeded()
-        return deleted
+
+        ok, deleted, _ = self._call("SCAN/UNLINK", scan_and_unlink)
+        return int(deleted) if ok else 0
 
     def get_stats(self) -> dict[str, Any]:
         """hits, misses, hit_rate, sets, deletes, errors, bytes_logical, bytes_stored,
@@ -506,138 +512,75 @@ class AsyncCacheManager:
     def namespace(self) -> str:
         return self._core.namespace
 
+    async def _call(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Outcome:
+        core = self._core
+        if core.skip_while_down():
+            return False, None, 0
+        started = time.perf_counter_ns()
+        try:
+            result = await fn()
+        except redis.RedisError as exc:
+            core.failed(exc, what)
+            return False, None, 0
+        core.succeeded()
+        return True, result, time.perf_counter_ns() - started
+
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` on a miss or when Redis is unreachable."""
         found, value = await self._lookup(key)
         return value if found else default
 
     async def _lookup(self, key: str) -> tuple[bool, Any]:
-        core = self._core
-        core.check_open()
-        full = core.key(key)
-        if core.skip_while_down():
-            return False, None
-        started = time.perf_counter_ns()
-        try:
-            data = await self._redis.get(full)
-        except redis.RedisError as exc:
-            core.failed(exc, "GET")
-            return False, None
-        core.succeeded()
-        latency = time.perf_counter_ns() - started
-        if data is None:
-            core.stats.record(misses=1, latency_ns=latency)
-            return False, None
-        found, value = core.decode(data, key)
-        core.stats.record(hits=int(found), misses=int(not found), latency_ns=latency)
-        return found, value
+        self._core.check_open()
+        full = self._core.key(key)
+        return self._core.finish_get(await self._call("GET", lambda: self._redis.get(full)), key)
 
     async def set(self, key: str, value: Any, ttl: TTL = None) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds; False when Redis is unreachable."""
-        core = self._core
-        core.check_open()
-        full = core.key(key)
-        data, logical = core.encode(value)
-        ex, px = _ttl_args(ttl)
-        if core.skip_while_down():
-            return False
-        started = time.perf_counter_ns()
-        try:
-            await self._redis.set(full, data, ex=ex, px=px)
-        except redis.RedisError as exc:
-            core.failed(exc, "SET")
-            return False
-        core.succeeded()
-        core.stats.record_sets(1, logical, len(data), time.perf_counter_ns() - started)
-        return True
+        full, data, logical, ex, px = self._core.prepare_set(key, value, ttl)
+        outcome = await self._call("SET", lambda: self._redis.set(full, data, ex=ex, px=px))
+        return self._core.finish_sets(outcome, [(full, data, logical)])
 
     async def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
         """The values of those ``keys`` that are cached, in one ``MGET``."""
-        core = self._core
-        core.check_open()
-        names = list(keys)
+        names, full = self._core.prepare_keys(keys)
         if not names:
             return {}
-        full = [core.key(k) for k in names]
-        if core.skip_while_down():
-            return {}
-        started = time.perf_counter_ns()
-        try:
-            raw = await self._redis.mget(full)
-        except redis.RedisError as exc:
-            core.failed(exc, "MGET")
-            return {}
-        core.succeeded()
-        return _decode_many(core, names, raw, time.perf_counter_ns() - started)
+        return self._core.finish_get_multi(await self._call("MGET", lambda: self._redis.mget(full)), names)
 
     async def set_multi(self, mapping: Mapping[str, Any], ttl: TTL = None) -> bool:
         """Store every item of ``mapping`` in one pipelined round trip."""
-        core = self._core
-        core.check_open()
-        encoded = [(core.key(k), *core.encode(v)) for k, v in mapping.items()]
+        encoded, ex, px = self._core.prepare_sets(mapping, ttl)
         if not encoded:
             return True
-        ex, px = _ttl_args(ttl)
-        if core.skip_while_down():
-            return False
-        started = time.perf_counter_ns()
-        try:
+
+        async def send() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for full, data, _ in encoded:
                     pipe.set(full, data, ex=ex, px=px)
                 await pipe.execute()
-        except redis.RedisError as exc:
-            core.failed(exc, "SET (pipeline)")
-            return False
-        core.succeeded()
-        logical = sum(e[2] for e in encoded)
-        stored = sum(len(e[1]) for e in encoded)
-        core.stats.record_sets(len(encoded), logical, stored, time.perf_counter_ns() - started)
-        return True
+
+        return self._core.finish_sets(await self._call("SET (pipeline)", send), encoded)
 
     async def delete(self, *keys: str) -> int:
         """Delete ``keys``; returns how many existed."""
-        core = self._core
-        core.check_open()
-        if not keys:
+        names, full = self._core.prepare_keys(keys)
+        if not names:
             return 0
-        full = [core.key(k) for k in keys]
-        if core.skip_while_down():
-            return 0
-        started = time.perf_counter_ns()
-        try:
-            n = int(await self._redis.delete(*full))
-        except redis.RedisError as exc:
-            core.failed(exc, "DEL")
-            return 0
-        core.succeeded()
-        core.stats.record_deletes(n, time.perf_counter_ns() - started)
-        return n
+        return self._core.finish_delete(await self._call("DEL", lambda: self._redis.delete(*full)))
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` is cached."""
-        core = self._core
-        core.check_open()
-        full = core.key(key)
-        if core.skip_while_down():
-            return False
-        try:
-            found = bool(await self._redis.exists(full))
-        except redis.RedisError as exc:
-            core.failed(exc, "EXISTS")
-            return False
-        core.succeeded()
-        return found
+        _, full = self._core.prepare_keys([key])
+        ok, found, _ = await self._call("EXISTS", lambda: self._redis.exists(*full))
+        return ok and bool(found)
 
     async def clear(self, prefix: str = "") -> int:
         """Delete every key of this namespace that starts with ``prefix`` (SCAN, never KEYS)."""
-        core = self._core
-        core.check_open()
-        pattern = _glob_escape(f"{core.prefix}:{core.namespace}:{prefix}") + "*"
-        if core.skip_while_down():
-            return 0
-        deleted = 0
-        try:
+        pattern = self._core.clear_pattern(prefix)
+
+        async def scan_and_unlink() -> int:
+            deleted = 0
             batch: list[bytes] = []
             async for name in self._redis.scan_iter(match=pattern, count=_SCAN_BATCH):
                 batch.append(name)
@@ -646,11 +589,10 @@ class AsyncCacheManager:
                     batch.clear()
             if batch:
                 deleted += int(await self._redis.unlink(*batch))
-        except redis.RedisError as exc:
-            core.failed(exc, "SCAN/UNLINK")
             return deleted
-        core.succeeded()
-        return deleted
+
+        ok, deleted, _ = await self._call("SCAN/UNLINK", scan_and_unlink)
+        return int(deleted) if ok else 0
 
     def get_stats(self) -> dict[str, Any]:
         """The same statistics as :meth:`CacheManager.get_stats`."""
@@ -709,23 +651,6 @@ class AsyncCacheManager:
 
     def __repr__(self) -> str:
         return f"AsyncCacheManager(namespace={self._core.namespace!r}, strict={self._core.strict})"
-
-
-def _decode_many(core: _CacheCore, names: list[str], raw: list[Any], latency_ns: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    hits = misses = 0
-    for name, data in zip(names, raw, strict=True):
-        if data is None:
-            misses += 1
-            continue
-        found, value = core.decode(data, name)
-        if found:
-            out[name] = value
-            hits += 1
-        else:
-            misses += 1
-    core.stats.record(hits=hits, misses=misses, latency_ns=latency_ns)
-    return out
 
 
 __all__ = ["AsyncCacheManager", "CacheManager", "CacheStats", "CacheUnavailableError"]

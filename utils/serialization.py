@@ -16,6 +16,10 @@ None) these round-trip exactly through extension types:
   ``MultiIndex``), column names, dtypes and NaNs. Numeric, boolean and datetime columns travel
   as raw little-endian buffers, not element by element.
 
+A list of at least :data:`ROWS_MIN` equal-length rows whose columns are each all-int or
+all-float (a candle batch), at the top level or as a value of a top-level dict, is packed
+column-wise and byte-shuffled: it compresses to about a third of its JSON size instead of a half.
+
 Tuples come back as lists (msgpack has one sequence type) and numpy scalars as Python numbers.
 Nothing is ever pickled: decoding a value cannot run code.
 """

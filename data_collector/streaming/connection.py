@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,8 @@ class StreamConnection:
         self.last_rx_ms = 0
         self.connected = False
         self.connects = 0
+        #: ``(attempt, delay_s)`` of the latest reconnect waits (for metrics and tests).
+        self.backoffs: deque[tuple[int, float]] = deque(maxlen=100)
         self._shutdown_requested = False
 
     async def run(self) -> None:
@@ -183,6 +186,7 @@ class StreamConnection:
             if opened_ms and self.last_rx_ms >= opened_ms and time.monotonic() - started > 1.0:
                 attempt = 0
             delay = backoff_delay(attempt, settings.min_backoff_s, settings.max_backoff_s)
+            self.backoffs.append((attempt, delay))
             attempt += 1
             await asyncio.sleep(delay)
 

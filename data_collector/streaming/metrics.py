@@ -44,6 +44,7 @@ class StreamMetrics:
         self.book_resyncs = 0
         self.books_published = 0
         self.dropped = 0
+        self.unconfirmed = 0
         self.malformed = 0
         self.redis_errors = 0
         self.rejected = 0
@@ -100,6 +101,7 @@ class StreamMetrics:
             "book_resyncs": self.book_resyncs,
             "books_published": self.books_published,
             "dropped": self.dropped,
+            "unconfirmed": self.unconfirmed,
             "malformed": self.malformed,
             "redis_errors": self.redis_errors,
             "rejected": self.rejected,

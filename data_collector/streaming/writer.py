@@ -10,7 +10,8 @@ Redis down: the batch goes back to the front of the buffer and is resent after a
 (capped backoff). Every entry carries an explicit, strictly increasing stream id, so a resend of
 entries that did land is rejected by Redis ("equal or smaller than the target stream top item")
 and counted as ``deduplicated``. The buffer holds at most ``buffer_max`` entries; past that the
-oldest are dropped and counted.
+oldest are dropped and counted: as ``dropped`` when they were never sent, as ``unconfirmed``
+when they had been sent in a write whose reply never came (they may be in Redis).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class RedisWriter:
         self._wake = asyncio.Event()
         self._closing = False
         self._conn: FastConnection | None = None
+        #: Entries at the front of the queue already sent once in a write whose reply never came.
+        self._unconfirmed = 0
         self.connected = False
 
     @property
@@ -98,12 +101,20 @@ class RedisWriter:
         """Queue one stream entry; drops (and counts) the oldest when the buffer is full."""
         queue = self._queue
         if len(queue) >= self._buffer_max:
-            queue.popleft()
-            self._metrics.dropped += 1
+            self._drop_oldest()
         queue.append(entry)
         n = len(queue)
         if n == 1 or n >= self._batch_size:
             self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        self._queue.popleft()
+        if self._unconfirmed:
+            # It may already be in Redis (its first write's reply was lost): not a sure loss.
+            self._unconfirmed -= 1
+            self._metrics.unconfirmed += 1
+        else:
+            self._metrics.dropped += 1
 
     def submit_command(self, packed: bytes) -> None:
         """Queue one packed command (gap markers); at most ``buffer_max`` are kept."""
@@ -161,8 +172,9 @@ class RedisWriter:
         left = len(self._queue) + len(self._control)
         if left:
             log.warning("streamer stopped with %d entries not written (Redis unreachable)", left)
-            self._metrics.dropped += left
-            self._queue.clear()
+            while self._queue:
+                self._drop_oldest()
+            self._metrics.dropped += len(self._control)
             self._control.clear()
         self._books.clear()
         await self._drop_connection()
@@ -221,6 +233,7 @@ class RedisWriter:
             self._requeue(batch, control, books)
             return
 
+        self._unconfirmed = max(0, self._unconfirmed - len(batch))
         now = time.time()
         now_ms = now * 1000.0
         written = 0
@@ -250,9 +263,9 @@ class RedisWriter:
     def _requeue(self, batch: list[Entry], control: list[bytes], books: dict[str, bytes]) -> None:
         queue = self._queue
         queue.extendleft(reversed(batch))
+        self._unconfirmed = max(self._unconfirmed, len(batch))
         while len(queue) > self._buffer_max:
-            queue.popleft()
-            self._metrics.dropped += 1
+            self._drop_oldest()
         self._control.extendleft(reversed(control))
         for key, command in books.items():
             self._books.setdefault(key, command)
