@@ -195,3 +195,65 @@ def test_sql_calls_get_no_formatted_values(tmp_path: Path) -> None:
     files = [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")]
     assert files
     assert sql_formatting_violations(files) == []
+
+
+async def _run_script(config: dict[str, object], tmp_path: Path, *extra: str) -> tuple[int, str]:
+    import asyncio
+    import os
+
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "DC__EXCHANGE__SECRET": SECRET + "-env"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "optimized_collection.py"),
+        "--config",
+        str(path),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return int(proc.returncode or 0), out.decode(errors="replace")
+
+
+async def test_collector_run_at_debug_leaks_no_secret(pg_schema: str, tmp_path: Path) -> None:
+    """A whole backfill run at DEBUG, then one against an unreachable database: neither the API
+    key and secret nor the database password appear on the console or in the log file."""
+    simulator = pytest.importorskip("data_collector.simulator")
+    from tests.conftest import free_port
+
+    async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=1) as sim:
+        exchange = {**sim.exchange_config(), "api_key": SECRET}
+        log_file = tmp_path / "collector.log"
+        config: dict[str, object] = {
+            "exchange": exchange,
+            "symbols": ["SOL/USDT"],
+            "timeframes": ["1h"],
+            "start": "2024-01-01",
+            "end": "2024-01-03",
+            "database": {
+                "url": f"postgresql+asyncpg://postgres:{DB_PASSWORD}@127.0.0.1:5432/test",
+                "schema": pg_schema,
+            },
+            "logging": {"file": str(log_file), "level": "DEBUG"},
+        }
+        code, out = await _run_script(config, tmp_path, "--log-level", "DEBUG")
+        assert code == 0, out[-2000:]
+        logged = log_file.read_text()
+        assert "DEBUG" in logged  # the run did log at DEBUG, so the scan means something
+        for text in (out, logged):
+            _assert_clean(text)
+            assert SECRET + "-env" not in text
+
+        config["database"] = {
+            "url": f"postgresql+asyncpg://postgres:{DB_PASSWORD}@127.0.0.1:{free_port()}/test"
+        }
+        code, out = await _run_script(config, tmp_path, "--log-level", "DEBUG")
+        assert code == 1, out[-2000:]
+        assert "error:" in out
+        _assert_clean(out + log_file.read_text())
