@@ -292,3 +292,80 @@ async def test_store_calls_end_within_timeout_and_copy_cut_leaves_nothing_half_w
     assert result.written == len(big)
     assert found == expected
     scenario_report.outcome = "ok"
+
+
+async def test_exchange_pages_fail_within_timeout_on_a_live_session_blackholed(
+    make_proxy: MakeProxy, scenario_report: ScenarioReport
+) -> None:
+    """The session's pooled keep-alive connection goes silent mid-backfill."""
+    simulator = pytest.importorskip("data_collector.simulator")
+    exchange_client = pytest.importorskip("data_collector.exchange_client")
+
+    async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=2) as sim:
+        proxy = await make_proxy(sim.host, sim.port)
+        config = load_config(_exchange_config(f"http://127.0.0.1:{proxy.port}"))
+        client = exchange_client.ExchangeClient(config)
+        try:
+            await client.open()
+            page = (
+                1_700_000_000_000 - 1_700_000_000_000 % 60_000,
+                1_700_000_000_000 - 1_700_000_000_000 % 60_000 + 60 * 60_000,
+            )
+            assert len(await client.fetch_page("SOL/USDT", "1m", page, 1000)) == 60
+            proxy.blackhole = True
+            outcome = await bounded(
+                "ExchangeClient.fetch_page (live session blackholed)",
+                client.fetch_page("SOL/USDT", "1m", page, 1000),
+                GUARD_S,
+            )
+            proxy.blackhole = False
+            proxy.reset_all()
+            again = await bounded(
+                "fetch_page after the blackhole", client.fetch_page("SOL/USDT", "1m", page, 1000), GUARD_S
+            )
+        finally:
+            proxy.clear()
+            await client.close()
+    _survived(scenario_report, [outcome])
+    assert not outcome.hung, outcome
+    assert isinstance(outcome.error, TransientError) or "Timeout" in type(outcome.error).__name__, outcome
+    assert again.error is None and len(again.result) == 60, again
+    scenario_report.outcome = "ok"
+
+
+async def test_health_checks_end_within_their_timeout_when_everything_is_blackholed(
+    make_proxy: MakeProxy, pg_schema: str, redis_prefix: str, scenario_report: ScenarioReport
+) -> None:
+    health = pytest.importorskip("data_collector.health")
+    from tests.conftest import PG_URL, REDIS_URL, free_port
+
+    pg = await make_proxy("127.0.0.1", 5432)
+    rd = await make_proxy(*_redis_target())
+    ex = await make_proxy("127.0.0.1", free_port())
+    for proxy in (pg, rd, ex):
+        proxy.blackhole = True
+    config = load_config(
+        {
+            **_exchange_config(f"http://127.0.0.1:{ex.port}"),
+            "database": {"url": pg.url(PG_URL), "schema": pg_schema, "connect_timeout_s": TIMEOUT_S},
+            "redis": {
+                "url": rd.url(REDIS_URL),
+                "prefix": redis_prefix,
+                "socket_timeout_s": TIMEOUT_S,
+                "connect_timeout_s": TIMEOUT_S,
+            },
+            "metrics": {"check_timeout_s": 2.0},
+        }
+    )
+    outcome = await bounded("health.run_checks (all blackholed)", health.run_checks(config), GUARD_S)
+    assert not outcome.hung and outcome.error is None, outcome
+    by_name = {c.name: c for c in outcome.result.checks}
+    scenario_report.extra["checks"] = "; ".join(f"{c.name}={c.status}" for c in outcome.result.checks)
+    scenario_report.extra["elapsed_s"] = round(outcome.elapsed_s, 2)
+    scenario_report.fault("blackhole", 3)
+    assert by_name["postgresql"].status == "fail"
+    assert by_name["redis"].status == "fail"
+    assert by_name["exchange"].status == "fail"
+    assert not outcome.result.healthy
+    scenario_report.faults_survived = 3
+    scenario_report.outcome = "ok"
