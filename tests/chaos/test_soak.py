@@ -115,8 +115,12 @@ async def test_soak_streaming_alongside_backfill(
             tasks_after = len(asyncio.all_tasks())
             fds_after = me.num_fds()
             # Quiesce the simulator first, so no message is in flight when the streamer stops.
-            sim.ws_stall(30)
-            await asyncio.sleep(1.0)
+            sim.ws_stall(60)
+            produced = sum(v["count"] for v in sim.ws_sent().values())
+            for _ in range(200):  # until the streamer has read everything sent (it may lag)
+                if streamer.get_metrics()["received"] >= produced:
+                    break
+                await asyncio.sleep(0.05)
             metrics_before_stop = streamer.get_metrics()
         metrics = streamer.get_metrics()
         sent = sim.ws_sent()
