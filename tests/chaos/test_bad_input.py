@@ -273,3 +273,67 @@ async def test_cache_keys_with_metacharacters_are_stored_safely(redis_prefix: st
         assert await cache.get("a?") is not None
         with pytest.raises(UsageError):
             await cache.set("x" * 10_000, 1)
+
+
+_SCRIPTS = ["optimized_collection.py", "stream_market_data.py", "health_check.py"]
+_BAD_CONFIGS = {
+    "not_yaml": "exchange: [unclosed\n",
+    "list": "- a\n- b\n",
+    "unknown_key": "performanc:\n  db_pool_size: 3\n",
+    "wrong_type": "performance:\n  db_pool_size: many\n",
+    "sql_symbol": 'symbols: ["\'; DROP TABLE x; --"]\n',
+    "glob_prefix": "redis:\n  prefix: 'a:b*'\n",
+    "binary": "\udcff\udcfe",
+}
+_KNOWN_BAD = {
+    "deep": ("exchange: " + "[" * 5000, "config.py: RecursionError for deeply nested YAML"),
+    "huge_relative": ("start: 99999999999d\n", "config.py: OverflowError for a huge relative time"),
+}
+
+
+def _run_script_with(script: str, text: str, tmp_path: Any) -> tuple[int, str]:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / script), "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    return proc.returncode, proc.stderr
+
+
+def _assert_one_line_usage_error(code: int, stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr[-800:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, (code, stderr[-800:])
+
+
+_SCRIPT_CASES = [("optimized_collection.py", name) for name in sorted(_BAD_CONFIGS)] + [
+    (script, name) for script in _SCRIPTS[1:] for name in ("unknown_key", "sql_symbol")
+]
+
+
+@pytest.mark.parametrize(("script", "name"), _SCRIPT_CASES)
+def test_scripts_refuse_bad_configs_in_one_line(script: str, name: str, tmp_path: Any) -> None:
+    from pathlib import Path
+
+    if not (Path(__file__).resolve().parents[2] / "scripts" / script).exists():
+        pytest.skip(f"{script} not merged yet")
+    _assert_one_line_usage_error(*_run_script_with(script, _BAD_CONFIGS[name], tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(_KNOWN_BAD))
+def test_collection_script_known_bad_configs(name: str, tmp_path: Any) -> None:
+    text, bug = _KNOWN_BAD[name]
+    code, stderr = _run_script_with("optimized_collection.py", text, tmp_path)
+    if "Traceback" in stderr:
+        pytest.xfail(bug)
+    _assert_one_line_usage_error(code, stderr)
