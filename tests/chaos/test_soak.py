@@ -43,6 +43,19 @@ async def _trade_ids(client: aioredis.Redis, key: str) -> list[int]:
         last = rows[-1][0].decode()
 
 
+def _tasks(streamer: Any) -> int:
+    """asyncio tasks on this loop plus on the streamer's own loop (counted there, thread-safely)."""
+    here = len(asyncio.all_tasks())
+    loop = getattr(streamer, "_loop", None)
+    if loop is None or loop.is_closed():
+        return here
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return here + asyncio.run_coroutine_threadsafe(count(), loop).result(10)
+
+
 async def test_soak_streaming_alongside_backfill(
     pg_schema: str, redis_prefix: str, scenario_report: ScenarioReport, long_run: bool
 ) -> None:
@@ -50,6 +63,7 @@ async def test_soak_streaming_alongside_backfill(
     duration_s = float(os.environ.get("DC_CHAOS_SOAK_S", 60 if long_run else 20))
     me = psutil.Process()
     samples: list[tuple[float, int, int, int]] = []  # (t, rss, fds, tasks)
+    rates: list[int] = []  # messages written so far, once a second
     end_ms = (int(time.time() * 1000) // DAY_MS - 1) * DAY_MS
 
     async with simulator.SimulatedExchange(symbols=SYMBOLS, seed=9, ws_rate=RATE) as sim:
@@ -86,10 +100,13 @@ async def test_soak_streaming_alongside_backfill(
                 rows_written += result.rows_written
                 round_end -= 60 * DAY_MS
 
-        async with streamer:
+        # The streamer runs as a script would run it: start() from outside an event loop puts it
+        # on a thread and loop of its own (uvloop), beside the simulator and the backfill here.
+        await asyncio.to_thread(streamer.start)
+        try:
             assert await streamer.wait_connected(15)
             await asyncio.sleep(0.5)
-            tasks_before = len(asyncio.all_tasks())
+            tasks_before = _tasks(streamer)
             fds_before = me.num_fds()
             backfill = asyncio.create_task(backfill_forever())
             started = time.monotonic()
@@ -99,7 +116,8 @@ async def test_soak_streaming_alongside_backfill(
                 while (elapsed := time.monotonic() - started) < duration_s:
                     await asyncio.sleep(1.0)
                     assert not backfill.done(), backfill.exception()
-                    samples.append((elapsed, me.memory_info().rss, me.num_fds(), len(asyncio.all_tasks())))
+                    samples.append((elapsed, me.memory_info().rss, me.num_fds(), _tasks(streamer)))
+                    rates.append(streamer.get_metrics()["written"])
                     report.rss.sample()
                 written_in_window = streamer.get_metrics()["written"] - written_at_start
             finally:
@@ -112,7 +130,7 @@ async def test_soak_streaming_alongside_backfill(
                 except Exception as exc:  # noqa: BLE001 - reported below
                     report.extra["backfill_error"] = type(exc).__name__
                 await collector.close()
-            tasks_after = len(asyncio.all_tasks())
+            tasks_after = _tasks(streamer)
             fds_after = me.num_fds()
             # Quiesce the simulator first, so no message is in flight when the streamer stops.
             sim.ws_stall(60)
@@ -122,6 +140,8 @@ async def test_soak_streaming_alongside_backfill(
                     break
                 await asyncio.sleep(0.05)
             metrics_before_stop = streamer.get_metrics()
+        finally:
+            await streamer.astop()
         metrics = streamer.get_metrics()
         sent = sim.ws_sent()
 
@@ -139,6 +159,7 @@ async def test_soak_streaming_alongside_backfill(
         await client.aclose()
 
     sent_total = sum(v["count"] for v in sent.values())
+    per_s = [b - a for a, b in zip(rates, rates[1:], strict=False)]
     warm = [s for s in samples if s[0] >= duration_s / 3]
     rss0, fds0 = warm[0][1], warm[0][2]
     rss_growth = (max(s[1] for s in warm) - rss0) / rss0
@@ -168,6 +189,8 @@ async def test_soak_streaming_alongside_backfill(
         fds_leaked=fds_after - fds_before,
         rss_mb=f"{rss0 / 2**20:.0f}->{warm[-1][1] / 2**20:.0f}",
         p99_ms=metrics_before_stop["latency_ms"]["event_to_redis"].get("p99"),
+        min_msg_per_s=min(per_s[len(per_s) // 3 :], default=0),
+        median_msg_per_s=sorted(per_s)[len(per_s) // 2] if per_s else 0,
     )
     assert dup == 0
     assert metrics["written"] + metrics["dropped"] == sent_total, "messages vanished without a count"
