@@ -54,7 +54,7 @@ async def test_load_markets_is_one_request(sim: SimulatedExchange, rest: Any) ->
     assert sol["spot"] and sol["active"] and sol["precision"]["price"] > 0
 
 
-@pytest.mark.parametrize("timeframe", [tf for tf in TIMEFRAMES if tf != "1s"])
+@pytest.mark.parametrize("timeframe", TIMEFRAMES)
 async def test_fetch_ohlcv_equals_generator(sim: SimulatedExchange, rest: Any, timeframe: str) -> None:
     now = sim.clock.now_ms()
     since = now - 40 * (30 * DAY_MS if timeframe == "1M" else (next_open_ms(0, timeframe)))

@@ -385,6 +385,65 @@ class SymbolMarket:
         cum = i + np.floor(vp * (x + a * x * (1.0 - x))).astype(np.int64)
         return np.where(i >= n, vol, cum)
 
+    def second_rows(self, start_ms: int, end_ms: int, now_ms: int) -> Rows:
+        """1s candles opening in ``[start_ms, end_ms)`` up to ``now_ms``, built from the trades.
+
+        Every second of a trading minute has a candle; a second without trades repeats the last
+        price with zero volume. Quote volumes are differences of the minute's cumulative quote,
+        so the seconds of a minute add up to exactly its 1m candle.
+        """
+        start_ms = max(-(-start_ms // 1000) * 1000, self.listing_ms)
+        end_ms = min(end_ms, now_ms - now_ms % 1000 + 1000)
+        cols: list[list[int]] = [[] for _ in FIELDS]
+        for minute in range(start_ms // MINUTE_MS, (end_ms - 1) // MINUTE_MS + 1 if end_ms > start_ms else 0):
+            trades = [t for t in self.minute_trades(minute) if t.time_ms <= now_ms]
+            if not self.is_trading(minute):
+                continue
+            m = np.array([minute], dtype=np.int64)
+            o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
+            price, vol, quote = int(o[0]), float(v[0]), float(q[0])
+            cum_v = cum_tb = 0
+            cum_q = cum_tbq = 0
+            i = 0
+            t0 = minute * MINUTE_MS
+            for sec in range(60):
+                open_ms = t0 + sec * 1000
+                if open_ms > now_ms:
+                    break
+                bucket = []
+                while i < len(trades) and trades[i].time_ms < open_ms + 1000:
+                    bucket.append(trades[i])
+                    i += 1
+                if not start_ms <= open_ms < end_ms:
+                    for t in bucket:
+                        cum_v += t.qty
+                        cum_tb += 0 if t.buyer_maker else t.qty
+                    if bucket:
+                        price = bucket[-1].price
+                    cum_q = int(np.floor(quote * (cum_v / vol)))
+                    cum_tbq = int(np.floor(quote * (cum_tb / vol)))
+                    continue
+                if bucket:
+                    prices = [t.price for t in bucket]
+                    op, hi, lo, cl = prices[0], max(prices), min(prices), prices[-1]
+                    price = cl
+                else:
+                    op = hi = lo = cl = price
+                bv = sum(t.qty for t in bucket)
+                btb = sum(t.qty for t in bucket if not t.buyer_maker)
+                cum_v += bv
+                cum_tb += btb
+                new_q = int(np.floor(quote * (cum_v / vol)))
+                new_tbq = int(np.floor(quote * (cum_tb / vol)))
+                for col, val in zip(
+                    cols,
+                    (open_ms, op, hi, lo, cl, bv, len(bucket), new_q - cum_q, btb, new_tbq - cum_tbq),
+                    strict=True,
+                ):
+                    col.append(val)
+                cum_q, cum_tbq = new_q, new_tbq
+        return Rows(*(np.array(c, dtype=np.int64) for c in cols))
+
     def partial_minute(self, now_ms: int) -> Partial | None:
         """The forming minute at ``now_ms``: aggregate of its trades with time <= now."""
         minute = now_ms // MINUTE_MS
@@ -487,6 +546,8 @@ class SymbolMarket:
         the aggregate of the trades so far. Candles after now, before the listing or wholly in a
         gap are absent.
         """
+        if timeframe == "1s":
+            return self.second_rows(start_ms, end_ms, now_ms)
         first = candle_open_ms(max(start_ms, self.listing_ms), timeframe)
         if first < start_ms:
             first = next_open_ms(first, timeframe)
@@ -504,11 +565,11 @@ class SymbolMarket:
         sub_end = next_open_ms(last_open, timeframe)
         sub = self._closed_rows(unit, start_ms, sub_end, now_ms)
         rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        key = candle_open_ms(now_ms, timeframe)
+        if not (start_ms <= key < end_ms):
+            return rows
         partial = self.partial_minute(now_ms)
         if partial is None:
-            return rows
-        key = candle_open_ms(partial.minute * MINUTE_MS, timeframe)
-        if not (start_ms <= key < end_ms):
             return rows
         if len(rows) and int(rows.open_ms[-1]) == key:
             if partial.n == 0:

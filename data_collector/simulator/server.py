@@ -80,6 +80,33 @@ def _limit(request: web.Request, default: int, maximum: int) -> int:
     return min(limit, maximum)
 
 
+class WsFaults:
+    """WebSocket fault switches of one simulator (``sim.ws_faults``)."""
+
+    def __init__(self, sim: SimulatedExchange) -> None:
+        self._sim = sim
+
+    def drop_all(self) -> int:
+        """Abort every connection now, without a close frame. Returns how many."""
+        return self._sim.hub.drop_all()
+
+    def shutdown_all(self) -> int:
+        """A planned drop: ``serverShutdown`` event, then a close frame, on every connection."""
+        return self._sim.hub.shutdown_all()
+
+    def stall(self, seconds: float) -> None:
+        """Send nothing for ``seconds``; sockets stay open and data resumes afterwards."""
+        self._sim.hub.stalled_until_ms = self._sim.clock.now_ms() + int(seconds * 1000)
+
+    def malformed(self) -> None:
+        """Send one frame that is not valid JSON to every connection."""
+        self._sim.hub.malformed()
+
+    def skip_depth_id(self, symbol: str, count: int = 1) -> None:
+        """Lose ``count`` depth update ids of ``symbol``: the next diff does not follow on."""
+        self._sim.books[self._sim.market(symbol).symbol].skip_update_id(count)
+
+
 class SimulatedExchange:
     """A deterministic Binance spot exchange on localhost, for tests, benchmarks and demos.
 
@@ -101,6 +128,9 @@ class SimulatedExchange:
         faults: initial global faults (latency, jitter and fault probabilities).
         ws_ping_s: WebSocket ping interval.
         ws_max_lifetime_s: connections are closed (after ``serverShutdown``) at this age.
+        ban_grace_ms: a request this long after the first 429 of a minute, still inside its
+            Retry-After window, earns a 418 ban.
+        ban_base_s: length of the first ban; each further ban doubles it (up to 3 days).
     """
 
     def __init__(
@@ -117,6 +147,8 @@ class SimulatedExchange:
         faults: Faults | None = None,
         ws_ping_s: float = 20.0,
         ws_max_lifetime_s: float = 24 * 3600.0,
+        ban_grace_ms: int = 1000,
+        ban_base_s: int = 120,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -130,7 +162,9 @@ class SimulatedExchange:
         self.port = port
         self.ws_rate = float(ws_rate)
         self.clock = SimClock()
-        self.limiter = WeightLimiter(weight_limit, self.clock)
+        self.limiter = WeightLimiter(
+            weight_limit, self.clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s
+        )
         listings = {k.upper(): v for k, v in (listings or {}).items()}
         self.markets: dict[str, SymbolMarket] = {}
         for name in names:
@@ -158,6 +192,8 @@ class SimulatedExchange:
         self._by_endpoint: Counter[str] = Counter()
         self._by_status: Counter[int] = Counter()
         self.hub = StreamHub(self)
+        #: WebSocket fault switches: ``drop_all``, ``shutdown_all``, ``stall``, ``malformed``, ``skip_depth_id``.
+        self.ws_faults = WsFaults(self)
         self.hub.ping_s = ws_ping_s
         self.hub.max_lifetime_s = ws_max_lifetime_s
         self._runner: web.AppRunner | None = None
@@ -266,7 +302,8 @@ class SimulatedExchange:
 
     # -- the truth -----------------------------------------------------------------------------
 
-    def _market(self, symbol: str) -> SymbolMarket:
+    def market(self, symbol: str) -> SymbolMarket:
+        """The model of ``symbol`` (``SOL/USDT`` or ``SOLUSDT``); ``UsageError`` if not listed."""
         key = symbol.upper()
         market = self.markets.get(key) or self.market_by_id.get(key.replace("/", ""))
         if market is None:
@@ -275,23 +312,23 @@ class SimulatedExchange:
 
     def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> Rows:
         """Raw candle rows (integer ticks and lots) opening in ``[start_ms, end_ms)``."""
-        if timeframe not in TIMEFRAMES or timeframe == "1s":
+        if timeframe not in TIMEFRAMES:
             raise UsageError(f"unsupported timeframe {timeframe!r}")
-        return self._market(symbol).candles(timeframe, start_ms, end_ms, self.clock.now_ms())
+        return self.market(symbol).candles(timeframe, start_ms, end_ms, self.clock.now_ms())
 
     def klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> list[list[Any]]:
         """Kline arrays exactly as REST serves them, for candles opening in ``[start_ms, end_ms)``.
 
         Includes the forming candle if it opens in the range (its values so far).
         """
-        market = self._market(symbol)
+        market = self.market(symbol)
         rows = self.candles(symbol, timeframe, start_ms, end_ms)
         result: list[list[Any]] = json.loads(klines_json(rows, market, timeframe))
         return result
 
     def agg_trades(self, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
         """aggTrades with ``start_ms <= T < end_ms`` (up to now), as REST serves them."""
-        market = self._market(symbol)
+        market = self.market(symbol)
         now = self.clock.now_ms()
         out = []
         for minute in range(start_ms // MINUTE_MS, (min(end_ms, now + 1) - 1) // MINUTE_MS + 1):
@@ -302,15 +339,15 @@ class SimulatedExchange:
 
     def listing_ms(self, symbol: str) -> int:
         """When ``symbol`` started trading (no candles before)."""
-        return self._market(symbol).listing_ms
+        return self.market(symbol).listing_ms
 
     def gaps(self, symbol: str) -> list[tuple[int, int]]:
         """Maintenance windows ``(start_ms, end_ms)`` up to now: no candles open inside."""
-        return self._market(symbol).gaps(self.clock.now_ms())
+        return self.market(symbol).gaps(self.clock.now_ms())
 
     def order_book(self, symbol: str, limit: int = 5000) -> dict[str, Any]:
         """The current book: ``{"lastUpdateId", "bids": [[price, qty]], "asks": ...}`` as floats."""
-        market = self._market(symbol)
+        market = self.market(symbol)
         self.advance_book(market, self.clock.now_ms())
         book = self.books[market.symbol]
         bids, asks = book.top(limit)
@@ -367,9 +404,9 @@ class SimulatedExchange:
 
     def set_latency(self, ms: float, jitter_ms: float = 0.0, endpoint: str | None = None) -> None:
         """Fixed plus uniformly jittered latency, for one endpoint (``"klines"``) or all."""
+        Faults(latency_ms=ms, jitter_ms=jitter_ms).validate()
         f = self._faults_for(endpoint, create=True)
         f.latency_ms, f.jitter_ms = float(ms), float(jitter_ms)
-        f.validate()
 
     def set_faults(
         self,
@@ -380,14 +417,12 @@ class SimulatedExchange:
         endpoint: str | None = None,
     ) -> None:
         """Fault probabilities per request: 5xx, connection reset, hang, malformed JSON."""
+        Faults(
+            error_rate=error_rate, reset_rate=reset_rate, hang_rate=hang_rate, malformed_rate=malformed_rate
+        ).validate()
         f = self._faults_for(endpoint, create=True)
-        f.error_rate, f.reset_rate, f.hang_rate, f.malformed_rate = (
-            error_rate,
-            reset_rate,
-            hang_rate,
-            malformed_rate,
-        )
-        f.validate()
+        f.error_rate, f.reset_rate = error_rate, reset_rate
+        f.hang_rate, f.malformed_rate = hang_rate, malformed_rate
 
     def start_outage(self) -> None:
         """Every request fails (503) and WebSocket connections drop until ``end_outage``."""
@@ -419,24 +454,24 @@ class SimulatedExchange:
     # WebSocket faults
 
     def ws_drop_all(self) -> int:
-        """Abort every WebSocket connection now (no close frame)."""
-        return self.hub.drop_all()
+        """Same as ``ws_faults.drop_all()``."""
+        return self.ws_faults.drop_all()
 
     def ws_shutdown_all(self) -> int:
-        """A planned drop: ``serverShutdown`` event, then a close frame, on every connection."""
-        return self.hub.shutdown_all()
+        """Same as ``ws_faults.shutdown_all()``."""
+        return self.ws_faults.shutdown_all()
 
     def ws_stall(self, seconds: float) -> None:
-        """Send nothing on any WebSocket for ``seconds`` (sockets stay open; data resumes after)."""
-        self.hub.stalled_until_ms = self.clock.now_ms() + int(seconds * 1000)
+        """Same as ``ws_faults.stall(seconds)``."""
+        self.ws_faults.stall(seconds)
 
     def ws_malformed(self) -> None:
-        """Send one frame that is not valid JSON to every connection."""
-        self.hub.malformed()
+        """Same as ``ws_faults.malformed()``."""
+        self.ws_faults.malformed()
 
     def ws_skip_depth_id(self, symbol: str, count: int = 1) -> None:
-        """Lose ``count`` depth update ids of ``symbol`` (the next diff does not follow on)."""
-        self.books[self._market(symbol).symbol].skip_update_id(count)
+        """Same as ``ws_faults.skip_depth_id(symbol, count)``."""
+        self.ws_faults.skip_depth_id(symbol, count)
 
     def ws_sent(self) -> dict[str, dict[str, int]]:
         """Per stream: messages produced (each sent to every subscriber) and the last id."""
@@ -670,7 +705,7 @@ class SimulatedExchange:
             raise ApiError(
                 -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
             )
-        if interval not in TIMEFRAMES or interval == "1s":
+        if interval not in TIMEFRAMES:
             raise ApiError(-1120, "Invalid interval.")
         limit = _limit(request, 500, 1000)
         start = _int_param(request, "startTime")

@@ -127,7 +127,7 @@ class StreamHub:
             raise StreamError(name)
         if rest in ("trade", "aggTrade", "bookTicker", "miniTicker"):
             return market, rest, ""
-        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES and rest[6:] != "1s":
+        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES:
             return market, "kline", rest[6:]
         if rest in ("depth", "depth@1000ms"):
             return market, "depth", "1000"
@@ -561,5 +561,8 @@ class StreamHub:
     async def _pump(self) -> None:
         sleep: Callable[[float], Any] = asyncio.sleep
         while True:
-            self.tick()
-            await sleep(self.tick_s)
+            if self.streams or self.connections:
+                self.tick()
+                await sleep(self.tick_s)
+            else:
+                await sleep(0.05)
