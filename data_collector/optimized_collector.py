@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from data_collector.backfill import BackfillPlan, align_range, page_coverage, plan_backfill
+from data_collector.backfill import BackfillPlan, align_range, page_coverage, pages, plan_backfill
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -60,9 +60,9 @@ ProgressCallback = Callable[[PairReport], None]
 MetricHook = Callable[[str, float], None]
 
 PAGES_IN_FLIGHT_PER_PAIR = 4
-WRITE_QUEUE_BATCHES = 64
+WRITE_QUEUE_BATCHES = 32
 WRITERS = 2
-MAX_BATCHES_PER_WRITE = 64
+MAX_BATCHES_PER_WRITE = 32
 
 
 class OptimizedDataCollector:
@@ -298,12 +298,36 @@ class OptimizedDataCollector:
         start: TimeLike | None = None,
         end: TimeLike | None = None,
     ) -> CollectionReport:
-        """Fetch every missing range of ``[start, end)`` (one timeframe, or all configured).
+        """Fetch every ``'missing'`` and ``'hole'`` gap of ``[start, end)`` (one timeframe, or all).
 
-        Exchange-side gaps are not asked for again; only ranges without coverage are fetched.
+        Missing ranges (no coverage) are collected as any run would; holes (covered, yet candles
+        are absent) are fetched again page by page and written (rows present are skipped).
+        Exchange-side gaps are not asked for again. Naive datetimes are UTC.
         """
-        timeframes = [timeframe] if timeframe is not None else None
-        return await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        timeframes = [validate_timeframe(timeframe)] if timeframe is not None else None
+        report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        start_ms, end_ms = self._resolve_range(start, end)
+        instrument = await self.instrument(symbol)
+        limit = self.config.exchange.ohlcv_page_limit
+        for tf in timeframes or self.config.timeframes:
+            pair = report.pair(instrument.symbol, tf)
+            holes = [g for g in await self.find_gaps(symbol, tf, start_ms, end_ms) if g.kind == "hole"]
+            report.gaps_found += len(holes)
+            for gap in holes:
+                aligned = align_range(gap.start_ms, gap.end_ms, tf)
+                try:
+                    for page in pages(aligned, tf, limit):
+                        candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
+                        batch = CandleBatch(instrument.id, tf, candles, page_coverage(page, candles, tf))
+                        result = await self.store.write([batch])
+                        report.rows_written += result.written
+                        report.rows_skipped += result.skipped
+                        pair.candles_fetched += len(candles)
+                except Exception as exc:
+                    pair.status, pair.error = "failed", str(classify(exc))
+                    break
+                report.gaps_repaired += 1
+        return report
 
     async def load_ohlcv(self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored candles opening in ``[start, end)`` as a DataFrame indexed by UTC time.
