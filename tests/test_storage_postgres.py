@@ -261,3 +261,79 @@ def test_schema_names_are_validated(schema: str) -> None:
 def test_unsupported_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="database.url"):
         open_store({"database": {"url": "sqlite://"}, "logging": {"file": None}})
+
+
+class FreezableProxy:
+    """A TCP relay to PostgreSQL that can stop relaying: a server that went silent mid-call."""
+
+    def __init__(self) -> None:
+        self.frozen = asyncio.Event()
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+        #: Freeze as soon as the client sends a chunk this large (COPY data), mid-call.
+        self.freeze_at_bytes: int | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if upstream and self.freeze_at_bytes is not None and len(data) >= self.freeze_at_bytes:
+                        self.freeze_at_bytes = None
+                        self.freeze()
+                    await self.thawed.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    def freeze(self) -> None:
+        self.thawed.clear()
+
+    def thaw_and_drop_all(self) -> None:
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+        self.thawed.set()
+
+    async def close(self) -> None:
+        self.thaw_and_drop_all()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_server_gone_silent_mid_copy_is_cut_off_and_the_pool_recovers(
+    pg_schema: str, admin: asyncpg.Connection
+) -> None:
+    proxy = FreezableProxy()
+    await proxy.start()
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/test"
+    try:
+        async with PostgresCandleStore(_config(pg_schema, url=url, command_timeout_s=1)) as store:
+            iid = await _iid(store)
+            await store.write([batch(iid, 0, 10)])
+            proxy.freeze_at_bytes = 16_384  # the COPY data of the next write
+            with pytest.raises(TransientError):
+                # The bound here only keeps a broken build from hanging the suite.
+                await asyncio.wait_for(store.write([batch(iid, 10, 20_000)]), 30)
+            assert not proxy.thawed.is_set()  # it was cut off mid-COPY, not before
+            proxy.thaw_and_drop_all()
+            assert await admin.fetchval(f'SELECT count(*) FROM "{pg_schema}".ohlcv') == 10
+            retry = await store.write([batch(iid, 10, 20_000)])
+            assert retry.written == 20_000
+    finally:
+        await proxy.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,6 +101,11 @@ class CandleStore(Protocol):
 
     async def initialize(self) -> None:
         """Create the database (when allowed), the schema and the tables, idempotently."""
+
+    async def __aenter__(self) -> Self:
+        """``async with open_store(config) as store:`` initialises the store, and closes it after."""
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def close(self) -> None:
         """Close the pool; safe to call twice."""

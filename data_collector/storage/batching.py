@@ -24,14 +24,9 @@ class RowGroup:
     code: int
     final: bool
     records: list[Record]
-
-    @property
-    def lo(self) -> int:
-        return self.records[0][2]
-
-    @property
-    def hi(self) -> int:
-        return self.records[-1][2]
+    #: Inclusive ``[first_ts, last_ts]`` spans of the batches behind these rows, merged: where
+    #: to look for rows already stored (tighter than the group's hull when batches lie apart).
+    spans: list[Span] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -49,13 +44,19 @@ class PreparedWrite:
 def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
     """Validate, deduplicate (the last candle of a key wins) and group the batches of one write.
 
+    This runs on every row, so the loops are comprehensions over whole batches: it is a
+    measurable part of the writer's CPU time (see benchmarks/bench_ingest.py).
+
     Raises:
         UsageError: an unknown timeframe, an empty or inverted coverage range, an unknown kind,
             or a candle outside the batch's ``'data'`` ranges.
     """
     out = PreparedWrite()
-    # (instrument, code) -> ts -> (candle, final); later batches overwrite earlier ones.
-    pending: dict[tuple[int, int], dict[int, tuple[Candle, bool]]] = {}
+    # (instrument, code) -> ts -> candle; later batches overwrite earlier ones.
+    pending: dict[tuple[int, int], dict[int, Candle]] = {}
+    # Keys whose last word came from a final=False batch: they are overwritten, not skipped.
+    forming: dict[tuple[int, int], set[int]] = {}
+    spans: dict[tuple[int, int], list[Span]] = {}
     for batch in batches:
         code = timeframe_code(batch.timeframe)
         key = (batch.instrument_id, code)
@@ -71,28 +72,42 @@ def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
         out.total += len(batch.candles)
         if not batch.candles:
             continue
+        new = {c[0]: c for c in batch.candles}
+        first, last = min(new), max(new)
         if data_spans:
-            _check_inside(batch, merge_spans(data_spans))
+            _check_inside(batch, first, last, merge_spans(data_spans))
+        spans.setdefault(key, []).append((first, last))
         rows = pending.setdefault(key, {})
-        final = batch.final
-        for candle in batch.candles:
-            rows[candle[0]] = (candle, final)
+        rows.update(new)
+        if not batch.final:
+            forming.setdefault(key, set()).update(new)
+        elif key in forming:
+            forming[key].difference_update(new)
     for (instrument_id, code), rows in pending.items():
-        by_final: dict[bool, list[Record]] = {True: [], False: []}
-        for ts in sorted(rows):
-            candle, final = rows[ts]
-            by_final[final].append((instrument_id, code, *candle))
-        for final, records in by_final.items():
-            if records:
-                out.groups.append(RowGroup(instrument_id, code, final, records))
+        order = sorted(rows)
+        overwrite = forming.get((instrument_id, code), set())
+        if overwrite:
+            keep = [(instrument_id, code, *rows[ts]) for ts in order if ts not in overwrite]
+            redo = [(instrument_id, code, *rows[ts]) for ts in order if ts in overwrite]
+        else:
+            keep = (
+                [(instrument_id, code, *c) for c in rows.values()]
+                if order == list(rows)
+                else [(instrument_id, code, *rows[ts]) for ts in order]
+            )
+            redo = []
+        # Inclusive spans: join those that touch or lie one ms apart.
+        probe = [(a, b - 1) for a, b in merge_spans((a, b + 1) for a, b in spans[(instrument_id, code)])]
+        if keep:
+            out.groups.append(RowGroup(instrument_id, code, True, keep, probe))
+        if redo:
+            out.groups.append(RowGroup(instrument_id, code, False, redo, probe))
     out.groups.sort(key=lambda g: (g.instrument_id, g.code, not g.final))
     out.coverage = {k: merge_spans(v) for k, v in sorted(out.coverage.items())}
     return out
 
 
-def _check_inside(batch: CandleBatch, data: list[Span]) -> None:
-    first = min(c[0] for c in batch.candles)
-    last = max(c[0] for c in batch.candles)
+def _check_inside(batch: CandleBatch, first: int, last: int, data: list[Span]) -> None:
     if first < data[0][0] or last >= data[-1][1]:
         raise UsageError(
             f"candles [{first}, {last}] of instrument {batch.instrument_id} {batch.timeframe} lie "

@@ -5,15 +5,15 @@ after ``db_pool_recycle`` seconds, pinged before use). The hot path borrows the 
 connection itself (``driver_connection``) because only asyncpg speaks binary COPY.
 
 A write is one transaction: candles and coverage become visible together or not at all.
-Rows go one of two ways:
 
-* fast: binary COPY straight into ``ohlcv`` when no stored row lies in the group's ``ts`` span.
-  It runs inside a savepoint, so that a row that appeared meanwhile (a concurrent writer, a
-  killed run's commit) turns the unique violation into a retry through the slow path rather
-  than a failed batch;
-* slow: binary COPY into a per-connection temporary staging table, then ``INSERT … SELECT …
-  ON CONFLICT DO NOTHING`` (``DO UPDATE`` for ``final=False`` batches, so that a candle that was
-  still forming is overwritten on the next run).
+* One query fetches the open times already stored within the spans of the write's batches
+  (an index-only range scan; nothing comes back for a fresh range), and those rows are left out.
+* The rest goes by binary COPY straight into ``ohlcv``, inside a savepoint: if rows appeared
+  meanwhile (a concurrent writer), the unique violation rolls back to the savepoint and the same
+  rows take the conflict-safe path instead of failing the batch.
+* That path, and ``final=False`` batches, COPY into a per-connection temporary staging table and
+  then ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (``DO UPDATE`` for ``final=False``, so that
+  a candle that was still forming is overwritten on the next run).
 
 Every call is bounded by ``database.command_timeout_s`` twice: by asyncpg, and from outside by
 ``asyncio.timeout``, because a COPY can outlive asyncpg's own timeout when the backend dies.
@@ -44,7 +44,7 @@ from data_collector.errors import (
 )
 from data_collector.markets import TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
-from data_collector.storage.batching import PreparedWrite, Record, prepare
+from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.ranges import Span, merge_spans
 from data_collector.storage.store_base import BaseCandleStore
 
@@ -124,11 +124,11 @@ _CREATE_STAGES = (
     "CREATE TEMP TABLE IF NOT EXISTS dc_ohlcv_stage_keep (" + _STAGE_COLUMNS + ") ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS dc_ohlcv_stage_overwrite (" + _STAGE_COLUMNS + ") ON COMMIT DELETE ROWS",
 )
-_GROUPS_WITH_ROWS = (
-    "SELECT g.n - 1 FROM unnest($1::int[], $2::smallint[], $3::bigint[], $4::bigint[]) "
-    "WITH ORDINALITY AS g(i, t, lo, hi, n) "
-    "WHERE EXISTS (SELECT 1 FROM {s}.ohlcv o "
-    "WHERE o.instrument_id = g.i AND o.timeframe = g.t AND o.ts BETWEEN g.lo AND g.hi)"
+# The open times already stored in each probed span (NULL where none): rows to leave out.
+_EXISTING_TS = (
+    "SELECT g.n - 1, (SELECT array_agg(o.ts) FROM {s}.ohlcv o "
+    "WHERE o.instrument_id = g.i AND o.timeframe = g.t AND o.ts BETWEEN g.lo AND g.hi) "
+    "FROM unnest($1::int[], $2::smallint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS g(i, t, lo, hi, n)"
 )
 # ORDER BY: concurrent writers take row locks in one order, which avoids most deadlocks.
 _INSERT_KEEP = (
@@ -302,7 +302,12 @@ class PostgresCandleStore(BaseCandleStore):
         self._closed = True
         engine, self._engine = self._engine, None
         if engine is not None:
-            await engine.dispose()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await engine.dispose()
+            except TimeoutError:
+                # A server gone silent must not hang shutdown; its sockets die with the process.
+                log.warning("%s: closing the pool timed out after %g s", self.where, self._timeout_s)
 
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
         async with asyncio.timeout(self._timeout_s + _OUTER_SLACK_S):
@@ -515,11 +520,13 @@ class PostgresCandleStore(BaseCandleStore):
         final = [g for g in prepared.groups if g.final]
         written = 0
         fresh: list[Record] = []
-        keep: list[Record] = []
         if final:
-            busy = await self._groups_with_rows(conn, [(g.instrument_id, g.code, g.lo, g.hi) for g in final])
+            existing = await self._existing_ts(conn, final)
             for n, group in enumerate(final):
-                (keep if n in busy else fresh).extend(group.records)
+                stored = existing.get(n)
+                fresh.extend(
+                    group.records if not stored else [r for r in group.records if r[2] not in stored]
+                )
         if fresh:
             try:
                 async with conn.transaction():  # a savepoint
@@ -535,29 +542,30 @@ class PostgresCandleStore(BaseCandleStore):
                 written += _status_count(status)
             except asyncpg.UniqueViolationError:
                 # Rows appeared since the probe (a concurrent writer): take the conflict-safe path.
-                keep = fresh + keep
-        if keep:
-            written += await self._stage_insert(conn, _STAGE_KEEP, keep, _INSERT_KEEP)
+                written += await self._stage_insert(conn, _STAGE_KEEP, fresh, _INSERT_KEEP)
         overwrite = [r for g in prepared.groups if not g.final for r in g.records]
         if overwrite:
             written += await self._stage_insert(conn, _STAGE_OVERWRITE, overwrite, _INSERT_OVERWRITE)
         return written
 
-    async def _groups_with_rows(
-        self, conn: asyncpg.Connection, spans: list[tuple[int, int, int, int]]
-    ) -> set[int]:
-        """Indexes of the (instrument, code, lo, hi) spans that already hold at least one row."""
+    async def _existing_ts(self, conn: asyncpg.Connection, groups: list[RowGroup]) -> dict[int, set[int]]:
+        """For each group (by index) that already has rows in its spans, their open times."""
+        probes = [(n, g, span) for n, g in enumerate(groups) for span in g.spans]
         rows = await self._bounded(
             conn.fetch(
-                self._sql(_GROUPS_WITH_ROWS),
-                [s[0] for s in spans],
-                [s[1] for s in spans],
-                [s[2] for s in spans],
-                [s[3] for s in spans],
+                self._sql(_EXISTING_TS),
+                [g.instrument_id for _, g, _ in probes],
+                [g.code for _, g, _ in probes],
+                [span[0] for _, _, span in probes],
+                [span[1] for _, _, span in probes],
                 timeout=self._timeout_s,
             )
         )
-        return {int(r[0]) for r in rows}
+        out: dict[int, set[int]] = {}
+        for row in rows:
+            if row[1]:
+                out.setdefault(probes[row[0]][0], set()).update(row[1])
+        return out
 
     async def _stage_insert(
         self, conn: asyncpg.Connection, stage: str, records: list[Record], insert: str
