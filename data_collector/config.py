@@ -147,6 +147,8 @@ class CacheConfig(_Section):
     #: Values whose packed size is at least this many bytes are compressed.
     compress_threshold: int = Field(default=1024, ge=0)
     namespace: str = "cache"
+    #: After a failed call, answer misses at once for this long before trying Redis again.
+    down_backoff_s: float = Field(default=1.0, ge=0, le=300)
 
 
 class StreamingConfig(_Section):
@@ -165,8 +167,16 @@ class StreamingConfig(_Section):
 class MetricsConfig(_Section):
     #: Port of the Prometheus ``/metrics`` endpoint; ``None`` switches it off.
     port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the ``/metrics`` endpoint listens on (``0.0.0.0`` inside a container).
+    host: str = "127.0.0.1"
     #: Heartbeat key TTL; the health check reports a writer whose heartbeat expired.
     heartbeat_ttl_s: int = Field(default=60, ge=1)
+    #: The health check warns when the newest stream message is older than this.
+    stream_stale_s: float = Field(default=60.0, gt=0)
+    #: Slack on top of two timeframes before the health check calls stored candles stale.
+    freshness_margin_s: float = Field(default=300.0, ge=0)
+    #: Bound on each single health check (connect + query).
+    check_timeout_s: float = Field(default=5.0, gt=0, le=300)
 
 
 class Config(BaseSettings):

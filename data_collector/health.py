@@ -1,0 +1,564 @@
+"""Health checks for a deployment: servers, the exchange, data freshness, heartbeats, disk.
+
+``scripts/health_check.py`` is a thin shell over :func:`run_checks` and :func:`watch`; anything
+else (a web handler, a test) can call them too.
+
+Checks, each bounded by ``metrics.check_timeout_s``:
+
+==================  ===========================================================================
+``postgresql``      connects (asyncpg, ``database.url``) and runs ``SELECT 1``; latency.
+                    With a SQLite URL the check is called ``sqlite``: the file opens.
+``redis``           ``PING``; latency.
+``exchange``        ``GET <exchange.urls.api.public>/ping`` (the exchange's own REST URL when not
+                    overridden), so it works against the simulator.
+``freshness``       newest stored candle per configured symbol and timeframe; stale when older
+                    than two timeframes plus ``metrics.freshness_margin_s`` (against
+                    ``end`` when the config sets one).
+``stream``          newest message among the configured streams (Redis stream IDs) or the
+                    streamer's heartbeat; stale after ``metrics.stream_stale_s``.
+``heartbeat:<c>``   the heartbeat key of the collector and the streamer.
+``disk``            free space where the data lives.
+==================  ===========================================================================
+
+A result is ``ok``, ``warn`` or ``fail``. Servers that cannot be reached and a nearly full disk
+``fail``; stale or missing data, streams and heartbeats ``warn`` (a deployment may run only the
+backfill, or only the streamer). The report is healthy when nothing failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import psutil
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy.engine import make_url
+
+from data_collector.config import Config
+from data_collector.errors import UsageError
+from data_collector.markets import DAY_MS, TIMEFRAME_CODES, TIMEFRAME_MS
+from data_collector.redis_keys import heartbeat_key, stream_key
+
+Status = Literal["ok", "warn", "fail"]
+CHECKS = ("database", "redis", "exchange", "freshness", "stream", "heartbeat", "disk")
+COMPONENTS = ("collector", "streamer")
+_RANK: dict[str, int] = {"ok": 0, "warn": 1, "fail": 2}
+_STATUSES: tuple[Status, Status, Status] = ("ok", "warn", "fail")
+_DISK_FAIL_FRACTION = 0.02
+_DISK_WARN_FRACTION = 0.10
+
+
+@dataclass
+class CheckResult:
+    """One line of the report."""
+
+    name: str
+    status: Status
+    detail: str
+    latency_ms: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return f"{self.name}: {self.detail}"
+
+
+@dataclass
+class HealthReport:
+    checks: list[CheckResult]
+    ts_ms: int
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    @property
+    def status(self) -> Status:
+        worst = max((_RANK[c.status] for c in self.checks), default=0)
+        return _STATUSES[worst]
+
+    def failures(self, include_warnings: bool = False) -> list[CheckResult]:
+        bad = {"fail", "warn"} if include_warnings else {"fail"}
+        return [c for c in self.checks if c.status in bad]
+
+    def exit_code(self, fail_on_warn: bool = False) -> int:
+        return 1 if self.failures(include_warnings=fail_on_warn) else 0
+
+    def summary_line(self, fail_on_warn: bool = False) -> str:
+        bad = self.failures(include_warnings=fail_on_warn)
+        if not bad:
+            return "healthy" + (" (with warnings)" if self.status == "warn" else "")
+        return "UNHEALTHY: " + "; ".join(c.line() for c in bad)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ts_ms": self.ts_ms,
+            "healthy": self.healthy,
+            "status": self.status,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause: 'connection refused', 'timed out', or the error's own words."""
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, redis.TimeoutError)):
+        return "timed out"
+    text = str(exc)
+    if "Connect call failed" in text or "Connection refused" in text or "ECONNREFUSED" in text:
+        return "connection refused"
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _is_sqlite(config: Config) -> bool:
+    return config.database.url.get_secret_value().startswith("sqlite")
+
+
+def _pg_dsn(config: Config) -> tuple[str, str]:
+    url = make_url(config.database.url.get_secret_value())
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    return url.set(drivername="postgresql").render_as_string(hide_password=False), where
+
+
+def _sqlite_path(config: Config) -> Path:
+    return Path(make_url(config.database.url.get_secret_value()).database or "")
+
+
+def _redis_client(config: Config) -> aioredis.Redis:
+    r = config.redis
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        r.url.get_secret_value(),
+        socket_timeout=r.socket_timeout_s,
+        socket_connect_timeout=r.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+    )
+    return client
+
+
+def _down(exc: BaseException, where: str) -> str:
+    reason = _reason(exc)
+    return (
+        f"DOWN ({reason} {where})"
+        if reason in ("connection refused", "timed out")
+        else f"DOWN ({reason}; {where})"
+    )
+
+
+async def check_postgresql(config: Config) -> CheckResult:
+    dsn, where = _pg_dsn(config)
+    started = time.perf_counter()
+    try:
+        conn = await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        return CheckResult("postgresql", "fail", _down(exc, where))
+    try:
+        await conn.fetchval("SELECT 1")
+        version = conn.get_server_version()
+    finally:
+        await conn.close(timeout=2)
+    latency = _elapsed_ms(started)
+    return CheckResult("postgresql", "ok", f"up {where}, PostgreSQL {version.major}.{version.minor}", latency)
+
+
+async def check_sqlite(config: Config) -> CheckResult:
+    path = _sqlite_path(config)
+    if not path.exists():
+        return CheckResult("sqlite", "warn", f"no database file yet at {path}")
+    started = time.perf_counter()
+
+    def probe() -> None:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            conn.execute("SELECT 1").fetchone()
+        finally:
+            conn.close()
+
+    try:
+        await asyncio.to_thread(probe)
+    except sqlite3.Error as exc:
+        return CheckResult("sqlite", "fail", f"DOWN (cannot open {path}: {exc})")
+    return CheckResult("sqlite", "ok", f"opens {path}", _elapsed_ms(started))
+
+
+async def check_redis(config: Config, client: aioredis.Redis) -> CheckResult:
+    parts = urlsplit(config.redis.url.get_secret_value())
+    place = f"{parts.hostname or 'localhost'}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
+    try:
+        await client.ping()  # connects
+        started = time.perf_counter()
+        await client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return CheckResult("redis", "fail", _down(exc, place))
+    return CheckResult("redis", "ok", f"PONG from {place}", _elapsed_ms(started))
+
+
+def exchange_ping_url(config: Config) -> str:
+    """``<api.public>/ping`` for Binance-style REST roots, else the public root itself."""
+    api = config.exchange.urls.get("api")
+    base = api.get("public") if isinstance(api, dict) else api
+    if not isinstance(base, str):
+        import ccxt  # imported late: only needed when the config does not name the URL
+
+        exchange = getattr(ccxt, config.exchange.id)()
+        default = exchange.urls.get("api")
+        base = default.get("public") if isinstance(default, dict) else default
+        if not isinstance(base, str):
+            raise UsageError(
+                f"no REST URL known for exchange {config.exchange.id!r}: set exchange.urls.api.public"
+            )
+    base = base.rstrip("/")
+    return f"{base}/ping" if base.endswith(("/api/v3", "/v3", "/api")) else base
+
+
+async def check_exchange(config: Config) -> CheckResult:
+    try:
+        url = exchange_ping_url(config)
+    except (UsageError, AttributeError) as exc:
+        return CheckResult("exchange", "warn", f"not checked: {exc}")
+    timeout = aiohttp.ClientTimeout(total=min(config.exchange.timeout_s, config.metrics.check_timeout_s))
+    started = time.perf_counter()
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+            await response.read()
+            status = response.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return CheckResult("exchange", "fail", f"UNREACHABLE ({_reason(exc)} {url})")
+    latency = _elapsed_ms(started)
+    if status in (418, 429):
+        return CheckResult("exchange", "warn", f"rate limited (HTTP {status}) at {url}", latency)
+    if status >= 400:
+        return CheckResult("exchange", "fail", f"HTTP {status} from {url}", latency)
+    return CheckResult("exchange", "ok", f"HTTP {status} from {url}", latency)
+
+
+def _timeframe_ms(timeframe: str) -> int:
+    return TIMEFRAME_MS.get(timeframe, 31 * DAY_MS)
+
+
+def _freshness_query(schema: str) -> str:
+    # Base tables rather than ohlcv_view: max(ts) per (instrument, timeframe) is then one index
+    # probe of the primary key instead of a scan through the view's timestamp conversion.
+    # The schema is a validated identifier from the config (DatabaseConfig._identifier).
+    return (
+        "SELECT i.symbol, t.code, "  # noqa: S608
+        f"(SELECT max(o.ts) FROM {schema}.ohlcv o WHERE o.instrument_id = i.id AND o.timeframe = t.code) "
+        f"FROM {schema}.instruments i CROSS JOIN unnest($3::smallint[]) AS t(code) "
+        "WHERE i.exchange = $1 AND i.symbol = ANY($2::text[])"
+    )
+
+
+async def _newest_candles(config: Config) -> dict[tuple[str, str], int | None]:
+    """Newest candle open time per (symbol, timeframe) present in the store."""
+    codes = [TIMEFRAME_CODES[tf] for tf in config.timeframes]
+    names = {TIMEFRAME_CODES[tf]: tf for tf in config.timeframes}
+    if _is_sqlite(config):
+        path = _sqlite_path(config)
+
+        def query() -> list[tuple[str, int, int | None]]:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+            try:
+                rows = []
+                for symbol, instrument_id in conn.execute(
+                    "SELECT symbol, id FROM instruments WHERE exchange = ?", (config.exchange.id,)
+                ).fetchall():
+                    if symbol not in config.symbols:
+                        continue
+                    for code in codes:
+                        newest = conn.execute(
+                            "SELECT max(ts) FROM ohlcv WHERE instrument_id = ? AND timeframe = ?",
+                            (instrument_id, code),
+                        ).fetchone()[0]
+                        rows.append((symbol, code, newest))
+                return rows
+            finally:
+                conn.close()
+
+        found = await asyncio.to_thread(query)
+    else:
+        dsn, _ = _pg_dsn(config)
+        conn = await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+        try:
+            records = await conn.fetch(
+                _freshness_query(config.database.db_schema), config.exchange.id, config.symbols, codes
+            )
+        finally:
+            await conn.close(timeout=2)
+        found = [(r[0], r[1], r[2]) for r in records]
+    return {(symbol, names[code]): newest for symbol, code, newest in found}
+
+
+async def check_freshness(config: Config, now_ms: int) -> CheckResult:
+    try:
+        newest = await _newest_candles(config)
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        return CheckResult("freshness", "warn", "no data yet (tables not created)")
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc) or "unable to open" in str(exc):
+            return CheckResult("freshness", "warn", "no data yet (tables not created)")
+        return CheckResult("freshness", "warn", f"unknown: {exc}")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        return CheckResult("freshness", "warn", f"unknown: database unreachable ({_reason(exc)})")
+    reference_ms = min(now_ms, config.end_ms(now_ms)) if config.end is not None else now_ms
+    margin_ms = int(config.metrics.freshness_margin_s * 1000)
+    ages: dict[str, float | None] = {}
+    stale: list[str] = []
+    missing: list[str] = []
+    for symbol in config.symbols:
+        for timeframe in config.timeframes:
+            label = f"{symbol} {timeframe}"
+            open_ms = newest.get((symbol, timeframe))
+            if open_ms is None:
+                ages[label] = None
+                missing.append(label)
+                continue
+            age_ms = reference_ms - open_ms
+            ages[label] = age_ms / 1000
+            if age_ms > 2 * _timeframe_ms(timeframe) + margin_ms:
+                stale.append(f"{label} {_age_text(age_ms / 1000)} old")
+    total = len(config.symbols) * len(config.timeframes)
+    data: dict[str, Any] = {"age_s": ages}
+    if len(missing) == total:
+        return CheckResult("freshness", "warn", "no data yet", data=data)
+    problems = stale + ([f"no data: {', '.join(missing)}"] if missing else [])
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; +{len(problems) - 4} more" if len(problems) > 4 else "")
+        return CheckResult(
+            "freshness", "warn", f"{total - len(stale) - len(missing)}/{total} fresh; {shown}", data=data
+        )
+    newest_age = min(a for a in ages.values() if a is not None)
+    return CheckResult(
+        "freshness", "ok", f"{total}/{total} fresh (newest {_age_text(newest_age)} old)", data=data
+    )
+
+
+async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> CheckResult:
+    keys = [
+        stream_key(config.redis.prefix, config.exchange.id, channel, symbol)
+        for channel in config.streaming.channels
+        for symbol in config.symbols
+    ]
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xrevrange(key, count=1)
+            pipe.get(heartbeat_key(config.redis.prefix, "streamer"))
+            *entries, beat = await pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        return CheckResult("stream", "warn", f"unknown: redis unreachable ({_reason(exc)})")
+    newest_ms: int | None = None
+    for entry in entries:
+        if entry:
+            entry_id = entry[0][0]
+            ms = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
+            newest_ms = ms if newest_ms is None else max(newest_ms, ms)
+    if beat:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            last = json.loads(beat).get("last_message_ms")
+            if isinstance(last, int):
+                newest_ms = last if newest_ms is None else max(newest_ms, last)
+    if newest_ms is None:
+        return CheckResult("stream", "warn", "no stream messages yet")
+    age_s = max(0.0, (now_ms - newest_ms) / 1000)
+    data = {"newest_ms": newest_ms, "age_s": age_s}
+    if age_s > config.metrics.stream_stale_s:
+        return CheckResult("stream", "warn", f"stale: newest message {_age_text(age_s)} old", data=data)
+    return CheckResult("stream", "ok", f"newest message {_age_text(age_s)} old", data=data)
+
+
+async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
+    from utils.heartbeat import read_heartbeat  # utils depends on data_collector, not the reverse at import
+
+    name = f"heartbeat:{component}"
+    try:
+        beat = await read_heartbeat(client, config.redis.prefix, component)
+    except (redis.RedisError, OSError) as exc:
+        return CheckResult(name, "warn", f"unknown: redis unreachable ({_reason(exc)})")
+    if beat is None:
+        return CheckResult(name, "warn", f"no heartbeat (is the {component} running?)")
+    age_s = max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
+    detail = f"pid {beat.get('pid')} on {beat.get('host')}, {_age_text(age_s)} ago"
+    return CheckResult(name, "ok", detail, data=beat)
+
+
+async def check_disk(config: Config) -> CheckResult:
+    path = _sqlite_path(config).parent if _is_sqlite(config) else Path(".")
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    usage = await asyncio.to_thread(psutil.disk_usage, str(path))
+    free_fraction = usage.free / usage.total if usage.total else 0.0
+    detail = f"{usage.free / 1e9:.1f} GB free ({free_fraction:.0%}) at {path.resolve()}"
+    data = {"free_bytes": usage.free, "total_bytes": usage.total}
+    if free_fraction < _DISK_FAIL_FRACTION:
+        return CheckResult("disk", "fail", f"nearly full: {detail}", data=data)
+    if free_fraction < _DISK_WARN_FRACTION:
+        return CheckResult("disk", "warn", f"low: {detail}", data=data)
+    return CheckResult("disk", "ok", detail, data=data)
+
+
+def _age_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+async def _bounded(
+    name: str, timeout_s: float, on_timeout: Status, check: Awaitable[CheckResult]
+) -> CheckResult:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await check
+    except TimeoutError:
+        return CheckResult(
+            name,
+            on_timeout,
+            f"DOWN (timed out after {timeout_s:g}s)"
+            if on_timeout == "fail"
+            else f"unknown: timed out after {timeout_s:g}s",
+        )
+    except Exception as exc:  # one broken check must not hide the others
+        return CheckResult(name, on_timeout, f"check failed: {type(exc).__name__}: {_reason(exc)}")
+
+
+async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | None = None) -> HealthReport:
+    """Run every check (concurrently, each bounded) and return the report.
+
+    Args:
+        config: the deployment's configuration.
+        skip: names from :data:`CHECKS` to leave out (e.g. ``{"exchange"}`` offline).
+        now_ms: the time to judge ages against; now by default.
+    """
+    skipped = set(skip)
+    unknown = skipped - set(CHECKS)
+    if unknown:
+        raise UsageError(f"unknown check(s) {', '.join(sorted(unknown))}; choose from {', '.join(CHECKS)}")
+    now = now_ms if now_ms is not None else _now_ms()
+    limit = config.metrics.check_timeout_s
+    client = _redis_client(config)
+    db_name = "sqlite" if _is_sqlite(config) else "postgresql"
+    plan: list[tuple[str, str, Status, Callable[[], Awaitable[CheckResult]]]] = [
+        (
+            "database",
+            db_name,
+            "fail",
+            lambda: check_sqlite(config) if _is_sqlite(config) else check_postgresql(config),
+        ),
+        ("redis", "redis", "fail", lambda: check_redis(config, client)),
+        ("exchange", "exchange", "fail", lambda: check_exchange(config)),
+        ("freshness", "freshness", "warn", lambda: check_freshness(config, now)),
+        ("stream", "stream", "warn", lambda: check_stream(config, client, now)),
+    ]
+    for component in COMPONENTS:
+        beat = functools.partial(check_heartbeat, config, client, component, now)
+        plan.append(("heartbeat", f"heartbeat:{component}", "warn", beat))
+    plan.append(("disk", "disk", "fail", lambda: check_disk(config)))
+    try:
+        results = await asyncio.gather(
+            *(
+                _bounded(name, limit, on_timeout, make())
+                for key, name, on_timeout, make in plan
+                if key not in skipped
+            )
+        )
+    finally:
+        await client.aclose()
+    return HealthReport(list(results), now)
+
+
+def render_table(report: HealthReport) -> Any:
+    """The report as a ``rich`` table."""
+    from rich.table import Table
+
+    colours = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    table = Table(title="data_collector health", title_justify="left")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("latency", justify="right")
+    table.add_column("detail", overflow="fold")
+    for c in report.checks:
+        latency = f"{c.latency_ms:.1f} ms" if c.latency_ms is not None else ""
+        table.add_row(c.name, f"[{colours[c.status]}]{c.status.upper()}[/]", latency, c.detail)
+    return table
+
+
+def changes(previous: HealthReport | None, current: HealthReport) -> list[str]:
+    """Lines for checks whose status changed since ``previous`` (all of them when None)."""
+    before = {c.name: c.status for c in previous.checks} if previous else {}
+    out = []
+    for c in current.checks:
+        old = before.get(c.name)
+        if old != c.status:
+            arrow = f"{old} -> {c.status}" if old else c.status
+            out.append(f"{c.name}: {arrow}: {c.detail}")
+    return out
+
+
+async def watch(
+    config: Config,
+    interval_s: float,
+    emit: Callable[[HealthReport, list[str]], None],
+    stop: asyncio.Event,
+    *,
+    skip: Iterable[str] = (),
+) -> HealthReport | None:
+    """Run the checks every ``interval_s`` until ``stop`` is set, calling ``emit(report, changes)``.
+
+    Failures never end the loop. A check in flight when ``stop`` is set is cancelled.
+    """
+    previous: HealthReport | None = None
+    skip = tuple(skip)
+    while not stop.is_set():
+        run = asyncio.ensure_future(run_checks(config, skip=skip))
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if run not in done:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            break
+        stopper.cancel()
+        report = run.result()
+        emit(report, changes(previous, report))
+        previous = report
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+    return previous
+
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "HealthReport",
+    "changes",
+    "exchange_ping_url",
+    "render_table",
+    "run_checks",
+    "watch",
+]

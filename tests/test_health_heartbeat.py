@@ -1,0 +1,87 @@
+"""The heartbeat key: written with a TTL by a background task, read by the health check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import redis.asyncio as aioredis
+
+from data_collector.config import load_config
+from data_collector.health import run_checks
+from data_collector.redis_keys import heartbeat_key
+from tests.conftest import REDIS_URL, PrivateRedis
+from utils.heartbeat import Heartbeat, read_heartbeat
+from utils.performance_monitor import PerformanceMonitor
+
+
+async def test_heartbeat_refreshes_with_ttl_and_feeds_the_health_check(redis_prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    monitor = PerformanceMonitor()
+    config = load_config({"redis": {"url": REDIS_URL, "prefix": redis_prefix}, "logging": {"file": None}})
+    skip = {"database", "exchange", "freshness", "disk"}
+    try:
+        async with Heartbeat(
+            client,
+            redis_prefix,
+            "streamer",
+            ttl_s=5,
+            monitor=monitor,
+            interval_s=0.05,
+            extra=lambda: {"streams": 4},
+        ) as beat:
+            monitor.record_ws_message(latency_ms=2.0)
+            await asyncio.sleep(0.3)
+            assert beat.beats >= 3
+            raw = await client.get(heartbeat_key(redis_prefix, "streamer"))
+            data = json.loads(raw)
+            assert data["component"] == "streamer" and data["pid"] == os.getpid() and data["streams"] == 4
+            assert data["last_message_ms"] == monitor.last_message_ms
+            assert 0 < await client.ttl(heartbeat_key(redis_prefix, "streamer")) <= 5
+            read = await read_heartbeat(client, redis_prefix, "streamer")
+            assert read is not None and read["ttl_s"] > 0
+            report = await run_checks(config, skip=skip)
+            status = {c.name: c.status for c in report.checks}
+            assert status["heartbeat:streamer"] == "ok"
+            assert status["heartbeat:collector"] == "warn"
+            assert status["stream"] == "ok"  # from the heartbeat's last_message_ms
+        assert await client.exists(heartbeat_key(redis_prefix, "streamer")) == 0
+        assert await read_heartbeat(client, redis_prefix, "streamer") is None
+        await beat.close()  # idempotent
+    finally:
+        await client.aclose()
+
+
+async def test_heartbeat_expires_on_its_own(redis_prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        beat = Heartbeat(client, redis_prefix, "collector", ttl_s=1)
+        assert await beat.beat()
+        assert await read_heartbeat(client, redis_prefix, "collector") is not None
+        await asyncio.sleep(1.2)
+        assert await read_heartbeat(client, redis_prefix, "collector") is None
+    finally:
+        await client.aclose()
+
+
+async def test_heartbeat_survives_redis_outage(private_redis: PrivateRedis) -> None:
+    client = aioredis.Redis.from_url(private_redis.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+    try:
+        beat = Heartbeat(client, "hb", "collector", ttl_s=3, interval_s=0.05)
+        await beat.start()
+        private_redis.pause()
+        try:
+            await asyncio.sleep(0.8)
+            assert beat._task is not None and not beat._task.done()  # noqa: SLF001
+        finally:
+            private_redis.resume()
+        before = beat.beats
+        for _ in range(100):
+            if beat.beats > before:
+                break
+            await asyncio.sleep(0.05)
+        assert beat.beats > before
+        await beat.close()
+    finally:
+        await client.aclose()
