@@ -31,6 +31,7 @@ from data_collector.errors import (
     ServerUnavailableError,
     TransientError,
 )
+from data_collector.monitor_hook import CollectorMonitor
 from data_collector.rate_limit import RateLimiter, Reservation, measure_server_offset
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
@@ -68,7 +69,7 @@ class ExchangeClient:
     Args:
         config: the validated configuration (``exchange`` and ``performance`` sections).
         clock: wall clock in seconds, for the limiter.
-        on_request: called with the seconds each successful request took (monitoring hook).
+        monitor: receives every call's duration and outcome, and every retry.
     """
 
     def __init__(
@@ -76,11 +77,11 @@ class ExchangeClient:
         config: Config,
         *,
         clock: Callable[[], float] = time.time,
-        on_request: Callable[[float], None] | None = None,
+        monitor: CollectorMonitor | None = None,
     ) -> None:
         self.config = config
         self.stats = RequestStats()
-        self.on_request = on_request
+        self.monitor = monitor
         self._clock = clock
         ex = config.exchange
         self.weight_mode = ex.id in BINANCE_LIKE or ex.weight_limit is not None
@@ -241,22 +242,22 @@ class ExchangeClient:
         async for attempt in policy:
             with attempt:
                 async with self._in_flight:
-                    result, seconds = await self._one(fn, args, kwargs, weight, timeout_s)
-                if self.on_request is not None:
-                    self.on_request(seconds)
-                return result
+                    return await self._one(fn, args, kwargs, weight, timeout_s)
         raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
     async def _one(
         self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float
-    ) -> tuple[T, float]:
+    ) -> T:
         reservation = await self.limiter.acquire(weight if self.weight_mode else 1)
         token = _reservation.set(reservation)
         started = time.perf_counter()
+        status: int | None = None
+        ok = False
         try:
             self.stats.requests += 1
             async with asyncio.timeout(timeout_s * 1.5 + 1.0):
                 result = await fn(*args, **kwargs)
+            ok = True
         except TimeoutError:
             self.stats.timeouts += 1
             raise
@@ -270,10 +271,14 @@ class ExchangeClient:
         finally:
             _reservation.reset(token)
             self.limiter.release(reservation)
-        return result, time.perf_counter() - started
+            if self.monitor is not None:
+                self.monitor.record_api_call((time.perf_counter() - started) * 1000, ok, status=status)
+        return result
 
     def _count_retry(self) -> None:
         self.stats.retries += 1
+        if self.monitor is not None:
+            self.monitor.record_retry()
 
     async def fetch_page(self, symbol: str, timeframe: str, page: Range, limit: int) -> list[Candle]:
         """Fetch and validate the candles opening in ``page`` (at most ``limit`` of them)."""

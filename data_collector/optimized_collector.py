@@ -43,6 +43,7 @@ from data_collector.errors import (
 )
 from data_collector.exchange_client import ExchangeClient, classify
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
+from data_collector.monitor_hook import CollectorMonitor, default_monitor
 from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
-#: Monitoring hook: ``(metric name, value)``; e.g. ``("request_s", 0.031)``, ``("rows_written", 1000)``.
-MetricHook = Callable[[str, float], None]
 
 PAGES_IN_FLIGHT_PER_PAIR = 4
 WRITE_QUEUE_BATCHES = 32
@@ -73,7 +72,8 @@ class OptimizedDataCollector:
             or the defaults, plus ``DC__*`` environment overrides).
         store: a store to use instead of opening the configured one (the caller then owns it).
         progress: called with a pair's :class:`PairReport` whenever it changes.
-        on_metric: optional monitoring hook, called with ``(name, value)``.
+        monitor: where request, retry, write and gap figures go; default: the process-wide
+            ``utils.performance_monitor.get_default_monitor()``.
     """
 
     def __init__(
@@ -82,11 +82,11 @@ class OptimizedDataCollector:
         *,
         store: CandleStore | None = None,
         progress: ProgressCallback | None = None,
-        on_metric: MetricHook | None = None,
+        monitor: CollectorMonitor | None = None,
     ) -> None:
         self.config = load_config(config)
         self.progress = progress
-        self.on_metric = on_metric
+        self.monitor = monitor if monitor is not None else default_monitor()
         self._store: CandleStore | None = store
         self._owns_store = store is None
         self._client: ExchangeClient | None = None
@@ -145,7 +145,7 @@ class OptimizedDataCollector:
                 self._store = open_store(self.config)
                 opened_store = True
             await self._store.initialize()
-            client = ExchangeClient(self.config, on_request=self._on_request)
+            client = ExchangeClient(self.config, monitor=self.monitor)
             self._client = client
             await client.open()
             for symbol in self.config.symbols:
@@ -185,10 +185,6 @@ class OptimizedDataCollector:
     def request_stop(self) -> None:
         """Stop gracefully: no new pages are started, fetched pages are written, ``collect`` returns."""
         self._stop.set()
-
-    def _on_request(self, seconds: float) -> None:
-        if self.on_metric is not None:
-            self.on_metric("request_s", seconds)
 
     async def collect_all_data_concurrent(
         self,
@@ -435,6 +431,8 @@ class _Run:
         pair = self.report.pair(plan.symbol, plan.timeframe)
         pair.status = "running"
         self.report.gaps_found += plan.holes
+        if plan.holes:
+            self.owner.monitor.record_gaps(plan.holes)
         self._progress(pair)
         if plan.before_listing is not None:
             s, e = plan.before_listing
@@ -535,12 +533,14 @@ class _Run:
         # Writes are idempotent (coverage + upsert), so the whole drain is simply written again.
         async for attempt in retry_policy(attempts=5, initial_s=0.5, max_s=5.0):
             with attempt:
+                started = time.perf_counter()
                 async with asyncio.timeout(timeout_s):
                     result = await self.store.write(batches)
+        monitor = self.owner.monitor
+        monitor.record_db_operation("WRITE", (time.perf_counter() - started) * 1000, result.written)
+        monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
-        if self.owner.on_metric is not None:
-            self.owner.on_metric("rows_written", float(result.written))
 
 
 def _snapshot(client: ExchangeClient) -> tuple[int, int, int, int, int, int]:

@@ -163,3 +163,49 @@ async def test_close_is_idempotent_and_final(fake: FakeExchange) -> None:
     await collector.close()
     with pytest.raises(ClosedError):
         await collector.collect(start=T0, end=T0 + DAY_MS)
+
+
+class RecordingMonitor:
+    def __init__(self) -> None:
+        self.api: list[tuple[float, bool, int | None]] = []
+        self.retries = 0
+        self.rows = 0
+        self.gaps = 0
+        self.depths: list[int] = []
+
+    def record_api_call(self, duration_ms: float, success: bool = True, *, status: int | None = None) -> None:
+        self.api.append((duration_ms, success, status))
+
+    def record_retry(self, n: int = 1) -> None:
+        self.retries += n
+
+    def record_db_operation(
+        self, op: str, duration_ms: float, rows: int = 0, *, written: bool | None = None
+    ) -> None:
+        self.rows += rows
+
+    def record_gaps(self, n: int = 1) -> None:
+        self.gaps += n
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+
+async def test_monitor_receives_calls_retries_and_rows(fake: FakeExchange) -> None:
+    original = fake.fetch_ohlcv
+    calls = {"n": 0}
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ccxt.RequestTimeout("binance GET timed out")
+        return await original(*args, **kwargs)
+
+    fake.fetch_ohlcv = flaky  # type: ignore[method-assign]
+    monitor = RecordingMonitor()
+    async with OptimizedDataCollector(CONFIG, store=MemoryStore(), monitor=monitor) as collector:
+        report = await collector.collect(start=T0, end=T0 + 3 * DAY_MS)
+    assert report.ok
+    assert len(monitor.api) == report.requests + 2  # plus load_markets and /time
+    assert sum(1 for _, ok, _ in monitor.api if not ok) == 1 and monitor.retries == 1
+    assert monitor.rows == report.rows_written > 0 and monitor.depths
