@@ -173,11 +173,16 @@ class ExchangeClient:
             info = exchange.last_json_response
             self._configure_weight_limit(info)
             if exchange.has.get("fetchTime"):
+                asked = self._clock()
                 offset = await measure_server_offset(
                     lambda: self.call(exchange.fetch_time, weight=BINANCE_WEIGHTS["time"], attempts=3),
                     clock=self._clock,
                 )
                 self.limiter.set_server_offset(offset)
+                # The midpoint rule is off by at most half the round trip; a request's trip to the
+                # server adds the other half. Wait that much past each boundary.
+                rtt_s = self._clock() - asked
+                self.limiter.boundary_guard_s = max(self.limiter.boundary_guard_s, min(rtt_s, 2.0) + 0.05)
         except PermanentError:
             raise
         except (TransientError, ccxt.BaseError, OSError) as exc:

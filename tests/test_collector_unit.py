@@ -209,3 +209,61 @@ async def test_monitor_receives_calls_retries_and_rows(fake: FakeExchange) -> No
     assert len(monitor.api) == report.requests + 2  # plus load_markets and /time
     assert sum(1 for _, ok, _ in monitor.api if not ok) == 1 and monitor.retries == 1
     assert monitor.rows == report.rows_written > 0 and monitor.depths
+
+
+async def test_concurrent_symbols_bounds_symbols_in_flight(fake: FakeExchange) -> None:
+    symbols = [f"C{i}/USDT" for i in range(5)]
+    fake.markets.update(
+        {s: {"symbol": s, "base": s.split("/")[0], "quote": "USDT", "type": "spot"} for s in symbols}
+    )
+    original = fake.fetch_ohlcv
+    in_flight: dict[str, int] = {}
+    peak = {"symbols": 0}
+
+    async def tracking(symbol: str, *args: Any, **kwargs: Any) -> Any:
+        in_flight[symbol] = in_flight.get(symbol, 0) + 1
+        peak["symbols"] = max(peak["symbols"], sum(1 for n in in_flight.values() if n))
+        try:
+            await asyncio.sleep(0.002)
+            return await original(symbol, *args, **kwargs)
+        finally:
+            in_flight[symbol] -= 1
+
+    fake.fetch_ohlcv = tracking  # type: ignore[method-assign]
+    config = {**CONFIG, "symbols": symbols, "performance": {"concurrent_symbols": 2}}
+    async with OptimizedDataCollector(config, store=MemoryStore()) as collector:
+        report = await collector.collect(start=T0, end=T0 + 4 * DAY_MS)
+    assert report.ok
+    assert peak["symbols"] == 2
+
+
+async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) -> None:
+    import logging
+
+    from data_collector.config import load_config
+    from data_collector.logging_setup import setup_logging
+
+    log_file = tmp_path / "collector.log"
+    config = load_config(
+        {
+            **CONFIG,
+            "logging": {"file": str(log_file), "level": "DEBUG"},
+            "exchange": {"api_key": "KEY-very-secret", "secret": "SECRET-very-secret"},
+            "database": {"url": "postgresql+asyncpg://me:pa55word@127.0.0.1:1/x"},
+        }
+    )
+    setup_logging(config, console_level=None)
+    try:
+        async with OptimizedDataCollector(config, store=MemoryStore()) as collector:
+            await collector.collect(start=T0, end=T0 + DAY_MS)
+            logging.getLogger("test").warning("connecting to %s", config.database.url.get_secret_value())
+            logging.getLogger("test").info("config %r collector %r", config, collector)
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_dc_handler", False):
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    text = log_file.read_text()
+    assert "connecting to postgresql+asyncpg://me:***@127.0.0.1:1/x" in text
+    for secret in ("very-secret", "pa55word"):
+        assert secret not in text
