@@ -96,6 +96,8 @@ async def run_collection(
             with display:
                 report = await collector.collect()
             print(report.summary(), file=out, flush=True)
+            if monitor:
+                _print_monitor_summary(collector, out)
             if after is not None:
                 await after(collector, report)
             return exit_code(report)
@@ -115,7 +117,17 @@ async def run_collection(
 
 async def _monitor(collector: OptimizedDataCollector, out: IO[str]) -> None:
     started = time.monotonic()
+    ticks = 0
     while True:
         await asyncio.sleep(MONITOR_INTERVAL_S)
+        ticks += 1
         client: Any = collector._client
         print(monitor_line(collector.current_report, client, started), file=out, flush=True)
+        if ticks % 3 == 0:
+            _print_monitor_summary(collector, out)
+
+
+def _print_monitor_summary(collector: OptimizedDataCollector, out: IO[str]) -> None:
+    summary = getattr(collector.monitor, "format_summary", None)
+    if summary is not None:
+        print(summary(), file=out, flush=True)

@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from data_collector.backfill import BackfillPlan, align_range, page_coverage, plan_backfill
+from data_collector.backfill import BackfillPlan, align_range, page_coverage, pages, plan_backfill
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -43,6 +43,7 @@ from data_collector.errors import (
 )
 from data_collector.exchange_client import ExchangeClient, classify
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
+from data_collector.monitor_hook import CollectorMonitor, default_monitor
 from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
@@ -56,13 +57,11 @@ log = logging.getLogger(__name__)
 TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
-#: Monitoring hook: ``(metric name, value)``; e.g. ``("request_s", 0.031)``, ``("rows_written", 1000)``.
-MetricHook = Callable[[str, float], None]
 
 PAGES_IN_FLIGHT_PER_PAIR = 4
-WRITE_QUEUE_BATCHES = 64
+WRITE_QUEUE_BATCHES = 32
 WRITERS = 2
-MAX_BATCHES_PER_WRITE = 64
+MAX_BATCHES_PER_WRITE = 32
 
 
 class OptimizedDataCollector:
@@ -73,7 +72,8 @@ class OptimizedDataCollector:
             or the defaults, plus ``DC__*`` environment overrides).
         store: a store to use instead of opening the configured one (the caller then owns it).
         progress: called with a pair's :class:`PairReport` whenever it changes.
-        on_metric: optional monitoring hook, called with ``(name, value)``.
+        monitor: where request, retry, write and gap figures go; default: the process-wide
+            ``utils.performance_monitor.get_default_monitor()``.
     """
 
     def __init__(
@@ -82,11 +82,11 @@ class OptimizedDataCollector:
         *,
         store: CandleStore | None = None,
         progress: ProgressCallback | None = None,
-        on_metric: MetricHook | None = None,
+        monitor: CollectorMonitor | None = None,
     ) -> None:
         self.config = load_config(config)
         self.progress = progress
-        self.on_metric = on_metric
+        self.monitor = monitor if monitor is not None else default_monitor()
         self._store: CandleStore | None = store
         self._owns_store = store is None
         self._client: ExchangeClient | None = None
@@ -145,7 +145,7 @@ class OptimizedDataCollector:
                 self._store = open_store(self.config)
                 opened_store = True
             await self._store.initialize()
-            client = ExchangeClient(self.config, on_request=self._on_request)
+            client = ExchangeClient(self.config, monitor=self.monitor)
             self._client = client
             await client.open()
             for symbol in self.config.symbols:
@@ -185,10 +185,6 @@ class OptimizedDataCollector:
     def request_stop(self) -> None:
         """Stop gracefully: no new pages are started, fetched pages are written, ``collect`` returns."""
         self._stop.set()
-
-    def _on_request(self, seconds: float) -> None:
-        if self.on_metric is not None:
-            self.on_metric("request_s", seconds)
 
     async def collect_all_data_concurrent(
         self,
@@ -298,12 +294,36 @@ class OptimizedDataCollector:
         start: TimeLike | None = None,
         end: TimeLike | None = None,
     ) -> CollectionReport:
-        """Fetch every missing range of ``[start, end)`` (one timeframe, or all configured).
+        """Fetch every ``'missing'`` and ``'hole'`` gap of ``[start, end)`` (one timeframe, or all).
 
-        Exchange-side gaps are not asked for again; only ranges without coverage are fetched.
+        Missing ranges (no coverage) are collected as any run would; holes (covered, yet candles
+        are absent) are fetched again page by page and written (rows present are skipped).
+        Exchange-side gaps are not asked for again. Naive datetimes are UTC.
         """
-        timeframes = [timeframe] if timeframe is not None else None
-        return await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        timeframes = [validate_timeframe(timeframe)] if timeframe is not None else None
+        report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        start_ms, end_ms = self._resolve_range(start, end)
+        instrument = await self.instrument(symbol)
+        limit = self.config.exchange.ohlcv_page_limit
+        for tf in timeframes or self.config.timeframes:
+            pair = report.pair(instrument.symbol, tf)
+            holes = [g for g in await self.find_gaps(symbol, tf, start_ms, end_ms) if g.kind == "hole"]
+            report.gaps_found += len(holes)
+            for gap in holes:
+                aligned = align_range(gap.start_ms, gap.end_ms, tf)
+                try:
+                    for page in pages(aligned, tf, limit):
+                        candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
+                        batch = CandleBatch(instrument.id, tf, candles, page_coverage(page, candles, tf))
+                        result = await self.store.write([batch])
+                        report.rows_written += result.written
+                        report.rows_skipped += result.skipped
+                        pair.candles_fetched += len(candles)
+                except Exception as exc:
+                    pair.status, pair.error = "failed", str(classify(exc))
+                    break
+                report.gaps_repaired += 1
+        return report
 
     async def load_ohlcv(self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored candles opening in ``[start, end)`` as a DataFrame indexed by UTC time.
@@ -411,6 +431,8 @@ class _Run:
         pair = self.report.pair(plan.symbol, plan.timeframe)
         pair.status = "running"
         self.report.gaps_found += plan.holes
+        if plan.holes:
+            self.owner.monitor.record_gaps(plan.holes)
         self._progress(pair)
         if plan.before_listing is not None:
             s, e = plan.before_listing
@@ -511,12 +533,14 @@ class _Run:
         # Writes are idempotent (coverage + upsert), so the whole drain is simply written again.
         async for attempt in retry_policy(attempts=5, initial_s=0.5, max_s=5.0):
             with attempt:
+                started = time.perf_counter()
                 async with asyncio.timeout(timeout_s):
                     result = await self.store.write(batches)
+        monitor = self.owner.monitor
+        monitor.record_db_operation("WRITE", (time.perf_counter() - started) * 1000, result.written)
+        monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
-        if self.owner.on_metric is not None:
-            self.owner.on_metric("rows_written", float(result.written))
 
 
 def _snapshot(client: ExchangeClient) -> tuple[int, int, int, int, int, int]:

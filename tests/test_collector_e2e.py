@@ -19,12 +19,13 @@ import pytest
 import yaml
 
 from data_collector.backfill import plan_backfill
-from data_collector.markets import DAY_MS, MINUTE_MS, candle_open_ms
+from data_collector.markets import DAY_MS, MINUTE_MS, TIMEFRAME_CODES, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
 from tests.conftest import PG_ADMIN_DSN, free_port
 
+TIMEFRAME_CODE_1M = TIMEFRAME_CODES["1m"]
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "optimized_collection.py"
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
@@ -347,3 +348,63 @@ async def test_demo_without_database_or_redis(tmp_path: Path) -> None:
     assert "SQLite" in out and "18/18 pairs complete" in out
     assert (tmp_path / "data" / "demo.db").exists()
     assert "SOL/USDT 1h, last rows:" in out
+
+
+async def test_repair_gaps_refetches_holes(
+    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str
+) -> None:
+    start, end = RANGE_START_MS, RANGE_START_MS + 2 * DAY_MS
+    config = config_for(base_config, sim, symbols=["SOL/USDT"], timeframes=["1m", "1h"])
+    async with OptimizedDataCollector(config) as collector:
+        assert (await collector.collect(start=start, end=end)).ok
+        inst = await collector.instrument("SOL/USDT")
+        lost = (start + 100 * MINUTE_MS, start + 130 * MINUTE_MS)
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(
+                f'DELETE FROM "{pg_schema}".ohlcv WHERE instrument_id = $1 AND timeframe = $2 '
+                "AND ts >= $3 AND ts < $4",
+                inst.id,
+                TIMEFRAME_CODE_1M,
+                *lost,
+            )
+        finally:
+            await conn.close()
+        gaps = await collector.find_gaps("SOL/USDT", "1m", start, end)
+        assert [(g.start_ms, g.end_ms, g.kind) for g in gaps] == [(*lost, "hole")]
+        report = await collector.repair_gaps("SOL/USDT", "1m", start, end)
+        assert report.gaps_found == 1 and report.gaps_repaired == 1 and report.rows_written == 30
+        assert await collector.find_gaps("SOL/USDT", "1m", start, end) == []
+        await stored_equals_sim(collector, sim, start, end, ["SOL/USDT"], ["1m"])
+
+
+async def test_sigint_stops_gracefully_and_the_next_run_resumes(
+    base_config: dict[str, Any], pg_schema: str, tmp_path: Path
+) -> None:
+    async with SimulatedExchange(symbols=SYMBOLS, seed=9, gaps={}, latency_ms=40) as sim:
+        start, end = RANGE_START_MS, RANGE_START_MS + 10 * DAY_MS
+        config = config_for(base_config, sim, start=_iso(start), end=_iso(end))
+        path = write_config(tmp_path / "config.yaml", config)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(SCRIPT),
+            "--config",
+            str(path),
+            cwd=str(tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        while proc.returncode is None and await count_rows(pg_schema) < 1000:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 130, out.decode() + err.decode()
+        assert "interrupted" in out.decode() and "Traceback" not in err.decode()
+        stored = await count_rows(pg_schema)
+        total = sum(len(sim.klines(s, tf, start, end)) for s in SYMBOLS for tf in TIMEFRAMES)
+        assert 0 < stored < total
+        code, out2, err2 = await run_script("--config", str(path), cwd=tmp_path)
+        assert code == 0, out2 + err2
+        assert "skipped (already stored) 0" in out2  # nothing stored before was fetched again
+        async with OptimizedDataCollector(config) as collector:
+            await stored_equals_sim(collector, sim, start, end)

@@ -163,3 +163,107 @@ async def test_close_is_idempotent_and_final(fake: FakeExchange) -> None:
     await collector.close()
     with pytest.raises(ClosedError):
         await collector.collect(start=T0, end=T0 + DAY_MS)
+
+
+class RecordingMonitor:
+    def __init__(self) -> None:
+        self.api: list[tuple[float, bool, int | None]] = []
+        self.retries = 0
+        self.rows = 0
+        self.gaps = 0
+        self.depths: list[int] = []
+
+    def record_api_call(self, duration_ms: float, success: bool = True, *, status: int | None = None) -> None:
+        self.api.append((duration_ms, success, status))
+
+    def record_retry(self, n: int = 1) -> None:
+        self.retries += n
+
+    def record_db_operation(
+        self, op: str, duration_ms: float, rows: int = 0, *, written: bool | None = None
+    ) -> None:
+        self.rows += rows
+
+    def record_gaps(self, n: int = 1) -> None:
+        self.gaps += n
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+
+async def test_monitor_receives_calls_retries_and_rows(fake: FakeExchange) -> None:
+    original = fake.fetch_ohlcv
+    calls = {"n": 0}
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ccxt.RequestTimeout("binance GET timed out")
+        return await original(*args, **kwargs)
+
+    fake.fetch_ohlcv = flaky  # type: ignore[method-assign]
+    monitor = RecordingMonitor()
+    async with OptimizedDataCollector(CONFIG, store=MemoryStore(), monitor=monitor) as collector:
+        report = await collector.collect(start=T0, end=T0 + 3 * DAY_MS)
+    assert report.ok
+    assert len(monitor.api) == report.requests + 2  # plus load_markets and /time
+    assert sum(1 for _, ok, _ in monitor.api if not ok) == 1 and monitor.retries == 1
+    assert monitor.rows == report.rows_written > 0 and monitor.depths
+
+
+async def test_concurrent_symbols_bounds_symbols_in_flight(fake: FakeExchange) -> None:
+    symbols = [f"C{i}/USDT" for i in range(5)]
+    fake.markets.update(
+        {s: {"symbol": s, "base": s.split("/")[0], "quote": "USDT", "type": "spot"} for s in symbols}
+    )
+    original = fake.fetch_ohlcv
+    in_flight: dict[str, int] = {}
+    peak = {"symbols": 0}
+
+    async def tracking(symbol: str, *args: Any, **kwargs: Any) -> Any:
+        in_flight[symbol] = in_flight.get(symbol, 0) + 1
+        peak["symbols"] = max(peak["symbols"], sum(1 for n in in_flight.values() if n))
+        try:
+            await asyncio.sleep(0.002)
+            return await original(symbol, *args, **kwargs)
+        finally:
+            in_flight[symbol] -= 1
+
+    fake.fetch_ohlcv = tracking  # type: ignore[method-assign]
+    config = {**CONFIG, "symbols": symbols, "performance": {"concurrent_symbols": 2}}
+    async with OptimizedDataCollector(config, store=MemoryStore()) as collector:
+        report = await collector.collect(start=T0, end=T0 + 4 * DAY_MS)
+    assert report.ok
+    assert peak["symbols"] == 2
+
+
+async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) -> None:
+    import logging
+
+    from data_collector.config import load_config
+    from data_collector.logging_setup import setup_logging
+
+    log_file = tmp_path / "collector.log"
+    config = load_config(
+        {
+            **CONFIG,
+            "logging": {"file": str(log_file), "level": "DEBUG"},
+            "exchange": {"api_key": "KEY-very-secret", "secret": "SECRET-very-secret"},
+            "database": {"url": "postgresql+asyncpg://me:pa55word@127.0.0.1:1/x"},
+        }
+    )
+    setup_logging(config, console_level=None)
+    try:
+        async with OptimizedDataCollector(config, store=MemoryStore()) as collector:
+            await collector.collect(start=T0, end=T0 + DAY_MS)
+            logging.getLogger("test").warning("connecting to %s", config.database.url.get_secret_value())
+            logging.getLogger("test").info("config %r collector %r", config, collector)
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_dc_handler", False):
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    text = log_file.read_text()
+    assert "connecting to postgresql+asyncpg://me:***@127.0.0.1:1/x" in text
+    for secret in ("very-secret", "pa55word"):
+        assert secret not in text
