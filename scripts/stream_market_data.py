@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -23,8 +24,14 @@ def _list(text: str) -> list[str]:
     return [part for chunk in text.split(",") for part in chunk.split() if part]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad input: one line on stderr (``--help`` shows the usage), exit code 2."""
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stream_market_data.py", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="stream_market_data.py", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--symbols", type=_list, help="comma-separated, e.g. SOL/USDT,BTC/USDT (default: config)"
     )

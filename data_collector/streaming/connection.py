@@ -177,6 +177,8 @@ class StreamConnection:
                         await asyncio.gather(*helpers, return_exceptions=True)
             except (websockets.WebSocketException, OSError, TimeoutError) as exc:
                 log.warning("%s: %s: %s", self.name, type(exc).__name__, exc)
+            except Exception:  # a bug must not end the stream for good: log it and reconnect
+                log.exception("%s: unexpected error; reconnecting", self.name)
             finally:
                 self._ws = None
                 if self.connected:

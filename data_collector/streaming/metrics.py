@@ -18,7 +18,7 @@ BatchHook = Callable[[int, list[float]], None]
 
 def percentiles(samples: Iterable[float]) -> dict[str, float | None]:
     """p50/p95/p99 (nearest rank) of ``samples``, ``None`` when there are none."""
-    ordered = sorted(samples)
+    ordered = sorted(list(samples))
     if not ordered:
         return {"p50": None, "p95": None, "p99": None}
     last = len(ordered) - 1
@@ -80,7 +80,8 @@ class StreamMetrics:
         """Messages written per second over the last ``RATE_WINDOW_S`` seconds."""
         now = time.monotonic()
         current = float(int(now))
-        total = sum(n for s, n in self._rate if s >= current - RATE_WINDOW_S)
+        # list() copies in one C call: safe while the streamer's thread appends.
+        total = sum(n for s, n in list(self._rate) if s >= current - RATE_WINDOW_S)
         span = min(RATE_WINDOW_S + (now - current), now - self.started)
         return round(total / max(span, 1e-3), 1)
 

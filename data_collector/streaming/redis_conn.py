@@ -109,7 +109,8 @@ class RedisEndpoint:
     def async_client(self) -> redis.asyncio.Redis:
         """A new ``redis.asyncio.Redis`` on these settings (the caller owns and closes it)."""
         pool = aconn.ConnectionPool(connection_class=self.connection_class, **self.kwargs)
-        return redis.asyncio.Redis(connection_pool=pool, auto_close_connection_pool=True)
+        client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
+        return client
 
     async def connect(self) -> FastConnection:
         """Open one connection (handshake by redis-py) for raw pipelined writes.

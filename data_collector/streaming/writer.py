@@ -153,7 +153,13 @@ class RedisWriter:
                         await self._wake.wait()
                         timer.cancel()
                         continue
-                await self._flush_once()
+                try:
+                    await self._flush_once()
+                except Exception:  # a bug must not stop the writer: log it, count it, go on
+                    log.exception("Redis writer: unexpected error")
+                    self._metrics.redis_errors += 1
+                    await self._drop_connection()
+                    await asyncio.sleep(0.1)
         finally:
             await self._drop_connection()
 
