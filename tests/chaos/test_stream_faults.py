@@ -127,8 +127,8 @@ async def test_streaming_under_faults(
                 (5.0, "ws_drop"),
                 (6.5, "ws_stall"),
                 (11.0, "redis_pause"),
-                (11.5, "malformed"),
-                (13.0, "ws_drop"),
+                (11.3, "malformed"),
+                (14.0, "ws_drop"),
                 (17.0 + (pause_s - 5), "redis_restart"),
                 (19.0 + (pause_s - 5), "ws_drop"),
             ]
