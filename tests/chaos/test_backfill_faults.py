@@ -157,6 +157,7 @@ async def _storm_429(sim: Any, report: ScenarioReport) -> None:
     report.extra["storm_429s"] = sim.stats()["429"] - before
 
 
+@pytest.mark.timeout(1200)  # the --long form runs for minutes
 async def test_backfill_under_faults(
     private_pg: PrivatePostgres,
     private_pg_schema: str,

@@ -56,6 +56,7 @@ def _tasks(streamer: Any) -> int:
     return here + asyncio.run_coroutine_threadsafe(count(), loop).result(10)
 
 
+@pytest.mark.timeout(1500)  # the --long form runs for minutes
 async def test_soak_streaming_alongside_backfill(
     pg_schema: str, redis_prefix: str, scenario_report: ScenarioReport, long_run: bool
 ) -> None:

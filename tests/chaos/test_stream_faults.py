@@ -73,6 +73,7 @@ def account(
     return len(unique), duplicated, in_gap, outside
 
 
+@pytest.mark.timeout(900)  # the --long form runs for minutes
 async def test_streaming_under_faults(
     restartable_redis: RestartableRedis, scenario_report: ScenarioReport, long_run: bool
 ) -> None:
