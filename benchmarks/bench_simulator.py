@@ -160,12 +160,13 @@ async def run(ctx: BenchContext) -> list[Table]:
     async with Server(["-c", NAIVE_WS]) as naive:
         vals = [await ws_rate(naive.ws + "/ws", seconds) for _ in range(repeats)]
     ws_table.add(Row("naive server: json.dumps + send_str per message", vals, "msg/s", baseline=True))
-    async with simulator(100_000) as sim:
+    # Offered far above what one client can take: the rows show the ceiling, not the setting.
+    async with simulator(1_000_000) as sim:
         vals = [await ws_rate(sim.ws + "/ws/btcusdt@trade", seconds) for _ in range(repeats)]
-        ws_table.add(Row("simulator, 1 trade stream at 100k/s", vals, "msg/s"))
+        ws_table.add(Row("simulator, 1 raw trade stream (offered 1M/s)", vals, "msg/s"))
         streams = "/".join(f"{s}@trade" for s in ("btcusdt", "solusdt", "ethusdt", "bnbusdt"))
         vals = [await ws_rate(sim.ws + "/stream?streams=" + streams, seconds) for _ in range(repeats)]
-        ws_table.add(Row("simulator, 4 combined trade streams at 100k/s each", vals, "msg/s"))
+        ws_table.add(Row("simulator, 4 combined trade streams (offered 4M/s)", vals, "msg/s"))
     best = max(r.median for r in ws_table.rows[1:])
     ws_table.notes.append(
         f"target >= 100,000 msg/s to one client: {'met' if best >= 100_000 else 'NOT met'} ({best:,.0f})"

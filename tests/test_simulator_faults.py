@@ -109,7 +109,14 @@ async def test_outage(sim: SimulatedExchange, http: aiohttp.ClientSession) -> No
         assert resp.status == 503
     await asyncio.sleep(0.3)
     await _ok(http, sim.rest_url + PING)
-    assert sim.stats()["faults"]["outage"] == 4
+    sim.schedule_outage(0.1, 0.2)
+    await _ok(http, sim.rest_url + PING)
+    await asyncio.sleep(0.15)
+    async with http.get(sim.rest_url + PING) as resp:
+        assert resp.status == 503
+    await asyncio.sleep(0.3)
+    await _ok(http, sim.rest_url + PING)
+    assert sim.stats()["faults"]["outage"] == 5
 
 
 async def test_errors_and_unknown_paths(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
@@ -141,3 +148,62 @@ async def test_bad_settings_are_refused(sim: SimulatedExchange) -> None:
         sim.set_latency(-1)
     with pytest.raises(UsageError):
         SimulatedExchange(symbols=["BTCUSDT"])
+
+
+async def test_ccxt_sees_each_fault_as_its_error(sim: SimulatedExchange) -> None:
+    """What the collectors get from ccxt (note: a malformed body raises nothing, it parses to junk)."""
+    import ccxt.async_support as ccxt
+
+    ex = ccxt.binance({**sim.ccxt_config(), "timeout": 300})
+    try:
+        await ex.load_markets()
+        for kind, error in (
+            ("error_rate", ccxt.ExchangeNotAvailable),
+            ("reset_rate", ccxt.NetworkError),
+            ("hang_rate", ccxt.RequestTimeout),
+        ):
+            sim.set_faults(**{kind: 1.0})
+            with pytest.raises(error):
+                await ex.fetch_ohlcv("BTC/USDT", "1m", limit=5)
+        sim.set_faults(malformed_rate=1.0)
+        junk = await ex.fetch_ohlcv("BTC/USDT", "1m", limit=5)
+        assert any(c[1] is None for c in junk)
+        sim.set_faults()
+        sim.start_outage()
+        with pytest.raises(ccxt.ExchangeNotAvailable):
+            await ex.fetch_time()
+        sim.end_outage()
+        assert len(await ex.fetch_ohlcv("BTC/USDT", "1m", limit=5)) == 5
+    finally:
+        await ex.close()
+
+
+async def test_faults_configured_at_start(http: aiohttp.ClientSession) -> None:
+    from data_collector.simulator import Faults
+
+    async with SimulatedExchange(
+        symbols=["BTC/USDT"], endpoint_faults={"/api/v3/klines": Faults(error_rate=1.0)}
+    ) as sim:
+        await _ok(http, sim.rest_url + PING)
+        async with http.get(sim.rest_url + KLINES) as resp:
+            assert resp.status in (502, 503, 504)
+        sim.set_faults(endpoint="klines")
+        await _ok(http, sim.rest_url + KLINES)
+
+
+async def test_lifecycle_close_twice_and_use_after_close() -> None:
+    from data_collector.errors import ClosedError
+
+    sim = SimulatedExchange(symbols=["BTC/USDT"])
+    await sim.close()  # never started: fine
+    sim = SimulatedExchange(symbols=["BTC/USDT"])
+    async with sim:
+        assert await sim.start() is sim  # idempotent
+        port = sim.port
+        assert port > 0 and sim.rest_url.endswith(f":{port}")
+    await sim.close()
+    with pytest.raises(ClosedError):
+        await sim.start()
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(f"http://127.0.0.1:{port}/api/v3/ping")

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from data_collector.markets import MINUTE_MS
+from data_collector.markets import MINUTE_MS, TIMEFRAMES
 from data_collector.simulator import SimulatedExchange
 
 
@@ -125,6 +125,12 @@ async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSessio
     ids = [t["t"] for t in got]
     assert ids == list(range(ids[0], ids[0] + 40))
     assert sent["count"] >= 40 and sent["last_id"] == ids[0] + sent["count"] - 1
+    sim.set_ws_rate(0)
+    before = sim.ws_sent()["solusdt@trade"]["count"]
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.3)
+    assert sim.ws_sent()["solusdt@trade"]["count"] == before
 
 
 async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
@@ -168,6 +174,8 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     events.append(json.loads(msg.data).get("e"))
             assert events[-1] == "serverShutdown"
+    # A client that never answers pings is dropped (no serverShutdown: not a planned close).
+    async with SimulatedExchange(symbols=["BTC/USDT"], ws_ping_s=0.3) as sim:
         async with http.ws_connect(sim.ws_url + "/ws", autoping=False) as ws:
             kinds = []
             while True:
@@ -175,4 +183,34 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 kinds.append(msg.type)
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
-            assert aiohttp.WSMsgType.PING in kinds
+            assert aiohttp.WSMsgType.PING in kinds and aiohttp.WSMsgType.TEXT not in kinds
+        # One that does answer stays.
+        async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
+            while loop.time() < until:  # reading is what answers the pings
+                assert (await _next(ws))["e"] == "trade"
+            assert sim.ws_connections() == 1
+
+
+async def test_control_message_limits(http: aiohttp.ClientSession) -> None:
+    symbols = [f"C{i}/USDT" for i in range(50)]
+    async with SimulatedExchange(symbols=symbols, ws_max_incoming_per_s=5) as sim:
+        async with http.ws_connect(sim.ws_url + "/ws") as ws:
+            for i in range(6):
+                await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": i})
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            while msg.type == aiohttp.WSMsgType.TEXT:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert sim.hub.dropped_for_rate == 1
+        kinds = ["trade", "aggTrade", "bookTicker", "miniTicker", "depth", "depth@100ms"]
+        kinds += [f"kline_{tf}" for tf in TIMEFRAMES] + [f"depth{n}" for n in (5, 10, 20)]
+        names = [f"c{i}usdt@{kind}" for i in range(50) for kind in kinds]
+        assert len(names) > 1024
+        async with http.ws_connect(sim.ws_url + "/ws") as ws:
+            await ws.send_json({"method": "SUBSCRIBE", "params": names, "id": 1})
+            reply = await _next(ws)
+            assert reply["id"] == 1 and "1024" in reply["error"]["msg"]
+            await ws.send_json({"method": "SUBSCRIBE", "params": names[:24], "id": 2})
+            assert await _next(ws) == {"result": None, "id": 2}
