@@ -58,7 +58,7 @@ TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
 
-PAGES_IN_FLIGHT_PER_PAIR = 4
+PAGES_IN_FLIGHT_PER_PAIR = 8
 WRITE_QUEUE_BATCHES = 32
 WRITERS = 2
 MAX_BATCHES_PER_WRITE = 32
