@@ -282,15 +282,22 @@ def _tables(rate: int, runs: dict[str, list[dict[str, Any]]]) -> list[Table]:
             )
     for q in ("p50", "p95", "p99"):
         values = [r["receive_latency"][q] for r in runs["streamer"] if r["receive_latency"][q] is not None]
-        lat.add(Row(f"{names['streamer']} receive->Redis {q}", values, "ms", higher_is_better=False))
+        lat.add(
+            Row(f"{names['streamer']} receive->Redis {q}", values, "ms from receive", higher_is_better=False)
+        )
     streamer = runs["streamer"]
     per_core = sorted(r["written"] / max(r["cpu_s"], 1e-6) for r in streamer)[len(streamer) // 2]
     p99 = sorted(r["latency"]["p99"] or 0.0 for r in streamer)[len(streamer) // 2]
     rss = max(r["rss_mb"] for r in streamer)
-    thr.notes.append(
-        f"target >= 50,000 msg/s per core: {'met' if per_core >= 50_000 else 'NOT met'} ({per_core:,.0f}); "
-        f"RSS <= 80 MB: {'met' if rss <= 80 else 'NOT met'} ({rss:.0f} MB)"
-    )
+    if rate >= 10_000:
+        thr.notes.append(
+            f"target >= 50,000 msg/s per core: {'met' if per_core >= 50_000 else 'NOT met'} ({per_core:,.0f}); "
+            f"RSS <= 80 MB: {'met' if rss <= 80 else 'NOT met'} ({rss:.0f} MB)"
+        )
+    else:
+        thr.notes.append(
+            f"RSS <= 80 MB: {'met' if rss <= 80 else 'NOT met'} ({rss:.0f} MB); at this rate batches stay small, so the per-batch cost dominates CPU per message"
+        )
     thr.notes.append(
         f"batch_size={BATCH_SIZE}, batch_interval={BATCH_INTERVAL_S}s, {len(SYMBOLS)} trade streams, uvloop; "
         f"mean batch {streamer[0]['mean_batch']}; modules loaded of ccxt/pandas/numpy: {streamer[0]['modules'] or 'none'}"

@@ -47,3 +47,30 @@ async def test_closed_klines_are_stored_with_rest_values(
         assert [o, h, lo, c, v] == by_open[ts]
     opens = [c[0] for c in stored]
     assert opens == list(range(opens[0], opens[-1] + 1, 60_000))
+
+
+async def test_an_unreachable_database_is_retried_counted_and_never_blocks_the_stream(
+    redis_prefix: str,
+) -> None:
+    from tests.conftest import free_port
+
+    symbol = "SOL/USDT"
+    async with SimulatedExchange(symbols=[symbol], seed=22, ws_rate=20) as sim:
+        cfg = {
+            **stream_config(sim, redis_prefix),
+            "database": {
+                "url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test",
+                "connect_timeout_s": 1,
+            },
+        }
+        streamer = OptimizedWebSocketStreamer(symbols=[symbol], channels=["trade", "kline_1m"], config=cfg)
+        async with streamer:
+            assert await streamer.wait_connected()
+            sim.clock.advance(60_000)
+            await wait_for(lambda: streamer.get_metrics()["store_errors"] >= 1, what="a failed store write")
+            written = streamer.get_metrics()["written"]
+            await wait_for(
+                lambda: streamer.get_metrics()["written"] > written + 20, what="the stream going on"
+            )
+        metrics = streamer.get_metrics()
+    assert metrics["candles_stored"] == 0 and metrics["redis_errors"] == 0

@@ -306,25 +306,41 @@ async def test_streams_split_across_connections_and_subscribed_beyond_the_url(
     import data_collector.optimized_websocket as facade
     from data_collector.streaming.connection import ConnectionSettings
 
-    # A URL that holds one stream: the others of each connection go through paced SUBSCRIBEs.
-    monkeypatch.setattr(facade, "ConnectionSettings", functools.partial(ConnectionSettings, url_max_chars=60))
     symbols = SYMBOLS[:3]
-    async with SimulatedExchange(symbols=symbols, seed=8, ws_rate=20) as sim:
+    channels = ["trade", "bookTicker", "aggTrade"]
+    # A URL that holds one stream, one stream per SUBSCRIBE: eight control messages on one
+    # connection, which the simulator (like Binance) drops past 5 a second.
+    monkeypatch.setattr(
+        facade,
+        "ConnectionSettings",
+        functools.partial(ConnectionSettings, url_max_chars=60, subscribe_chunk=1),
+    )
+    async with SimulatedExchange(symbols=symbols, seed=8, ws_rate=20, ws_max_incoming_per_s=5) as sim:
+        split = OptimizedWebSocketStreamer(
+            symbols=symbols,
+            redis_client=REDIS_URL,
+            channels=channels,
+            config=stream_config(sim, redis_prefix, max_streams_per_connection=4),
+        )
+        connections = split._service.connections
+        assert len(connections) == 3 and all(len(c.streams) == 3 for c in connections)
+        await split.astop()
+
         streamer = OptimizedWebSocketStreamer(
             symbols=symbols,
             redis_client=REDIS_URL,
-            channels=["trade", "bookTicker", "aggTrade"],
-            config=stream_config(sim, redis_prefix, watchdog_s=30.0, max_streams_per_connection=4),
+            channels=channels,
+            config=stream_config(sim, redis_prefix, watchdog_s=30.0),
         )
-        connections = streamer._service.connections
-        assert len(connections) == 3 and all(len(c.streams) == 3 for c in connections)
-        assert all(c.url.count("@") == 1 for c in connections)
+        (conn,) = streamer._service.connections
+        assert conn.url.count("@") == 1 and len(conn.streams) == 9
         async with streamer:
             assert await streamer.wait_connected()
             await wait_for(lambda: len(sim.ws_sent()) == 9, what="every stream subscribed")
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
+        assert sim.hub.dropped_for_rate == 0
     assert metrics["malformed"] == 0 and metrics["reconnects"] == 0
     client = redis.Redis.from_url(REDIS_URL)
     for (channel, symbol), sent in sent_by_stream(sim, symbols).items():

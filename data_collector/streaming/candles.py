@@ -65,7 +65,11 @@ class CandleSink:
             store = open_store(self._config)
             if inspect.isawaitable(store):
                 store = await store
-            await store.initialize()
+            try:
+                await store.initialize()
+            except BaseException:
+                await store.close()
+                raise
             self._store = store
         return self._store
 
@@ -77,43 +81,56 @@ class CandleSink:
         return self._instrument_ids[symbol]
 
     async def _run(self) -> None:
-        from data_collector.storage.base import CandleBatch, CoverageRange
-
+        failures = 0
         while True:
             first = await self._queue.get()
             items = [first]
             while not self._queue.empty() and len(items) < 5000:
                 items.append(self._queue.get_nowait())
             try:
-                store = await self._open()
-                groups: dict[tuple[str, str], list[tuple[int, float, float, float, float, float]]] = {}
-                for symbol, timeframe, candle in items:
-                    groups.setdefault((symbol, timeframe), []).append(candle)
-                batches = []
-                for (symbol, timeframe), candles in groups.items():
-                    candles = sorted({c[0]: c for c in candles}.values())
-                    batches.append(
-                        CandleBatch(
-                            instrument_id=await self._instrument_id(store, symbol),
-                            timeframe=timeframe,
-                            candles=candles,
-                            coverage=[
-                                CoverageRange(c[0], next_open_ms(c[0], timeframe), "data") for c in candles
-                            ],
-                            final=True,
-                        )
-                    )
-                await store.write(batches)
-                self._metrics.candles_stored += len(items)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store's own errors vary by backend; the stream goes on
-                self._metrics.store_errors += len(items)
-                log.warning("could not store %d closed candles: %s", len(items), exc)
-                await asyncio.sleep(1.0)
+                # The same candles are retried until the store takes them (the write is
+                # idempotent); meanwhile the bounded queue drops its oldest, counted.
+                while True:
+                    try:
+                        await self._write(items)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # backend errors vary; the stream goes on
+                        failures += 1
+                        self._metrics.store_errors += 1
+                        if failures == 1:
+                            log.warning("cannot store closed candles (%s); retrying with backoff", exc)
+                        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        continue
+                    if failures:
+                        log.info("closed candles are stored again")
+                    failures = 0
+                    self._metrics.candles_stored += len(items)
+                    break
             finally:
                 for _ in items:
                     self._queue.task_done()
+
+    async def _write(self, items: list[PendingCandle]) -> None:
+        from data_collector.storage.base import CandleBatch, CoverageRange
+
+        store = await self._open()
+        groups: dict[tuple[str, str], list[tuple[int, float, float, float, float, float]]] = {}
+        for symbol, timeframe, candle in items:
+            groups.setdefault((symbol, timeframe), []).append(candle)
+        batches = []
+        for (symbol, timeframe), candles in groups.items():
+            candles = sorted({c[0]: c for c in candles}.values())
+            batches.append(
+                CandleBatch(
+                    instrument_id=await self._instrument_id(store, symbol),
+                    timeframe=timeframe,
+                    candles=candles,
+                    coverage=[CoverageRange(c[0], next_open_ms(c[0], timeframe), "data") for c in candles],
+                    final=True,
+                )
+            )
+        await store.write(batches)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (bounded by ``timeout_s``), stop, close an owned store; idempotent."""

@@ -64,6 +64,7 @@ async def run_stream_cli(
     duration_s: float | None = None,
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
+    monitor: Any = None,
 ) -> dict[str, Any]:
     """Stream until Ctrl-C/SIGTERM, ``duration_s`` or ``stop``; return the final metrics.
 
@@ -76,6 +77,7 @@ async def run_stream_cli(
         duration_s: stop after this long (``None``: until interrupted).
         out: where status lines go (default stdout).
         stop: an event that ends the run when set.
+        monitor: a PerformanceMonitor to feed (see ``OptimizedWebSocketStreamer``).
 
     Raises:
         UsageError: bad symbols, channels or config.
@@ -119,6 +121,7 @@ async def run_stream_cli(
             store_candles=False if demo else None,
             ws_url=urls.get("ws_url"),
             rest_url=urls.get("rest_url"),
+            monitor=monitor,
         )
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "

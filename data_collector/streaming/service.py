@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Concurrent REST requests while repairing klines after a reconnect.
 REPAIR_CONCURRENCY = 8
+#: Longest the kline repair may hold a reconnected connection's reading back.
+REPAIR_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -268,11 +270,19 @@ class StreamService:
         # Candles count as closed by the exchange's clock, which may differ from ours. One that
         # closes after the new connection opened may also arrive on it: it has the same entry id
         # and is then rejected by Redis as a duplicate.
+        # Frames wait unread meanwhile, so the repair is bounded; what it misses stays marked in
+        # the gaps stream for the backfill.
         try:
-            cutoff_ms = max(to_ms, await self.rest.server_time())
-        except CollectorError:
-            cutoff_ms = to_ms
-        results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))
+            async with asyncio.timeout(REPAIR_TIMEOUT_S):
+                try:
+                    cutoff_ms = max(to_ms, await self.rest.server_time())
+                except CollectorError:
+                    cutoff_ms = to_ms
+                results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))
+        except TimeoutError:
+            self.metrics.rest_errors += 1
+            log.warning("kline repair after a gap took over %.0f s; left to the backfill", REPAIR_TIMEOUT_S)
+            return
         now = time.time()
         recv_ms = int(now * 1000)
         for route, rows in zip(kline_routes, results, strict=True):
