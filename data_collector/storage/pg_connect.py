@@ -119,7 +119,9 @@ def _load(action: Callable[[], None], parameter: str, path: str, wanted: str) ->
     try:
         action()
     except OSError as exc:  # ssl.SSLError is an OSError too: a file that is not PEM
-        reason = (exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror) or str(exc) or type(exc).__name__
+        reason = (
+            (exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror) or str(exc) or type(exc).__name__
+        )
         raise PermanentError(
             f"database.url: {parameter} {path!r} cannot be used ({reason}); point it at {wanted} (PEM)"
         ) from None
