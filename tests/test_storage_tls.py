@@ -170,7 +170,7 @@ def test_tls_failures_are_classified_permanent_and_broken_handshakes_are_not() -
     verify.verify_message = "self-signed certificate"
     rejected = target.tls_failure(verify)
     assert isinstance(rejected, PermanentError) and "self-signed certificate" in str(rejected)
-    assert "host name" in str(rejected)
+    assert "set sslrootcert" in str(rejected)
     assert target.tls_failure(ssl.SSLEOFError()) is None
     assert target.tls_failure(ConnectionResetError()) is None
     assert target.tls_failure(OSError("Connect call failed")) is None

@@ -259,10 +259,14 @@ class PgTarget:
         """
         mode = self.tls.mode or "prefer"
         if isinstance(exc, ssl.SSLCertVerificationError):
-            hint = "check sslrootcert"
-            if self.tls.mode == "verify-full":
-                hint += " and that the host name in database.url is one the certificate names"
-            return PermanentError(f"{self.where}: TLS certificate rejected ({exc.verify_message}); {hint}")
+            reason = str(exc.verify_message or exc.reason or exc).rstrip(".")
+            if "mismatch" in reason:
+                hint = "connect by a host name the server's certificate names (or use sslmode=verify-ca)"
+            elif self.tls.rootcert in (None, SYSTEM_ROOTS):
+                hint = "set sslrootcert to the CA that signed the server's certificate (the system trust store was used)"
+            else:
+                hint = f"check that sslrootcert {self.tls.rootcert} is the CA that signed the server's certificate"
+            return PermanentError(f"{self.where}: TLS certificate rejected ({reason}); {hint}")
         if isinstance(exc, ssl.SSLError) and not isinstance(exc, _BROKEN_TLS):
             return PermanentError(
                 f"{self.where}: TLS handshake failed ({exc.reason or exc}); check the server's ssl "
