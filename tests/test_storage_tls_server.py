@@ -1,15 +1,14 @@
 """database.url's TLS modes against a real PostgreSQL that speaks TLS.
 
-A private cluster (the shared one speaks no TLS and is never reconfigured) with a throwaway CA:
-the server certificate names only ``localhost``, so connecting to ``127.0.0.1`` passes
-``verify-ca`` but must fail ``verify-full``.
+A private cluster (the shared one speaks no TLS and is never reconfigured) with a throwaway CA
+(tests/tls_certs.py): the server certificate names only ``localhost``, so connecting to
+``127.0.0.1`` passes ``verify-ca`` but must fail ``verify-full``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from data_collector.health import check_postgresql
 from data_collector.storage import open_store
 from data_collector.storage.pg_connect import pg_target
 from tests.chaos.servers import PrivatePostgres
+from tests.tls_certs import make_pki
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -40,55 +40,23 @@ class TlsCluster:
         return f"postgresql+asyncpg://postgres@{host}:{self.server.port}/postgres?{query}"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _make_ca(directory: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-        cwd=directory,
-    )  # fmt: skip
-
-
-def _issue(directory: Path, ca: str, name: str, subject: str, extensions: str | None) -> None:
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
-        "-keyout", f"{name}.key", "-out", f"{name}.csr",
-        cwd=directory,
-    )  # fmt: skip
-    signing = ["x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key"]
-    signing += ["-CAcreateserial", "-days", "2", "-out", f"{name}.pem"]
-    if extensions is not None:
-        (directory / f"{name}.ext").write_text(extensions)
-        signing += ["-extfile", f"{name}.ext"]
-    _openssl(*signing, cwd=directory)
-
-
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[TlsCluster]:
     server = PrivatePostgres()
     try:
-        root = Path(server.root)
-        _make_ca(root, "ca")
-        _make_ca(root, "other_ca")
-        _issue(root, "ca", "server", "/CN=localhost", "subjectAltName=DNS:localhost\n")
-        _issue(root, "ca", "client", "/CN=postgres", None)
-        for name in ("server.pem", "server.key"):
-            shutil.chown(root / name, user="postgres", group="postgres")
-            os.chmod(root / name, 0o600)
+        pki = make_pki(Path(server.root))
+        for path in (pki.server_cert, pki.server_key):
+            shutil.chown(path, user="postgres", group="postgres")
+            os.chmod(path, 0o600)
         server.initdb()
         with open(os.path.join(server.data, "postgresql.conf"), "a") as conf:
             # ssl_ca_file makes the server ask for (not require) a client certificate.
             conf.write(
-                f"ssl = on\nssl_cert_file = '{root}/server.pem'\nssl_key_file = '{root}/server.key'\n"
-                f"ssl_ca_file = '{root}/ca.pem'\n"
+                f"ssl = on\nssl_cert_file = '{pki.server_cert}'\nssl_key_file = '{pki.server_key}'\n"
+                f"ssl_ca_file = '{pki.ca}'\n"
             )
         server.start()
-        yield TlsCluster(
-            server, root / "ca.pem", root / "other_ca.pem", root / "client.pem", root / "client.key"
-        )
+        yield TlsCluster(server, pki.ca, pki.other_ca, pki.client_cert, pki.client_key)
     finally:
         server.destroy()
 
