@@ -91,6 +91,7 @@ async def _ssl_of(url: str) -> tuple[bool, str | None]:
         ("127.0.0.1", "sslmode=require&sslrootcert={ca}", True),
         ("127.0.0.1", "sslmode=prefer", True),
         ("127.0.0.1", "sslmode=disable", False),
+        ("127.0.0.1", "sslmode=allow", False),  # plaintext first, TLS only if the server insists
     ],
 )
 async def test_each_mode_connects_as_documented(

@@ -9,11 +9,12 @@ none of libpq's (``sslmode=verify-full`` became a ``TypeError``). Here they are 
 and turned into asyncpg's ``ssl`` argument; the URL that reaches the driver carries no query.
 
 =================  ============================================================================
-``sslmode``        ``disable``: plaintext. ``allow`` / ``prefer``: TLS if the server offers it,
-                   else plaintext, nothing verified. ``require``: TLS or fail (certificate
-                   checked only when ``sslrootcert`` is given, as libpq does). ``verify-ca``: TLS,
-                   the certificate must chain to the root. ``verify-full``: that, and the host
-                   name must match the certificate.
+``sslmode``        ``disable``: plaintext. ``allow``: plaintext, TLS only if the server insists.
+                   ``prefer``: TLS if the server offers it, else plaintext; neither verifies
+                   anything. ``require``: TLS or fail (the certificate is checked only when
+                   ``sslrootcert`` is given, as libpq does). ``verify-ca``: TLS, and the
+                   certificate must chain to the root. ``verify-full``: that, and the host name
+                   must match the certificate.
 ``ssl``            asyncpg's spelling: any ``sslmode`` value, or ``true`` (= ``verify-full``) /
                    ``false`` (= ``disable``).
 ``sslrootcert``    PEM file of the CA(s) to trust; ``system`` or absent: the system's trust store.
