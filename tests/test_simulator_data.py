@@ -260,3 +260,20 @@ async def test_same_seed_same_bytes_in_two_processes() -> None:
     assert a[:-2] == b[:-2]
     assert all(len(x) > 1000 for x in a[:-2])
     assert a[0] != c[0]
+
+
+async def test_24h_ticker_aggregates_the_last_day_of_candles(sim: SimulatedExchange) -> None:
+    for offset_ms in (0, 30_000, 59_999):
+        now = (sim.clock.now_ms() // MINUTE_MS - 2) * MINUTE_MS + offset_ms
+        sim.clock.freeze(now)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sim.rest_url + "/api/v3/ticker/24hr", params={"symbol": "SOLUSDT"}) as resp:
+                ticker = await resp.json()
+        k = sim.klines("SOL/USDT", "1m", now - DAY_MS + 1, now + 1)
+        assert ticker["openPrice"] == k[0][1] and ticker["lastPrice"] == k[-1][4]
+        assert Decimal(ticker["highPrice"]) == max(Decimal(x[2]) for x in k)
+        assert Decimal(ticker["lowPrice"]) == min(Decimal(x[3]) for x in k)
+        assert Decimal(ticker["volume"]) == sum(Decimal(x[5]) for x in k)
+        assert ticker["count"] == sum(x[8] for x in k)
+        assert ticker["lastId"] - ticker["firstId"] + 1 == ticker["count"]
+    sim.clock.unfreeze()

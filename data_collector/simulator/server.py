@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from data_collector.errors import ClosedError, UsageError
@@ -134,6 +135,7 @@ class SimulatedExchange:
         ws_max_incoming_per_s: drop a WebSocket client sending more control messages a second
             than this (Binance: 5); ``None`` (default) does not limit.
         clock: the simulated wall clock (default: real time); tests freeze or advance it.
+        endpoint_faults: initial per-endpoint faults, e.g. ``{"klines": Faults(error_rate=0.1)}``.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class SimulatedExchange:
         ban_base_s: int = 120,
         ws_max_incoming_per_s: float | None = None,
         clock: SimClock | None = None,
+        endpoint_faults: dict[str, Faults] | None = None,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -192,7 +195,9 @@ class SimulatedExchange:
         if latency_ms:
             self._global_faults.latency_ms = float(latency_ms)
             self._global_faults.validate()
-        self._endpoint_faults: dict[str, Faults] = {}
+        self._endpoint_faults: dict[str, Faults] = {
+            str(endpoint_key(k)): f.validate() for k, f in (endpoint_faults or {}).items()
+        }
         self._rng = random.Random(self.seed)
         self._outage_until_ms: float | None = None
         self._stats: Counter[str] = Counter()
@@ -208,6 +213,7 @@ class SimulatedExchange:
         self._closed = False
         self._hanging: set[asyncio.Future[None]] = set()
         self._scheduled: list[asyncio.TimerHandle] = []
+        self._rolling: dict[str, tuple[int, tuple[int, ...] | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -379,28 +385,67 @@ class SimulatedExchange:
         book.advance(now_ms, mid, market.qty_units)
 
     def rolling_24h(self, market: SymbolMarket, now: int) -> dict[str, Any] | None:
-        """24 h rolling statistics (strings) or None before the listing."""
-        rows = market.candles("1m", now - 86_400_000 + 1, now + 1, now)
-        if len(rows) == 0:
+        """24 h rolling statistics (strings) or None before the listing.
+
+        The closed minutes are aggregated once per minute; only the forming one is redone.
+        """
+        now_min = now // MINUTE_MS
+        hit = self._rolling.get(market.symbol)
+        if hit is None or hit[0] != now_min:
+            start = now - 86_400_000 + 1
+            closed = market.minute_rows(-(-start // MINUTE_MS), now_min)
+            if len(closed):
+                agg: tuple[int, ...] | None = (
+                    int(closed.open_ms[0]),
+                    int(closed.o[0]),
+                    int(closed.h.max()),
+                    int(closed.l.min()),
+                    int(closed.c[-1]),
+                    int(closed.v.sum()),
+                    int(closed.q.sum()),
+                    int(closed.n.sum()),
+                )
+            else:
+                agg = None
+            hit = (now_min, agg)
+            self._rolling[market.symbol] = hit
+        agg = hit[1]
+        partial = market.partial_minute(now)
+        if agg is None and partial is None:
             return None
+        if agg is None:
+            assert partial is not None
+            open_ms, o, h, low, c, v, q, n = (
+                now_min * MINUTE_MS,
+                partial.o,
+                partial.h,
+                partial.l,
+                partial.c,
+                0,
+                0,
+                0,
+            )
+        else:
+            open_ms, o, h, low, c, v, q, n = agg
+        if partial is not None and partial.n:
+            h, low, c = max(h, partial.h), min(low, partial.l), partial.c
+            v, q, n = v + partial.v, q + partial.q, n + partial.n
         pd, qd = market.price_decimals, market.qty_decimals
-        o, c = int(rows.o[0]), int(rows.c[-1])
-        v, q, n = int(rows.v.sum()), int(rows.q.sum()), int(rows.n.sum())
-        first = market.trades_before(int(rows.open_ms[0]) // MINUTE_MS)
+        first = market.trades_before(open_ms // MINUTE_MS)
         return {
             "o": decimal8(o, pd),
             "c": decimal8(c, pd),
-            "h": decimal8(int(rows.h.max()), pd),
-            "l": decimal8(int(rows.l.min()), pd),
+            "h": decimal8(h, pd),
+            "l": decimal8(low, pd),
             "v": decimal8(v, qd),
             "q": decimal8(q, 8),
-            "change": o and c - o,
+            "change": c - o,
             "pct": "%.3f" % ((c - o) * 100.0 / o),
-            "wavg": decimal8(int(q * 10**pd // (v * 10 ** (8 - qd))) if v else c, pd),
+            "wavg": decimal8(q * 10**pd // (v * 10 ** (8 - qd)) if v else c, pd),
             "n": n,
             "first": first,
             "last": first + n - 1,
-            "open_ms": int(rows.open_ms[0]),
+            "open_ms": open_ms,
         }
 
     # -- runtime controls ----------------------------------------------------------------------
@@ -434,6 +479,12 @@ class SimulatedExchange:
         f = self._faults_for(endpoint, create=True)
         f.error_rate, f.reset_rate = error_rate, reset_rate
         f.hang_rate, f.malformed_rate = hang_rate, malformed_rate
+
+    def set_ws_rate(self, rate: float) -> None:
+        """Messages per second of each ``trade`` and ``bookTicker`` stream, from now on."""
+        if rate < 0:
+            raise UsageError(f"ws_rate must be >= 0, got {rate}")
+        self.ws_rate = float(rate)
 
     def start_outage(self) -> None:
         """Every request fails (503) and WebSocket connections drop until ``end_outage``."""
@@ -780,8 +831,6 @@ class SimulatedExchange:
 
     @staticmethod
     def _cat(parts: list[Rows], limit: int, keep_last: bool) -> Rows:
-        import numpy as np
-
         parts = [p for p in parts if len(p)]
         if not parts:
             return Rows(*(np.zeros(0, dtype=np.int64) for _ in range(10)))
@@ -910,7 +959,8 @@ class SimulatedExchange:
             )
         )
 
-    def _ticker(self, market: SymbolMarket, now: int) -> dict[str, Any]:
+    def ticker_24hr(self, market: SymbolMarket, now: int) -> dict[str, Any]:
+        """The ``/api/v3/ticker/24hr`` object of ``market`` at ``now``."""
         self.advance_book(market, now)
         (bp, bq), (ap, aq) = self.books[market.symbol].best()
         pd, qd = market.price_decimals, market.qty_decimals
@@ -947,10 +997,10 @@ class SimulatedExchange:
         now = self.clock.now_ms()
         one = self._symbol(request, required=False)
         if one is not None:
-            return self._json(json.dumps(self._ticker(one, now), separators=(",", ":")))
+            return self._json(json.dumps(self.ticker_24hr(one, now), separators=(",", ":")))
         several = self._symbols_list(request)
         markets = several if several is not None else list(self.markets.values())
-        return self._json(json.dumps([self._ticker(m, now) for m in markets], separators=(",", ":")))
+        return self._json(json.dumps([self.ticker_24hr(m, now) for m in markets], separators=(",", ":")))
 
     def _book_ticker_obj(self, market: SymbolMarket, now: int) -> dict[str, Any]:
         self.advance_book(market, now)
