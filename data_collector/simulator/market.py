@@ -18,6 +18,7 @@ Model (every number is a pure function of ``(seed, symbol, position)``):
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -49,11 +50,14 @@ OCTAVES = 23
 FIELDS = ("open_ms", "o", "h", "l", "c", "v", "n", "q", "tb", "tbq")
 _KNOWN_PRICES = {"BTC": 40000.0, "ETH": 2500.0, "SOL": 100.0, "BNB": 300.0, "XRP": 0.5, "DOGE": 0.1}
 _YEAR_MIN = 365 * 24 * 60
-_DAY_CACHE = 20000
 
 
-class Rows(NamedTuple):
-    """Aggregated candles as parallel int64 arrays (prices in ticks, volumes in lot steps)."""
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Aggregated candles as parallel int64 arrays (prices in ticks, volumes in lot steps).
+
+    ``len()`` is the number of candles; iterating yields the columns in :data:`FIELDS` order.
+    """
 
     open_ms: I64
     o: I64
@@ -68,6 +72,9 @@ class Rows(NamedTuple):
 
     def __len__(self) -> int:
         return int(self.open_ms.shape[0])
+
+    def __iter__(self) -> Iterator[I64]:
+        return iter((self.open_ms, self.o, self.h, self.l, self.c, self.v, self.n, self.q, self.tb, self.tbq))
 
 
 def _empty_rows() -> Rows:
@@ -136,6 +143,29 @@ def candle_keys(open_ms: I64, timeframe: str) -> I64:
     return open_ms - (open_ms - offset) % step
 
 
+class DayCache:
+    """A bounded LRU of per-day aggregates, keyed by (symbol, day index); about 2 KB a day."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        hit = self._data.get(key)
+        if hit is not None:
+            self._data.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[str, int], value: np.ndarray) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 class SymbolMarket:
     """Candles and trades of one simulated symbol.
 
@@ -145,6 +175,7 @@ class SymbolMarket:
         listing_ms: first millisecond with trading (aligned down to the minute).
         gaps: maintenance windows ``[(start_ms, end_ms)]`` with no trades and no candles, or
             ``None`` for the seed's defaults (one multi-hour window per year).
+        day_cache: LRU of daily aggregates, shareable between symbols.
     """
 
     def __init__(
@@ -153,6 +184,7 @@ class SymbolMarket:
         seed: int,
         listing_ms: int | None = None,
         gaps: list[tuple[int, int]] | None = None,
+        day_cache: DayCache | None = None,
     ) -> None:
         self.symbol = normalize_symbol(symbol)
         self.exchange_symbol = exchange_symbol(self.symbol)
@@ -186,6 +218,8 @@ class SymbolMarket:
         self._k_tt = stream_key(seed, self.symbol, "trade-time")
         self._k_tp = stream_key(seed, self.symbol, "trade-price")
         self._k_tw = stream_key(seed, self.symbol, "trade-pick")
+        self._k_tb = stream_key(seed, self.symbol, "trade-side")
+        self._k_tq = stream_key(seed, self.symbol, "trade-qty")
         if listing_ms is None:
             lk = stream_key(seed, self.symbol, "listing")
             base = 1546300800000  # 2019-01-01
@@ -193,7 +227,9 @@ class SymbolMarket:
         self.listing_ms = listing_ms - listing_ms % MINUTE_MS
         self._lm = self.listing_ms // MINUTE_MS
         self._gaps_min = self._make_gaps(gaps)
-        self._day_cache: OrderedDict[int, tuple[Rows, Rows]] = OrderedDict()
+        #: Aggregates of past days (shared between the symbols of one simulator).
+        self.day_cache = day_cache if day_cache is not None else DayCache(4000)
+        self._trade_cache: OrderedDict[int, list[Trade]] = OrderedDict()
 
     # -- gaps and listing ------------------------------------------------------------------
 
@@ -201,8 +237,8 @@ class SymbolMarket:
         out: list[tuple[int, int]] = []
         if gaps is None:
             gk = stream_key(self.seed, self.symbol, "gaps")
-            for year in range(100):
-                h = int(hash_array(gk, np.array([year], dtype=np.int64))[0])
+            for year, h64 in enumerate(hash_array(gk, np.arange(100, dtype=np.int64))):
+                h = int(h64)
                 start = self._lm + year * _YEAR_MIN + 30 * 1440 + (h % (300 * 1440))
                 length = 120 + (h >> 32) % 240
                 out.append((start, start + length))
@@ -351,11 +387,20 @@ class SymbolMarket:
 
     def minute_trades(self, minute: int) -> list[Trade]:
         """The aggregate trades of one minute (empty if not trading), in id order."""
+        hit = self._trade_cache.get(minute)
+        if hit is None:
+            hit = self._make_minute_trades(minute)
+            self._trade_cache[minute] = hit
+            if len(self._trade_cache) > 8:
+                self._trade_cache.popitem(last=False)
+        return hit
+
+    def _make_minute_trades(self, minute: int) -> list[Trade]:
         if not self.is_trading(minute):
             return []
         m = np.array([minute], dtype=np.int64)
-        o, h, low, c, v, n_, _q, _tb, _tbq, k_, a_ = self._minute_fields(m)
-        n, k, a, vol = int(n_[0]), int(k_[0]), float(a_[0]), int(v[0])
+        o, h, low, c, v, n_, _q, tb_, _tbq, k_, _a = self._minute_fields(m)
+        n, k, vol, tb = int(n_[0]), int(k_[0]), int(v[0]), int(tb_[0])
         idx = np.arange(minute * 4096, minute * 4096 + n, dtype=np.int64)
         offsets = np.sort(np.floor(uniform_array(self._k_tt, idx) * 60000.0).astype(np.int64))
         lo_t, hi_t = int(low[0]), int(h[0])
@@ -369,21 +414,90 @@ class SymbolMarket:
         prices[i_lo] = lo_t
         prices[0] = int(o[0])
         prices[-1] = int(c[0])
-        cum = self._cum_volume(n, vol, a, np.arange(n + 1, dtype=np.int64))
-        qtys = np.diff(cum)
+        # k of the n trades, at random places, were bought by the taker; their quantities add up
+        # to the candle's taker-buy volume and the others' to the rest of the volume.
+        buyer = np.zeros(n, dtype=bool)
+        buyer[np.argsort(uniform_array(self._k_tb, idx), kind="stable")[:k]] = True
+        qtys = np.empty(n, dtype=np.int64)
+        weights = uniform_array(self._k_tq, idx)
+        qtys[buyer] = self._split(tb, k, weights[buyer])
+        qtys[~buyer] = self._split(vol - tb, n - k, weights[~buyer])
         first = self.trades_before(minute)
         t0 = minute * MINUTE_MS
         return [
-            Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), i >= k) for i in range(n)
+            Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), not buyer[i])
+            for i in range(n)
         ]
 
     @staticmethod
-    def _cum_volume(n: int, vol: int, a: float, i: I64) -> I64:
-        """Volume of the first ``i`` trades of a minute with ``n`` trades and volume ``vol``."""
-        vp = float(vol - n)
-        x = i.astype(np.float64) / float(n)
-        cum = i + np.floor(vp * (x + a * x * (1.0 - x))).astype(np.int64)
-        return np.where(i >= n, vol, cum)
+    def _split(total: int, parts: int, u: F64) -> I64:
+        """``parts`` positive integers adding up to ``total`` (>= parts), weighted by ``u``."""
+        if parts == 0:
+            return np.zeros(0, dtype=np.int64)
+        w = np.cumsum(0.1 + u[:parts] ** 4 * 8.0)
+        cum = np.arange(1, parts + 1, dtype=np.int64)
+        cum += np.floor(float(total - parts) * (w / w[-1])).astype(np.int64)
+        cum[-1] = total
+        return np.diff(cum, prepend=0)
+
+    def second_rows(self, start_ms: int, end_ms: int, now_ms: int) -> Rows:
+        """1s candles opening in ``[start_ms, end_ms)`` up to ``now_ms``, built from the trades.
+
+        Every second of a trading minute has a candle; a second without trades repeats the last
+        price with zero volume. Quote volumes are differences of the minute's cumulative quote,
+        so the seconds of a minute add up to exactly its 1m candle.
+        """
+        start_ms = max(-(-start_ms // 1000) * 1000, self.listing_ms)
+        end_ms = min(end_ms, now_ms - now_ms % 1000 + 1000)
+        cols: list[list[int]] = [[] for _ in FIELDS]
+        for minute in range(start_ms // MINUTE_MS, (end_ms - 1) // MINUTE_MS + 1 if end_ms > start_ms else 0):
+            trades = [t for t in self.minute_trades(minute) if t.time_ms <= now_ms]
+            if not self.is_trading(minute):
+                continue
+            m = np.array([minute], dtype=np.int64)
+            o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
+            price, vol, quote = int(o[0]), float(v[0]), float(q[0])
+            cum_v = cum_tb = 0
+            cum_q = cum_tbq = 0
+            i = 0
+            t0 = minute * MINUTE_MS
+            for sec in range(60):
+                open_ms = t0 + sec * 1000
+                if open_ms > now_ms:
+                    break
+                bucket = []
+                while i < len(trades) and trades[i].time_ms < open_ms + 1000:
+                    bucket.append(trades[i])
+                    i += 1
+                if not start_ms <= open_ms < end_ms:
+                    for t in bucket:
+                        cum_v += t.qty
+                        cum_tb += 0 if t.buyer_maker else t.qty
+                    if bucket:
+                        price = bucket[-1].price
+                    cum_q = int(np.floor(quote * (cum_v / vol)))
+                    cum_tbq = int(np.floor(quote * (cum_tb / vol)))
+                    continue
+                if bucket:
+                    prices = [t.price for t in bucket]
+                    op, hi, lo, cl = prices[0], max(prices), min(prices), prices[-1]
+                    price = cl
+                else:
+                    op = hi = lo = cl = price
+                bv = sum(t.qty for t in bucket)
+                btb = sum(t.qty for t in bucket if not t.buyer_maker)
+                cum_v += bv
+                cum_tb += btb
+                new_q = int(np.floor(quote * (cum_v / vol)))
+                new_tbq = int(np.floor(quote * (cum_tb / vol)))
+                for col, val in zip(
+                    cols,
+                    (open_ms, op, hi, lo, cl, bv, len(bucket), new_q - cum_q, btb, new_tbq - cum_tbq),
+                    strict=True,
+                ):
+                    col.append(val)
+                cum_q, cum_tbq = new_q, new_tbq
+        return Rows(*(np.array(c, dtype=np.int64) for c in cols))
 
     def partial_minute(self, now_ms: int) -> Partial | None:
         """The forming minute at ``now_ms``: aggregate of its trades with time <= now."""
@@ -392,21 +506,18 @@ class SymbolMarket:
             return None
         trades = self.minute_trades(minute)
         m = np.array([minute], dtype=np.int64)
-        o, _h, _l, _c, v, n_, q, _tb, _tbq, k_, _a = self._minute_fields(m)
+        o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
         done = [t for t in trades if t.time_ms <= now_ms]
         j = len(done)
         if j == 0:
             p = int(o[0])
             return Partial(minute, p, p, p, p, 0, 0, 0, 0, 0)
-        n, k, vol, qq = int(n_[0]), int(k_[0]), int(v[0]), int(q[0])
+        vol, qq = int(v[0]), int(q[0])
         vj = sum(t.qty for t in done)
         tbj = sum(t.qty for t in done if not t.buyer_maker)
-        if j == n:
-            qj = qq
-        else:
-            qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
+        # The same float expressions as the closed candle's, so the last trade lands on it exactly.
+        qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
         tbqj = int(np.floor(float(qq) * (float(tbj) / float(vol))))
-        del k
         return Partial(
             minute,
             done[0].price,
@@ -422,20 +533,11 @@ class SymbolMarket:
 
     # -- aggregation -------------------------------------------------------------------------
 
-    def _day(self, day: int) -> tuple[Rows, Rows]:
-        """(hourly rows, daily row) of a fully past day, cached."""
-        hit = self._day_cache.get(day)
-        if hit is not None:
-            self._day_cache.move_to_end(day)
-            return hit
-        self._fill_days(day, day + 1)
-        return self._day_cache[day]
-
-    def _fill_days(self, d_lo: int, d_hi: int) -> None:
-        missing = [d for d in range(d_lo, d_hi) if d not in self._day_cache]
-        if not missing:
-            return
-        # Compute contiguous runs of missing days in chunks of at most 60 days of minutes.
+    def _days(self, d_lo: int, d_hi: int) -> list[np.ndarray]:
+        """Per fully past day, its hourly rows plus the daily row last, as one (k + 1, 10) array."""
+        out: list[np.ndarray | None] = [self.day_cache.get((self.symbol, d)) for d in range(d_lo, d_hi)]
+        missing = [d_lo + i for i, hit in enumerate(out) if hit is None]
+        # Compute contiguous runs of missing days, at most 60 days of minutes at a time.
         runs: list[tuple[int, int]] = []
         for d in missing:
             if runs and runs[-1][1] == d and d - runs[-1][0] < 60:
@@ -446,16 +548,16 @@ class SymbolMarket:
             rows = self.minute_rows(a * 1440, b * 1440)
             hours = _group_reduce(rows, rows.open_ms - rows.open_ms % HOUR_MS)
             days = _group_reduce(hours, hours.open_ms - hours.open_ms % DAY_MS)
-            hday = hours.open_ms // DAY_MS
+            h_mat = np.stack(list(hours), axis=1) if len(hours) else np.zeros((0, 10), dtype=np.int64)
+            d_mat = np.stack(list(days), axis=1) if len(days) else np.zeros((0, 10), dtype=np.int64)
+            h_cut = np.searchsorted(hours.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
+            d_cut = np.searchsorted(days.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
             for d in range(a, b):
-                sel = hday == d
-                dsel = days.open_ms == d * DAY_MS
-                self._day_cache[d] = (
-                    Rows(*(f[sel] for f in hours)),
-                    Rows(*(f[dsel] for f in days)),
-                )
-        while len(self._day_cache) > _DAY_CACHE:
-            self._day_cache.popitem(last=False)
+                i = d - a
+                block = np.concatenate((h_mat[h_cut[i] : h_cut[i + 1]], d_mat[d_cut[i] : d_cut[i + 1]]))
+                self.day_cache.put((self.symbol, d), block)
+                out[d - d_lo] = block
+        return [b for b in out if b is not None]
 
     def _closed_rows(self, unit: str, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Sub-candles of ``unit`` (1m/1h/1d) opening in [start, end), from closed minutes only."""
@@ -467,9 +569,13 @@ class SymbolMarket:
         d_hi = min(-(-end_ms // DAY_MS), today)
         parts: list[Rows] = []
         if d_hi > d_lo:
-            self._fill_days(d_lo, d_hi)
-            which = 0 if unit == "1h" else 1
-            parts += [self._day(d)[which] for d in range(d_lo, d_hi)]
+            blocks = [b for b in self._days(d_lo, d_hi) if len(b)]
+            if blocks:
+                if unit == "1h":
+                    mat = np.concatenate([b[:-1] for b in blocks])
+                else:
+                    mat = np.stack([b[-1] for b in blocks])
+                parts.append(Rows(*(np.ascontiguousarray(c) for c in mat.T)))
         if end_ms > today * DAY_MS and start_ms < now_min * MINUTE_MS:
             rows = self.minute_rows(max(today * 1440, start_ms // MINUTE_MS), now_min)
             step = HOUR_MS if unit == "1h" else DAY_MS
@@ -487,6 +593,8 @@ class SymbolMarket:
         the aggregate of the trades so far. Candles after now, before the listing or wholly in a
         gap are absent.
         """
+        if timeframe == "1s":
+            return self.second_rows(start_ms, end_ms, now_ms)
         first = candle_open_ms(max(start_ms, self.listing_ms), timeframe)
         if first < start_ms:
             first = next_open_ms(first, timeframe)
@@ -504,11 +612,11 @@ class SymbolMarket:
         sub_end = next_open_ms(last_open, timeframe)
         sub = self._closed_rows(unit, start_ms, sub_end, now_ms)
         rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        key = candle_open_ms(now_ms, timeframe)
+        if not (start_ms <= key < end_ms):
+            return rows
         partial = self.partial_minute(now_ms)
         if partial is None:
-            return rows
-        key = candle_open_ms(partial.minute * MINUTE_MS, timeframe)
-        if not (start_ms <= key < end_ms):
             return rows
         if len(rows) and int(rows.open_ms[-1]) == key:
             if partial.n == 0:

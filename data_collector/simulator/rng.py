@@ -19,6 +19,13 @@ GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 _INV53 = 1.0 / (1 << 53)
+_GOLDEN_U = np.uint64(GOLDEN)
+_M1_U = np.uint64(_M1)
+_M2_U = np.uint64(_M2)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
 
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
@@ -51,17 +58,20 @@ def uniform_at(key: int, index: int) -> float:
 
 def hash_array(key: int, index: npt.NDArray[np.int64] | npt.NDArray[np.uint64]) -> U64:
     """Vectorised :func:`hash_at` (indices must be non-negative)."""
-    with np.errstate(over="ignore"):
-        z = np.uint64(key & MASK64) + index.astype(np.uint64) * np.uint64(GOLDEN)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
-        z = z ^ (z >> np.uint64(31))
+    # Array (not scalar) uint64 arithmetic wraps silently, which is what splitmix64 wants.
+    z = index.astype(np.uint64) * _GOLDEN_U
+    z += np.uint64(key & MASK64)
+    z ^= z >> _S30
+    z *= _M1_U
+    z ^= z >> _S27
+    z *= _M2_U
+    z ^= z >> _S31
     return z
 
 
 def uniform_array(key: int, index: npt.NDArray[np.int64] | npt.NDArray[np.uint64]) -> F64:
     """Vectorised :func:`uniform_at`."""
-    return (hash_array(key, index) >> np.uint64(11)).astype(np.float64) * _INV53
+    return (hash_array(key, index) >> _S11).astype(np.float64) * _INV53
 
 
 _LN2 = 0.6931471805599453

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import struct
 from collections.abc import Callable
@@ -25,9 +26,13 @@ from data_collector.simulator.market import SymbolMarket
 if TYPE_CHECKING:
     from data_collector.simulator.server import SimulatedExchange
 
+log = logging.getLogger(__name__)
+
 #: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
 HIGH_WATER = 4 * 1024 * 1024
 _KLINE_PUSH_MS = 2000
+#: Binance's cap on streams per connection.
+MAX_STREAMS = 1024
 
 
 def frame(payload: bytes) -> bytes:
@@ -92,7 +97,11 @@ class StreamHub:
         self.tick_s = 0.005
         self.ping_s = 20.0
         self.max_lifetime_s = 24 * 3600.0
+        #: Incoming control messages allowed per second and connection (None: no limit).
+        self.max_incoming_per_s: float | None = None
+        self.dropped_for_rate = 0
         self._task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[bool]] = set()
         self._rng = random.Random(sim.seed)
         self._trade_ids: dict[str, int] = {}
         self._ref: dict[str, tuple[int, int]] = {}
@@ -125,9 +134,9 @@ class StreamHub:
         market = self.sim.market_by_stream.get(sym)
         if market is None or not rest:
             raise StreamError(name)
-        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker"):
+        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker", "ticker"):
             return market, rest, ""
-        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES and rest[6:] != "1s":
+        if rest.startswith("kline_") and rest[6:] in TIMEFRAMES:
             return market, "kline", rest[6:]
         if rest in ("depth", "depth@1000ms"):
             return market, "depth", "1000"
@@ -143,6 +152,8 @@ class StreamHub:
     def subscribe(self, conn: Connection, names: list[str]) -> None:
         """Add streams to ``conn`` (validated first: all or nothing)."""
         parsed = [(n, self.parse(n)) for n in names]
+        if len(conn.subs | set(names)) > MAX_STREAMS:
+            raise StreamError(f"more than {MAX_STREAMS} streams on one connection")
         now = self.sim.clock.now_ms()
         for name, (market, kind, arg) in parsed:
             state = self.streams.get(name)
@@ -192,9 +203,21 @@ class StreamHub:
                     )
                     await ws.close()
                     return ws
+            window_start, in_window = 0.0, 0
+            loop = asyncio.get_running_loop()
             async for msg in ws:
                 if msg.type != web.WSMsgType.TEXT:
                     continue
+                if self.max_incoming_per_s is not None:
+                    # Binance drops a connection that sends more than 5 messages a second.
+                    now_s = loop.time()
+                    if now_s - window_start >= 1.0:
+                        window_start, in_window = now_s, 0
+                    in_window += 1
+                    if in_window > self.max_incoming_per_s:
+                        self.dropped_for_rate += 1
+                        await ws.close(code=1008, message=b"Too many requests")
+                        break
                 self._control(conn, msg.data)
         finally:
             self.drop(conn)
@@ -228,6 +251,12 @@ class StreamHub:
         # The ack is written before any data of the new streams can be (the pump runs later).
         conn.write_now(json.dumps(reply, separators=(",", ":")).encode())
 
+    def _close_later(self, conn: Connection) -> None:
+        """Close ``conn`` with a close frame, in a task the hub keeps until it is done."""
+        task = asyncio.get_running_loop().create_task(conn.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     # -- faults ------------------------------------------------------------------------------
 
     def drop_all(self) -> int:
@@ -246,7 +275,7 @@ class StreamHub:
         for conn in list(self.connections):
             conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
             conn.closing = True
-            asyncio.get_running_loop().create_task(conn.ws.close())
+            self._close_later(conn)
             self.drop(conn)
             n += 1
         return n
@@ -356,7 +385,7 @@ class StreamHub:
             if out:
                 self._count_sent(st.name, len(out), st.kline_open)
             return out
-        if kind == "miniTicker":
+        if kind in ("miniTicker", "ticker"):
             if now - st.last_ms < 1000 and st.cursor:
                 return []
             st.last_ms = now
@@ -365,6 +394,32 @@ class StreamHub:
             if stats is None:
                 return []
             self._count_sent(st.name, 1, now)
+            if kind == "ticker":
+                tick = self.sim.ticker_24hr(m, now)
+                keys = (
+                    ("p", "priceChange"),
+                    ("P", "priceChangePercent"),
+                    ("w", "weightedAvgPrice"),
+                    ("x", "prevClosePrice"),
+                    ("c", "lastPrice"),
+                    ("Q", "lastQty"),
+                    ("b", "bidPrice"),
+                    ("B", "bidQty"),
+                    ("a", "askPrice"),
+                    ("A", "askQty"),
+                    ("o", "openPrice"),
+                    ("h", "highPrice"),
+                    ("l", "lowPrice"),
+                    ("v", "volume"),
+                    ("q", "quoteVolume"),
+                    ("O", "openTime"),
+                    ("C", "closeTime"),
+                    ("F", "firstId"),
+                    ("L", "lastId"),
+                    ("n", "count"),
+                )
+                event = {"e": "24hrTicker", "E": now, "s": sym, **{short: tick[long] for short, long in keys}}
+                return [json.dumps(event, separators=(",", ":")).encode()]
             return [
                 (
                     '{"e":"24hrMiniTicker","E":%d,"s":"%s","c":"%s","o":"%s","h":"%s","l":"%s","v":"%s","q":"%s"}'
@@ -555,11 +610,17 @@ class StreamHub:
             if now - conn.opened_ms >= limit_ms and not conn.closing:
                 conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
                 conn.closing = True
-                asyncio.get_running_loop().create_task(conn.ws.close())
+                self._close_later(conn)
                 self.drop(conn)
 
     async def _pump(self) -> None:
         sleep: Callable[[float], Any] = asyncio.sleep
         while True:
-            self.tick()
-            await sleep(self.tick_s)
+            if self.streams or self.connections:
+                try:
+                    self.tick()
+                except Exception:  # one bad tick must not silence every stream for good
+                    log.exception("simulator stream pump tick failed")
+                await sleep(self.tick_s)
+            else:
+                await sleep(0.05)

@@ -1,0 +1,216 @@
+"""WebSocket streams from a raw client: acks, payloads, kline closes, depth ids, faults (acceptance 2, 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from data_collector.markets import MINUTE_MS, TIMEFRAMES
+from data_collector.simulator import SimulatedExchange
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatedExchange]:
+    async with SimulatedExchange(symbols=["BTC/USDT", "SOL/USDT"], seed=3, ws_rate=50) as s:
+        yield s
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _next(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 5) -> Any:
+    msg = await asyncio.wait_for(ws.receive(), wait_s)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)
+
+
+async def test_subscribe_ack_before_data_and_list(
+    sim: SimulatedExchange, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(sim.ws_url + "/stream/ws/0") as ws:
+        await ws.send_json(
+            {"method": "SUBSCRIBE", "params": ["btcusdt@trade", "solusdt@bookTicker"], "id": 7}
+        )
+        assert await _next(ws) == {"result": None, "id": 7}
+        kinds = set()
+        while len(kinds) < 2:
+            data = await _next(ws)
+            kinds.add(data.get("e", "bookTicker"))
+        await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 8})
+        while (data := await _next(ws)).get("id") != 8:
+            pass
+        assert data["result"] == ["btcusdt@trade", "solusdt@bookTicker"]
+        await ws.send_json({"method": "UNSUBSCRIBE", "params": ["btcusdt@trade"], "id": 9})
+        while (data := await _next(ws)).get("id") != 9:
+            pass
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["nope@trade"], "id": 10})
+        while "id" not in (data := await _next(ws)):
+            pass
+        assert data["id"] == 10 and data["error"]["code"] == 2
+
+
+async def test_raw_and_combined_payloads(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+        trade = await _next(ws)
+        assert list(trade) == ["e", "E", "s", "t", "p", "q", "T", "m", "M"]
+        assert trade["e"] == "trade" and trade["s"] == "BTCUSDT" and isinstance(trade["t"], int)
+        assert float(trade["p"]) > 0 and abs(trade["E"] - sim.clock.now_ms()) < 5000
+    streams = "solusdt@aggTrade/solusdt@miniTicker/solusdt@depth5@100ms/solusdt@kline_1m"
+    async with http.ws_connect(sim.ws_url + "/stream?streams=" + streams) as ws:
+        seen: dict[str, Any] = {}
+        while len(seen) < 4:
+            msg = await _next(ws)
+            seen.setdefault(msg["stream"], msg["data"])  # the first of each: a forming kline
+        assert seen["solusdt@aggTrade"]["e"] == "aggTrade"
+        assert set(seen["solusdt@aggTrade"]) == {"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}
+        assert seen["solusdt@miniTicker"]["e"] == "24hrMiniTicker"
+        assert len(seen["solusdt@depth5@100ms"]["bids"]) == 5
+        k = seen["solusdt@kline_1m"]["k"]
+        assert k["i"] == "1m" and k["x"] is False and k["T"] == k["t"] + MINUTE_MS - 1
+
+
+async def test_closed_ws_kline_equals_rest(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
+    minute = (sim.clock.now_ms() // MINUTE_MS - 3) * MINUTE_MS
+    sim.clock.freeze(minute + MINUTE_MS - 300)
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@kline_1m") as ws:
+        first = await _next(ws)
+        assert first["k"]["x"] is False and first["k"]["t"] == minute
+        sim.clock.advance(400)
+        closed = await _next(ws)
+        while not closed["k"]["x"]:
+            closed = await _next(ws)
+    rest = sim.klines("BTC/USDT", "1m", minute, minute + 1)[0]
+    k = closed["k"]
+    assert [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], k["q"], k["n"], k["V"], k["Q"]] == rest[
+        :11
+    ]
+    trades = sim.agg_trades("BTC/USDT", minute, minute + MINUTE_MS)
+    assert (k["f"], k["L"]) == (trades[0]["a"], trades[-1]["a"])
+
+
+async def test_depth_ids_contiguous_and_shared_with_rest(
+    sim: SimulatedExchange, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@depth@100ms") as ws:
+        diffs = [await _next(ws) for _ in range(3)]
+        async with http.get(sim.rest_url + "/api/v3/depth?symbol=BTCUSDT&limit=1000") as resp:
+            snapshot = await resp.json()
+        for _ in range(5):
+            diffs.append(await _next(ws))
+        sim.ws_skip_depth_id("BTC/USDT")
+        for _ in range(3):
+            diffs.append(await _next(ws))
+    assert all(d["U"] <= d["u"] for d in diffs)
+    breaks = [b["U"] - a["u"] for a, b in zip(diffs, diffs[1:], strict=False) if b["U"] != a["u"] + 1]
+    assert breaks == [2]
+    # The snapshot falls inside the diff sequence: some diff has U <= lastUpdateId + 1 <= u.
+    assert any(d["U"] <= snapshot["lastUpdateId"] + 1 <= d["u"] for d in diffs)
+    sent = sim.ws_sent()["btcusdt@depth@100ms"]
+    assert sent["count"] >= len(diffs) and sent["last_id"] >= diffs[-1]["u"]
+
+
+async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        got = [await _next(ws) for _ in range(40)]
+    await asyncio.sleep(0.05)
+    sent = sim.ws_sent()["solusdt@trade"]
+    ids = [t["t"] for t in got]
+    assert ids == list(range(ids[0], ids[0] + 40))
+    assert sent["count"] >= 40 and sent["last_id"] == ids[0] + sent["count"] - 1
+    sim.set_ws_rate(0)
+    before = sim.ws_sent()["solusdt@trade"]["count"]
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.3)
+    assert sim.ws_sent()["solusdt@trade"]["count"] == before
+
+
+async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+        await _next(ws)
+        sim.ws_faults.malformed()
+        while True:
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            try:
+                json.loads(msg.data)
+            except json.JSONDecodeError:
+                break
+        sim.ws_faults.stall(2.0)
+        await asyncio.sleep(0.05)
+        while True:  # drain what was in flight
+            try:
+                await asyncio.wait_for(ws.receive(), 0.05)
+            except TimeoutError:
+                break
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.5)
+        assert await _next(ws, 5)  # data resumes after the stall
+        assert sim.ws_drop_all() == 1
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        while msg.type == aiohttp.WSMsgType.TEXT:
+            msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE)
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+        assert (await _next(ws))["e"] == "trade"
+        assert sim.ws_shutdown_all() == 1
+        while (data := await _next(ws)).get("e") == "trade":
+            pass
+        assert data["e"] == "serverShutdown"
+
+
+async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
+    async with SimulatedExchange(symbols=["BTC/USDT"], ws_max_lifetime_s=0.5, ws_ping_s=0.3) as sim:
+        async with http.ws_connect(sim.ws_url + "/ws/btcusdt@bookTicker") as ws:
+            events = []
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    events.append(json.loads(msg.data).get("e"))
+            assert events[-1] == "serverShutdown"
+    # A client that never answers pings is dropped (no serverShutdown: not a planned close).
+    async with SimulatedExchange(symbols=["BTC/USDT"], ws_ping_s=0.3) as sim:
+        async with http.ws_connect(sim.ws_url + "/ws", autoping=False) as ws:
+            kinds = []
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+                kinds.append(msg.type)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
+            assert aiohttp.WSMsgType.PING in kinds and aiohttp.WSMsgType.TEXT not in kinds
+        # One that does answer stays.
+        async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
+            while loop.time() < until:  # reading is what answers the pings
+                assert (await _next(ws))["e"] == "trade"
+            assert sim.ws_connections() == 1
+
+
+async def test_control_message_limits(http: aiohttp.ClientSession) -> None:
+    symbols = [f"C{i}/USDT" for i in range(50)]
+    async with SimulatedExchange(symbols=symbols, ws_max_incoming_per_s=5) as sim:
+        async with http.ws_connect(sim.ws_url + "/ws") as ws:
+            for i in range(6):
+                await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": i})
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            while msg.type == aiohttp.WSMsgType.TEXT:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert sim.hub.dropped_for_rate == 1
+        kinds = ["trade", "aggTrade", "bookTicker", "miniTicker", "depth", "depth@100ms"]
+        kinds += [f"kline_{tf}" for tf in TIMEFRAMES] + [f"depth{n}" for n in (5, 10, 20)]
+        names = [f"c{i}usdt@{kind}" for i in range(50) for kind in kinds]
+        assert len(names) > 1024
+        async with http.ws_connect(sim.ws_url + "/ws") as ws:
+            await ws.send_json({"method": "SUBSCRIBE", "params": names, "id": 1})
+            reply = await _next(ws)
+            assert reply["id"] == 1 and "1024" in reply["error"]["msg"]
+            await ws.send_json({"method": "SUBSCRIBE", "params": names[:24], "id": 2})
+            assert await _next(ws) == {"result": None, "id": 2}
