@@ -106,7 +106,6 @@ def test_huge_integer_values_are_malformed_not_overflow(column: int) -> None:
         validate_page([row], "1m", START, END)
 
 
-@pytest.mark.xfail(strict=False, reason="candle_validation.py: booleans are accepted as prices/volumes")
 def test_booleans_are_not_prices() -> None:
     with pytest.raises(MalformedPageError):
         validate_page([[START, True, True, True, True, True]], "1m", START, END)
