@@ -53,6 +53,7 @@ from data_collector.config import Config
 from data_collector.errors import CollectorError, ConfigError, PermanentError, UsageError
 from data_collector.markets import DAY_MS, TIMEFRAME_CODES, TIMEFRAME_MS
 from data_collector.redis_keys import heartbeat_key, stream_key
+from data_collector.redis_url import check_redis_url
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
 Status = Literal["ok", "warn", "fail"]
@@ -151,7 +152,7 @@ def _sqlite_path(config: Config) -> Path:
 def _redis_client(config: Config) -> aioredis.Redis:
     r = config.redis
     client: aioredis.Redis = aioredis.Redis.from_url(
-        r.url.get_secret_value(),
+        check_redis_url(r.url.get_secret_value()),
         socket_timeout=r.socket_timeout_s,
         socket_connect_timeout=r.connect_timeout_s,
         retry=Retry(NoBackoff(), 0),

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -115,13 +116,17 @@ async def _refused_everywhere(url: str, prefix: str) -> None:
         ("127.0.0.1", "ssl_ca_certs={ca}&ssl_check_hostname=false"),
         ("127.0.0.1", "ssl_cert_reqs=none"),  # encrypted, nothing verified
         ("localhost", "ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={key}"),
+        ("localhost", "ssl_ca_data={ca_data}&ssl_ciphers=HIGH"),  # the rest check_redis_url accepts
     ],
 )
 async def test_documented_rediss_options_connect(
     tls_redis: TlsRedis, redis_prefix: str, host: str, query: str
 ) -> None:
     pki = tls_redis.pki
-    url = tls_redis.url(host, query.format(ca=pki.ca, cert=pki.client_cert, key=pki.client_key))
+    ca_data = quote(pki.ca.read_text(), safe="")
+    url = tls_redis.url(
+        host, query.format(ca=pki.ca, cert=pki.client_cert, key=pki.client_key, ca_data=ca_data)
+    )
     await _works_everywhere(url, redis_prefix)
 
 
