@@ -45,15 +45,13 @@ import asyncpg
 import psutil
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
 from data_collector.errors import CollectorError, ConfigError, PermanentError, UsageError
 from data_collector.markets import DAY_MS, TIMEFRAME_CODES, TIMEFRAME_MS
 from data_collector.redis_keys import heartbeat_key, stream_key
-from data_collector.redis_url import check_redis_url
+from data_collector.redis_url import async_client
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
 Status = Literal["ok", "warn", "fail"]
@@ -147,18 +145,6 @@ def _pg_target(config: Config) -> tuple[PgTarget, str]:
 
 def _sqlite_path(config: Config) -> Path:
     return Path(make_url(config.database.url.get_secret_value()).database or "")
-
-
-def _redis_client(config: Config) -> aioredis.Redis:
-    r = config.redis
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        check_redis_url(r.url.get_secret_value()),
-        socket_timeout=r.socket_timeout_s,
-        socket_connect_timeout=r.connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-    )
-    return client
 
 
 def _down(exc: BaseException, where: str) -> str:
@@ -470,7 +456,7 @@ async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | 
         raise UsageError(f"unknown check(s) {', '.join(sorted(unknown))}; choose from {', '.join(CHECKS)}")
     now = now_ms if now_ms is not None else _now_ms()
     limit = config.metrics.check_timeout_s
-    client = _redis_client(config)
+    client = async_client(config)
     db_name = "sqlite" if _is_sqlite(config) else "postgresql"
     plan: list[tuple[str, str, Status, Callable[[], Awaitable[CheckResult]]]] = [
         (
