@@ -19,7 +19,8 @@ import redis
 
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
-from data_collector.health import CheckResult, _redis_client, check_redis
+from data_collector.health import CheckResult, check_redis
+from data_collector.redis_url import async_client
 from data_collector.streaming.redis_conn import RedisEndpoint
 from tests.conftest import REDIS_URL, free_port
 from tests.tls_certs import Pki, make_pki
@@ -77,7 +78,7 @@ def _config(url: str, prefix: str) -> Config:
 
 
 async def _health(config: Config) -> CheckResult:
-    client = _redis_client(config)
+    client = async_client(config)
     try:
         return await check_redis(config, client)
     finally:

@@ -18,9 +18,9 @@ import yaml
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ConfigError
-from data_collector.health import _redis_client, check_redis, run_checks
+from data_collector.health import check_redis, run_checks
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
-from data_collector.redis_url import check_redis_url
+from data_collector.redis_url import async_client, check_redis_url
 from data_collector.streaming.redis_conn import RedisEndpoint
 from tests.conftest import REDIS_URL
 from utils.cache_manager import AsyncCacheManager, CacheManager
@@ -182,7 +182,7 @@ async def test_accepted_parameters_work_in_every_client(redis_prefix: str) -> No
     async with AsyncCacheManager(config, strict=True) as acache:
         assert await acache.get("k") == 1
         await acache.delete("k")
-    client = _redis_client(config)
+    client = async_client(config)
     try:
         result = await check_redis(config, client)
         assert await client.client_getname() in ("dc-url-test", b"dc-url-test")
