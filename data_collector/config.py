@@ -53,6 +53,15 @@ class ExchangeConfig(_Section):
     secret: SecretStr | None = None
     #: Timeout of one HTTP request to the exchange.
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Request weight per minute the exchange allows; ``None`` reads it from the exchange
+    #: (Binance's exchangeInfo ``rateLimits``, 6000) or, without weight headers, uses ccxt's rateLimit.
+    weight_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    #: Fraction of the weight budget left unused, for other clients on the same IP and clock error.
+    rate_limit_margin: float = Field(default=0.02, ge=0, lt=0.5)
+    #: Retries of a failed request (network, 5xx, 429, timeouts, malformed pages) before the pair fails.
+    max_retries: int = Field(default=7, ge=0, le=100)
+    #: Candles per OHLCV request: the exchange's maximum (1000 on Binance spot).
+    ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
 
     @field_validator("id")
     @classmethod

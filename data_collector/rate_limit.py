@@ -1,0 +1,275 @@
+"""One rate limiter per exchange client, shared by every task that talks to it.
+
+Two modes:
+
+* **Weight budget** (Binance and other exchanges that report ``X-MBX-USED-WEIGHT-1M``): the
+  exchange counts request weight per calendar minute of *its* clock. We reserve a request's weight
+  *before* sending it (a request in flight is not yet in the server's count), fire immediately
+  while the minute's budget lasts (the budget's burst, which ccxt's leaky bucket never uses), then
+  sleep to the next minute boundary of the server's clock. After every response the server's own
+  count is reconciled into ours (the larger wins), so other users of the same IP are accounted for.
+* **Leaky bucket** (exchanges without weight headers): one request every ``fallback_interval_s``
+  times its cost, ccxt's ``rateLimit`` semantics.
+
+In both modes a sliding 60 s window caps the number of requests at ``requests_per_min``
+(``performance.api_rate_limit``), and a 429's ``Retry-After`` closes one shared gate so every task
+pauses together instead of each hammering the server on its own (which is what earns a 418 ban).
+
+The limiter is pure logic over an injectable clock and sleep, so tests drive it without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from data_collector.errors import UsageError
+
+MINUTE_S = 60.0
+WEIGHT_HEADER = "x-mbx-used-weight-1m"
+RETRY_AFTER_HEADER = "retry-after"
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A request's claim on the budget, returned by :meth:`RateLimiter.acquire`."""
+
+    rid: int
+    weight: int
+    minute: int
+    sent_at: float
+    done: bool = False
+
+
+@dataclass(slots=True)
+class LimiterStats:
+    requests: int = 0
+    weight: int = 0
+    waits: int = 0
+    waited_s: float = 0.0
+    gate_closures: int = 0
+    peak_server_weight: int = 0
+
+
+class RateLimiter:
+    """Paces requests to one exchange. Create one per exchange client and share it.
+
+    Args:
+        requests_per_min: hard cap on requests in any 60 s window (``performance.api_rate_limit``).
+        weight_per_min: the exchange's weight budget per calendar minute, or ``None`` for the
+            leaky-bucket fallback.
+        safety_margin: fraction of the weight budget left unused (other clients, clock error).
+        fallback_interval_s: seconds between requests of cost 1 in leaky-bucket mode (ccxt's
+            ``rateLimit`` / 1000).
+        boundary_guard_s: extra wait after a server minute boundary, to absorb the error of the
+            measured clock offset.
+        clock: wall clock in seconds (``time.time``); the server's clock is ``clock() + offset``.
+        sleep: ``asyncio.sleep`` or a test double.
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_min: int,
+        weight_per_min: int | None = None,
+        safety_margin: float = 0.02,
+        fallback_interval_s: float = 0.0,
+        boundary_guard_s: float = 0.05,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if requests_per_min < 1:
+            raise UsageError("requests_per_min must be at least 1")
+        if weight_per_min is not None and weight_per_min < 1:
+            raise UsageError("weight_per_min must be at least 1")
+        if not 0.0 <= safety_margin < 0.5:
+            raise UsageError("safety_margin must be in [0, 0.5)")
+        self.requests_per_min = requests_per_min
+        self.safety_margin = safety_margin
+        self.fallback_interval_s = max(0.0, fallback_interval_s)
+        self.boundary_guard_s = boundary_guard_s
+        self._clock = clock
+        self._sleep = sleep
+        self._weight_limit: int | None = None
+        self._budget = 0
+        self.set_weight_limit(weight_per_min)
+        self._offset_s = 0.0
+        self._minute = self._server_minute()
+        self._used = 0
+        self._in_flight: dict[int, Reservation] = {}
+        self._next_id = 0
+        self._sent: deque[float] = deque()
+        self._gate_until = 0.0
+        self._bucket_free_at = 0.0
+        self._lock = asyncio.Lock()
+        self.stats = LimiterStats()
+
+    @property
+    def weight_limit(self) -> int | None:
+        return self._weight_limit
+
+    @property
+    def budget(self) -> int:
+        """Weight we allow ourselves per minute (the limit less the safety margin)."""
+        return self._budget
+
+    @property
+    def used_weight(self) -> int:
+        """Weight counted in the current server minute (ours and the server's, whichever is larger)."""
+        self._roll_minute()
+        return self._used
+
+    @property
+    def server_offset_s(self) -> float:
+        return self._offset_s
+
+    def set_weight_limit(self, weight_per_min: int | None) -> None:
+        """Switch to weight-budget mode with this limit, or to the leaky bucket with ``None``."""
+        self._weight_limit = weight_per_min
+        if weight_per_min is None:
+            self._budget = 0
+        else:
+            margin = math.ceil(weight_per_min * self.safety_margin)
+            self._budget = max(1, weight_per_min - margin)
+
+    def set_server_offset(self, offset_s: float) -> None:
+        """Record ``server clock - local clock`` (measured from ``/time`` or a ``Date`` header)."""
+        self._offset_s = offset_s
+        self._minute = self._server_minute()
+
+    def server_now(self) -> float:
+        return self._clock() + self._offset_s
+
+    def _server_minute(self) -> int:
+        return math.floor((self._clock() + self._offset_s) / MINUTE_S)
+
+    def _roll_minute(self) -> None:
+        minute = self._server_minute()
+        if minute != self._minute:
+            self._minute = minute
+            # Requests still in flight may reach the server after its boundary and count in the
+            # new minute, so they are charged to it as well.
+            self._used = sum(r.weight for r in self._in_flight.values())
+
+    def _seconds_to_next_minute(self) -> float:
+        return (self._minute + 1) * MINUTE_S - self.server_now() + self.boundary_guard_s
+
+    def _wait_needed(self, weight: int) -> float:
+        now = self._clock()
+        wait = max(0.0, self._gate_until - now)
+        while self._sent and self._sent[0] <= now - MINUTE_S:
+            self._sent.popleft()
+        if len(self._sent) >= self.requests_per_min:
+            wait = max(wait, self._sent[0] + MINUTE_S - now)
+        if self._weight_limit is None:
+            wait = max(wait, self._bucket_free_at - now)
+        else:
+            self._roll_minute()
+            if self._used + weight > self._budget and self._used > 0:
+                wait = max(wait, self._seconds_to_next_minute())
+        return wait
+
+    async def acquire(self, weight: int = 1) -> Reservation:
+        """Wait until a request of ``weight`` may be sent, and reserve it.
+
+        Returns a reservation to pass to :meth:`release` once the response (or error) is in.
+        """
+        weight = max(1, int(weight))
+        async with self._lock:
+            # One waiter at a time: the first in line gets the next slot, in order.
+            while True:
+                wait = self._wait_needed(weight)
+                if wait <= 0:
+                    break
+                self.stats.waits += 1
+                self.stats.waited_s += wait
+                await self._sleep(wait)
+            now = self._clock()
+            self._sent.append(now)
+            if self._weight_limit is None:
+                interval = self.fallback_interval_s * weight
+                self._bucket_free_at = max(self._bucket_free_at, now) + interval
+            self._used += weight
+            self.stats.requests += 1
+            self.stats.weight += weight
+            reservation = Reservation(rid=self._next_id, weight=weight, minute=self._minute, sent_at=now)
+            self._next_id += 1
+            self._in_flight[reservation.rid] = reservation
+            return reservation
+
+    def release(self, reservation: Reservation, headers: Mapping[str, str] | None = None) -> None:
+        """Mark a request finished and reconcile with the server's headers (if any)."""
+        if reservation.done:
+            return
+        reservation.done = True
+        self._in_flight.pop(reservation.rid, None)
+        if headers:
+            self.observe_headers(headers, reservation_minute=reservation.minute)
+
+    def observe_headers(self, headers: Mapping[str, str], *, reservation_minute: int | None = None) -> None:
+        """Reconcile with ``X-MBX-USED-WEIGHT-1M`` and honour ``Retry-After``.
+
+        The server's count is taken only when the request was sent in the current minute: a
+        response to a request of the previous minute reports that minute's count.
+        """
+        lowered = {k.lower(): v for k, v in headers.items()}
+        used = _int_or_none(lowered.get(WEIGHT_HEADER))
+        if used is not None:
+            self._roll_minute()
+            self.stats.peak_server_weight = max(self.stats.peak_server_weight, used)
+            if reservation_minute is None or reservation_minute == self._minute:
+                self._used = max(self._used, used)
+        retry_after = _float_or_none(lowered.get(RETRY_AFTER_HEADER))
+        if retry_after is not None:
+            self.pause(retry_after)
+
+    def pause(self, seconds: float) -> None:
+        """Close the shared gate for ``seconds``: every task waits (a 429's ``Retry-After``)."""
+        until = self._clock() + max(0.0, seconds)
+        if until > self._gate_until:
+            self._gate_until = until
+            self.stats.gate_closures += 1
+        if self._weight_limit is not None:
+            # The server says the minute's budget is spent, whatever we counted.
+            self._roll_minute()
+            self._used = max(self._used, self._budget)
+
+    @property
+    def gate_open_in_s(self) -> float:
+        return max(0.0, self._gate_until - self._clock())
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _float_or_none(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value.strip())
+    except ValueError:
+        return None
+    return out if math.isfinite(out) and out >= 0 else None
+
+
+async def measure_server_offset(
+    fetch_server_ms: Callable[[], Awaitable[int]], clock: Clock = time.time
+) -> float:
+    """``server - local`` clock offset in seconds, from one ``/time`` round trip (midpoint rule)."""
+    before = clock()
+    server_ms = await fetch_server_ms()
+    after = clock()
+    return server_ms / 1000.0 - (before + after) / 2.0

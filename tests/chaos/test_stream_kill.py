@@ -1,0 +1,101 @@
+"""Scenario 2b: the streamer process SIGKILLed three times and restarted (scripts/stream_market_data.py).
+
+Nothing may be written twice, and what a killed process had not yet written must show up as a
+recorded gap (a consumer cannot tell a restart from a reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from tests.chaos.report import ScenarioReport
+from tests.chaos.test_stream_faults import _gaps, _trades, account
+from tests.conftest import REDIS_URL
+
+simulator = pytest.importorskip("data_collector.simulator")
+pytest.importorskip("data_collector.optimized_websocket")
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "stream_market_data.py"
+
+
+async def test_streamer_sigkilled_and_restarted(
+    redis_prefix: str, scenario_report: ScenarioReport, long_run: bool, tmp_path: Path
+) -> None:
+    report = scenario_report
+    kills = 3 if not long_run else 10
+    async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=4, ws_rate=200.0) as sim:
+        config: dict[str, Any] = {
+            "exchange": sim.exchange_config(),
+            "symbols": ["SOL/USDT"],
+            "redis": {"url": REDIS_URL, "prefix": redis_prefix},
+            "streaming": {"channels": ["trade"]},
+            "performance": {"ws_batch_interval": 0.2, "ws_batch_size": 1000},
+            "logging": {"file": None},
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        codes = []
+        for run in range(kills + 1):
+            out = open(tmp_path / f"stream{run}.out", "wb")  # noqa: ASYNC230 - a log sink
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(SCRIPT), "--config", str(path), "--status-interval", "0",
+                stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(tmp_path),
+            )  # fmt: skip
+            report.rss.watch(proc.pid)
+            try:
+                # Run until it has connected and streamed for a while.
+                for _ in range(200):
+                    if sim.ws_connections():
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(2.0)
+                if run < kills:
+                    proc.send_signal(signal.SIGKILL)
+                    report.fault("sigkill")
+                else:
+                    proc.send_signal(signal.SIGINT)  # the last one stops cleanly (flushes)
+                codes.append(await asyncio.wait_for(proc.wait(), 30))
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                out.close()
+            await asyncio.sleep(0.3)
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        key = f"{redis_prefix}:stream:binance:trade:SOL/USDT"
+        trades = await _trades(client, key)
+        gaps = await _gaps(client, f"{redis_prefix}:gaps:binance")
+    finally:
+        await client.aclose()
+    windows = [(int(g["from_ms"]), int(g["to_ms"])) for g in gaps if g["stream"] == key]
+    found, dup, in_gap, outside = account(trades, windows, slack_ms=500)
+    ids = [t for t, _ in trades]
+    report.expected = max(ids) - min(ids) + 1 if ids else 0
+    report.found = found
+    report.lost = in_gap + outside
+    report.duplicated = dup
+    report.extra.update(
+        exit_codes=",".join(map(str, codes)), gap_markers=len(windows), lost_unrecorded=outside
+    )
+    assert found > 0
+    assert dup == 0, "an entry was written twice across a restart"
+    assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
+    report.faults_survived = report.faults_injected
+    if outside:
+        report.outcome = "XFAIL"
+        pytest.xfail(
+            f"streaming: {outside} trades lost across {kills} SIGKILL+restart with no gap marker "
+            "(a restarted streamer records no gap for its downtime or its unwritten buffer)"
+        )
+    report.outcome = "ok"
