@@ -375,7 +375,9 @@ async def test_pings_are_answered_and_server_shutdown_is_survived(redis_prefix: 
             await asyncio.sleep(0.5)
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
-    assert metrics["malformed"] == 0 and metrics["gaps"] >= 6
+    # One marker per stream per reconnect, except that a connection ended before a stream's first
+    # event leaves its gap open: the next connection's first event closes it (one marker).
+    assert metrics["malformed"] == 0 and metrics["gaps"] >= 4
     client = redis.Redis.from_url(REDIS_URL)
     trades = [e["id"] for _, e in entries(client, key(redis_prefix, "trade", "SOL/USDT"))]
     assert (

@@ -86,6 +86,7 @@ class StreamService:
             raise UsageError(f"the streamer speaks Binance's protocol only, not {options.exchange!r}")
         self.options = options
         self.metrics = metrics
+        self._endpoint = endpoint
         self.symbols = normalize_symbols(options.symbols)
         self.channels = [validate_channel(c) for c in dict.fromkeys(options.channels)]
         if not self.symbols or not self.channels:
@@ -115,6 +116,11 @@ class StreamService:
         self.candles = candle_sink
         self._last_closed_open: dict[tuple[str, str], int] = {}
         self._gap_id = (0, 0)
+        #: Whether what Redis held at start has been read (once, before the first connection reads).
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+        #: ``id(route)`` -> why its pending gap opened ("restart" or "reconnect").
+        self._gap_reason: dict[int, str] = {}
         self.connections = self._build_connections()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
@@ -174,8 +180,9 @@ class StreamService:
                     submit=self.writer.submit,
                     metrics=self.metrics,
                     settings=self.options.connection,
-                    on_reconnect=self._on_reconnect,
+                    on_connect=self._on_connect,
                     on_disconnect=self._on_disconnect,
+                    on_resume=self._on_resume,
                 )
             )
         return connections
@@ -222,43 +229,113 @@ class StreamService:
         self._gap_id = (to_ms, 0) if to_ms > last_ms else (last_ms, last_seq + 1)
         return f"{self._gap_id[0]}-{self._gap_id[1]}"
 
-    async def _on_reconnect(self, conn: StreamConnection, from_ms: int, to_ms: int) -> None:
+    async def _load_stored(self, routes: list[Route]) -> None:
+        """Learn what Redis already holds for ``routes`` (a restarted streamer's starting point).
+
+        For each stream, the newest entry's event time becomes ``route.last_ms`` (so the first
+        new event closes a gap over the downtime and whatever a killed process had not written);
+        for klines, the newest closed candle seeds the REST repair; the gaps stream's top id keeps
+        new marker ids increasing. Bounded by the Redis timeouts; when Redis cannot be read, the
+        streams start without a known past and a warning says so.
+        """
         opts = self.options
         gkey = gaps_key(opts.prefix, opts.exchange)
-        routes = list({id(r): r for r in conn.routes.values()}.values())
-        for route in routes:
-            self.writer.submit_command(
-                pack(
-                    "XADD",
-                    gkey,
-                    "MAXLEN",
-                    "~",
-                    opts.stream_maxlen,
-                    self._next_gap_id(to_ms),
-                    "stream",
-                    route.stream_key,
-                    "channel",
-                    route.channel,
-                    "symbol",
-                    route.symbol,
-                    "from_ms",
-                    from_ms,
-                    "to_ms",
-                    to_ms,
-                    "reason",
-                    "reconnect",
-                )
+        keys = [r.stream_key for r in routes] + [gkey]
+        endpoint = self._endpoint
+        try:
+            async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
+                conn = await endpoint.connect()
+                try:
+                    payload = b"".join(pack("XREVRANGE", key, "+", "-", "COUNT", 1) for key in keys)
+                    replies = await conn.execute(payload, len(keys))
+                finally:
+                    await conn.close()
+        except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+            log.warning(
+                "cannot read what Redis holds (%s): a restart's downtime is not marked as a gap",
+                exc,
             )
-            self.metrics.gaps += 1
-        kline_routes = [r for r in routes if r.channel.startswith("kline_")]
-        if not kline_routes:
             return
+        for route, reply in zip(routes, replies, strict=False):
+            if not isinstance(reply, list) or not reply:
+                continue
+            entry_id, fields = reply[0][0].decode(), reply[0][1]
+            stored_ms, _, seq = entry_id.partition("-")
+            event_ms = int(stored_ms)
+            try:
+                event = msgpack.unpackb(dict(zip(fields[::2], fields[1::2], strict=False))[b"d"])
+                event_ms = int(event["event_ms"])
+            except Exception:  # an entry not written by us: its id's time will do
+                event = None
+            route.last_ms = max(route.last_ms, event_ms)
+            if route.channel.startswith("kline_"):
+                timeframe = route.channel[6:]
+                open_ms = int(stored_ms)
+                closed = entry_id == kline_entry_id(open_ms, timeframe, open_ms, True)
+                if not closed:
+                    open_ms -= 1  # the candle before the forming one
+                    open_ms = candle_open_ms(open_ms, timeframe)
+                key = (route.symbol, timeframe)
+                self._last_closed_open[key] = max(self._last_closed_open.get(key, 0), open_ms)
+        top = replies[-1] if len(replies) == len(keys) else None
+        if isinstance(top, list) and top:
+            ms, _, seq = top[0][0].decode().partition("-")
+            self._gap_id = max(self._gap_id, (int(ms), int(seq or 0)))
+
+    async def _on_connect(self, conn: StreamConnection) -> None:
+        """Every (re)connect: mark the streams with a known past, repair their closed klines."""
+        routes = conn.unique_routes()
+        async with self._load_lock:
+            if not self._loaded:
+                self._loaded = True
+                await self._load_stored([r for c in self.connections for r in c.unique_routes()])
+        reason = "reconnect" if conn.connects > 1 else "restart"
+        for route in routes:
+            route.gap_pending = route.last_ms > 0
+            if route.gap_pending and id(route) not in self._gap_reason:
+                self._gap_reason[id(route)] = reason
+        kline_routes = [r for r in routes if r.gap_pending and r.channel.startswith("kline_")]
+        if kline_routes:
+            await self._repair_klines(kline_routes)
+
+    def _on_resume(self, route: Route, event: Event) -> None:
+        """The first event of a stream after a (re)connect or a restart: record the gap before it."""
+        from_ms, to_ms = route.last_ms, int(event["event_ms"])
+        if to_ms <= from_ms:
+            self._gap_reason.pop(id(route), None)
+            return
+        opts = self.options
+        self.writer.submit_command(
+            pack(
+                "XADD",
+                gaps_key(opts.prefix, opts.exchange),
+                "MAXLEN",
+                "~",
+                opts.stream_maxlen,
+                self._next_gap_id(to_ms),
+                "stream",
+                route.stream_key,
+                "channel",
+                route.channel,
+                "symbol",
+                route.symbol,
+                "from_ms",
+                from_ms,
+                "to_ms",
+                to_ms,
+                "reason",
+                self._gap_reason.pop(id(route), "reconnect"),
+            )
+        )
+        self.metrics.gaps += 1
+
+    async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
         async def fetch(route: Route, cutoff_ms: int) -> list[list[Any]]:
             timeframe = route.channel[6:]
             last = self._last_closed_open.get((route.symbol, timeframe))
-            start = next_open_ms(last, timeframe) if last else candle_open_ms(from_ms, timeframe)
+            start = next_open_ms(last, timeframe) if last else candle_open_ms(route.last_ms, timeframe)
             async with semaphore:
                 try:
                     return await self.rest.klines(route.symbol, timeframe, start, cutoff_ms)
@@ -275,9 +352,9 @@ class StreamService:
         try:
             async with asyncio.timeout(REPAIR_TIMEOUT_S):
                 try:
-                    cutoff_ms = max(to_ms, await self.rest.server_time())
+                    cutoff_ms = await self.rest.server_time()
                 except CollectorError:
-                    cutoff_ms = to_ms
+                    cutoff_ms = int(time.time() * 1000)
                 results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))
         except TimeoutError:
             self.metrics.rest_errors += 1
