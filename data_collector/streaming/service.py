@@ -8,6 +8,7 @@ connections, the Redis writer, the REST client, the order books and the candle s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -70,6 +71,23 @@ class ServiceOptions:
     max_streams_per_connection: int
     connection: ConnectionSettings
     close_timeout_s: float = 10.0
+    #: TTL of the ``<prefix>:heartbeat:streamer`` key (``metrics.heartbeat_ttl_s``); ``None``: no heartbeat.
+    heartbeat_ttl_s: int | None = 60
+
+
+class _Activity:
+    """The heartbeat's view of the streamer: newest message received, newest batch written."""
+
+    def __init__(self, service: StreamService) -> None:
+        self._service = service
+
+    @property
+    def last_message_ms(self) -> int | None:
+        return max((c.last_rx_ms for c in self._service.connections), default=0) or None
+
+    @property
+    def last_write_ms(self) -> int | None:
+        return self._service.metrics.last_write_ms
 
 
 class StreamService:
@@ -124,6 +142,9 @@ class StreamService:
         self.connections = self._build_connections()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
+        self._heartbeat: Any = None
+        self._heartbeat_client: Any = None
+        self._heartbeat_task: asyncio.Task[Any] | None = None
         self._closed = False
 
     def _route(self, symbol: str, channel: str) -> Route:
@@ -195,6 +216,38 @@ class StreamService:
             self.candles.start()
         for conn in self.connections:
             self._tasks.append(loop.create_task(conn.run(), name=conn.name))
+        if self.options.heartbeat_ttl_s is not None:
+            self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        """``<prefix>:heartbeat:streamer``, refreshed in its own task: every Redis call in it is
+        bounded by the socket timeout and a failed beat is only logged, so streaming never waits
+        for it (Redis down at start: the beats resume when it is back)."""
+        from utils.heartbeat import Heartbeat  # utils builds on data_collector, not the reverse
+
+        ttl = self.options.heartbeat_ttl_s
+        assert ttl is not None
+        metrics = self.metrics
+        self._heartbeat_client = self._endpoint.async_client()
+        self._heartbeat = Heartbeat(
+            self._heartbeat_client,
+            self.options.prefix,
+            "streamer",
+            ttl_s=ttl,
+            monitor=_Activity(self),
+            extra=lambda: {
+                "symbols": len(self.symbols),
+                "channels": self.channels,
+                "written": metrics.written,
+                "dropped": metrics.dropped,
+                "gaps": metrics.gaps,
+                "reconnects": metrics.reconnects,
+                "queue_depth": self.writer.queue_depth,
+            },
+        )
+        self._heartbeat_task = asyncio.get_running_loop().create_task(
+            self._heartbeat.start(), name="heartbeat:streamer"
+        )
 
     @property
     def connected(self) -> bool:
@@ -404,11 +457,24 @@ class StreamService:
             return None
         return self.books.snapshot(symbol)
 
+    async def _stop_heartbeat(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        if self._heartbeat is not None:
+            # A clean stop removes the key (bounded by the socket timeout when Redis is down).
+            await self._heartbeat.close()
+        if self._heartbeat_client is not None:
+            with contextlib.suppress(Exception):
+                await self._heartbeat_client.aclose()
+        self._heartbeat = self._heartbeat_client = self._heartbeat_task = None
+
     async def close(self) -> None:
         """Stop the connections, flush Redis (bounded), close everything; idempotent."""
         if self._closed:
             return
         self._closed = True
+        await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()
         for task in self._tasks:
