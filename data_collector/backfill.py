@@ -73,6 +73,12 @@ def page_coverage(page: Range, candles: Sequence[Candle], timeframe: str) -> lis
     is not fetched again.
     """
     start, end = page
+    if candles and timeframe in TIMEFRAME_MS:
+        step = TIMEFRAME_MS[timeframe]
+        # Validated candles are aligned and strictly increasing: n of them spanning exactly
+        # [start, end) leave no hole, so the page is one data range.
+        if candles[0][0] == start and candles[-1][0] == end - step and len(candles) == (end - start) // step:
+            return [CoverageRange(start, end, "data")]
     out: list[CoverageRange] = []
     cursor = start
     run_start: int | None = None

@@ -36,10 +36,14 @@ def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> l
         if not isinstance(row, Sequence) or isinstance(row, (str, bytes)) or len(row) < 6:
             raise MalformedPageError(f"a candle is not a [ts, o, h, l, c, v] row: {row!r:.80}")
     try:
+        candles = [
+            (row[0], float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]))
+            for row in rows
+        ]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = np.array([row[:6] for row in rows], dtype=np.float64)
-    except (TypeError, ValueError):
+            table = np.array(candles, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         raise MalformedPageError("a candle has a value that is not a number") from None
     if not np.isfinite(table).all():
         raise MalformedPageError("a candle has a missing or non-finite value")
@@ -59,7 +63,9 @@ def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> l
         raise MalformedPageError("a candle has a non-positive price or a negative volume")
     if not ((low <= o) & (o <= h) & (low <= c) & (c <= h)).all():
         raise MalformedPageError("a candle breaks low <= open, close <= high")
-    return list(zip(ts.tolist(), o.tolist(), h.tolist(), low.tolist(), c.tolist(), v.tolist(), strict=True))
+    if all(type(candle[0]) is int for candle in candles):
+        return candles
+    return [(t, *candle[1:]) for t, candle in zip(ts.tolist(), candles, strict=True)]
 
 
 def _check_aligned(ts: np.ndarray, timeframe: str) -> None:
@@ -76,9 +82,7 @@ def _check_aligned(ts: np.ndarray, timeframe: str) -> None:
 def fast_kline_row(row: object, market: object = None) -> object:
     """ccxt binance ``parse_ohlcv`` for spot kline arrays, without its per-field helper calls.
 
-    Returns the first six fields unconverted; :func:`validate_page` converts and checks them.
-    Anything that is not a kline array is returned as is, for the validation to reject.
+    Returns the row unconverted; :func:`validate_page` converts its first six fields and checks
+    them. Anything that is not a kline array is returned as is, for the validation to reject.
     """
-    if type(row) is list and len(row) >= 6:
-        return row[:6]
     return row

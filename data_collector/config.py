@@ -57,7 +57,7 @@ class ExchangeConfig(_Section):
     #: (Binance's exchangeInfo ``rateLimits``, 6000) or, without weight headers, uses ccxt's rateLimit.
     weight_limit: int | None = Field(default=None, ge=1, le=1_000_000)
     #: Fraction of the weight budget left unused, for other clients on the same IP and clock error.
-    rate_limit_margin: float = Field(default=0.02, ge=0, lt=0.5)
+    rate_limit_margin: float = Field(default=0.01, ge=0, lt=0.5)
     #: Retries of a failed request (network, 5xx, 429, timeouts, malformed pages) before the pair fails.
     max_retries: int = Field(default=7, ge=0, le=100)
     #: Candles per OHLCV request: the exchange's maximum (1000 on Binance spot).

@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from data_collector.backfill import BackfillPlan, align_range, page_coverage, pages, plan_backfill
+from data_collector.backfill import BackfillPlan, Range, align_range, page_coverage, pages, plan_backfill
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -58,10 +58,12 @@ TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
 
-PAGES_IN_FLIGHT_PER_PAIR = 4
-WRITE_QUEUE_BATCHES = 32
+PAGES_IN_FLIGHT_PER_PAIR = 8
+#: Pages between their request and the write queue, over all pairs.
+PAGES_IN_PROCESS = 12
+WRITE_QUEUE_BATCHES = 8
 WRITERS = 2
-MAX_BATCHES_PER_WRITE = 32
+MAX_BATCHES_PER_WRITE = 8
 
 
 class OptimizedDataCollector:
@@ -356,6 +358,7 @@ class _Run:
         self.end_ms = end_ms
         self.queue: asyncio.Queue[tuple[CandleBatch, PairReport] | None] = asyncio.Queue(WRITE_QUEUE_BATCHES)
         self.symbols = asyncio.Semaphore(self.config.performance.concurrent_symbols)
+        self.page_slots = asyncio.Semaphore(PAGES_IN_PROCESS)
         self.write_error: BaseException | None = None
 
     async def execute(self, symbols: list[str], timeframes: list[str]) -> None:
@@ -439,40 +442,15 @@ class _Run:
             batch = CandleBatch(instrument.id, plan.timeframe, [], [CoverageRange(s, e, "empty")])
             await self.queue.put((batch, pair))
         todo = list(reversed(plan.pages))
-        limit = self.config.exchange.ohlcv_page_limit
         failure: list[CollectorError] = []
 
         async def worker() -> None:
             while todo and not failure and not self.owner._stop.is_set() and self.write_error is None:
-                page = todo.pop()
-                fetch = asyncio.ensure_future(
-                    self.client.fetch_page(plan.symbol, plan.timeframe, page, limit)
-                )
-                stopped = asyncio.ensure_future(self.owner._stop.wait())
-                try:
-                    await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopped.cancel()
-                    if not fetch.done():
-                        # Stopping: a page waiting for the rate limiter is dropped, not awaited.
-                        fetch.cancel()
-                        await asyncio.gather(fetch, return_exceptions=True)
-                if fetch.cancelled():
-                    todo.append(page)
-                    return
-                try:
-                    candles = fetch.result()
-                except Exception as exc:
-                    failure.append(classify(exc))
-                    return
-                coverage = page_coverage(page, candles, plan.timeframe)
-                gaps = sum(1 for c in coverage if c.kind == "empty")
-                pair.exchange_gaps += gaps
-                self.report.exchange_gaps += gaps
-                pair.candles_fetched += len(candles)
-                pair.pages_done += 1
-                await self.queue.put((CandleBatch(instrument.id, plan.timeframe, candles, coverage), pair))
-                self._progress(pair)
+                # A slot covers the page from its request until it is on the write queue, so
+                # pages waiting for a full queue count too: memory stays bounded.
+                async with self.page_slots:
+                    if not await self._page(instrument, plan, pair, todo, failure):
+                        return
 
         await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, max(1, len(todo))))))
         if failure:
@@ -482,6 +460,47 @@ class _Run:
         else:
             self.report.gaps_repaired += plan.holes
             self._finish(pair, "done")
+
+    async def _page(
+        self,
+        instrument: Instrument,
+        plan: BackfillPlan,
+        pair: PairReport,
+        todo: list[Range],
+        failure: list[CollectorError],
+    ) -> bool:
+        """Fetch one page and queue it for the writers; False when the pair must stop."""
+        if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
+            return False
+        page = todo.pop()
+        limit = self.config.exchange.ohlcv_page_limit
+        fetch = asyncio.ensure_future(self.client.fetch_page(plan.symbol, plan.timeframe, page, limit))
+        stopped = asyncio.ensure_future(self.owner._stop.wait())
+        try:
+            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not fetch.done():
+                # Stopping: a page waiting for the rate limiter is dropped, not awaited.
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+        if fetch.cancelled():
+            todo.append(page)
+            return False
+        try:
+            candles = fetch.result()
+        except Exception as exc:
+            failure.append(classify(exc))
+            return False
+        coverage = page_coverage(page, candles, plan.timeframe)
+        gaps = sum(1 for c in coverage if c.kind == "empty")
+        pair.exchange_gaps += gaps
+        self.report.exchange_gaps += gaps
+        pair.candles_fetched += len(candles)
+        pair.pages_done += 1
+        await self.queue.put((CandleBatch(instrument.id, plan.timeframe, candles, coverage), pair))
+        self._progress(pair)
+        return True
 
     def _fail(self, pair: PairReport, error: BaseException) -> None:
         pair.error = str(error)

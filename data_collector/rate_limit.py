@@ -79,7 +79,7 @@ class RateLimiter:
         *,
         requests_per_min: int,
         weight_per_min: int | None = None,
-        safety_margin: float = 0.02,
+        safety_margin: float = 0.01,
         fallback_interval_s: float = 0.0,
         boundary_guard_s: float = 0.05,
         clock: Clock = time.time,

@@ -51,6 +51,13 @@ def test_page_coverage_marks_holes_empty() -> None:
         CoverageRange(T0 + 7 * MINUTE_MS, T0 + 8 * MINUTE_MS, "empty"),
     ]
     assert page_coverage((T0, T0 + MINUTE_MS), [], "1m") == [CoverageRange(T0, T0 + MINUTE_MS, "empty")]
+    full = [(T0 + i * MINUTE_MS, 1.0, 1.0, 1.0, 1.0, 0.0) for i in range(5)]
+    assert page_coverage((T0, T0 + 5 * MINUTE_MS), full, "1m") == [
+        CoverageRange(T0, T0 + 5 * MINUTE_MS, "data")
+    ]
+    assert page_coverage((T0, T0 + 6 * MINUTE_MS), full, "1m")[-1] == CoverageRange(
+        T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "empty"
+    )
 
 
 def test_plan_skips_the_forming_candle_and_covered_ranges() -> None:

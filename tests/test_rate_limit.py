@@ -53,7 +53,7 @@ async def test_server_offset_moves_the_boundary() -> None:
 async def test_safety_margin_is_kept() -> None:
     clock = FakeClock(60 * 1000.0)
     limiter = make(clock, requests_per_min=10_000, weight_per_min=6000)
-    assert limiter.budget == 6000 - 120
+    assert limiter.budget == 6000 - 60
     sent = 0
     while not clock.sleeps:
         limiter.release(await limiter.acquire(2))

@@ -112,6 +112,8 @@ async def test_pro_watchers_deliver(sim: SimulatedExchange, pro: Any) -> None:
     assert bids_asks["SOL/USDT"]["bid"] < bids_asks["SOL/USDT"]["ask"]
     book = await asyncio.wait_for(pro.watch_order_book("SOL/USDT"), 10)
     assert book["bids"][0][0] < book["asks"][0][0]
+    ticker = await asyncio.wait_for(pro.watch_ticker("SOL/USDT"), 10)
+    assert ticker["symbol"] == "SOL/USDT" and ticker["low"] <= ticker["last"] <= ticker["high"]
 
 
 async def _maintain_book(sim: SimulatedExchange, pro: Any, seconds: float) -> int:

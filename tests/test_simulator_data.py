@@ -260,3 +260,60 @@ async def test_same_seed_same_bytes_in_two_processes() -> None:
     assert a[:-2] == b[:-2]
     assert all(len(x) > 1000 for x in a[:-2])
     assert a[0] != c[0]
+
+
+async def test_24h_ticker_aggregates_the_last_day_of_candles(sim: SimulatedExchange) -> None:
+    for offset_ms in (0, 30_000, 59_999):
+        now = (sim.clock.now_ms() // MINUTE_MS - 2) * MINUTE_MS + offset_ms
+        sim.clock.freeze(now)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sim.rest_url + "/api/v3/ticker/24hr", params={"symbol": "SOLUSDT"}) as resp:
+                ticker = await resp.json()
+        k = sim.klines("SOL/USDT", "1m", now - DAY_MS + 1, now + 1)
+        assert ticker["openPrice"] == k[0][1] and ticker["lastPrice"] == k[-1][4]
+        assert Decimal(ticker["highPrice"]) == max(Decimal(x[2]) for x in k)
+        assert Decimal(ticker["lowPrice"]) == min(Decimal(x[3]) for x in k)
+        assert Decimal(ticker["volume"]) == sum(Decimal(x[5]) for x in k)
+        assert ticker["count"] == sum(x[8] for x in k)
+        assert ticker["lastId"] - ticker["firstId"] + 1 == ticker["count"]
+    sim.clock.unfreeze()
+
+
+async def test_rest_klines_paging_semantics() -> None:
+    gap = (1_700_000_000_000 // HOUR_MS * HOUR_MS, 1_700_000_000_000 // HOUR_MS * HOUR_MS + 2 * HOUR_MS)
+    async with (
+        SimulatedExchange(symbols=["SOL/USDT"], seed=4, gaps={"SOL/USDT": [gap]}) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def get(**params: Any) -> list[list[Any]]:
+            params = {"symbol": "SOLUSDT", "interval": "1m", **{k: str(v) for k, v in params.items()}}
+            async with http.get(sim.rest_url + "/api/v3/klines", params=params) as resp:
+                assert resp.status == 200
+                result: list[list[Any]] = await resp.json()
+                return result
+
+        end = gap[0] - 10 * DAY_MS + 12_345
+        latest = await get(endTime=end, limit=7)
+        assert [k[0] for k in latest] == [
+            end // MINUTE_MS * MINUTE_MS - i * MINUTE_MS for i in range(6, -1, -1)
+        ]
+        assert len(await get()) == 500
+        start = end - 5 * MINUTE_MS
+        ranged = await get(startTime=start, endTime=end)
+        assert [k[0] for k in ranged] == [(start // MINUTE_MS + 1 + i) * MINUTE_MS for i in range(5)]
+        across = await get(startTime=gap[0] - 3 * MINUTE_MS, limit=6)
+        assert [k[0] for k in across] == [gap[0] - 3 * MINUTE_MS + i * MINUTE_MS for i in range(3)] + [
+            gap[1] + i * MINUTE_MS for i in range(3)
+        ]
+        backwards = await get(endTime=gap[1] + MINUTE_MS, limit=4)
+        assert [k[0] for k in backwards] == [
+            gap[0] - 2 * MINUTE_MS,
+            gap[0] - MINUTE_MS,
+            gap[1],
+            gap[1] + MINUTE_MS,
+        ]
+        assert await get(startTime=sim.clock.now_ms() + DAY_MS) == []
+        assert await get(endTime=sim.listing_ms("SOL/USDT") - 1) == []
+        listing = sim.listing_ms("SOL/USDT")
+        assert (await get(startTime=0, limit=1))[0][0] == listing

@@ -176,3 +176,34 @@ async def test_ccxt_sees_each_fault_as_its_error(sim: SimulatedExchange) -> None
         assert len(await ex.fetch_ohlcv("BTC/USDT", "1m", limit=5)) == 5
     finally:
         await ex.close()
+
+
+async def test_faults_configured_at_start(http: aiohttp.ClientSession) -> None:
+    from data_collector.simulator import Faults
+
+    async with SimulatedExchange(
+        symbols=["BTC/USDT"], endpoint_faults={"/api/v3/klines": Faults(error_rate=1.0)}
+    ) as sim:
+        await _ok(http, sim.rest_url + PING)
+        async with http.get(sim.rest_url + KLINES) as resp:
+            assert resp.status in (502, 503, 504)
+        sim.set_faults(endpoint="klines")
+        await _ok(http, sim.rest_url + KLINES)
+
+
+async def test_lifecycle_close_twice_and_use_after_close() -> None:
+    from data_collector.errors import ClosedError
+
+    sim = SimulatedExchange(symbols=["BTC/USDT"])
+    await sim.close()  # never started: fine
+    sim = SimulatedExchange(symbols=["BTC/USDT"])
+    async with sim:
+        assert await sim.start() is sim  # idempotent
+        port = sim.port
+        assert port > 0 and sim.rest_url.endswith(f":{port}")
+    await sim.close()
+    with pytest.raises(ClosedError):
+        await sim.start()
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(f"http://127.0.0.1:{port}/api/v3/ping")

@@ -68,7 +68,7 @@ async def test_raw_and_combined_payloads(sim: SimulatedExchange, http: aiohttp.C
         seen: dict[str, Any] = {}
         while len(seen) < 4:
             msg = await _next(ws)
-            seen[msg["stream"]] = msg["data"]
+            seen.setdefault(msg["stream"], msg["data"])  # the first of each: a forming kline
         assert seen["solusdt@aggTrade"]["e"] == "aggTrade"
         assert set(seen["solusdt@aggTrade"]) == {"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}
         assert seen["solusdt@miniTicker"]["e"] == "24hrMiniTicker"
@@ -125,6 +125,12 @@ async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSessio
     ids = [t["t"] for t in got]
     assert ids == list(range(ids[0], ids[0] + 40))
     assert sent["count"] >= 40 and sent["last_id"] == ids[0] + sent["count"] - 1
+    sim.set_ws_rate(0)
+    before = sim.ws_sent()["solusdt@trade"]["count"]
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.3)
+    assert sim.ws_sent()["solusdt@trade"]["count"] == before
 
 
 async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
@@ -137,7 +143,7 @@ async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) ->
                 json.loads(msg.data)
             except json.JSONDecodeError:
                 break
-        sim.ws_faults.stall(1.0)
+        sim.ws_faults.stall(2.0)
         await asyncio.sleep(0.05)
         while True:  # drain what was in flight
             try:
@@ -168,6 +174,8 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     events.append(json.loads(msg.data).get("e"))
             assert events[-1] == "serverShutdown"
+    # A client that never answers pings is dropped (no serverShutdown: not a planned close).
+    async with SimulatedExchange(symbols=["BTC/USDT"], ws_ping_s=0.3) as sim:
         async with http.ws_connect(sim.ws_url + "/ws", autoping=False) as ws:
             kinds = []
             while True:
@@ -175,7 +183,14 @@ async def test_lifetime_and_ping_timeout(http: aiohttp.ClientSession) -> None:
                 kinds.append(msg.type)
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
-            assert aiohttp.WSMsgType.PING in kinds
+            assert aiohttp.WSMsgType.PING in kinds and aiohttp.WSMsgType.TEXT not in kinds
+        # One that does answer stays.
+        async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
+            while loop.time() < until:  # reading is what answers the pings
+                assert (await _next(ws))["e"] == "trade"
+            assert sim.ws_connections() == 1
 
 
 async def test_control_message_limits(http: aiohttp.ClientSession) -> None:

@@ -18,6 +18,7 @@ Model (every number is a pure function of ``(seed, symbol, position)``):
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -51,8 +52,12 @@ _KNOWN_PRICES = {"BTC": 40000.0, "ETH": 2500.0, "SOL": 100.0, "BNB": 300.0, "XRP
 _YEAR_MIN = 365 * 24 * 60
 
 
-class Rows(NamedTuple):
-    """Aggregated candles as parallel int64 arrays (prices in ticks, volumes in lot steps)."""
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Aggregated candles as parallel int64 arrays (prices in ticks, volumes in lot steps).
+
+    ``len()`` is the number of candles; iterating yields the columns in :data:`FIELDS` order.
+    """
 
     open_ms: I64
     o: I64
@@ -67,6 +72,9 @@ class Rows(NamedTuple):
 
     def __len__(self) -> int:
         return int(self.open_ms.shape[0])
+
+    def __iter__(self) -> Iterator[I64]:
+        return iter((self.open_ms, self.o, self.h, self.l, self.c, self.v, self.n, self.q, self.tb, self.tbq))
 
 
 def _empty_rows() -> Rows:
@@ -210,6 +218,8 @@ class SymbolMarket:
         self._k_tt = stream_key(seed, self.symbol, "trade-time")
         self._k_tp = stream_key(seed, self.symbol, "trade-price")
         self._k_tw = stream_key(seed, self.symbol, "trade-pick")
+        self._k_tb = stream_key(seed, self.symbol, "trade-side")
+        self._k_tq = stream_key(seed, self.symbol, "trade-qty")
         if listing_ms is None:
             lk = stream_key(seed, self.symbol, "listing")
             base = 1546300800000  # 2019-01-01
@@ -227,8 +237,8 @@ class SymbolMarket:
         out: list[tuple[int, int]] = []
         if gaps is None:
             gk = stream_key(self.seed, self.symbol, "gaps")
-            for year in range(100):
-                h = int(hash_array(gk, np.array([year], dtype=np.int64))[0])
+            for year, h64 in enumerate(hash_array(gk, np.arange(100, dtype=np.int64))):
+                h = int(h64)
                 start = self._lm + year * _YEAR_MIN + 30 * 1440 + (h % (300 * 1440))
                 length = 120 + (h >> 32) % 240
                 out.append((start, start + length))
@@ -389,8 +399,8 @@ class SymbolMarket:
         if not self.is_trading(minute):
             return []
         m = np.array([minute], dtype=np.int64)
-        o, h, low, c, v, n_, _q, _tb, _tbq, k_, a_ = self._minute_fields(m)
-        n, k, a, vol = int(n_[0]), int(k_[0]), float(a_[0]), int(v[0])
+        o, h, low, c, v, n_, _q, tb_, _tbq, k_, _a = self._minute_fields(m)
+        n, k, vol, tb = int(n_[0]), int(k_[0]), int(v[0]), int(tb_[0])
         idx = np.arange(minute * 4096, minute * 4096 + n, dtype=np.int64)
         offsets = np.sort(np.floor(uniform_array(self._k_tt, idx) * 60000.0).astype(np.int64))
         lo_t, hi_t = int(low[0]), int(h[0])
@@ -404,21 +414,31 @@ class SymbolMarket:
         prices[i_lo] = lo_t
         prices[0] = int(o[0])
         prices[-1] = int(c[0])
-        cum = self._cum_volume(n, vol, a, np.arange(n + 1, dtype=np.int64))
-        qtys = np.diff(cum)
+        # k of the n trades, at random places, were bought by the taker; their quantities add up
+        # to the candle's taker-buy volume and the others' to the rest of the volume.
+        buyer = np.zeros(n, dtype=bool)
+        buyer[np.argsort(uniform_array(self._k_tb, idx), kind="stable")[:k]] = True
+        qtys = np.empty(n, dtype=np.int64)
+        weights = uniform_array(self._k_tq, idx)
+        qtys[buyer] = self._split(tb, k, weights[buyer])
+        qtys[~buyer] = self._split(vol - tb, n - k, weights[~buyer])
         first = self.trades_before(minute)
         t0 = minute * MINUTE_MS
         return [
-            Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), i >= k) for i in range(n)
+            Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), not buyer[i])
+            for i in range(n)
         ]
 
     @staticmethod
-    def _cum_volume(n: int, vol: int, a: float, i: I64) -> I64:
-        """Volume of the first ``i`` trades of a minute with ``n`` trades and volume ``vol``."""
-        vp = float(vol - n)
-        x = i.astype(np.float64) / float(n)
-        cum = i + np.floor(vp * (x + a * x * (1.0 - x))).astype(np.int64)
-        return np.where(i >= n, vol, cum)
+    def _split(total: int, parts: int, u: F64) -> I64:
+        """``parts`` positive integers adding up to ``total`` (>= parts), weighted by ``u``."""
+        if parts == 0:
+            return np.zeros(0, dtype=np.int64)
+        w = np.cumsum(0.1 + u[:parts] ** 4 * 8.0)
+        cum = np.arange(1, parts + 1, dtype=np.int64)
+        cum += np.floor(float(total - parts) * (w / w[-1])).astype(np.int64)
+        cum[-1] = total
+        return np.diff(cum, prepend=0)
 
     def second_rows(self, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """1s candles opening in ``[start_ms, end_ms)`` up to ``now_ms``, built from the trades.
@@ -528,8 +548,8 @@ class SymbolMarket:
             rows = self.minute_rows(a * 1440, b * 1440)
             hours = _group_reduce(rows, rows.open_ms - rows.open_ms % HOUR_MS)
             days = _group_reduce(hours, hours.open_ms - hours.open_ms % DAY_MS)
-            h_mat = np.stack(hours, axis=1) if len(hours) else np.zeros((0, 10), dtype=np.int64)
-            d_mat = np.stack(days, axis=1) if len(days) else np.zeros((0, 10), dtype=np.int64)
+            h_mat = np.stack(list(hours), axis=1) if len(hours) else np.zeros((0, 10), dtype=np.int64)
+            d_mat = np.stack(list(days), axis=1) if len(days) else np.zeros((0, 10), dtype=np.int64)
             h_cut = np.searchsorted(hours.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
             d_cut = np.searchsorted(days.open_ms, np.arange(a, b + 1, dtype=np.int64) * DAY_MS)
             for d in range(a, b):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import struct
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from data_collector.simulator.market import SymbolMarket
 
 if TYPE_CHECKING:
     from data_collector.simulator.server import SimulatedExchange
+
+log = logging.getLogger(__name__)
 
 #: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
 HIGH_WATER = 4 * 1024 * 1024
@@ -98,6 +101,7 @@ class StreamHub:
         self.max_incoming_per_s: float | None = None
         self.dropped_for_rate = 0
         self._task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[bool]] = set()
         self._rng = random.Random(sim.seed)
         self._trade_ids: dict[str, int] = {}
         self._ref: dict[str, tuple[int, int]] = {}
@@ -130,7 +134,7 @@ class StreamHub:
         market = self.sim.market_by_stream.get(sym)
         if market is None or not rest:
             raise StreamError(name)
-        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker"):
+        if rest in ("trade", "aggTrade", "bookTicker", "miniTicker", "ticker"):
             return market, rest, ""
         if rest.startswith("kline_") and rest[6:] in TIMEFRAMES:
             return market, "kline", rest[6:]
@@ -247,6 +251,12 @@ class StreamHub:
         # The ack is written before any data of the new streams can be (the pump runs later).
         conn.write_now(json.dumps(reply, separators=(",", ":")).encode())
 
+    def _close_later(self, conn: Connection) -> None:
+        """Close ``conn`` with a close frame, in a task the hub keeps until it is done."""
+        task = asyncio.get_running_loop().create_task(conn.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     # -- faults ------------------------------------------------------------------------------
 
     def drop_all(self) -> int:
@@ -265,7 +275,7 @@ class StreamHub:
         for conn in list(self.connections):
             conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
             conn.closing = True
-            asyncio.get_running_loop().create_task(conn.ws.close())
+            self._close_later(conn)
             self.drop(conn)
             n += 1
         return n
@@ -375,7 +385,7 @@ class StreamHub:
             if out:
                 self._count_sent(st.name, len(out), st.kline_open)
             return out
-        if kind == "miniTicker":
+        if kind in ("miniTicker", "ticker"):
             if now - st.last_ms < 1000 and st.cursor:
                 return []
             st.last_ms = now
@@ -384,6 +394,32 @@ class StreamHub:
             if stats is None:
                 return []
             self._count_sent(st.name, 1, now)
+            if kind == "ticker":
+                tick = self.sim.ticker_24hr(m, now)
+                keys = (
+                    ("p", "priceChange"),
+                    ("P", "priceChangePercent"),
+                    ("w", "weightedAvgPrice"),
+                    ("x", "prevClosePrice"),
+                    ("c", "lastPrice"),
+                    ("Q", "lastQty"),
+                    ("b", "bidPrice"),
+                    ("B", "bidQty"),
+                    ("a", "askPrice"),
+                    ("A", "askQty"),
+                    ("o", "openPrice"),
+                    ("h", "highPrice"),
+                    ("l", "lowPrice"),
+                    ("v", "volume"),
+                    ("q", "quoteVolume"),
+                    ("O", "openTime"),
+                    ("C", "closeTime"),
+                    ("F", "firstId"),
+                    ("L", "lastId"),
+                    ("n", "count"),
+                )
+                event = {"e": "24hrTicker", "E": now, "s": sym, **{short: tick[long] for short, long in keys}}
+                return [json.dumps(event, separators=(",", ":")).encode()]
             return [
                 (
                     '{"e":"24hrMiniTicker","E":%d,"s":"%s","c":"%s","o":"%s","h":"%s","l":"%s","v":"%s","q":"%s"}'
@@ -574,14 +610,17 @@ class StreamHub:
             if now - conn.opened_ms >= limit_ms and not conn.closing:
                 conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
                 conn.closing = True
-                asyncio.get_running_loop().create_task(conn.ws.close())
+                self._close_later(conn)
                 self.drop(conn)
 
     async def _pump(self) -> None:
         sleep: Callable[[float], Any] = asyncio.sleep
         while True:
             if self.streams or self.connections:
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # one bad tick must not silence every stream for good
+                    log.exception("simulator stream pump tick failed")
                 await sleep(self.tick_s)
             else:
                 await sleep(0.05)

@@ -139,16 +139,26 @@ def _formatted(node: ast.expr) -> str | None:
 
 
 def _identifier_only(node: ast.JoinedStr) -> bool:
-    """True when every placeholder of an f-string is an SQL identifier from code (schema/table name)
-    or an ``int(...)`` (which cannot carry SQL; e.g. SQLite's ``PRAGMA busy_timeout=`` takes no
-    parameters).
+    """True when every placeholder of an f-string is an SQL identifier from code: named like one
+    (schema/table/quoted) or standing in a ``"quoted identifier"`` position; or an ``int(...)``
+    (which cannot carry SQL; e.g. SQLite's ``PRAGMA busy_timeout=`` takes no parameters).
 
     The house style allows identifiers from code (the validated schema name); values never.
     """
-    for value in node.values:
+    parts = node.values
+    for i, value in enumerate(parts):
         if isinstance(value, ast.FormattedValue):
             if isinstance(value.value, ast.Call) and ast.unparse(value.value.func) == "int":
                 continue
+            before = parts[i - 1] if i > 0 else None
+            after = parts[i + 1] if i + 1 < len(parts) else None
+            if (
+                isinstance(before, ast.Constant)
+                and str(before.value).endswith('"')
+                and isinstance(after, ast.Constant)
+                and str(after.value).startswith('"')
+            ):
+                continue  # in a "quoted identifier" position: a name from code, not a value
             src = ast.unparse(value.value).lower()
             if not any(word in src for word in ("schema", "table", "ident", "_q(", "quote")):
                 return False
@@ -189,9 +199,11 @@ def test_sql_calls_get_no_formatted_values(tmp_path: Path) -> None:
         '    await conn.fetch("SELECT %s" % sym)\n'
         '    text("SELECT {}".format(sym))\n'
         '    await conn.execute(f"CREATE TABLE \\"{schema}\\".t (x int)")\n'
+        '    await conn.execute(f"DROP SCHEMA \\"{sym}\\" CASCADE")\n'
+        "    await conn.execute(f\"SELECT 1 FROM t WHERE s = '{sym}'\")\n"
         '    await conn.execute("SELECT $1", sym)\n'
     )
-    assert len(sql_formatting_violations([planted])) == 3
+    assert len(sql_formatting_violations([planted])) == 4
     files = [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")]
     assert files
     assert sql_formatting_violations(files) == []
