@@ -108,8 +108,8 @@ def split_for_url(base: str, streams: list[str], url_max_chars: int) -> tuple[st
 
 ConnectHook = Callable[["StreamConnection"], Awaitable[None]]
 DisconnectHook = Callable[["StreamConnection"], None]
-#: ``(route, first event)`` of a stream whose ``gap_pending`` was set.
-ResumeHook = Callable[[Route, Event], None]
+#: ``(route, entry id, first event)`` of a stream whose ``gap_pending`` was set.
+ResumeHook = Callable[[Route, str, Event], None]
 
 
 class StreamConnection:
@@ -246,7 +246,7 @@ class StreamConnection:
             submit((route.xadd_head, route.set_head, entry_id, packb(event), event_ms, now))
             if route.gap_pending:
                 route.gap_pending = False
-                on_resume(route, event)
+                on_resume(route, entry_id, event)
             if event_ms > route.last_ms:
                 route.last_ms = event_ms
             if route.on_event is not None:

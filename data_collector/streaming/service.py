@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 REPAIR_CONCURRENCY = 8
 #: Longest the kline repair may hold a reconnected connection's reading back.
 REPAIR_TIMEOUT_S = 5.0
+#: Seconds between attempts to read a restart's starting point when Redis was down at start.
+RESOLVE_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -139,6 +141,11 @@ class StreamService:
         self._load_lock = asyncio.Lock()
         #: ``id(route)`` -> why its pending gap opened ("restart" or "reconnect").
         self._gap_reason: dict[int, str] = {}
+        #: Streams whose stored past Redis could not tell at start, and their first new
+        #: ``(entry id, event time)`` once seen.
+        self._unresolved: dict[int, Route] = {}
+        self._unresolved_first: dict[int, tuple[str, int]] = {}
+        self._resolver: asyncio.Task[None] | None = None
         self.connections = self._build_connections()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
@@ -282,58 +289,74 @@ class StreamService:
         self._gap_id = (to_ms, 0) if to_ms > last_ms else (last_ms, last_seq + 1)
         return f"{self._gap_id[0]}-{self._gap_id[1]}"
 
-    async def _load_stored(self, routes: list[Route]) -> None:
+    async def _newest_entries(self, ranges: list[tuple[str, str]]) -> list[Any]:
+        """``XREVRANGE <key> <max> - COUNT 1`` for each ``(key, max)``, in one round trip.
+
+        Raises:
+            ServerUnavailableError, TimeoutError, ConnectionError, OSError: Redis cannot be read
+                (bounded by its connect and socket timeouts).
+        """
+        endpoint = self._endpoint
+        async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
+            conn = await endpoint.connect()
+            try:
+                payload = b"".join(pack("XREVRANGE", key, top, "-", "COUNT", 1) for key, top in ranges)
+                return await conn.execute(payload, len(ranges))
+            finally:
+                await conn.close()
+
+    @staticmethod
+    def _entry_time(reply: Any) -> tuple[str, int] | None:
+        """``(entry id, event time)`` of the one entry of an XREVRANGE reply, if any."""
+        if not isinstance(reply, list) or not reply:
+            return None
+        entry_id, fields = reply[0][0].decode(), reply[0][1]
+        event_ms = int(entry_id.partition("-")[0])
+        try:
+            event = msgpack.unpackb(dict(zip(fields[::2], fields[1::2], strict=False))[b"d"])
+            event_ms = int(event["event_ms"])
+        except Exception:  # an entry not written by us: its id's time will do
+            pass
+        return entry_id, event_ms
+
+    def _note_gap_top(self, reply: Any) -> None:
+        found = self._entry_time(reply)
+        if found is not None:
+            ms, _, seq = found[0].partition("-")
+            self._gap_id = max(self._gap_id, (int(ms), int(seq or 0)))
+
+    async def _load_stored(self, routes: list[Route]) -> bool:
         """Learn what Redis already holds for ``routes`` (a restarted streamer's starting point).
 
         For each stream, the newest entry's event time becomes ``route.last_ms`` (so the first
         new event closes a gap over the downtime and whatever a killed process had not written);
         for klines, the newest closed candle seeds the REST repair; the gaps stream's top id keeps
-        new marker ids increasing. Bounded by the Redis timeouts; when Redis cannot be read, the
-        streams start without a known past and a warning says so.
+        new marker ids increasing. Bounded by the Redis timeouts. False when Redis cannot be read:
+        the streams then start without a known past, and :meth:`_resolve_restart_gaps` finds it
+        later (the newest entry before each stream's first new one).
         """
         opts = self.options
         gkey = gaps_key(opts.prefix, opts.exchange)
-        keys = [r.stream_key for r in routes] + [gkey]
-        endpoint = self._endpoint
         try:
-            async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
-                conn = await endpoint.connect()
-                try:
-                    payload = b"".join(pack("XREVRANGE", key, "+", "-", "COUNT", 1) for key in keys)
-                    replies = await conn.execute(payload, len(keys))
-                finally:
-                    await conn.close()
+            replies = await self._newest_entries([(r.stream_key, "+") for r in routes] + [(gkey, "+")])
         except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
-            log.warning(
-                "cannot read what Redis holds (%s): a restart's downtime is not marked as a gap",
-                exc,
-            )
-            return
+            log.warning("cannot read what Redis holds (%s); the restart's gap is marked once it can be", exc)
+            return False
         for route, reply in zip(routes, replies, strict=False):
-            if not isinstance(reply, list) or not reply:
+            found = self._entry_time(reply)
+            if found is None:
                 continue
-            entry_id, fields = reply[0][0].decode(), reply[0][1]
-            stored_ms, _, seq = entry_id.partition("-")
-            event_ms = int(stored_ms)
-            try:
-                event = msgpack.unpackb(dict(zip(fields[::2], fields[1::2], strict=False))[b"d"])
-                event_ms = int(event["event_ms"])
-            except Exception:  # an entry not written by us: its id's time will do
-                event = None
+            entry_id, event_ms = found
             route.last_ms = max(route.last_ms, event_ms)
             if route.channel.startswith("kline_"):
                 timeframe = route.channel[6:]
-                open_ms = int(stored_ms)
-                closed = entry_id == kline_entry_id(open_ms, timeframe, open_ms, True)
-                if not closed:
-                    open_ms -= 1  # the candle before the forming one
-                    open_ms = candle_open_ms(open_ms, timeframe)
+                open_ms = int(entry_id.partition("-")[0])
+                if entry_id != kline_entry_id(open_ms, timeframe, open_ms, True):
+                    open_ms = candle_open_ms(open_ms - 1, timeframe)  # the candle before the forming one
                 key = (route.symbol, timeframe)
                 self._last_closed_open[key] = max(self._last_closed_open.get(key, 0), open_ms)
-        top = replies[-1] if len(replies) == len(keys) else None
-        if isinstance(top, list) and top:
-            ms, _, seq = top[0][0].decode().partition("-")
-            self._gap_id = max(self._gap_id, (int(ms), int(seq or 0)))
+        self._note_gap_top(replies[-1])
+        return True
 
     async def _on_connect(self, conn: StreamConnection) -> None:
         """Every (re)connect: mark the streams with a known past, repair their closed klines."""
@@ -341,22 +364,37 @@ class StreamService:
         async with self._load_lock:
             if not self._loaded:
                 self._loaded = True
-                await self._load_stored([r for c in self.connections for r in c.unique_routes()])
+                every = [r for c in self.connections for r in c.unique_routes()]
+                if not await self._load_stored(every):
+                    self._unresolved = {id(r): r for r in every}
         reason = "reconnect" if conn.connects > 1 else "restart"
         for route in routes:
-            route.gap_pending = route.last_ms > 0
-            if route.gap_pending and id(route) not in self._gap_reason:
+            # A stream whose past Redis could not tell at start still needs its first event.
+            unknown = id(route) in self._unresolved and id(route) not in self._unresolved_first
+            route.gap_pending = route.last_ms > 0 or unknown
+            if route.last_ms > 0 and id(route) not in self._gap_reason:
                 self._gap_reason[id(route)] = reason
-        kline_routes = [r for r in routes if r.gap_pending and r.channel.startswith("kline_")]
+        kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
         if kline_routes:
             await self._repair_klines(kline_routes)
 
-    def _on_resume(self, route: Route, event: Event) -> None:
+    def _on_resume(self, route: Route, entry_id: str, event: Event) -> None:
         """The first event of a stream after a (re)connect or a restart: record the gap before it."""
         from_ms, to_ms = route.last_ms, int(event["event_ms"])
+        if id(route) in self._unresolved and id(route) not in self._unresolved_first:
+            self._unresolved_first[id(route)] = (entry_id, to_ms)
+            if self._resolver is None:
+                self._resolver = asyncio.get_running_loop().create_task(
+                    self._resolve_restart_gaps(), name="restart-gaps"
+                )
+            if from_ms == 0:
+                return
         if to_ms <= from_ms:
             self._gap_reason.pop(id(route), None)
             return
+        self._write_gap(route, from_ms, to_ms, self._gap_reason.pop(id(route), "reconnect"))
+
+    def _write_gap(self, route: Route, from_ms: int, to_ms: int, reason: str) -> None:
         opts = self.options
         self.writer.submit_command(
             pack(
@@ -377,10 +415,32 @@ class StreamService:
                 "to_ms",
                 to_ms,
                 "reason",
-                self._gap_reason.pop(id(route), "reconnect"),
+                reason,
             )
         )
         self.metrics.gaps += 1
+
+    async def _resolve_restart_gaps(self) -> None:
+        """Redis was unreadable at start: once it answers, the newest entry before each stream's
+        first new one is what the previous process left, and the gap runs from it."""
+        gkey = gaps_key(self.options.prefix, self.options.exchange)
+        while self._unresolved:
+            await asyncio.sleep(RESOLVE_INTERVAL_S)
+            ready = [(rid, first) for rid, first in self._unresolved_first.items() if rid in self._unresolved]
+            if not ready:
+                continue
+            ranges = [(self._unresolved[rid].stream_key, f"({entry_id}") for rid, (entry_id, _) in ready]
+            try:
+                replies = await self._newest_entries([*ranges, (gkey, "+")])
+            except (CollectorError, TimeoutError, ConnectionError, OSError):
+                continue
+            self._note_gap_top(replies[-1])
+            for (rid, (_, to_ms)), reply in zip(ready, replies, strict=False):
+                route = self._unresolved.pop(rid)
+                found = self._entry_time(reply)
+                if found is not None and to_ms > found[1]:
+                    self._write_gap(route, found[1], to_ms, "restart")
+            log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
@@ -474,6 +534,9 @@ class StreamService:
         if self._closed:
             return
         self._closed = True
+        if self._resolver is not None:
+            self._resolver.cancel()
+            await asyncio.gather(self._resolver, return_exceptions=True)
         await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()
