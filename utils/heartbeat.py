@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -34,9 +34,20 @@ import redis.asyncio as aioredis
 from data_collector.config import Config
 from data_collector.redis_keys import heartbeat_key
 from data_collector.redis_url import async_client
-from utils.performance_monitor import PerformanceMonitor
 
 log = logging.getLogger(__name__)
+
+
+class ActivitySource(Protocol):
+    """Where a heartbeat's ``last_write_ms`` / ``last_message_ms`` come from: a
+    :class:`~utils.performance_monitor.PerformanceMonitor`, or the streamer's own counters (so a
+    streaming-only process need not load numpy and prometheus_client for its heartbeat)."""
+
+    @property
+    def last_write_ms(self) -> int | None: ...
+
+    @property
+    def last_message_ms(self) -> int | None: ...
 
 
 def _now_ms() -> int:
@@ -51,7 +62,8 @@ class Heartbeat:
         prefix: ``redis.prefix``.
         component: ``'collector'``, ``'streamer'``, ...
         ttl_s: the key's TTL (``metrics.heartbeat_ttl_s``).
-        monitor: where ``last_write_ms`` / ``last_message_ms`` come from.
+        monitor: where ``last_write_ms`` / ``last_message_ms`` come from (a PerformanceMonitor
+            or any :class:`ActivitySource`).
         extra: called at each beat for more fields (e.g. ``{"symbols": 3}``).
         interval_s: time between beats; a third of ``ttl_s`` by default.
     """
@@ -63,7 +75,7 @@ class Heartbeat:
         component: str,
         ttl_s: int = 60,
         *,
-        monitor: PerformanceMonitor | None = None,
+        monitor: ActivitySource | None = None,
         extra: Callable[[], Mapping[str, Any]] | None = None,
         interval_s: float | None = None,
     ) -> None:
@@ -150,7 +162,7 @@ class Heartbeat:
 
 @contextlib.asynccontextmanager
 async def running_heartbeat(
-    config: Config, component: str, monitor: PerformanceMonitor | None = None
+    config: Config, component: str, monitor: ActivitySource | None = None
 ) -> AsyncIterator[Heartbeat]:
     """Keep ``component``'s heartbeat fresh for the duration of the block (Redis down: logged, no error)."""
     client = async_client(config)
