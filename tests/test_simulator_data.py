@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, next_open_ms
+from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAME_MS, candle_open_ms, next_open_ms
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.market import SymbolMarket
 from tests.conftest import free_port
@@ -357,3 +357,17 @@ def test_forming_minute_is_the_aggregate_of_its_trades_so_far() -> None:
         ]
     gap_start, _gap_end = market.gaps()[0]
     assert market.partial_minute(gap_start) is None and market.last_price(gap_start) is None
+
+
+def test_live_candles_follow_the_clock_within_and_across_minutes() -> None:
+    # The closed part of a range holding the forming candle is kept for the minute: asking
+    # again a little later, or in the next minute, must give what a fresh market computes.
+    market = SymbolMarket("BTC/USDT", 9)
+    t0 = market.listing_ms + 400 * DAY_MS + 23 * HOUR_MS + 58 * MINUTE_MS + 59_000
+    for step in (0, 300, 700, 1_100, 61_500, 125_000):
+        now = t0 + step
+        for tf in ("1m", "15m", "1h", "1d"):
+            start = candle_open_ms(now, tf) - 2 * TIMEFRAME_MS[tf]
+            got = market.candles(tf, start, now + 1, now)
+            fresh = SymbolMarket("BTC/USDT", 9).candles(tf, start, now + 1, now)
+            assert len(got) == 3 and [c.tolist() for c in got] == [c.tolist() for c in fresh]

@@ -258,6 +258,7 @@ class SymbolMarket:
         #: Aggregates of past days (shared between the symbols of one simulator).
         self.day_cache = day_cache if day_cache is not None else DayCache(4000)
         self._tapes: OrderedDict[int, MinuteTape] = OrderedDict()
+        self._live: OrderedDict[tuple[str, int, int, int], Rows] = OrderedDict()
 
     # -- gaps and listing ------------------------------------------------------------------
 
@@ -643,6 +644,29 @@ class SymbolMarket:
         keep = (out.open_ms >= start_ms) & (out.open_ms < end_ms)
         return out if keep.all() else Rows(*(f[keep] for f in out))
 
+    def _closed_candles(self, timeframe: str, unit: str, start_ms: int, end_ms: int, now_ms: int) -> Rows:
+        """Candles of ``timeframe`` from closed minutes only; the live range's are kept for the minute.
+
+        A range that holds the forming candle is asked for again and again (a WS kline every
+        2 s, REST polls of the latest candles) while its closed part only changes each minute.
+        The kept arrays are read-only: callers copy before they change anything.
+        """
+        live = end_ms > now_ms
+        key = (timeframe, start_ms, end_ms, now_ms // MINUTE_MS)
+        if live:
+            hit = self._live.get(key)
+            if hit is not None:
+                return hit
+        sub = self._closed_rows(unit, start_ms, end_ms, now_ms)
+        rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        if live:
+            for col in rows:
+                col.setflags(write=False)
+            self._live[key] = rows
+            if len(self._live) > 8:
+                self._live.popitem(last=False)
+        return rows
+
     def candles(self, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Every candle of ``timeframe`` opening in ``[start_ms, end_ms)`` that has data at ``now_ms``.
 
@@ -667,8 +691,7 @@ class SymbolMarket:
             unit = "1m"
         last_open = candle_open_ms(end_ms - 1, timeframe)
         sub_end = next_open_ms(last_open, timeframe)
-        sub = self._closed_rows(unit, start_ms, sub_end, now_ms)
-        rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        rows = self._closed_candles(timeframe, unit, start_ms, sub_end, now_ms)
         key = candle_open_ms(now_ms, timeframe)
         if not (start_ms <= key < end_ms):
             return rows
