@@ -234,7 +234,7 @@ async def run(ctx: BenchContext) -> list[Table]:
             )
             ticks = _pct(list(tick_ms))
             tables[-1].notes.append(
-                "simulator tick (builds and writes the frames, whose event time is the tick's start): "
+                "simulator tick (builds and writes the frames; each stream's event time is read as it is built): "
                 f"p50 {ticks['p50'] or 0:.2f} / p99 {ticks['p99'] or 0:.2f} / max {max(tick_ms, default=0):.1f} ms"
             )
     return tables
@@ -309,7 +309,7 @@ def _tables(rate: int, runs: dict[str, list[dict[str, Any]]]) -> list[Table]:
             f"receive->Redis (the streamer's share) {'met' if recv_p99 <= 5 else 'NOT met'} ({recv_p99:.2f} ms)"
         )
     lat.notes.append(
-        "event time is the simulator's (ms resolution, frames pushed every 5 ms tick): event->Redis includes "
+        "event time is the simulator's (ms resolution, stamped as each frame is built, pushed every 5 ms tick): event->Redis includes "
         "the simulator's own delay; receive->Redis is the streamer's share"
     )
     return [thr, lat]

@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, next_open_ms
+from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAME_MS, candle_open_ms, next_open_ms
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.market import SymbolMarket
 from tests.conftest import free_port
@@ -317,3 +317,57 @@ async def test_rest_klines_paging_semantics() -> None:
         assert await get(endTime=sim.listing_ms("SOL/USDT") - 1) == []
         listing = sim.listing_ms("SOL/USDT")
         assert (await get(startTime=0, limit=1))[0][0] == listing
+
+
+def test_forming_minute_is_the_aggregate_of_its_trades_so_far() -> None:
+    rng = random.Random(5)
+    market = SymbolMarket("SOL/USDT", 11)
+    # Another market of the same world that draws each next minute first (as the WS pump's
+    # prefetch does) and keeps few minutes: the order and the cache must not change a number.
+    other = SymbolMarket("SOL/USDT", 11)
+    now_min = market.listing_ms // MINUTE_MS + 3 * 365 * 1440
+    for _ in range(6):
+        minute = rng.randrange(market.listing_ms // MINUTE_MS, now_min)
+        other.minute_tape(minute + 1)
+        trades = market.minute_trades(minute)
+        closed = market.minute_rows(minute, minute + 1)
+        assert len(closed) == 1 and trades
+        start = minute * MINUTE_MS
+        times = [start, start + MINUTE_MS - 1] + [t.time_ms for t in rng.sample(trades, 5)]
+        times += [t.time_ms - 1 for t in trades[:2]] + [rng.randrange(start, start + MINUTE_MS)]
+        for at in times:
+            done = [t for t in trades if t.time_ms <= at]
+            p = market.partial_minute(at)
+            assert p is not None and other.partial_minute(at) == p
+            assert market.last_price(at) == p.c
+            if not done:
+                o = int(closed.o[0])
+                assert (p.o, p.h, p.l, p.c, p.v, p.n) == (o, o, o, o, 0, 0)
+                continue
+            prices = [t.price for t in done]
+            vol = sum(t.qty for t in done)
+            tb = sum(t.qty for t in done if not t.buyer_maker)
+            assert (p.o, p.h, p.l, p.c) == (prices[0], max(prices), min(prices), prices[-1])
+            assert (p.v, p.n, p.tb) == (vol, len(done), tb)
+            assert p.q == int(np.floor(float(closed.q[0]) * (vol / float(closed.v[0]))))
+        last = market.partial_minute(start + MINUTE_MS - 1)
+        assert last is not None
+        assert [last.o, last.h, last.l, last.c, last.v, last.n, last.q, last.tb, last.tbq] == [
+            int(col[0]) for col in list(closed)[1:]
+        ]
+    gap_start, _gap_end = market.gaps()[0]
+    assert market.partial_minute(gap_start) is None and market.last_price(gap_start) is None
+
+
+def test_live_candles_follow_the_clock_within_and_across_minutes() -> None:
+    # The closed part of a range holding the forming candle is kept for the minute: asking
+    # again a little later, or in the next minute, must give what a fresh market computes.
+    market = SymbolMarket("BTC/USDT", 9)
+    t0 = market.listing_ms + 400 * DAY_MS + 23 * HOUR_MS + 58 * MINUTE_MS + 59_000
+    for step in (0, 300, 700, 1_100, 61_500, 125_000):
+        now = t0 + step
+        for tf in ("1m", "15m", "1h", "1d"):
+            start = candle_open_ms(now, tf) - 2 * TIMEFRAME_MS[tf]
+            got = market.candles(tf, start, now + 1, now)
+            fresh = SymbolMarket("BTC/USDT", 9).candles(tf, start, now + 1, now)
+            assert len(got) == 3 and [c.tolist() for c in got] == [c.tolist() for c in fresh]

@@ -214,3 +214,41 @@ async def test_control_message_limits(http: aiohttp.ClientSession) -> None:
             assert reply["id"] == 1 and "1024" in reply["error"]["msg"]
             await ws.send_json({"method": "SUBSCRIBE", "params": names[:24], "id": 2})
             assert await _next(ws) == {"result": None, "id": 2}
+
+
+async def test_ws_agg_trades_equal_rest_and_a_tick_over_budget_defers(
+    sim: SimulatedExchange, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tick that runs over its budget leaves the streams it did not reach for the next tick:
+    # with no budget at all each tick builds one stream, and still nothing is lost or repeated.
+    monkeypatch.setattr("data_collector.simulator.streams.TICK_BUDGET_S", -1.0)
+    start = (sim.clock.now_ms() // MINUTE_MS - 2) * MINUTE_MS - 1500
+    sim.clock.freeze(start)
+    names = ["btcusdt@aggTrade", "btcusdt@trade", "solusdt@trade", "solusdt@kline_1m"]
+    got: dict[str, list[Any]] = {n: [] for n in names}
+    async with http.ws_connect(sim.ws_url + "/stream?streams=" + "/".join(names)) as ws:
+        for _ in range(8):  # across a minute boundary
+            sim.clock.advance(400)
+            await asyncio.sleep(0.05)
+        end = sim.clock.now_ms()
+        while True:
+            try:
+                msg = await _next(ws, 0.5)
+            except TimeoutError:
+                break
+            got[msg["stream"]].append(msg["data"])
+    rest = sim.agg_trades("BTC/USDT", start + 1, end + 1)
+    assert rest and [t["a"] for t in got["btcusdt@aggTrade"]] == [t["a"] for t in rest]
+    assert [(t["p"], t["q"], t["T"], t["m"]) for t in got["btcusdt@aggTrade"]] == [
+        (t["p"], t["q"], t["T"], t["m"]) for t in rest
+    ]
+    sent = sim.ws_sent()
+    for name in ("btcusdt@trade", "solusdt@trade"):
+        ids = [t["t"] for t in got[name]]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
+        assert sent[name]["count"] == len(ids) and sent[name]["last_id"] == ids[-1]
+    closed = [k["k"] for k in got["solusdt@kline_1m"] if k["k"]["x"]]
+    assert len(closed) == 1
+    k = closed[0]
+    row = sim.klines("SOL/USDT", "1m", k["t"], k["t"] + 1)[0]
+    assert [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["n"]] == [row[i] for i in (0, 1, 2, 3, 4, 5, 8)]

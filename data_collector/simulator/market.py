@@ -17,9 +17,11 @@ Model (every number is a pure function of ``(seed, symbol, position)``):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -91,6 +93,32 @@ class Trade:
     qty: int
     time_ms: int
     buyer_maker: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteTape:
+    """One minute's trades with running aggregates, so "the minute up to t" is a bisect.
+
+    ``run_*[j]`` aggregates trades ``0..j`` (inclusive); ``times`` are ascending.
+    """
+
+    minute: int
+    trades: list[Trade]
+    times: list[int]
+    o: int
+    v: int
+    q: int
+    run_hi: list[int]
+    run_lo: list[int]
+    run_v: list[int]
+    run_tb: list[int]
+
+    def done(self, now_ms: int) -> int:
+        """How many of the minute's trades have ``time_ms <= now_ms``."""
+        return bisect_right(self.times, now_ms)
+
+
+_NO_TAPE = MinuteTape(-1, [], [], 0, 0, 0, [], [], [], [])
 
 
 class Partial(NamedTuple):
@@ -229,7 +257,8 @@ class SymbolMarket:
         self._gaps_min = self._make_gaps(gaps)
         #: Aggregates of past days (shared between the symbols of one simulator).
         self.day_cache = day_cache if day_cache is not None else DayCache(4000)
-        self._trade_cache: OrderedDict[int, list[Trade]] = OrderedDict()
+        self._tapes: OrderedDict[int, MinuteTape] = OrderedDict()
+        self._live: OrderedDict[tuple[str, int, int, int], Rows] = OrderedDict()
 
     # -- gaps and listing ------------------------------------------------------------------
 
@@ -387,17 +416,44 @@ class SymbolMarket:
 
     def minute_trades(self, minute: int) -> list[Trade]:
         """The aggregate trades of one minute (empty if not trading), in id order."""
-        hit = self._trade_cache.get(minute)
-        if hit is None:
-            hit = self._make_minute_trades(minute)
-            self._trade_cache[minute] = hit
-            if len(self._trade_cache) > 8:
-                self._trade_cache.popitem(last=False)
+        return self.minute_tape(minute).trades
+
+    def minute_tape(self, minute: int) -> MinuteTape:
+        """The trades of one minute with their running aggregates, computed once (a small LRU)."""
+        hit = self._tapes.get(minute)
+        if hit is not None:
+            self._tapes.move_to_end(minute)
+            return hit
+        hit = self._make_tape(minute)
+        self._tapes[minute] = hit
+        if len(self._tapes) > 16:
+            self._tapes.popitem(last=False)
         return hit
 
-    def _make_minute_trades(self, minute: int) -> list[Trade]:
+    def has_tape(self, minute: int) -> bool:
+        """Whether :meth:`minute_tape` of ``minute`` is already computed (then it costs a lookup)."""
+        return minute in self._tapes
+
+    def _make_tape(self, minute: int) -> MinuteTape:
         if not self.is_trading(minute):
-            return []
+            return _NO_TAPE
+        trades, o, v, q = self._make_minute_trades(minute)
+        prices = [t.price for t in trades]
+        return MinuteTape(
+            minute,
+            trades,
+            [t.time_ms for t in trades],
+            o,
+            v,
+            q,
+            list(accumulate(prices, max)),
+            list(accumulate(prices, min)),
+            list(accumulate(t.qty for t in trades)),
+            list(accumulate(0 if t.buyer_maker else t.qty for t in trades)),
+        )
+
+    def _make_minute_trades(self, minute: int) -> tuple[list[Trade], int, int, int]:
+        """A trading minute's trades, and its candle's open, volume and quote volume."""
         m = np.array([minute], dtype=np.int64)
         o, h, low, c, v, n_, _q, tb_, _tbq, k_, _a = self._minute_fields(m)
         n, k, vol, tb = int(n_[0]), int(k_[0]), int(v[0]), int(tb_[0])
@@ -424,10 +480,11 @@ class SymbolMarket:
         qtys[~buyer] = self._split(vol - tb, n - k, weights[~buyer])
         first = self.trades_before(minute)
         t0 = minute * MINUTE_MS
-        return [
+        trades = [
             Trade(first + i, int(prices[i]), int(qtys[i]), t0 + int(offsets[i]), not buyer[i])
             for i in range(n)
         ]
+        return trades, int(o[0]), vol, int(_q[0])
 
     @staticmethod
     def _split(total: int, parts: int, u: F64) -> I64:
@@ -500,36 +557,37 @@ class SymbolMarket:
         return Rows(*(np.array(c, dtype=np.int64) for c in cols))
 
     def partial_minute(self, now_ms: int) -> Partial | None:
-        """The forming minute at ``now_ms``: aggregate of its trades with time <= now."""
+        """The forming minute at ``now_ms``: aggregate of its trades with time <= now.
+
+        A bisect into the minute's :class:`MinuteTape` (computed once per minute).
+        """
         minute = now_ms // MINUTE_MS
-        if not self.is_trading(minute):
+        tape = self.minute_tape(minute)
+        if tape is _NO_TAPE:
             return None
-        trades = self.minute_trades(minute)
-        m = np.array([minute], dtype=np.int64)
-        o, _h, _l, _c, v, _n, q, _tb, _tbq, _k, _a = self._minute_fields(m)
-        done = [t for t in trades if t.time_ms <= now_ms]
-        j = len(done)
+        j = tape.done(now_ms)
         if j == 0:
-            p = int(o[0])
+            p = tape.o
             return Partial(minute, p, p, p, p, 0, 0, 0, 0, 0)
-        vol, qq = int(v[0]), int(q[0])
-        vj = sum(t.qty for t in done)
-        tbj = sum(t.qty for t in done if not t.buyer_maker)
+        i = j - 1
+        vol, qq = tape.v, tape.q
+        vj, tbj = tape.run_v[i], tape.run_tb[i]
         # The same float expressions as the closed candle's, so the last trade lands on it exactly.
         qj = int(np.floor(float(qq) * (float(vj) / float(vol))))
         tbqj = int(np.floor(float(qq) * (float(tbj) / float(vol))))
+        trades = tape.trades
         return Partial(
-            minute,
-            done[0].price,
-            max(t.price for t in done),
-            min(t.price for t in done),
-            done[-1].price,
-            vj,
-            j,
-            qj,
-            tbj,
-            tbqj,
+            minute, trades[0].price, tape.run_hi[i], tape.run_lo[i], trades[i].price, vj, j, qj, tbj, tbqj
         )
+
+    def last_price(self, now_ms: int) -> int | None:
+        """The price of the forming minute at ``now_ms`` (its last trade, else its open), None if not trading."""
+        minute = now_ms // MINUTE_MS
+        tape = self.minute_tape(minute)
+        if tape is _NO_TAPE:
+            return None
+        j = tape.done(now_ms)
+        return tape.trades[j - 1].price if j else tape.o
 
     # -- aggregation -------------------------------------------------------------------------
 
@@ -586,6 +644,29 @@ class SymbolMarket:
         keep = (out.open_ms >= start_ms) & (out.open_ms < end_ms)
         return out if keep.all() else Rows(*(f[keep] for f in out))
 
+    def _closed_candles(self, timeframe: str, unit: str, start_ms: int, end_ms: int, now_ms: int) -> Rows:
+        """Candles of ``timeframe`` from closed minutes only; the live range's are kept for the minute.
+
+        A range that holds the forming candle is asked for again and again (a WS kline every
+        2 s, REST polls of the latest candles) while its closed part only changes each minute.
+        The kept arrays are read-only: callers copy before they change anything.
+        """
+        live = end_ms > now_ms
+        key = (timeframe, start_ms, end_ms, now_ms // MINUTE_MS)
+        if live:
+            hit = self._live.get(key)
+            if hit is not None:
+                return hit
+        sub = self._closed_rows(unit, start_ms, end_ms, now_ms)
+        rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        if live:
+            for col in rows:
+                col.setflags(write=False)
+            self._live[key] = rows
+            if len(self._live) > 8:
+                self._live.popitem(last=False)
+        return rows
+
     def candles(self, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> Rows:
         """Every candle of ``timeframe`` opening in ``[start_ms, end_ms)`` that has data at ``now_ms``.
 
@@ -610,8 +691,7 @@ class SymbolMarket:
             unit = "1m"
         last_open = candle_open_ms(end_ms - 1, timeframe)
         sub_end = next_open_ms(last_open, timeframe)
-        sub = self._closed_rows(unit, start_ms, sub_end, now_ms)
-        rows = _group_reduce(sub, candle_keys(sub.open_ms, timeframe)) if unit != timeframe else sub
+        rows = self._closed_candles(timeframe, unit, start_ms, sub_end, now_ms)
         key = candle_open_ms(now_ms, timeframe)
         if not (start_ms <= key < end_ms):
             return rows

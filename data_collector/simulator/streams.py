@@ -12,15 +12,16 @@ import json
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from data_collector.markets import TIMEFRAMES, candle_open_ms, next_open_ms
+from data_collector.markets import MINUTE_MS, TIMEFRAMES, candle_open_ms, next_open_ms
 from data_collector.simulator.book import DepthDiff
-from data_collector.simulator.formats import decimal8
+from data_collector.simulator.formats import agg_trade_json, decimal8
 from data_collector.simulator.market import SymbolMarket
 
 if TYPE_CHECKING:
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 #: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
 HIGH_WATER = 4 * 1024 * 1024
 _KLINE_PUSH_MS = 2000
+#: From this ms of a minute on, the pump computes the next minute's trades ahead (one market a tick).
+PREFETCH_FROM_MS = 50_000
+#: A tick stops building frames after this long; the streams it did not reach go first next tick.
+TICK_BUDGET_S = 0.002
 #: Binance's cap on streams per connection.
 MAX_STREAMS = 1024
 
@@ -104,7 +109,8 @@ class StreamHub:
         self._closing: set[asyncio.Task[bool]] = set()
         self._rng = random.Random(sim.seed)
         self._trade_ids: dict[str, int] = {}
-        self._ref: dict[str, tuple[int, int]] = {}
+        self._ref: dict[str, int] = {}
+        self._deferred: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -288,17 +294,26 @@ class StreamHub:
     # -- producing ---------------------------------------------------------------------------
 
     def _ref_price(self, market: SymbolMarket, now: int) -> int:
-        slot = now // 100
-        hit = self._ref.get(market.symbol)
-        if hit is not None and hit[0] == slot:
-            return hit[1]
-        partial = market.partial_minute(now)
-        if partial is None:
-            price = hit[1] if hit else max(1, int(market.price0 * 10**market.price_decimals))
-        else:
-            price = partial.c
-        self._ref[market.symbol] = (slot, price)
+        """The price trades are drawn around: the forming minute's price (a bisect, no recompute)."""
+        price = market.last_price(now)
+        if price is None:
+            price = self._ref.get(market.symbol) or max(1, int(market.price0 * 10**market.price_decimals))
+        self._ref[market.symbol] = price
         return price
+
+    def _prefetch(self, now: int) -> None:
+        """Near a minute's end, compute one streamed market's next-minute trades ahead of time.
+
+        A minute's trades cost about a millisecond to draw; computing them for every market in
+        the first tick of a minute would stall that tick, so it is spread one market per tick.
+        """
+        if now % MINUTE_MS < PREFETCH_FROM_MS:
+            return
+        nxt = now // MINUTE_MS + 1
+        for st in self.streams.values():
+            if not st.market.has_tape(nxt):
+                st.market.minute_tape(nxt)
+                return
 
     def _count_sent(self, name: str, count: int, last_id: int) -> None:
         entry = self.sent.get(name)
@@ -339,26 +354,12 @@ class StreamHub:
         if kind == "aggTrade":
             out = []
             last_id = -1
-            for minute in range(st.cursor // 60000, now // 60000 + 1):
-                for t in m.minute_trades(minute):
-                    if st.cursor < t.time_ms <= now:
-                        out.append(
-                            (
-                                '{"e":"aggTrade","E":%d,"s":"%s","a":%d,"p":"%s","q":"%s","f":%d,"l":%d,"T":%d,"m":%s,"M":true}'
-                                % (
-                                    now,
-                                    sym,
-                                    t.id,
-                                    decimal8(t.price, m.price_decimals),
-                                    decimal8(t.qty, m.qty_decimals),
-                                    t.id,
-                                    t.id,
-                                    t.time_ms,
-                                    "true" if t.buyer_maker else "false",
-                                )
-                            ).encode()
-                        )
-                        last_id = t.id
+            head = '{"e":"aggTrade","E":%d,"s":"%s",' % (now, sym)
+            for minute in range(st.cursor // MINUTE_MS, now // MINUTE_MS + 1):
+                tape = m.minute_tape(minute)
+                for t in tape.trades[tape.done(st.cursor) : tape.done(now)]:
+                    out.append((head + agg_trade_json(t, m)[1:]).encode())
+                    last_id = t.id
             st.cursor = now
             if out:
                 self._count_sent(st.name, len(out), last_id)
@@ -574,17 +575,34 @@ class StreamHub:
         ).encode()
 
     def tick(self) -> None:
-        """Produce everything due now and write it out, one write per connection."""
-        now = self.sim.clock.now_ms()
+        """Produce what is due now and write it out, one write per connection.
+
+        Each stream's messages are stamped with the clock read just before they are built, and
+        the tick stops building after :data:`TICK_BUDGET_S`: the streams it did not reach go
+        first in the next tick (nothing is lost, rates count from each stream's last build), so
+        no tick holds the event loop, or the frames already built, for long.
+        """
+        clock = self.sim.clock
+        now = clock.now_ms()
         if now < self.stalled_until_ms:
             return
+        started = time.perf_counter()
+        self._prefetch(now)
+        now = clock.now_ms()
         batches: dict[str, list[bytes]] = (
             self._depth(now) if any(s.kind in ("depth", "partial") for s in self.streams.values()) else {}
         )
-        for st in list(self.streams.values()):
-            if st.kind in ("depth", "partial"):
-                continue
-            msgs = self._produce(st, now)
+        states = [st for st in self.streams.values() if st.kind not in ("depth", "partial")]
+        if self._deferred:  # in the order they were left, ahead of those built last tick
+            waiting = set(self._deferred)
+            first = [self.streams[n] for n in self._deferred if n in self.streams]
+            states = first + [st for st in states if st.name not in waiting]
+            self._deferred = []
+        for i, st in enumerate(states):
+            if i and time.perf_counter() - started > TICK_BUDGET_S:
+                self._deferred = [s.name for s in states[i:]]
+                break
+            msgs = self._produce(st, clock.now_ms())
             if msgs:
                 batches[st.name] = msgs
         for name, msgs in batches.items():
@@ -602,6 +620,7 @@ class StreamHub:
                         raw = b"".join([frame(p) for p in msgs])
                     conn.out.append(raw)
         limit_ms = self.max_lifetime_s * 1000
+        now = clock.now_ms()
         for conn in list(self.connections):
             if conn.out:
                 if not conn.closing and not conn.transport.is_closing():
@@ -614,13 +633,24 @@ class StreamHub:
                 self.drop(conn)
 
     async def _pump(self) -> None:
+        """Tick every ``tick_s`` on a fixed schedule; right away (after a yield) if work was deferred."""
         sleep: Callable[[float], Any] = asyncio.sleep
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             if self.streams or self.connections:
                 try:
                     self.tick()
                 except Exception:  # one bad tick must not silence every stream for good
                     log.exception("simulator stream pump tick failed")
-                await sleep(self.tick_s)
+                if self._deferred:
+                    await sleep(0)
+                    continue
+                due += self.tick_s
+                delay = due - loop.time()
+                if delay < 0:  # behind: do not burst to catch up, just yield
+                    due, delay = loop.time(), 0.0
+                await sleep(delay)
             else:
                 await sleep(0.05)
+                due = loop.time()
