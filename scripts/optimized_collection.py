@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_collector.collection_run import EXIT_USAGE, run_collection  # noqa: E402
 from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config  # noqa: E402
 from data_collector.demo import run_demo  # noqa: E402
-from data_collector.errors import CollectorError, ConfigError, UsageError  # noqa: E402
+from data_collector.errors import ConfigError, UsageError  # noqa: E402
 from data_collector.logging_setup import setup_logging  # noqa: E402
 from utils.performance_monitor import get_default_monitor, serve_metrics  # noqa: E402
 
@@ -106,19 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_streaming(config: Config, *, demo: bool) -> int:
     """Stream the configured symbols into Redis until Ctrl-C; return the exit code."""
-    from data_collector.streaming.cli import run_stream_cli
+    from data_collector.streaming.cli import run_stream_main
 
-    try:
-        asyncio.run(run_stream_cli(config=config, demo=demo, monitor=get_default_monitor()))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return run_stream_main(config=config, demo=demo, monitor=get_default_monitor())
 
 
 if __name__ == "__main__":

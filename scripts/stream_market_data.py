@@ -9,15 +9,12 @@ Ctrl-C stops it and prints a metrics summary.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_collector.errors import CollectorError, UsageError  # noqa: E402
 
 
 def _list(text: str) -> list[str]:
@@ -66,33 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown --log-level {args.log_level!r}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        from data_collector.streaming.cli import run_stream_cli
+    from data_collector.streaming.cli import run_stream_main
 
-        run = run_stream_cli(
-            config=args.config,
-            symbols=args.symbols,
-            channels=args.channels,
-            demo=args.demo,
-            status_interval_s=args.status_interval,
-            duration_s=args.duration,
-            metrics_port=args.metrics_port,
-        )
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(run)
-        else:
-            uvloop.run(run)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_stream_main(
+        config=args.config,
+        symbols=args.symbols,
+        channels=args.channels,
+        demo=args.demo,
+        status_interval_s=args.status_interval,
+        duration_s=args.duration,
+        metrics_port=args.metrics_port,
+    )
 
 
 if __name__ == "__main__":

@@ -170,3 +170,29 @@ async def run_stream_cli(
             server.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def run_stream_main(**kwargs: Any) -> int:
+    """Run :func:`run_stream_cli` to the end in a new event loop (uvloop when installed).
+
+    For scripts: errors become one line on stderr and an exit code: 0 done, 1 a server is
+    unreachable, 2 bad input, 130 interrupted.
+    """
+    from data_collector.errors import CollectorError, UsageError
+
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(run_stream_cli(**kwargs))
+        else:
+            uvloop.run(run_stream_cli(**kwargs))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CollectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
