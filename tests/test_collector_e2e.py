@@ -98,10 +98,12 @@ async def test_user_snippet_verbatim(base_config: dict[str, Any], sim: Simulated
         await collector.close()
 
 
+@pytest.mark.parametrize("days", [5, pytest.param(90, marks=pytest.mark.slow)])
 async def test_three_symbols_all_timeframes_exact_then_nothing(
-    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str
+    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str, days: int
 ) -> None:
-    start, end = RANGE_START_MS, RANGE_START_MS + 5 * DAY_MS
+    start = candle_open_ms(sim.clock.now_ms() - (days + 2) * DAY_MS, "1d")
+    end = start + days * DAY_MS
     async with OptimizedDataCollector(config_for(base_config, sim)) as collector:
         report = await collector.collect(start=start, end=end)
         assert report.ok, report.summary()

@@ -267,3 +267,23 @@ async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) ->
     assert "connecting to postgresql+asyncpg://me:***@127.0.0.1:1/x" in text
     for secret in ("very-secret", "pa55word"):
         assert secret not in text
+
+
+async def test_exchanges_without_weight_headers_use_ccxt_rate_limit() -> None:
+    from data_collector.config import load_config
+
+    client = ExchangeClient(load_config({"exchange": {"id": "kraken"}, "logging": {"file": None}}))
+    exchange = client._build()
+    try:
+        assert client.limiter.weight_limit is None
+        assert client.limiter.fallback_interval_s == pytest.approx(exchange.rateLimit / 1000)
+        assert exchange.enableRateLimit is False  # our limiter paces, not ccxt's
+    finally:
+        await exchange.close()
+    binance = ExchangeClient(load_config({"logging": {"file": None}}))
+    built = binance._build()
+    try:
+        assert binance.limiter.weight_limit == 6000 and built.enableRateLimit is False
+        assert built.timeout == 10_000
+    finally:
+        await built.close()
