@@ -35,6 +35,9 @@ def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> l
     for row in rows:
         if not isinstance(row, Sequence) or isinstance(row, (str, bytes)) or len(row) < 6:
             raise MalformedPageError(f"a candle is not a [ts, o, h, l, c, v] row: {row!r:.80}")
+    # float(True) is 1.0: a JSON true where a price belongs must not pass as one.
+    if any(value is True or value is False for row in rows for value in row[:6]):
+        raise MalformedPageError("a candle has a boolean where a number belongs")
     try:
         candles = [
             (row[0], float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]))

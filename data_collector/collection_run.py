@@ -21,6 +21,8 @@ from data_collector.errors import CollectorError, UsageError
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.progress import PlainProgress, RichProgress, monitor_line
 from data_collector.report import CollectionReport
+from utils.heartbeat import running_heartbeat
+from utils.performance_monitor import get_default_monitor
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ async def run_collection(
             installed.append(sig)
     monitor_task: asyncio.Task[None] | None = None
     try:
-        async with collector:
+        async with collector, running_heartbeat(config, "collector", get_default_monitor()):
             if monitor:
                 monitor_task = asyncio.create_task(_monitor(collector, out))
             with display:

@@ -45,14 +45,14 @@ import asyncpg
 import psutil
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
-from data_collector.errors import UsageError
+from data_collector.errors import CollectorError, ConfigError, PermanentError, UsageError
 from data_collector.markets import DAY_MS, TIMEFRAME_CODES, TIMEFRAME_MS
 from data_collector.redis_keys import heartbeat_key, stream_key
+from data_collector.redis_url import async_client
+from data_collector.storage.pg_connect import PgTarget, pg_target
 
 Status = Literal["ok", "warn", "fail"]
 CHECKS = ("database", "redis", "exchange", "freshness", "stream", "heartbeat", "disk")
@@ -137,26 +137,14 @@ def _is_sqlite(config: Config) -> bool:
     return config.database.url.get_secret_value().startswith("sqlite")
 
 
-def _pg_dsn(config: Config) -> tuple[str, str]:
-    url = make_url(config.database.url.get_secret_value())
-    where = f"{url.host or 'localhost'}:{url.port or 5432}"
-    return url.set(drivername="postgresql").render_as_string(hide_password=False), where
+def _pg_target(config: Config) -> tuple[PgTarget, str]:
+    """The server ``database.url`` names (TLS settings included) and ``host:port`` for messages."""
+    target = pg_target(config.database.url.get_secret_value())
+    return target, f"{target.url.host or 'localhost'}:{target.url.port or 5432}"
 
 
 def _sqlite_path(config: Config) -> Path:
     return Path(make_url(config.database.url.get_secret_value()).database or "")
-
-
-def _redis_client(config: Config) -> aioredis.Redis:
-    r = config.redis
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        r.url.get_secret_value(),
-        socket_timeout=r.socket_timeout_s,
-        socket_connect_timeout=r.connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-    )
-    return client
 
 
 def _down(exc: BaseException, where: str) -> str:
@@ -169,10 +157,15 @@ def _down(exc: BaseException, where: str) -> str:
 
 
 async def check_postgresql(config: Config) -> CheckResult:
-    dsn, where = _pg_dsn(config)
+    try:
+        target, where = _pg_target(config)
+    except ConfigError as exc:
+        return CheckResult("postgresql", "fail", str(exc))
     started = time.perf_counter()
     try:
-        conn = await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+        conn = await target.connect(connect_timeout_s=config.database.connect_timeout_s)
+    except PermanentError as exc:  # TLS refused or unverifiable: say what to fix
+        return CheckResult("postgresql", "fail", f"DOWN ({exc})")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         return CheckResult("postgresql", "fail", _down(exc, where))
     try:
@@ -299,8 +292,8 @@ async def _newest_candles(config: Config) -> dict[tuple[str, str], int | None]:
 
         found = await asyncio.to_thread(query)
     else:
-        dsn, _ = _pg_dsn(config)
-        conn = await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+        target, _ = _pg_target(config)
+        conn = await target.connect(connect_timeout_s=config.database.connect_timeout_s)
         try:
             records = await conn.fetch(
                 _freshness_query(config.database.db_schema), config.exchange.id, config.symbols, codes
@@ -319,6 +312,8 @@ async def check_freshness(config: Config, now_ms: int) -> CheckResult:
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc) or "unable to open" in str(exc):
             return CheckResult("freshness", "warn", "no data yet (tables not created)")
+        return CheckResult("freshness", "warn", f"unknown: {exc}")
+    except CollectorError as exc:  # database.url unusable, or TLS refused
         return CheckResult("freshness", "warn", f"unknown: {exc}")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         return CheckResult("freshness", "warn", f"unknown: database unreachable ({_reason(exc)})")
@@ -461,7 +456,7 @@ async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | 
         raise UsageError(f"unknown check(s) {', '.join(sorted(unknown))}; choose from {', '.join(CHECKS)}")
     now = now_ms if now_ms is not None else _now_ms()
     limit = config.metrics.check_timeout_s
-    client = _redis_client(config)
+    client = async_client(config)
     db_name = "sqlite" if _is_sqlite(config) else "postgresql"
     plan: list[tuple[str, str, Status, Callable[[], Awaitable[CheckResult]]]] = [
         (

@@ -47,12 +47,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def monitor_hook(monitor: Any) -> BatchHook:
-    """A batch hook feeding a PerformanceMonitor: the count and the worst latency of each batch."""
+    """A batch hook feeding a PerformanceMonitor every latency of each batch (so its percentiles
+    are exact) in one ``record_ws_messages`` call; a monitor with only ``record_ws_message`` gets
+    the count and the batch's worst latency."""
+    batch = getattr(monitor, "record_ws_messages", None)
+    if batch is not None:
 
-    def hook(written: int, latencies: list[float]) -> None:
+        def hook(written: int, latencies: list[float]) -> None:
+            batch(latencies, count=written)
+
+        return hook
+
+    def worst(written: int, latencies: list[float]) -> None:
         monitor.record_ws_message(max(latencies) if latencies else None, count=written)
 
-    return hook
+    return worst
 
 
 def _chain(first: BatchHook | None, second: BatchHook | None) -> BatchHook | None:
@@ -89,9 +98,10 @@ class OptimizedWebSocketStreamer:
             given or the config names a ``database``.
         on_batch: called after each Redis round trip with ``(entries written, event->Redis
             latencies in ms)``.
-        monitor: a ``utils.performance_monitor.PerformanceMonitor`` (anything with
-            ``record_ws_message(latency_ms, count)``) fed once per round trip with the batch's
-            count and its worst event->Redis latency.
+        monitor: a ``utils.performance_monitor.PerformanceMonitor`` fed once per round trip with
+            the batch's count and every event->Redis latency in it (``record_ws_messages``).
+        heartbeat: refresh ``<prefix>:heartbeat:streamer`` (TTL ``metrics.heartbeat_ttl_s``)
+            while running, for ``data_collector.health``; it never holds streaming back.
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class OptimizedWebSocketStreamer:
         store_candles: bool | None = None,
         on_batch: BatchHook | None = None,
         monitor: Any = None,
+        heartbeat: bool = True,
     ) -> None:
         cfg = load_config(config)
         self.config = cfg
@@ -147,6 +158,7 @@ class OptimizedWebSocketStreamer:
                 max_backoff_s=st.reconnect_max_backoff_s,
                 max_frame_bytes=st.max_frame_bytes,
             ),
+            heartbeat_ttl_s=cfg.metrics.heartbeat_ttl_s if heartbeat else None,
         )
         self.metrics = StreamMetrics()
         self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)

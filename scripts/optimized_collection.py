@@ -3,7 +3,10 @@
 
     python scripts/optimized_collection.py [--config config.yaml] [--symbols SOL/USDT,BTC/USDT]
         [--timeframes 1m,1h] [--start 2024-01-01|180d] [--end ...] [--demo] [--monitor]
-        [--log-level INFO]
+        [--stream] [--metrics-port 9108] [--log-level INFO]
+
+With --stream, the live streams (config streaming.channels) are written into Redis after the
+backfill, until Ctrl-C.
 
 Exit codes: 0 done; 1 some pairs failed (listed) or a server is unreachable; 2 usage or
 configuration error; 130 stopped by Ctrl-C (the next run resumes).
@@ -21,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_collector.collection_run import EXIT_USAGE, run_collection  # noqa: E402
 from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config  # noqa: E402
 from data_collector.demo import run_demo  # noqa: E402
-from data_collector.errors import ConfigError  # noqa: E402
+from data_collector.errors import CollectorError, ConfigError, UsageError  # noqa: E402
 from data_collector.logging_setup import setup_logging  # noqa: E402
+from utils.performance_monitor import get_default_monitor, serve_metrics  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,9 +45,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="run against the built-in simulator")
     parser.add_argument("--monitor", action="store_true", help="print a live performance line every 10 s")
     parser.add_argument(
+        "--stream", action="store_true", help="after the backfill, stream live data into Redis until Ctrl-C"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: metrics.port)"
+    )
+    parser.add_argument(
         "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        parser.error("--metrics-port must be between 1 and 65535")
+    return args
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -73,9 +86,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config, args.log_level)
-    if args.demo:
-        return asyncio.run(run_demo(config, monitor=args.monitor))
-    return asyncio.run(run_collection(config, monitor=args.monitor))
+    try:
+        server = serve_metrics(args.metrics_port or config.metrics.port, host=config.metrics.host)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.demo:
+            code = asyncio.run(run_demo(config, monitor=args.monitor))
+        else:
+            code = asyncio.run(run_collection(config, monitor=args.monitor))
+        if args.stream and code in (0, 1):
+            code = max(code, run_streaming(config, demo=args.demo))
+        return code
+    finally:
+        if server is not None:
+            server.close()
+
+
+def run_streaming(config: Config, *, demo: bool) -> int:
+    """Stream the configured symbols into Redis until Ctrl-C; return the exit code."""
+    from data_collector.streaming.cli import run_stream_cli
+
+    try:
+        asyncio.run(run_stream_cli(config=config, demo=demo, monitor=get_default_monitor()))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CollectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 if __name__ == "__main__":

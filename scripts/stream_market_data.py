@@ -42,12 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="stream from an in-process exchange simulator")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (default: metrics.port of the config; unset: off)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
     if args.status_interval < 0:
         parser.error("--status-interval must be >= 0")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be within 0..65535")
     return args
 
 
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             demo=args.demo,
             status_interval_s=args.status_interval,
             duration_s=args.duration,
+            metrics_port=args.metrics_port,
         )
         try:
             import uvloop

@@ -50,3 +50,17 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def settle_quietly(streamer: Any, sim: SimulatedExchange) -> None:
+    """Freeze the simulator's clock (it then produces nothing) and wait until all is written."""
+    sim.clock.freeze()
+    await asyncio.sleep(0.3)
+    last = -1
+    while True:
+        m = streamer.get_metrics()
+        done = m["written"] + m["deduplicated"] + m["dropped"] + m["malformed"]
+        if m["queue_depth"] == 0 and done == last:
+            return
+        last = done
+        await asyncio.sleep(0.3)

@@ -13,20 +13,7 @@ from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
 from tests.conftest import REDIS_URL, PrivateRedis
 from tests.streaming_support import CHANNELS, SYMBOLS, entries, sent_by_stream, stream_config, wait_for
-
-
-async def settle(streamer: OptimizedWebSocketStreamer, sim: SimulatedExchange) -> None:
-    """Freeze the simulator's clock (it then produces nothing) and wait until all is written."""
-    sim.clock.freeze()
-    await asyncio.sleep(0.3)
-    last = -1
-    while True:
-        m = streamer.get_metrics()
-        done = m["written"] + m["deduplicated"] + m["dropped"] + m["malformed"]
-        if m["queue_depth"] == 0 and done == last:
-            return
-        last = done
-        await asyncio.sleep(0.3)
+from tests.streaming_support import settle_quietly as settle
 
 
 def key(prefix: str, channel: str, symbol: str) -> str:
@@ -375,7 +362,9 @@ async def test_pings_are_answered_and_server_shutdown_is_survived(redis_prefix: 
             await asyncio.sleep(0.5)
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
-    assert metrics["malformed"] == 0 and metrics["gaps"] >= 6
+    # One marker per stream per reconnect, except that a connection ended before a stream's first
+    # event leaves its gap open: the next connection's first event closes it (one marker).
+    assert metrics["malformed"] == 0 and metrics["gaps"] >= 4
     client = redis.Redis.from_url(REDIS_URL)
     trades = [e["id"] for _, e in entries(client, key(redis_prefix, "trade", "SOL/USDT"))]
     assert (

@@ -146,6 +146,9 @@ def test_kline_ids_forming_below_closed_and_closed_equal_to_the_rest_repair_id()
         trade(T=1_000),
         trade(T=NOW + 3 * 86_400_000),
         trade(E=True),
+        trade(p=True),
+        trade(q=False),
+        trade(p=10**400),
         trade(s="BTCUSDT"),
         {"e": "trade"},
         [],
@@ -163,6 +166,13 @@ def test_bad_klines_and_depth_are_refused() -> None:
         knorm(kline(True, NOW, h="98"), NOW)  # high below open/close
     with pytest.raises(MalformedEvent):
         knorm(kline(True, NOW, i="5m"), NOW)
+    with pytest.raises(MalformedEvent):
+        knorm(kline(True, NOW, t=NOW - NOW % 60_000 + 7), NOW)  # off the minute grid
+    with pytest.raises(MalformedEvent):
+        knorm(kline(False, NOW, v=True), NOW)
+    bnorm = make_normalizer("binance", "SOL/USDT", "bookTicker")
+    with pytest.raises(MalformedEvent):
+        bnorm({"u": 1, "s": "SOLUSDT", "b": True, "B": "1", "a": "2", "A": "1"}, NOW)
     dnorm = make_normalizer("binance", "SOL/USDT", "depth")
     with pytest.raises(MalformedEvent):
         dnorm({"E": NOW, "s": "SOLUSDT", "U": 10, "u": 9, "b": [], "a": []}, NOW)
@@ -170,6 +180,8 @@ def test_bad_klines_and_depth_are_refused() -> None:
         dnorm({"E": NOW, "s": "SOLUSDT", "U": 1, "u": 2, "b": [["1", "nan"]], "a": []}, NOW)
     with pytest.raises(MalformedEvent):
         dnorm({"E": NOW, "s": "SOLUSDT", "U": 1, "u": 2, "b": [["1"]], "a": []}, NOW)
+    with pytest.raises(MalformedEvent):
+        dnorm({"E": NOW, "s": "SOLUSDT", "U": 1, "u": 2, "b": [["1", True]], "a": []}, NOW)
 
 
 def test_channels_are_validated() -> None:

@@ -41,6 +41,7 @@ from redis.retry import Retry
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, ServerUnavailableError, UsageError
 from data_collector.redis_keys import cache_key
+from data_collector.redis_url import check_redis_url
 from utils import serialization
 from utils.performance_monitor import LatencyWindow
 from utils.serialization import Compression, CorruptValueError, SerializationError
@@ -316,7 +317,7 @@ class CacheManager:
     ) -> None:
         self._core = _CacheCore(config, strict, namespace)
         self._pool = redis.BlockingConnectionPool.from_url(
-            self._core.config.redis.url.get_secret_value(), **self._core.pool_kwargs()
+            check_redis_url(self._core.config.redis.url.get_secret_value()), **self._core.pool_kwargs()
         )
         self._redis = redis.Redis(connection_pool=self._pool)
 
@@ -504,7 +505,7 @@ class AsyncCacheManager:
     ) -> None:
         self._core = _CacheCore(config, strict, namespace)
         self._pool = aioredis.BlockingConnectionPool.from_url(
-            self._core.config.redis.url.get_secret_value(), **self._core.pool_kwargs()
+            check_redis_url(self._core.config.redis.url.get_secret_value()), **self._core.pool_kwargs()
         )
         self._redis = aioredis.Redis(connection_pool=self._pool)
 

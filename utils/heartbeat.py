@@ -24,17 +24,30 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
 
+from data_collector.config import Config
 from data_collector.redis_keys import heartbeat_key
-from utils.performance_monitor import PerformanceMonitor
+from data_collector.redis_url import async_client
 
 log = logging.getLogger(__name__)
+
+
+class ActivitySource(Protocol):
+    """Where a heartbeat's ``last_write_ms`` / ``last_message_ms`` come from: a
+    :class:`~utils.performance_monitor.PerformanceMonitor`, or the streamer's own counters (so a
+    streaming-only process need not load numpy and prometheus_client for its heartbeat)."""
+
+    @property
+    def last_write_ms(self) -> int | None: ...
+
+    @property
+    def last_message_ms(self) -> int | None: ...
 
 
 def _now_ms() -> int:
@@ -49,7 +62,8 @@ class Heartbeat:
         prefix: ``redis.prefix``.
         component: ``'collector'``, ``'streamer'``, ...
         ttl_s: the key's TTL (``metrics.heartbeat_ttl_s``).
-        monitor: where ``last_write_ms`` / ``last_message_ms`` come from.
+        monitor: where ``last_write_ms`` / ``last_message_ms`` come from (a PerformanceMonitor
+            or any :class:`ActivitySource`).
         extra: called at each beat for more fields (e.g. ``{"symbols": 3}``).
         interval_s: time between beats; a third of ``ttl_s`` by default.
     """
@@ -61,7 +75,7 @@ class Heartbeat:
         component: str,
         ttl_s: int = 60,
         *,
-        monitor: PerformanceMonitor | None = None,
+        monitor: ActivitySource | None = None,
         extra: Callable[[], Mapping[str, Any]] | None = None,
         interval_s: float | None = None,
     ) -> None:
@@ -75,6 +89,7 @@ class Heartbeat:
         self._started_ms = _now_ms()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._failing = False
         self.beats = 0
 
     def payload(self) -> dict[str, Any]:
@@ -96,8 +111,18 @@ class Heartbeat:
         try:
             await self._client.set(self.key, json.dumps(self.payload()), ex=self.ttl_s)
         except (redis.RedisError, OSError) as exc:
-            log.warning("heartbeat %s not written: %s", self.key, exc)
+            # Said once per outage, not at every beat: a run without Redis is allowed.
+            log.log(
+                logging.DEBUG if self._failing else logging.WARNING,
+                "heartbeat %s not written: %s",
+                self.key,
+                exc,
+            )
+            self._failing = True
             return False
+        if self._failing:
+            log.warning("heartbeat %s written again", self.key)
+        self._failing = False
         self.beats += 1
         return True
 
@@ -133,6 +158,22 @@ class Heartbeat:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+@contextlib.asynccontextmanager
+async def running_heartbeat(
+    config: Config, component: str, monitor: ActivitySource | None = None
+) -> AsyncIterator[Heartbeat]:
+    """Keep ``component``'s heartbeat fresh for the duration of the block (Redis down: logged, no error)."""
+    client = async_client(config)
+    heartbeat = Heartbeat(
+        client, config.redis.prefix, component, config.metrics.heartbeat_ttl_s, monitor=monitor
+    )
+    try:
+        yield await heartbeat.start()
+    finally:
+        await heartbeat.close()
+        await client.aclose()
 
 
 async def read_heartbeat(client: aioredis.Redis, prefix: str, component: str) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ from data_collector.errors import (
 from data_collector.markets import TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
+from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.ranges import Span, merge_spans
 from data_collector.storage.store_base import BaseCandleStore
 
@@ -238,7 +239,8 @@ class PostgresCandleStore(BaseCandleStore):
         url = make_url(db.url.get_secret_value())
         if url.get_backend_name() != "postgresql":
             raise ConfigError("database.url: PostgresCandleStore needs a postgresql+asyncpg:// URL")
-        self._url: URL = url.set(drivername="postgresql+asyncpg")
+        self._target = pg_target(url)
+        self._url: URL = self._target.url
         self._schema = db.db_schema
         self._connect_timeout_s = db.connect_timeout_s
         self._timeout_s = db.command_timeout_s
@@ -265,7 +267,7 @@ class PostgresCandleStore(BaseCandleStore):
     @property
     def where(self) -> str:
         """``PostgreSQL at host:port/db``: how errors name this server (never with the password)."""
-        return f"PostgreSQL at {self._url.host or 'localhost'}:{self._url.port or 5432}/{self._url.database}"
+        return self._target.where
 
     async def __aenter__(self) -> PostgresCandleStore:
         await self.initialize()
@@ -287,6 +289,7 @@ class PostgresCandleStore(BaseCandleStore):
                 "timeout": self._connect_timeout_s,
                 "command_timeout": self._timeout_s,
                 "server_settings": {"application_name": "data_collector"},
+                **self._target.connect_args(),
             },
         )
 
@@ -319,6 +322,9 @@ class PostgresCandleStore(BaseCandleStore):
         for cause in causes:
             if isinstance(cause, CollectorError):
                 return cause
+            tls_failure = self._target.tls_failure(cause)
+            if tls_failure is not None:
+                return tls_failure
             if isinstance(cause, asyncpg.InvalidCatalogNameError):
                 return _DatabaseMissing(f"{self.where}: database {self._url.database!r} does not exist")
             if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
@@ -412,11 +418,10 @@ class PostgresCandleStore(BaseCandleStore):
                 f"{self.where}: database {name!r} does not exist, and its name is not one this "
                 "program creates (letters, digits, '_' and '-'); create it yourself"
             )
-        admin = self._url.set(drivername="postgresql", database="postgres")
         try:
-            conn = await asyncpg.connect(
-                admin.render_as_string(hide_password=False), timeout=self._connect_timeout_s
-            )
+            conn = await self._target.connect(connect_timeout_s=self._connect_timeout_s, database="postgres")
+        except PermanentError:
+            raise
         except Exception as exc:
             raise PermanentError(
                 f"{self.where}: database {name!r} does not exist and the maintenance database "

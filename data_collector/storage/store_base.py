@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from data_collector.markets import candle_opens, count_candles, timeframe_code
 from data_collector.storage.base import Candle, CoverageRange, Gap
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 from data_collector.storage.ranges import (
     Span,
     clip,
@@ -91,6 +94,9 @@ class BaseCandleStore(ABC):
 
 def candles_frame(candles: Sequence[Candle]) -> pd.DataFrame:
     """Candles as a DataFrame indexed by UTC open time (see :meth:`BaseCandleStore.load_frame`)."""
+    # pandas costs ~44 MB of RSS: only notebook reads pay for it, not backfills or streams.
+    import pandas as pd
+
     index = pd.DatetimeIndex(pd.to_datetime([c[0] for c in candles], unit="ms", utc=True), name="time")
     frame = pd.DataFrame([c[1:] for c in candles], columns=FRAME_COLUMNS, index=index, dtype="float64")
     return frame

@@ -65,6 +65,7 @@ async def run_stream_cli(
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
     monitor: Any = None,
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
     """Stream until Ctrl-C/SIGTERM, ``duration_s`` or ``stop``; return the final metrics.
 
@@ -77,7 +78,10 @@ async def run_stream_cli(
         duration_s: stop after this long (``None``: until interrupted).
         out: where status lines go (default stdout).
         stop: an event that ends the run when set.
-        monitor: a PerformanceMonitor to feed (see ``OptimizedWebSocketStreamer``).
+        monitor: a PerformanceMonitor to feed (see ``OptimizedWebSocketStreamer``); the
+            process-wide one when ``/metrics`` is served and none is given.
+        metrics_port: serve Prometheus ``/metrics`` on this port (0: any free port), on
+            ``metrics.host``; default ``metrics.port`` (unset: not served).
 
     Raises:
         UsageError: bad symbols, channels or config.
@@ -106,7 +110,18 @@ async def run_stream_cli(
 
     sim: Any = None
     urls: dict[str, str] = {}
+    server: Any = None
     try:
+        port = metrics_port if metrics_port is not None else cfg.metrics.port
+        if port is not None:
+            # Imported only when asked for: numpy and prometheus_client cost a streamer ~13 MB.
+            from utils.performance_monitor import get_default_monitor, serve_metrics
+
+            monitor = monitor if monitor is not None else get_default_monitor()
+            server = serve_metrics(port, monitor, host=cfg.metrics.host)
+            if server is not None:
+                print(f"metrics at {server.url}", file=out, flush=True)
+
         if demo:
             from data_collector.simulator import SimulatedExchange
 
@@ -151,5 +166,7 @@ async def run_stream_cli(
     finally:
         if sim is not None:
             await sim.close()
+        if server is not None:
+            server.close()
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -50,6 +50,12 @@ class Route:
     set_head: bytes
     #: Called with every valid event after it is queued (order books, closed klines).
     on_event: Callable[[Event], None] | None = None
+    #: Exchange event time of the newest event queued on this stream, or, before the first one,
+    #: of the newest one Redis held when the streamer started (0: none known).
+    last_ms: int = 0
+    #: Set on every connect when ``last_ms`` is known: the first event of the new connection
+    #: then closes a gap marker ``(last_ms, its event time)``.
+    gap_pending: bool = False
 
 
 @dataclass(slots=True)
@@ -100,8 +106,10 @@ def split_for_url(base: str, streams: list[str], url_max_chars: int) -> tuple[st
     return url + "/".join(taken), streams[len(taken) :]
 
 
-ReconnectHook = Callable[["StreamConnection", int, int], Awaitable[None]]
+ConnectHook = Callable[["StreamConnection"], Awaitable[None]]
 DisconnectHook = Callable[["StreamConnection"], None]
+#: ``(route, entry id, first event)`` of a stream whose ``gap_pending`` was set.
+ResumeHook = Callable[[Route, str, Event], None]
 
 
 class StreamConnection:
@@ -117,8 +125,9 @@ class StreamConnection:
         submit: Callable[[Entry], None],
         metrics: StreamMetrics,
         settings: ConnectionSettings,
-        on_reconnect: ReconnectHook,
+        on_connect: ConnectHook,
         on_disconnect: DisconnectHook,
+        on_resume: ResumeHook,
     ) -> None:
         self.name = name
         self.routes = routes
@@ -127,8 +136,9 @@ class StreamConnection:
         self._submit = submit
         self._metrics = metrics
         self._settings = settings
-        self._on_reconnect = on_reconnect
+        self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_resume = on_resume
         self._ws: ClientConnection | None = None
         self._last_rx = 0.0
         self.last_rx_ms = 0
@@ -138,10 +148,13 @@ class StreamConnection:
         self.backoffs: deque[tuple[int, float]] = deque(maxlen=100)
         self._shutdown_requested = False
 
+    def unique_routes(self) -> list[Route]:
+        """Each route once (a depth route is reachable under two stream names)."""
+        return list({id(r): r for r in self.routes.values()}.values())
+
     async def run(self) -> None:
         """Connect, read, reconnect, forever (until cancelled)."""
         attempt = 0
-        gap_from_ms = 0
         settings = self._settings
         while True:
             started = time.monotonic()
@@ -161,8 +174,10 @@ class StreamConnection:
                     self.connects += 1
                     if self.connects > 1:
                         self._metrics.reconnects += 1
-                        log.info("%s reconnected; gap %d..%d ms", self.name, gap_from_ms, opened_ms)
-                        await self._on_reconnect(self, gap_from_ms or opened_ms, opened_ms)
+                        log.info("%s reconnected", self.name)
+                    # Marks the streams whose earlier events are known (from this process or
+                    # from Redis after a restart) so that their first event closes a gap marker.
+                    await self._on_connect(self)
                     self.connected = True
                     self._shutdown_requested = False
                     self._last_rx = time.monotonic()
@@ -183,7 +198,6 @@ class StreamConnection:
                 self._ws = None
                 if self.connected:
                     self.connected = False
-                    gap_from_ms = self.last_rx_ms or int(time.time() * 1000)
                     self._on_disconnect(self)
             if opened_ms and self.last_rx_ms >= opened_ms and time.monotonic() - started > 1.0:
                 attempt = 0
@@ -195,6 +209,7 @@ class StreamConnection:
     async def _read(self, ws: ClientConnection) -> None:
         routes = self.routes
         submit = self._submit
+        on_resume = self._on_resume
         metrics = self._metrics
         max_frame = self._settings.max_frame_bytes
         loads = orjson.loads
@@ -227,7 +242,13 @@ class StreamConnection:
                     continue
                 metrics.malformed += 1
                 continue
-            submit((route.xadd_head, route.set_head, entry_id, packb(event), event["event_ms"], now))
+            event_ms = event["event_ms"]
+            submit((route.xadd_head, route.set_head, entry_id, packb(event), event_ms, now))
+            if route.gap_pending:
+                route.gap_pending = False
+                on_resume(route, entry_id, event)
+            if event_ms > route.last_ms:
+                route.last_ms = event_ms
             if route.on_event is not None:
                 route.on_event(event)
 

@@ -57,12 +57,16 @@ class StreamMetrics:
         # (monotonic second, messages written in it)
         self._rate: deque[list[float]] = deque()
         self.on_batch: BatchHook | None = None
+        #: Wall-clock ms of the newest round trip that wrote something (for the heartbeat).
+        self.last_write_ms: int | None = None
 
     def record_batch(self, size: int, written: int, event_lat: list[float], recv_lat: list[float]) -> None:
         """Account one round trip of ``size`` entries, ``written`` of them new."""
         self.batches += 1
         self.batched_messages += size
         self.written += written
+        if written:
+            self.last_write_ms = int(time.time() * 1000)
         self.event_latency_ms.extend(event_lat)
         self.receive_latency_ms.extend(recv_lat)
         second = float(int(time.monotonic()))

@@ -19,8 +19,9 @@ kline_<tf>     ``<open time>-<n>``: ``n = event time - open time`` while forming
                the same id whether it came from the stream or from the REST repair
 =============  ==========================================================================
 
-A payload that does not fit (missing or mistyped field, NaN, infinity, a non-positive price, a
-timestamp before 2010 or more than a day ahead) raises :class:`MalformedEvent`.
+A payload that does not fit (missing or mistyped field, a boolean where a number belongs, NaN,
+infinity, a non-positive price, a timestamp before 2010 or more than a day ahead, a kline open
+time off its interval's grid) raises :class:`MalformedEvent`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from data_collector.markets import TIMEFRAME_MS, candle_close_ms, validate_timeframe
+from data_collector.markets import TIMEFRAME_MS, candle_close_ms, candle_open_ms, validate_timeframe
 
 #: 2010-01-01: anything earlier is not a crypto exchange timestamp.
 MIN_TS_MS = 1_262_304_000_000
@@ -74,14 +75,24 @@ def binance_stream_name(stream_symbol: str, channel: str) -> str:
 
 
 def _price(value: object) -> float:
-    out = float(value)  # type: ignore[arg-type]
+    if type(value) is bool:  # bool is an int: JSON true would be a price of 1.0
+        raise MalformedEvent(f"a boolean is not a price: {value!r}")
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int past float's range
+        raise MalformedEvent("price out of range") from None
     if not (out > 0.0 and math.isfinite(out)):
         raise MalformedEvent(f"price out of range: {value!r}")
     return out
 
 
 def _qty(value: object) -> float:
-    out = float(value)  # type: ignore[arg-type]
+    if type(value) is bool:
+        raise MalformedEvent(f"a boolean is not a quantity: {value!r}")
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        raise MalformedEvent("quantity out of range") from None
     if not (out >= 0.0 and math.isfinite(out)):
         raise MalformedEvent(f"quantity out of range: {value!r}")
     return out
@@ -256,6 +267,8 @@ def kline_event(
 
     ``values`` are open, high, low, close, volume and quote volume (strings or numbers).
     """
+    if candle_open_ms(open_ms, timeframe) != open_ms:
+        raise MalformedEvent(f"kline open time {open_ms} is off the {timeframe} grid")
     o, h, lo, c = (_price(v) for v in values[:4])
     if not (lo <= min(o, c) and max(o, c) <= h):
         raise MalformedEvent("kline with low/high outside open/close")

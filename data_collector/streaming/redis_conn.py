@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from data_collector.errors import ServerUnavailableError, UsageError
+from data_collector.redis_url import check_redis_url
 
 #: Error replies (``hiredis.ReplyError``) and anything else hiredis may return.
 Reply = Any
@@ -65,7 +66,7 @@ class RedisEndpoint:
         are always switched off.
         """
         if isinstance(target, str):
-            pool = aconn.ConnectionPool.from_url(target)
+            pool = aconn.ConnectionPool.from_url(check_redis_url(target))
             klass: type[aconn.AbstractConnection] = pool.connection_class
             kwargs = dict(pool.connection_kwargs)
         elif isinstance(target, (redis.asyncio.Redis, redis.Redis)):

@@ -8,6 +8,7 @@ connections, the Redis writer, the REST client, the order books and the candle s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 REPAIR_CONCURRENCY = 8
 #: Longest the kline repair may hold a reconnected connection's reading back.
 REPAIR_TIMEOUT_S = 5.0
+#: Seconds between attempts to read a restart's starting point when Redis was down at start.
+RESOLVE_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -70,6 +73,23 @@ class ServiceOptions:
     max_streams_per_connection: int
     connection: ConnectionSettings
     close_timeout_s: float = 10.0
+    #: TTL of the ``<prefix>:heartbeat:streamer`` key (``metrics.heartbeat_ttl_s``); ``None``: no heartbeat.
+    heartbeat_ttl_s: int | None = 60
+
+
+class _Activity:
+    """The heartbeat's view of the streamer: newest message received, newest batch written."""
+
+    def __init__(self, service: StreamService) -> None:
+        self._service = service
+
+    @property
+    def last_message_ms(self) -> int | None:
+        return max((c.last_rx_ms for c in self._service.connections), default=0) or None
+
+    @property
+    def last_write_ms(self) -> int | None:
+        return self._service.metrics.last_write_ms
 
 
 class StreamService:
@@ -86,6 +106,7 @@ class StreamService:
             raise UsageError(f"the streamer speaks Binance's protocol only, not {options.exchange!r}")
         self.options = options
         self.metrics = metrics
+        self._endpoint = endpoint
         self.symbols = normalize_symbols(options.symbols)
         self.channels = [validate_channel(c) for c in dict.fromkeys(options.channels)]
         if not self.symbols or not self.channels:
@@ -115,9 +136,22 @@ class StreamService:
         self.candles = candle_sink
         self._last_closed_open: dict[tuple[str, str], int] = {}
         self._gap_id = (0, 0)
+        #: Whether what Redis held at start has been read (once, before the first connection reads).
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+        #: ``id(route)`` -> why its pending gap opened ("restart" or "reconnect").
+        self._gap_reason: dict[int, str] = {}
+        #: Streams whose stored past Redis could not tell at start, and their first new
+        #: ``(entry id, event time)`` once seen.
+        self._unresolved: dict[int, Route] = {}
+        self._unresolved_first: dict[int, tuple[str, int]] = {}
+        self._resolver: asyncio.Task[None] | None = None
         self.connections = self._build_connections()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
+        self._heartbeat: Any = None
+        self._heartbeat_client: Any = None
+        self._heartbeat_task: asyncio.Task[Any] | None = None
         self._closed = False
 
     def _route(self, symbol: str, channel: str) -> Route:
@@ -174,8 +208,9 @@ class StreamService:
                     submit=self.writer.submit,
                     metrics=self.metrics,
                     settings=self.options.connection,
-                    on_reconnect=self._on_reconnect,
+                    on_connect=self._on_connect,
                     on_disconnect=self._on_disconnect,
+                    on_resume=self._on_resume,
                 )
             )
         return connections
@@ -188,6 +223,38 @@ class StreamService:
             self.candles.start()
         for conn in self.connections:
             self._tasks.append(loop.create_task(conn.run(), name=conn.name))
+        if self.options.heartbeat_ttl_s is not None:
+            self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        """``<prefix>:heartbeat:streamer``, refreshed in its own task: every Redis call in it is
+        bounded by the socket timeout and a failed beat is only logged, so streaming never waits
+        for it (Redis down at start: the beats resume when it is back)."""
+        from utils.heartbeat import Heartbeat  # utils builds on data_collector, not the reverse
+
+        ttl = self.options.heartbeat_ttl_s
+        assert ttl is not None
+        metrics = self.metrics
+        self._heartbeat_client = self._endpoint.async_client()
+        self._heartbeat = Heartbeat(
+            self._heartbeat_client,
+            self.options.prefix,
+            "streamer",
+            ttl_s=ttl,
+            monitor=_Activity(self),
+            extra=lambda: {
+                "symbols": len(self.symbols),
+                "channels": self.channels,
+                "written": metrics.written,
+                "dropped": metrics.dropped,
+                "gaps": metrics.gaps,
+                "reconnects": metrics.reconnects,
+                "queue_depth": self.writer.queue_depth,
+            },
+        )
+        self._heartbeat_task = asyncio.get_running_loop().create_task(
+            self._heartbeat.start(), name="heartbeat:streamer"
+        )
 
     @property
     def connected(self) -> bool:
@@ -222,43 +289,166 @@ class StreamService:
         self._gap_id = (to_ms, 0) if to_ms > last_ms else (last_ms, last_seq + 1)
         return f"{self._gap_id[0]}-{self._gap_id[1]}"
 
-    async def _on_reconnect(self, conn: StreamConnection, from_ms: int, to_ms: int) -> None:
+    async def _newest_entries(self, ranges: list[tuple[str, str]]) -> list[Any]:
+        """``XREVRANGE <key> <max> - COUNT 1`` for each ``(key, max)``, in one round trip.
+
+        Raises:
+            ServerUnavailableError, TimeoutError, ConnectionError, OSError: Redis cannot be read
+                (bounded by its connect and socket timeouts).
+        """
+        endpoint = self._endpoint
+        async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
+            conn = await endpoint.connect()
+            try:
+                payload = b"".join(pack("XREVRANGE", key, top, "-", "COUNT", 1) for key, top in ranges)
+                return await conn.execute(payload, len(ranges))
+            finally:
+                await conn.close()
+
+    @staticmethod
+    def _entry_time(reply: Any) -> tuple[str, int] | None:
+        """``(entry id, event time)`` of the one entry of an XREVRANGE reply, if any."""
+        if not isinstance(reply, list) or not reply:
+            return None
+        entry_id, fields = reply[0][0].decode(), reply[0][1]
+        event_ms = int(entry_id.partition("-")[0])
+        try:
+            event = msgpack.unpackb(dict(zip(fields[::2], fields[1::2], strict=False))[b"d"])
+            event_ms = int(event["event_ms"])
+        except Exception:  # an entry not written by us: its id's time will do
+            pass
+        return entry_id, event_ms
+
+    def _note_gap_top(self, reply: Any) -> None:
+        found = self._entry_time(reply)
+        if found is not None:
+            ms, _, seq = found[0].partition("-")
+            self._gap_id = max(self._gap_id, (int(ms), int(seq or 0)))
+
+    async def _load_stored(self, routes: list[Route]) -> bool:
+        """Learn what Redis already holds for ``routes`` (a restarted streamer's starting point).
+
+        For each stream, the newest entry's event time becomes ``route.last_ms`` (so the first
+        new event closes a gap over the downtime and whatever a killed process had not written);
+        for klines, the newest closed candle seeds the REST repair; the gaps stream's top id keeps
+        new marker ids increasing. Bounded by the Redis timeouts. False when Redis cannot be read:
+        the streams then start without a known past, and :meth:`_resolve_restart_gaps` finds it
+        later (the newest entry before each stream's first new one).
+        """
         opts = self.options
         gkey = gaps_key(opts.prefix, opts.exchange)
-        routes = list({id(r): r for r in conn.routes.values()}.values())
+        try:
+            replies = await self._newest_entries([(r.stream_key, "+") for r in routes] + [(gkey, "+")])
+        except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("cannot read what Redis holds (%s); the restart's gap is marked once it can be", exc)
+            return False
+        for route, reply in zip(routes, replies, strict=False):
+            found = self._entry_time(reply)
+            if found is None:
+                continue
+            entry_id, event_ms = found
+            route.last_ms = max(route.last_ms, event_ms)
+            if route.channel.startswith("kline_"):
+                timeframe = route.channel[6:]
+                open_ms = int(entry_id.partition("-")[0])
+                if entry_id != kline_entry_id(open_ms, timeframe, open_ms, True):
+                    open_ms = candle_open_ms(open_ms - 1, timeframe)  # the candle before the forming one
+                key = (route.symbol, timeframe)
+                self._last_closed_open[key] = max(self._last_closed_open.get(key, 0), open_ms)
+        self._note_gap_top(replies[-1])
+        return True
+
+    async def _on_connect(self, conn: StreamConnection) -> None:
+        """Every (re)connect: mark the streams with a known past, repair their closed klines."""
+        routes = conn.unique_routes()
+        async with self._load_lock:
+            if not self._loaded:
+                self._loaded = True
+                every = [r for c in self.connections for r in c.unique_routes()]
+                if not await self._load_stored(every):
+                    self._unresolved = {id(r): r for r in every}
+        reason = "reconnect" if conn.connects > 1 else "restart"
         for route in routes:
-            self.writer.submit_command(
-                pack(
-                    "XADD",
-                    gkey,
-                    "MAXLEN",
-                    "~",
-                    opts.stream_maxlen,
-                    self._next_gap_id(to_ms),
-                    "stream",
-                    route.stream_key,
-                    "channel",
-                    route.channel,
-                    "symbol",
-                    route.symbol,
-                    "from_ms",
-                    from_ms,
-                    "to_ms",
-                    to_ms,
-                    "reason",
-                    "reconnect",
+            # A stream whose past Redis could not tell at start still needs its first event.
+            unknown = id(route) in self._unresolved and id(route) not in self._unresolved_first
+            route.gap_pending = route.last_ms > 0 or unknown
+            if route.last_ms > 0 and id(route) not in self._gap_reason:
+                self._gap_reason[id(route)] = reason
+        kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
+        if kline_routes:
+            await self._repair_klines(kline_routes)
+
+    def _on_resume(self, route: Route, entry_id: str, event: Event) -> None:
+        """The first event of a stream after a (re)connect or a restart: record the gap before it."""
+        from_ms, to_ms = route.last_ms, int(event["event_ms"])
+        if id(route) in self._unresolved and id(route) not in self._unresolved_first:
+            self._unresolved_first[id(route)] = (entry_id, to_ms)
+            if self._resolver is None:
+                self._resolver = asyncio.get_running_loop().create_task(
+                    self._resolve_restart_gaps(), name="restart-gaps"
                 )
-            )
-            self.metrics.gaps += 1
-        kline_routes = [r for r in routes if r.channel.startswith("kline_")]
-        if not kline_routes:
+            if from_ms == 0:
+                return
+        if to_ms <= from_ms:
+            self._gap_reason.pop(id(route), None)
             return
+        self._write_gap(route, from_ms, to_ms, self._gap_reason.pop(id(route), "reconnect"))
+
+    def _write_gap(self, route: Route, from_ms: int, to_ms: int, reason: str) -> None:
+        opts = self.options
+        self.writer.submit_command(
+            pack(
+                "XADD",
+                gaps_key(opts.prefix, opts.exchange),
+                "MAXLEN",
+                "~",
+                opts.stream_maxlen,
+                self._next_gap_id(to_ms),
+                "stream",
+                route.stream_key,
+                "channel",
+                route.channel,
+                "symbol",
+                route.symbol,
+                "from_ms",
+                from_ms,
+                "to_ms",
+                to_ms,
+                "reason",
+                reason,
+            )
+        )
+        self.metrics.gaps += 1
+
+    async def _resolve_restart_gaps(self) -> None:
+        """Redis was unreadable at start: once it answers, the newest entry before each stream's
+        first new one is what the previous process left, and the gap runs from it."""
+        gkey = gaps_key(self.options.prefix, self.options.exchange)
+        while self._unresolved:
+            await asyncio.sleep(RESOLVE_INTERVAL_S)
+            ready = [(rid, first) for rid, first in self._unresolved_first.items() if rid in self._unresolved]
+            if not ready:
+                continue
+            ranges = [(self._unresolved[rid].stream_key, f"({entry_id}") for rid, (entry_id, _) in ready]
+            try:
+                replies = await self._newest_entries([*ranges, (gkey, "+")])
+            except (CollectorError, TimeoutError, ConnectionError, OSError):
+                continue
+            self._note_gap_top(replies[-1])
+            for (rid, (_, to_ms)), reply in zip(ready, replies, strict=False):
+                route = self._unresolved.pop(rid)
+                found = self._entry_time(reply)
+                if found is not None and to_ms > found[1]:
+                    self._write_gap(route, found[1], to_ms, "restart")
+            log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
+
+    async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
         async def fetch(route: Route, cutoff_ms: int) -> list[list[Any]]:
             timeframe = route.channel[6:]
             last = self._last_closed_open.get((route.symbol, timeframe))
-            start = next_open_ms(last, timeframe) if last else candle_open_ms(from_ms, timeframe)
+            start = next_open_ms(last, timeframe) if last else candle_open_ms(route.last_ms, timeframe)
             async with semaphore:
                 try:
                     return await self.rest.klines(route.symbol, timeframe, start, cutoff_ms)
@@ -275,9 +465,9 @@ class StreamService:
         try:
             async with asyncio.timeout(REPAIR_TIMEOUT_S):
                 try:
-                    cutoff_ms = max(to_ms, await self.rest.server_time())
+                    cutoff_ms = await self.rest.server_time()
                 except CollectorError:
-                    cutoff_ms = to_ms
+                    cutoff_ms = int(time.time() * 1000)
                 results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))
         except TimeoutError:
             self.metrics.rest_errors += 1
@@ -327,11 +517,27 @@ class StreamService:
             return None
         return self.books.snapshot(symbol)
 
+    async def _stop_heartbeat(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        if self._heartbeat is not None:
+            # A clean stop removes the key (bounded by the socket timeout when Redis is down).
+            await self._heartbeat.close()
+        if self._heartbeat_client is not None:
+            with contextlib.suppress(Exception):
+                await self._heartbeat_client.aclose()
+        self._heartbeat = self._heartbeat_client = self._heartbeat_task = None
+
     async def close(self) -> None:
         """Stop the connections, flush Redis (bounded), close everything; idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._resolver is not None:
+            self._resolver.cancel()
+            await asyncio.gather(self._resolver, return_exceptions=True)
+        await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()
         for task in self._tasks:

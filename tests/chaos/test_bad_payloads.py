@@ -106,7 +106,6 @@ def test_huge_integer_values_are_malformed_not_overflow(column: int) -> None:
         validate_page([row], "1m", START, END)
 
 
-@pytest.mark.xfail(strict=False, reason="candle_validation.py: booleans are accepted as prices/volumes")
 def test_booleans_are_not_prices() -> None:
     with pytest.raises(MalformedPageError):
         validate_page([[START, True, True, True, True, True]], "1m", START, END)
@@ -189,9 +188,6 @@ def test_ws_payloads_are_normalised_or_malformed(case: tuple[str, Any]) -> None:
     msgpack.packb(event)
 
 
-@pytest.mark.xfail(
-    strict=False, reason="streaming/normalize.py: a kline open time off the interval grid is accepted"
-)
 def test_ws_kline_open_time_must_be_on_the_grid() -> None:
     normalize = pytest.importorskip("data_collector.streaming.normalize")
     payload = _good_payload("kline_1m")
@@ -200,9 +196,6 @@ def test_ws_kline_open_time_must_be_on_the_grid() -> None:
         normalize.make_normalizer("binance", "SOL/USDT", "kline_1m")(payload, _NOW_MS)
 
 
-@pytest.mark.xfail(
-    strict=False, reason="streaming/normalize.py: JSON true/false accepted as prices/quantities"
-)
 def test_ws_boolean_prices_are_malformed() -> None:
     normalize = pytest.importorskip("data_collector.streaming.normalize")
     payload = {**_good_payload("trade"), "p": True, "q": False}

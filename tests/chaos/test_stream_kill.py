@@ -92,10 +92,8 @@ async def test_streamer_sigkilled_and_restarted(
     assert dup == 0, "an entry was written twice across a restart"
     assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
     report.faults_survived = report.faults_injected
-    if outside:
-        report.outcome = "XFAIL"
-        pytest.xfail(
-            f"streaming: {outside} trades lost across {kills} SIGKILL+restart with no gap marker "
-            "(a restarted streamer records no gap for its downtime or its unwritten buffer)"
-        )
+    assert outside == 0, (
+        f"{outside} trades lost across {kills} SIGKILL+restart with no gap marker "
+        "(a restarted streamer must mark its downtime and its unwritten buffer)"
+    )
     report.outcome = "ok"

@@ -5,6 +5,8 @@ The shared servers here speak no TLS, so every TLS request below must fail at th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from data_collector.config import load_config
@@ -52,11 +54,6 @@ async def test_postgres_ssl_verify_full_never_falls_back_to_plaintext(pg_schema:
     assert "certificate" in str(info.value) or "SSL" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="storage/postgres.py: libpq's ?sslmode=verify-full reaches asyncpg.connect() as an unknown "
-    "keyword (TypeError), reported as a retryable TransientError instead of a config error or TLS",
-)
 async def test_postgres_sslmode_is_understood_or_refused_clearly(pg_schema: str) -> None:
     from data_collector.storage import open_store
 
@@ -81,11 +78,6 @@ async def test_postgres_sslmode_is_understood_or_refused_clearly(pg_schema: str)
     assert isinstance(info.value, PermanentError) or "certificate" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="storage/postgres.py: a missing TLS root certificate is a TransientError (retried) with a "
-    "two-line message; it is a configuration problem (PermanentError/ConfigError, one line)",
-)
 async def test_postgres_missing_root_certificate_is_permanent_and_one_line(pg_schema: str) -> None:
     from data_collector.storage import open_store
 
@@ -104,3 +96,33 @@ async def test_postgres_missing_root_certificate_is_permanent_and_one_line(pg_sc
         await store.close()
     assert "\n" not in str(info.value)
     assert isinstance(info.value, PermanentError)
+
+
+async def test_postgres_unreadable_root_certificate_names_the_file(pg_schema: str, tmp_path: Path) -> None:
+    from data_collector.storage import open_store
+
+    missing = tmp_path / "ca.pem"
+    url = f"{PG_URL}?sslmode=verify-full&sslrootcert={missing}"
+    store = open_store(
+        load_config(
+            {"database": {"url": url, "schema": pg_schema, "connect_timeout_s": 2}, "logging": {"file": None}}
+        )
+    )
+    try:
+        with pytest.raises(PermanentError) as info:
+            await store.initialize()
+    finally:
+        await store.close()
+    assert "\n" not in str(info.value)
+    assert str(missing) in str(info.value) and "sslrootcert" in str(info.value)
+
+
+async def test_health_check_reports_a_refused_tls_connection_in_one_line() -> None:
+    from data_collector.health import check_postgresql
+
+    config = load_config(
+        {"database": {"url": PG_URL + "?sslmode=require", "connect_timeout_s": 2}, "logging": {"file": None}}
+    )
+    result = await check_postgresql(config)
+    assert result.status == "fail"
+    assert "does not accept TLS" in result.detail and "\n" not in result.detail

@@ -1,0 +1,191 @@
+"""The one check every ``redis.url`` passes before a Redis client is built from it.
+
+redis-py turns a URL it does not like into errors that point nowhere: an unknown query parameter
+becomes ``TypeError: ... unexpected keyword argument`` in one client and is silently dropped by
+another, and a ``rediss://`` URL whose ``ssl_ca_certs`` file is missing fails at connect time as
+"Error 2 connecting ... No such file or directory", which looks like an unreachable server and is
+retried forever. :func:`check_redis_url` refuses all of that up front with one :class:`ConfigError`
+line that names the parameter (or the file), and never the password.
+
+Accepted query parameters are those of redis-py 6.4's ``redis.connection.parse_url`` that both the
+sync and the asyncio clients honour. Timeouts, pool size and retries are not taken from the URL:
+the project sets them from ``redis.*`` / ``performance.*`` so that every call stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from data_collector.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from data_collector.config import Config
+
+__all__ = ["SCHEMES", "async_client", "check_redis_url"]
+
+SCHEMES = ("redis", "rediss", "unix")
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+def _boolean(value: str) -> str | None:
+    if value.lower() in _TRUE | _FALSE:
+        return None
+    return "must be true or false"
+
+
+def _count(value: str) -> str | None:
+    if value.isdigit():
+        return None
+    return "must be a whole number >= 0"
+
+
+def _cert_reqs(value: str) -> str | None:
+    if value.lower() in ("none", "optional", "required"):
+        return None
+    return "must be none, optional or required"
+
+
+def _readable_file(value: str) -> str | None:
+    path = Path(value).expanduser()
+    if not path.exists():
+        return f"file {value} does not exist"
+    if not path.is_file():
+        return f"{value} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"file {value} is not readable"
+    return None
+
+
+def _any(value: str) -> str | None:
+    return None
+
+
+Check = Callable[[str], "str | None"]
+
+#: Parameters any scheme may carry, and how their values are checked.
+_COMMON: dict[str, Check] = {
+    "db": _count,
+    "client_name": _any,
+    "username": _any,
+    "password": _any,
+    "health_check_interval": _count,
+    "socket_keepalive": _boolean,
+}
+
+#: ``rediss://`` only. ``ssl_ca_path``, ``ssl_password`` and ``ssl_min_version`` are left out:
+#: redis.asyncio's SSLConnection does not take them, and the sync client's ``ssl_min_version``
+#: needs an ``ssl.TLSVersion`` that a URL cannot carry.
+_TLS: dict[str, Check] = {
+    "ssl_ca_certs": _readable_file,
+    "ssl_certfile": _readable_file,
+    "ssl_keyfile": _readable_file,
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_check_hostname": _boolean,
+    "ssl_ciphers": _any,
+    "ssl_ca_data": _any,
+}
+
+#: Parameters redis-py knows that the project sets elsewhere, and where.
+_SET_ELSEWHERE = {
+    "socket_timeout": "set redis.socket_timeout_s instead",
+    "socket_connect_timeout": "set redis.connect_timeout_s instead",
+    "timeout": "set redis.socket_timeout_s instead",
+    "max_connections": "set performance.redis_pool_size instead",
+    "retry_on_timeout": "retries are off on purpose (a write must not be applied twice)",
+    "retry_on_error": "retries are off on purpose (a write must not be applied twice)",
+    "decode_responses": "the project decodes replies itself",
+    "encoding": "the project decodes replies itself",
+    "encoding_errors": "the project decodes replies itself",
+    "protocol": "the project speaks RESP2",
+}
+
+
+def check_redis_url(url: str, *, key: str = "redis.url") -> str:
+    """Refuse a Redis URL that redis-py would misread, and return it unchanged.
+
+    Checks the scheme (``redis``, ``rediss``, ``unix``), the port and database number, that every
+    query parameter is one the project's clients honour (given once, with a valid value), that TLS
+    parameters only appear in ``rediss://`` URLs, and that the ``ssl_ca_certs``, ``ssl_certfile``
+    and ``ssl_keyfile`` files exist and are readable.
+
+    Args:
+        url: the URL, e.g. ``rediss://:secret@cache.example:6380/0?ssl_ca_certs=/etc/ca.pem``.
+        key: the config key named in messages.
+
+    Returns:
+        ``url`` itself, so a call site can wrap it: ``from_url(check_redis_url(url), ...)``.
+
+    Raises:
+        ConfigError: one line naming the problem; the password is never part of it.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        raise ConfigError(f"{key}: must start with redis://, rediss:// or unix://")
+    scheme = scheme.lower()
+    parts = urlsplit(url)
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{key}: unix:// needs a socket path, e.g. unix:///run/redis.sock")
+    else:
+        try:
+            parts.port  # noqa: B018  (parsing it is the check)
+        except ValueError:
+            raise ConfigError(f"{key}: the port must be a number from 1 to 65535") from None
+        db_path = unquote(parts.path).replace("/", "")
+        if db_path and not db_path.isdigit():
+            raise ConfigError(f"{key}: the path must be a database number such as /0")
+    seen: set[str] = set()
+    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        value = unquote(raw)  # redis-py unquotes query values a second time
+        if name in seen:
+            raise ConfigError(f"{key}: query parameter {name!r} is given twice")
+        seen.add(name)
+        check = _COMMON.get(name)
+        if check is None and name in _TLS:
+            if scheme != "rediss":
+                raise ConfigError(f"{key}: {name} needs a rediss:// URL, not {scheme}://")
+            check = _TLS[name]
+        if check is None:
+            if name in _SET_ELSEWHERE:
+                raise ConfigError(
+                    f"{key}: query parameter {name!r} is not taken from the URL; {_SET_ELSEWHERE[name]}"
+                )
+            known = ", ".join([*_COMMON, *(_TLS if scheme == "rediss" else ())])
+            raise ConfigError(f"{key}: unknown query parameter {name!r} (known: {known})")
+        if not value:
+            raise ConfigError(f"{key}: query parameter {name!r} has no value")
+        problem = check(value)
+        if problem is not None:
+            # File problems name the path themselves; checked values are never secrets.
+            shown = "" if check is _readable_file else f"={value!r}"
+            raise ConfigError(f"{key}: {name}{shown} {problem}")
+    return url
+
+
+def async_client(config: Config) -> aioredis.Redis:
+    """A ``redis.asyncio`` client for ``config.redis``: checked URL, bounded calls, no retries.
+
+    redis-py's defaults hang forever on a paused server (no socket timeout) and retry a timed-out
+    write (which can duplicate it); neither is acceptable here. The caller owns the client.
+    """
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    r = config.redis
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        check_redis_url(r.url.get_secret_value()),
+        socket_timeout=r.socket_timeout_s,
+        socket_connect_timeout=r.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+    )
+    return client
