@@ -321,9 +321,22 @@ def parse_time_ms(spec: str, now_ms: int | None = None) -> int:
     return to_ms(parsed)
 
 
+def _shown_key(part: object) -> str:
+    # A key is the user's text: keep the error one readable line whatever it holds.
+    text = str(part)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def _format_validation_error(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    loc = ".".join(_shown_key(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{loc}'; check its spelling against config.yaml"
     message = first["msg"]
@@ -384,9 +397,9 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | No
     try:
         return Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, origin)) from None
+        raise ConfigError(_one_line(_format_validation_error(exc, origin))) from None
     except UsageError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+        raise ConfigError(_one_line(f"{origin}: {exc}")) from None
     except (ValueError, TypeError) as exc:
         # pydantic-settings raises SettingsError (a ValueError) for unparsable env values.
-        raise ConfigError(f"{origin}: {exc}") from None
+        raise ConfigError(_one_line(f"{origin}: {exc}")) from None

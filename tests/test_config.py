@@ -95,3 +95,12 @@ def test_absurd_inputs_are_config_errors(tmp_path: Path) -> None:
     path.write_text("exchange: " + "[" * 5000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(path)
+
+
+@pytest.mark.parametrize("key", ["\n", "a\r\nb", "x" * 500, "\x00"])
+def test_odd_unknown_keys_still_give_one_short_line(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"exchange": {key: None}})
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message and len(message) < 300
+    assert "exchange." in message
