@@ -2,7 +2,7 @@
 
 The writer below resumes the way the collector does: it asks the store what is not covered yet
 and writes only that, with two writer tasks. Run as ``python -m tests.test_storage_kill URL
-SCHEMA`` it prints one line per committed write.
+SCHEMA`` it prints one line per committed write and waits for a line on stdin before going on.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ async def write_missing(url: str, schema: str, *, verbose: bool) -> tuple[int, i
                 skipped += result.skipped
                 if verbose:
                     print("committed", flush=True)
+                    # Wait for the test's answer: otherwise, on a loaded machine, the writer runs
+                    # ahead of the test reading its lines and finishes before the kill lands.
+                    await asyncio.to_thread(sys.stdin.readline)
 
         tasks = [asyncio.create_task(writer()) for _ in range(2)]
         for i in range(0, len(pages), 3):
@@ -112,14 +115,17 @@ async def _run_and_kill(schema: str, after_commits: int, rng: random.Random) -> 
         PG_URL,
         schema,
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stdin is not None
     try:
         for _ in range(after_commits):
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert line, "the writer finished before it could be killed"
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
         await asyncio.sleep(rng.random() * 0.05)  # land anywhere inside the next write
         proc.send_signal(signal.SIGKILL)
     finally:
