@@ -16,6 +16,26 @@ from tests.conftest import PG_URL, REDIS_URL
 TLS_REDIS_URL = REDIS_URL.replace("redis://", "rediss://", 1)
 
 
+async def _initialize_error(pg_schema: str, query: str) -> CollectorError:
+    """The error a store whose ``database.url`` ends in ``query`` raises at initialize()."""
+    from data_collector.storage import open_store
+
+    store = open_store(
+        load_config(
+            {
+                "database": {"url": PG_URL + query, "schema": pg_schema, "connect_timeout_s": 2},
+                "logging": {"file": None},
+            }
+        )
+    )
+    try:
+        with pytest.raises(CollectorError) as info:
+            await store.initialize()
+    finally:
+        await store.close()
+    return info.value
+
+
 async def test_rediss_urls_never_fall_back_to_plaintext(redis_prefix: str) -> None:
     cache_manager = pytest.importorskip("utils.cache_manager")
     redis_conn = pytest.importorskip("data_collector.streaming.redis_conn")
@@ -36,85 +56,28 @@ async def test_rediss_urls_never_fall_back_to_plaintext(redis_prefix: str) -> No
 
 
 async def test_postgres_ssl_verify_full_never_falls_back_to_plaintext(pg_schema: str) -> None:
-    from data_collector.storage import open_store
-
-    store = open_store(
-        load_config(
-            {
-                "database": {"url": PG_URL + "?ssl=verify-full", "schema": pg_schema, "connect_timeout_s": 2},
-                "logging": {"file": None},
-            }
-        )
-    )
-    try:
-        with pytest.raises(CollectorError) as info:
-            await store.initialize()
-    finally:
-        await store.close()
-    assert "certificate" in str(info.value) or "SSL" in str(info.value)
+    error = await _initialize_error(pg_schema, "?ssl=verify-full")
+    assert "certificate" in str(error) or "SSL" in str(error)
 
 
 async def test_postgres_sslmode_is_understood_or_refused_clearly(pg_schema: str) -> None:
-    from data_collector.storage import open_store
-
-    store = open_store(
-        load_config(
-            {
-                "database": {
-                    "url": PG_URL + "?sslmode=verify-full",
-                    "schema": pg_schema,
-                    "connect_timeout_s": 2,
-                },
-                "logging": {"file": None},
-            }
-        )
-    )
-    try:
-        with pytest.raises(CollectorError) as info:
-            await store.initialize()
-    finally:
-        await store.close()
-    assert "unexpected keyword" not in str(info.value), str(info.value)
-    assert isinstance(info.value, PermanentError) or "certificate" in str(info.value)
+    error = await _initialize_error(pg_schema, "?sslmode=verify-full")
+    assert "unexpected keyword" not in str(error), str(error)
+    assert isinstance(error, PermanentError) or "certificate" in str(error)
 
 
 async def test_postgres_missing_root_certificate_is_permanent_and_one_line(pg_schema: str) -> None:
-    from data_collector.storage import open_store
-
-    store = open_store(
-        load_config(
-            {
-                "database": {"url": PG_URL + "?ssl=verify-full", "schema": pg_schema, "connect_timeout_s": 2},
-                "logging": {"file": None},
-            }
-        )
-    )
-    try:
-        with pytest.raises(CollectorError) as info:
-            await store.initialize()
-    finally:
-        await store.close()
-    assert "\n" not in str(info.value)
-    assert isinstance(info.value, PermanentError)
+    error = await _initialize_error(pg_schema, "?ssl=verify-full")
+    assert "\n" not in str(error)
+    assert isinstance(error, PermanentError)
 
 
 async def test_postgres_unreadable_root_certificate_names_the_file(pg_schema: str, tmp_path: Path) -> None:
-    from data_collector.storage import open_store
-
     missing = tmp_path / "ca.pem"
-    url = f"{PG_URL}?sslmode=verify-full&sslrootcert={missing}"
-    store = open_store(
-        load_config(
-            {"database": {"url": url, "schema": pg_schema, "connect_timeout_s": 2}, "logging": {"file": None}}
-        )
-    )
-    try:
-        with pytest.raises(PermanentError) as info:
-            await store.initialize()
-    finally:
-        await store.close()
-    assert "\n" not in str(info.value)
-    assert str(missing) in str(info.value) and "sslrootcert" in str(info.value)
+    error = await _initialize_error(pg_schema, f"?sslmode=verify-full&sslrootcert={missing}")
+    assert isinstance(error, PermanentError)
+    assert "\n" not in str(error)
+    assert str(missing) in str(error) and "sslrootcert" in str(error)
 
 
 async def test_health_check_reports_a_refused_tls_connection_in_one_line() -> None:
