@@ -28,6 +28,10 @@ class PermanentError(CollectorError):
     """A failure that retrying will not fix: the other side refused the request."""
 
 
+class StoreNotInitializedError(PermanentError):
+    """The store's schema or tables do not exist yet; ``initialize()`` creates them."""
+
+
 class UsageError(CollectorError):
     """The caller misused the API or passed invalid input."""
 

@@ -130,6 +130,20 @@ class CandleStore(Protocol):
     async def latest_ts(self, instrument_id: int, timeframe: str) -> int | None:
         """Open time of the newest stored candle, or ``None``."""
 
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one round trip.
+
+        Pairs without candles (or whose instrument was never stored) are left out.
+
+        Raises:
+            StoreNotInitializedError: the tables do not exist yet.
+        """
+
+    async def server_version(self) -> str:
+        """The database's product and version, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
+
     async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
         """The instrument, or ``None`` when it was never stored."""
 
