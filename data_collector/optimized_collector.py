@@ -165,11 +165,11 @@ class OptimizedDataCollector:
             raise
         self._initialized = True
         log.info(
-            "collector ready: exchange %s, %d markets, weight budget %s/min, %d requests/min cap",
+            "collector ready: exchange %s, %d markets, weight budget %s/min, request cap %s/min",
             self.config.exchange.id,
             len(client.markets),
             client.limiter.budget or "n/a",
-            client.limiter.requests_per_min,
+            client.limiter.requests_per_min or "none",
         )
 
     async def close(self) -> None:
