@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from data_collector.backoff import backoff_delay
 from data_collector.errors import UsageError
-from data_collector.streaming.connection import backoff_delay, split_for_url, ws_base
+from data_collector.streaming.connection import split_for_url, ws_base
 from data_collector.streaming.normalize import (
     MalformedEvent,
     kline_entry_id,
