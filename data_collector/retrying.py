@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from data_collector.errors import PermanentError, TransientError
+from data_collector.errors import PermanentError, UsageError
+from data_collector.errors import is_transient as base_is_transient
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ TRANSIENT_CCXT_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may go away on retry (network, 5xx, 429, timeouts, bad bodies)."""
-    if isinstance(exc, PermanentError):
+    if isinstance(exc, PermanentError | UsageError):
         return False
-    if isinstance(exc, (TransientError, TimeoutError, asyncio.TimeoutError, ConnectionError)):
+    if base_is_transient(exc):
         return True
     if isinstance(exc, PERMANENT_CCXT_ERRORS):
         return False
