@@ -25,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from tenacity import RetryCallState
 
 from data_collector.backfill import BackfillPlan, Range, align_range, page_coverage, pages, plan_backfill
 from data_collector.config import Config, load_config, to_ms
@@ -47,13 +50,14 @@ from data_collector.monitor_hook import CollectorMonitor, default_monitor
 from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
-from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument
+from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument, WriteResult
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
@@ -64,6 +68,10 @@ PAGES_IN_PROCESS = 12
 WRITE_QUEUE_BATCHES = 8
 WRITERS = 2
 MAX_BATCHES_PER_WRITE = 8
+#: Attempts of one store call (the first and the retries), and its backoff's first and longest wait:
+#: about 7 s in all, enough to ride out a PostgreSQL restart or a short network blip.
+STORE_ATTEMPTS = 5
+STORE_BACKOFF_S = (0.5, 5.0)
 
 
 class OptimizedDataCollector:
@@ -262,12 +270,15 @@ class OptimizedDataCollector:
         symbol = normalize_symbol(symbol)
         if symbol not in self._instruments:
             market = self.client.market(symbol)
-            self._instruments[symbol] = await self.store.ensure_instrument(
-                self.config.exchange.id,
-                symbol,
-                base=str(market.get("base") or symbol.split("/")[0]),
-                quote=str(market.get("quote") or symbol.split("/")[1]),
-                market_type=str(market.get("type") or "spot"),
+            self._instruments[symbol] = await self._store_call(
+                partial(
+                    self.store.ensure_instrument,
+                    self.config.exchange.id,
+                    symbol,
+                    base=str(market.get("base") or symbol.split("/")[0]),
+                    quote=str(market.get("quote") or symbol.split("/")[1]),
+                    market_type=str(market.get("type") or "spot"),
+                )
             )
         return self._instruments[symbol]
 
@@ -287,7 +298,9 @@ class OptimizedDataCollector:
         instrument = await self.instrument(symbol)
         end_ms = min(to_ms(end), candle_open_ms(self.client.server_now_ms(), timeframe))
         start_ms, end_ms = align_range(to_ms(start), end_ms, timeframe)
-        return await self.store.find_gaps(instrument.id, timeframe, start_ms, end_ms)
+        return await self._store_call(
+            partial(self.store.find_gaps, instrument.id, timeframe, start_ms, end_ms)
+        )
 
     async def repair_gaps(
         self,
@@ -317,7 +330,7 @@ class OptimizedDataCollector:
                     for page in pages(aligned, tf, limit):
                         candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
                         batch = CandleBatch(instrument.id, tf, candles, page_coverage(page, candles, tf))
-                        result = await self.store.write([batch])
+                        result = await self._store_call(partial(self.store.write, [batch]))
                         report.rows_written += result.written
                         report.rows_skipped += result.skipped
                         pair.candles_fetched += len(candles)
@@ -336,7 +349,40 @@ class OptimizedDataCollector:
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
-        return await self.store.load_frame(instrument.id, timeframe, to_ms(start), to_ms(end))
+        return await self._store_call(
+            partial(self.store.load_frame, instrument.id, timeframe, to_ms(start), to_ms(end))
+        )
+
+    async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call under ``database.command_timeout_s``, retrying transient failures.
+
+        The one policy of every store call the collector makes, reads and writes alike: each is
+        safe to repeat (reads; upserts; writes that carry their coverage), so a dropped or refused
+        connection or a timeout is tried again with backoff, while a permanent error (a missing
+        table, a refused login) is raised at once. After the last attempt the last error is raised.
+        """
+        timeout_s = self.config.database.command_timeout_s
+        initial_s, max_s = STORE_BACKOFF_S
+        async for attempt in retry_policy(
+            attempts=STORE_ATTEMPTS, initial_s=initial_s, max_s=max_s, on_retry=_log_store_retry
+        ):
+            with attempt:
+                async with asyncio.timeout(timeout_s):
+                    return await call()
+        raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
+
+
+def _log_store_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    wait_s = state.upcoming_sleep
+    log.warning(
+        "a store call failed (%s); attempt %d of %d in %.1f s",
+        error,
+        state.attempt_number + 1,
+        STORE_ATTEMPTS,
+        wait_s,
+    )
 
 
 def _iso(ts_ms: int) -> str:
@@ -395,7 +441,7 @@ class _Run:
                 if instrument.listing_ms is None and any(p.pages for p in plans.values()):
                     listing = await self.client.first_candle_ms(symbol)
                     if listing is not None:
-                        await self.store.set_listing(instrument.id, listing)
+                        await self.owner._store_call(partial(self.store.set_listing, instrument.id, listing))
                         instrument = await self._relisted(instrument, listing)
                         plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
             except Exception as exc:
@@ -413,7 +459,7 @@ class _Run:
         return updated
 
     async def _plan(self, instrument: Instrument, symbol: str, timeframe: str) -> BackfillPlan:
-        covered = await self.store.coverage(instrument.id, timeframe)
+        covered = await self.owner._store_call(partial(self.store.coverage, instrument.id, timeframe))
         plan = plan_backfill(
             symbol,
             timeframe,
@@ -548,15 +594,14 @@ class _Run:
                     self._fail(pair, self.write_error)
 
     async def _write(self, batches: list[CandleBatch]) -> None:
-        timeout_s = self.config.database.command_timeout_s
-        # Writes are idempotent (coverage + upsert), so the whole drain is simply written again.
-        async for attempt in retry_policy(attempts=5, initial_s=0.5, max_s=5.0):
-            with attempt:
-                started = time.perf_counter()
-                async with asyncio.timeout(timeout_s):
-                    result = await self.store.write(batches)
+        async def write() -> tuple[WriteResult, float]:
+            started = time.perf_counter()
+            return await self.store.write(batches), time.perf_counter() - started
+
+        # Writes are idempotent (coverage + upsert), so a failed drain is simply written again whole.
+        result, duration_s = await self.owner._store_call(write)
         monitor = self.owner.monitor
-        monitor.record_db_operation("WRITE", (time.perf_counter() - started) * 1000, result.written)
+        monitor.record_db_operation("WRITE", duration_s * 1000, result.written)
         monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
