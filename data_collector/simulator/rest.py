@@ -295,7 +295,7 @@ class RestApi:
             )
         if interval not in TIMEFRAMES:
             raise ApiError(-1120, "Invalid interval.")
-        limit = _limit(request, 500, 1000)
+        limit = _limit(request, 500, self.sim.klines_limit_max)
         start = _int_param(request, "startTime")
         end = _int_param(request, "endTime")
         now = self.sim.clock.now_ms()
