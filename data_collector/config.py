@@ -60,7 +60,8 @@ class ExchangeConfig(_Section):
     rate_limit_margin: float = Field(default=0.01, ge=0, lt=0.5)
     #: Retries of a failed request (network, 5xx, 429, timeouts, malformed pages) before the pair fails.
     max_retries: int = Field(default=7, ge=0, le=100)
-    #: Candles per OHLCV request: the exchange's maximum (1000 on Binance spot).
+    #: Candles per OHLCV request: at most the exchange's maximum (1000 on Binance spot), which the
+    #: collector checks against ccxt's fetchOHLCV ``limit`` feature when it starts.
     ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
 
     @field_validator("id")

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tenacity import RetryCallState
 
-from data_collector.backfill import BackfillPlan, Range, align_range, page_coverage, pages, plan_backfill
+from data_collector.backfill import (
+    BackfillPlan,
+    Range,
+    align_range,
+    page_coverage,
+    pages,
+    plan_backfill,
+    unproven_rest,
+)
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -160,6 +168,7 @@ class OptimizedDataCollector:
             await client.open()
             for symbol in self.config.symbols:
                 client.market(symbol)
+                client.check_page_limit(symbol)
             for timeframe in self.config.timeframes:
                 client.check_timeframe(timeframe)
         except BaseException:
@@ -245,6 +254,7 @@ class OptimizedDataCollector:
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
         for symbol in symbol_list:
             client.market(symbol)
+            client.check_page_limit(symbol)
         for timeframe in timeframe_list:
             client.check_timeframe(timeframe)
         self._stop.clear()
@@ -326,10 +336,16 @@ class OptimizedDataCollector:
             report.gaps_found += len(holes)
             for gap in holes:
                 aligned = align_range(gap.start_ms, gap.end_ms, tf)
+                todo = pages(aligned, tf, limit)
                 try:
-                    for page in pages(aligned, tf, limit):
+                    while todo:
+                        page = todo.pop(0)
                         candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
-                        batch = CandleBatch(instrument.id, tf, candles, page_coverage(page, candles, tf))
+                        coverage = page_coverage(page, candles, tf, cap=self.client.most_candles_seen)
+                        rest = unproven_rest(page, coverage)
+                        if rest is not None:
+                            todo[:0] = pages(rest, tf, limit)
+                        batch = CandleBatch(instrument.id, tf, candles, coverage)
                         result = await self._store_call(partial(self.store.write, [batch]))
                         report.rows_written += result.written
                         report.rows_skipped += result.skipped
@@ -490,15 +506,20 @@ class _Run:
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
 
+        def more() -> bool:
+            return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
+
         async def worker() -> None:
-            while todo and not failure and not self.owner._stop.is_set() and self.write_error is None:
+            while more():
                 # A slot covers the page from its request until it is on the write queue, so
                 # pages waiting for a full queue count too: memory stays bounded.
                 async with self.page_slots:
                     if not await self._page(instrument, plan, pair, todo, failure):
                         return
 
-        await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, max(1, len(todo))))))
+        # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
+        while more():
+            await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, len(todo)))))
         if failure:
             self._fail(pair, failure[0])
         elif todo or self.write_error is not None:
@@ -538,7 +559,13 @@ class _Run:
         except Exception as exc:
             failure.append(classify(exc))
             return False
-        coverage = page_coverage(page, candles, plan.timeframe)
+        coverage = page_coverage(page, candles, plan.timeframe, cap=self.client.most_candles_seen)
+        rest = unproven_rest(page, coverage)
+        if rest is not None:
+            # Cut short at the server's cap: the rest of the page is fetched in this run.
+            more = pages(rest, plan.timeframe, limit)
+            todo.extend(reversed(more))
+            pair.pages_planned += len(more)
         gaps = sum(1 for c in coverage if c.kind == "empty")
         pair.exchange_gaps += gaps
         self.report.exchange_gaps += gaps
