@@ -99,6 +99,8 @@ async def _project_writer(url: str, n: int) -> float:
         batch_size=BATCH,
         batch_interval_s=0.001,
         buffer_max=n + 1,
+        gaps_key=f"{stream}:gaps",  # nothing is dropped here, so no marker is written
+        stream_maxlen=MAXLEN,
         max_batch=BATCH,
     )
     started = time.process_time()
