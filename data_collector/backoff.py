@@ -1,8 +1,9 @@
 """The project's one backoff formula: capped exponential with jitter.
 
 Every retry loop waits ``backoff_delay(attempt, min_s, max_s)`` between tries: the WebSocket
-reconnects, the candle sink and the Redis writer. Standard library only, so the streamer can
-use it without importing ccxt or tenacity's callers.
+reconnects, the order-book resync, the candle sink, the Redis writer's reconnects and, as
+tenacity's ``wait``, :func:`data_collector.retrying.retry_policy` (exchange requests and store
+calls). Standard library only, so the streamer can use it without importing ccxt.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
+from data_collector.backoff import backoff_delay
 from data_collector.errors import PermanentError, UsageError
 from data_collector.errors import is_transient as base_is_transient
 
@@ -82,7 +82,7 @@ def retry_policy(
 
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
+        wait=lambda state: backoff_delay(state.attempt_number - 1, initial_s, max_s),
         stop=stop_after_attempt(attempts),
         before_sleep=before_sleep,
         reraise=True,

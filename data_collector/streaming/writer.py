@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from dataclasses import dataclass, replace
 import hiredis
 import redis
 
+from data_collector.backoff import backoff_delay
 from data_collector.errors import ServerUnavailableError
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.redis_conn import FastConnection, RedisEndpoint, pack
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 Entry = tuple[bytes, bytes, str, bytes, int, float]
 
 _DUPLICATE_ID = "equal or smaller"
+_RECONNECT_MIN_S = 0.05
 _RECONNECT_MAX_S = 2.0
 
 
@@ -371,9 +372,9 @@ class RedisWriter:
                 self._metrics.redis_errors += 1
                 if attempt == 0:
                     log.warning("%s; buffering up to %d messages meanwhile", exc, self._buffer_max)
-                delay = min(_RECONNECT_MAX_S, 0.05 * 2**attempt)
+                delay = backoff_delay(attempt, _RECONNECT_MIN_S, _RECONNECT_MAX_S)
                 attempt += 1
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(delay)
         return self._conn
 
     async def _drop_connection(self) -> None:
