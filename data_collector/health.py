@@ -11,12 +11,15 @@ Checks, each bounded by ``metrics.check_timeout_s``:
 ``redis``           ``PING``; latency.
 ``exchange``        ``GET <exchange.urls.api.public>/ping`` (the exchange's own REST URL when not
                     overridden), so it works against the simulator.
-``freshness``       newest stored candle per configured symbol and timeframe; stale when older
-                    than two timeframes plus ``metrics.freshness_margin_s`` (against
-                    ``end`` when the config sets one).
-``stream``          newest message among the configured streams (Redis stream IDs) or the
-                    streamer's heartbeat; stale after ``metrics.stream_stale_s``.
-``heartbeat:<c>``   the heartbeat key of the collector and the streamer.
+``freshness``       newest stored candle per configured symbol and timeframe of the venue
+                    ``exchange.name`` (demo rows, labelled ``sim-...``, never count); stale
+                    when older than two timeframes plus ``metrics.freshness_margin_s``
+                    (against ``end`` when the config sets one).
+``stream``          newest message among the configured streams of ``exchange.name`` (Redis
+                    stream IDs) or that venue's streamer heartbeat; stale after
+                    ``metrics.stream_stale_s``.
+``heartbeat:<c>``   the heartbeat key of the collector and the streamer; ``warn`` when it is
+                    another venue's (e.g. the demo's ``sim-binance``).
 ``disk``            free space where the data lives.
 ==================  ===========================================================================
 
@@ -276,7 +279,7 @@ async def _newest_candles(config: Config) -> dict[tuple[str, str], int | None]:
             try:
                 rows = []
                 for symbol, instrument_id in conn.execute(
-                    "SELECT symbol, id FROM instruments WHERE exchange = ?", (config.exchange.id,)
+                    "SELECT symbol, id FROM instruments WHERE exchange = ?", (config.exchange.name,)
                 ).fetchall():
                     if symbol not in config.symbols:
                         continue
@@ -296,7 +299,7 @@ async def _newest_candles(config: Config) -> dict[tuple[str, str], int | None]:
         conn = await target.connect(connect_timeout_s=config.database.connect_timeout_s)
         try:
             records = await conn.fetch(
-                _freshness_query(config.database.db_schema), config.exchange.id, config.symbols, codes
+                _freshness_query(config.database.db_schema), config.exchange.name, config.symbols, codes
             )
         finally:
             await conn.close(timeout=2)
@@ -352,7 +355,7 @@ async def check_freshness(config: Config, now_ms: int) -> CheckResult:
 
 async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> CheckResult:
     keys = [
-        stream_key(config.redis.prefix, config.exchange.id, channel, symbol)
+        stream_key(config.redis.prefix, config.exchange.name, channel, symbol)
         for channel in config.streaming.channels
         for symbol in config.symbols
     ]
@@ -372,7 +375,9 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
             newest_ms = ms if newest_ms is None else max(newest_ms, ms)
     if beat:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            last = json.loads(beat).get("last_message_ms")
+            data = json.loads(beat)
+            # Only a streamer of this venue speaks for its streams (not the demo's 'sim-binance').
+            last = data.get("last_message_ms") if _same_venue(data, config) else None
             if isinstance(last, int):
                 newest_ms = last if newest_ms is None else max(newest_ms, last)
     if newest_ms is None:
@@ -382,6 +387,11 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
     if age_s > config.metrics.stream_stale_s:
         return CheckResult("stream", "warn", f"stale: newest message {_age_text(age_s)} old", data=data)
     return CheckResult("stream", "ok", f"newest message {_age_text(age_s)} old", data=data)
+
+
+def _same_venue(beat: dict[str, Any], config: Config) -> bool:
+    """Whether a heartbeat is of the configured venue (one naming none predates the label)."""
+    return bool(beat.get("exchange", config.exchange.name) == config.exchange.name)
 
 
 async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
@@ -396,6 +406,9 @@ async def check_heartbeat(config: Config, client: aioredis.Redis, component: str
         return CheckResult(name, "warn", f"no heartbeat (is the {component} running?)")
     age_s = max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
     detail = f"pid {beat.get('pid')} on {beat.get('host')}, {_age_text(age_s)} ago"
+    if not _same_venue(beat, config):
+        venue = f"{beat.get('exchange')!r}, not {config.exchange.name!r}"
+        return CheckResult(name, "warn", f"the {component} running is for {venue} ({detail})", data=beat)
     return CheckResult(name, "ok", detail, data=beat)
 
 
