@@ -18,11 +18,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from data_collector.errors import ConfigError, UsageError
 from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.redis_keys import key_part
 
 ENV_PREFIX = "DC__"
 DEFAULT_CONFIG_PATH = Path("config.yaml")
@@ -33,6 +42,8 @@ _RELATIVE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 _RELATIVE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Venue labels starting with this are simulated data (the demo, the simulator); never a real venue.
+SIMULATED_VENUE_PREFIX = "sim-"
 
 
 class _Section(BaseModel):
@@ -42,7 +53,13 @@ class _Section(BaseModel):
 class ExchangeConfig(_Section):
     """Which exchange to talk to, through ccxt."""
 
+    #: The ccxt class (``ccxt.binance``): how to talk to the exchange.
     id: str = "binance"
+    #: The venue label every stored row and Redis key carries (``instruments.exchange``,
+    #: ``dc:stream:<name>:...``); default: ``id``. Labels starting with ``sim-`` are reserved for
+    #: simulated data: the demo and the simulator use ``sim-binance``, so their rows and keys never
+    #: mix with a real venue's.
+    name: str = "binance"
     #: Extra ccxt options (merged into ``options``), e.g. ``{"fetchMarkets": {"types": ["spot"]}}``.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Overrides of ccxt's ``urls`` (the simulator sets these), e.g. ``{"api": {"public": ...}}``.
@@ -64,12 +81,39 @@ class ExchangeConfig(_Section):
     #: collector checks against ccxt's fetchOHLCV ``limit`` feature when it starts.
     ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_defaults_to_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None:
+            return {**data, "name": data.get("id", "binance")}
+        return data
+
     @field_validator("id")
     @classmethod
     def _known_exchange(cls, value: str) -> str:
         if not re.match(r"^[a-z0-9]{2,32}$", value):
             raise ValueError("must be a ccxt exchange id such as 'binance'")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _venue_label(cls, value: str) -> str:
+        try:
+            return key_part("venue name", value)
+        except UsageError:
+            raise ValueError(
+                "must be a venue label such as 'binance': 1-64 letters, digits, '_', '.', '@' or '-'"
+            ) from None
+
+    @property
+    def simulated(self) -> bool:
+        """Whether :attr:`name` labels simulated data (``sim-...``)."""
+        return is_simulated_venue(self.name)
+
+
+def is_simulated_venue(name: str) -> bool:
+    """Whether venue label ``name`` is reserved for simulated data (it starts with ``sim-``)."""
+    return name.startswith(SIMULATED_VENUE_PREFIX)
 
 
 class DatabaseConfig(_Section):
@@ -284,6 +328,19 @@ class Config(BaseSettings):
 
     def end_ms(self, now_ms: int | None = None) -> int:
         return parse_time_ms(self.end, now_ms) if self.end is not None else _now_ms(now_ms)
+
+
+def with_exchange(config: Config, section: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` whose ``exchange`` section is updated by ``section`` (validated).
+
+    ``section`` without a ``name`` keeps the venue label only when it keeps the ``id`` too.
+    """
+    merged = {**config.exchange.model_dump(), **section}
+    if "name" not in section and "id" in section:
+        merged.pop("name")
+    out = config.model_copy(deep=True)
+    out.exchange = ExchangeConfig(**merged)
+    return out
 
 
 def _now_ms(now_ms: int | None) -> int:

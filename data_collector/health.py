@@ -12,13 +12,16 @@ Checks, each bounded by ``metrics.check_timeout_s``:
 ``redis``           ``PING``; latency.
 ``exchange``        ``GET <exchange.urls.api.public>/ping`` (the exchange's own REST URL when not
                     overridden), so it works against the simulator.
-``freshness``       newest stored candle per configured symbol and timeframe (asked of the
-                    store, so any schema the config accepts works); stale when older
-                    than two timeframes plus ``metrics.freshness_margin_s`` (against
-                    ``end`` when the config sets one).
-``stream``          newest message among the configured streams (Redis stream IDs) or the
-                    streamer's heartbeat; stale after ``metrics.stream_stale_s``.
-``heartbeat:<c>``   the heartbeat key of the collector and the streamer.
+``freshness``       newest stored candle per configured symbol and timeframe of the venue
+                    ``exchange.name`` (asked of the store, so any schema the config accepts
+                    works; demo rows, labelled ``sim-...``, never count); stale when older than
+                    two timeframes plus ``metrics.freshness_margin_s`` (against ``end`` when the
+                    config sets one).
+``stream``          newest message among the configured streams of ``exchange.name`` (Redis
+                    stream IDs) or that venue's streamer heartbeat; stale after
+                    ``metrics.stream_stale_s``.
+``heartbeat:<c>``   the heartbeat key of the collector and the streamer; ``warn`` when it is
+                    another venue's (e.g. the demo's ``sim-binance``).
 ``disk``            free space where the data lives.
 ==================  ===========================================================================
 
@@ -265,7 +268,7 @@ async def check_freshness(config: Config, now_ms: int) -> CheckResult:
         return not_created  # opening the store would create the file
     try:
         async with _opened_store(config) as store:
-            newest = await store.newest_candles(config.exchange.id, config.symbols, config.timeframes)
+            newest = await store.newest_candles(config.exchange.name, config.symbols, config.timeframes)
     except StoreNotInitializedError:
         return not_created
     except ServerUnavailableError as exc:
@@ -307,7 +310,7 @@ async def check_freshness(config: Config, now_ms: int) -> CheckResult:
 
 async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> CheckResult:
     keys = [
-        stream_key(config.redis.prefix, config.exchange.id, channel, symbol)
+        stream_key(config.redis.prefix, config.exchange.name, channel, symbol)
         for channel in config.streaming.channels
         for symbol in config.symbols
     ]
@@ -327,7 +330,9 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
             newest_ms = ms if newest_ms is None else max(newest_ms, ms)
     if beat:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            last = json.loads(beat).get("last_message_ms")
+            data = json.loads(beat)
+            # Only a streamer of this venue speaks for its streams (not the demo's 'sim-binance').
+            last = data.get("last_message_ms") if _same_venue(data, config) else None
             if isinstance(last, int):
                 newest_ms = last if newest_ms is None else max(newest_ms, last)
     if newest_ms is None:
@@ -337,6 +342,11 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
     if age_s > config.metrics.stream_stale_s:
         return CheckResult("stream", "warn", f"stale: newest message {_age_text(age_s)} old", data=data)
     return CheckResult("stream", "ok", f"newest message {_age_text(age_s)} old", data=data)
+
+
+def _same_venue(beat: dict[str, Any], config: Config) -> bool:
+    """Whether a heartbeat is of the configured venue (one naming none predates the label)."""
+    return bool(beat.get("exchange", config.exchange.name) == config.exchange.name)
 
 
 async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
@@ -351,6 +361,9 @@ async def check_heartbeat(config: Config, client: aioredis.Redis, component: str
         return CheckResult(name, "warn", f"no heartbeat (is the {component} running?)")
     age_s = max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
     detail = f"pid {beat.get('pid')} on {beat.get('host')}, {_age_text(age_s)} ago"
+    if not _same_venue(beat, config):
+        venue = f"{beat.get('exchange')!r}, not {config.exchange.name!r}"
+        return CheckResult(name, "warn", f"the {component} running is for {venue} ({detail})", data=beat)
     return CheckResult(name, "ok", detail, data=beat)
 
 

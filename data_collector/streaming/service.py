@@ -57,6 +57,7 @@ class ServiceOptions:
 
     symbols: list[str]
     channels: list[str]
+    #: The venue label in every key and event (``exchange.name``, e.g. ``binance``, ``sim-binance``).
     exchange: str
     prefix: str
     ws_url: str
@@ -75,6 +76,8 @@ class ServiceOptions:
     close_timeout_s: float = 10.0
     #: TTL of the ``<prefix>:heartbeat:streamer`` key (``metrics.heartbeat_ttl_s``); ``None``: no heartbeat.
     heartbeat_ttl_s: int | None = 60
+    #: The protocol spoken (``exchange.id``); only Binance's is.
+    protocol: str = "binance"
 
 
 class _Activity:
@@ -102,8 +105,8 @@ class StreamService:
         metrics: StreamMetrics,
         candle_sink: CandleSink | None = None,
     ) -> None:
-        if options.exchange != "binance":
-            raise UsageError(f"the streamer speaks Binance's protocol only, not {options.exchange!r}")
+        if options.protocol != "binance":
+            raise UsageError(f"the streamer speaks Binance's protocol only, not {options.protocol!r}")
         self.options = options
         self.metrics = metrics
         self._endpoint = endpoint
@@ -246,6 +249,8 @@ class StreamService:
             ttl_s=ttl,
             monitor=_Activity(self),
             extra=lambda: {
+                # The venue label: the health check trusts only its own venue's streamer.
+                "exchange": self.options.exchange,
                 "symbols": len(self.symbols),
                 "channels": self.channels,
                 "written": metrics.written,
