@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from data_collector.collection_run import run_collection
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.markets import DEFAULT_TIMEFRAMES
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.report import CollectionReport
@@ -26,10 +26,10 @@ PROBE_TIMEOUT_S = 1.0
 
 async def postgres_reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """True when a TCP connection to the PostgreSQL host and port of ``url`` opens in time."""
-    if not url.startswith("postgresql"):
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() != "postgresql":
         return False
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    host, port = parsed.host or "127.0.0.1", parsed.port or 5432
     try:
         async with asyncio.timeout(timeout_s):
             _, writer = await asyncio.open_connection(host, port)
