@@ -20,13 +20,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from data_collector.database_url import parse_database_url
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
 from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.redis_keys import key_part
 from data_collector.redis_url import parse_redis_url
 
 ENV_PREFIX = "DC__"
@@ -43,6 +52,8 @@ _RELATIVE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 _RELATIVE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Venue labels starting with this are simulated data (the demo, the simulator); never a real venue.
+SIMULATED_VENUE_PREFIX = "sim-"
 
 
 def _checked_url(parse: Callable[..., object], value: SecretStr) -> SecretStr:
@@ -61,7 +72,13 @@ class _Section(BaseModel):
 class ExchangeConfig(_Section):
     """Which exchange to talk to, through ccxt."""
 
+    #: The ccxt class (``ccxt.binance``): how to talk to the exchange.
     id: str = "binance"
+    #: The venue label every stored row and Redis key carries (``instruments.exchange``,
+    #: ``dc:stream:<name>:...``); default: ``id``. Labels starting with ``sim-`` are reserved for
+    #: simulated data: the demo and the simulator use ``sim-binance``, so their rows and keys never
+    #: mix with a real venue's.
+    name: str = "binance"
     #: Extra ccxt options (merged into ``options``), e.g. ``{"fetchMarkets": {"types": ["spot"]}}``.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Overrides of ccxt's ``urls`` (the simulator sets these), e.g. ``{"api": {"public": ...}}``.
@@ -79,8 +96,16 @@ class ExchangeConfig(_Section):
     rate_limit_margin: float = Field(default=0.01, ge=0, lt=0.5)
     #: Retries of a failed request (network, 5xx, 429, timeouts, malformed pages) before the pair fails.
     max_retries: int = Field(default=7, ge=0, le=100)
-    #: Candles per OHLCV request: the exchange's maximum (1000 on Binance spot).
+    #: Candles per OHLCV request: at most the exchange's maximum (1000 on Binance spot), which the
+    #: collector checks against ccxt's fetchOHLCV ``limit`` feature when it starts.
     ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_defaults_to_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None:
+            return {**data, "name": data.get("id", "binance")}
+        return data
 
     @field_validator("id")
     @classmethod
@@ -88,6 +113,26 @@ class ExchangeConfig(_Section):
         if not re.match(r"^[a-z0-9]{2,32}$", value):
             raise ValueError("must be a ccxt exchange id such as 'binance'")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _venue_label(cls, value: str) -> str:
+        try:
+            return key_part("venue name", value)
+        except UsageError:
+            raise ValueError(
+                "must be a venue label such as 'binance': 1-64 letters, digits, '_', '.', '@' or '-'"
+            ) from None
+
+    @property
+    def simulated(self) -> bool:
+        """Whether :attr:`name` labels simulated data (``sim-...``)."""
+        return is_simulated_venue(self.name)
+
+
+def is_simulated_venue(name: str) -> bool:
+    """Whether venue label ``name`` is reserved for simulated data (it starts with ``sim-``)."""
+    return name.startswith(SIMULATED_VENUE_PREFIX)
 
 
 class DatabaseConfig(_Section):
@@ -160,8 +205,17 @@ class PerformanceConfig(_Section):
     ws_batch_size: int = Field(default=10, ge=1, le=100_000)
     ws_batch_interval: float = Field(default=0.1, gt=0, le=60)
     concurrent_symbols: int = Field(default=5, ge=1, le=1000)
-    #: Requests per minute, a cap on top of the exchange's own limit.
-    api_rate_limit: int = Field(default=1200, ge=1, le=1_000_000)
+    #: Requests per minute, a cap on top of the exchange's own weight budget; ``None`` (or
+    #: ``"auto"``) lets the exchange's budget govern alone. The guide's old 1200 predates Binance's
+    #: 6,000-weight budget and would hold a backfill to about a fifth of it.
+    api_rate_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @field_validator("api_rate_limit", mode="before")
+    @classmethod
+    def _auto_rate_limit(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "null", "none", ""):
+            return None
+        return value
 
 
 class CacheConfig(_Section):
@@ -296,6 +350,19 @@ class Config(BaseSettings):
 
     def end_ms(self, now_ms: int | None = None) -> int:
         return parse_time_ms(self.end, now_ms) if self.end is not None else _now_ms(now_ms)
+
+
+def with_exchange(config: Config, section: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` whose ``exchange`` section is updated by ``section`` (validated).
+
+    ``section`` without a ``name`` keeps the venue label only when it keeps the ``id`` too.
+    """
+    merged = {**config.exchange.model_dump(), **section}
+    if "name" not in section and "id" in section:
+        merged.pop("name")
+    out = config.model_copy(deep=True)
+    out.exchange = ExchangeConfig(**merged)
+    return out
 
 
 def _now_ms(now_ms: int | None) -> int:

@@ -25,13 +25,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from data_collector.backfill import BackfillPlan, Range, align_range, page_coverage, pages, plan_backfill
+from tenacity import RetryCallState
+
+from data_collector.backfill import (
+    BackfillPlan,
+    Range,
+    align_range,
+    page_coverage,
+    pages,
+    plan_backfill,
+    unproven_rest,
+)
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -47,13 +58,14 @@ from data_collector.monitor_hook import CollectorMonitor, default_monitor
 from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
-from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument
+from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument, WriteResult
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
@@ -64,6 +76,10 @@ PAGES_IN_PROCESS = 12
 WRITE_QUEUE_BATCHES = 8
 WRITERS = 2
 MAX_BATCHES_PER_WRITE = 8
+#: Attempts of one store call (the first and the retries), and its backoff's first and longest wait:
+#: about 7 s in all, enough to ride out a PostgreSQL restart or a short network blip.
+STORE_ATTEMPTS = 5
+STORE_BACKOFF_S = (0.5, 5.0)
 
 
 class OptimizedDataCollector:
@@ -110,7 +126,7 @@ class OptimizedDataCollector:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("ready" if self._initialized else "new")
-        return f"<OptimizedDataCollector exchange={self.config.exchange.id} {state}>"
+        return f"<OptimizedDataCollector exchange={self.config.exchange.name} {state}>"
 
     @property
     def store(self) -> CandleStore:
@@ -152,6 +168,7 @@ class OptimizedDataCollector:
             await client.open()
             for symbol in self.config.symbols:
                 client.market(symbol)
+                client.check_page_limit(symbol)
             for timeframe in self.config.timeframes:
                 client.check_timeframe(timeframe)
         except BaseException:
@@ -165,11 +182,12 @@ class OptimizedDataCollector:
             raise
         self._initialized = True
         log.info(
-            "collector ready: exchange %s, %d markets, weight budget %s/min, %d requests/min cap",
+            "collector ready: exchange %s (stored as %r), %d markets, weight budget %s/min, request cap %s/min",
             self.config.exchange.id,
+            self.config.exchange.name,
             len(client.markets),
             client.limiter.budget or "n/a",
-            client.limiter.requests_per_min,
+            client.limiter.requests_per_min or "none",
         )
 
     async def close(self) -> None:
@@ -237,6 +255,7 @@ class OptimizedDataCollector:
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
         for symbol in symbol_list:
             client.market(symbol)
+            client.check_page_limit(symbol)
         for timeframe in timeframe_list:
             client.check_timeframe(timeframe)
         self._stop.clear()
@@ -262,12 +281,17 @@ class OptimizedDataCollector:
         symbol = normalize_symbol(symbol)
         if symbol not in self._instruments:
             market = self.client.market(symbol)
-            self._instruments[symbol] = await self.store.ensure_instrument(
-                self.config.exchange.id,
-                symbol,
-                base=str(market.get("base") or symbol.split("/")[0]),
-                quote=str(market.get("quote") or symbol.split("/")[1]),
-                market_type=str(market.get("type") or "spot"),
+            # The venue label, not the ccxt id: rows (and hence coverage) of the simulator
+            # ('sim-binance') or of another venue are other instruments, never trusted here.
+            self._instruments[symbol] = await self._store_call(
+                partial(
+                    self.store.ensure_instrument,
+                    self.config.exchange.name,
+                    symbol,
+                    base=str(market.get("base") or symbol.split("/")[0]),
+                    quote=str(market.get("quote") or symbol.split("/")[1]),
+                    market_type=str(market.get("type") or "spot"),
+                )
             )
         return self._instruments[symbol]
 
@@ -287,7 +311,9 @@ class OptimizedDataCollector:
         instrument = await self.instrument(symbol)
         end_ms = min(to_ms(end), candle_open_ms(self.client.server_now_ms(), timeframe))
         start_ms, end_ms = align_range(to_ms(start), end_ms, timeframe)
-        return await self.store.find_gaps(instrument.id, timeframe, start_ms, end_ms)
+        return await self._store_call(
+            partial(self.store.find_gaps, instrument.id, timeframe, start_ms, end_ms)
+        )
 
     async def repair_gaps(
         self,
@@ -313,11 +339,17 @@ class OptimizedDataCollector:
             report.gaps_found += len(holes)
             for gap in holes:
                 aligned = align_range(gap.start_ms, gap.end_ms, tf)
+                todo = pages(aligned, tf, limit)
                 try:
-                    for page in pages(aligned, tf, limit):
+                    while todo:
+                        page = todo.pop(0)
                         candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
-                        batch = CandleBatch(instrument.id, tf, candles, page_coverage(page, candles, tf))
-                        result = await self.store.write([batch])
+                        coverage = page_coverage(page, candles, tf, cap=self.client.most_candles_seen)
+                        rest = unproven_rest(page, coverage)
+                        if rest is not None:
+                            todo[:0] = pages(rest, tf, limit)
+                        batch = CandleBatch(instrument.id, tf, candles, coverage)
+                        result = await self._store_call(partial(self.store.write, [batch]))
                         report.rows_written += result.written
                         report.rows_skipped += result.skipped
                         pair.candles_fetched += len(candles)
@@ -336,7 +368,40 @@ class OptimizedDataCollector:
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
-        return await self.store.load_frame(instrument.id, timeframe, to_ms(start), to_ms(end))
+        return await self._store_call(
+            partial(self.store.load_frame, instrument.id, timeframe, to_ms(start), to_ms(end))
+        )
+
+    async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call under ``database.command_timeout_s``, retrying transient failures.
+
+        The one policy of every store call the collector makes, reads and writes alike: each is
+        safe to repeat (reads; upserts; writes that carry their coverage), so a dropped or refused
+        connection or a timeout is tried again with backoff, while a permanent error (a missing
+        table, a refused login) is raised at once. After the last attempt the last error is raised.
+        """
+        timeout_s = self.config.database.command_timeout_s
+        initial_s, max_s = STORE_BACKOFF_S
+        async for attempt in retry_policy(
+            attempts=STORE_ATTEMPTS, initial_s=initial_s, max_s=max_s, on_retry=_log_store_retry
+        ):
+            with attempt:
+                async with asyncio.timeout(timeout_s):
+                    return await call()
+        raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
+
+
+def _log_store_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    wait_s = state.upcoming_sleep
+    log.warning(
+        "a store call failed (%s); attempt %d of %d in %.1f s",
+        error,
+        state.attempt_number + 1,
+        STORE_ATTEMPTS,
+        wait_s,
+    )
 
 
 def _iso(ts_ms: int) -> str:
@@ -395,7 +460,7 @@ class _Run:
                 if instrument.listing_ms is None and any(p.pages for p in plans.values()):
                     listing = await self.client.first_candle_ms(symbol)
                     if listing is not None:
-                        await self.store.set_listing(instrument.id, listing)
+                        await self.owner._store_call(partial(self.store.set_listing, instrument.id, listing))
                         instrument = await self._relisted(instrument, listing)
                         plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
             except Exception as exc:
@@ -413,7 +478,7 @@ class _Run:
         return updated
 
     async def _plan(self, instrument: Instrument, symbol: str, timeframe: str) -> BackfillPlan:
-        covered = await self.store.coverage(instrument.id, timeframe)
+        covered = await self.owner._store_call(partial(self.store.coverage, instrument.id, timeframe))
         plan = plan_backfill(
             symbol,
             timeframe,
@@ -444,15 +509,20 @@ class _Run:
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
 
+        def more() -> bool:
+            return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
+
         async def worker() -> None:
-            while todo and not failure and not self.owner._stop.is_set() and self.write_error is None:
+            while more():
                 # A slot covers the page from its request until it is on the write queue, so
                 # pages waiting for a full queue count too: memory stays bounded.
                 async with self.page_slots:
                     if not await self._page(instrument, plan, pair, todo, failure):
                         return
 
-        await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, max(1, len(todo))))))
+        # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
+        while more():
+            await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, len(todo)))))
         if failure:
             self._fail(pair, failure[0])
         elif todo or self.write_error is not None:
@@ -492,7 +562,13 @@ class _Run:
         except Exception as exc:
             failure.append(classify(exc))
             return False
-        coverage = page_coverage(page, candles, plan.timeframe)
+        coverage = page_coverage(page, candles, plan.timeframe, cap=self.client.most_candles_seen)
+        rest = unproven_rest(page, coverage)
+        if rest is not None:
+            # Cut short at the server's cap: the rest of the page is fetched in this run.
+            more = pages(rest, plan.timeframe, limit)
+            todo.extend(reversed(more))
+            pair.pages_planned += len(more)
         gaps = sum(1 for c in coverage if c.kind == "empty")
         pair.exchange_gaps += gaps
         self.report.exchange_gaps += gaps
@@ -548,15 +624,14 @@ class _Run:
                     self._fail(pair, self.write_error)
 
     async def _write(self, batches: list[CandleBatch]) -> None:
-        timeout_s = self.config.database.command_timeout_s
-        # Writes are idempotent (coverage + upsert), so the whole drain is simply written again.
-        async for attempt in retry_policy(attempts=5, initial_s=0.5, max_s=5.0):
-            with attempt:
-                started = time.perf_counter()
-                async with asyncio.timeout(timeout_s):
-                    result = await self.store.write(batches)
+        async def write() -> tuple[WriteResult, float]:
+            started = time.perf_counter()
+            return await self.store.write(batches), time.perf_counter() - started
+
+        # Writes are idempotent (coverage + upsert), so a failed drain is simply written again whole.
+        result, duration_s = await self.owner._store_call(write)
         monitor = self.owner.monitor
-        monitor.record_db_operation("WRITE", (time.perf_counter() - started) * 1000, result.written)
+        monitor.record_db_operation("WRITE", duration_s * 1000, result.written)
         monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped

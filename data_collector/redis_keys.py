@@ -1,6 +1,7 @@
 """Every Redis key the project writes is built here, from validated parts only.
 
-Layout (``<p>`` is ``redis.prefix``, default ``dc``; ``<ex>`` a ccxt exchange id; ``<sym>`` a
+Layout (``<p>`` is ``redis.prefix``, default ``dc``; ``<ex>`` the venue label ``exchange.name``
+(``binance``; ``sim-binance`` for the demo and the simulator); ``<sym>`` a
 canonical symbol such as ``SOL/USDT``; ``<ch>`` a channel such as ``trade`` or ``kline_1m``):
 
 =====================================  =====================================================
@@ -30,6 +31,11 @@ def _part(kind: str, value: str) -> str:
             f"invalid {kind} {shown_input(value)} for a Redis key: use letters, digits, '_', '.', '@', '-'"
         )
     return value
+
+
+def key_part(kind: str, value: str) -> str:
+    """``value`` when it may be one part of a key, else ``UsageError`` naming ``kind``."""
+    return _part(kind, value)
 
 
 def stream_key(prefix: str, exchange: str, channel: str, symbol: str) -> str:

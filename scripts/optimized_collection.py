@@ -2,11 +2,17 @@
 """Backfill historical OHLCV candles into the configured database.
 
     python scripts/optimized_collection.py [--config config.yaml] [--symbols SOL/USDT,BTC/USDT]
-        [--timeframes 1m,1h] [--start 2024-01-01|180d] [--end ...] [--demo] [--monitor]
-        [--stream] [--metrics-port 9108] [--log-level INFO]
+        [--timeframes 1m,1h] [--start 2024-01-01|180d] [--end ...] [--demo [--demo-db URL]]
+        [--monitor] [--stream] [--metrics-port 9108] [--log-level INFO]
+    python scripts/optimized_collection.py --migrate-demo-rows [--apply] [--config config.yaml]
 
 With --stream, the live streams (config streaming.channels) are written into Redis after the
 backfill, until Ctrl-C.
+
+--demo never writes into the configured database: it stores in SQLite at data/demo.db (relative to
+the current directory) or in --demo-db, labelled 'sim-binance'. --migrate-demo-rows finds the
+simulated rows that older versions' --demo stored under 'binance' in the configured database
+(a dry run); with --apply it removes them and their coverage.
 
 Exit codes: 0 done; 1 some pairs failed (listed) or a server is unreachable; 2 usage or
 configuration error; 130 stopped by Ctrl-C (the next run resumes).
@@ -24,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_collector.cli_parser import LOG_LEVELS, OneLineParser, log_level  # noqa: E402
 from data_collector.collection_run import EXIT_USAGE, run_collection  # noqa: E402
 from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config  # noqa: E402
-from data_collector.demo import run_demo  # noqa: E402
+from data_collector.demo import DEMO_SCHEMA, demo_database, run_demo, run_demo_migration  # noqa: E402
 from data_collector.errors import ConfigError, UsageError  # noqa: E402
 from data_collector.logging_setup import setup_logging  # noqa: E402
 from utils.performance_monitor import get_default_monitor, serve_metrics  # noqa: E402
@@ -38,6 +44,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", help="ISO date (2024-01-01) or relative (180d)")
     parser.add_argument("--end", help="ISO date or relative; default now")
     parser.add_argument("--demo", action="store_true", help="run against the built-in simulator")
+    parser.add_argument(
+        "--demo-db",
+        metavar="URL",
+        help="with --demo: store here instead of SQLite at data/demo.db (never the configured database)",
+    )
+    parser.add_argument(
+        "--demo-schema", default=DEMO_SCHEMA, help=f"PostgreSQL schema of --demo-db (default {DEMO_SCHEMA})"
+    )
+    parser.add_argument(
+        "--migrate-demo-rows",
+        action="store_true",
+        help="report the simulated rows an old --demo stored under 'binance' in the configured database",
+    )
+    parser.add_argument("--apply", action="store_true", help="with --migrate-demo-rows: remove them")
     parser.add_argument("--monitor", action="store_true", help="print a live performance line every 10 s")
     parser.add_argument(
         "--stream", action="store_true", help="after the backfill, stream live data into Redis until Ctrl-C"
@@ -47,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", type=log_level, help=", ".join(LOG_LEVELS))
     args = parser.parse_args(argv)
+    if args.demo_db is not None and not args.demo:
+        parser.error("--demo-db goes with --demo")
+    if args.apply and not args.migrate_demo_rows:
+        parser.error("--apply goes with --migrate-demo-rows")
+    if args.migrate_demo_rows and (args.demo or args.stream):
+        parser.error("--migrate-demo-rows runs alone, without --demo or --stream")
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         parser.error("--metrics-port must be between 1 and 65535")
     return args
@@ -75,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
+        demo_db = demo_database(config, args.demo_db, args.demo_schema) if args.demo else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config, args.log_level)
+    if args.migrate_demo_rows:
+        return asyncio.run(run_demo_migration(config, apply=args.apply))
     try:
         server = serve_metrics(args.metrics_port or config.metrics.port, host=config.metrics.host)
     except UsageError as exc:
@@ -86,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.demo:
-            code = asyncio.run(run_demo(config, monitor=args.monitor))
+            code = asyncio.run(run_demo(config, monitor=args.monitor, database=demo_db))
         else:
             code = asyncio.run(run_collection(config, monitor=args.monitor))
         if args.stream and code in (0, 1):

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from data_collector.config import SIMULATED_VENUE_PREFIX
 from data_collector.errors import ClosedError, UsageError
 from data_collector.markets import (
     MINUTE_MS,
@@ -33,6 +34,10 @@ CCXT_OPTIONS: dict[str, Any] = {
     "fetchCurrencies": False,
     "fetchMargins": False,
 }
+
+
+#: The venue label of everything collected from a simulator (``exchange.name``).
+VENUE_NAME = SIMULATED_VENUE_PREFIX + "binance"
 
 
 class WsFaults:
@@ -90,6 +95,8 @@ class SimulatedExchange:
             than this (Binance: 5); ``None`` (default) does not limit.
         clock: the simulated wall clock (default: real time); tests freeze or advance it.
         endpoint_faults: initial per-endpoint faults, e.g. ``{"klines": Faults(error_rate=0.1)}``.
+        klines_limit_max: the most klines one answer holds, whatever ``limit`` asks (Binance
+            spot: 1000); lower values model a venue whose cap the client does not know.
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class SimulatedExchange:
         ws_max_incoming_per_s: float | None = None,
         clock: SimClock | None = None,
         endpoint_faults: dict[str, Faults] | None = None,
+        klines_limit_max: int = 1000,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -119,6 +127,9 @@ class SimulatedExchange:
             raise UsageError(f"weight_limit must be > 0, got {weight_limit}")
         if ws_rate < 0:
             raise UsageError(f"ws_rate must be >= 0, got {ws_rate}")
+        if klines_limit_max <= 0:
+            raise UsageError(f"klines_limit_max must be > 0, got {klines_limit_max}")
+        self.klines_limit_max = klines_limit_max
         self.seed = int(seed)
         self.host = host
         self.port = port
@@ -248,9 +259,14 @@ class SimulatedExchange:
         }
 
     def exchange_config(self) -> dict[str, Any]:
-        """The ``exchange:`` section of our config, pointing at this simulator."""
+        """The ``exchange:`` section of our config, pointing at this simulator.
+
+        ccxt speaks to it as ``binance``; what it serves is labelled :data:`VENUE_NAME`
+        (``sim-binance``), so simulated rows and keys can never pass for the real venue's.
+        """
         return {
             "id": "binance",
+            "name": VENUE_NAME,
             "options": {**json.loads(json.dumps(CCXT_OPTIONS)), "defaultType": "spot"},
             "urls": self.ccxt_urls(),
             "ws_url": self.ws_url,

@@ -115,8 +115,18 @@ class CandleStore(Protocol):
     ) -> Instrument:
         """Return the instrument, inserting it on first use (ids are stable)."""
 
-    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
-        """Record the first candle time the exchange has for this instrument."""
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
+        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
+
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        """Every stored instrument of the venue label ``exchange``, by id."""
+
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        """Delete the candles opening at ``ts`` and take ``uncover`` out of the coverage of its
+        kind, in one transaction; return the rows deleted. For repairs such as removing demo rows:
+        uncovered ranges are fetched again by the next run."""
 
     async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
         """Write batches atomically (all or nothing): deduplicated, idempotent, with coverage."""
@@ -129,6 +139,20 @@ class CandleStore(Protocol):
 
     async def latest_ts(self, instrument_id: int, timeframe: str) -> int | None:
         """Open time of the newest stored candle, or ``None``."""
+
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one round trip.
+
+        Pairs without candles (or whose instrument was never stored) are left out.
+
+        Raises:
+            StoreNotInitializedError: the tables do not exist yet.
+        """
+
+    async def server_version(self) -> str:
+        """The database's product and version, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
 
     async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
         """The instrument, or ``None`` when it was never stored."""

@@ -41,13 +41,14 @@ from data_collector.errors import (
     ConfigError,
     PermanentError,
     ServerUnavailableError,
+    StoreNotInitializedError,
     TransientError,
 )
-from data_collector.markets import TIMEFRAME_CODES, timeframe_code
+from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
-from data_collector.storage.ranges import Span, merge_spans
+from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store_base import BaseCandleStore
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,17 @@ _SELECT_INSTRUMENT = (
     "FROM {s}.instruments WHERE exchange = $1 AND symbol = $2"
 )
 _SET_LISTING = "UPDATE {s}.instruments SET listing_ms = $2 WHERE id = $1"
+_SELECT_INSTRUMENTS = (
+    "SELECT id, exchange, symbol, base, quote, market_type, listing_ms "
+    "FROM {s}.instruments WHERE exchange = $1 ORDER BY id"
+)
+_DELETE_CANDLES = (
+    "DELETE FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2 AND ts = ANY($3::bigint[])"
+)
+_LOCK_COVERAGE = (
+    "SELECT start_ms, end_ms, kind FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2 FOR UPDATE"
+)
+_DELETE_COVERAGE = "DELETE FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2"
 _STAGE_COLUMNS = (
     "instrument_id integer, timeframe smallint, ts bigint, open double precision, "
     "high double precision, low double precision, close double precision, volume double precision"
@@ -174,6 +186,16 @@ _SELECT_CANDLES = (
     "WHERE instrument_id = $1 AND timeframe = $2 AND ts >= $3 AND ts < $4 ORDER BY ts"
 )
 _LATEST_TS = "SELECT max(ts) FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2"
+# Base tables rather than ohlcv_view: max(ts) per (instrument, timeframe) is one probe of the
+# primary key, not a scan through the view's timestamp conversion.
+_NEWEST_CANDLES = (
+    "SELECT i.symbol, t.code, "
+    "(SELECT max(o.ts) FROM {s}.ohlcv o WHERE o.instrument_id = i.id AND o.timeframe = t.code) "
+    "FROM {s}.instruments i CROSS JOIN unnest($3::smallint[]) AS t(code) "
+    "WHERE i.exchange = $1 AND i.symbol = ANY($2::text[])"
+)
+# Not asyncpg's get_server_version(): its ServerVersion keeps 15.20's "20" in ``micro``.
+_SERVER_VERSION = "SHOW server_version"
 
 # The server or the network failed for now: retrying the whole batch is safe (writes are idempotent).
 _TRANSIENT_PG: tuple[type[BaseException], ...] = (
@@ -332,8 +354,8 @@ class PostgresCandleStore(BaseCandleStore):
                 return PermanentError(f"{self.where}: login refused for role {self._url.username!r}: {cause}")
             if isinstance(cause, asyncpg.InsufficientPrivilegeError):
                 return PermanentError(f"{self.where}: permission denied: {cause}")
-            if isinstance(cause, asyncpg.UndefinedTableError):
-                return PermanentError(
+            if isinstance(cause, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
+                return StoreNotInitializedError(
                     f"{self.where}: {cause}; call initialize() to create the tables in schema {self._schema!r}"
                 )
             if isinstance(cause, _TRANSIENT_PG):
@@ -478,10 +500,41 @@ class PostgresCandleStore(BaseCandleStore):
             row = await self._bounded(conn.fetchrow(self._sql(_SELECT_INSTRUMENT), exchange, symbol))
         return Instrument(*row) if row is not None else None
 
-    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
-        """Record the first candle time the exchange has for this instrument."""
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
+        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
         async with self._connect() as (_, conn):
             await self._bounded(conn.execute(self._sql(_SET_LISTING), instrument_id, listing_ms))
+
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        """Every stored instrument of the venue label ``exchange``, by id."""
+        return [Instrument(*r) for r in await self._fetch(_SELECT_INSTRUMENTS, exchange)]
+
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        """Delete the candles opening at ``ts`` and cut ``uncover`` out of the coverage, atomically."""
+        code = timeframe_code(timeframe)
+        async with self._connect() as (_, conn), conn.transaction():
+            status = await self._bounded(
+                conn.execute(
+                    self._sql(_DELETE_CANDLES), instrument_id, code, list(ts), timeout=self._timeout_s
+                )
+            )
+            if uncover:
+                rows = await self._bounded(conn.fetch(self._sql(_LOCK_COVERAGE), instrument_id, code))
+                kept = cut_coverage([CoverageRange(r[0], r[1], r[2]) for r in rows], uncover)
+                await self._bounded(conn.execute(self._sql(_DELETE_COVERAGE), instrument_id, code))
+                await self._bounded(
+                    conn.execute(
+                        self._sql(_INSERT_COVERAGE),
+                        [instrument_id] * len(kept),
+                        [code] * len(kept),
+                        [r.kind for r in kept],
+                        [r.start_ms for r in kept],
+                        [r.end_ms for r in kept],
+                    )
+                )
+        return _status_count(status)
 
     async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
         """Write batches in one transaction: candles and coverage visible together or not at all.
@@ -644,3 +697,23 @@ class PostgresCandleStore(BaseCandleStore):
         """Open time of the newest stored candle, or ``None``."""
         rows = await self._fetch(_LATEST_TS, instrument_id, timeframe_code(timeframe))
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one query.
+
+        Pairs without candles (or whose instrument was never stored) are left out.
+
+        Raises:
+            StoreNotInitializedError: the schema or its tables do not exist yet.
+        """
+        codes = [timeframe_code(tf) for tf in timeframes]
+        rows = await self._fetch(_NEWEST_CANDLES, exchange, list(symbols), codes)
+        return {(r[0], CODE_TIMEFRAMES[r[1]]): int(r[2]) for r in rows if r[2] is not None}
+
+    async def server_version(self) -> str:
+        """``PostgreSQL <server_version>``, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
+        rows = await self._fetch(_SERVER_VERSION)
+        # A distribution's build appends words: "15.20 (Debian 15.20-0+deb12u1)".
+        return f"PostgreSQL {str(rows[0][0]).split()[0]}"

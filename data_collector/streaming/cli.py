@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from data_collector.config import Config, load_config
+from data_collector.config import Config, load_config, with_exchange
 from data_collector.markets import normalize_symbols
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.streaming.normalize import validate_channel
@@ -109,7 +109,6 @@ async def run_stream_cli(
     await probe.close()
 
     sim: Any = None
-    urls: dict[str, str] = {}
     server: Any = None
     try:
         port = metrics_port if metrics_port is not None else cfg.metrics.port
@@ -127,20 +126,20 @@ async def run_stream_cli(
 
             sim = SimulatedExchange(symbols=list(symbols or cfg.symbols), seed=42, ws_rate=DEMO_WS_RATE)
             await sim.start()
-            urls = {"ws_url": sim.ws_url, "rest_url": sim.rest_url}
+            # The simulator's section labels every key 'sim-binance': demo data never lands
+            # under the real venue's keys.
+            cfg = with_exchange(cfg, sim.exchange_config())
             print(f"demo: simulator at {sim.rest_url}", file=out, flush=True)
         streamer = OptimizedWebSocketStreamer(
             symbols=symbols,
             channels=channels,
             config=cfg,
             store_candles=False if demo else None,
-            ws_url=urls.get("ws_url"),
-            rest_url=urls.get("rest_url"),
             monitor=monitor,
         )
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
-            f"into Redis {endpoint.describe()} (prefix {cfg.redis.prefix!r}); Ctrl-C stops",
+            f"into Redis {endpoint.describe()} under {cfg.redis.prefix}:*:{cfg.exchange.name}:*; Ctrl-C stops",
             file=out,
             flush=True,
         )

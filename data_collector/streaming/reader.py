@@ -10,7 +10,7 @@
     await reader.dataframe("SOL/USDT", "trade", count=1000)
     async for event in reader.tail("SOL/USDT", "trade"):  # new entries as they arrive
         ...
-    await reader.gaps()                                 # reconnect gap markers
+    await reader.gaps()                                 # gap markers (reconnect, overflow...)
 
 Range queries use the stream entry ids, whose time part is the event's own time (trade time,
 kline open time, depth event time; see ``data_collector.streaming.normalize``).
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import redis.asyncio
 
+from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError
 from data_collector.redis_keys import book_key, gaps_key, latest_key, stream_key
 from data_collector.streaming.normalize import validate_channel
@@ -58,8 +59,11 @@ class MarketDataReader:
         redis_client: a ``redis.asyncio.Redis`` (kept, not closed by the reader), a sync
             ``redis.Redis`` (its settings are reused) or a URL.
         prefix: the ``redis.prefix`` the streamer wrote under.
-        exchange: the exchange id in the keys.
+        exchange: the venue label in the keys (the streamer's ``exchange.name``): ``binance``,
+            or ``sim-binance`` for what the demo and the simulator wrote.
         socket_timeout_s: timeout of each call when the reader opens its own client.
+
+    :meth:`from_config` takes all three from a config.
     """
 
     def __init__(
@@ -79,6 +83,17 @@ class MarketDataReader:
         self.prefix = prefix
         self.exchange = exchange
         self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Config | dict[str, Any] | str | None = None) -> MarketDataReader:
+        """A reader of ``redis.url`` under ``redis.prefix`` and the venue ``exchange.name``."""
+        cfg = load_config(config)
+        return cls(
+            cfg.redis.url.get_secret_value(),
+            prefix=cfg.redis.prefix,
+            exchange=cfg.exchange.name,
+            socket_timeout_s=cfg.redis.socket_timeout_s,
+        )
 
     def _client(self) -> redis.asyncio.Redis:
         if self._closed:
@@ -161,7 +176,11 @@ class MarketDataReader:
                     yield event
 
     async def gaps(self, start_ms: int = 0, end_ms: int | None = None) -> list[dict[str, Any]]:
-        """Reconnect gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first."""
+        """Gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first.
+
+        ``overflow`` markers (entries the streamer's buffer dropped while Redis was down) also
+        carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``.
+        """
         rows = await self._client().xrange(
             gaps_key(self.prefix, self.exchange),
             min=str(start_ms),
@@ -172,6 +191,8 @@ class MarketDataReader:
             item: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
             item["from_ms"] = int(item["from_ms"])
             item["to_ms"] = int(item["to_ms"])
+            if "count" in item:
+                item["count"] = int(item["count"])
             item["entry_id"] = entry_id.decode()
             out.append(item)
         return out

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from data_collector.markets import CODE_TIMEFRAMES
+
+#: Stored or true candles: (symbol, timeframe, open ms) -> (open, high, low, close, volume).
+Candles = dict[tuple[str, str, int], tuple[float, ...]]
+
 
 @dataclass
 class Outcome:
@@ -157,3 +164,13 @@ def load_in_child(paths: list[Path], *, timeout_s: float = SCRIPT_TIMEOUT_S) -> 
     lines = done.stdout.splitlines()
     assert done.returncode == 0 and lines and lines[-1].startswith("maxrss_kb"), done.stderr[-800:]
     return LoaderRun(outcomes=lines[:-1], maxrss_kb=int(lines[-1].split()[1]))
+
+
+async def stored_candles(conn: asyncpg.Connection, schema: str) -> tuple[Candles, int]:
+    """Every candle stored in ``schema`` and the number of rows (more rows than keys: duplicates)."""
+    rows = await conn.fetch(
+        f'SELECT i.symbol, o.timeframe, o.ts, o.open, o.high, o.low, o.close, o.volume FROM "{schema}".ohlcv o '
+        f'JOIN "{schema}".instruments i ON i.id = o.instrument_id'
+    )
+    stored = {(r[0], CODE_TIMEFRAMES[r[1]], int(r[2])): tuple(float(x) for x in r[3:8]) for r in rows}
+    return stored, len(rows)
