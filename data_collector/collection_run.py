@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
+from data_collector.cli_parser import EXIT_USAGE
 from data_collector.config import Config
 from data_collector.errors import CollectorError, UsageError
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 MONITOR_INTERVAL_S = 10.0

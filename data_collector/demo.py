@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
 
 from data_collector.collection_run import EXIT_OK, error_exit_code, run_collection
 from data_collector.config import Config, DatabaseConfig, with_exchange
+from data_collector.database_url import parse_database_url
 from data_collector.demo_migration import DEMO_SEED, migrate_demo_rows
 from data_collector.errors import CollectorError, ConfigError
 from data_collector.markets import DEFAULT_TIMEFRAMES
@@ -65,8 +65,9 @@ def demo_database(
 
 def _same_database(a: DatabaseConfig, b: DatabaseConfig) -> bool:
     try:
-        url_a, url_b = make_url(a.url.get_secret_value()), make_url(b.url.get_secret_value())
-    except Exception:  # an unparsable URL is refused by the store later, with its own message
+        url_a = parse_database_url(a.url.get_secret_value())
+        url_b = parse_database_url(b.url.get_secret_value())
+    except ConfigError:  # refused by the store later, with its own message
         return False
     if url_a.get_backend_name() != url_b.get_backend_name():
         return False
@@ -82,7 +83,7 @@ def _same_database(a: DatabaseConfig, b: DatabaseConfig) -> bool:
 
 def describe_database(database: DatabaseConfig) -> str:
     """``SQLite at /abs/path.db`` or ``PostgreSQL host:port/db, schema s`` (never the password)."""
-    url = make_url(database.url.get_secret_value())
+    url = parse_database_url(database.url.get_secret_value())
     if url.get_backend_name() == "sqlite":
         return f"SQLite at {Path(url.database or '').resolve()}"
     return (

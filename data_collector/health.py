@@ -45,15 +45,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     CollectorError,
     ConfigError,
@@ -63,7 +62,7 @@ from data_collector.errors import (
 )
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.redis_keys import heartbeat_key, stream_key
-from data_collector.redis_url import async_client
+from data_collector.redis_url import async_client, parse_redis_url
 from data_collector.storage import CandleStore, open_store
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
@@ -147,7 +146,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _is_sqlite(config: Config) -> bool:
-    return config.database.url.get_secret_value().startswith("sqlite")
+    return parse_database_url(config.database.url.get_secret_value()).get_backend_name() == "sqlite"
 
 
 def _pg_target(config: Config) -> tuple[PgTarget, str]:
@@ -157,7 +156,7 @@ def _pg_target(config: Config) -> tuple[PgTarget, str]:
 
 
 def _sqlite_path(config: Config) -> Path:
-    return Path(make_url(config.database.url.get_secret_value()).database or "")
+    return Path(parse_database_url(config.database.url.get_secret_value()).database or "")
 
 
 def _down(reason: str, where: str) -> str:
@@ -208,7 +207,7 @@ async def check_sqlite(config: Config) -> CheckResult:
 
 
 async def check_redis(config: Config, client: aioredis.Redis) -> CheckResult:
-    parts = urlsplit(config.redis.url.get_secret_value())
+    parts = parse_redis_url(config.redis.url.get_secret_value())
     place = f"{parts.hostname or 'localhost'}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
     try:
         await client.ping()  # connects

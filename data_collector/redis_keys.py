@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from data_collector.echo import shown_input
 from data_collector.errors import UsageError
 from data_collector.markets import normalize_symbol
 
@@ -26,7 +27,9 @@ _PART_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 def _part(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _PART_RE.match(value):
-        raise UsageError(f"invalid {kind} {value!r} for a Redis key: use letters, digits, '_', '.', '@', '-'")
+        raise UsageError(
+            f"invalid {kind} {shown_input(value)} for a Redis key: use letters, digits, '_', '.', '@', '-'"
+        )
     return value
 
 

@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console  # noqa: E402
 
+from data_collector.cli_parser import OneLineParser  # noqa: E402
 from data_collector.config import load_config  # noqa: E402
 from data_collector.errors import CollectorError  # noqa: E402
 from data_collector.health import CHECKS, HealthReport, render_table, run_checks, watch  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="health_check.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="health_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="config file (default: ./config.yaml if present)")
     parser.add_argument(
         "--continuous",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data_collector.cli_parser import LOG_LEVELS, OneLineParser, log_level  # noqa: E402
 from data_collector.collection_run import EXIT_USAGE, run_collection  # noqa: E402
 from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config  # noqa: E402
 from data_collector.demo import DEMO_SCHEMA, demo_database, run_demo, run_demo_migration  # noqa: E402
@@ -35,14 +36,8 @@ from data_collector.logging_setup import setup_logging  # noqa: E402
 from utils.performance_monitor import get_default_monitor, serve_metrics  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=f"YAML config (default: ./{DEFAULT_CONFIG_PATH} if present)")
     parser.add_argument("--symbols", help="comma-separated, e.g. SOL/USDT,BTC/USDT")
     parser.add_argument("--timeframes", help="comma-separated, e.g. 1m,1h")
@@ -70,9 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: metrics.port)"
     )
-    parser.add_argument(
-        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-    )
+    parser.add_argument("--log-level", type=log_level, help=", ".join(LOG_LEVELS))
     args = parser.parse_args(argv)
     if args.demo_db is not None and not args.demo:
         parser.error("--demo-db goes with --demo")

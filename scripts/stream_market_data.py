@@ -12,23 +12,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_collector.cli_parser import OneLineParser, log_level  # noqa: E402
 
 
 def _list(text: str) -> list[str]:
     return [part for chunk in text.split(",") for part in chunk.split() if part]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """Bad input: one line on stderr (``--help`` shows the usage), exit code 2."""
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(prog="stream_market_data.py", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="stream_market_data.py", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--symbols", type=_list, help="comma-separated, e.g. SOL/USDT,BTC/USDT (default: config)"
     )
@@ -45,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="serve Prometheus /metrics on this port (default: metrics.port of the config; unset: off)",
     )
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument(
+        "--log-level", type=log_level, default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
+    )
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
@@ -58,11 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), None)
-    if not isinstance(level, int):
-        print(f"error: unknown --log-level {args.log_level!r}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from data_collector.streaming.cli import run_stream_main
 
     return run_stream_main(

@@ -30,10 +30,11 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
     CollectorError,
@@ -258,7 +259,7 @@ class PostgresCandleStore(BaseCandleStore):
 
     def __init__(self, config: Config) -> None:
         db = config.database
-        url = make_url(db.url.get_secret_value())
+        url = parse_database_url(db.url.get_secret_value())
         if url.get_backend_name() != "postgresql":
             raise ConfigError("database.url: PostgresCandleStore needs a postgresql+asyncpg:// URL")
         self._target = pg_target(url)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
     ConfigError,
@@ -107,7 +107,7 @@ class SqliteCandleStore(BaseCandleStore):
     """
 
     def __init__(self, config: Config) -> None:
-        url = make_url(config.database.url.get_secret_value())
+        url = parse_database_url(config.database.url.get_secret_value())
         if url.get_backend_name() != "sqlite":
             raise ConfigError("database.url: SqliteCandleStore needs a sqlite+aiosqlite:/// URL")
         database = url.database or ""
