@@ -17,6 +17,7 @@ import redis
 
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
+from data_collector.simulator.server import VENUE_NAME
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.reader import MarketDataReader
 from data_collector.streaming.redis_conn import RedisEndpoint
@@ -34,7 +35,7 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 def _overflow_markers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     out = []
-    for _, fields in client.xrange(f"{prefix}:gaps:binance"):
+    for _, fields in client.xrange(f"{prefix}:gaps:{VENUE_NAME}"):
         marker = {k.decode(): v.decode() for k, v in fields.items()}
         assert marker["reason"] == "overflow", marker  # nothing else happened to the connections
         out.append(marker)
@@ -68,7 +69,9 @@ async def _run(prefix: str, private_redis: PrivateRedis, *, buffer_max: int, ove
                 )
             finally:
                 private_redis.resume()
-            await wait_for(lambda: client.xlen(f"{prefix}:gaps:binance") > 0, what="the overflow markers")
+            await wait_for(
+                lambda: client.xlen(f"{prefix}:gaps:{VENUE_NAME}") > 0, what="the overflow markers"
+            )
             await settle_quietly(streamer, sim)
         metrics = streamer.get_metrics()
 
@@ -76,7 +79,7 @@ async def _run(prefix: str, private_redis: PrivateRedis, *, buffer_max: int, ove
     missing_total = 0
     for (channel, symbol), sent in sent_by_stream(sim, SYMBOLS).items():
         assert channel == "trade"
-        key = f"{prefix}:stream:binance:trade:{symbol}"
+        key = f"{prefix}:stream:{VENUE_NAME}:trade:{symbol}"
         truth = range(sent["last_id"] - sent["count"] + 1, sent["last_id"] + 1)
         stored = [_id(i) for i, _ in entries(client, key)]
         stored_ids = [seq for _, seq in stored]
