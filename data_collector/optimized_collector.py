@@ -10,7 +10,7 @@ async with OptimizedDataCollector("config.yaml") as collector:
 ```
 
 How a run works: for each pair the coverage record says what is already stored (or known to be
-empty); only the rest is planned (:mod:`data_collector.backfill`) and fetched, page by page and
+empty); only the rest is planned (:mod:`data_collector.backfill.plan`) and fetched, page by page and
 several pages at once, through one shared rate limiter. Fetchers put validated pages on a bounded
 queue; two writer tasks drain everything waiting and write it in one transaction per drain, the
 candles together with the coverage they prove. A run killed at any moment therefore leaves only
@@ -31,7 +31,10 @@ from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from data_collector.backfill import BackfillPlan, Range, align_range, page_coverage, pages, plan_backfill
+from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.monitor import CollectorMonitor, default_monitor
+from data_collector.backfill.plan import BackfillPlan, Range, align_range, page_coverage, pages, plan_backfill
+from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -41,10 +44,7 @@ from data_collector.errors import (
     TransientError,
     UsageError,
 )
-from data_collector.exchange_client import ExchangeClient, classify
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
-from data_collector.monitor_hook import CollectorMonitor, default_monitor
-from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
 from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_collector.collection_run import EXIT_USAGE, run_collection  # noqa: E402
+from data_collector.cli.collect import EXIT_USAGE, run_collection  # noqa: E402
+from data_collector.cli.demo import run_demo  # noqa: E402
+from data_collector.cli.logging_setup import setup_logging  # noqa: E402
 from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config  # noqa: E402
-from data_collector.demo import run_demo  # noqa: E402
 from data_collector.errors import ConfigError, UsageError  # noqa: E402
-from data_collector.logging_setup import setup_logging  # noqa: E402
 from utils.performance_monitor import get_default_monitor, serve_metrics  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_streaming(config: Config, *, demo: bool) -> int:
     """Stream the configured symbols into Redis until Ctrl-C; return the exit code."""
-    from data_collector.streaming.cli import run_stream_main
+    from data_collector.cli.stream import run_stream_main
 
     return run_stream_main(config=config, demo=demo, monitor=get_default_monitor())
 

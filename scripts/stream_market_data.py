@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown --log-level {args.log_level!r}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from data_collector.streaming.cli import run_stream_main
+    from data_collector.cli.stream import run_stream_main
 
     return run_stream_main(
         config=args.config,

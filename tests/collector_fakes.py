@@ -9,7 +9,7 @@ from typing import Any
 
 from data_collector.markets import CODE_TIMEFRAMES, MINUTE_MS, candle_opens
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
-from data_collector.storage.store_base import BaseCandleStore
+from data_collector.storage.store import BaseCandleStore
 
 
 class MemoryStore(BaseCandleStore):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from data_collector.backfill import align_range, page_coverage, pages, plan_backfill, subtract
-from data_collector.candle_validation import MalformedPageError, validate_page
+from data_collector.backfill.plan import align_range, page_coverage, pages, plan_backfill, subtract
+from data_collector.backfill.validate import MalformedPageError, validate_page
 from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, candle_opens
 from data_collector.storage.base import CoverageRange
 

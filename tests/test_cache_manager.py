@@ -13,7 +13,7 @@ import redis
 
 from data_collector.config import load_config
 from data_collector.errors import ClosedError, UsageError
-from data_collector.redis_keys import cache_key
+from data_collector.redis.keys import cache_key
 from tests.conftest import REDIS_URL
 from tests.test_cache_serialization import frame_with_everything
 from utils.cache_manager import AsyncCacheManager, CacheManager

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import yaml
 
-from data_collector.backfill import plan_backfill
+from data_collector.backfill.plan import plan_backfill
 from data_collector.markets import DAY_MS, MINUTE_MS, TIMEFRAME_CODES, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange

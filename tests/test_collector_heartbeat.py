@@ -8,14 +8,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from data_collector.collection_run import run_collection
+from data_collector.backfill.report import CollectionReport
+from data_collector.cli.collect import run_collection
 from data_collector.config import load_config
 from data_collector.health import check_heartbeat
+from data_collector.heartbeat import read_heartbeat
 from data_collector.optimized_collector import OptimizedDataCollector
-from data_collector.report import CollectionReport
 from data_collector.simulator import SimulatedExchange
 from tests.conftest import REDIS_URL
-from utils.heartbeat import read_heartbeat
 
 
 async def test_heartbeat_while_collecting_and_gone_after(base_config: dict[str, Any]) -> None:

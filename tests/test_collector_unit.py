@@ -12,11 +12,11 @@ from typing import Any
 import ccxt.async_support as ccxt
 import pytest
 
+from data_collector.backfill.exchange import ExchangeClient
+from data_collector.backfill.report import PairReport
 from data_collector.errors import ClosedError, InvalidSymbolError, UsageError
-from data_collector.exchange_client import ExchangeClient
 from data_collector.markets import DAY_MS, HOUR_MS, candle_opens
 from data_collector.optimized_collector import OptimizedDataCollector
-from data_collector.report import PairReport
 from tests.collector_fakes import FakeExchange, MemoryStore
 
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -240,8 +240,8 @@ async def test_concurrent_symbols_bounds_symbols_in_flight(fake: FakeExchange) -
 async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) -> None:
     import logging
 
+    from data_collector.cli.logging_setup import setup_logging
     from data_collector.config import load_config
-    from data_collector.logging_setup import setup_logging
 
     log_file = tmp_path / "collector.log"
     config = load_config(

@@ -28,7 +28,7 @@ from aiohttp import web
 from data_collector.config import load_config
 from data_collector.health import exchange_ping_url, run_checks
 from data_collector.markets import HOUR_MS, MINUTE_MS, TIMEFRAME_CODES
-from data_collector.redis_keys import stream_key
+from data_collector.redis.keys import stream_key
 from tests.conftest import PG_ADMIN_DSN, PG_URL, REDIS_URL, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from data_collector.backfill.rate_limit import RateLimiter, measure_server_offset
 from data_collector.errors import UsageError
-from data_collector.rate_limit import RateLimiter, measure_server_offset
 
 
 class FakeClock:

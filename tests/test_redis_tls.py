@@ -20,8 +20,8 @@ import redis
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
 from data_collector.health import CheckResult, check_redis
-from data_collector.redis_url import async_client
-from data_collector.streaming.redis_conn import RedisEndpoint
+from data_collector.redis.client import RedisEndpoint
+from data_collector.redis.url import async_client
 from tests.conftest import REDIS_URL, free_port
 from tests.tls_certs import Pki, make_pki
 from utils.cache_manager import AsyncCacheManager, CacheUnavailableError

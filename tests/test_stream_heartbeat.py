@@ -10,14 +10,14 @@ import urllib.request
 
 import redis.asyncio as aioredis
 
+from data_collector.cli.stream import run_stream_cli
 from data_collector.config import load_config
 from data_collector.health import check_heartbeat, check_stream
+from data_collector.heartbeat import read_heartbeat
 from data_collector.optimized_websocket import monitor_hook
 from data_collector.simulator import SimulatedExchange
-from data_collector.streaming.cli import run_stream_cli
 from tests.conftest import REDIS_URL, PrivateRedis
 from tests.streaming_support import stream_config, wait_for
-from utils.heartbeat import read_heartbeat
 from utils.metrics import Metrics
 from utils.performance_monitor import PerformanceMonitor
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import redis.asyncio
 
+from data_collector.cli.stream import run_stream_cli
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
-from data_collector.streaming.cli import run_stream_cli
 from data_collector.streaming.reader import MarketDataReader
 from tests.conftest import REDIS_URL
 from tests.streaming_support import stream_config, wait_for

@@ -40,8 +40,8 @@ from redis.retry import Retry
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, ServerUnavailableError, UsageError
-from data_collector.redis_keys import cache_key
-from data_collector.redis_url import check_redis_url
+from data_collector.redis.keys import cache_key
+from data_collector.redis.url import check_redis_url
 from utils import serialization
 from utils.performance_monitor import LatencyWindow
 from utils.serialization import Compression, CorruptValueError, SerializationError

@@ -47,7 +47,7 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Inst
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.ranges import Span, merge_spans
-from data_collector.storage.store_base import BaseCandleStore
+from data_collector.storage.store import BaseCandleStore
 
 log = logging.getLogger(__name__)
 

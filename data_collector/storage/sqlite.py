@@ -25,7 +25,7 @@ from data_collector.markets import TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, merge_spans
-from data_collector.storage.store_base import BaseCandleStore
+from data_collector.storage.store import BaseCandleStore
 
 T = TypeVar("T")
 

@@ -18,7 +18,8 @@ import msgpack
 
 from data_collector.errors import CollectorError, UsageError
 from data_collector.markets import candle_open_ms, next_open_ms, normalize_symbols, stream_symbol
-from data_collector.redis_keys import gaps_key, latest_key, stream_key
+from data_collector.redis.client import RedisEndpoint, pack
+from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import (
     MAX_STREAMS_PER_CONNECTION,
@@ -37,7 +38,6 @@ from data_collector.streaming.normalize import (
     validate_channel,
 )
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.redis_conn import RedisEndpoint, pack
 from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.writer import RedisWriter, set_prefix, xadd_prefix
 
@@ -230,7 +230,7 @@ class StreamService:
         """``<prefix>:heartbeat:streamer``, refreshed in its own task: every Redis call in it is
         bounded by the socket timeout and a failed beat is only logged, so streaming never waits
         for it (Redis down at start: the beats resume when it is back)."""
-        from utils.heartbeat import Heartbeat  # utils builds on data_collector, not the reverse
+        from data_collector.heartbeat import Heartbeat  # utils builds on data_collector, not the reverse
 
         ttl = self.options.heartbeat_ttl_s
         assert ttl is not None

@@ -27,8 +27,8 @@ import hiredis
 import redis
 
 from data_collector.errors import ServerUnavailableError
+from data_collector.redis.client import FastConnection, RedisEndpoint
 from data_collector.streaming.metrics import StreamMetrics
-from data_collector.streaming.redis_conn import FastConnection, RedisEndpoint
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from data_collector import redis_keys
 from data_collector.config import Config, load_config
 from data_collector.errors import ConfigError, InvalidSymbolError, InvalidTimeframeError, UsageError
 from data_collector.markets import TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.redis import keys as redis_keys
 
 NASTY = [
     "'; DROP TABLE x; --",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from data_collector.markets import MINUTE_MS, candle_open_ms
 
-validation = pytest.importorskip("data_collector.candle_validation")
+validation = pytest.importorskip("data_collector.backfill.validate")
 validate_page = validation.validate_page
 MalformedPageError = validation.MalformedPageError
 

@@ -78,7 +78,7 @@ def _exchange_config(base_url: str) -> dict[str, Any]:
 async def test_exchange_client_fails_within_timeout_when_blackholed(
     make_proxy: MakeProxy, scenario_report: ScenarioReport
 ) -> None:
-    exchange_client = pytest.importorskip("data_collector.exchange_client")
+    exchange_client = pytest.importorskip("data_collector.backfill.exchange")
     from tests.conftest import free_port
 
     proxy = await make_proxy("127.0.0.1", free_port())
@@ -299,7 +299,7 @@ async def test_exchange_pages_fail_within_timeout_on_a_live_session_blackholed(
 ) -> None:
     """The session's pooled keep-alive connection goes silent mid-backfill."""
     simulator = pytest.importorskip("data_collector.simulator")
-    exchange_client = pytest.importorskip("data_collector.exchange_client")
+    exchange_client = pytest.importorskip("data_collector.backfill.exchange")
 
     async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=2) as sim:
         proxy = await make_proxy(sim.host, sim.port)

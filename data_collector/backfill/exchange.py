@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
 
-from data_collector.backfill import Range
-from data_collector.candle_validation import MalformedPageError, fast_kline_row, validate_page
+from data_collector.backfill.monitor import CollectorMonitor
+from data_collector.backfill.plan import Range
+from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
+from data_collector.backfill.validate import MalformedPageError, fast_kline_row, validate_page
 from data_collector.config import Config
 from data_collector.errors import (
     CollectorError,
@@ -31,8 +33,6 @@ from data_collector.errors import (
     ServerUnavailableError,
     TransientError,
 )
-from data_collector.monitor_hook import CollectorMonitor
-from data_collector.rate_limit import RateLimiter, Reservation, measure_server_offset
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
 

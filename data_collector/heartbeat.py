@@ -1,6 +1,6 @@
 """A liveness key that the collector and the streamer refresh, and that the health check only reads.
 
-The key is :func:`data_collector.redis_keys.heartbeat_key` (``<prefix>:heartbeat:<component>``);
+The key is :func:`data_collector.redis.keys.heartbeat_key` (``<prefix>:heartbeat:<component>``);
 its value is JSON::
 
     {"component": "streamer", "pid": 4242, "host": "box", "started_ms": ..., "ts_ms": ...,
@@ -32,8 +32,8 @@ import redis
 import redis.asyncio as aioredis
 
 from data_collector.config import Config
-from data_collector.redis_keys import heartbeat_key
-from data_collector.redis_url import async_client
+from data_collector.redis.keys import heartbeat_key
+from data_collector.redis.url import async_client
 
 log = logging.getLogger(__name__)
 

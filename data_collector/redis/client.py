@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from data_collector.errors import ServerUnavailableError, UsageError
-from data_collector.redis_url import check_redis_url
+from data_collector.redis.url import check_redis_url
 
 #: Error replies (``hiredis.ReplyError``) and anything else hiredis may return.
 Reply = Any

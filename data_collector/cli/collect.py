@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
+from data_collector.backfill.report import CollectionReport
+from data_collector.cli.progress import PlainProgress, RichProgress, monitor_line
 from data_collector.config import Config
 from data_collector.errors import CollectorError, UsageError
+from data_collector.heartbeat import running_heartbeat
 from data_collector.optimized_collector import OptimizedDataCollector
-from data_collector.progress import PlainProgress, RichProgress, monitor_line
-from data_collector.report import CollectionReport
-from utils.heartbeat import running_heartbeat
 from utils.performance_monitor import get_default_monitor
 
 log = logging.getLogger(__name__)

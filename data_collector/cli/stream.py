@@ -18,8 +18,8 @@ from typing import Any, TextIO
 from data_collector.config import Config, load_config
 from data_collector.markets import normalize_symbols
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.normalize import validate_channel
-from data_collector.streaming.redis_conn import RedisEndpoint
 
 #: Messages per second per trade/bookTicker stream of the ``--demo`` simulator.
 DEMO_WS_RATE = 50.0

@@ -7,7 +7,7 @@ from typing import IO, Any
 
 import psutil
 
-from data_collector.report import CollectionReport, PairReport
+from data_collector.backfill.report import CollectionReport, PairReport
 
 
 class PlainProgress:

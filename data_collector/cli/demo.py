@@ -12,11 +12,11 @@ import sys
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from data_collector.collection_run import run_collection
+from data_collector.backfill.report import CollectionReport
+from data_collector.cli.collect import run_collection
 from data_collector.config import Config
 from data_collector.markets import DEFAULT_TIMEFRAMES
 from data_collector.optimized_collector import OptimizedDataCollector
-from data_collector.report import CollectionReport
 
 DEMO_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 DEMO_DAYS = 30
