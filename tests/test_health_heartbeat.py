@@ -12,7 +12,7 @@ from data_collector.config import load_config
 from data_collector.health import run_checks
 from data_collector.heartbeat import Heartbeat, read_heartbeat
 from data_collector.redis.keys import heartbeat_key
-from tests.conftest import REDIS_URL, PrivateRedis
+from tests.support.services import REDIS_URL, PrivateRedis
 from utils.performance_monitor import PerformanceMonitor
 
 

@@ -251,7 +251,7 @@ async def test_cache_keys_with_metacharacters_are_stored_safely(redis_prefix: st
     """Keys are the caller's own strings: they round-trip exactly, and a ``clear(prefix)`` holding
     glob characters deletes only what literally starts with it."""
     cache_manager = pytest.importorskip("utils.cache_manager")
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     config = {"redis": {"url": REDIS_URL, "prefix": redis_prefix}, "logging": {"file": None}}
     keys = [k for k in NASTY if k and len(k) <= 1024] + ["a:b", "a:bc", "ab*", "a?", "[ab]"]

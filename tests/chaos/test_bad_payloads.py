@@ -215,7 +215,7 @@ async def test_bad_ws_frames_are_skipped_and_counted_end_to_end(redis_prefix: st
 
     import redis.asyncio as aioredis
 
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     now = int(time.time() * 1000)
 

@@ -11,7 +11,7 @@ import pytest
 
 from data_collector.config import load_config
 from data_collector.errors import CollectorError, PermanentError
-from tests.conftest import PG_URL, REDIS_URL
+from tests.support.services import PG_URL, REDIS_URL
 
 TLS_REDIS_URL = REDIS_URL.replace("redis://", "rediss://", 1)
 
