@@ -41,7 +41,8 @@ from data_collector.errors import (
 )
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
 from data_collector.storage import open_store
-from data_collector.storage.base import CandleBatch, CandleStore, Gap, Instrument
+from data_collector.storage.base import CandleBatch, Gap, Instrument
+from data_collector.storage.store import CandleStore
 
 if TYPE_CHECKING:
     import pandas as pd

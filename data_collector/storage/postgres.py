@@ -47,7 +47,7 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Inst
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.ranges import Span, merge_spans
-from data_collector.storage.store import BaseCandleStore
+from data_collector.storage.store import CandleStore
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _root_causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-class PostgresCandleStore(BaseCandleStore):
+class PostgresCandleStore(CandleStore):
     """A :class:`~data_collector.storage.base.CandleStore` on PostgreSQL.
 
     Use it as ``async with PostgresCandleStore(config) as store:`` (which initialises it) or call

@@ -25,7 +25,7 @@ from data_collector.markets import TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, merge_spans
-from data_collector.storage.store import BaseCandleStore
+from data_collector.storage.store import CandleStore
 
 T = TypeVar("T")
 
@@ -81,7 +81,7 @@ _SELECT_INSTRUMENT = (
 )
 
 
-class SqliteCandleStore(BaseCandleStore):
+class SqliteCandleStore(CandleStore):
     """A :class:`~data_collector.storage.base.CandleStore` in one SQLite file.
 
     One connection, used by one call at a time; the file's parent directory is created.

@@ -1,13 +1,18 @@
-"""What both backends share: coverage reading, gap finding and DataFrames on top of a few queries."""
+"""The one storage contract: :class:`CandleStore`, an abstract base every backend subclasses.
+
+The backends (:mod:`~data_collector.storage.postgres`, :mod:`~data_collector.storage.sqlite`)
+implement a few queries; coverage reading, gap finding and DataFrames are shared here on top of
+them. The records it reads and writes, and the tables, are in :mod:`data_collector.storage.base`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from data_collector.markets import candle_opens, count_candles, timeframe_code
-from data_collector.storage.base import Candle, CoverageRange, Gap
+from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,8 +29,46 @@ from data_collector.storage.ranges import (
 FRAME_COLUMNS = ["open", "high", "low", "close", "volume"]
 
 
-class BaseCandleStore(ABC):
-    """Backend-independent parts of a :class:`~data_collector.storage.base.CandleStore`."""
+class CandleStore(ABC):
+    """What every backend provides. Whoever opens a store owns it and closes it."""
+
+    @abstractmethod
+    async def initialize(self) -> None:
+        """Create the database (when allowed), the schema and the tables, idempotently."""
+
+    async def __aenter__(self) -> Self:
+        """``async with open_store(config) as store:`` initialises the store, and closes it after."""
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the pool; safe to call twice."""
+
+    @abstractmethod
+    async def ensure_instrument(
+        self, exchange: str, symbol: str, *, base: str, quote: str, market_type: str = "spot"
+    ) -> Instrument:
+        """Return the instrument, inserting it on first use (ids are stable)."""
+
+    @abstractmethod
+    async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
+        """The instrument, or ``None`` when it was never stored."""
+
+    @abstractmethod
+    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
+        """Record the first candle time the exchange has for this instrument."""
+
+    @abstractmethod
+    async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
+        """Write batches atomically (all or nothing): deduplicated, idempotent, with coverage."""
+
+    @abstractmethod
+    async def latest_ts(self, instrument_id: int, timeframe: str) -> int | None:
+        """Open time of the newest stored candle, or ``None``."""
 
     @abstractmethod
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
@@ -93,7 +136,7 @@ class BaseCandleStore(ABC):
 
 
 def candles_frame(candles: Sequence[Candle]) -> pd.DataFrame:
-    """Candles as a DataFrame indexed by UTC open time (see :meth:`BaseCandleStore.load_frame`)."""
+    """Candles as a DataFrame indexed by UTC open time (see :meth:`CandleStore.load_frame`)."""
     # pandas costs ~44 MB of RSS: only notebook reads pay for it, not backfills or streams.
     import pandas as pd
 

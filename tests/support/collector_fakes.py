@@ -9,10 +9,10 @@ from typing import Any
 
 from data_collector.markets import CODE_TIMEFRAMES, MINUTE_MS, candle_opens
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
-from data_collector.storage.store import BaseCandleStore
+from data_collector.storage.store import CandleStore
 
 
-class MemoryStore(BaseCandleStore):
+class MemoryStore(CandleStore):
     """An in-memory CandleStore."""
 
     def __init__(self) -> None:
