@@ -49,9 +49,10 @@ from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
 from data_collector.errors import CollectorError, ConfigError, PermanentError, UsageError
+from data_collector.heartbeat import read_heartbeat
 from data_collector.markets import DAY_MS, TIMEFRAME_CODES, TIMEFRAME_MS
+from data_collector.redis.client import async_client
 from data_collector.redis.keys import heartbeat_key, stream_key
-from data_collector.redis.url import async_client
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
 Status = Literal["ok", "warn", "fail"]
@@ -385,10 +386,6 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
 
 
 async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
-    from data_collector.heartbeat import (
-        read_heartbeat,  # utils depends on data_collector, not the reverse at import
-    )
-
     name = f"heartbeat:{component}"
     try:
         beat = await read_heartbeat(client, config.redis.prefix, component)

@@ -32,8 +32,8 @@ import redis
 import redis.asyncio as aioredis
 
 from data_collector.config import Config
+from data_collector.redis.client import async_client
 from data_collector.redis.keys import heartbeat_key
-from data_collector.redis.url import async_client
 
 log = logging.getLogger(__name__)
 

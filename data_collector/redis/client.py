@@ -1,4 +1,12 @@
-"""Where Redis is, and one fast pipelined connection to it.
+"""The one place Redis clients are built: every call bounded by a timeout, nothing retried.
+
+Every client in the process comes from here: :func:`async_client` (heartbeat, health check),
+:func:`sync_pool` / :func:`async_pool` (the cache managers), :class:`RedisEndpoint` (the streamer's
+reader and writers). They share :func:`bounded_kwargs`, the one statement of the policy: redis-py's
+defaults hang forever on a paused server (no socket timeout) and retry a timed-out write (which can
+duplicate it); neither is acceptable here. Whoever builds a client owns it and closes it.
+
+Where Redis is, and one fast pipelined connection to it:
 
 redis-py does what it is good at: parsing URLs, TLS, AUTH, SELECT and the handshake. Once a
 connection is up, :class:`FastConnection` writes pre-packed RESP bytes on its socket and parses the
@@ -14,17 +22,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.connection as aconn
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from data_collector.errors import ServerUnavailableError, UsageError
 from data_collector.redis.url import check_redis_url
+
+if TYPE_CHECKING:
+    from data_collector.config import Config
 
 #: Error replies (``hiredis.ReplyError``) and anything else hiredis may return.
 Reply = Any
@@ -46,6 +58,55 @@ def _accepted_kwargs(cls: type) -> set[str] | None:
         names.update(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
     names.discard("self")
     return names or None
+
+
+def bounded_kwargs(socket_timeout_s: float, connect_timeout_s: float, *, is_async: bool) -> dict[str, Any]:
+    """Connection settings every client gets: bounded connect and calls, no retries.
+
+    A write whose reply did not arrive in time may or may not have been applied, so it is never
+    resent here; the caller decides (the streamer resends with idempotent entry ids).
+    """
+    retry: Retry | AsyncRetry = AsyncRetry(NoBackoff(), 0) if is_async else Retry(NoBackoff(), 0)
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "retry": retry,
+        "retry_on_error": [],
+    }
+
+
+def async_client(config: Config) -> redis.asyncio.Redis:
+    """A ``redis.asyncio`` client for ``config.redis``: checked URL, bounded calls, no retries."""
+    r = config.redis
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        check_redis_url(r.url.get_secret_value()),
+        **bounded_kwargs(r.socket_timeout_s, r.connect_timeout_s, is_async=True),
+    )
+    return client
+
+
+def _pool_kwargs(config: Config, *, is_async: bool) -> dict[str, Any]:
+    r = config.redis
+    return {
+        "max_connections": config.performance.redis_pool_size,
+        # Waiting for a free pooled connection is bounded like any other call.
+        "timeout": r.socket_timeout_s,
+        **bounded_kwargs(r.socket_timeout_s, r.connect_timeout_s, is_async=is_async),
+    }
+
+
+def sync_pool(config: Config) -> redis.BlockingConnectionPool:
+    """A blocking pool of ``performance.redis_pool_size`` sync connections to ``redis.url``."""
+    return redis.BlockingConnectionPool.from_url(
+        check_redis_url(config.redis.url.get_secret_value()), **_pool_kwargs(config, is_async=False)
+    )
+
+
+def async_pool(config: Config) -> redis.asyncio.BlockingConnectionPool:
+    """The asyncio twin of :func:`sync_pool`."""
+    return redis.asyncio.BlockingConnectionPool.from_url(
+        check_redis_url(config.redis.url.get_secret_value()), **_pool_kwargs(config, is_async=True)
+    )
 
 
 @dataclass
@@ -84,12 +145,14 @@ class RedisEndpoint:
         accepted = _accepted_kwargs(klass)
         if accepted is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-        if not kwargs.get("socket_timeout"):
-            kwargs["socket_timeout"] = socket_timeout_s
-        if not kwargs.get("socket_connect_timeout"):
-            kwargs["socket_connect_timeout"] = connect_timeout_s
-        kwargs["retry"] = Retry(NoBackoff(), 0)
+        policy = bounded_kwargs(
+            kwargs.get("socket_timeout") or socket_timeout_s,
+            kwargs.get("socket_connect_timeout") or connect_timeout_s,
+            is_async=True,
+        )
+        kwargs.update(policy)
         kwargs.pop("retry_on_timeout", None)
+        # Connection classes take no retry_on_error (only clients and pools do).
         kwargs.pop("retry_on_error", None)
         return cls(klass, kwargs)
 

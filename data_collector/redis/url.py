@@ -17,17 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from data_collector.errors import ConfigError
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-    from data_collector.config import Config
-
-__all__ = ["SCHEMES", "async_client", "check_redis_url"]
+__all__ = ["SCHEMES", "check_redis_url"]
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -168,24 +162,3 @@ def check_redis_url(url: str, *, key: str = "redis.url") -> str:
             shown = "" if check is _readable_file else f"={value!r}"
             raise ConfigError(f"{key}: {name}{shown} {problem}")
     return url
-
-
-def async_client(config: Config) -> aioredis.Redis:
-    """A ``redis.asyncio`` client for ``config.redis``: checked URL, bounded calls, no retries.
-
-    redis-py's defaults hang forever on a paused server (no socket timeout) and retry a timed-out
-    write (which can duplicate it); neither is acceptable here. The caller owns the client.
-    """
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    r = config.redis
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        check_redis_url(r.url.get_secret_value()),
-        socket_timeout=r.socket_timeout_s,
-        socket_connect_timeout=r.connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-    )
-    return client

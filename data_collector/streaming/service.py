@@ -230,7 +230,7 @@ class StreamService:
         """``<prefix>:heartbeat:streamer``, refreshed in its own task: every Redis call in it is
         bounded by the socket timeout and a failed beat is only logged, so streaming never waits
         for it (Redis down at start: the beats resume when it is back)."""
-        from data_collector.heartbeat import Heartbeat  # utils builds on data_collector, not the reverse
+        from data_collector.heartbeat import Heartbeat  # only a streamer that keeps a heartbeat needs it
 
         ttl = self.options.heartbeat_ttl_s
         assert ttl is not None

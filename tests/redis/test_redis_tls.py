@@ -20,8 +20,7 @@ import redis
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
 from data_collector.health import CheckResult, check_redis
-from data_collector.redis.client import RedisEndpoint
-from data_collector.redis.url import async_client
+from data_collector.redis.client import RedisEndpoint, async_client
 from tests.support.services import REDIS_URL, free_port
 from tests.support.tls_certs import Pki, make_pki
 from utils.cache_manager import AsyncCacheManager, CacheUnavailableError

@@ -20,8 +20,8 @@ from data_collector.config import Config, load_config
 from data_collector.errors import ConfigError
 from data_collector.health import check_redis, run_checks
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
-from data_collector.redis.client import RedisEndpoint
-from data_collector.redis.url import async_client, check_redis_url
+from data_collector.redis.client import RedisEndpoint, async_client
+from data_collector.redis.url import check_redis_url
 from tests.support.services import REDIS_URL
 from utils.cache_manager import AsyncCacheManager, CacheManager
 
