@@ -124,6 +124,20 @@ def test_the_tree_keeps_the_import_directions() -> None:
     assert violations(ROOT) == []
 
 
+MAX_LINES = 450
+
+
+def test_long_modules_say_why_in_their_docstring() -> None:
+    unexplained = []
+    for module, path in module_files(ROOT).items():
+        text = path.read_text()
+        if text.count("\n") > MAX_LINES:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if not any(line.startswith("Long because") for line in doc.splitlines()):
+                unexplained.append(module)
+    assert unexplained == [], f"over {MAX_LINES} lines without a 'Long because' line in the docstring"
+
+
 def test_the_graph_sees_the_imports_it_judges() -> None:
     graph = import_graph(ROOT)
     assert "data_collector.redis.client" in graph["utils.cache_manager"]

@@ -17,6 +17,9 @@ Example:
     >>> cache.set("key", {"data": "value"}, ttl=300)  # doctest: +SKIP
     >>> cache.get("key")  # doctest: +SKIP
     {'data': 'value'}
+
+Long because the sync and the async manager mirror each other method for method; side by side,
+they stay in step.
 """
 
 from __future__ import annotations

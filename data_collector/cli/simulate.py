@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import signal
 import sys
 from collections.abc import Sequence
 
+from data_collector.cli.exits import EXIT_OK, EXIT_USAGE, install_stop_signals, remove_signals
 from data_collector.errors import CollectorError
 from data_collector.markets import normalize_symbols
 from data_collector.simulator.limits import Faults
@@ -85,8 +85,7 @@ async def serve(kwargs: dict[str, object]) -> None:
     """Run a simulator until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    installed = install_stop_signals(loop, stop.set)
     sim = SimulatedExchange(**kwargs)  # type: ignore[arg-type]
     try:
         await sim.start()
@@ -100,6 +99,7 @@ async def serve(kwargs: dict[str, object]) -> None:
         await stop.wait()
     finally:
         await sim.close()
+        remove_signals(loop, installed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(kwargs))
     except ArgumentError as exc:
         print(f"simulate_exchange: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 0
-    return 0
+        return EXIT_OK
+    return EXIT_OK

@@ -7,14 +7,23 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import signal
+import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
+from data_collector.cli.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    install_stop_signals,
+    remove_signals,
+)
 from data_collector.config import Config, load_config
 from data_collector.markets import normalize_symbols
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
@@ -94,11 +103,7 @@ async def run_stream_cli(
     out = out or sys.stdout
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    installed = install_stop_signals(loop, stop.set)
 
     endpoint = RedisEndpoint.from_any(
         cfg.redis.url.get_secret_value(),
@@ -168,8 +173,7 @@ async def run_stream_cli(
             await sim.close()
         if server is not None:
             server.close()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_signals(loop, installed)
 
 
 def run_stream_main(**kwargs: Any) -> int:
@@ -189,10 +193,76 @@ def run_stream_main(**kwargs: Any) -> int:
             uvloop.run(run_stream_cli(**kwargs))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except CollectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+STREAM_HELP = """Stream live market data into Redis (streaming only: no backfill, no ccxt, no pandas).
+
+    python scripts/stream_market_data.py --symbols SOL/USDT,BTC/USDT --channels trade,depth
+    python scripts/stream_market_data.py --demo --duration 30     # the simulator, in-process
+
+Ctrl-C stops it and prints a metrics summary.
+"""
+
+
+def _list(text: str) -> list[str]:
+    return [part for chunk in text.split(",") for part in chunk.split() if part]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad input: one line on stderr (``--help`` shows the usage), exit code 2."""
+        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = _Parser(prog="stream_market_data.py", description=STREAM_HELP.split("\n")[0])
+    parser.add_argument(
+        "--symbols", type=_list, help="comma-separated, e.g. SOL/USDT,BTC/USDT (default: config)"
+    )
+    parser.add_argument(
+        "--channels", type=_list, help="trade, aggTrade, bookTicker, depth, kline_<tf> (default: config)"
+    )
+    parser.add_argument("--config", help="config.yaml path (default: ./config.yaml when present)")
+    parser.add_argument("--demo", action="store_true", help="stream from an in-process exchange simulator")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (default: metrics.port of the config; unset: off)",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    args = parser.parse_args(argv)
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    if args.status_interval < 0:
+        parser.error("--status-interval must be >= 0")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be within 0..65535")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        print(f"error: unknown --log-level {args.log_level!r}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_stream_main(
+        config=args.config,
+        symbols=args.symbols,
+        channels=args.channels,
+        demo=args.demo,
+        status_interval_s=args.status_interval,
+        duration_s=args.duration,
+        metrics_port=args.metrics_port,
+    )

@@ -18,6 +18,9 @@ A write is one transaction: candles and coverage become visible together or not 
 Every call is bounded by ``database.command_timeout_s`` twice: by asyncpg, and from outside by
 ``asyncio.timeout``, because a COPY can outlive asyncpg's own timeout when the backend dies.
 A connection that failed mid-call is terminated, never returned to the pool.
+
+Long because it is the whole PostgreSQL backend: DDL, the COPY write path and the coverage
+merge, with each SQL statement beside the code that runs it.
 """
 
 from __future__ import annotations

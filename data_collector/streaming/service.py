@@ -3,6 +3,9 @@
 :class:`StreamService` runs on one event loop and owns everything it opens: the WebSocket
 connections, the Redis writer, the REST client, the order books and the candle sink.
 ``OptimizedWebSocketStreamer`` (the public facade) decides which loop that is.
+
+Long because StreamService owns every resource it opens (sockets, writers, books, candles,
+heartbeat) and their start and teardown order; split up, that order would be spread over files.
 """
 
 from __future__ import annotations
