@@ -8,8 +8,8 @@ Setup: the simulator at 6,000 weight/min with 30 ms added latency; 6 timeframes
   (14 days, 1 day in --quick) and is compared in candles/s; its time for the full range is
   extrapolated in the notes.
 * Project: ``OptimizedDataCollector.collect`` in a child process (so its peak RSS is its own),
-  into a fresh PostgreSQL schema, with a fresh simulator per run (fresh weight counters), and
-  ``api_rate_limit`` lifted so that the exchange's weight budget is the only limit.
+  into a fresh PostgreSQL schema, with a fresh simulator per run (fresh weight counters), on the
+  shipped defaults (``api_rate_limit: null``: the exchange's weight budget is the only limit).
 * For many symbols the weight budget sets a floor: a run of W weight that starts s0 seconds into
   the server's minute cannot finish before the k-th minute boundary, k = ceil(W / 6000) - 1, i.e.
   floor = (60 - s0) + 60 (k - 1). Full runs start right after a minute boundary.
@@ -105,7 +105,6 @@ async def _project_run(
                 "timeframes": list(DEFAULT_TIMEFRAMES),
                 "database": {"url": ctx.pg_url, "schema": schema},
                 "logging": {"file": None},
-                "performance": {"api_rate_limit": 1_000_000},
             }
             spec = json.dumps({"config": config, "start": start, "end": end}).encode()
             if align_to_minute:
@@ -258,6 +257,6 @@ async def run(ctx: BenchContext) -> list[Table]:
         + ", ".join(f"{r['peak_rss_mb']:.0f}" for r in lots)
         + f" MB (of which importing the collector, i.e. ccxt, SQLAlchemy and asyncpg, takes"
         f" {max(r['import_rss_mb'] for r in one + lots):.0f} MB)",
-        "api_rate_limit lifted for these runs: the exchange's weight budget is the only limit",
+        "shipped defaults (api_rate_limit: null, concurrent_symbols: 5): the exchange's weight budget is the only limit",
     ]
     return [speed, times]

@@ -14,6 +14,7 @@ import pandas as pd
 import redis
 
 from benchmarks.harness import BenchContext, Row, Table
+from data_collector.percentiles import percentiles
 from utils.cache_manager import AsyncCacheManager, CacheManager
 from utils.serialization import compress, encode, pack
 
@@ -70,9 +71,8 @@ def candle_frame(rows: list[list[Any]]) -> pd.DataFrame:
 
 
 def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
-    data = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    p50, p99 = np.percentile(data, [50, 99])
-    return float(p50), float(p99)
+    quantiles = percentiles([ns / 1e6 for ns in samples_ns], (50, 99))
+    return quantiles["p50"] or 0.0, quantiles["p99"] or 0.0
 
 
 def _latencies(fn: Callable[[int], object], n: int) -> list[int]:

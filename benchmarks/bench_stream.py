@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from benchmarks.harness import BenchContext, Row, Table
+from data_collector.percentiles import percentiles
 
 NAME = "stream"
 DESCRIPTION = "simulator -> streamer -> Redis stream: msg/s per core, event->Redis latency, RSS"
@@ -41,13 +42,6 @@ def _rss_mb() -> float:
     import psutil
 
     return float(psutil.Process().memory_info().rss / 2**20)
-
-
-def _pct(values: list[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"p50": None, "p95": None, "p99": None}
-    return {f"p{q}": ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] for q in (50, 95, 99)}
 
 
 async def _role_streamer(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,8 +75,8 @@ async def _role_streamer(args: argparse.Namespace) -> dict[str, Any]:
         "written": written,
         "cpu_s": cpu,
         "wall_s": wall,
-        "latency": _pct(latencies),
-        "receive_latency": _pct(receive),
+        "latency": percentiles(latencies),
+        "receive_latency": percentiles(receive),
         "rss_mb": rss,
         "mean_batch": after["mean_batch_size"],
         "dropped": after["dropped"],
@@ -135,7 +129,7 @@ async def _role_baseline(args: argparse.Namespace) -> None:
         "written": written,
         "cpu_s": cpu,
         "wall_s": wall,
-        "latency": _pct(latencies),
+        "latency": percentiles(latencies),
         "rss_mb": _rss_mb(),
     }
     print("RESULT " + json.dumps(result), flush=True)
@@ -232,7 +226,7 @@ async def run(ctx: BenchContext) -> list[Table]:
                 f"simulator (this process) used {max(sim_cpu):.0f}% of a core during the streamer runs; "
                 f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
             )
-            ticks = _pct(list(tick_ms))
+            ticks = percentiles(list(tick_ms))
             tables[-1].notes.append(
                 "simulator tick (builds and writes the frames; each stream's event time is read as it is built): "
                 f"p50 {ticks['p50'] or 0:.2f} / p99 {ticks['p99'] or 0:.2f} / max {max(tick_ms, default=0):.1f} ms"

@@ -60,7 +60,8 @@ class ExchangeConfig(_Section):
     rate_limit_margin: float = Field(default=0.01, ge=0, lt=0.5)
     #: Retries of a failed request (network, 5xx, 429, timeouts, malformed pages) before the pair fails.
     max_retries: int = Field(default=7, ge=0, le=100)
-    #: Candles per OHLCV request: the exchange's maximum (1000 on Binance spot).
+    #: Candles per OHLCV request: at most the exchange's maximum (1000 on Binance spot), which the
+    #: collector checks against ccxt's fetchOHLCV ``limit`` feature when it starts.
     ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
 
     @field_validator("id")
@@ -138,8 +139,17 @@ class PerformanceConfig(_Section):
     ws_batch_size: int = Field(default=10, ge=1, le=100_000)
     ws_batch_interval: float = Field(default=0.1, gt=0, le=60)
     concurrent_symbols: int = Field(default=5, ge=1, le=1000)
-    #: Requests per minute, a cap on top of the exchange's own limit.
-    api_rate_limit: int = Field(default=1200, ge=1, le=1_000_000)
+    #: Requests per minute, a cap on top of the exchange's own weight budget; ``None`` (or
+    #: ``"auto"``) lets the exchange's budget govern alone. The guide's old 1200 predates Binance's
+    #: 6,000-weight budget and would hold a backfill to about a fifth of it.
+    api_rate_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @field_validator("api_rate_limit", mode="before")
+    @classmethod
+    def _auto_rate_limit(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "null", "none", ""):
+            return None
+        return value
 
 
 class CacheConfig(_Section):

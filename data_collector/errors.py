@@ -28,6 +28,10 @@ class PermanentError(CollectorError):
     """A failure that retrying will not fix: the other side refused the request."""
 
 
+class StoreNotInitializedError(PermanentError):
+    """The store's schema or tables do not exist yet; ``initialize()`` creates them."""
+
+
 class UsageError(CollectorError):
     """The caller misused the API or passed invalid input."""
 
@@ -55,3 +59,12 @@ class ServerUnavailableError(TransientError):
         super().__init__(f"{what} is unreachable: {detail}")
         self.what = what
         self.detail = detail
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that may go away on retry: this project's transient errors, timeouts
+    and broken connections. ``data_collector.retrying.is_transient`` adds ccxt's error classes;
+    this one serves code that must not import ccxt (the streamer)."""
+    if isinstance(exc, PermanentError | UsageError):
+        return False
+    return isinstance(exc, TransientError | TimeoutError | ConnectionError)

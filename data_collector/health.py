@@ -7,12 +7,14 @@ test) can call it too.
 Checks, each bounded by ``metrics.check_timeout_s``:
 
 ==================  ===========================================================================
-``postgresql``      connects (asyncpg, ``database.url``) and runs ``SELECT 1``; latency.
-                    With a SQLite URL the check is called ``sqlite``: the file opens.
+``postgresql``      connects through the store (``database.url``) and reports the server's
+                    version (``SHOW server_version``); latency. With a SQLite URL the check is
+                    called ``sqlite``: the file opens and reports SQLite's version.
 ``redis``           ``PING``; latency.
 ``exchange``        ``GET <exchange.urls.api.public>/ping`` (the exchange's own REST URL when not
                     overridden), so it works against the simulator.
-``freshness``       newest stored candle per configured symbol and timeframe; stale when older
+``freshness``       newest stored candle per configured symbol and timeframe (asked of the
+                    store, so any schema the config accepts works); stale when older
                     than two timeframes plus ``metrics.freshness_margin_s`` (against
                     ``end`` when the config sets one).
 ``stream``          newest message among the configured streams (Redis stream IDs) or the
@@ -25,6 +27,9 @@ A result is ``ok``, ``warn`` or ``fail``. Servers that cannot be reached and a n
 ``fail``; stale or missing data, streams and heartbeats ``warn`` (a deployment may run only the
 backfill, or only the streamer). The report is healthy when nothing failed.
 
+Every database question goes through the store (:mod:`data_collector.storage`), never opened with
+``initialize()``: a health check reads; it creates no database, schema or table.
+
 Long because each check names its own failure reasons (refused, timed out, TLS, auth) in one line.
 """
 
@@ -35,27 +40,32 @@ import contextlib
 import errno
 import functools
 import json
-import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import psutil
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
-from data_collector.errors import CollectorError, ConfigError, PermanentError, UsageError
+from data_collector.errors import (
+    CollectorError,
+    ConfigError,
+    ServerUnavailableError,
+    StoreNotInitializedError,
+    UsageError,
+)
 from data_collector.heartbeat import read_heartbeat
-from data_collector.markets import DAY_MS, TIMEFRAME_CODES, TIMEFRAME_MS
+from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.redis.client import async_client
 from data_collector.redis.keys import heartbeat_key, stream_key
+from data_collector.storage import CandleStore, open_store
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
 Status = Literal["ok", "warn", "fail"]
@@ -151,8 +161,7 @@ def _sqlite_path(config: Config) -> Path:
     return Path(make_url(config.database.url.get_secret_value()).database or "")
 
 
-def _down(exc: BaseException, where: str) -> str:
-    reason = _reason(exc)
+def _down(reason: str, where: str) -> str:
     return (
         f"DOWN ({reason} {where})"
         if reason in ("connection refused", "timed out")
@@ -160,45 +169,43 @@ def _down(exc: BaseException, where: str) -> str:
     )
 
 
+@contextlib.asynccontextmanager
+async def _opened_store(config: Config) -> AsyncIterator[CandleStore]:
+    """The configured store, never initialised (a health check creates nothing); closed after."""
+    store = open_store(config)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def check_postgresql(config: Config) -> CheckResult:
     try:
-        target, where = _pg_target(config)
+        _, where = _pg_target(config)
     except ConfigError as exc:
         return CheckResult("postgresql", "fail", str(exc))
     started = time.perf_counter()
     try:
-        conn = await target.connect(connect_timeout_s=config.database.connect_timeout_s)
-    except PermanentError as exc:  # TLS refused or unverifiable: say what to fix
+        async with _opened_store(config) as store:
+            version = await store.server_version()
+    except ServerUnavailableError as exc:
+        return CheckResult("postgresql", "fail", _down(exc.detail, where))
+    except CollectorError as exc:  # TLS refused or unverifiable, login refused: say what to fix
         return CheckResult("postgresql", "fail", f"DOWN ({exc})")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        return CheckResult("postgresql", "fail", _down(exc, where))
-    try:
-        await conn.fetchval("SELECT 1")
-        version = conn.get_server_version()
-    finally:
-        await conn.close(timeout=2)
-    latency = _elapsed_ms(started)
-    return CheckResult("postgresql", "ok", f"up {where}, PostgreSQL {version.major}.{version.minor}", latency)
+    return CheckResult("postgresql", "ok", f"up {where}, {version}", _elapsed_ms(started))
 
 
 async def check_sqlite(config: Config) -> CheckResult:
     path = _sqlite_path(config)
-    if not path.exists():
+    if not path.exists():  # checked first: opening the store would create the file
         return CheckResult("sqlite", "warn", f"no database file yet at {path}")
     started = time.perf_counter()
-
-    def probe() -> None:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-        try:
-            conn.execute("SELECT 1").fetchone()
-        finally:
-            conn.close()
-
     try:
-        await asyncio.to_thread(probe)
-    except sqlite3.Error as exc:
-        return CheckResult("sqlite", "fail", f"DOWN (cannot open {path}: {exc})")
-    return CheckResult("sqlite", "ok", f"opens {path}", _elapsed_ms(started))
+        async with _opened_store(config) as store:
+            version = await store.server_version()
+    except CollectorError as exc:
+        return CheckResult("sqlite", "fail", f"DOWN ({exc})")
+    return CheckResult("sqlite", "ok", f"opens {path}, {version}", _elapsed_ms(started))
 
 
 async def check_redis(config: Config, client: aioredis.Redis) -> CheckResult:
@@ -209,7 +216,7 @@ async def check_redis(config: Config, client: aioredis.Redis) -> CheckResult:
         started = time.perf_counter()
         await client.ping()
     except (redis.RedisError, OSError) as exc:
-        return CheckResult("redis", "fail", _down(exc, place))
+        return CheckResult("redis", "fail", _down(_reason(exc), place))
     return CheckResult("redis", "ok", f"PONG from {place}", _elapsed_ms(started))
 
 
@@ -256,71 +263,19 @@ def _timeframe_ms(timeframe: str) -> int:
     return TIMEFRAME_MS.get(timeframe, 31 * DAY_MS)
 
 
-def _freshness_query(schema: str) -> str:
-    # Base tables rather than ohlcv_view: max(ts) per (instrument, timeframe) is then one index
-    # probe of the primary key instead of a scan through the view's timestamp conversion.
-    # The schema is a validated identifier from the config (DatabaseConfig._identifier).
-    return (
-        "SELECT i.symbol, t.code, "  # noqa: S608
-        f"(SELECT max(o.ts) FROM {schema}.ohlcv o WHERE o.instrument_id = i.id AND o.timeframe = t.code) "
-        f"FROM {schema}.instruments i CROSS JOIN unnest($3::smallint[]) AS t(code) "
-        "WHERE i.exchange = $1 AND i.symbol = ANY($2::text[])"
-    )
-
-
-async def _newest_candles(config: Config) -> dict[tuple[str, str], int | None]:
-    """Newest candle open time per (symbol, timeframe) present in the store."""
-    codes = [TIMEFRAME_CODES[tf] for tf in config.timeframes]
-    names = {TIMEFRAME_CODES[tf]: tf for tf in config.timeframes}
-    if _is_sqlite(config):
-        path = _sqlite_path(config)
-
-        def query() -> list[tuple[str, int, int | None]]:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-            try:
-                rows = []
-                for symbol, instrument_id in conn.execute(
-                    "SELECT symbol, id FROM instruments WHERE exchange = ?", (config.exchange.id,)
-                ).fetchall():
-                    if symbol not in config.symbols:
-                        continue
-                    for code in codes:
-                        newest = conn.execute(
-                            "SELECT max(ts) FROM ohlcv WHERE instrument_id = ? AND timeframe = ?",
-                            (instrument_id, code),
-                        ).fetchone()[0]
-                        rows.append((symbol, code, newest))
-                return rows
-            finally:
-                conn.close()
-
-        found = await asyncio.to_thread(query)
-    else:
-        target, _ = _pg_target(config)
-        conn = await target.connect(connect_timeout_s=config.database.connect_timeout_s)
-        try:
-            records = await conn.fetch(
-                _freshness_query(config.database.db_schema), config.exchange.id, config.symbols, codes
-            )
-        finally:
-            await conn.close(timeout=2)
-        found = [(r[0], r[1], r[2]) for r in records]
-    return {(symbol, names[code]): newest for symbol, code, newest in found}
-
-
 async def check_freshness(config: Config, now_ms: int) -> CheckResult:
+    not_created = CheckResult("freshness", "warn", "no data yet (tables not created)")
+    if _is_sqlite(config) and not _sqlite_path(config).exists():
+        return not_created  # opening the store would create the file
     try:
-        newest = await _newest_candles(config)
-    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
-        return CheckResult("freshness", "warn", "no data yet (tables not created)")
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc) or "unable to open" in str(exc):
-            return CheckResult("freshness", "warn", "no data yet (tables not created)")
+        async with _opened_store(config) as store:
+            newest = await store.newest_candles(config.exchange.id, config.symbols, config.timeframes)
+    except StoreNotInitializedError:
+        return not_created
+    except ServerUnavailableError as exc:
+        return CheckResult("freshness", "warn", f"unknown: database unreachable ({exc.detail})")
+    except CollectorError as exc:  # database.url unusable, TLS refused, a query refused
         return CheckResult("freshness", "warn", f"unknown: {exc}")
-    except CollectorError as exc:  # database.url unusable, or TLS refused
-        return CheckResult("freshness", "warn", f"unknown: {exc}")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        return CheckResult("freshness", "warn", f"unknown: database unreachable ({_reason(exc)})")
     reference_ms = min(now_ms, config.end_ms(now_ms)) if config.end is not None else now_ms
     margin_ms = int(config.metrics.freshness_margin_s * 1000)
     ages: dict[str, float | None] = {}

@@ -47,8 +47,26 @@ TIMEFRAME_MS: dict[str, int] = {
 #: Every timeframe Binance spot serves, shortest first.
 TIMEFRAMES: tuple[str, ...] = (*TIMEFRAME_MS, "1M")
 
-#: Stable database codes. Append only: a code, once used, keeps its meaning forever.
-TIMEFRAME_CODES: dict[str, int] = {tf: i for i, tf in enumerate(TIMEFRAMES)}
+#: Stable database codes, written out so that no reordering of the tuples above can renumber
+#: stored keys. Append only: a code, once used, keeps its meaning forever (a test pins them).
+TIMEFRAME_CODES: dict[str, int] = {
+    "1s": 0,
+    "1m": 1,
+    "3m": 2,
+    "5m": 3,
+    "15m": 4,
+    "30m": 5,
+    "1h": 6,
+    "2h": 7,
+    "4h": 8,
+    "6h": 9,
+    "8h": 10,
+    "12h": 11,
+    "1d": 12,
+    "3d": 13,
+    "1w": 14,
+    "1M": 15,
+}
 CODE_TIMEFRAMES: dict[int, str] = {code: tf for tf, code in TIMEFRAME_CODES.items()}
 
 DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")

@@ -10,7 +10,7 @@ async with OptimizedDataCollector("config.yaml") as collector:
 ```
 
 How a run works: for each pair the coverage record says what is already stored (or known to be
-empty); only the rest is planned (:mod:`data_collector.backfill.plan`) and fetched, page by page and
+empty); only the rest is planned (:mod:`data_collector.backfill`) and fetched, page by page and
 several pages at once, through one shared rate limiter. Fetchers put validated pages on a bounded
 queue; two writer tasks drain everything waiting and write it in one transaction per drain, the
 candles together with the coverage they prove. A run killed at any moment therefore leaves only
@@ -24,14 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tenacity import RetryCallState
 
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
-from data_collector.backfill.plan import align_range, page_coverage, pages
+from data_collector.backfill.plan import (
+    align_range,
+    page_coverage,
+    pages,
+    unproven_rest,
+)
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.run import BackfillRun
 from data_collector.config import Config, load_config, to_ms
@@ -40,6 +48,7 @@ from data_collector.errors import (
     UsageError,
 )
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
+from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
 from data_collector.storage.base import CandleBatch, Gap, Instrument
 from data_collector.storage.store import CandleStore
@@ -49,9 +58,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
+
+#: Attempts of one store call (the first and the retries), and its backoff's first and longest wait:
+#: about 7 s in all, enough to ride out a PostgreSQL restart or a short network blip.
+STORE_ATTEMPTS = 5
+STORE_BACKOFF_S = (0.5, 5.0)
 
 
 class OptimizedDataCollector:
@@ -140,6 +155,7 @@ class OptimizedDataCollector:
             await client.open()
             for symbol in self.config.symbols:
                 client.market(symbol)
+                client.check_page_limit(symbol)
             for timeframe in self.config.timeframes:
                 client.check_timeframe(timeframe)
         except BaseException:
@@ -153,11 +169,11 @@ class OptimizedDataCollector:
             raise
         self._initialized = True
         log.info(
-            "collector ready: exchange %s, %d markets, weight budget %s/min, %d requests/min cap",
+            "collector ready: exchange %s, %d markets, weight budget %s/min, request cap %s/min",
             self.config.exchange.id,
             len(client.markets),
             client.limiter.budget or "n/a",
-            client.limiter.requests_per_min,
+            client.limiter.requests_per_min or "none",
         )
 
     async def close(self) -> None:
@@ -225,6 +241,7 @@ class OptimizedDataCollector:
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
         for symbol in symbol_list:
             client.market(symbol)
+            client.check_page_limit(symbol)
         for timeframe in timeframe_list:
             client.check_timeframe(timeframe)
         self._stop.clear()
@@ -250,12 +267,15 @@ class OptimizedDataCollector:
         symbol = normalize_symbol(symbol)
         if symbol not in self._instruments:
             market = self.client.market(symbol)
-            self._instruments[symbol] = await self.store.ensure_instrument(
-                self.config.exchange.id,
-                symbol,
-                base=str(market.get("base") or symbol.split("/")[0]),
-                quote=str(market.get("quote") or symbol.split("/")[1]),
-                market_type=str(market.get("type") or "spot"),
+            self._instruments[symbol] = await self._store_call(
+                partial(
+                    self.store.ensure_instrument,
+                    self.config.exchange.id,
+                    symbol,
+                    base=str(market.get("base") or symbol.split("/")[0]),
+                    quote=str(market.get("quote") or symbol.split("/")[1]),
+                    market_type=str(market.get("type") or "spot"),
+                )
             )
         return self._instruments[symbol]
 
@@ -275,7 +295,9 @@ class OptimizedDataCollector:
         instrument = await self.instrument(symbol)
         end_ms = min(to_ms(end), candle_open_ms(self.client.server_now_ms(), timeframe))
         start_ms, end_ms = align_range(to_ms(start), end_ms, timeframe)
-        return await self.store.find_gaps(instrument.id, timeframe, start_ms, end_ms)
+        return await self._store_call(
+            partial(self.store.find_gaps, instrument.id, timeframe, start_ms, end_ms)
+        )
 
     async def repair_gaps(
         self,
@@ -301,11 +323,17 @@ class OptimizedDataCollector:
             report.gaps_found += len(holes)
             for gap in holes:
                 aligned = align_range(gap.start_ms, gap.end_ms, tf)
+                todo = pages(aligned, tf, limit)
                 try:
-                    for page in pages(aligned, tf, limit):
+                    while todo:
+                        page = todo.pop(0)
                         candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
-                        batch = CandleBatch(instrument.id, tf, candles, page_coverage(page, candles, tf))
-                        result = await self.store.write([batch])
+                        coverage = page_coverage(page, candles, tf, cap=self.client.most_candles_seen)
+                        rest = unproven_rest(page, coverage)
+                        if rest is not None:
+                            todo[:0] = pages(rest, tf, limit)
+                        batch = CandleBatch(instrument.id, tf, candles, coverage)
+                        result = await self._store_call(partial(self.store.write, [batch]))
                         report.rows_written += result.written
                         report.rows_skipped += result.skipped
                         pair.candles_fetched += len(candles)
@@ -324,7 +352,40 @@ class OptimizedDataCollector:
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
-        return await self.store.load_frame(instrument.id, timeframe, to_ms(start), to_ms(end))
+        return await self._store_call(
+            partial(self.store.load_frame, instrument.id, timeframe, to_ms(start), to_ms(end))
+        )
+
+    async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call under ``database.command_timeout_s``, retrying transient failures.
+
+        The one policy of every store call the collector makes, reads and writes alike: each is
+        safe to repeat (reads; upserts; writes that carry their coverage), so a dropped or refused
+        connection or a timeout is tried again with backoff, while a permanent error (a missing
+        table, a refused login) is raised at once. After the last attempt the last error is raised.
+        """
+        timeout_s = self.config.database.command_timeout_s
+        initial_s, max_s = STORE_BACKOFF_S
+        async for attempt in retry_policy(
+            attempts=STORE_ATTEMPTS, initial_s=initial_s, max_s=max_s, on_retry=_log_store_retry
+        ):
+            with attempt:
+                async with asyncio.timeout(timeout_s):
+                    return await call()
+        raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
+
+
+def _log_store_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    wait_s = state.upcoming_sleep
+    log.warning(
+        "a store call failed (%s); attempt %d of %d in %.1f s",
+        error,
+        state.attempt_number + 1,
+        STORE_ATTEMPTS,
+        wait_s,
+    )
 
 
 def _iso(ts_ms: int) -> str:

@@ -173,6 +173,10 @@ class OptimizedWebSocketStreamer:
         self._task: asyncio.Task[None] | None = None
         self._stop_event = asyncio.Event()
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        #: Set once the service has started (or failed to): ``start()`` waits for it.
+        self._started = threading.Event()
+        #: What stopped the streamer's thread or task, re-raised by start/get_metrics/stop.
+        self._error: BaseException | None = None
         self._state = "new"
 
     @property
@@ -199,8 +203,13 @@ class OptimizedWebSocketStreamer:
         self._loop = asyncio.get_running_loop()
         try:
             await self._service.start()
+            self._started.set()
             await self._stop_event.wait()
+        except Exception as exc:
+            self._error = exc
+            raise
         finally:
+            self._started.set()
             await self._service.close()
             self._state = "closed"
             if not self._done.done():
@@ -220,20 +229,17 @@ class OptimizedWebSocketStreamer:
         if loop is not None:
             self._task = loop.create_task(self._main(), name="OptimizedWebSocketStreamer")
             return
-        started = threading.Event()
 
         def thread_main() -> None:
             loop = _new_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
             try:
-                task = loop.create_task(self._main())
-                loop.call_soon(started.set)
-                loop.run_until_complete(task)
+                loop.run_until_complete(loop.create_task(self._main()))
             except BaseException:
                 log.exception("the streamer thread stopped")
             finally:
-                started.set()
+                self._started.set()
                 if not self._done.done():
                     self._done.set_result(None)
                 loop.run_until_complete(loop.shutdown_asyncgens())
@@ -241,7 +247,13 @@ class OptimizedWebSocketStreamer:
 
         self._thread = threading.Thread(target=thread_main, name="OptimizedWebSocketStreamer", daemon=True)
         self._thread.start()
-        started.wait(timeout=10)
+        self._started.wait(timeout=10)
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        """Re-raise what stopped the streamer's thread or task, so its death is never silent."""
+        if self._error is not None:
+            raise self._error
 
     async def run(self) -> None:
         """Stream in the foreground until :meth:`astop` is called or the task is cancelled."""
@@ -262,12 +274,14 @@ class OptimizedWebSocketStreamer:
         if loop is None or loop is current:
             self._request_stop()
             await asyncio.wrap_future(self._done)
+            self._raise_if_failed()
             return
         if not loop.is_closed():
             loop.call_soon_threadsafe(self._request_stop)
         await asyncio.wrap_future(self._done)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5.0)
+        self._raise_if_failed()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop from synchronous code; blocks until flushed and closed (at most ``timeout_s``).
@@ -280,6 +294,7 @@ class OptimizedWebSocketStreamer:
             return
         loop = self._loop
         if loop is None or loop.is_closed():
+            self._raise_if_failed()
             return
         try:
             running = asyncio.get_running_loop()
@@ -295,6 +310,7 @@ class OptimizedWebSocketStreamer:
             log.warning("the streamer did not stop within %.0f s", timeout_s)
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        self._raise_if_failed()
 
     async def wait_connected(self, timeout_s: float = 10.0) -> bool:
         """Wait until every connection is up (on any loop); False on timeout."""
@@ -306,7 +322,12 @@ class OptimizedWebSocketStreamer:
         return True
 
     def get_metrics(self) -> dict[str, Any]:
-        """Counters and latencies; see the README's "Live streams to Redis" for each key."""
+        """Counters and latencies; see the README's "Live streams to Redis" for each key.
+
+        Raises:
+            Exception: what stopped the streamer, if it died.
+        """
+        self._raise_if_failed()
         return self.metrics.snapshot(self._service.writer.queue_depth)
 
     def order_book(self, symbol: str) -> dict[str, Any] | None:

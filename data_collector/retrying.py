@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,10 +12,11 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
-from data_collector.errors import PermanentError, TransientError
+from data_collector.backoff import backoff_delay
+from data_collector.errors import PermanentError, UsageError
+from data_collector.errors import is_transient as base_is_transient
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ TRANSIENT_CCXT_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may go away on retry (network, 5xx, 429, timeouts, bad bodies)."""
-    if isinstance(exc, PermanentError):
+    if isinstance(exc, PermanentError | UsageError):
         return False
-    if isinstance(exc, (TransientError, TimeoutError, asyncio.TimeoutError, ConnectionError)):
+    if base_is_transient(exc):
         return True
     if isinstance(exc, PERMANENT_CCXT_ERRORS):
         return False
@@ -82,7 +82,7 @@ def retry_policy(
 
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
+        wait=lambda state: backoff_delay(state.attempt_number - 1, initial_s, max_s),
         stop=stop_after_attempt(attempts),
         before_sleep=before_sleep,
         reraise=True,

@@ -12,7 +12,18 @@ def test_defaults_match_the_user_performance_keys() -> None:
     perf = load_config({}).performance
     assert (perf.db_pool_size, perf.db_max_overflow, perf.db_pool_recycle) == (20, 40, 3600)
     assert (perf.redis_pool_size, perf.ws_batch_size, perf.ws_batch_interval) == (50, 10, 0.1)
-    assert (perf.concurrent_symbols, perf.api_rate_limit) == (5, 1200)
+    # No request cap by default: the exchange's weight budget governs (issue 10, "fast by default").
+    assert (perf.concurrent_symbols, perf.api_rate_limit) == (5, None)
+
+
+@pytest.mark.parametrize(("given", "expected"), [("auto", None), (None, None), ("AUTO", None), (3000, 3000)])
+def test_api_rate_limit_takes_auto_or_a_number(given: object, expected: int | None) -> None:
+    assert load_config({"performance": {"api_rate_limit": given}}).performance.api_rate_limit == expected
+
+
+def test_api_rate_limit_rejects_other_words() -> None:
+    with pytest.raises(ConfigError, match="performance.api_rate_limit"):
+        load_config({"performance": {"api_rate_limit": "fast"}})
 
 
 @pytest.mark.parametrize(

@@ -68,3 +68,10 @@ def test_count_matches_enumeration(start: int, span: int, tf: str) -> None:
     opens = candle_opens(start, end, tf)
     assert count_candles(start, end, tf) == len(opens)
     assert all(candle_open_ms(t, tf) == t and start <= t < end for t in opens)
+
+
+def test_timeframe_database_codes_are_pinned() -> None:
+    # Stored rows are keyed by these codes: changing one would relabel stored candles.
+    pinned = {"1s": 0, "1m": 1, "3m": 2, "5m": 3, "15m": 4, "30m": 5, "1h": 6, "2h": 7, "4h": 8}
+    pinned |= {"6h": 9, "8h": 10, "12h": 11, "1d": 12, "3d": 13, "1w": 14, "1M": 15}
+    assert {tf: timeframe_code(tf) for tf in TIMEFRAMES} == pinned

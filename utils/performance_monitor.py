@@ -2,8 +2,8 @@
 
 Memory stays bounded however long the process runs: each latency series keeps a **fixed recent
 window**, the last ``window`` samples (100,000 by default) in a preallocated numpy ring buffer.
-Percentiles are computed exactly over that window with ``numpy.percentile`` (linear
-interpolation), so they match numpy on the recorded data as long as fewer than ``window`` samples
+Percentiles are computed exactly over that window with the project's one definition
+(:func:`data_collector.percentiles.percentiles`, linear interpolation), so they match numpy on the recorded data as long as fewer than ``window`` samples
 were recorded, and describe the most recent ``window`` samples after that. Counts, sums and
 rates cover the whole uptime. A window was preferred to a streaming quantile sketch because it
 is exact, cheap to update (one array store per record) and reflects current behaviour rather than
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from data_collector.percentiles import percentiles
 from utils.metrics import Metrics, MetricsServer
 
 DEFAULT_WINDOW = 100_000
@@ -90,14 +91,11 @@ class LatencyWindow:
         data = self.values()
         if len(data) == 0:
             return {"count": self.count, "window": 0, "avg": None, "p50": None, "p95": None, "p99": None}
-        p50, p95, p99 = np.percentile(data, [50, 95, 99])
         return {
             "count": self.count,
             "window": len(data),
             "avg": float(data.mean()),
-            "p50": float(p50),
-            "p95": float(p95),
-            "p99": float(p99),
+            **percentiles(data),
             "min": float(data.min()),
             "max": float(data.max()),
         }

@@ -27,6 +27,7 @@ from data_collector.backfill.validate import MalformedPageError, fast_kline_row,
 from data_collector.config import Config
 from data_collector.errors import (
     CollectorError,
+    ConfigError,
     InvalidSymbolError,
     InvalidTimeframeError,
     PermanentError,
@@ -95,6 +96,9 @@ class ExchangeClient:
         self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._closed = False
         self.markets: dict[str, Any] = {}
+        #: The most candles one OHLCV answer has held: the server's cap per answer is at least
+        #: this, so an answer with fewer candles was not cut short (see ``page_coverage``).
+        self.most_candles_seen = 0
 
     @property
     def id(self) -> str:
@@ -230,6 +234,23 @@ class ExchangeClient:
                 f"timeframe {timeframe!r} is not supported by {self.id}: use one of {', '.join(timeframes)}"
             )
 
+    def check_page_limit(self, symbol: str) -> None:
+        """Refuse an ``exchange.ohlcv_page_limit`` above the exchange's documented maximum.
+
+        ccxt documents it per market type (``features``, fetchOHLCV ``limit``: 1000 on Binance
+        spot) and silently asks for no more; a larger page would come back cut short.
+
+        Raises:
+            ConfigError: the limit is above the maximum for ``symbol``'s market.
+        """
+        limit = self.config.exchange.ohlcv_page_limit
+        maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
+        if isinstance(maximum, int) and 0 < maximum < limit:
+            raise ConfigError(
+                f"exchange.ohlcv_page_limit: {limit} is above {self.id}'s maximum of {maximum} candles "
+                f"per request ({symbol}); set it to {maximum} or less"
+            )
+
     async def call(
         self,
         fn: Callable[..., Awaitable[T]],
@@ -298,10 +319,12 @@ class ExchangeClient:
                 self.stats.malformed += 1
                 raise MalformedPageError(f"unparsable page: {exc}") from None
             try:
-                return validate_page(rows, timeframe, start, end)
+                candles = validate_page(rows, timeframe, start, end)
             except MalformedPageError:
                 self.stats.malformed += 1
                 raise
+            self.most_candles_seen = max(self.most_candles_seen, len(candles))
+            return candles
 
         return await self.call(fetch, weight=BINANCE_WEIGHTS["klines"])
 

@@ -9,8 +9,12 @@ Pure functions over millisecond ranges ``[start_ms, end_ms)``; the collector run
   it has closed.
 * What the coverage record already holds (``'data'`` or ``'empty'``) is never fetched again.
 * Before the listing, the exchange has nothing: that part becomes ``'empty'`` coverage without a
-  request.
+  request. On each timeframe that part ends at the open of the candle containing the listing
+  (the 13:00 hour of a 13:37 listing), which the exchange has.
 * Each missing range is cut into pages of at most ``limit`` candles.
+* An answer proves only the span it covers (:func:`page_coverage`): one that may have been cut
+  at the server's cap proves nothing after its last candle, and the rest of its page is fetched
+  again (:func:`unproven_rest`).
 """
 
 from __future__ import annotations
@@ -65,12 +69,22 @@ def pages(missing: Range, timeframe: str, limit: int = DEFAULT_PAGE_LIMIT) -> li
     return out
 
 
-def page_coverage(page: Range, candles: Sequence[Candle], timeframe: str) -> list[CoverageRange]:
-    """What a complete page proves: ``'data'`` where candles are, ``'empty'`` in the holes.
+def page_coverage(page: Range, candles: Sequence[Candle], timeframe: str, *, cap: int) -> list[CoverageRange]:
+    """What one answer proves: ``'data'`` where candles are, ``'empty'`` in the holes it spans.
 
-    ``candles`` must be validated (sorted, aligned, inside ``page``). A hole of any size, even one
-    candle, is the exchange's own gap (maintenance, before listing) and is recorded as such, so it
-    is not fetched again.
+    The exchange answers with the first candles from the page's start, at most as many as its cap
+    per answer. So holes before and between the candles are the exchange's own gaps (maintenance,
+    before listing), even one candle wide, and are recorded as such so they are not fetched
+    again. After the last candle the answer proves nothing when it may have been cut short: when
+    it holds ``cap`` candles or more, where ``cap`` is the most candles one answer of this exchange
+    has been seen to hold (the server's real cap is at least that; an answer below it was not cut).
+    That part of the page is left without coverage: :func:`unproven_rest` gives it to fetch again.
+
+    Args:
+        page: the range asked for, ``[start, end)``.
+        candles: the answer, validated (sorted, aligned, inside ``page``).
+        timeframe: the candles' timeframe.
+        cap: the most candles one answer has been seen to hold, this one included.
     """
     start, end = page
     if candles and timeframe in TIMEFRAME_MS:
@@ -94,9 +108,15 @@ def page_coverage(page: Range, candles: Sequence[Candle], timeframe: str) -> lis
         cursor = next_open_ms(ts, timeframe)
     if run_start is not None:
         out.append(CoverageRange(run_start, cursor, "data"))
-    if cursor < end:
+    if cursor < end and len(candles) < max(cap, 1):
         out.append(CoverageRange(cursor, end, "empty"))
     return out
+
+
+def unproven_rest(page: Range, coverage: Sequence[CoverageRange]) -> Range | None:
+    """The end of ``page`` that ``coverage`` (from :func:`page_coverage`) leaves unproven, if any."""
+    proven_to = coverage[-1].end_ms if coverage else page[0]
+    return (proven_to, page[1]) if proven_to < page[1] else None
 
 
 @dataclass(slots=True)

@@ -62,7 +62,8 @@ class RateLimiter:
     """Paces requests to one exchange. Create one per exchange client and share it.
 
     Args:
-        requests_per_min: hard cap on requests in any 60 s window (``performance.api_rate_limit``).
+        requests_per_min: hard cap on requests in any 60 s window (``performance.api_rate_limit``);
+            ``None``: no cap beyond the weight budget (or the leaky bucket).
         weight_per_min: the exchange's weight budget per calendar minute, or ``None`` for the
             leaky-bucket fallback.
         safety_margin: fraction of the weight budget left unused (other clients, clock error).
@@ -77,7 +78,7 @@ class RateLimiter:
     def __init__(
         self,
         *,
-        requests_per_min: int,
+        requests_per_min: int | None = None,
         weight_per_min: int | None = None,
         safety_margin: float = 0.01,
         fallback_interval_s: float = 0.0,
@@ -85,7 +86,7 @@ class RateLimiter:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if requests_per_min < 1:
+        if requests_per_min is not None and requests_per_min < 1:
             raise UsageError("requests_per_min must be at least 1")
         if weight_per_min is not None and weight_per_min < 1:
             raise UsageError("weight_per_min must be at least 1")
@@ -166,7 +167,7 @@ class RateLimiter:
         wait = max(0.0, self._gate_until - now)
         while self._sent and self._sent[0] <= now - MINUTE_S:
             self._sent.popleft()
-        if len(self._sent) >= self.requests_per_min:
+        if self.requests_per_min is not None and len(self._sent) >= self.requests_per_min:
             wait = max(wait, self._sent[0] + MINUTE_S - now)
         if self._weight_limit is None:
             wait = max(wait, self._bucket_free_at - now)
@@ -192,7 +193,8 @@ class RateLimiter:
                 self.stats.waited_s += wait
                 await self._sleep(wait)
             now = self._clock()
-            self._sent.append(now)
+            if self.requests_per_min is not None:
+                self._sent.append(now)
             if self._weight_limit is None:
                 interval = self.fallback_interval_s * weight
                 self._bucket_free_at = max(self._bucket_free_at, now) + interval

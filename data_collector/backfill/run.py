@@ -12,14 +12,21 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from data_collector.backfill.exchange import ExchangeClient, classify
-from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, plan_backfill
+from data_collector.backfill.plan import (
+    BackfillPlan,
+    Range,
+    page_coverage,
+    pages,
+    plan_backfill,
+    unproven_rest,
+)
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.errors import CollectorError, InvalidSymbolError, PermanentError, TransientError
-from data_collector.retrying import retry_policy
-from data_collector.storage.base import CandleBatch, CoverageRange, Instrument
+from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, WriteResult
 
 if TYPE_CHECKING:
     from data_collector.optimized_collector import OptimizedDataCollector
@@ -86,7 +93,7 @@ class BackfillRun:
                 if instrument.listing_ms is None and any(p.pages for p in plans.values()):
                     listing = await self.client.first_candle_ms(symbol)
                     if listing is not None:
-                        await self.store.set_listing(instrument.id, listing)
+                        await self.owner._store_call(partial(self.store.set_listing, instrument.id, listing))
                         instrument = await self._relisted(instrument, listing)
                         plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
             except Exception as exc:
@@ -104,7 +111,7 @@ class BackfillRun:
         return updated
 
     async def _plan(self, instrument: Instrument, symbol: str, timeframe: str) -> BackfillPlan:
-        covered = await self.store.coverage(instrument.id, timeframe)
+        covered = await self.owner._store_call(partial(self.store.coverage, instrument.id, timeframe))
         plan = plan_backfill(
             symbol,
             timeframe,
@@ -135,15 +142,20 @@ class BackfillRun:
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
 
+        def more() -> bool:
+            return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
+
         async def worker() -> None:
-            while todo and not failure and not self.owner._stop.is_set() and self.write_error is None:
+            while more():
                 # A slot covers the page from its request until it is on the write queue, so
                 # pages waiting for a full queue count too: memory stays bounded.
                 async with self.page_slots:
                     if not await self._page(instrument, plan, pair, todo, failure):
                         return
 
-        await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, max(1, len(todo))))))
+        # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
+        while more():
+            await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, len(todo)))))
         if failure:
             self._fail(pair, failure[0])
         elif todo or self.write_error is not None:
@@ -183,7 +195,13 @@ class BackfillRun:
         except Exception as exc:
             failure.append(classify(exc))
             return False
-        coverage = page_coverage(page, candles, plan.timeframe)
+        coverage = page_coverage(page, candles, plan.timeframe, cap=self.client.most_candles_seen)
+        rest = unproven_rest(page, coverage)
+        if rest is not None:
+            # Cut short at the server's cap: the rest of the page is fetched in this run.
+            more = pages(rest, plan.timeframe, limit)
+            todo.extend(reversed(more))
+            pair.pages_planned += len(more)
         gaps = sum(1 for c in coverage if c.kind == "empty")
         pair.exchange_gaps += gaps
         self.report.exchange_gaps += gaps
@@ -239,15 +257,14 @@ class BackfillRun:
                     self._fail(pair, self.write_error)
 
     async def _write(self, batches: list[CandleBatch]) -> None:
-        timeout_s = self.config.database.command_timeout_s
-        # Writes are idempotent (coverage + upsert), so the whole drain is simply written again.
-        async for attempt in retry_policy(attempts=5, initial_s=0.5, max_s=5.0):
-            with attempt:
-                started = time.perf_counter()
-                async with asyncio.timeout(timeout_s):
-                    result = await self.store.write(batches)
+        async def write() -> tuple[WriteResult, float]:
+            started = time.perf_counter()
+            return await self.store.write(batches), time.perf_counter() - started
+
+        # Writes are idempotent (coverage + upsert), so a failed drain is simply written again whole.
+        result, duration_s = await self.owner._store_call(write)
         monitor = self.owner.monitor
-        monitor.record_db_operation("WRITE", (time.perf_counter() - started) * 1000, result.written)
+        monitor.record_db_operation("WRITE", duration_s * 1000, result.written)
         monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped

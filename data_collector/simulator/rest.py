@@ -299,7 +299,7 @@ class RestApi:
             )
         if interval not in TIMEFRAMES:
             raise ApiError(-1120, "Invalid interval.")
-        limit = _limit(request, 500, 1000)
+        limit = _limit(request, 500, self.sim.klines_limit_max)
         start = _int_param(request, "startTime")
         end = _int_param(request, "endTime")
         now = self.sim.clock.now_ms()
@@ -314,7 +314,9 @@ class RestApi:
         last_open = candle_open_ms(min(end if end is not None else now, now), tf)
         hi = next_open_ms(last_open, tf)
         if start is not None:
-            lo = max(start, market.listing_ms)
+            # The candle holding the listing opens before it (the 13:00 hour of a 13:37 listing):
+            # Binance serves it to any startTime up to its open, as sim.klines() has it.
+            lo = max(start, candle_open_ms(market.listing_ms, tf))
             parts: list[Rows] = []
             got = 0
             while got < limit and lo < hi:

@@ -94,6 +94,8 @@ class SimulatedExchange:
             than this (Binance: 5); ``None`` (default) does not limit.
         clock: the simulated wall clock (default: real time); tests freeze or advance it.
         endpoint_faults: initial per-endpoint faults, e.g. ``{"klines": Faults(error_rate=0.1)}``.
+        klines_limit_max: the most klines one answer holds, whatever ``limit`` asks (Binance
+            spot: 1000); lower values model a venue whose cap the client does not know.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class SimulatedExchange:
         ws_max_incoming_per_s: float | None = None,
         clock: SimClock | None = None,
         endpoint_faults: dict[str, Faults] | None = None,
+        klines_limit_max: int = 1000,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -123,6 +126,9 @@ class SimulatedExchange:
             raise UsageError(f"weight_limit must be > 0, got {weight_limit}")
         if ws_rate < 0:
             raise UsageError(f"ws_rate must be >= 0, got {ws_rate}")
+        if klines_limit_max <= 0:
+            raise UsageError(f"klines_limit_max must be > 0, got {klines_limit_max}")
+        self.klines_limit_max = klines_limit_max
         self.seed = int(seed)
         self.host = host
         self.port = port

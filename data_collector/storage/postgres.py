@@ -43,9 +43,10 @@ from data_collector.errors import (
     ConfigError,
     PermanentError,
     ServerUnavailableError,
+    StoreNotInitializedError,
     TransientError,
 )
-from data_collector.markets import TIMEFRAME_CODES, timeframe_code
+from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
@@ -176,6 +177,16 @@ _SELECT_CANDLES = (
     "WHERE instrument_id = $1 AND timeframe = $2 AND ts >= $3 AND ts < $4 ORDER BY ts"
 )
 _LATEST_TS = "SELECT max(ts) FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2"
+# Base tables rather than ohlcv_view: max(ts) per (instrument, timeframe) is one probe of the
+# primary key, not a scan through the view's timestamp conversion.
+_NEWEST_CANDLES = (
+    "SELECT i.symbol, t.code, "
+    "(SELECT max(o.ts) FROM {s}.ohlcv o WHERE o.instrument_id = i.id AND o.timeframe = t.code) "
+    "FROM {s}.instruments i CROSS JOIN unnest($3::smallint[]) AS t(code) "
+    "WHERE i.exchange = $1 AND i.symbol = ANY($2::text[])"
+)
+# Not asyncpg's get_server_version(): its ServerVersion keeps 15.20's "20" in ``micro``.
+_SERVER_VERSION = "SHOW server_version"
 
 # The server or the network failed for now: retrying the whole batch is safe (writes are idempotent).
 _TRANSIENT_PG: tuple[type[BaseException], ...] = (
@@ -334,8 +345,8 @@ class PostgresCandleStore(CandleStore):
                 return PermanentError(f"{self.where}: login refused for role {self._url.username!r}: {cause}")
             if isinstance(cause, asyncpg.InsufficientPrivilegeError):
                 return PermanentError(f"{self.where}: permission denied: {cause}")
-            if isinstance(cause, asyncpg.UndefinedTableError):
-                return PermanentError(
+            if isinstance(cause, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
+                return StoreNotInitializedError(
                     f"{self.where}: {cause}; call initialize() to create the tables in schema {self._schema!r}"
                 )
             if isinstance(cause, _TRANSIENT_PG):
@@ -646,3 +657,23 @@ class PostgresCandleStore(CandleStore):
         """Open time of the newest stored candle, or ``None``."""
         rows = await self._fetch(_LATEST_TS, instrument_id, timeframe_code(timeframe))
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one query.
+
+        Pairs without candles (or whose instrument was never stored) are left out.
+
+        Raises:
+            StoreNotInitializedError: the schema or its tables do not exist yet.
+        """
+        codes = [timeframe_code(tf) for tf in timeframes]
+        rows = await self._fetch(_NEWEST_CANDLES, exchange, list(symbols), codes)
+        return {(r[0], CODE_TIMEFRAMES[r[1]]): int(r[2]) for r in rows if r[2] is not None}
+
+    async def server_version(self) -> str:
+        """``PostgreSQL <server_version>``, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
+        rows = await self._fetch(_SERVER_VERSION)
+        # A distribution's build appends words: "15.20 (Debian 15.20-0+deb12u1)".
+        return f"PostgreSQL {str(rows[0][0]).split()[0]}"

@@ -10,6 +10,7 @@ The file runs in WAL mode so that readers in other processes do not block the wr
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -20,8 +21,14 @@ import aiosqlite
 from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
-from data_collector.errors import ClosedError, ConfigError, PermanentError, TransientError
-from data_collector.markets import TIMEFRAME_CODES, timeframe_code
+from data_collector.errors import (
+    ClosedError,
+    ConfigError,
+    PermanentError,
+    StoreNotInitializedError,
+    TransientError,
+)
+from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, merge_spans
@@ -78,6 +85,14 @@ _INSERT_OVERWRITE = (
 _SELECT_INSTRUMENT = (
     "SELECT id, exchange, symbol, base, quote, market_type, listing_ms "
     "FROM instruments WHERE exchange = ? AND symbol = ?"
+)
+# The lists arrive as JSON arrays (json_each) so that the statement stays one constant whatever
+# their length; max(ts) under an equality on the key's first two columns is one index probe.
+_NEWEST_CANDLES = (
+    "SELECT i.symbol, t.value, "
+    "(SELECT max(o.ts) FROM ohlcv o WHERE o.instrument_id = i.id AND o.timeframe = t.value) "
+    "FROM instruments i CROSS JOIN json_each(?) AS t "
+    "WHERE i.exchange = ? AND i.symbol IN (SELECT value FROM json_each(?))"
 )
 
 
@@ -154,6 +169,10 @@ class SqliteCandleStore(CandleStore):
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise TransientError(f"SQLite {self._path}: {exc}") from None
+                if "no such table" in str(exc):
+                    raise StoreNotInitializedError(
+                        f"SQLite {self._path}: {exc}; call initialize() to create the tables"
+                    ) from None
                 raise PermanentError(f"SQLite {self._path}: {exc}") from None
             except sqlite3.Error as exc:
                 raise PermanentError(f"SQLite {self._path}: {exc}") from None
@@ -296,3 +315,16 @@ class SqliteCandleStore(CandleStore):
             (instrument_id, timeframe_code(timeframe)),
         )
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """See :meth:`data_collector.storage.base.CandleStore.newest_candles`; one query."""
+        codes = [timeframe_code(tf) for tf in timeframes]
+        rows = await self._fetchall(_NEWEST_CANDLES, (json.dumps(codes), exchange, json.dumps(list(symbols))))
+        return {(r[0], CODE_TIMEFRAMES[int(r[1])]): int(r[2]) for r in rows if r[2] is not None}
+
+    async def server_version(self) -> str:
+        """``SQLite <version>`` of the library this process links; one round trip, so a ping."""
+        rows = await self._fetchall("SELECT sqlite_version()")
+        return f"SQLite {rows[0][0]}"

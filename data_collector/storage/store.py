@@ -71,6 +71,22 @@ class CandleStore(ABC):
         """Open time of the newest stored candle, or ``None``."""
 
     @abstractmethod
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one round trip.
+
+        Pairs without candles (or whose instrument was never stored) are left out.
+
+        Raises:
+            StoreNotInitializedError: the tables do not exist yet.
+        """
+
+    @abstractmethod
+    async def server_version(self) -> str:
+        """The database's product and version, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
+
+    @abstractmethod
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
         """Every stored coverage row of (instrument, timeframe code), unmerged."""
 

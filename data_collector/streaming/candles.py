@@ -13,6 +13,8 @@ import inspect
 import logging
 from typing import Any
 
+from data_collector.backoff import backoff_delay
+from data_collector.errors import is_transient
 from data_collector.markets import next_open_ms
 from data_collector.streaming.metrics import StreamMetrics
 
@@ -20,6 +22,9 @@ log = logging.getLogger(__name__)
 
 #: Closed candles waiting for the store; past this the oldest are dropped (and counted).
 QUEUE_MAX = 50_000
+#: Bounds of the wait between attempts at a write that failed transiently.
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
 
 #: ``(symbol, timeframe, (open_ms, open, high, low, close, volume))``
 PendingCandle = tuple[str, str, tuple[int, float, float, float, float, float]]
@@ -43,11 +48,16 @@ class CandleSink:
         self._queue: asyncio.Queue[PendingCandle] = asyncio.Queue(maxsize=QUEUE_MAX)
         self._instrument_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        #: The permanent error that stopped the sink; from then on candles are counted, not kept.
+        self.failed: BaseException | None = None
 
     def submit(
         self, symbol: str, timeframe: str, candle: tuple[int, float, float, float, float, float]
     ) -> None:
         """Queue one closed candle (non-blocking)."""
+        if self.failed is not None:
+            self._metrics.store_errors += 1
+            return
         if self._queue.full():
             self._queue.get_nowait()
             self._queue.task_done()
@@ -82,7 +92,7 @@ class CandleSink:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while self.failed is None:
             first = await self._queue.get()
             items = [first]
             while not self._queue.empty() and len(items) < 5000:
@@ -95,12 +105,15 @@ class CandleSink:
                         await self._write(items)
                     except asyncio.CancelledError:
                         raise
-                    except Exception as exc:  # backend errors vary; the stream goes on
+                    except Exception as exc:  # the stream goes on whatever the store says
+                        if not is_transient(exc):
+                            self._give_up(exc, len(items))
+                            break
                         failures += 1
                         self._metrics.store_errors += 1
                         if failures == 1:
                             log.warning("cannot store closed candles (%s); retrying with backoff", exc)
-                        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        await asyncio.sleep(backoff_delay(failures, RETRY_MIN_S, RETRY_MAX_S))
                         continue
                     if failures:
                         log.info("closed candles are stored again")
@@ -110,6 +123,22 @@ class CandleSink:
             finally:
                 for _ in items:
                     self._queue.task_done()
+
+    def _give_up(self, exc: BaseException, in_hand: int) -> None:
+        """A permanent refusal (or a bug): retrying cannot help, so stop, count and say it once."""
+        self.failed = exc
+        dropped = in_hand
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            dropped += 1
+        self._metrics.store_errors += dropped
+        log.error(
+            "closed candles can no longer be stored (%s): %d dropped, later ones are counted in "
+            "store_errors; the Redis streams go on, and the backfill fills the candle store",
+            exc,
+            dropped,
+        )
 
     async def _write(self, items: list[PendingCandle]) -> None:
         from data_collector.storage.base import CandleBatch, CoverageRange

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from data_collector.backoff import backoff_delay
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import Event, MalformedEvent, Normalizer
 from data_collector.streaming.writer import Entry
@@ -71,12 +71,6 @@ class ConnectionSettings:
     subscribe_per_s: float = 4.0
     subscribe_chunk: int = 100
     open_timeout_s: float = 10.0
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float) -> float:
-    """Capped exponential backoff with jitter: within ``[d/2, d]``, ``d = min(max_s, min_s * 2**attempt)``."""
-    delay = min(max_s, min_s * float(2 ** min(attempt, 30)))
-    return float(delay * (0.5 + random.random() / 2))
 
 
 def ws_base(url: str) -> str:

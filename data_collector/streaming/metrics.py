@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
+
+from data_collector.percentiles import percentiles
 
 #: Latency samples kept for the percentiles (the most recent ones).
 LATENCY_SAMPLES = 20_000
@@ -14,19 +16,6 @@ RATE_WINDOW_S = 5.0
 
 #: Called after every batch written: ``(messages written, event->Redis latencies in ms)``.
 BatchHook = Callable[[int, list[float]], None]
-
-
-def percentiles(samples: Iterable[float]) -> dict[str, float | None]:
-    """p50/p95/p99 (nearest rank) of ``samples``, ``None`` when there are none."""
-    ordered = sorted(list(samples))
-    if not ordered:
-        return {"p50": None, "p95": None, "p99": None}
-    last = len(ordered) - 1
-
-    def rank(q: float) -> float:
-        return round(ordered[min(last, int(q * len(ordered)))], 3)
-
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99)}
 
 
 class StreamMetrics:
@@ -92,8 +81,8 @@ class StreamMetrics:
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         return {
             "latency_ms": {
-                "event_to_redis": percentiles(self.event_latency_ms),
-                "receive_to_redis": percentiles(self.receive_latency_ms),
+                "event_to_redis": _rounded(percentiles(self.event_latency_ms)),
+                "receive_to_redis": _rounded(percentiles(self.receive_latency_ms)),
             },
             "messages_per_second": self.messages_per_second(),
             "received": self.received,
@@ -117,3 +106,7 @@ class StreamMetrics:
             "queue_depth": queue_depth,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
+
+
+def _rounded(values: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 3) for k, v in values.items()}

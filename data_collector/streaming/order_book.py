@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from data_collector.backoff import backoff_delay
 from data_collector.errors import CollectorError
 from data_collector.redis.keys import book_key
 from data_collector.streaming.metrics import StreamMetrics
@@ -175,7 +175,7 @@ class BookKeeper:
         attempt = 0
         while not book.synced and not self._closed:
             if attempt:
-                await asyncio.sleep(min(10.0, 0.2 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+                await asyncio.sleep(backoff_delay(attempt - 1, 0.2, 10.0))
             attempt += 1
             try:
                 snap = await self._rest.depth(symbol, self._snapshot_limit)

@@ -10,7 +10,7 @@
     await reader.dataframe("SOL/USDT", "trade", count=1000)
     async for event in reader.tail("SOL/USDT", "trade"):  # new entries as they arrive
         ...
-    await reader.gaps()                                 # reconnect gap markers
+    await reader.gaps()                                 # gap markers (reconnect, overflow...)
 
 Range queries use the stream entry ids, whose time part is the event's own time (trade time,
 kline open time, depth event time; see ``data_collector.streaming.normalize``).
@@ -161,7 +161,11 @@ class MarketDataReader:
                     yield event
 
     async def gaps(self, start_ms: int = 0, end_ms: int | None = None) -> list[dict[str, Any]]:
-        """Reconnect gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first."""
+        """Gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first.
+
+        ``overflow`` markers (entries the streamer's buffer dropped while Redis was down) also
+        carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``.
+        """
         rows = await self._client().xrange(
             gaps_key(self.prefix, self.exchange),
             min=str(start_ms),
@@ -172,6 +176,8 @@ class MarketDataReader:
             item: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
             item["from_ms"] = int(item["from_ms"])
             item["to_ms"] = int(item["to_ms"])
+            if "count" in item:
+                item["count"] = int(item["count"])
             item["entry_id"] = entry_id.decode()
             out.append(item)
         return out

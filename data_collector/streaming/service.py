@@ -42,7 +42,7 @@ from data_collector.streaming.normalize import (
 )
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BinanceRest
-from data_collector.streaming.writer import RedisWriter, set_prefix, xadd_prefix
+from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ class StreamService:
             batch_size=options.batch_size,
             batch_interval_s=options.batch_interval_s,
             buffer_max=options.buffer_max,
+            gaps_key=gaps_key(options.prefix, options.exchange),
+            stream_maxlen=options.stream_maxlen,
             max_batch=options.max_batch,
         )
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s)
@@ -138,7 +140,6 @@ class StreamService:
             )
         self.candles = candle_sink
         self._last_closed_open: dict[tuple[str, str], int] = {}
-        self._gap_id = (0, 0)
         #: Whether what Redis held at start has been read (once, before the first connection reads).
         self._loaded = False
         self._load_lock = asyncio.Lock()
@@ -176,12 +177,14 @@ class StreamService:
                     self._on_closed_kline(symbol, timeframe, event)
 
             on_event = on_kline
+        head = xadd_prefix(skey, opts.stream_maxlen)
+        self.writer.register_stream(head, StreamName(skey, channel, symbol))
         return Route(
             symbol=symbol,
             channel=channel,
             stream_key=skey,
             normalize=make_normalizer(opts.exchange, symbol, channel),
-            xadd_head=xadd_prefix(skey, opts.stream_maxlen),
+            xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
         )
@@ -287,11 +290,6 @@ class StreamService:
         for symbol in {r.symbol for r in conn.routes.values() if r.channel == "depth"}:
             self.books.invalidate(symbol, resync=not self._closed)
 
-    def _next_gap_id(self, to_ms: int) -> str:
-        last_ms, last_seq = self._gap_id
-        self._gap_id = (to_ms, 0) if to_ms > last_ms else (last_ms, last_seq + 1)
-        return f"{self._gap_id[0]}-{self._gap_id[1]}"
-
     async def _newest_entries(self, ranges: list[tuple[str, str]]) -> list[Any]:
         """``XREVRANGE <key> <max> - COUNT 1`` for each ``(key, max)``, in one round trip.
 
@@ -325,8 +323,7 @@ class StreamService:
     def _note_gap_top(self, reply: Any) -> None:
         found = self._entry_time(reply)
         if found is not None:
-            ms, _, seq = found[0].partition("-")
-            self._gap_id = max(self._gap_id, (int(ms), int(seq or 0)))
+            self.writer.note_gap_id(found[0])
 
     async def _load_stored(self, routes: list[Route]) -> bool:
         """Learn what Redis already holds for ``routes`` (a restarted streamer's starting point).
@@ -398,30 +395,9 @@ class StreamService:
         self._write_gap(route, from_ms, to_ms, self._gap_reason.pop(id(route), "reconnect"))
 
     def _write_gap(self, route: Route, from_ms: int, to_ms: int, reason: str) -> None:
-        opts = self.options
-        self.writer.submit_command(
-            pack(
-                "XADD",
-                gaps_key(opts.prefix, opts.exchange),
-                "MAXLEN",
-                "~",
-                opts.stream_maxlen,
-                self._next_gap_id(to_ms),
-                "stream",
-                route.stream_key,
-                "channel",
-                route.channel,
-                "symbol",
-                route.symbol,
-                "from_ms",
-                from_ms,
-                "to_ms",
-                to_ms,
-                "reason",
-                reason,
-            )
+        self.writer.submit_gap(
+            GapMarker(route.stream_key, route.channel, route.symbol, from_ms, to_ms, reason)
         )
-        self.metrics.gaps += 1
 
     async def _resolve_restart_gaps(self) -> None:
         """Redis was unreadable at start: once it answers, the newest entry before each stream's

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from data_collector.backfill.plan import align_range, page_coverage, pages, plan_backfill, subtract
+from data_collector.backfill.plan import (
+    align_range,
+    page_coverage,
+    pages,
+    plan_backfill,
+    subtract,
+    unproven_rest,
+)
 from data_collector.backfill.validate import MalformedPageError, validate_page
 from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, candle_opens
 from data_collector.storage.base import CoverageRange
@@ -42,7 +49,7 @@ def test_pages_fit_the_limit_and_cover_exactly() -> None:
 
 def test_page_coverage_marks_holes_empty() -> None:
     candles = [(T0 + i * MINUTE_MS, 1.0, 1.0, 1.0, 1.0, 0.0) for i in (2, 3, 6)]
-    cov = page_coverage((T0, T0 + 8 * MINUTE_MS), candles, "1m")
+    cov = page_coverage((T0, T0 + 8 * MINUTE_MS), candles, "1m", cap=1000)
     assert cov == [
         CoverageRange(T0, T0 + 2 * MINUTE_MS, "empty"),
         CoverageRange(T0 + 2 * MINUTE_MS, T0 + 4 * MINUTE_MS, "data"),
@@ -50,13 +57,34 @@ def test_page_coverage_marks_holes_empty() -> None:
         CoverageRange(T0 + 6 * MINUTE_MS, T0 + 7 * MINUTE_MS, "data"),
         CoverageRange(T0 + 7 * MINUTE_MS, T0 + 8 * MINUTE_MS, "empty"),
     ]
-    assert page_coverage((T0, T0 + MINUTE_MS), [], "1m") == [CoverageRange(T0, T0 + MINUTE_MS, "empty")]
+    assert unproven_rest((T0, T0 + 8 * MINUTE_MS), cov) is None
+    assert page_coverage((T0, T0 + MINUTE_MS), [], "1m", cap=0) == [
+        CoverageRange(T0, T0 + MINUTE_MS, "empty")
+    ]
     full = [(T0 + i * MINUTE_MS, 1.0, 1.0, 1.0, 1.0, 0.0) for i in range(5)]
-    assert page_coverage((T0, T0 + 5 * MINUTE_MS), full, "1m") == [
+    assert page_coverage((T0, T0 + 5 * MINUTE_MS), full, "1m", cap=5) == [
         CoverageRange(T0, T0 + 5 * MINUTE_MS, "data")
     ]
-    assert page_coverage((T0, T0 + 6 * MINUTE_MS), full, "1m")[-1] == CoverageRange(
+    assert page_coverage((T0, T0 + 6 * MINUTE_MS), full, "1m", cap=1000)[-1] == CoverageRange(
         T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "empty"
+    )
+
+
+def test_an_answer_at_the_cap_proves_nothing_after_its_last_candle() -> None:
+    page = (T0, T0 + 10 * MINUTE_MS)
+    first = [(T0 + i * MINUTE_MS, 1.0, 1.0, 1.0, 1.0, 0.0) for i in (1, 2, 4)]
+    # Three candles, and no answer has held more: the server may have cut it at three.
+    cov = page_coverage(page, first, "1m", cap=3)
+    assert cov == [
+        CoverageRange(T0, T0 + MINUTE_MS, "empty"),
+        CoverageRange(T0 + MINUTE_MS, T0 + 3 * MINUTE_MS, "data"),
+        CoverageRange(T0 + 3 * MINUTE_MS, T0 + 4 * MINUTE_MS, "empty"),
+        CoverageRange(T0 + 4 * MINUTE_MS, T0 + 5 * MINUTE_MS, "data"),
+    ]
+    assert unproven_rest(page, cov) == (T0 + 5 * MINUTE_MS, T0 + 10 * MINUTE_MS)
+    # Once an answer has held four, three candles were not cut: the tail is the exchange's gap.
+    assert page_coverage(page, first, "1m", cap=4)[-1] == CoverageRange(
+        T0 + 5 * MINUTE_MS, T0 + 10 * MINUTE_MS, "empty"
     )
 
 

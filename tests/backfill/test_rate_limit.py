@@ -114,6 +114,19 @@ async def test_request_cap_is_a_sliding_window() -> None:
         assert len(window) <= 3
 
 
+async def test_no_request_cap_leaves_the_weight_budget_in_charge() -> None:
+    clock = FakeClock(60 * 1000.0 + 1.0)
+    limiter = make(clock, weight_per_min=6000, safety_margin=0.0, boundary_guard_s=0)
+    sent = []
+    for _ in range(3000):  # 3000 requests of weight 2 fill the minute's budget exactly
+        r = await limiter.acquire(2)
+        sent.append(r.sent_at)
+        limiter.release(r)
+    assert clock.sleeps == [] and len(set(sent)) == 1
+    await limiter.acquire(2)  # the next one waits for the server's minute boundary
+    assert clock.sleeps == [pytest.approx(59.0)]
+
+
 async def test_leaky_bucket_fallback_spaces_requests() -> None:
     clock = FakeClock(0.0)
     limiter = make(clock, requests_per_min=10_000, weight_per_min=None, fallback_interval_s=0.05)

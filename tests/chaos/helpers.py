@@ -8,6 +8,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
+from data_collector.markets import CODE_TIMEFRAMES
+
+#: Stored or true candles: (symbol, timeframe, open ms) -> (open, high, low, close, volume).
+Candles = dict[tuple[str, str, int], tuple[float, ...]]
+
 
 @dataclass
 class Outcome:
@@ -40,3 +47,13 @@ async def bounded(what: str, call: Awaitable[Any], guard_s: float) -> Outcome:
     except Exception as exc:
         return Outcome(what, time.monotonic() - started, error=exc)
     return Outcome(what, time.monotonic() - started, result=result)
+
+
+async def stored_candles(conn: asyncpg.Connection, schema: str) -> tuple[Candles, int]:
+    """Every candle stored in ``schema`` and the number of rows (more rows than keys: duplicates)."""
+    rows = await conn.fetch(
+        f'SELECT i.symbol, o.timeframe, o.ts, o.open, o.high, o.low, o.close, o.volume FROM "{schema}".ohlcv o '
+        f'JOIN "{schema}".instruments i ON i.id = o.instrument_id'
+    )
+    stored = {(r[0], CODE_TIMEFRAMES[r[1]], int(r[2])): tuple(float(x) for x in r[3:8]) for r in rows}
+    return stored, len(rows)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chaos.helpers import stored_candles
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import PrivatePostgres
@@ -55,18 +56,11 @@ def _truth(
 async def _stored(
     pg: PrivatePostgres, schema: str
 ) -> tuple[dict[tuple[str, str, int], tuple[float, ...]], int]:
-    from data_collector.markets import CODE_TIMEFRAMES
-
     conn = await pg.connect()
     try:
-        rows = await conn.fetch(
-            f'SELECT i.symbol, o.timeframe, o.ts, o.open, o.high, o.low, o.close, o.volume FROM "{schema}".ohlcv o '
-            f'JOIN "{schema}".instruments i ON i.id = o.instrument_id'
-        )
+        return await stored_candles(conn, schema)
     finally:
         await conn.close()
-    stored = {(r[0], CODE_TIMEFRAMES[r[1]], int(r[2])): tuple(float(x) for x in r[3:8]) for r in rows}
-    return stored, len(rows)
 
 
 class Backfill:

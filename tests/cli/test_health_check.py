@@ -6,6 +6,7 @@ user postgres on a free port), never the shared one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import shutil
@@ -16,7 +17,9 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from aiohttp import web
 
 from data_collector.config import load_config
 from data_collector.health import exchange_ping_url, run_checks
-from data_collector.markets import HOUR_MS, MINUTE_MS, TIMEFRAME_CODES
+from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAME_CODES, candle_open_ms
 from data_collector.redis.keys import stream_key
 from tests.support.services import PG_ADMIN_DSN, PG_URL, REDIS_URL, free_port
 
@@ -376,3 +379,91 @@ async def test_exchange_ping_through_configured_url(fake_exchange: str, redis_pr
     assert report.checks[0].status == "fail"
     assert report.checks[0].detail == f"UNREACHABLE (connection refused {closed}/ping)"
     assert not report.healthy
+
+
+@pytest.fixture
+async def own_database() -> AsyncIterator[str]:
+    """A database of the test's own: schemas named by reserved words (``order``, ``user``) exist
+    once per database, so a database per test keeps parallel runs apart. Dropped after."""
+    name = f"dc_health_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def server_version_shown() -> str:
+    """The first word of ``SHOW server_version`` (``15.20`` of ``15.20 (Debian 15.20-0+deb12u1)``)."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        return str(await conn.fetchval("SHOW server_version")).split()[0]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("schema", ["order", "user"])
+async def test_health_check_reads_freshness_from_a_reserved_word_schema(
+    own_database: str, redis_prefix: str, tmp_path: Path, schema: str
+) -> None:
+    from data_collector.optimized_collector import OptimizedDataCollector
+    from data_collector.simulator import SimulatedExchange
+
+    symbols, timeframes = ["BTC/USDT", "ETH/USDT"], ["1m", "1h"]
+    async with SimulatedExchange(symbols=symbols, seed=11, gaps={}) as sim:
+        end_ms = candle_open_ms(sim.clock.now_ms() - 2 * DAY_MS, "1h")
+        start_ms = end_ms - 6 * HOUR_MS
+        config: dict[str, Any] = {
+            "database": {"url": PG_URL.rsplit("/", 1)[0] + f"/{own_database}", "schema": schema},
+            "redis": {"url": REDIS_URL, "prefix": redis_prefix},
+            "exchange": {**sim.exchange_config(), "timeout_s": 5.0},
+            "performance": {"api_rate_limit": 100_000},
+            "metrics": {"check_timeout_s": 20},
+            "logging": {"file": None},
+            "symbols": symbols,
+            "timeframes": timeframes,
+            "start": datetime.fromtimestamp(start_ms / 1000, UTC).isoformat(),
+            "end": datetime.fromtimestamp(end_ms / 1000, UTC).isoformat(),
+        }
+        async with OptimizedDataCollector(config) as collector:
+            report = await collector.collect()
+        assert report.ok, report.summary()
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        # The simulator runs on this loop: wait for the script without blocking it.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(SCRIPT),
+            "--config",
+            str(path),
+            "--json",
+            *("--skip", "stream", "--skip", "heartbeat", "--skip", "disk"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+        newest = {(s, tf): sim.klines(s, tf, start_ms, end_ms)[-1][0] for s in symbols for tf in timeframes}
+    assert proc.returncode == 0, out.decode() + err.decode()
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    fresh = checks["freshness"]
+    assert fresh["status"] == "ok", fresh["detail"]
+    assert fresh["detail"].startswith("4/4 fresh"), fresh["detail"]
+    assert fresh["data"]["age_s"] == {
+        f"{s} {tf}": (end_ms - open_ms) / 1000 for (s, tf), open_ms in newest.items()
+    }
+    assert checks["postgresql"]["status"] == "ok"
+    assert checks["postgresql"]["detail"].endswith(f"PostgreSQL {await server_version_shown()}")
+    assert checks["exchange"]["status"] == "ok", checks["exchange"]["detail"]
+
+
+async def test_health_check_prints_the_server_version(redis_prefix: str, tmp_path: Path) -> None:
+    """15.20 was printed as "PostgreSQL 15.0": asyncpg's ServerVersion keeps 20 in ``micro``."""
+    config = str(write_config(tmp_path / "c.yaml", PG_URL, redis_prefix))
+    result = run_script("--config", config, "--json", *("--skip", "exchange", "--skip", "freshness"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    version = await server_version_shown()
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["postgresql"]["detail"] == f"up 127.0.0.1:5432, PostgreSQL {version}"

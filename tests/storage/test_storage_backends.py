@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from data_collector.config import load_config
-from data_collector.errors import ClosedError, PermanentError
+from data_collector.errors import ClosedError, PermanentError, StoreNotInitializedError
 from data_collector.markets import MINUTE_MS
 from data_collector.storage import CandleBatch, CandleStore, CoverageRange, Gap, open_store
 from data_collector.storage.postgres import PostgresCandleStore
@@ -225,6 +225,36 @@ class TestCandleStore:
         result = await backend.store.write([batch(iid, 0, 50), batch(iid, 100, 3)])
         assert result.written == 53
 
+    async def test_newest_candles_per_symbol_and_timeframe(self, backend: Backend) -> None:
+        store = backend.store
+        iid = await sol(store)
+        eth = (await store.ensure_instrument("binance", "ETH/USDT", base="ETH", quote="USDT")).id
+        other = (await store.ensure_instrument("kraken", "SOL/USDT", base="SOL", quote="USDT")).id
+        await store.write(
+            [
+                batch(iid, 0, 10),
+                CandleBatch(iid, "4h", candles(0, 1)),
+                batch(eth, 5, 3),
+                batch(other, 0, 500),  # another exchange's newer candles must not leak in
+            ]
+        )
+        newest = await store.newest_candles(
+            "binance", ["SOL/USDT", "ETH/USDT", "BTC/USDT"], ["1m", "4h", "1h"]
+        )
+        assert newest == {
+            ("SOL/USDT", "1m"): 9 * MINUTE_MS,
+            ("SOL/USDT", "4h"): 0,
+            ("ETH/USDT", "1m"): 7 * MINUTE_MS,
+        }
+        assert await store.newest_candles("binance", [], ["1m"]) == {}
+
+    async def test_server_version_names_the_real_version(self, backend: Backend) -> None:
+        if backend.name == "postgres":
+            shown = str(await backend.scalar("SHOW server_version")).split()[0]
+            assert await backend.store.server_version() == f"PostgreSQL {shown}"
+        else:
+            assert await backend.store.server_version() == f"SQLite {sqlite3.sqlite_version}"
+
     async def test_close_is_idempotent_and_final(self, backend: Backend) -> None:
         await backend.store.close()
         await backend.store.close()
@@ -237,3 +267,16 @@ async def test_sqlite_creates_the_parent_directory(tmp_path: Path) -> None:
     async with SqliteCandleStore(load_config({"database": {"url": f"sqlite+aiosqlite:///{path}"}})) as store:
         await store.ensure_instrument("binance", "SOL/USDT", base="SOL", quote="USDT")
     assert path.exists()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+async def test_newest_candles_before_initialize_says_so(kind: str, tmp_path: Path) -> None:
+    url = PG_URL if kind == "postgres" else f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    config = load_config({"database": {"url": url, "schema": unique("t")}, "logging": {"file": None}})
+    store = open_store(config)
+    try:
+        with pytest.raises(StoreNotInitializedError) as info:
+            await store.newest_candles("binance", ["SOL/USDT"], ["1m"])
+    finally:
+        await store.close()
+    assert "initialize()" in str(info.value)

@@ -74,3 +74,45 @@ async def test_an_unreachable_database_is_retried_counted_and_never_blocks_the_s
             )
         metrics = streamer.get_metrics()
     assert metrics["candles_stored"] == 0 and metrics["redis_errors"] == 0
+
+
+async def test_a_permanent_refusal_stops_the_sink_once_and_the_stream_goes_on(
+    base_config: dict[str, Any], redis_prefix: str, caplog: Any
+) -> None:
+    import asyncpg
+
+    from tests.support.services import PG_ADMIN_DSN
+
+    symbol = "SOL/USDT"
+    schema = base_config["database"]["schema"]
+    store = open_store(load_config(base_config))
+    await store.initialize()  # the tables exist; then the server is made to refuse every candle
+    await store.close()
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'ALTER TABLE "{schema}".ohlcv ADD CONSTRAINT refuse_all CHECK (false) NOT VALID')
+    finally:
+        await conn.close()
+    async with SimulatedExchange(symbols=[symbol], seed=23, ws_rate=20) as sim:
+        cfg = {**stream_config(sim, redis_prefix), "database": base_config["database"]}
+        streamer = OptimizedWebSocketStreamer(symbols=[symbol], channels=["trade", "kline_1m"], config=cfg)
+        async with streamer:
+            assert await streamer.wait_connected()
+            sink = streamer._service.candles
+            assert sink is not None
+            sim.clock.advance(60_000)
+            await wait_for(lambda: sink.failed is not None, what="the sink giving up")
+            for _ in range(3):  # candles closing after the refusal are counted, not retried
+                errors = streamer.get_metrics()["store_errors"]
+                sim.clock.advance(60_000)
+                await wait_for(
+                    lambda e=errors: streamer.get_metrics()["store_errors"] > e, what="a counted candle"
+                )
+            written = streamer.get_metrics()["written"]
+            await wait_for(
+                lambda: streamer.get_metrics()["written"] > written + 20, what="the stream going on"
+            )
+            metrics = streamer.get_metrics()
+    assert metrics["candles_stored"] == 0 and metrics["store_errors"] >= 4
+    refusals = [r for r in caplog.records if "can no longer be stored" in r.getMessage()]
+    assert len(refusals) == 1

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
+from data_collector.backoff import backoff_delay
 from data_collector.errors import UsageError
-from data_collector.streaming.connection import backoff_delay, split_for_url, ws_base
-from data_collector.streaming.metrics import percentiles
+from data_collector.streaming.connection import split_for_url, ws_base
 from data_collector.streaming.normalize import (
     MalformedEvent,
     kline_entry_id,
@@ -207,13 +205,6 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert all(0.25 <= d <= 30.0 for d in delays)
     assert all(0.25 <= backoff_delay(0, 0.5, 30.0) <= 0.5 for _ in range(50))
     assert max(delays) > 15.0 and len(set(delays)) > 100
-
-
-def test_percentiles() -> None:
-    assert percentiles([]) == {"p50": None, "p95": None, "p99": None}
-    p = percentiles(float(i) for i in range(1, 101))
-    assert (p["p50"], p["p95"], p["p99"]) == (51.0, 96.0, 100.0)
-    assert not math.isnan(p["p50"] or math.nan)
 
 
 def test_order_book_applies_diffs_and_removes_zero_levels() -> None:

@@ -129,6 +129,12 @@ class FakeExchange:
 
         return int(time.time() * 1000)
 
+    def feature_value(
+        self, symbol: str, method: str | None = None, param: str | None = None, default: object = None
+    ) -> object:
+        """ccxt's documented maximums: Binance spot serves at most 1000 klines an answer."""
+        return 1000 if (method, param) == ("fetchOHLCV", "limit") else default
+
     async def fetch_ohlcv(
         self,
         symbol: str,
