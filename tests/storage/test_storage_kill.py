@@ -1,7 +1,7 @@
 """SIGKILL at any moment, then a restart: the tables end identical to an uninterrupted run.
 
 The writer below resumes the way the collector does: it asks the store what is not covered yet
-and writes only that, with two writer tasks. Run as ``python -m tests.test_storage_kill URL
+and writes only that, with two writer tasks. Run as ``python -m tests.storage.test_storage_kill URL
 SCHEMA`` it prints one line per committed write and waits for a line on stdin before going on.
 """
 
@@ -111,7 +111,7 @@ async def _run_and_kill(schema: str, after_commits: int, rng: random.Random) -> 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.test_storage_kill",
+        "tests.storage.test_storage_kill",
         PG_URL,
         schema,
         cwd=ROOT,

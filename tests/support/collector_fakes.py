@@ -88,6 +88,21 @@ class MemoryStore(CandleStore):
         rows = self.rows.get((instrument_id, timeframe), {})
         return max(rows) if rows else None
 
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        newest: dict[tuple[str, str], int] = {}
+        for symbol in symbols:
+            inst = self.instruments.get((exchange, symbol))
+            for tf in timeframes:
+                rows = self.rows.get((inst.id, tf), {}) if inst is not None else {}
+                if rows:
+                    newest[(symbol, tf)] = max(rows)
+        return newest
+
+    async def server_version(self) -> str:
+        return "memory"
+
 
 def fake_candle(symbol: str, ts: int) -> list[Any]:
     base = 100.0 + (hash(symbol) % 50) + (ts // MINUTE_MS) % 17
