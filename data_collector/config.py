@@ -6,33 +6,66 @@ environment). Environment variables override the file: ``DC__DATABASE__URL=...``
 
 Any unknown key or bad value raises :class:`~data_collector.errors.ConfigError` with one line that
 names the key, e.g. ``config.yaml: performance.db_pool_size: must be a positive integer``.
+
+Long because every section's model, its validators and the file and environment loading share
+one way of naming a key and its source in an error; a split would be a candidate for later.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from data_collector.database_url import parse_database_url
+from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
 from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.redis.keys import key_part
+from data_collector.redis.url import parse_redis_url
 
 ENV_PREFIX = "DC__"
 DEFAULT_CONFIG_PATH = Path("config.yaml")
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/crypto_data"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Largest config file read: a config is a few kB, and this bounds the parser's memory and time.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Most values (scalars, lists, mappings) and nesting levels in a config file.
+MAX_CONFIG_NODES = 10_000
+MAX_CONFIG_DEPTH = 64
 
 _RELATIVE_RE = re.compile(r"^(\d+)\s*([smhdw])$")
 _RELATIVE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Venue labels starting with this are simulated data (the demo, the simulator); never a real venue.
+SIMULATED_VENUE_PREFIX = "sim-"
+
+
+def _checked_url(parse: Callable[..., object], value: SecretStr) -> SecretStr:
+    """``value`` once ``parse`` (the URL's one parser) accepts it; its error becomes pydantic's."""
+    try:
+        parse(value.get_secret_value(), key=None)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 class _Section(BaseModel):
@@ -42,7 +75,13 @@ class _Section(BaseModel):
 class ExchangeConfig(_Section):
     """Which exchange to talk to, through ccxt."""
 
+    #: The ccxt class (``ccxt.binance``): how to talk to the exchange.
     id: str = "binance"
+    #: The venue label every stored row and Redis key carries (``instruments.exchange``,
+    #: ``dc:stream:<name>:...``); default: ``id``. Labels starting with ``sim-`` are reserved for
+    #: simulated data: the demo and the simulator use ``sim-binance``, so their rows and keys never
+    #: mix with a real venue's.
+    name: str = "binance"
     #: Extra ccxt options (merged into ``options``), e.g. ``{"fetchMarkets": {"types": ["spot"]}}``.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Overrides of ccxt's ``urls`` (the simulator sets these), e.g. ``{"api": {"public": ...}}``.
@@ -64,12 +103,39 @@ class ExchangeConfig(_Section):
     #: collector checks against ccxt's fetchOHLCV ``limit`` feature when it starts.
     ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_defaults_to_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None:
+            return {**data, "name": data.get("id", "binance")}
+        return data
+
     @field_validator("id")
     @classmethod
     def _known_exchange(cls, value: str) -> str:
         if not re.match(r"^[a-z0-9]{2,32}$", value):
             raise ValueError("must be a ccxt exchange id such as 'binance'")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _venue_label(cls, value: str) -> str:
+        try:
+            return key_part("venue name", value)
+        except UsageError:
+            raise ValueError(
+                "must be a venue label such as 'binance': 1-64 letters, digits, '_', '.', '@' or '-'"
+            ) from None
+
+    @property
+    def simulated(self) -> bool:
+        """Whether :attr:`name` labels simulated data (``sim-...``)."""
+        return is_simulated_venue(self.name)
+
+
+def is_simulated_venue(name: str) -> bool:
+    """Whether venue label ``name`` is reserved for simulated data (it starts with ``sim-``)."""
+    return name.startswith(SIMULATED_VENUE_PREFIX)
 
 
 class DatabaseConfig(_Section):
@@ -87,10 +153,7 @@ class DatabaseConfig(_Section):
     @field_validator("url")
     @classmethod
     def _supported_url(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        if not (url.startswith("postgresql") or url.startswith("sqlite")):
-            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
-        return value
+        return _checked_url(parse_database_url, value)
 
     @field_validator("db_schema")
     @classmethod
@@ -108,6 +171,12 @@ class RedisConfig(_Section):
     prefix: str = "dc"
     socket_timeout_s: float = Field(default=2.0, gt=0, le=60)
     connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        # Only its shape: the query's files are checked when a client is built from it.
+        return _checked_url(parse_redis_url, value)
 
     @field_validator("prefix")
     @classmethod
@@ -286,6 +355,19 @@ class Config(BaseSettings):
         return parse_time_ms(self.end, now_ms) if self.end is not None else _now_ms(now_ms)
 
 
+def with_exchange(config: Config, section: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` whose ``exchange`` section is updated by ``section`` (validated).
+
+    ``section`` without a ``name`` keeps the venue label only when it keeps the ``id`` too.
+    """
+    merged = {**config.exchange.model_dump(), **section}
+    if "name" not in section and "id" in section:
+        merged.pop("name")
+    out = config.model_copy(deep=True)
+    out.exchange = ExchangeConfig(**merged)
+    return out
+
+
 def _now_ms(now_ms: int | None) -> int:
     return now_ms if now_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
 
@@ -296,7 +378,7 @@ def to_ms(value: datetime | date | int | float | str) -> int:
     Timezone-naive datetimes are taken as UTC.
     """
     if isinstance(value, bool):
-        raise UsageError(f"not a time: {value!r}")
+        raise UsageError(f"not a time: {shown_input(value)}")
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
@@ -307,7 +389,7 @@ def to_ms(value: datetime | date | int | float | str) -> int:
         return int(value)
     if isinstance(value, str):
         return parse_time_ms(value)
-    raise UsageError(f"not a time: {value!r}; use a datetime, an ISO date or a form like '30d'")
+    raise UsageError(f"not a time: {shown_input(value)}; use a datetime, an ISO date or a form like '30d'")
 
 
 def parse_time_ms(spec: str, now_ms: int | None = None) -> int:
@@ -318,7 +400,9 @@ def parse_time_ms(spec: str, now_ms: int | None = None) -> int:
         try:
             delta = timedelta(**{_RELATIVE_UNITS[match.group(2)]: int(match.group(1))})
         except OverflowError:
-            raise UsageError(f"invalid time {spec!r}: that is further back than any date") from None
+            raise UsageError(
+                f"invalid time {shown_input(spec)}: that is further back than any date"
+            ) from None
         return _now_ms(now_ms) - int(delta.total_seconds() * 1000)
     if text.lower() == "now":
         return _now_ms(now_ms)
@@ -326,27 +410,29 @@ def parse_time_ms(spec: str, now_ms: int | None = None) -> int:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(
-            f"invalid time {spec!r}: use an ISO date like 2024-01-01 or a relative form like 180d"
+            f"invalid time {shown_input(spec)}: use an ISO date like 2024-01-01 or a relative form like 180d"
         ) from None
     return to_ms(parsed)
 
 
 def _shown_key(part: object) -> str:
     # A key is the user's text: keep the error one readable line whatever it holds.
-    text = str(part)
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shown_input(part, 40, quoted=False)
 
 
-def _one_line(message: str, limit: int = 300) -> str:
-    message = message.replace("\r", "\\r").replace("\n", "\\n")
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+def _env_name(loc: tuple[int | str, ...]) -> str | None:
+    """The ``DC__*`` variable that set the value at ``loc``, if one did (the environment wins)."""
+    name = ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+    # pydantic-settings matches variable names case-insensitively.
+    return next((key for key in os.environ if key.upper() == name), None) if len(loc) > 0 else None
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
     loc = ".".join(_shown_key(part) for part in first["loc"]) or "(top level)"
+    env = _env_name(first["loc"])
+    if env is not None:
+        origin, loc = "environment", f"{env} ({loc})"
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{loc}'; check its spelling against config.yaml"
     message = first["msg"]
@@ -356,25 +442,132 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
     return f"{origin}: {loc}: {message}{extra}"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+#: libyaml when installed: the pure-Python parser needs about a minute for 1 MB of ``[1,1,...]``.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)
+
+
+@dataclass
+class _Frame:
+    """One open mapping or sequence while walking YAML events: where the next node goes."""
+
+    mapping: bool
+    key: str = ""
+    index: int = 0
+    at_key: bool = True
+
+    def label(self) -> str | None:
+        if not self.mapping:
+            return str(self.index)
+        return None if self.at_key else self.key
+
+    def advance(self, node: yaml.Event) -> None:
+        if not self.mapping:
+            self.index += 1
+        elif self.at_key:
+            self.key = node.value if isinstance(node, yaml.ScalarEvent) else "?"
+            self.at_key = False
+        else:
+            self.at_key = True
+
+
+def _check_shape(text: str, origin: str) -> None:
+    """Refuse YAML aliases, and more nodes or nesting than a config has, before building anything.
+
+    An alias (``*name``) lets a few bytes expand into a structure of any size (10^8 leaves from
+    1 kB) or into one that contains itself, which every later walk over it (pydantic, ccxt's
+    ``deep_extend``) follows until ``RecursionError``; a config never needs one. Walking the
+    parser's events costs little memory and stops at the first problem, naming its key.
+    """
+    frames: list[_Frame] = []
+    nodes = 0
+
+    def key() -> str:
+        path = ".".join(_shown_key(label) for f in frames if (label := f.label()) is not None)
+        return shown_input(path, 100, quoted=False) if path else "(top level)"
+
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, _NODE_EVENTS):
+            nodes += 1
+            if nodes > MAX_CONFIG_NODES:
+                raise ConfigError(
+                    f"{origin}: {key()}: more than {MAX_CONFIG_NODES:,} values; a config has a few hundred"
+                )
+            if isinstance(event, yaml.AliasEvent):
+                line = f" (line {event.start_mark.line + 1})" if event.start_mark is not None else ""
+                raise ConfigError(
+                    f"{origin}: {key()}: YAML aliases such as *{_shown_key(event.anchor)}{line} are "
+                    "not supported; write the value out"
+                )
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(frames) >= MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{origin}: {key()}: nested too deeply to be a config file")
+            frames.append(_Frame(mapping=isinstance(event, yaml.MappingStartEvent)))
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            frames.pop()
+            if frames:
+                frames[-1].advance(event)
+        elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)) and frames:
+            frames[-1].advance(event)
+
+
+def _read_text(path: Path) -> str:
+    """The text of a config file: a regular file of at most :data:`MAX_CONFIG_BYTES`, UTF-8.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO cannot hang the
+    process and a device (``/dev/zero``) or a huge file is refused before anything is read.
+    """
+    shown = shown_input(str(path), 120, quoted=False)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"config file not found: {shown}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {shown}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ConfigError(f"config file {shown} is {kind}; give a YAML file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {shown}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {shown} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MB; "
+            "a config file is a few kB"
+        )
     try:
-        data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
+    shown = shown_input(str(path), 120, quoted=False)
+    try:
+        _check_shape(text, shown)
+        data = yaml.load(text, Loader=_LOADER)  # noqa: S506  (a SafeLoader: plain data only)
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
+        raise ConfigError(f"{shown}: nested too deeply to be a config file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        raise ConfigError(f"{shown}: not valid YAML{where}; fix the syntax") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors let these through, e.g. for a date like 2024-13-01.
+        reason = str(exc).split(";")[0]
+        raise ConfigError(one_line(f"{shown}: a value YAML cannot read ({reason}); quote it")) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (exchange:, database:, ...)")
+        raise ConfigError(f"{shown}: the top level must be a mapping of sections (exchange:, database:, ...)")
+    odd = next((key for key in data if not isinstance(key, str)), None)
+    if odd is not None:
+        raise ConfigError(f"{shown}: unknown key {shown_input(odd, 40)}; check it against config.yaml")
     return data
 
 
@@ -407,9 +600,9 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | No
     try:
         return Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_one_line(_format_validation_error(exc, origin))) from None
+        raise ConfigError(one_line(_format_validation_error(exc, origin))) from None
     except UsageError as exc:
-        raise ConfigError(_one_line(f"{origin}: {exc}")) from None
+        raise ConfigError(one_line(f"{origin}: {exc}")) from None
     except (ValueError, TypeError) as exc:
         # pydantic-settings raises SettingsError (a ValueError) for unparsable env values.
-        raise ConfigError(_one_line(f"{origin}: {exc}")) from None
+        raise ConfigError(one_line(f"{origin}: {exc}")) from None

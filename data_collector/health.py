@@ -13,13 +13,16 @@ Checks, each bounded by ``metrics.check_timeout_s``:
 ``redis``           ``PING``; latency.
 ``exchange``        ``GET <exchange.urls.api.public>/ping`` (the exchange's own REST URL when not
                     overridden), so it works against the simulator.
-``freshness``       newest stored candle per configured symbol and timeframe (asked of the
-                    store, so any schema the config accepts works); stale when older
-                    than two timeframes plus ``metrics.freshness_margin_s`` (against
-                    ``end`` when the config sets one).
-``stream``          newest message among the configured streams (Redis stream IDs) or the
-                    streamer's heartbeat; stale after ``metrics.stream_stale_s``.
-``heartbeat:<c>``   the heartbeat key of the collector and the streamer.
+``freshness``       newest stored candle per configured symbol and timeframe of the venue
+                    ``exchange.name`` (asked of the store, so any schema the config accepts
+                    works; demo rows, labelled ``sim-...``, never count); stale when older than
+                    two timeframes plus ``metrics.freshness_margin_s`` (against ``end`` when the
+                    config sets one).
+``stream``          newest message among the configured streams of ``exchange.name`` (Redis
+                    stream IDs) or that venue's streamer heartbeat; stale after
+                    ``metrics.stream_stale_s``.
+``heartbeat:<c>``   the heartbeat key of the collector and the streamer; ``warn`` when it is
+                    another venue's (e.g. the demo's ``sim-binance``).
 ``disk``            free space where the data lives.
 ==================  ===========================================================================
 
@@ -45,15 +48,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     CollectorError,
     ConfigError,
@@ -65,6 +67,7 @@ from data_collector.heartbeat import read_heartbeat
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.redis.client import async_client
 from data_collector.redis.keys import heartbeat_key, stream_key
+from data_collector.redis.url import parse_redis_url
 from data_collector.storage import CandleStore, open_store
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
@@ -148,7 +151,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _is_sqlite(config: Config) -> bool:
-    return config.database.url.get_secret_value().startswith("sqlite")
+    return parse_database_url(config.database.url.get_secret_value()).get_backend_name() == "sqlite"
 
 
 def _pg_target(config: Config) -> tuple[PgTarget, str]:
@@ -158,7 +161,7 @@ def _pg_target(config: Config) -> tuple[PgTarget, str]:
 
 
 def _sqlite_path(config: Config) -> Path:
-    return Path(make_url(config.database.url.get_secret_value()).database or "")
+    return Path(parse_database_url(config.database.url.get_secret_value()).database or "")
 
 
 def _down(reason: str, where: str) -> str:
@@ -209,7 +212,7 @@ async def check_sqlite(config: Config) -> CheckResult:
 
 
 async def check_redis(config: Config, client: aioredis.Redis) -> CheckResult:
-    parts = urlsplit(config.redis.url.get_secret_value())
+    parts = parse_redis_url(config.redis.url.get_secret_value())
     place = f"{parts.hostname or 'localhost'}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
     try:
         await client.ping()  # connects
@@ -269,7 +272,7 @@ async def check_freshness(config: Config, now_ms: int) -> CheckResult:
         return not_created  # opening the store would create the file
     try:
         async with _opened_store(config) as store:
-            newest = await store.newest_candles(config.exchange.id, config.symbols, config.timeframes)
+            newest = await store.newest_candles(config.exchange.name, config.symbols, config.timeframes)
     except StoreNotInitializedError:
         return not_created
     except ServerUnavailableError as exc:
@@ -311,7 +314,7 @@ async def check_freshness(config: Config, now_ms: int) -> CheckResult:
 
 async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> CheckResult:
     keys = [
-        stream_key(config.redis.prefix, config.exchange.id, channel, symbol)
+        stream_key(config.redis.prefix, config.exchange.name, channel, symbol)
         for channel in config.streaming.channels
         for symbol in config.symbols
     ]
@@ -331,7 +334,9 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
             newest_ms = ms if newest_ms is None else max(newest_ms, ms)
     if beat:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            last = json.loads(beat).get("last_message_ms")
+            data = json.loads(beat)
+            # Only a streamer of this venue speaks for its streams (not the demo's 'sim-binance').
+            last = data.get("last_message_ms") if _same_venue(data, config) else None
             if isinstance(last, int):
                 newest_ms = last if newest_ms is None else max(newest_ms, last)
     if newest_ms is None:
@@ -341,6 +346,11 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
     if age_s > config.metrics.stream_stale_s:
         return CheckResult("stream", "warn", f"stale: newest message {_age_text(age_s)} old", data=data)
     return CheckResult("stream", "ok", f"newest message {_age_text(age_s)} old", data=data)
+
+
+def _same_venue(beat: dict[str, Any], config: Config) -> bool:
+    """Whether a heartbeat is of the configured venue (one naming none predates the label)."""
+    return bool(beat.get("exchange", config.exchange.name) == config.exchange.name)
 
 
 async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
@@ -353,6 +363,9 @@ async def check_heartbeat(config: Config, client: aioredis.Redis, component: str
         return CheckResult(name, "warn", f"no heartbeat (is the {component} running?)")
     age_s = max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
     detail = f"pid {beat.get('pid')} on {beat.get('host')}, {_age_text(age_s)} ago"
+    if not _same_venue(beat, config):
+        venue = f"{beat.get('exchange')!r}, not {config.exchange.name!r}"
+        return CheckResult(name, "warn", f"the {component} running is for {venue} ({detail})", data=beat)
     return CheckResult(name, "ok", detail, data=beat)
 
 

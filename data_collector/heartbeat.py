@@ -166,8 +166,14 @@ async def running_heartbeat(
 ) -> AsyncIterator[Heartbeat]:
     """Keep ``component``'s heartbeat fresh for the duration of the block (Redis down: logged, no error)."""
     client = async_client(config)
+    venue = config.exchange.name
     heartbeat = Heartbeat(
-        client, config.redis.prefix, component, config.metrics.heartbeat_ttl_s, monitor=monitor
+        client,
+        config.redis.prefix,
+        component,
+        config.metrics.heartbeat_ttl_s,
+        monitor=monitor,
+        extra=lambda: {"exchange": venue},
     )
     try:
         yield await heartbeat.start()

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from data_collector.echo import shown_input
 from data_collector.errors import InvalidSymbolError, InvalidTimeframeError
 
 SECOND_MS = 1_000
@@ -83,9 +84,8 @@ def normalize_symbol(symbol: object) -> str:
         raise InvalidSymbolError(f"symbol must be a string like 'SOL/USDT', got {type(symbol).__name__}")
     text = symbol.strip().upper()
     if not _SYMBOL_RE.match(text):
-        shown = symbol if len(symbol) <= 40 else symbol[:37] + "..."
         raise InvalidSymbolError(
-            f"invalid symbol {shown!r}: use BASE/QUOTE with letters and digits, e.g. 'SOL/USDT'"
+            f"invalid symbol {shown_input(symbol)}: use BASE/QUOTE with letters and digits, e.g. 'SOL/USDT'"
         )
     return text
 
@@ -113,9 +113,7 @@ def validate_timeframe(timeframe: object) -> str:
     if isinstance(timeframe, str) and timeframe in TIMEFRAME_CODES:
         return timeframe
     shown = (
-        repr(timeframe)
-        if not isinstance(timeframe, str) or len(timeframe) <= 40
-        else repr(timeframe[:37] + "...")
+        shown_input(timeframe) if isinstance(timeframe, str) else shown_input(repr(timeframe), quoted=False)
     )
     raise InvalidTimeframeError(f"unknown timeframe {shown}: use one of {', '.join(TIMEFRAMES)}")
 

@@ -113,7 +113,7 @@ class OptimizedDataCollector:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("ready" if self._initialized else "new")
-        return f"<OptimizedDataCollector exchange={self.config.exchange.id} {state}>"
+        return f"<OptimizedDataCollector exchange={self.config.exchange.name} {state}>"
 
     @property
     def store(self) -> CandleStore:
@@ -169,8 +169,9 @@ class OptimizedDataCollector:
             raise
         self._initialized = True
         log.info(
-            "collector ready: exchange %s, %d markets, weight budget %s/min, request cap %s/min",
+            "collector ready: exchange %s (stored as %r), %d markets, weight budget %s/min, request cap %s/min",
             self.config.exchange.id,
+            self.config.exchange.name,
             len(client.markets),
             client.limiter.budget or "n/a",
             client.limiter.requests_per_min or "none",
@@ -267,10 +268,12 @@ class OptimizedDataCollector:
         symbol = normalize_symbol(symbol)
         if symbol not in self._instruments:
             market = self.client.market(symbol)
+            # The venue label, not the ccxt id: rows (and hence coverage) of the simulator
+            # ('sim-binance') or of another venue are other instruments, never trusted here.
             self._instruments[symbol] = await self._store_call(
                 partial(
                     self.store.ensure_instrument,
-                    self.config.exchange.id,
+                    self.config.exchange.name,
                     symbol,
                     base=str(market.get("base") or symbol.split("/")[0]),
                     quote=str(market.get("quote") or symbol.split("/")[1]),

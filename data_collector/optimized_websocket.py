@@ -92,7 +92,8 @@ class OptimizedWebSocketStreamer:
             else Binance's.
         config: a path, dict or :class:`~data_collector.config.Config` (``streaming.*``,
             ``redis.*`` and the two ``performance.ws_*`` keys apply).
-        exchange: exchange id used in keys and events; only ``binance`` is spoken.
+        exchange: the venue label in keys and events; default ``exchange.name`` (``sim-binance``
+            for the simulator's config). The protocol is ``exchange.id``; only ``binance`` is spoken.
         candle_store: an open ``CandleStore`` for closed klines (the caller keeps owning it).
         store_candles: write closed klines to the database; default: when ``candle_store`` is
             given or the config names a ``database``.
@@ -136,7 +137,8 @@ class OptimizedWebSocketStreamer:
         options = ServiceOptions(
             symbols=list(symbols) if symbols is not None else list(cfg.symbols),
             channels=list(channels) if channels is not None else list(st.channels),
-            exchange=exchange or cfg.exchange.id,
+            exchange=exchange or cfg.exchange.name,
+            protocol=cfg.exchange.id,
             prefix=cfg.redis.prefix,
             ws_url=ws_url or cfg.exchange.ws_url or BINANCE_WS_URL,
             rest_url=rest_url or rest_base_from_urls(cfg.exchange.urls) or BINANCE_REST_URL,

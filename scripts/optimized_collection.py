@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Backfill historical OHLCV candles into the configured database: ``--help`` for the options.
 
-The command lives in :mod:`data_collector.cli.collect`.
+The command lives in :mod:`data_collector.cli.optimized_collection`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_collector.cli.collect import main  # noqa: E402
+from data_collector.cli.optimized_collection import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,7 @@ import msgpack
 import numpy as np
 import pandas as pd
 
+from data_collector.echo import shown_input
 from data_collector.errors import PermanentError, UsageError
 
 FORMAT_VERSION = 1
@@ -136,7 +137,7 @@ def frame(packed: bytes, compression: Compression = "lz4", threshold: int = 1024
     """Prefix the header byte, compressing ``packed`` when it is large enough and it pays."""
     code = COMPRESSION_CODES.get(compression)
     if code is None:
-        raise UsageError(f"unknown compression {compression!r}: use lz4, zlib or none")
+        raise UsageError(f"unknown compression {shown_input(compression)}: use lz4, zlib or none")
     if code and len(packed) >= threshold:
         body = compress(packed, compression)
         if len(body) < len(packed):

@@ -1,67 +1,115 @@
 """``--demo``: the whole backfill against the in-process simulator, with no servers and no internet.
 
-It collects 3 symbols × the 6 default timeframes × 30 days into the configured PostgreSQL when a
-quick connect probe reaches it, else into SQLite at ``data/demo.db``, then prints the summary and
-a few rows.
+It collects 3 symbols × the 6 default timeframes × 30 days and prints the summary and a few rows.
+The demo never writes into the configured database: its rows go to SQLite at ``data/demo.db``
+(relative to the current directory), or to the database given as ``demo_db`` (with a schema of
+its own on PostgreSQL). Every row is labelled ``sim-binance`` (the simulator's ``exchange.name``),
+so even a demo database shared with real data keeps them apart.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
+from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
+
+from pydantic import ValidationError
 
 from data_collector.backfill.report import CollectionReport
 from data_collector.cli.collect import run_collection
-from data_collector.config import Config
+from data_collector.cli.exits import EXIT_OK, error_exit_code
+from data_collector.config import Config, DatabaseConfig, with_exchange
+from data_collector.database_url import parse_database_url
+from data_collector.demo_migration import DEMO_SEED, migrate_demo_rows
+from data_collector.errors import CollectorError, ConfigError
 from data_collector.markets import DEFAULT_TIMEFRAMES
 from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.storage import open_store
 
 DEMO_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 DEMO_DAYS = 30
+#: Relative to the current directory, as any relative SQLite URL is.
 DEMO_SQLITE_URL = "sqlite+aiosqlite:///data/demo.db"
-PROBE_TIMEOUT_S = 1.0
+#: The PostgreSQL schema of a ``demo_db`` that names a PostgreSQL database.
+DEMO_SCHEMA = "demo"
 
 
-async def postgres_reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """True when a TCP connection to the PostgreSQL host and port of ``url`` opens in time."""
-    if not url.startswith("postgresql"):
-        return False
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+def demo_database(
+    config: Config, demo_db: str | None = None, demo_schema: str = DEMO_SCHEMA
+) -> DatabaseConfig:
+    """Where the demo stores its rows: ``demo_db`` (schema ``demo_schema`` on PostgreSQL), else
+    SQLite at ``data/demo.db``.
+
+    Raises:
+        ConfigError: ``demo_db`` is not a database URL, or it is the configured database and schema.
+    """
+    if demo_db is None:
+        database = DatabaseConfig(url=DEMO_SQLITE_URL)
+        if _same_database(database, config.database):
+            raise ConfigError(
+                "--demo: database.url is data/demo.db, the demo's own file; give the demo another with --demo-db"
+            )
+        return database
     try:
-        async with asyncio.timeout(timeout_s):
-            _, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
+        database = DatabaseConfig.model_validate({"url": demo_db, "schema": demo_schema})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "--demo-schema" if "schema" in first["loc"] else "--demo-db"
+        raise ConfigError(f"{where}: {str(first['msg']).replace('Value error, ', '')}") from None
+    if _same_database(database, config.database):
+        raise ConfigError(
+            "--demo-db: that is the configured database and schema; the demo never writes there, "
+            "name another database or --demo-schema"
+        )
+    return database
+
+
+def _same_database(a: DatabaseConfig, b: DatabaseConfig) -> bool:
     try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True
+        url_a = parse_database_url(a.url.get_secret_value())
+        url_b = parse_database_url(b.url.get_secret_value())
+    except ConfigError:  # refused by the store later, with its own message
+        return False
+    if url_a.get_backend_name() != url_b.get_backend_name():
+        return False
+    if url_a.get_backend_name() == "sqlite":
+        return Path(url_a.database or "").resolve() == Path(url_b.database or "").resolve()
+    same_server = (url_a.host or "localhost", url_a.port or 5432, url_a.database) == (
+        url_b.host or "localhost",
+        url_b.port or 5432,
+        url_b.database,
+    )
+    return same_server and a.db_schema == b.db_schema
 
 
-async def demo_config(config: Config, exchange: dict[str, Any], out: IO[str]) -> Config:
-    """The demo's config: the simulator's exchange section, 30 days, PostgreSQL or SQLite."""
-    demo = config.model_copy(deep=True)
-    demo.exchange = type(config.exchange)(**{**config.exchange.model_dump(), **exchange})
+def describe_database(database: DatabaseConfig) -> str:
+    """``SQLite at /abs/path.db`` or ``PostgreSQL host:port/db, schema s`` (never the password)."""
+    url = parse_database_url(database.url.get_secret_value())
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite at {Path(url.database or '').resolve()}"
+    return (
+        f"PostgreSQL {url.host or 'localhost'}:{url.port or 5432}/{url.database}, schema {database.db_schema}"
+    )
+
+
+def demo_config(
+    config: Config, exchange: dict[str, Any], out: IO[str], database: DatabaseConfig | None = None
+) -> Config:
+    """The demo's config: the simulator's exchange section, 30 days, the demo's own database."""
+    demo = with_exchange(config, exchange)
     if "symbols" not in config.model_fields_set:
         demo.symbols = list(DEMO_SYMBOLS)
     if "timeframes" not in config.model_fields_set:
         demo.timeframes = list(DEFAULT_TIMEFRAMES)
     demo.start = f"{DEMO_DAYS}d"
     demo.end = None
-    url = config.database.url.get_secret_value()
-    if await postgres_reachable(url):
-        print("demo: storing in the configured PostgreSQL", file=out)
-    else:
-        print(
-            f"demo: PostgreSQL is not reachable; storing in SQLite at {DEMO_SQLITE_URL.split('///')[1]}",
-            file=out,
-        )
-        demo.database = type(config.database)(url=DEMO_SQLITE_URL)
+    demo.database = database if database is not None else DatabaseConfig(url=DEMO_SQLITE_URL)
+    print(
+        f"demo: storing in {describe_database(demo.database)} as exchange {demo.exchange.name!r} "
+        "(the configured database is not touched)",
+        file=out,
+        flush=True,
+    )
     return demo
 
 
@@ -76,15 +124,28 @@ async def print_sample(collector: OptimizedDataCollector, report: CollectionRepo
 
 
 async def run_demo(
-    config: Config, *, monitor: bool = False, stream: IO[str] | None = None, seed: int = 42
+    config: Config,
+    *,
+    monitor: bool = False,
+    stream: IO[str] | None = None,
+    seed: int = DEMO_SEED,
+    database: DatabaseConfig | None = None,
 ) -> int:
-    """Start the simulator, collect, print the summary and a few rows; return the exit code."""
+    """Start the simulator, collect into the demo's database, print the summary and a few rows.
+
+    Args:
+        config: the user's config; its exchange and database sections are replaced.
+        database: where to store (see :func:`demo_database`); default SQLite at ``data/demo.db``.
+
+    Returns:
+        The exit code.
+    """
     from data_collector.simulator import SimulatedExchange
 
     out = stream or sys.stdout
     symbols = config.symbols if "symbols" in config.model_fields_set else list(DEMO_SYMBOLS)
     async with SimulatedExchange(symbols=symbols, seed=seed) as sim:
-        demo = await demo_config(config, sim_exchange_section(sim), out)
+        demo = demo_config(config, sim.exchange_config(), out, database)
 
         async def after(collector: OptimizedDataCollector, report: CollectionReport) -> None:
             await print_sample(collector, report, out)
@@ -93,9 +154,24 @@ async def run_demo(
     return code
 
 
-def sim_exchange_section(sim: Any) -> dict[str, Any]:
-    """The ``exchange`` config section that points ccxt at the simulator."""
-    if hasattr(sim, "exchange_config"):
-        return dict(sim.exchange_config())
-    ccxt_config = sim.ccxt_config()
-    return {"id": "binance", "urls": ccxt_config.get("urls", {}), "options": ccxt_config.get("options", {})}
+async def run_demo_migration(config: Config, *, apply: bool = False, stream: IO[str] | None = None) -> int:
+    """``--migrate-demo-rows``: find (with ``apply``, remove) old demo rows in the configured
+    database; print the report; return the exit code (see :mod:`data_collector.demo_migration`).
+    """
+    out = stream or sys.stdout
+    print(
+        f"checking {describe_database(config.database)} for demo rows under 'binance'", file=out, flush=True
+    )
+    try:
+        async with open_store(config) as store:
+            report = await migrate_demo_rows(
+                store,
+                exchange="binance",
+                apply=apply,
+                on_progress=lambda line: print(line, file=out, flush=True),
+            )
+    except CollectorError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return error_exit_code(exc)
+    print(report.summary(), file=out, flush=True)
+    return EXIT_OK

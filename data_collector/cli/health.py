@@ -23,13 +23,14 @@ from typing import Any
 from rich.console import Console
 
 from data_collector.cli.exits import EXIT_OK, EXIT_USAGE, install_stop_signals, remove_signals
+from data_collector.cli.parser import OneLineParser
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
 from data_collector.health import CHECKS, HealthReport, run_checks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="health_check.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="health_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="config file (default: ./config.yaml if present)")
     parser.add_argument(
         "--continuous",

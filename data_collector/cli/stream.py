@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from data_collector.cli.exits import (
     EXIT_FAILED,
@@ -24,7 +24,8 @@ from data_collector.cli.exits import (
     install_stop_signals,
     remove_signals,
 )
-from data_collector.config import Config, load_config
+from data_collector.cli.parser import OneLineParser, log_level
+from data_collector.config import Config, load_config, with_exchange
 from data_collector.markets import normalize_symbols
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.redis.client import RedisEndpoint
@@ -114,7 +115,6 @@ async def run_stream_cli(
     await probe.close()
 
     sim: Any = None
-    urls: dict[str, str] = {}
     server: Any = None
     try:
         port = metrics_port if metrics_port is not None else cfg.metrics.port
@@ -132,20 +132,20 @@ async def run_stream_cli(
 
             sim = SimulatedExchange(symbols=list(symbols or cfg.symbols), seed=42, ws_rate=DEMO_WS_RATE)
             await sim.start()
-            urls = {"ws_url": sim.ws_url, "rest_url": sim.rest_url}
+            # The simulator's section labels every key 'sim-binance': demo data never lands
+            # under the real venue's keys.
+            cfg = with_exchange(cfg, sim.exchange_config())
             print(f"demo: simulator at {sim.rest_url}", file=out, flush=True)
         streamer = OptimizedWebSocketStreamer(
             symbols=symbols,
             channels=channels,
             config=cfg,
             store_candles=False if demo else None,
-            ws_url=urls.get("ws_url"),
-            rest_url=urls.get("rest_url"),
             monitor=monitor,
         )
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
-            f"into Redis {endpoint.describe()} (prefix {cfg.redis.prefix!r}); Ctrl-C stops",
+            f"into Redis {endpoint.describe()} under {cfg.redis.prefix}:*:{cfg.exchange.name}:*; Ctrl-C stops",
             file=out,
             flush=True,
         )
@@ -215,14 +215,8 @@ def _list(text: str) -> list[str]:
     return [part for chunk in text.split(",") for part in chunk.split() if part]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """Bad input: one line on stderr (``--help`` shows the usage), exit code 2."""
-        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(prog="stream_market_data.py", description=STREAM_HELP.split("\n")[0])
+    parser = OneLineParser(prog="stream_market_data.py", description=STREAM_HELP.split("\n")[0])
     parser.add_argument(
         "--symbols", type=_list, help="comma-separated, e.g. SOL/USDT,BTC/USDT (default: config)"
     )
@@ -239,7 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="serve Prometheus /metrics on this port (default: metrics.port of the config; unset: off)",
     )
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument(
+        "--log-level", type=log_level, default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
+    )
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
@@ -252,11 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), None)
-    if not isinstance(level, int):
-        print(f"error: unknown --log-level {args.log_level!r}", file=sys.stderr)
-        return EXIT_USAGE
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_stream_main(
         config=args.config,
         symbols=args.symbols,

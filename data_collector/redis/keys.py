@@ -1,6 +1,7 @@
 """Every Redis key the project writes is built here, from validated parts only.
 
-Layout (``<p>`` is ``redis.prefix``, default ``dc``; ``<ex>`` a ccxt exchange id; ``<sym>`` a
+Layout (``<p>`` is ``redis.prefix``, default ``dc``; ``<ex>`` the venue label ``exchange.name``
+(``binance``; ``sim-binance`` for the demo and the simulator); ``<sym>`` a
 canonical symbol such as ``SOL/USDT``; ``<ch>`` a channel such as ``trade`` or ``kline_1m``):
 
 =====================================  =====================================================
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from data_collector.echo import shown_input
 from data_collector.errors import UsageError
 from data_collector.markets import normalize_symbol
 
@@ -25,8 +27,15 @@ _PART_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 def _part(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _PART_RE.match(value):
-        raise UsageError(f"invalid {kind} {value!r} for a Redis key: use letters, digits, '_', '.', '@', '-'")
+        raise UsageError(
+            f"invalid {kind} {shown_input(value)} for a Redis key: use letters, digits, '_', '.', '@', '-'"
+        )
     return value
+
+
+def key_part(kind: str, value: str) -> str:
+    """``value`` when it may be one part of a key, else ``UsageError`` naming ``kind``."""
+    return _part(kind, value)
 
 
 def stream_key(prefix: str, exchange: str, channel: str, symbol: str) -> str:

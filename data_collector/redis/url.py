@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
+from data_collector.echo import URL_ENCODE_HINT, keyed, masked_url, shown_input
 from data_collector.errors import ConfigError
 
-__all__ = ["SCHEMES", "check_redis_url"]
+__all__ = ["SCHEMES", "check_redis_url", "parse_redis_url"]
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -102,7 +103,51 @@ _SET_ELSEWHERE = {
 }
 
 
-def check_redis_url(url: str, *, key: str = "redis.url") -> str:
+def parse_redis_url(url: str, *, key: str | None = "redis.url") -> SplitResult:
+    """Split a Redis URL the way redis-py does (``urllib.parse``), checking its shape only.
+
+    The scheme, the port and the database number are checked; query parameters are left to
+    :func:`check_redis_url`, which needs the files they name to exist.
+
+    Args:
+        url: the URL, e.g. ``redis://:secret@cache.example:6380/0``.
+        key: how messages name where the URL came from; None leaves the naming to the caller.
+
+    Returns:
+        The split URL, its scheme lower-cased.
+
+    Raises:
+        ConfigError: one line naming ``key`` and showing the URL with its password masked.
+    """
+    scheme, sep, _ = url.partition("://")
+    shown = masked_url(url)
+    if not sep or scheme.lower() not in SCHEMES:
+        raise ConfigError(keyed(key, f"must start with redis://, rediss:// or unix://, not {shown}"))
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018  (parsing it is the check)
+    except ValueError:
+        raise ConfigError(keyed(key, f"cannot parse {shown}; {URL_ENCODE_HINT}")) from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(keyed(key, "unix:// needs a socket path, e.g. unix:///run/redis.sock"))
+        return parts
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is not None and port < 1:
+        # A raw '/', '?' or '#' in a password ends the host part early and looks like a bad port.
+        raise ConfigError(
+            keyed(key, f"the port must be a number from 1 to 65535 in {shown}; {URL_ENCODE_HINT}")
+        )
+    db_path = unquote(parts.path).replace("/", "")
+    if db_path and not db_path.isdigit():
+        raise ConfigError(keyed(key, f"the path must be a database number such as /0, not {shown}"))
+    return parts
+
+
+def check_redis_url(url: str, *, key: str | None = "redis.url") -> str:
     """Refuse a Redis URL that redis-py would misread, and return it unchanged.
 
     Checks the scheme (``redis``, ``rediss``, ``unix``), the port and database number, that every
@@ -112,7 +157,7 @@ def check_redis_url(url: str, *, key: str = "redis.url") -> str:
 
     Args:
         url: the URL, e.g. ``rediss://:secret@cache.example:6380/0?ssl_ca_certs=/etc/ca.pem``.
-        key: the config key named in messages.
+        key: the config key named in messages; None leaves the naming to the caller.
 
     Returns:
         ``url`` itself, so a call site can wrap it: ``from_url(check_redis_url(url), ...)``.
@@ -120,45 +165,31 @@ def check_redis_url(url: str, *, key: str = "redis.url") -> str:
     Raises:
         ConfigError: one line naming the problem; the password is never part of it.
     """
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme.lower() not in SCHEMES:
-        raise ConfigError(f"{key}: must start with redis://, rediss:// or unix://")
-    scheme = scheme.lower()
-    parts = urlsplit(url)
-    if scheme == "unix":
-        if not parts.path:
-            raise ConfigError(f"{key}: unix:// needs a socket path, e.g. unix:///run/redis.sock")
-    else:
-        try:
-            parts.port  # noqa: B018  (parsing it is the check)
-        except ValueError:
-            raise ConfigError(f"{key}: the port must be a number from 1 to 65535") from None
-        db_path = unquote(parts.path).replace("/", "")
-        if db_path and not db_path.isdigit():
-            raise ConfigError(f"{key}: the path must be a database number such as /0")
+    parts = parse_redis_url(url, key=key)
+    scheme = parts.scheme
     seen: set[str] = set()
     for name, raw in parse_qsl(parts.query, keep_blank_values=True):
         value = unquote(raw)  # redis-py unquotes query values a second time
         if name in seen:
-            raise ConfigError(f"{key}: query parameter {name!r} is given twice")
+            raise ConfigError(keyed(key, f"query parameter {shown_input(name)} is given twice"))
         seen.add(name)
         check = _COMMON.get(name)
         if check is None and name in _TLS:
             if scheme != "rediss":
-                raise ConfigError(f"{key}: {name} needs a rediss:// URL, not {scheme}://")
+                raise ConfigError(keyed(key, f"{name} needs a rediss:// URL, not {scheme}://"))
             check = _TLS[name]
         if check is None:
             if name in _SET_ELSEWHERE:
                 raise ConfigError(
-                    f"{key}: query parameter {name!r} is not taken from the URL; {_SET_ELSEWHERE[name]}"
+                    f"{key}: query parameter {shown_input(name)} is not taken from the URL; {_SET_ELSEWHERE[name]}"
                 )
             known = ", ".join([*_COMMON, *(_TLS if scheme == "rediss" else ())])
-            raise ConfigError(f"{key}: unknown query parameter {name!r} (known: {known})")
+            raise ConfigError(keyed(key, f"unknown query parameter {shown_input(name)} (known: {known})"))
         if not value:
-            raise ConfigError(f"{key}: query parameter {name!r} has no value")
+            raise ConfigError(keyed(key, f"query parameter {shown_input(name)} has no value"))
         problem = check(value)
         if problem is not None:
             # File problems name the path themselves; checked values are never secrets.
-            shown = "" if check is _readable_file else f"={value!r}"
-            raise ConfigError(f"{key}: {name}{shown} {problem}")
+            shown = "" if check is _readable_file else f"={shown_input(value)}"
+            raise ConfigError(keyed(key, f"{name}{shown} {problem}"))
     return url

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from data_collector.config import SIMULATED_VENUE_PREFIX
 from data_collector.errors import ClosedError, UsageError
 from data_collector.markets import (
     MINUTE_MS,
@@ -37,6 +38,10 @@ CCXT_OPTIONS: dict[str, Any] = {
     "fetchCurrencies": False,
     "fetchMargins": False,
 }
+
+
+#: The venue label of everything collected from a simulator (``exchange.name``).
+VENUE_NAME = SIMULATED_VENUE_PREFIX + "binance"
 
 
 class WsFaults:
@@ -258,9 +263,14 @@ class SimulatedExchange:
         }
 
     def exchange_config(self) -> dict[str, Any]:
-        """The ``exchange:`` section of our config, pointing at this simulator."""
+        """The ``exchange:`` section of our config, pointing at this simulator.
+
+        ccxt speaks to it as ``binance``; what it serves is labelled :data:`VENUE_NAME`
+        (``sim-binance``), so simulated rows and keys can never pass for the real venue's.
+        """
         return {
             "id": "binance",
+            "name": VENUE_NAME,
             "options": {**json.loads(json.dumps(CCXT_OPTIONS)), "defaultType": "spot"},
             "urls": self.ccxt_urls(),
             "ws_url": self.ws_url,

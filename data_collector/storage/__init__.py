@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from data_collector.config import Config, load_config
-from data_collector.errors import ConfigError
+from data_collector.database_url import parse_database_url
 from data_collector.storage.base import (
     Candle,
     CandleBatch,
@@ -42,16 +42,11 @@ def open_store(config: Config | Any) -> CandleStore:
         ConfigError: the URL names neither ``postgresql+asyncpg`` nor ``sqlite+aiosqlite``.
     """
     config = load_config(config)
-    url = config.database.url.get_secret_value()
-    scheme = url.split("://", 1)[0]
-    if scheme in ("postgresql+asyncpg", "postgresql", "postgres"):
+    backend = parse_database_url(config.database.url.get_secret_value()).get_backend_name()
+    if backend == "postgresql":
         from data_collector.storage.postgres import PostgresCandleStore
 
         return PostgresCandleStore(config)
-    if scheme in ("sqlite+aiosqlite", "sqlite"):
-        from data_collector.storage.sqlite import SqliteCandleStore
+    from data_collector.storage.sqlite import SqliteCandleStore
 
-        return SqliteCandleStore(config)
-    raise ConfigError(
-        f"database.url: unsupported scheme {scheme!r}; use postgresql+asyncpg:// or sqlite+aiosqlite://"
-    )
+    return SqliteCandleStore(config)

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
+from data_collector.database_url import parse_database_url
 from data_collector.errors import ConfigError, PermanentError
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -287,9 +288,9 @@ def pg_target(url: str | URL) -> PgTarget:
     """Split a ``postgresql[+asyncpg]://`` URL into where to connect and how (TLS).
 
     Raises:
-        ConfigError: not a PostgreSQL URL, or its query parameters are not understood.
+        ConfigError: not a PostgreSQL URL (or not a URL), or its query parameters are not understood.
     """
-    parsed = make_url(url) if isinstance(url, str) else url
+    parsed = parse_database_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("database.url: needs a postgresql+asyncpg:// URL")
     tls = parse_tls(parsed.query)

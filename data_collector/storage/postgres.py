@@ -33,10 +33,11 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
     CollectorError,
@@ -50,7 +51,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
-from data_collector.storage.ranges import Span, merge_spans
+from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,17 @@ _SELECT_INSTRUMENT = (
     "FROM {s}.instruments WHERE exchange = $1 AND symbol = $2"
 )
 _SET_LISTING = "UPDATE {s}.instruments SET listing_ms = $2 WHERE id = $1"
+_SELECT_INSTRUMENTS = (
+    "SELECT id, exchange, symbol, base, quote, market_type, listing_ms "
+    "FROM {s}.instruments WHERE exchange = $1 ORDER BY id"
+)
+_DELETE_CANDLES = (
+    "DELETE FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2 AND ts = ANY($3::bigint[])"
+)
+_LOCK_COVERAGE = (
+    "SELECT start_ms, end_ms, kind FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2 FOR UPDATE"
+)
+_DELETE_COVERAGE = "DELETE FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2"
 _STAGE_COLUMNS = (
     "instrument_id integer, timeframe smallint, ts bigint, open double precision, "
     "high double precision, low double precision, close double precision, volume double precision"
@@ -250,7 +262,7 @@ class PostgresCandleStore(CandleStore):
 
     def __init__(self, config: Config) -> None:
         db = config.database
-        url = make_url(db.url.get_secret_value())
+        url = parse_database_url(db.url.get_secret_value())
         if url.get_backend_name() != "postgresql":
             raise ConfigError("database.url: PostgresCandleStore needs a postgresql+asyncpg:// URL")
         self._target = pg_target(url)
@@ -491,10 +503,41 @@ class PostgresCandleStore(CandleStore):
             row = await self._bounded(conn.fetchrow(self._sql(_SELECT_INSTRUMENT), exchange, symbol))
         return Instrument(*row) if row is not None else None
 
-    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
-        """Record the first candle time the exchange has for this instrument."""
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
+        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
         async with self._connect() as (_, conn):
             await self._bounded(conn.execute(self._sql(_SET_LISTING), instrument_id, listing_ms))
+
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        """Every stored instrument of the venue label ``exchange``, by id."""
+        return [Instrument(*r) for r in await self._fetch(_SELECT_INSTRUMENTS, exchange)]
+
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        """Delete the candles opening at ``ts`` and cut ``uncover`` out of the coverage, atomically."""
+        code = timeframe_code(timeframe)
+        async with self._connect() as (_, conn), conn.transaction():
+            status = await self._bounded(
+                conn.execute(
+                    self._sql(_DELETE_CANDLES), instrument_id, code, list(ts), timeout=self._timeout_s
+                )
+            )
+            if uncover:
+                rows = await self._bounded(conn.fetch(self._sql(_LOCK_COVERAGE), instrument_id, code))
+                kept = cut_coverage([CoverageRange(r[0], r[1], r[2]) for r in rows], uncover)
+                await self._bounded(conn.execute(self._sql(_DELETE_COVERAGE), instrument_id, code))
+                await self._bounded(
+                    conn.execute(
+                        self._sql(_INSERT_COVERAGE),
+                        [instrument_id] * len(kept),
+                        [code] * len(kept),
+                        [r.kind for r in kept],
+                        [r.start_ms for r in kept],
+                        [r.end_ms for r in kept],
+                    )
+                )
+        return _status_count(status)
 
     async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
         """Write batches in one transaction: candles and coverage visible together or not at all.

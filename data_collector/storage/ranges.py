@@ -47,6 +47,18 @@ def subtract_spans(start_ms: int, end_ms: int, covered: Iterable[Span]) -> list[
     return out
 
 
+def cut_coverage(rows: Iterable[CoverageRange], cuts: Iterable[CoverageRange]) -> list[CoverageRange]:
+    """``rows`` less the cuts: each cut takes its span out of the rows of its own kind."""
+    cut_spans: dict[str, list[Span]] = {}
+    for cut in cuts:
+        cut_spans.setdefault(cut.kind, []).append((cut.start_ms, cut.end_ms))
+    return [
+        CoverageRange(s, e, r.kind)
+        for r in rows
+        for s, e in subtract_spans(r.start_ms, r.end_ms, cut_spans.get(r.kind, []))
+    ]
+
+
 def merge_coverage(ranges: Iterable[CoverageRange]) -> list[CoverageRange]:
     """Merge coverage ranges into sorted, non-overlapping ranges.
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-from sqlalchemy.engine import make_url
 
 from data_collector.config import Config
+from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
     ConfigError,
@@ -31,7 +31,7 @@ from data_collector.errors import (
 from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
-from data_collector.storage.ranges import Span, merge_spans
+from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore
 
 T = TypeVar("T")
@@ -107,7 +107,7 @@ class SqliteCandleStore(CandleStore):
     """
 
     def __init__(self, config: Config) -> None:
-        url = make_url(config.database.url.get_secret_value())
+        url = parse_database_url(config.database.url.get_secret_value())
         if url.get_backend_name() != "sqlite":
             raise ConfigError("database.url: SqliteCandleStore needs a sqlite+aiosqlite:/// URL")
         database = url.database or ""
@@ -227,14 +227,56 @@ class SqliteCandleStore(CandleStore):
         rows = await self._fetchall(_SELECT_INSTRUMENT, (exchange, symbol))
         return Instrument(*rows[0]) if rows else None
 
-    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
-        """Record the first candle time the exchange has for this instrument."""
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
+        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
         async with self._transaction() as conn:
             await self._bounded(
                 conn.execute(
                     "UPDATE instruments SET listing_ms = ? WHERE id = ?", (listing_ms, instrument_id)
                 )
             )
+
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        """Every stored instrument of the venue label ``exchange``, by id."""
+        rows = await self._fetchall(
+            "SELECT id, exchange, symbol, base, quote, market_type, listing_ms "
+            "FROM instruments WHERE exchange = ? ORDER BY id",
+            (exchange,),
+        )
+        return [Instrument(*r) for r in rows]
+
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        """Delete the candles opening at ``ts`` and cut ``uncover`` out of the coverage, atomically."""
+        code = timeframe_code(timeframe)
+        key = (instrument_id, code)
+        async with self._transaction() as conn:
+            before = conn.total_changes
+            await self._bounded(
+                conn.executemany(
+                    "DELETE FROM ohlcv WHERE instrument_id = ? AND timeframe = ? AND ts = ?",
+                    [(*key, t) for t in ts],
+                )
+            )
+            removed = conn.total_changes - before
+            if uncover:
+                rows = await self._bounded(
+                    conn.execute_fetchall(
+                        "DELETE FROM coverage WHERE instrument_id = ? AND timeframe = ? "
+                        "RETURNING start_ms, end_ms, kind",
+                        key,
+                    )
+                )
+                kept = cut_coverage([CoverageRange(int(r[0]), int(r[1]), r[2]) for r in rows], uncover)
+                await self._bounded(
+                    conn.executemany(
+                        "INSERT INTO coverage (instrument_id, timeframe, kind, start_ms, end_ms) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(*key, r.kind, r.start_ms, r.end_ms) for r in kept],
+                    )
+                )
+        return removed
 
     async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
         """Write batches in one transaction: candles and coverage visible together or not at all.

@@ -59,8 +59,20 @@ class CandleStore(ABC):
         """The instrument, or ``None`` when it was never stored."""
 
     @abstractmethod
-    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
-        """Record the first candle time the exchange has for this instrument."""
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
+        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
+
+    @abstractmethod
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        """Every stored instrument of the venue label ``exchange``, by id."""
+
+    @abstractmethod
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        """Delete the candles opening at ``ts`` and take ``uncover`` out of the coverage of its
+        kind, in one transaction; return the rows deleted. For repairs such as removing demo rows:
+        uncovered ranges are fetched again by the next run."""
 
     @abstractmethod
     async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:

@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from data_collector.echo import shown_input
 from data_collector.markets import TIMEFRAME_MS, candle_close_ms, candle_open_ms, validate_timeframe
 
 #: 2010-01-01: anything earlier is not a crypto exchange timestamp.
@@ -60,10 +61,10 @@ def validate_channel(channel: str) -> str:
         try:
             validate_timeframe(channel[6:])
         except UsageError as exc:
-            raise UsageError(f"invalid channel {channel!r}: {exc}") from None
+            raise UsageError(f"invalid channel {shown_input(channel)}: {exc}") from None
         return channel
     raise UsageError(
-        f"unknown channel {channel!r}: use one of {', '.join(BASE_CHANNELS)} or kline_<timeframe> (kline_1m)"
+        f"unknown channel {shown_input(channel)}: use one of {', '.join(BASE_CHANNELS)} or kline_<timeframe> (kline_1m)"
     )
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import redis.asyncio
 
+from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError
 from data_collector.redis.client import RedisEndpoint
 from data_collector.redis.keys import book_key, gaps_key, latest_key, stream_key
@@ -58,8 +59,11 @@ class MarketDataReader:
         redis_client: a ``redis.asyncio.Redis`` (kept, not closed by the reader), a sync
             ``redis.Redis`` (its settings are reused) or a URL.
         prefix: the ``redis.prefix`` the streamer wrote under.
-        exchange: the exchange id in the keys.
+        exchange: the venue label in the keys (the streamer's ``exchange.name``): ``binance``,
+            or ``sim-binance`` for what the demo and the simulator wrote.
         socket_timeout_s: timeout of each call when the reader opens its own client.
+
+    :meth:`from_config` takes all three from a config.
     """
 
     def __init__(
@@ -79,6 +83,17 @@ class MarketDataReader:
         self.prefix = prefix
         self.exchange = exchange
         self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Config | dict[str, Any] | str | None = None) -> MarketDataReader:
+        """A reader of ``redis.url`` under ``redis.prefix`` and the venue ``exchange.name``."""
+        cfg = load_config(config)
+        return cls(
+            cfg.redis.url.get_secret_value(),
+            prefix=cfg.redis.prefix,
+            exchange=cfg.exchange.name,
+            socket_timeout_s=cfg.redis.socket_timeout_s,
+        )
 
     def _client(self) -> redis.asyncio.Redis:
         if self._closed:

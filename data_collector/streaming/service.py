@@ -60,6 +60,7 @@ class ServiceOptions:
 
     symbols: list[str]
     channels: list[str]
+    #: The venue label in every key and event (``exchange.name``, e.g. ``binance``, ``sim-binance``).
     exchange: str
     prefix: str
     ws_url: str
@@ -78,6 +79,8 @@ class ServiceOptions:
     close_timeout_s: float = 10.0
     #: TTL of the ``<prefix>:heartbeat:streamer`` key (``metrics.heartbeat_ttl_s``); ``None``: no heartbeat.
     heartbeat_ttl_s: int | None = 60
+    #: The protocol spoken (``exchange.id``); only Binance's is.
+    protocol: str = "binance"
 
 
 class _Activity:
@@ -105,8 +108,8 @@ class StreamService:
         metrics: StreamMetrics,
         candle_sink: CandleSink | None = None,
     ) -> None:
-        if options.exchange != "binance":
-            raise UsageError(f"the streamer speaks Binance's protocol only, not {options.exchange!r}")
+        if options.protocol != "binance":
+            raise UsageError(f"the streamer speaks Binance's protocol only, not {options.protocol!r}")
         self.options = options
         self.metrics = metrics
         self._endpoint = endpoint
@@ -249,6 +252,8 @@ class StreamService:
             ttl_s=ttl,
             monitor=_Activity(self),
             extra=lambda: {
+                # The venue label: the health check trusts only its own venue's streamer.
+                "exchange": self.options.exchange,
                 "symbols": len(self.symbols),
                 "channels": self.channels,
                 "written": metrics.written,

@@ -262,7 +262,7 @@ async def test_sigkill_at_three_points_then_resume(
         try:
             expected_pages = 0
             for s in SYMBOLS:
-                inst = await store.ensure_instrument("binance", s, base=s.split("/")[0], quote="USDT")
+                inst = await store.ensure_instrument("sim-binance", s, base=s.split("/")[0], quote="USDT")
                 for tf in TIMEFRAMES:
                     plan = plan_backfill(
                         s,

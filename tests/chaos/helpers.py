@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -47,6 +52,118 @@ async def bounded(what: str, call: Awaitable[Any], guard_s: float) -> Outcome:
     except Exception as exc:
         return Outcome(what, time.monotonic() - started, error=exc)
     return Outcome(what, time.monotonic() - started, result=result)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ("optimized_collection.py", "health_check.py", "stream_market_data.py")
+#: Address space a script run may take: far above what a refused config needs (~0.5 GB of
+#: mappings at import), far below what /dev/zero or an alias bomb would eat.
+SCRIPT_MEMORY_BYTES = 1 << 30
+SCRIPT_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ScriptRun:
+    """How a script run ended: exit code and both output streams."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def assert_one_line(self, *codes: int) -> str:
+        """Exit code in ``codes``, exactly one line on stderr and no traceback; return that line."""
+        shown = (self.code, self.stderr[-800:])
+        assert "Traceback" not in self.stderr + self.stdout, shown
+        assert self.code in codes, shown
+        assert len(self.stderr_lines) == 1, shown
+        return self.stderr_lines[0]
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (SCRIPT_MEMORY_BYTES, SCRIPT_MEMORY_BYTES))
+
+
+def run_script(
+    script: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout_s: float = SCRIPT_TIMEOUT_S
+) -> ScriptRun:
+    """Run ``scripts/<script>`` with ``args`` under a memory limit; a run past ``timeout_s`` fails the test.
+
+    ``stdin`` is closed and ``cwd`` is a directory of the test's own, so no ``./config.yaml`` is
+    picked up by accident.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / script), *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            preexec_fn=_limit_memory,  # noqa: PLW1509  (no threads in the test process need it)
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"{script} {' '.join(a[:40] for a in args)}: still running after {timeout_s}s"
+        ) from None
+    return ScriptRun(done.returncode, done.stdout, done.stderr)
+
+
+_LOADER_CHILD = """
+import resource, sys
+from data_collector.config import load_config
+from data_collector.errors import ConfigError
+for path in sys.argv[1:]:
+    try:
+        load_config(path)
+        print("ok", flush=True)
+    except ConfigError as exc:
+        print("ConfigError", str(exc).encode("unicode_escape").decode("ascii"), flush=True)
+    except BaseException as exc:
+        print("CRASH", type(exc).__name__, flush=True)
+print("maxrss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+"""
+
+
+@dataclass
+class LoaderRun:
+    """What ``load_config`` did with each path in a child process, and the child's peak RSS."""
+
+    outcomes: list[str]
+    maxrss_kb: int
+
+
+def load_in_child(paths: list[Path], *, timeout_s: float = SCRIPT_TIMEOUT_S) -> LoaderRun:
+    """``load_config`` on each path in one child process under the script memory limit.
+
+    Each outcome is ``ok``, ``ConfigError <message>`` (escaped) or ``CRASH <exception type>``.
+    A child that hangs fails the test: reading a config must never wait forever.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOADER_CHILD, *map(str, paths)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            preexec_fn=_limit_memory,  # noqa: PLW1509  (no threads in the test process need it)
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        seen = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        raise AssertionError(
+            f"the loader hung after {len(seen.splitlines())} of {len(paths)} files"
+        ) from None
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines and lines[-1].startswith("maxrss_kb"), done.stderr[-800:]
+    return LoaderRun(outcomes=lines[:-1], maxrss_kb=int(lines[-1].split()[1]))
 
 
 async def stored_candles(conn: asyncpg.Connection, schema: str) -> tuple[Candles, int]:

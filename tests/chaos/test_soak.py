@@ -150,11 +150,11 @@ async def test_soak_streaming_alongside_backfill(
     try:
         found = dup = 0
         for symbol in SYMBOLS:
-            ids = await _trade_ids(client, f"{redis_prefix}:stream:binance:trade:{symbol}")
+            ids = await _trade_ids(client, f"{redis_prefix}:stream:sim-binance:trade:{symbol}")
             found += len(set(ids))
             dup += len(ids) - len(set(ids))
         written_bt = sum(
-            [await client.xlen(f"{redis_prefix}:stream:binance:bookTicker:{s}") for s in SYMBOLS]
+            [await client.xlen(f"{redis_prefix}:stream:sim-binance:bookTicker:{s}") for s in SYMBOLS]
         )
     finally:
         await client.aclose()

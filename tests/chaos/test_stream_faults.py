@@ -184,10 +184,10 @@ async def test_streaming_under_faults(
 
     client = aioredis.Redis.from_url(restartable_redis.url, socket_timeout=5)
     try:
-        gaps = await _gaps(client, f"{prefix}:gaps:binance")
+        gaps = await _gaps(client, f"{prefix}:gaps:sim-binance")
         found = dup = lost_in_gap = lost_outside = expected = 0
         for symbol in SYMBOLS:
-            key = f"{prefix}:stream:binance:trade:{symbol}"
+            key = f"{prefix}:stream:sim-binance:trade:{symbol}"
             trades = await _trades(client, key)
             windows = [(int(g["from_ms"]), int(g["to_ms"])) for g in gaps if g["stream"] == key]
             f, d, g, o = account(trades, windows)

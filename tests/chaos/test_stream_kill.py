@@ -73,9 +73,9 @@ async def test_streamer_sigkilled_and_restarted(
 
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        key = f"{redis_prefix}:stream:binance:trade:SOL/USDT"
+        key = f"{redis_prefix}:stream:sim-binance:trade:SOL/USDT"
         trades = await _trades(client, key)
-        gaps = await _gaps(client, f"{redis_prefix}:gaps:binance")
+        gaps = await _gaps(client, f"{redis_prefix}:gaps:sim-binance")
     finally:
         await client.aclose()
     windows = [(int(g["from_ms"]), int(g["to_ms"])) for g in gaps if g["stream"] == key]

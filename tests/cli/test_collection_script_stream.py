@@ -36,7 +36,7 @@ def test_demo_then_stream_until_ctrl_c(tmp_path: Path, redis_prefix: str) -> Non
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    stream = f"{redis_prefix}:stream:binance:trade:SOL/USDT"
+    stream = f"{redis_prefix}:stream:sim-binance:trade:SOL/USDT"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and client.xlen(stream) < 20:

@@ -16,7 +16,7 @@ from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
 from tests.support.services import REDIS_URL
-from tests.support.streaming import stream_config, wait_for
+from tests.support.streaming import read_until, stream_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ async def test_reader_latest_last_range_dataframe_tail_and_gaps(redis_prefix: st
             config=stream_config(sim, redis_prefix),
         )
         client = redis.asyncio.Redis.from_url(REDIS_URL)
-        reader = MarketDataReader(client, prefix=redis_prefix)
+        reader = MarketDataReader(client, prefix=redis_prefix, exchange="sim-binance")
         async with streamer:
             await wait_for(lambda: streamer.get_metrics()["written"] > 50, what="entries")
             tailed: list[dict[str, object]] = []
@@ -72,7 +72,8 @@ async def test_reader_latest_last_range_dataframe_tail_and_gaps(redis_prefix: st
         assert book is not None and book["bids"][0][0] < book["asks"][0][0]
         await reader.close()
         await client.aclose()
-    async with MarketDataReader(REDIS_URL, prefix=redis_prefix) as own:
+    own_config = {"redis": {"url": REDIS_URL, "prefix": redis_prefix}, "exchange": {"name": "sim-binance"}}
+    async with MarketDataReader.from_config(own_config) as own:
         assert await own.latest(symbol, "trade") == final
 
 
@@ -92,7 +93,7 @@ async def test_cli_runs_the_demo_prints_status_and_a_summary(redis_prefix: str) 
     assert text.count(" written ") >= 2 and "stream summary:" in text and "latency event to redis" in text
     assert metrics["written"] > 0 and metrics["malformed"] == 0
     client = redis.asyncio.Redis.from_url(REDIS_URL)
-    assert await client.xlen(f"{redis_prefix}:stream:binance:trade:ETH/USDT") > 0
+    assert await client.xlen(f"{redis_prefix}:stream:sim-binance:trade:ETH/USDT") > 0
     await client.aclose()
 
 
@@ -114,12 +115,7 @@ async def test_script_stops_on_ctrl_c_with_a_summary_and_rejects_bad_input(redis
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    seen = b""
-    while b" written " not in seen:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line, seen
-        seen += line
+    await read_until(proc.stdout, b" written ")
     proc.send_signal(signal.SIGINT)
     rest, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()

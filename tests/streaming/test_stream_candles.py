@@ -37,7 +37,7 @@ async def test_closed_klines_are_stored_with_rest_values(
     store = open_store(load_config(cfg))
     await store.initialize()
     try:
-        instrument = await store.ensure_instrument("binance", symbol, base="SOL", quote="USDT")
+        instrument = await store.ensure_instrument("sim-binance", symbol, base="SOL", quote="USDT")
         stored = await store.load(instrument.id, "1m", now_ms - 600_000, now_ms)
     finally:
         await store.close()

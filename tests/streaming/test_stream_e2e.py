@@ -17,7 +17,7 @@ from tests.support.streaming import settle_quietly as settle
 
 
 def key(prefix: str, channel: str, symbol: str) -> str:
-    return f"{prefix}:stream:binance:{channel}:{symbol}"
+    return f"{prefix}:stream:sim-binance:{channel}:{symbol}"
 
 
 def check_exactly_once(client: redis.Redis, prefix: str, sim: SimulatedExchange, symbols: list[str]) -> int:
@@ -61,16 +61,16 @@ async def test_every_sent_message_is_in_its_stream_exactly_once_in_order(
             await settle(streamer, sim)
             client = redis.Redis.from_url(REDIS_URL)
             for symbol in SYMBOLS:
-                book = msgpack.unpackb(client.get(f"{redis_prefix}:book:binance:{symbol}"))
+                book = msgpack.unpackb(client.get(f"{redis_prefix}:book:sim-binance:{symbol}"))
                 assert 0 < len(book["bids"]) <= 20 and book["bids"][0][0] < book["asks"][0][0]
         metrics = streamer.get_metrics()
     # A stopped streamer leaves no book behind that nobody keeps in sync.
-    assert client.get(f"{redis_prefix}:book:binance:SOL/USDT") is None
+    assert client.get(f"{redis_prefix}:book:sim-binance:SOL/USDT") is None
     total = check_exactly_once(client, redis_prefix, sim, SYMBOLS)
     assert len(sent_by_stream(sim, SYMBOLS)) == len(SYMBOLS) * len(CHANNELS)
     assert metrics["written"] == total and metrics["deduplicated"] == 0 and metrics["malformed"] == 0
     assert metrics["reconnects"] == 0 and metrics["dropped"] == 0
-    latest = msgpack.unpackb(client.get(f"{redis_prefix}:latest:binance:trade:SOL/USDT"))
+    latest = msgpack.unpackb(client.get(f"{redis_prefix}:latest:sim-binance:trade:SOL/USDT"))
     last_trade = entries(client, key(redis_prefix, "trade", "SOL/USDT"))[-1][1]
     assert latest == last_trade
     client.close()
@@ -112,7 +112,7 @@ async def test_drop_then_stall_reconnects_marks_the_gap_and_repairs_closed_kline
     client = redis.Redis.from_url(REDIS_URL)
     gaps = [
         {k.decode(): v.decode() for k, v in f.items()}
-        for _, f in client.xrange(f"{redis_prefix}:gaps:binance")
+        for _, f in client.xrange(f"{redis_prefix}:gaps:sim-binance")
     ]
     assert {(g["channel"], g["symbol"]) for g in gaps} == {
         (c, s) for c in ("trade", "kline_1m", "depth") for s in symbols
@@ -152,7 +152,7 @@ async def test_local_book_equals_the_simulators_and_a_skipped_id_forces_a_resync
 
         async def watch_books() -> None:
             while True:
-                raw = await client.get(f"{redis_prefix}:book:binance:{symbol}")
+                raw = await client.get(f"{redis_prefix}:book:sim-binance:{symbol}")
                 if raw is not None:
                     published.append(msgpack.unpackb(raw))
                 await asyncio.sleep(0.01)
@@ -174,7 +174,7 @@ async def test_local_book_equals_the_simulators_and_a_skipped_id_forces_a_resync
             )
             local = streamer.order_book(symbol)
             await asyncio.sleep(0.3)
-            final = msgpack.unpackb(await client.get(f"{redis_prefix}:book:binance:{symbol}"))
+            final = msgpack.unpackb(await client.get(f"{redis_prefix}:book:sim-binance:{symbol}"))
         watcher.cancel()
         await client.aclose()
 

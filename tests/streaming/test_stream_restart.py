@@ -15,14 +15,14 @@ SYMBOL = "SOL/USDT"
 def _gaps(client: redis.Redis, prefix: str) -> list[dict[str, str]]:
     return [
         {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in client.xrange(f"{prefix}:gaps:binance")
+        for _, fields in client.xrange(f"{prefix}:gaps:sim-binance")
     ]
 
 
 async def test_restart_marks_the_downtime_and_repairs_closed_klines(redis_prefix: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
-    trade_key = f"{redis_prefix}:stream:binance:trade:{SYMBOL}"
-    kline_key = f"{redis_prefix}:stream:binance:kline_1m:{SYMBOL}"
+    trade_key = f"{redis_prefix}:stream:sim-binance:trade:{SYMBOL}"
+    kline_key = f"{redis_prefix}:stream:sim-binance:kline_1m:{SYMBOL}"
     async with SimulatedExchange(symbols=[SYMBOL], seed=11, ws_rate=50) as sim:
 
         def streamer() -> OptimizedWebSocketStreamer:
@@ -77,7 +77,7 @@ async def test_restart_while_redis_is_down_marks_the_gap_once_redis_answers(
     redis_prefix: str, private_redis: PrivateRedis
 ) -> None:
     client = redis.Redis.from_url(private_redis.url, socket_timeout=5)
-    trade_key = f"{redis_prefix}:stream:binance:trade:{SYMBOL}"
+    trade_key = f"{redis_prefix}:stream:sim-binance:trade:{SYMBOL}"
     async with SimulatedExchange(symbols=[SYMBOL], seed=14, ws_rate=50) as sim:
 
         def streamer() -> OptimizedWebSocketStreamer:

@@ -146,7 +146,9 @@ def test_bad_arguments_fail_with_a_usage_error() -> None:
         {"symbols": ["SOL/USDT"], "channels": ["nope"]},
         {"symbols": ["SOL/USDT"], "batch_size": 0},
         {"symbols": ["SOL/USDT"], "redis_client": 42},
-        {"symbols": ["SOL/USDT"], "exchange": "kraken"},
+        # The protocol is exchange.id (the ``exchange`` argument is only the label in the keys).
+        {"symbols": ["SOL/USDT"], "config": {"exchange": {"id": "kraken"}}},
+        {"symbols": ["SOL/USDT"], "exchange": "bad label"},
     ):
         with pytest.raises(UsageError):
             OptimizedWebSocketStreamer(redis_client=kwargs.pop("redis_client", REDIS_URL), **kwargs)  # type: ignore[arg-type]

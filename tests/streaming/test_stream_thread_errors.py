@@ -51,6 +51,7 @@ async def test_task_death_inside_a_running_loop_is_reraised(redis_prefix: str) -
     task = streamer._task
     assert task is not None
     await asyncio.wait({task}, timeout=10)
+    assert isinstance(task.exception(), RuntimeError)  # retrieved: no "never retrieved" noise
     with pytest.raises(RuntimeError, match="writer could not start"):
         streamer.get_metrics()
     with pytest.raises(RuntimeError, match="writer could not start"):

@@ -64,3 +64,14 @@ async def settle_quietly(streamer: Any, sim: SimulatedExchange) -> None:
             return
         last = done
         await asyncio.sleep(0.3)
+
+
+async def read_until(stdout: asyncio.StreamReader | None, marker: bytes, timeout_s: float = 30.0) -> bytes:
+    """A subprocess's output up to the first line holding ``marker`` (its status line, say)."""
+    assert stdout is not None
+    seen = b""
+    while marker not in seen:
+        line = await asyncio.wait_for(stdout.readline(), timeout_s)
+        assert line, seen
+        seen += line
+    return seen
