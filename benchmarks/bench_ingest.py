@@ -15,9 +15,10 @@ import asyncpg
 from benchmarks.harness import BenchContext, Row, Table
 from data_collector.config import load_config
 from data_collector.markets import MINUTE_MS, TIMEFRAME_CODES
-from data_collector.storage.base import Candle, CandleBatch, CandleStore, CoverageRange
+from data_collector.storage.base import Candle, CandleBatch, CoverageRange
 from data_collector.storage.postgres import PostgresCandleStore
 from data_collector.storage.sqlite import SqliteCandleStore
+from data_collector.storage.store import CandleStore
 
 NAME = "ingest"
 DESCRIPTION = (

@@ -24,8 +24,8 @@ import redis
 import redis.asyncio
 
 from benchmarks.harness import BenchContext, Row, Table
+from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.metrics import StreamMetrics
-from data_collector.streaming.redis_conn import RedisEndpoint
 from data_collector.streaming.writer import Entry, RedisWriter, set_prefix, xadd_prefix
 
 NAME = "redis_write"

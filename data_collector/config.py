@@ -6,6 +6,9 @@ environment). Environment variables override the file: ``DC__DATABASE__URL=...``
 
 Any unknown key or bad value raises :class:`~data_collector.errors.ConfigError` with one line that
 names the key, e.g. ``config.yaml: performance.db_pool_size: must be a positive integer``.
+
+Long because every section's model, its validators and the file and environment loading share
+one way of naming a key and its source in an error; a split would be a candidate for later.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from data_collector.database_url import parse_database_url
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
 from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
-from data_collector.redis_keys import key_part
-from data_collector.redis_url import parse_redis_url
+from data_collector.redis.keys import key_part
+from data_collector.redis.url import parse_redis_url
 
 ENV_PREFIX = "DC__"
 DEFAULT_CONFIG_PATH = Path("config.yaml")

@@ -32,7 +32,8 @@ from typing import Any
 
 from data_collector.errors import UsageError
 from data_collector.markets import DAY_MS, TIMEFRAME_MS, TIMEFRAMES, candle_open_ms, next_open_ms
-from data_collector.storage.base import Candle, CandleStore, CoverageRange, Instrument
+from data_collector.storage.base import Candle, CoverageRange, Instrument
+from data_collector.storage.store import CandleStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Health checks for a deployment: servers, the exchange, data freshness, heartbeats, disk.
 
-``scripts/health_check.py`` is a thin shell over :func:`run_checks` and :func:`watch`; anything
-else (a web handler, a test) can call them too.
+``scripts/health_check.py`` (:mod:`data_collector.cli.health`, which adds the table and the
+``--continuous`` loop) is a thin shell over :func:`run_checks`; anything else (a web handler, a
+test) can call it too.
 
 Checks, each bounded by ``metrics.check_timeout_s``:
 
@@ -31,6 +32,8 @@ backfill, or only the streamer). The report is healthy when nothing failed.
 
 Every database question goes through the store (:mod:`data_collector.storage`), never opened with
 ``initialize()``: a health check reads; it creates no database, schema or table.
+
+Long because each check names its own failure reasons (refused, timed out, TLS, auth) in one line.
 """
 
 from __future__ import annotations
@@ -60,9 +63,11 @@ from data_collector.errors import (
     StoreNotInitializedError,
     UsageError,
 )
+from data_collector.heartbeat import read_heartbeat
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
-from data_collector.redis_keys import heartbeat_key, stream_key
-from data_collector.redis_url import async_client, parse_redis_url
+from data_collector.redis.client import async_client
+from data_collector.redis.keys import heartbeat_key, stream_key
+from data_collector.redis.url import parse_redis_url
 from data_collector.storage import CandleStore, open_store
 from data_collector.storage.pg_connect import PgTarget, pg_target
 
@@ -349,8 +354,6 @@ def _same_venue(beat: dict[str, Any], config: Config) -> bool:
 
 
 async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
-    from utils.heartbeat import read_heartbeat  # utils depends on data_collector, not the reverse at import
-
     name = f"heartbeat:{component}"
     try:
         beat = await read_heartbeat(client, config.redis.prefix, component)
@@ -454,73 +457,10 @@ async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | 
     return HealthReport(list(results), now)
 
 
-def render_table(report: HealthReport) -> Any:
-    """The report as a ``rich`` table."""
-    from rich.table import Table
-
-    colours = {"ok": "green", "warn": "yellow", "fail": "bold red"}
-    table = Table(title="data_collector health", title_justify="left")
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("latency", justify="right")
-    table.add_column("detail", overflow="fold")
-    for c in report.checks:
-        latency = f"{c.latency_ms:.1f} ms" if c.latency_ms is not None else ""
-        table.add_row(c.name, f"[{colours[c.status]}]{c.status.upper()}[/]", latency, c.detail)
-    return table
-
-
-def changes(previous: HealthReport | None, current: HealthReport) -> list[str]:
-    """Lines for checks whose status changed since ``previous`` (all of them when None)."""
-    before = {c.name: c.status for c in previous.checks} if previous else {}
-    out = []
-    for c in current.checks:
-        old = before.get(c.name)
-        if old != c.status:
-            arrow = f"{old} -> {c.status}" if old else c.status
-            out.append(f"{c.name}: {arrow}: {c.detail}")
-    return out
-
-
-async def watch(
-    config: Config,
-    interval_s: float,
-    emit: Callable[[HealthReport, list[str]], None],
-    stop: asyncio.Event,
-    *,
-    skip: Iterable[str] = (),
-) -> HealthReport | None:
-    """Run the checks every ``interval_s`` until ``stop`` is set, calling ``emit(report, changes)``.
-
-    Failures never end the loop. A check in flight when ``stop`` is set is cancelled.
-    """
-    previous: HealthReport | None = None
-    skip = tuple(skip)
-    while not stop.is_set():
-        run = asyncio.ensure_future(run_checks(config, skip=skip))
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if run not in done:
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-            break
-        stopper.cancel()
-        report = run.result()
-        emit(report, changes(previous, report))
-        previous = report
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-    return previous
-
-
 __all__ = [
     "CHECKS",
     "CheckResult",
     "HealthReport",
-    "changes",
     "exchange_ping_url",
-    "render_table",
     "run_checks",
-    "watch",
 ]

@@ -24,41 +24,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, date, datetime
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import RetryCallState
 
-from data_collector.backfill import (
-    BackfillPlan,
-    Range,
+from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.monitor import CollectorMonitor, default_monitor
+from data_collector.backfill.plan import (
     align_range,
     page_coverage,
     pages,
-    plan_backfill,
     unproven_rest,
 )
+from data_collector.backfill.report import CollectionReport, PairReport
+from data_collector.backfill.run import BackfillRun
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
-    CollectorError,
-    InvalidSymbolError,
-    PermanentError,
-    TransientError,
     UsageError,
 )
-from data_collector.exchange_client import ExchangeClient, classify
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
-from data_collector.monitor_hook import CollectorMonitor, default_monitor
-from data_collector.report import CollectionReport, PairReport
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
-from data_collector.storage.base import CandleBatch, CandleStore, CoverageRange, Gap, Instrument, WriteResult
+from data_collector.storage.base import CandleBatch, Gap, Instrument
+from data_collector.storage.store import CandleStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,12 +63,6 @@ TimeLike = datetime | date | int | float | str
 #: Called with the pair's report after every change (planned, page done, finished).
 ProgressCallback = Callable[[PairReport], None]
 
-PAGES_IN_FLIGHT_PER_PAIR = 8
-#: Pages between their request and the write queue, over all pairs.
-PAGES_IN_PROCESS = 12
-WRITE_QUEUE_BATCHES = 8
-WRITERS = 2
-MAX_BATCHES_PER_WRITE = 8
 #: Attempts of one store call (the first and the retries), and its backoff's first and longest wait:
 #: about 7 s in all, enough to ride out a PostgreSQL restart or a short network blip.
 STORE_ATTEMPTS = 5
@@ -264,7 +251,7 @@ class OptimizedDataCollector:
         for symbol in symbol_list:
             for timeframe in timeframe_list:
                 report.pair(symbol, timeframe)
-        run = _Run(self, report, start_ms, end_ms)
+        run = BackfillRun(self, report, start_ms, end_ms)
         await run.execute(list(dict.fromkeys(symbol_list)), list(dict.fromkeys(timeframe_list)))
         return report
 
@@ -406,237 +393,3 @@ def _log_store_retry(state: RetryCallState) -> None:
 
 def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
-
-
-class _Run:
-    """One ``collect`` call: the fetchers, the bounded write queue and the two writers."""
-
-    def __init__(
-        self, owner: OptimizedDataCollector, report: CollectionReport, start_ms: int, end_ms: int
-    ) -> None:
-        self.owner = owner
-        self.client = owner.client
-        self.store = owner.store
-        self.config = owner.config
-        self.report = report
-        self.start_ms = start_ms
-        self.end_ms = end_ms
-        self.queue: asyncio.Queue[tuple[CandleBatch, PairReport] | None] = asyncio.Queue(WRITE_QUEUE_BATCHES)
-        self.symbols = asyncio.Semaphore(self.config.performance.concurrent_symbols)
-        self.page_slots = asyncio.Semaphore(PAGES_IN_PROCESS)
-        self.write_error: BaseException | None = None
-
-    async def execute(self, symbols: list[str], timeframes: list[str]) -> None:
-        started = time.perf_counter()
-        stats0 = _snapshot(self.client)
-        writers = [asyncio.create_task(self._writer(), name=f"dc-writer-{i}") for i in range(WRITERS)]
-        try:
-            await asyncio.gather(*(self._symbol(s, timeframes) for s in symbols))
-        finally:
-            for _ in writers:
-                await self.queue.put(None)
-            await asyncio.gather(*writers, return_exceptions=True)
-            stats1 = _snapshot(self.client)
-            r = self.report
-            r.requests, r.retries, r.http_429, r.http_418, r.malformed_pages, r.weight_used = (
-                b - a for a, b in zip(stats0, stats1, strict=True)
-            )
-            r.elapsed_s = time.perf_counter() - started
-            r.interrupted = self.owner._stop.is_set() and any(
-                p.status in ("stopped", "pending", "running") for p in r.pairs.values()
-            )
-        if self.write_error is not None:
-            raise self.write_error
-
-    async def _symbol(self, symbol: str, timeframes: list[str]) -> None:
-        async with self.symbols:
-            if self.owner._stop.is_set():
-                for tf in timeframes:
-                    self._finish(self.report.pair(symbol, tf), "stopped")
-                return
-            try:
-                instrument = await self.owner.instrument(symbol)
-                plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
-                if instrument.listing_ms is None and any(p.pages for p in plans.values()):
-                    listing = await self.client.first_candle_ms(symbol)
-                    if listing is not None:
-                        await self.owner._store_call(partial(self.store.set_listing, instrument.id, listing))
-                        instrument = await self._relisted(instrument, listing)
-                        plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
-            except Exception as exc:
-                error = classify(exc)
-                if not isinstance(error, (PermanentError, TransientError, InvalidSymbolError)):
-                    raise
-                for tf in timeframes:
-                    self._fail(self.report.pair(symbol, tf), error)
-                return
-            await asyncio.gather(*(self._pair(instrument, plans[tf]) for tf in timeframes))
-
-    async def _relisted(self, instrument: Instrument, listing_ms: int) -> Instrument:
-        updated = replace(instrument, listing_ms=listing_ms)
-        self.owner._instruments[instrument.symbol] = updated
-        return updated
-
-    async def _plan(self, instrument: Instrument, symbol: str, timeframe: str) -> BackfillPlan:
-        covered = await self.owner._store_call(partial(self.store.coverage, instrument.id, timeframe))
-        plan = plan_backfill(
-            symbol,
-            timeframe,
-            self.start_ms,
-            self.end_ms,
-            covered=covered,
-            listing_ms=instrument.listing_ms,
-            server_now_ms=self.client.server_now_ms(),
-            limit=self.config.exchange.ohlcv_page_limit,
-        )
-        pair = self.report.pair(symbol, timeframe)
-        pair.pages_planned = len(plan.pages)
-        pair.candles_expected = plan.expected_candles
-        pair.gaps_found = plan.holes
-        return plan
-
-    async def _pair(self, instrument: Instrument, plan: BackfillPlan) -> None:
-        pair = self.report.pair(plan.symbol, plan.timeframe)
-        pair.status = "running"
-        self.report.gaps_found += plan.holes
-        if plan.holes:
-            self.owner.monitor.record_gaps(plan.holes)
-        self._progress(pair)
-        if plan.before_listing is not None:
-            s, e = plan.before_listing
-            batch = CandleBatch(instrument.id, plan.timeframe, [], [CoverageRange(s, e, "empty")])
-            await self.queue.put((batch, pair))
-        todo = list(reversed(plan.pages))
-        failure: list[CollectorError] = []
-
-        def more() -> bool:
-            return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
-
-        async def worker() -> None:
-            while more():
-                # A slot covers the page from its request until it is on the write queue, so
-                # pages waiting for a full queue count too: memory stays bounded.
-                async with self.page_slots:
-                    if not await self._page(instrument, plan, pair, todo, failure):
-                        return
-
-        # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
-        while more():
-            await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, len(todo)))))
-        if failure:
-            self._fail(pair, failure[0])
-        elif todo or self.write_error is not None:
-            self._finish(pair, "stopped")
-        else:
-            self.report.gaps_repaired += plan.holes
-            self._finish(pair, "done")
-
-    async def _page(
-        self,
-        instrument: Instrument,
-        plan: BackfillPlan,
-        pair: PairReport,
-        todo: list[Range],
-        failure: list[CollectorError],
-    ) -> bool:
-        """Fetch one page and queue it for the writers; False when the pair must stop."""
-        if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
-            return False
-        page = todo.pop()
-        limit = self.config.exchange.ohlcv_page_limit
-        fetch = asyncio.ensure_future(self.client.fetch_page(plan.symbol, plan.timeframe, page, limit))
-        stopped = asyncio.ensure_future(self.owner._stop.wait())
-        try:
-            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not fetch.done():
-                # Stopping: a page waiting for the rate limiter is dropped, not awaited.
-                fetch.cancel()
-                await asyncio.gather(fetch, return_exceptions=True)
-        if fetch.cancelled():
-            todo.append(page)
-            return False
-        try:
-            candles = fetch.result()
-        except Exception as exc:
-            failure.append(classify(exc))
-            return False
-        coverage = page_coverage(page, candles, plan.timeframe, cap=self.client.most_candles_seen)
-        rest = unproven_rest(page, coverage)
-        if rest is not None:
-            # Cut short at the server's cap: the rest of the page is fetched in this run.
-            more = pages(rest, plan.timeframe, limit)
-            todo.extend(reversed(more))
-            pair.pages_planned += len(more)
-        gaps = sum(1 for c in coverage if c.kind == "empty")
-        pair.exchange_gaps += gaps
-        self.report.exchange_gaps += gaps
-        pair.candles_fetched += len(candles)
-        pair.pages_done += 1
-        await self.queue.put((CandleBatch(instrument.id, plan.timeframe, candles, coverage), pair))
-        self._progress(pair)
-        return True
-
-    def _fail(self, pair: PairReport, error: BaseException) -> None:
-        pair.error = str(error)
-        log.error("%s failed: %s", pair.key, error)
-        self._finish(pair, "failed")
-
-    def _finish(self, pair: PairReport, status: Literal["done", "failed", "stopped"]) -> None:
-        if pair.status != "failed":
-            pair.status = status
-        self._progress(pair)
-
-    def _progress(self, pair: PairReport) -> None:
-        if self.owner.progress is not None:
-            try:
-                self.owner.progress(pair)
-            except Exception:  # a display must never stop the collection
-                log.exception("progress callback failed")
-
-    async def _writer(self) -> None:
-        done = False
-        while not done:
-            item = await self.queue.get()
-            if item is None:
-                break
-            items = [item]
-            while len(items) < MAX_BATCHES_PER_WRITE:
-                try:
-                    more = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if more is None:
-                    done = True
-                    break
-                items.append(more)
-            if self.write_error is not None:
-                continue  # drain so fetchers never block on a full queue
-            try:
-                await self._write([b for b, _ in items])
-            except Exception as exc:
-                self.write_error = (
-                    exc if isinstance(exc, CollectorError) else TransientError(f"write failed: {exc}")
-                )
-                log.error("writing to the store failed: %s", exc)
-                for _, pair in items:
-                    self._fail(pair, self.write_error)
-
-    async def _write(self, batches: list[CandleBatch]) -> None:
-        async def write() -> tuple[WriteResult, float]:
-            started = time.perf_counter()
-            return await self.store.write(batches), time.perf_counter() - started
-
-        # Writes are idempotent (coverage + upsert), so a failed drain is simply written again whole.
-        result, duration_s = await self.owner._store_call(write)
-        monitor = self.owner.monitor
-        monitor.record_db_operation("WRITE", duration_s * 1000, result.written)
-        monitor.set_queue_depth(self.queue.qsize())
-        self.report.rows_written += result.written
-        self.report.rows_skipped += result.skipped
-
-
-def _snapshot(client: ExchangeClient) -> tuple[int, int, int, int, int, int]:
-    s = client.stats
-    return (s.requests, s.retries, s.http_429, s.http_418, s.malformed, client.limiter.stats.weight)

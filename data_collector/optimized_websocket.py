@@ -26,10 +26,10 @@ from typing import Any
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, UsageError
+from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import BINANCE_WS_URL, ConnectionSettings
 from data_collector.streaming.metrics import BatchHook, StreamMetrics
-from data_collector.streaming.redis_conn import RedisEndpoint
 from data_collector.streaming.rest import BINANCE_REST_URL, rest_base_from_urls
 from data_collector.streaming.service import ServiceOptions, StreamService
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -11,9 +9,7 @@ import asyncpg
 import pytest
 import redis
 
-PG_ADMIN_DSN = os.environ.get("DC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_URL = os.environ.get("DC_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("DC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.services import PG_ADMIN_DSN, PG_URL, REDIS_URL, PrivateRedis, unique
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,14 +24,10 @@ def long_run(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--long"))
 
 
-def _unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[str]:
     """A fresh PostgreSQL schema in database ``test``, dropped after the test."""
-    name = _unique("t")
+    name = unique("t")
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await conn.execute(f'CREATE SCHEMA "{name}"')
@@ -48,7 +40,7 @@ async def pg_schema() -> AsyncIterator[str]:
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique Redis key prefix; every key under it is deleted after the test."""
-    prefix = _unique("test")
+    prefix = unique("test")
     yield prefix
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
     try:
@@ -74,76 +66,6 @@ def base_config(pg_schema: str, redis_prefix: str) -> dict[str, Any]:
         "redis": {"url": REDIS_URL, "prefix": redis_prefix},
         "logging": {"file": None},
     }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A real redis-server of the test's own, so that pausing or killing it disturbs nothing else."""
-
-    def __init__(self, tmp_dir: str) -> None:
-        self.tmp_dir = tmp_dir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: Any = None
-
-    def start(self) -> None:
-        import subprocess
-        import time
-
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.tmp_dir,
-                "--logfile",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("private redis-server did not start")
-        client.close()
-
-    def pause(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import time
 
 import redis
 
-from tests.conftest import PrivateRedis
+from tests.support.services import PrivateRedis
 
 
 def test_private_redis_pause_times_out_and_resumes(private_redis: PrivateRedis) -> None:

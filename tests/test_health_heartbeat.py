@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 
 from data_collector.config import load_config
 from data_collector.health import run_checks
-from data_collector.redis_keys import heartbeat_key
-from tests.conftest import REDIS_URL, PrivateRedis
-from utils.heartbeat import Heartbeat, read_heartbeat
+from data_collector.heartbeat import Heartbeat, read_heartbeat
+from data_collector.redis.keys import heartbeat_key
+from tests.support.services import REDIS_URL, PrivateRedis
 from utils.performance_monitor import PerformanceMonitor
 
 

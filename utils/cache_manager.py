@@ -17,6 +17,9 @@ Example:
     >>> cache.set("key", {"data": "value"}, ttl=300)  # doctest: +SKIP
     >>> cache.get("key")  # doctest: +SKIP
     {'data': 'value'}
+
+Long because the sync and the async manager mirror each other method for method; side by side,
+they stay in step.
 """
 
 from __future__ import annotations
@@ -35,13 +38,11 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, ServerUnavailableError, UsageError
-from data_collector.redis_keys import cache_key
-from data_collector.redis_url import check_redis_url
+from data_collector.redis.client import async_pool, sync_pool
+from data_collector.redis.keys import cache_key
 from utils import serialization
 from utils.performance_monitor import LatencyWindow
 from utils.serialization import Compression, CorruptValueError, SerializationError
@@ -139,19 +140,6 @@ class _CacheCore:
         self._down_until = 0.0
         self._down_reason = ""
         self._was_down = False
-
-    def pool_kwargs(self) -> dict[str, Any]:
-        r = self.config.redis
-        return {
-            "max_connections": self.config.performance.redis_pool_size,
-            # Waiting for a free pooled connection is bounded like any other call.
-            "timeout": r.socket_timeout_s,
-            "socket_timeout": r.socket_timeout_s,
-            "socket_connect_timeout": r.connect_timeout_s,
-            # No retries: a write must not be applied twice, and a call must end within its timeout.
-            "retry": Retry(NoBackoff(), 0),
-            "retry_on_error": [],
-        }
 
     def key(self, key: str) -> str:
         return cache_key(self.prefix, self.namespace, key)
@@ -316,9 +304,7 @@ class CacheManager:
         self, config: ConfigSource = None, *, strict: bool = False, namespace: str | None = None
     ) -> None:
         self._core = _CacheCore(config, strict, namespace)
-        self._pool = redis.BlockingConnectionPool.from_url(
-            check_redis_url(self._core.config.redis.url.get_secret_value()), **self._core.pool_kwargs()
-        )
+        self._pool = sync_pool(self._core.config)
         self._redis = redis.Redis(connection_pool=self._pool)
 
     @property
@@ -504,9 +490,7 @@ class AsyncCacheManager:
         self, config: ConfigSource = None, *, strict: bool = False, namespace: str | None = None
     ) -> None:
         self._core = _CacheCore(config, strict, namespace)
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            check_redis_url(self._core.config.redis.url.get_secret_value()), **self._core.pool_kwargs()
-        )
+        self._pool = async_pool(self._core.config)
         self._redis = aioredis.Redis(connection_pool=self._pool)
 
     @property

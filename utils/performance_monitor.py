@@ -11,6 +11,9 @@ a mix of days.
 
 The collector and the streamer record into :func:`get_default_monitor`, which also feeds the
 Prometheus metrics of :mod:`utils.metrics`.
+
+Long because the monitor, its bounded latency windows and its Prometheus wiring share one lock
+and one set of series.
 """
 
 from __future__ import annotations

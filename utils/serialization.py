@@ -22,6 +22,9 @@ column-wise and byte-shuffled: it compresses to about a third of its JSON size i
 
 Tuples come back as lists (msgpack has one sequence type) and numpy scalars as Python numbers.
 Nothing is ever pickled: decoding a value cannot run code.
+
+Long because each extension type's encoder and decoder sit side by side, so the format is
+read in one place.
 """
 
 from __future__ import annotations

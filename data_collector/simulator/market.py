@@ -13,6 +13,9 @@ Model (every number is a pure function of ``(seed, symbol, position)``):
 * Each minute's trades are drawn from its candle: the first is the open, the last the close, two
   of them hit the high and the low, the quantities add up to the volume. The forming candle is
   the aggregate of the trades up to now, so it closes into exactly the candle served afterwards.
+
+Long because candles, trades, listing dates and maintenance gaps all derive from the same
+seeded positions, and the formulas must agree; they stay side by side.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The REST and WebSocket routes of the simulator: parameters, weights, faults, Binance errors."""
+"""The REST and WebSocket routes of the simulator: parameters, weights, faults, Binance errors.
+
+Long because it holds one route per Binance endpoint that ccxt calls, each with its parameter
+checks, weight and errors: the endpoint table reads best in one place.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``SimulatedExchange``: a local Binance spot look-alike (REST + WebSocket) on aiohttp."""
+"""``SimulatedExchange``: a local Binance spot look-alike (REST + WebSocket) on aiohttp.
+
+Long because it wires the lifecycle, the limits, the faults and both protocols of one server;
+the parts it delegates live in book, formats, limits, market, rest and streams.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Frames are built as raw WebSocket bytes (server frames are unmasked, we never compress) and all
 frames due for a connection in one tick go out in a single ``transport.write``: that is what lets
 one Python process push well over 100,000 messages a second to a client.
+
+Long because every stream kind shares the one pump and frame builder defined here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Candle storage: one interface (:class:`CandleStore`), one module per backend.
+"""Candle storage: one abstract base (:class:`CandleStore`), one module per backend.
 
 ``open_store(config)`` picks the backend from ``database.url``: ``postgresql+asyncpg://`` or
 ``sqlite+aiosqlite://``.
@@ -13,12 +13,12 @@ from data_collector.database_url import parse_database_url
 from data_collector.storage.base import (
     Candle,
     CandleBatch,
-    CandleStore,
     CoverageRange,
     Gap,
     Instrument,
     WriteResult,
 )
+from data_collector.storage.store import CandleStore
 
 __all__ = [
     "Candle",

@@ -1,4 +1,6 @@
-"""The storage contract shared by the backfill, the streamer and the health check.
+"""The records every store reads and writes, and the tables they live in.
+
+The contract itself is :class:`data_collector.storage.store.CandleStore` (one abstract base).
 
 Tables (PostgreSQL shown; SQLite mirrors them with ``ts``/times as integers):
 
@@ -22,10 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, Self
-
-if TYPE_CHECKING:
-    import pandas as pd
+from typing import Literal
 
 #: ``(ts_ms, open, high, low, close, volume)``
 Candle = tuple[int, float, float, float, float, float]
@@ -94,78 +93,3 @@ class WriteResult:
         self.written += other.written
         self.skipped += other.skipped
         return self
-
-
-class CandleStore(Protocol):
-    """What every backend provides. Whoever opens a store owns it and closes it."""
-
-    async def initialize(self) -> None:
-        """Create the database (when allowed), the schema and the tables, idempotently."""
-
-    async def __aenter__(self) -> Self:
-        """``async with open_store(config) as store:`` initialises the store, and closes it after."""
-
-    async def __aexit__(self, *exc_info: object) -> None: ...
-
-    async def close(self) -> None:
-        """Close the pool; safe to call twice."""
-
-    async def ensure_instrument(
-        self, exchange: str, symbol: str, *, base: str, quote: str, market_type: str = "spot"
-    ) -> Instrument:
-        """Return the instrument, inserting it on first use (ids are stable)."""
-
-    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
-        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
-
-    async def instruments(self, exchange: str) -> list[Instrument]:
-        """Every stored instrument of the venue label ``exchange``, by id."""
-
-    async def remove_candles(
-        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
-    ) -> int:
-        """Delete the candles opening at ``ts`` and take ``uncover`` out of the coverage of its
-        kind, in one transaction; return the rows deleted. For repairs such as removing demo rows:
-        uncovered ranges are fetched again by the next run."""
-
-    async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
-        """Write batches atomically (all or nothing): deduplicated, idempotent, with coverage."""
-
-    async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
-        """Covered ranges, merged and sorted (adjacent ranges of one kind joined)."""
-
-    async def load(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
-        """Candles with ``start_ms <= ts < end_ms``, oldest first."""
-
-    async def latest_ts(self, instrument_id: int, timeframe: str) -> int | None:
-        """Open time of the newest stored candle, or ``None``."""
-
-    async def newest_candles(
-        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
-    ) -> dict[tuple[str, str], int]:
-        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one round trip.
-
-        Pairs without candles (or whose instrument was never stored) are left out.
-
-        Raises:
-            StoreNotInitializedError: the tables do not exist yet.
-        """
-
-    async def server_version(self) -> str:
-        """The database's product and version, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
-
-    async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
-        """The instrument, or ``None`` when it was never stored."""
-
-    async def missing_ranges(
-        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
-    ) -> list[tuple[int, int]]:
-        """Parts of ``[start_ms, end_ms)`` that no coverage range covers (what to fetch), sorted."""
-
-    async def find_gaps(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Gap]:
-        """Gaps in ``[start_ms, end_ms)``: exchange-side, missing (never fetched) and holes."""
-
-    async def load_frame(
-        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
-    ) -> pd.DataFrame:
-        """Candles as a DataFrame indexed by UTC time, columns open high low close volume."""

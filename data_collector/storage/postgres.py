@@ -18,6 +18,9 @@ A write is one transaction: candles and coverage become visible together or not 
 Every call is bounded by ``database.command_timeout_s`` twice: by asyncpg, and from outside by
 ``asyncio.timeout``, because a COPY can outlive asyncpg's own timeout when the backend dies.
 A connection that failed mid-call is terminated, never returned to the pool.
+
+Long because it is the whole PostgreSQL backend: DDL, the COPY write path and the coverage
+merge, with each SQL statement beside the code that runs it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Inst
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
-from data_collector.storage.store_base import BaseCandleStore
+from data_collector.storage.store import CandleStore
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def _root_causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-class PostgresCandleStore(BaseCandleStore):
+class PostgresCandleStore(CandleStore):
     """A :class:`~data_collector.storage.base.CandleStore` on PostgreSQL.
 
     Use it as ``async with PostgresCandleStore(config) as store:`` (which initialises it) or call

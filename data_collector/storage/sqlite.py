@@ -32,7 +32,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
-from data_collector.storage.store_base import BaseCandleStore
+from data_collector.storage.store import CandleStore
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ _NEWEST_CANDLES = (
 )
 
 
-class SqliteCandleStore(BaseCandleStore):
+class SqliteCandleStore(CandleStore):
     """A :class:`~data_collector.storage.base.CandleStore` in one SQLite file.
 
     One connection, used by one call at a time; the file's parent directory is created.

@@ -20,7 +20,7 @@ import msgpack
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import CollectorError
-from data_collector.redis_keys import book_key
+from data_collector.redis.keys import book_key
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import MalformedEvent, parse_levels
 from data_collector.streaming.rest import BinanceRest, RateLimitedError

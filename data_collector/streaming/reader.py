@@ -26,9 +26,9 @@ import redis.asyncio
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError
-from data_collector.redis_keys import book_key, gaps_key, latest_key, stream_key
+from data_collector.redis.client import RedisEndpoint
+from data_collector.redis.keys import book_key, gaps_key, latest_key, stream_key
 from data_collector.streaming.normalize import validate_channel
-from data_collector.streaming.redis_conn import RedisEndpoint
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,6 +3,9 @@
 :class:`StreamService` runs on one event loop and owns everything it opens: the WebSocket
 connections, the Redis writer, the REST client, the order books and the candle sink.
 ``OptimizedWebSocketStreamer`` (the public facade) decides which loop that is.
+
+Long because StreamService owns every resource it opens (sockets, writers, books, candles,
+heartbeat) and their start and teardown order; split up, that order would be spread over files.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import msgpack
 
 from data_collector.errors import CollectorError, UsageError
 from data_collector.markets import candle_open_ms, next_open_ms, normalize_symbols, stream_symbol
-from data_collector.redis_keys import gaps_key, latest_key, stream_key
+from data_collector.redis.client import RedisEndpoint, pack
+from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import (
     MAX_STREAMS_PER_CONNECTION,
@@ -37,7 +41,6 @@ from data_collector.streaming.normalize import (
     validate_channel,
 )
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.redis_conn import RedisEndpoint, pack
 from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
@@ -236,7 +239,7 @@ class StreamService:
         """``<prefix>:heartbeat:streamer``, refreshed in its own task: every Redis call in it is
         bounded by the socket timeout and a failed beat is only logged, so streaming never waits
         for it (Redis down at start: the beats resume when it is back)."""
-        from utils.heartbeat import Heartbeat  # utils builds on data_collector, not the reverse
+        from data_collector.heartbeat import Heartbeat  # only a streamer that keeps a heartbeat needs it
 
         ttl = self.options.heartbeat_ttl_s
         assert ttl is not None

@@ -21,6 +21,9 @@ only the missing ones.
 
 Gap markers are few and never dropped: when more than ``buffer_max`` wait, a new one merges into
 the newest waiting marker of its stream (one wider marker instead of a lost one).
+
+Long because the buffer, the resend and the overflow accounting share one state: the exact gap
+bounds depend on all three, so they stay in one class.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ import redis
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import ServerUnavailableError
+from data_collector.redis.client import FastConnection, RedisEndpoint, pack
 from data_collector.streaming.metrics import StreamMetrics
-from data_collector.streaming.redis_conn import FastConnection, RedisEndpoint, pack
 
 log = logging.getLogger(__name__)
 

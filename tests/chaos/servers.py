@@ -14,7 +14,7 @@ import time
 
 import asyncpg
 
-from tests.conftest import PrivateRedis, free_port
+from tests.support.services import PrivateRedis, free_port
 
 PG_BIN = os.environ.get("DC_TEST_PG_BIN", "/usr/lib/postgresql/15/bin")
 

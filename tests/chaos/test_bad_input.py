@@ -17,10 +17,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from data_collector import redis_keys
 from data_collector.config import Config, load_config
 from data_collector.errors import ConfigError, InvalidSymbolError, InvalidTimeframeError, UsageError
 from data_collector.markets import TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.redis import keys as redis_keys
 
 NASTY = [
     "'; DROP TABLE x; --",
@@ -268,7 +268,7 @@ async def test_cache_keys_with_metacharacters_are_stored_safely(redis_prefix: st
     """Keys are the caller's own strings: they round-trip exactly, and a ``clear(prefix)`` holding
     glob characters deletes only what literally starts with it."""
     cache_manager = pytest.importorskip("utils.cache_manager")
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     config = {"redis": {"url": REDIS_URL, "prefix": redis_prefix}, "logging": {"file": None}}
     keys = [k for k in NASTY if k and len(k) <= 1024] + ["a:b", "a:bc", "ab*", "a?", "[ab]"]

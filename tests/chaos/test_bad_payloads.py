@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from data_collector.markets import MINUTE_MS, candle_open_ms
 
-validation = pytest.importorskip("data_collector.candle_validation")
+validation = pytest.importorskip("data_collector.backfill.validate")
 validate_page = validation.validate_page
 MalformedPageError = validation.MalformedPageError
 
@@ -215,7 +215,7 @@ async def test_bad_ws_frames_are_skipped_and_counted_end_to_end(redis_prefix: st
 
     import redis.asyncio as aioredis
 
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     now = int(time.time() * 1000)
 

@@ -16,7 +16,7 @@ import yaml
 
 from data_collector.config import load_config
 from data_collector.errors import ConfigError
-from data_collector.redis_url import check_redis_url
+from data_collector.redis.url import check_redis_url
 from tests.chaos.helpers import SCRIPTS, load_in_child, run_script
 
 #: Pieces of the password that must never be printed (what make_url quoted as a "port").

@@ -19,7 +19,7 @@ from data_collector.errors import TransientError
 from tests.chaos.helpers import Outcome, bounded
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.report import ScenarioReport
-from tests.conftest import PG_ADMIN_DSN
+from tests.support.services import PG_ADMIN_DSN
 
 MakeProxy = Callable[[str, int], Awaitable[FaultProxy]]
 TIMEOUT_S = 1.0
@@ -78,8 +78,8 @@ def _exchange_config(base_url: str) -> dict[str, Any]:
 async def test_exchange_client_fails_within_timeout_when_blackholed(
     make_proxy: MakeProxy, scenario_report: ScenarioReport
 ) -> None:
-    exchange_client = pytest.importorskip("data_collector.exchange_client")
-    from tests.conftest import free_port
+    exchange_client = pytest.importorskip("data_collector.backfill.exchange")
+    from tests.support.services import free_port
 
     proxy = await make_proxy("127.0.0.1", free_port())
     proxy.blackhole = True
@@ -109,7 +109,7 @@ def _redis_config(url: str, prefix: str) -> dict[str, Any]:
 
 
 def _redis_target() -> tuple[str, int]:
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     netloc = REDIS_URL.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
     host, _, port = netloc.partition(":")
@@ -120,7 +120,7 @@ async def test_cache_calls_end_within_timeout_when_blackholed(
     make_proxy: MakeProxy, redis_prefix: str, scenario_report: ScenarioReport
 ) -> None:
     cache_manager = pytest.importorskip("utils.cache_manager")
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     proxy = await make_proxy(*_redis_target())
     config = _redis_config(proxy.url(REDIS_URL), redis_prefix)
@@ -200,7 +200,7 @@ async def test_store_calls_end_within_timeout_and_copy_cut_leaves_nothing_half_w
     make_proxy: MakeProxy, pg_schema: str, scenario_report: ScenarioReport
 ) -> None:
     from data_collector.storage import CandleBatch, CoverageRange, open_store
-    from tests.conftest import PG_URL
+    from tests.support.services import PG_URL
 
     proxy = await make_proxy("127.0.0.1", 5432)
     config = load_config(
@@ -308,7 +308,7 @@ async def test_exchange_pages_fail_within_timeout_on_a_live_session_blackholed(
 ) -> None:
     """The session's pooled keep-alive connection goes silent mid-backfill."""
     simulator = pytest.importorskip("data_collector.simulator")
-    exchange_client = pytest.importorskip("data_collector.exchange_client")
+    exchange_client = pytest.importorskip("data_collector.backfill.exchange")
 
     async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=2) as sim:
         proxy = await make_proxy(sim.host, sim.port)
@@ -346,7 +346,7 @@ async def test_health_checks_end_within_their_timeout_when_everything_is_blackho
     make_proxy: MakeProxy, pg_schema: str, redis_prefix: str, scenario_report: ScenarioReport
 ) -> None:
     health = pytest.importorskip("data_collector.health")
-    from tests.conftest import PG_URL, REDIS_URL, free_port
+    from tests.support.services import PG_URL, REDIS_URL, free_port
 
     pg = await make_proxy("127.0.0.1", 5432)
     rd = await make_proxy(*_redis_target())

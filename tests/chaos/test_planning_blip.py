@@ -26,7 +26,7 @@ from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from tests.chaos.helpers import Candles, stored_candles
 from tests.chaos.proxy import FaultProxy
-from tests.conftest import PG_ADMIN_DSN, PG_URL
+from tests.support.services import PG_ADMIN_DSN, PG_URL
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
 TIMEFRAMES = ["1m", "1h"]

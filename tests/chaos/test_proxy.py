@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from tests.chaos.proxy import FaultProxy
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.support.services import PG_ADMIN_DSN, REDIS_URL
 
 MakeProxy = Callable[[str, int], Awaitable[FaultProxy]]
 
@@ -174,7 +174,7 @@ async def test_close_drops_everything(echo_port: int) -> None:
 
 
 async def test_unreachable_target_resets_client(make_proxy: MakeProxy) -> None:
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     proxy = await make_proxy("127.0.0.1", free_port())
     reader, writer = await _open(proxy)

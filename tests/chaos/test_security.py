@@ -237,7 +237,7 @@ async def test_collector_run_at_debug_leaks_no_secret(pg_schema: str, tmp_path: 
     """A whole backfill run at DEBUG, then one against an unreachable database: neither the API
     key and secret nor the database password appear on the console or in the log file."""
     simulator = pytest.importorskip("data_collector.simulator")
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=1) as sim:
         exchange = {**sim.exchange_config(), "api_key": SECRET}

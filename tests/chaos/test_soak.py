@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.chaos.report import ScenarioReport
-from tests.conftest import PG_URL, REDIS_URL
+from tests.support.services import PG_URL, REDIS_URL
 
 simulator = pytest.importorskip("data_collector.simulator")
 streamer_mod = pytest.importorskip("data_collector.optimized_websocket")

@@ -18,7 +18,7 @@ import yaml
 
 from tests.chaos.report import ScenarioReport
 from tests.chaos.test_stream_faults import _gaps, _trades, account
-from tests.conftest import REDIS_URL
+from tests.support.services import REDIS_URL
 
 simulator = pytest.importorskip("data_collector.simulator")
 pytest.importorskip("data_collector.optimized_websocket")

@@ -11,7 +11,7 @@ import pytest
 
 from data_collector.config import load_config
 from data_collector.errors import CollectorError, PermanentError
-from tests.conftest import PG_URL, REDIS_URL
+from tests.support.services import PG_URL, REDIS_URL
 
 TLS_REDIS_URL = REDIS_URL.replace("redis://", "rediss://", 1)
 
@@ -38,7 +38,7 @@ async def _initialize_error(pg_schema: str, query: str) -> CollectorError:
 
 async def test_rediss_urls_never_fall_back_to_plaintext(redis_prefix: str) -> None:
     cache_manager = pytest.importorskip("utils.cache_manager")
-    redis_conn = pytest.importorskip("data_collector.streaming.redis_conn")
+    redis_conn = pytest.importorskip("data_collector.redis.client")
     config = {
         "redis": {"url": TLS_REDIS_URL, "prefix": redis_prefix, "socket_timeout_s": 2},
         "logging": {"file": None},

@@ -1,0 +1,369 @@
+"""One ccxt client plus its rate limiter, timeouts and retries: the collector's only way out.
+
+ccxt's own throttler is switched off (``enableRateLimit=False``): our :class:`RateLimiter` paces
+every request, with the exchange's weight budget where the exchange reports it. Responses are
+observed through ccxt's ``on_rest_response`` hook, which runs in the task that made the request,
+so the weight header and ``Retry-After`` are attributed to the right request even when many are
+in flight (``exchange.last_response_headers`` is shared by all of them and may already belong to
+another response by the time the caller reads it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import ccxt.async_support as ccxt
+
+from data_collector.backfill.monitor import CollectorMonitor
+from data_collector.backfill.plan import Range
+from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
+from data_collector.backfill.validate import MalformedPageError, fast_kline_row, validate_page
+from data_collector.config import Config
+from data_collector.errors import (
+    CollectorError,
+    ConfigError,
+    InvalidSymbolError,
+    InvalidTimeframeError,
+    PermanentError,
+    ServerUnavailableError,
+    TransientError,
+)
+from data_collector.retrying import http_status_of, is_transient, retry_policy
+from data_collector.storage.base import Candle
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Requests in flight at once, over all tasks: enough to hide the latency, few enough that pages
+#: parsed but not yet written stay a small part of memory.
+MAX_REQUESTS_IN_FLIGHT = 16
+
+#: Request weights of the Binance spot endpoints we call (PROTOCOL.md).
+BINANCE_WEIGHTS = {"klines": 2, "exchangeInfo": 20, "time": 1}
+BINANCE_LIKE = ("binance", "binanceus")
+
+_reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
+    "dc_reservation", default=None
+)
+
+
+@dataclass(slots=True)
+class RequestStats:
+    requests: int = 0
+    retries: int = 0
+    http_429: int = 0
+    http_418: int = 0
+    malformed: int = 0
+    timeouts: int = 0
+
+
+class ExchangeClient:
+    """Owns one ccxt exchange instance and the :class:`RateLimiter` shared by its users.
+
+    Args:
+        config: the validated configuration (``exchange`` and ``performance`` sections).
+        clock: wall clock in seconds, for the limiter.
+        monitor: receives every call's duration and outcome, and every retry.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        monitor: CollectorMonitor | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = RequestStats()
+        self.monitor = monitor
+        self._clock = clock
+        ex = config.exchange
+        self.weight_mode = ex.id in BINANCE_LIKE or ex.weight_limit is not None
+        self.limiter = RateLimiter(
+            requests_per_min=config.performance.api_rate_limit,
+            weight_per_min=(ex.weight_limit or 6000) if self.weight_mode else None,
+            safety_margin=ex.rate_limit_margin,
+            clock=clock,
+        )
+        self.exchange: Any = None
+        self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self._closed = False
+        self.markets: dict[str, Any] = {}
+        #: The most candles one OHLCV answer has held: the server's cap per answer is at least
+        #: this, so an answer with fewer candles was not cut short (see ``page_coverage``).
+        self.most_candles_seen = 0
+
+    @property
+    def id(self) -> str:
+        return self.config.exchange.id
+
+    def _build(self) -> Any:
+        ex = self.config.exchange
+        cls = getattr(ccxt, ex.id, None)
+        if cls is None:
+            raise PermanentError(f"exchange {ex.id!r} is not a ccxt exchange id")
+        params: dict[str, Any] = {
+            "enableRateLimit": False,
+            "timeout": int(ex.timeout_s * 1000),
+            "options": dict(ex.options),
+        }
+        if ex.urls:
+            params["urls"] = _deep_merge(dict(getattr(cls, "urls", {}) or {}), ex.urls)
+        if ex.api_key is not None:
+            params["apiKey"] = ex.api_key.get_secret_value()
+        if ex.secret is not None:
+            params["secret"] = ex.secret.get_secret_value()
+        exchange = cls(params)
+        if ex.urls:
+            # ccxt deep-extends describe() with the params, so the override wins; keep it explicit.
+            exchange.urls = _deep_merge(dict(exchange.urls), ex.urls)
+        exchange.on_rest_response = self._on_rest_response
+        if ex.id in BINANCE_LIKE:
+            # ccxt's per-field helpers cost ~7 us per candle, more than everything else we do with
+            # it; spot kline arrays need no mapping, and validate_page converts and checks them.
+            exchange.parse_ohlcv = fast_kline_row
+        if not self.weight_mode:
+            self.limiter.fallback_interval_s = float(getattr(exchange, "rateLimit", 0) or 0) / 1000.0
+        return exchange
+
+    def _on_rest_response(
+        self,
+        code: int,
+        reason: str,
+        url: str,
+        method: str,
+        headers: Mapping[str, str],
+        body: str,
+        request_headers: Any,
+        request_body: Any,
+    ) -> str:
+        reservation = _reservation.get()
+        if code == 429:
+            self.stats.http_429 += 1
+        elif code == 418:
+            self.stats.http_418 += 1
+        self.limiter.observe_headers(
+            headers, reservation_minute=reservation.minute if reservation is not None else None
+        )
+        if 200 <= code < 300:
+            text = body.strip() if isinstance(body, str) else ""
+            # ccxt turns an unparsable or empty 200 body into a text response, which fetch_ohlcv
+            # would read as "no candles": that must be a retried error, never an empty range.
+            if not text or text[0] not in "[{" or text[-1] not in "]}":
+                self.stats.malformed += 1
+                raise ccxt.BadResponse(f"{self.id} {method} {url}: malformed body {text[:60]!r}")
+        return body
+
+    async def open(self) -> None:
+        """Create the client, load the markets and measure the server clock offset.
+
+        Raises:
+            ServerUnavailableError: the exchange cannot be reached (after retries).
+        """
+        if self.exchange is not None:
+            return
+        self.exchange = self._build()
+        exchange = self.exchange
+        exchange.enableLastJsonResponse = True
+        try:
+            await self.call(exchange.load_markets, weight=BINANCE_WEIGHTS["exchangeInfo"], attempts=3)
+            info = exchange.last_json_response
+            self._configure_weight_limit(info)
+            if exchange.has.get("fetchTime"):
+                asked = self._clock()
+                offset = await measure_server_offset(
+                    lambda: self.call(exchange.fetch_time, weight=BINANCE_WEIGHTS["time"], attempts=3),
+                    clock=self._clock,
+                )
+                self.limiter.set_server_offset(offset)
+                # The midpoint rule is off by at most half the round trip; a request's trip to the
+                # server adds the other half. Wait that much past each boundary.
+                rtt_s = self._clock() - asked
+                self.limiter.boundary_guard_s = max(self.limiter.boundary_guard_s, min(rtt_s, 2.0) + 0.05)
+        except PermanentError:
+            raise
+        except (TransientError, ccxt.BaseError, OSError) as exc:
+            raise ServerUnavailableError(f"exchange {self.id}", _brief(exc)) from None
+        finally:
+            exchange.enableLastJsonResponse = False
+            exchange.last_json_response = None
+        self.markets = exchange.markets or {}
+
+    def _configure_weight_limit(self, info: object) -> None:
+        if not self.weight_mode or self.config.exchange.weight_limit is not None:
+            return
+        if isinstance(info, dict):
+            for limit in info.get("rateLimits", []) or []:
+                if (
+                    isinstance(limit, dict)
+                    and limit.get("rateLimitType") == "REQUEST_WEIGHT"
+                    and limit.get("interval") == "MINUTE"
+                    and int(limit.get("intervalNum", 1)) == 1
+                ):
+                    self.limiter.set_weight_limit(int(limit["limit"]))
+                    log.info("weight budget from exchangeInfo: %s per minute", limit["limit"])
+
+    async def close(self) -> None:
+        """Close the HTTP session; safe to call twice."""
+        self._closed = True
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            await exchange.close()
+
+    def server_now_ms(self) -> int:
+        return int(self.limiter.server_now() * 1000)
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        """The ccxt market of ``symbol``, or a clear :class:`InvalidSymbolError`."""
+        market = self.markets.get(symbol)
+        if market is None:
+            raise InvalidSymbolError(f"unknown symbol {symbol!r}: {self.id} does not list it")
+        return dict(market)
+
+    def check_timeframe(self, timeframe: str) -> None:
+        timeframes = getattr(self.exchange, "timeframes", None) or {}
+        if timeframes and timeframe not in timeframes:
+            raise InvalidTimeframeError(
+                f"timeframe {timeframe!r} is not supported by {self.id}: use one of {', '.join(timeframes)}"
+            )
+
+    def check_page_limit(self, symbol: str) -> None:
+        """Refuse an ``exchange.ohlcv_page_limit`` above the exchange's documented maximum.
+
+        ccxt documents it per market type (``features``, fetchOHLCV ``limit``: 1000 on Binance
+        spot) and silently asks for no more; a larger page would come back cut short.
+
+        Raises:
+            ConfigError: the limit is above the maximum for ``symbol``'s market.
+        """
+        limit = self.config.exchange.ohlcv_page_limit
+        maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
+        if isinstance(maximum, int) and 0 < maximum < limit:
+            raise ConfigError(
+                f"exchange.ohlcv_page_limit: {limit} is above {self.id}'s maximum of {maximum} candles "
+                f"per request ({symbol}); set it to {maximum} or less"
+            )
+
+    async def call(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        weight: int = 1,
+        attempts: int | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run one exchange call under the limiter, a timeout and the retry policy."""
+        timeout_s = self.config.exchange.timeout_s
+        policy = retry_policy(
+            attempts=attempts or self.config.exchange.max_retries + 1,
+            on_retry=lambda state: self._count_retry(),
+        )
+        async for attempt in policy:
+            with attempt:
+                async with self._in_flight:
+                    return await self._one(fn, args, kwargs, weight, timeout_s)
+        raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
+
+    async def _one(
+        self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float
+    ) -> T:
+        reservation = await self.limiter.acquire(weight if self.weight_mode else 1)
+        token = _reservation.set(reservation)
+        started = time.perf_counter()
+        status: int | None = None
+        ok = False
+        try:
+            self.stats.requests += 1
+            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
+                result = await fn(*args, **kwargs)
+            ok = True
+        except TimeoutError:
+            self.stats.timeouts += 1
+            raise
+        except ccxt.DDoSProtection as exc:
+            status = http_status_of(exc)
+            log.warning("%s answered %s: every request pauses (Retry-After)", self.id, status)
+            if self.limiter.gate_open_in_s <= 0:
+                # No Retry-After header: back off for the rest of the minute.
+                self.limiter.pause(60.0 - self.limiter.server_now() % 60.0)
+            raise
+        finally:
+            _reservation.reset(token)
+            self.limiter.release(reservation)
+            if self.monitor is not None:
+                self.monitor.record_api_call((time.perf_counter() - started) * 1000, ok, status=status)
+        return result
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
+        if self.monitor is not None:
+            self.monitor.record_retry()
+
+    async def fetch_page(self, symbol: str, timeframe: str, page: Range, limit: int) -> list[Candle]:
+        """Fetch and validate the candles opening in ``page`` (at most ``limit`` of them)."""
+        start, end = page
+
+        async def fetch() -> list[Candle]:
+            try:
+                rows = await self.exchange.fetch_ohlcv(
+                    symbol, timeframe, since=start, limit=limit, params={"until": end - 1}
+                )
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                self.stats.malformed += 1
+                raise MalformedPageError(f"unparsable page: {exc}") from None
+            try:
+                candles = validate_page(rows, timeframe, start, end)
+            except MalformedPageError:
+                self.stats.malformed += 1
+                raise
+            self.most_candles_seen = max(self.most_candles_seen, len(candles))
+            return candles
+
+        return await self.call(fetch, weight=BINANCE_WEIGHTS["klines"])
+
+    async def first_candle_ms(self, symbol: str, timeframe: str = "1m") -> int | None:
+        """The open time of the exchange's first candle of ``symbol`` (its listing), if any."""
+
+        async def fetch() -> int | None:
+            rows = await self.exchange.fetch_ohlcv(symbol, timeframe, since=0, limit=1)
+            if not rows:
+                return None
+            ts = rows[0][0]
+            if not isinstance(ts, int):
+                raise MalformedPageError(f"first candle has no timestamp: {rows[0]!r:.60}")
+            return ts
+
+        return await self.call(fetch, weight=BINANCE_WEIGHTS["klines"])
+
+
+def classify(exc: BaseException) -> CollectorError:
+    """Map a failure to the project's errors with a one-line message (no secrets, no traceback)."""
+    if isinstance(exc, CollectorError):
+        return exc
+    if isinstance(exc, ccxt.BadSymbol):
+        return InvalidSymbolError(f"the exchange rejected the symbol: {_brief(exc)}")
+    if is_transient(exc):
+        return TransientError(f"gave up after retries: {_brief(exc)}")
+    return PermanentError(_brief(exc))
+
+
+def _brief(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,124 @@
+"""What ``scripts/optimized_collection.py`` runs: a collection with progress, monitor and signals.
+
+Exit codes: 0 every pair complete; 1 some pairs failed (listed) or a server is unreachable;
+2 usage or configuration error; 130 stopped by Ctrl-C/SIGTERM (what was fetched is stored, the
+next run resumes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+
+from data_collector.backfill.report import CollectionReport
+from data_collector.cli.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    error_exit_code,
+    install_stop_signals,
+    remove_signals,
+)
+from data_collector.cli.progress import PlainProgress, RichProgress, monitor_line
+from data_collector.config import Config
+from data_collector.errors import CollectorError
+from data_collector.heartbeat import running_heartbeat
+from data_collector.optimized_collector import OptimizedDataCollector
+from utils.performance_monitor import get_default_monitor
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL_S = 10.0
+
+
+def exit_code(report: CollectionReport) -> int:
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if not report.failures else EXIT_FAILED
+
+
+def make_progress(stream: IO[str]) -> RichProgress | PlainProgress:
+    if stream.isatty():
+        from rich.console import Console
+
+        return RichProgress(Console(file=stream))
+    return PlainProgress(stream)
+
+
+async def run_collection(
+    config: Config,
+    *,
+    monitor: bool = False,
+    stream: IO[str] | None = None,
+    after: Callable[[OptimizedDataCollector, CollectionReport], Awaitable[None]] | None = None,
+) -> int:
+    """Collect the configured symbols, timeframes and range; print the summary; return the exit code.
+
+    Errors that the user can act on are printed as one line on stderr (never a traceback).
+    """
+    out = stream or sys.stdout
+    display = make_progress(out)
+    collector = OptimizedDataCollector(config, progress=display)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            print(
+                "stopping: finishing the pages in flight and writing them (Ctrl-C again to abort)",
+                file=sys.stderr,
+            )
+            collector.request_stop()
+        elif main_task is not None:
+            main_task.cancel()
+
+    installed = install_stop_signals(loop, on_signal)
+    monitor_task: asyncio.Task[None] | None = None
+    try:
+        async with collector, running_heartbeat(config, "collector", get_default_monitor()):
+            if monitor:
+                monitor_task = asyncio.create_task(_monitor(collector, out))
+            with display:
+                report = await collector.collect()
+            print(report.summary(), file=out, flush=True)
+            if monitor:
+                _print_monitor_summary(collector, out)
+            if after is not None:
+                await after(collector, report)
+            return exit_code(report)
+    except CollectorError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return error_exit_code(exc)
+    except asyncio.CancelledError:
+        print("aborted: pages in flight were dropped; the next run fetches them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if monitor_task is not None:
+            monitor_task.cancel()
+            await asyncio.gather(monitor_task, return_exceptions=True)
+        remove_signals(loop, installed)
+
+
+async def _monitor(collector: OptimizedDataCollector, out: IO[str]) -> None:
+    started = time.monotonic()
+    ticks = 0
+    while True:
+        await asyncio.sleep(MONITOR_INTERVAL_S)
+        ticks += 1
+        client: Any = collector._client
+        print(monitor_line(collector.current_report, client, started), file=out, flush=True)
+        if ticks % 3 == 0:
+            _print_monitor_summary(collector, out)
+
+
+def _print_monitor_summary(collector: OptimizedDataCollector, out: IO[str]) -> None:
+    summary = getattr(collector.monitor, "format_summary", None)
+    if summary is not None:
+        print(summary(), file=out, flush=True)

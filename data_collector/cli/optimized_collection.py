@@ -1,0 +1,130 @@
+"""Backfill historical OHLCV candles into the configured database.
+
+    python scripts/optimized_collection.py [--config config.yaml] [--symbols SOL/USDT,BTC/USDT]
+        [--timeframes 1m,1h] [--start 2024-01-01|180d] [--end ...] [--demo [--demo-db URL]]
+        [--monitor] [--stream] [--metrics-port 9108] [--log-level INFO]
+    python scripts/optimized_collection.py --migrate-demo-rows [--apply] [--config config.yaml]
+
+With --stream, the live streams (config streaming.channels) are written into Redis after the
+backfill, until Ctrl-C.
+
+--demo never writes into the configured database: it stores in SQLite at data/demo.db (relative to
+the current directory) or in --demo-db, labelled 'sim-binance'. --migrate-demo-rows finds the
+simulated rows that older versions' --demo stored under 'binance' in the configured database
+(a dry run); with --apply it removes them and their coverage.
+
+Exit codes: 0 done; 1 some pairs failed (listed) or a server is unreachable; 2 usage or
+configuration error; 130 stopped by Ctrl-C (the next run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from data_collector.cli.collect import run_collection
+from data_collector.cli.demo import DEMO_SCHEMA, demo_database, run_demo, run_demo_migration
+from data_collector.cli.exits import EXIT_USAGE
+from data_collector.cli.logging_setup import setup_logging
+from data_collector.cli.parser import LOG_LEVELS, OneLineParser, log_level
+from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config
+from data_collector.errors import ConfigError, UsageError
+from utils.performance_monitor import get_default_monitor, serve_metrics
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=f"YAML config (default: ./{DEFAULT_CONFIG_PATH} if present)")
+    parser.add_argument("--symbols", help="comma-separated, e.g. SOL/USDT,BTC/USDT")
+    parser.add_argument("--timeframes", help="comma-separated, e.g. 1m,1h")
+    parser.add_argument("--start", help="ISO date (2024-01-01) or relative (180d)")
+    parser.add_argument("--end", help="ISO date or relative; default now")
+    parser.add_argument("--demo", action="store_true", help="run against the built-in simulator")
+    parser.add_argument(
+        "--demo-db",
+        metavar="URL",
+        help="with --demo: store here instead of SQLite at data/demo.db (never the configured database)",
+    )
+    parser.add_argument(
+        "--demo-schema", default=DEMO_SCHEMA, help=f"PostgreSQL schema of --demo-db (default {DEMO_SCHEMA})"
+    )
+    parser.add_argument(
+        "--migrate-demo-rows",
+        action="store_true",
+        help="report the simulated rows an old --demo stored under 'binance' in the configured database",
+    )
+    parser.add_argument("--apply", action="store_true", help="with --migrate-demo-rows: remove them")
+    parser.add_argument("--monitor", action="store_true", help="print a live performance line every 10 s")
+    parser.add_argument(
+        "--stream", action="store_true", help="after the backfill, stream live data into Redis until Ctrl-C"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: metrics.port)"
+    )
+    parser.add_argument("--log-level", type=log_level, help=", ".join(LOG_LEVELS))
+    args = parser.parse_args(argv)
+    if args.demo_db is not None and not args.demo:
+        parser.error("--demo-db goes with --demo")
+    if args.apply and not args.migrate_demo_rows:
+        parser.error("--apply goes with --migrate-demo-rows")
+    if args.migrate_demo_rows and (args.demo or args.stream):
+        parser.error("--migrate-demo-rows runs alone, without --demo or --stream")
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        parser.error("--metrics-port must be between 1 and 65535")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    overrides = {
+        "symbols": args.symbols.split(",") if args.symbols else None,
+        "timeframes": args.timeframes.split(",") if args.timeframes else None,
+        "start": args.start,
+        "end": args.end,
+    }
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        try:
+            setattr(config, key, value)
+        except ValueError as exc:  # pydantic's ValidationError
+            first = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ConfigError(f"--{key}: {first.replace('Value error, ', '')}") from None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+        demo_db = demo_database(config, args.demo_db, args.demo_schema) if args.demo else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config, args.log_level)
+    if args.migrate_demo_rows:
+        return asyncio.run(run_demo_migration(config, apply=args.apply))
+    try:
+        server = serve_metrics(args.metrics_port or config.metrics.port, host=config.metrics.host)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.demo:
+            code = asyncio.run(run_demo(config, monitor=args.monitor, database=demo_db))
+        else:
+            code = asyncio.run(run_collection(config, monitor=args.monitor))
+        if args.stream and code in (0, 1):
+            code = max(code, run_streaming(config, demo=args.demo))
+        return code
+    finally:
+        if server is not None:
+            server.close()
+
+
+def run_streaming(config: Config, *, demo: bool) -> int:
+    """Stream the configured symbols into Redis until Ctrl-C; return the exit code."""
+    from data_collector.cli.stream import run_stream_main
+
+    return run_stream_main(config=config, demo=demo, monitor=get_default_monitor())

@@ -1,0 +1,201 @@
+"""A liveness key that the collector and the streamer refresh, and that the health check only reads.
+
+The key is :func:`data_collector.redis.keys.heartbeat_key` (``<prefix>:heartbeat:<component>``);
+its value is JSON::
+
+    {"component": "streamer", "pid": 4242, "host": "box", "started_ms": ..., "ts_ms": ...,
+     "last_write_ms": ..., "last_message_ms": ..., ...extra}
+
+written with ``SET ... EX metrics.heartbeat_ttl_s`` every third of the TTL, so the key vanishes
+on its own when the process dies. ``last_write_ms`` and ``last_message_ms`` come from the
+component's :class:`~utils.performance_monitor.PerformanceMonitor`.
+
+Example:
+    >>> async with Heartbeat(redis, "dc", "streamer", ttl_s=60, monitor=monitor):  # doctest: +SKIP
+    ...     await run_streamer()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+
+from data_collector.config import Config
+from data_collector.redis.client import async_client
+from data_collector.redis.keys import heartbeat_key
+
+log = logging.getLogger(__name__)
+
+
+class ActivitySource(Protocol):
+    """Where a heartbeat's ``last_write_ms`` / ``last_message_ms`` come from: a
+    :class:`~utils.performance_monitor.PerformanceMonitor`, or the streamer's own counters (so a
+    streaming-only process need not load numpy and prometheus_client for its heartbeat)."""
+
+    @property
+    def last_write_ms(self) -> int | None: ...
+
+    @property
+    def last_message_ms(self) -> int | None: ...
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Heartbeat:
+    """Refreshes ``<prefix>:heartbeat:<component>`` in a background task until closed.
+
+    Args:
+        client: an open ``redis.asyncio.Redis``; the caller owns it.
+        prefix: ``redis.prefix``.
+        component: ``'collector'``, ``'streamer'``, ...
+        ttl_s: the key's TTL (``metrics.heartbeat_ttl_s``).
+        monitor: where ``last_write_ms`` / ``last_message_ms`` come from (a PerformanceMonitor
+            or any :class:`ActivitySource`).
+        extra: called at each beat for more fields (e.g. ``{"symbols": 3}``).
+        interval_s: time between beats; a third of ``ttl_s`` by default.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        component: str,
+        ttl_s: int = 60,
+        *,
+        monitor: ActivitySource | None = None,
+        extra: Callable[[], Mapping[str, Any]] | None = None,
+        interval_s: float | None = None,
+    ) -> None:
+        self.key = heartbeat_key(prefix, component)
+        self.component = component
+        self.ttl_s = ttl_s
+        self.interval_s = interval_s if interval_s is not None else max(0.1, ttl_s / 3)
+        self._client = client
+        self._monitor = monitor
+        self._extra = extra
+        self._started_ms = _now_ms()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._failing = False
+        self.beats = 0
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "component": self.component,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_ms": self._started_ms,
+            "ts_ms": _now_ms(),
+            "last_write_ms": self._monitor.last_write_ms if self._monitor else None,
+            "last_message_ms": self._monitor.last_message_ms if self._monitor else None,
+        }
+        if self._extra is not None:
+            data.update(self._extra())
+        return data
+
+    async def beat(self) -> bool:
+        """Write the heartbeat once; False (logged) when Redis is unreachable."""
+        try:
+            await self._client.set(self.key, json.dumps(self.payload()), ex=self.ttl_s)
+        except (redis.RedisError, OSError) as exc:
+            # Said once per outage, not at every beat: a run without Redis is allowed.
+            log.log(
+                logging.DEBUG if self._failing else logging.WARNING,
+                "heartbeat %s not written: %s",
+                self.key,
+                exc,
+            )
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("heartbeat %s written again", self.key)
+        self._failing = False
+        self.beats += 1
+        return True
+
+    async def start(self) -> Heartbeat:
+        """Write one heartbeat now and keep refreshing it in the background."""
+        if self._task is None:
+            await self.beat()
+            self._task = asyncio.create_task(self._run(), name=f"heartbeat:{self.component}")
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.beat()
+
+    async def close(self, *, remove: bool = True) -> None:
+        """Stop refreshing and (by default) delete the key, so a clean stop is not a stale heartbeat."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if remove:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._client.delete(self.key)
+
+    async def __aenter__(self) -> Heartbeat:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+@contextlib.asynccontextmanager
+async def running_heartbeat(
+    config: Config, component: str, monitor: ActivitySource | None = None
+) -> AsyncIterator[Heartbeat]:
+    """Keep ``component``'s heartbeat fresh for the duration of the block (Redis down: logged, no error)."""
+    client = async_client(config)
+    venue = config.exchange.name
+    heartbeat = Heartbeat(
+        client,
+        config.redis.prefix,
+        component,
+        config.metrics.heartbeat_ttl_s,
+        monitor=monitor,
+        extra=lambda: {"exchange": venue},
+    )
+    try:
+        yield await heartbeat.start()
+    finally:
+        await heartbeat.close()
+        await client.aclose()
+
+
+async def read_heartbeat(client: aioredis.Redis, prefix: str, component: str) -> dict[str, Any] | None:
+    """The heartbeat of ``component`` (with ``ttl_s`` left), or None when absent or unreadable."""
+    key = heartbeat_key(prefix, component)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.ttl(key)
+        raw, ttl = await pipe.execute()
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    data["ttl_s"] = ttl
+    return data

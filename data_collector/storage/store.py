@@ -1,0 +1,173 @@
+"""The one storage contract: :class:`CandleStore`, an abstract base every backend subclasses.
+
+The backends (:mod:`~data_collector.storage.postgres`, :mod:`~data_collector.storage.sqlite`)
+implement a few queries; coverage reading, gap finding and DataFrames are shared here on top of
+them. The records it reads and writes, and the tables, are in :mod:`data_collector.storage.base`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Self
+
+from data_collector.markets import candle_opens, count_candles, timeframe_code
+from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from data_collector.storage.ranges import (
+    Span,
+    clip,
+    gaps_from_coverage,
+    hole_spans,
+    merge_coverage,
+    subtract_spans,
+)
+
+FRAME_COLUMNS = ["open", "high", "low", "close", "volume"]
+
+
+class CandleStore(ABC):
+    """What every backend provides. Whoever opens a store owns it and closes it."""
+
+    @abstractmethod
+    async def initialize(self) -> None:
+        """Create the database (when allowed), the schema and the tables, idempotently."""
+
+    async def __aenter__(self) -> Self:
+        """``async with open_store(config) as store:`` initialises the store, and closes it after."""
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the pool; safe to call twice."""
+
+    @abstractmethod
+    async def ensure_instrument(
+        self, exchange: str, symbol: str, *, base: str, quote: str, market_type: str = "spot"
+    ) -> Instrument:
+        """Return the instrument, inserting it on first use (ids are stable)."""
+
+    @abstractmethod
+    async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
+        """The instrument, or ``None`` when it was never stored."""
+
+    @abstractmethod
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
+        """Record the first candle time the exchange has for this instrument (``None``: unknown)."""
+
+    @abstractmethod
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        """Every stored instrument of the venue label ``exchange``, by id."""
+
+    @abstractmethod
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        """Delete the candles opening at ``ts`` and take ``uncover`` out of the coverage of its
+        kind, in one transaction; return the rows deleted. For repairs such as removing demo rows:
+        uncovered ranges are fetched again by the next run."""
+
+    @abstractmethod
+    async def write(self, batches: Sequence[CandleBatch]) -> WriteResult:
+        """Write batches atomically (all or nothing): deduplicated, idempotent, with coverage."""
+
+    @abstractmethod
+    async def latest_ts(self, instrument_id: int, timeframe: str) -> int | None:
+        """Open time of the newest stored candle, or ``None``."""
+
+    @abstractmethod
+    async def newest_candles(
+        self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        """Open time of the newest stored candle per ``(symbol, timeframe)``, in one round trip.
+
+        Pairs without candles (or whose instrument was never stored) are left out.
+
+        Raises:
+            StoreNotInitializedError: the tables do not exist yet.
+        """
+
+    @abstractmethod
+    async def server_version(self) -> str:
+        """The database's product and version, e.g. ``PostgreSQL 15.20``; one round trip, so a ping."""
+
+    @abstractmethod
+    async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
+        """Every stored coverage row of (instrument, timeframe code), unmerged."""
+
+    @abstractmethod
+    async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
+        """How many candles each span holds."""
+
+    @abstractmethod
+    async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
+        """Open times of the stored candles in ``[start_ms, end_ms)``."""
+
+    @abstractmethod
+    async def load(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
+        """Candles with ``start_ms <= ts < end_ms``, oldest first."""
+
+    async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
+        """Covered ranges, merged and sorted (adjacent ranges of one kind joined).
+
+        Where a ``'data'`` range overlaps an ``'empty'`` one, the overlap counts as ``'data'``.
+        """
+        return merge_coverage(await self._coverage_rows(instrument_id, timeframe_code(timeframe)))
+
+    async def missing_ranges(
+        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int]]:
+        """Parts of ``[start_ms, end_ms)`` that no coverage range covers (what to fetch), sorted."""
+        covered = await self.coverage(instrument_id, timeframe)
+        return subtract_spans(start_ms, end_ms, ((r.start_ms, r.end_ms) for r in covered))
+
+    async def find_gaps(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Gap]:
+        """Gaps in ``[start_ms, end_ms)``, sorted by start.
+
+        * ``'exchange'``: covered as empty; the exchange has no candles there (not refetched).
+        * ``'missing'``: not covered at all; never fetched (or the fetch never committed).
+        * ``'hole'``: covered as data, yet candles are absent. Found by comparing each covered
+          range's row count with the candles its timeframe implies, so it costs one count per
+          covered range; the missing candles are located only where a count falls short.
+        """
+        code = timeframe_code(timeframe)
+        merged = merge_coverage(await self._coverage_rows(instrument_id, code))
+        gaps = gaps_from_coverage(merged, start_ms, end_ms)
+        data = [(r.start_ms, r.end_ms) for r in clip(merged, start_ms, end_ms) if r.kind == "data"]
+        if data:
+            counts = await self._count_rows(instrument_id, code, data)
+            for (s, e), n in zip(data, counts, strict=True):
+                if n < count_candles(s, e, timeframe):
+                    present = await self._load_ts(instrument_id, code, s, e)
+                    opens = candle_opens(s, e, timeframe)
+                    gaps += [Gap(a, b, "hole") for a, b in hole_spans(opens, present, e)]
+        gaps.sort(key=lambda g: g.start_ms)
+        return gaps
+
+    async def load_frame(
+        self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
+    ) -> pd.DataFrame:
+        """Candles in ``[start_ms, end_ms)`` as a DataFrame for notebooks.
+
+        Returns:
+            A DataFrame indexed by a UTC ``DatetimeIndex`` named ``time`` (the candle's open
+            time) with float columns ``open high low close volume``, oldest first.
+        """
+        return candles_frame(await self.load(instrument_id, timeframe, start_ms, end_ms))
+
+
+def candles_frame(candles: Sequence[Candle]) -> pd.DataFrame:
+    """Candles as a DataFrame indexed by UTC open time (see :meth:`CandleStore.load_frame`)."""
+    # pandas costs ~44 MB of RSS: only notebook reads pay for it, not backfills or streams.
+    import pandas as pd
+
+    index = pd.DatetimeIndex(pd.to_datetime([c[0] for c in candles], unit="ms", utc=True), name="time")
+    frame = pd.DataFrame([c[1:] for c in candles], columns=FRAME_COLUMNS, index=index, dtype="float64")
+    return frame

@@ -1,0 +1,1 @@
+"""Helpers shared by the test folders; fixtures stay in ``tests/conftest.py``."""

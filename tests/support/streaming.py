@@ -1,0 +1,77 @@
+"""Helpers shared by the streaming tests (not a test module)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import redis
+
+from data_collector.simulator import SimulatedExchange
+from tests.support.services import REDIS_URL
+
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
+CHANNELS = ["trade", "bookTicker", "kline_1m", "depth"]
+
+
+def stream_config(
+    sim: SimulatedExchange, prefix: str, redis_url: str = REDIS_URL, **streaming: Any
+) -> dict[str, Any]:
+    return {
+        "exchange": sim.exchange_config(),
+        "redis": {"url": redis_url, "prefix": prefix, "socket_timeout_s": 1.0, "connect_timeout_s": 1.0},
+        "logging": {"file": None},
+        "performance": {"ws_batch_interval": 0.02},
+        "streaming": {"watchdog_s": 1.0, "reconnect_min_backoff_s": 0.2, **streaming},
+    }
+
+
+def sent_by_stream(sim: SimulatedExchange, symbols: list[str]) -> dict[tuple[str, str], dict[str, int]]:
+    """(channel, symbol) -> the simulator's {count, last_id}."""
+    by_stream = {s.replace("/", "").lower(): s for s in symbols}
+    out = {}
+    for name, info in sim.ws_sent().items():
+        sym, _, channel = name.partition("@")
+        channel = "depth" if channel.startswith("depth") else channel
+        out[(channel, by_stream[sym])] = info
+    return out
+
+
+def entries(client: redis.Redis, key: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(i.decode(), msgpack.unpackb(f[b"d"])) for i, f in client.xrange(key)]
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def settle_quietly(streamer: Any, sim: SimulatedExchange) -> None:
+    """Freeze the simulator's clock (it then produces nothing) and wait until all is written."""
+    sim.clock.freeze()
+    await asyncio.sleep(0.3)
+    last = -1
+    while True:
+        m = streamer.get_metrics()
+        done = m["written"] + m["deduplicated"] + m["dropped"] + m["malformed"]
+        if m["queue_depth"] == 0 and done == last:
+            return
+        last = done
+        await asyncio.sleep(0.3)
+
+
+async def read_until(stdout: asyncio.StreamReader | None, marker: bytes, timeout_s: float = 30.0) -> bytes:
+    """A subprocess's output up to the first line holding ``marker`` (its status line, say)."""
+    assert stdout is not None
+    seen = b""
+    while marker not in seen:
+        line = await asyncio.wait_for(stdout.readline(), timeout_s)
+        assert line, seen
+        seen += line
+    return seen
