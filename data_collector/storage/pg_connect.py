@@ -1,45 +1,49 @@
-"""How ``database.url`` becomes asyncpg connect arguments: the one place TLS is decided.
+"""How ``database.url`` reaches asyncpg: the one place a PostgreSQL connection is opened.
 
 Every PostgreSQL connection the project makes (the store's pool, the database-creation
 connection, the health checks) goes through :func:`pg_target`, so a URL means the same thing
 everywhere.
 
-SQLAlchemy hands a URL's query parameters to ``asyncpg.connect()`` as keywords, and asyncpg knows
-none of libpq's (``sslmode=verify-full`` became a ``TypeError``). Here they are read once, checked,
-and turned into asyncpg's ``ssl`` argument; the URL that reaches the driver carries no query.
+asyncpg reads libpq's TLS parameters from a DSN itself (``sslmode``, ``sslrootcert``,
+``sslcert``, ``sslkey``: ``asyncpg/connect_utils.py``, ``_parse_connect_dsn_and_args``) and builds
+the ``SSLContext``; the project hands it the DSN with those parameters. SQLAlchemy's asyncpg
+dialect would instead pass a URL's query parameters to ``asyncpg.connect()`` as keywords
+(``sslmode=verify-full`` became a ``TypeError``), so the store's engine connects through
+:meth:`PgTarget.connect` (``async_creator``) rather than from the URL.
 
-=================  ============================================================================
-``sslmode``        ``disable``: plaintext. ``allow``: plaintext, TLS only if the server insists.
-                   ``prefer``: TLS if the server offers it, else plaintext; neither verifies
-                   anything. ``require``: TLS or fail (the certificate is checked only when
-                   ``sslrootcert`` is given, as libpq does). ``verify-ca``: TLS, and the
-                   certificate must chain to the root. ``verify-full``: that, and the host name
-                   must match the certificate.
-``ssl``            asyncpg's spelling: any ``sslmode`` value, or ``true`` (= ``verify-full``) /
-                   ``false`` (= ``disable``).
-``sslrootcert``    PEM file of the CA(s) to trust; ``system`` or absent: the system's trust store.
-``sslcert``        client certificate (PEM), with ``sslkey`` its private key; ``require`` or
-                   stricter.
-=================  ============================================================================
+What is added to asyncpg, each because asyncpg 0.32 does not do it:
 
-With ``require`` or stricter a server that does not speak TLS, or fails verification, is a
-:class:`~data_collector.errors.PermanentError`: never a plaintext fallback, never a retry.
+* refusing any query parameter but the TLS ones, given once: asyncpg keeps the last of a repeated
+  parameter and sends an unknown one to the server as a setting, which fails at connect;
+* ``ssl=`` (SQLAlchemy's and asyncpg's keyword spelling, ``true`` = ``verify-full``) as an alias of
+  ``sslmode``, which asyncpg does not read from a DSN;
+* the system trust store for ``verify-ca`` / ``verify-full`` without ``sslrootcert`` (or with
+  libpq 16's ``sslrootcert=system``): asyncpg only looks for ``~/.postgresql/root.crt``;
+* refusing certificate parameters that asyncpg would silently ignore (below ``require``, or a key
+  without a certificate);
+* one line naming the parameter for a certificate file asyncpg cannot load (it raises a bare
+  ``FileNotFoundError`` / ``ssl.SSLError`` from inside ``connect()``, which reads like a failed
+  handshake), and :meth:`PgTarget.tls_failure`, which tells a TLS refusal or a failed verification
+  (permanent: never a plaintext fallback, never a retry) from a broken connection (transient).
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.connect_utils import SSLMode
 from sqlalchemy.engine import URL
 
 from data_collector.database_url import parse_database_url
 from data_collector.errors import ConfigError, PermanentError
 
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: asyncpg's (and libpq's) sslmode values.
+SSL_MODES = tuple(mode.name.replace("_", "-") for mode in SSLMode)
 #: The modes that never connect in plaintext.
 REQUIRED_MODES = frozenset({"require", "verify-ca", "verify-full"})
 TLS_PARAMETERS = ("sslmode", "ssl", "sslrootcert", "sslcert", "sslkey")
@@ -53,7 +57,7 @@ _BROKEN_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError, ss
 
 @dataclass(frozen=True)
 class PgTls:
-    """The TLS settings of a PostgreSQL URL, checked but not yet turned into an ``SSLContext``.
+    """The TLS settings of a PostgreSQL URL, checked; asyncpg turns them into an ``SSLContext``.
 
     Attributes:
         mode: One of :data:`SSL_MODES`, or None when the URL does not say (asyncpg's default:
@@ -73,38 +77,39 @@ class PgTls:
         """True when this connection must be encrypted or fail."""
         return self.mode in REQUIRED_MODES
 
-    def ssl_argument(self) -> ssl.SSLContext | str | bool | None:
-        """asyncpg's ``ssl`` argument for these settings (None: leave asyncpg's default).
+    def dsn_query(self) -> dict[str, str]:
+        """The libpq parameters asyncpg reads from the DSN for these settings.
 
-        ``allow`` / ``prefer`` stay strings so that asyncpg keeps their plaintext fallback; the
-        modes that require TLS become an ``SSLContext``, which asyncpg never downgrades.
+        Raises:
+            PermanentError: the system trust store is wanted and this machine has no CA file.
+        """
+        query = {"sslmode": self.mode} if self.mode is not None else {}
+        rootcert = self.rootcert
+        if rootcert == SYSTEM_ROOTS or (rootcert is None and self.mode in ("verify-ca", "verify-full")):
+            rootcert = _system_ca_file()
+        for name, value in (("sslrootcert", rootcert), ("sslcert", self.cert), ("sslkey", self.key)):
+            if value is not None:
+                query[name] = value
+        return query
+
+    def check_files(self) -> None:
+        """Load the certificate files once, as asyncpg will, so that a bad one is named.
 
         Raises:
             PermanentError: a certificate or key file is missing, unreadable or not PEM (one
                 line naming the file and the URL parameter to fix).
         """
-        if self.mode is None:
-            return None
-        if self.mode == "disable":
-            return False
-        if self.mode not in REQUIRED_MODES:
-            return self.mode
+        if not self.required:
+            return
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = self.mode == "verify-full"
-        if self.mode == "require" and self.rootcert is None:
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            context.verify_mode = ssl.CERT_REQUIRED
-            if self.rootcert is None or self.rootcert == SYSTEM_ROOTS:
-                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-            else:
-                _load(
-                    lambda: context.load_verify_locations(cafile=self.rootcert),
-                    "sslrootcert",
-                    self.rootcert,
-                    "the CA certificate that signed the server's certificate",
-                )
+        rootcert = self.rootcert
+        if rootcert is not None and rootcert != SYSTEM_ROOTS:
+            _load(
+                lambda: context.load_verify_locations(cafile=rootcert),
+                "sslrootcert",
+                rootcert,
+                "the CA certificate that signed the server's certificate",
+            )
         if self.cert is not None:
             cert, key = self.cert, self.key
             _load(
@@ -113,7 +118,17 @@ class PgTls:
                 cert if key is None else f"{cert}, {key}",
                 "a client certificate and its unencrypted private key",
             )
-        return context
+
+
+def _system_ca_file() -> str:
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise PermanentError(
+        "database.url: this machine has no system CA file to verify the server with; "
+        "set sslrootcert to the CA that signed the server's certificate"
+    )
 
 
 def _load(action: Callable[[], None], parameter: str, path: str, wanted: str) -> None:
@@ -202,7 +217,7 @@ class PgTarget:
     """A PostgreSQL server to connect to: the URL without its query, and its TLS settings.
 
     Attributes:
-        url: ``postgresql+asyncpg://`` URL with no query (what SQLAlchemy gets).
+        url: ``postgresql+asyncpg://`` URL with no query (how the server is named).
         tls: The checked TLS settings.
     """
 
@@ -215,20 +230,23 @@ class PgTarget:
         return f"PostgreSQL at {self.url.host or 'localhost'}:{self.url.port or 5432}/{self.url.database}"
 
     def dsn(self, database: str | None = None) -> str:
-        """A plain ``postgresql://`` DSN (password included, no query) for ``asyncpg.connect``."""
-        url = self.url.set(drivername="postgresql")
+        """The ``postgresql://`` DSN asyncpg parses: password and libpq TLS parameters included.
+
+        Raises:
+            PermanentError: the system trust store is wanted and this machine has none.
+        """
+        url = self.url.set(drivername="postgresql", query=self.tls.dsn_query())
         if database is not None:
             url = url.set(database=database)
         return url.render_as_string(hide_password=False)
 
-    def connect_args(self) -> dict[str, Any]:
-        """The TLS keywords for ``asyncpg.connect`` / SQLAlchemy's ``connect_args``.
+    def creator(self, *, connect_timeout_s: float, **kwargs: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
+        """An ``async_creator`` for SQLAlchemy's ``create_async_engine``: :meth:`connect` bound."""
 
-        Raises:
-            PermanentError: a certificate file cannot be used.
-        """
-        argument = self.tls.ssl_argument()
-        return {} if argument is None else {"ssl": argument}
+        async def connect() -> asyncpg.Connection:
+            return await self.connect(connect_timeout_s=connect_timeout_s, **kwargs)
+
+        return connect
 
     async def connect(
         self, *, connect_timeout_s: float, database: str | None = None, **kwargs: Any
@@ -240,9 +258,10 @@ class PgTarget:
                 file cannot be used.
             Exception: anything else asyncpg raises, unchanged.
         """
+        self.tls.check_files()
         try:
             conn: asyncpg.Connection = await asyncpg.connect(
-                self.dsn(database), timeout=connect_timeout_s, **self.connect_args(), **kwargs
+                self.dsn(database), timeout=connect_timeout_s, **kwargs
             )
         except PermanentError:
             raise

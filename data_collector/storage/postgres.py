@@ -311,12 +311,13 @@ class PostgresCandleStore(CandleStore):
             pool_pre_ping=True,
             # Waiting for a free pooled connection is bounded like any other call.
             pool_timeout=self._timeout_s,
-            connect_args={
-                "timeout": self._connect_timeout_s,
-                "command_timeout": self._timeout_s,
-                "server_settings": {"application_name": "data_collector"},
-                **self._target.connect_args(),
-            },
+            # asyncpg parses the DSN, TLS parameters included; SQLAlchemy's dialect would pass
+            # the URL's query to asyncpg.connect() as keywords it does not take.
+            async_creator=self._target.creator(
+                connect_timeout_s=self._connect_timeout_s,
+                command_timeout=self._timeout_s,
+                server_settings={"application_name": "data_collector"},
+            ),
         )
 
     def _require_engine(self) -> AsyncEngine:

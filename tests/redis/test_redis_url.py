@@ -41,7 +41,7 @@ def ca_file(tmp_path: Path) -> Path:
     [
         "redis://127.0.0.1:6379/0",
         "redis://localhost",
-        "REDIS://h:1/15",
+        "redis://h:1/15",
         f"redis://:{PASSWORD}@h:6379/0?client_name=dc&health_check_interval=30&socket_keepalive=true",
         "redis://user:p%40ss@h/2?db=3",
         "rediss://h:6380/0?ssl_cert_reqs=none",
@@ -66,6 +66,8 @@ def test_tls_files_that_exist_are_accepted(tmp_path: Path, ca_file: Path) -> Non
     [
         ("http://h:6379/0", "redis.url: must start with redis://, rediss:// or unix://"),
         ("127.0.0.1:6379", "redis.url: must start with redis://, rediss:// or unix://"),
+        # redis-py's parse_url matches the scheme case-sensitively: REDIS:// never reached a client.
+        ("REDIS://h:1/15", "redis.url: must start with redis://, rediss:// or unix://"),
         ("redis://h:port/0", "redis.url: the port must be a number from 1 to 65535"),
         ("redis://h:99999/0", "redis.url: the port must be a number from 1 to 65535"),
         ("redis://h/zero", "redis.url: the path must be a database number such as /0"),
@@ -73,11 +75,15 @@ def test_tls_files_that_exist_are_accepted(tmp_path: Path, ca_file: Path) -> Non
         ("redis://h/0?db=x", "redis.url: db='x' must be a whole number >= 0"),
         ("redis://h/0?db=1&db=2", "redis.url: query parameter 'db' is given twice"),
         ("redis://h/0?client_name=", "redis.url: query parameter 'client_name' has no value"),
+        ("redis://h/0?db=-1", "redis.url: db='-1' must be a whole number >= 0"),
+        ("redis://h/0?health_check_interval=soon", "redis.url: health_check_interval='soon' must be"),
         ("redis://h/0?socket_keepalive=maybe", "redis.url: socket_keepalive='maybe' must be true or false"),
-        (
-            "rediss://h/0?ssl_cert_reqs=strict",
-            "redis.url: ssl_cert_reqs='strict' must be none, optional or required",
-        ),
+        # redis-py's to_bool reads "off" as True: refused rather than silently turned on.
+        ("redis://h/0?socket_keepalive=off", "redis.url: socket_keepalive='off' must be true or false"),
+        # redis-py's own check, met when the connection is built (never connected) from the URL.
+        ("rediss://h/0?ssl_cert_reqs=strict", "redis.url: Invalid SSL Certificate Requirements Flag: strict"),
+        # redis-py's unix-socket connection takes no socket_keepalive (TypeError at connect).
+        ("unix:///s.sock?socket_keepalive=true", "redis.url: unknown query parameter 'socket_keepalive'"),
         ("redis://h/0?ssl_cert_reqs=none", "redis.url: ssl_cert_reqs needs a rediss:// URL, not redis://"),
         ("unix:///s.sock?ssl_ca_certs=/x", "redis.url: ssl_ca_certs needs a rediss:// URL, not unix://"),
         (
@@ -105,7 +111,7 @@ def test_unknown_parameter_is_named_with_the_known_ones() -> None:
     with pytest.raises(ConfigError) as caught:
         check_redis_url(f"redis://:{PASSWORD}@h/0?colour=blue")
     text = str(caught.value)
-    assert text.startswith("redis.url: unknown query parameter 'colour' (known: db, client_name,")
+    assert text.startswith("redis.url: unknown query parameter 'colour' (known: client_name, db,")
     assert "ssl_" not in text  # TLS names are offered only for rediss://
     assert PASSWORD not in text
 

@@ -1,4 +1,7 @@
-"""How database.url's TLS query parameters become asyncpg's ``ssl`` argument (pure logic).
+"""How database.url's TLS query parameters are checked and handed to asyncpg (pure logic).
+
+asyncpg builds the ``SSLContext`` from the DSN itself; these tests pin what the DSN carries and
+what the project checks first.
 
 The servers on this machine speak no TLS; tests/storage/test_storage_tls_server.py runs a private
 cluster that does.
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from data_collector.errors import ConfigError, PermanentError
-from data_collector.storage.pg_connect import PgTls, pg_target
+from data_collector.storage.pg_connect import SYSTEM_ROOTS, PgTls, pg_target
 
 BASE = "postgresql+asyncpg://user:secret@db.example:6543/candles"
 
@@ -52,14 +55,27 @@ def test_modes_are_read_from_sslmode_or_ssl(query: str, mode: str | None) -> Non
     assert target.tls.required == (mode in ("require", "verify-ca", "verify-full"))
 
 
-def test_the_driver_url_keeps_everything_but_the_query() -> None:
+def test_the_engine_url_drops_the_query_and_the_dsn_carries_it_to_asyncpg() -> None:
     target = pg_target(BASE + "?sslmode=verify-full&sslrootcert=/ca.pem")
     assert target.url.query == {}
     assert target.url.drivername == "postgresql+asyncpg"
-    assert target.dsn() == "postgresql://user:secret@db.example:6543/candles"
-    assert target.dsn("postgres") == "postgresql://user:secret@db.example:6543/postgres"
+    dsn = "postgresql://user:secret@db.example:6543/{}?sslmode=verify-full&sslrootcert=%2Fca.pem"
+    assert target.dsn() == dsn.format("candles")
+    assert target.dsn("postgres") == dsn.format("postgres")
     assert target.where == "PostgreSQL at db.example:6543/candles"
     assert target.tls == PgTls(mode="verify-full", rootcert="/ca.pem")
+    assert pg_target(BASE).dsn() == "postgresql://user:secret@db.example:6543/candles"
+
+
+@pytest.mark.parametrize(
+    ("query", "sslmode"),
+    [("?ssl=true", "verify-full"), ("?ssl=false", "disable"), ("?ssl=require", "require"), ("", None)],
+)
+def test_the_ssl_alias_reaches_asyncpg_as_sslmode(query: str, sslmode: str | None) -> None:
+    # asyncpg reads no ssl= from a DSN: it would send it to the server as a setting.
+    dsn_query = pg_target(BASE + query).tls.dsn_query()
+    assert "ssl" not in dsn_query
+    assert dsn_query.get("sslmode") == sslmode
 
 
 @pytest.mark.parametrize(
@@ -91,56 +107,26 @@ def test_not_a_postgres_url_is_a_config_error() -> None:
         pg_target("sqlite+aiosqlite:///x.db")
 
 
-@pytest.mark.parametrize(
-    ("mode", "argument"), [(None, None), ("disable", False), ("allow", "allow"), ("prefer", "prefer")]
-)
-def test_modes_that_may_use_plaintext_keep_asyncpgs_semantics(mode: str | None, argument: object) -> None:
-    assert PgTls(mode=mode).ssl_argument() == argument
-    assert pg_target(BASE if mode is None else f"{BASE}?sslmode={mode}").connect_args() == (
-        {} if argument is None else {"ssl": argument}
-    )
-
-
-def test_require_encrypts_without_verifying() -> None:
-    context = PgTls(mode="require").ssl_argument()
-    assert isinstance(context, ssl.SSLContext)  # asyncpg never downgrades an SSLContext
-    assert context.verify_mode == ssl.CERT_NONE
-    assert not context.check_hostname
-    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
-
-
-def test_require_with_a_root_certificate_verifies_the_chain(ca_pem: Path) -> None:
-    context = PgTls(mode="require", rootcert=str(ca_pem)).ssl_argument()
-    assert isinstance(context, ssl.SSLContext)
-    assert context.verify_mode == ssl.CERT_REQUIRED
-    assert not context.check_hostname
-
-
-@pytest.mark.parametrize(("mode", "hostname"), [("verify-ca", False), ("verify-full", True)])
-def test_verify_modes_check_the_chain_and_verify_full_the_host_name(
-    mode: str, hostname: bool, ca_pem: Path
-) -> None:
-    context = PgTls(mode=mode, rootcert=str(ca_pem)).ssl_argument()
-    assert isinstance(context, ssl.SSLContext)
-    assert context.verify_mode == ssl.CERT_REQUIRED
-    assert context.check_hostname == hostname
-    assert context.cert_store_stats()["x509_ca"] >= 1
-
-
 @pytest.mark.parametrize("rootcert", [None, "system"])
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-full"])
 def test_without_a_root_certificate_the_system_trust_store_is_used(
-    rootcert: str | None, ca_pem: Path
+    rootcert: str | None, mode: str, ca_pem: Path
 ) -> None:
-    context = PgTls(mode="verify-full", rootcert=rootcert).ssl_argument()
-    assert isinstance(context, ssl.SSLContext)
-    assert context.verify_mode == ssl.CERT_REQUIRED
-    assert context.cert_store_stats()["x509_ca"] >= 1
+    # asyncpg alone would look only for ~/.postgresql/root.crt, and read "system" as a file name.
+    given = pg_target(f"{BASE}?sslmode={mode}" + (f"&sslrootcert={rootcert}" if rootcert else ""))
+    sent = given.tls.dsn_query()["sslrootcert"]
+    assert sent != SYSTEM_ROOTS and Path(sent).is_file()
+    assert ssl.create_default_context(cafile=sent).cert_store_stats()["x509_ca"] >= 1
+
+
+def test_require_without_a_root_certificate_leaves_verification_to_asyncpg() -> None:
+    assert pg_target(BASE + "?sslmode=require").tls.dsn_query() == {"sslmode": "require"}
 
 
 def test_a_missing_root_certificate_is_one_permanent_line(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pem"
     with pytest.raises(PermanentError) as info:
-        pg_target(f"{BASE}?sslmode=verify-full&sslrootcert={missing}").connect_args()
+        pg_target(f"{BASE}?sslmode=verify-full&sslrootcert={missing}").tls.check_files()
     message = str(info.value)
     assert "\n" not in message
     assert str(missing) in message and "sslrootcert" in message and "No such file" in message
@@ -150,13 +136,13 @@ def test_a_root_certificate_that_is_not_pem_is_one_permanent_line(tmp_path: Path
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     with pytest.raises(PermanentError) as info:
-        PgTls(mode="verify-ca", rootcert=str(junk)).ssl_argument()
+        PgTls(mode="verify-ca", rootcert=str(junk)).check_files()
     assert "\n" not in str(info.value) and "sslrootcert" in str(info.value)
 
 
 def test_an_unreadable_client_certificate_is_one_permanent_line(tmp_path: Path) -> None:
     with pytest.raises(PermanentError) as info:
-        PgTls(mode="require", cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem")).ssl_argument()
+        PgTls(mode="require", cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem")).check_files()
     assert "\n" not in str(info.value) and "sslcert/sslkey" in str(info.value)
 
 
