@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import venv
-from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -62,10 +61,15 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def _can_build_in_place() -> bool:
-    """The environment's setuptools builds wheels itself (70.1+, pinned in requirements-dev.txt)."""
-    major, minor, *_ = (int(part) for part in version("setuptools").split(".")[:2])
-    return (major, minor) >= (70, 1)
+def _can_build_in_place(python: Path) -> bool:
+    """``python`` sees a setuptools that builds wheels itself (70.1+, pinned in requirements-dev.txt)."""
+    found = subprocess.run(
+        [str(python), "-c", "from importlib.metadata import version; print(version('setuptools'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split(".")
+    return len(found) >= 2 and (int(found[0]), int(found[1])) >= (70, 1)
 
 
 def _check_installed(env_dir: Path, outside: Path, env: dict[str, str]) -> None:
@@ -116,7 +120,7 @@ def test_installed_package_runs_outside_the_checkout(tmp_path: Path) -> None:
     outside.mkdir()
     env = _outside_env(env_dir)
     # Without build isolation when the backend is at hand (CI: requirements-dev.txt), so no network.
-    isolation = ["--no-build-isolation"] if _can_build_in_place() else []
+    isolation = ["--no-build-isolation"] if _can_build_in_place(env_dir / "bin" / "python") else []
     _ok(
         _run(
             [
