@@ -54,7 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import asyncio, json, resource, sys, time
-sys.path.insert(0, sys.argv[1])
 from data_collector.optimized_collector import OptimizedDataCollector
 IMPORT_RSS_MB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -114,7 +113,8 @@ async def _project_run(
                 sys.executable,
                 "-c",
                 CHILD,
-                str(ROOT),
+                # `python -c` puts its working directory first on sys.path: the checkout's package.
+                cwd=ROOT,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

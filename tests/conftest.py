@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -10,6 +12,17 @@ import pytest
 import redis
 
 from tests.support.services import PG_ADMIN_DSN, PG_URL, REDIS_URL, PrivateRedis, unique
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Child processes (``python scripts/...``, ``python -c``) import this checkout's package.
+
+    The scripts carry no ``sys.path`` edits: outside the tests they import the installed package
+    (``pip install -r requirements.txt`` installs the checkout, editable). Under test they must run
+    the code under test, even with no install or another copy installed, as pytest's own process does.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

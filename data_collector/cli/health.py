@@ -29,8 +29,8 @@ from data_collector.errors import CollectorError
 from data_collector.health import CHECKS, HealthReport, run_checks
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(prog="health_check.py", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None, prog: str = "health_check.py") -> argparse.Namespace:
+    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="config file (default: ./config.yaml if present)")
     parser.add_argument(
         "--continuous",
@@ -100,12 +100,13 @@ async def main_async(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "health_check.py") -> int:
+    """Run the health check; ``prog`` names it in ``--help`` and errors."""
+    args = parse_args(argv, prog)
     try:
         return asyncio.run(main_async(args))
     except CollectorError as exc:
-        print(f"health_check.py: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK

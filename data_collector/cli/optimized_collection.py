@@ -33,8 +33,10 @@ from data_collector.errors import ConfigError, UsageError
 from utils.performance_monitor import get_default_monitor, serve_metrics
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = OneLineParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help=f"YAML config (default: ./{DEFAULT_CONFIG_PATH} if present)")
     parser.add_argument("--symbols", help="comma-separated, e.g. SOL/USDT,BTC/USDT")
     parser.add_argument("--timeframes", help="comma-separated, e.g. 1m,1h")
@@ -94,8 +96,9 @@ def build_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the backfill command; ``prog`` names it in ``--help`` and errors (default: the script)."""
+    args = parse_args(argv, prog)
     try:
         config = build_config(args)
         demo_db = demo_database(config, args.demo_db, args.demo_schema) if args.demo else None

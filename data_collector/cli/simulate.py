@@ -24,9 +24,9 @@ class _Parser(argparse.ArgumentParser):
         raise ArgumentError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "simulate_exchange.py") -> argparse.ArgumentParser:
     p = _Parser(
-        prog="simulate_exchange.py",
+        prog=prog,
         description="Serve a local, deterministic Binance-compatible exchange (REST + WebSocket).",
     )
     p.add_argument("--host", default="127.0.0.1")
@@ -45,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, object]]:
+def parse_args(
+    argv: Sequence[str] | None, prog: str = "simulate_exchange.py"
+) -> tuple[argparse.Namespace, dict[str, object]]:
     """Parse and validate; raise ``ArgumentError`` with a one-line reason."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         symbols = normalize_symbols(s for s in args.symbols.split(",") if s.strip())
         if not symbols:
@@ -102,10 +104,10 @@ async def serve(kwargs: dict[str, object]) -> None:
         remove_signals(loop, installed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit code 0 on Ctrl-C, 2 on bad input."""
+def main(argv: Sequence[str] | None = None, prog: str = "simulate_exchange.py") -> int:
+    """Entry point: exit code 0 on Ctrl-C, 2 on bad input; ``prog`` names it in ``--help``."""
     try:
-        _args, kwargs = parse_args(argv)
+        _args, kwargs = parse_args(argv, prog)
         asyncio.run(serve(kwargs))
     except ArgumentError as exc:
         print(f"simulate_exchange: {exc}", file=sys.stderr)

@@ -215,8 +215,8 @@ def _list(text: str) -> list[str]:
     return [part for chunk in text.split(",") for part in chunk.split() if part]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog="stream_market_data.py", description=STREAM_HELP.split("\n")[0])
+def parse_args(argv: list[str] | None = None, prog: str = "stream_market_data.py") -> argparse.Namespace:
+    parser = OneLineParser(prog=prog, description=STREAM_HELP.split("\n")[0])
     parser.add_argument(
         "--symbols", type=_list, help="comma-separated, e.g. SOL/USDT,BTC/USDT (default: config)"
     )
@@ -246,8 +246,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "stream_market_data.py") -> int:
+    """Run the stream command; ``prog`` names it in ``--help`` and errors."""
+    args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_stream_main(
         config=args.config,

@@ -223,7 +223,6 @@ async def test_far_past_is_cheap_and_lazy() -> None:
 def _fetch_bytes(port: int, seed: int) -> list[bytes]:
     script = f"""
 import asyncio, sys
-sys.path.insert(0, {str(ROOT)!r})
 import aiohttp
 from data_collector.simulator import SimulatedExchange
 async def main():
@@ -234,7 +233,10 @@ async def main():
                     sys.stdout.buffer.write((await r.read()) + b"\\n")
 asyncio.run(main())
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=True)
+    # `python -c` puts its working directory first on sys.path: the checkout's package.
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=60, check=True
+    )
     return out.stdout.split(b"\n")
 
 
