@@ -18,7 +18,7 @@ from data_collector.markets import MINUTE_MS, TIMEFRAME_CODES
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange
 from data_collector.storage.postgres import PostgresCandleStore
 from data_collector.storage.sqlite import SqliteCandleStore
-from data_collector.storage.store import CandleStore
+from data_collector.storage.store import CandleStore, StoreSettings
 
 NAME = "ingest"
 DESCRIPTION = (
@@ -164,7 +164,7 @@ async def run(ctx: BenchContext) -> list[Table]:
     )
     admin = await asyncpg.connect(ctx.pg_dsn, server_settings={"search_path": schema})
     table = Table(f"DB ingest, {total:,} OHLCV rows (1m, {INSTRUMENTS} instruments, pages of {PAGE})")
-    store = PostgresCandleStore(config)
+    store = PostgresCandleStore(StoreSettings.from_config(config))
     tmp = tempfile.mkdtemp(prefix="bench_ingest_")
     try:
         await store.initialize()
@@ -219,9 +219,7 @@ async def run(ctx: BenchContext) -> list[Table]:
         async def sqlite_path() -> float:
             sample = make_pages(sqlite_n)
             url = f"sqlite+aiosqlite:///{tmp}/ingest_{uuid.uuid4().hex[:6]}.db"
-            async with SqliteCandleStore(
-                load_config({"database": {"url": url}, "logging": {"file": None}})
-            ) as s:
+            async with SqliteCandleStore(StoreSettings(url=url)) as s:
                 return sqlite_n / await run_writers(s, sample)
 
         cases = [

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import RetryCallState
 
-from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
 from data_collector.backfill.plan import (
     align_range,
@@ -41,7 +41,7 @@ from data_collector.backfill.plan import (
     unproven_rest,
 )
 from data_collector.backfill.report import CollectionReport, PairReport
-from data_collector.backfill.run import BackfillRun
+from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
@@ -76,6 +76,10 @@ class OptimizedDataCollector:
         config: a path to ``config.yaml``, a dict, a :class:`Config`, or ``None`` (``./config.yaml``
             or the defaults, plus ``DC__*`` environment overrides).
         store: a store to use instead of opening the configured one (the caller then owns it).
+        client: an :class:`ExchangeClient` to use instead of building one from the config's
+            ``exchange`` section (the caller then owns it and closes it); it is opened if it is
+            not yet open. Tests pass one wrapping a stand-in exchange. Without a monitor of its
+            own it reports to this collector's.
         progress: called with a pair's :class:`PairReport` whenever it changes.
         monitor: where request, retry, write and gap figures go; default: the process-wide
             ``utils.performance_monitor.get_default_monitor()``.
@@ -86,14 +90,17 @@ class OptimizedDataCollector:
         config: Config | dict[str, Any] | str | None = None,
         *,
         store: CandleStore | None = None,
+        client: ExchangeClient | None = None,
         progress: ProgressCallback | None = None,
         monitor: CollectorMonitor | None = None,
     ) -> None:
         self.config = load_config(config)
+        self.backfill_settings = BackfillSettings.from_config(self.config)
         self.progress = progress
         self.monitor = monitor if monitor is not None else default_monitor()
         self._store: CandleStore | None = store
         self._owns_store = store is None
+        self._given_client = client
         self._client: ExchangeClient | None = None
         self._initialized = False
         self._closed = False
@@ -150,7 +157,11 @@ class OptimizedDataCollector:
                 self._store = open_store(self.config)
                 opened_store = True
             await self._store.initialize()
-            client = ExchangeClient(self.config, monitor=self.monitor)
+            client = self._given_client or ExchangeClient(
+                ExchangeSettings.from_config(self.config), monitor=self.monitor
+            )
+            if client.monitor is None:
+                client.monitor = self.monitor
             self._client = client
             await client.open()
             for symbol in self.config.symbols:
@@ -161,7 +172,7 @@ class OptimizedDataCollector:
         except BaseException:
             # Leave nothing open behind a failed initialize; a later call may try again.
             client_, self._client = self._client, None
-            if client_ is not None:
+            if client_ is not None and client_ is not self._given_client:
                 await client_.close()
             if opened_store and self._store is not None:
                 store_, self._store = self._store, None
@@ -184,7 +195,7 @@ class OptimizedDataCollector:
         self._closed = True
         self._stop.set()
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and client is not self._given_client:
             await client.close()
         if self._store is not None and self._owns_store:
             await self._store.close()
@@ -220,7 +231,9 @@ class OptimizedDataCollector:
         """Backfill every (symbol, timeframe) pair; fetch only what the coverage record lacks.
 
         At most ``performance.concurrent_symbols`` symbols are in flight at once; all timeframes
-        of a symbol run concurrently, with several pages in flight each. A pair that fails for
+        of a symbol run concurrently, with ``performance.pages_in_flight_per_pair`` pages in
+        flight each, at most ``performance.pages_in_flight`` pages and
+        ``performance.requests_in_flight`` requests over all pairs. A pair that fails for
         good (e.g. the exchange rejects it) is listed in the report and the others go on.
 
         Args:
@@ -251,7 +264,7 @@ class OptimizedDataCollector:
         for symbol in symbol_list:
             for timeframe in timeframe_list:
                 report.pair(symbol, timeframe)
-        run = BackfillRun(self, report, start_ms, end_ms)
+        run = BackfillRun(self, self.backfill_settings, report, start_ms, end_ms)
         await run.execute(list(dict.fromkeys(symbol_list)), list(dict.fromkeys(timeframe_list)))
         return report
 

@@ -168,7 +168,15 @@ class OptimizedWebSocketStreamer:
             store_candles = candle_store is not None or "database" in cfg.model_fields_set
         sink = None
         if store_candles:
-            sink = CandleSink(options.exchange, self.metrics, store=candle_store, config=cfg)
+            # Here, not at the top: a streamer that stores no candles never loads the storage code.
+            from data_collector.storage.store import StoreSettings
+
+            sink = CandleSink(
+                options.exchange,
+                self.metrics,
+                store=candle_store,
+                store_settings=StoreSettings.from_config(cfg) if candle_store is None else None,
+            )
         self._service = StreamService(options, endpoint, self.metrics, sink)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -15,7 +15,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Requests in flight at once, over all tasks: enough to hide the latency, few enough that pages
-#: parsed but not yet written stay a small part of memory.
-MAX_REQUESTS_IN_FLIGHT = 16
-
 #: Request weights of the Binance spot endpoints we call (PROTOCOL.md).
 BINANCE_WEIGHTS = {"klines": 2, "exchangeInfo": 20, "time": 1}
 BINANCE_LIKE = ("binance", "binanceus")
@@ -52,6 +48,51 @@ BINANCE_LIKE = ("binance", "binanceus")
 _reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
     "dc_reservation", default=None
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSettings:
+    """What :class:`ExchangeClient` uses: the ``exchange`` section and two ``performance`` keys.
+
+    Build it with :meth:`from_config`, or directly in a test (only ``id`` is required).
+    """
+
+    #: The ccxt class id, e.g. ``"binance"``.
+    id: str
+    #: Overrides of ccxt's ``urls`` (the simulator sets these).
+    urls: Mapping[str, Any] = field(default_factory=dict)
+    #: Extra ccxt ``options``.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    timeout_s: float = 10.0
+    max_retries: int = 7
+    ohlcv_page_limit: int = 1000
+    #: Weight per minute; ``None`` reads it from the exchange (Binance: 6000).
+    weight_limit: int | None = None
+    rate_limit_margin: float = 0.01
+    #: Requests per minute on top of the weight budget (``performance.api_rate_limit``); ``None``: no cap.
+    requests_per_min: int | None = None
+    #: Requests in flight at once, over all tasks (``performance.requests_in_flight``).
+    requests_in_flight: int = 16
+
+    @classmethod
+    def from_config(cls, config: Config) -> ExchangeSettings:
+        ex = config.exchange
+        return cls(
+            id=ex.id,
+            urls=ex.urls,
+            options=ex.options,
+            api_key=ex.api_key.get_secret_value() if ex.api_key is not None else None,
+            secret=ex.secret.get_secret_value() if ex.secret is not None else None,
+            timeout_s=ex.timeout_s,
+            max_retries=ex.max_retries,
+            ohlcv_page_limit=ex.ohlcv_page_limit,
+            weight_limit=ex.weight_limit,
+            rate_limit_margin=ex.rate_limit_margin,
+            requests_per_min=config.performance.api_rate_limit,
+            requests_in_flight=config.performance.requests_in_flight,
+        )
 
 
 @dataclass(slots=True)
@@ -67,33 +108,39 @@ class RequestStats:
 class ExchangeClient:
     """Owns one ccxt exchange instance and the :class:`RateLimiter` shared by its users.
 
+    Use it as ``async with ExchangeClient(settings) as client:`` (which opens it) or call
+    :meth:`open` and :meth:`close` yourself.
+
     Args:
-        config: the validated configuration (``exchange`` and ``performance`` sections).
+        settings: what to connect to and how (:meth:`ExchangeSettings.from_config`).
         clock: wall clock in seconds, for the limiter.
         monitor: receives every call's duration and outcome, and every retry.
+        exchange: a ccxt exchange instance (or a stand-in with the same methods) to use instead
+            of building one from ``settings``; the client then owns it and closes it.
     """
 
     def __init__(
         self,
-        config: Config,
+        settings: ExchangeSettings,
         *,
         clock: Callable[[], float] = time.time,
         monitor: CollectorMonitor | None = None,
+        exchange: Any = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.stats = RequestStats()
         self.monitor = monitor
         self._clock = clock
-        ex = config.exchange
-        self.weight_mode = ex.id in BINANCE_LIKE or ex.weight_limit is not None
+        self.weight_mode = settings.id in BINANCE_LIKE or settings.weight_limit is not None
         self.limiter = RateLimiter(
-            requests_per_min=config.performance.api_rate_limit,
-            weight_per_min=(ex.weight_limit or 6000) if self.weight_mode else None,
-            safety_margin=ex.rate_limit_margin,
+            requests_per_min=settings.requests_per_min,
+            weight_per_min=(settings.weight_limit or 6000) if self.weight_mode else None,
+            safety_margin=settings.rate_limit_margin,
             clock=clock,
         )
         self.exchange: Any = None
-        self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self._given_exchange: Any = exchange
+        self._in_flight = asyncio.Semaphore(settings.requests_in_flight)
         self._closed = False
         self.markets: dict[str, Any] = {}
         #: The most candles one OHLCV answer has held: the server's cap per answer is at least
@@ -102,10 +149,17 @@ class ExchangeClient:
 
     @property
     def id(self) -> str:
-        return self.config.exchange.id
+        return self.settings.id
+
+    async def __aenter__(self) -> ExchangeClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def _build(self) -> Any:
-        ex = self.config.exchange
+        ex = self.settings
         cls = getattr(ccxt, ex.id, None)
         if cls is None:
             raise PermanentError(f"exchange {ex.id!r} is not a ccxt exchange id")
@@ -117,15 +171,20 @@ class ExchangeClient:
         if ex.urls:
             params["urls"] = _deep_merge(dict(getattr(cls, "urls", {}) or {}), ex.urls)
         if ex.api_key is not None:
-            params["apiKey"] = ex.api_key.get_secret_value()
+            params["apiKey"] = ex.api_key
         if ex.secret is not None:
-            params["secret"] = ex.secret.get_secret_value()
+            params["secret"] = ex.secret
         exchange = cls(params)
         if ex.urls:
             # ccxt deep-extends describe() with the params, so the override wins; keep it explicit.
             exchange.urls = _deep_merge(dict(exchange.urls), ex.urls)
+        return self._attach(exchange)
+
+    def _attach(self, exchange: Any) -> Any:
+        """Route ``exchange``'s requests through this client: our limiter paces, our hook observes."""
+        exchange.enableRateLimit = False
         exchange.on_rest_response = self._on_rest_response
-        if ex.id in BINANCE_LIKE:
+        if self.settings.id in BINANCE_LIKE:
             # ccxt's per-field helpers cost ~7 us per candle, more than everything else we do with
             # it; spot kline arrays need no mapping, and validate_page converts and checks them.
             exchange.parse_ohlcv = fast_kline_row
@@ -169,7 +228,8 @@ class ExchangeClient:
         """
         if self.exchange is not None:
             return
-        self.exchange = self._build()
+        given, self._given_exchange = self._given_exchange, None
+        self.exchange = self._attach(given) if given is not None else self._build()
         exchange = self.exchange
         exchange.enableLastJsonResponse = True
         try:
@@ -197,7 +257,7 @@ class ExchangeClient:
         self.markets = exchange.markets or {}
 
     def _configure_weight_limit(self, info: object) -> None:
-        if not self.weight_mode or self.config.exchange.weight_limit is not None:
+        if not self.weight_mode or self.settings.weight_limit is not None:
             return
         if isinstance(info, dict):
             for limit in info.get("rateLimits", []) or []:
@@ -214,6 +274,8 @@ class ExchangeClient:
         """Close the HTTP session; safe to call twice."""
         self._closed = True
         exchange, self.exchange = self.exchange, None
+        if exchange is None:
+            exchange, self._given_exchange = self._given_exchange, None
         if exchange is not None:
             await exchange.close()
 
@@ -243,7 +305,7 @@ class ExchangeClient:
         Raises:
             ConfigError: the limit is above the maximum for ``symbol``'s market.
         """
-        limit = self.config.exchange.ohlcv_page_limit
+        limit = self.settings.ohlcv_page_limit
         maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
         if isinstance(maximum, int) and 0 < maximum < limit:
             raise ConfigError(
@@ -260,9 +322,9 @@ class ExchangeClient:
         **kwargs: Any,
     ) -> T:
         """Run one exchange call under the limiter, a timeout and the retry policy."""
-        timeout_s = self.config.exchange.timeout_s
+        timeout_s = self.settings.timeout_s
         policy = retry_policy(
-            attempts=attempts or self.config.exchange.max_retries + 1,
+            attempts=attempts or self.settings.max_retries + 1,
             on_retry=lambda state: self._count_retry(),
         )
         async for attempt in policy:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -25,6 +25,7 @@ from data_collector.backfill.plan import (
     unproven_rest,
 )
 from data_collector.backfill.report import CollectionReport, PairReport
+from data_collector.config import Config
 from data_collector.errors import CollectorError, InvalidSymbolError, PermanentError, TransientError
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, WriteResult
 
@@ -33,42 +34,85 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAGES_IN_FLIGHT_PER_PAIR = 8
-#: Pages between their request and the write queue, over all pairs.
-PAGES_IN_PROCESS = 12
-WRITE_QUEUE_BATCHES = 8
-WRITERS = 2
-MAX_BATCHES_PER_WRITE = 8
+
+@dataclass(frozen=True, slots=True)
+class BackfillSettings:
+    """How much of a run is in flight at once; built by :meth:`from_config`, or directly in a test.
+
+    The ``performance`` keys bound different things: ``concurrent_symbols`` the symbols being
+    planned and fetched, ``pages_in_flight_per_pair`` the pages of one pair, ``pages_in_flight``
+    the pages between their request and the write queue over all pairs. The requests in flight
+    are bounded by the exchange client (``ExchangeSettings.requests_in_flight``).
+    """
+
+    concurrent_symbols: int = 5
+    pages_in_flight: int = 12
+    pages_in_flight_per_pair: int = 8
+    #: Candles per request (``exchange.ohlcv_page_limit``).
+    page_limit: int = 1000
+    #: Batches the write queue holds (backpressure, not memory growth).
+    write_queue_batches: int = 8
+    writers: int = 2
+    #: Most batches one writer drains into one transaction.
+    max_batches_per_write: int = 8
+
+    @classmethod
+    def from_config(cls, config: Config) -> BackfillSettings:
+        perf = config.performance
+        return cls(
+            concurrent_symbols=perf.concurrent_symbols,
+            pages_in_flight=perf.pages_in_flight,
+            pages_in_flight_per_pair=perf.pages_in_flight_per_pair,
+            page_limit=config.exchange.ohlcv_page_limit,
+        )
 
 
 class BackfillRun:
-    """One ``collect`` call: the fetchers, the bounded write queue and the two writers."""
+    """One ``collect`` call: the fetchers, the bounded write queue and the writers, in one task group.
+
+    A pair that fails (the exchange refused it, retries ran out) is reported and the others go
+    on; an unexpected error in any task cancels all of them and is raised from :meth:`execute`.
+    """
 
     def __init__(
-        self, owner: OptimizedDataCollector, report: CollectionReport, start_ms: int, end_ms: int
+        self,
+        owner: OptimizedDataCollector,
+        settings: BackfillSettings,
+        report: CollectionReport,
+        start_ms: int,
+        end_ms: int,
     ) -> None:
         self.owner = owner
+        self.settings = settings
         self.client = owner.client
         self.store = owner.store
-        self.config = owner.config
         self.report = report
         self.start_ms = start_ms
         self.end_ms = end_ms
-        self.queue: asyncio.Queue[tuple[CandleBatch, PairReport] | None] = asyncio.Queue(WRITE_QUEUE_BATCHES)
-        self.symbols = asyncio.Semaphore(self.config.performance.concurrent_symbols)
-        self.page_slots = asyncio.Semaphore(PAGES_IN_PROCESS)
+        self.queue: asyncio.Queue[tuple[CandleBatch, PairReport] | None] = asyncio.Queue(
+            settings.write_queue_batches
+        )
+        self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
+        self.page_slots = asyncio.Semaphore(settings.pages_in_flight)
         self.write_error: BaseException | None = None
 
     async def execute(self, symbols: list[str], timeframes: list[str]) -> None:
         started = time.perf_counter()
         stats0 = _snapshot(self.client)
-        writers = [asyncio.create_task(self._writer(), name=f"dc-writer-{i}") for i in range(WRITERS)]
         try:
-            await asyncio.gather(*(self._symbol(s, timeframes) for s in symbols))
+            # One group: an unexpected error in any task cancels the others, so no fetcher is
+            # left waiting on a full queue that no writer drains any more.
+            async with asyncio.TaskGroup() as group:
+                for i in range(self.settings.writers):
+                    group.create_task(self._writer(), name=f"dc-writer-{i}")
+                fetchers = [group.create_task(self._symbol(s, timeframes), name=f"dc-{s}") for s in symbols]
+                if fetchers:
+                    await asyncio.wait(fetchers)
+                for _ in range(self.settings.writers):
+                    await self.queue.put(None)
+        except BaseExceptionGroup as errors:
+            raise _first_error(errors) from None
         finally:
-            for _ in writers:
-                await self.queue.put(None)
-            await asyncio.gather(*writers, return_exceptions=True)
             stats1 = _snapshot(self.client)
             r = self.report
             r.requests, r.retries, r.http_429, r.http_418, r.malformed_pages, r.weight_used = (
@@ -103,7 +147,9 @@ class BackfillRun:
                 for tf in timeframes:
                     self._fail(self.report.pair(symbol, tf), error)
                 return
-            await asyncio.gather(*(self._pair(instrument, plans[tf]) for tf in timeframes))
+            async with asyncio.TaskGroup() as pairs:
+                for tf in timeframes:
+                    pairs.create_task(self._pair(instrument, plans[tf]))
 
     async def _relisted(self, instrument: Instrument, listing_ms: int) -> Instrument:
         updated = replace(instrument, listing_ms=listing_ms)
@@ -120,7 +166,7 @@ class BackfillRun:
             covered=covered,
             listing_ms=instrument.listing_ms,
             server_now_ms=self.client.server_now_ms(),
-            limit=self.config.exchange.ohlcv_page_limit,
+            limit=self.settings.page_limit,
         )
         pair = self.report.pair(symbol, timeframe)
         pair.pages_planned = len(plan.pages)
@@ -155,7 +201,9 @@ class BackfillRun:
 
         # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
         while more():
-            await asyncio.gather(*(worker() for _ in range(min(PAGES_IN_FLIGHT_PER_PAIR, len(todo)))))
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(min(self.settings.pages_in_flight_per_pair, len(todo))):
+                    workers.create_task(worker())
         if failure:
             self._fail(pair, failure[0])
         elif todo or self.write_error is not None:
@@ -176,7 +224,7 @@ class BackfillRun:
         if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
             return False
         page = todo.pop()
-        limit = self.config.exchange.ohlcv_page_limit
+        limit = self.settings.page_limit
         fetch = asyncio.ensure_future(self.client.fetch_page(plan.symbol, plan.timeframe, page, limit))
         stopped = asyncio.ensure_future(self.owner._stop.wait())
         try:
@@ -235,7 +283,7 @@ class BackfillRun:
             if item is None:
                 break
             items = [item]
-            while len(items) < MAX_BATCHES_PER_WRITE:
+            while len(items) < self.settings.max_batches_per_write:
                 try:
                     more = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -268,6 +316,21 @@ class BackfillRun:
         monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
+
+
+def _first_error(errors: BaseExceptionGroup) -> BaseException:
+    """The first error of a task group (groups nest as the task groups do); the rest are logged."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [errors]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            stack[:0] = item.exceptions
+        else:
+            leaves.append(item)
+    for other in leaves[1:]:
+        log.error("another task of the run failed too: %r", other)
+    return leaves[0]
 
 
 def _snapshot(client: ExchangeClient) -> tuple[int, int, int, int, int, int]:

@@ -18,7 +18,7 @@ from data_collector.storage.base import (
     Instrument,
     WriteResult,
 )
-from data_collector.storage.store import CandleStore
+from data_collector.storage.store import CandleStore, StoreSettings
 
 __all__ = [
     "Candle",
@@ -27,26 +27,28 @@ __all__ = [
     "CoverageRange",
     "Gap",
     "Instrument",
+    "StoreSettings",
     "WriteResult",
     "open_store",
 ]
 
 
-def open_store(config: Config | Any) -> CandleStore:
+def open_store(config: StoreSettings | Config | Any) -> CandleStore:
     """The store for ``database.url``, not yet initialised (call ``await store.initialize()``).
 
     Args:
-        config: a :class:`~data_collector.config.Config`, or anything ``load_config`` accepts.
+        config: :class:`StoreSettings`, a :class:`~data_collector.config.Config`, or anything
+            ``load_config`` accepts.
 
     Raises:
         ConfigError: the URL names neither ``postgresql+asyncpg`` nor ``sqlite+aiosqlite``.
     """
-    config = load_config(config)
-    backend = parse_database_url(config.database.url.get_secret_value()).get_backend_name()
+    settings = config if isinstance(config, StoreSettings) else StoreSettings.from_config(load_config(config))
+    backend = parse_database_url(settings.url).get_backend_name()
     if backend == "postgresql":
         from data_collector.storage.postgres import PostgresCandleStore
 
-        return PostgresCandleStore(config)
+        return PostgresCandleStore(settings)
     from data_collector.storage.sqlite import SqliteCandleStore
 
-    return SqliteCandleStore(config)
+    return SqliteCandleStore(settings)

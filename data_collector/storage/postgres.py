@@ -36,7 +36,6 @@ import asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from data_collector.config import Config
 from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
@@ -52,7 +51,7 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Inst
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
-from data_collector.storage.store import CandleStore
+from data_collector.storage.store import CandleStore, StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -251,29 +250,29 @@ def _root_causes(exc: BaseException) -> list[BaseException]:
 class PostgresCandleStore(CandleStore):
     """A :class:`~data_collector.storage.base.CandleStore` on PostgreSQL.
 
-    Use it as ``async with PostgresCandleStore(config) as store:`` (which initialises it) or call
+    Use it as ``async with open_store(config) as store:`` (which initialises it) or call
     :meth:`initialize` and :meth:`close` yourself. Whoever opens a store closes it.
 
     Args:
-        config: ``database.url`` (``postgresql+asyncpg://…``), ``database.db_schema``,
-            ``database.connect_timeout_s`` / ``command_timeout_s`` and the ``performance.db_*`` keys
-            are used.
+        settings: the ``postgresql+asyncpg://`` URL, the schema, the timeouts and the pool sizes
+            (:meth:`StoreSettings.from_config`).
+
+    Raises:
+        ConfigError: the URL is not a PostgreSQL one.
     """
 
-    def __init__(self, config: Config) -> None:
-        db = config.database
-        url = parse_database_url(db.url.get_secret_value())
+    def __init__(self, settings: StoreSettings) -> None:
+        url = parse_database_url(settings.url)
         if url.get_backend_name() != "postgresql":
             raise ConfigError("database.url: PostgresCandleStore needs a postgresql+asyncpg:// URL")
         self._target = pg_target(url)
         self._url: URL = self._target.url
-        self._schema = db.db_schema
-        self._connect_timeout_s = db.connect_timeout_s
-        self._timeout_s = db.command_timeout_s
-        perf = config.performance
-        self._pool_size = perf.db_pool_size
-        self._max_overflow = perf.db_max_overflow
-        self._pool_recycle = perf.db_pool_recycle
+        self._schema = settings.db_schema
+        self._connect_timeout_s = settings.connect_timeout_s
+        self._timeout_s = settings.command_timeout_s
+        self._pool_size = settings.pool_size
+        self._max_overflow = settings.max_overflow
+        self._pool_recycle = settings.pool_recycle_s
         self._engine: AsyncEngine | None = None
         self._closed = False
         self._quoted_schema = _quote_ident(self._schema)

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from data_collector.config import Config
 from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
@@ -32,7 +31,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
-from data_collector.storage.store import CandleStore
+from data_collector.storage.store import CandleStore, StoreSettings
 
 T = TypeVar("T")
 
@@ -102,19 +101,19 @@ class SqliteCandleStore(CandleStore):
     One connection, used by one call at a time; the file's parent directory is created.
 
     Args:
-        config: ``database.url`` (``sqlite+aiosqlite:///relative/path.db`` or ``////abs/path.db``)
-            and ``database.command_timeout_s`` are used.
+        settings: its ``url`` (``sqlite+aiosqlite:///relative/path.db`` or ``////abs/path.db``)
+            and ``command_timeout_s`` are used (:meth:`StoreSettings.from_config`).
     """
 
-    def __init__(self, config: Config) -> None:
-        url = parse_database_url(config.database.url.get_secret_value())
+    def __init__(self, settings: StoreSettings) -> None:
+        url = parse_database_url(settings.url)
         if url.get_backend_name() != "sqlite":
             raise ConfigError("database.url: SqliteCandleStore needs a sqlite+aiosqlite:/// URL")
         database = url.database or ""
         if not database:
             raise ConfigError("database.url: name the SQLite file, e.g. sqlite+aiosqlite:///data/candles.db")
         self._path = database
-        self._timeout_s = config.database.command_timeout_s
+        self._timeout_s = settings.command_timeout_s
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._closed = False

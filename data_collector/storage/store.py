@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
 from data_collector.markets import candle_opens, count_candles, timeframe_code
@@ -16,6 +17,8 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap,
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from data_collector.config import Config
 
 from data_collector.storage.ranges import (
     Span,
@@ -27,6 +30,38 @@ from data_collector.storage.ranges import (
 )
 
 FRAME_COLUMNS = ["open", "high", "low", "close", "volume"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """What a store uses: the ``database`` section and the pool keys of ``performance``.
+
+    Build it with :meth:`from_config`, or directly in a test (only ``url`` is required). SQLite
+    uses ``url`` and ``command_timeout_s`` only.
+    """
+
+    #: ``postgresql+asyncpg://…`` or ``sqlite+aiosqlite:///path``; kept out of ``repr`` (password).
+    url: str = field(repr=False)
+    #: PostgreSQL schema of the tables.
+    db_schema: str = "public"
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 60.0
+    pool_size: int = 20
+    max_overflow: int = 40
+    pool_recycle_s: int = 3600
+
+    @classmethod
+    def from_config(cls, config: Config) -> StoreSettings:
+        db, perf = config.database, config.performance
+        return cls(
+            url=db.url.get_secret_value(),
+            db_schema=db.db_schema,
+            connect_timeout_s=db.connect_timeout_s,
+            command_timeout_s=db.command_timeout_s,
+            pool_size=perf.db_pool_size,
+            max_overflow=perf.db_max_overflow,
+            pool_recycle_s=perf.db_pool_recycle,
+        )
 
 
 class CandleStore(ABC):

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import is_transient
 from data_collector.markets import next_open_ms
 from data_collector.streaming.metrics import StreamMetrics
+
+if TYPE_CHECKING:
+    from data_collector.storage.store import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +36,23 @@ PendingCandle = tuple[str, str, tuple[int, float, float, float, float, float]]
 class CandleSink:
     """Writes closed candles through a :class:`~data_collector.storage.base.CandleStore`.
 
-    Give it an open ``store`` (the caller keeps owning it), or a ``config`` from which it opens
-    (and then owns) one with ``data_collector.storage.open_store``.
+    Give it an open ``store`` (the caller keeps owning it), or the ``store_settings`` from which
+    it opens (and then owns) one with ``data_collector.storage.open_store``.
     """
 
     def __init__(
-        self, exchange: str, metrics: StreamMetrics, *, store: Any = None, config: Any = None
+        self,
+        exchange: str,
+        metrics: StreamMetrics,
+        *,
+        store: Any = None,
+        store_settings: StoreSettings | None = None,
     ) -> None:
         self._exchange = exchange
         self._metrics = metrics
         self._store = store
         self._owns_store = store is None
-        self._config = config
+        self._store_settings = store_settings
         self._queue: asyncio.Queue[PendingCandle] = asyncio.Queue(maxsize=QUEUE_MAX)
         self._instrument_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +80,7 @@ class CandleSink:
         if self._store is None:
             from data_collector.storage import open_store  # type: ignore[attr-defined,unused-ignore]
 
-            store = open_store(self._config)
+            store = open_store(self._store_settings)
             if inspect.isawaitable(store):
                 store = await store
             try:

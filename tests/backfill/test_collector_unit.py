@@ -12,8 +12,10 @@ from typing import Any
 import ccxt.async_support as ccxt
 import pytest
 
-from data_collector.backfill.exchange import ExchangeClient
+from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.report import PairReport
+from data_collector.backfill.run import BackfillSettings
+from data_collector.config import load_config
 from data_collector.errors import ClosedError, InvalidSymbolError, UsageError
 from data_collector.markets import DAY_MS, HOUR_MS, candle_opens
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -28,14 +30,14 @@ CONFIG: dict[str, Any] = {"logging": {"file": None}, "symbols": SYMBOLS, "timefr
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeExchange:
-    exchange = FakeExchange(SYMBOLS, LISTING, [GAP])
+def fake() -> FakeExchange:
+    return FakeExchange(SYMBOLS, LISTING, [GAP])
 
-    def build(self: ExchangeClient) -> Any:
-        return exchange
 
-    monkeypatch.setattr(ExchangeClient, "_build", build)
-    return exchange
+def collector_on(fake: FakeExchange, config: Any = CONFIG, **kwargs: Any) -> OptimizedDataCollector:
+    """A collector whose exchange client wraps ``fake`` (injected, not patched in)."""
+    client = ExchangeClient(ExchangeSettings.from_config(load_config(config)), exchange=fake)
+    return OptimizedDataCollector(config, client=client, **kwargs)
 
 
 def expected(tf: str, start: int, end: int) -> list[int]:
@@ -49,7 +51,7 @@ def expected(tf: str, start: int, end: int) -> list[int]:
 async def test_collects_everything_then_nothing(fake: FakeExchange) -> None:
     store = MemoryStore()
     end = T0 + 5 * DAY_MS
-    async with OptimizedDataCollector(CONFIG, store=store) as collector:
+    async with collector_on(fake, CONFIG, store=store) as collector:
         report = await collector.collect(start=T0, end=end)
         assert report.ok, report.summary()
         for symbol in SYMBOLS:
@@ -84,12 +86,13 @@ async def test_collects_everything_then_nothing(fake: FakeExchange) -> None:
             "close",
             "volume",
         ]
-    assert fake.closed and store.closed == 0  # a store passed in belongs to the caller
+    # A client and a store passed in belong to the caller: the collector closes neither.
+    assert not fake.closed and store.closed == 0
 
 
 async def test_bad_symbol_fails_that_pair_only(fake: FakeExchange) -> None:
     fake.fail["BTC/USDT"] = ccxt.BadSymbol('binance {"code":-1121,"msg":"Invalid symbol."}')
-    async with OptimizedDataCollector(CONFIG, store=MemoryStore()) as collector:
+    async with collector_on(fake, CONFIG, store=MemoryStore()) as collector:
         report = await collector.collect(start=T0, end=T0 + DAY_MS * 3)
     assert set(report.failures) == {f"BTC/USDT {tf}" for tf in TFS}
     assert all(report.pairs[f"SOL/USDT {tf}"].status == "done" for tf in TFS)
@@ -109,11 +112,11 @@ async def test_transient_errors_are_retried(fake: FakeExchange) -> None:
         return await original(*args, **kwargs)
 
     fake.fetch_ohlcv = flaky  # type: ignore[method-assign]
-    async with OptimizedDataCollector(CONFIG, store=store) as collector:
+    async with collector_on(fake, CONFIG, store=store) as collector:
         report = await collector.collect(start=T0, end=T0 + 4 * DAY_MS)
     assert report.ok, report.summary()
     assert report.retries > 0
-    inst = store.instruments[("binance", "SOL/USDT")]
+    inst = store.by_key[("binance", "SOL/USDT")]
     assert [r[0] for r in await store.load(inst.id, "1m", T0, T0 + 4 * DAY_MS)] == expected(
         "1m", T0, T0 + 4 * DAY_MS
     )
@@ -130,7 +133,7 @@ async def test_stop_then_resume(fake: FakeExchange) -> None:
             some_pages.set()
 
     config = {**CONFIG, "performance": {"concurrent_symbols": 1}}
-    async with OptimizedDataCollector(config, store=store, progress=progress) as collector:
+    async with collector_on(fake, config, store=store, progress=progress) as collector:
         task = asyncio.create_task(collector.collect(start=T0, end=end))
         await some_pages.wait()
         collector.request_stop()
@@ -140,13 +143,13 @@ async def test_stop_then_resume(fake: FakeExchange) -> None:
         second = await collector.collect(start=T0, end=end)
         # nothing stored by the first run is fetched again
         assert second.ok and second.rows_skipped == 0 and second.rows_written > 0
-    inst = store.instruments[("binance", "SOL/USDT")]
+    inst = store.by_key[("binance", "SOL/USDT")]
     assert [r[0] for r in await store.load(inst.id, "1m", T0, end)] == expected("1m", T0, end)
 
 
 async def test_usage_errors_before_anything_is_written(fake: FakeExchange) -> None:
     store = MemoryStore()
-    async with OptimizedDataCollector(CONFIG, store=store) as collector:
+    async with collector_on(fake, CONFIG, store=store) as collector:
         with pytest.raises(InvalidSymbolError):
             await collector.collect(symbols=["DOGE/USDT"], start=T0, end=T0 + DAY_MS)
         with pytest.raises(UsageError):
@@ -157,7 +160,7 @@ async def test_usage_errors_before_anything_is_written(fake: FakeExchange) -> No
 
 
 async def test_close_is_idempotent_and_final(fake: FakeExchange) -> None:
-    collector = OptimizedDataCollector(CONFIG, store=MemoryStore())
+    collector = collector_on(fake, CONFIG, store=MemoryStore())
     await collector.initialize()
     await collector.close()
     await collector.close()
@@ -203,7 +206,7 @@ async def test_monitor_receives_calls_retries_and_rows(fake: FakeExchange) -> No
 
     fake.fetch_ohlcv = flaky  # type: ignore[method-assign]
     monitor = RecordingMonitor()
-    async with OptimizedDataCollector(CONFIG, store=MemoryStore(), monitor=monitor) as collector:
+    async with collector_on(fake, CONFIG, store=MemoryStore(), monitor=monitor) as collector:
         report = await collector.collect(start=T0, end=T0 + 3 * DAY_MS)
     assert report.ok
     assert len(monitor.api) == report.requests + 2  # plus load_markets and /time
@@ -231,7 +234,7 @@ async def test_concurrent_symbols_bounds_symbols_in_flight(fake: FakeExchange) -
 
     fake.fetch_ohlcv = tracking  # type: ignore[method-assign]
     config = {**CONFIG, "symbols": symbols, "performance": {"concurrent_symbols": 2}}
-    async with OptimizedDataCollector(config, store=MemoryStore()) as collector:
+    async with collector_on(fake, config, store=MemoryStore()) as collector:
         report = await collector.collect(start=T0, end=T0 + 4 * DAY_MS)
     assert report.ok
     assert peak["symbols"] == 2
@@ -241,7 +244,6 @@ async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) ->
     import logging
 
     from data_collector.cli.logging_setup import setup_logging
-    from data_collector.config import load_config
 
     log_file = tmp_path / "collector.log"
     config = load_config(
@@ -254,7 +256,7 @@ async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) ->
     )
     setup_logging(config, console_level=None)
     try:
-        async with OptimizedDataCollector(config, store=MemoryStore()) as collector:
+        async with collector_on(fake, config, store=MemoryStore()) as collector:
             await collector.collect(start=T0, end=T0 + DAY_MS)
             logging.getLogger("test").warning("connecting to %s", config.database.url.get_secret_value())
             logging.getLogger("test").info("config %r collector %r", config, collector)
@@ -270,9 +272,8 @@ async def test_secrets_never_reach_the_log(fake: FakeExchange, tmp_path: Any) ->
 
 
 async def test_exchanges_without_weight_headers_use_ccxt_rate_limit() -> None:
-    from data_collector.config import load_config
-
-    client = ExchangeClient(load_config({"exchange": {"id": "kraken"}, "logging": {"file": None}}))
+    # Built from settings alone: no config dict.
+    client = ExchangeClient(ExchangeSettings(id="kraken"))
     exchange = client._build()
     try:
         assert client.limiter.weight_limit is None
@@ -280,10 +281,102 @@ async def test_exchanges_without_weight_headers_use_ccxt_rate_limit() -> None:
         assert exchange.enableRateLimit is False  # our limiter paces, not ccxt's
     finally:
         await exchange.close()
-    binance = ExchangeClient(load_config({"logging": {"file": None}}))
+    binance = ExchangeClient(ExchangeSettings(id="binance", timeout_s=3.5))
     built = binance._build()
     try:
         assert binance.limiter.weight_limit == 6000 and built.enableRateLimit is False
-        assert built.timeout == 10_000
+        assert built.timeout == 3_500
     finally:
         await built.close()
+
+
+def test_exchange_settings_follow_the_config() -> None:
+    config = load_config(
+        {
+            "logging": {"file": None},
+            "exchange": {"id": "kraken", "timeout_s": 4, "max_retries": 2, "api_key": "k", "secret": "s"},
+            "performance": {"api_rate_limit": 600, "requests_in_flight": 3},
+        }
+    )
+    settings = ExchangeSettings.from_config(config)
+    assert (settings.id, settings.timeout_s, settings.max_retries) == ("kraken", 4, 2)
+    assert (settings.requests_per_min, settings.requests_in_flight) == (600, 3)
+    assert (settings.api_key, settings.secret) == ("k", "s") and "'k'" not in repr(settings)
+    backfill = BackfillSettings.from_config(load_config({"logging": {"file": None}}))
+    assert (backfill.pages_in_flight, backfill.pages_in_flight_per_pair) == (12, 8)
+
+
+class _Peak:
+    """Counts coroutines inside a block and keeps the most seen at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    async def around(self, call: Any) -> Any:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.002)
+            return await call
+        finally:
+            self.now -= 1
+
+
+async def test_requests_in_flight_is_a_setting(fake: FakeExchange) -> None:
+    original = fake.fetch_ohlcv
+    peak = _Peak()
+
+    async def tracking(*args: Any, **kwargs: Any) -> Any:
+        return await peak.around(original(*args, **kwargs))
+
+    fake.fetch_ohlcv = tracking  # type: ignore[method-assign]
+    config = {**CONFIG, "performance": {"requests_in_flight": 3}}
+    async with collector_on(fake, config, store=MemoryStore()) as collector:
+        report = await collector.collect(start=T0, end=T0 + 10 * DAY_MS)
+    assert report.ok
+    assert peak.most == 3
+
+
+async def test_pages_in_flight_is_a_setting(fake: FakeExchange) -> None:
+    original = fake.fetch_ohlcv
+    peak = _Peak()
+
+    async def tracking(symbol: str, timeframe: str, since: int | None = None, *a: Any, **kw: Any) -> Any:
+        if since == 0:  # a listing probe, not a page
+            return await original(symbol, timeframe, since, *a, **kw)
+        return await peak.around(original(symbol, timeframe, since, *a, **kw))
+
+    fake.fetch_ohlcv = tracking  # type: ignore[method-assign]
+    config = {**CONFIG, "performance": {"pages_in_flight": 2, "requests_in_flight": 16}}
+    async with collector_on(fake, config, store=MemoryStore()) as collector:
+        report = await collector.collect(start=T0, end=T0 + 10 * DAY_MS)
+    assert report.ok
+    assert peak.most == 2
+
+
+async def test_an_unexpected_error_in_one_symbol_stops_the_run_and_leaves_no_task(fake: FakeExchange) -> None:
+    """A bug (not a failed pair) in one symbol's task: collect() raises it, siblings are cancelled.
+
+    Before the task group, the other symbol's fetchers went on after the writers had stopped and
+    blocked on the full write queue for good.
+    """
+    other_busy = asyncio.Event()
+    original = fake.fetch_ohlcv
+
+    async def fetch(symbol: str, timeframe: str, since: int | None = None, *args: Any, **kwargs: Any) -> Any:
+        if symbol == "BTC/USDT" and since == 0:
+            await other_busy.wait()  # fail while SOL/USDT's pages stream
+            raise UsageError("injected misuse: not a failed pair, a bug")
+        if symbol == "SOL/USDT" and since:
+            other_busy.set()
+        return await original(symbol, timeframe, since, *args, **kwargs)
+
+    fake.fetch_ohlcv = fetch  # type: ignore[method-assign]
+    fake.delay_s = 0.001
+    before = asyncio.all_tasks()
+    async with collector_on(fake, CONFIG, store=MemoryStore()) as collector:
+        with pytest.raises(UsageError, match="injected misuse"):
+            await asyncio.wait_for(collector.collect(start=T0, end=T0 + 60 * DAY_MS), timeout=30)
+    left = asyncio.all_tasks() - before
+    assert not left, left

@@ -84,7 +84,7 @@ async def test_exchange_client_fails_within_timeout_when_blackholed(
     proxy = await make_proxy("127.0.0.1", free_port())
     proxy.blackhole = True
     config = load_config(_exchange_config(f"http://127.0.0.1:{proxy.port}"))
-    client = exchange_client.ExchangeClient(config)
+    client = exchange_client.ExchangeClient(exchange_client.ExchangeSettings.from_config(config))
     try:
         outcome = await bounded("ExchangeClient.open (blackholed)", client.open(), GUARD_S)
     finally:
@@ -313,7 +313,7 @@ async def test_exchange_pages_fail_within_timeout_on_a_live_session_blackholed(
     async with simulator.SimulatedExchange(symbols=["SOL/USDT"], seed=2) as sim:
         proxy = await make_proxy(sim.host, sim.port)
         config = load_config(_exchange_config(f"http://127.0.0.1:{proxy.port}"))
-        client = exchange_client.ExchangeClient(config)
+        client = exchange_client.ExchangeClient(exchange_client.ExchangeSettings.from_config(config))
         try:
             await client.open()
             page = (

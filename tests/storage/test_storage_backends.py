@@ -16,7 +16,7 @@ import pytest
 from data_collector.config import load_config
 from data_collector.errors import ClosedError, PermanentError, StoreNotInitializedError
 from data_collector.markets import MINUTE_MS
-from data_collector.storage import CandleBatch, CandleStore, CoverageRange, Gap, open_store
+from data_collector.storage import CandleBatch, CandleStore, CoverageRange, Gap, StoreSettings, open_store
 from data_collector.storage.postgres import PostgresCandleStore
 from data_collector.storage.sqlite import SqliteCandleStore
 from tests.support.candles import batch, candles
@@ -75,8 +75,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         out = Backend("postgres", open_store(config), f'"{schema}".')
     else:
         path = tmp_path / "nested" / "candles.db"
-        config = load_config({"database": {"url": f"sqlite+aiosqlite:///{path}"}, "logging": {"file": None}})
-        out = Backend("sqlite", open_store(config), "", str(path))
+        out = Backend("sqlite", open_store(StoreSettings(url=f"sqlite+aiosqlite:///{path}")), "", str(path))
     try:
         await out.store.initialize()
         yield out
@@ -264,7 +263,7 @@ class TestCandleStore:
 
 async def test_sqlite_creates_the_parent_directory(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "demo.db"
-    async with SqliteCandleStore(load_config({"database": {"url": f"sqlite+aiosqlite:///{path}"}})) as store:
+    async with SqliteCandleStore(StoreSettings(url=f"sqlite+aiosqlite:///{path}")) as store:
         await store.ensure_instrument("binance", "SOL/USDT", base="SOL", quote="USDT")
     assert path.exists()
 

@@ -15,7 +15,7 @@ import pytest
 from data_collector.config import load_config
 from data_collector.errors import ConfigError, PermanentError, ServerUnavailableError, TransientError
 from data_collector.markets import MINUTE_MS
-from data_collector.storage import CandleBatch, CoverageRange, open_store
+from data_collector.storage import CandleBatch, CoverageRange, StoreSettings, open_store
 from data_collector.storage.postgres import PostgresCandleStore
 from tests.support.candles import batch, candles
 from tests.support.services import PG_ADMIN_DSN, PG_URL, free_port
@@ -25,9 +25,14 @@ def _config(schema: str, url: str = PG_URL, **database: Any) -> Any:
     return load_config({"database": {"url": url, "schema": schema, **database}, "logging": {"file": None}})
 
 
+def _settings(schema: str, url: str = PG_URL, **database: Any) -> StoreSettings:
+    """Built without a config: the store takes only the settings it uses."""
+    return StoreSettings(url=url, db_schema=schema, **database)
+
+
 @pytest.fixture
 async def store(pg_schema: str) -> AsyncIterator[PostgresCandleStore]:
-    async with PostgresCandleStore(_config(pg_schema)) as s:
+    async with PostgresCandleStore(_settings(pg_schema)) as s:
         yield s
 
 
@@ -74,7 +79,7 @@ async def test_pool_follows_the_performance_keys(pg_schema: str) -> None:
     config.performance.db_pool_size = 3
     config.performance.db_max_overflow = 2
     config.performance.db_pool_recycle = 120
-    async with PostgresCandleStore(config) as store:
+    async with PostgresCandleStore(StoreSettings.from_config(config)) as store:
         pool: Any = store._require_engine().pool
         assert (pool.size(), pool._max_overflow, pool._recycle, pool._pre_ping) == (3, 2, 120, True)
 
@@ -105,7 +110,7 @@ async def test_terminated_connection_mid_transaction_leaves_nothing(
 async def test_a_call_that_hangs_is_cut_off_by_the_command_timeout(
     admin: asyncpg.Connection, pg_schema: str
 ) -> None:
-    async with PostgresCandleStore(_config(pg_schema, command_timeout_s=0.5)) as store:
+    async with PostgresCandleStore(_settings(pg_schema, command_timeout_s=0.5)) as store:
         iid = await _iid(store)
         await store.write([batch(iid, 0, 10)])
         lock = admin.transaction()
@@ -166,7 +171,7 @@ async def test_concurrent_writers_with_overlapping_batches(
 
 async def test_concurrent_initialize_of_a_new_schema(admin: asyncpg.Connection) -> None:
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    stores = [PostgresCandleStore(_config(schema)) for _ in range(4)]
+    stores = [PostgresCandleStore(_settings(schema)) for _ in range(4)]
     try:
         await asyncio.gather(*(s.initialize() for s in stores))
         await asyncio.gather(*(s.initialize() for s in stores))
@@ -211,7 +216,7 @@ async def test_initialize_creates_a_missing_database(admin: asyncpg.Connection) 
     name = f"dc_test_{uuid.uuid4().hex[:10]}"
     url = PG_URL.rsplit("/", 1)[0] + "/" + name
     try:
-        async with PostgresCandleStore(_config("public", url=url)) as store:
+        async with PostgresCandleStore(_settings("public", url=url)) as store:
             iid = await _iid(store)
             assert (await store.write([batch(iid, 0, 3)])).written == 3
         assert await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name) == 1
@@ -227,7 +232,7 @@ async def test_missing_database_without_createdb_is_a_clear_permanent_error(
     await admin.execute(f'CREATE ROLE "{role}" LOGIN NOCREATEDB')
     try:
         url = f"postgresql+asyncpg://{role}@127.0.0.1:5432/{name}"
-        store = PostgresCandleStore(_config("public", url=url))
+        store = PostgresCandleStore(_settings("public", url=url))
         with pytest.raises(PermanentError) as info:
             await store.initialize()
         await store.close()
@@ -323,7 +328,7 @@ async def test_a_server_gone_silent_mid_copy_is_cut_off_and_the_pool_recovers(
     await proxy.start()
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/test"
     try:
-        async with PostgresCandleStore(_config(pg_schema, url=url, command_timeout_s=1)) as store:
+        async with PostgresCandleStore(_settings(pg_schema, url=url, command_timeout_s=1)) as store:
             iid = await _iid(store)
             await store.write([batch(iid, 0, 10)])
             proxy.freeze_at_bytes = 16_384  # the COPY data of the next write

@@ -17,7 +17,7 @@ class MemoryStore(CandleStore):
     """An in-memory CandleStore."""
 
     def __init__(self) -> None:
-        self.instruments: dict[tuple[str, str], Instrument] = {}
+        self.by_key: dict[tuple[str, str], Instrument] = {}
         self.rows: dict[tuple[int, str], dict[int, Candle]] = {}
         self.cov: dict[tuple[int, str], list[CoverageRange]] = {}
         self.writes = 0
@@ -34,16 +34,14 @@ class MemoryStore(CandleStore):
         self, exchange: str, symbol: str, *, base: str, quote: str, market_type: str = "spot"
     ) -> Instrument:
         key = (exchange, symbol)
-        if key not in self.instruments:
-            self.instruments[key] = Instrument(
-                len(self.instruments) + 1, exchange, symbol, base, quote, market_type
-            )
-        return self.instruments[key]
+        if key not in self.by_key:
+            self.by_key[key] = Instrument(len(self.by_key) + 1, exchange, symbol, base, quote, market_type)
+        return self.by_key[key]
 
     async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
-        for key, inst in self.instruments.items():
+        for key, inst in self.by_key.items():
             if inst.id == instrument_id:
-                self.instruments[key] = Instrument(
+                self.by_key[key] = Instrument(
                     inst.id, inst.exchange, inst.symbol, inst.base, inst.quote, inst.market_type, listing_ms
                 )
 
@@ -78,8 +76,20 @@ class MemoryStore(CandleStore):
         rows = self.rows.get((instrument_id, CODE_TIMEFRAMES[code]), {})
         return sorted(t for t in rows if start_ms <= t < end_ms)
 
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        return sorted((i for (e, _), i in self.by_key.items() if e == exchange), key=lambda i: i.id)
+
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        rows = self.rows.get((instrument_id, timeframe), {})
+        removed = sum(1 for t in ts if rows.pop(t, None) is not None)
+        key = (instrument_id, timeframe)
+        self.cov[key] = cut_coverage(self.cov.get(key, []), uncover)
+        return removed
+
     async def get_instrument(self, exchange: str, symbol: str) -> Instrument | None:
-        return self.instruments.get((exchange, symbol))
+        return self.by_key.get((exchange, symbol))
 
     async def load(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
         rows = self.rows.get((instrument_id, timeframe), {})
@@ -94,7 +104,7 @@ class MemoryStore(CandleStore):
     ) -> dict[tuple[str, str], int]:
         newest: dict[tuple[str, str], int] = {}
         for symbol in symbols:
-            inst = self.instruments.get((exchange, symbol))
+            inst = self.by_key.get((exchange, symbol))
             for tf in timeframes:
                 rows = self.rows.get((inst.id, tf), {}) if inst is not None else {}
                 if rows:
@@ -103,18 +113,6 @@ class MemoryStore(CandleStore):
 
     async def server_version(self) -> str:
         return "memory"
-
-    async def instruments(self, exchange: str) -> list[Instrument]:
-        return sorted((i for (ex, _), i in self.instruments.items() if ex == exchange), key=lambda i: i.id)
-
-    async def remove_candles(
-        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
-    ) -> int:
-        rows = self.rows.get((instrument_id, timeframe), {})
-        removed = sum(1 for t in ts if rows.pop(t, None) is not None)
-        key = (instrument_id, timeframe)
-        self.cov[key] = cut_coverage(self.cov.get(key, []), uncover)
-        return removed
 
 
 def fake_candle(symbol: str, ts: int) -> list[Any]:
