@@ -13,6 +13,7 @@ from data_collector.health import run_checks
 from data_collector.heartbeat import Heartbeat, read_heartbeat
 from data_collector.redis.keys import heartbeat_key
 from tests.support.services import REDIS_URL, PrivateRedis
+from tests.support.waiting import wait_for, wait_for_async
 from utils.performance_monitor import PerformanceMonitor
 
 
@@ -32,8 +33,7 @@ async def test_heartbeat_refreshes_with_ttl_and_feeds_the_health_check(redis_pre
             extra=lambda: {"streams": 4},
         ) as beat:
             monitor.record_ws_message(latency_ms=2.0)
-            await asyncio.sleep(0.3)
-            assert beat.beats >= 3
+            await wait_for(lambda: beat.beats >= 3, what="three beats")
             raw = await client.get(heartbeat_key(redis_prefix, "streamer"))
             data = json.loads(raw)
             assert data["component"] == "streamer" and data["pid"] == os.getpid() and data["streams"] == 4
@@ -59,8 +59,12 @@ async def test_heartbeat_expires_on_its_own(redis_prefix: str) -> None:
         beat = Heartbeat(client, redis_prefix, "collector", ttl_s=1)
         assert await beat.beat()
         assert await read_heartbeat(client, redis_prefix, "collector") is not None
-        await asyncio.sleep(1.2)
-        assert await read_heartbeat(client, redis_prefix, "collector") is None
+
+        async def expired() -> bool:
+            return await read_heartbeat(client, redis_prefix, "collector") is None
+
+        # Nothing beats again and nothing deletes it: only Redis's 1 s TTL can remove it.
+        await wait_for_async(expired, what="the heartbeat's TTL to expire")
     finally:
         await client.aclose()
 

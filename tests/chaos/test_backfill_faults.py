@@ -31,6 +31,7 @@ from tests.chaos.helpers import stored_candles
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import PrivatePostgres
+from tests.support.waiting import wait_for
 
 simulator = pytest.importorskip("data_collector.simulator")
 pytest.importorskip("data_collector.storage.postgres")
@@ -145,7 +146,7 @@ async def _storm_429(sim: Any, report: ScenarioReport) -> None:
     limiter.limit = max(limiter.current_used(), 1) + 4
     try:
         # Until the simulated minute turns (its limiter then starts a fresh budget).
-        await asyncio.sleep(((minute + 1) * 60_000 - clock.now_ms()) / 1000 + 0.02)
+        await wait_for(lambda: clock.now_ms() // 60_000 > minute, timeout_s=30, what="the minute to turn")
     finally:
         limiter.limit = normal
     report.extra["storm_429s"] = sim.stats()["429"] - before

@@ -20,11 +20,26 @@ from tests.chaos.helpers import Outcome, bounded
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.report import ScenarioReport
 from tests.support.services import PG_ADMIN_DSN
+from tests.support.waiting import wait_for
 
 MakeProxy = Callable[[str, int], Awaitable[FaultProxy]]
 TIMEOUT_S = 1.0
 #: Far above any configured bound: only a call that would wait forever reaches it.
 GUARD_S = 25.0
+
+
+#: Bytes of a COPY through the throttled proxy after which a fault lands inside it: the COPY
+#: has begun streaming rows and has megabytes still to send.
+MID_COPY_BYTES = 1_000_000
+
+
+async def _mid_copy(proxy: FaultProxy, from_bytes: int) -> None:
+    """Wait until the COPY started at ``from_bytes`` sent upward is under way through ``proxy``."""
+    await wait_for(
+        lambda: proxy.stats.bytes_up >= from_bytes + MID_COPY_BYTES,
+        timeout_s=GUARD_S,
+        what="a COPY under way",
+    )
 
 
 def _survived(report: ScenarioReport, outcomes: list[Outcome]) -> None:
@@ -43,9 +58,10 @@ async def test_raw_asyncpg_copy_hangs_past_its_own_timeout(make_proxy: MakeProxy
         await conn.execute("CREATE TEMP TABLE t (a int, b text)")
         records = [(i, "x" * 100) for i in range(300_000)]
         proxy.bandwidth_bps = 2_000_000
+        sent_before = proxy.stats.bytes_up
 
         async def cut() -> None:
-            await asyncio.sleep(0.5)
+            await _mid_copy(proxy, sent_before)
             proxy.reset_all()
 
         cutter = asyncio.create_task(cut())
@@ -250,9 +266,10 @@ async def test_store_calls_end_within_timeout_and_copy_cut_leaves_nothing_half_w
         # The COPY cases: a 200k-row write through a slow link, cut in the middle of the COPY.
         for fault in ("reset", "blackhole"):
             proxy.bandwidth_bps = 1_500_000
+            sent_before = proxy.stats.bytes_up
 
-            async def strike(fault: str = fault) -> None:
-                await asyncio.sleep(0.7)
+            async def strike(fault: str = fault, sent_before: int = sent_before) -> None:
+                await _mid_copy(proxy, sent_before)
                 if fault == "reset":
                     proxy.reset_all()
                 else:

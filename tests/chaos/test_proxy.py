@@ -14,6 +14,7 @@ import redis.exceptions
 
 from tests.chaos.proxy import FaultProxy
 from tests.support.services import PG_ADMIN_DSN, REDIS_URL
+from tests.support.waiting import wait_for
 
 MakeProxy = Callable[[str, int], Awaitable[FaultProxy]]
 
@@ -163,7 +164,7 @@ async def test_close_drops_everything(echo_port: int) -> None:
     conns = [await _open(proxy) for _ in range(3)]
     proxy.blackhole = True
     held = await _open(proxy)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: proxy.stats.blackholed >= 1, what="the proxy holding the new connection")
     await proxy.close()
     await proxy.close()  # idempotent
     for reader, _ in [*conns, held]:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from tests.chaos.report import ScenarioReport
 from tests.support.services import PG_URL, REDIS_URL
+from tests.support.waiting import wait_for_async
 
 simulator = pytest.importorskip("data_collector.simulator")
 streamer_mod = pytest.importorskip("data_collector.optimized_websocket")
@@ -110,7 +111,20 @@ async def test_soak_streaming_alongside_backfill(
         await asyncio.to_thread(streamer.start)
         try:
             assert await streamer.wait_connected(15)
-            await asyncio.sleep(0.5)
+            # The baseline of tasks and descriptors is taken once the streamer is past its start:
+            # every stream has been written to Redis.
+            probe = aioredis.Redis.from_url(REDIS_URL)
+
+            async def every_stream_written() -> bool:
+                keys = [
+                    f"{redis_prefix}:stream:sim-binance:{c}:{s}"
+                    for c in ("trade", "bookTicker")
+                    for s in SYMBOLS
+                ]
+                return all([await probe.xlen(k) for k in keys])
+
+            await wait_for_async(every_stream_written, timeout_s=30, what="every stream written")
+            await probe.aclose()
             tasks_before = _tasks(streamer)
             fds_before = me.num_fds()
             backfill = asyncio.create_task(backfill_forever())

@@ -19,6 +19,7 @@ import yaml
 from tests.chaos.report import ScenarioReport
 from tests.chaos.test_stream_faults import _gaps, _trades, account
 from tests.support.services import REDIS_URL
+from tests.support.waiting import wait_for, wait_for_async
 
 simulator = pytest.importorskip("data_collector.simulator")
 pytest.importorskip("data_collector.optimized_websocket")
@@ -44,7 +45,10 @@ async def test_streamer_sigkilled_and_restarted(
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         codes = []
+        probe = aioredis.Redis.from_url(REDIS_URL)
+        stream_key = f"{redis_prefix}:stream:sim-binance:trade:SOL/USDT"
         for run in range(kills + 1):
+            before = await probe.xlen(stream_key)
             out = open(tmp_path / f"stream{run}.out", "wb")  # noqa: ASYNC230 - a log sink
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(SCRIPT), "--config", str(path), "--status-interval", "0",
@@ -52,12 +56,12 @@ async def test_streamer_sigkilled_and_restarted(
             )  # fmt: skip
             report.rss.watch(proc.pid)
             try:
-                # Run until it has connected and streamed for a while.
-                for _ in range(200):
-                    if sim.ws_connections():
-                        break
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(2.0)
+                # Run until it has connected and this process has written to Redis (the restart
+                # then has entries of its own to not write twice), then kill it mid-buffer.
+                async def wrote(before: int = before) -> bool:
+                    return bool(await probe.xlen(stream_key) >= before + 200)
+
+                await wait_for_async(wrote, timeout_s=30, what=f"run {run} writing trades")
                 if run < kills:
                     proc.send_signal(signal.SIGKILL)
                     report.fault("sigkill")
@@ -69,7 +73,9 @@ async def test_streamer_sigkilled_and_restarted(
                     proc.kill()
                     await proc.wait()
                 out.close()
-            await asyncio.sleep(0.3)
+            # The simulator has seen the dead process's socket close before the next one starts.
+            await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
+        await probe.aclose()
 
     client = aioredis.Redis.from_url(REDIS_URL)
     try:

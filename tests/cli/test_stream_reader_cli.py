@@ -16,7 +16,7 @@ from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
 from tests.support.services import REDIS_URL
-from tests.support.streaming import read_until, stream_config, wait_for
+from tests.support.streaming import read_until, stream_config, wait_for, wait_for_async
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,13 +41,17 @@ async def test_reader_latest_last_range_dataframe_tail_and_gaps(redis_prefix: st
                     tailed.append(event)
 
             tail_task = asyncio.create_task(tail())
-            await asyncio.sleep(0.3)
+            await wait_for(lambda: len(tailed) >= 1, what="the tail reading")
             before_drop = streamer.get_metrics()["written"]
             sim.ws_drop_all()
             await wait_for(lambda: streamer.get_metrics()["written"] > before_drop + 50, what="more entries")
             await wait_for(lambda: len(tailed) > 5, what="tailed entries")
             await wait_for(lambda: streamer.order_book(symbol) is not None, what="the book")
-            await asyncio.sleep(0.3)
+
+            async def published() -> bool:
+                return await reader.book(symbol) is not None
+
+            await wait_for_async(published, what="the book published")
             book = await reader.book(symbol)
             tail_task.cancel()
 

@@ -12,6 +12,7 @@ import pytest
 
 from data_collector.errors import UsageError
 from data_collector.simulator import SimulatedExchange
+from tests.support.waiting import wait_for
 
 PING = "/api/v3/ping"
 KLINES = "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=10"
@@ -107,14 +108,14 @@ async def test_outage(sim: SimulatedExchange, http: aiohttp.ClientSession) -> No
     sim.outage(0.2)
     async with http.get(sim.rest_url + PING) as resp:
         assert resp.status == 503
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: not sim.in_outage(), what="the outage to end by itself")
     await _ok(http, sim.rest_url + PING)
-    sim.schedule_outage(0.1, 0.2)
+    sim.schedule_outage(0.1, 1.0)
     await _ok(http, sim.rest_url + PING)
-    await asyncio.sleep(0.15)
+    await wait_for(sim.in_outage, what="the scheduled outage")
     async with http.get(sim.rest_url + PING) as resp:
         assert resp.status == 503
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: not sim.in_outage(), what="the scheduled outage to end")
     await _ok(http, sim.rest_url + PING)
     assert sim.stats()["faults"]["outage"] == 5
 

@@ -12,6 +12,7 @@ import pytest
 
 from data_collector.markets import MINUTE_MS, TIMEFRAMES
 from data_collector.simulator import SimulatedExchange
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -120,7 +121,8 @@ async def test_depth_ids_contiguous_and_shared_with_rest(
 async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
     async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
         got = [await _next(ws) for _ in range(40)]
-    await asyncio.sleep(0.05)
+    # The server has dropped the closed connection's subscription: the stream produces no more.
+    await wait_for(lambda: "solusdt@trade" not in sim.hub.streams, what="the stream unsubscribed")
     sent = sim.ws_sent()["solusdt@trade"]
     ids = [t["t"] for t in got]
     assert ids == list(range(ids[0], ids[0] + 40))
@@ -135,21 +137,19 @@ async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSessio
 
 async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
     async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
-        await _next(ws)
+        seen = (await _next(ws))["t"]
         sim.ws_faults.malformed()
         while True:
             msg = await asyncio.wait_for(ws.receive(), 5)
             try:
-                json.loads(msg.data)
+                seen = json.loads(msg.data)["t"]
             except json.JSONDecodeError:
                 break
         sim.ws_faults.stall(2.0)
-        await asyncio.sleep(0.05)
-        while True:  # drain what was in flight
-            try:
-                await asyncio.wait_for(ws.receive(), 0.05)
-            except TimeoutError:
-                break
+        # Drain what was in flight: up to the last trade the server sent before the stall.
+        last_id = sim.ws_sent()["btcusdt@trade"]["last_id"]
+        while seen != last_id:
+            seen = (await _next(ws))["t"]
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.receive(), 0.5)
         assert await _next(ws, 5)  # data resumes after the stall

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgpack
@@ -10,6 +9,7 @@ import msgpack
 from data_collector.optimized_websocket import monitor_hook
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.order_book import BookKeeper
+from tests.support.streaming import wait_for
 
 
 class StubRest:
@@ -54,7 +54,7 @@ async def test_snapshot_plus_diffs_then_a_gap_deletes_the_key_and_rebuilds() -> 
     )
     keeper.on_diff("SOL/USDT", diff(100, 104, [[98.0, 1.0]]))  # older than the snapshot: dropped
     keeper.on_diff("SOL/USDT", diff(105, 107, [[99.0, 0.0]]))  # straddles lastUpdateId + 1
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: keeper.snapshot("SOL/USDT") is not None, what="the first sync")
     assert keeper.snapshot("SOL/USDT") == {
         "symbol": "SOL/USDT",
         "update_id": 107,
@@ -66,7 +66,7 @@ async def test_snapshot_plus_diffs_then_a_gap_deletes_the_key_and_rebuilds() -> 
     assert keeper.snapshot("SOL/USDT") is None and metrics.book_resyncs == 1
     assert published[-1] == ("t:book:binance:SOL/USDT", None)
     keeper.on_diff("SOL/USDT", diff(301, 302, [[89.0, 1.0]]))
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: keeper.snapshot("SOL/USDT") is not None, what="the rebuilt book")
     books = [p for _, p in published if p is not None]
     # Published: the first sync (107), the diff to 110, the rebuilt book (302); never 115.
     assert [b["update_id"] for b in books] == [107, 110, 302]

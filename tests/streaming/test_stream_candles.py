@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from data_collector.config import load_config
@@ -21,7 +20,8 @@ async def test_closed_klines_are_stored_with_rest_values(
         streamer = OptimizedWebSocketStreamer(symbols=[symbol], channels=["kline_1m"], config=cfg)
         async with streamer:
             assert await streamer.wait_connected()
-            await asyncio.sleep(0.5)
+            # Subscribed and streaming: the forming candle's first update has been written.
+            await wait_for(lambda: streamer.get_metrics()["written"] >= 1, what="the first kline")
             sim.clock.advance(60_000)  # the forming candle closes on the stream
             await wait_for(lambda: streamer.get_metrics()["candles_stored"] >= 1, what="a stored candle")
             sim.clock.advance(120_000)  # two more close while the connection is down

@@ -45,6 +45,11 @@ def check_exactly_once(client: redis.Redis, prefix: str, sim: SimulatedExchange,
     return total
 
 
+def written_everywhere(client: redis.Redis, prefix: str, channels: list[str], symbols: list[str]) -> bool:
+    """Whether every (channel, symbol) stream has at least one entry in Redis."""
+    return all(client.xlen(key(prefix, c, s)) for c in channels for s in symbols)
+
+
 async def test_every_sent_message_is_in_its_stream_exactly_once_in_order(
     redis_prefix: str, long_run: bool
 ) -> None:
@@ -87,7 +92,13 @@ async def test_drop_then_stall_reconnects_marks_the_gap_and_repairs_closed_kline
         )
         async with streamer:
             assert await streamer.wait_connected()
-            await asyncio.sleep(1.0)
+            probe = redis.Redis.from_url(REDIS_URL)
+            # Every stream has had an event before the drop, so each one gets its gap marker.
+            channels = ["trade", "kline_1m", "depth"]
+            await wait_for(
+                lambda: written_everywhere(probe, redis_prefix, channels, symbols),
+                what="every stream written",
+            )
             sim.ws_drop_all()
             await wait_for(
                 lambda: streamer.get_metrics()["reconnects"] >= 1, what="a reconnect after the drop"
@@ -99,7 +110,14 @@ async def test_drop_then_stall_reconnects_marks_the_gap_and_repairs_closed_kline
             await wait_for(
                 lambda: streamer.get_metrics()["repaired_klines"] >= 2 * len(symbols), what="repair"
             )
-            await asyncio.sleep(3.0)
+            stall_end_ms = sim.hub.stalled_until_ms
+            await wait_for(lambda: sim.clock.now_ms() >= stall_end_ms, what="the stall to end")
+            counts = {s: probe.xlen(key(redis_prefix, "trade", s)) for s in symbols}
+            await wait_for(
+                lambda: all(probe.xlen(key(redis_prefix, "trade", s)) > counts[s] for s in symbols),
+                what="trades flowing again after the stall",
+            )
+            probe.close()
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
         conn = streamer._service.connections[0]
@@ -165,7 +183,10 @@ async def test_local_book_equals_the_simulators_and_a_skipped_id_forces_a_resync
             sim.ws_skip_depth_id(symbol, 3)
             await wait_for(lambda: streamer.get_metrics()["book_resyncs"] >= 1, what="a resync")
             await wait_for(lambda: streamer.order_book(symbol) is not None, what="the book back in sync")
-            await asyncio.sleep(1.0)
+            await wait_for(
+                lambda: any(b["update_id"] > skipped_from + 3 for b in published),
+                what="a book published after the resync",
+            )
             sim.clock.freeze()
             want = sim.order_book(symbol)
             await wait_for(
@@ -173,7 +194,10 @@ async def test_local_book_equals_the_simulators_and_a_skipped_id_forces_a_resync
                 what="the last diff",
             )
             local = streamer.order_book(symbol)
-            await asyncio.sleep(0.3)
+            await wait_for(
+                lambda: bool(published) and published[-1]["update_id"] == want["lastUpdateId"],
+                what="the last book published",
+            )
             final = msgpack.unpackb(await client.get(f"{redis_prefix}:book:sim-binance:{symbol}"))
         watcher.cancel()
         await client.aclose()
@@ -208,7 +232,12 @@ async def test_redis_paused_buffers_within_bound_counts_loss_and_writes_no_dupli
         )
         async with streamer:
             assert await streamer.wait_connected()
-            await asyncio.sleep(1.0)
+            probe = redis.Redis.from_url(private_redis.url)
+            await wait_for(
+                lambda: written_everywhere(probe, redis_prefix, ["trade", "bookTicker"], [symbol]),
+                what="both streams written before the pause",
+            )
+            probe.close()
             private_redis.pause()
             try:
                 for _ in range(50):
@@ -218,7 +247,7 @@ async def test_redis_paused_buffers_within_bound_counts_loss_and_writes_no_dupli
             finally:
                 private_redis.resume()
             await wait_for(lambda: streamer.get_metrics()["queue_depth"] < 50, what="the buffer to drain")
-            await asyncio.sleep(1.0)
+            # settle() waits until the queue is empty and the counters stand still.
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
         sent = sent_by_stream(sim, [symbol])
@@ -254,11 +283,17 @@ async def test_malformed_frames_are_counted_and_skipped_and_the_connection_stays
         )
         async with streamer:
             assert await streamer.wait_connected()
-            await asyncio.sleep(0.5)
-            for _ in range(3):
+            probe = redis.Redis.from_url(REDIS_URL)
+            await wait_for(
+                lambda: written_everywhere(probe, redis_prefix, ["trade"], ["SOL/USDT"]),
+                what="a trade written",
+            )
+            probe.close()
+            for n in range(1, 4):
                 sim.ws_malformed()
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(0.5)
+                await wait_for(
+                    lambda n=n: streamer.get_metrics()["malformed"] >= n, what=f"malformed frame {n}"
+                )
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
     assert metrics["malformed"] == 3 and metrics["reconnects"] == 0
@@ -324,7 +359,12 @@ async def test_streams_split_across_connections_and_subscribed_beyond_the_url(
         async with streamer:
             assert await streamer.wait_connected()
             await wait_for(lambda: len(sim.ws_sent()) == 9, what="every stream subscribed")
-            await asyncio.sleep(1.0)
+            probe = redis.Redis.from_url(REDIS_URL)
+            await wait_for(
+                lambda: written_everywhere(probe, redis_prefix, ["trade", "bookTicker"], symbols),
+                what="every trade and bookTicker stream written",
+            )
+            probe.close()
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
         assert sim.hub.dropped_for_rate == 0
@@ -359,7 +399,11 @@ async def test_pings_are_answered_and_server_shutdown_is_survived(redis_prefix: 
                 lambda: streamer.get_metrics()["reconnects"] >= 3, what="a reconnect after shutdown"
             )
             await wait_for(lambda: streamer.connected, what="connected again")
-            await asyncio.sleep(0.5)
+            probe = redis.Redis.from_url(REDIS_URL)
+            trade_key = key(redis_prefix, "trade", "SOL/USDT")
+            before = probe.xlen(trade_key)
+            await wait_for(lambda: probe.xlen(trade_key) > before, what="a trade after the reconnect")
+            probe.close()
             await settle(streamer, sim)
         metrics = streamer.get_metrics()
     # One marker per stream per reconnect, except that a connection ended before a stream's first

@@ -17,7 +17,7 @@ from data_collector.heartbeat import read_heartbeat
 from data_collector.optimized_websocket import monitor_hook
 from data_collector.simulator import SimulatedExchange
 from tests.support.services import REDIS_URL, PrivateRedis
-from tests.support.streaming import stream_config, wait_for
+from tests.support.streaming import stream_config, wait_for, wait_for_async
 from utils.metrics import Metrics
 from utils.performance_monitor import PerformanceMonitor
 
@@ -119,12 +119,3 @@ async def test_an_unreachable_redis_never_holds_the_heartbeat_or_the_stream_back
                     await paused_client.aclose()
         finally:
             private_redis.resume()
-
-
-async def wait_for_async(probe: object, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await probe():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")

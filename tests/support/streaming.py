@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -12,6 +10,8 @@ import redis
 
 from data_collector.simulator import SimulatedExchange
 from tests.support.services import REDIS_URL
+from tests.support.waiting import wait_for as wait_for  # re-exported for the streaming tests
+from tests.support.waiting import wait_for_async as wait_for_async
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
 CHANNELS = ["trade", "bookTicker", "kline_1m", "depth"]
@@ -42,14 +42,6 @@ def sent_by_stream(sim: SimulatedExchange, symbols: list[str]) -> dict[tuple[str
 
 def entries(client: redis.Redis, key: str) -> list[tuple[str, dict[str, Any]]]:
     return [(i.decode(), msgpack.unpackb(f[b"d"])) for i, f in client.xrange(key)]
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def settle_quietly(streamer: Any, sim: SimulatedExchange) -> None:
