@@ -260,12 +260,25 @@ class MetricsConfig(_Section):
     host: str = "127.0.0.1"
     #: Heartbeat key TTL; the health check reports a writer whose heartbeat expired.
     heartbeat_ttl_s: int = Field(default=60, ge=1)
+    #: This process's name in its heartbeat key (``<prefix>:heartbeat:<component>:<instance>``),
+    #: so that two collectors on one Redis prefix keep a heartbeat each; ``None``: ``<host>-<pid>``.
+    instance: str | None = None
     #: The health check warns when the newest stream message is older than this.
     stream_stale_s: float = Field(default=60.0, gt=0)
     #: Slack on top of two timeframes before the health check calls stored candles stale.
     freshness_margin_s: float = Field(default=300.0, ge=0)
     #: Bound on each single health check (connect + query).
     check_timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_label(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return key_part("instance", value)
+        except UsageError:
+            raise ValueError("must be 1-64 letters, digits, '_', '.', '@' or '-'") from None
 
 
 class Config(BaseSettings):
