@@ -68,7 +68,12 @@ async def start(
 
 async def run(script: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await start(script, *args, cwd=cwd, env=env)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     return int(proc.returncode or 0), out.decode(), err.decode()
 
 
