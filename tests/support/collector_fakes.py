@@ -9,6 +9,7 @@ from typing import Any
 
 from data_collector.markets import CODE_TIMEFRAMES, MINUTE_MS, candle_opens
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
+from data_collector.storage.ranges import cut_coverage
 from data_collector.storage.store import CandleStore
 
 
@@ -39,7 +40,7 @@ class MemoryStore(CandleStore):
             )
         return self.instruments[key]
 
-    async def set_listing(self, instrument_id: int, listing_ms: int) -> None:
+    async def set_listing(self, instrument_id: int, listing_ms: int | None) -> None:
         for key, inst in self.instruments.items():
             if inst.id == instrument_id:
                 self.instruments[key] = Instrument(
@@ -102,6 +103,18 @@ class MemoryStore(CandleStore):
 
     async def server_version(self) -> str:
         return "memory"
+
+    async def instruments(self, exchange: str) -> list[Instrument]:
+        return sorted((i for (ex, _), i in self.instruments.items() if ex == exchange), key=lambda i: i.id)
+
+    async def remove_candles(
+        self, instrument_id: int, timeframe: str, ts: Sequence[int], uncover: Sequence[CoverageRange]
+    ) -> int:
+        rows = self.rows.get((instrument_id, timeframe), {})
+        removed = sum(1 for t in ts if rows.pop(t, None) is not None)
+        key = (instrument_id, timeframe)
+        self.cov[key] = cut_coverage(self.cov.get(key, []), uncover)
+        return removed
 
 
 def fake_candle(symbol: str, ts: int) -> list[Any]:
