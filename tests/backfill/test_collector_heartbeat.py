@@ -36,7 +36,9 @@ async def test_heartbeat_while_collecting_and_gone_after(base_config: dict[str, 
 
             async def during(collector: OptimizedDataCollector, report: CollectionReport) -> None:
                 seen["beat"] = await read_heartbeat(client, config.redis.prefix, "collector")
-                (seen["check"],) = await check_heartbeats(config, client, "collector", int(time.time() * 1000))
+                (seen["check"],) = await check_heartbeats(
+                    config, client, "collector", int(time.time() * 1000)
+                )
 
             code = await run_collection(config, stream=io.StringIO(), after=during)
             after = await read_heartbeat(client, config.redis.prefix, "collector")
