@@ -268,12 +268,25 @@ class MetricsConfig(_Section):
     host: str = "127.0.0.1"
     #: Heartbeat key TTL; the health check reports a writer whose heartbeat expired.
     heartbeat_ttl_s: int = Field(default=60, ge=1)
+    #: This process's name in its heartbeat key (``<prefix>:heartbeat:<component>:<instance>``),
+    #: so that two collectors on one Redis prefix keep a heartbeat each; ``None``: ``<host>-<pid>``.
+    instance: str | None = None
     #: The health check warns when the newest stream message is older than this.
     stream_stale_s: float = Field(default=60.0, gt=0)
     #: Slack on top of two timeframes before the health check calls stored candles stale.
     freshness_margin_s: float = Field(default=300.0, ge=0)
     #: Bound on each single health check (connect + query).
     check_timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_label(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return key_part("instance", value)
+        except UsageError:
+            raise ValueError("must be 1-64 letters, digits, '_', '.', '@' or '-'") from None
 
 
 class Config(BaseSettings):
@@ -435,6 +448,38 @@ def _env_name(loc: tuple[int | str, ...]) -> str | None:
     return next((key for key in os.environ if key.upper() == name), None) if len(loc) > 0 else None
 
 
+def setting_source(loc: tuple[str, ...], origin: str) -> str:
+    """Where the value at ``loc`` came from, for an error: ``environment: DC__X__Y (x.y)`` or ``<file>: x.y``."""
+    dotted = ".".join(_shown_key(part) for part in loc)
+    env = _env_name(loc)
+    return f"environment: {env} ({dotted})" if env is not None else f"{origin}: {dotted}"
+
+
+def config_origin(source: object) -> str:
+    """How :func:`load_config` names ``source`` in its errors: the file's path, or ``config``."""
+    if source is None:
+        return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else "config"
+    return str(source) if isinstance(source, (str, os.PathLike)) else "config"
+
+
+def _check_env_sections() -> None:
+    """Refuse a ``DC__*`` variable whose first part names no section: pydantic-settings ignores it.
+
+    A misspelled section (``DC__DATABSE__URL``) would otherwise leave the setting at its default
+    without a word; a misspelled key inside a known section is refused by the section's model.
+    """
+    fields = set(Config.model_fields)
+    for name in sorted(os.environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in fields:
+            raise ConfigError(
+                f"environment: {_shown_key(name)}: unknown section {_shown_key(section)!r}; "
+                f"use one of {', '.join(sorted(fields))}"
+            )
+
+
 def _format_validation_error(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
     loc = ".".join(_shown_key(part) for part in first["loc"]) or "(top level)"
@@ -592,6 +637,7 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | No
     """
     if isinstance(source, Config):
         return source
+    _check_env_sections()
     origin = "config"
     data: dict[str, Any]
     if source is None:

@@ -21,8 +21,9 @@ Checks, each bounded by ``metrics.check_timeout_s``:
 ``stream``          newest message among the configured streams of ``exchange.name`` (Redis
                     stream IDs) or that venue's streamer heartbeat; stale after
                     ``metrics.stream_stale_s``.
-``heartbeat:<c>``   the heartbeat key of the collector and the streamer; ``warn`` when it is
-                    another venue's (e.g. the demo's ``sim-binance``).
+``heartbeat:<c>``   one row per running collector and streamer, ``heartbeat:<c>:<instance>``
+                    (``metrics.instance``); ``warn`` when none runs or when one is another
+                    venue's (e.g. the demo's ``sim-binance``).
 ``disk``            free space where the data lives.
 ==================  ===========================================================================
 
@@ -42,7 +43,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -63,10 +63,10 @@ from data_collector.errors import (
     StoreNotInitializedError,
     UsageError,
 )
-from data_collector.heartbeat import read_heartbeat
+from data_collector.heartbeat import read_heartbeats
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.redis.client import async_client
-from data_collector.redis.keys import heartbeat_key, stream_key
+from data_collector.redis.keys import stream_key
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage import CandleStore, open_store
 from data_collector.storage.pg_connect import PgTarget, pg_target
@@ -74,6 +74,10 @@ from data_collector.storage.pg_connect import PgTarget, pg_target
 Status = Literal["ok", "warn", "fail"]
 CHECKS = ("database", "redis", "exchange", "freshness", "stream", "heartbeat", "disk")
 COMPONENTS = ("collector", "streamer")
+#: What ``skip`` takes: a check's name, or the name its table row shows (the database check's row
+#: is named after its backend, a heartbeat's after its component).
+SKIP_NAMES = (*CHECKS, "postgresql", "sqlite", *(f"heartbeat:{c}" for c in COMPONENTS))
+_DATABASE_NAMES = {"database", "postgresql", "sqlite"}
 _RANK: dict[str, int] = {"ok": 0, "warn": 1, "fail": 2}
 _STATUSES: tuple[Status, Status, Status] = ("ok", "warn", "fail")
 _DISK_FAIL_FRACTION = 0.02
@@ -322,8 +326,8 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
         async with client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.xrevrange(key, count=1)
-            pipe.get(heartbeat_key(config.redis.prefix, "streamer"))
-            *entries, beat = await pipe.execute()
+            entries = await pipe.execute()
+        beats = await read_heartbeats(client, config.redis.prefix, "streamer")
     except (redis.RedisError, OSError) as exc:
         return CheckResult("stream", "warn", f"unknown: redis unreachable ({_reason(exc)})")
     newest_ms: int | None = None
@@ -332,13 +336,11 @@ async def check_stream(config: Config, client: aioredis.Redis, now_ms: int) -> C
             entry_id = entry[0][0]
             ms = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
             newest_ms = ms if newest_ms is None else max(newest_ms, ms)
-    if beat:
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            data = json.loads(beat)
-            # Only a streamer of this venue speaks for its streams (not the demo's 'sim-binance').
-            last = data.get("last_message_ms") if _same_venue(data, config) else None
-            if isinstance(last, int):
-                newest_ms = last if newest_ms is None else max(newest_ms, last)
+    for beat in beats.values():
+        # Only a streamer of this venue speaks for its streams (not the demo's 'sim-binance').
+        last = beat.get("last_message_ms") if _same_venue(beat, config) else None
+        if isinstance(last, int):
+            newest_ms = last if newest_ms is None else max(newest_ms, last)
     if newest_ms is None:
         return CheckResult("stream", "warn", "no stream messages yet")
     age_s = max(0.0, (now_ms - newest_ms) / 1000)
@@ -353,14 +355,26 @@ def _same_venue(beat: dict[str, Any], config: Config) -> bool:
     return bool(beat.get("exchange", config.exchange.name) == config.exchange.name)
 
 
-async def check_heartbeat(config: Config, client: aioredis.Redis, component: str, now_ms: int) -> CheckResult:
+async def check_heartbeats(
+    config: Config, client: aioredis.Redis, component: str, now_ms: int
+) -> list[CheckResult]:
+    """One row per running instance of ``component`` (``heartbeat:<component>:<instance>``)."""
     name = f"heartbeat:{component}"
     try:
-        beat = await read_heartbeat(client, config.redis.prefix, component)
+        beats = await read_heartbeats(client, config.redis.prefix, component)
     except (redis.RedisError, OSError) as exc:
-        return CheckResult(name, "warn", f"unknown: redis unreachable ({_reason(exc)})")
-    if beat is None:
-        return CheckResult(name, "warn", f"no heartbeat (is the {component} running?)")
+        return [CheckResult(name, "warn", f"unknown: redis unreachable ({_reason(exc)})")]
+    if not beats:
+        return [CheckResult(name, "warn", f"no heartbeat (is the {component} running?)")]
+    return [
+        _heartbeat_row(config, f"{name}:{instance}", component, beat, now_ms)
+        for instance, beat in beats.items()
+    ]
+
+
+def _heartbeat_row(
+    config: Config, name: str, component: str, beat: dict[str, Any], now_ms: int
+) -> CheckResult:
     age_s = max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
     detail = f"pid {beat.get('pid')} on {beat.get('host')}, {_age_text(age_s)} ago"
     if not _same_venue(beat, config):
@@ -395,21 +409,24 @@ def _age_text(seconds: float) -> str:
 
 
 async def _bounded(
-    name: str, timeout_s: float, on_timeout: Status, check: Awaitable[CheckResult]
-) -> CheckResult:
+    name: str, timeout_s: float, on_timeout: Status, check: Awaitable[CheckResult | list[CheckResult]]
+) -> list[CheckResult]:
     try:
         async with asyncio.timeout(timeout_s):
-            return await check
+            result = await check
     except TimeoutError:
-        return CheckResult(
-            name,
-            on_timeout,
-            f"DOWN (timed out after {timeout_s:g}s)"
-            if on_timeout == "fail"
-            else f"unknown: timed out after {timeout_s:g}s",
-        )
+        return [
+            CheckResult(
+                name,
+                on_timeout,
+                f"DOWN (timed out after {timeout_s:g}s)"
+                if on_timeout == "fail"
+                else f"unknown: timed out after {timeout_s:g}s",
+            )
+        ]
     except Exception as exc:  # one broken check must not hide the others
-        return CheckResult(name, on_timeout, f"check failed: {type(exc).__name__}: {_reason(exc)}")
+        return [CheckResult(name, on_timeout, f"check failed: {type(exc).__name__}: {_reason(exc)}")]
+    return result if isinstance(result, list) else [result]
 
 
 async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | None = None) -> HealthReport:
@@ -417,18 +434,22 @@ async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | 
 
     Args:
         config: the deployment's configuration.
-        skip: names from :data:`CHECKS` to leave out (e.g. ``{"exchange"}`` offline).
+        skip: names from :data:`SKIP_NAMES` to leave out (e.g. ``{"exchange"}`` offline).
         now_ms: the time to judge ages against; now by default.
     """
     skipped = set(skip)
-    unknown = skipped - set(CHECKS)
+    unknown = skipped - set(SKIP_NAMES)
     if unknown:
-        raise UsageError(f"unknown check(s) {', '.join(sorted(unknown))}; choose from {', '.join(CHECKS)}")
+        raise UsageError(
+            f"unknown check(s) {', '.join(sorted(unknown))}; choose from {', '.join(SKIP_NAMES)}"
+        )
+    if skipped & _DATABASE_NAMES:
+        skipped |= _DATABASE_NAMES
     now = now_ms if now_ms is not None else _now_ms()
     limit = config.metrics.check_timeout_s
     client = async_client(config)
     db_name = "sqlite" if _is_sqlite(config) else "postgresql"
-    plan: list[tuple[str, str, Status, Callable[[], Awaitable[CheckResult]]]] = [
+    plan: list[tuple[str, str, Status, Callable[[], Awaitable[CheckResult | list[CheckResult]]]]] = [
         (
             "database",
             db_name,
@@ -441,24 +462,25 @@ async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | 
         ("stream", "stream", "warn", lambda: check_stream(config, client, now)),
     ]
     for component in COMPONENTS:
-        beat = functools.partial(check_heartbeat, config, client, component, now)
+        beat = functools.partial(check_heartbeats, config, client, component, now)
         plan.append(("heartbeat", f"heartbeat:{component}", "warn", beat))
     plan.append(("disk", "disk", "fail", lambda: check_disk(config)))
     try:
-        results = await asyncio.gather(
+        rows = await asyncio.gather(
             *(
                 _bounded(name, limit, on_timeout, make())
                 for key, name, on_timeout, make in plan
-                if key not in skipped
+                if key not in skipped and name not in skipped
             )
         )
     finally:
         await client.aclose()
-    return HealthReport(list(results), now)
+    return HealthReport([result for row in rows for result in row], now)
 
 
 __all__ = [
     "CHECKS",
+    "SKIP_NAMES",
     "CheckResult",
     "HealthReport",
     "exchange_ping_url",

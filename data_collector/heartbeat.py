@@ -1,9 +1,10 @@
 """A liveness key that the collector and the streamer refresh, and that the health check only reads.
 
-The key is :func:`data_collector.redis.keys.heartbeat_key` (``<prefix>:heartbeat:<component>``);
-its value is JSON::
+The key is :func:`data_collector.redis.keys.heartbeat_key`
+(``<prefix>:heartbeat:<component>:<instance>``, one per process: two collectors on one prefix
+keep two keys); its value is JSON::
 
-    {"component": "streamer", "pid": 4242, "host": "box", "started_ms": ..., "ts_ms": ...,
+    {"component": "streamer", "instance": "box-4242", "pid": 4242, "host": "box", "started_ms": ..., "ts_ms": ...,
      "last_write_ms": ..., "last_message_ms": ..., ...extra}
 
 written with ``SET ... EX metrics.heartbeat_ttl_s`` every third of the TTL, so the key vanishes
@@ -22,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -33,7 +35,7 @@ import redis.asyncio as aioredis
 
 from data_collector.config import Config
 from data_collector.redis.client import async_client
-from data_collector.redis.keys import heartbeat_key
+from data_collector.redis.keys import heartbeat_key, heartbeat_pattern
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def default_instance() -> str:
+    """``<host>-<pid>``, made fit for a key part: unique among the processes sharing a Redis."""
+    host = re.sub(r"[^A-Za-z0-9_.@-]", "-", socket.gethostname())[:50] or "host"
+    return f"{host}-{os.getpid()}"
+
+
 class Heartbeat:
-    """Refreshes ``<prefix>:heartbeat:<component>`` in a background task until closed.
+    """Refreshes ``<prefix>:heartbeat:<component>:<instance>`` in a background task until closed.
 
     Args:
         client: an open ``redis.asyncio.Redis``; the caller owns it.
@@ -66,6 +74,8 @@ class Heartbeat:
             or any :class:`ActivitySource`).
         extra: called at each beat for more fields (e.g. ``{"symbols": 3}``).
         interval_s: time between beats; a third of ``ttl_s`` by default.
+        instance: this process's name in the key (``metrics.instance``); default
+            :func:`default_instance`.
     """
 
     def __init__(
@@ -78,8 +88,10 @@ class Heartbeat:
         monitor: ActivitySource | None = None,
         extra: Callable[[], Mapping[str, Any]] | None = None,
         interval_s: float | None = None,
+        instance: str | None = None,
     ) -> None:
-        self.key = heartbeat_key(prefix, component)
+        self.instance = instance or default_instance()
+        self.key = heartbeat_key(prefix, component, self.instance)
         self.component = component
         self.ttl_s = ttl_s
         self.interval_s = interval_s if interval_s is not None else max(0.1, ttl_s / 3)
@@ -95,6 +107,7 @@ class Heartbeat:
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "component": self.component,
+            "instance": self.instance,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started_ms": self._started_ms,
@@ -174,6 +187,7 @@ async def running_heartbeat(
         config.metrics.heartbeat_ttl_s,
         monitor=monitor,
         extra=lambda: {"exchange": venue},
+        instance=config.metrics.instance,
     )
     try:
         yield await heartbeat.start()
@@ -182,20 +196,35 @@ async def running_heartbeat(
         await client.aclose()
 
 
-async def read_heartbeat(client: aioredis.Redis, prefix: str, component: str) -> dict[str, Any] | None:
-    """The heartbeat of ``component`` (with ``ttl_s`` left), or None when absent or unreadable."""
-    key = heartbeat_key(prefix, component)
+async def read_heartbeats(client: aioredis.Redis, prefix: str, component: str) -> dict[str, dict[str, Any]]:
+    """Every live heartbeat of ``component`` by instance name (each with ``ttl_s`` left).
+
+    Unreadable values are left out.
+    """
+    keys = sorted(
+        [key async for key in client.scan_iter(match=heartbeat_pattern(prefix, component), count=1000)]
+    )
+    if not keys:
+        return {}
     async with client.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.ttl(key)
-        raw, ttl = await pipe.execute()
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    data["ttl_s"] = ttl
-    return data
+        for key in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        replies = await pipe.execute()
+    beats: dict[str, dict[str, Any]] = {}
+    for key, raw, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
+        try:
+            data = json.loads(raw) if raw is not None else None
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            data["ttl_s"] = ttl
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            beats[name.rsplit(":", 1)[1]] = data
+    return beats
+
+
+async def read_heartbeat(client: aioredis.Redis, prefix: str, component: str) -> dict[str, Any] | None:
+    """The newest heartbeat of ``component`` among its instances, or None when there is none."""
+    beats = await read_heartbeats(client, prefix, component)
+    return max(beats.values(), key=lambda beat: int(beat.get("ts_ms", 0)), default=None)

@@ -45,6 +45,7 @@ from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.config import Config, load_config, to_ms
 from data_collector.errors import (
     ClosedError,
+    InvalidSymbolError,
     UsageError,
 )
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
@@ -145,8 +146,9 @@ class OptimizedDataCollector:
 
         Raises:
             ServerUnavailableError: the database or the exchange cannot be reached.
-            InvalidSymbolError, InvalidTimeframeError: the exchange does not list a configured
-                symbol or timeframe.
+            InvalidSymbolError: the exchange lists none of the configured symbols (one it does
+                not list among others it does becomes a failed pair of :meth:`collect`).
+            InvalidTimeframeError: the exchange does not support a configured timeframe.
         """
         self._check_open()
         if self._initialized:
@@ -164,8 +166,7 @@ class OptimizedDataCollector:
                 client.monitor = self.monitor
             self._client = client
             await client.open()
-            for symbol in self.config.symbols:
-                client.market(symbol)
+            for symbol in listed_symbols(client, self.config.symbols):
                 client.check_page_limit(symbol)
             for timeframe in self.config.timeframes:
                 client.check_timeframe(timeframe)
@@ -234,7 +235,8 @@ class OptimizedDataCollector:
         of a symbol run concurrently, with ``performance.pages_in_flight_per_pair`` pages in
         flight each, at most ``performance.pages_in_flight`` pages and
         ``performance.requests_in_flight`` requests over all pairs. A pair that fails for
-        good (e.g. the exchange rejects it) is listed in the report and the others go on.
+        good (e.g. the exchange rejects it, or does not list its symbol) is listed in the
+        report and the others go on.
 
         Args:
             symbols: default: the config's ``symbols``.
@@ -245,16 +247,15 @@ class OptimizedDataCollector:
             The :class:`CollectionReport` of the run.
 
         Raises:
-            UsageError: a symbol or timeframe the exchange does not know, or start after end
-                (raised before anything is fetched or written).
+            UsageError: none of the symbols listed by the exchange, a timeframe it does not
+                know, or start after end (raised before anything is fetched or written).
         """
         await self.initialize()
         client = self.client
         start_ms, end_ms = self._resolve_range(start, end)
         symbol_list = [normalize_symbol(s) for s in (symbols or self.config.symbols)]
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
-        for symbol in symbol_list:
-            client.market(symbol)
+        for symbol in listed_symbols(client, symbol_list):
             client.check_page_limit(symbol)
         for timeframe in timeframe_list:
             client.check_timeframe(timeframe)
@@ -402,6 +403,21 @@ def _log_store_retry(state: RetryCallState) -> None:
         STORE_ATTEMPTS,
         wait_s,
     )
+
+
+def listed_symbols(client: ExchangeClient, symbols: Sequence[str]) -> list[str]:
+    """The ``symbols`` the exchange lists; the others fail as pairs of the run, and the rest go on.
+
+    Raises:
+        InvalidSymbolError: it lists none of them: nothing could be collected, so the input
+            is what to fix.
+    """
+    listed = [symbol for symbol in symbols if symbol in client.markets]
+    if not listed and symbols:
+        unknown = ", ".join(repr(symbol) for symbol in symbols)
+        which = "it" if len(symbols) == 1 else "any of them"
+        raise InvalidSymbolError(f"unknown symbol {unknown}: {client.id} does not list {which}")
+    return listed
 
 
 def _iso(ts_ms: int) -> str:

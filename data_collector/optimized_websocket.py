@@ -101,7 +101,7 @@ class OptimizedWebSocketStreamer:
             latencies in ms)``.
         monitor: a ``utils.performance_monitor.PerformanceMonitor`` fed once per round trip with
             the batch's count and every event->Redis latency in it (``record_ws_messages``).
-        heartbeat: refresh ``<prefix>:heartbeat:streamer`` (TTL ``metrics.heartbeat_ttl_s``)
+        heartbeat: refresh ``<prefix>:heartbeat:streamer:<instance>`` (TTL ``metrics.heartbeat_ttl_s``)
             while running, for ``data_collector.health``; it never holds streaming back.
     """
 
@@ -161,6 +161,7 @@ class OptimizedWebSocketStreamer:
                 max_frame_bytes=st.max_frame_bytes,
             ),
             heartbeat_ttl_s=cfg.metrics.heartbeat_ttl_s if heartbeat else None,
+            instance=cfg.metrics.instance,
         )
         self.metrics = StreamMetrics()
         self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)

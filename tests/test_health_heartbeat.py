@@ -34,19 +34,19 @@ async def test_heartbeat_refreshes_with_ttl_and_feeds_the_health_check(redis_pre
         ) as beat:
             monitor.record_ws_message(latency_ms=2.0)
             await wait_for(lambda: beat.beats >= 3, what="three beats")
-            raw = await client.get(heartbeat_key(redis_prefix, "streamer"))
+            raw = await client.get(heartbeat_key(redis_prefix, "streamer", beat.instance))
             data = json.loads(raw)
             assert data["component"] == "streamer" and data["pid"] == os.getpid() and data["streams"] == 4
             assert data["last_message_ms"] == monitor.last_message_ms
-            assert 0 < await client.ttl(heartbeat_key(redis_prefix, "streamer")) <= 5
+            assert 0 < await client.ttl(heartbeat_key(redis_prefix, "streamer", beat.instance)) <= 5
             read = await read_heartbeat(client, redis_prefix, "streamer")
             assert read is not None and read["ttl_s"] > 0
             report = await run_checks(config, skip=skip)
             status = {c.name: c.status for c in report.checks}
-            assert status["heartbeat:streamer"] == "ok"
+            assert status[f"heartbeat:streamer:{beat.instance}"] == "ok"
             assert status["heartbeat:collector"] == "warn"
             assert status["stream"] == "ok"  # from the heartbeat's last_message_ms
-        assert await client.exists(heartbeat_key(redis_prefix, "streamer")) == 0
+        assert await client.exists(heartbeat_key(redis_prefix, "streamer", beat.instance)) == 0
         assert await read_heartbeat(client, redis_prefix, "streamer") is None
         await beat.close()  # idempotent
     finally:

@@ -162,7 +162,7 @@ class ExchangeClient:
         ex = self.settings
         cls = getattr(ccxt, ex.id, None)
         if cls is None:
-            raise PermanentError(f"exchange {ex.id!r} is not a ccxt exchange id")
+            raise ConfigError(f"exchange.id: {ex.id!r} is not a ccxt exchange id such as 'binance'")
         params: dict[str, Any] = {
             "enableRateLimit": False,
             "timeout": int(ex.timeout_s * 1000),

@@ -23,6 +23,7 @@ from data_collector.cli.exits import (
     install_stop_signals,
     remove_signals,
 )
+from data_collector.cli.logging_setup import log_outcome
 from data_collector.cli.progress import PlainProgress, RichProgress, monitor_line
 from data_collector.config import Config
 from data_collector.errors import CollectorError
@@ -66,11 +67,15 @@ async def run_collection(
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals_seen = 0
+    collecting = False
 
     def on_signal() -> None:
         nonlocal signals_seen
         signals_seen += 1
-        if signals_seen == 1:
+        if not collecting and main_task is not None:
+            # Nothing fetched yet (connecting, loading markets, creating the schema): stop now.
+            main_task.cancel()
+        elif signals_seen == 1:
             print(
                 "stopping: finishing the pages in flight and writing them (Ctrl-C again to abort)",
                 file=sys.stderr,
@@ -85,25 +90,38 @@ async def run_collection(
         async with collector, running_heartbeat(config, "collector", get_default_monitor()):
             if monitor:
                 monitor_task = asyncio.create_task(_monitor(collector, out))
+            await collector.initialize()
+            collecting = True
             with display:
                 report = await collector.collect()
+            collecting = False
             print(report.summary(), file=out, flush=True)
+            log_outcome(report.summary(), logging.INFO if report.ok else logging.WARNING)
             if monitor:
                 _print_monitor_summary(collector, out)
             if after is not None:
                 await after(collector, report)
             return exit_code(report)
     except CollectorError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        report_error(f"error: {exc}")
         return error_exit_code(exc)
     except asyncio.CancelledError:
-        print("aborted: pages in flight were dropped; the next run fetches them", file=sys.stderr)
+        if collecting:
+            report_error("aborted: pages in flight were dropped; the next run fetches them")
+        else:
+            report_error("stopped before the backfill started; nothing was written")
         return EXIT_INTERRUPTED
     finally:
         if monitor_task is not None:
             monitor_task.cancel()
             await asyncio.gather(monitor_task, return_exceptions=True)
         remove_signals(loop, installed)
+
+
+def report_error(line: str) -> None:
+    """Print ``line`` on stderr and record it in the log file (``logging.file``)."""
+    print(line, file=sys.stderr, flush=True)
+    log_outcome(line, logging.ERROR)
 
 
 async def _monitor(collector: OptimizedDataCollector, out: IO[str]) -> None:

@@ -5,7 +5,7 @@
 Single shot, it prints a table and a last line naming every failed check, e.g.
 ``UNHEALTHY: postgresql: DOWN (connection refused 127.0.0.1:5432)``; suited to container
 liveness probes. ``--continuous N`` checks every N seconds, prints only changes of state, keeps
-running through failures and stops cleanly (exit 0) on Ctrl-C or SIGTERM. ``--json`` prints one
+running through failures and stops on Ctrl-C or SIGTERM with exit code 130. ``--json`` prints one
 JSON object per run instead (one per line when continuous).
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 from rich.console import Console
 
-from data_collector.cli.exits import EXIT_OK, EXIT_USAGE, install_stop_signals, remove_signals
+from data_collector.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE, install_stop_signals, remove_signals
 from data_collector.cli.parser import OneLineParser
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
-from data_collector.health import CHECKS, HealthReport, run_checks
+from data_collector.health import SKIP_NAMES, HealthReport, run_checks
 
 
 def parse_args(argv: list[str] | None, prog: str = "health_check.py") -> argparse.Namespace:
@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None, prog: str = "health_check.py") -> argpars
         "--skip",
         action="append",
         default=[],
-        choices=CHECKS,
+        choices=SKIP_NAMES,
         metavar="CHECK",
-        help=f"leave a check out (repeatable): {', '.join(CHECKS)}",
+        help=f"leave a check out by the name its table shows (repeatable): {', '.join(SKIP_NAMES)}",
     )
     parser.add_argument(
         "--fail-on-warn", action="store_true", help="exit 1 on warnings too (stale data, no heartbeat)"
@@ -97,7 +97,8 @@ async def main_async(args: argparse.Namespace) -> int:
         remove_signals(loop, installed)
     if not args.json:
         print(f"{stamp()} stopped", flush=True)
-    return EXIT_OK
+    # Only a signal ends the watch: the exit code says so, as every command's does.
+    return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None, prog: str = "health_check.py") -> int:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None, prog: str = "health_check.py") -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
 
 
 def render_table(report: HealthReport) -> Any:

@@ -19,6 +19,21 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _MARK = "_dc_handler"
 
 
+#: Set on a record (``extra={FILE_ONLY: True}``) that the script also prints itself: the log file
+#: gets it, the console does not show it twice.
+FILE_ONLY = "dc_file_only"
+
+
+class _NotFileOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, FILE_ONLY, False)
+
+
+def log_outcome(message: str, level: int = logging.INFO) -> None:
+    """Record in the log file a line the script prints itself (an error, the run's summary)."""
+    logging.getLogger("data_collector.cli").log(level, "%s", message, extra={FILE_ONLY: True})
+
+
 class RedactSecrets(logging.Filter):
     """Replace the password of any URL in a log message with ``***``."""
 
@@ -62,6 +77,7 @@ def setup_logging(config: Config, level: str | None = None, *, console_level: st
     if console_level is not None:
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setLevel(level.upper() if level else console_level)
+        stderr.addFilter(_NotFileOnly())
         handlers.append(stderr)
     for handler in handlers:
         handler.setFormatter(logging.Formatter(_FORMAT))

@@ -23,12 +23,12 @@ import argparse
 import asyncio
 import sys
 
-from data_collector.cli.collect import run_collection
+from data_collector.cli.collect import report_error, run_collection
 from data_collector.cli.demo import DEMO_SCHEMA, demo_database, run_demo, run_demo_migration
-from data_collector.cli.exits import EXIT_USAGE
+from data_collector.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from data_collector.cli.logging_setup import setup_logging
 from data_collector.cli.parser import LOG_LEVELS, OneLineParser, log_level
-from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config
+from data_collector.config import DEFAULT_CONFIG_PATH, Config, config_origin, load_config, setting_source
 from data_collector.errors import ConfigError, UsageError
 from utils.performance_monitor import get_default_monitor, serve_metrics
 
@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 
 def build_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
+    check_exchange_id(config, config_origin(args.config))
     overrides = {
         "symbols": args.symbols.split(",") if args.symbols else None,
         "timeframes": args.timeframes.split(",") if args.timeframes else None,
@@ -96,13 +97,37 @@ def build_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def check_exchange_id(config: Config, origin: str) -> None:
+    """Refuse an ``exchange.id`` that names no ccxt class, naming the file or variable that set it.
+
+    Checked here rather than in the config model so that the streamer, which never loads ccxt,
+    does not pay for importing it.
+    """
+    import ccxt
+
+    if config.exchange.id not in ccxt.exchanges:
+        raise ConfigError(
+            f"{setting_source(('exchange', 'id'), origin)}: {config.exchange.id!r} is not a ccxt "
+            "exchange id such as 'binance'"
+        )
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the backfill command; ``prog`` names it in ``--help`` and errors (default: the script)."""
     args = parse_args(argv, prog)
     try:
+        return _main(args)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the event loop's own handlers (before or between its phases).
+        return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         config = build_config(args)
         demo_db = demo_database(config, args.demo_db, args.demo_schema) if args.demo else None
     except ConfigError as exc:
+        # Before the config is read there is no log file to record it in.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config, args.log_level)
@@ -111,15 +136,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         server = serve_metrics(args.metrics_port or config.metrics.port, host=config.metrics.host)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(f"error: {exc}")
         return EXIT_USAGE
     try:
         if args.demo:
             code = asyncio.run(run_demo(config, monitor=args.monitor, database=demo_db))
         else:
             code = asyncio.run(run_collection(config, monitor=args.monitor))
-        if args.stream and code in (0, 1):
-            code = max(code, run_streaming(config, demo=args.demo))
+        if args.stream and code in (EXIT_OK, EXIT_FAILED):
+            streamed = run_streaming(config, demo=args.demo)
+            code = streamed if streamed in (EXIT_USAGE, EXIT_INTERRUPTED) else max(code, streamed)
         return code
     finally:
         if server is not None:

@@ -26,10 +26,14 @@ from data_collector.cli.exits import (
 )
 from data_collector.cli.parser import OneLineParser, log_level
 from data_collector.config import Config, load_config, with_exchange
-from data_collector.markets import normalize_symbols
+from data_collector.errors import CollectorError, UsageError
+from data_collector.markets import exchange_symbol, normalize_symbols
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.normalize import validate_channel
+from data_collector.streaming.rest import BINANCE_REST_URL, BinanceRest, rest_base_from_urls
+
+log = logging.getLogger(__name__)
 
 #: Messages per second per trade/bookTicker stream of the ``--demo`` simulator.
 DEMO_WS_RATE = 50.0
@@ -143,6 +147,7 @@ async def run_stream_cli(
             store_candles=False if demo else None,
             monitor=monitor,
         )
+        await check_listed(rest_base_from_urls(cfg.exchange.urls) or BINANCE_REST_URL, streamer.symbols)
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
             f"into Redis {endpoint.describe()} under {cfg.redis.prefix}:*:{cfg.exchange.name}:*; Ctrl-C stops",
@@ -176,14 +181,37 @@ async def run_stream_cli(
         remove_signals(loop, installed)
 
 
+async def check_listed(rest_url: str, symbols: Sequence[str]) -> None:
+    """Refuse, before connecting, a symbol the exchange does not list (its streams stay silent).
+
+    An exchange that cannot be asked now is no reason to refuse: the streamer reconnects until
+    it answers, so that is logged and the run goes on.
+
+    Raises:
+        UsageError: names the first symbol the exchange's ``exchangeInfo`` does not list.
+    """
+    rest = BinanceRest(rest_url)
+    try:
+        listed = await rest.listed_symbols()
+    except CollectorError as exc:
+        log.warning("symbols not checked against the exchange's list: %s", exc)
+        return
+    finally:
+        await rest.close()
+    for symbol in symbols:
+        if exchange_symbol(symbol) not in listed:
+            raise UsageError(f"unknown symbol {symbol!r}: the exchange at {rest_url} does not list it")
+
+
 def run_stream_main(**kwargs: Any) -> int:
     """Run :func:`run_stream_cli` to the end in a new event loop (uvloop when installed).
 
     For scripts: errors become one line on stderr and an exit code: 0 done, 1 a server is
-    unreachable, 2 bad input, 130 interrupted.
+    unreachable, 2 bad input, 130 stopped by Ctrl-C/SIGTERM.
     """
-    from data_collector.errors import CollectorError, UsageError
-
+    # Set by Ctrl-C/SIGTERM (and by nothing else here): how an interrupted run is told from one
+    # that reached its --duration.
+    stop = kwargs.setdefault("stop", asyncio.Event())
     try:
         try:
             import uvloop
@@ -199,7 +227,7 @@ def run_stream_main(**kwargs: Any) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return EXIT_OK
+    return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
 
 
 STREAM_HELP = """Stream live market data into Redis (streaming only: no backfill, no ccxt, no pandas).

@@ -9,7 +9,8 @@ canonical symbol such as ``SOL/USDT``; ``<ch>`` a channel such as ``trade`` or `
 ``<p>:latest:<ex>:<ch>:<sym>``         the last event of that stream (msgpack)
 ``<p>:book:<ex>:<sym>``                top-N order book (msgpack), only while in sync
 ``<p>:gaps:<ex>``                      Redis Stream of gap markers (stream, from_ms, to_ms)
-``<p>:heartbeat:<component>``          JSON heartbeat with a TTL (collector, streamer)
+``<p>:heartbeat:<component>:<inst>``   JSON heartbeat with a TTL, one per running collector or
+                                       streamer (``<inst>``: ``metrics.instance``)
 ``<p>:<namespace>:<key>``              CacheManager values
 =====================================  =====================================================
 """
@@ -54,8 +55,15 @@ def gaps_key(prefix: str, exchange: str) -> str:
     return f"{_part('prefix', prefix)}:gaps:{_part('exchange', exchange)}"
 
 
-def heartbeat_key(prefix: str, component: str) -> str:
-    return f"{_part('prefix', prefix)}:heartbeat:{_part('component', component)}"
+def heartbeat_key(prefix: str, component: str, instance: str) -> str:
+    return (
+        f"{_part('prefix', prefix)}:heartbeat:{_part('component', component)}:{_part('instance', instance)}"
+    )
+
+
+def heartbeat_pattern(prefix: str, component: str) -> str:
+    """The SCAN pattern of every instance's heartbeat of ``component``."""
+    return f"{_part('prefix', prefix)}:heartbeat:{_part('component', component)}:*"
 
 
 def cache_key(prefix: str, namespace: str, key: str) -> str:

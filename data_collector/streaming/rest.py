@@ -1,4 +1,4 @@
-"""The two REST calls the streamer needs (depth snapshots, kline repair), over plain aiohttp.
+"""The REST calls the streamer needs (symbol list, depth snapshots, kline repair), over plain aiohttp.
 
 ccxt is deliberately not used: importing it costs about 100 MB of RSS, more than the whole
 streamer. Every request is bounded by ``timeout_s``; failures raise :class:`TransientError`
@@ -78,6 +78,14 @@ class BinanceRest:
         if not isinstance(data, dict) or type(data.get("serverTime")) is not int:
             raise TransientError("GET /api/v3/time: unexpected response")
         return int(data["serverTime"])
+
+    async def listed_symbols(self) -> set[str]:
+        """``/api/v3/exchangeInfo``: the exchange's symbols as it spells them (``SOLUSDT``)."""
+        data = await self._get("/api/v3/exchangeInfo", {})
+        symbols = data.get("symbols") if isinstance(data, dict) else None
+        if not isinstance(symbols, list):
+            raise TransientError("GET /api/v3/exchangeInfo: unexpected response")
+        return {str(s["symbol"]) for s in symbols if isinstance(s, dict) and "symbol" in s}
 
     async def depth(self, symbol: str, limit: int) -> dict[str, Any]:
         """``/api/v3/depth``: ``{"lastUpdateId": int, "bids": [[p, q]], "asks": [[p, q]]}``."""

@@ -77,8 +77,11 @@ class ServiceOptions:
     max_streams_per_connection: int
     connection: ConnectionSettings
     close_timeout_s: float = 10.0
-    #: TTL of the ``<prefix>:heartbeat:streamer`` key (``metrics.heartbeat_ttl_s``); ``None``: no heartbeat.
+    #: TTL of the ``<prefix>:heartbeat:streamer:<instance>`` key (``metrics.heartbeat_ttl_s``);
+    #: ``None``: no heartbeat.
     heartbeat_ttl_s: int | None = 60
+    #: The instance part of the heartbeat key (``metrics.instance``); ``None``: ``<host>-<pid>``.
+    instance: str | None = None
     #: The protocol spoken (``exchange.id``); only Binance's is.
     protocol: str = "binance"
 
@@ -236,7 +239,7 @@ class StreamService:
             self._start_heartbeat()
 
     def _start_heartbeat(self) -> None:
-        """``<prefix>:heartbeat:streamer``, refreshed in its own task: every Redis call in it is
+        """``<prefix>:heartbeat:streamer:<instance>``, refreshed in its own task: every Redis call in it is
         bounded by the socket timeout and a failed beat is only logged, so streaming never waits
         for it (Redis down at start: the beats resume when it is back)."""
         from data_collector.heartbeat import Heartbeat  # only a streamer that keeps a heartbeat needs it
@@ -251,6 +254,7 @@ class StreamService:
             "streamer",
             ttl_s=ttl,
             monitor=_Activity(self),
+            instance=self.options.instance,
             extra=lambda: {
                 # The venue label: the health check trusts only its own venue's streamer.
                 "exchange": self.options.exchange,

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from data_collector.backfill.report import CollectionReport
 from data_collector.cli.collect import run_collection
 from data_collector.config import load_config
-from data_collector.health import check_heartbeat
+from data_collector.health import check_heartbeats
 from data_collector.heartbeat import read_heartbeat
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
@@ -36,7 +36,9 @@ async def test_heartbeat_while_collecting_and_gone_after(base_config: dict[str, 
 
             async def during(collector: OptimizedDataCollector, report: CollectionReport) -> None:
                 seen["beat"] = await read_heartbeat(client, config.redis.prefix, "collector")
-                seen["check"] = await check_heartbeat(config, client, "collector", int(time.time() * 1000))
+                (seen["check"],) = await check_heartbeats(
+                    config, client, "collector", int(time.time() * 1000)
+                )
 
             code = await run_collection(config, stream=io.StringIO(), after=during)
             after = await read_heartbeat(client, config.redis.prefix, "collector")

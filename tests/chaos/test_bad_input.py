@@ -238,7 +238,7 @@ def test_redis_keys_never_carry_metacharacters(prefix: str, exchange: str, chann
         lambda: redis_keys.latest_key(prefix, exchange, channel, symbol),
         lambda: redis_keys.book_key(prefix, exchange, symbol),
         lambda: redis_keys.gaps_key(prefix, exchange),
-        lambda: redis_keys.heartbeat_key(prefix, channel),
+        lambda: redis_keys.heartbeat_key(prefix, channel, exchange),
     ]
     for build in builders:
         try:

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from data_collector.cli.stream import run_stream_cli
 from data_collector.config import load_config
-from data_collector.health import check_heartbeat, check_stream
+from data_collector.health import check_heartbeats, check_stream
 from data_collector.heartbeat import read_heartbeat
 from data_collector.optimized_websocket import monitor_hook
 from data_collector.simulator import SimulatedExchange
@@ -69,7 +69,7 @@ async def test_heartbeat_health_and_metrics_while_streaming(redis_prefix: str) -
             cfg = load_config(config)
             now_ms = int(time.time() * 1000)
             stream = await check_stream(cfg, client, now_ms)
-            heartbeat = await check_heartbeat(cfg, client, "streamer", now_ms)
+            (heartbeat,) = await check_heartbeats(cfg, client, "streamer", now_ms)
             assert (stream.status, heartbeat.status) == ("ok", "ok"), (stream.line(), heartbeat.line())
 
             match = re.search(r"metrics at (\S+)", out.getvalue())
