@@ -16,67 +16,35 @@ from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 
 from data_collector.backfill.plan import plan_backfill
 from data_collector.markets import DAY_MS, MINUTE_MS, TIMEFRAME_CODES, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
+from tests.support.backfill import (
+    RANGE_START_MS,
+    SCRIPT,
+    SYMBOLS,
+    TIMEFRAMES,
+    config_for,
+    count_rows,
+    floats,
+    klines_requests,
+    local_iso,
+    run_script,
+    stored_equals_sim,
+    write_config,
+)
 from tests.support.services import PG_ADMIN_DSN, free_port
 
 TIMEFRAME_CODE_1M = TIMEFRAME_CODES["1m"]
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "optimized_collection.py"
-SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
-TIMEFRAMES = ["1m", "5m", "15m", "1h", "4h", "1d"]
-#: A fixed, past range (so the forming candle never interferes): midnight 40 days ago, +N days.
-RANGE_START_MS = candle_open_ms(int(datetime.now().timestamp() * 1000) - 40 * DAY_MS, "1d")
-
-
-def floats(kline: list[Any]) -> tuple[int, float, float, float, float, float]:
-    return (int(kline[0]), *(float(x) for x in kline[1:6]))  # type: ignore[return-value]
-
-
-def config_for(base_config: dict[str, Any], sim: SimulatedExchange, **extra: Any) -> dict[str, Any]:
-    exchange = {**sim.exchange_config(), "timeout_s": 2.0}
-    exchange.update(extra.pop("exchange", {}))
-    performance = {"api_rate_limit": 100_000, **extra.pop("performance", {})}
-    return {
-        **base_config,
-        "exchange": exchange,
-        "symbols": SYMBOLS,
-        "timeframes": TIMEFRAMES,
-        "performance": performance,
-        **extra,
-    }
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimulatedExchange]:
     async with SimulatedExchange(symbols=SYMBOLS, seed=7, gaps={}) as exchange:
         yield exchange
-
-
-async def stored_equals_sim(
-    collector: OptimizedDataCollector,
-    sim: SimulatedExchange,
-    start_ms: int,
-    end_ms: int,
-    symbols: list[str] = SYMBOLS,
-    timeframes: list[str] = TIMEFRAMES,
-) -> None:
-    for symbol in symbols:
-        inst = await collector.instrument(symbol)
-        for tf in timeframes:
-            want = [floats(k) for k in sim.klines(symbol, tf, start_ms, end_ms)]
-            got = await collector.store.load(inst.id, tf, start_ms, end_ms)
-            assert len(got) == len(want), (symbol, tf)
-            assert got == want, (symbol, tf)
-
-
-def klines_requests(sim: SimulatedExchange) -> int:
-    return int(sim.stats()["endpoints"].get("klines", 0))
 
 
 async def test_user_snippet_verbatim(base_config: dict[str, Any], sim: SimulatedExchange) -> None:
@@ -200,33 +168,6 @@ async def test_weight_budget_crossing_a_minute_without_bans(
             await stored_equals_sim(collector, sim, start, start + days * DAY_MS)
 
 
-def write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
-async def run_script(*args: str, cwd: Path | None = None, timeout_s: float = 90) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SCRIPT),
-        *args,
-        cwd=cwd or ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    return int(proc.returncode or 0), out.decode(), err.decode()
-
-
-async def count_rows(schema: str) -> int:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.ohlcv")
-        return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".ohlcv')) if exists else 0
-    finally:
-        await conn.close()
-
-
 async def test_sigkill_at_three_points_then_resume(
     base_config: dict[str, Any], pg_schema: str, tmp_path: Path
 ) -> None:
@@ -234,7 +175,7 @@ async def test_sigkill_at_three_points_then_resume(
     async with SimulatedExchange(symbols=SYMBOLS, seed=5, gaps={}, latency_ms=40) as sim:
         start = RANGE_START_MS
         end = start + days * DAY_MS
-        config = config_for(base_config, sim, start=_iso(start), end=_iso(end))
+        config = config_for(base_config, sim, start=local_iso(start), end=local_iso(end))
         path = write_config(tmp_path / "config.yaml", config)
         total = sum(len(sim.klines(s, tf, start, end)) for s in SYMBOLS for tf in TIMEFRAMES)
         for fraction in (0.1, 0.3, 0.55):
@@ -286,10 +227,6 @@ async def test_sigkill_at_three_points_then_resume(
         assert klines_requests(sim) - before >= expected_pages - 3
         async with OptimizedDataCollector(config) as collector:
             await stored_equals_sim(collector, sim, start, end)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat()
 
 
 BAD_CASES = [
@@ -385,7 +322,7 @@ async def test_sigint_stops_gracefully_and_the_next_run_resumes(
 ) -> None:
     async with SimulatedExchange(symbols=SYMBOLS, seed=9, gaps={}, latency_ms=40) as sim:
         start, end = RANGE_START_MS, RANGE_START_MS + 10 * DAY_MS
-        config = config_for(base_config, sim, start=_iso(start), end=_iso(end))
+        config = config_for(base_config, sim, start=local_iso(start), end=local_iso(end))
         path = write_config(tmp_path / "config.yaml", config)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

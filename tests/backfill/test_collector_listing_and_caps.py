@@ -21,13 +21,13 @@ from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, TIMEFRAMES, candl
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.limits import SimClock
-from tests.backfill.test_collector_e2e import (
+from tests.support.backfill import (
     RANGE_START_MS,
-    _iso,
     config_for,
     count_rows,
     floats,
     klines_requests,
+    local_iso,
     run_script,
     stored_equals_sim,
     write_config,
@@ -144,8 +144,8 @@ async def test_page_limit_above_the_exchange_maximum_is_a_config_error(
             sim,
             symbols=["BTC/USDT"],
             timeframes=["1m"],
-            start=_iso(start),
-            end=_iso(end),
+            start=local_iso(start),
+            end=local_iso(end),
             exchange={"ohlcv_page_limit": 5000},
         )
         path = write_config(tmp_path / "config.yaml", config)

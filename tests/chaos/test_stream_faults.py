@@ -13,64 +13,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
 
-import msgpack
 import pytest
 import redis.asyncio as aioredis
 
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
+from tests.support.stream_accounting import account, gap_markers, trade_ids_and_times
 
 simulator = pytest.importorskip("data_collector.simulator")
 streamer_mod = pytest.importorskip("data_collector.optimized_websocket")
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
 CHANNELS = ["trade", "bookTicker", "kline_1m", "depth"]
-
-
-async def _trades(client: aioredis.Redis, key: str) -> list[tuple[int, int]]:
-    """``(trade id, trade ms)`` of every entry of a trade stream, in stream order."""
-    out = []
-    last = "-"
-    while True:
-        rows = await client.xrange(key, min=last, max="+", count=5000)
-        if last != "-":
-            rows = rows[1:]
-        if not rows:
-            return out
-        for _entry_id, fields in rows:
-            event = msgpack.unpackb(fields[b"d"])
-            out.append((int(event["id"]), int(event["trade_ms"])))
-        last = rows[-1][0].decode()
-
-
-async def _gaps(client: aioredis.Redis, key: str) -> list[dict[str, Any]]:
-    rows = await client.xrange(key)
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
-
-
-def account(
-    trades: list[tuple[int, int]], windows: list[tuple[int, int]], slack_ms: int = 2000
-) -> tuple[int, int, int, int]:
-    """``(found, duplicated, lost inside a gap window, lost outside any)`` for one trade stream."""
-    ids = [t for t, _ in trades]
-    unique = dict(trades)
-    duplicated = len(ids) - len(unique)
-    if not unique:
-        return 0, duplicated, 0, 0
-    ordered = sorted(unique.items())
-    in_gap = outside = 0
-    for (a, ta), (b, tb) in zip(ordered, ordered[1:], strict=False):
-        missing = b - a - 1
-        if missing <= 0:
-            continue
-        # The missing trades were made between ta and tb: a gap window must overlap that span.
-        if any(lo - slack_ms <= tb and ta <= hi + slack_ms for lo, hi in windows):
-            in_gap += missing
-        else:
-            outside += missing
-    return len(unique), duplicated, in_gap, outside
 
 
 @pytest.mark.timeout(900)  # the --long form runs for minutes
@@ -184,11 +139,11 @@ async def test_streaming_under_faults(
 
     client = aioredis.Redis.from_url(restartable_redis.url, socket_timeout=5)
     try:
-        gaps = await _gaps(client, f"{prefix}:gaps:sim-binance")
+        gaps = await gap_markers(client, f"{prefix}:gaps:sim-binance")
         found = dup = lost_in_gap = lost_outside = expected = 0
         for symbol in SYMBOLS:
             key = f"{prefix}:stream:sim-binance:trade:{symbol}"
-            trades = await _trades(client, key)
+            trades = await trade_ids_and_times(client, key)
             windows = [(int(g["from_ms"]), int(g["to_ms"])) for g in gaps if g["stream"] == key]
             f, d, g, o = account(trades, windows)
             found += f

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from tests.chaos.report import ScenarioReport
-from tests.chaos.test_stream_faults import _gaps, _trades, account
 from tests.support.services import REDIS_URL
+from tests.support.stream_accounting import account, gap_markers, trade_ids_and_times
 from tests.support.waiting import wait_for, wait_for_async
 
 simulator = pytest.importorskip("data_collector.simulator")
@@ -80,8 +80,8 @@ async def test_streamer_sigkilled_and_restarted(
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         key = f"{redis_prefix}:stream:sim-binance:trade:SOL/USDT"
-        trades = await _trades(client, key)
-        gaps = await _gaps(client, f"{redis_prefix}:gaps:sim-binance")
+        trades = await trade_ids_and_times(client, key)
+        gaps = await gap_markers(client, f"{redis_prefix}:gaps:sim-binance")
     finally:
         await client.aclose()
     windows = [(int(g["from_ms"]), int(g["to_ms"])) for g in gaps if g["stream"] == key]

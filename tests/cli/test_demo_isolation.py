@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio
-import yaml
 
 from data_collector.config import load_config
 from data_collector.demo_migration import migrate_demo_rows
@@ -28,7 +27,8 @@ from data_collector.markets import DAY_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
-from tests.backfill.test_collector_e2e import stored_equals_sim as stored_equals
+from tests.support.backfill import pg_rows, write_config
+from tests.support.backfill import stored_equals_sim as stored_equals
 from tests.support.services import PG_ADMIN_DSN, REDIS_URL
 from tests.support.streaming import read_until
 
@@ -68,21 +68,6 @@ async def run(script: Path, *args: str, cwd: Path, timeout_s: float = 120) -> tu
     return int(proc.returncode or 0), out.decode(), err.decode()
 
 
-async def pg_rows(schema: str) -> list[tuple[Any, ...]]:
-    """Every stored candle with its venue label, sorted; [] when the tables do not exist."""
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.ohlcv") is None:
-            return []
-        rows = await conn.fetch(
-            f"SELECT i.exchange, i.symbol, o.timeframe, o.ts, o.open, o.high, o.low, o.close, o.volume "
-            f'FROM "{schema}".ohlcv o JOIN "{schema}".instruments i ON i.id = o.instrument_id ORDER BY 1, 2, 3, 4'
-        )
-        return [tuple(r) for r in rows]
-    finally:
-        await conn.close()
-
-
 async def snapshot(schema: str) -> tuple[list[Any], list[Any], list[Any]]:
     """Candles, coverage and instruments: to prove a dry run changes nothing."""
     conn = await asyncpg.connect(PG_ADMIN_DSN)
@@ -102,11 +87,6 @@ def midnight(now_ms: int) -> int:
 def check(report: Any, name: str) -> Any:
     (found,) = [c for c in report.checks if c.name == name]
     return found
-
-
-def write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
 
 
 async def test_demo_script_never_writes_into_the_configured_database_then_a_real_run_writes_all(

@@ -28,8 +28,7 @@ from data_collector.markets import DAY_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
-from tests.backfill.test_collector_e2e import stored_equals_sim
-from tests.cli.test_demo_isolation import pg_rows, write_config
+from tests.support.backfill import pg_rows, stored_equals_sim, write_config
 from tests.support.services import REDIS_URL
 from tests.support.streaming import read_until
 

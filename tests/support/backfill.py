@@ -1,0 +1,109 @@
+"""Backfill test helpers: the simulator's truth against the store, the collection script, configs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import yaml
+
+from data_collector.markets import DAY_MS, candle_open_ms
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.simulator import SimulatedExchange
+from tests.support.services import PG_ADMIN_DSN
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "optimized_collection.py"
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+TIMEFRAMES = ["1m", "5m", "15m", "1h", "4h", "1d"]
+#: A fixed, past range (so the forming candle never interferes): midnight 40 days ago, +N days.
+RANGE_START_MS = candle_open_ms(int(datetime.now().timestamp() * 1000) - 40 * DAY_MS, "1d")
+
+
+def floats(kline: list[Any]) -> tuple[int, float, float, float, float, float]:
+    return (int(kline[0]), *(float(x) for x in kline[1:6]))  # type: ignore[return-value]
+
+
+def config_for(base_config: dict[str, Any], sim: SimulatedExchange, **extra: Any) -> dict[str, Any]:
+    exchange = {**sim.exchange_config(), "timeout_s": 2.0}
+    exchange.update(extra.pop("exchange", {}))
+    performance = {"api_rate_limit": 100_000, **extra.pop("performance", {})}
+    return {
+        **base_config,
+        "exchange": exchange,
+        "symbols": SYMBOLS,
+        "timeframes": TIMEFRAMES,
+        "performance": performance,
+        **extra,
+    }
+
+
+async def stored_equals_sim(
+    collector: OptimizedDataCollector,
+    sim: SimulatedExchange,
+    start_ms: int,
+    end_ms: int,
+    symbols: list[str] = SYMBOLS,
+    timeframes: list[str] = TIMEFRAMES,
+) -> None:
+    for symbol in symbols:
+        inst = await collector.instrument(symbol)
+        for tf in timeframes:
+            want = [floats(k) for k in sim.klines(symbol, tf, start_ms, end_ms)]
+            got = await collector.store.load(inst.id, tf, start_ms, end_ms)
+            assert len(got) == len(want), (symbol, tf)
+            assert got == want, (symbol, tf)
+
+
+def klines_requests(sim: SimulatedExchange) -> int:
+    return int(sim.stats()["endpoints"].get("klines", 0))
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+async def run_script(*args: str, cwd: Path | None = None, timeout_s: float = 90) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SCRIPT),
+        *args,
+        cwd=cwd or ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+async def count_rows(schema: str) -> int:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.ohlcv")
+        return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".ohlcv')) if exists else 0
+    finally:
+        await conn.close()
+
+
+def local_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat()
+
+
+async def pg_rows(schema: str) -> list[tuple[Any, ...]]:
+    """Every stored candle with its venue label, sorted; [] when the tables do not exist."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.ohlcv") is None:
+            return []
+        rows = await conn.fetch(
+            f"SELECT i.exchange, i.symbol, o.timeframe, o.ts, o.open, o.high, o.low, o.close, o.volume "
+            f'FROM "{schema}".ohlcv o JOIN "{schema}".instruments i ON i.id = o.instrument_id ORDER BY 1, 2, 3, 4'
+        )
+        return [tuple(r) for r in rows]
+    finally:
+        await conn.close()
