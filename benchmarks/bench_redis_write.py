@@ -18,6 +18,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgpack
 import redis
@@ -47,6 +48,13 @@ def _ids(n: int) -> list[str]:
     return [f"1700000000000-{i}" for i in range(n)]
 
 
+def _queue_batch(pipe: Any, stream: str, latest: str, ids: list[str]) -> None:
+    """One batch on a redis-py pipeline (sync and asyncio pipelines queue alike)."""
+    for entry_id in ids:
+        pipe.xadd(stream, {"d": PAYLOAD}, id=entry_id, maxlen=MAXLEN, approximate=True)
+    pipe.set(latest, PAYLOAD)
+
+
 def _sync_pipeline(url: str, n: int) -> float:
     stream, latest = _keys()
     ids = _ids(n)
@@ -55,9 +63,7 @@ def _sync_pipeline(url: str, n: int) -> float:
         started = time.process_time()
         for i in range(0, n, BATCH):
             pipe = client.pipeline(transaction=False)
-            for entry_id in ids[i : i + BATCH]:
-                pipe.xadd(stream, {"d": PAYLOAD}, id=entry_id, maxlen=MAXLEN, approximate=True)
-            pipe.set(latest, PAYLOAD)
+            _queue_batch(pipe, stream, latest, ids[i : i + BATCH])
             pipe.execute()
         cpu = time.process_time() - started
         assert client.xlen(stream) == n
@@ -74,11 +80,9 @@ async def _async_pipeline(url: str, n: int) -> float:
     try:
         started = time.process_time()
         for i in range(0, n, BATCH):
-            pipe = client.pipeline(transaction=False)
-            for entry_id in ids[i : i + BATCH]:
-                pipe.xadd(stream, {"d": PAYLOAD}, id=entry_id, maxlen=MAXLEN, approximate=True)
-            pipe.set(latest, PAYLOAD)
-            await pipe.execute()
+            apipe = client.pipeline(transaction=False)
+            _queue_batch(apipe, stream, latest, ids[i : i + BATCH])
+            await apipe.execute()
         cpu = time.process_time() - started
         assert await client.xlen(stream) == n
         await client.delete(stream, latest)

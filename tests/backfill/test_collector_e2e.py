@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,6 @@ from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
 from tests.support.backfill import (
     RANGE_START_MS,
-    SCRIPT,
     SYMBOLS,
     TIMEFRAMES,
     config_for,
@@ -33,6 +31,7 @@ from tests.support.backfill import (
     klines_requests,
     local_iso,
     run_script,
+    start_script,
     stored_equals_sim,
     write_config,
 )
@@ -179,15 +178,7 @@ async def test_sigkill_at_three_points_then_resume(
         path = write_config(tmp_path / "config.yaml", config)
         total = sum(len(sim.klines(s, tf, start, end)) for s in SYMBOLS for tf in TIMEFRAMES)
         for fraction in (0.1, 0.3, 0.55):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(SCRIPT),
-                "--config",
-                str(path),
-                cwd=str(tmp_path),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            proc = await start_script(path, tmp_path)
             try:
                 # polling the database is the point: kill once this much is stored
                 while proc.returncode is None and await count_rows(pg_schema) < total * fraction:  # noqa: ASYNC110
@@ -324,15 +315,7 @@ async def test_sigint_stops_gracefully_and_the_next_run_resumes(
         start, end = RANGE_START_MS, RANGE_START_MS + 10 * DAY_MS
         config = config_for(base_config, sim, start=local_iso(start), end=local_iso(end))
         path = write_config(tmp_path / "config.yaml", config)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(SCRIPT),
-            "--config",
-            str(path),
-            cwd=str(tmp_path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_script(path, tmp_path, capture=True)
         while proc.returncode is None and await count_rows(pg_schema) < 1000:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         proc.send_signal(signal.SIGINT)

@@ -107,3 +107,11 @@ async def pg_rows(schema: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in rows]
     finally:
         await conn.close()
+
+
+async def start_script(config_path: Path, cwd: Path, *, capture: bool = False) -> asyncio.subprocess.Process:
+    """The collection script on ``config_path``, running in ``cwd`` (output captured or dropped)."""
+    out = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(SCRIPT), "--config", str(config_path), cwd=str(cwd), stdout=out, stderr=out
+    )
