@@ -65,7 +65,7 @@ from data_collector.errors import (
 )
 from data_collector.heartbeat import read_heartbeats
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
-from data_collector.redis.client import async_client
+from data_collector.redis.client import RedisSettings, async_client
 from data_collector.redis.keys import stream_key
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage import CandleStore, open_store
@@ -447,7 +447,7 @@ async def run_checks(config: Config, *, skip: Iterable[str] = (), now_ms: int | 
         skipped |= _DATABASE_NAMES
     now = now_ms if now_ms is not None else _now_ms()
     limit = config.metrics.check_timeout_s
-    client = async_client(config)
+    client = async_client(RedisSettings.from_config(config))
     db_name = "sqlite" if _is_sqlite(config) else "postgresql"
     plan: list[tuple[str, str, Status, Callable[[], Awaitable[CheckResult | list[CheckResult]]]]] = [
         (

@@ -34,7 +34,7 @@ import redis
 import redis.asyncio as aioredis
 
 from data_collector.config import Config
-from data_collector.redis.client import async_client
+from data_collector.redis.client import RedisSettings, async_client
 from data_collector.redis.keys import heartbeat_key, heartbeat_pattern
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ async def running_heartbeat(
     config: Config, component: str, monitor: ActivitySource | None = None
 ) -> AsyncIterator[Heartbeat]:
     """Keep ``component``'s heartbeat fresh for the duration of the block (Redis down: logged, no error)."""
-    client = async_client(config)
+    client = async_client(RedisSettings.from_config(config))
     venue = config.exchange.name
     heartbeat = Heartbeat(
         client,

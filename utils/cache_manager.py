@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, ServerUnavailableError, UsageError
-from data_collector.redis.client import async_pool, sync_pool
+from data_collector.redis.client import RedisSettings, async_pool, sync_pool
 from data_collector.redis.keys import cache_key
 from utils import serialization
 from utils.performance_monitor import LatencyWindow
@@ -304,7 +304,7 @@ class CacheManager:
         self, config: ConfigSource = None, *, strict: bool = False, namespace: str | None = None
     ) -> None:
         self._core = _CacheCore(config, strict, namespace)
-        self._pool = sync_pool(self._core.config)
+        self._pool = sync_pool(RedisSettings.from_config(self._core.config))
         self._redis = redis.Redis(connection_pool=self._pool)
 
     @property
@@ -490,7 +490,7 @@ class AsyncCacheManager:
         self, config: ConfigSource = None, *, strict: bool = False, namespace: str | None = None
     ) -> None:
         self._core = _CacheCore(config, strict, namespace)
-        self._pool = async_pool(self._core.config)
+        self._pool = async_pool(RedisSettings.from_config(self._core.config))
         self._redis = aioredis.Redis(connection_pool=self._pool)
 
     @property

@@ -75,37 +75,59 @@ def bounded_kwargs(socket_timeout_s: float, connect_timeout_s: float, *, is_asyn
     }
 
 
-def async_client(config: Config) -> redis.asyncio.Redis:
-    """A ``redis.asyncio`` client for ``config.redis``: checked URL, bounded calls, no retries."""
-    r = config.redis
+@dataclass(frozen=True)
+class RedisSettings:
+    """What building a Redis client needs; :meth:`from_config` reads it from ``config.redis``.
+
+    The URL may carry a password: it stays out of ``repr``.
+    """
+
+    url: str = field(repr=False)
+    socket_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0
+    #: Connections in a cache manager's pool (``performance.redis_pool_size``).
+    pool_size: int = 50
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisSettings:
+        r = config.redis
+        return cls(
+            url=r.url.get_secret_value(),
+            socket_timeout_s=r.socket_timeout_s,
+            connect_timeout_s=r.connect_timeout_s,
+            pool_size=config.performance.redis_pool_size,
+        )
+
+
+def async_client(settings: RedisSettings) -> redis.asyncio.Redis:
+    """A ``redis.asyncio`` client: checked URL, bounded calls, no retries."""
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        check_redis_url(r.url.get_secret_value()),
-        **bounded_kwargs(r.socket_timeout_s, r.connect_timeout_s, is_async=True),
+        check_redis_url(settings.url),
+        **bounded_kwargs(settings.socket_timeout_s, settings.connect_timeout_s, is_async=True),
     )
     return client
 
 
-def _pool_kwargs(config: Config, *, is_async: bool) -> dict[str, Any]:
-    r = config.redis
+def _pool_kwargs(settings: RedisSettings, *, is_async: bool) -> dict[str, Any]:
     return {
-        "max_connections": config.performance.redis_pool_size,
+        "max_connections": settings.pool_size,
         # Waiting for a free pooled connection is bounded like any other call.
-        "timeout": r.socket_timeout_s,
-        **bounded_kwargs(r.socket_timeout_s, r.connect_timeout_s, is_async=is_async),
+        "timeout": settings.socket_timeout_s,
+        **bounded_kwargs(settings.socket_timeout_s, settings.connect_timeout_s, is_async=is_async),
     }
 
 
-def sync_pool(config: Config) -> redis.BlockingConnectionPool:
-    """A blocking pool of ``performance.redis_pool_size`` sync connections to ``redis.url``."""
+def sync_pool(settings: RedisSettings) -> redis.BlockingConnectionPool:
+    """A blocking pool of ``settings.pool_size`` sync connections."""
     return redis.BlockingConnectionPool.from_url(
-        check_redis_url(config.redis.url.get_secret_value()), **_pool_kwargs(config, is_async=False)
+        check_redis_url(settings.url), **_pool_kwargs(settings, is_async=False)
     )
 
 
-def async_pool(config: Config) -> redis.asyncio.BlockingConnectionPool:
+def async_pool(settings: RedisSettings) -> redis.asyncio.BlockingConnectionPool:
     """The asyncio twin of :func:`sync_pool`."""
     return redis.asyncio.BlockingConnectionPool.from_url(
-        check_redis_url(config.redis.url.get_secret_value()), **_pool_kwargs(config, is_async=True)
+        check_redis_url(settings.url), **_pool_kwargs(settings, is_async=True)
     )
 
 

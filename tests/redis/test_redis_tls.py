@@ -20,7 +20,7 @@ import redis
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
 from data_collector.health import CheckResult, check_redis
-from data_collector.redis.client import RedisEndpoint, async_client
+from data_collector.redis.client import RedisEndpoint, RedisSettings, async_client
 from tests.support.services import REDIS_URL, free_port
 from tests.support.tls_certs import Pki, make_pki
 from utils.cache_manager import AsyncCacheManager, CacheUnavailableError
@@ -77,7 +77,7 @@ def _config(url: str, prefix: str) -> Config:
 
 
 async def _health(config: Config) -> CheckResult:
-    client = async_client(config)
+    client = async_client(RedisSettings.from_config(config))
     try:
         return await check_redis(config, client)
     finally:

@@ -20,7 +20,7 @@ from data_collector.config import Config, load_config
 from data_collector.errors import ConfigError
 from data_collector.health import check_redis, run_checks
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
-from data_collector.redis.client import RedisEndpoint, async_client
+from data_collector.redis.client import RedisEndpoint, RedisSettings, async_client
 from data_collector.redis.url import check_redis_url
 from tests.support.services import REDIS_URL
 from utils.cache_manager import AsyncCacheManager, CacheManager
@@ -188,7 +188,7 @@ async def test_accepted_parameters_work_in_every_client(redis_prefix: str) -> No
     async with AsyncCacheManager(config, strict=True) as acache:
         assert await acache.get("k") == 1
         await acache.delete("k")
-    client = async_client(config)
+    client = async_client(RedisSettings.from_config(config))
     try:
         result = await check_redis(config, client)
         assert await client.client_getname() in ("dc-url-test", b"dc-url-test")
@@ -221,3 +221,15 @@ def test_scripts_print_one_line_and_exit_2(tmp_path: Path, script: list[str], re
     assert len(lines) == 1, done.stderr
     assert "unknown query parameter 'colour'" in lines[0]
     assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_redis_settings_need_no_config_and_hide_the_password() -> None:
+    from data_collector.redis.client import sync_pool
+
+    settings = RedisSettings(url="redis://:s3cret@127.0.0.1:6379/0", socket_timeout_s=1.5, pool_size=7)
+    assert "s3cret" not in repr(settings)
+    pool = sync_pool(settings)
+    try:
+        assert pool.max_connections == 7 and pool.connection_kwargs["socket_timeout"] == 1.5
+    finally:
+        pool.disconnect()
