@@ -34,12 +34,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from data_collector.database_url import parse_database_url
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
 from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
 from data_collector.redis.keys import key_part
 from data_collector.redis.url import parse_redis_url
+from data_collector.storage.url import parse_database_url
 
 ENV_PREFIX = "DC__"
 DEFAULT_CONFIG_PATH = Path("config.yaml")

@@ -55,7 +55,6 @@ import redis
 import redis.asyncio as aioredis
 
 from data_collector.config import Config
-from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     CollectorError,
     ConfigError,
@@ -70,6 +69,7 @@ from data_collector.redis.keys import stream_key
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage import CandleStore, open_store
 from data_collector.storage.pg_connect import PgTarget, pg_target
+from data_collector.storage.url import parse_database_url
 
 Status = Literal["ok", "warn", "fail"]
 CHECKS = ("database", "redis", "exchange", "freshness", "stream", "heartbeat", "disk")

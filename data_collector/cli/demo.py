@@ -19,12 +19,12 @@ from data_collector.backfill.report import CollectionReport
 from data_collector.cli.collect import run_collection
 from data_collector.cli.exits import EXIT_OK, error_exit_code
 from data_collector.config import Config, DatabaseConfig, with_exchange
-from data_collector.database_url import parse_database_url
 from data_collector.demo_migration import DEMO_SEED, migrate_demo_rows
 from data_collector.errors import CollectorError, ConfigError
 from data_collector.markets import DEFAULT_TIMEFRAMES
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.storage import open_store
+from data_collector.storage.url import parse_database_url
 
 DEMO_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 DEMO_DAYS = 30

@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from data_collector.config import Config, load_config
-from data_collector.database_url import parse_database_url
 from data_collector.storage.base import (
     Candle,
     CandleBatch,
@@ -19,6 +17,11 @@ from data_collector.storage.base import (
     WriteResult,
 )
 from data_collector.storage.store import CandleStore, StoreSettings
+from data_collector.storage.url import parse_database_url
+
+if TYPE_CHECKING:
+    # The config imports this package's URL parser, so it is imported lazily here (no cycle).
+    from data_collector.config import Config
 
 __all__ = [
     "Candle",
@@ -43,6 +46,8 @@ def open_store(config: StoreSettings | Config | Any) -> CandleStore:
     Raises:
         ConfigError: the URL names neither ``postgresql+asyncpg`` nor ``sqlite+aiosqlite``.
     """
+    from data_collector.config import load_config
+
     settings = config if isinstance(config, StoreSettings) else StoreSettings.from_config(load_config(config))
     backend = parse_database_url(settings.url).get_backend_name()
     if backend == "postgresql":

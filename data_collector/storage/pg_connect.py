@@ -39,8 +39,8 @@ import asyncpg
 from asyncpg.connect_utils import SSLMode
 from sqlalchemy.engine import URL
 
-from data_collector.database_url import parse_database_url
 from data_collector.errors import ConfigError, PermanentError
+from data_collector.storage.url import parse_database_url
 
 #: asyncpg's (and libpq's) sslmode values.
 SSL_MODES = tuple(mode.name.replace("_", "-") for mode in SSLMode)

@@ -36,7 +36,6 @@ import asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
     CollectorError,
@@ -52,6 +51,7 @@ from data_collector.storage.batching import PreparedWrite, Record, RowGroup, pre
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore, StoreSettings
+from data_collector.storage.url import parse_database_url
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from data_collector.database_url import parse_database_url
 from data_collector.errors import (
     ClosedError,
     ConfigError,
@@ -32,6 +31,7 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Inst
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore, StoreSettings
+from data_collector.storage.url import parse_database_url
 
 T = TypeVar("T")
 

@@ -78,8 +78,8 @@ def test_every_unusable_database_url_is_refused_at_load(url: str, problem: str) 
 def test_the_one_parser_refuses_what_the_config_would() -> None:
     """Code that builds a store or a connection from a URL (not from a loaded config) gets the
     same check and the same masked line."""
-    from data_collector.database_url import parse_database_url
     from data_collector.storage.pg_connect import pg_target
+    from data_collector.storage.url import parse_database_url
 
     for parse in (parse_database_url, pg_target):
         with pytest.raises(ConfigError, match=r"^database\.url: cannot parse") as info:
