@@ -1,6 +1,6 @@
 """The streamer's Redis write path vs redis-py's own pipelines, on the same entries.
 
-Each case writes the same N stream entries (``XADD <key> MAXLEN ~ 100000 <id> d <msgpack trade>``,
+Each case writes the same N stream entries (``XADD <key> MAXLEN ~ 1000000 <id> d <msgpack trade>``,
 explicit increasing ids) plus one ``SET`` of the stream's latest value per batch of 500, on
 loopback Redis:
 
@@ -33,7 +33,7 @@ NAME = "redis_write"
 DESCRIPTION = "Redis write path: RedisWriter (hand-packed RESP) vs redis-py pipelines, sync and asyncio"
 
 BATCH = 500
-MAXLEN = 100_000
+MAXLEN = 1_000_000  # above any run size, so that trimming never hides a lost entry
 PAYLOAD = msgpack.packb(
     {"e": "trade", "E": 1672515782136, "s": "BTC/USDT", "t": 12345, "p": 43000.1, "q": 0.25, "m": True}
 )
