@@ -90,3 +90,16 @@ def private_redis(tmp_path: Any) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_level_restored() -> Iterator[None]:
+    """A test that runs a script's main() in-process sets the root logger's level (to DEBUG with
+    --log-level DEBUG); left so, every later test would build and capture a record per WebSocket
+    frame, and the soak's memory check would measure pytest's log capture instead of the streamer."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
