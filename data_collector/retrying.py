@@ -40,11 +40,9 @@ TRANSIENT_CCXT_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may go away on retry (network, 5xx, 429, timeouts, bad bodies)."""
-    if isinstance(exc, PermanentError | UsageError):
-        return False
-    if base_is_transient(exc):
+    if base_is_transient(exc):  # also says no to the project's permanent and misuse errors
         return True
-    if isinstance(exc, PERMANENT_CCXT_ERRORS):
+    if isinstance(exc, (PermanentError, UsageError, *PERMANENT_CCXT_ERRORS)):
         return False
     return isinstance(exc, TRANSIENT_CCXT_ERRORS)
 
