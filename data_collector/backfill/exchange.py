@@ -23,7 +23,7 @@ import ccxt.async_support as ccxt
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.backfill.plan import Range
 from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
-from data_collector.backfill.validate import MalformedPageError, fast_kline_row, validate_page
+from data_collector.backfill.validate import MalformedPageError, raw_kline_rows, validate_page
 from data_collector.config import Config
 from data_collector.errors import (
     CollectorError,
@@ -185,9 +185,9 @@ class ExchangeClient:
         exchange.enableRateLimit = False
         exchange.on_rest_response = self._on_rest_response
         if self.settings.id in BINANCE_LIKE:
-            # ccxt's per-field helpers cost ~7 us per candle, more than everything else we do with
-            # it; spot kline arrays need no mapping, and validate_page converts and checks them.
-            exchange.parse_ohlcv = fast_kline_row
+            # ccxt's per-field helpers, sort and filter cost more per candle than everything else
+            # we do with a page; kline arrays need no mapping, and validate_page checks them.
+            exchange.parse_ohlcvs = raw_kline_rows
         if not self.weight_mode:
             self.limiter.fallback_interval_s = float(getattr(exchange, "rateLimit", 0) or 0) / 1000.0
         return exchange

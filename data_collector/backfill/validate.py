@@ -10,10 +10,14 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from data_collector.errors import TransientError
 from data_collector.markets import TIMEFRAME_MS, WEEK_OFFSET_MS, candle_open_ms
 from data_collector.storage.base import Candle
+
+
+_ROW_TYPES = {list, tuple}
 
 
 class MalformedPageError(TransientError):
@@ -32,25 +36,29 @@ def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> l
         raise MalformedPageError(f"expected a list of candles, got {type(rows).__name__}")
     if not rows:
         return []
-    for row in rows:
-        if not isinstance(row, Sequence) or isinstance(row, (str, bytes)) or len(row) < 6:
-            raise MalformedPageError(f"a candle is not a [ts, o, h, l, c, v] row: {row!r:.80}")
+    # Whole-page checks in C first (set of types, min of lengths); the per-row loop below only
+    # runs for unusual row types, to name the bad row.
+    if not set(map(type, rows)) <= _ROW_TYPES or min(map(len, rows)) < 6:
+        for row in rows:
+            if not isinstance(row, Sequence) or isinstance(row, (str, bytes)) or len(row) < 6:
+                raise MalformedPageError(f"a candle is not a [ts, o, h, l, c, v] row: {row!r:.80}")
+    # Column by column, in C: the page is checked and converted in about 1 ms per 1,000 rows
+    # against 2.6 ms for the per-row comprehension this replaced (py-spy put that at a third of
+    # the collector's CPU in the 10-symbol backfill benchmark).
+    columns = [[row[i] for row in rows] for i in range(6)]
     # float(True) is 1.0: a JSON true where a price belongs must not pass as one.
-    if any(value is True or value is False for row in rows for value in row[:6]):
+    if any(bool in set(map(type, column)) for column in columns):
         raise MalformedPageError("a candle has a boolean where a number belongs")
     try:
-        candles = [
-            (row[0], float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]))
-            for row in rows
-        ]
+        prices = [_numbers(column) for column in columns[1:]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = np.array(candles, dtype=np.float64)
+            ts_f = np.array(columns[0], dtype=np.float64)
+            table = np.array(prices, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
         raise MalformedPageError("a candle has a value that is not a number") from None
-    if not np.isfinite(table).all():
+    if ts_f.ndim != 1 or not np.isfinite(ts_f).all() or not np.isfinite(table).all():
         raise MalformedPageError("a candle has a missing or non-finite value")
-    ts_f = table[:, 0]
     if not (ts_f == np.floor(ts_f)).all() or abs(ts_f).max() >= 2**53:
         raise MalformedPageError("a candle has a non-integer timestamp")
     ts = ts_f.astype(np.int64)
@@ -61,14 +69,31 @@ def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> l
     if len(ts) > 1 and not (np.diff(ts) > 0).all():
         raise MalformedPageError("candles are out of order or duplicated")
     _check_aligned(ts, timeframe)
-    o, h, low, c, v = (table[:, i] for i in range(1, 6))
+    o, h, low, c, v = table
     if not (np.minimum(np.minimum(o, h), np.minimum(low, c)) > 0).all() or not (v >= 0).all():
         raise MalformedPageError("a candle has a non-positive price or a negative volume")
     if not ((low <= o) & (o <= h) & (low <= c) & (c <= h)).all():
         raise MalformedPageError("a candle breaks low <= open, close <= high")
-    if all(type(candle[0]) is int for candle in candles):
-        return candles
-    return [(t, *candle[1:]) for t, candle in zip(ts.tolist(), candles, strict=True)]
+    stamps = columns[0] if set(map(type, columns[0])) == {int} else ts.tolist()
+    return list(zip(stamps, *prices, strict=True))
+
+
+def _numbers(column: list[object]) -> list[float]:
+    """``[float(v) for v in column]``, parsed by orjson when every value is a number string.
+
+    Binance sends prices as strings; ``float()`` on 1,000 of them takes about 0.2 ms, orjson
+    parses the same joined into one JSON array in about 0.03 ms, with the same correctly rounded
+    result (tests/backfill/test_validate.py compares the two). The joined text is only trusted
+    when it parses to exactly one float per value: a value with a comma, a bracket or a word in
+    it, or any value that is not a string, takes the ``float()`` path, which raises as before.
+    """
+    try:
+        parsed = orjson.loads("[" + ",".join(column) + "]")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return list(map(float, column))  # type: ignore[arg-type]
+    if isinstance(parsed, list) and len(parsed) == len(column) and set(map(type, parsed)) == {float}:
+        return parsed
+    return list(map(float, column))  # type: ignore[arg-type]
 
 
 def _check_aligned(ts: np.ndarray, timeframe: str) -> None:
@@ -82,10 +107,20 @@ def _check_aligned(ts: np.ndarray, timeframe: str) -> None:
             raise MalformedPageError(f"candle at {t} is not aligned to {timeframe}")
 
 
-def fast_kline_row(row: object, market: object = None) -> object:
-    """ccxt binance ``parse_ohlcv`` for spot kline arrays, without its per-field helper calls.
+def raw_kline_rows(
+    ohlcvs: object,
+    market: object = None,
+    timeframe: str = "1m",
+    since: object = None,
+    limit: object = None,
+    tail: object = False,
+) -> object:
+    """ccxt's ``parse_ohlcvs`` for Binance kline arrays: the rows as the exchange sent them.
 
-    Returns the row unconverted; :func:`validate_page` converts its first six fields and checks
-    them. Anything that is not a kline array is returned as is, for the validation to reject.
+    ccxt maps each row with per-field helpers, sorts the page and filters it by ``since`` and
+    ``limit`` in Python, about 1 ms per 1,000-row page (py-spy, the 10-symbol backfill
+    benchmark). :func:`validate_page` converts the first six fields and checks order and range
+    (which bound the count) itself, and rejects what ccxt would silently drop. Anything that is not a list of kline
+    arrays reaches the validation unchanged, to be rejected there.
     """
-    return row
+    return [] if ohlcvs is None else ohlcvs
