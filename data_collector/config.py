@@ -211,11 +211,11 @@ class PerformanceConfig(_Section):
     #: the requests: ``requests_in_flight`` and ``pages_in_flight`` do, whatever this is.
     concurrent_symbols: int = Field(default=5, ge=1, le=1000)
     #: HTTP requests to the exchange in flight at once, over all pairs: enough to hide the latency.
-    requests_in_flight: int = Field(default=16, ge=1, le=1000)
+    requests_in_flight: int = Field(default=32, ge=1, le=1000)
     #: Pages between their request and the write queue, over all pairs: bounds parsed pages in memory.
-    pages_in_flight: int = Field(default=12, ge=1, le=1000)
+    pages_in_flight: int = Field(default=32, ge=1, le=1000)
     #: Pages of one (symbol, timeframe) pair fetched at once.
-    pages_in_flight_per_pair: int = Field(default=8, ge=1, le=1000)
+    pages_in_flight_per_pair: int = Field(default=16, ge=1, le=1000)
     #: Requests per minute, a cap on top of the exchange's own weight budget; ``None`` (or
     #: ``"auto"``) lets the exchange's budget govern alone. The guide's old 1200 predates Binance's
     #: 6,000-weight budget and would hold a backfill to about a fifth of it.

@@ -74,7 +74,7 @@ class ExchangeSettings:
     #: Requests per minute on top of the weight budget (``performance.api_rate_limit``); ``None``: no cap.
     requests_per_min: int | None = None
     #: Requests in flight at once, over all tasks (``performance.requests_in_flight``).
-    requests_in_flight: int = 16
+    requests_in_flight: int = 32
 
     @classmethod
     def from_config(cls, config: Config) -> ExchangeSettings:

@@ -46,8 +46,8 @@ class BackfillSettings:
     """
 
     concurrent_symbols: int = 5
-    pages_in_flight: int = 12
-    pages_in_flight_per_pair: int = 8
+    pages_in_flight: int = 32
+    pages_in_flight_per_pair: int = 16
     #: Candles per request (``exchange.ohlcv_page_limit``).
     page_limit: int = 1000
     #: Batches the write queue holds (backpressure, not memory growth).

@@ -303,7 +303,7 @@ def test_exchange_settings_follow_the_config() -> None:
     assert (settings.requests_per_min, settings.requests_in_flight) == (600, 3)
     assert (settings.api_key, settings.secret) == ("k", "s") and "'k'" not in repr(settings)
     backfill = BackfillSettings.from_config(load_config({"logging": {"file": None}}))
-    assert (backfill.pages_in_flight, backfill.pages_in_flight_per_pair) == (12, 8)
+    assert (backfill.pages_in_flight, backfill.pages_in_flight_per_pair) == (32, 16)
 
 
 class _Peak:
