@@ -26,6 +26,7 @@ from typing import Any
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, UsageError
+from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import BINANCE_WS_URL, ConnectionSettings
@@ -147,18 +148,11 @@ class OptimizedWebSocketStreamer:
             batch_interval_s=float(batch_interval)
             if batch_interval is not None
             else cfg.performance.ws_batch_interval,
-            max_batch=st.max_batch,
-            buffer_max=st.buffer_max,
-            stream_maxlen=st.stream_maxlen,
-            book_depth=st.book_depth,
-            book_publish_interval_ms=st.book_publish_interval_ms,
-            book_snapshot_limit=st.book_snapshot_limit,
-            max_streams_per_connection=st.max_streams_per_connection,
+            **pick(st, "max_batch", "buffer_max", "stream_maxlen", "max_streams_per_connection"),
+            **pick(st, "book_depth", "book_publish_interval_ms", "book_snapshot_limit"),
             connection=ConnectionSettings(
-                watchdog_s=st.watchdog_s,
-                min_backoff_s=st.reconnect_min_backoff_s,
-                max_backoff_s=st.reconnect_max_backoff_s,
-                max_frame_bytes=st.max_frame_bytes,
+                **pick(st, "watchdog_s", "max_frame_bytes"),
+                **pick(st, min_backoff_s="reconnect_min_backoff_s", max_backoff_s="reconnect_max_backoff_s"),
             ),
             heartbeat_ttl_s=cfg.metrics.heartbeat_ttl_s if heartbeat else None,
             instance=cfg.metrics.instance,

@@ -34,6 +34,7 @@ from data_collector.errors import (
     ServerUnavailableError,
     TransientError,
 )
+from data_collector.picking import pick
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
 
@@ -79,19 +80,12 @@ class ExchangeSettings:
     @classmethod
     def from_config(cls, config: Config) -> ExchangeSettings:
         ex = config.exchange
+        same = ("id", "urls", "options", "timeout_s", "max_retries", "ohlcv_page_limit")
         return cls(
-            id=ex.id,
-            urls=ex.urls,
-            options=ex.options,
+            **pick(ex, *same, "weight_limit", "rate_limit_margin"),
+            **pick(config.performance, "requests_in_flight", requests_per_min="api_rate_limit"),
             api_key=ex.api_key.get_secret_value() if ex.api_key is not None else None,
             secret=ex.secret.get_secret_value() if ex.secret is not None else None,
-            timeout_s=ex.timeout_s,
-            max_retries=ex.max_retries,
-            ohlcv_page_limit=ex.ohlcv_page_limit,
-            weight_limit=ex.weight_limit,
-            rate_limit_margin=ex.rate_limit_margin,
-            requests_per_min=config.performance.api_rate_limit,
-            requests_in_flight=config.performance.requests_in_flight,
         )
 
 

@@ -27,6 +27,7 @@ from data_collector.backfill.plan import (
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.config import Config
 from data_collector.errors import CollectorError, InvalidSymbolError, PermanentError, TransientError
+from data_collector.picking import pick
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, WriteResult
 
 if TYPE_CHECKING:
@@ -58,13 +59,8 @@ class BackfillSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> BackfillSettings:
-        perf = config.performance
-        return cls(
-            concurrent_symbols=perf.concurrent_symbols,
-            pages_in_flight=perf.pages_in_flight,
-            pages_in_flight_per_pair=perf.pages_in_flight_per_pair,
-            page_limit=config.exchange.ohlcv_page_limit,
-        )
+        in_flight = ("concurrent_symbols", "pages_in_flight", "pages_in_flight_per_pair")
+        return cls(**pick(config.performance, *in_flight), page_limit=config.exchange.ohlcv_page_limit)
 
 
 class BackfillRun:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from data_collector.cli.exits import EXIT_OK, EXIT_USAGE, install_stop_signals, remove_signals
 from data_collector.errors import CollectorError
 from data_collector.markets import normalize_symbols
+from data_collector.picking import pick
 from data_collector.simulator.limits import Faults
 from data_collector.simulator.server import SimulatedExchange
 
@@ -54,14 +55,8 @@ def parse_args(
         symbols = normalize_symbols(s for s in args.symbols.split(",") if s.strip())
         if not symbols:
             raise ArgumentError("--symbols: give at least one symbol, e.g. BTC/USDT")
-        faults = Faults(
-            latency_ms=args.latency_ms,
-            jitter_ms=args.jitter_ms,
-            error_rate=args.error_rate,
-            reset_rate=args.reset_rate,
-            hang_rate=args.hang_rate,
-            malformed_rate=args.malformed_rate,
-        ).validate()
+        rates = ("error_rate", "reset_rate", "hang_rate", "malformed_rate")
+        faults = Faults(**pick(args, "latency_ms", "jitter_ms", *rates)).validate()
     except CollectorError as exc:
         raise ArgumentError(str(exc)) from None
     if not 0 <= args.port <= 65535:

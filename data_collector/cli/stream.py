@@ -29,6 +29,7 @@ from data_collector.config import Config, load_config, with_exchange
 from data_collector.errors import CollectorError, UsageError
 from data_collector.markets import exchange_symbol, normalize_symbols
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.normalize import validate_channel
 from data_collector.streaming.rest import BINANCE_REST_URL, BinanceRest, rest_base_from_urls
@@ -278,12 +279,5 @@ def main(argv: list[str] | None = None, prog: str = "stream_market_data.py") -> 
     """Run the stream command; ``prog`` names it in ``--help`` and errors."""
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_stream_main(
-        config=args.config,
-        symbols=args.symbols,
-        channels=args.channels,
-        demo=args.demo,
-        status_interval_s=args.status_interval,
-        duration_s=args.duration,
-        metrics_port=args.metrics_port,
-    )
+    named = pick(args, "config", "symbols", "channels", "demo", "metrics_port")
+    return run_stream_main(**named, status_interval_s=args.status_interval, duration_s=args.duration)

@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from data_collector.errors import ServerUnavailableError, UsageError
+from data_collector.picking import pick
 from data_collector.redis.url import check_redis_url
 
 if TYPE_CHECKING:
@@ -93,8 +94,7 @@ class RedisSettings:
         r = config.redis
         return cls(
             url=r.url.get_secret_value(),
-            socket_timeout_s=r.socket_timeout_s,
-            connect_timeout_s=r.connect_timeout_s,
+            **pick(r, "socket_timeout_s", "connect_timeout_s"),
             pool_size=config.performance.redis_pool_size,
         )
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from data_collector.config import Config
 
+from data_collector.picking import pick
 from data_collector.storage.ranges import (
     Span,
     clip,
@@ -53,14 +54,15 @@ class StoreSettings:
     @classmethod
     def from_config(cls, config: Config) -> StoreSettings:
         db, perf = config.database, config.performance
+        pool = {
+            "pool_size": "db_pool_size",
+            "max_overflow": "db_max_overflow",
+            "pool_recycle_s": "db_pool_recycle",
+        }
         return cls(
             url=db.url.get_secret_value(),
-            db_schema=db.db_schema,
-            connect_timeout_s=db.connect_timeout_s,
-            command_timeout_s=db.command_timeout_s,
-            pool_size=perf.db_pool_size,
-            max_overflow=perf.db_max_overflow,
-            pool_recycle_s=perf.db_pool_recycle,
+            **pick(db, "db_schema", "connect_timeout_s", "command_timeout_s"),
+            **pick(perf, **pool),
         )
 
 
