@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from typing import Any
 
 import aiohttp
@@ -13,7 +15,7 @@ import pytest
 
 from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.simulator import SimulatedExchange
-from data_collector.simulator.perp import FUNDING_MS, funding_rate
+from data_collector.simulator.perp import FUNDING_MS
 
 PERPS = ["BTC/USDT:USDT", "SOL/USDT:USDT"]
 DELISTED_AGO_MS = 3 * DAY_MS
@@ -54,6 +56,18 @@ async def pro(sim: SimulatedExchange) -> AsyncIterator[Any]:
 
 def _ohlcv(kline: list[Any]) -> list[float]:
     return [float(kline[0])] + [float(x) for x in kline[1:6]]
+
+
+def _binance_funding_e8(premiums_e8: list[int]) -> int:
+    """Binance's documented rule, written out independently of the simulator's code.
+
+    P = (1*p1 + 2*p2 + ... + n*pn) / (1 + 2 + ... + n); rate = P + clamp(0.01% - P, -0.05%, 0.05%).
+    """
+    num = sum(i * p for i, p in enumerate(premiums_e8, start=1))
+    den = len(premiums_e8) * (len(premiums_e8) + 1) // 2
+    avg = Fraction(num, den)
+    avg_e8 = math.floor(avg + Fraction(1, 2))
+    return avg_e8 + min(50_000, max(-50_000, 10_000 - avg_e8))
 
 
 def _e8(text: str) -> int:
@@ -105,6 +119,13 @@ async def test_fetch_ohlcv_equals_truth(
     truth = sim.usdm.klines("BTC/USDT:USDT", timeframe, since, now + 1, price=kind)[:20]
     assert len(got) == 20
     assert got == [_ohlcv(k) for k in truth]
+    # ... and equal to the model's integers, so a formatting slip on both sides shows too.
+    market = sim.usdm.market("BTC/USDT:USDT")
+    rows = sim.usdm.series(market, kind).candles(timeframe, since, now + 1, now)
+    scale = 10 ** (8 if kind == "premium" else market.price_decimals)
+    assert [k[1:5] for k in got] == [
+        [int(x) / scale for x in (rows.o[i], rows.h[i], rows.l[i], rows.c[i])] for i in range(20)
+    ]
     if price != "last":
         assert all(k[5] == 0 for k in got)
 
@@ -152,16 +173,16 @@ async def test_funding_history_every_8h_from_the_premium(sim: SimulatedExchange,
     truth = sim.usdm.funding_history("BTC/USDT:USDT", since, now)
     assert [h["info"] for h in history] == [{**t, "fundingTime": t["fundingTime"]} for t in truth]
     assert len({h["fundingRate"] for h in history}) > 2, "funding never moves off the interest rate"
-    for h in history[-3:]:
+    moved = [h for h in history if h["fundingRate"] != 0.0001][-4:]
+    assert moved
+    for h in moved + history[-1:]:
         t = h["timestamp"]
         prem = await usdm.fetch_ohlcv(
             "BTC/USDT:USDT", "1m", t - FUNDING_MS, 480, params={"price": "premiumIndex"}
         )
         closes = [round(k[4] * 1e8) for k in prem]
         assert len(closes) == 480
-        import numpy as np
-
-        assert round(h["fundingRate"] * 1e8) == funding_rate(np.array(closes, dtype=np.int64))
+        assert round(h["fundingRate"] * 1e8) == _binance_funding_e8(closes)
 
 
 async def test_open_interest_history_only_30_days(sim: SimulatedExchange, usdm: Any) -> None:
