@@ -15,7 +15,7 @@ from data_collector.markets import MINUTE_MS, TIMEFRAME_MS, candle_open_ms
 from data_collector.simulator.formats import decimal8, klines_json
 from data_collector.simulator.fstreams import signed8
 from data_collector.simulator.perp import FUNDING_MS, INTEREST_E8, PerpMarket
-from data_collector.simulator.rest import ApiError, RestApi, _int_param, _limit
+from data_collector.simulator.rest import ApiError, RestApi, _int_param, _limit, kline_params
 from data_collector.simulator.usdm import FUTURES_TIMEFRAMES, OI_HISTORY_MS, OI_PERIODS, FuturesVenue
 
 if TYPE_CHECKING:
@@ -187,18 +187,7 @@ class FuturesRestApi(RestApi):
         price = _KLINES[request.path.rpartition("/")[2]]
         market = self._perp(request, "pair" if price == "index" else "symbol")
         assert market is not None
-        interval = request.query.get("interval")
-        if interval is None:
-            raise ApiError(
-                -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
-            )
-        if interval not in FUTURES_TIMEFRAMES:
-            raise ApiError(-1120, "Invalid interval.")
-        limit = _limit(request, 500, 1500)
-        start = _int_param(request, "startTime")
-        end = _int_param(request, "endTime")
-        if start is not None and end is not None and start > end:
-            raise ApiError(-1023, "Start time is greater than end time.")
+        interval, limit, start, end = kline_params(request, FUTURES_TIMEFRAMES, 1500)
         src = self.venue.series(market, price)
         rows = self._select_klines(src, interval, start, end, limit, self.sim.clock.now_ms())
         if price == "last":

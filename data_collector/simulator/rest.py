@@ -68,6 +68,23 @@ def _limit(request: web.Request, default: int, maximum: int) -> int:
     return min(limit, maximum)
 
 
+def kline_params(
+    request: web.Request, intervals: tuple[str, ...], limit_max: int
+) -> tuple[str, int, int | None, int | None]:
+    """``interval``, ``limit`` (default 500), ``startTime`` and ``endTime`` of a klines request."""
+    interval = request.query.get("interval")
+    if interval is None:
+        raise ApiError(-1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+    if interval not in intervals:
+        raise ApiError(-1120, "Invalid interval.")
+    limit = _limit(request, 500, limit_max)
+    start = _int_param(request, "startTime")
+    end = _int_param(request, "endTime")
+    if start is not None and end is not None and start > end:
+        raise ApiError(-1023, "Start time is greater than end time.")
+    return interval, limit, start, end
+
+
 class RestApi:
     """Routes of one :class:`SimulatedExchange`; all state lives on the simulator."""
 
@@ -301,19 +318,8 @@ class RestApi:
     async def _klines(self, request: web.Request) -> web.Response:
         market = self._symbol(request)
         assert market is not None
-        interval = request.query.get("interval")
-        if interval is None:
-            raise ApiError(
-                -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
-            )
-        if interval not in TIMEFRAMES:
-            raise ApiError(-1120, "Invalid interval.")
-        limit = _limit(request, 500, self.sim.klines_limit_max)
-        start = _int_param(request, "startTime")
-        end = _int_param(request, "endTime")
+        interval, limit, start, end = kline_params(request, TIMEFRAMES, self.sim.klines_limit_max)
         now = self.sim.clock.now_ms()
-        if start is not None and end is not None and start > end:
-            raise ApiError(-1023, "Start time is greater than end time.")
         rows = self._select_klines(market, interval, start, end, limit, now)
         return self._json(klines_json(rows, market, interval))
 

@@ -16,6 +16,7 @@ import pytest
 from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.perp import FUNDING_MS
+from tests.support.ccxt_clients import ccxt_client
 
 PERPS = ["BTC/USDT:USDT", "SOL/USDT:USDT"]
 DELISTED_AGO_MS = 3 * DAY_MS
@@ -38,20 +39,14 @@ async def sim() -> AsyncIterator[SimulatedExchange]:
 
 @pytest.fixture
 async def usdm(sim: SimulatedExchange) -> AsyncIterator[Any]:
-    ex = ccxt.binanceusdm(sim.futures_ccxt_config())
-    try:
+    async with ccxt_client(ccxt.binanceusdm, sim.futures_ccxt_config()) as ex:
         yield ex
-    finally:
-        await ex.close()
 
 
 @pytest.fixture
 async def pro(sim: SimulatedExchange) -> AsyncIterator[Any]:
-    ex = ccxtpro.binanceusdm(sim.futures_ccxt_config())
-    try:
+    async with ccxt_client(ccxtpro.binanceusdm, sim.futures_ccxt_config()) as ex:
         yield ex
-    finally:
-        await ex.close()
 
 
 def _ohlcv(kline: list[Any]) -> list[float]:
