@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from data_collector.simulator.market import SymbolMarket
 
 #: Levels kept on each side of the book.
 LEVELS = 200
@@ -123,3 +127,12 @@ class OrderBook:
         b = max(self.bids)
         a = min(self.asks)
         return (b, self.bids[b]), (a, self.asks[a])
+
+
+def step_book(book: OrderBook, market: SymbolMarket, now_ms: int) -> None:
+    """Step ``book`` up to ``now_ms`` around ``market``'s current price (at most every step)."""
+    if book.bids and now_ms - book.last_step_ms < STEP_MS:
+        return
+    partial = market.partial_minute(now_ms)
+    mid = partial.c if partial is not None else int(market.price0 * 10**market.price_decimals)
+    book.advance(now_ms, mid, market.qty_units)

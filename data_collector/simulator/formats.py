@@ -105,12 +105,13 @@ def agg_trade_json(t: Trade, market: SymbolMarket) -> str:
     )
 
 
-def symbol_info(market: SymbolMarket) -> dict[str, Any]:
-    """An exchangeInfo ``symbols`` entry."""
+def symbol_info(market: SymbolMarket, now_ms: int | None = None) -> dict[str, Any]:
+    """An exchangeInfo ``symbols`` entry; ``BREAK`` once delisted (Binance keeps listing it so)."""
     pd, qd = market.price_decimals, market.qty_decimals
+    delisted = market.delisted_ms is not None and (now_ms is None or now_ms >= market.delisted_ms)
     return {
         "symbol": market.exchange_symbol,
-        "status": "TRADING",
+        "status": "BREAK" if delisted else "TRADING",
         "baseAsset": market.base,
         "baseAssetPrecision": 8,
         "quoteAsset": market.quote,

@@ -55,6 +55,8 @@ OCTAVES = 23
 FIELDS = ("open_ms", "o", "h", "l", "c", "v", "n", "q", "tb", "tbq")
 _KNOWN_PRICES = {"BTC": 40000.0, "ETH": 2500.0, "SOL": 100.0, "BNB": 300.0, "XRP": 0.5, "DOGE": 0.1}
 _YEAR_MIN = 365 * 24 * 60
+#: The end of a delisting "gap": a minute index far beyond any clock (year ~21,000).
+_NEVER_MIN = 1 << 33
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +209,10 @@ class SymbolMarket:
         gaps: maintenance windows ``[(start_ms, end_ms)]`` with no trades and no candles, or
             ``None`` for the seed's defaults (one multi-hour window per year).
         day_cache: LRU of daily aggregates, shareable between symbols.
+        key_name: the name the minute, trade, listing and gap randomness is keyed on (default:
+            the symbol). A perpetual keys them on ``BASE/QUOTE:SETTLE`` while its price walk and
+            size parameters stay keyed on the symbol, so it follows the spot price of its base.
+        delisted_ms: no trading from this time on (aligned up to the minute); ``None``: listed.
     """
 
     def __init__(
@@ -216,8 +222,12 @@ class SymbolMarket:
         listing_ms: int | None = None,
         gaps: list[tuple[int, int]] | None = None,
         day_cache: DayCache | None = None,
+        key_name: str | None = None,
+        delisted_ms: int | None = None,
     ) -> None:
         self.symbol = normalize_symbol(symbol)
+        #: What the non-price randomness and the day cache are keyed on.
+        self.key_name = key_name or self.symbol
         self.exchange_symbol = exchange_symbol(self.symbol)
         self.base, self.quote = self.symbol.split("/")
         self.seed = seed
@@ -244,20 +254,27 @@ class SymbolMarket:
         self._phase_w = u[5]
         self._k_oct = [stream_key(seed, self.symbol, "oct", i) for i in range(OCTAVES)]
         self._amp = [min(0.25, self.sigma * 0.7 * 2 ** (i / 2)) for i in range(OCTAVES)]
-        self._k_min = stream_key(seed, self.symbol, "minute")
-        self._k_f = stream_key(seed, self.symbol, "count")
-        self._k_tt = stream_key(seed, self.symbol, "trade-time")
-        self._k_tp = stream_key(seed, self.symbol, "trade-price")
-        self._k_tw = stream_key(seed, self.symbol, "trade-pick")
-        self._k_tb = stream_key(seed, self.symbol, "trade-side")
-        self._k_tq = stream_key(seed, self.symbol, "trade-qty")
+        self._k_min = stream_key(seed, self.key_name, "minute")
+        self._k_f = stream_key(seed, self.key_name, "count")
+        self._k_tt = stream_key(seed, self.key_name, "trade-time")
+        self._k_tp = stream_key(seed, self.key_name, "trade-price")
+        self._k_tw = stream_key(seed, self.key_name, "trade-pick")
+        self._k_tb = stream_key(seed, self.key_name, "trade-side")
+        self._k_tq = stream_key(seed, self.key_name, "trade-qty")
         if listing_ms is None:
-            lk = stream_key(seed, self.symbol, "listing")
+            lk = stream_key(seed, self.key_name, "listing")
             base = 1546300800000  # 2019-01-01
             listing_ms = base + (lk % (3 * 365)) * DAY_MS + ((lk >> 20) % 24) * HOUR_MS
         self.listing_ms = listing_ms - listing_ms % MINUTE_MS
         self._lm = self.listing_ms // MINUTE_MS
         self._gaps_min = self._make_gaps(gaps)
+        #: First minute without trading after a delisting (None: still listed).
+        self.delisted_ms: int | None = None
+        if delisted_ms is not None:
+            end_min = max(-(-int(delisted_ms) // MINUTE_MS), self._lm)
+            self.delisted_ms = end_min * MINUTE_MS
+            self._gaps_min = [(s, min(e, end_min)) for s, e in self._gaps_min if s < end_min]
+            self._gaps_min.append((end_min, _NEVER_MIN))
         #: Aggregates of past days (shared between the symbols of one simulator).
         self.day_cache = day_cache if day_cache is not None else DayCache(4000)
         self._tapes: OrderedDict[int, MinuteTape] = OrderedDict()
@@ -268,7 +285,7 @@ class SymbolMarket:
     def _make_gaps(self, gaps: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         if gaps is None:
-            gk = stream_key(self.seed, self.symbol, "gaps")
+            gk = stream_key(self.seed, self.key_name, "gaps")
             for year, h64 in enumerate(hash_array(gk, np.arange(100, dtype=np.int64))):
                 h = int(h64)
                 start = self._lm + year * _YEAR_MIN + 30 * 1440 + (h % (300 * 1440))
@@ -294,7 +311,7 @@ class SymbolMarket:
         return [
             (s * MINUTE_MS, e * MINUTE_MS)
             for s, e in self._gaps_min
-            if until_ms is None or s * MINUTE_MS < until_ms
+            if (until_ms is None or s * MINUTE_MS < until_ms) and e != _NEVER_MIN
         ]
 
     def is_trading(self, minute: int) -> bool:
@@ -596,7 +613,7 @@ class SymbolMarket:
 
     def _days(self, d_lo: int, d_hi: int) -> list[np.ndarray]:
         """Per fully past day, its hourly rows plus the daily row last, as one (k + 1, 10) array."""
-        out: list[np.ndarray | None] = [self.day_cache.get((self.symbol, d)) for d in range(d_lo, d_hi)]
+        out: list[np.ndarray | None] = [self.day_cache.get((self.key_name, d)) for d in range(d_lo, d_hi)]
         missing = [d_lo + i for i, hit in enumerate(out) if hit is None]
         # Compute contiguous runs of missing days, at most 60 days of minutes at a time.
         runs: list[tuple[int, int]] = []
@@ -616,7 +633,7 @@ class SymbolMarket:
             for d in range(a, b):
                 i = d - a
                 block = np.concatenate((h_mat[h_cut[i] : h_cut[i + 1]], d_mat[d_cut[i] : d_cut[i + 1]]))
-                self.day_cache.put((self.symbol, d), block)
+                self.day_cache.put((self.key_name, d), block)
                 out[d - d_lo] = block
         return [b for b in out if b is not None]
 

@@ -68,11 +68,37 @@ def _limit(request: web.Request, default: int, maximum: int) -> int:
     return min(limit, maximum)
 
 
+def kline_params(
+    request: web.Request, intervals: tuple[str, ...], limit_max: int
+) -> tuple[str, int, int | None, int | None]:
+    """``interval``, ``limit`` (default 500), ``startTime`` and ``endTime`` of a klines request."""
+    interval = request.query.get("interval")
+    if interval is None:
+        raise ApiError(-1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+    if interval not in intervals:
+        raise ApiError(-1120, "Invalid interval.")
+    limit = _limit(request, 500, limit_max)
+    start = _int_param(request, "startTime")
+    end = _int_param(request, "endTime")
+    if start is not None and end is not None and start > end:
+        raise ApiError(-1023, "Start time is greater than end time.")
+    return interval, limit, start, end
+
+
 class RestApi:
     """Routes of one :class:`SimulatedExchange`; all state lives on the simulator."""
 
+    #: Path prefixes that are REST calls (weighed, counted, faulted).
+    rest_prefixes: tuple[str, ...] = ("/api/",)
+
     def __init__(self, sim: SimulatedExchange) -> None:
         self.sim = sim
+        self.limiter = sim.limiter
+        self.hub = sim.hub
+
+    def endpoint(self, path: str) -> str:
+        """The name faults and stats know this path by (``klines`` for ``/api/v3/klines``)."""
+        return endpoint_key(path) or path
 
     def add_routes(self, app: web.Application) -> None:
         """Register every REST and WebSocket path."""
@@ -104,12 +130,12 @@ class RestApi:
         path = request.path
         if path.startswith("/sim/"):
             return await handler(request)
-        if not path.startswith("/api/"):
+        if not path.startswith(self.rest_prefixes):
             if self.sim.in_outage():
                 self.sim._stats["outage"] += 1
                 return self._html(503)
             return await handler(request)
-        key = endpoint_key(path) or path
+        key = self.endpoint(path)
         self.sim._stats["requests"] += 1
         self.sim._by_endpoint[key] += 1
         f = self.sim._endpoint_faults.get(key, self.sim._global_faults)
@@ -138,14 +164,14 @@ class RestApi:
                 self.sim._stats["error"] += 1
                 return self._html(self.sim._rng.choice((502, 503, 504)))
         weight = self._weight(key, request)
-        verdict = self.sim.limiter.admit(weight)
+        verdict = self.limiter.admit(weight)
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used)}
         if verdict.status != 200:
             headers["Retry-After"] = str(verdict.retry_after_s)
             self.sim._by_status[verdict.status] += 1
             if verdict.status == 429:
                 msg = (
-                    f"Too much request weight used; current limit is {self.sim.limiter.limit} request weight "
+                    f"Too much request weight used; current limit is {self.limiter.limit} request weight "
                     "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."
                 )
                 body = json.dumps({"code": -1003, "msg": msg})
@@ -283,7 +309,7 @@ class RestApi:
                     "serverTime": self.sim.clock.now_ms(),
                     "rateLimits": limits,
                     "exchangeFilters": [],
-                    "symbols": [symbol_info(m) for m in markets],
+                    "symbols": [symbol_info(m, self.sim.clock.now_ms()) for m in markets],
                 },
                 separators=(",", ":"),
             )
@@ -292,19 +318,8 @@ class RestApi:
     async def _klines(self, request: web.Request) -> web.Response:
         market = self._symbol(request)
         assert market is not None
-        interval = request.query.get("interval")
-        if interval is None:
-            raise ApiError(
-                -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
-            )
-        if interval not in TIMEFRAMES:
-            raise ApiError(-1120, "Invalid interval.")
-        limit = _limit(request, 500, self.sim.klines_limit_max)
-        start = _int_param(request, "startTime")
-        end = _int_param(request, "endTime")
+        interval, limit, start, end = kline_params(request, TIMEFRAMES, self.sim.klines_limit_max)
         now = self.sim.clock.now_ms()
-        if start is not None and end is not None and start > end:
-            raise ApiError(-1023, "Start time is greater than end time.")
         rows = self._select_klines(market, interval, start, end, limit, now)
         return self._json(klines_json(rows, market, interval))
 
@@ -532,9 +547,9 @@ class RestApi:
             return self._html(503)
         for name in streams:
             try:
-                self.sim.hub.parse(name)
+                self.hub.parse(name)
             except StreamError:
                 return web.Response(
                     status=400, text='{"code":-1121,"msg":"Invalid symbol."}', content_type="application/json"
                 )
-        return await self.sim.hub.handle(request, streams, wrapped=wrapped)
+        return await self.hub.handle(request, streams, wrapped=wrapped)

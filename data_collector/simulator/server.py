@@ -24,13 +24,15 @@ from data_collector.markets import (
     normalize_symbols,
     stream_symbol,
 )
-from data_collector.simulator.book import OrderBook
+from data_collector.simulator.book import OrderBook, step_book
+from data_collector.simulator.fapi import FuturesRestApi
 from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json
 from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.rest import ApiError, RestApi
 from data_collector.simulator.rng import stream_key
 from data_collector.simulator.streams import StreamHub
+from data_collector.simulator.usdm import FuturesVenue
 
 #: ccxt options that keep ``load_markets`` to one spot request (PROTOCOL.md).
 CCXT_OPTIONS: dict[str, Any] = {
@@ -42,6 +44,18 @@ CCXT_OPTIONS: dict[str, Any] = {
 
 #: The venue label of everything collected from a simulator (``exchange.name``).
 VENUE_NAME = SIMULATED_VENUE_PREFIX + "binance"
+#: The venue label of the simulator's perpetuals.
+FUTURES_VENUE_NAME = SIMULATED_VENUE_PREFIX + "binanceusdm"
+#: ccxt ``urls.api`` keys of Binance USDⓈ-M, and their paths here.
+FAPI_URL_KEYS = {
+    "fapiPublic": "/fapi/v1",
+    "fapiPublicV2": "/fapi/v2",
+    "fapiPublicV3": "/fapi/v3",
+    "fapiPrivate": "/fapi/v1",
+    "fapiPrivateV2": "/fapi/v2",
+    "fapiPrivateV3": "/fapi/v3",
+    "fapiData": "/futures/data",
+}
 
 
 class WsFaults:
@@ -51,23 +65,33 @@ class WsFaults:
         self._sim = sim
 
     def drop_all(self) -> int:
-        """Abort every connection now, without a close frame. Returns how many."""
-        return self._sim.hub.drop_all()
+        """Abort every connection (spot and futures) now, without a close frame. Returns how many."""
+        return sum(hub.drop_all() for hub in self._sim.hubs)
 
     def shutdown_all(self) -> int:
         """A planned drop: ``serverShutdown`` event, then a close frame, on every connection."""
-        return self._sim.hub.shutdown_all()
+        return sum(hub.shutdown_all() for hub in self._sim.hubs)
 
     def stall(self, seconds: float) -> None:
         """Send nothing for ``seconds``; sockets stay open and data resumes afterwards."""
-        self._sim.hub.stalled_until_ms = self._sim.clock.now_ms() + int(seconds * 1000)
+        for hub in self._sim.hubs:
+            hub.stalled_until_ms = self._sim.clock.now_ms() + int(seconds * 1000)
 
     def malformed(self) -> None:
         """Send one frame that is not valid JSON to every connection."""
-        self._sim.hub.malformed()
+        for hub in self._sim.hubs:
+            hub.malformed()
 
     def skip_depth_id(self, symbol: str, count: int = 1) -> None:
-        """Lose ``count`` depth update ids of ``symbol``: the next diff does not follow on."""
+        """Lose ``count`` depth update ids of ``symbol`` (``X/Y:Z`` for a perpetual).
+
+        The next spot diff does not follow on (``U`` skips); the next futures diff's ``pu`` is
+        not the ``u`` of the diff before, as when an event is lost.
+        """
+        if ":" in symbol:
+            perp = self._sim.usdm.market(symbol)
+            self._sim.usdm.books[perp.symbol].skip_update_id(count)
+            return
         self._sim.books[self._sim.market(symbol).symbol].skip_update_id(count)
 
 
@@ -101,6 +125,13 @@ class SimulatedExchange:
         endpoint_faults: initial per-endpoint faults, e.g. ``{"klines": Faults(error_rate=0.1)}``.
         klines_limit_max: the most klines one answer holds, whatever ``limit`` asks (Binance
             spot: 1000); lower values model a venue whose cap the client does not know.
+        perpetuals: USDⓈ-M perpetuals to list (``BTC/USDT:USDT`` or ``BTC/USDT``); when any,
+            a second port serves ``/fapi/v1``, ``/futures/data`` and the futures streams.
+        futures_weight_limit: the futures REQUEST_WEIGHT budget per minute (Binance: 2,400).
+        delistings: symbol (``LUNA/USDT`` spot, ``LUNA/USDT:USDT`` perpetual) -> delisting time
+            in ms: no candles or trades from then on; spot exchangeInfo says ``BREAK``, futures
+            ``SETTLING`` with ``deliveryDate`` at the delisting, as Binance does.
+        futures_port: TCP port of the futures server, 0 for any free one.
     """
 
     def __init__(
@@ -123,6 +154,10 @@ class SimulatedExchange:
         clock: SimClock | None = None,
         endpoint_faults: dict[str, Faults] | None = None,
         klines_limit_max: int = 1000,
+        perpetuals: Iterable[str] = (),
+        futures_weight_limit: int = 2400,
+        delistings: dict[str, int] | None = None,
+        futures_port: int = 0,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -143,6 +178,7 @@ class SimulatedExchange:
             weight_limit, self.clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s
         )
         listings = {k.upper(): v for k, v in (listings or {}).items()}
+        delisted = {k.upper(): int(v) for k, v in (delistings or {}).items()}
         self.markets: dict[str, SymbolMarket] = {}
         # ~2 KB per cached day: 20,000 days (all symbols together) stay under ~50 MB.
         day_cache = DayCache(20_000)
@@ -151,7 +187,9 @@ class SimulatedExchange:
                 sym_gaps = None
             else:
                 sym_gaps = {k.upper(): v for k, v in gaps.items()}.get(name, [])
-            self.markets[name] = SymbolMarket(name, self.seed, listings.get(name), sym_gaps, day_cache)
+            self.markets[name] = SymbolMarket(
+                name, self.seed, listings.get(name), sym_gaps, day_cache, delisted_ms=delisted.get(name)
+            )
         self.market_by_id = {m.exchange_symbol: m for m in self.markets.values()}
         self.market_by_stream = {stream_symbol(s): m for s, m in self.markets.items()}
         self.books: dict[str, OrderBook] = {
@@ -173,6 +211,24 @@ class SimulatedExchange:
         self._by_endpoint: Counter[str] = Counter()
         self._by_status: Counter[int] = Counter()
         self.hub = StreamHub(self)
+        self.futures_port = futures_port
+        #: The USDⓈ-M futures venue, or None without perpetuals.
+        self.futures: FuturesVenue | None = None
+        perps = list(perpetuals)
+        if perps:
+            self.futures = FuturesVenue(
+                self,
+                perps,
+                futures_weight_limit,
+                self.clock,
+                listings,
+                None if gaps is None else {k.upper(): v for k, v in gaps.items()},
+                delisted,
+                day_cache,
+                ban_grace_ms,
+                ban_base_s,
+            )
+        self._futures_runner: web.AppRunner | None = None
         #: WebSocket fault switches: ``drop_all``, ``shutdown_all``, ``stall``, ``malformed``, ``skip_depth_id``.
         self.ws_faults = WsFaults(self)
         self.hub.ping_s = ws_ping_s
@@ -195,18 +251,32 @@ class SimulatedExchange:
         api = RestApi(self)
         app = web.Application(middlewares=[api.middleware])
         api.add_routes(app)
+        self._runner = await self._serve(app, self.port)
+        self.port = int(self._runner.addresses[0][1])
+        self.hub.start()
+        if self.futures is not None:
+            fapi = FuturesRestApi(self, self.futures)
+            fapp = web.Application(middlewares=[fapi.middleware])
+            fapi.add_routes(fapp)
+            try:
+                self._futures_runner = await self._serve(fapp, self.futures_port)
+            except OSError:
+                await self.close()
+                raise
+            self.futures_port = int(self._futures_runner.addresses[0][1])
+            self.futures.hub.start()
+        return self
+
+    async def _serve(self, app: web.Application, port: int) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, port, reuse_address=True)
         try:
             await site.start()
         except OSError:
             await runner.cleanup()
             raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        self.hub.start()
-        return self
+        return runner
 
     async def close(self) -> None:
         """Stop serving and drop every connection. Safe to call twice."""
@@ -218,9 +288,12 @@ class SimulatedExchange:
         for handle in self._scheduled:
             handle.cancel()
         await self.hub.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self.futures is not None:
+            await self.futures.hub.close()
+        for runner in (self._runner, self._futures_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._futures_runner = None
 
     async def __aenter__(self) -> SimulatedExchange:
         return await self.start()
@@ -242,24 +315,60 @@ class SimulatedExchange:
         """``ws://host:port`` (streams at ``/ws/<name>``, ``/stream?streams=``, ``/stream/ws/<n>``)."""
         return f"ws://{self.host}:{self.port}"
 
-    def ccxt_urls(self) -> dict[str, Any]:
-        """The ``urls`` override that points ccxt's binance (REST and pro) here."""
-        api = self.rest_url + "/api/v3"
-        return {
-            "api": {
-                "public": api,
-                "private": api,
-                "v3": api,
-                "ws": {"spot": self.ws_url + "/stream/ws", "margin": self.ws_url + "/stream/ws"},
-            }
-        }
+    @property
+    def futures_rest_url(self) -> str:
+        """``http://host:futures_port`` (``/fapi/v1``, ``/futures/data``)."""
+        self._require_futures()
+        return f"http://{self.host}:{self.futures_port}"
 
-    def ccxt_config(self) -> dict[str, Any]:
-        """Constructor config for ``ccxt.async_support.binance`` and ``ccxt.pro.binance``."""
+    @property
+    def futures_ws_url(self) -> str:
+        """``ws://host:futures_port`` (``/ws``, ``/stream``, ``/public/ws``, ``/market/ws``)."""
+        self._require_futures()
+        return f"ws://{self.host}:{self.futures_port}"
+
+    def ccxt_urls(self) -> dict[str, Any]:
+        """The ``urls`` override that points ccxt's binance and binanceusdm (REST and pro) here."""
+        api = self.rest_url + "/api/v3"
+        ws: dict[str, Any] = {"spot": self.ws_url + "/stream/ws", "margin": self.ws_url + "/stream/ws"}
+        urls: dict[str, Any] = {"public": api, "private": api, "v3": api, "ws": ws}
+        if self.futures is not None:
+            # ccxt.pro rewrites a linear URL ending in /ws to /public/ws or /market/ws, as Binance routes.
+            ws["linear"] = self.futures_ws_url + "/ws"
+            for key, tail in FAPI_URL_KEYS.items():
+                urls[key] = self.futures_rest_url + tail
+        return {"api": urls}
+
+    def ccxt_config(self, default_type: str = "spot") -> dict[str, Any]:
+        """Constructor config for ``ccxt.async_support.binance`` and ``ccxt.pro.binance``.
+
+        ``default_type="swap"`` loads the perpetuals (one ``/fapi/v1/exchangeInfo``) instead of
+        spot; the same config serves ``binanceusdm`` (see :meth:`futures_ccxt_config`).
+        """
+        if default_type not in ("spot", "swap"):
+            raise UsageError(f"default_type must be 'spot' or 'swap', got {default_type!r}")
+        options: dict[str, Any] = {**json.loads(json.dumps(CCXT_OPTIONS)), "defaultType": default_type}
+        if default_type == "swap":
+            self._require_futures()
+            options["fetchMarkets"] = {"types": ["linear"]}
+        return {"options": options, "urls": self.ccxt_urls(), "enableRateLimit": True}
+
+    def futures_ccxt_config(self) -> dict[str, Any]:
+        """Constructor config for ``ccxt.async_support.binanceusdm`` and ``ccxt.pro.binanceusdm``."""
+        return self.ccxt_config("swap")
+
+    def futures_exchange_config(self) -> dict[str, Any]:
+        """The ``exchange:`` section of our config for the perpetuals: ccxt ``binanceusdm``, here.
+
+        Labelled :data:`FUTURES_VENUE_NAME` (``sim-binanceusdm``).
+        """
+        config = self.futures_ccxt_config()
         return {
-            "options": {**json.loads(json.dumps(CCXT_OPTIONS)), "defaultType": "spot"},
-            "urls": self.ccxt_urls(),
-            "enableRateLimit": True,
+            "id": "binanceusdm",
+            "name": FUTURES_VENUE_NAME,
+            "options": config["options"],
+            "urls": config["urls"],
+            "ws_url": self.futures_ws_url,
         }
 
     def exchange_config(self) -> dict[str, Any]:
@@ -336,12 +445,7 @@ class SimulatedExchange:
 
     def advance_book(self, market: SymbolMarket, now_ms: int) -> None:
         """Step ``market``'s book up to ``now_ms`` around the current price."""
-        book = self.books[market.symbol]
-        if book.bids and now_ms - book.last_step_ms < 100:
-            return
-        partial = market.partial_minute(now_ms)
-        mid = partial.c if partial is not None else int(market.price0 * 10**market.price_decimals)
-        book.advance(now_ms, mid, market.qty_units)
+        step_book(self.books[market.symbol], market, now_ms)
 
     def rolling_24h(self, market: SymbolMarket, now: int) -> dict[str, Any] | None:
         """24 h rolling statistics (strings) or None before the listing.
@@ -448,7 +552,8 @@ class SimulatedExchange:
     def start_outage(self) -> None:
         """Every request fails (503) and WebSocket connections drop until ``end_outage``."""
         self._outage_until_ms = float("inf")
-        self.hub.drop_all()
+        for hub in self.hubs:
+            hub.drop_all()
 
     def end_outage(self) -> None:
         """End an outage."""
@@ -505,8 +610,23 @@ class SimulatedExchange:
         return {k: dict(v) for k, v in self.hub.sent.items()}
 
     def ws_connections(self) -> int:
-        """Open WebSocket connections."""
-        return len(self.hub.connections)
+        """Open WebSocket connections (spot and futures)."""
+        return sum(len(hub.connections) for hub in self.hubs)
+
+    @property
+    def hubs(self) -> list[StreamHub]:
+        """The stream hubs: spot's, then futures' if any."""
+        return [self.hub] + ([self.futures.hub] if self.futures is not None else [])
+
+    @property
+    def usdm(self) -> FuturesVenue:
+        """The futures venue; ``UsageError`` when the simulator lists no perpetuals."""
+        return self._require_futures()
+
+    def _require_futures(self) -> FuturesVenue:
+        if self.futures is None:
+            raise UsageError("this simulator lists no perpetuals; pass perpetuals=[...]")
+        return self.futures
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, weight, statuses (incl. 429/418), per-endpoint requests, faults."""
@@ -520,8 +640,18 @@ class SimulatedExchange:
             "418": self._by_status[418],
             "endpoints": dict(self._by_endpoint),
             "faults": {k: self._stats[k] for k in ("error", "reset", "hang", "malformed", "outage")},
-            "ws_connections": len(self.hub.connections),
+            "ws_connections": self.ws_connections(),
             "ws_sent": self.ws_sent(),
+            "futures": self._futures_stats(),
+        }
+
+    def _futures_stats(self) -> dict[str, Any] | None:
+        if self.futures is None:
+            return None
+        return {
+            "used_weight_1m": self.futures.limiter.current_used(),
+            "weight_limit": self.futures.limiter.limit,
+            "ws_sent": {k: dict(v) for k, v in self.futures.hub.sent.items()},
         }
 
     def reset_stats(self) -> None:

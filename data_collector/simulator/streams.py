@@ -17,17 +17,29 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from data_collector.markets import MINUTE_MS, TIMEFRAMES, candle_open_ms, next_open_ms
 from data_collector.simulator.book import DepthDiff
 from data_collector.simulator.formats import agg_trade_json, decimal8
+from data_collector.simulator.fstreams import FUTURES_KINDS, parse_futures, produce_futures
 from data_collector.simulator.market import SymbolMarket
 
 if TYPE_CHECKING:
+    from data_collector.simulator.book import OrderBook
     from data_collector.simulator.server import SimulatedExchange
+
+
+class Venue(Protocol):
+    """What a hub streams from: the markets by stream name and their books."""
+
+    market_by_stream: dict[str, SymbolMarket]
+    books: dict[str, OrderBook]
+
+    def advance_book(self, market: SymbolMarket, now_ms: int) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +105,18 @@ class StreamError(ValueError):
 
 
 class StreamHub:
-    """Subscriptions, the pump task and what was sent, for one simulator."""
+    """Subscriptions, the pump task and what was sent, for one venue of a simulator.
 
-    def __init__(self, sim: SimulatedExchange) -> None:
+    Args:
+        sim: the simulator (clock, rates, 24 h statistics).
+        venue: the markets and books streamed (default: the simulator's spot ones).
+        futures: speak USDⓈ-M futures (``pu`` in depth diffs, ``markPrice``, ``forceOrder``).
+    """
+
+    def __init__(self, sim: SimulatedExchange, venue: Venue | None = None, futures: bool = False) -> None:
         self.sim = sim
+        self.venue: Venue = venue if venue is not None else sim
+        self.futures = futures
         self.connections: set[Connection] = set()
         self.streams: dict[str, StreamState] = {}
         self.sent: dict[str, dict[str, int]] = {}
@@ -139,13 +159,18 @@ class StreamHub:
     def parse(self, name: str) -> tuple[SymbolMarket, str, str]:
         """(market, kind, argument) of a stream name like ``solusdt@kline_1m``."""
         sym, _, rest = name.partition("@")
-        market = self.sim.market_by_stream.get(sym)
+        market = self.venue.market_by_stream.get(sym)
         if market is None or not rest:
             raise StreamError(name)
         if rest in ("trade", "aggTrade", "bookTicker", "miniTicker", "ticker"):
             return market, rest, ""
         if rest.startswith("kline_") and rest[6:] in TIMEFRAMES:
             return market, "kline", rest[6:]
+        if self.futures:
+            parsed = parse_futures(market, name, rest)
+            if parsed is None:
+                raise StreamError(name)
+            return parsed
         if rest in ("depth", "depth@1000ms"):
             return market, "depth", "1000"
         if rest == "depth@100ms":
@@ -170,8 +195,8 @@ class StreamHub:
                 if kind == "aggTrade":
                     state.cursor = now
                 if kind in ("depth", "partial"):
-                    self.sim.advance_book(market, now)
-                    book = self.sim.books[market.symbol]
+                    self.venue.advance_book(market, now)
+                    book = self.venue.books[market.symbol]
                     state.cursor = book.update_id
                 self.streams[name] = state
             state.subscribers.add(conn)
@@ -343,13 +368,19 @@ class StreamHub:
             n = min(n, max(1, int(self.sim.ws_rate)))
             if kind == "trade":
                 return self._trades(st, now, n)
-            self.sim.advance_book(m, now)
-            (bp, bq), (ap, aq) = self.sim.books[m.symbol].best()
-            uid = self.sim.books[m.symbol].update_id
+            self.venue.advance_book(m, now)
+            (bp, bq), (ap, aq) = self.venue.books[m.symbol].best()
+            uid = self.venue.books[m.symbol].update_id
             pd, qd = m.price_decimals, m.qty_decimals
+            head = (
+                '{"e":"bookTicker","u":%d,"E":%d,"T":%d,' % (uid, now, now)
+                if self.futures
+                else '{"u":%d,' % uid
+            )
             msg = (
-                '{"u":%d,"s":"%s","b":"%s","B":"%s","a":"%s","A":"%s"}'
-                % (uid, sym, decimal8(bp, pd), decimal8(bq, qd), decimal8(ap, pd), decimal8(aq, qd))
+                head
+                + '"s":"%s","b":"%s","B":"%s","a":"%s","A":"%s"}'
+                % (sym, decimal8(bp, pd), decimal8(bq, qd), decimal8(ap, pd), decimal8(aq, qd))
             ).encode()
             self._count_sent(st.name, n, uid)
             return [msg] * n
@@ -360,7 +391,10 @@ class StreamHub:
             for minute in range(st.cursor // MINUTE_MS, now // MINUTE_MS + 1):
                 tape = m.minute_tape(minute)
                 for t in tape.trades[tape.done(st.cursor) : tape.done(now)]:
-                    out.append((head + agg_trade_json(t, m)[1:]).encode())
+                    body = agg_trade_json(t, m)[1:]
+                    if self.futures:  # futures aggTrades carry no "M"
+                        body = body[: -len(',"M":true}')] + "}"
+                    out.append((head + body).encode())
                     last_id = t.id
             st.cursor = now
             if out:
@@ -388,6 +422,8 @@ class StreamHub:
             if out:
                 self._count_sent(st.name, len(out), st.kline_open)
             return out
+        if kind in FUTURES_KINDS:
+            return produce_futures(self, st, now)
         if kind in ("miniTicker", "ticker"):
             if now - st.last_ms < 1000 and st.cursor:
                 return []
@@ -506,13 +542,13 @@ class StreamHub:
         for st in self.streams.values():
             if st.kind in ("depth", "partial"):
                 by_symbol.setdefault(st.market.symbol, []).append(st)
-        for symbol, book in self.sim.books.items():
+        for symbol, book in self.venue.books.items():
             states = by_symbol.get(symbol)
             if not states:
                 book.pending.clear()
                 continue
             m = states[0].market
-            self.sim.advance_book(m, now)
+            self.venue.advance_book(m, now)
             diffs = list(book.pending)
             book.pending.clear()
             for st in states:
@@ -523,14 +559,14 @@ class StreamHub:
                         continue
                     if st.arg == "100":
                         groups = [[d] for d in st.diffs]
-                    elif now - st.last_ms >= 1000:
+                    elif now - st.last_ms >= int(st.arg):
                         groups = [st.diffs]
                     else:
                         continue
                     st.diffs = []
                     st.last_ms = now
                     for g in groups:
-                        msgs.append(self._diff_msg(m, g, now))
+                        msgs.append(self._diff_msg(m, g, now, self.futures))
                     st.cursor = groups[-1][-1].last
                     self._count_sent(st.name, len(msgs), st.cursor)
                 else:
@@ -556,25 +592,23 @@ class StreamHub:
         return out
 
     @staticmethod
-    def _diff_msg(m: SymbolMarket, group: list[DepthDiff], now: int) -> bytes:
+    def _diff_msg(m: SymbolMarket, group: list[DepthDiff], now: int, futures: bool = False) -> bytes:
         bids: dict[int, int] = {}
         asks: dict[int, int] = {}
         for d in group:
             bids.update(d.bids)
             asks.update(d.asks)
         pd, qd = m.price_decimals, m.qty_decimals
-        return json.dumps(
-            {
-                "e": "depthUpdate",
-                "E": now,
-                "s": m.exchange_symbol,
-                "U": group[0].first,
-                "u": group[-1].last,
-                "b": [[decimal8(p, pd), decimal8(q, qd)] for p, q in sorted(bids.items(), reverse=True)],
-                "a": [[decimal8(p, pd), decimal8(q, qd)] for p, q in sorted(asks.items())],
-            },
-            separators=(",", ":"),
-        ).encode()
+        event: dict[str, Any] = {"e": "depthUpdate", "E": now}
+        if futures:
+            event["T"] = group[-1].time_ms
+        event |= {"s": m.exchange_symbol, "U": group[0].first, "u": group[-1].last}
+        if futures:
+            # The final id of the event before: a lost event (skip_depth_id) breaks the chain.
+            event["pu"] = group[0].first - 1
+        event["b"] = [[decimal8(p, pd), decimal8(q, qd)] for p, q in sorted(bids.items(), reverse=True)]
+        event["a"] = [[decimal8(p, pd), decimal8(q, qd)] for p, q in sorted(asks.items())]
+        return json.dumps(event, separators=(",", ":")).encode()
 
     def tick(self) -> None:
         """Produce what is due now and write it out, one write per connection.
