@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from data_collector.markets import MINUTE_MS, TIMEFRAME_MS, candle_open_ms
-from data_collector.simulator.formats import decimal8, klines_json
+from data_collector.simulator.formats import book_ticker, decimal8, klines_json
 from data_collector.simulator.fstreams import signed8
 from data_collector.simulator.perp import FUNDING_MS, INTEREST_E8, PerpMarket
 from data_collector.simulator.rest import ApiError, RestApi, _int_param, _limit, kline_params
@@ -312,17 +312,7 @@ class FuturesRestApi(RestApi):
     def _book_ticker_obj(self, market: Any, now: int) -> dict[str, Any]:
         self.venue.advance_book(market, now)
         book = self.venue.books[market.symbol]
-        (bp, bq), (ap, aq) = book.best()
-        pd, qd = market.price_decimals, market.qty_decimals
-        return {
-            "symbol": market.exchange_symbol,
-            "bidPrice": decimal8(bp, pd),
-            "bidQty": decimal8(bq, qd),
-            "askPrice": decimal8(ap, pd),
-            "askQty": decimal8(aq, qd),
-            "time": now,
-            "lastUpdateId": book.update_id,
-        }
+        return {**book_ticker(market, book.best()), "time": now, "lastUpdateId": book.update_id}
 
     async def _book_ticker(self, request: web.Request) -> web.Response:
         now = self.sim.clock.now_ms()

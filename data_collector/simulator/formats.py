@@ -22,6 +22,19 @@ def decimal8(units: int, decimals: int) -> str:
     return "%d.%08d" % (whole, frac)
 
 
+def book_ticker(market: SymbolMarket, best: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, Any]:
+    """The fields of ``/ticker/bookTicker`` both venues send, from the book's best levels."""
+    (bp, bq), (ap, aq) = best
+    pd, qd = market.price_decimals, market.qty_decimals
+    return {
+        "symbol": market.exchange_symbol,
+        "bidPrice": decimal8(bp, pd),
+        "bidQty": decimal8(bq, qd),
+        "askPrice": decimal8(ap, pd),
+        "askQty": decimal8(aq, qd),
+    }
+
+
 def close_times(open_ms: np.ndarray, timeframe: str) -> np.ndarray:
     """closeTime (last ms) of each candle."""
     if timeframe == "1M":

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -197,6 +197,15 @@ class DayCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class MarketOptions(TypedDict, total=False):
+    """The optional arguments of :class:`SymbolMarket` that a subclass passes through unchanged."""
+
+    listing_ms: int | None
+    gaps: list[tuple[int, int]] | None
+    day_cache: DayCache | None
+    delisted_ms: int | None
 
 
 class SymbolMarket:

@@ -24,10 +24,12 @@ Model (every number is a pure function of ``(seed, symbol, position)``, as in :m
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import numpy as np
 
 from data_collector.markets import HOUR_MS, MINUTE_MS
-from data_collector.simulator.market import DayCache, Partial, Rows, SymbolMarket, _empty_rows
+from data_collector.simulator.market import MarketOptions, Partial, Rows, SymbolMarket, _empty_rows
 from data_collector.simulator.rng import F64, I64, exp_array, hash_at, stream_key, uniform_array
 
 #: Funding is settled every 8 hours.
@@ -86,17 +88,9 @@ class PerpMarket(SymbolMarket):
         listing_ms, gaps, day_cache, delisted_ms: as for :class:`SymbolMarket`.
     """
 
-    def __init__(
-        self,
-        symbol: str,
-        seed: int,
-        listing_ms: int | None = None,
-        gaps: list[tuple[int, int]] | None = None,
-        day_cache: DayCache | None = None,
-        delisted_ms: int | None = None,
-    ) -> None:
+    def __init__(self, symbol: str, seed: int, **options: Unpack[MarketOptions]) -> None:
         spot, unified = settle_of(symbol)
-        super().__init__(spot, seed, listing_ms, gaps, day_cache, key_name=unified, delisted_ms=delisted_ms)
+        super().__init__(spot, seed, key_name=unified, **options)
         #: ``BTC/USDT:USDT``.
         self.unified = unified
         self.qty_units *= 3.0  # perpetuals trade more than their spot market

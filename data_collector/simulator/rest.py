@@ -16,7 +16,7 @@ import numpy as np
 from aiohttp import web
 
 from data_collector.markets import MINUTE_MS, TIMEFRAME_MS, TIMEFRAMES, candle_open_ms, next_open_ms
-from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json, symbol_info
+from data_collector.simulator.formats import agg_trade_json, book_ticker, decimal8, klines_json, symbol_info
 from data_collector.simulator.limits import endpoint_key
 from data_collector.simulator.market import Rows, SymbolMarket, Trade
 from data_collector.simulator.streams import StreamError
@@ -497,15 +497,7 @@ class RestApi:
 
     def _book_ticker_obj(self, market: SymbolMarket, now: int) -> dict[str, Any]:
         self.sim.advance_book(market, now)
-        (bp, bq), (ap, aq) = self.sim.books[market.symbol].best()
-        pd, qd = market.price_decimals, market.qty_decimals
-        return {
-            "symbol": market.exchange_symbol,
-            "bidPrice": decimal8(bp, pd),
-            "bidQty": decimal8(bq, qd),
-            "askPrice": decimal8(ap, pd),
-            "askQty": decimal8(aq, qd),
-        }
+        return book_ticker(market, self.sim.books[market.symbol].best())
 
     async def _book_ticker(self, request: web.Request) -> web.Response:
         now = self.sim.clock.now_ms()

@@ -102,9 +102,9 @@ class FuturesVenue:
             self.markets[unified] = PerpMarket(
                 unified,
                 sim.seed,
-                listings.get(unified),
-                sym_gaps,
-                day_cache,
+                listing_ms=listings.get(unified),
+                gaps=sym_gaps,
+                day_cache=day_cache,
                 delisted_ms=delistings.get(unified),
             )
         self.market_by_id = {m.exchange_symbol: m for m in self.markets.values()}
