@@ -174,6 +174,11 @@ _SELECT_COVERAGE = (
     "SELECT start_ms, end_ms, kind FROM {s}.coverage "
     "WHERE instrument_id = $1 AND timeframe = $2 ORDER BY start_ms"
 )
+_VENUE_COVERAGE = (
+    "SELECT c.instrument_id, c.timeframe, c.start_ms, c.end_ms, c.kind FROM {s}.coverage c "
+    "JOIN {s}.instruments i ON i.id = c.instrument_id "
+    "WHERE i.exchange = $1 AND c.end_ms > $2 AND c.start_ms < $3"
+)
 _COUNT_SPANS = (
     "SELECT (SELECT count(*) FROM {s}.ohlcv o WHERE o.instrument_id = $1 "
     "AND o.timeframe = $2 AND o.ts >= g.s AND o.ts < g.e) "
@@ -680,6 +685,12 @@ class PostgresCandleStore(CandleStore):
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
         rows = await self._fetch(_SELECT_COVERAGE, instrument_id, code)
         return [CoverageRange(r[0], r[1], r[2]) for r in rows]
+
+    async def _venue_coverage_rows(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, CoverageRange]]:
+        rows = await self._fetch(_VENUE_COVERAGE, exchange, start_ms, end_ms)
+        return [(r[0], r[1], CoverageRange(r[2], r[3], r[4])) for r in rows]
 
     async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
         rows = await self._fetch(

@@ -323,6 +323,17 @@ class SqliteCandleStore(CandleStore):
         )
         return [CoverageRange(int(r[0]), int(r[1]), r[2]) for r in rows]
 
+    async def _venue_coverage_rows(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, CoverageRange]]:
+        rows = await self._fetchall(
+            "SELECT c.instrument_id, c.timeframe, c.start_ms, c.end_ms, c.kind FROM coverage c "
+            "JOIN instruments i ON i.id = c.instrument_id "
+            "WHERE i.exchange = ? AND c.end_ms > ? AND c.start_ms < ?",
+            (exchange, start_ms, end_ms),
+        )
+        return [(int(r[0]), int(r[1]), CoverageRange(int(r[2]), int(r[3]), r[4])) for r in rows]
+
     async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
         counts = []
         for start, end in spans:
