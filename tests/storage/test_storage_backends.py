@@ -197,8 +197,12 @@ class TestCandleStore:
     async def test_venue_coverage_is_one_venue_merged_and_cut_to_the_range(self, backend: Backend) -> None:
         iid = await sol(backend.store)
         btc = (await backend.store.ensure_instrument("binance", "BTC/USDT", base="BTC", quote="USDT")).id
-        other = (await backend.store.ensure_instrument("sim-binance", "SOL/USDT", base="SOL", quote="USDT")).id
-        await backend.store.write([batch(iid, 0, 10), batch(iid, 10, 5), batch(btc, 100, 10), batch(other, 0, 10)])
+        other = (
+            await backend.store.ensure_instrument("sim-binance", "SOL/USDT", base="SOL", quote="USDT")
+        ).id
+        await backend.store.write(
+            [batch(iid, 0, 10), batch(iid, 10, 5), batch(btc, 100, 10), batch(other, 0, 10)]
+        )
         await backend.store.write(
             [CandleBatch(iid, "1m", [], [CoverageRange(15 * MINUTE_MS, 20 * MINUTE_MS, "empty")])]
         )
