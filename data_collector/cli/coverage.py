@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -69,9 +68,12 @@ def main(argv: list[str] | None = None, prog: str = "data-collector coverage") -
     """Print the map's summary and write the files asked for; return the exit code."""
     args = parse_args(argv, prog)
     # Before anything is read: a missing optional package is one line, not a traceback later.
-    if args.png is not None and importlib.util.find_spec("matplotlib") is None:
-        print(f"error: --png needs matplotlib, which is not installed: {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.png is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"error: --png needs matplotlib, which is not installed: {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         config = load_config(args.config)
         cover = asyncio.run(read_map(config, args))

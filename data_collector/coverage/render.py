@@ -71,13 +71,15 @@ def _palette() -> np.ndarray:
 
 
 def _axis_ticks(cover: CoverageMap) -> list[tuple[int, str]]:
-    step = max(1, cover.grid.count // 6)
+    # A label every ~100 pixels at least, so dates never overlap however narrow the cells.
+    step = max(1, cover.grid.count // 6, -(-100 // cell_px(cover.grid.count)))
     return [(i, iso(cover.grid.cell_start_ms(i))) for i in range(0, cover.grid.count, step)]
 
 
 def _title(cover: CoverageMap) -> str:
     grid = cover.grid
-    return f"Coverage {iso(grid.start_ms)} .. {iso(grid.end_ms)}, one cell per {grid.cell}, {len(cover.rows)} rows"
+    rows = len(cover.rows)
+    return f"Coverage {iso(grid.start_ms)} .. {iso(grid.end_ms)}, one cell per {grid.cell}, {rows} row{'s' if rows != 1 else ''}"
 
 
 def render_figure(cover: CoverageMap) -> Figure:
@@ -99,7 +101,7 @@ def render_figure(cover: CoverageMap) -> Figure:
     fig.figimage(image, xo=LABEL_PX, yo=height - TOP_PX - rows * ROW_PX, origin="upper")
 
     def text(x: float, y: float, s: str, **kw: object) -> None:
-        fig.text(x / width, 1 - y / height, s, va="center", fontsize=7.5, **kw)  # type: ignore[arg-type]
+        fig.text(x / width, 1 - y / height, s, **{"va": "center", "fontsize": 7.5, **kw})  # type: ignore[arg-type]
 
     text(8, 12, _title(cover), fontsize=9, weight="bold")
     for i, label in _axis_ticks(cover):
@@ -118,7 +120,7 @@ def render_figure(cover: CoverageMap) -> Figure:
         swatch[:] = palette[STATES.index(state)]
         fig.figimage(swatch, xo=x, yo=int(LEGEND_PX / 2 - CELL_H_PX / 2), origin="upper")
         text(x + CELL_H_PX + 4, legend_y, STATE_LABELS[state])
-        x += CELL_H_PX + 8 + 7 * len(STATE_LABELS[state])
+        x += CELL_H_PX + 16 + 6 * len(STATE_LABELS[state])
     return fig
 
 
