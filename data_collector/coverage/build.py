@@ -1,10 +1,9 @@
 """Build a :class:`~data_collector.coverage.grid.CoverageMap` from a store, through its API.
 
-Cost: one coverage query per venue (:meth:`CandleStore.venue_coverage`), then per pair one count
-of the candles in each of its stored ranges (:meth:`CandleStore.count_candles`, one round trip
-on PostgreSQL), compared with the candles the ranges imply. Only a range whose count falls
-short is counted again, cell by cell, to place its holes. No query runs per cell, and none
-reads candles.
+Cost: one coverage query per venue (:meth:`CandleStore.venue_coverage`), then per pair one
+grouped count of its stored candles per cell (:meth:`CandleStore.count_candles_per_cell`, an
+index-only range scan), compared with the candles its stored ranges imply. No query runs per
+cell, and none reads candles.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import date, datetime
+
+import numpy as np
 
 from data_collector.config import to_ms
 from data_collector.coverage.grid import (
@@ -23,7 +24,7 @@ from data_collector.coverage.grid import (
     row_from_record,
     split_by_cells,
 )
-from data_collector.markets import TIMEFRAME_MS, count_candles, normalize_symbol, validate_timeframe
+from data_collector.markets import TIMEFRAME_MS, normalize_symbol, validate_timeframe
 from data_collector.storage.base import CoverageRange
 from data_collector.storage.ranges import clip
 from data_collector.storage.store import CandleStore
@@ -94,19 +95,20 @@ async def build_coverage_map(
 async def find_hole_cells(
     store: CandleStore, grid: CellGrid, instrument_id: int, timeframe: str, merged: Sequence[CoverageRange]
 ) -> list[tuple[int, int]]:
-    """``(cell index, absent candles)`` of every cell where a stored range lacks candles."""
+    """``(cell index, absent candles)`` of every cell where a stored range lacks candles.
+
+    One grouped count per pair (:meth:`CandleStore.count_candles_per_cell`) against the candles
+    the stored ranges imply, cell by cell.
+    """
     data = [(r.start_ms, r.end_ms) for r in clip(merged, grid.start_ms, grid.end_ms) if r.kind == "data"]
-    counts = await store.count_candles(instrument_id, timeframe, data)
-    holes: list[tuple[int, int]] = []
-    for (start, end), have in zip(data, counts, strict=True):
-        if have >= count_candles(start, end, timeframe):
-            continue
-        pieces = split_by_cells(grid, start, end)
-        present = await store.count_candles(instrument_id, timeframe, [(s, e) for _, s, e in pieces])
-        expected = expected_candles(pieces, timeframe)
-        holes += [
-            (cell, int(want - got))
-            for (cell, _, _), want, got in zip(pieces, expected, present, strict=True)
-            if got < want
-        ]
-    return holes
+    if not data:
+        return []
+    present = await store.count_candles_per_cell(instrument_id, timeframe, data, grid.first_ms, grid.cell_ms)
+    pieces = [p for s, e in data for p in split_by_cells(grid, s, e)]
+    expected = np.zeros(grid.count, dtype=np.int64)
+    np.add.at(expected, [cell for cell, _, _ in pieces], expected_candles(pieces, timeframe))
+    return [
+        (int(cell), int(expected[cell] - present.get(int(cell), 0)))
+        for cell in np.flatnonzero(expected)
+        if present.get(int(cell), 0) < expected[cell]
+    ]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data_collector.coverage.grid import HOLE, OUTSIDE, STATE_LABELS, STATES, CoverageMap, CoverageRow, iso
+from data_collector.coverage.grid import OUTSIDE, STATE_LABELS, STATES, CoverageMap, CoverageRow, iso
 from data_collector.errors import MissingExtraError
 from data_collector.markets import HOUR_MS
 
@@ -176,8 +176,8 @@ def _row_svg(row: CoverageRow, cover: CoverageMap, cw: int) -> str:
         f'<svg width="{width}" height="{CELL_H_PX}" viewBox="0 0 {width} {CELL_H_PX}" '
         'shape-rendering="crispEdges" xmlns="http://www.w3.org/2000/svg">'
     ]
-    # Runs of equal state; a hole cell stands alone so that its tooltip gives its own count.
-    breaks = np.flatnonzero((np.diff(states) != 0) | (states[1:] == HOLE) | (states[:-1] == HOLE)) + 1
+    # One rect per run of equal cells; its tooltip sums the run's counts.
+    breaks = np.flatnonzero(np.diff(states) != 0) + 1
     starts = [0, *breaks.tolist()]
     ends = [*breaks.tolist(), len(states)]
     for first, end in zip(starts, ends, strict=True):

@@ -179,6 +179,11 @@ _VENUE_COVERAGE = (
     "JOIN {s}.instruments i ON i.id = c.instrument_id "
     "WHERE i.exchange = $1 AND c.end_ms > $2 AND c.start_ms < $3"
 )
+_COUNT_PER_CELL = (
+    "SELECT (o.ts - $5) / $6, count(*) FROM unnest($3::bigint[], $4::bigint[]) AS g(s, e) "
+    "JOIN {s}.ohlcv o ON o.instrument_id = $1 AND o.timeframe = $2 AND o.ts >= g.s AND o.ts < g.e "
+    "GROUP BY 1"
+)
 _COUNT_SPANS = (
     "SELECT (SELECT count(*) FROM {s}.ohlcv o WHERE o.instrument_id = $1 "
     "AND o.timeframe = $2 AND o.ts >= g.s AND o.ts < g.e) "
@@ -697,6 +702,23 @@ class PostgresCandleStore(CandleStore):
             _COUNT_SPANS, instrument_id, code, [s for s, _ in spans], [e for _, e in spans]
         )
         return [int(r[0]) for r in rows]
+
+    async def count_candles_per_cell(
+        self, instrument_id: int, timeframe: str, spans: Sequence[Span], first_ms: int, cell_ms: int
+    ) -> dict[int, int]:
+        """Stored candles inside ``spans`` per cell ``(ts - first_ms) // cell_ms``, in one query."""
+        if not spans:
+            return {}
+        rows = await self._fetch(
+            _COUNT_PER_CELL,
+            instrument_id,
+            timeframe_code(timeframe),
+            [s for s, _ in spans],
+            [e for _, e in spans],
+            first_ms,
+            cell_ms,
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
     async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
         rows = await self._fetch(_SELECT_TS, instrument_id, code, start_ms, end_ms)

@@ -344,6 +344,21 @@ class SqliteCandleStore(CandleStore):
             counts.append(int(rows[0][0]))
         return counts
 
+    async def count_candles_per_cell(
+        self, instrument_id: int, timeframe: str, spans: Sequence[Span], first_ms: int, cell_ms: int
+    ) -> dict[int, int]:
+        """Stored candles inside ``spans`` per cell ``(ts - first_ms) // cell_ms``; one query a span."""
+        out: dict[int, int] = {}
+        for start, end in spans:
+            rows = await self._fetchall(
+                "SELECT (ts - ?) / ?, count(*) FROM ohlcv WHERE instrument_id = ? AND timeframe = ? "
+                "AND ts >= ? AND ts < ? GROUP BY 1",
+                (first_ms, cell_ms, instrument_id, timeframe_code(timeframe), start, end),
+            )
+            for cell, n in rows:
+                out[int(cell)] = out.get(int(cell), 0) + int(n)
+        return out
+
     async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
         rows = await self._fetchall(
             "SELECT ts FROM ohlcv WHERE instrument_id = ? AND timeframe = ? AND ts >= ? AND ts < ? ORDER BY ts",

@@ -180,6 +180,23 @@ class CandleStore(ABC):
             return []
         return await self._count_rows(instrument_id, timeframe_code(timeframe), spans)
 
+    async def count_candles_per_cell(
+        self, instrument_id: int, timeframe: str, spans: Sequence[Span], first_ms: int, cell_ms: int
+    ) -> dict[int, int]:
+        """Stored candles inside ``spans`` per cell ``(ts - first_ms) // cell_ms`` (cells with none
+        are left out). One grouped query on the backends; here, one count per piece of a span."""
+        pieces = [
+            (cell, max(s, first_ms + cell * cell_ms), min(e, first_ms + (cell + 1) * cell_ms))
+            for s, e in spans
+            for cell in range((s - first_ms) // cell_ms, (e - 1 - first_ms) // cell_ms + 1)
+        ]
+        counts = await self.count_candles(instrument_id, timeframe, [(a, b) for _, a, b in pieces])
+        out: dict[int, int] = {}
+        for (cell, _, _), n in zip(pieces, counts, strict=True):
+            if n:
+                out[cell] = out.get(cell, 0) + n
+        return out
+
     async def missing_ranges(
         self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int
     ) -> list[tuple[int, int]]:

@@ -220,6 +220,19 @@ class TestCandleStore:
         spans = [(0, 5 * MINUTE_MS), (5 * MINUTE_MS, 30 * MINUTE_MS), (40 * MINUTE_MS, 50 * MINUTE_MS)]
         assert await backend.store.count_candles(iid, "1m", spans) == [5, 10, 0]
         assert await backend.store.count_candles(iid, "1m", []) == []
+        # Per 4-minute cell from minute 2, inside two spans: the backend's one query and the
+        # base class's count per piece agree.
+        spans = [(3 * MINUTE_MS, 9 * MINUTE_MS), (12 * MINUTE_MS, 40 * MINUTE_MS)]
+        want = {0: 3, 1: 3, 2: 2, 3: 1}  # candles at minutes 0..14
+        assert (
+            await backend.store.count_candles_per_cell(iid, "1m", spans, 2 * MINUTE_MS, 4 * MINUTE_MS) == want
+        )
+        assert (
+            await CandleStore.count_candles_per_cell(
+                backend.store, iid, "1m", spans, 2 * MINUTE_MS, 4 * MINUTE_MS
+            )
+            == want
+        )
 
     async def test_load_latest_and_frame(self, backend: Backend) -> None:
         iid = await sol(backend.store)
