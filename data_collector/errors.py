@@ -48,6 +48,10 @@ class InvalidTimeframeError(UsageError):
     """A timeframe is not one the exchange supports."""
 
 
+class MissingExtraError(UsageError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+
 class ClosedError(UsageError):
     """An object was used after ``close()``."""
 

@@ -43,6 +43,7 @@ from data_collector.backfill.plan import (
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.config import Config, load_config, to_ms
+from data_collector.coverage import CoverageMap, build_coverage_map
 from data_collector.errors import (
     ClosedError,
     InvalidSymbolError,
@@ -315,6 +316,18 @@ class OptimizedDataCollector:
         return await self._store_call(
             partial(self.store.find_gaps, instrument.id, timeframe, start_ms, end_ms)
         )
+
+    async def coverage_map(
+        self, symbols: Sequence[str] | None = None, *, since: TimeLike | None = None, **options: Any
+    ) -> CoverageMap:
+        """The coverage map of this venue (``exchange.name``): one row per (symbol, data type,
+        timeframe), cells coloured stored / exchange-side gap / missing / hole. Shows itself in
+        Jupyter; ``.save_png()``, ``.save_html()``, ``.summary()``. ``options``: ``timeframes``,
+        ``until``, ``cell``, ``check_holes`` of :func:`data_collector.coverage.build_coverage_map`.
+        """
+        await self.initialize()
+        venues = [self.config.exchange.name]
+        return await build_coverage_map(self.store, venues, symbols=symbols, since=since, **options)
 
     async def repair_gaps(
         self,

@@ -5,6 +5,7 @@
     data-collector stream [...]     live market data into Redis (scripts/stream_market_data.py)
     data-collector health [...]     check a deployment (scripts/health_check.py)
     data-collector simulate [...]   serve the exchange simulator (scripts/simulate_exchange.py)
+    data-collector coverage [...]   the coverage map of the store: text, --png, --html
     data-collector --version
 
 ``data-collector COMMAND --help`` shows a command's options. Each command keeps its script's exit
@@ -54,6 +55,12 @@ def _simulate(argv: list[str]) -> int:
     return main(argv, prog=f"{PROG} simulate")
 
 
+def _coverage(argv: list[str]) -> int:
+    from data_collector.cli.coverage import main
+
+    return main(argv, prog=f"{PROG} coverage")
+
+
 #: Subcommand -> runner. Each imports its module on use, so ``--version`` and ``--help`` stay quick.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "collect": _collect,
@@ -61,6 +68,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "stream": _stream,
     "health": _health,
     "simulate": _simulate,
+    "coverage": _coverage,
 }
 
 

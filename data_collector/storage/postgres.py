@@ -174,6 +174,16 @@ _SELECT_COVERAGE = (
     "SELECT start_ms, end_ms, kind FROM {s}.coverage "
     "WHERE instrument_id = $1 AND timeframe = $2 ORDER BY start_ms"
 )
+_VENUE_COVERAGE = (
+    "SELECT c.instrument_id, c.timeframe, c.start_ms, c.end_ms, c.kind FROM {s}.coverage c "
+    "JOIN {s}.instruments i ON i.id = c.instrument_id "
+    "WHERE i.exchange = $1 AND c.end_ms > $2 AND c.start_ms < $3"
+)
+_COUNT_PER_CELL = (
+    "SELECT (o.ts - $5) / $6, count(*) FROM unnest($3::bigint[], $4::bigint[]) AS g(s, e) "
+    "JOIN {s}.ohlcv o ON o.instrument_id = $1 AND o.timeframe = $2 AND o.ts >= g.s AND o.ts < g.e "
+    "GROUP BY 1"
+)
 _COUNT_SPANS = (
     "SELECT (SELECT count(*) FROM {s}.ohlcv o WHERE o.instrument_id = $1 "
     "AND o.timeframe = $2 AND o.ts >= g.s AND o.ts < g.e) "
@@ -681,11 +691,34 @@ class PostgresCandleStore(CandleStore):
         rows = await self._fetch(_SELECT_COVERAGE, instrument_id, code)
         return [CoverageRange(r[0], r[1], r[2]) for r in rows]
 
+    async def _venue_coverage_rows(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, CoverageRange]]:
+        rows = await self._fetch(_VENUE_COVERAGE, exchange, start_ms, end_ms)
+        return [(r[0], r[1], CoverageRange(r[2], r[3], r[4])) for r in rows]
+
     async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
         rows = await self._fetch(
             _COUNT_SPANS, instrument_id, code, [s for s, _ in spans], [e for _, e in spans]
         )
         return [int(r[0]) for r in rows]
+
+    async def count_candles_per_cell(
+        self, instrument_id: int, timeframe: str, spans: Sequence[Span], first_ms: int, cell_ms: int
+    ) -> dict[int, int]:
+        """Stored candles inside ``spans`` per cell ``(ts - first_ms) // cell_ms``, in one query."""
+        if not spans:
+            return {}
+        rows = await self._fetch(
+            _COUNT_PER_CELL,
+            instrument_id,
+            timeframe_code(timeframe),
+            [s for s, _ in spans],
+            [e for _, e in spans],
+            first_ms,
+            cell_ms,
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
     async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
         rows = await self._fetch(_SELECT_TS, instrument_id, code, start_ms, end_ms)

@@ -323,6 +323,17 @@ class SqliteCandleStore(CandleStore):
         )
         return [CoverageRange(int(r[0]), int(r[1]), r[2]) for r in rows]
 
+    async def _venue_coverage_rows(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, CoverageRange]]:
+        rows = await self._fetchall(
+            "SELECT c.instrument_id, c.timeframe, c.start_ms, c.end_ms, c.kind FROM coverage c "
+            "JOIN instruments i ON i.id = c.instrument_id "
+            "WHERE i.exchange = ? AND c.end_ms > ? AND c.start_ms < ?",
+            (exchange, start_ms, end_ms),
+        )
+        return [(int(r[0]), int(r[1]), CoverageRange(int(r[2]), int(r[3]), r[4])) for r in rows]
+
     async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
         counts = []
         for start, end in spans:
@@ -332,6 +343,21 @@ class SqliteCandleStore(CandleStore):
             )
             counts.append(int(rows[0][0]))
         return counts
+
+    async def count_candles_per_cell(
+        self, instrument_id: int, timeframe: str, spans: Sequence[Span], first_ms: int, cell_ms: int
+    ) -> dict[int, int]:
+        """Stored candles inside ``spans`` per cell ``(ts - first_ms) // cell_ms``; one query a span."""
+        out: dict[int, int] = {}
+        for start, end in spans:
+            rows = await self._fetchall(
+                "SELECT (ts - ?) / ?, count(*) FROM ohlcv WHERE instrument_id = ? AND timeframe = ? "
+                "AND ts >= ? AND ts < ? GROUP BY 1",
+                (first_ms, cell_ms, instrument_id, timeframe_code(timeframe), start, end),
+            )
+            for cell, n in rows:
+                out[int(cell)] = out.get(int(cell), 0) + int(n)
+        return out
 
     async def _load_ts(self, instrument_id: int, code: int, start_ms: int, end_ms: int) -> list[int]:
         rows = await self._fetchall(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
-from data_collector.markets import candle_opens, count_candles, timeframe_code
+from data_collector.markets import CODE_TIMEFRAMES, candle_opens, count_candles, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
 
 if TYPE_CHECKING:
@@ -140,6 +140,13 @@ class CandleStore(ABC):
         """Every stored coverage row of (instrument, timeframe code), unmerged."""
 
     @abstractmethod
+    async def _venue_coverage_rows(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, CoverageRange]]:
+        """``(instrument_id, timeframe code, range)`` of every coverage row of the venue label
+        ``exchange`` that overlaps ``[start_ms, end_ms)``, unmerged, in one query."""
+
+    @abstractmethod
     async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[Span]) -> list[int]:
         """How many candles each span holds."""
 
@@ -157,6 +164,40 @@ class CandleStore(ABC):
         Where a ``'data'`` range overlaps an ``'empty'`` one, the overlap counts as ``'data'``.
         """
         return merge_coverage(await self._coverage_rows(instrument_id, timeframe_code(timeframe)))
+
+    async def venue_coverage(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> dict[tuple[int, str], list[CoverageRange]]:
+        """The coverage record of a whole venue in one query: merged ranges per
+        ``(instrument_id, timeframe)`` that overlap ``[start_ms, end_ms)`` (unclipped)."""
+        grouped: dict[tuple[int, int], list[CoverageRange]] = {}
+        for instrument_id, code, row in await self._venue_coverage_rows(exchange, start_ms, end_ms):
+            grouped.setdefault((instrument_id, code), []).append(row)
+        return {(i, CODE_TIMEFRAMES[code]): merge_coverage(rows) for (i, code), rows in grouped.items()}
+
+    async def count_candles(self, instrument_id: int, timeframe: str, spans: Sequence[Span]) -> list[int]:
+        """How many stored candles each ``[start_ms, end_ms)`` span holds, in one round trip
+        (PostgreSQL; one index range count per span on SQLite)."""
+        if not spans:
+            return []
+        return await self._count_rows(instrument_id, timeframe_code(timeframe), spans)
+
+    async def count_candles_per_cell(
+        self, instrument_id: int, timeframe: str, spans: Sequence[Span], first_ms: int, cell_ms: int
+    ) -> dict[int, int]:
+        """Stored candles inside ``spans`` per cell ``(ts - first_ms) // cell_ms`` (cells with none
+        are left out). One grouped query on the backends; here, one count per piece of a span."""
+        pieces = [
+            (cell, max(s, first_ms + cell * cell_ms), min(e, first_ms + (cell + 1) * cell_ms))
+            for s, e in spans
+            for cell in range((s - first_ms) // cell_ms, (e - 1 - first_ms) // cell_ms + 1)
+        ]
+        counts = await self.count_candles(instrument_id, timeframe, [(a, b) for _, a, b in pieces])
+        out: dict[int, int] = {}
+        for (cell, _, _), n in zip(pieces, counts, strict=True):
+            if n:
+                out[cell] = out.get(cell, 0) + n
+        return out
 
     async def missing_ranges(
         self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int

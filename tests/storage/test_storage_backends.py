@@ -194,6 +194,46 @@ class TestCandleStore:
             Gap(25 * MINUTE_MS, 30 * MINUTE_MS, "missing"),
         ]
 
+    async def test_venue_coverage_is_one_venue_merged_and_cut_to_the_range(self, backend: Backend) -> None:
+        iid = await sol(backend.store)
+        btc = (await backend.store.ensure_instrument("binance", "BTC/USDT", base="BTC", quote="USDT")).id
+        other = (
+            await backend.store.ensure_instrument("sim-binance", "SOL/USDT", base="SOL", quote="USDT")
+        ).id
+        await backend.store.write(
+            [batch(iid, 0, 10), batch(iid, 10, 5), batch(btc, 100, 10), batch(other, 0, 10)]
+        )
+        await backend.store.write(
+            [CandleBatch(iid, "1m", [], [CoverageRange(15 * MINUTE_MS, 20 * MINUTE_MS, "empty")])]
+        )
+        assert await backend.store.venue_coverage("binance", 0, 50 * MINUTE_MS) == {
+            (iid, "1m"): [
+                CoverageRange(0, 15 * MINUTE_MS, "data"),
+                CoverageRange(15 * MINUTE_MS, 20 * MINUTE_MS, "empty"),
+            ]
+        }
+        assert set(await backend.store.venue_coverage("binance", 0, 200 * MINUTE_MS)) == {
+            (iid, "1m"),
+            (btc, "1m"),
+        }
+        assert await backend.store.venue_coverage("kraken", 0, 200 * MINUTE_MS) == {}
+        spans = [(0, 5 * MINUTE_MS), (5 * MINUTE_MS, 30 * MINUTE_MS), (40 * MINUTE_MS, 50 * MINUTE_MS)]
+        assert await backend.store.count_candles(iid, "1m", spans) == [5, 10, 0]
+        assert await backend.store.count_candles(iid, "1m", []) == []
+        # Per 4-minute cell from minute 2, inside two spans: the backend's one query and the
+        # base class's count per piece agree.
+        spans = [(3 * MINUTE_MS, 9 * MINUTE_MS), (12 * MINUTE_MS, 40 * MINUTE_MS)]
+        want = {0: 3, 1: 3, 2: 2, 3: 1}  # candles at minutes 0..14
+        assert (
+            await backend.store.count_candles_per_cell(iid, "1m", spans, 2 * MINUTE_MS, 4 * MINUTE_MS) == want
+        )
+        assert (
+            await CandleStore.count_candles_per_cell(
+                backend.store, iid, "1m", spans, 2 * MINUTE_MS, 4 * MINUTE_MS
+            )
+            == want
+        )
+
     async def test_load_latest_and_frame(self, backend: Backend) -> None:
         iid = await sol(backend.store)
         assert await backend.store.latest_ts(iid, "1m") is None

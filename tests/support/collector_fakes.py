@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from data_collector.markets import CODE_TIMEFRAMES, MINUTE_MS, candle_opens
+from data_collector.markets import CODE_TIMEFRAMES, MINUTE_MS, TIMEFRAME_CODES, candle_opens
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.ranges import cut_coverage
 from data_collector.storage.store import CandleStore
@@ -67,6 +67,18 @@ class MemoryStore(CandleStore):
 
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
         return list(self.cov.get((instrument_id, CODE_TIMEFRAMES[code]), []))
+
+    async def _venue_coverage_rows(
+        self, exchange: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, CoverageRange]]:
+        ids = {i.id for (e, _), i in self.by_key.items() if e == exchange}
+        return [
+            (i, TIMEFRAME_CODES[tf], r)
+            for (i, tf), ranges in self.cov.items()
+            if i in ids
+            for r in ranges
+            if r.end_ms > start_ms and r.start_ms < end_ms
+        ]
 
     async def _count_rows(self, instrument_id: int, code: int, spans: Sequence[tuple[int, int]]) -> list[int]:
         rows = self.rows.get((instrument_id, CODE_TIMEFRAMES[code]), {})
