@@ -16,7 +16,6 @@ from data_collector.errors import TransientError
 from data_collector.markets import TIMEFRAME_MS, WEEK_OFFSET_MS, candle_open_ms
 from data_collector.storage.base import Candle
 
-
 _ROW_TYPES = {list, tuple}
 
 

@@ -18,7 +18,7 @@ _decimal = st.floats(allow_nan=False, allow_infinity=False).map(repr) | st.build
 )
 _value = (
     _decimal
-    | st.text(alphabet="0123456789.,-+eE[] _x\"nulltrue", max_size=8)
+    | st.text(alphabet='0123456789.,-+eE[] _x"nulltrue', max_size=8)
     | st.sampled_from(["nan", "NaN", "inf", "Infinity", "1e999", "-0", " 1", "1 ", "1_0", "0x10", "١٢"])
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats()
