@@ -23,7 +23,7 @@ import ccxt.async_support as ccxt
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.backfill.plan import Range
 from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
-from data_collector.backfill.validate import MalformedPageError, raw_kline_rows, validate_page
+from data_collector.backfill.validate import MalformedPageError, raw_kline_rows, raw_trade_rows, validate_page
 from data_collector.config import Config
 from data_collector.errors import (
     CollectorError,
@@ -186,8 +186,10 @@ class ExchangeClient:
         exchange.on_rest_response = self._on_rest_response
         if self.settings.id in BINANCE_LIKE:
             # ccxt's per-field helpers, sort and filter cost more per candle than everything else
-            # we do with a page; kline arrays need no mapping, and validate_page checks them.
+            # we do with a page; kline arrays and aggTrades need no mapping, and validate_page
+            # and validate_trades check them.
             exchange.parse_ohlcvs = raw_kline_rows
+            exchange.parse_trades = raw_trade_rows
         if not self.weight_mode:
             self.limiter.fallback_interval_s = float(getattr(exchange, "rateLimit", 0) or 0) / 1000.0
         return exchange
