@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage.trades import TradeCoverage, merge_trade_coverage
 from tests.support.backfill import config_for, local_iso, start_script, write_config
-from tests.support.services import PG_ADMIN_DSN, PG_URL
+from tests.support.services import PG_ADMIN_DSN, PG_URL, dropped_schemas
 from tests.support.waiting import wait_for_async
 
 SYMBOL = "SOL/USDT"
@@ -36,19 +35,13 @@ async def _rows(schema: str) -> tuple[list[Any], list[Any], int]:
 
 
 @pytest.fixture
-async def schemas() -> AsyncIterator[tuple[str, str]]:
-    names = (f"t_{uuid.uuid4().hex[:10]}", f"t_{uuid.uuid4().hex[:10]}")
-    try:
+async def schemas() -> AsyncIterator[tuple[str, ...]]:
+    async with dropped_schemas(2) as names:
         yield names
-    finally:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        for name in names:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        await conn.close()
 
 
 async def test_sigkill_at_three_points_then_restart_matches_an_uninterrupted_run(
-    schemas: tuple[str, str], tmp_path: Path
+    schemas: tuple[str, ...], tmp_path: Path
 ) -> None:
     clean, killed = schemas
     async with SimulatedExchange(symbols=[SYMBOL], seed=11, gaps={}) as sim:
