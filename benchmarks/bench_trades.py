@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.bench_backfill import rate_limit_floor_s
-from benchmarks.harness import BenchContext, Row, Table
+from benchmarks.harness import BenchContext, Row, Table, WriterCases, take_turns
 from data_collector.config import load_config
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.storage.postgres import PostgresCandleStore
@@ -125,28 +125,12 @@ async def ingest(ctx: BenchContext) -> Table:
     try:
         await store.initialize()
 
-        async def reset() -> None:
-            await admin.execute(f'TRUNCATE "{schema}".trades, "{schema}".trade_coverage')
-
-        async def check(expected: int) -> None:
-            stored = await admin.fetchval(f'SELECT count(*) FROM "{schema}".trades')  # noqa: S608
-            if stored != expected:
-                raise RuntimeError(f"stored {stored:,} trades, expected {expected:,}")
-
+        cases_of = WriterCases(
+            admin, schema, ("trades", "trade_coverage"), lambda p: run_writers(store, p), pages, halves, total
+        )
+        reset, check = cases_of.reset, cases_of.check
         await run_writers(store, pages[: WRITERS * PAGES_PER_WRITE * 2])
-
-        async def fresh() -> float:
-            await reset()
-            elapsed = await run_writers(store, pages)
-            await check(total)
-            return total / elapsed
-
-        async def half_present() -> float:
-            await reset()
-            await run_writers(store, halves)
-            elapsed = await run_writers(store, pages)
-            await check(total)
-            return total / elapsed
+        fresh, half_present = cases_of.fresh, cases_of.half_present
 
         async def ceiling() -> float:
             await reset()
@@ -181,12 +165,7 @@ async def ingest(ctx: BenchContext) -> Table:
             ("project write_trades, half the trades present, 2 writers", half_present, False, ""),
             ("plain COPY, prebuilt rows, no conflict handling, 2 conns (ceiling)", ceiling, False, ""),
         ]
-        values: list[list[float]] = [[] for _ in cases]
-        for _ in range(ctx.repeats):
-            for i, (_, fn, _, _) in enumerate(cases):
-                values[i].append(await fn())
-        for (label, _, baseline, note), vals in zip(cases, values, strict=True):
-            table.add(Row(label, vals, "trades/s", baseline=baseline, note=note))
+        await take_turns(table, cases, ctx.repeats, "trades/s")
         rates = [r.median for r in table.rows]
         table.notes += [
             f"the writer, then the ceiling: {rates[1] / rates[3]:.0%} of a bare COPY of the same rows into the "
