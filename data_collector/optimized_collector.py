@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import RetryCallState
 
-from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify
+from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify, listed_symbols
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
 from data_collector.backfill.plan import (
     align_range,
@@ -46,7 +46,6 @@ from data_collector.config import Config, load_config, to_ms
 from data_collector.datatypes import OHLCV, validate_data_types
 from data_collector.errors import (
     ClosedError,
-    InvalidSymbolError,
     UsageError,
 )
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
@@ -432,21 +431,6 @@ def _log_store_retry(state: RetryCallState) -> None:
         STORE_ATTEMPTS,
         wait_s,
     )
-
-
-def listed_symbols(client: ExchangeClient, symbols: Sequence[str]) -> list[str]:
-    """The ``symbols`` the exchange lists; the others fail as pairs of the run, and the rest go on.
-
-    Raises:
-        InvalidSymbolError: it lists none of them: nothing could be collected, so the input
-            is what to fix.
-    """
-    listed = [symbol for symbol in symbols if symbol in client.markets]
-    if not listed and symbols:
-        unknown = ", ".join(repr(symbol) for symbol in symbols)
-        which = "it" if len(symbols) == 1 else "any of them"
-        raise InvalidSymbolError(f"unknown symbol {unknown}: {client.id} does not list {which}")
-    return listed
 
 
 def _iso(ts_ms: int) -> str:
