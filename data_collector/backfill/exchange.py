@@ -357,6 +357,15 @@ class ExchangeClient:
             self.limiter.release(reservation)
             if self.monitor is not None:
                 self.monitor.record_api_call((time.perf_counter() - started) * 1000, ok, status=status)
+                limiter = self.limiter
+                if limiter.weight_limit is not None:
+                    self.monitor.record_request_weight(
+                        reservation.weight,
+                        limiter.used_weight,
+                        limiter.weight_limit,
+                        limiter.budget,
+                        limiter.minute_left_s,
+                    )
         return result
 
     def _count_retry(self) -> None:
