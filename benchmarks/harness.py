@@ -230,7 +230,8 @@ class WriterCases:
     total: int
 
     async def reset(self) -> None:
-        await self.admin.execute("TRUNCATE " + ", ".join(f'"{self.schema}".{t}' for t in self.tables))
+        tables = ", ".join(f'"{self.schema}".{table}' for table in self.tables)
+        await self.admin.execute(f"TRUNCATE {tables}")
 
     async def check(self, expected: int) -> None:
         stored = await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".{self.tables[0]}')  # noqa: S608
