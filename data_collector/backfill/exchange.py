@@ -6,6 +6,10 @@ observed through ccxt's ``on_rest_response`` hook, which runs in the task that m
 so the weight header and ``Retry-After`` are attributed to the right request even when many are
 in flight (``exchange.last_response_headers`` is shared by all of them and may already belong to
 another response by the time the caller reads it).
+
+Long because every way out to the exchange goes through here (settings, the ccxt instance, the
+limiter's weight and clock, retries, the kline and trade fetches and their error mapping); a
+split would spread one request's path over several modules.
 """
 
 from __future__ import annotations
