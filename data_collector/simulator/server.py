@@ -431,10 +431,14 @@ class SimulatedExchange:
         return self.market(symbol).gaps(self.clock.now_ms())
 
     def order_book(self, symbol: str, limit: int = 5000) -> dict[str, Any]:
-        """The current book: ``{"lastUpdateId", "bids": [[price, qty]], "asks": ...}`` as floats."""
-        market = self.market(symbol)
-        self.advance_book(market, self.clock.now_ms())
-        book = self.books[market.symbol]
+        """The current book: ``{"lastUpdateId", "bids": [[price, qty]], "asks": ...}`` as floats.
+
+        ``symbol``: spot (``SOL/USDT``), or a perpetual (``BTC/USDT:USDT``) for its futures book.
+        """
+        venue: Any = self.usdm if ":" in symbol else self
+        market = venue.market(symbol)
+        venue.advance_book(market, self.clock.now_ms())
+        book = venue.books[market.symbol]
         bids, asks = book.top(limit)
         pd, qd = market.price_decimals, market.qty_decimals
         return {
