@@ -71,9 +71,20 @@ async def _book_through_a_lost_event(prefix: str, seconds: float) -> None:
         )
         client = redis.asyncio.Redis.from_url(REDIS_URL)
         book_key = _key(prefix, "book", symbol)
+        market = sim.usdm.market(symbol)
+        sim_book = sim.usdm.books[market.symbol]
+        pd, qd = market.price_decimals, market.qty_decimals
+        #: update id -> the simulator's top 20 then, read as it steps (nothing advanced here).
+        truth: dict[int, tuple[list[list[float]], list[list[float]]]] = {}
 
         async def watch_books() -> None:
             while True:
+                if sim_book.update_id not in truth and sim_book.bids:
+                    bids, asks = sim_book.top(20)
+                    truth[sim_book.update_id] = (
+                        [[p / 10**pd, q / 10**qd] for p, q in bids],
+                        [[p / 10**pd, q / 10**qd] for p, q in asks],
+                    )
                 raw = await client.get(book_key)
                 if raw is not None:
                     book = msgpack.unpackb(raw)
@@ -91,7 +102,8 @@ async def _book_through_a_lost_event(prefix: str, seconds: float) -> None:
                     await asyncio.sleep(1.0)
                     await _checkpoint(sim, streamer, symbol, published)
                 skipped_from = perp_book(sim, symbol)["update_id"]
-                sim.ws_skip_depth_id(symbol, 3)
+                # An event lost in transit: its ids are skipped and its level changes never sent.
+                sim.ws_skip_depth_id(symbol, 3, lose_content=True)
                 await wait_for(lambda: streamer.get_metrics()["book_resyncs"] >= 1, what="a resync")
                 await wait_for(lambda: streamer.order_book(symbol) is not None, what="the book back in sync")
                 end = loop.time() + seconds / 2
@@ -117,9 +129,12 @@ async def _book_through_a_lost_event(prefix: str, seconds: float) -> None:
     before, after = broken[0]
     assert before["update_id"] <= skipped_from + 3 < after["first_update_id"]
     assert gaps[0]["from_ms"] == before["event_ms"] and gaps[0]["to_ms"] == after["event_ms"]
-    # No book was ever published from a chain with the hole in it: each book holding updates past
-    # the hole was rebuilt from a snapshot taken after it.
-    assert not [b for b in published if before["update_id"] < b["update_id"] < after["update_id"]]
+    # No wrong book was ever published, before the lost event or after it: each one equals the
+    # simulator's book at its update id (nearly all ids are seen stepping; the rest cannot be told).
+    checked = [b for b in published if b["update_id"] in truth]
+    assert len(checked) >= 0.8 * len(published) and any(b["update_id"] > after["update_id"] for b in checked)
+    wrong = [b["update_id"] for b in checked if (b["bids"], b["asks"]) != truth[b["update_id"]]]
+    assert not wrong, f"{len(wrong)} of {len(checked)} published books differ from the simulator's"
     for book in published:
         bids, asks = [p for p, _ in book["bids"]], [p for p, _ in book["asks"]]
         assert bids == sorted(bids, reverse=True) and asks == sorted(asks) and bids[0] < asks[0]
