@@ -106,6 +106,8 @@ async def run_stream_cli(
     """
     cfg = load_config(config)
     wanted = normalize_markets(symbols or cfg.symbols)
+    if len({is_perpetual(s) for s in wanted}) > 1:
+        raise UsageError("spot symbols and perpetuals stream in separate runs: one venue per streamer")
     venue = venue_for_symbols(wanted) if demo else stream_venue(cfg.exchange.id)
     for symbol in wanted:
         venue.check_symbol(symbol)
