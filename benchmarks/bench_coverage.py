@@ -144,7 +144,7 @@ async def run(ctx: BenchContext) -> list[Table]:
             ("map from the coverage record only", False, ""),
             ("map with the hole check (candle counts)", True, ""),
             ("map with holes + HTML file", True, "html"),
-            ("map with holes + PNG file (matplotlib)", True, "png"),
+            ("map with holes + PNG file (Pillow)", True, "png"),
         ):
             seconds = await repeat(ctx.repeats, lambda h=holes, r=render: map_seconds(h, r))  # type: ignore[misc]
             timings[label] = seconds

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.harness import BenchContext, Row, Table
+from benchmarks.harness import BenchContext, Table, WriterCases, take_turns
 from data_collector.config import load_config
 from data_collector.markets import MINUTE_MS, TIMEFRAME_CODES
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange
@@ -169,36 +169,13 @@ async def run(ctx: BenchContext) -> list[Table]:
     try:
         await store.initialize()
 
-        async def reset() -> None:
-            await admin.execute(f'TRUNCATE "{schema}".ohlcv, "{schema}".coverage')
-
-        async def check(expected: int) -> None:
-            stored = await admin.fetchval("SELECT count(*) FROM ohlcv")
-            if stored != expected:
-                raise RuntimeError(f"stored {stored:,} rows, expected {expected:,}")
-
+        cases_of = WriterCases(
+            admin, schema, ("ohlcv", "coverage"), lambda p: run_writers(store, p), pages, halves, total
+        )
+        reset, check = cases_of.reset, cases_of.check
         # Warm up: open both pooled connections and their staging tables before timing.
         await run_writers(store, pages[: WRITERS * PAGES_PER_WRITE * 2])
-
-        async def fresh() -> float:
-            await reset()
-            elapsed = await run_writers(store, pages)
-            await check(total)
-            return total / elapsed
-
-        async def half_present() -> float:
-            await reset()
-            await run_writers(store, halves)
-            elapsed = await run_writers(store, pages)
-            await check(total)
-            return total / elapsed
-
-        async def rerun() -> float:
-            await reset()
-            await run_writers(store, pages)
-            elapsed = await run_writers(store, pages)
-            await check(total)
-            return total / elapsed
+        fresh, half_present, rerun = cases_of.fresh, cases_of.half_present, cases_of.rerun
 
         async def ceiling() -> float:
             await reset()
@@ -231,14 +208,7 @@ async def run(ctx: BenchContext) -> list[Table]:
             ("plain COPY, no conflict handling, 2 conns (ceiling)", ceiling, False, ""),
             ("project writer, SQLite", sqlite_path, False, f"{sqlite_n:,}-row sample"),
         ]
-        # Cases take turns within each repeat, so that load from elsewhere on the machine
-        # falls on all of them alike rather than on whichever ran at the wrong moment.
-        values: list[list[float]] = [[] for _ in cases]
-        for _ in range(ctx.repeats):
-            for i, (_, fn, _, _) in enumerate(cases):
-                values[i].append(await fn())
-        for (label, _, baseline, note), vals in zip(cases, values, strict=True):
-            table.add(Row(label, vals, "rows/s", baseline=baseline, note=note))
+        await take_turns(table, cases, ctx.repeats, "rows/s")
         rates = {r.label: r.median for r in table.rows}
         pandas_rate = rates[cases[0][0]]
         fresh_rate = rates[cases[2][0]]

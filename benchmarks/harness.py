@@ -206,3 +206,62 @@ def run_cli(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return asyncio.run(main_async(args.names, args.quick, args.json_path, args.repeats))
+
+
+Timed = Callable[[], Awaitable[float]]
+#: ``(label, case, is_baseline, note)``: one row of a table whose cases take turns.
+Case = tuple[str, Timed, bool, str]
+
+
+@dataclass
+class WriterCases:
+    """Rows/s of a store's writer into a fresh range, with half the rows stored, and a re-run.
+
+    ``write(pages)`` returns the seconds taken; ``halves`` are the first half of every page;
+    ``tables[0]`` holds the rows, the others (coverage) are emptied with it.
+    """
+
+    admin: Any
+    schema: str
+    tables: tuple[str, ...]
+    write: Callable[[Any], Awaitable[float]]
+    pages: Any
+    halves: Any
+    total: int
+
+    async def reset(self) -> None:
+        tables = ", ".join(f'"{self.schema}".{table}' for table in self.tables)
+        await self.admin.execute(f"TRUNCATE {tables}")
+
+    async def check(self, expected: int) -> None:
+        stored = await self.admin.fetchval(f'SELECT count(*) FROM "{self.schema}".{self.tables[0]}')  # noqa: S608
+        if stored != expected:
+            raise RuntimeError(f"stored {stored:,} rows, expected {expected:,}")
+
+    async def _timed(self, before: Any) -> float:
+        await self.reset()
+        if before is not None:
+            await self.write(before)
+        elapsed = await self.write(self.pages)
+        await self.check(self.total)
+        return float(self.total / elapsed)
+
+    async def fresh(self) -> float:
+        return await self._timed(None)
+
+    async def half_present(self) -> float:
+        return await self._timed(self.halves)
+
+    async def rerun(self) -> float:
+        return await self._timed(self.pages)
+
+
+async def take_turns(table: Table, cases: list[Case], repeats: int, unit: str) -> None:
+    """Run the cases in turn within every repeat, so that load from elsewhere on the machine falls
+    on all of them alike rather than on whichever ran at the wrong moment; add their rows."""
+    values: list[list[float]] = [[] for _ in cases]
+    for _ in range(repeats):
+        for i, (_, fn, _, _) in enumerate(cases):
+            values[i].append(await fn())
+    for (label, _, baseline, note), vals in zip(cases, values, strict=True):
+        table.add(Row(label, vals, unit, baseline=baseline, note=note))

@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from data_collector.datatypes import DEFAULT_DATA_TYPES, validate_data_types
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
 from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_market, validate_timeframe
@@ -303,6 +304,10 @@ class Config(BaseSettings):
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
+    #: What to collect per symbol: ``ohlcv`` (every timeframe), ``trades`` (aggregate trades);
+    #: ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv`` and
+    #: ``premium_ohlcv`` are reserved for perpetuals (see :mod:`data_collector.datatypes`).
+    data_types: list[str] = Field(default_factory=lambda: list(DEFAULT_DATA_TYPES))
     #: ISO date/datetime, or a relative form like ``180d`` (before now).
     start: str = "30d"
     #: ISO date/datetime, a relative form, or ``None`` for now.
@@ -348,6 +353,17 @@ class Config(BaseSettings):
         if not out:
             raise ValueError("list at least one timeframe, e.g. ['1m', '1h']")
         return list(dict.fromkeys(out))
+
+    @field_validator("data_types")
+    @classmethod
+    def _data_types(cls, value: list[str]) -> list[str]:
+        try:
+            out = validate_data_types(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        if not out:
+            raise ValueError("list at least one data type, e.g. ['ohlcv']")
+        return out
 
     @field_validator("start", "end", mode="before")
     @classmethod

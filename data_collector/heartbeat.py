@@ -51,6 +51,9 @@ class ActivitySource(Protocol):
     @property
     def last_message_ms(self) -> int | None: ...
 
+    def record_heartbeat(self, ts_ms: int) -> None:
+        """A heartbeat was written at ``ts_ms`` (for ``dc_seconds_since_last_heartbeat``)."""
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -121,8 +124,9 @@ class Heartbeat:
 
     async def beat(self) -> bool:
         """Write the heartbeat once; False (logged) when Redis is unreachable."""
+        payload = self.payload()
         try:
-            await self._client.set(self.key, json.dumps(self.payload()), ex=self.ttl_s)
+            await self._client.set(self.key, json.dumps(payload), ex=self.ttl_s)
         except (redis.RedisError, OSError) as exc:
             # Said once per outage, not at every beat: a run without Redis is allowed.
             log.log(
@@ -137,6 +141,8 @@ class Heartbeat:
             log.warning("heartbeat %s written again", self.key)
         self._failing = False
         self.beats += 1
+        if self._monitor is not None:
+            self._monitor.record_heartbeat(payload["ts_ms"])
         return True
 
     async def start(self) -> Heartbeat:

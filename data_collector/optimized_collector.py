@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import RetryCallState
 
-from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify
+from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify, listed_symbols
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
 from data_collector.backfill.plan import (
     align_range,
@@ -44,9 +44,9 @@ from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.config import Config, load_config, to_ms
 from data_collector.coverage import CoverageMap, build_coverage_map
+from data_collector.datatypes import OHLCV, validate_data_types
 from data_collector.errors import (
     ClosedError,
-    InvalidSymbolError,
     UsageError,
 )
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
@@ -212,16 +212,23 @@ class OptimizedDataCollector:
         start_date: TimeLike | None = None,
         end_date: TimeLike | None = None,
         timeframes: Sequence[str] | None = None,
+        data_types: Sequence[str] | None = None,
     ) -> CollectionReport:
-        """Backfill one symbol over every configured timeframe, all concurrently.
+        """Collect every configured data type of one symbol, all concurrently.
+
+        OHLCV over every timeframe, trades, ... (``data_types``), as :meth:`collect` does for
+        one symbol; the report gives the rows written per data type (``report.rows_by_type``).
 
         Args:
             symbol: e.g. ``"SOL/USDT"``.
             start_date, end_date: the range (naive datetimes are UTC); default: the config's
                 ``start`` and ``end`` (now).
             timeframes: default: the config's ``timeframes``.
+            data_types: default: the config's ``data_types``.
         """
-        return await self.collect(symbols=[symbol], timeframes=timeframes, start=start_date, end=end_date)
+        return await self.collect(
+            symbols=[symbol], timeframes=timeframes, start=start_date, end=end_date, data_types=data_types
+        )
 
     async def collect(
         self,
@@ -229,8 +236,10 @@ class OptimizedDataCollector:
         timeframes: Sequence[str] | None = None,
         start: TimeLike | None = None,
         end: TimeLike | None = None,
+        data_types: Sequence[str] | None = None,
     ) -> CollectionReport:
-        """Backfill every (symbol, timeframe) pair; fetch only what the coverage record lacks.
+        """Backfill every (symbol, timeframe) pair and every other data type of every symbol;
+        fetch only what the coverage record lacks.
 
         At most ``performance.concurrent_symbols`` symbols are in flight at once; all timeframes
         of a symbol run concurrently, with ``performance.pages_in_flight_per_pair`` pages in
@@ -243,6 +252,10 @@ class OptimizedDataCollector:
             symbols: default: the config's ``symbols``.
             timeframes: default: the config's ``timeframes``.
             start, end: the range; naive datetimes are UTC. Default: the config's.
+            data_types: what to collect (:mod:`data_collector.datatypes`); default: the
+                config's ``data_types``. ``ohlcv`` covers the timeframes; ``trades`` the
+                aggregate trades of ``[start, end)``. A type the symbol's market does not have
+                fails that pair with one line; the others go on.
 
         Returns:
             The :class:`CollectionReport` of the run.
@@ -256,6 +269,7 @@ class OptimizedDataCollector:
         start_ms, end_ms = self._resolve_range(start, end)
         symbol_list = [normalize_symbol(s) for s in (symbols or self.config.symbols)]
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
+        type_list = validate_data_types(data_types or self.config.data_types)
         for symbol in listed_symbols(client, symbol_list):
             client.check_page_limit(symbol)
         for timeframe in timeframe_list:
@@ -263,11 +277,12 @@ class OptimizedDataCollector:
         self._stop.clear()
         report = CollectionReport()
         self.current_report = report
+        keys = [*(timeframe_list if OHLCV in type_list else []), *(t for t in type_list if t != OHLCV)]
         for symbol in symbol_list:
-            for timeframe in timeframe_list:
-                report.pair(symbol, timeframe)
+            for key in keys:
+                report.pair(symbol, key)
         run = BackfillRun(self, self.backfill_settings, report, start_ms, end_ms)
-        await run.execute(list(dict.fromkeys(symbol_list)), list(dict.fromkeys(timeframe_list)))
+        await run.execute(list(dict.fromkeys(symbol_list)), list(dict.fromkeys(timeframe_list)), type_list)
         return report
 
     def _resolve_range(self, start: TimeLike | None, end: TimeLike | None) -> tuple[int, int]:
@@ -386,6 +401,19 @@ class OptimizedDataCollector:
             partial(self.store.load_frame, instrument.id, timeframe, to_ms(start), to_ms(end))
         )
 
+    async def load_trades(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        """Stored aggregate trades of ``[start, end)`` as a DataFrame indexed by UTC time.
+
+        Columns: ``id`` (the aggregate trade id), ``price``, ``qty``, ``first_trade_id``,
+        ``last_trade_id``, ``buyer_maker``; the index is a UTC ``DatetimeIndex`` named ``time``
+        (the trade's time), in id order. Naive datetimes are UTC.
+        """
+        await self.initialize()
+        instrument = await self.instrument(symbol)
+        return await self._store_call(
+            partial(self.store.load_trades_frame, instrument.id, to_ms(start), to_ms(end))
+        )
+
     async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under ``database.command_timeout_s``, retrying transient failures.
 
@@ -416,21 +444,6 @@ def _log_store_retry(state: RetryCallState) -> None:
         STORE_ATTEMPTS,
         wait_s,
     )
-
-
-def listed_symbols(client: ExchangeClient, symbols: Sequence[str]) -> list[str]:
-    """The ``symbols`` the exchange lists; the others fail as pairs of the run, and the rest go on.
-
-    Raises:
-        InvalidSymbolError: it lists none of them: nothing could be collected, so the input
-            is what to fix.
-    """
-    listed = [symbol for symbol in symbols if symbol in client.markets]
-    if not listed and symbols:
-        unknown = ", ".join(repr(symbol) for symbol in symbols)
-        which = "it" if len(symbols) == 1 else "any of them"
-        raise InvalidSymbolError(f"unknown symbol {unknown}: {client.id} does not list {which}")
-    return listed
 
 
 def _iso(ts_ms: int) -> str:

@@ -30,7 +30,7 @@ from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import ConnectionSettings
-from data_collector.streaming.metrics import BatchHook, StreamMetrics
+from data_collector.streaming.metrics import BatchHook, EventHook, StreamMetrics
 from data_collector.streaming.rest import rest_base_from_urls
 from data_collector.streaming.service import ServiceOptions, StreamService
 from data_collector.streaming.venue import stream_venue
@@ -64,6 +64,22 @@ def monitor_hook(monitor: Any) -> BatchHook:
         monitor.record_ws_message(max(latencies) if latencies else None, count=written)
 
     return worst
+
+
+def monitor_events(monitor: Any) -> EventHook:
+    """An event hook feeding a PerformanceMonitor the streamer's reconnects, gaps, dropped
+    entries and heartbeats (``record_reconnects``, ``record_gaps``, ``record_dropped``,
+    ``record_heartbeat``); kinds the monitor has no method for are left out."""
+    names = {"reconnects": "record_reconnects", "gaps": "record_gaps", "dropped": "record_dropped"}
+    counters = {kind: getattr(monitor, name, None) for kind, name in names.items()}
+    heartbeat = getattr(monitor, "record_heartbeat", None)
+
+    def hook(kind: str, n: int) -> None:
+        record = heartbeat if kind == "heartbeat" else counters.get(kind)
+        if record is not None:
+            record(n)
+
+    return hook
 
 
 def _chain(first: BatchHook | None, second: BatchHook | None) -> BatchHook | None:
@@ -107,7 +123,8 @@ class OptimizedWebSocketStreamer:
         on_batch: called after each Redis round trip with ``(entries written, event->Redis
             latencies in ms)``.
         monitor: a ``utils.performance_monitor.PerformanceMonitor`` fed once per round trip with
-            the batch's count and every event->Redis latency in it (``record_ws_messages``).
+            the batch's count and every event->Redis latency in it (``record_ws_messages``), and
+            with each reconnect, gap, dropped entry and heartbeat as it happens.
         heartbeat: refresh ``<prefix>:heartbeat:streamer:<instance>`` (TTL ``metrics.heartbeat_ttl_s``)
             while running, for ``data_collector.health``; it never holds streaming back.
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
@@ -172,6 +189,7 @@ class OptimizedWebSocketStreamer:
         )
         self.metrics = StreamMetrics()
         self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)
+        self.metrics.on_event = monitor_events(monitor) if monitor is not None else None
         if store_candles is None:
             store_candles = candle_store is not None or "database" in cfg.model_fields_set
         sink = None

@@ -11,6 +11,12 @@ Exposed names (Prometheus conventions: counters end in ``_total``, durations are
 ``dc_requests_total{outcome}``         exchange REST calls; ``outcome`` is ``ok`` or ``error``
 ``dc_rate_limited_total``              HTTP 429 (and 418) answers
 ``dc_retries_total``                   retried calls
+``dc_request_weight_total``            request weight sent (exchanges with a weight budget)
+``dc_request_weight_used``             weight counted in the exchange's current minute (ours or its
+                                       ``X-MBX-USED-WEIGHT-1M``, the larger); 0 once it ends
+``dc_request_weight_limit``            the exchange's weight limit per minute
+``dc_request_weight_budget``           weight per minute the collector allows itself (the limit
+                                       less ``exchange.rate_limit_margin``)
 ``dc_request_duration_seconds``        histogram of REST call latency
 ``dc_rows_written_total``              candle rows written to the database
 ``dc_db_operations_total{op}``         database operations by kind (INSERT, COPY, ...)
@@ -18,9 +24,12 @@ Exposed names (Prometheus conventions: counters end in ``_total``, durations are
 ``dc_ws_messages_total``               WebSocket messages received
 ``dc_ws_message_latency_seconds``      histogram of exchange-event to handling latency
 ``dc_gaps_found_total``                gaps detected (candles or stream sequence)
+``dc_stream_reconnects_total``         WebSocket reconnects of the streamer
+``dc_stream_dropped_total``            stream entries dropped (buffer full while Redis was away)
 ``dc_queue_depth``                     items waiting between producers and writers
 ``dc_seconds_since_last_write``        age of the last database write (``+Inf`` before any)
 ``dc_seconds_since_last_stream_message``  age of the last stream message (``+Inf`` before any)
+``dc_seconds_since_last_heartbeat``    age of the last heartbeat written to Redis (``+Inf`` before any)
 =====================================  ============================================================
 """
 
@@ -57,6 +66,17 @@ class Metrics:
         self._request_seconds = Histogram(
             "dc_request_duration_seconds", "Exchange REST latency", buckets=_LATENCY_BUCKETS, registry=r
         )
+        self._weight = Counter("dc_request_weight", "Request weight sent to the exchange", registry=r)
+        self._weight_limit = Gauge("dc_request_weight_limit", "Exchange weight limit per minute", registry=r)
+        self._weight_budget = Gauge(
+            "dc_request_weight_budget", "Weight per minute the collector allows itself", registry=r
+        )
+        self._weight_used = 0
+        self._weight_resets_s = 0.0
+        weight_used = Gauge(
+            "dc_request_weight_used", "Weight counted in the exchange's current minute", registry=r
+        )
+        weight_used.set_function(lambda: self._weight_used if time.time() < self._weight_resets_s else 0)
         self._rows_written = Counter("dc_rows_written", "Candle rows written to the database", registry=r)
         self._db_ops = Counter("dc_db_operations", "Database operations", ["op"], registry=r)
         self._db_seconds = Histogram(
@@ -73,6 +93,8 @@ class Metrics:
             registry=r,
         )
         self._gaps = Counter("dc_gaps_found", "Gaps detected in candles or streams", registry=r)
+        self._reconnects = Counter("dc_stream_reconnects", "WebSocket reconnects", registry=r)
+        self._dropped = Counter("dc_stream_dropped", "Stream entries dropped (buffer full)", registry=r)
         self._queue_depth = Gauge("dc_queue_depth", "Items waiting to be written", registry=r)
         self._last_write_s: float | None = None
         self._last_message_s: float | None = None
@@ -84,6 +106,11 @@ class Metrics:
             "dc_seconds_since_last_stream_message", "Seconds since the last stream message", registry=r
         )
         since_message.set_function(lambda: _age(self._last_message_s))
+        self._last_heartbeat_s: float | None = None
+        since_heartbeat = Gauge(
+            "dc_seconds_since_last_heartbeat", "Seconds since the last heartbeat written", registry=r
+        )
+        since_heartbeat.set_function(lambda: _age(self._last_heartbeat_s))
 
     def request(self, duration_s: float | None, success: bool = True, status: int | None = None) -> None:
         """One exchange REST call; ``status`` 429 or 418 also counts as rate limited."""
@@ -95,6 +122,15 @@ class Metrics:
 
     def retry(self, n: int = 1) -> None:
         self._retries.inc(n)
+
+    def request_weight(self, sent: int, used: int, limit: int, budget: int, resets_in_s: float) -> None:
+        """A request of weight ``sent`` is done; the exchange's minute counts ``used`` of ``limit``
+        (we allow ourselves ``budget``) and starts again in ``resets_in_s`` seconds."""
+        self._weight.inc(sent)
+        self._weight_used = used
+        self._weight_resets_s = time.time() + resets_in_s
+        self._weight_limit.set(limit)
+        self._weight_budget.set(budget)
 
     def db_operation(self, op: str, duration_s: float | None, rows_written: int = 0) -> None:
         """One database operation, with the rows it wrote (0 for reads)."""
@@ -123,6 +159,16 @@ class Metrics:
 
     def gaps_found(self, n: int = 1) -> None:
         self._gaps.inc(n)
+
+    def stream_reconnects(self, n: int = 1) -> None:
+        self._reconnects.inc(n)
+
+    def stream_dropped(self, n: int = 1) -> None:
+        self._dropped.inc(n)
+
+    def heartbeat(self, at_s: float | None = None) -> None:
+        """A heartbeat was written (at ``at_s``, Unix seconds; now when omitted)."""
+        self._last_heartbeat_s = time.time() if at_s is None else at_s
 
     def queue_depth(self, depth: int) -> None:
         self._queue_depth.set(depth)

@@ -132,12 +132,16 @@ class PerformanceMonitor:
         self._api_errors = 0
         self._rate_limited = 0
         self._retries = 0
+        self._weight = 0
         self._db_ops: dict[str, list[int]] = {}
         self._rows = 0
         self._rows_written = 0
         self._ws_count = 0
         self._gaps = 0
+        self._reconnects = 0
+        self._dropped = 0
         self._queue_depth = 0
+        self._last_heartbeat_ms: int | None = None
         self._last_write_ms: int | None = None
         self._last_message_ms: int | None = None
         self._process = psutil.Process()
@@ -161,6 +165,16 @@ class PerformanceMonitor:
             self._retries += n
         if self.metrics is not None:
             self.metrics.retry(n)
+
+    def record_request_weight(
+        self, sent: int, used: int, limit: int, budget: int, resets_in_s: float
+    ) -> None:
+        """A request of weight ``sent`` is done; the exchange's current minute counts ``used`` of
+        ``limit`` (the collector allows itself ``budget``) and ends in ``resets_in_s`` seconds."""
+        with self._lock:
+            self._weight += sent
+        if self.metrics is not None:
+            self.metrics.request_weight(sent, used, limit, budget, resets_in_s)
 
     def record_db_operation(
         self, op: str, duration_ms: float, rows: int = 0, *, written: bool | None = None
@@ -221,6 +235,27 @@ class PerformanceMonitor:
         if self.metrics is not None:
             self.metrics.gaps_found(n)
 
+    def record_reconnects(self, n: int = 1) -> None:
+        """``n`` WebSocket reconnects of the streamer."""
+        with self._lock:
+            self._reconnects += n
+        if self.metrics is not None:
+            self.metrics.stream_reconnects(n)
+
+    def record_dropped(self, n: int = 1) -> None:
+        """``n`` stream entries dropped (the streamer's buffer was full)."""
+        with self._lock:
+            self._dropped += n
+        if self.metrics is not None:
+            self.metrics.stream_dropped(n)
+
+    def record_heartbeat(self, ts_ms: int) -> None:
+        """A heartbeat was written at ``ts_ms`` (:class:`data_collector.heartbeat.Heartbeat` calls it)."""
+        with self._lock:
+            self._last_heartbeat_ms = ts_ms
+        if self.metrics is not None:
+            self.metrics.heartbeat(ts_ms / 1000.0)
+
     def set_queue_depth(self, depth: int) -> None:
         with self._lock:
             self._queue_depth = depth
@@ -264,6 +299,7 @@ class PerformanceMonitor:
                     "errors": self._api_errors,
                     "rate_limited": self._rate_limited,
                     "retries": self._retries,
+                    "weight": self._weight,
                     "per_s": self._api.count * per_s,
                     "latency_ms": api,
                 },
@@ -278,9 +314,12 @@ class PerformanceMonitor:
                 "ws_messages": {"count": self._ws_count, "per_s": self._ws_count * per_s, "latency_ms": ws},
                 "timings_ms": {name: w.summary() for name, w in self._timers.items()},
                 "gaps_found": self._gaps,
+                "stream_reconnects": self._reconnects,
+                "stream_dropped": self._dropped,
                 "queue_depth": self._queue_depth,
                 "last_write_ms": self._last_write_ms,
                 "last_message_ms": self._last_message_ms,
+                "last_heartbeat_ms": self._last_heartbeat_ms,
             }
         summary["system"] = self._system()
         return summary

@@ -14,7 +14,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ import ccxt.async_support as ccxt
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.backfill.plan import Range
 from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
-from data_collector.backfill.validate import MalformedPageError, raw_kline_rows, validate_page
+from data_collector.backfill.validate import MalformedPageError, raw_kline_rows, raw_trade_rows, validate_page
 from data_collector.config import Config
 from data_collector.errors import (
     CollectorError,
@@ -180,8 +180,10 @@ class ExchangeClient:
         exchange.on_rest_response = self._on_rest_response
         if self.settings.id in BINANCE_LIKE:
             # ccxt's per-field helpers, sort and filter cost more per candle than everything else
-            # we do with a page; kline arrays need no mapping, and validate_page checks them.
+            # we do with a page; kline arrays and aggTrades need no mapping, and validate_page
+            # and validate_trades check them.
             exchange.parse_ohlcvs = raw_kline_rows
+            exchange.parse_trades = raw_trade_rows
         if not self.weight_mode:
             self.limiter.fallback_interval_s = float(getattr(exchange, "rateLimit", 0) or 0) / 1000.0
         return exchange
@@ -355,6 +357,15 @@ class ExchangeClient:
             self.limiter.release(reservation)
             if self.monitor is not None:
                 self.monitor.record_api_call((time.perf_counter() - started) * 1000, ok, status=status)
+                limiter = self.limiter
+                if limiter.weight_limit is not None:
+                    self.monitor.record_request_weight(
+                        reservation.weight,
+                        limiter.used_weight,
+                        limiter.weight_limit,
+                        limiter.budget,
+                        limiter.minute_left_s,
+                    )
         return result
 
     def _count_retry(self) -> None:
@@ -397,6 +408,21 @@ class ExchangeClient:
             return ts
 
         return await self.call(fetch, weight=BINANCE_WEIGHTS["klines"])
+
+
+def listed_symbols(client: ExchangeClient, symbols: Sequence[str]) -> list[str]:
+    """The ``symbols`` the exchange lists; the others fail as pairs of the run, and the rest go on.
+
+    Raises:
+        InvalidSymbolError: it lists none of them: nothing could be collected, so the input
+            is what to fix.
+    """
+    listed = [symbol for symbol in symbols if symbol in client.markets]
+    if not listed and symbols:
+        unknown = ", ".join(repr(symbol) for symbol in symbols)
+        which = "it" if len(symbols) == 1 else "any of them"
+        raise InvalidSymbolError(f"unknown symbol {unknown}: {client.id} does not list {which}")
+    return listed
 
 
 def classify(exc: BaseException) -> CollectorError:

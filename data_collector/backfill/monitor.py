@@ -13,6 +13,12 @@ class CollectorMonitor(Protocol):
     def record_api_call(self, duration_ms: float, success: bool = True, *, status: int | None = None) -> None:
         """One exchange REST call; ``status`` 429/418 counts as rate limited."""
 
+    def record_request_weight(
+        self, sent: int, used: int, limit: int, budget: int, resets_in_s: float
+    ) -> None:
+        """A request of weight ``sent`` is done; the exchange's minute counts ``used`` of ``limit``
+        (we allow ourselves ``budget``) and ends in ``resets_in_s`` seconds."""
+
     def record_retry(self, n: int = 1) -> None:
         """``n`` retries of a failed call."""
 

@@ -128,6 +128,12 @@ class RateLimiter:
         return self._used
 
     @property
+    def minute_left_s(self) -> float:
+        """Seconds until the server's current minute ends and its weight count starts again."""
+        self._roll_minute()
+        return max(0.0, (self._minute + 1) * MINUTE_S - self.server_now())
+
+    @property
     def server_offset_s(self) -> float:
         return self._offset_s
 

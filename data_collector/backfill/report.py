@@ -12,7 +12,7 @@ PairStatus = Literal["pending", "running", "done", "failed", "stopped"]
 
 @dataclass(slots=True)
 class PairReport:
-    """One (symbol, timeframe)."""
+    """One (symbol, timeframe) of OHLCV, or one (symbol, data type) such as ``trades``."""
 
     symbol: str
     timeframe: str
@@ -23,6 +23,7 @@ class PairReport:
     candles_fetched: int = 0
     gaps_found: int = 0
     exchange_gaps: int = 0
+    trades_fetched: int = 0
     error: str | None = None
 
     @property
@@ -48,6 +49,8 @@ class CollectionReport:
     elapsed_s: float = 0.0
     interrupted: bool = False
     pairs: dict[str, PairReport] = field(default_factory=dict)
+    #: Rows written per data type (``ohlcv``, ``trades``, ...).
+    rows_by_type: dict[str, int] = field(default_factory=dict)
 
     @property
     def failures(self) -> dict[str, str]:
@@ -60,6 +63,14 @@ class CollectionReport:
     @property
     def candles_fetched(self) -> int:
         return sum(p.candles_fetched for p in self.pairs.values())
+
+    @property
+    def trades_fetched(self) -> int:
+        return sum(p.trades_fetched for p in self.pairs.values())
+
+    def add_rows(self, data_type: str, written: int) -> None:
+        """Count ``written`` rows of ``data_type``."""
+        self.rows_by_type[data_type] = self.rows_by_type.get(data_type, 0) + written
 
     @property
     def candles_per_s(self) -> float:
@@ -88,6 +99,8 @@ class CollectionReport:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.elapsed_s += other.elapsed_s
+        for data_type, rows in other.rows_by_type.items():
+            self.add_rows(data_type, rows)
         self.interrupted = self.interrupted or other.interrupted
         self.pairs.update(other.pairs)
 
@@ -104,6 +117,9 @@ class CollectionReport:
             f"  requests {self.requests:,} (weight {self.weight_used:,}, "
             f"{self.requests / max(self.elapsed_s, 1e-9) * MINUTE_MS / 1000:,.0f}/min), retries {self.retries}, "
             f"malformed pages {self.malformed_pages}, 429s {self.http_429}, 418s {self.http_418}",
+            "  rows written by data type: "
+            + (", ".join(f"{k} {v:,}" for k, v in sorted(self.rows_by_type.items())) or "none")
+            + (f"; trades fetched {self.trades_fetched:,}" if self.trades_fetched else ""),
             f"  gaps found {self.gaps_found}, repaired {self.gaps_repaired}; "
             f"exchange-side gaps recorded {self.exchange_gaps}",
         ]

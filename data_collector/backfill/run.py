@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.plan import (
@@ -25,15 +26,20 @@ from data_collector.backfill.plan import (
     unproven_rest,
 )
 from data_collector.backfill.report import CollectionReport, PairReport
+from data_collector.backfill.trades_run import TradePair
 from data_collector.config import Config
+from data_collector.datatypes import OHLCV, TRADES, check_market_has
 from data_collector.errors import CollectorError, InvalidSymbolError, PermanentError, TransientError
 from data_collector.picking import pick
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, WriteResult
+from data_collector.storage.trades import TradeBatch
 
 if TYPE_CHECKING:
     from data_collector.optimized_collector import OptimizedDataCollector
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +91,16 @@ class BackfillRun:
         self.report = report
         self.start_ms = start_ms
         self.end_ms = end_ms
-        self.queue: asyncio.Queue[tuple[CandleBatch, PairReport] | None] = asyncio.Queue(
+        self.queue: asyncio.Queue[tuple[CandleBatch | TradeBatch, PairReport] | None] = asyncio.Queue(
             settings.write_queue_batches
         )
         self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
         self.page_slots = asyncio.Semaphore(settings.pages_in_flight)
         self.write_error: BaseException | None = None
 
-    async def execute(self, symbols: list[str], timeframes: list[str]) -> None:
+    async def execute(
+        self, symbols: list[str], timeframes: list[str], data_types: Sequence[str] = (OHLCV,)
+    ) -> None:
         started = time.perf_counter()
         stats0 = _snapshot(self.client)
         try:
@@ -101,7 +109,10 @@ class BackfillRun:
             async with asyncio.TaskGroup() as group:
                 for i in range(self.settings.writers):
                     group.create_task(self._writer(), name=f"dc-writer-{i}")
-                fetchers = [group.create_task(self._symbol(s, timeframes), name=f"dc-{s}") for s in symbols]
+                fetchers = [
+                    group.create_task(self._symbol(s, timeframes, data_types), name=f"dc-{s}")
+                    for s in symbols
+                ]
                 if fetchers:
                     await asyncio.wait(fetchers)
                 for _ in range(self.settings.writers):
@@ -121,31 +132,44 @@ class BackfillRun:
         if self.write_error is not None:
             raise self.write_error
 
-    async def _symbol(self, symbol: str, timeframes: list[str]) -> None:
+    async def _symbol(self, symbol: str, timeframes: list[str], data_types: Sequence[str]) -> None:
+        keys = [*(timeframes if OHLCV in data_types else []), *(t for t in data_types if t != OHLCV)]
         async with self.symbols:
             if self.owner._stop.is_set():
-                for tf in timeframes:
-                    self._finish(self.report.pair(symbol, tf), "stopped")
+                for key in keys:
+                    self._finish(self.report.pair(symbol, key), "stopped")
                 return
+            for data_type in data_types:
+                if data_type == OHLCV:
+                    continue
+                try:
+                    check_market_has(data_type, symbol, self.client.markets.get(symbol))
+                except PermanentError as refused:
+                    keys.remove(data_type)
+                    self._fail(self.report.pair(symbol, data_type), refused)
+            ohlcv = timeframes if OHLCV in data_types else []
             try:
                 instrument = await self.owner.instrument(symbol)
-                plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
-                if instrument.listing_ms is None and any(p.pages for p in plans.values()):
+                plans = {tf: await self._plan(instrument, symbol, tf) for tf in ohlcv}
+                wants_listing = any(p.pages for p in plans.values()) or TRADES in keys
+                if instrument.listing_ms is None and wants_listing:
                     listing = await self.client.first_candle_ms(symbol)
                     if listing is not None:
                         await self.owner._store_call(partial(self.store.set_listing, instrument.id, listing))
                         instrument = await self._relisted(instrument, listing)
-                        plans = {tf: await self._plan(instrument, symbol, tf) for tf in timeframes}
+                        plans = {tf: await self._plan(instrument, symbol, tf) for tf in ohlcv}
             except Exception as exc:
                 error = classify(exc)
                 if not isinstance(error, (PermanentError, TransientError, InvalidSymbolError)):
                     raise
-                for tf in timeframes:
-                    self._fail(self.report.pair(symbol, tf), error)
+                for key in keys:
+                    self._fail(self.report.pair(symbol, key), error)
                 return
             async with asyncio.TaskGroup() as pairs:
-                for tf in timeframes:
+                for tf in ohlcv:
                     pairs.create_task(self._pair(instrument, plans[tf]))
+                if TRADES in keys:
+                    pairs.create_task(TradePair(self, instrument).execute())
 
     async def _relisted(self, instrument: Instrument, listing_ms: int) -> Instrument:
         updated = replace(instrument, listing_ms=listing_ms)
@@ -221,16 +245,7 @@ class BackfillRun:
             return False
         page = todo.pop()
         limit = self.settings.page_limit
-        fetch = asyncio.ensure_future(self.client.fetch_page(plan.symbol, plan.timeframe, page, limit))
-        stopped = asyncio.ensure_future(self.owner._stop.wait())
-        try:
-            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not fetch.done():
-                # Stopping: a page waiting for the rate limiter is dropped, not awaited.
-                fetch.cancel()
-                await asyncio.gather(fetch, return_exceptions=True)
+        fetch = await self.unless_stopped(self.client.fetch_page(plan.symbol, plan.timeframe, page, limit))
         if fetch.cancelled():
             todo.append(page)
             return False
@@ -254,6 +269,20 @@ class BackfillRun:
         await self.queue.put((CandleBatch(instrument.id, plan.timeframe, candles, coverage), pair))
         self._progress(pair)
         return True
+
+    async def unless_stopped(self, fetch: Awaitable[T]) -> asyncio.Future[T]:
+        """Run ``fetch`` until it is done or the run is asked to stop; the future, maybe cancelled."""
+        task = asyncio.ensure_future(fetch)
+        stopped = asyncio.ensure_future(self.owner._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                # Stopping: a page waiting for the rate limiter is dropped, not awaited.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return task
 
     def _fail(self, pair: PairReport, error: BaseException) -> None:
         pair.error = str(error)
@@ -291,7 +320,8 @@ class BackfillRun:
             if self.write_error is not None:
                 continue  # drain so fetchers never block on a full queue
             try:
-                await self._write([b for b, _ in items])
+                await self._write([b for b, _ in items if isinstance(b, CandleBatch)])
+                await self._write_trades([b for b, _ in items if isinstance(b, TradeBatch)])
             except Exception as exc:
                 self.write_error = (
                     exc if isinstance(exc, CollectorError) else TransientError(f"write failed: {exc}")
@@ -301,6 +331,9 @@ class BackfillRun:
                     self._fail(pair, self.write_error)
 
     async def _write(self, batches: list[CandleBatch]) -> None:
+        if not batches:
+            return
+
         async def write() -> tuple[WriteResult, float]:
             started = time.perf_counter()
             return await self.store.write(batches), time.perf_counter() - started
@@ -312,6 +345,20 @@ class BackfillRun:
         monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
+        self.report.add_rows(OHLCV, result.written)
+
+    async def _write_trades(self, batches: list[TradeBatch]) -> None:
+        if not batches:
+            return
+        started = time.perf_counter()
+        # Idempotent like candles (keyed by id, coverage merged), so a failed write is retried whole.
+        result = await self.owner._store_call(partial(self.store.write_trades, batches))
+        self.owner.monitor.record_db_operation(
+            "WRITE", (time.perf_counter() - started) * 1000, result.written
+        )
+        self.report.rows_written += result.written
+        self.report.rows_skipped += result.skipped
+        self.report.add_rows(TRADES, result.written)
 
 
 def _first_error(errors: BaseExceptionGroup) -> BaseException:

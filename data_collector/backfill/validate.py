@@ -15,6 +15,7 @@ import orjson
 from data_collector.errors import TransientError
 from data_collector.markets import TIMEFRAME_MS, WEEK_OFFSET_MS, candle_open_ms
 from data_collector.storage.base import Candle
+from data_collector.storage.trades import Trade
 
 _ROW_TYPES = {list, tuple}
 
@@ -123,3 +124,66 @@ def raw_kline_rows(
     arrays reaches the validation unchanged, to be rejected there.
     """
     return [] if ohlcvs is None else ohlcvs
+
+
+_TRADE_KEYS = ("a", "p", "q", "f", "l", "T", "m")
+
+
+def validate_trades(
+    rows: object, *, from_id: int | None = None, start_ms: int | None = None, end_ms: int | None = None
+) -> list[Trade]:
+    """Return a page of Binance aggregate trades as clean trades, or raise :class:`MalformedPageError`.
+
+    A page is valid when it is a list of ``{"a", "p", "q", "f", "l", "T", "m"}`` objects whose ids
+    (``a``) are integers, strictly increasing and at least ``from_id``, whose times (``T``) are
+    integers that never decrease and lie in ``[start_ms, end_ms]`` when given, whose price and
+    quantity are finite and positive (numbers or numeric strings), whose first and last trade ids
+    are integers with ``f <= l``, and whose ``m`` is a boolean.
+    """
+    if not isinstance(rows, list):
+        raise MalformedPageError(f"expected a list of trades, got {type(rows).__name__}")
+    if not rows:
+        return []
+    try:
+        if not all(type(r) is dict for r in rows):
+            raise MalformedPageError("a trade is not an object")
+        ids, prices, qtys, firsts, lasts, times, makers = ([r[k] for r in rows] for k in _TRADE_KEYS)
+    except KeyError as exc:
+        raise MalformedPageError(f"a trade has no {exc.args[0]!r} field") from None
+    for name, column in (("id", ids), ("first id", firsts), ("last id", lasts), ("time", times)):
+        if set(map(type, column)) != {int}:
+            raise MalformedPageError(f"a trade's {name} is not an integer")
+    if set(map(type, makers)) != {bool}:
+        raise MalformedPageError("a trade's buyer-maker flag is not a boolean")
+    if any(type(v) is bool for v in (*prices, *qtys)):
+        raise MalformedPageError("a trade has a boolean where a number belongs")
+    try:
+        price = _numbers(prices)
+        qty = _numbers(qtys)
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedPageError("a trade has a price or quantity that is not a number") from None
+    table = np.array([price, qty], dtype=np.float64)
+    if not np.isfinite(table).all() or not (table > 0).all():
+        raise MalformedPageError("a trade has a missing, non-finite or non-positive price or quantity")
+    if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+        raise MalformedPageError("trades are out of order or duplicated")
+    if any(b < a for a, b in zip(times, times[1:], strict=False)):
+        raise MalformedPageError("trade times run backwards")
+    if any(f > la for f, la in zip(firsts, lasts, strict=True)):
+        raise MalformedPageError("a trade's first trade id is above its last")
+    if from_id is not None and ids[0] < from_id:
+        raise MalformedPageError(f"trades start at id {ids[0]}, below the {from_id} asked for")
+    if (start_ms is not None and times[0] < start_ms) or (end_ms is not None and times[-1] > end_ms):
+        raise MalformedPageError(f"trades from {times[0]} to {times[-1]} are outside [{start_ms}, {end_ms}]")
+    return list(zip(ids, times, price, qty, firsts, lasts, makers, strict=True))
+
+
+def raw_trade_rows(
+    trades: object, market: object = None, since: object = None, limit: object = None, params: object = None
+) -> object:
+    """ccxt's ``parse_trades`` for Binance aggTrades: the objects as the exchange sent them.
+
+    ccxt maps each trade through a dozen helpers into a dict of 15 keys, then sorts and filters;
+    :func:`validate_trades` converts the fields we store and checks order and range itself.
+    """
+    return [] if trades is None else trades

@@ -31,7 +31,7 @@ class PlainProgress:
         if pair.status in ("done", "failed"):
             extra = f": {pair.error}" if pair.error else ""
             print(
-                f"{pair.key}: {pair.status}, {pair.candles_fetched:,} candles{extra}",
+                f"{pair.key}: {pair.status}, {_fetched(pair)}{extra}",
                 file=self.stream,
                 flush=True,
             )
@@ -119,3 +119,10 @@ def monitor_line(report: CollectionReport | None, client: Any, started: float) -
         f"cpu {proc.cpu_percent():.0f}%",
     ]
     return ", ".join(parts)
+
+
+def _fetched(pair: PairReport) -> str:
+    """``1,234 candles`` for an OHLCV pair, ``5,678 trades`` for a trades pair."""
+    if pair.trades_fetched or pair.timeframe == "trades":
+        return f"{pair.trades_fetched:,} trades"
+    return f"{pair.candles_fetched:,} candles"

@@ -17,6 +17,7 @@ from data_collector.storage.base import (
     WriteResult,
 )
 from data_collector.storage.store import CandleStore, StoreSettings
+from data_collector.storage.trades import Trade, TradeBatch, TradeCoverage
 from data_collector.storage.url import parse_database_url
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ __all__ = [
     "Gap",
     "Instrument",
     "StoreSettings",
+    "Trade",
+    "TradeBatch",
+    "TradeCoverage",
     "WriteResult",
     "open_store",
 ]

@@ -49,6 +49,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
+from data_collector.storage.postgres_trades import TRADE_DDL, PostgresTrades
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore, StoreSettings
 from data_collector.storage.url import parse_database_url
@@ -217,7 +218,7 @@ _TRANSIENT_PG: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,  # class 40: deadlock, serialization failure
 )
 # These leave the connection in an unknown state: it must be terminated, not reused.
-_BREAKING: tuple[type[BaseException], ...] = (
+BREAKING_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -415,7 +416,9 @@ class PostgresCandleStore(CandleStore):
         try:
             yield sa_conn, driver
         except BaseException as exc:
-            if isinstance(exc, _BREAKING) or not isinstance(exc, asyncpg.PostgresError | CollectorError):
+            if isinstance(exc, BREAKING_ERRORS) or not isinstance(
+                exc, asyncpg.PostgresError | CollectorError
+            ):
                 driver.terminate()
                 try:
                     await sa_conn.invalidate()
@@ -485,7 +488,7 @@ class PostgresCandleStore(CandleStore):
         async with self._connect() as (_, conn):
             async with conn.transaction():
                 await self._bounded(conn.execute(_INIT_LOCK, f"data_collector.initialize:{self._schema}"))
-                for statement in _DDL:
+                for statement in (*_DDL, *TRADE_DDL):
                     await self._bounded(conn.execute(self._sql(statement)))
                 await self._bounded(
                     conn.execute(
@@ -565,28 +568,36 @@ class PostgresCandleStore(CandleStore):
         prepared = prepare(batches)
         if not prepared.groups and not prepared.coverage:
             return WriteResult(0, prepared.total)
+        async with self._write_transaction(_CREATE_STAGES) as conn:
+            written = await self._write_rows(conn, prepared)
+            await self._write_coverage(conn, prepared)
+        return WriteResult(written, prepared.total - written)
+
+    @asynccontextmanager
+    async def _write_transaction(self, stages: Sequence[str]) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction, its staging tables ready; commits on success."""
         async with self._connect() as (sa_conn, conn):
-            await self._ensure_stage(sa_conn, conn)
+            await self._ensure_stages(sa_conn, conn, stages)
             tr = conn.transaction()
             await self._bounded(tr.start())
             try:
-                written = await self._write_rows(conn, prepared)
-                await self._write_coverage(conn, prepared)
+                yield conn
             except asyncpg.PostgresError as exc:
                 # The server said no but the connection is fine: roll back, then report.
-                if not isinstance(exc, _BREAKING):
+                if not isinstance(exc, BREAKING_ERRORS):
                     await self._bounded(tr.rollback())
                 raise
             await self._bounded(tr.commit())
-        return WriteResult(written, prepared.total - written)
 
-    async def _ensure_stage(self, sa_conn: AsyncConnection, conn: asyncpg.Connection) -> None:
+    async def _ensure_stages(
+        self, sa_conn: AsyncConnection, conn: asyncpg.Connection, stages: Sequence[str]
+    ) -> None:
         # Created once per connection, outside any transaction so that a rollback cannot undo it.
-        if sa_conn.info.get(_STAGE_READY):
-            return
-        for statement in _CREATE_STAGES:
-            await self._bounded(conn.execute(statement))
-        sa_conn.info[_STAGE_READY] = True
+        ready: set[str] = sa_conn.info.setdefault(_STAGE_READY, set())
+        for statement in stages:
+            if statement not in ready:
+                await self._bounded(conn.execute(statement))
+                ready.add(statement)
 
     async def _write_rows(self, conn: asyncpg.Connection, prepared: PreparedWrite) -> int:
         final = [g for g in prepared.groups if g.final]
@@ -681,6 +692,9 @@ class PostgresCandleStore(CandleStore):
                 timeout=self._timeout_s,
             )
         )
+
+    def _trade_tables(self) -> PostgresTrades:
+        return PostgresTrades(self)
 
     async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connect() as (_, conn):

@@ -30,6 +30,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
+from data_collector.storage.sqlite_trades import TRADE_DDL, SqliteTrades
 from data_collector.storage.store import CandleStore, StoreSettings
 from data_collector.storage.url import parse_database_url
 
@@ -194,7 +195,7 @@ class SqliteCandleStore(CandleStore):
         """Create the file, its directory, the tables and the view, idempotently."""
         codes = sorted(TIMEFRAME_CODES.items(), key=lambda item: item[1])
         async with self._transaction() as conn:
-            for statement in _DDL:
+            for statement in (*_DDL, *TRADE_DDL):
                 await self._bounded(conn.execute(statement))
             await self._bounded(
                 conn.executemany(
@@ -314,6 +315,9 @@ class SqliteCandleStore(CandleStore):
                     [(instrument_id, code, kind, s, e) for s, e in merge_spans(spans)],
                 )
             )
+
+    def _trade_tables(self) -> SqliteTrades:
+        return SqliteTrades(self)
 
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
         rows = await self._fetchall(

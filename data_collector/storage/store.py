@@ -10,10 +10,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
+from data_collector.errors import PermanentError
 from data_collector.markets import CODE_TIMEFRAMES, candle_opens, count_candles, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
+from data_collector.storage.trades import (
+    TRADE_FRAME_COLUMNS,
+    Trade,
+    TradeBatch,
+    TradeCoverage,
+    merge_trade_coverage,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,6 +72,17 @@ class StoreSettings:
             **pick(db, "db_schema", "connect_timeout_s", "command_timeout_s"),
             **pick(perf, **pool),
         )
+
+
+class TradeTables(Protocol):
+    """What a backend provides for trades (:mod:`~data_collector.storage.postgres_trades`,
+    :mod:`~data_collector.storage.sqlite_trades`)."""
+
+    async def write(self, batches: Sequence[TradeBatch]) -> WriteResult: ...
+
+    async def coverage_rows(self, instrument_id: int) -> list[TradeCoverage]: ...
+
+    async def load(self, instrument_id: int, start_ms: int, end_ms: int) -> list[Trade]: ...
 
 
 class CandleStore(ABC):
@@ -158,6 +177,32 @@ class CandleStore(ABC):
     async def load(self, instrument_id: int, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
         """Candles with ``start_ms <= ts < end_ms``, oldest first."""
 
+    def _trade_tables(self) -> TradeTables:
+        """The backend's trades tables; a store without them refuses trades with one line."""
+        raise PermanentError(f"{type(self).__name__} does not store trades")
+
+    async def write_trades(self, batches: Sequence[TradeBatch]) -> WriteResult:
+        """Write trade batches atomically (all or nothing): deduplicated by ``(instrument, id)``,
+        idempotent, together with their id-keyed coverage (:mod:`data_collector.storage.trades`).
+
+        Raises:
+            TransientError: the connection failed; nothing was written, retrying is safe.
+            UsageError: a trade lies outside its batch's coverage.
+        """
+        return await self._trade_tables().write(batches)
+
+    async def load_trades(self, instrument_id: int, start_ms: int, end_ms: int) -> list[Trade]:
+        """Trades with ``start_ms <= ts < end_ms``, by id."""
+        return await self._trade_tables().load(instrument_id, start_ms, end_ms)
+
+    async def trade_coverage(self, instrument_id: int) -> list[TradeCoverage]:
+        """The instrument's trade coverage, merged (rows whose ids touch joined) and sorted by id."""
+        return merge_trade_coverage(await self._trade_tables().coverage_rows(instrument_id))
+
+    async def load_trades_frame(self, instrument_id: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Trades in ``[start_ms, end_ms)`` as a DataFrame (see :func:`trades_frame`)."""
+        return trades_frame(await self.load_trades(instrument_id, start_ms, end_ms))
+
     async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
         """Covered ranges, merged and sorted (adjacent ranges of one kind joined).
 
@@ -248,4 +293,29 @@ def candles_frame(candles: Sequence[Candle]) -> pd.DataFrame:
 
     index = pd.DatetimeIndex(pd.to_datetime([c[0] for c in candles], unit="ms", utc=True), name="time")
     frame = pd.DataFrame([c[1:] for c in candles], columns=FRAME_COLUMNS, index=index, dtype="float64")
+    return frame
+
+
+def trades_frame(trades: Sequence[Trade]) -> pd.DataFrame:
+    """Trades as a DataFrame indexed by their UTC time, oldest first.
+
+    Columns: ``id`` (int64, the aggregate trade id), ``price`` and ``qty`` (float64),
+    ``first_trade_id`` and ``last_trade_id`` (int64), ``buyer_maker`` (bool); the index is a UTC
+    ``DatetimeIndex`` named ``time``.
+    """
+    import pandas as pd
+
+    index = pd.DatetimeIndex(pd.to_datetime([t[1] for t in trades], unit="ms", utc=True), name="time")
+    frame = pd.DataFrame(
+        {
+            "id": pd.array([t[0] for t in trades], dtype="int64"),
+            "price": pd.array([t[2] for t in trades], dtype="float64"),
+            "qty": pd.array([t[3] for t in trades], dtype="float64"),
+            "first_trade_id": pd.array([t[4] for t in trades], dtype="int64"),
+            "last_trade_id": pd.array([t[5] for t in trades], dtype="int64"),
+            "buyer_maker": pd.array([bool(t[6]) for t in trades], dtype="bool"),
+        },
+        index=index,
+        columns=TRADE_FRAME_COLUMNS,
+    )
     return frame

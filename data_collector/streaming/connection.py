@@ -166,7 +166,7 @@ class StreamConnection:
                     opened_ms = int(time.time() * 1000)
                     self.connects += 1
                     if self.connects > 1:
-                        self._metrics.reconnects += 1
+                        self._metrics.add_reconnect()
                         log.info("%s reconnected", self.name)
                     # Marks the streams whose earlier events are known (from this process or
                     # from Redis after a restart) so that their first event closes a gap marker.

@@ -16,6 +16,10 @@ RATE_WINDOW_S = 5.0
 
 #: Called after every batch written: ``(messages written, event->Redis latencies in ms)``.
 BatchHook = Callable[[int, list[float]], None]
+#: Called as reconnects, gaps and dropped entries are counted, and heartbeats written:
+#: ``(kind, n)`` with kind ``reconnects``, ``gaps`` or ``dropped`` (n: how many), or
+#: ``heartbeat`` (n: when, in Unix ms).
+EventHook = Callable[[str, int], None]
 
 
 class StreamMetrics:
@@ -46,6 +50,7 @@ class StreamMetrics:
         # (monotonic second, messages written in it)
         self._rate: deque[list[float]] = deque()
         self.on_batch: BatchHook | None = None
+        self.on_event: EventHook | None = None
         #: Wall-clock ms of the newest round trip that wrote something (for the heartbeat).
         self.last_write_ms: int | None = None
 
@@ -68,6 +73,25 @@ class StreamMetrics:
                 rate.popleft()
         if self.on_batch is not None:
             self.on_batch(written, event_lat)
+
+    def add_reconnect(self) -> None:
+        self.reconnects += 1
+        if self.on_event is not None:
+            self.on_event("reconnects", 1)
+
+    def add_gap(self) -> None:
+        self.gaps += 1
+        if self.on_event is not None:
+            self.on_event("gaps", 1)
+
+    def add_dropped(self) -> None:
+        self.dropped += 1
+        if self.on_event is not None:
+            self.on_event("dropped", 1)
+
+    def heartbeat_written(self, ts_ms: int) -> None:
+        if self.on_event is not None:
+            self.on_event("heartbeat", ts_ms)
 
     def messages_per_second(self) -> float:
         """Messages written per second over the last ``RATE_WINDOW_S`` seconds."""

@@ -103,6 +103,9 @@ class _Activity:
     def last_write_ms(self) -> int | None:
         return self._service.metrics.last_write_ms
 
+    def record_heartbeat(self, ts_ms: int) -> None:
+        self._service.metrics.heartbeat_written(ts_ms)
+
 
 class StreamService:
     """Runs the streams of :class:`ServiceOptions` into Redis until :meth:`close`."""

@@ -257,7 +257,7 @@ class RedisWriter:
             self._metrics.unconfirmed += 1
             self._unsure.setdefault(head, []).append((entry_id, event_ms))
             return
-        self._metrics.dropped += 1
+        self._metrics.add_dropped()
         run = self._runs.get(head)
         if run is None:
             self._runs[head] = _DroppedRun(entry_id, event_ms)
@@ -272,7 +272,7 @@ class RedisWriter:
         else:
             waiting.append(marker)
             self._n_markers += 1
-        self._metrics.gaps += 1
+        self._metrics.add_gap()
         self._wake.set()
 
     def publish_book(self, key: str, payload: bytes | None) -> None:

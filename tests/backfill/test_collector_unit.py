@@ -172,12 +172,18 @@ class RecordingMonitor:
     def __init__(self) -> None:
         self.api: list[tuple[float, bool, int | None]] = []
         self.retries = 0
+        self.weight = 0
         self.rows = 0
         self.gaps = 0
         self.depths: list[int] = []
 
     def record_api_call(self, duration_ms: float, success: bool = True, *, status: int | None = None) -> None:
         self.api.append((duration_ms, success, status))
+
+    def record_request_weight(
+        self, sent: int, used: int, limit: int, budget: int, resets_in_s: float
+    ) -> None:
+        self.weight += sent
 
     def record_retry(self, n: int = 1) -> None:
         self.retries += n

@@ -86,6 +86,12 @@ async def test_soak_streaming_alongside_backfill(
                 "concurrent_symbols": 2,
                 "db_pool_size": 4,
                 "api_rate_limit": 600,
+                # The HTTP pool grows to requests_in_flight connections at the first burst that
+                # needs them, which may come after the warm-up: bounded, not a leak. These are the
+                # bounds the fd and task limits below were set with.
+                "requests_in_flight": 16,
+                "pages_in_flight": 12,
+                "pages_in_flight_per_pair": 8,
             },
             "logging": {"file": None},
         }

@@ -141,6 +141,15 @@ async def test_config_errors_exit_2_naming_the_file_or_the_variable(
     assert code == 2 and named in one_line(err), out + err
 
 
+async def test_an_unknown_data_type_exits_2_with_one_line(
+    base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    write_config(tmp_path / "config.yaml", {**base_config, "data_types": ["ohlcv", "tardes"]})
+    code, out, err = await run(COLLECT, cwd=tmp_path, env={})
+    assert code == 2, out + err
+    assert one_line(err) == err.strip() and "config.yaml: data_types: unknown data type 'tardes'" in err, err
+
+
 async def test_misspelled_section_is_refused_by_every_script(
     base_config: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from data_collector.coverage.grid import CellGrid, CoverageMap
-from data_collector.coverage.render import COLOURS, LEGEND_PX, ROW_PX, TOP_PX, cell_box, image_size
+from data_collector.coverage.render import COLOURS, LABEL_PX, LEGEND_PX, ROW_PX, TOP_PX, cell_box, image_size
 from data_collector.markets import DAY_MS, HOUR_MS, TIMEFRAME_CODES, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
@@ -108,6 +108,10 @@ async def test_png_shows_maintenance_gap_hole_and_missing_in_their_colours(
         cell = pixels[y0:y1, x0:x1].reshape(-1, 3)
         # Every pixel of the cell, not one sample: the colour fills it exactly.
         assert {tuple(p) for p in cell.tolist()} == {rgb(COLOURS[STATE_OF[kind]])}, (day, kind)
+    # The row's label and its summary are drawn as dark text beside the cells.
+    band = pixels[TOP_PX : TOP_PX + ROW_PX].min(axis=2)
+    grid_end = cell_box(DAYS, 0, DAYS - 1)[2]
+    assert band[:, :LABEL_PX].min() < 100 and band[:, grid_end:].min() < 100
     states = [s.split('"')[1] for s in page.read_text().split("data-state=")[1:]]
     assert states == ["stored", "hole", "stored", "exchange", "stored", "missing"]
 

@@ -84,7 +84,7 @@ async def test_map_shows_stored_hole_exchange_and_missing_cells(store: CandleSto
 def test_png_without_matplotlib_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from data_collector.coverage import CoverageMap
 
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # what `import` sees when it is absent
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import` sees when it is absent
     with pytest.raises(MissingExtraError, match=r"pip install 'data-collector\[coverage\]'"):
         CoverageMap(CellGrid.make(0, HOUR_MS), []).save_png(tmp_path / "x.png")
 

@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from data_collector.config import load_config
 from data_collector.markets import MINUTE_MS
 from data_collector.storage import CandleBatch, CoverageRange, open_store
-from tests.support.services import PG_ADMIN_DSN, PG_URL
+from tests.support.services import PG_ADMIN_DSN, PG_URL, dropped_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 START_MS = 1_700_000_000_000 - 1_700_000_000_000 % MINUTE_MS
@@ -96,15 +95,9 @@ async def _snapshot(schema: str) -> tuple[list[Any], list[Any]]:
 
 
 @pytest.fixture
-async def two_schemas() -> AsyncIterator[tuple[str, str]]:
-    names = (f"t_{uuid.uuid4().hex[:10]}", f"t_{uuid.uuid4().hex[:10]}")
-    try:
+async def two_schemas() -> AsyncIterator[tuple[str, ...]]:
+    async with dropped_schemas(2) as names:
         yield names
-    finally:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        for name in names:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        await conn.close()
 
 
 async def _run_and_kill(schema: str, after_commits: int, rng: random.Random) -> None:
@@ -135,7 +128,7 @@ async def _run_and_kill(schema: str, after_commits: int, rng: random.Random) -> 
 
 
 async def test_sigkill_at_three_points_then_restart_matches_an_uninterrupted_run(
-    two_schemas: tuple[str, str],
+    two_schemas: tuple[str, ...],
 ) -> None:
     clean, killed = two_schemas
     total_written, _ = await write_missing(PG_URL, clean, verbose=False)

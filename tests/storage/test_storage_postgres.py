@@ -178,7 +178,8 @@ async def test_concurrent_initialize_of_a_new_schema(admin: asyncpg.Connection) 
         tables = await admin.fetchval(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", schema
         )
-        assert tables == 5  # instruments, ohlcv, coverage, timeframes, ohlcv_view
+        # instruments, ohlcv, coverage, timeframes, ohlcv_view, trades, trade_coverage, trades_view
+        assert tables == 8
     finally:
         for s in stores:
             await s.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import redis
 
 PG_ADMIN_DSN = os.environ.get("DC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -85,3 +88,16 @@ class PrivateRedis:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def dropped_schemas(count: int) -> AsyncIterator[tuple[str, ...]]:
+    """``count`` fresh schema names in database ``test``, each dropped afterwards (if created)."""
+    names = tuple(f"t_{uuid.uuid4().hex[:10]}" for _ in range(count))
+    try:
+        yield names
+    finally:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()

@@ -1,0 +1,130 @@
+"""One (symbol, ``trades``) pair of a run: plan by the id coverage, fetch pages by id, queue them.
+
+Runs inside :class:`~data_collector.backfill.run.BackfillRun`, beside the symbol's OHLCV pairs:
+the same rate limiter and retry policy (through the exchange client), the same page slots and
+write queue, the same stop. Each page goes on the write queue with the coverage it proves
+(:func:`~data_collector.backfill.trades_plan.trade_page_coverage`), so a run killed at any moment
+leaves whole pages behind and the next run fetches exactly the ids that are missing.
+
+The newest trades are left for the next run: the range ends :data:`SETTLE_MS` before the
+exchange's clock, so no trade still being aggregated is ever stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING
+
+from data_collector.backfill.exchange import classify
+from data_collector.backfill.trades_fetch import TRADES_PAGE_LIMIT, fetch_trades_from, first_id_at
+from data_collector.backfill.trades_plan import (
+    IdRange,
+    TradeSpan,
+    id_pages,
+    plan_trade_spans,
+    trade_page_coverage,
+)
+from data_collector.datatypes import TRADES
+from data_collector.errors import CollectorError
+from data_collector.storage.base import Instrument
+from data_collector.storage.trades import TradeBatch, TradeCoverage
+
+if TYPE_CHECKING:
+    from data_collector.backfill.run import BackfillRun
+
+#: Trades younger than this (by the exchange's clock) are left for the next run.
+SETTLE_MS = 10_000
+
+
+class TradePair:
+    """The trades of one instrument over the run's range."""
+
+    def __init__(self, run: BackfillRun, instrument: Instrument) -> None:
+        self.run = run
+        self.instrument = instrument
+        self.pair = run.report.pair(instrument.symbol, TRADES)
+        self.limit = TRADES_PAGE_LIMIT
+        self.failure: list[CollectorError] = []
+
+    def _stopping(self) -> bool:
+        run = self.run
+        return bool(self.failure) or run.owner._stop.is_set() or run.write_error is not None
+
+    async def execute(self) -> None:
+        run, pair = self.run, self.pair
+        pair.status = "running"
+        run._progress(pair)
+        try:
+            covered = await run.owner._store_call(partial(run.store.trade_coverage, self.instrument.id))
+            end_ms = min(run.end_ms, run.client.server_now_ms() - SETTLE_MS)
+            spans = plan_trade_spans(run.start_ms, end_ms, covered)
+            pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
+            for span in spans:
+                if self._stopping():
+                    break
+                await self._span(span)
+        except Exception as exc:
+            error = classify(exc)
+            if not isinstance(error, CollectorError):  # pragma: no cover - classify always maps
+                raise
+            self.failure.append(error)
+        if self.failure:
+            run._fail(pair, self.failure[0])
+        elif self._stopping():
+            run._finish(pair, "stopped")
+        else:
+            run._finish(pair, "done")
+
+    async def _span(self, span: TradeSpan) -> None:
+        run, symbol = self.run, self.instrument.symbol
+        listing = self.instrument.listing_ms
+        first = span.first_id
+        if first is None:
+            first = await first_id_at(run.client, symbol, span.start_ms, not_before_ms=listing)
+        end = span.end_id
+        if end is None:
+            end = await first_id_at(run.client, symbol, span.end_ms, not_before_ms=listing)
+        end = max(end, first)
+        ids = (first, end)
+        if end == first:
+            # No trade in the span: record it, so it is never asked again.
+            cover = TradeCoverage(first, first, span.start_ms, span.end_ms)
+            await run.queue.put((TradeBatch(self.instrument.id, [], [cover]), self.pair))
+            return
+        todo = list(reversed(id_pages(first, end, self.limit)))
+        self.pair.pages_planned += len(todo)
+
+        async def worker() -> None:
+            while todo and not self._stopping():
+                async with run.page_slots:
+                    if todo and not self._stopping():
+                        await self._page(span, ids, todo.pop(), todo)
+
+        while todo and not self._stopping():
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(min(run.settings.pages_in_flight_per_pair, len(todo))):
+                    workers.create_task(worker())
+
+    async def _page(self, span: TradeSpan, ids: IdRange, page: IdRange, todo: list[IdRange]) -> None:
+        run = self.run
+        fetch = await run.unless_stopped(
+            fetch_trades_from(run.client, self.instrument.symbol, page[0], self.limit)
+        )
+        if fetch.cancelled():
+            todo.append(page)
+            return
+        try:
+            answer = fetch.result()
+        except Exception as exc:
+            self.failure.append(classify(exc))
+            return
+        result = trade_page_coverage(span, ids, page, answer, self.limit)
+        if result.rest is not None:
+            more = id_pages(*result.rest, self.limit)
+            todo.extend(reversed(more))
+            self.pair.pages_planned += len(more)
+        self.pair.trades_fetched += len(result.trades)
+        self.pair.pages_done += 1
+        await run.queue.put((TradeBatch(self.instrument.id, result.trades, [result.coverage]), self.pair))
+        run._progress(self.pair)

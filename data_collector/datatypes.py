@@ -1,0 +1,71 @@
+"""The data types a run collects (``data_types`` in the config), and which markets have each.
+
+* ``ohlcv``: candles of every configured timeframe (the default, and what a run did before).
+* ``trades``: aggregate trades, paged by id (spot and perpetual).
+* ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv``, ``premium_ohlcv``:
+  perpetual futures only. Their names are reserved and validated now; the collector does not
+  fetch them yet, and a pair asking for one fails with a line that says so.
+
+A data type that a market does not have (funding for a spot symbol) fails that pair with one line
+and the other pairs go on; a name that is no data type at all is a configuration error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from data_collector.echo import shown_input
+from data_collector.errors import PermanentError, UsageError
+
+OHLCV: Final = "ohlcv"
+TRADES: Final = "trades"
+FUNDING_RATES: Final = "funding_rates"
+OPEN_INTEREST: Final = "open_interest"
+MARK_OHLCV: Final = "mark_ohlcv"
+INDEX_OHLCV: Final = "index_ohlcv"
+PREMIUM_OHLCV: Final = "premium_ohlcv"
+
+#: Every data type, in the order a report lists them.
+DATA_TYPES: Final = (OHLCV, TRADES, FUNDING_RATES, OPEN_INTEREST, MARK_OHLCV, INDEX_OHLCV, PREMIUM_OHLCV)
+#: Types that only perpetual futures have.
+PERPETUAL_ONLY: Final = frozenset({FUNDING_RATES, OPEN_INTEREST, MARK_OHLCV, INDEX_OHLCV, PREMIUM_OHLCV})
+#: Types the collector fetches today; the others are reserved names.
+COLLECTED: Final = frozenset({OHLCV, TRADES})
+DEFAULT_DATA_TYPES: Final = (OHLCV,)
+
+
+def validate_data_type(name: object) -> str:
+    """``name`` if it is a data type, else a :class:`UsageError` listing the valid ones."""
+    if isinstance(name, str) and name in DATA_TYPES:
+        return name
+    shown = shown_input(name) if isinstance(name, str) else shown_input(repr(name), quoted=False)
+    raise UsageError(f"unknown data type {shown}: use one of {', '.join(DATA_TYPES)}")
+
+
+def validate_data_types(names: Iterable[object]) -> list[str]:
+    """The data types of ``names``, validated, repeats dropped, order kept."""
+    return list(dict.fromkeys(validate_data_type(n) for n in names))
+
+
+def is_perpetual(symbol: str, market: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``symbol`` is a perpetual swap: ccxt's market says so, or its form is ``BASE/QUOTE:SETTLE``."""
+    if market is not None and market.get("swap") is not None:
+        return bool(market.get("swap"))
+    return ":" in symbol
+
+
+def check_market_has(data_type: str, symbol: str, market: Mapping[str, Any] | None = None) -> None:
+    """Refuse a data type the market does not have, or one not collected yet, with one line.
+
+    Raises:
+        PermanentError: ``data_type`` is perpetual-only and ``symbol`` is spot, or the type is
+            reserved but not collected yet. The pair fails; the run goes on.
+    """
+    if data_type in PERPETUAL_ONLY and not is_perpetual(symbol, market):
+        raise PermanentError(
+            f"{data_type} exists only for perpetual futures and {symbol} is a spot symbol; "
+            f"ask for it on the perpetual (e.g. {symbol}:{symbol.split('/')[-1]}) or drop it from data_types"
+        )
+    if data_type not in COLLECTED:
+        raise PermanentError(f"{data_type} is not collected yet by this version; drop it from data_types")
