@@ -37,7 +37,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from data_collector.datatypes import DEFAULT_DATA_TYPES, validate_data_types
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
-from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_market, validate_timeframe
 from data_collector.redis.keys import key_part
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage.url import parse_database_url
@@ -336,7 +336,7 @@ class Config(BaseSettings):
     @classmethod
     def _symbols(cls, value: list[str]) -> list[str]:
         try:
-            out = [normalize_symbol(s) for s in value]
+            out = [normalize_market(s) for s in value]
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         if not out:

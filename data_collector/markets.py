@@ -1,7 +1,8 @@
 """Symbols and timeframes: validation and time arithmetic shared by every part of the project.
 
-Symbols are canonical ccxt spot symbols, ``BASE/QUOTE`` in upper case (``SOL/USDT``). Anything
-else is rejected here, before it can reach SQL, a Redis key or a URL. Timeframes are ccxt strings
+Symbols are canonical ccxt spot symbols, ``BASE/QUOTE`` in upper case (``SOL/USDT``); where a
+perpetual is meant too (the streamer), ccxt's ``BASE/QUOTE:SETTLE`` (``BTC/USDT:USDT``) is a
+*market* (:func:`normalize_market`). Anything else is rejected here, before it can reach SQL, a Redis key or a URL. Timeframes are ccxt strings
 (``1m`` … ``1M``); each has a fixed small-integer code used as a database key, which must never
 change once data has been written with it.
 
@@ -73,6 +74,7 @@ CODE_TIMEFRAMES: dict[int, str] = {code: tf for tf, code in TIMEFRAME_CODES.item
 DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
+_PERPETUAL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}:[A-Z0-9]{1,20}$")
 
 
 def normalize_symbol(symbol: object) -> str:
@@ -92,19 +94,44 @@ def normalize_symbol(symbol: object) -> str:
 
 def normalize_symbols(symbols: Iterable[object]) -> list[str]:
     """Normalise a list of symbols, dropping repeats but keeping order."""
-    seen: dict[str, None] = {}
-    for symbol in symbols:
-        seen.setdefault(normalize_symbol(symbol), None)
-    return list(seen)
+    return list(dict.fromkeys(normalize_symbol(s) for s in symbols))
+
+
+def normalize_market(symbol: object) -> str:
+    """The canonical ccxt form of a spot symbol (``SOL/USDT``) or a perpetual (``BTC/USDT:USDT``).
+
+    Raises:
+        InvalidSymbolError: anything else, named with what to write instead.
+    """
+    if isinstance(symbol, str) and ":" in symbol:
+        text = symbol.strip().upper()
+        if _PERPETUAL_RE.match(text):
+            return text
+        raise InvalidSymbolError(
+            f"invalid perpetual {shown_input(symbol)}: use BASE/QUOTE:SETTLE with letters and digits, "
+            "e.g. 'BTC/USDT:USDT'"
+        )
+    return normalize_symbol(symbol)
+
+
+def normalize_markets(symbols: Iterable[object]) -> list[str]:
+    """:func:`normalize_market` over a list, dropping repeats but keeping order."""
+    return list(dict.fromkeys(normalize_market(s) for s in symbols))
+
+
+def is_perpetual(symbol: str) -> bool:
+    """Whether ``symbol`` (canonical) names a perpetual (``BTC/USDT:USDT``)."""
+    return ":" in symbol
 
 
 def exchange_symbol(symbol: str) -> str:
-    """``SOL/USDT`` -> ``SOLUSDT`` (Binance's REST form)."""
-    return normalize_symbol(symbol).replace("/", "")
+    """``SOL/USDT`` -> ``SOLUSDT`` (Binance's REST form); ``BTC/USDT:USDT`` -> ``BTCUSDT``, as
+    Binance USDⓈ-M names its perpetuals."""
+    return normalize_market(symbol).partition(":")[0].replace("/", "")
 
 
 def stream_symbol(symbol: str) -> str:
-    """``SOL/USDT`` -> ``solusdt`` (Binance's WebSocket stream form)."""
+    """``SOL/USDT`` (or ``SOL/USDT:USDT``) -> ``solusdt`` (Binance's WebSocket stream form)."""
     return exchange_symbol(symbol).lower()
 
 

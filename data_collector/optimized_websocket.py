@@ -20,7 +20,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -29,10 +29,11 @@ from data_collector.errors import ClosedError, UsageError
 from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
-from data_collector.streaming.connection import BINANCE_WS_URL, ConnectionSettings
+from data_collector.streaming.connection import ConnectionSettings
 from data_collector.streaming.metrics import BatchHook, EventHook, StreamMetrics
-from data_collector.streaming.rest import BINANCE_REST_URL, rest_base_from_urls
+from data_collector.streaming.rest import rest_base_from_urls
 from data_collector.streaming.service import ServiceOptions, StreamService
+from data_collector.streaming.venue import stream_venue
 
 __all__ = ["OptimizedWebSocketStreamer"]
 
@@ -93,24 +94,29 @@ def _chain(first: BatchHook | None, second: BatchHook | None) -> BatchHook | Non
 
 
 class OptimizedWebSocketStreamer:
-    """Streams trades, book tickers, klines and depth from Binance into Redis.
+    """Streams trades, book tickers, klines and depth from Binance into Redis; from Binance
+    USDⓈ-M futures also mark prices (with funding) and liquidations.
 
     Args:
-        symbols: canonical symbols (``['SOL/USDT']``); default: the config's ``symbols``.
+        symbols: canonical symbols (``['SOL/USDT']``), or perpetuals (``['BTC/USDT:USDT']``) when
+            ``exchange.id`` is ``binanceusdm``; default: the config's ``symbols``.
         redis_client: a ``redis.asyncio.Redis``, a sync ``redis.Redis`` (its connection settings
             are reused) or a URL; default: the config's ``redis.url``.
         batch_size: flush a batch at this many entries; default ``performance.ws_batch_size``.
-        channels: any of ``trade``, ``aggTrade``, ``bookTicker``, ``depth``, ``kline_<tf>``;
+        channels: any of ``trade``, ``aggTrade``, ``bookTicker``, ``depth``, ``kline_<tf>``, and
+            for perpetuals ``markPrice``, ``markPrice@1s`` and ``forceOrder`` (liquidations);
             default ``streaming.channels``.
         batch_interval: flush a batch at most this many seconds after its first entry; default
             ``performance.ws_batch_interval``.
-        ws_url: WebSocket base URL; default ``exchange.ws_url``, else Binance's.
-        rest_url: REST base URL (depth snapshots, kline repair); default from ``exchange.urls``,
-            else Binance's.
+        ws_url: WebSocket base URL; default ``exchange.ws_url``, else Binance's (spot's or
+            USDⓈ-M's, after ``exchange.id``).
+        rest_url: REST base URL (depth snapshots, kline repair); default from ``exchange.urls``
+            (``api.public``, or ``api.fapiPublic`` for ``binanceusdm``), else Binance's.
         config: a path, dict or :class:`~data_collector.config.Config` (``streaming.*``,
             ``redis.*`` and the two ``performance.ws_*`` keys apply).
         exchange: the venue label in keys and events; default ``exchange.name`` (``sim-binance``
-            for the simulator's config). The protocol is ``exchange.id``; only ``binance`` is spoken.
+            for the simulator's config, ``sim-binanceusdm`` for its futures). The protocol is
+            ``exchange.id``: ``binance`` (spot) or ``binanceusdm`` (USDⓈ-M perpetuals).
         candle_store: an open ``CandleStore`` for closed klines (the caller keeps owning it).
         store_candles: write closed klines to the database; default: when ``candle_store`` is
             given or the config names a ``database``.
@@ -121,6 +127,9 @@ class OptimizedWebSocketStreamer:
             with each reconnect, gap, dropped entry and heartbeat as it happens.
         heartbeat: refresh ``<prefix>:heartbeat:streamer:<instance>`` (TTL ``metrics.heartbeat_ttl_s``)
             while running, for ``data_collector.health``; it never holds streaming back.
+        on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
+            index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
+            It must not block.
     """
 
     def __init__(
@@ -140,8 +149,10 @@ class OptimizedWebSocketStreamer:
         on_batch: BatchHook | None = None,
         monitor: Any = None,
         heartbeat: bool = True,
+        on_mark_price: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         cfg = load_config(config)
+        venue = stream_venue(cfg.exchange.id)
         self.config = cfg
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -158,8 +169,10 @@ class OptimizedWebSocketStreamer:
             exchange=exchange or cfg.exchange.name,
             protocol=cfg.exchange.id,
             prefix=cfg.redis.prefix,
-            ws_url=ws_url or cfg.exchange.ws_url or BINANCE_WS_URL,
-            rest_url=rest_url or rest_base_from_urls(cfg.exchange.urls) or BINANCE_REST_URL,
+            ws_url=ws_url or cfg.exchange.ws_url or venue.default_ws_url,
+            rest_url=rest_url
+            or rest_base_from_urls(cfg.exchange.urls, venue.rest_api)
+            or venue.default_rest_url,
             rest_timeout_s=cfg.exchange.timeout_s,
             batch_size=int(batch_size) if batch_size is not None else cfg.performance.ws_batch_size,
             batch_interval_s=float(batch_interval)
@@ -189,8 +202,9 @@ class OptimizedWebSocketStreamer:
                 self.metrics,
                 store=candle_store,
                 store_settings=StoreSettings.from_config(cfg) if candle_store is None else None,
+                market_type=venue.market_type,
             )
-        self._service = StreamService(options, endpoint, self.metrics, sink)
+        self._service = StreamService(options, endpoint, self.metrics, sink, on_mark_price)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None

@@ -27,12 +27,13 @@ from data_collector.cli.exits import (
 from data_collector.cli.parser import OneLineParser, log_level
 from data_collector.config import Config, load_config, with_exchange
 from data_collector.errors import CollectorError, UsageError
-from data_collector.markets import exchange_symbol, normalize_symbols
+from data_collector.markets import exchange_symbol, is_perpetual, normalize_markets
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.normalize import validate_channel
-from data_collector.streaming.rest import BINANCE_REST_URL, BinanceRest, rest_base_from_urls
+from data_collector.streaming.rest import BinanceRest, rest_base_from_urls
+from data_collector.streaming.venue import StreamVenue, stream_venue, venue_for_symbols
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ async def run_stream_cli(
         config: the collector's config (path, dict or Config).
         symbols: default: the config's ``symbols``.
         channels: default: ``streaming.channels``.
-        demo: stream from an in-process simulator instead of the exchange.
+        demo: stream from an in-process simulator instead of the exchange (its USDⓈ-M futures
+            when the symbols are perpetuals, ``BTC/USDT:USDT``).
         status_interval_s: seconds between status lines (0 for none).
         duration_s: stop after this long (``None``: until interrupted).
         out: where status lines go (default stdout).
@@ -103,9 +105,14 @@ async def run_stream_cli(
         ServerUnavailableError: Redis cannot be reached at start.
     """
     cfg = load_config(config)
-    normalize_symbols(symbols or cfg.symbols)
+    wanted = normalize_markets(symbols or cfg.symbols)
+    if len({is_perpetual(s) for s in wanted}) > 1:
+        raise UsageError("spot symbols and perpetuals stream in separate runs: one venue per streamer")
+    venue = venue_for_symbols(wanted) if demo else stream_venue(cfg.exchange.id)
+    for symbol in wanted:
+        venue.check_symbol(symbol)
     for channel in channels or cfg.streaming.channels:
-        validate_channel(channel)
+        validate_channel(channel, venue.channels)
     out = out or sys.stdout
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,12 +142,22 @@ async def run_stream_cli(
         if demo:
             from data_collector.simulator import SimulatedExchange
 
-            sim = SimulatedExchange(symbols=list(symbols or cfg.symbols), seed=42, ws_rate=DEMO_WS_RATE)
+            perpetuals = [s for s in wanted if is_perpetual(s)]
+            sim = SimulatedExchange(
+                symbols=[s.partition(":")[0] for s in wanted],
+                perpetuals=perpetuals,
+                seed=42,
+                ws_rate=DEMO_WS_RATE,
+            )
             await sim.start()
-            # The simulator's section labels every key 'sim-binance': demo data never lands
-            # under the real venue's keys.
-            cfg = with_exchange(cfg, sim.exchange_config())
-            print(f"demo: simulator at {sim.rest_url}", file=out, flush=True)
+            # The simulator's sections label every key 'sim-binance' (or 'sim-binanceusdm'):
+            # demo data never lands under the real venue's keys.
+            if perpetuals:
+                cfg = with_exchange(cfg, sim.futures_exchange_config())
+                print(f"demo: simulator's USDⓈ-M futures at {sim.futures_rest_url}", file=out, flush=True)
+            else:
+                cfg = with_exchange(cfg, sim.exchange_config())
+                print(f"demo: simulator at {sim.rest_url}", file=out, flush=True)
         streamer = OptimizedWebSocketStreamer(
             symbols=symbols,
             channels=channels,
@@ -148,7 +165,11 @@ async def run_stream_cli(
             store_candles=False if demo else None,
             monitor=monitor,
         )
-        await check_listed(rest_base_from_urls(cfg.exchange.urls) or BINANCE_REST_URL, streamer.symbols)
+        await check_listed(
+            rest_base_from_urls(cfg.exchange.urls, venue.rest_api) or venue.default_rest_url,
+            streamer.symbols,
+            venue,
+        )
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
             f"into Redis {endpoint.describe()} under {cfg.redis.prefix}:*:{cfg.exchange.name}:*; Ctrl-C stops",
@@ -182,16 +203,19 @@ async def run_stream_cli(
         remove_signals(loop, installed)
 
 
-async def check_listed(rest_url: str, symbols: Sequence[str]) -> None:
+async def check_listed(rest_url: str, symbols: Sequence[str], venue: StreamVenue | None = None) -> None:
     """Refuse, before connecting, a symbol the exchange does not list (its streams stay silent).
 
     An exchange that cannot be asked now is no reason to refuse: the streamer reconnects until
     it answers, so that is logged and the run goes on.
 
+    Args:
+        venue: whose ``exchangeInfo`` to ask (default: spot's).
+
     Raises:
         UsageError: names the first symbol the exchange's ``exchangeInfo`` does not list.
     """
-    rest = BinanceRest(rest_url)
+    rest = BinanceRest(rest_url, api=venue.rest_api if venue is not None else "/api/v3")
     try:
         listed = await rest.listed_symbols()
     except CollectorError as exc:
@@ -247,10 +271,15 @@ def _list(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None, prog: str = "stream_market_data.py") -> argparse.Namespace:
     parser = OneLineParser(prog=prog, description=STREAM_HELP.split("\n")[0])
     parser.add_argument(
-        "--symbols", type=_list, help="comma-separated, e.g. SOL/USDT,BTC/USDT (default: config)"
+        "--symbols",
+        type=_list,
+        help="comma-separated, e.g. SOL/USDT,BTC/USDT, or perpetuals BTC/USDT:USDT (default: config)",
     )
     parser.add_argument(
-        "--channels", type=_list, help="trade, aggTrade, bookTicker, depth, kline_<tf> (default: config)"
+        "--channels",
+        type=_list,
+        help="trade, aggTrade, bookTicker, depth, kline_<tf>; perpetuals also markPrice, markPrice@1s, "
+        "forceOrder (default: config)",
     )
     parser.add_argument("--config", help="config.yaml path (default: ./config.yaml when present)")
     parser.add_argument("--demo", action="store_true", help="stream from an in-process exchange simulator")

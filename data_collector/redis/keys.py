@@ -1,8 +1,10 @@
 """Every Redis key the project writes is built here, from validated parts only.
 
 Layout (``<p>`` is ``redis.prefix``, default ``dc``; ``<ex>`` the venue label ``exchange.name``
-(``binance``; ``sim-binance`` for the demo and the simulator); ``<sym>`` a
-canonical symbol such as ``SOL/USDT``; ``<ch>`` a channel such as ``trade`` or ``kline_1m``):
+(``binance``; ``sim-binance`` for the demo and the simulator; ``binanceusdm`` and
+``sim-binanceusdm`` for Binance USDⓈ-M futures); ``<sym>`` a canonical ccxt symbol such as
+``SOL/USDT``, or ``BTC/USDT:USDT`` for a perpetual (the symbol is always the last part, so its
+own colon is never mistaken for a separator); ``<ch>`` a channel such as ``trade`` or ``kline_1m``):
 
 =====================================  =====================================================
 ``<p>:stream:<ex>:<ch>:<sym>``         Redis Stream of msgpack-packed events (field ``d``)
@@ -21,7 +23,7 @@ import re
 
 from data_collector.echo import shown_input
 from data_collector.errors import UsageError
-from data_collector.markets import normalize_symbol
+from data_collector.markets import normalize_market
 
 _PART_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -40,15 +42,15 @@ def key_part(kind: str, value: str) -> str:
 
 
 def stream_key(prefix: str, exchange: str, channel: str, symbol: str) -> str:
-    return f"{_part('prefix', prefix)}:stream:{_part('exchange', exchange)}:{_part('channel', channel)}:{normalize_symbol(symbol)}"
+    return f"{_part('prefix', prefix)}:stream:{_part('exchange', exchange)}:{_part('channel', channel)}:{normalize_market(symbol)}"
 
 
 def latest_key(prefix: str, exchange: str, channel: str, symbol: str) -> str:
-    return f"{_part('prefix', prefix)}:latest:{_part('exchange', exchange)}:{_part('channel', channel)}:{normalize_symbol(symbol)}"
+    return f"{_part('prefix', prefix)}:latest:{_part('exchange', exchange)}:{_part('channel', channel)}:{normalize_market(symbol)}"
 
 
 def book_key(prefix: str, exchange: str, symbol: str) -> str:
-    return f"{_part('prefix', prefix)}:book:{_part('exchange', exchange)}:{normalize_symbol(symbol)}"
+    return f"{_part('prefix', prefix)}:book:{_part('exchange', exchange)}:{normalize_market(symbol)}"
 
 
 def gaps_key(prefix: str, exchange: str) -> str:

@@ -44,12 +44,19 @@ class OrderBook:
         self.last_step_ms = 0
         self.pending: deque[DepthDiff] = deque(maxlen=10_000)
         self._skip = 0
+        #: The next step changes the book but its diff is never sent (an event lost in transit).
+        self._lose = False
         self._gap = 1
         self._qty = 1
 
-    def skip_update_id(self, count: int = 1) -> None:
-        """Make the next diff start ``count`` ids after the previous one ended (a lost update)."""
+    def skip_update_id(self, count: int = 1, lose_content: bool = False) -> None:
+        """Make the next diff start ``count`` ids after the previous one ended (a lost update).
+
+        ``lose_content``: besides, the next step's changes reach the book (and REST snapshots)
+        but its diff is never sent, so a book that ignored the break would be wrong.
+        """
         self._skip += count
+        self._lose = self._lose or lose_content
 
     def _rebuild(self, mid: int, qty_units: float) -> None:
         self._gap = max(1, mid // 100_000)
@@ -114,6 +121,9 @@ class OrderBook:
             changes = 1
         self.update_id += changes
         diff.last = self.update_id
+        if self._lose:
+            self._lose = False
+            return
         self.pending.append(diff)
 
     def top(self, limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

@@ -82,17 +82,18 @@ class WsFaults:
         for hub in self._sim.hubs:
             hub.malformed()
 
-    def skip_depth_id(self, symbol: str, count: int = 1) -> None:
+    def skip_depth_id(self, symbol: str, count: int = 1, lose_content: bool = False) -> None:
         """Lose ``count`` depth update ids of ``symbol`` (``X/Y:Z`` for a perpetual).
 
         The next spot diff does not follow on (``U`` skips); the next futures diff's ``pu`` is
-        not the ``u`` of the diff before, as when an event is lost.
+        not the ``u`` of the diff before, as when an event is lost. ``lose_content``: the lost
+        event also changed levels (they are in the book and REST snapshots, never in a diff).
         """
         if ":" in symbol:
             perp = self._sim.usdm.market(symbol)
-            self._sim.usdm.books[perp.symbol].skip_update_id(count)
+            self._sim.usdm.books[perp.symbol].skip_update_id(count, lose_content)
             return
-        self._sim.books[self._sim.market(symbol).symbol].skip_update_id(count)
+        self._sim.books[self._sim.market(symbol).symbol].skip_update_id(count, lose_content)
 
 
 class SimulatedExchange:
@@ -431,10 +432,14 @@ class SimulatedExchange:
         return self.market(symbol).gaps(self.clock.now_ms())
 
     def order_book(self, symbol: str, limit: int = 5000) -> dict[str, Any]:
-        """The current book: ``{"lastUpdateId", "bids": [[price, qty]], "asks": ...}`` as floats."""
-        market = self.market(symbol)
-        self.advance_book(market, self.clock.now_ms())
-        book = self.books[market.symbol]
+        """The current book: ``{"lastUpdateId", "bids": [[price, qty]], "asks": ...}`` as floats.
+
+        ``symbol``: spot (``SOL/USDT``), or a perpetual (``BTC/USDT:USDT``) for its futures book.
+        """
+        venue: Any = self.usdm if ":" in symbol else self
+        market = venue.market(symbol)
+        venue.advance_book(market, self.clock.now_ms())
+        book = venue.books[market.symbol]
         bids, asks = book.top(limit)
         pd, qd = market.price_decimals, market.qty_decimals
         return {
@@ -601,9 +606,9 @@ class SimulatedExchange:
         """Same as ``ws_faults.malformed()``."""
         self.ws_faults.malformed()
 
-    def ws_skip_depth_id(self, symbol: str, count: int = 1) -> None:
-        """Same as ``ws_faults.skip_depth_id(symbol, count)``."""
-        self.ws_faults.skip_depth_id(symbol, count)
+    def ws_skip_depth_id(self, symbol: str, count: int = 1, lose_content: bool = False) -> None:
+        """Same as ``ws_faults.skip_depth_id(symbol, count, lose_content)``."""
+        self.ws_faults.skip_depth_id(symbol, count, lose_content)
 
     def ws_sent(self) -> dict[str, dict[str, int]]:
         """Per stream: messages produced (each sent to every subscriber) and the last id."""

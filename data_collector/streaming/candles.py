@@ -47,8 +47,11 @@ class CandleSink:
         *,
         store: Any = None,
         store_settings: StoreSettings | None = None,
+        market_type: str = "spot",
     ) -> None:
         self._exchange = exchange
+        #: ``spot``, or ``swap`` for perpetuals (``BTC/USDT:USDT``): the instruments' market type.
+        self._market_type = market_type
         self._metrics = metrics
         self._store = store
         self._owns_store = store is None
@@ -93,8 +96,10 @@ class CandleSink:
 
     async def _instrument_id(self, store: Any, symbol: str) -> int:
         if symbol not in self._instrument_ids:
-            base, quote = symbol.split("/")
-            instrument = await store.ensure_instrument(self._exchange, symbol, base=base, quote=quote)
+            base, _, quote = symbol.partition(":")[0].partition("/")
+            instrument = await store.ensure_instrument(
+                self._exchange, symbol, base=base, quote=quote, market_type=self._market_type
+            )
             self._instrument_ids[symbol] = instrument.id
         return self._instrument_ids[symbol]
 

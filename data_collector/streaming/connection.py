@@ -33,7 +33,6 @@ from data_collector.streaming.writer import Entry
 
 log = logging.getLogger(__name__)
 
-BINANCE_WS_URL = "wss://stream.binance.com:9443"
 #: Binance's limit of streams on one connection.
 MAX_STREAMS_PER_CONNECTION = 1024
 

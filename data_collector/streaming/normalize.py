@@ -1,7 +1,7 @@
 """Binance stream payloads -> one typed event shape per channel, plus its Redis stream entry id.
 
 Every event is a dict of plain types (floats and ints, never numeric strings) carrying
-``exchange``, ``symbol`` (canonical ``SOL/USDT``), ``channel``, ``event_ms`` (the exchange's
+``exchange``, ``symbol`` (canonical ``SOL/USDT``, or ``BTC/USDT:USDT`` for a perpetual), ``channel``, ``event_ms`` (the exchange's
 event time) and ``recv_ms`` (local receive time), both UTC milliseconds.
 
 Entry ids are derived from the event itself and strictly increase along a stream, so a batch
@@ -11,7 +11,12 @@ instead of duplicated:
 =============  ==========================================================================
 trade          ``<trade time>-<trade id>``
 aggTrade       ``<trade time>-<aggregate trade id>``
-depth          ``<event time>-<last update id u>``
+depth          ``<event time>-<last update id u>`` (USDⓈ-M diffs also carry ``prev_update_id``,
+               their ``pu``)
+markPrice      ``<event time>-0`` (``markPrice`` and ``markPrice@1s``; USDⓈ-M only): mark and
+               index price, estimated settle price, funding rate and next funding time
+forceOrder     ``<trade time, or the newest before>-<sequence within that ms>`` (USDⓈ-M
+               liquidations: they carry no id, so the sequence is made locally)
 bookTicker     ``<event time, else receive time>-<sequence within that ms>`` (made locally:
                Binance may repeat an update id and sends no event time)
 kline_<tf>     ``<open time>-<n>``: ``n = event time - open time`` while forming (at most
@@ -31,7 +36,13 @@ from collections.abc import Callable
 from typing import Any
 
 from data_collector.echo import shown_input
-from data_collector.markets import TIMEFRAME_MS, candle_close_ms, candle_open_ms, validate_timeframe
+from data_collector.markets import (
+    TIMEFRAME_MS,
+    candle_close_ms,
+    candle_open_ms,
+    exchange_symbol,
+    validate_timeframe,
+)
 
 #: 2010-01-01: anything earlier is not a crypto exchange timestamp.
 MIN_TS_MS = 1_262_304_000_000
@@ -51,11 +62,12 @@ class MalformedEvent(ValueError):
     """A payload that cannot be turned into a valid event."""
 
 
-def validate_channel(channel: str) -> str:
-    """Return ``channel`` if the streamer supports it (``trade``, ``kline_1m`` ...), else raise."""
+def validate_channel(channel: str, channels: tuple[str, ...] = BASE_CHANNELS) -> str:
+    """Return ``channel`` if it is one of ``channels`` (a venue's, default spot's) or
+    ``kline_<tf>``, else raise ``UsageError``."""
     from data_collector.errors import UsageError
 
-    if channel in BASE_CHANNELS:
+    if channel in channels:
         return channel
     if isinstance(channel, str) and channel.startswith("kline_"):
         try:
@@ -64,7 +76,7 @@ def validate_channel(channel: str) -> str:
             raise UsageError(f"invalid channel {shown_input(channel)}: {exc}") from None
         return channel
     raise UsageError(
-        f"unknown channel {shown_input(channel)}: use one of {', '.join(BASE_CHANNELS)} or kline_<timeframe> (kline_1m)"
+        f"unknown channel {shown_input(channel)}: use one of {', '.join(channels)} or kline_<timeframe> (kline_1m)"
     )
 
 
@@ -99,6 +111,19 @@ def _qty(value: object) -> float:
     return out
 
 
+def _rate(value: object) -> float:
+    """A signed finite number (a funding rate may be negative)."""
+    if type(value) is bool:
+        raise MalformedEvent(f"a boolean is not a rate: {value!r}")
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (OverflowError, ValueError, TypeError):
+        raise MalformedEvent(f"not a rate: {value!r}") from None
+    if not math.isfinite(out):
+        raise MalformedEvent(f"rate out of range: {value!r}")
+    return out
+
+
 def _int(value: object) -> int:
     if type(value) is not int or value < 0:
         raise MalformedEvent(f"not a non-negative integer: {value!r}")
@@ -122,6 +147,31 @@ def parse_levels(raw: object) -> list[list[float]]:
     return out
 
 
+#: ``markPriceUpdate`` prices: (event key, payload key).
+_MARK_PRICES = (("mark_price", "p"), ("index_price", "i"), ("settle_price", "P"))
+#: ``forceOrder`` order fields: (event key, payload key).
+_LIQUIDATION_QUANTITIES = (("amount", "q"), ("filled", "z"), ("last_filled", "l"))
+_LIQUIDATION_WORDS = (("status", "X"), ("order_type", "o"), ("time_in_force", "f"))
+
+
+class _LocalIds:
+    """Entry ids made locally: (time, sequence within that millisecond), strictly increasing even
+    when a time repeats or steps back (for payloads with no id of their own)."""
+
+    __slots__ = ("ms", "seq")
+
+    def __init__(self) -> None:
+        self.ms = 0
+        self.seq = 0
+
+    def next(self, time_ms: int) -> str:
+        if time_ms > self.ms:
+            self.ms, self.seq = time_ms, 0
+        else:
+            self.seq += 1
+        return f"{self.ms}-{self.seq}"
+
+
 def _check_symbol(data: dict[str, Any], exchange_symbol: str) -> None:
     if type(data) is not dict:
         raise MalformedEvent("payload must be an object")
@@ -135,7 +185,8 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
     Raises:
         MalformedEvent: from the returned function, for any payload that does not fit.
     """
-    ex_symbol = symbol.replace("/", "")
+    ex_symbol = exchange_symbol(symbol)
+    head = {"exchange": exchange, "symbol": symbol, "channel": channel}
 
     if channel in ("trade", "aggTrade"):
         id_field = "t" if channel == "trade" else "a"
@@ -170,7 +221,7 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
     if channel == "bookTicker":
         # Binance sends no event time and may repeat an update id here, so the entry id is
         # made locally: (time, sequence within that millisecond), strictly increasing.
-        last = [0, 0]
+        ticker_ids = _LocalIds()
 
         def book_ticker(data: dict[str, Any], recv_ms: int) -> Normalized:
             _check_symbol(data, ex_symbol)
@@ -189,11 +240,7 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
                 "ask": _price(data["a"]),
                 "ask_qty": _qty(data["A"]),
             }
-            if event_ms > last[0]:
-                last[0], last[1] = event_ms, 0
-            else:
-                last[1] += 1
-            return f"{last[0]}-{last[1]}", event
+            return ticker_ids.next(event_ms), event
 
         return book_ticker
 
@@ -217,9 +264,58 @@ def make_normalizer(exchange: str, symbol: str, channel: str) -> Normalizer:
                 "bids": parse_levels(data["b"]),
                 "asks": parse_levels(data["a"]),
             }
+            if "pu" in data:  # USDⓈ-M: the final update id of the diff before
+                event["prev_update_id"] = _int(data["pu"])
             return f"{event_ms}-{last}", event
 
         return depth
+
+    if channel in ("markPrice", "markPrice@1s"):
+
+        def mark_price(data: dict[str, Any], recv_ms: int) -> Normalized:
+            _check_symbol(data, ex_symbol)
+            event_ms = _ts(data["E"], recv_ms)
+            event = {
+                **head,
+                "event_ms": event_ms,
+                "recv_ms": recv_ms,
+                "funding_rate": _rate(data["r"]),
+                "next_funding_ms": _ts(data["T"], recv_ms + MAX_AHEAD_MS),
+            }
+            for name, field in _MARK_PRICES:
+                event[name] = _price(data[field])
+            return f"{event_ms}-0", event
+
+        return mark_price
+
+    if channel == "forceOrder":
+        liquidation_ids = _LocalIds()
+
+        def force_order(data: dict[str, Any], recv_ms: int) -> Normalized:
+            if type(data) is not dict:
+                raise MalformedEvent("payload must be an object")
+            order = data["o"]
+            _check_symbol(order, ex_symbol)
+            side = order["S"]
+            if side not in ("BUY", "SELL"):
+                raise MalformedEvent(f"liquidation side {side!r}")
+            trade_ms = _ts(order["T"], recv_ms)
+            event = {
+                **head,
+                "event_ms": _ts(data["E"], recv_ms),
+                "recv_ms": recv_ms,
+                "trade_ms": trade_ms,
+                "side": side.lower(),
+                "price": _price(order["p"]),
+                "avg_price": _price(order["ap"]),
+            }
+            for name, field in _LIQUIDATION_QUANTITIES:
+                event[name] = _qty(order[field])
+            for name, field in _LIQUIDATION_WORDS:
+                event[name] = str(order[field])
+            return liquidation_ids.next(trade_ms), event
+
+        return force_order
 
     if channel.startswith("kline_"):
         timeframe = validate_timeframe(channel[6:])

@@ -2,8 +2,13 @@
 
 Binance's rules (PROTOCOL.md): buffer the diffs; fetch ``/api/v3/depth``; drop diffs with
 ``u <= lastUpdateId``; the first applied diff has ``U <= lastUpdateId + 1 <= u``; every later one
-has ``U == previous u + 1``, else the book is out of sync and is rebuilt. A quantity of 0 removes
+has ``U == previous u + 1``, else the book is out of sync and is rebuilt. USDⓈ-M futures
+(``chained_by_pu``, see :mod:`.venue`): drop diffs with ``u < lastUpdateId``; the first applied
+has ``U <= lastUpdateId <= u``; every later one has ``pu == previous u``. A quantity of 0 removes
 the level. While a book is not in sync its Redis key is deleted: no wrong book is ever published.
+A diff that breaks the chain means one was lost: the depth stream in Redis lacks it, so besides
+the resync a ``book`` gap marker (from the last applied diff's time to the breaking one's) is
+written through ``on_break``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ log = logging.getLogger(__name__)
 MAX_PENDING_DIFFS = 10_000
 #: How long to wait for the first diff after a snapshot before taking a new one.
 SNAPSHOT_WAIT_S = 5.0
+
+#: ``(symbol, from_ms, to_ms)`` of diffs lost between two that do not chain.
+BreakHook = Callable[[str, int, int], None]
 
 
 class OrderBook:
@@ -91,7 +99,11 @@ class BookKeeper:
         depth: int,
         publish_interval_ms: int,
         snapshot_limit: int,
+        chained_by_pu: bool = False,
+        on_break: BreakHook | None = None,
     ) -> None:
+        self._by_pu = chained_by_pu
+        self._on_break = on_break
         self._rest = rest
         self._metrics = metrics
         self._publish = publish
@@ -121,20 +133,38 @@ class BookKeeper:
             return
         if diff["update_id"] <= book.last_update_id:
             return
-        if diff["first_update_id"] != book.last_update_id + 1:
+        if not self._continues(book.last_update_id, diff):
             log.warning(
-                "%s book out of sync (expected update %d, got %d-%d); resyncing",
+                "%s book out of sync (after update %d, got %d-%d, previous %s); resyncing",
                 symbol,
-                book.last_update_id + 1,
+                book.last_update_id,
                 diff["first_update_id"],
                 diff["update_id"],
+                diff.get("prev_update_id"),
             )
+            self._broken(symbol, book.event_ms, diff)
             self.invalidate(symbol)
             book.pending.append(diff)
             self._ensure_sync(symbol)
             return
         book.apply(diff)
         self._schedule_publish(symbol)
+
+    def _continues(self, last_id: int, diff: dict[str, Any]) -> bool:
+        """Whether ``diff`` follows the diff whose final id is ``last_id`` with none lost between."""
+        if self._by_pu:
+            return bool(diff.get("prev_update_id") == last_id)
+        return bool(diff["first_update_id"] == last_id + 1)
+
+    def _bridges(self, snapshot_id: int, diff: dict[str, Any]) -> bool:
+        """Whether ``diff`` may be the first applied on a snapshot taken at ``snapshot_id``."""
+        if self._by_pu:
+            return bool(diff["first_update_id"] <= snapshot_id <= diff["update_id"])
+        return bool(diff["first_update_id"] <= snapshot_id + 1 <= diff["update_id"])
+
+    def _broken(self, symbol: str, from_ms: int, diff: dict[str, Any]) -> None:
+        if self._on_break is not None:
+            self._on_break(symbol, from_ms, max(from_ms, int(diff["event_ms"])))
 
     def invalidate(self, symbol: str, resync: bool = True) -> None:
         """Forget the book and delete its Redis key until it is rebuilt.
@@ -190,18 +220,21 @@ class BookKeeper:
             # Diffs up to the snapshot may still be on their way: wait for one that follows it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SNAPSHOT_WAIT_S):
-                    while not any(d["update_id"] > last_id for d in book.pending):
+                    while not any(d["update_id"] >= last_id + (not self._by_pu) for d in book.pending):
                         arrived.clear()
                         await arrived.wait()
-            pending = [d for d in book.pending if d["update_id"] > last_id]
-            if not pending or pending[0]["first_update_id"] > last_id + 1:
+            # Futures keep the diff whose u equals the snapshot's id (U <= lastUpdateId <= u).
+            floor = last_id if self._by_pu else last_id + 1
+            pending = [d for d in book.pending if d["update_id"] >= floor]
+            if not pending or not self._bridges(last_id, pending[0]):
                 # No diff follows, or the snapshot is older than the first buffered diff.
                 book.pending = pending
                 continue
             book.load_snapshot(last_id, bids, asks)
             ok = True
-            for diff in pending:
-                if diff["first_update_id"] > book.last_update_id + 1:
+            for i, diff in enumerate(pending):
+                if i and not self._continues(book.last_update_id, diff):
+                    self._broken(symbol, book.event_ms, diff)
                     ok = False
                     break
                 book.apply(diff)

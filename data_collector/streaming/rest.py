@@ -1,5 +1,8 @@
 """The REST calls the streamer needs (symbol list, depth snapshots, kline repair), over plain aiohttp.
 
+The same calls serve spot (``/api/v3/...``) and USDⓈ-M futures (``/fapi/v1/...``): the path
+prefix comes from the venue (:mod:`.venue`).
+
 ccxt is deliberately not used: importing it costs about 100 MB of RSS, more than the whole
 streamer. Every request is bounded by ``timeout_s``; failures raise :class:`TransientError`
 (network, 5xx, 429/418 with the server's ``Retry-After``) or :class:`PermanentError` (other 4xx).
@@ -16,8 +19,6 @@ import orjson
 from data_collector.errors import PermanentError, TransientError
 from data_collector.markets import exchange_symbol
 
-BINANCE_REST_URL = "https://api.binance.com"
-
 
 class RateLimitedError(TransientError):
     """HTTP 429/418: wait ``retry_after_s`` before the next request."""
@@ -27,23 +28,29 @@ class RateLimitedError(TransientError):
         self.retry_after_s = retry_after_s
 
 
-def rest_base_from_urls(urls: dict[str, Any]) -> str | None:
-    """The REST base URL (``http://host:port``) from ccxt-style ``urls`` overrides, if any."""
+def rest_base_from_urls(urls: dict[str, Any], api_prefix: str = "/api/v3") -> str | None:
+    """The REST base URL (``http://host:port``) from ccxt-style ``urls`` overrides, if any.
+
+    ``api_prefix`` ``/fapi/v1`` reads ccxt's ``fapiPublic`` (binanceusdm) instead of ``public``.
+    """
     api = urls.get("api")
-    public = api.get("public") if isinstance(api, dict) else api if isinstance(api, str) else None
+    name = "fapiPublic" if api_prefix == "/fapi/v1" else "public"
+    public = api.get(name) if isinstance(api, dict) else api if isinstance(api, str) else None
     if not isinstance(public, str):
         return None
-    for suffix in ("/api/v3", "/api"):
+    for suffix in (api_prefix, "/api"):
         if public.endswith(suffix):
             return public[: -len(suffix)]
     return public.rstrip("/")
 
 
 class BinanceRest:
-    """A small Binance spot REST client; owns its aiohttp session. Close it with :meth:`close`."""
+    """A small Binance REST client (spot, or USDⓈ-M with ``api="/fapi/v1"``); owns its aiohttp
+    session. Close it with :meth:`close`."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 10.0, api: str = "/api/v3") -> None:
         self.base_url = base_url.rstrip("/")
+        self.api = api
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         #: After a 429/418, no request goes out before this loop time (the server's Retry-After).
@@ -73,25 +80,25 @@ class BinanceRest:
             raise TransientError(f"GET {path}: {type(exc).__name__}: {exc}") from None
 
     async def server_time(self) -> int:
-        """``/api/v3/time``: the exchange's clock in ms."""
-        data = await self._get("/api/v3/time", {})
+        """``<api>/time``: the exchange's clock in ms."""
+        data = await self._get(f"{self.api}/time", {})
         if not isinstance(data, dict) or type(data.get("serverTime")) is not int:
-            raise TransientError("GET /api/v3/time: unexpected response")
+            raise TransientError(f"GET {self.api}/time: unexpected response")
         return int(data["serverTime"])
 
     async def listed_symbols(self) -> set[str]:
         """``/api/v3/exchangeInfo``: the exchange's symbols as it spells them (``SOLUSDT``)."""
-        data = await self._get("/api/v3/exchangeInfo", {})
+        data = await self._get(f"{self.api}/exchangeInfo", {})
         symbols = data.get("symbols") if isinstance(data, dict) else None
         if not isinstance(symbols, list):
-            raise TransientError("GET /api/v3/exchangeInfo: unexpected response")
+            raise TransientError(f"GET {self.api}/exchangeInfo: unexpected response")
         return {str(s["symbol"]) for s in symbols if isinstance(s, dict) and "symbol" in s}
 
     async def depth(self, symbol: str, limit: int) -> dict[str, Any]:
         """``/api/v3/depth``: ``{"lastUpdateId": int, "bids": [[p, q]], "asks": [[p, q]]}``."""
-        data = await self._get("/api/v3/depth", {"symbol": exchange_symbol(symbol), "limit": limit})
+        data = await self._get(f"{self.api}/depth", {"symbol": exchange_symbol(symbol), "limit": limit})
         if not isinstance(data, dict) or type(data.get("lastUpdateId")) is not int:
-            raise TransientError("GET /api/v3/depth: unexpected response")
+            raise TransientError(f"GET {self.api}/depth: unexpected response")
         return data
 
     async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[list[Any]]:
@@ -100,7 +107,7 @@ class BinanceRest:
         cursor = start_ms
         while cursor <= end_ms:
             page = await self._get(
-                "/api/v3/klines",
+                f"{self.api}/klines",
                 {
                     "symbol": exchange_symbol(symbol),
                     "interval": interval,

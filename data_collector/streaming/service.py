@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from data_collector.errors import CollectorError, UsageError
-from data_collector.markets import candle_open_ms, next_open_ms, normalize_symbols, stream_symbol
+from data_collector.markets import candle_open_ms, next_open_ms, normalize_markets, stream_symbol
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
@@ -42,6 +43,7 @@ from data_collector.streaming.normalize import (
 )
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BinanceRest
+from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,8 @@ class ServiceOptions:
     heartbeat_ttl_s: int | None = 60
     #: The instance part of the heartbeat key (``metrics.instance``); ``None``: ``<host>-<pid>``.
     instance: str | None = None
-    #: The protocol spoken (``exchange.id``); only Binance's is.
+    #: The protocol spoken (``exchange.id``): ``binance`` (spot) or ``binanceusdm`` (USDⓈ-M
+    #: perpetuals), see :mod:`.venue`.
     protocol: str = "binance"
 
 
@@ -113,14 +116,17 @@ class StreamService:
         endpoint: RedisEndpoint,
         metrics: StreamMetrics,
         candle_sink: CandleSink | None = None,
+        on_mark_price: Callable[[Event], None] | None = None,
     ) -> None:
-        if options.protocol != "binance":
-            raise UsageError(f"the streamer speaks Binance's protocol only, not {options.protocol!r}")
+        self.venue = venue = stream_venue(options.protocol)
         self.options = options
         self.metrics = metrics
         self._endpoint = endpoint
-        self.symbols = normalize_symbols(options.symbols)
-        self.channels = [validate_channel(c) for c in dict.fromkeys(options.channels)]
+        self.symbols = [venue.check_symbol(s) for s in normalize_markets(options.symbols)]
+        self.channels = [validate_channel(c, venue.channels) for c in dict.fromkeys(options.channels)]
+        #: Called with every ``markPrice`` event (mark, index, funding rate, next funding time):
+        #: where a funding store plugs in. None: the events only go to Redis.
+        self._on_mark_price = on_mark_price
         if not self.symbols or not self.channels:
             raise UsageError("stream at least one symbol and one channel")
         self.writer = RedisWriter(
@@ -133,7 +139,7 @@ class StreamService:
             stream_maxlen=options.stream_maxlen,
             max_batch=options.max_batch,
         )
-        self.rest = BinanceRest(options.rest_url, options.rest_timeout_s)
+        self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
         self.books: BookKeeper | None = None
         if "depth" in self.channels:
             self.books = BookKeeper(
@@ -145,7 +151,9 @@ class StreamService:
                 exchange=options.exchange,
                 depth=options.book_depth,
                 publish_interval_ms=options.book_publish_interval_ms,
-                snapshot_limit=options.book_snapshot_limit,
+                snapshot_limit=venue.snapshot_limit(options.book_snapshot_limit),
+                chained_by_pu=venue.chained_by_pu,
+                on_break=self._on_book_break,
             )
         self.candles = candle_sink
         self._last_closed_open: dict[tuple[str, str], int] = {}
@@ -170,7 +178,7 @@ class StreamService:
     def _route(self, symbol: str, channel: str) -> Route:
         opts = self.options
         skey = stream_key(opts.prefix, opts.exchange, channel, symbol)
-        on_event = None
+        on_event: Callable[[Event], None] | None = None
         if channel == "depth" and self.books is not None:
             books = self.books
 
@@ -186,6 +194,8 @@ class StreamService:
                     self._on_closed_kline(symbol, timeframe, event)
 
             on_event = on_kline
+        elif channel.startswith("markPrice") and self._on_mark_price is not None:
+            on_event = self._on_mark_price
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         return Route(
@@ -295,6 +305,12 @@ class StreamService:
                     event["volume"],
                 ),
             )
+
+    def _on_book_break(self, symbol: str, from_ms: int, to_ms: int) -> None:
+        """A depth diff was lost (the chain broke): the depth stream lacks it between these times."""
+        opts = self.options
+        skey = stream_key(opts.prefix, opts.exchange, "depth", symbol)
+        self.writer.submit_gap(GapMarker(skey, "depth", symbol, from_ms, to_ms, "book"))
 
     def _on_disconnect(self, conn: StreamConnection) -> None:
         if self.books is None:

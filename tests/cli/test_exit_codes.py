@@ -237,6 +237,29 @@ async def test_stream_script_refuses_a_symbol_the_exchange_does_not_list(
         await client.aclose()
 
 
+async def test_stream_script_refuses_an_unlisted_perpetual_and_a_spot_symbol_on_futures(
+    base_config: dict[str, Any], redis_prefix: str, tmp_path: Path
+) -> None:
+    async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=["BTC/USDT:USDT"], seed=11) as futures:
+        config = {**sim_config(base_config, futures), "exchange": futures.futures_exchange_config()}
+        path = write_config(tmp_path / "config.yaml", config)
+        unlisted = await run(STREAM, "--config", str(path), "--symbols", "ETH/USDT:USDT", cwd=tmp_path)
+        spot = await run(STREAM, "--config", str(path), "--symbols", "BTC/USDT", cwd=tmp_path)
+    code, out, err = unlisted
+    assert code == 2, out + err
+    assert one_line(err) == (
+        f"error: unknown symbol 'ETH/USDT:USDT': the exchange at {futures.futures_rest_url} does not list it"
+    )
+    code, out, err = spot
+    assert code == 2, out + err
+    assert one_line(err).startswith("error: BTC/USDT is a spot symbol: exchange.id 'binanceusdm' streams")
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        assert [k async for k in client.scan_iter(match=f"{redis_prefix}:*")] == []
+    finally:
+        await client.aclose()
+
+
 async def test_heartbeats_are_per_instance_and_the_health_check_lists_them_all(
     base_config: dict[str, Any], sim: SimulatedExchange, redis_prefix: str, tmp_path: Path
 ) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from data_collector.config import load_config
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
@@ -11,12 +13,14 @@ from data_collector.storage import open_store
 from tests.support.streaming import stream_config, wait_for
 
 
+@pytest.mark.parametrize("symbol", ["SOL/USDT", "SOL/USDT:USDT"])
 async def test_closed_klines_are_stored_with_rest_values(
-    base_config: dict[str, Any], redis_prefix: str
+    base_config: dict[str, Any], redis_prefix: str, symbol: str
 ) -> None:
-    symbol = "SOL/USDT"
-    async with SimulatedExchange(symbols=[symbol], seed=21, ws_rate=5) as sim:
-        cfg = {**stream_config(sim, redis_prefix), "database": base_config["database"]}
+    futures = symbol.endswith(":USDT")
+    perpetuals = [symbol] if futures else []
+    async with SimulatedExchange(symbols=["SOL/USDT"], perpetuals=perpetuals, seed=21, ws_rate=5) as sim:
+        cfg = {**stream_config(sim, redis_prefix, futures=futures), "database": base_config["database"]}
         streamer = OptimizedWebSocketStreamer(symbols=[symbol], channels=["kline_1m"], config=cfg)
         async with streamer:
             assert await streamer.wait_connected()
@@ -31,13 +35,16 @@ async def test_closed_klines_are_stored_with_rest_values(
             )
             metrics = streamer.get_metrics()
         now_ms = sim.clock.now_ms()
-        rest = sim.klines(symbol, "1m", now_ms - 600_000, now_ms)
+        venue = sim.usdm if futures else sim
+        rest = venue.klines(symbol, "1m", now_ms - 600_000, now_ms)
 
     assert metrics["store_errors"] == 0 and metrics["repaired_klines"] >= 2
     store = open_store(load_config(cfg))
     await store.initialize()
     try:
-        instrument = await store.ensure_instrument("sim-binance", symbol, base="SOL", quote="USDT")
+        label = "sim-binanceusdm" if futures else "sim-binance"
+        instrument = await store.ensure_instrument(label, symbol, base="SOL", quote="USDT")
+        assert instrument.market_type == ("swap" if futures else "spot")
         stored = await store.load(instrument.id, "1m", now_ms - 600_000, now_ms)
     finally:
         await store.close()

@@ -216,3 +216,43 @@ def test_order_book_applies_diffs_and_removes_zero_levels() -> None:
     )
     assert book.last_update_id == 12
     assert book.top(2) == ([[99.0, 2.0], [98.5, 4.0]], [[101.0, 1.0], [101.5, 3.0]])
+
+
+def test_mark_price_and_liquidations_of_a_perpetual() -> None:
+    now = 1_700_000_000_000
+    mark = make_normalizer("binanceusdm", "BTC/USDT:USDT", "markPrice@1s")
+    payload = {"e": "markPriceUpdate", "E": now, "s": "BTCUSDT", "p": "100.5", "i": "100.4"}
+    entry_id, event = mark({**payload, "P": "100.45", "r": "-0.00012", "T": now + 3_600_000}, now)
+    assert entry_id == f"{now}-0" and event["funding_rate"] == -0.00012
+    assert (event["mark_price"], event["index_price"], event["next_funding_ms"]) == (
+        100.5,
+        100.4,
+        now + 3_600_000,
+    )
+    with pytest.raises(MalformedEvent):
+        mark({**payload, "P": "1", "r": "nan", "T": now}, now)
+    liq = make_normalizer("binanceusdm", "BTC/USDT:USDT", "forceOrder")
+    order = {"s": "BTCUSDT", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "2", "p": "99", "ap": "99.5"}
+    order |= {"X": "FILLED", "l": "2", "z": "2", "T": now - 5}
+    ids = [liq({"e": "forceOrder", "E": now, "o": order}, now)[0] for _ in range(2)]
+    assert ids == [f"{now - 5}-0", f"{now - 5}-1"]  # no id of their own: made strictly increasing
+    event = liq({"e": "forceOrder", "E": now, "o": order}, now)[1]
+    assert (event["side"], event["price"], event["avg_price"], event["amount"]) == ("sell", 99.0, 99.5, 2.0)
+    with pytest.raises(MalformedEvent):
+        liq({"e": "forceOrder", "E": now, "o": {**order, "s": "ETHUSDT"}}, now)
+
+
+def test_venues_refuse_the_other_markets_kind_in_one_line() -> None:
+    from data_collector.streaming.venue import SPOT, USDM, stream_venue
+
+    assert USDM.check_symbol("BTC/USDT:USDT") == "BTC/USDT:USDT"
+    with pytest.raises(UsageError, match="is a perpetual: stream it with exchange.id 'binanceusdm'"):
+        SPOT.check_symbol("BTC/USDT:USDT")
+    with pytest.raises(UsageError, match="write BTC/USDT:USDT"):
+        USDM.check_symbol("BTC/USDT")
+    with pytest.raises(UsageError, match="speaks 'binance' and 'binanceusdm' only"):
+        stream_venue("kraken")
+    with pytest.raises(UsageError, match="unknown channel"):
+        validate_channel("markPrice")  # spot has no mark price
+    assert validate_channel("forceOrder", USDM.channels) == "forceOrder"
+    assert [USDM.snapshot_limit(n) for n in (5, 101, 1000, 5000)] == [5, 500, 1000, 1000]

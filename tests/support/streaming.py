@@ -18,10 +18,11 @@ CHANNELS = ["trade", "bookTicker", "kline_1m", "depth"]
 
 
 def stream_config(
-    sim: SimulatedExchange, prefix: str, redis_url: str = REDIS_URL, **streaming: Any
+    sim: SimulatedExchange, prefix: str, redis_url: str = REDIS_URL, futures: bool = False, **streaming: Any
 ) -> dict[str, Any]:
+    """A streamer config on ``sim`` (its USDⓈ-M futures with ``futures``) under ``prefix``."""
     return {
-        "exchange": sim.exchange_config(),
+        "exchange": sim.futures_exchange_config() if futures else sim.exchange_config(),
         "redis": {"url": redis_url, "prefix": prefix, "socket_timeout_s": 1.0, "connect_timeout_s": 1.0},
         "logging": {"file": None},
         "performance": {"ws_batch_interval": 0.02},
