@@ -64,6 +64,10 @@ async def test_a_pattern_with_top_3_resolves_to_the_three_busiest_and_skips_the_
     config = config_for(base_config, sim, symbols=["*/USDT"], timeframes=["1d"], universe={"top": 3})
     async with OptimizedDataCollector(config) as collector:
         assert collector.client.markets["LUNA/USDT"]["active"] is False
+        # All tickers (the request ranking over 100+ matches makes) list the delisted one, idle.
+        tickers = await collector.client.exchange.fetch_tickers()
+        assert tickers["LUNA/USDT"]["quoteVolume"] == 0 and tickers["LUNA/USDT"]["info"]["count"] == 0
+        assert set(tickers) == {*USDT, "ETH/BTC", "LUNA/USDT"}
         universe = await collector.resolve_symbols()
         assert universe.symbols == ranked[:3]
         assert universe.skipped_delisted == ["LUNA/USDT"]
