@@ -37,7 +37,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from data_collector.datatypes import DEFAULT_DATA_TYPES, validate_data_types
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
-from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_market, validate_timeframe
+from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol_entry, validate_timeframe
 from data_collector.redis.keys import key_part
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage.url import parse_database_url
@@ -290,6 +290,16 @@ class MetricsConfig(_Section):
             raise ValueError("must be 1-64 letters, digits, '_', '.', '@' or '-'") from None
 
 
+class UniverseConfig(_Section):
+    """How ``symbols`` patterns become symbols (:mod:`data_collector.backfill.universe`)."""
+
+    #: Keep the N trading pattern matches with the highest 24 h quote volume; ``None``: all.
+    top: int | None = Field(default=None, ge=1, le=100_000)
+    #: Collect delisted (not trading) symbols up to their end, rather than skip (a pattern's
+    #: matches) or refuse (an exact name) them.
+    include_delisted: bool = False
+
+
 class Config(BaseSettings):
     """The whole configuration. Build one with :func:`load_config`."""
 
@@ -302,7 +312,9 @@ class Config(BaseSettings):
     )
 
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+    #: Exact symbols (``SOL/USDT``) and patterns (``*/USDT``), resolved at the start of each run.
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
+    universe: UniverseConfig = Field(default_factory=UniverseConfig)
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     #: What to collect per symbol: ``ohlcv`` (every timeframe), ``trades`` (aggregate trades);
     #: ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv`` and
@@ -336,7 +348,7 @@ class Config(BaseSettings):
     @classmethod
     def _symbols(cls, value: list[str]) -> list[str]:
         try:
-            out = [normalize_market(s) for s in value]
+            out = [normalize_symbol_entry(s) for s in value]
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         if not out:

@@ -135,6 +135,32 @@ def stream_symbol(symbol: str) -> str:
     return exchange_symbol(symbol).lower()
 
 
+_PATTERN_PART = r"[A-Z0-9*?\[\]!]{1,40}"
+_PATTERN_RE = re.compile(rf"^{_PATTERN_PART}/{_PATTERN_PART}(:{_PATTERN_PART})?$")
+_WILDCARDS = frozenset("*?[")
+
+
+def is_symbol_pattern(entry: str) -> bool:
+    """Whether a ``symbols`` entry is a pattern (holds ``*``, ``?`` or ``[``)."""
+    return any(c in _WILDCARDS for c in entry)
+
+
+def normalize_symbol_entry(entry: object) -> str:
+    """An exact symbol or perpetual (:func:`normalize_market`) or a pattern like ``*/USDT``, upper-cased.
+
+    Raises:
+        InvalidSymbolError: neither a symbol nor a ``BASE/QUOTE[:SETTLE]`` pattern.
+    """
+    if isinstance(entry, str) and is_symbol_pattern(entry):
+        text = entry.strip().upper()
+        if _PATTERN_RE.match(text):
+            return text
+        raise InvalidSymbolError(
+            f"invalid symbol pattern {shown_input(entry)}: use BASE/QUOTE with * ? [..], e.g. '*/USDT'"
+        )
+    return normalize_market(entry)
+
+
 def validate_timeframe(timeframe: object) -> str:
     """Return ``timeframe`` if it is a supported ccxt timeframe, else raise ``InvalidTimeframeError``."""
     if isinstance(timeframe, str) and timeframe in TIMEFRAME_CODES:

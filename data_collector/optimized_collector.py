@@ -42,6 +42,7 @@ from data_collector.backfill.plan import (
 )
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.run import BackfillRun, BackfillSettings
+from data_collector.backfill.universe import Universe, exact_symbols, resolve_configured
 from data_collector.config import Config, load_config, to_ms
 from data_collector.coverage import CoverageMap, build_coverage_map
 from data_collector.datatypes import OHLCV, validate_data_types
@@ -167,7 +168,7 @@ class OptimizedDataCollector:
                 client.monitor = self.monitor
             self._client = client
             await client.open()
-            for symbol in listed_symbols(client, self.config.symbols):
+            for symbol in listed_symbols(client, exact_symbols(self.config.symbols)):
                 client.check_page_limit(symbol)
             for timeframe in self.config.timeframes:
                 client.check_timeframe(timeframe)
@@ -264,10 +265,9 @@ class OptimizedDataCollector:
             UsageError: none of the symbols listed by the exchange, a timeframe it does not
                 know, or start after end (raised before anything is fetched or written).
         """
-        await self.initialize()
-        client = self.client
+        symbol_list = (await self.resolve_symbols(symbols)).symbols  # initializes first
         start_ms, end_ms = self._resolve_range(start, end)
-        symbol_list = [normalize_symbol(s) for s in (symbols or self.config.symbols)]
+        client = self.client
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
         type_list = validate_data_types(data_types or self.config.data_types)
         for symbol in listed_symbols(client, symbol_list):
@@ -284,6 +284,11 @@ class OptimizedDataCollector:
         run = BackfillRun(self, self.backfill_settings, report, start_ms, end_ms)
         await run.execute(list(dict.fromkeys(symbol_list)), list(dict.fromkeys(timeframe_list)), type_list)
         return report
+
+    async def resolve_symbols(self, symbols: Sequence[str] | None = None) -> Universe:
+        """``symbols`` (default: the config's) resolved now, patterns too: universe.resolve_universe."""
+        await self.initialize()
+        return await resolve_configured(self.client, self.config, symbols)
 
     def _resolve_range(self, start: TimeLike | None, end: TimeLike | None) -> tuple[int, int]:
         now_ms = self.client.server_now_ms()
@@ -434,15 +439,10 @@ class OptimizedDataCollector:
 
 
 def _log_store_retry(state: RetryCallState) -> None:
-    outcome = state.outcome
-    error = outcome.exception() if outcome is not None else None
-    wait_s = state.upcoming_sleep
+    error = state.outcome.exception() if state.outcome is not None else None
+    attempt, wait_s = state.attempt_number + 1, state.upcoming_sleep
     log.warning(
-        "a store call failed (%s); attempt %d of %d in %.1f s",
-        error,
-        state.attempt_number + 1,
-        STORE_ATTEMPTS,
-        wait_s,
+        "a store call failed (%s); attempt %d of %d in %.1f s", error, attempt, STORE_ATTEMPTS, wait_s
     )
 
 

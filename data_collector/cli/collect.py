@@ -91,9 +91,11 @@ async def run_collection(
             if monitor:
                 monitor_task = asyncio.create_task(_monitor(collector, out))
             await collector.initialize()
+            universe = await collector.resolve_symbols()
+            print(universe.describe(), file=out, flush=True)
             collecting = True
             with display:
-                report = await collector.collect()
+                report = await collector.collect(symbols=universe.symbols)
             collecting = False
             print(report.summary(), file=out, flush=True)
             log_outcome(report.summary(), logging.INFO if report.ok else logging.WARNING)

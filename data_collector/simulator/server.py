@@ -665,12 +665,27 @@ class SimulatedExchange:
         self._by_endpoint.clear()
         self._by_status.clear()
 
+    def _quiet_24h(self, market: SymbolMarket, now: int) -> dict[str, Any]:
+        """24 h statistics of a delisted symbol with no trade in the window, as Binance lists a
+        ``BREAK`` symbol: no volume, ``firstId``/``lastId`` -1, prices at its last trade."""
+        assert market.delisted_ms is not None
+        end_min = market.delisted_ms // MINUTE_MS
+        last = market.minute_rows(end_min - 1440, end_min)
+        price = decimal8(int(last.c[-1]) if len(last) else 0, market.price_decimals)
+        zero = decimal8(0, market.qty_decimals)
+        out: dict[str, Any] = dict.fromkeys(("o", "h", "l", "c", "wavg"), price)
+        out.update(change=0, pct="0.000", v=zero, q=decimal8(0, 8), n=0, first=-1, last=-1)
+        out["open_ms"] = now - 86_400_000
+        return out
+
     def ticker_24hr(self, market: SymbolMarket, now: int) -> dict[str, Any]:
         """The ``/api/v3/ticker/24hr`` object of ``market`` at ``now``."""
         self.advance_book(market, now)
         (bp, bq), (ap, aq) = self.books[market.symbol].best()
         pd, qd = market.price_decimals, market.qty_decimals
         s = self.rolling_24h(market, now)
+        if s is None and market.delisted_ms is not None and now >= market.delisted_ms:
+            s = self._quiet_24h(market, now)
         if s is None:
             raise ApiError(-1121, "Invalid symbol.")
         return {

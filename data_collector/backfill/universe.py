@@ -1,0 +1,193 @@
+"""Choosing the universe: which symbols a run collects, resolved from the exchange's markets.
+
+``symbols`` lists exact ccxt symbols (``SOL/USDT``) and shell-style patterns (``*/USDT``,
+``*/USDT:USDT``, ``[BE]*/USDT``; :mod:`fnmatch`, case-sensitive after upper-casing). At the start of
+each run :func:`resolve_universe` turns them into symbols:
+
+* a pattern matches the exchange's markets (``client.markets``, loaded when the client opened);
+* ``universe.top: N`` keeps the N trading matches with the highest 24 h quote volume (the
+  exchange's 24 h tickers: ``fetch_tickers``, one request of weight 80 on Binance spot, or 2/40 for
+  at most 20/100 symbols); exact names are always kept and never ranked;
+* a market that is not trading (ccxt ``active`` False: Binance spot status ``BREAK``) is a
+  delisted symbol. A pattern skips it unless ``universe.include_delisted: true``; an exact name
+  of one is refused (:class:`InvalidSymbolError`, exit code 2) unless that is set. With it set,
+  the run collects the symbol's history up to its end: pages after the last candle come back
+  empty and are recorded as ``'empty'`` coverage, so the next run does not ask again.
+
+What the real exchange tells about delistings (Binance spot, ``/api/v3/exchangeInfo``): only the
+status. A symbol being wound down says ``BREAK`` (which a trading halt says too), without a
+delisting time; once Binance removes it, it vanishes from exchangeInfo and ccxt no longer knows
+it, so it cannot be collected this way at all. Its candles end where trading ended. Futures
+(``/fapi/v1/exchangeInfo``) say ``SETTLING``/``CLOSE`` and move ``deliveryDate`` to the delisting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+from data_collector.errors import InvalidSymbolError, UsageError
+from data_collector.markets import is_symbol_pattern, normalize_symbol_entry
+
+if TYPE_CHECKING:
+    from data_collector.backfill.exchange import ExchangeClient
+    from data_collector.config import Config
+
+log = logging.getLogger(__name__)
+
+#: Symbols one ``ticker/24hr?symbols=[...]`` may name before the request asks for all tickers.
+MAX_NAMED_TICKERS = 100
+
+
+def exact_symbols(entries: Sequence[str]) -> list[str]:
+    """The entries of ``symbols`` that are not patterns."""
+    return [entry for entry in entries if not is_symbol_pattern(entry)]
+
+
+def ticker_weight(named: int | None) -> int:
+    """Binance spot's weight of ``/api/v3/ticker/24hr`` naming ``named`` symbols (None: all)."""
+    if named is None or named > MAX_NAMED_TICKERS:
+        return 80
+    return 2 if named <= 20 else 40
+
+
+@dataclass(frozen=True, slots=True)
+class UniverseSettings:
+    """How patterns become symbols: the ``universe`` section of the config."""
+
+    #: Keep the N trading pattern matches with the highest 24 h quote volume; None: all of them.
+    top: int | None = None
+    #: Collect delisted (not trading) symbols up to their end instead of skipping/refusing them.
+    include_delisted: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> UniverseSettings:
+        return cls(top=config.universe.top, include_delisted=config.universe.include_delisted)
+
+
+@dataclass(slots=True)
+class Universe:
+    """The symbols of one run and how they were chosen (:meth:`describe` is the printed line)."""
+
+    symbols: list[str]
+    patterns: list[str] = field(default_factory=list)
+    top: int | None = None
+    #: Delisted markets a pattern matched and left out (``include_delisted`` is off).
+    skipped_delisted: list[str] = field(default_factory=list)
+    #: Delisted markets collected up to their end (``include_delisted`` is on).
+    delisted: list[str] = field(default_factory=list)
+    #: 24 h quote volume of each ranked symbol.
+    quote_volume: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: what the run collects, and which delisted symbols it skips or includes."""
+        how = ""
+        if self.patterns:
+            how = " from " + ", ".join(self.patterns)
+            if self.top is not None:
+                how += f" (top {self.top} by 24h quote volume)"
+        line = f"symbols{how}: {', '.join(self.symbols) or '(none)'}"
+        if self.delisted:
+            line += f"; delisted, collected up to their end: {', '.join(self.delisted)}"
+        if self.skipped_delisted:
+            line += (
+                f"; skipped {len(self.skipped_delisted)} delisted: {', '.join(self.skipped_delisted)} "
+                "(universe.include_delisted: true collects them)"
+            )
+        return line
+
+
+def is_delisted(market: Mapping[str, Any]) -> bool:
+    """Not trading by the exchange's word (ccxt ``active`` False; None, as for options, is unknown)."""
+    return market.get("active") is False
+
+
+async def resolve_universe(
+    client: ExchangeClient, entries: Sequence[str], settings: UniverseSettings
+) -> Universe:
+    """The symbols ``entries`` name on ``client``'s exchange, in order, without repeats.
+
+    Exact symbols the exchange does not list are kept: the run reports them as failed pairs
+    (or refuses the run when it lists none), as before.
+
+    Raises:
+        InvalidSymbolError: an exact delisted symbol without ``include_delisted``, or a pattern
+            that matches no market.
+        UsageError: ``top`` over matches of several quote currencies or market types, whose
+            quote volumes cannot be compared.
+    """
+    markets: Mapping[str, Any] = client.markets
+    exact: list[str] = []
+    patterns: list[str] = []
+    for raw in entries:
+        entry = normalize_symbol_entry(raw)
+        (patterns if is_symbol_pattern(entry) else exact).append(entry)
+    universe = Universe(symbols=[], patterns=patterns, top=settings.top if patterns else None)
+    for symbol in exact:
+        market = markets.get(symbol)
+        if market is not None and is_delisted(market):
+            if not settings.include_delisted:
+                raise InvalidSymbolError(
+                    f"symbols: {symbol} is not trading on {client.id} (status "
+                    f"{_status(market)}: delisted or halted); set universe.include_delisted: true "
+                    "to collect it up to its end"
+                )
+            universe.delisted.append(symbol)
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = sorted(s for s in markets if fnmatchcase(s, pattern))
+        if not hits:
+            raise InvalidSymbolError(f"symbols: {pattern!r} matches no market of {client.id}")
+        matched.extend(s for s in hits if s not in matched and s not in exact)
+    trading = [s for s in matched if not is_delisted(markets[s])]
+    delisted = [s for s in matched if is_delisted(markets[s])]
+    if settings.top is not None and trading:
+        universe.quote_volume = await _quote_volumes(client, trading)
+        trading = sorted(trading, key=lambda s: (-universe.quote_volume[s], s))[: settings.top]
+    if settings.include_delisted:
+        universe.delisted.extend(delisted)
+        chosen = [*trading, *delisted]
+    else:
+        universe.skipped_delisted = delisted
+        chosen = trading
+    universe.symbols = list(dict.fromkeys([*exact, *chosen]))
+    if not universe.symbols:
+        raise InvalidSymbolError(
+            f"symbols: {', '.join(patterns)} match only delisted markets "
+            f"({', '.join(delisted)}); set universe.include_delisted: true to collect them"
+        )
+    log.info("%s", universe.describe())
+    return universe
+
+
+async def resolve_configured(
+    client: ExchangeClient, config: Config, symbols: Sequence[str] | None = None
+) -> Universe:
+    """:func:`resolve_universe` of ``symbols`` (default: the config's ``symbols``) under its ``universe``."""
+    entries = list(symbols or config.symbols)
+    return await resolve_universe(client, entries, UniverseSettings.from_config(config))
+
+
+async def _quote_volumes(client: ExchangeClient, symbols: list[str]) -> dict[str, float]:
+    """24 h quote volume of each of ``symbols`` (one market type and quote currency), 0 if unknown."""
+    markets = client.markets
+    quotes = sorted({str(markets[s].get("quote")) for s in symbols})
+    types = sorted({str(markets[s].get("type")) for s in symbols})
+    if len(quotes) > 1 or len(types) > 1:
+        raise UsageError(
+            f"universe.top ranks by 24h quote volume, which is in each market's quote currency: the "
+            f"matches span {', '.join(quotes)} ({', '.join(types)}); use patterns of one quote, e.g. '*/USDT'"
+        )
+    named = symbols if len(symbols) <= MAX_NAMED_TICKERS else None
+    # USDⓈ-M answers every ticker for a list too: /fapi/v1/ticker/24hr costs 40 without a symbol.
+    weight = ticker_weight(len(symbols)) if types == ["spot"] else 40
+    tickers: dict[str, Any] = await client.call(client.exchange.fetch_tickers, named, weight=weight)
+    return {s: float((tickers.get(s) or {}).get("quoteVolume") or 0.0) for s in symbols}
+
+
+def _status(market: Mapping[str, Any]) -> str:
+    info = market.get("info")
+    return str(info.get("status", "not trading")) if isinstance(info, Mapping) else "not trading"

@@ -1,0 +1,135 @@
+"""Choosing the universe (issue 12, acceptance 4): real ccxt against the simulator, real PostgreSQL.
+
+* ``*/USDT`` with ``top: 3`` resolves to the three USDT symbols with the highest 24 h quote
+  volume, computed here from the simulator's 1m candles (not from its ticker), and skips a
+  delisted one, saying so.
+* A delisted symbol is collected up to its end with ``include_delisted: true``: stored candles
+  equal the simulator's, after the delisting the coverage is ``'empty'``, a second run asks
+  nothing. Without it, the script refuses it with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from data_collector.backfill.plan import align_up
+from data_collector.cli.exits import EXIT_OK, EXIT_USAGE
+from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS, candle_open_ms, next_open_ms
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.simulator import SimulatedExchange
+from tests.support.backfill import (
+    RANGE_START_MS,
+    config_for,
+    floats,
+    klines_requests,
+    run_script,
+    write_config,
+)
+
+USDT = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "DOGE/USDT", "XRP/USDT", "ADA/USDT"]
+#: Delisted two days and 13:37 into the fixed range, inside every candle above 1m.
+DELISTED_MS = RANGE_START_MS + 2 * DAY_MS + 13 * HOUR_MS + 37 * MINUTE_MS
+RANGE = (RANGE_START_MS, RANGE_START_MS + 5 * DAY_MS)
+TIMEFRAMES = ["1m", "1h", "1d"]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatedExchange]:
+    """Six USDT symbols, one BTC-quoted, LUNA/USDT delisted; the clock frozen so volumes hold still."""
+    async with SimulatedExchange(
+        symbols=[*USDT, "ETH/BTC", "LUNA/USDT"], seed=7, gaps={}, delistings={"LUNA/USDT": DELISTED_MS}
+    ) as sim:
+        sim.clock.freeze(candle_open_ms(sim.clock.now_ms(), "1m"))
+        yield sim
+
+
+def quote_volume_24h(sim: SimulatedExchange, symbol: str) -> float:
+    """The simulator's truth: the quote volume of the 1,440 closed 1m candles before now."""
+    now = sim.clock.now_ms()
+    return sum(float(k[7]) for k in sim.klines(symbol, "1m", now - DAY_MS, now))
+
+
+async def test_a_pattern_with_top_3_resolves_to_the_three_busiest_and_skips_the_delisted(
+    base_config: dict[str, Any], sim: SimulatedExchange
+) -> None:
+    volumes = {s: quote_volume_24h(sim, s) for s in USDT}
+    ranked = sorted(USDT, key=lambda s: -volumes[s])
+    # Far enough apart that the window's edge (the forming minute) cannot reorder them.
+    assert volumes[ranked[2]] > 1.05 * volumes[ranked[3]], volumes
+    config = config_for(base_config, sim, symbols=["*/USDT"], timeframes=["1d"], universe={"top": 3})
+    async with OptimizedDataCollector(config) as collector:
+        assert collector.client.markets["LUNA/USDT"]["active"] is False
+        # All tickers (the request ranking over 100+ matches makes) list the delisted one, idle.
+        tickers = await collector.client.exchange.fetch_tickers()
+        assert tickers["LUNA/USDT"]["quoteVolume"] == 0 and tickers["LUNA/USDT"]["info"]["count"] == 0
+        assert set(tickers) == {*USDT, "ETH/BTC", "LUNA/USDT"}
+        universe = await collector.resolve_symbols()
+        assert universe.symbols == ranked[:3]
+        assert universe.skipped_delisted == ["LUNA/USDT"]
+        assert universe.describe() == (
+            f"symbols from */USDT (top 3 by 24h quote volume): {', '.join(ranked[:3])}; "
+            "skipped 1 delisted: LUNA/USDT (universe.include_delisted: true collects them)"
+        )
+        report = await collector.collect(start=RANGE[0], end=RANGE[1])
+        assert report.ok, report.summary()
+        assert sorted({p.symbol for p in report.pairs.values()}) == sorted(ranked[:3])
+
+
+async def test_a_delisted_symbol_is_collected_up_to_its_end_with_include_delisted(
+    base_config: dict[str, Any], sim: SimulatedExchange
+) -> None:
+    start, end = RANGE
+    config = config_for(
+        base_config,
+        sim,
+        symbols=["LUNA/USDT"],
+        timeframes=TIMEFRAMES,
+        universe={"include_delisted": True},
+    )
+    async with OptimizedDataCollector(config) as collector:
+        report = await collector.collect(start=start, end=end)
+        assert report.ok, report.summary()
+        inst = await collector.instrument("LUNA/USDT")
+        for tf in TIMEFRAMES:
+            want = [floats(k) for k in sim.klines("LUNA/USDT", tf, start, end)]
+            last_open = candle_open_ms(DELISTED_MS - 1, tf)
+            assert want and want[-1][0] == last_open, tf  # the truth ends with the delisting
+            assert await collector.store.load(inst.id, tf, start, end) == want, tf
+            gaps = await collector.find_gaps("LUNA/USDT", tf, start, end)
+            # Everything after the candle holding the last trade: 'empty', the exchange's own gap.
+            assert [(g.start_ms, g.end_ms, g.kind) for g in gaps] == [
+                (next_open_ms(last_open, tf), align_up(end, tf), "exchange")
+            ], tf
+        before = klines_requests(sim)
+        again = await collector.collect(start=start, end=end)
+        assert again.ok and again.requests == 0 and klines_requests(sim) == before
+
+
+async def test_the_script_refuses_a_delisted_symbol_without_include_delisted(
+    base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path
+) -> None:
+    start, end = (datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat() for ms in RANGE)
+    config = config_for(base_config, sim, symbols=["LUNA/USDT"], timeframes=["1d"], start=start, end=end)
+    path = write_config(tmp_path / "config.yaml", config)
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    assert code == EXIT_USAGE, (out, err)
+    lines = err.strip().splitlines()
+    assert lines == [
+        "error: symbols: LUNA/USDT is not trading on binance (status BREAK: delisted or halted); "
+        "set universe.include_delisted: true to collect it up to its end"
+    ], err
+    assert "LUNA" not in out
+    # A pattern skips it and says so on the one line that lists the run's symbols.
+    config = config_for(base_config, sim, symbols=["[LS]*/USDT"], timeframes=["1d"], start=start, end=end)
+    path = write_config(tmp_path / "config.yaml", config)
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    assert code == EXIT_OK, (out, err)
+    assert out.splitlines()[0] == (
+        "symbols from [LS]*/USDT: SOL/USDT; skipped 1 delisted: LUNA/USDT "
+        "(universe.include_delisted: true collects them)"
+    )
