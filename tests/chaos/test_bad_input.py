@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ConfigError, InvalidSymbolError, InvalidTimeframeError, UsageError
-from data_collector.markets import TIMEFRAMES, normalize_symbol, validate_timeframe
+from data_collector.markets import TIMEFRAMES, is_symbol_pattern, normalize_symbol, validate_timeframe
 from data_collector.redis import keys as redis_keys
 
 NASTY = [
@@ -160,7 +160,8 @@ def test_garbage_environment_overrides_give_one_config_error(key: str, value: st
         {"database": {"schema": s}}
         for s in ["public; DROP SCHEMA public", '"x"', "pg_catalog'", "x" * 100, "Ü"]
     ]
-    + [{"symbols": [s]} for s in NASTY]
+    # "SOL/USDT?" is a symbol pattern (fnmatch's ?): config keeps it, to match exchange markets.
+    + [{"symbols": [s]} for s in NASTY if s != "SOL/USDT?"]
     + [{"timeframes": [t]} for t in ["1m; --", "1m*", "", "1M\n", "x" * 10_000]],
 )
 def test_metacharacters_in_config_are_rejected_by_name(data: dict[str, Any]) -> None:
@@ -169,6 +170,11 @@ def test_metacharacters_in_config_are_rejected_by_name(data: dict[str, Any]) -> 
     _one_clear_line(info.value)
     section = next(iter(data))
     assert section in str(info.value)
+
+
+def test_a_wildcard_symbol_is_a_pattern_resolved_against_markets() -> None:
+    assert load_config({"symbols": ["SOL/USDT?"]}).symbols == ["SOL/USDT?"]
+    assert is_symbol_pattern("SOL/USDT?") and not is_symbol_pattern("SOL/USDT")
 
 
 def test_huge_relative_start_is_a_config_error() -> None:

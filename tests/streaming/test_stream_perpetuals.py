@@ -150,6 +150,11 @@ async def test_perpetual_book_for_60_s_through_a_lost_event(redis_prefix: str) -
     await _book_through_a_lost_event(redis_prefix, 60.0)
 
 
+def _liquidations_sent(sim: SimulatedExchange) -> int:
+    sent = sim.stats()["futures"]["ws_sent"]
+    return sum(v["count"] for k, v in sent.items() if k.endswith("@forceOrder"))
+
+
 async def _liquidations_and_marks(prefix: str, seconds: float) -> None:
     channels = ["markPrice@1s", "markPrice", "forceOrder", "aggTrade", "bookTicker", "kline_1m"]
     async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=PERPS, seed=11, ws_rate=10) as sim:
@@ -164,6 +169,11 @@ async def _liquidations_and_marks(prefix: str, seconds: float) -> None:
         async with streamer:
             assert await streamer.wait_connected()
             await asyncio.sleep(seconds)
+            # Liquidations come about one second in four: on a loaded machine a short run may
+            # see none, so run on until the simulator has sent two.
+            await wait_for(
+                lambda: _liquidations_sent(sim) >= 2, timeout_s=120.0, what="two liquidations sent"
+            )
             await settle_quietly(streamer, sim)
         sent = sim.stats()["futures"]["ws_sent"]
         metrics = streamer.get_metrics()
