@@ -73,6 +73,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: Candles per futures klines request by default: the most that still weighs 2 (see futures_venue).
+FUTURES_PAGE_LIMIT = 499
+
+
 class ExchangeConfig(_Section):
     """Which exchange to talk to, through ccxt."""
 
@@ -302,6 +306,9 @@ class Config(BaseSettings):
     )
 
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+    #: The venue of perpetual symbols (``BTC/USDT:USDT``), with its own weight budget and label;
+    #: ``None``: derived from ``exchange`` (see :meth:`futures_venue`).
+    futures_exchange: ExchangeConfig | None = None
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     #: What to collect per symbol: ``ohlcv`` (every timeframe), ``trades`` (aggregate trades);
@@ -384,6 +391,22 @@ class Config(BaseSettings):
             except UsageError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    def futures_venue(self) -> ExchangeConfig:
+        """The ``futures_exchange`` section, or one derived from ``exchange``: ccxt ``binanceusdm``
+        labelled ``<exchange.name>usdm`` (``binanceusdm``), with the spot section's timeouts and
+        retries and 499 candles per page (Binance futures weigh klines by ``limit``: 499 costs 2,
+        1000 costs 5, so 499 fetches the most candles per unit of weight)."""
+        if self.futures_exchange is not None:
+            return self.futures_exchange
+        spot = self.exchange
+        same = ("timeout_s", "max_retries", "rate_limit_margin", "api_key", "secret")
+        return ExchangeConfig(
+            id="binanceusdm",
+            name=f"{spot.name}usdm",
+            ohlcv_page_limit=FUTURES_PAGE_LIMIT,
+            **{k: getattr(spot, k) for k in same},
+        )
 
     def start_ms(self, now_ms: int | None = None) -> int:
         return parse_time_ms(self.start, now_ms)

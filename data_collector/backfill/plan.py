@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from data_collector.markets import TIMEFRAME_MS, candle_open_ms, next_open_ms
+from data_collector.markets import TIMEFRAME_MS, candle_open_ms, next_open_ms, series_key
 from data_collector.storage.base import Candle, CoverageRange
 from data_collector.storage.ranges import subtract_spans
 
@@ -136,6 +136,13 @@ class BackfillPlan:
     before_listing: Range | None = None
     pages: list[Range] = field(default_factory=list)
     holes: int = 0
+    #: The candles' price type: ``last`` (traded), ``mark``, ``index`` or ``premium``.
+    price: str = "last"
+
+    @property
+    def key(self) -> str:
+        """The series key (``"1h"``, ``"mark:1h"``): the report's pair key and the store's."""
+        return series_key(self.timeframe, self.price)
 
     @property
     def expected_candles(self) -> int:
