@@ -6,6 +6,9 @@ observed through ccxt's ``on_rest_response`` hook, which runs in the task that m
 so the weight header and ``Retry-After`` are attributed to the right request even when many are
 in flight (``exchange.last_response_headers`` is shared by all of them and may already belong to
 another response by the time the caller reads it).
+
+Long because it is the one way out for both venues (spot and futures): building the ccxt client,
+its weights, pacing, retries and the candle page fetcher, which share the client's state.
 """
 
 from __future__ import annotations

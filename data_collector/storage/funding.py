@@ -16,24 +16,20 @@ leaves whole pages behind, and a restart fetches exactly the ranges without cove
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from data_collector.errors import UsageError
 from data_collector.markets import FUNDING_SERIES, SERIES_CODES
-from data_collector.storage.base import WriteResult
-from data_collector.storage.batching import PreparedWrite
-from data_collector.storage.ranges import Span, merge_spans
+from data_collector.storage.base import CoverageRange, WriteResult
+from data_collector.storage.points import PointTables, PreparedPoints, prepared_points
+from data_collector.storage.ranges import Span
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: ``(ts_ms, rate, mark_price)``; ``mark_price`` is ``None`` where the exchange gives none.
 FundingRate = tuple[int, float, float | None]
-#: ``(instrument_id, ts_ms, rate, mark_price)``: one row.
-FundingRecord = tuple[int, int, float, float | None]
 FUNDING_CODE = SERIES_CODES[FUNDING_SERIES]
 
 
@@ -46,60 +42,33 @@ class FundingBatch:
     coverage: list[Span] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class PreparedFunding:
-    records: list[FundingRecord]
-    #: The coverage part, in the candle write's shape (one merge policy for both).
-    coverage: PreparedWrite
-    total: int
-
-
-def prepare_funding(batches: Sequence[FundingBatch]) -> PreparedFunding:
+def prepare_funding(batches: Sequence[FundingBatch]) -> PreparedPoints:
     """Deduplicate (the last of a key wins) and check the batches of one write.
 
     Raises:
         UsageError: a rate outside its batch's coverage, or an empty or inverted span.
     """
-    rows: dict[tuple[int, int], FundingRecord] = {}
-    spans: dict[tuple[int, int, str], list[Span]] = {}
-    total = 0
-    for b in batches:
-        for s, e in b.coverage:
-            if e <= s:
-                raise UsageError(f"empty funding coverage [{s}, {e})")
-        covered = merge_spans(b.coverage)
-        for ts, rate, mark in b.rates:
-            if not any(s <= ts < e for s, e in covered):
-                raise UsageError(f"funding at {ts} of instrument {b.instrument_id} lies outside its coverage")
-            rows[(b.instrument_id, ts)] = (b.instrument_id, ts, rate, mark)
-        total += len(b.rates)
-        if covered:
-            spans.setdefault((b.instrument_id, FUNDING_CODE, "data"), []).extend(covered)
-    coverage = PreparedWrite(coverage={k: merge_spans(v) for k, v in sorted(spans.items())})
-    return PreparedFunding([rows[k] for k in sorted(rows)], coverage, total)
+    items = (
+        (
+            [(b.instrument_id, *r) for r in b.rates],
+            b.instrument_id,
+            FUNDING_CODE,
+            [CoverageRange(s, e, "data") for s, e in b.coverage],
+        )
+        for b in batches
+    )
+    return prepared_points(items, key_len=2)
 
 
-class FundingTablesBase(ABC):
-    """One backend's funding table; the store that owns the connection is ``store``."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
+class FundingTables(PointTables):
+    """One backend's ``funding`` table (see :mod:`data_collector.storage.points`)."""
 
     async def write(self, batches: Sequence[FundingBatch]) -> WriteResult:
-        """Rows and coverage in one transaction; see :meth:`CandleStore.write_funding`."""
-        prepared = prepare_funding(batches)
-        if not prepared.records and not prepared.coverage.coverage:
-            return WriteResult(0, prepared.total)
-        written = await self._write(prepared)
-        return WriteResult(written, prepared.total - written)
+        return await self.write_prepared(prepare_funding(batches))
 
-    @abstractmethod
-    async def _write(self, prepared: PreparedFunding) -> int:
-        """Write the rows and the coverage atomically; the rows written."""
-
-    @abstractmethod
     async def load(self, instrument_id: int, start_ms: int, end_ms: int) -> list[FundingRate]:
-        """Funding rates with ``start_ms <= ts < end_ms``, oldest first."""
+        rows = await self.select(instrument_id, start_ms, end_ms)
+        return [(int(r[0]), float(r[1]), None if r[2] is None else float(r[2])) for r in rows]
 
 
 def funding_frame(rates: Sequence[FundingRate]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 from data_collector.errors import PermanentError
 from data_collector.markets import CODE_TIMEFRAMES, candle_opens, count_candles, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
-from data_collector.storage.funding import FundingBatch, FundingRate, funding_frame
+from data_collector.storage.funding import FundingBatch, FundingRate, FundingTables, funding_frame
 from data_collector.storage.trades import (
     TRADE_FRAME_COLUMNS,
     Trade,
@@ -84,14 +84,6 @@ class TradeTables(Protocol):
     async def coverage_rows(self, instrument_id: int) -> list[TradeCoverage]: ...
 
     async def load(self, instrument_id: int, start_ms: int, end_ms: int) -> list[Trade]: ...
-
-
-class FundingTables(Protocol):
-    """What a backend provides for funding rates (:mod:`~data_collector.storage.funding`)."""
-
-    async def write(self, batches: Sequence[FundingBatch]) -> WriteResult: ...
-
-    async def load(self, instrument_id: int, start_ms: int, end_ms: int) -> list[FundingRate]: ...
 
 
 class CandleStore(ABC):

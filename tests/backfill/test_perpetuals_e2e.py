@@ -56,7 +56,7 @@ def funding_truth(sim: SimulatedExchange, symbol: str, start_ms: int, end_ms: in
 def fapi_requests(sim: SimulatedExchange) -> int:
     endpoints = sim.stats()["endpoints"]
     names = ("klines", "markPriceKlines", "indexPriceKlines", "premiumIndexKlines", "fundingRate")
-    return sum(int(endpoints.get(n, 0)) for n in names)
+    return sum(int(endpoints.get(f"fapi/v1/{n}", 0)) for n in names)
 
 
 async def check_truth(
@@ -103,6 +103,7 @@ async def test_every_perpetual_type_equals_the_truth_and_a_second_run_asks_nothi
             assert set(report.rows_by_type) >= set(ALL_TYPES), report.rows_by_type
             await check_truth(collector, sim, start, end)
         before = fapi_requests(sim)
+        assert before > 0
         for start, end in ranges:
             again = await collector.collect(start=start, end=end)
             assert again.requests == 0 and again.rows_written == 0, again.summary()
