@@ -3,7 +3,6 @@ tables end as an uninterrupted run's."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,8 @@ import pytest
 
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
-from tests.support.backfill import config_for, local_iso, start_script, write_config
+from tests.support.backfill import config_for, kill_when_stored, local_iso, start_script, write_config
 from tests.support.services import PG_ADMIN_DSN, PG_URL, dropped_schemas
-from tests.support.waiting import wait_for_async
 
 PERPS = ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"]
 
@@ -85,19 +83,13 @@ async def test_sigkill_at_three_points_then_restart_leaves_funding_as_an_uninter
 
         path = config(killed)
         for fraction in (0.2, 0.45, 0.7):
-            proc = await start_script(path, tmp_path)
-            try:
 
-                async def past(share: float = fraction, running: Any = proc) -> bool:
-                    return (await _tables(killed))[3] >= share * total or running.returncode is not None
+            async def candles() -> int:
+                return (await _tables(killed))[3]
 
-                await wait_for_async(past, timeout_s=90, what=f"{fraction:.0%} of the candles stored")
-                assert proc.returncode is None, "the run ended before it could be killed"
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                assert await proc.wait() == -signal.SIGKILL
+            await kill_when_stored(
+                path, tmp_path, candles, fraction * total, f"{fraction:.0%} of the candles"
+            )
             funding, _, _, stored = await _tables(killed)
             assert 0 < stored < total
             if fraction == 0.2:
