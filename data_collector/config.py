@@ -396,9 +396,12 @@ class Config(BaseSettings):
         """The ``futures_exchange`` section, or one derived from ``exchange``: ccxt ``binanceusdm``
         labelled ``<exchange.name>usdm`` (``binanceusdm``), with the spot section's timeouts and
         retries and 499 candles per page (Binance futures weigh klines by ``limit``: 499 costs 2,
-        1000 costs 5, so 499 fetches the most candles per unit of weight)."""
+        1000 costs 5, so 499 fetches the most candles per unit of weight; 499 is also the page of
+        a ``futures_exchange`` section that does not set ``ohlcv_page_limit``)."""
         if self.futures_exchange is not None:
-            return self.futures_exchange
+            if "ohlcv_page_limit" in self.futures_exchange.model_fields_set:
+                return self.futures_exchange
+            return self.futures_exchange.model_copy(update={"ohlcv_page_limit": FUTURES_PAGE_LIMIT})
         spot = self.exchange
         same = ("timeout_s", "max_retries", "rate_limit_margin", "api_key", "secret")
         return ExchangeConfig(

@@ -88,6 +88,10 @@ SERIES_CODES: dict[str, int] = {
 #: The funding rates' coverage lives in ``coverage`` under this code (their rows in ``funding``).
 FUNDING_SERIES = "funding"
 SERIES_CODES[FUNDING_SERIES] = 1000
+#: Binance's open interest periods (``openInterestHist``); their coverage lives under
+#: ``"oi:<period>"`` = 2000 + the period's timeframe code (their rows in ``open_interest``).
+OPEN_INTEREST_PERIODS: tuple[str, ...] = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+SERIES_CODES.update({f"oi:{p}": 2000 + TIMEFRAME_CODES[p] for p in OPEN_INTEREST_PERIODS})
 CODE_SERIES: dict[int, str] = {code: key for key, code in SERIES_CODES.items()}
 
 
@@ -148,7 +152,10 @@ def timeframe_code(timeframe: str) -> int:
 
 
 def series_key(timeframe: str, price: str = "last") -> str:
-    """The key of a candle series: ``"1h"`` for traded prices, ``"mark:1h"`` for mark prices."""
+    """The key of a candle series: ``"1h"`` for traded prices, ``"mark:1h"`` for mark prices
+    (and ``"oi:1h"`` for open interest, ``price="oi"``)."""
+    if price == "oi":
+        return f"oi:{validate_timeframe(timeframe)}"
     if price not in PRICE_OFFSETS:
         raise InvalidTimeframeError(
             f"unknown price type {shown_input(price)}: use one of {', '.join(PRICE_TYPES)}"

@@ -37,6 +37,7 @@ from tenacity import RetryCallState
 
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
+from data_collector.backfill.open_interest_fetch import check_open_interest_window
 from data_collector.backfill.plan import (
     align_range,
     page_coverage,
@@ -48,12 +49,18 @@ from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.backfill.venues import Venues
 from data_collector.config import Config, load_config, to_ms
 from data_collector.coverage import CoverageMap, build_coverage_map
-from data_collector.datatypes import pair_keys, validate_data_types
+from data_collector.datatypes import OPEN_INTEREST, pair_keys, validate_data_types
 from data_collector.errors import (
     ClosedError,
     UsageError,
 )
-from data_collector.markets import candle_open_ms, normalize_symbol, series_key, validate_timeframe
+from data_collector.markets import (
+    candle_open_ms,
+    is_perpetual_symbol,
+    normalize_symbol,
+    series_key,
+    validate_timeframe,
+)
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
 from data_collector.storage.base import CandleBatch, Gap, Instrument
@@ -265,7 +272,8 @@ class OptimizedDataCollector:
 
         Raises:
             UsageError: none of the symbols listed by the exchange, a timeframe it does not
-                know, or start after end (raised before anything is fetched or written).
+                know, start after end, or open interest asked for beyond the exchange's 30 days
+                (raised before anything is fetched or written).
         """
         await self.initialize()
         client = self.client
@@ -277,6 +285,9 @@ class OptimizedDataCollector:
             (await self.venues.client_for(symbol)).check_page_limit(symbol)
         for timeframe in timeframe_list:
             client.check_timeframe(timeframe)
+        if OPEN_INTEREST in type_list and any(is_perpetual_symbol(s) for s in symbol_list):
+            futures = await self.venues.open_futures()
+            check_open_interest_window(start_ms, futures.server_now_ms())
         self._stop.clear()
         report = CollectionReport()
         self.current_report = report
@@ -438,6 +449,23 @@ class OptimizedDataCollector:
         instrument = await self.instrument(symbol)
         return await self._store_call(
             partial(self.store.load_trades_frame, instrument.id, to_ms(start), to_ms(end))
+        )
+
+    async def load_open_interest(
+        self, symbol: str, period: str, start: TimeLike, end: TimeLike
+    ) -> pd.DataFrame:
+        """Stored open interest of the perpetual ``symbol`` at ``period`` (``5m`` … ``1d``) in
+        ``[start, end)``: columns ``amount`` and ``value`` (float64), indexed by UTC time."""
+        await self.initialize()
+        instrument = await self.instrument(symbol)
+        return await self._store_call(
+            partial(
+                self.store.load_open_interest_frame,
+                instrument.id,
+                validate_timeframe(period),
+                to_ms(start),
+                to_ms(end),
+            )
         )
 
     async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:

@@ -87,6 +87,8 @@ class ExchangeSettings:
     requests_per_min: int | None = None
     #: Requests in flight at once, over all tasks (``performance.requests_in_flight``).
     requests_in_flight: int = 32
+    #: The config section these settings come from, for messages.
+    section: str = "exchange"
 
     @classmethod
     def from_config(cls, config: Config) -> ExchangeSettings:
@@ -321,7 +323,7 @@ class ExchangeClient:
         maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
         if isinstance(maximum, int) and 0 < maximum < limit:
             raise ConfigError(
-                f"exchange.ohlcv_page_limit: {limit} is above {self.id}'s maximum of {maximum} candles "
+                f"{self.settings.section}.ohlcv_page_limit: {limit} is above {self.id}'s maximum of {maximum} candles "
                 f"per request ({symbol}); set it to {maximum} or less"
             )
 

@@ -4,6 +4,9 @@
 :class:`BackfillRun` per ``collect``; the plan comes from :mod:`data_collector.backfill.plan`, the
 pages from :class:`~data_collector.backfill.exchange.ExchangeClient` (validated by
 :mod:`data_collector.backfill.validate`), and the writers store them with their coverage.
+
+Long because every data type's pairs (candles of each price type, open interest, trades, funding)
+share this one run: its queue, its writers, its stop and its report.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
+from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
 from data_collector.backfill.plan import (
     BackfillPlan,
     Range,
@@ -29,12 +33,21 @@ from data_collector.backfill.plan import (
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.trades_run import TradePair
 from data_collector.config import Config
-from data_collector.datatypes import CANDLE_PRICES, FUNDING_RATES, OHLCV, TRADES, check_market_has, pair_keys
+from data_collector.datatypes import (
+    CANDLE_PRICES,
+    FUNDING_RATES,
+    OHLCV,
+    OPEN_INTEREST,
+    TRADES,
+    check_market_has,
+    pair_keys,
+)
 from data_collector.errors import CollectorError, InvalidSymbolError, PermanentError, TransientError
-from data_collector.markets import series_key, split_series
+from data_collector.markets import OPEN_INTEREST_PERIODS, series_key, split_series
 from data_collector.picking import pick
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.funding import FundingBatch
+from data_collector.storage.open_interest import OpenInterestBatch
 from data_collector.storage.trades import TradeBatch
 
 if TYPE_CHECKING:
@@ -42,7 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What the fetchers put on the write queue.
+Batch = CandleBatch | TradeBatch | FundingBatch | OpenInterestBatch
+
 T = TypeVar("T")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +110,8 @@ class BackfillRun:
         self.report = report
         self.start_ms = start_ms
         self.end_ms = end_ms
-        self.queue: asyncio.Queue[tuple[CandleBatch | TradeBatch | FundingBatch, PairReport] | None] = (
-            asyncio.Queue(settings.write_queue_batches)
+        self.queue: asyncio.Queue[tuple[Batch, PairReport] | None] = asyncio.Queue(
+            settings.write_queue_batches
         )
         self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
         self.page_slots = asyncio.Semaphore(settings.pages_in_flight)
@@ -157,6 +174,16 @@ class BackfillRun:
                         keys.remove(key)
                         self._fail(self.report.pair(symbol, key), refused)
             series = [(tf, CANDLE_PRICES[t]) for t in wanted if t in CANDLE_PRICES for tf in timeframes]
+            if OPEN_INTEREST in wanted:
+                for tf in timeframes:
+                    if tf in OPEN_INTEREST_PERIODS:
+                        series.append((tf, "oi"))
+                    else:
+                        periods = ", ".join(OPEN_INTEREST_PERIODS)
+                        no_period = PermanentError(
+                            f"open_interest has no {tf} period; its periods are {periods}"
+                        )
+                        self._fail(self.report.pair(symbol, f"oi:{tf}"), no_period)
             try:
                 instrument = await self.owner.instrument(symbol)
                 plans = [await self._plan(client, instrument, symbol, tf, p) for tf, p in series]
@@ -203,7 +230,7 @@ class BackfillRun:
             covered=covered,
             listing_ms=instrument.listing_ms,
             server_now_ms=client.server_now_ms(),
-            limit=self._page_limit(client),
+            limit=self._page_limit(client, price),
         )
         plan.price = price
         pair = self.report.pair(symbol, key)
@@ -212,8 +239,11 @@ class BackfillRun:
         pair.gaps_found = plan.holes
         return plan
 
-    def _page_limit(self, client: ExchangeClient) -> int:
-        """Candles per page: the run's for spot, the futures venue's own for perpetuals."""
+    def _page_limit(self, client: ExchangeClient, price: str) -> int:
+        """Rows per page: the run's for spot candles, the futures venue's own for perpetuals',
+        Binance's most for open interest."""
+        if price == "oi":
+            return OPEN_INTEREST_PAGE_LIMIT
         return client.settings.ohlcv_page_limit if client.futures else self.settings.page_limit
 
     async def _pair(self, client: ExchangeClient, instrument: Instrument, plan: BackfillPlan) -> None:
@@ -267,10 +297,14 @@ class BackfillRun:
         if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
             return False
         page = todo.pop()
-        limit = self._page_limit(client)
-        fetch = await self.unless_stopped(
-            client.fetch_page(plan.symbol, plan.timeframe, page, limit, price=plan.price)
+        limit = self._page_limit(client, plan.price)
+        oi = plan.price == "oi"
+        request: Awaitable[Sequence[tuple[Any, ...]]] = (
+            fetch_open_interest_page(client, plan.symbol, plan.timeframe, page, limit)
+            if oi
+            else client.fetch_page(plan.symbol, plan.timeframe, page, limit, price=plan.price)
         )
+        fetch = await self.unless_stopped(request)
         if fetch.cancelled():
             todo.append(page)
             return False
@@ -279,7 +313,7 @@ class BackfillRun:
         except Exception as exc:
             failure.append(classify(exc))
             return False
-        coverage = page_coverage(page, candles, plan.timeframe, cap=client.most_candles_seen)
+        coverage = page_coverage(page, candles, plan.timeframe, cap=limit if oi else client.most_candles_seen)
         rest = unproven_rest(page, coverage)
         if rest is not None:
             # Cut short at the server's cap: the rest of the page is fetched in this run.
@@ -291,7 +325,12 @@ class BackfillRun:
         self.report.exchange_gaps += gaps
         pair.candles_fetched += len(candles)
         pair.pages_done += 1
-        await self.queue.put((CandleBatch(instrument.id, plan.key, candles, coverage), pair))
+        batch: CandleBatch | OpenInterestBatch = (
+            OpenInterestBatch(instrument.id, plan.timeframe, candles, coverage)
+            if oi
+            else CandleBatch(instrument.id, plan.key, candles, coverage)
+        )
+        await self.queue.put((batch, pair))
         self._progress(pair)
         return True
 
@@ -351,7 +390,10 @@ class BackfillRun:
                         data_type, [b for b in candles if split_series(b.timeframe)[1] == price]
                     )
                 await self._write_trades([b for b, _ in items if isinstance(b, TradeBatch)])
-                await self._write_funding([b for b, _ in items if isinstance(b, FundingBatch)])
+                funding = [b for b, _ in items if isinstance(b, FundingBatch)]
+                await self._write_points(FUNDING_RATES, self.store.write_funding, funding)
+                interest = [b for b, _ in items if isinstance(b, OpenInterestBatch)]
+                await self._write_points(OPEN_INTEREST, self.store.write_open_interest, interest)
             except Exception as exc:
                 self.write_error = (
                     exc if isinstance(exc, CollectorError) else TransientError(f"write failed: {exc}")
@@ -390,13 +432,16 @@ class BackfillRun:
         self.report.rows_skipped += result.skipped
         self.report.add_rows(TRADES, result.written)
 
-    async def _write_funding(self, batches: list[FundingBatch]) -> None:
+    async def _write_points(
+        self, data_type: str, write: Callable[[list[B]], Awaitable[WriteResult]], batches: list[B]
+    ) -> None:
+        """Write funding or open interest batches (idempotent: a failed write is retried whole)."""
         if not batches:
             return
-        result = await self.owner._store_call(partial(self.store.write_funding, batches))
+        result = await self.owner._store_call(partial(write, batches))
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
-        self.report.add_rows(FUNDING_RATES, result.written)
+        self.report.add_rows(data_type, result.written)
 
 
 def _first_error(errors: BaseExceptionGroup) -> BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.monitor import CollectorMonitor
@@ -53,7 +54,10 @@ class Venues:
     async def open_futures(self) -> ExchangeClient:
         async with self._lock:
             if self.futures is None:
-                settings = ExchangeSettings.from_config(with_exchange(self.config, self.futures_section()))
+                settings = replace(
+                    ExchangeSettings.from_config(with_exchange(self.config, self.futures_section())),
+                    section="futures_exchange",
+                )
                 self.futures = ExchangeClient(settings, monitor=self.monitor)
             if self.futures.monitor is None:
                 self.futures.monitor = self.monitor

@@ -49,7 +49,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
-from data_collector.storage.postgres_funding import FUNDING_DDL, PostgresFunding
+from data_collector.storage.postgres_funding import FUNDING_DDL, PostgresFunding, PostgresOpenInterest
 from data_collector.storage.postgres_trades import TRADE_DDL, PostgresTrades
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore, StoreSettings
@@ -709,6 +709,9 @@ class PostgresCandleStore(CandleStore):
 
     def _funding_tables(self) -> PostgresFunding:
         return PostgresFunding(self)
+
+    def _open_interest_tables(self) -> PostgresOpenInterest:
+        return PostgresOpenInterest(self)
 
     async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connect() as (_, conn):

@@ -30,7 +30,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
-from data_collector.storage.sqlite_funding import FUNDING_DDL, SqliteFunding
+from data_collector.storage.sqlite_funding import FUNDING_DDL, SqliteFunding, SqliteOpenInterest
 from data_collector.storage.sqlite_trades import TRADE_DDL, SqliteTrades
 from data_collector.storage.store import CandleStore, StoreSettings
 from data_collector.storage.url import parse_database_url
@@ -329,6 +329,9 @@ class SqliteCandleStore(CandleStore):
 
     def _funding_tables(self) -> SqliteFunding:
         return SqliteFunding(self)
+
+    def _open_interest_tables(self) -> SqliteOpenInterest:
+        return SqliteOpenInterest(self)
 
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
         rows = await self._fetchall(

@@ -16,6 +16,12 @@ from data_collector.errors import PermanentError
 from data_collector.markets import CODE_TIMEFRAMES, candle_opens, count_candles, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
 from data_collector.storage.funding import FundingBatch, FundingRate, FundingTables, funding_frame
+from data_collector.storage.open_interest import (
+    OpenInterest,
+    OpenInterestBatch,
+    OpenInterestTables,
+    open_interest_frame,
+)
 from data_collector.storage.trades import (
     TRADE_FRAME_COLUMNS,
     Trade,
@@ -220,6 +226,27 @@ class CandleStore(ABC):
     async def load_funding_frame(self, instrument_id: int, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Funding rates in ``[start_ms, end_ms)`` as a DataFrame (see :func:`funding_frame`)."""
         return funding_frame(await self.load_funding(instrument_id, start_ms, end_ms))
+
+    def _open_interest_tables(self) -> OpenInterestTables:
+        """The backend's open interest table; a store without it refuses them with one line."""
+        raise PermanentError(f"{type(self).__name__} does not store open interest")
+
+    async def write_open_interest(self, batches: Sequence[OpenInterestBatch]) -> WriteResult:
+        """Write open interest batches atomically with their coverage (key ``"oi:<period>"``),
+        deduplicated by ``(instrument, period, ts)``, idempotent."""
+        return await self._open_interest_tables().write(batches)
+
+    async def load_open_interest(
+        self, instrument_id: int, period: str, start_ms: int, end_ms: int
+    ) -> list[OpenInterest]:
+        """Open interest points of ``period`` with ``start_ms <= ts < end_ms``, oldest first."""
+        return await self._open_interest_tables().load(instrument_id, period, start_ms, end_ms)
+
+    async def load_open_interest_frame(
+        self, instrument_id: int, period: str, start_ms: int, end_ms: int
+    ) -> pd.DataFrame:
+        """Open interest in ``[start_ms, end_ms)`` as a DataFrame (see :func:`open_interest_frame`)."""
+        return open_interest_frame(await self.load_open_interest(instrument_id, period, start_ms, end_ms))
 
     async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
         """Covered ranges, merged and sorted (adjacent ranges of one kind joined).

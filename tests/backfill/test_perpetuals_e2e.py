@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from data_collector.errors import InvalidSymbolError
+from data_collector.errors import InvalidSymbolError, UsageError
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
@@ -141,3 +141,55 @@ async def test_an_unlisted_perpetual_fails_with_one_line(
         assert report.pairs["BTC/USDT:USDT funding_rates"].status == "done"
         with pytest.raises(InvalidSymbolError, match="DOGE/USDT:USDT"):
             await collector.collect(symbols=["DOGE/USDT:USDT"], start=now - DAY_MS, end=now)
+
+
+def oi_truth(sim: SimulatedExchange, symbol: str, period: str, start_ms: int, end_ms: int) -> list[Any]:
+    rows = sim.usdm.open_interest_history(symbol, period, start_ms, end_ms - 1)
+    return [(r["timestamp"], float(r["sumOpenInterest"]), float(r["sumOpenInterestValue"])) for r in rows]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_open_interest_equals_the_truth_within_30_days_and_refuses_beyond(
+    base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path, backend: str
+) -> None:
+    config = {**perp_config(base_config, sim), "data_types": ["open_interest"]}
+    config["timeframes"] = ["5m", "1h", "1m"]
+    if backend == "sqlite":
+        config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'oi.db'}"}
+    rng = random.Random(3)
+    now = sim.clock.now_ms()
+    ranges = []
+    for _ in range(3):
+        start = now - rng.randrange(3 * DAY_MS, 28 * DAY_MS) + rng.randrange(HOUR_MS)
+        ranges.append((start, min(now, start + rng.randrange(DAY_MS, 4 * DAY_MS))))
+    async with OptimizedDataCollector(config) as collector:
+        for start, end in ranges:
+            report = await collector.collect(symbols=PERPS, start=start, end=end)
+            failed = {k: str(p.error) for k, p in report.pairs.items() if p.status == "failed"}
+            assert set(failed) == {f"{s} oi:1m" for s in PERPS}, failed
+            assert all("no 1m period" in e for e in failed.values())
+            for symbol in PERPS:
+                inst = await collector.instrument(symbol)
+                for period in ("5m", "1h"):
+                    want = oi_truth(sim, symbol, period, start, end)
+                    got = await collector.store.load_open_interest(inst.id, period, start, end)
+                    assert want and got == want, (symbol, period, start, end)
+        before = int(sim.stats()["endpoints"].get("futures/data/openInterestHist", 0))
+        assert before > 0
+        for start, end in ranges:
+            again = await collector.collect(symbols=PERPS, start=start, end=end)
+            assert again.requests == 0 and again.rows_written == 0, again.summary()
+        frame = await collector.load_open_interest(PERPS[0], "1h", *ranges[0])
+        assert list(frame.columns) == ["amount", "value"] and len(frame) > 0
+        written = await collector.store.load_open_interest(
+            (await collector.instrument(PERPS[1])).id, "5m", 0, 2**62
+        )
+        with pytest.raises(UsageError, match=r"only the last 30 days.*start at .* or later") as refused:
+            await collector.collect(symbols=PERPS, start=now - 31 * DAY_MS, end=now - 20 * DAY_MS)
+        assert "\n" not in str(refused.value)
+        # Nothing was asked or written.
+        assert int(sim.stats()["endpoints"].get("futures/data/openInterestHist", 0)) == before
+        after = await collector.store.load_open_interest(
+            (await collector.instrument(PERPS[1])).id, "5m", 0, 2**62
+        )
+        assert after == written
