@@ -312,8 +312,8 @@ class Config(BaseSettings):
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     #: What to collect per symbol: ``ohlcv`` (every timeframe), ``trades`` (aggregate trades);
-    #: ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv`` and
-    #: ``premium_ohlcv`` are reserved for perpetuals (see :mod:`data_collector.datatypes`).
+    #: for perpetuals also ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv``
+    #: and ``premium_ohlcv`` (see :mod:`data_collector.datatypes`).
     data_types: list[str] = Field(default_factory=lambda: list(DEFAULT_DATA_TYPES))
     #: ISO date/datetime, or a relative form like ``180d`` (before now).
     start: str = "30d"
