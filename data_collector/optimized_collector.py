@@ -349,7 +349,8 @@ class OptimizedDataCollector:
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
-        end_ms = min(to_ms(end), candle_open_ms(self.client.server_now_ms(), timeframe))
+        now_ms = (await self.client_for(instrument.symbol)).server_now_ms()
+        end_ms = min(to_ms(end), candle_open_ms(now_ms, timeframe))
         start_ms, end_ms = align_range(to_ms(start), end_ms, timeframe)
         return await self._store_call(
             partial(self.store.find_gaps, instrument.id, timeframe, start_ms, end_ms)
@@ -384,7 +385,8 @@ class OptimizedDataCollector:
         report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
         start_ms, end_ms = self._resolve_range(start, end)
         instrument = await self.instrument(symbol)
-        limit = self.config.exchange.ohlcv_page_limit
+        client = await self.client_for(instrument.symbol)
+        limit = client.settings.ohlcv_page_limit if client.futures else self.config.exchange.ohlcv_page_limit
         for tf in timeframes or self.config.timeframes:
             pair = report.pair(instrument.symbol, tf)
             holes = [g for g in await self.find_gaps(symbol, tf, start_ms, end_ms) if g.kind == "hole"]
@@ -395,8 +397,8 @@ class OptimizedDataCollector:
                 try:
                     while todo:
                         page = todo.pop(0)
-                        candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
-                        coverage = page_coverage(page, candles, tf, cap=self.client.most_candles_seen)
+                        candles = await client.fetch_page(instrument.symbol, tf, page, limit)
+                        coverage = page_coverage(page, candles, tf, cap=client.most_candles_seen)
                         rest = unproven_rest(page, coverage)
                         if rest is not None:
                             todo[:0] = pages(rest, tf, limit)

@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -429,21 +429,6 @@ class ExchangeClient:
             return ts
 
         return await self.call(fetch, weight=self.kline_weight(1))
-
-
-def listed_symbols(client: ExchangeClient, symbols: Sequence[str]) -> list[str]:
-    """The ``symbols`` the exchange lists; the others fail as pairs of the run, and the rest go on.
-
-    Raises:
-        InvalidSymbolError: it lists none of them: nothing could be collected, so the input
-            is what to fix.
-    """
-    listed = [symbol for symbol in symbols if symbol in client.markets]
-    if not listed and symbols:
-        unknown = ", ".join(repr(symbol) for symbol in symbols)
-        which = "it" if len(symbols) == 1 else "any of them"
-        raise InvalidSymbolError(f"unknown symbol {unknown}: {client.id} does not list {which}")
-    return listed
 
 
 def classify(exc: BaseException) -> CollectorError:
