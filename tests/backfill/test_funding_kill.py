@@ -3,12 +3,10 @@ tables end as an uninterrupted run's."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
@@ -41,17 +39,13 @@ async def _tables(schema: str) -> tuple[list[Any], list[Any], list[Any], int]:
         await conn.close()
 
 
-@pytest.fixture
-async def schemas() -> AsyncIterator[tuple[str, ...]]:
-    async with dropped_schemas(2) as names:
-        yield names
-
-
 async def test_sigkill_at_three_points_then_restart_leaves_funding_as_an_uninterrupted_run(
-    schemas: tuple[str, ...], tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    clean, killed = schemas
-    async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=PERPS, seed=5) as sim:
+    async with (
+        dropped_schemas(2) as (clean, killed),
+        SimulatedExchange(symbols=["BTC/USDT"], perpetuals=PERPS, seed=5) as sim,
+    ):
         # Slow answers, one symbol and one page at a time: the run lasts long enough to be
         # killed three times. A symbol's candles take about 5 s and its funding page arrives
         # after 4 s, so each kill (at 60 %, 35 % and 10 % of a symbol) strikes while the funding

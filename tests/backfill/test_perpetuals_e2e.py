@@ -48,6 +48,26 @@ def perp_config(base: dict[str, Any], sim: SimulatedExchange, **extra: Any) -> d
     )
 
 
+def on_backend(config: dict[str, Any], backend: str, tmp_path: Path) -> dict[str, Any]:
+    """``config`` on PostgreSQL (as given) or on a fresh SQLite file."""
+    if backend == "sqlite":
+        return {**config, "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'perp.db'}"}}
+    return config
+
+
+def random_ranges(
+    sim: SimulatedExchange, seed: int, ago: tuple[int, int], length: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Three ranges starting ``ago`` before now (at a random ms) and lasting ``length``, up to now."""
+    rng = random.Random(seed)
+    now = sim.clock.now_ms()
+    out = []
+    for _ in range(3):
+        start = now - rng.randrange(*ago) + rng.randrange(HOUR_MS)
+        out.append((start, min(now, start + rng.randrange(*length))))
+    return out
+
+
 def funding_truth(sim: SimulatedExchange, symbol: str, start_ms: int, end_ms: int) -> list[FundingRate]:
     rows = sim.usdm.funding_history(symbol, start_ms, end_ms - 1)
     return [(r["fundingTime"], float(r["fundingRate"]), float(r["markPrice"])) for r in rows]
@@ -80,15 +100,8 @@ async def check_truth(
 async def test_every_perpetual_type_equals_the_truth_and_a_second_run_asks_nothing(
     base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path, backend: str
 ) -> None:
-    config = perp_config(base_config, sim)
-    if backend == "sqlite":
-        config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'perp.db'}"}
-    rng = random.Random(7)
-    now = sim.clock.now_ms()
-    ranges = []
-    for _ in range(3):
-        start = now - rng.randrange(5 * DAY_MS, 60 * DAY_MS) + rng.randrange(HOUR_MS)
-        ranges.append((start, start + rng.randrange(2 * DAY_MS, 8 * DAY_MS)))
+    config = on_backend(perp_config(base_config, sim), backend, tmp_path)
+    ranges = random_ranges(sim, 7, (5 * DAY_MS, 60 * DAY_MS), (2 * DAY_MS, 8 * DAY_MS))
     async with OptimizedDataCollector(config) as collector:
         for start, end in ranges:
             report = await collector.collect(start=start, end=end)
@@ -152,16 +165,14 @@ def oi_truth(sim: SimulatedExchange, symbol: str, period: str, start_ms: int, en
 async def test_open_interest_equals_the_truth_within_30_days_and_refuses_beyond(
     base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path, backend: str
 ) -> None:
-    config = {**perp_config(base_config, sim), "data_types": ["open_interest"]}
-    config["timeframes"] = ["5m", "1h", "1m"]
-    if backend == "sqlite":
-        config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'oi.db'}"}
-    rng = random.Random(3)
+    config = {
+        **perp_config(base_config, sim),
+        "data_types": ["open_interest"],
+        "timeframes": ["5m", "1h", "1m"],
+    }
+    config = on_backend(config, backend, tmp_path)
     now = sim.clock.now_ms()
-    ranges = []
-    for _ in range(3):
-        start = now - rng.randrange(3 * DAY_MS, 28 * DAY_MS) + rng.randrange(HOUR_MS)
-        ranges.append((start, min(now, start + rng.randrange(DAY_MS, 4 * DAY_MS))))
+    ranges = random_ranges(sim, 3, (3 * DAY_MS, 28 * DAY_MS), (DAY_MS, 4 * DAY_MS))
     async with OptimizedDataCollector(config) as collector:
         for start, end in ranges:
             report = await collector.collect(symbols=PERPS, start=start, end=end)
