@@ -73,6 +73,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: Candles per futures klines request by default: the most that still weighs 2 (see futures_venue).
+FUTURES_PAGE_LIMIT = 499
+
+
 class ExchangeConfig(_Section):
     """Which exchange to talk to, through ccxt."""
 
@@ -312,13 +316,16 @@ class Config(BaseSettings):
     )
 
     exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+    #: The venue of perpetual symbols (``BTC/USDT:USDT``), with its own weight budget and label;
+    #: ``None``: derived from ``exchange`` (see :meth:`futures_venue`).
+    futures_exchange: ExchangeConfig | None = None
     #: Exact symbols (``SOL/USDT``) and patterns (``*/USDT``), resolved at the start of each run.
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
     universe: UniverseConfig = Field(default_factory=UniverseConfig)
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     #: What to collect per symbol: ``ohlcv`` (every timeframe), ``trades`` (aggregate trades);
-    #: ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv`` and
-    #: ``premium_ohlcv`` are reserved for perpetuals (see :mod:`data_collector.datatypes`).
+    #: for perpetuals also ``funding_rates``, ``open_interest``, ``mark_ohlcv``, ``index_ohlcv``
+    #: and ``premium_ohlcv`` (see :mod:`data_collector.datatypes`).
     data_types: list[str] = Field(default_factory=lambda: list(DEFAULT_DATA_TYPES))
     #: ISO date/datetime, or a relative form like ``180d`` (before now).
     start: str = "30d"
@@ -396,6 +403,25 @@ class Config(BaseSettings):
             except UsageError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    def futures_venue(self) -> ExchangeConfig:
+        """The ``futures_exchange`` section, or one derived from ``exchange``: ccxt ``binanceusdm``
+        labelled ``<exchange.name>usdm`` (``binanceusdm``), with the spot section's timeouts and
+        retries and 499 candles per page (Binance futures weigh klines by ``limit``: 499 costs 2,
+        1000 costs 5, so 499 fetches the most candles per unit of weight; 499 is also the page of
+        a ``futures_exchange`` section that does not set ``ohlcv_page_limit``)."""
+        if self.futures_exchange is not None:
+            if "ohlcv_page_limit" in self.futures_exchange.model_fields_set:
+                return self.futures_exchange
+            return self.futures_exchange.model_copy(update={"ohlcv_page_limit": FUTURES_PAGE_LIMIT})
+        spot = self.exchange
+        same = ("timeout_s", "max_retries", "rate_limit_margin", "api_key", "secret")
+        return ExchangeConfig(
+            id="binanceusdm",
+            name=f"{spot.name}usdm",
+            ohlcv_page_limit=FUTURES_PAGE_LIMIT,
+            **{k: getattr(spot, k) for k in same},
+        )
 
     def start_ms(self, now_ms: int | None = None) -> int:
         return parse_time_ms(self.start, now_ms)

@@ -1,8 +1,7 @@
 """Symbols and timeframes: validation and time arithmetic shared by every part of the project.
 
-Symbols are canonical ccxt spot symbols, ``BASE/QUOTE`` in upper case (``SOL/USDT``); where a
-perpetual is meant too (the streamer), ccxt's ``BASE/QUOTE:SETTLE`` (``BTC/USDT:USDT``) is a
-*market* (:func:`normalize_market`). Anything else is rejected here, before it can reach SQL, a Redis key or a URL. Timeframes are ccxt strings
+Symbols are canonical ccxt symbols in upper case: ``BASE/QUOTE`` for spot (``SOL/USDT``) and
+``BASE/QUOTE:SETTLE`` for a perpetual swap (``BTC/USDT:USDT``; :func:`normalize_market` checks that form alone). Anything else is rejected here, before it can reach SQL, a Redis key or a URL. Timeframes are ccxt strings
 (``1m`` … ``1M``); each has a fixed small-integer code used as a database key, which must never
 change once data has been written with it.
 
@@ -73,21 +72,43 @@ CODE_TIMEFRAMES: dict[int, str] = {code: tf for tf, code in TIMEFRAME_CODES.item
 
 DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
 
-_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}(:[A-Z0-9]{1,20})?$")
+
+#: Candle price types and their database offsets: a candle series is stored in ``ohlcv`` under
+#: the code ``TIMEFRAME_CODES[timeframe] + PRICE_OFFSETS[price]``, so every price type has its own
+#: key and its own coverage. ``last`` (traded prices) keeps the plain timeframe codes. Append only.
+PRICE_OFFSETS: dict[str, int] = {"last": 0, "mark": 100, "index": 200, "premium": 300}
+PRICE_TYPES: tuple[str, ...] = tuple(PRICE_OFFSETS)
+#: Series key (``"1h"``, ``"mark:1h"``) -> database code, and back.
+SERIES_CODES: dict[str, int] = {
+    (tf if price == "last" else f"{price}:{tf}"): code + offset
+    for price, offset in PRICE_OFFSETS.items()
+    for tf, code in TIMEFRAME_CODES.items()
+}
+#: The funding rates' coverage lives in ``coverage`` under this code (their rows in ``funding``).
+FUNDING_SERIES = "funding"
+SERIES_CODES[FUNDING_SERIES] = 1000
+#: Binance's open interest periods (``openInterestHist``); their coverage lives under
+#: ``"oi:<period>"`` = 2000 + the period's timeframe code (their rows in ``open_interest``).
+OPEN_INTEREST_PERIODS: tuple[str, ...] = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+SERIES_CODES.update({f"oi:{p}": 2000 + TIMEFRAME_CODES[p] for p in OPEN_INTEREST_PERIODS})
+CODE_SERIES: dict[int, str] = {code: key for key, code in SERIES_CODES.items()}
 _PERPETUAL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}:[A-Z0-9]{1,20}$")
 
 
 def normalize_symbol(symbol: object) -> str:
     """Return the canonical ``BASE/QUOTE`` form of ``symbol`` or raise ``InvalidSymbolError``.
 
-    Lower case is accepted and upper-cased; anything but letters, digits and one slash is refused.
+    Lower case is accepted and upper-cased; anything but letters, digits, one slash and (for a
+    perpetual) one ``:SETTLE`` suffix is refused.
     """
     if not isinstance(symbol, str):
         raise InvalidSymbolError(f"symbol must be a string like 'SOL/USDT', got {type(symbol).__name__}")
     text = symbol.strip().upper()
     if not _SYMBOL_RE.match(text):
         raise InvalidSymbolError(
-            f"invalid symbol {shown_input(symbol)}: use BASE/QUOTE with letters and digits, e.g. 'SOL/USDT'"
+            f"invalid symbol {shown_input(symbol)}: use BASE/QUOTE (spot) or BASE/QUOTE:SETTLE (perpetual) "
+            "with letters and digits, e.g. 'SOL/USDT' or 'SOL/USDT:USDT'"
         )
     return text
 
@@ -124,10 +145,17 @@ def is_perpetual(symbol: str) -> bool:
     return ":" in symbol
 
 
+def is_perpetual_symbol(symbol: str) -> bool:
+    """Whether ``symbol`` has the perpetual form ``BASE/QUOTE:SETTLE``."""
+    return ":" in symbol
+
+
 def exchange_symbol(symbol: str) -> str:
     """``SOL/USDT`` -> ``SOLUSDT`` (Binance's REST form); ``BTC/USDT:USDT`` -> ``BTCUSDT``, as
     Binance USDⓈ-M names its perpetuals."""
     return normalize_market(symbol).partition(":")[0].replace("/", "")
+    """``SOL/USDT`` (or ``SOL/USDT:USDT``) -> ``SOLUSDT`` (Binance's REST form)."""
+    return normalize_symbol(symbol).split(":")[0].replace("/", "")
 
 
 def stream_symbol(symbol: str) -> str:
@@ -172,8 +200,28 @@ def validate_timeframe(timeframe: object) -> str:
 
 
 def timeframe_code(timeframe: str) -> int:
-    """The fixed small-integer database code of ``timeframe``."""
-    return TIMEFRAME_CODES[validate_timeframe(timeframe)]
+    """The fixed small-integer database code of ``timeframe``, or of a series key (``"mark:1h"``)."""
+    code = SERIES_CODES.get(timeframe)
+    return code if code is not None else TIMEFRAME_CODES[validate_timeframe(timeframe)]
+
+
+def series_key(timeframe: str, price: str = "last") -> str:
+    """The key of a candle series: ``"1h"`` for traded prices, ``"mark:1h"`` for mark prices
+    (and ``"oi:1h"`` for open interest, ``price="oi"``)."""
+    if price == "oi":
+        return f"oi:{validate_timeframe(timeframe)}"
+    if price not in PRICE_OFFSETS:
+        raise InvalidTimeframeError(
+            f"unknown price type {shown_input(price)}: use one of {', '.join(PRICE_TYPES)}"
+        )
+    timeframe = validate_timeframe(timeframe)
+    return timeframe if price == "last" else f"{price}:{timeframe}"
+
+
+def split_series(key: str) -> tuple[str, str]:
+    """``"mark:1h"`` -> ``("1h", "mark")``; ``"1h"`` -> ``("1h", "last")``."""
+    price, _, timeframe = key.rpartition(":")
+    return timeframe, price or "last"
 
 
 def _month_index(ts_ms: int) -> int:

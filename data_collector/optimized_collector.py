@@ -1,4 +1,4 @@
-"""Historical OHLCV backfill: every (symbol, timeframe) pair concurrently, resumable, gap-aware.
+"""Historical backfill of every data type: every (symbol, series) pair concurrently, resumable, gap-aware.
 
 ```python
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -18,6 +18,9 @@ whole pages behind, and the next run fetches exactly what is missing.
 
 Times: every ``start``/``end`` argument accepts a ``datetime`` (timezone-naive ones are taken as
 UTC), a ``date``, UTC milliseconds, an ISO string or a relative form like ``"180d"``.
+
+Long because it is the one front of every data type and both venues (spot and perpetuals): the
+lifecycle, ``collect``, the gap tools and one loader per data type.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import RetryCallState
 
-from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify, listed_symbols
+from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
+from data_collector.backfill.open_interest_fetch import check_open_interest_window
 from data_collector.backfill.plan import (
     align_range,
     page_coverage,
@@ -43,14 +47,21 @@ from data_collector.backfill.plan import (
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.backfill.universe import Universe, exact_symbols, resolve_configured
+from data_collector.backfill.venues import Venues
 from data_collector.config import Config, load_config, to_ms
 from data_collector.coverage import CoverageMap, build_coverage_map
-from data_collector.datatypes import OHLCV, validate_data_types
+from data_collector.datatypes import OPEN_INTEREST, pair_keys, validate_data_types
 from data_collector.errors import (
     ClosedError,
     UsageError,
 )
-from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
+from data_collector.markets import (
+    candle_open_ms,
+    is_perpetual_symbol,
+    normalize_symbol,
+    series_key,
+    validate_timeframe,
+)
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
 from data_collector.storage.base import CandleBatch, Gap, Instrument
@@ -83,6 +94,8 @@ class OptimizedDataCollector:
             ``exchange`` section (the caller then owns it and closes it); it is opened if it is
             not yet open. Tests pass one wrapping a stand-in exchange. Without a monitor of its
             own it reports to this collector's.
+        futures_client: the same for perpetual symbols (``futures_exchange``); built and opened
+            on first use otherwise.
         progress: called with a pair's :class:`PairReport` whenever it changes.
         monitor: where request, retry, write and gap figures go; default: the process-wide
             ``utils.performance_monitor.get_default_monitor()``.
@@ -94,6 +107,7 @@ class OptimizedDataCollector:
         *,
         store: CandleStore | None = None,
         client: ExchangeClient | None = None,
+        futures_client: ExchangeClient | None = None,
         progress: ProgressCallback | None = None,
         monitor: CollectorMonitor | None = None,
     ) -> None:
@@ -105,6 +119,7 @@ class OptimizedDataCollector:
         self._owns_store = store is None
         self._given_client = client
         self._client: ExchangeClient | None = None
+        self.venues = Venues(self.config, self.monitor, spot=client, futures=futures_client)
         self._initialized = False
         self._closed = False
         self._stop = asyncio.Event()
@@ -161,22 +176,18 @@ class OptimizedDataCollector:
                 self._store = open_store(self.config)
                 opened_store = True
             await self._store.initialize()
-            client = self._given_client or ExchangeClient(
-                ExchangeSettings.from_config(self.config), monitor=self.monitor
-            )
-            if client.monitor is None:
-                client.monitor = self.monitor
-            self._client = client
-            await client.open()
-            for symbol in listed_symbols(client, exact_symbols(self.config.symbols)):
-                client.check_page_limit(symbol)
+            self._client = client = await self.venues.open_spot()
+            for symbol in await self.venues.listed(exact_symbols(self.config.symbols)):
+                (await self.venues.client_for(symbol)).check_page_limit(symbol)
             for timeframe in self.config.timeframes:
                 client.check_timeframe(timeframe)
         except BaseException:
             # Leave nothing open behind a failed initialize; a later call may try again.
-            client_, self._client = self._client, None
-            if client_ is not None and client_ is not self._given_client:
-                await client_.close()
+            self._client = None
+            await self.venues.close()
+            self.venues = Venues(
+                self.config, self.monitor, spot=self._given_client, futures=self.venues.given_futures
+            )
             if opened_store and self._store is not None:
                 store_, self._store = self._store, None
                 await store_.close()
@@ -197,9 +208,8 @@ class OptimizedDataCollector:
             return
         self._closed = True
         self._stop.set()
-        client, self._client = self._client, None
-        if client is not None and client is not self._given_client:
-            await client.close()
+        self._client = None
+        await self.venues.close()
         if self._store is not None and self._owns_store:
             await self._store.close()
 
@@ -263,21 +273,25 @@ class OptimizedDataCollector:
 
         Raises:
             UsageError: none of the symbols listed by the exchange, a timeframe it does not
-                know, or start after end (raised before anything is fetched or written).
+                know, start after end, or open interest asked for beyond the exchange's 30 days
+                (raised before anything is fetched or written).
         """
         symbol_list = (await self.resolve_symbols(symbols)).symbols  # initializes first
         start_ms, end_ms = self._resolve_range(start, end)
         client = self.client
         timeframe_list = [validate_timeframe(tf) for tf in (timeframes or self.config.timeframes)]
         type_list = validate_data_types(data_types or self.config.data_types)
-        for symbol in listed_symbols(client, symbol_list):
-            client.check_page_limit(symbol)
+        for symbol in await self.venues.listed(symbol_list):
+            (await self.venues.client_for(symbol)).check_page_limit(symbol)
         for timeframe in timeframe_list:
             client.check_timeframe(timeframe)
+        if OPEN_INTEREST in type_list and any(is_perpetual_symbol(s) for s in symbol_list):
+            futures = await self.venues.open_futures()
+            check_open_interest_window(start_ms, futures.server_now_ms())
         self._stop.clear()
         report = CollectionReport()
         self.current_report = report
-        keys = [*(timeframe_list if OHLCV in type_list else []), *(t for t in type_list if t != OHLCV)]
+        keys = pair_keys(timeframe_list, type_list)
         for symbol in symbol_list:
             for key in keys:
                 report.pair(symbol, key)
@@ -302,13 +316,13 @@ class OptimizedDataCollector:
         """The stored instrument of ``symbol`` (created on first use)."""
         symbol = normalize_symbol(symbol)
         if symbol not in self._instruments:
-            market = self.client.market(symbol)
+            market = (await self.client_for(symbol)).market(symbol)
             # The venue label, not the ccxt id: rows (and hence coverage) of the simulator
             # ('sim-binance') or of another venue are other instruments, never trusted here.
             self._instruments[symbol] = await self._store_call(
                 partial(
                     self.store.ensure_instrument,
-                    self.config.exchange.name,
+                    self.venues.label(symbol),
                     symbol,
                     base=str(market.get("base") or symbol.split("/")[0]),
                     quote=str(market.get("quote") or symbol.split("/")[1]),
@@ -316,6 +330,15 @@ class OptimizedDataCollector:
                 )
             )
         return self._instruments[symbol]
+
+    async def client_for(self, symbol: str) -> ExchangeClient:
+        """The exchange client of ``symbol``'s venue: spot, or the futures one for ``BASE/QUOTE:SETTLE``."""
+        self._check_open()
+        return await self.venues.client_for(symbol)
+
+    def open_clients(self) -> list[ExchangeClient]:
+        """The venues' clients open now."""
+        return self.venues.opened()
 
     async def find_gaps(self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike) -> list[Gap]:
         """Ranges of ``[start, end)`` without candles, sorted, each of one kind.
@@ -331,7 +354,8 @@ class OptimizedDataCollector:
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
         instrument = await self.instrument(symbol)
-        end_ms = min(to_ms(end), candle_open_ms(self.client.server_now_ms(), timeframe))
+        now_ms = (await self.client_for(instrument.symbol)).server_now_ms()
+        end_ms = min(to_ms(end), candle_open_ms(now_ms, timeframe))
         start_ms, end_ms = align_range(to_ms(start), end_ms, timeframe)
         return await self._store_call(
             partial(self.store.find_gaps, instrument.id, timeframe, start_ms, end_ms)
@@ -366,7 +390,8 @@ class OptimizedDataCollector:
         report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
         start_ms, end_ms = self._resolve_range(start, end)
         instrument = await self.instrument(symbol)
-        limit = self.config.exchange.ohlcv_page_limit
+        client = await self.client_for(instrument.symbol)
+        limit = client.settings.ohlcv_page_limit if client.futures else self.config.exchange.ohlcv_page_limit
         for tf in timeframes or self.config.timeframes:
             pair = report.pair(instrument.symbol, tf)
             holes = [g for g in await self.find_gaps(symbol, tf, start_ms, end_ms) if g.kind == "hole"]
@@ -377,8 +402,8 @@ class OptimizedDataCollector:
                 try:
                     while todo:
                         page = todo.pop(0)
-                        candles = await self.client.fetch_page(instrument.symbol, tf, page, limit)
-                        coverage = page_coverage(page, candles, tf, cap=self.client.most_candles_seen)
+                        candles = await client.fetch_page(instrument.symbol, tf, page, limit)
+                        coverage = page_coverage(page, candles, tf, cap=client.most_candles_seen)
                         rest = unproven_rest(page, coverage)
                         if rest is not None:
                             todo[:0] = pages(rest, tf, limit)
@@ -393,17 +418,31 @@ class OptimizedDataCollector:
                 report.gaps_repaired += 1
         return report
 
-    async def load_ohlcv(self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    async def load_ohlcv(
+        self, symbol: str, timeframe: str, start: TimeLike, end: TimeLike, price: str = "last"
+    ) -> pd.DataFrame:
         """Stored candles opening in ``[start, end)`` as a DataFrame indexed by UTC time.
 
         Columns: ``open, high, low, close, volume`` (float64); the index is a UTC
         ``DatetimeIndex`` named ``time`` (the candle's open time). Naive datetimes are UTC.
+        ``price``: ``last`` (traded), or for a perpetual ``mark``, ``index`` or ``premium``.
         """
         await self.initialize()
-        timeframe = validate_timeframe(timeframe)
+        key = series_key(timeframe, price)
         instrument = await self.instrument(symbol)
         return await self._store_call(
-            partial(self.store.load_frame, instrument.id, timeframe, to_ms(start), to_ms(end))
+            partial(self.store.load_frame, instrument.id, key, to_ms(start), to_ms(end))
+        )
+
+    async def load_funding(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        """Stored funding rates of the perpetual ``symbol`` settled in ``[start, end)``.
+
+        Columns: ``rate``, ``mark_price`` (float64); indexed by the UTC funding time (``time``).
+        """
+        await self.initialize()
+        instrument = await self.instrument(symbol)
+        return await self._store_call(
+            partial(self.store.load_funding_frame, instrument.id, to_ms(start), to_ms(end))
         )
 
     async def load_trades(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
@@ -417,6 +456,23 @@ class OptimizedDataCollector:
         instrument = await self.instrument(symbol)
         return await self._store_call(
             partial(self.store.load_trades_frame, instrument.id, to_ms(start), to_ms(end))
+        )
+
+    async def load_open_interest(
+        self, symbol: str, period: str, start: TimeLike, end: TimeLike
+    ) -> pd.DataFrame:
+        """Stored open interest of the perpetual ``symbol`` at ``period`` (``5m`` … ``1d``) in
+        ``[start, end)``: columns ``amount`` and ``value`` (float64), indexed by UTC time."""
+        await self.initialize()
+        instrument = await self.instrument(symbol)
+        return await self._store_call(
+            partial(
+                self.store.load_open_interest_frame,
+                instrument.id,
+                validate_timeframe(period),
+                to_ms(start),
+                to_ms(end),
+            )
         )
 
     async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:

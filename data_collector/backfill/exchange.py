@@ -7,9 +7,8 @@ so the weight header and ``Retry-After`` are attributed to the right request eve
 in flight (``exchange.last_response_headers`` is shared by all of them and may already belong to
 another response by the time the caller reads it).
 
-Long because every way out to the exchange goes through here (settings, the ccxt instance, the
-limiter's weight and clock, retries, the kline and trade fetches and their error mapping); a
-split would spread one request's path over several modules.
+Long because it is the one way out for both venues (spot and futures): building the ccxt client,
+its weights, pacing, retries and the candle page fetcher, which share the client's state.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,7 +47,15 @@ T = TypeVar("T")
 
 #: Request weights of the Binance spot endpoints we call (PROTOCOL.md).
 BINANCE_WEIGHTS = {"klines": 2, "exchangeInfo": 20, "time": 1}
-BINANCE_LIKE = ("binance", "binanceus")
+BINANCE_LIKE = ("binance", "binanceus", "binanceusdm")
+#: ccxt's ``price`` parameter of ``fetch_ohlcv`` per stored price type.
+CCXT_PRICES = {"mark": "mark", "index": "index", "premium": "premiumIndex"}
+
+
+def futures_kline_weight(limit: int) -> int:
+    """Binance USDⓈ-M weighs (mark/index/premium) klines by ``limit``: 1, 2, 5, or 10 above 1000."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
 
 _reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
     "dc_reservation", default=None
@@ -80,6 +87,8 @@ class ExchangeSettings:
     requests_per_min: int | None = None
     #: Requests in flight at once, over all tasks (``performance.requests_in_flight``).
     requests_in_flight: int = 32
+    #: The config section these settings come from, for messages.
+    section: str = "exchange"
 
     @classmethod
     def from_config(cls, config: Config) -> ExchangeSettings:
@@ -130,6 +139,11 @@ class ExchangeClient:
         self.monitor = monitor
         self._clock = clock
         self.weight_mode = settings.id in BINANCE_LIKE or settings.weight_limit is not None
+        #: A futures venue: klines weigh by their limit.
+        self.futures = settings.id == "binanceusdm" or settings.options.get("defaultType") in (
+            "swap",
+            "future",
+        )
         self.limiter = RateLimiter(
             requests_per_min=settings.requests_per_min,
             weight_per_min=(settings.weight_limit or 6000) if self.weight_mode else None,
@@ -309,7 +323,7 @@ class ExchangeClient:
         maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
         if isinstance(maximum, int) and 0 < maximum < limit:
             raise ConfigError(
-                f"exchange.ohlcv_page_limit: {limit} is above {self.id}'s maximum of {maximum} candles "
+                f"{self.settings.section}.ohlcv_page_limit: {limit} is above {self.id}'s maximum of {maximum} candles "
                 f"per request ({symbol}); set it to {maximum} or less"
             )
 
@@ -377,27 +391,39 @@ class ExchangeClient:
         if self.monitor is not None:
             self.monitor.record_retry()
 
-    async def fetch_page(self, symbol: str, timeframe: str, page: Range, limit: int) -> list[Candle]:
-        """Fetch and validate the candles opening in ``page`` (at most ``limit`` of them)."""
+    def kline_weight(self, limit: int) -> int:
+        """The weight of one klines request of ``limit`` candles on this venue."""
+        return futures_kline_weight(limit) if self.futures else BINANCE_WEIGHTS["klines"]
+
+    async def fetch_page(
+        self, symbol: str, timeframe: str, page: Range, limit: int, price: str = "last"
+    ) -> list[Candle]:
+        """Fetch and validate the candles opening in ``page`` (at most ``limit`` of them).
+
+        ``price``: ``last`` (traded), or ``mark``, ``index``, ``premium`` (perpetuals).
+        """
         start, end = page
+        params: dict[str, Any] = {"until": end - 1}
+        if price != "last":
+            params["price"] = CCXT_PRICES[price]
 
         async def fetch() -> list[Candle]:
             try:
                 rows = await self.exchange.fetch_ohlcv(
-                    symbol, timeframe, since=start, limit=limit, params={"until": end - 1}
+                    symbol, timeframe, since=start, limit=limit, params=params
                 )
             except (TypeError, ValueError, KeyError, IndexError) as exc:
                 self.stats.malformed += 1
                 raise MalformedPageError(f"unparsable page: {exc}") from None
             try:
-                candles = validate_page(rows, timeframe, start, end)
+                candles = validate_page(rows, timeframe, start, end, signed=price == "premium")
             except MalformedPageError:
                 self.stats.malformed += 1
                 raise
             self.most_candles_seen = max(self.most_candles_seen, len(candles))
             return candles
 
-        return await self.call(fetch, weight=BINANCE_WEIGHTS["klines"])
+        return await self.call(fetch, weight=self.kline_weight(limit))
 
     async def first_candle_ms(self, symbol: str, timeframe: str = "1m") -> int | None:
         """The open time of the exchange's first candle of ``symbol`` (its listing), if any."""
@@ -411,22 +437,7 @@ class ExchangeClient:
                 raise MalformedPageError(f"first candle has no timestamp: {rows[0]!r:.60}")
             return ts
 
-        return await self.call(fetch, weight=BINANCE_WEIGHTS["klines"])
-
-
-def listed_symbols(client: ExchangeClient, symbols: Sequence[str]) -> list[str]:
-    """The ``symbols`` the exchange lists; the others fail as pairs of the run, and the rest go on.
-
-    Raises:
-        InvalidSymbolError: it lists none of them: nothing could be collected, so the input
-            is what to fix.
-    """
-    listed = [symbol for symbol in symbols if symbol in client.markets]
-    if not listed and symbols:
-        unknown = ", ".join(repr(symbol) for symbol in symbols)
-        which = "it" if len(symbols) == 1 else "any of them"
-        raise InvalidSymbolError(f"unknown symbol {unknown}: {client.id} does not list {which}")
-    return listed
+        return await self.call(fetch, weight=self.kline_weight(1))
 
 
 def classify(exc: BaseException) -> CollectorError:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from data_collector.markets import TIMEFRAME_MS, candle_open_ms, next_open_ms
-from data_collector.storage.base import Candle, CoverageRange
+from data_collector.markets import TIMEFRAME_MS, candle_open_ms, next_open_ms, series_key
+from data_collector.storage.base import CoverageRange
 from data_collector.storage.ranges import subtract_spans
 
 DEFAULT_PAGE_LIMIT = 1000
@@ -69,7 +70,9 @@ def pages(missing: Range, timeframe: str, limit: int = DEFAULT_PAGE_LIMIT) -> li
     return out
 
 
-def page_coverage(page: Range, candles: Sequence[Candle], timeframe: str, *, cap: int) -> list[CoverageRange]:
+def page_coverage(
+    page: Range, candles: Sequence[tuple[Any, ...]], timeframe: str, *, cap: int
+) -> list[CoverageRange]:
     """What one answer proves: ``'data'`` where candles are, ``'empty'`` in the holes it spans.
 
     The exchange answers with the first candles from the page's start, at most as many as its cap
@@ -82,7 +85,8 @@ def page_coverage(page: Range, candles: Sequence[Candle], timeframe: str, *, cap
 
     Args:
         page: the range asked for, ``[start, end)``.
-        candles: the answer, validated (sorted, aligned, inside ``page``).
+        candles: the answer, validated (sorted, aligned, inside ``page``); only each row's first
+            field, its time, is read (open interest points pass too).
         timeframe: the candles' timeframe.
         cap: the most candles one answer has been seen to hold, this one included.
     """
@@ -136,6 +140,13 @@ class BackfillPlan:
     before_listing: Range | None = None
     pages: list[Range] = field(default_factory=list)
     holes: int = 0
+    #: The candles' price type: ``last`` (traded), ``mark``, ``index`` or ``premium``.
+    price: str = "last"
+
+    @property
+    def key(self) -> str:
+        """The series key (``"1h"``, ``"mark:1h"``): the report's pair key and the store's."""
+        return series_key(self.timeframe, self.price)
 
     @property
     def expected_candles(self) -> int:

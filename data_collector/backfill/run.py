@@ -4,6 +4,9 @@
 :class:`BackfillRun` per ``collect``; the plan comes from :mod:`data_collector.backfill.plan`, the
 pages from :class:`~data_collector.backfill.exchange.ExchangeClient` (validated by
 :mod:`data_collector.backfill.validate`), and the writers store them with their coverage.
+
+Long because every data type's pairs (candles of each price type, open interest, trades, funding)
+share this one run: its queue, its writers, its stop and its report.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.funding_run import FundingPair
+from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
 from data_collector.backfill.plan import (
     BackfillPlan,
     Range,
@@ -28,10 +33,21 @@ from data_collector.backfill.plan import (
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.trades_run import TradePair
 from data_collector.config import Config
-from data_collector.datatypes import OHLCV, TRADES, check_market_has
+from data_collector.datatypes import (
+    CANDLE_PRICES,
+    FUNDING_RATES,
+    OHLCV,
+    OPEN_INTEREST,
+    TRADES,
+    check_market_has,
+    pair_keys,
+)
 from data_collector.errors import CollectorError, InvalidSymbolError, PermanentError, TransientError
+from data_collector.markets import OPEN_INTEREST_PERIODS, series_key, split_series
 from data_collector.picking import pick
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, WriteResult
+from data_collector.storage.funding import FundingBatch
+from data_collector.storage.open_interest import OpenInterestBatch
 from data_collector.storage.trades import TradeBatch
 
 if TYPE_CHECKING:
@@ -39,7 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What the fetchers put on the write queue.
+Batch = CandleBatch | TradeBatch | FundingBatch | OpenInterestBatch
+
 T = TypeVar("T")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +106,11 @@ class BackfillRun:
     ) -> None:
         self.owner = owner
         self.settings = settings
-        self.client = owner.client
         self.store = owner.store
         self.report = report
         self.start_ms = start_ms
         self.end_ms = end_ms
-        self.queue: asyncio.Queue[tuple[CandleBatch | TradeBatch, PairReport] | None] = asyncio.Queue(
+        self.queue: asyncio.Queue[tuple[Batch, PairReport] | None] = asyncio.Queue(
             settings.write_queue_batches
         )
         self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
@@ -102,7 +121,8 @@ class BackfillRun:
         self, symbols: list[str], timeframes: list[str], data_types: Sequence[str] = (OHLCV,)
     ) -> None:
         started = time.perf_counter()
-        stats0 = _snapshot(self.client)
+        clients = self.owner.open_clients()
+        stats0 = _snapshot(clients)
         try:
             # One group: an unexpected error in any task cancels the others, so no fetcher is
             # left waiting on a full queue that no writer drains any more.
@@ -120,7 +140,7 @@ class BackfillRun:
         except BaseExceptionGroup as errors:
             raise _first_error(errors) from None
         finally:
-            stats1 = _snapshot(self.client)
+            stats1 = _snapshot(clients)
             r = self.report
             r.requests, r.retries, r.http_429, r.http_418, r.malformed_pages, r.weight_used = (
                 b - a for a, b in zip(stats0, stats1, strict=True)
@@ -133,51 +153,75 @@ class BackfillRun:
             raise self.write_error
 
     async def _symbol(self, symbol: str, timeframes: list[str], data_types: Sequence[str]) -> None:
-        keys = [*(timeframes if OHLCV in data_types else []), *(t for t in data_types if t != OHLCV)]
+        keys = pair_keys(timeframes, data_types)
         async with self.symbols:
             if self.owner._stop.is_set():
                 for key in keys:
                     self._finish(self.report.pair(symbol, key), "stopped")
                 return
+            try:
+                client = await self.owner.client_for(symbol)
+            except Exception as exc:
+                self._fail_all(symbol, keys, exc)
+                return
+            wanted: list[str] = []
             for data_type in data_types:
-                if data_type == OHLCV:
-                    continue
                 try:
-                    check_market_has(data_type, symbol, self.client.markets.get(symbol))
+                    check_market_has(data_type, symbol, client.markets.get(symbol))
+                    wanted.append(data_type)
                 except PermanentError as refused:
-                    keys.remove(data_type)
-                    self._fail(self.report.pair(symbol, data_type), refused)
-            ohlcv = timeframes if OHLCV in data_types else []
+                    for key in pair_keys(timeframes, [data_type]):
+                        keys.remove(key)
+                        self._fail(self.report.pair(symbol, key), refused)
+            series = [(tf, CANDLE_PRICES[t]) for t in wanted if t in CANDLE_PRICES for tf in timeframes]
+            if OPEN_INTEREST in wanted:
+                for tf in timeframes:
+                    if tf in OPEN_INTEREST_PERIODS:
+                        series.append((tf, "oi"))
+                    else:
+                        periods = ", ".join(OPEN_INTEREST_PERIODS)
+                        no_period = PermanentError(
+                            f"open_interest has no {tf} period; its periods are {periods}"
+                        )
+                        self._fail(self.report.pair(symbol, f"oi:{tf}"), no_period)
             try:
                 instrument = await self.owner.instrument(symbol)
-                plans = {tf: await self._plan(instrument, symbol, tf) for tf in ohlcv}
-                wants_listing = any(p.pages for p in plans.values()) or TRADES in keys
+                plans = [await self._plan(client, instrument, symbol, tf, p) for tf, p in series]
+                wants_listing = any(p.pages for p in plans) or TRADES in keys
                 if instrument.listing_ms is None and wants_listing:
-                    listing = await self.client.first_candle_ms(symbol)
+                    listing = await client.first_candle_ms(symbol)
                     if listing is not None:
                         await self.owner._store_call(partial(self.store.set_listing, instrument.id, listing))
                         instrument = await self._relisted(instrument, listing)
-                        plans = {tf: await self._plan(instrument, symbol, tf) for tf in ohlcv}
+                        plans = [await self._plan(client, instrument, symbol, tf, p) for tf, p in series]
             except Exception as exc:
-                error = classify(exc)
-                if not isinstance(error, (PermanentError, TransientError, InvalidSymbolError)):
-                    raise
-                for key in keys:
-                    self._fail(self.report.pair(symbol, key), error)
+                self._fail_all(symbol, keys, exc)
                 return
             async with asyncio.TaskGroup() as pairs:
-                for tf in ohlcv:
-                    pairs.create_task(self._pair(instrument, plans[tf]))
+                for plan in plans:
+                    pairs.create_task(self._pair(client, instrument, plan))
                 if TRADES in keys:
-                    pairs.create_task(TradePair(self, instrument).execute())
+                    pairs.create_task(TradePair(self, instrument, client).execute())
+                if FUNDING_RATES in keys:
+                    pairs.create_task(FundingPair(self, client, instrument).execute())
+
+    def _fail_all(self, symbol: str, keys: list[str], exc: Exception) -> None:
+        error = classify(exc)
+        if not isinstance(error, (PermanentError, TransientError, InvalidSymbolError)):
+            raise exc
+        for key in keys:
+            self._fail(self.report.pair(symbol, key), error)
 
     async def _relisted(self, instrument: Instrument, listing_ms: int) -> Instrument:
         updated = replace(instrument, listing_ms=listing_ms)
         self.owner._instruments[instrument.symbol] = updated
         return updated
 
-    async def _plan(self, instrument: Instrument, symbol: str, timeframe: str) -> BackfillPlan:
-        covered = await self.owner._store_call(partial(self.store.coverage, instrument.id, timeframe))
+    async def _plan(
+        self, client: ExchangeClient, instrument: Instrument, symbol: str, timeframe: str, price: str
+    ) -> BackfillPlan:
+        key = series_key(timeframe, price)
+        covered = await self.owner._store_call(partial(self.store.coverage, instrument.id, key))
         plan = plan_backfill(
             symbol,
             timeframe,
@@ -185,17 +229,25 @@ class BackfillRun:
             self.end_ms,
             covered=covered,
             listing_ms=instrument.listing_ms,
-            server_now_ms=self.client.server_now_ms(),
-            limit=self.settings.page_limit,
+            server_now_ms=client.server_now_ms(),
+            limit=self._page_limit(client, price),
         )
-        pair = self.report.pair(symbol, timeframe)
+        plan.price = price
+        pair = self.report.pair(symbol, key)
         pair.pages_planned = len(plan.pages)
         pair.candles_expected = plan.expected_candles
         pair.gaps_found = plan.holes
         return plan
 
-    async def _pair(self, instrument: Instrument, plan: BackfillPlan) -> None:
-        pair = self.report.pair(plan.symbol, plan.timeframe)
+    def _page_limit(self, client: ExchangeClient, price: str) -> int:
+        """Rows per page: the run's for spot candles, the futures venue's own for perpetuals',
+        Binance's most for open interest."""
+        if price == "oi":
+            return OPEN_INTEREST_PAGE_LIMIT
+        return client.settings.ohlcv_page_limit if client.futures else self.settings.page_limit
+
+    async def _pair(self, client: ExchangeClient, instrument: Instrument, plan: BackfillPlan) -> None:
+        pair = self.report.pair(plan.symbol, plan.key)
         pair.status = "running"
         self.report.gaps_found += plan.holes
         if plan.holes:
@@ -203,7 +255,7 @@ class BackfillRun:
         self._progress(pair)
         if plan.before_listing is not None:
             s, e = plan.before_listing
-            batch = CandleBatch(instrument.id, plan.timeframe, [], [CoverageRange(s, e, "empty")])
+            batch = CandleBatch(instrument.id, plan.key, [], [CoverageRange(s, e, "empty")])
             await self.queue.put((batch, pair))
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
@@ -216,7 +268,7 @@ class BackfillRun:
                 # A slot covers the page from its request until it is on the write queue, so
                 # pages waiting for a full queue count too: memory stays bounded.
                 async with self.page_slots:
-                    if not await self._page(instrument, plan, pair, todo, failure):
+                    if not await self._page(client, instrument, plan, pair, todo, failure):
                         return
 
         # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
@@ -234,6 +286,7 @@ class BackfillRun:
 
     async def _page(
         self,
+        client: ExchangeClient,
         instrument: Instrument,
         plan: BackfillPlan,
         pair: PairReport,
@@ -244,8 +297,14 @@ class BackfillRun:
         if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
             return False
         page = todo.pop()
-        limit = self.settings.page_limit
-        fetch = await self.unless_stopped(self.client.fetch_page(plan.symbol, plan.timeframe, page, limit))
+        limit = self._page_limit(client, plan.price)
+        oi = plan.price == "oi"
+        request: Awaitable[Sequence[tuple[Any, ...]]] = (
+            fetch_open_interest_page(client, plan.symbol, plan.timeframe, page, limit)
+            if oi
+            else client.fetch_page(plan.symbol, plan.timeframe, page, limit, price=plan.price)
+        )
+        fetch = await self.unless_stopped(request)
         if fetch.cancelled():
             todo.append(page)
             return False
@@ -254,7 +313,7 @@ class BackfillRun:
         except Exception as exc:
             failure.append(classify(exc))
             return False
-        coverage = page_coverage(page, candles, plan.timeframe, cap=self.client.most_candles_seen)
+        coverage = page_coverage(page, candles, plan.timeframe, cap=limit if oi else client.most_candles_seen)
         rest = unproven_rest(page, coverage)
         if rest is not None:
             # Cut short at the server's cap: the rest of the page is fetched in this run.
@@ -266,7 +325,12 @@ class BackfillRun:
         self.report.exchange_gaps += gaps
         pair.candles_fetched += len(candles)
         pair.pages_done += 1
-        await self.queue.put((CandleBatch(instrument.id, plan.timeframe, candles, coverage), pair))
+        batch: CandleBatch | OpenInterestBatch = (
+            OpenInterestBatch(instrument.id, plan.timeframe, candles, coverage)
+            if oi
+            else CandleBatch(instrument.id, plan.key, candles, coverage)
+        )
+        await self.queue.put((batch, pair))
         self._progress(pair)
         return True
 
@@ -320,8 +384,16 @@ class BackfillRun:
             if self.write_error is not None:
                 continue  # drain so fetchers never block on a full queue
             try:
-                await self._write([b for b, _ in items if isinstance(b, CandleBatch)])
+                candles = [b for b, _ in items if isinstance(b, CandleBatch)]
+                for data_type, price in CANDLE_PRICES.items():
+                    await self._write(
+                        data_type, [b for b in candles if split_series(b.timeframe)[1] == price]
+                    )
                 await self._write_trades([b for b, _ in items if isinstance(b, TradeBatch)])
+                funding = [b for b, _ in items if isinstance(b, FundingBatch)]
+                await self._write_points(FUNDING_RATES, self.store.write_funding, funding)
+                interest = [b for b, _ in items if isinstance(b, OpenInterestBatch)]
+                await self._write_points(OPEN_INTEREST, self.store.write_open_interest, interest)
             except Exception as exc:
                 self.write_error = (
                     exc if isinstance(exc, CollectorError) else TransientError(f"write failed: {exc}")
@@ -330,7 +402,7 @@ class BackfillRun:
                 for _, pair in items:
                     self._fail(pair, self.write_error)
 
-    async def _write(self, batches: list[CandleBatch]) -> None:
+    async def _write(self, data_type: str, batches: list[CandleBatch]) -> None:
         if not batches:
             return
 
@@ -345,7 +417,7 @@ class BackfillRun:
         monitor.set_queue_depth(self.queue.qsize())
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
-        self.report.add_rows(OHLCV, result.written)
+        self.report.add_rows(data_type, result.written)
 
     async def _write_trades(self, batches: list[TradeBatch]) -> None:
         if not batches:
@@ -359,6 +431,17 @@ class BackfillRun:
         self.report.rows_written += result.written
         self.report.rows_skipped += result.skipped
         self.report.add_rows(TRADES, result.written)
+
+    async def _write_points(
+        self, data_type: str, write: Callable[[list[B]], Awaitable[WriteResult]], batches: list[B]
+    ) -> None:
+        """Write funding or open interest batches (idempotent: a failed write is retried whole)."""
+        if not batches:
+            return
+        result = await self.owner._store_call(partial(write, batches))
+        self.report.rows_written += result.written
+        self.report.rows_skipped += result.skipped
+        self.report.add_rows(data_type, result.written)
 
 
 def _first_error(errors: BaseExceptionGroup) -> BaseException:
@@ -376,6 +459,11 @@ def _first_error(errors: BaseExceptionGroup) -> BaseException:
     return leaves[0]
 
 
-def _snapshot(client: ExchangeClient) -> tuple[int, int, int, int, int, int]:
-    s = client.stats
-    return (s.requests, s.retries, s.http_429, s.http_418, s.malformed, client.limiter.stats.weight)
+def _snapshot(clients: Sequence[ExchangeClient]) -> tuple[int, int, int, int, int, int]:
+    """Request figures summed over the venues' clients."""
+    out = [0] * 6
+    for client in clients:
+        s = client.stats
+        row = (s.requests, s.retries, s.http_429, s.http_418, s.malformed, client.limiter.stats.weight)
+        out = [a + b for a, b in zip(out, row, strict=True)]
+    return (out[0], out[1], out[2], out[3], out[4], out[5])

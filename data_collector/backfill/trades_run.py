@@ -16,7 +16,7 @@ import asyncio
 from functools import partial
 from typing import TYPE_CHECKING
 
-from data_collector.backfill.exchange import classify
+from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.trades_fetch import TRADES_PAGE_LIMIT, fetch_trades_from, first_id_at
 from data_collector.backfill.trades_plan import (
     IdRange,
@@ -40,8 +40,9 @@ SETTLE_MS = 10_000
 class TradePair:
     """The trades of one instrument over the run's range."""
 
-    def __init__(self, run: BackfillRun, instrument: Instrument) -> None:
+    def __init__(self, run: BackfillRun, instrument: Instrument, client: ExchangeClient) -> None:
         self.run = run
+        self.client = client
         self.instrument = instrument
         self.pair = run.report.pair(instrument.symbol, TRADES)
         self.limit = TRADES_PAGE_LIMIT
@@ -57,7 +58,7 @@ class TradePair:
         run._progress(pair)
         try:
             covered = await run.owner._store_call(partial(run.store.trade_coverage, self.instrument.id))
-            end_ms = min(run.end_ms, run.client.server_now_ms() - SETTLE_MS)
+            end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
             spans = plan_trade_spans(run.start_ms, end_ms, covered)
             pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
             for span in spans:
@@ -81,10 +82,10 @@ class TradePair:
         listing = self.instrument.listing_ms
         first = span.first_id
         if first is None:
-            first = await first_id_at(run.client, symbol, span.start_ms, not_before_ms=listing)
+            first = await first_id_at(self.client, symbol, span.start_ms, not_before_ms=listing)
         end = span.end_id
         if end is None:
-            end = await first_id_at(run.client, symbol, span.end_ms, not_before_ms=listing)
+            end = await first_id_at(self.client, symbol, span.end_ms, not_before_ms=listing)
         end = max(end, first)
         ids = (first, end)
         if end == first:
@@ -109,7 +110,7 @@ class TradePair:
     async def _page(self, span: TradeSpan, ids: IdRange, page: IdRange, todo: list[IdRange]) -> None:
         run = self.run
         fetch = await run.unless_stopped(
-            fetch_trades_from(run.client, self.instrument.symbol, page[0], self.limit)
+            fetch_trades_from(self.client, self.instrument.symbol, page[0], self.limit)
         )
         if fetch.cancelled():
             todo.append(page)

@@ -24,13 +24,16 @@ class MalformedPageError(TransientError):
     """The exchange answered with data that cannot be right; fetching the page again may fix it."""
 
 
-def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
+def validate_page(
+    rows: object, timeframe: str, start_ms: int, end_ms: int, *, signed: bool = False
+) -> list[Candle]:
     """Return the page as clean candles, or raise :class:`MalformedPageError`.
 
     A page is valid when it is a list of ``[ts, open, high, low, close, volume, ...]`` rows whose
     timestamps are integers aligned to ``timeframe``, strictly increasing and inside
     ``[start_ms, end_ms)``, whose prices are finite and positive with ``low <= open, close <= high``,
     and whose volume is finite and not negative. Numbers may be given as numeric strings.
+    ``signed``: prices may be zero or negative (the premium index is a difference of prices).
     """
     if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
         raise MalformedPageError(f"expected a list of candles, got {type(rows).__name__}")
@@ -70,7 +73,8 @@ def validate_page(rows: object, timeframe: str, start_ms: int, end_ms: int) -> l
         raise MalformedPageError("candles are out of order or duplicated")
     _check_aligned(ts, timeframe)
     o, h, low, c, v = table
-    if not (np.minimum(np.minimum(o, h), np.minimum(low, c)) > 0).all() or not (v >= 0).all():
+    lowest = np.minimum(np.minimum(o, h), np.minimum(low, c))
+    if not (signed or (lowest > 0).all()) or not (v >= 0).all():
         raise MalformedPageError("a candle has a non-positive price or a negative volume")
     if not ((low <= o) & (o <= h) & (low <= c) & (c <= h)).all():
         raise MalformedPageError("a candle breaks low <= open, close <= high")

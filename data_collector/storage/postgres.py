@@ -49,6 +49,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
+from data_collector.storage.postgres_funding import FUNDING_DDL, PostgresFunding, PostgresOpenInterest
 from data_collector.storage.postgres_trades import TRADE_DDL, PostgresTrades
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore, StoreSettings
@@ -106,6 +107,16 @@ _DDL = (
         FROM {s}.ohlcv o
         JOIN {s}.instruments i ON i.id = o.instrument_id
         JOIN {s}.timeframes t ON t.code = o.timeframe""",
+    # Every price type of candle (mark, index, premium; last as in ohlcv_view): codes are the
+    # timeframe's plus 100 per price type (data_collector.markets.PRICE_OFFSETS).
+    """CREATE OR REPLACE VIEW {s}.price_ohlcv_view AS
+        SELECT i.exchange, i.symbol, p.price, t.name AS timeframe, to_timestamp(o.ts / 1000.0) AS ts,
+               o.open, o.high, o.low, o.close, o.volume
+        FROM {s}.ohlcv o
+        JOIN {s}.instruments i ON i.id = o.instrument_id
+        JOIN {s}.timeframes t ON t.code = o.timeframe % 100
+        JOIN (VALUES (0, 'last'), (1, 'mark'), (2, 'index'), (3, 'premium')) AS p(n, price)
+          ON p.n = o.timeframe / 100""",
 )
 _INIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
 _INSERT_TIMEFRAMES = (
@@ -488,7 +499,7 @@ class PostgresCandleStore(CandleStore):
         async with self._connect() as (_, conn):
             async with conn.transaction():
                 await self._bounded(conn.execute(_INIT_LOCK, f"data_collector.initialize:{self._schema}"))
-                for statement in (*_DDL, *TRADE_DDL):
+                for statement in (*_DDL, *TRADE_DDL, *FUNDING_DDL):
                     await self._bounded(conn.execute(self._sql(statement)))
                 await self._bounded(
                     conn.execute(
@@ -695,6 +706,12 @@ class PostgresCandleStore(CandleStore):
 
     def _trade_tables(self) -> PostgresTrades:
         return PostgresTrades(self)
+
+    def _funding_tables(self) -> PostgresFunding:
+        return PostgresFunding(self)
+
+    def _open_interest_tables(self) -> PostgresOpenInterest:
+        return PostgresOpenInterest(self)
 
     async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connect() as (_, conn):

@@ -30,6 +30,7 @@ from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_c
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
 from data_collector.storage.batching import PreparedWrite, prepare
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
+from data_collector.storage.sqlite_funding import FUNDING_DDL, SqliteFunding, SqliteOpenInterest
 from data_collector.storage.sqlite_trades import TRADE_DDL, SqliteTrades
 from data_collector.storage.store import CandleStore, StoreSettings
 from data_collector.storage.url import parse_database_url
@@ -69,6 +70,13 @@ _DDL = (
         FROM ohlcv o
         JOIN instruments i ON i.id = o.instrument_id
         JOIN timeframes t ON t.code = o.timeframe""",
+    """CREATE VIEW IF NOT EXISTS price_ohlcv_view AS
+        SELECT i.exchange, i.symbol, p.price, t.name AS timeframe, o.ts, o.open, o.high, o.low, o.close, o.volume
+        FROM ohlcv o
+        JOIN instruments i ON i.id = o.instrument_id
+        JOIN timeframes t ON t.code = o.timeframe % 100
+        JOIN (SELECT 0 AS n, 'last' AS price UNION ALL SELECT 1, 'mark' UNION ALL SELECT 2, 'index'
+              UNION ALL SELECT 3, 'premium') p ON p.n = o.timeframe / 100""",
 )
 # Not INSERT OR IGNORE: that would also drop rows breaking NOT NULL, silently.
 _INSERT_KEEP = (
@@ -195,7 +203,7 @@ class SqliteCandleStore(CandleStore):
         """Create the file, its directory, the tables and the view, idempotently."""
         codes = sorted(TIMEFRAME_CODES.items(), key=lambda item: item[1])
         async with self._transaction() as conn:
-            for statement in (*_DDL, *TRADE_DDL):
+            for statement in (*_DDL, *TRADE_DDL, *FUNDING_DDL):
                 await self._bounded(conn.execute(statement))
             await self._bounded(
                 conn.executemany(
@@ -318,6 +326,12 @@ class SqliteCandleStore(CandleStore):
 
     def _trade_tables(self) -> SqliteTrades:
         return SqliteTrades(self)
+
+    def _funding_tables(self) -> SqliteFunding:
+        return SqliteFunding(self)
+
+    def _open_interest_tables(self) -> SqliteOpenInterest:
+        return SqliteOpenInterest(self)
 
     async def _coverage_rows(self, instrument_id: int, code: int) -> list[CoverageRange]:
         rows = await self._fetchall(

@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Protocol, Self
 from data_collector.errors import PermanentError
 from data_collector.markets import CODE_TIMEFRAMES, candle_opens, count_candles, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Gap, Instrument, WriteResult
+from data_collector.storage.funding import FundingBatch, FundingRate, FundingTables, funding_frame
+from data_collector.storage.open_interest import (
+    OpenInterest,
+    OpenInterestBatch,
+    OpenInterestTables,
+    open_interest_frame,
+)
 from data_collector.storage.trades import (
     TRADE_FRAME_COLUMNS,
     Trade,
@@ -203,6 +210,44 @@ class CandleStore(ABC):
         """Trades in ``[start_ms, end_ms)`` as a DataFrame (see :func:`trades_frame`)."""
         return trades_frame(await self.load_trades(instrument_id, start_ms, end_ms))
 
+    def _funding_tables(self) -> FundingTables:
+        """The backend's funding table; a store without it refuses funding rates with one line."""
+        raise PermanentError(f"{type(self).__name__} does not store funding rates")
+
+    async def write_funding(self, batches: Sequence[FundingBatch]) -> WriteResult:
+        """Write funding batches atomically with their coverage (coverage key ``"funding"``),
+        deduplicated by ``(instrument, ts)``, idempotent."""
+        return await self._funding_tables().write(batches)
+
+    async def load_funding(self, instrument_id: int, start_ms: int, end_ms: int) -> list[FundingRate]:
+        """Funding rates with ``start_ms <= ts < end_ms``, oldest first."""
+        return await self._funding_tables().load(instrument_id, start_ms, end_ms)
+
+    async def load_funding_frame(self, instrument_id: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Funding rates in ``[start_ms, end_ms)`` as a DataFrame (see :func:`funding_frame`)."""
+        return funding_frame(await self.load_funding(instrument_id, start_ms, end_ms))
+
+    def _open_interest_tables(self) -> OpenInterestTables:
+        """The backend's open interest table; a store without it refuses them with one line."""
+        raise PermanentError(f"{type(self).__name__} does not store open interest")
+
+    async def write_open_interest(self, batches: Sequence[OpenInterestBatch]) -> WriteResult:
+        """Write open interest batches atomically with their coverage (key ``"oi:<period>"``),
+        deduplicated by ``(instrument, period, ts)``, idempotent."""
+        return await self._open_interest_tables().write(batches)
+
+    async def load_open_interest(
+        self, instrument_id: int, period: str, start_ms: int, end_ms: int
+    ) -> list[OpenInterest]:
+        """Open interest points of ``period`` with ``start_ms <= ts < end_ms``, oldest first."""
+        return await self._open_interest_tables().load(instrument_id, period, start_ms, end_ms)
+
+    async def load_open_interest_frame(
+        self, instrument_id: int, period: str, start_ms: int, end_ms: int
+    ) -> pd.DataFrame:
+        """Open interest in ``[start_ms, end_ms)`` as a DataFrame (see :func:`open_interest_frame`)."""
+        return open_interest_frame(await self.load_open_interest(instrument_id, period, start_ms, end_ms))
+
     async def coverage(self, instrument_id: int, timeframe: str) -> list[CoverageRange]:
         """Covered ranges, merged and sorted (adjacent ranges of one kind joined).
 
@@ -218,7 +263,12 @@ class CandleStore(ABC):
         grouped: dict[tuple[int, int], list[CoverageRange]] = {}
         for instrument_id, code, row in await self._venue_coverage_rows(exchange, start_ms, end_ms):
             grouped.setdefault((instrument_id, code), []).append(row)
-        return {(i, CODE_TIMEFRAMES[code]): merge_coverage(rows) for (i, code), rows in grouped.items()}
+        # Only traded-price candles make the map; other series (mark, funding) have codes of their own.
+        return {
+            (i, CODE_TIMEFRAMES[code]): merge_coverage(rows)
+            for (i, code), rows in grouped.items()
+            if code in CODE_TIMEFRAMES
+        }
 
     async def count_candles(self, instrument_id: int, timeframe: str, spans: Sequence[Span]) -> list[int]:
         """How many stored candles each ``[start_ms, end_ms)`` span holds, in one round trip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,8 @@ import pytest
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage.trades import TradeCoverage, merge_trade_coverage
-from tests.support.backfill import config_for, local_iso, start_script, write_config
+from tests.support.backfill import config_for, kill_when_stored, local_iso, start_script, write_config
 from tests.support.services import PG_ADMIN_DSN, PG_URL, dropped_schemas
-from tests.support.waiting import wait_for_async
 
 SYMBOL = "SOL/USDT"
 
@@ -71,19 +69,11 @@ async def test_sigkill_at_three_points_then_restart_matches_an_uninterrupted_run
 
         path = config(killed)
         for fraction in (0.2, 0.45, 0.7):
-            proc = await start_script(path, tmp_path)
-            try:
 
-                async def past(share: float = fraction, running: Any = proc) -> bool:
-                    return (await _rows(killed))[2] >= share * total or running.returncode is not None
+            async def trades() -> int:
+                return (await _rows(killed))[2]
 
-                await wait_for_async(past, timeout_s=60, what=f"{fraction:.0%} of the trades stored")
-                assert proc.returncode is None, "the run ended before it could be killed"
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                assert await proc.wait() == -signal.SIGKILL
+            await kill_when_stored(path, tmp_path, trades, fraction * total, f"{fraction:.0%} of the trades")
             assert 0 < (await _rows(killed))[2] < total
         proc = await start_script(path, tmp_path)
         assert await proc.wait() == 0

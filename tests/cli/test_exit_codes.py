@@ -321,3 +321,22 @@ async def test_postgres_scheme_is_refused_by_the_config_and_by_open_store_alike(
         open_store(config)
     with pytest.raises(ConfigError, match="must start with postgresql"):
         load_config(config)
+
+
+async def test_open_interest_beyond_30_days_exits_2_with_one_line_and_writes_nothing(
+    base_config: dict[str, Any], pg_schema: str, tmp_path: Path
+) -> None:
+    async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=["BTC/USDT:USDT"], seed=3) as perp_sim:
+        config = {
+            **sim_config(base_config, perp_sim),
+            "futures_exchange": {**perp_sim.futures_exchange_config(), "timeout_s": 5.0},
+            "symbols": ["BTC/USDT:USDT"],
+            "data_types": ["funding_rates", "open_interest"],
+        }
+        path = write_config(tmp_path / "config.yaml", config)
+        code, out, err = await run(COLLECT, "--config", str(path), "--start", "40d", cwd=tmp_path)
+        assert code == 2, out + err
+        line = one_line(err)
+        assert "open_interest: the exchange serves only the last 30 days" in line and "or later" in line, line
+        assert not any(k.startswith("fapi/v1/fundingRate") for k in perp_sim.stats()["endpoints"])
+        assert await pg_rows(pg_schema) == []

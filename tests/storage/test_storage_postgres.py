@@ -178,8 +178,9 @@ async def test_concurrent_initialize_of_a_new_schema(admin: asyncpg.Connection) 
         tables = await admin.fetchval(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", schema
         )
-        # instruments, ohlcv, coverage, timeframes, ohlcv_view, trades, trade_coverage, trades_view
-        assert tables == 8
+        # instruments, ohlcv, coverage, timeframes, ohlcv_view, price_ohlcv_view, trades,
+        # trade_coverage, trades_view, funding, funding_view, open_interest, open_interest_view
+        assert tables == 13
     finally:
         for s in stores:
             await s.close()

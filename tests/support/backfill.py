@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from data_collector.markets import DAY_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from tests.support.services import PG_ADMIN_DSN
+from tests.support.waiting import wait_for_async
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "optimized_collection.py"
@@ -115,3 +118,23 @@ async def start_script(config_path: Path, cwd: Path, *, capture: bool = False) -
     return await asyncio.create_subprocess_exec(
         sys.executable, str(SCRIPT), "--config", str(config_path), cwd=str(cwd), stdout=out, stderr=out
     )
+
+
+async def kill_when_stored(
+    config_path: Path, cwd: Path, stored: Callable[[], Awaitable[int]], at_least: float, what: str
+) -> None:
+    """Start the collection script, SIGKILL it once ``stored()`` reaches ``at_least``; it must be
+    running then (a run that ended first fails the test)."""
+    proc = await start_script(config_path, cwd)
+    try:
+
+        async def past() -> bool:
+            return await stored() >= at_least or proc.returncode is not None
+
+        await wait_for_async(past, timeout_s=90, what=what)
+        assert proc.returncode is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        assert await proc.wait() == -signal.SIGKILL

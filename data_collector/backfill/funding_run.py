@@ -1,0 +1,143 @@
+"""One (perpetual, ``funding_rates``) pair of a run: plan by the coverage, fetch pages, queue them.
+
+Runs inside :class:`~data_collector.backfill.run.BackfillRun` beside the symbol's candle pairs,
+through the futures venue's client (its rate limiter, timeouts and retries). ccxt's
+``fetch_funding_rate_history`` maps ``since``, ``limit`` and ``params={"until": ...}`` to
+Binance's ``fundingRate`` ``startTime``, ``limit`` and ``endTime`` (inclusive). An answer holds
+the first ``limit`` settlements of the window: a short one proves the window whole, a full one
+proves up to its last settlement and the rest is asked next. Each page goes on the write queue
+with the span it proves, so a run killed at any moment resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.validate import MalformedPageError
+from data_collector.datatypes import FUNDING_RATES
+from data_collector.errors import CollectorError
+from data_collector.markets import FUNDING_SERIES
+from data_collector.storage.base import Instrument
+from data_collector.storage.funding import FundingBatch, FundingRate
+from data_collector.storage.ranges import Span, subtract_spans
+
+if TYPE_CHECKING:
+    from data_collector.backfill.run import BackfillRun
+
+#: Binance's most settlements per ``fundingRate`` answer.
+FUNDING_PAGE_LIMIT = 1000
+#: Request weight of ``fundingRate`` in the futures budget (it also shares a 500 per 5 minutes
+#: per IP limit, far above what a backfill asks: one request covers 333 days).
+FUNDING_WEIGHT = 1
+#: Settlements younger than this (by the exchange's clock) may not be published yet.
+SETTLE_MS = 60_000
+
+
+def validate_funding(rows: object, start_ms: int, end_ms: int) -> list[FundingRate]:
+    """ccxt's funding history as ``(ts, rate, mark_price)``, or :class:`MalformedPageError`.
+
+    Valid: integer times inside ``[start_ms, end_ms)``, strictly increasing, finite rates.
+    """
+    if not isinstance(rows, list):
+        raise MalformedPageError(f"expected a list of funding rates, got {type(rows).__name__}")
+    out: list[FundingRate] = []
+    for row in rows:
+        ts = row.get("timestamp") if isinstance(row, dict) else None
+        rate = row.get("fundingRate") if isinstance(row, dict) else None
+        if not isinstance(ts, int) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+            raise MalformedPageError(f"a funding rate has no time or rate: {row!r:.80}")
+        if not start_ms <= ts < end_ms or (out and ts <= out[-1][0]):
+            raise MalformedPageError(f"funding at {ts} is outside [{start_ms}, {end_ms}) or out of order")
+        info: Any = row.get("info") or {}
+        mark = info.get("markPrice") if isinstance(info, dict) else None
+        try:
+            mark_price = float(mark) if mark not in (None, "") else None
+        except (TypeError, ValueError):
+            raise MalformedPageError(f"a funding rate has a bad mark price: {mark!r:.40}") from None
+        out.append((ts, float(rate), mark_price))
+    return out
+
+
+async def fetch_funding_page(
+    client: ExchangeClient, symbol: str, start_ms: int, end_ms: int, limit: int
+) -> list[FundingRate]:
+    """The first ``limit`` settlements of ``symbol`` in ``[start_ms, end_ms)``, validated."""
+
+    async def fetch() -> list[FundingRate]:
+        try:
+            rows = await client.exchange.fetch_funding_rate_history(
+                symbol, since=start_ms, limit=limit, params={"until": end_ms - 1}
+            )
+            return validate_funding(rows, start_ms, end_ms)
+        except (TypeError, ValueError, KeyError, IndexError, MalformedPageError) as exc:
+            client.stats.malformed += 1
+            raise MalformedPageError(f"unusable funding page: {exc}") from None
+
+    return await client.call(fetch, weight=FUNDING_WEIGHT)
+
+
+def funding_page_coverage(page: Span, rates: Sequence[FundingRate], limit: int) -> tuple[Span, Span | None]:
+    """What an answer to ``page`` proves, and the rest of the page still to ask."""
+    start, end = page
+    if len(rates) < limit:
+        return page, None
+    last = rates[-1][0] + 1
+    return (start, last), ((last, end) if last < end else None)
+
+
+class FundingPair:
+    """The funding rates of one perpetual over the run's range."""
+
+    def __init__(self, run: BackfillRun, client: ExchangeClient, instrument: Instrument) -> None:
+        self.run = run
+        self.client = client
+        self.instrument = instrument
+        self.pair = run.report.pair(instrument.symbol, FUNDING_RATES)
+        self.limit = FUNDING_PAGE_LIMIT
+
+    async def execute(self) -> None:
+        run, pair = self.run, self.pair
+        pair.status = "running"
+        run._progress(pair)
+        failure: CollectorError | None = None
+        todo: list[Span] = []
+        try:
+            covered = await run.owner._store_call(
+                partial(run.store.coverage, self.instrument.id, FUNDING_SERIES)
+            )
+            end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
+            todo = subtract_spans(run.start_ms, end_ms, ((c.start_ms, c.end_ms) for c in covered))
+            pair.pages_planned = len(todo)
+            while todo and not self._stopping():
+                await self._page(todo)
+        except Exception as exc:
+            failure = classify(exc)
+        if failure is not None:
+            run._fail(pair, failure)
+        else:
+            run._finish(pair, "stopped" if todo else "done")
+
+    def _stopping(self) -> bool:
+        return self.run.owner._stop.is_set() or self.run.write_error is not None
+
+    async def _page(self, todo: list[Span]) -> None:
+        run, page = self.run, todo.pop(0)
+        fetch = await run.unless_stopped(
+            fetch_funding_page(self.client, self.instrument.symbol, page[0], page[1], self.limit)
+        )
+        if fetch.cancelled():
+            todo.insert(0, page)
+            return
+        rates = fetch.result()
+        proven, rest = funding_page_coverage(page, rates, self.limit)
+        if rest is not None:
+            todo.insert(0, rest)
+            self.pair.pages_planned += 1
+        self.pair.pages_done += 1
+        self.pair.candles_fetched += len(rates)
+        await run.queue.put((FundingBatch(self.instrument.id, rates, [proven]), self.pair))
+        run._progress(self.pair)
