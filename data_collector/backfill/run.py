@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.plan import (
     BackfillPlan,
@@ -97,6 +98,7 @@ class BackfillRun:
         self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
         self.page_slots = asyncio.Semaphore(settings.pages_in_flight)
         self.write_error: BaseException | None = None
+        self.archives = ArchiveSource.from_config(owner.config)
 
     async def execute(
         self, symbols: list[str], timeframes: list[str], data_types: Sequence[str] = (OHLCV,)
@@ -120,6 +122,8 @@ class BackfillRun:
         except BaseExceptionGroup as errors:
             raise _first_error(errors) from None
         finally:
+            if self.archives is not None:
+                await self.archives.close()
             stats1 = _snapshot(self.client)
             r = self.report
             r.requests, r.retries, r.http_429, r.http_418, r.malformed_pages, r.weight_used = (
@@ -188,6 +192,8 @@ class BackfillRun:
             server_now_ms=self.client.server_now_ms(),
             limit=self.settings.page_limit,
         )
+        if self.archives is not None:
+            self.archives.split(instrument, plan, self.client.server_now_ms(), self.settings.page_limit)
         pair = self.report.pair(symbol, timeframe)
         pair.pages_planned = len(plan.pages)
         pair.candles_expected = plan.expected_candles
@@ -207,6 +213,15 @@ class BackfillRun:
             await self.queue.put((batch, pair))
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
+        if self.archives is not None:
+            try:
+                fallback = await self.archives.ingest(self, instrument, plan, pair)
+            except PermanentError as refused:
+                failure.append(refused)
+                fallback = []
+            todo[:0] = reversed(
+                [p for r in fallback for p in pages(r, plan.timeframe, self.settings.page_limit)]
+            )
 
         def more() -> bool:
             return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
