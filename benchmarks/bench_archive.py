@@ -1,0 +1,99 @@
+"""Klines backfill from the simulator's archive tree vs the REST weight floor of the same work.
+
+``OptimizedDataCollector.collect`` of N spot symbols x 1m x D whole days ending 40 days ago
+(``source: auto``, so months come as monthly files, the edges as daily ones), into PostgreSQL, the
+simulator's zip cache warmed by a first pass. The REST floor is what the same candles cost at
+Binance's 6,000 weight a minute (klines weigh 2 per 1,000-candle page). Peak RSS is the whole
+process's (collector + simulator + its cache reads), measured with psutil.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from benchmarks.harness import BenchContext, Row, Table
+from data_collector.markets import DAY_MS
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.simulator import SimulatedExchange
+from data_collector.simulator.archives import ArchiveSettings
+
+NAME = "archive"
+DESCRIPTION = "klines backfill from archive zips vs the REST weight floor of the same candles"
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT", "DOGE/USDT", "ADA/USDT", "DOT/USDT"]
+
+
+async def _collect(
+    sim: SimulatedExchange, ctx: BenchContext, symbols: list[str], start: int, end: int
+) -> tuple[float, int]:
+    schema = "bench_archive_" + uuid.uuid4().hex[:8]
+    config = {
+        "exchange": {**sim.exchange_config(), "archive": {"url": sim.archive_url, "downloads_in_flight": 4}},
+        "database": {"url": ctx.pg_url, "schema": schema},
+        "logging": {"file": None},
+        "symbols": symbols,
+        "timeframes": ["1m"],
+        "performance": {"api_rate_limit": 100_000},
+    }
+    collector = OptimizedDataCollector(config)
+    await collector.initialize()
+    try:
+        started = time.perf_counter()
+        report = await collector.collect(symbols, ["1m"], start, end)
+        elapsed = time.perf_counter() - started
+        assert report.ok and not report.archive_fallbacks, report.summary()
+        return elapsed, report.rows_written
+    finally:
+        import asyncpg
+
+        await collector.close()
+        conn = await asyncpg.connect(ctx.pg_dsn)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+async def run(ctx: BenchContext) -> list[Table]:
+    n, days = (2, 31) if ctx.quick else (4, 122)
+    symbols = SYMBOLS[:n]
+    with tempfile.TemporaryDirectory() as cache:
+        settings = ArchiveSettings(cache_dir=Path(cache))
+        async with SimulatedExchange(symbols=symbols, seed=1, gaps={}, archive=settings) as sim:
+            end = (sim.clock.now_ms() // DAY_MS - 40) * DAY_MS
+            start = end - days * DAY_MS
+            await _collect(sim, ctx, symbols, start, end)  # warms the zip cache
+            build_s = sim.archive.build_s
+            times, rows = [], 0
+            for _ in range(ctx.repeats):
+                elapsed, rows = await _collect(sim, ctx, symbols, start, end)
+                times.append(elapsed)
+    candles = n * days * 1440
+    floor_s = (candles / 1000) * 2 / 6000 * 60
+    table = Table(f"{n} spot symbols x 1m x {days} days = {candles:,} candles into PostgreSQL")
+    table.add(
+        Row(
+            "REST weight floor (6,000/min, 2 per 1,000 candles)",
+            [floor_s],
+            "s",
+            baseline=True,
+            higher_is_better=False,
+        )
+    )
+    table.add(Row("archive backfill (zip cache warm)", times, "s", higher_is_better=False))
+    rss = psutil.Process().memory_info().rss
+    peak = getattr(psutil.Process().memory_info(), "peak_wset", None) or _peak_rss()
+    table.notes += [
+        f"rows written {rows:,}; {candles / min(times):,.0f} candles/s",
+        f"simulator zip build (cold pass, not timed) {build_s:.1f} s; peak RSS {peak / 1e6:.0f} MB (now {rss / 1e6:.0f} MB)",
+        "target (issue 13): 20 x 730 days in <= 60 s, i.e. >= 350,000 candles/s",
+    ]
+    return [table]
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
