@@ -132,7 +132,8 @@ class ArchiveServer:
         self.sim = sim
         self.settings = settings or ArchiveSettings()
         self._faults: list[_Fault] = []
-        #: Files served (``zip``, ``checksum``), 404s, and faults fired by kind.
+        #: Requests (``zip_requests``, ``checksum_requests``), files served (``zip``, ``checksum``,
+        #: ``bytes``), 404s, and faults fired by kind (``fault_<kind>``).
         self.stats: Counter[str] = Counter()
         self.build_s = 0.0
 
@@ -211,6 +212,8 @@ class ArchiveServer:
         if period != info["period"] or not self.available(period, end, self.sim.clock.now_ms()):
             return self._not_found()
         checksum = m["check"] is not None
+        # Counted when asked for, so an answer still pending when its client dies counts at once.
+        self.stats["checksum_requests" if checksum else "zip_requests"] += 1
         fault = self._fault(request.path, checksum)
         if fault == "slow":
             await asyncio.sleep(self.settings.slow_s)
