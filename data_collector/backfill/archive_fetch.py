@@ -4,9 +4,10 @@ A file is a zip holding one CSV; ``<file>.CHECKSUM`` holds its sha256. Nothing o
 returned unless its bytes match that checksum (unless ``verify`` is off) and the zip opens with a
 good CRC. A failure is an :class:`ArchiveFailure` with a short reason the report shows.
 
-Parsing: ``numpy.loadtxt`` of the six used columns. Measured on a month of 1m candles (44,640
-rows, 6.5 MB): loadtxt 0.10 s, pyarrow's CSV reader 0.05 s; both are well below the time the
-same rows take to be written, so the project keeps numpy and no extra dependency.
+Parsing: pyarrow's CSV reader, single-threaded (files are parsed side by side already), the six
+used columns straight to numpy. Measured on a month of 1m candles (44,640 rows, 6.5 MB, best of
+5): ``numpy.loadtxt`` of the same columns 0.085 s, pyarrow 0.035 s; parsing is most of the
+collector's own work per archive row, so the faster reader is worth its dependency.
 """
 
 from __future__ import annotations
@@ -15,17 +16,26 @@ import asyncio
 import hashlib
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from data_collector.backfill.archive_plan import ArchiveFile
 from data_collector.storage.base import Candle
 
 #: Archive timeframes are named as in the API, except ``1M`` (``1mo`` for case-blind file systems).
 _PATH_TF = {"1M": "1mo"}
+_COLUMNS = [f"c{i}" for i in range(12)]
+_READ = pa_csv.ReadOptions(column_names=_COLUMNS, use_threads=False)
+_CONVERT = pa_csv.ConvertOptions(
+    include_columns=_COLUMNS[:6],
+    column_types={"c0": pa.int64(), **{name: pa.float64() for name in _COLUMNS[1:6]}},
+)
 #: A timestamp above this is in microseconds (spot files from 2025-01-01); ms stay below until 5138.
 _MICROS_ABOVE = 10**14
 
@@ -63,11 +73,13 @@ def parse_klines(csv: bytes) -> list[Candle]:
         csv = csv.partition(b"\n")[2]
     if not csv.strip():
         return []
-    table = np.loadtxt(io.BytesIO(csv), delimiter=",", dtype=np.float64, usecols=range(6), ndmin=2)
-    # float64 holds every integer below 2**53, µs timestamps included.
-    ts = table[:, 0].astype(np.int64)
+    try:
+        table = pa_csv.read_csv(io.BytesIO(csv), read_options=_READ, convert_options=_CONVERT)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise ArchiveFailure(f"unreadable CSV ({str(exc).splitlines()[0]})") from None
+    ts = table.column(0).to_numpy()
     ts = np.where(ts > _MICROS_ABOVE, ts // 1000, ts)
-    cols = [table[:, i].tolist() for i in range(1, 6)]
+    cols = [table.column(i).to_numpy().tolist() for i in range(1, 6)]
     return list(zip(ts.tolist(), *cols, strict=True))
 
 
@@ -79,7 +91,7 @@ def unzip_one(data: bytes) -> bytes:
             if len(names) != 1:
                 raise ArchiveFailure(f"zip holds {len(names)} files, expected 1")
             return zf.read(names[0])
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise ArchiveFailure(f"corrupt zip ({exc})") from None
 
 
