@@ -1,7 +1,8 @@
-"""The data.binance.vision archive tree of the simulator: daily and monthly kline zips + ``.CHECKSUM``.
+"""The data.binance.vision archive tree of the simulator: spot kline and aggTrades zips + ``.CHECKSUM``.
 
 Paths as on the real site: ``/data/spot/{daily,monthly}/klines/<SYM>/<tf>/<SYM>-<tf>-<date>.zip``
-and ``<...>.zip.CHECKSUM`` (``sha256sum`` output: ``<hex>  <file name>``). ``1M`` is spelled
+and ``/data/spot/{daily,monthly}/aggTrades/<SYM>/<SYM>-aggTrades-<date>.zip``, each with its
+``<...>.zip.CHECKSUM`` (``sha256sum`` output: ``<hex>  <file name>``). ``1M`` is spelled
 ``1mo`` there. Each zip holds one CSV without a header row (spot), whose values are the REST
 klines' exactly: the same model, the same number strings. As on the real site, spot timestamps
 (open and close time) are in microseconds from 2025-01-01 on and in milliseconds before.
@@ -36,7 +37,7 @@ from aiohttp import web
 
 from data_collector.errors import UsageError
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
-from data_collector.simulator.formats import kline_matrix
+from data_collector.simulator.formats import decimal8, kline_matrix
 
 if TYPE_CHECKING:
     from data_collector.simulator.market import SymbolMarket
@@ -48,7 +49,7 @@ MICROS_FROM_MS = 1_735_689_600_000
 ARCHIVE_INTERVALS = {**{tf: tf for tf in TIMEFRAME_MS}, "1M": "1mo"}
 _PATH_TF = {v: k for k, v in ARCHIVE_INTERVALS.items()}
 _NAME = re.compile(
-    r"^(?P<sym>[A-Z0-9]+)-(?P<tf>[0-9a-z]+)-(?P<date>\d{4}-\d{2}(-\d{2})?)\.zip(?P<check>\.CHECKSUM)?$"
+    r"^(?P<sym>[A-Z0-9]+)-(?P<tf>[0-9a-zA-Z]+)-(?P<date>\d{4}-\d{2}(-\d{2})?)\.zip(?P<check>\.CHECKSUM)?$"
 )
 _CSV_ROW = "%d,%d.%08d,%d.%08d,%d.%08d,%d.%08d,%d.%08d,%d,%d.%08d,%d,%d.%08d,%d.%08d,0"
 #: A member's date in the zip: fixed, so the same candles always give the same bytes.
@@ -110,6 +111,23 @@ def kline_csv(market: SymbolMarket, timeframe: str, start_ms: int, end_ms: int, 
     return ("\n".join([t % tuple(r) for r in matrix.tolist()]) + "\n").encode()
 
 
+def agg_trades_csv(market: SymbolMarket, start_ms: int, end_ms: int) -> bytes:
+    """The archive CSV of the aggregate trades with ``start_ms <= T < end_ms`` (no header row).
+
+    Columns as on the real site: id, price, quantity, first and last trade id, time, buyer was
+    maker, best price match (``True``/``False``); time in µs from 2025-01-01.
+    """
+    pd, qd = market.price_decimals, market.qty_decimals
+    lines = []
+    for minute in range(start_ms // 60_000, end_ms // 60_000):
+        for t in market.minute_trades(minute):
+            ts = t.time_ms * 1000 if t.time_ms >= MICROS_FROM_MS else t.time_ms
+            lines.append(
+                f"{t.id},{decimal8(t.price, pd)},{decimal8(t.qty, qd)},{t.id},{t.id},{ts},{t.buyer_maker},True"
+            )
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
 def zip_bytes(member: str, payload: bytes) -> bytes:
     """A deterministic deflated zip holding ``payload`` as ``member``."""
     out = io.BytesIO()
@@ -140,6 +158,7 @@ class ArchiveServer:
     def add_routes(self, app: web.Application) -> None:
         """Register the archive paths."""
         app.router.add_get("/data/spot/{period}/klines/{sym}/{tf}/{name}", self._klines)
+        app.router.add_get("/data/spot/{period}/aggTrades/{sym}/{name}", self._agg_trades)
 
     def inject(self, kind: str, match: str = "", times: int | None = None) -> None:
         """Make files whose path contains ``match`` fail with ``kind`` (:data:`FAULT_KINDS`).
@@ -169,20 +188,29 @@ class ArchiveServer:
         return now_ms >= end_ms + lag
 
     def url(self, market: SymbolMarket, timeframe: str, period: str, date: str) -> str:
-        """The path of one zip (append ``.CHECKSUM`` for its checksum)."""
-        sym, tf = market.exchange_symbol, ARCHIVE_INTERVALS[timeframe]
+        """The path of one zip (append ``.CHECKSUM`` for its checksum); ``aggTrades`` for trades."""
+        sym = market.exchange_symbol
+        if timeframe == "aggTrades":
+            return f"/data/spot/{period}/aggTrades/{sym}/{sym}-aggTrades-{date}.zip"
+        tf = ARCHIVE_INTERVALS[timeframe]
         return f"/data/spot/{period}/klines/{sym}/{tf}/{sym}-{tf}-{date}.zip"
 
     def build(self, market: SymbolMarket, timeframe: str, date: str) -> bytes | None:
-        """The zip of one file (from the disk cache when there), or None when it has no candle."""
+        """The zip of one file (from the disk cache when there), or None when it has no row.
+
+        ``timeframe`` is a kline interval, or ``aggTrades``.
+        """
         _, start, end = period_range(date)
-        name = f"{market.exchange_symbol}-{ARCHIVE_INTERVALS[timeframe]}-{date}"
+        name = f"{market.exchange_symbol}-{ARCHIVE_INTERVALS.get(timeframe, timeframe)}-{date}"
         cached = self._cache_path(market, name)
         if cached is not None and cached.exists():
             data = cached.read_bytes()
             return data or None
         started = time.perf_counter()
-        csv = kline_csv(market, timeframe, start, end, self.sim.clock.now_ms())
+        if timeframe == "aggTrades":
+            csv = agg_trades_csv(market, start, end)
+        else:
+            csv = kline_csv(market, timeframe, start, end, self.sim.clock.now_ms())
         data = zip_bytes(name + ".csv", csv) if csv else b""
         self.build_s += time.perf_counter() - started
         if cached is not None:
@@ -202,11 +230,16 @@ class ArchiveServer:
         return Path(root) / market.exchange_symbol / key / (name + ".zip")
 
     async def _klines(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, _PATH_TF.get(request.match_info["tf"]), request.match_info["tf"])
+
+    async def _agg_trades(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "aggTrades", "aggTrades")
+
+    async def _serve(self, request: web.Request, tf: str | None, path_tf: str) -> web.StreamResponse:
         info = request.match_info
         m = _NAME.match(info["name"])
-        tf = _PATH_TF.get(info["tf"])
         market = self.sim.market_by_id.get(info["sym"])
-        if m is None or tf is None or market is None or m["sym"] != info["sym"] or m["tf"] != info["tf"]:
+        if m is None or tf is None or market is None or m["sym"] != info["sym"] or m["tf"] != path_tf:
             return self._not_found()
         period, start, end = period_range(m["date"])
         if period != info["period"] or not self.available(period, end, self.sim.clock.now_ms()):

@@ -107,3 +107,21 @@ async def test_faults_spoil_the_named_file_only_as_often_as_asked(tmp_path: Path
         other = sim.archive.url(sim.market(SYMBOL), "1h", "daily", "2024-06-04")
         sim.archive.inject("404", "2024-06-03")
         assert (await _get(sim, other))[0] == 200
+
+
+@pytest.mark.parametrize("date", ["2024-12-31", "2025-01-01"])
+async def test_agg_trades_archive_equals_rest_agg_trades(date: str) -> None:
+    async with SimulatedExchange(symbols=[SYMBOL], seed=3, listings={SYMBOL: LISTED}) as sim:
+        _, start, end = period_range(date)
+        path = sim.archive.url(sim.market(SYMBOL), "aggTrades", "daily", date)
+        assert path.endswith(f"/aggTrades/BTCUSDT/BTCUSDT-aggTrades-{date}.zip")
+        status, data = await _get(sim, path)
+        assert status == 200
+        rows = _csv(data)
+        want = sim.agg_trades(SYMBOL, start, end)
+        assert len(rows) == len(want) > 10_000
+        micros = start >= 1_735_689_600_000
+        for row, trade in zip(rows, want, strict=True):
+            assert int(row[5]) == (trade["T"] * 1000 if micros else trade["T"])
+            got = [int(row[0]), row[1], row[2], int(row[3]), int(row[4]), row[6] == "True", row[7]]
+            assert got == [trade["a"], trade["p"], trade["q"], trade["f"], trade["l"], trade["m"], "True"]
