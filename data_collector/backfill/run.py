@@ -155,7 +155,8 @@ class BackfillRun:
             try:
                 instrument = await self.owner.instrument(symbol)
                 plans = {tf: await self._plan(instrument, symbol, tf) for tf in ohlcv}
-                wants_listing = any(p.pages for p in plans.values()) or TRADES in keys
+                # ``missing``, not ``pages``: archive files take whole days out of the pages.
+                wants_listing = any(p.missing for p in plans.values()) or TRADES in keys
                 if instrument.listing_ms is None and wants_listing:
                     listing = await self.client.first_candle_ms(symbol)
                     if listing is not None:

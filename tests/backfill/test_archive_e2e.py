@@ -118,3 +118,20 @@ async def test_unreachable_archive_one_line_then_rest_or_failed_pairs(
             assert all("unreachable" in r for r in report.failures.values())
     finally:
         await collector.close()
+
+
+async def test_listing_inside_the_range_is_found_before_files_are_asked_for(
+    base_config: dict[str, Any],
+) -> None:
+    listing = 1_733_838_000_000 + 37 * 60_000  # 2024-12-10 13:37
+    start, end = 1_733_011_200_000, 1_734_652_800_000  # 2024-12-01 .. 2024-12-20, whole days only
+    async with SimulatedExchange(
+        symbols=["SOL/USDT"], seed=5, gaps={}, listings={"SOL/USDT": listing}
+    ) as sim:
+        ex = {"archive": {"url": sim.archive_url}}
+        config = config_for(base_config, sim, symbols=["SOL/USDT"], timeframes=["1m"], exchange=ex)
+        async with OptimizedDataCollector(config) as collector:
+            report = await asyncio.wait_for(collector.collect(["SOL/USDT"], ["1m"], start, end), 120)
+            assert report.ok and not report.archive_fallbacks, report.summary()
+            assert not sim.archive.stats["404"]  # no file before the listing was asked for
+            await stored_equals_sim(collector, sim, start, end, ["SOL/USDT"], ["1m"])
