@@ -96,12 +96,14 @@ def unzip_one(data: bytes) -> bytes:
 
 
 class ArchiveClient:
-    """Downloads of one run: one aiohttp session, at most ``downloads_in_flight`` files at once."""
+    """Downloads of one run: one aiohttp session, and :attr:`slots` for the files in flight."""
 
     def __init__(self, settings: ArchiveSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._slots = asyncio.Semaphore(settings.downloads_in_flight)
+        #: Files between their download and the write queue, over all pairs: the caller holds one
+        #: per file until its rows are queued, so the bytes in memory stay bounded.
+        self.slots = asyncio.Semaphore(settings.downloads_in_flight)
         #: Bytes downloaded and files verified, for the report.
         self.bytes = 0
         self.files = 0
@@ -137,19 +139,18 @@ class ArchiveClient:
         return await self._once(path)
 
     async def _once(self, path: str) -> list[Candle]:
-        async with self._slots:
-            data = await self._get(path)
-            if data is None:
-                raise ArchiveFailure("404 (not published)", retry=False)
-            if self.settings.verify:
-                check = await self._get(path + ".CHECKSUM")
-                if check is None:
-                    raise ArchiveFailure("missing CHECKSUM")
-                want = check.split(maxsplit=1)[0].decode("ascii", "replace").lower() if check.strip() else ""
-                if hashlib.sha256(data).hexdigest() != want:
-                    raise ArchiveFailure("checksum mismatch")
-            csv = unzip_one(data)
-            self.bytes += len(data)
+        data = await self._get(path)
+        if data is None:
+            raise ArchiveFailure("404 (not published)", retry=False)
+        if self.settings.verify:
+            check = await self._get(path + ".CHECKSUM")
+            if check is None:
+                raise ArchiveFailure("missing CHECKSUM")
+            want = check.split(maxsplit=1)[0].decode("ascii", "replace").lower() if check.strip() else ""
+            if hashlib.sha256(data).hexdigest() != want:
+                raise ArchiveFailure("checksum mismatch")
+        csv = unzip_one(data)
+        self.bytes += len(data)
         candles = await asyncio.to_thread(parse_klines, csv)
         self.files += 1
         return candles

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Binance's archive tree.
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
-#: Candles per queued batch: a month of 1s candles is written in steps, not held whole.
-BATCH_CANDLES = 50_000
+#: Candles per queued batch: the write queue and the writers hold batches of this size (a month
+#: of 1m candles is 5 of them), so it bounds their memory as a REST page's 1,000 do.
+BATCH_CANDLES = 10_000
 
 
 class ArchiveSource:
@@ -93,16 +94,18 @@ class ArchiveSource:
             if run.owner._stop.is_set() or run.write_error is not None:
                 fallback.append((file.start_ms, file.end_ms))  # left uncovered: fetched next run
                 return
-            try:
-                if self.down is not None:
-                    raise ArchiveFailure(self.down, retry=False)
-                candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
-                _check(candles, file, plan.timeframe)
-            except ArchiveFailure as failure:
-                notes.append(self._failed(run, pair, file, failure))
-                fallback.append((file.start_ms, file.end_ms))
-                return
-            await self._queue(run, instrument, plan, pair, file, candles)
+            # A slot from the download until the rows are on the write queue: memory stays bounded.
+            async with self.client.slots:
+                try:
+                    if self.down is not None:
+                        raise ArchiveFailure(self.down, retry=False)
+                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
+                    _check(candles, file, plan.timeframe)
+                except ArchiveFailure as failure:
+                    notes.append(self._failed(run, pair, file, failure))
+                    fallback.append((file.start_ms, file.end_ms))
+                    return
+                await self._queue(run, instrument, plan, pair, file, candles)
 
         # Files of one pair in flight together; the client's slots bound them over all pairs.
         async with asyncio.TaskGroup() as group:
