@@ -10,15 +10,13 @@ alone; the simulator serves from this process. The same candles by our REST path
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks.bench_backfill import CHILD, ROOT, _schema
+from benchmarks.bench_backfill import _schema, run_child
 from benchmarks.harness import BenchContext, Row, Table
 from data_collector.markets import DAY_MS
 from data_collector.simulator import SimulatedExchange
@@ -48,19 +46,7 @@ async def _collect(
     }
     spec = json.dumps({"config": config, "start": start, "end": end}).encode()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CHILD,
-            cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate(spec)
-        if proc.returncode != 0:
-            raise RuntimeError(f"collector child failed: {err.decode()[-500:]}")
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result = await run_child(spec)
         if result["failures"]:
             raise RuntimeError(f"pairs failed: {result['failures']}")
         return float(result["elapsed_s"]), int(result["rows"]), float(result["peak_rss_mb"])
