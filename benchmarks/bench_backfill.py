@@ -74,6 +74,25 @@ asyncio.run(main())
 """
 
 
+async def run_child(spec: bytes) -> dict[str, Any]:
+    """Run :data:`CHILD` on ``spec`` (JSON: config, start, end); its result line, parsed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        # `python -c` puts its working directory first on sys.path: the checkout's package.
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(spec)
+    if proc.returncode != 0:
+        raise RuntimeError(f"collector child failed: {err.decode()[-500:]}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
 async def _schema(dsn: str, create: bool, name: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -109,20 +128,7 @@ async def _project_run(
             if align_to_minute:
                 # Start just after a minute boundary, so the floor is the same for every run.
                 await asyncio.sleep((60.0 - time.time() % 60.0) + 0.2)
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                CHILD,
-                # `python -c` puts its working directory first on sys.path: the checkout's package.
-                cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await proc.communicate(spec)
-            if proc.returncode != 0:
-                raise RuntimeError(f"collector child failed: {err.decode()[-500:]}")
-            result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+            result = await run_child(spec)
             stats = sim.stats()
             result["weight"] = stats["weight"]
             result["sim_429"] = stats["429"]

@@ -77,6 +77,24 @@ class _Section(BaseModel):
 FUTURES_PAGE_LIMIT = 499
 
 
+class ArchiveConfig(_Section):
+    """Binance's public data archives (data.binance.vision) as a backfill source."""
+
+    #: Base URL of the archive tree; ``None``: data.binance.vision for Binance, none for a simulated venue.
+    url: str | None = None
+    #: Verify each zip against its ``.CHECKSUM`` (sha256) before storing a row. ``false`` stores
+    #: rows of a zip whose checksum is wrong or missing: a silently damaged file goes into the table.
+    verify: bool = True
+    #: Files downloading at once, over all pairs (bounds the bytes in memory with the write queue).
+    downloads_in_flight: int = Field(default=4, ge=1, le=64)
+    #: Timeout of one file download.
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    #: A day's file is asked for once this many hours have passed since the day ended.
+    daily_lag_h: float = Field(default=12.0, ge=0)
+    #: A month's file is asked for once this many days have passed since the month ended.
+    monthly_lag_days: float = Field(default=7.0, ge=0)
+
+
 class ExchangeConfig(_Section):
     """Which exchange to talk to, through ccxt."""
 
@@ -107,6 +125,11 @@ class ExchangeConfig(_Section):
     #: Candles per OHLCV request: at most the exchange's maximum (1000 on Binance spot), which the
     #: collector checks against ccxt's fetchOHLCV ``limit`` feature when it starts.
     ohlcv_page_limit: int = Field(default=1000, ge=1, le=10_000)
+    #: Where backfilled candles come from: ``rest``; ``archive`` (the venue's public data archives
+    #: only, a pair fails where they fail); ``auto`` (archives where published, REST for the rest
+    #: and for any archive that fails verification; REST only on venues without archives).
+    source: Literal["auto", "rest", "archive"] = "auto"
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @model_validator(mode="before")
     @classmethod

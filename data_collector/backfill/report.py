@@ -51,6 +51,10 @@ class CollectionReport:
     pairs: dict[str, PairReport] = field(default_factory=dict)
     #: Rows written per data type (``ohlcv``, ``trades``, ...).
     rows_by_type: dict[str, int] = field(default_factory=dict)
+    #: Archive files stored, their bytes, and each file handed to REST: ``"SYM TF DATE: reason"``.
+    archive_files: int = 0
+    archive_bytes: int = 0
+    archive_fallbacks: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> dict[str, str]:
@@ -96,6 +100,8 @@ class CollectionReport:
             "gaps_repaired",
             "exchange_gaps",
             "weight_used",
+            "archive_files",
+            "archive_bytes",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.elapsed_s += other.elapsed_s
@@ -103,6 +109,7 @@ class CollectionReport:
             self.add_rows(data_type, rows)
         self.interrupted = self.interrupted or other.interrupted
         self.pairs.update(other.pairs)
+        self.archive_fallbacks.extend(other.archive_fallbacks)
 
     def summary(self) -> str:
         """A few human lines: totals, rates, then one line per failed pair."""
@@ -123,6 +130,13 @@ class CollectionReport:
             f"  gaps found {self.gaps_found}, repaired {self.gaps_repaired}; "
             f"exchange-side gaps recorded {self.exchange_gaps}",
         ]
+        if self.archive_files or self.archive_fallbacks:
+            lines.append(
+                f"  archive files {self.archive_files:,} ({self.archive_bytes / 1e6:,.1f} MB, "
+                f"{self.archive_bytes / 1e6 / max(self.elapsed_s, 1e-9):,.1f} MB/s), "
+                f"fallbacks {len(self.archive_fallbacks)}"
+            )
+            lines.extend(f"  archive fallback {note}" for note in self.archive_fallbacks)
         for key, reason in sorted(self.failures.items()):
             lines.append(f"  FAILED {key}: {reason}")
         if self.interrupted:

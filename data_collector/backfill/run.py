@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
@@ -116,6 +117,7 @@ class BackfillRun:
         self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
         self.page_slots = asyncio.Semaphore(settings.pages_in_flight)
         self.write_error: BaseException | None = None
+        self.archives = ArchiveSource.from_config(owner.config)
 
     async def execute(
         self, symbols: list[str], timeframes: list[str], data_types: Sequence[str] = (OHLCV,)
@@ -140,6 +142,8 @@ class BackfillRun:
         except BaseExceptionGroup as errors:
             raise _first_error(errors) from None
         finally:
+            if self.archives is not None:
+                await self.archives.close()
             stats1 = _snapshot(clients)
             r = self.report
             r.requests, r.retries, r.http_429, r.http_418, r.malformed_pages, r.weight_used = (
@@ -187,7 +191,8 @@ class BackfillRun:
             try:
                 instrument = await self.owner.instrument(symbol)
                 plans = [await self._plan(client, instrument, symbol, tf, p) for tf, p in series]
-                wants_listing = any(p.pages for p in plans) or TRADES in keys
+                # ``missing``, not ``pages``: archive files take whole days out of the pages.
+                wants_listing = any(p.missing for p in plans) or TRADES in keys
                 if instrument.listing_ms is None and wants_listing:
                     listing = await client.first_candle_ms(symbol)
                     if listing is not None:
@@ -233,6 +238,8 @@ class BackfillRun:
             limit=self._page_limit(client, price),
         )
         plan.price = price
+        if self.archives is not None and price == "last" and not client.futures:
+            self.archives.split(instrument, plan, client.server_now_ms(), self._page_limit(client, price))
         pair = self.report.pair(symbol, key)
         pair.pages_planned = len(plan.pages)
         pair.candles_expected = plan.expected_candles
@@ -259,6 +266,15 @@ class BackfillRun:
             await self.queue.put((batch, pair))
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
+        if self.archives is not None:
+            try:
+                fallback = await self.archives.ingest(self, instrument, plan, pair)
+            except PermanentError as refused:
+                failure.append(refused)
+                fallback = []
+            todo[:0] = reversed(
+                [p for r in fallback for p in pages(r, plan.timeframe, self._page_limit(client, plan.price))]
+            )
 
         def more() -> bool:
             return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None

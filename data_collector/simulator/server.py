@@ -24,6 +24,7 @@ from data_collector.markets import (
     normalize_symbols,
     stream_symbol,
 )
+from data_collector.simulator.archives import ArchiveServer, ArchiveSettings
 from data_collector.simulator.book import OrderBook, step_book
 from data_collector.simulator.fapi import FuturesRestApi
 from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json
@@ -133,6 +134,7 @@ class SimulatedExchange:
             in ms: no candles or trades from then on; spot exchangeInfo says ``BREAK``, futures
             ``SETTLING`` with ``deliveryDate`` at the delisting, as Binance does.
         futures_port: TCP port of the futures server, 0 for any free one.
+        archive: how the data.binance.vision tree under ``/data/spot`` behaves (lag, zip cache).
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class SimulatedExchange:
         futures_weight_limit: int = 2400,
         delistings: dict[str, int] | None = None,
         futures_port: int = 0,
+        archive: ArchiveSettings | None = None,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -212,6 +215,8 @@ class SimulatedExchange:
         self._by_endpoint: Counter[str] = Counter()
         self._by_status: Counter[int] = Counter()
         self.hub = StreamHub(self)
+        #: The archive tree (``/data/spot/...``) and its faults: ``sim.archive.inject(...)``.
+        self.archive = ArchiveServer(self, archive)
         self.futures_port = futures_port
         #: The USDⓈ-M futures venue, or None without perpetuals.
         self.futures: FuturesVenue | None = None
@@ -252,6 +257,7 @@ class SimulatedExchange:
         api = RestApi(self)
         app = web.Application(middlewares=[api.middleware])
         api.add_routes(app)
+        self.archive.add_routes(app)
         self._runner = await self._serve(app, self.port)
         self.port = int(self._runner.addresses[0][1])
         self.hub.start()
@@ -310,6 +316,11 @@ class SimulatedExchange:
     def rest_url(self) -> str:
         """``http://host:port``."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def archive_url(self) -> str:
+        """The data.binance.vision look-alike: ``http://host:port`` (files under ``/data/spot``)."""
+        return self.rest_url
 
     @property
     def ws_url(self) -> str:

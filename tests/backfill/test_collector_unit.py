@@ -26,7 +26,13 @@ LISTING = T0 + 2 * DAY_MS + 3 * HOUR_MS
 GAP = (T0 + 3 * DAY_MS, T0 + 3 * DAY_MS + 2 * HOUR_MS)
 SYMBOLS = ["SOL/USDT", "BTC/USDT"]
 TFS = ["1m", "15m", "1h"]
-CONFIG: dict[str, Any] = {"logging": {"file": None}, "symbols": SYMBOLS, "timeframes": TFS}
+# The fake exchange has no archive tree: REST only (the default, auto, would ask data.binance.vision).
+CONFIG: dict[str, Any] = {
+    "logging": {"file": None},
+    "symbols": SYMBOLS,
+    "timeframes": TFS,
+    "exchange": {"source": "rest"},
+}
 
 
 @pytest.fixture

@@ -1,0 +1,164 @@
+"""The archive part of a backfill run: which pairs use archives, the files' ingest, the fallbacks.
+
+:class:`~data_collector.backfill.run.BackfillRun` asks :meth:`ArchiveSource.split` which of a
+pair's missing ranges come from files (the REST pages keep the rest), then
+:meth:`ArchiveSource.ingest` downloads and verifies them and queues their candles with their
+coverage, exactly as REST pages are queued: a SIGKILL leaves only whole files covered, and a
+restart plans only the ranges without coverage. A file that fails twice (or a 404) is handed back
+to REST (``source: auto``) or fails the pair (``source: archive``); each fallback is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
+from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
+from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, pages
+from data_collector.backfill.report import PairReport
+from data_collector.config import Config
+from data_collector.errors import PermanentError
+from data_collector.markets import DAY_MS, HOUR_MS, TIMEFRAME_MS
+from data_collector.storage.base import Candle, CandleBatch, Instrument
+
+if TYPE_CHECKING:
+    from data_collector.backfill.run import BackfillRun
+
+log = logging.getLogger(__name__)
+
+#: Binance's archive tree.
+BINANCE_ARCHIVE_URL = "https://data.binance.vision"
+#: Candles per queued batch: the write queue and the writers hold batches of this size (a month
+#: of 1m candles is 5 of them), so it bounds their memory as a REST page's 1,000 do.
+BATCH_CANDLES = 10_000
+
+
+class ArchiveSource:
+    """Archive downloads of one run; built by :meth:`from_config` (``None`` when archives are off)."""
+
+    def __init__(
+        self, settings: ArchiveSettings, *, only: bool, daily_lag_ms: int, monthly_lag_ms: int
+    ) -> None:
+        self.client = ArchiveClient(settings)
+        self.only = only
+        self.daily_lag_ms = daily_lag_ms
+        self.monthly_lag_ms = monthly_lag_ms
+        self.files: dict[str, list[ArchiveFile]] = {}
+        #: Why the archive is not used any more in this run (it was unreachable), once known.
+        self.down: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> ArchiveSource | None:
+        ex = config.exchange
+        url = ex.archive.url or (None if ex.simulated else BINANCE_ARCHIVE_URL)
+        if ex.source == "rest" or ex.id != "binance" or url is None:
+            return None
+        a = ex.archive
+        settings = ArchiveSettings(url, a.verify, a.downloads_in_flight, a.timeout_s)
+        return cls(
+            settings,
+            only=ex.source == "archive",
+            daily_lag_ms=int(a.daily_lag_h * HOUR_MS),
+            monthly_lag_ms=int(a.monthly_lag_days * DAY_MS),
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def split(self, instrument: Instrument, plan: BackfillPlan, now_ms: int, limit: int) -> None:
+        """Take the published whole days and months of ``plan`` for files; its pages keep the rest."""
+        if instrument.market_type != "spot" or not archive_timeframe(plan.timeframe):
+            return
+        files, rest = split_for_archives(
+            plan.missing, now_ms, daily_lag_ms=self.daily_lag_ms, monthly_lag_ms=self.monthly_lag_ms
+        )
+        self.files[f"{plan.symbol} {plan.timeframe}"] = files
+        plan.pages = [p for r in rest for p in pages(r, plan.timeframe, limit)]
+
+    async def ingest(
+        self, run: BackfillRun, instrument: Instrument, plan: BackfillPlan, pair: PairReport
+    ) -> list[Range]:
+        """Store the pair's files; the ranges REST must fetch instead (``source: auto``).
+
+        Raises:
+            PermanentError: ``source: archive`` and a file could not be used.
+        """
+        files = self.files.pop(pair.key, [])
+        exchange_symbol = instrument.symbol.replace("/", "")
+        fallback: list[Range] = []
+        notes: list[str] = []
+
+        async def one(file: ArchiveFile) -> None:
+            if run.owner._stop.is_set() or run.write_error is not None:
+                fallback.append((file.start_ms, file.end_ms))  # left uncovered: fetched next run
+                return
+            # A slot from the download until the rows are on the write queue: memory stays bounded.
+            async with self.client.slots:
+                try:
+                    if self.down is not None:
+                        raise ArchiveFailure(self.down, retry=False)
+                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
+                    _check(candles, file, plan.timeframe)
+                except ArchiveFailure as failure:
+                    notes.append(self._failed(run, pair, file, failure))
+                    fallback.append((file.start_ms, file.end_ms))
+                    return
+                await self._queue(run, instrument, plan, pair, file, candles)
+
+        # Files of one pair in flight together; the client's slots bound them over all pairs.
+        async with asyncio.TaskGroup() as group:
+            for file in files:
+                group.create_task(one(file))
+        if fallback and self.only and not run.owner._stop.is_set():
+            raise PermanentError(
+                f"{len(fallback)} archive file(s) unusable and source is 'archive': {notes[0]}"
+            )
+        return sorted(fallback)
+
+    def _failed(self, run: BackfillRun, pair: PairReport, file: ArchiveFile, failure: ArchiveFailure) -> str:
+        if failure.unreachable and self.down is None:
+            self.down = "archive unreachable"
+            then = "the pairs fail" if self.only else "falling back to REST"
+            log.error("archive %s unreachable: %s; %s", self.client.settings.base_url, failure.reason, then)
+        note = f"{pair.key} {file.date}: {failure.reason}"
+        run.report.archive_fallbacks.append(note)
+        if not failure.unreachable and failure.reason != "archive unreachable":
+            log.warning("archive file %s -> %s", note, "fails the pair" if self.only else "REST")
+        return note
+
+    async def _queue(
+        self,
+        run: BackfillRun,
+        instrument: Instrument,
+        plan: BackfillPlan,
+        pair: PairReport,
+        file: ArchiveFile,
+        candles: list[Candle],
+    ) -> None:
+        bounds = [
+            file.start_ms,
+            *(candles[i][0] for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
+            file.end_ms,
+        ]
+        for n, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            chunk = candles[n * BATCH_CANDLES : (n + 1) * BATCH_CANDLES]
+            # A file proves its whole range: no cap, so a short tail is recorded as empty.
+            coverage = page_coverage((start, end), chunk, plan.timeframe, cap=len(chunk) + 1)
+            await run.queue.put((CandleBatch(instrument.id, plan.timeframe, chunk, coverage), pair))
+        pair.candles_fetched += len(candles)
+        run.report.archive_files += 1
+        run.report.archive_bytes = self.client.bytes
+        run._progress(pair)
+
+
+def _check(candles: list[Candle], file: ArchiveFile, timeframe: str) -> None:
+    """Rows sorted, on the timeframe's grid and inside the file's range, or the file is not used."""
+    step = TIMEFRAME_MS[timeframe]
+    prev = file.start_ms - step
+    for c in candles:
+        ts = c[0]
+        if ts <= prev or ts >= file.end_ms or ts % step:
+            raise ArchiveFailure(f"row at {ts} out of order or outside the file")
+        prev = ts
