@@ -34,25 +34,18 @@ from tenacity import RetryCallState
 
 from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings, classify, listed_symbols
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
-from data_collector.backfill.plan import (
-    align_range,
-    page_coverage,
-    pages,
-    unproven_rest,
-)
+from data_collector.backfill.plan import align_range, page_coverage, pages, unproven_rest
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.run import BackfillRun, BackfillSettings
 from data_collector.backfill.universe import Universe, exact_symbols, resolve_configured
 from data_collector.config import Config, load_config, to_ms
 from data_collector.coverage import CoverageMap, build_coverage_map
 from data_collector.datatypes import OHLCV, validate_data_types
-from data_collector.errors import (
-    ClosedError,
-    UsageError,
-)
+from data_collector.errors import ClosedError, UsageError
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
+from data_collector.storage.archive import ArchiveReport, ParquetArchive, load_ohlcv_tiers
 from data_collector.storage.base import CandleBatch, Gap, Instrument
 from data_collector.storage.store import CandleStore
 
@@ -398,13 +391,20 @@ class OptimizedDataCollector:
 
         Columns: ``open, high, low, close, volume`` (float64); the index is a UTC
         ``DatetimeIndex`` named ``time`` (the candle's open time). Naive datetimes are UTC.
+        Archived months are read from the Parquet tier (``archive.path``) and joined in.
         """
         await self.initialize()
         timeframe = validate_timeframe(timeframe)
-        instrument = await self.instrument(symbol)
-        return await self._store_call(
-            partial(self.store.load_frame, instrument.id, timeframe, to_ms(start), to_ms(end))
-        )
+        instrument, archive = await self.instrument(symbol), ParquetArchive.from_config(self.config)
+        load = partial(load_ohlcv_tiers, self.store, archive, instrument, timeframe, to_ms(start), to_ms(end))
+        return await self._store_call(load)
+
+    async def archive(self, older_than: TimeLike | None = None, *, prune: bool = False) -> ArchiveReport:
+        """Move closed months before ``older_than`` to Parquet, verified; ``prune`` drops them (storage.archive)."""
+        await self.initialize()
+        cutoff = to_ms(older_than or self.config.archive.older_than)
+        archive = ParquetArchive.from_config(self.config)
+        return await archive.archive_ohlcv(self.store, self.config.exchange.name, cutoff, prune=prune)
 
     async def load_trades(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored aggregate trades of ``[start, end)`` as a DataFrame indexed by UTC time.

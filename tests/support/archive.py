@@ -1,0 +1,73 @@
+"""Candles to archive, and a process that archives with --prune and SIGKILLs itself at one step.
+
+Run as ``python -m tests.support.archive URL SCHEMA PATH STEP``: it archives everything before
+:data:`CUTOFF_MS` with ``prune=True`` and kills itself with SIGKILL the first time the move
+reaches ``STEP`` (``write``: the file being written is cut to half its bytes, as a kill in the
+middle of writing leaves it, and not renamed; ``verify``: the file is in place, not yet read back;
+``drop``: the rows are deleted, not yet committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from data_collector.config import load_config
+from data_collector.markets import HOUR_MS
+from data_collector.storage import CandleBatch, CandleStore, CoverageRange, Instrument, open_store
+from data_collector.storage.archive import ArchiveSettings, ParquetArchive
+
+VENUE = "binance"
+SYMBOL = "SOL/USDT"
+TIMEFRAME = "1h"
+START_MS = 1_704_067_200_000  # 2024-01-01
+CUTOFF_MS = 1_709_251_200_000  # 2024-03-01: January and February are closed before it
+END_MS = 1_710_460_800_000  # 2024-03-15
+#: An exchange-side gap inside January, recorded as 'empty'.
+GAP = (START_MS + 100 * HOUR_MS, START_MS + 110 * HOUR_MS)
+
+
+def store_config(url: str, schema: str) -> dict[str, object]:
+    return {"database": {"url": url, "schema": schema}, "logging": {"file": None}}
+
+
+def candles(start_ms: int, end_ms: int) -> list[tuple[int, float, float, float, float, float]]:
+    return [
+        (ts, 100 + (ts // HOUR_MS) % 37 * 0.01, 101.5, 99.25, 100.5, float(ts // HOUR_MS % 1000) / 8)
+        for ts in range(start_ms, end_ms, HOUR_MS)
+    ]
+
+
+async def seed(store: CandleStore) -> Instrument:
+    """Two and a half months of hourly candles with one 'empty' gap."""
+    instrument = await store.ensure_instrument(VENUE, SYMBOL, base="SOL", quote="USDT")
+    batches = [
+        CandleBatch(
+            instrument.id, TIMEFRAME, candles(START_MS, GAP[0]), [CoverageRange(START_MS, GAP[0], "data")]
+        ),
+        CandleBatch(instrument.id, TIMEFRAME, [], [CoverageRange(GAP[0], GAP[1], "empty")]),
+        CandleBatch(
+            instrument.id, TIMEFRAME, candles(GAP[1], END_MS), [CoverageRange(GAP[1], END_MS, "data")]
+        ),
+    ]
+    await store.write(batches)
+    return instrument
+
+
+async def archive_and_die(url: str, schema: str, path: str, step: str) -> None:
+    def hook(at: str, path: str) -> None:
+        if at == step:
+            if at == "write":
+                os.truncate(path, os.path.getsize(path) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    archive = ParquetArchive(ArchiveSettings(Path(path)))
+    async with open_store(load_config(store_config(url, schema))) as store:
+        await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True, hook=hook)
+
+
+if __name__ == "__main__":
+    asyncio.run(archive_and_die(*sys.argv[1:5]))
