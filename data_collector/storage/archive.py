@@ -41,6 +41,7 @@ from data_collector.storage.parquet_files import (
     Manifest,
     MonthKey,
     StepHook,
+    check_writable,
     months_between,
     read_file,
     write_month,
@@ -150,6 +151,7 @@ class ParquetArchive:
                 "archive: the Parquet tier moves data out of PostgreSQL; database.url is not one"
             )
         started = time.perf_counter()
+        await asyncio.to_thread(check_writable, self.root)
         side = PostgresArchiveSide(store)
         await side.ensure_archived_kind()
         report = ArchiveReport()

@@ -205,9 +205,10 @@ def write_month(
     except OSError as exc:
         raise _path_error(root, exc) from None
     final = directory / FILE_NAME
-    for stale in directory.glob(f".{FILE_NAME}.tmp-*"):  # left by a run killed mid-write
+    for stale in directory.glob(".*.tmp-*"):  # left by a run killed mid-write
         stale.unlink(missing_ok=True)
     tmp = directory / f".{FILE_NAME}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_manifest = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
     meta = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
     table = pa.Table.from_arrays(
         [pa.array(columns.ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))]
@@ -244,7 +245,6 @@ def write_month(
             sha256=columns.content_hash(),
             bytes=final.stat().st_size,
         )
-        tmp_manifest = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp_manifest, "w") as out:
             json.dump(asdict(manifest), out)
             out.flush()
@@ -253,6 +253,7 @@ def write_month(
         _fsync_dir(directory)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        tmp_manifest.unlink(missing_ok=True)
         if isinstance(exc, PermissionError | NotADirectoryError | IsADirectoryError):
             raise _path_error(root, exc) from None
         raise ArchiveWriteError(
@@ -260,6 +261,21 @@ def write_month(
             "space (or fix the disk) and run again"
         ) from None
     return manifest
+
+
+def check_writable(root: Path) -> None:
+    """Create ``root`` if needed and prove a file can be made in it, before anything is read.
+
+    Raises:
+        UsageError: it cannot (permissions, a file in the way, a read-only file system).
+    """
+    probe = root / f".write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise _path_error(root, exc) from None
 
 
 def _path_error(root: Path, exc: OSError) -> UsageError:
