@@ -45,7 +45,7 @@ from data_collector.errors import ClosedError, UsageError
 from data_collector.markets import candle_open_ms, normalize_symbol, validate_timeframe
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
-from data_collector.storage.archive import ArchiveReport, ParquetArchive, load_ohlcv_tiers
+from data_collector.storage.archive import ArchiveReport, ParquetArchive, load_ohlcv_tiers, load_trades_tiers
 from data_collector.storage.base import CandleBatch, Gap, Instrument
 from data_collector.storage.store import CandleStore
 
@@ -404,20 +404,19 @@ class OptimizedDataCollector:
         await self.initialize()
         cutoff = to_ms(older_than or self.config.archive.older_than)
         archive = ParquetArchive.from_config(self.config)
-        return await archive.archive_ohlcv(self.store, self.config.exchange.name, cutoff, prune=prune)
+        return await archive.archive(self.store, self.config.exchange.name, cutoff, prune=prune)
 
     async def load_trades(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored aggregate trades of ``[start, end)`` as a DataFrame indexed by UTC time.
 
         Columns: ``id`` (the aggregate trade id), ``price``, ``qty``, ``first_trade_id``,
         ``last_trade_id``, ``buyer_maker``; the index is a UTC ``DatetimeIndex`` named ``time``
-        (the trade's time), in id order. Naive datetimes are UTC.
+        (the trade's time), in id order. Naive datetimes are UTC. Archived months come from Parquet.
         """
         await self.initialize()
-        instrument = await self.instrument(symbol)
-        return await self._store_call(
-            partial(self.store.load_trades_frame, instrument.id, to_ms(start), to_ms(end))
-        )
+        instrument, archive = await self.instrument(symbol), ParquetArchive.from_config(self.config)
+        load = partial(load_trades_tiers, self.store, archive, instrument, to_ms(start), to_ms(end))
+        return await self._store_call(load)
 
     async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under ``database.command_timeout_s``, retrying transient failures.

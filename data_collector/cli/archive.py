@@ -1,4 +1,4 @@
-"""``data-collector archive``: move closed months of candles to the Parquet tier, verified.
+"""``data-collector archive``: move closed months of candles and trades to the Parquet tier, verified.
 
     data-collector archive [--config config.yaml] [--older-than 90d|2024-01-01] [--prune]
         [--path data/archive] [--venue binance]

@@ -1,4 +1,4 @@
-"""The Parquet tier: closed months of candles moved out of PostgreSQL, verified, and read back.
+"""The Parquet tier: closed months of candles and trades moved out of PostgreSQL, verified, read back.
 
 ```python
 async with OptimizedDataCollector("config.yaml") as collector:
@@ -6,7 +6,8 @@ async with OptimizedDataCollector("config.yaml") as collector:
     frame = await collector.load_ohlcv("SOL/USDT", "1m", "2023-01-01", "2024-06-01")  # both tiers
 ```
 
-A move of one month of one (instrument, timeframe), whose coverage says ``'data'``:
+A move of one month of one (instrument, timeframe) whose coverage says ``'data'``, or of one
+instrument's trades (by trade time):
 
 1. **write**: the month's rows are read by binary COPY (merged with the rows of the month's
    existing file, if any) and written atomically (:mod:`~data_collector.storage.parquet_files`).
@@ -16,28 +17,34 @@ A move of one month of one (instrument, timeframe), whose coverage says ``'data'
    (:mod:`~data_collector.storage.postgres_archive`).
 
 A crash between any two steps leaves the rows in PostgreSQL, in Parquet, or in both; a re-run
-finds the month still covered as ``'data'`` and moves it again. Archived ranges count as covered,
-so a collector run never fetches them again, and ``find_gaps`` reports them as ``'archived'``.
+finds the month's rows still in the database and moves them again. Archived candle ranges count
+as covered, so a collector run never fetches them again, and ``find_gaps`` reports them as
+``'archived'``; trades keep their id-keyed coverage, which stays true across the two tiers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_collector.errors import PermanentError, UsageError
 from data_collector.markets import timeframe_code
-from data_collector.storage.base import CoverageRange, Instrument
+from data_collector.storage.base import Instrument
 from data_collector.storage.parquet_files import (
     CANDLE_FIELDS,
     FILE_NAME,
     MANIFEST_NAME,
-    CandleColumns,
+    OHLCV_SPEC,
+    TRADES_SPEC,
+    Columns,
+    DataSpec,
     Manifest,
     MonthKey,
     StepHook,
@@ -47,6 +54,10 @@ from data_collector.storage.parquet_files import (
     write_month,
 )
 from data_collector.storage.store import CandleStore
+from data_collector.storage.trades import TRADE_FRAME_COLUMNS
+
+#: What :meth:`ParquetArchive.archive` moves by default.
+ARCHIVED_TYPES = ("ohlcv", "trades")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,16 +135,17 @@ class ParquetArchive:
     def from_config(cls, config: Config) -> ParquetArchive:
         return cls(ArchiveSettings.from_config(config))
 
-    async def archive_ohlcv(
+    async def archive(
         self,
         store: CandleStore,
         venue: str,
         older_than: str | int,
         *,
+        data_types: Sequence[str] = ARCHIVED_TYPES,
         prune: bool = False,
         hook: StepHook | None = None,
     ) -> ArchiveReport:
-        """Move every closed month of ``venue``'s candles that ends before ``older_than``.
+        """Move every closed month of ``venue``'s candles and trades that ends before ``older_than``.
 
         Without ``prune`` the months are written and verified and stay in the database too.
 
@@ -153,50 +165,81 @@ class ParquetArchive:
         started = time.perf_counter()
         await asyncio.to_thread(check_writable, self.root)
         side = PostgresArchiveSide(store)
-        await side.ensure_archived_kind()
+        await side.ensure_tables()
         report = ArchiveReport()
         instruments = {i.id: i for i in await store.instruments(venue)}
-        coverage = await store.venue_coverage(venue, 0, cutoff)
-        for (iid, timeframe), ranges in sorted(coverage.items()):
-            instrument = instruments[iid]
-            months = sorted(
-                {
-                    ym
-                    for r in ranges
-                    if r.kind == "data"
-                    for ym in months_between(r.start_ms, min(r.end_ms, cutoff))
-                }
-            )
-            for year, month in months:
-                key = MonthKey(venue, instrument.market_type, timeframe, instrument.symbol, year, month)
-                if key.end_ms <= cutoff:
-                    await self._move(side, iid, key, ranges, prune, hook, report)
+        if OHLCV_SPEC.data_type in data_types:
+            await self._archive_candles(side, store, venue, instruments, cutoff, prune, hook, report)
+        if TRADES_SPEC.data_type in data_types:
+            for instrument in instruments.values():
+                spans = [(r.start_ms, r.end_ms) for r in await store.trade_coverage(instrument.id)]
+                archived = await side.archived_trade_months(instrument.id)
+                for year, month in _closed_months(spans, cutoff):
+                    key = _month(instrument, None, year, month, "trades")
+                    move = _Move(TRADES_SPEC, (instrument.id,), key, key.start_ms in archived)
+                    await self._move(side, move, prune, hook, report)
         report.elapsed_s = time.perf_counter() - started
         return report
+
+    async def archive_ohlcv(
+        self,
+        store: CandleStore,
+        venue: str,
+        older_than: str | int,
+        *,
+        prune: bool = False,
+        hook: StepHook | None = None,
+    ) -> ArchiveReport:
+        """:meth:`archive` of the candles only."""
+        return await self.archive(store, venue, older_than, data_types=["ohlcv"], prune=prune, hook=hook)
+
+    async def _archive_candles(
+        self,
+        side: PostgresArchiveSide,
+        store: CandleStore,
+        venue: str,
+        instruments: dict[int, Instrument],
+        cutoff: int,
+        prune: bool,
+        hook: StepHook | None,
+        report: ArchiveReport,
+    ) -> None:
+        coverage = await store.venue_coverage(venue, 0, cutoff)
+        for (iid, timeframe), ranges in sorted(coverage.items()):
+            spans = [(r.start_ms, r.end_ms) for r in ranges if r.kind == "data"]
+            for year, month in _closed_months(spans, cutoff):
+                key = _month(instruments[iid], timeframe, year, month, "ohlcv")
+                partly = any(
+                    r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms
+                    for r in ranges
+                )
+                await self._move(
+                    side,
+                    _Move(OHLCV_SPEC, (iid, timeframe_code(timeframe)), key, partly),
+                    prune,
+                    hook,
+                    report,
+                )
 
     async def _move(
         self,
         side: PostgresArchiveSide,
-        iid: int,
-        key: MonthKey,
-        ranges: list[CoverageRange],
+        move: _Move,
         prune: bool,
         hook: StepHook | None,
         report: ArchiveReport,
     ) -> None:
         from data_collector.storage.postgres_archive import MoveMismatch
 
-        code = timeframe_code(key.timeframe)
-        held = await side.read_range(iid, code, key.start_ms, key.end_ms)
+        key, spec = move.month, move.spec
+        held = await side.read_range(spec, move.db_key, key.start_ms, key.end_ms)
         if not len(held):
             return
         directory = key.directory(self.root)
         path = directory / FILE_NAME
         manifest = Manifest.load(directory / MANIFEST_NAME)
-        existing = await asyncio.to_thread(_verified_or_none, path, manifest)
-        if existing is None and any(
-            r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms for r in ranges
-        ):
+        existing = await asyncio.to_thread(_verified_or_none, spec, path, manifest)
+        if existing is None and move.partly_archived:
             report.failed.append(
                 f"{key}: part of the month is archived, but {path} does not match its manifest; "
                 "left as it is (restore the file)"
@@ -211,7 +254,7 @@ class ParquetArchive:
             report.bytes_written += manifest.bytes
         if hook is not None:
             hook("verify", str(path))
-        back = await asyncio.to_thread(_verified_or_none, path, manifest)
+        back = await asyncio.to_thread(_verified_or_none, spec, path, manifest)
         if back is None:
             report.failed.append(f"{key}: {path} read back does not match its manifest; not pruned")
             return
@@ -220,42 +263,65 @@ class ParquetArchive:
         if not prune:
             return
         try:
-            report.rows_pruned += await side.prune(iid, code, key.start_ms, key.end_ms, back, hook)
+            report.rows_pruned += await side.prune(spec, move.db_key, key.start_ms, key.end_ms, back, hook)
         except MoveMismatch as exc:
             report.failed.append(f"{key}: {exc}; not pruned")
             return
         report.months_pruned += 1
 
-    def read_ohlcv(self, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int) -> CandleColumns:
-        """The archived candles of ``[start_ms, end_ms)``, sorted by time (blocking file reads).
+    def read(
+        self, spec: DataSpec, instrument: Instrument, timeframe: str | None, start_ms: int, end_ms: int
+    ) -> Columns:
+        """The archived rows with ``start_ms <= ts < end_ms``, sorted by key (blocking file reads).
 
         Raises:
             NewerSchemaError: a file was written by a newer schema version.
         """
         parts = []
         for year, month in months_between(start_ms, end_ms):
-            key = MonthKey(
-                instrument.exchange, instrument.market_type, timeframe, instrument.symbol, year, month
-            )
-            path = key.directory(self.root) / FILE_NAME
+            path = _month(instrument, timeframe, year, month, spec.data_type).directory(self.root) / FILE_NAME
             if path.exists():
-                parts.append(read_file(path, start_ms, end_ms))
-        if not parts:
-            return CandleColumns.empty()
-        if len(parts) == 1:
-            return parts[0]
-        return CandleColumns(
-            np.concatenate([p.ts for p in parts]),
-            {k: np.concatenate([p.values[k] for p in parts]) for k in CANDLE_FIELDS},
-        )
+                parts.append(read_file(spec, path, start_ms, end_ms))
+        return Columns.concat(spec, parts)
+
+    def read_ohlcv(self, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int) -> Columns:
+        """The archived candles of ``[start_ms, end_ms)``, sorted by time (blocking file reads)."""
+        return self.read(OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
 
 
-def _verified_or_none(path: Path, manifest: Manifest | None) -> CandleColumns | None:
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One month to move: the data type, its rows' key in PostgreSQL, the file, and whether part
+    of the month was already pruned (its file then must verify before anything is rewritten)."""
+
+    spec: DataSpec
+    db_key: tuple[int, ...]
+    month: MonthKey
+    partly_archived: bool
+
+
+def _month(instrument: Instrument, timeframe: str | None, year: int, month: int, data_type: str) -> MonthKey:
+    return MonthKey(
+        instrument.exchange, instrument.market_type, timeframe, instrument.symbol, year, month, data_type
+    )
+
+
+def _closed_months(spans: Sequence[tuple[int, int]], cutoff: int) -> list[tuple[int, int]]:
+    """The months the spans touch that end at or before ``cutoff``, oldest first."""
+    months = {ym for start, end in spans for ym in months_between(start, min(end, cutoff))}
+    return sorted(ym for ym in months if _month_end(*ym) <= cutoff)
+
+
+def _month_end(year: int, month: int) -> int:
+    return MonthKey("", "", None, "", year, month).end_ms
+
+
+def _verified_or_none(spec: DataSpec, path: Path, manifest: Manifest | None) -> Columns | None:
     """The file's rows if it reads back with the manifest's row count and content hash."""
     if manifest is None or not path.exists():
         return None
     try:
-        back = read_file(path)
+        back = read_file(spec, path)
     except UsageError:
         raise
     except PermanentError:
@@ -275,27 +341,60 @@ async def load_ohlcv_tiers(
 ) -> pd.DataFrame:
     """Candles of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
     (the shape of :meth:`CandleStore.load_frame`); where both hold a candle, the database's wins."""
-    from data_collector.storage.postgres import PostgresCandleStore
-    from data_collector.storage.postgres_archive import PostgresArchiveSide
-
-    archived = await asyncio.to_thread(archive.read_ohlcv, instrument, timeframe, start_ms, end_ms)
+    archived = await asyncio.to_thread(archive.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
     if not len(archived):
         return await store.load_frame(instrument.id, timeframe, start_ms, end_ms)
-    if isinstance(store, PostgresCandleStore):
-        code = timeframe_code(timeframe)
-        held = await PostgresArchiveSide(store).read_range(instrument.id, code, start_ms, end_ms)
-    else:
-        rows = await store.load(instrument.id, timeframe, start_ms, end_ms)
-        held = CandleColumns(
-            np.array([r[0] for r in rows], np.int64),
-            {k: np.array([r[i] for r in rows], np.float64) for i, k in enumerate(CANDLE_FIELDS, 1)},
-        )
+    db_key = (instrument.id, timeframe_code(timeframe))
+    held = await _held(
+        store, OHLCV_SPEC, db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
+    )
     return columns_frame(archived.union(held))
 
 
-def columns_frame(columns: CandleColumns) -> pd.DataFrame:
+async def load_trades_tiers(
+    store: CandleStore, archive: ParquetArchive, instrument: Instrument, start_ms: int, end_ms: int
+) -> pd.DataFrame:
+    """Trades of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
+    (the shape of :meth:`CandleStore.load_trades_frame`), in id order; the database's row wins."""
+    archived = await asyncio.to_thread(archive.read, TRADES_SPEC, instrument, None, start_ms, end_ms)
+    if not len(archived):
+        return await store.load_trades_frame(instrument.id, start_ms, end_ms)
+    load = partial(store.load_trades, instrument.id)
+    held = await _held(store, TRADES_SPEC, (instrument.id,), start_ms, end_ms, load)
+    return trade_columns_frame(archived.union(held))
+
+
+async def _held(
+    store: CandleStore,
+    spec: DataSpec,
+    db_key: tuple[int, ...],
+    start_ms: int,
+    end_ms: int,
+    load: Callable[[int, int], Awaitable[Sequence[Sequence[Any]]]],
+) -> Columns:
+    """The database's rows as columns: binary COPY on PostgreSQL, ``load`` elsewhere."""
+    from data_collector.storage.postgres import PostgresCandleStore
+    from data_collector.storage.postgres_archive import PostgresArchiveSide
+
+    if isinstance(store, PostgresCandleStore):
+        return await PostgresArchiveSide(store).read_range(spec, db_key, start_ms, end_ms)
+    rows = await load(start_ms, end_ms)  # tuples in the spec's field order
+    return Columns(
+        spec, {name: np.array([r[i] for r in rows], dtype) for i, (name, dtype) in enumerate(spec.fields)}
+    )
+
+
+def columns_frame(columns: Columns) -> pd.DataFrame:
     """Candle columns as the DataFrame :func:`~data_collector.storage.store.candles_frame` makes."""
     import pandas as pd
 
     index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
-    return pd.DataFrame({k: columns.values[k] for k in CANDLE_FIELDS}, index=index)
+    return pd.DataFrame({k: columns.arrays[k] for k in CANDLE_FIELDS}, index=index)
+
+
+def trade_columns_frame(columns: Columns) -> pd.DataFrame:
+    """Trade columns as the DataFrame :func:`~data_collector.storage.store.trades_frame` makes."""
+    import pandas as pd
+
+    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
+    return pd.DataFrame({k: columns.arrays[k] for k in TRADE_FRAME_COLUMNS}, index=index)

@@ -5,13 +5,15 @@ Layout (hive partitions, values URL-encoded so that ``SOL/USDT`` stays one direc
     <root>/venue=binance/market=spot/data_type=ohlcv/timeframe=1m/symbol=SOL%2FUSDT/
         year=2024/month=01/part-0.parquet          the candles of that month, sorted by time
         year=2024/month=01/_part-0.manifest.json   rows, min/max time, content hash, schema version
+    <root>/venue=binance/market=spot/data_type=trades/symbol=SOL%2FUSDT/year=2024/month=01/...
+                                                   the trades of that month, sorted by id
 
 A file is written under a temporary name (``.part-0.parquet.tmp-…``), flushed to disk, then
 renamed; readers (pyarrow, polars, DuckDB) skip names starting with ``.`` and ``_``, so no
 reader ever sees half a file. The manifest is written the same way, after the file.
 
-The content hash is SHA-256 over the columns' little-endian bytes (``ts`` as int64 ms, then
-``open high low close volume`` as float64), in time order: the database side computes the same
+The content hash is SHA-256 over the columns' little-endian bytes in the order of the data type's
+:class:`DataSpec` (``ts`` as int64 ms), rows in key order: the database side computes the same
 hash from the rows it holds (:mod:`data_collector.storage.postgres_archive`).
 """
 
@@ -24,7 +26,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -40,13 +42,48 @@ VERSION_KEY = b"data_collector.schema_version"
 FILE_NAME = "part-0.parquet"
 MANIFEST_NAME = "_part-0.manifest.json"
 CANDLE_FIELDS = ("open", "high", "low", "close", "volume")
-CANDLE_SCHEMA = pa.schema(
-    [pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False)]
-    + [pa.field(name, pa.float64(), nullable=False) for name in CANDLE_FIELDS]
-)
 
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    """One data type's columns: name, numpy dtype (``<i8``, ``<f8``, ``?``) and key.
+
+    ``ts`` (UTC ms) is stored as ``timestamp[ms, UTC]``; the ``key`` column orders the rows and
+    identifies a row across the tiers (``ts`` for candles, the aggregate ``id`` for trades).
+    """
+
+    data_type: str
+    key: str
+    fields: tuple[tuple[str, str], ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.fields]
+
+    def arrow_schema(self) -> pa.Schema:
+        types = {"<i8": pa.int64(), "<f8": pa.float64(), "?": pa.bool_()}
+        return pa.schema(
+            [
+                pa.field(name, pa.timestamp("ms", tz="UTC") if name == "ts" else types[dtype], nullable=False)
+                for name, dtype in self.fields
+            ]
+        )
+
+
+OHLCV_SPEC = DataSpec("ohlcv", "ts", (("ts", "<i8"), *((name, "<f8") for name in CANDLE_FIELDS)))
+TRADES_SPEC = DataSpec(
+    "trades",
+    "id",
+    (
+        ("id", "<i8"),
+        ("ts", "<i8"),
+        ("price", "<f8"),
+        ("qty", "<f8"),
+        ("first_trade_id", "<i8"),
+        ("last_trade_id", "<i8"),
+        ("buyer_maker", "?"),
+    ),
+)
 
 
 class StepHook(Protocol):
@@ -64,36 +101,54 @@ class ArchiveWriteError(PermanentError):
 
 
 @dataclass(slots=True)
-class CandleColumns:
-    """Candles as columns, sorted by ``ts`` (UTC ms)."""
+class Columns:
+    """Rows of one data type as numpy columns, sorted by the spec's key."""
 
-    ts: I64
-    values: dict[str, F64]
+    spec: DataSpec
+    arrays: dict[str, npt.NDArray[Any]]
 
     def __len__(self) -> int:
-        return len(self.ts)
+        return len(self.arrays[self.spec.key])
+
+    @property
+    def ts(self) -> npt.NDArray[np.int64]:
+        return self.arrays["ts"]
+
+    @property
+    def key(self) -> npt.NDArray[np.int64]:
+        return self.arrays[self.spec.key]
 
     def content_hash(self) -> str:
-        digest = hashlib.sha256(b"data_collector.ohlcv.v1")
-        digest.update(np.ascontiguousarray(self.ts, dtype="<i8").tobytes())
-        for name in CANDLE_FIELDS:
-            digest.update(np.ascontiguousarray(self.values[name], dtype="<f8").tobytes())
+        """SHA-256 over the columns' little-endian bytes, in the spec's order."""
+        digest = hashlib.sha256(f"data_collector.{self.spec.data_type}.v1".encode())
+        for name, dtype in self.spec.fields:
+            digest.update(np.ascontiguousarray(self.arrays[name], dtype=dtype).tobytes())
         return digest.hexdigest()
 
-    def take(self, mask: npt.NDArray[np.bool_]) -> CandleColumns:
-        return CandleColumns(self.ts[mask], {k: v[mask] for k, v in self.values.items()})
+    def take(self, mask: npt.NDArray[np.bool_]) -> Columns:
+        return Columns(self.spec, {k: v[mask] for k, v in self.arrays.items()})
 
     @classmethod
-    def empty(cls) -> CandleColumns:
-        return cls(np.empty(0, np.int64), {k: np.empty(0, np.float64) for k in CANDLE_FIELDS})
+    def empty(cls, spec: DataSpec) -> Columns:
+        return cls(spec, {name: np.empty(0, dtype) for name, dtype in spec.fields})
 
-    def union(self, newer: CandleColumns) -> CandleColumns:
-        """These rows and ``newer``'s; where both have a time, ``newer`` wins. Sorted."""
-        keep = ~np.isin(self.ts, newer.ts)
-        ts = np.concatenate([self.ts[keep], newer.ts])
-        order = np.argsort(ts, kind="stable")
-        values = {k: np.concatenate([self.values[k][keep], newer.values[k]])[order] for k in CANDLE_FIELDS}
-        return CandleColumns(ts[order], values)
+    @classmethod
+    def concat(cls, spec: DataSpec, parts: list[Columns]) -> Columns:
+        if not parts:
+            return cls.empty(spec)
+        if len(parts) == 1:
+            return parts[0]
+        return cls(spec, {name: np.concatenate([p.arrays[name] for p in parts]) for name in spec.names})
+
+    def union(self, newer: Columns) -> Columns:
+        """These rows and ``newer``'s; where both have a key, ``newer`` wins. Sorted by key."""
+        keep = ~np.isin(self.key, newer.key)
+        key = np.concatenate([self.key[keep], newer.key])
+        order = np.argsort(key, kind="stable")
+        return Columns(
+            self.spec,
+            {k: np.concatenate([self.arrays[k][keep], newer.arrays[k]])[order] for k in self.spec.names},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +176,18 @@ class Manifest:
 
 @dataclass(frozen=True, slots=True)
 class MonthKey:
-    """One file of the dataset: a (venue, market, timeframe, symbol) and a calendar month."""
+    """One file of the dataset: a (venue, market, data type, timeframe, symbol) and a month.
+
+    Trades have no timeframe (``timeframe=None``): their path has no ``timeframe=`` level.
+    """
 
     venue: str
     market: str
-    timeframe: str
+    timeframe: str | None
     symbol: str
     year: int
     month: int
+    data_type: str = "ohlcv"
 
     @property
     def start_ms(self) -> int:
@@ -140,19 +199,20 @@ class MonthKey:
         return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
     def directory(self, root: Path) -> Path:
+        kind = root / f"venue={quote(self.venue, safe='')}" / f"market={quote(self.market, safe='')}"
+        kind = kind / f"data_type={self.data_type}"
+        if self.timeframe is not None:
+            kind = kind / f"timeframe={self.timeframe}"
         return (
-            root
-            / f"venue={quote(self.venue, safe='')}"
-            / f"market={quote(self.market, safe='')}"
-            / "data_type=ohlcv"
-            / f"timeframe={self.timeframe}"
+            kind
             / f"symbol={quote(self.symbol, safe='')}"
             / f"year={self.year:04d}"
             / f"month={self.month:02d}"
         )
 
     def __str__(self) -> str:
-        return f"{self.venue} {self.symbol} {self.timeframe} {self.year:04d}-{self.month:02d}"
+        what = self.timeframe or self.data_type
+        return f"{self.venue} {self.symbol} {what} {self.year:04d}-{self.month:02d}"
 
 
 def month_of(ts_ms: int) -> tuple[int, int]:
@@ -184,12 +244,12 @@ def _fsync_dir(path: Path) -> None:
 def write_month(
     root: Path,
     key: MonthKey,
-    columns: CandleColumns,
+    columns: Columns,
     *,
     row_group_rows: int,
     before_rename: StepHook | None = None,
 ) -> Manifest:
-    """Write a month's candles (sorted) atomically and durably; return its manifest.
+    """Write a month's rows (sorted) atomically and durably; return its manifest.
 
     ``before_rename`` is called with the temporary file's path once it is complete (tests stop
     the process there).
@@ -209,11 +269,12 @@ def write_month(
         stale.unlink(missing_ok=True)
     tmp = directory / f".{FILE_NAME}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_manifest = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
+    spec = columns.spec
     meta = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    schema = spec.arrow_schema()
     table = pa.Table.from_arrays(
-        [pa.array(columns.ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))]
-        + [pa.array(columns.values[name], pa.float64()) for name in CANDLE_FIELDS],
-        schema=CANDLE_SCHEMA.with_metadata(meta),
+        [pa.array(columns.arrays[f.name]).cast(f.type) for f in schema],
+        schema=schema.with_metadata(meta),
     )
     try:
         with open(tmp, "wb") as sink:
@@ -224,11 +285,13 @@ def write_month(
                 compression_level=9,
                 row_group_size=row_group_rows,
                 write_statistics=True,
-                sorting_columns=[pq.SortingColumn(0)],
-                # Times are a steady step: delta-encoded they cost almost nothing. Prices repeat
-                # within a month, so the float columns keep dictionary encoding.
-                use_dictionary=list(CANDLE_FIELDS),
-                column_encoding={"ts": "DELTA_BINARY_PACKED"},
+                sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
+                # Times and ids grow in steady steps: delta-encoded they cost almost nothing.
+                # Prices repeat within a month, so the float columns keep dictionary encoding.
+                use_dictionary=[name for name, dtype in spec.fields if dtype == "<f8"],
+                column_encoding={
+                    name: "DELTA_BINARY_PACKED" for name, dtype in spec.fields if dtype == "<i8"
+                },
             )
             sink.flush()
             os.fsync(sink.fileno())
@@ -240,8 +303,8 @@ def write_month(
             schema_version=SCHEMA_VERSION,
             file=FILE_NAME,
             rows=len(columns),
-            min_ts_ms=int(columns.ts[0]) if len(columns) else 0,
-            max_ts_ms=int(columns.ts[-1]) if len(columns) else 0,
+            min_ts_ms=int(columns.ts.min()) if len(columns) else 0,
+            max_ts_ms=int(columns.ts.max()) if len(columns) else 0,
             sha256=columns.content_hash(),
             bytes=final.stat().st_size,
         )
@@ -285,8 +348,8 @@ def _path_error(root: Path, exc: OSError) -> UsageError:
     )
 
 
-def read_file(path: Path, start_ms: int | None = None, end_ms: int | None = None) -> CandleColumns:
-    """A month's candles in ``[start_ms, end_ms)`` (all when not given), sorted by time.
+def read_file(spec: DataSpec, path: Path, start_ms: int | None = None, end_ms: int | None = None) -> Columns:
+    """A month's rows with ``start_ms <= ts < end_ms`` (all when not given), sorted by key.
 
     Raises:
         NewerSchemaError: the file was written by a newer schema version.
@@ -297,10 +360,20 @@ def read_file(path: Path, start_ms: int | None = None, end_ms: int | None = None
     except (OSError, pa.ArrowException) as exc:
         raise PermanentError(f"archive file {path} is unreadable: {exc}") from None
     check_version(table.schema, path)
-    ts = table.column("ts").cast(pa.int64()).to_numpy()
-    values = {name: table.column(name).to_numpy() for name in CANDLE_FIELDS}
-    columns = CandleColumns(ts, values)
-    if start_ms is not None and end_ms is not None and len(ts) and (ts[0] < start_ms or ts[-1] >= end_ms):
+    arrays = {
+        name: table.column(name).cast(pa.int64()).to_numpy()
+        if name == "ts"
+        else table.column(name).to_numpy()
+        for name in spec.names
+    }
+    columns = Columns(spec, arrays)
+    ts = columns.ts
+    if (
+        start_ms is not None
+        and end_ms is not None
+        and len(ts)
+        and (ts.min() < start_ms or ts.max() >= end_ms)
+    ):
         columns = columns.take((ts >= start_ms) & (ts < end_ms))
     return columns
 

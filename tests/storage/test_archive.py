@@ -12,8 +12,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_collector.config import load_config
-from data_collector.storage import CandleStore, Gap, Instrument, open_store
-from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load_ohlcv_tiers
+from data_collector.storage import (
+    CandleBatch,
+    CandleStore,
+    CoverageRange,
+    Gap,
+    Instrument,
+    TradeBatch,
+    TradeCoverage,
+    open_store,
+)
+from data_collector.storage.archive import (
+    ArchiveSettings,
+    ParquetArchive,
+    load_ohlcv_tiers,
+    load_trades_tiers,
+)
 from data_collector.storage.parquet_files import FILE_NAME, MANIFEST_NAME, Manifest, MonthKey
 from tests.support.archive import (
     CUTOFF_MS,
@@ -22,9 +36,11 @@ from tests.support.archive import (
     START_MS,
     SYMBOL,
     TIMEFRAME,
+    TRADE_STEP_MS,
     VENUE,
     archive_and_die,
     seed,
+    seed_trades,
     store_config,
 )
 from tests.support.services import PG_URL
@@ -32,6 +48,7 @@ from tests.support.services import PG_URL
 ROOT = Path(__file__).resolve().parents[2]
 JANUARY = MonthKey(VENUE, "spot", TIMEFRAME, SYMBOL, 2024, 1)
 FEBRUARY = MonthKey(VENUE, "spot", TIMEFRAME, SYMBOL, 2024, 2)
+TRADES_JANUARY = MonthKey(VENUE, "spot", None, SYMBOL, 2024, 1, "trades")
 
 
 @pytest.fixture
@@ -135,25 +152,71 @@ async def test_a_corrupted_file_is_caught_by_verification_and_not_pruned(
     pd.testing.assert_frame_equal(await _everything(store, archive, instrument), before)
 
 
+@pytest.mark.parametrize("data_type", ["ohlcv", "trades"])
 @pytest.mark.parametrize("step", ["write", "verify", "drop"])
 async def test_sigkill_at_each_step_then_a_rerun_converges(
-    store: CandleStore, pg_schema: str, tmp_path: Path, step: str
+    store: CandleStore, pg_schema: str, tmp_path: Path, step: str, data_type: str
 ) -> None:
-    instrument = await seed(store)
-    before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+    instrument, before, archive = await _seeded(store, tmp_path)
+    await seed_trades(store, instrument)
+    trades_before = await store.load_trades_frame(instrument.id, START_MS, END_MS)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.archive", PG_URL, pg_schema, str(tmp_path), step, cwd=ROOT
+        sys.executable,
+        "-m",
+        "tests.support.archive",
+        PG_URL,
+        pg_schema,
+        str(tmp_path),
+        step,
+        data_type,
+        cwd=ROOT,
     )
     assert await asyncio.wait_for(proc.wait(), 120) == -9
-    archive = ParquetArchive(ArchiveSettings(tmp_path))
-    # Killed: every candle is still in PostgreSQL or in Parquet (or both), nothing twice.
+    # Killed: every candle and trade is still in PostgreSQL or in Parquet (or both), none twice.
     pd.testing.assert_frame_equal(await _everything(store, archive, instrument), before)
-    report = await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True)
+    trades_now = await load_trades_tiers(store, archive, instrument, START_MS, END_MS)
+    pd.testing.assert_frame_equal(trades_now, trades_before)
+    report = await archive.archive(store, VENUE, CUTOFF_MS, prune=True)
     assert report.failed == []
     pd.testing.assert_frame_equal(await _everything(store, archive, instrument), before)
+    trades_now = await load_trades_tiers(store, archive, instrument, START_MS, END_MS)
+    pd.testing.assert_frame_equal(trades_now, trades_before)
     assert await _db_rows(store, instrument) == (END_MS - CUTOFF_MS) // 3_600_000
+    assert (
+        len(await store.load_trades(instrument.id, START_MS, END_MS)) == (END_MS - CUTOFF_MS) // TRADE_STEP_MS
+    )
     kinds = {g.kind for g in await store.find_gaps(instrument.id, TIMEFRAME, START_MS, END_MS)}
     assert kinds == {"archived", "exchange"}
+
+
+async def test_trades_move_with_prune_keep_their_coverage_and_read_back(
+    store: CandleStore, tmp_path: Path
+) -> None:
+    instrument = await seed(store)
+    total = await seed_trades(store, instrument)
+    coverage = await store.trade_coverage(instrument.id)
+    before = await store.load_trades_frame(instrument.id, START_MS, END_MS)
+    archive = ParquetArchive(ArchiveSettings(tmp_path))
+    report = await archive.archive(store, VENUE, CUTOFF_MS, data_types=["trades"], prune=True)
+    assert (report.months_pruned, report.failed) == (2, [])
+    assert report.rows_pruned == (CUTOFF_MS - START_MS) // TRADE_STEP_MS
+    assert len(await store.load_trades(instrument.id, START_MS, END_MS)) == total - report.rows_pruned
+    # The id-keyed coverage is unchanged: a run plans nothing for the archived months.
+    assert await store.trade_coverage(instrument.id) == coverage
+    pd.testing.assert_frame_equal(
+        await load_trades_tiers(store, archive, instrument, START_MS, END_MS), before
+    )
+    middle = (START_MS + 20 * 86_400_000, CUTOFF_MS + 86_400_000)  # from inside January to March
+    want = _slice(before, *middle)
+    pd.testing.assert_frame_equal(await load_trades_tiers(store, archive, instrument, *middle), want)
+    path = TRADES_JANUARY.directory(tmp_path) / FILE_NAME
+    assert "data_type=trades/symbol=SOL%2FUSDT/year=2024/month=01" in path.as_posix() and path.exists()
+    assert await _db_rows(store, instrument) == (END_MS - START_MS) // 3_600_000 - 10  # candles untouched
+
+
+def _slice(frame: pd.DataFrame, start_ms: int, end_ms: int) -> pd.DataFrame:
+    start, end = pd.Timestamp(start_ms, unit="ms", tz="UTC"), pd.Timestamp(end_ms, unit="ms", tz="UTC")
+    return frame[(frame.index >= start) & (frame.index < end)]
 
 
 async def test_the_kill_helper_archives_everything_when_the_step_never_comes(
@@ -161,6 +224,36 @@ async def test_the_kill_helper_archives_everything_when_the_step_never_comes(
 ) -> None:
     """The kill runs above prove something only if the helper moves data when it is not killed."""
     instrument = await seed(store)
-    await archive_and_die(PG_URL, pg_schema, str(tmp_path), "never")
+    await archive_and_die(PG_URL, pg_schema, str(tmp_path), "never", "ohlcv")
     assert await _db_rows(store, instrument) == (END_MS - CUTOFF_MS) // 3_600_000
     assert (FEBRUARY.directory(tmp_path) / FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("data_type", ["ohlcv", "trades"])
+async def test_a_lost_file_of_an_archived_month_is_never_overwritten(
+    store: CandleStore, tmp_path: Path, data_type: str
+) -> None:
+    """Rows written into a pruned month after the move, and its file gone: the next run must not
+    write a file of the new rows alone (that would drop the archived ones for good)."""
+    instrument, _, archive = await _seeded(store, tmp_path)
+    await seed_trades(store, instrument)
+    await archive.archive(store, VENUE, CUTOFF_MS, data_types=[data_type], prune=True)
+    month = JANUARY if data_type == "ohlcv" else TRADES_JANUARY
+    (month.directory(tmp_path) / FILE_NAME).unlink()
+    late = START_MS + 3_600_000
+    if data_type == "ohlcv":
+        candle = (late, 1.0, 1.0, 1.0, 1.0, 1.0)
+        await store.write(
+            [CandleBatch(instrument.id, TIMEFRAME, [candle], [CoverageRange(late, late + 3_600_000, "data")])]
+        )
+    else:
+        trade = (10**9, late, 1.0, 1.0, 1, 1, False)
+        await store.write_trades(
+            [TradeBatch(instrument.id, [trade], [TradeCoverage(10**9, 10**9 + 1, late, late + 1)])]
+        )
+    report = await archive.archive(store, VENUE, CUTOFF_MS, data_types=[data_type], prune=True)
+    assert len(report.failed) == 1 and "part of the month is archived" in report.failed[0], report.failed
+    assert not (month.directory(tmp_path) / FILE_NAME).exists()
+    # The late row stays in the database (the other type was not archived: its row is there too).
+    assert len(await store.load(instrument.id, TIMEFRAME, late, late + 1)) == 1
+    assert len(await store.load_trades(instrument.id, late, late + 1)) == 1

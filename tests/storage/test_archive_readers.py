@@ -11,7 +11,7 @@ import pytest
 from data_collector.storage import CandleStore
 from data_collector.storage.archive import ArchiveSettings, ParquetArchive
 from tests.storage.test_archive import store  # noqa: F401  (the fixture)
-from tests.support.archive import CUTOFF_MS, START_MS, TIMEFRAME, VENUE, seed
+from tests.support.archive import CUTOFF_MS, START_MS, TIMEFRAME, VENUE, seed, seed_trades
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,9 +36,10 @@ async def test_readme_snippet_reads_the_archived_candles(
 ) -> None:
     pytest.importorskip(reader.lower())
     instrument = await seed(store)
+    await seed_trades(store, instrument)  # trade files beside the candles' must not get mixed in
     archive_root = tmp_path / "archive"
-    report = await ParquetArchive(ArchiveSettings(archive_root)).archive_ohlcv(store, VENUE, CUTOFF_MS)
-    assert report.months_verified == 2
+    report = await ParquetArchive(ArchiveSettings(archive_root)).archive(store, VENUE, CUTOFF_MS)
+    assert report.months_verified == 4
     want = await store.load_frame(instrument.id, TIMEFRAME, START_MS, CUTOFF_MS)
     # Only January and February are in the dataset; the snippets filter on timeframe '1m'.
     code = readme_snippets()[reader].replace("data/archive", str(archive_root)).replace("'1m'", "'1h'")

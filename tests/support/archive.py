@@ -1,7 +1,7 @@
 """Candles to archive, and a process that archives with --prune and SIGKILLs itself at one step.
 
-Run as ``python -m tests.support.archive URL SCHEMA PATH STEP``: it archives everything before
-:data:`CUTOFF_MS` with ``prune=True`` and kills itself with SIGKILL the first time the move
+Run as ``python -m tests.support.archive URL SCHEMA PATH STEP DATA_TYPE``: it archives the data
+type (``ohlcv`` or ``trades``) before :data:`CUTOFF_MS` with ``prune=True`` and kills itself with SIGKILL the first time the move
 reaches ``STEP`` (``write``: the file being written is cut to half its bytes, as a kill in the
 middle of writing leaves it, and not renamed; ``verify``: the file is in place, not yet read back;
 ``drop``: the rows are deleted, not yet committed).
@@ -17,7 +17,16 @@ from pathlib import Path
 
 from data_collector.config import load_config
 from data_collector.markets import HOUR_MS
-from data_collector.storage import CandleBatch, CandleStore, CoverageRange, Instrument, open_store
+from data_collector.storage import (
+    CandleBatch,
+    CandleStore,
+    CoverageRange,
+    Instrument,
+    Trade,
+    TradeBatch,
+    TradeCoverage,
+    open_store,
+)
 from data_collector.storage.archive import ArchiveSettings, ParquetArchive
 
 VENUE = "binance"
@@ -57,7 +66,27 @@ async def seed(store: CandleStore) -> Instrument:
     return instrument
 
 
-async def archive_and_die(url: str, schema: str, path: str, step: str) -> None:
+TRADE_STEP_MS = 10 * 60_000
+
+
+def trades(first_id: int, end_id: int) -> list[Trade]:
+    """One aggregate trade every 10 minutes from :data:`START_MS`, id ``i`` at ``START_MS + i * 10 min``."""
+    return [
+        (i, START_MS + i * TRADE_STEP_MS, 100 + i % 89 * 0.01, 0.5 + i % 7, 3 * i, 3 * i + 2, i % 3 == 0)
+        for i in range(first_id, end_id)
+    ]
+
+
+async def seed_trades(store: CandleStore, instrument: Instrument) -> int:
+    """Trades from January 1 to March 15 with their coverage; returns how many."""
+    end_id = (END_MS - START_MS) // TRADE_STEP_MS
+    await store.write_trades(
+        [TradeBatch(instrument.id, trades(0, end_id), [TradeCoverage(0, end_id, START_MS, END_MS)])]
+    )
+    return end_id
+
+
+async def archive_and_die(url: str, schema: str, path: str, step: str, data_type: str) -> None:
     def hook(at: str, path: str) -> None:
         if at == step:
             if at == "write":
@@ -66,8 +95,8 @@ async def archive_and_die(url: str, schema: str, path: str, step: str) -> None:
 
     archive = ParquetArchive(ArchiveSettings(Path(path)))
     async with open_store(load_config(store_config(url, schema))) as store:
-        await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True, hook=hook)
+        await archive.archive(store, VENUE, CUTOFF_MS, data_types=[data_type], prune=True, hook=hook)
 
 
 if __name__ == "__main__":
-    asyncio.run(archive_and_die(*sys.argv[1:5]))
+    asyncio.run(archive_and_die(*sys.argv[1:6]))
