@@ -5,7 +5,9 @@ in --quick) are written into PostgreSQL by ``store.write`` and then:
 
 * On disk: ``pg_total_relation_size('ohlcv')`` (table + primary key) per row (baseline), against
   the Parquet dataset ``archive`` writes, and a Feather file per instrument (lz4, as freqtrade
-  stores candles). Prices are a random walk on a 0.01 tick, volumes have 3 decimals.
+  stores candles). Prices are a random walk on a 0.01 tick, volumes have 3 decimals. The same for
+  1,000,000 aggregate trades (200,000 in --quick): ``trades`` (table, primary key, BRIN) against
+  their Parquet files. Targets: candles <= 1/8, trades <= 1/6.
 * Archive: ``ParquetArchive.archive_ohlcv`` of both months (binary COPY out, write, read back and
   hash) into a fresh directory per repeat, rows/s; then the prune of January (re-read, compare,
   delete, mark archived), rows/s. Target: >= 2M candles/s.
@@ -33,7 +35,7 @@ import pyarrow.feather as feather
 from benchmarks.harness import BenchContext, Row, Table
 from data_collector.config import load_config
 from data_collector.markets import MINUTE_MS
-from data_collector.storage import CandleBatch, CoverageRange, open_store
+from data_collector.storage import CandleBatch, CoverageRange, Trade, TradeBatch, TradeCoverage, open_store
 from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load_ohlcv_tiers
 from data_collector.storage.store import CandleStore
 
@@ -62,6 +64,30 @@ def make_candles(seed: int) -> list[tuple[int, float, float, float, float, float
             low.tolist(),
             close.tolist(),
             volume.tolist(),
+            strict=True,
+        )
+    )
+
+
+def make_trades(seed: int, total: int) -> list[Trade]:
+    """``total`` aggregate trades spread over January and February 2024, ids consecutive."""
+    rng = np.random.default_rng(seed)
+    ts = np.sort(rng.integers(JAN_MS, MAR_MS, total))
+    price = np.round(100 + np.cumsum(rng.integers(-2, 3, total)) * 0.01, 2).clip(1)
+    qty = np.round(rng.gamma(1.0, 2.0, total), 3) + 0.001
+    fills = rng.integers(1, 4, total)
+    last = np.cumsum(fills)
+    first = last - fills + 1
+    maker = rng.random(total) < 0.5
+    return list(
+        zip(
+            range(total),
+            ts.tolist(),
+            price.tolist(),
+            qty.tolist(),
+            first.tolist(),
+            last.tolist(),
+            maker.tolist(),
             strict=True,
         )
     )
@@ -123,6 +149,7 @@ async def run(ctx: BenchContext) -> list[Table]:
             speed.add(
                 Row("archive (COPY out, write, read back, hash)", [rows / s for s in archive_s], "rows/s")
             )
+            trades_disk = await _trades_on_disk(ctx, store, admin, schema, work / "trades")
             archive = ParquetArchive(ArchiveSettings(root))
             started = time.perf_counter()
             pruned = await archive.archive_ohlcv(store, "bench", FEB_MS, prune=True)
@@ -139,7 +166,39 @@ async def run(ctx: BenchContext) -> list[Table]:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
         shutil.rmtree(work, ignore_errors=True)
-    return [disk, speed, reads]
+    return [disk, trades_disk, speed, reads]
+
+
+async def _trades_on_disk(
+    ctx: BenchContext, store: CandleStore, admin: asyncpg.Connection, schema: str, root: Path
+) -> Table:
+    """Trades: PostgreSQL (table + primary key + BRIN) against Parquet, bytes per trade."""
+    table = Table("bytes per aggregate trade on disk (same rows)")
+    total = 200_000 if ctx.quick else 1_000_000
+    instrument = await store.ensure_instrument("bench", "T/USDT", base="T", quote="USDT")
+    trades = make_trades(99, total)
+    for i in range(0, total, 50_000):
+        page = trades[i : i + 50_000]
+        cover = TradeCoverage(page[0][0], page[-1][0] + 1, JAN_MS if i == 0 else page[0][1], page[-1][1])
+        await store.write_trades([TradeBatch(instrument.id, page, [cover])])
+    await admin.execute("VACUUM ANALYZE " + f'"{schema}".trades')
+    pg_bytes = await admin.fetchval("SELECT pg_total_relation_size($1::regclass)", f'"{schema}".trades')
+    report = await ParquetArchive(ArchiveSettings(root)).archive(
+        store, "bench", MAR_MS, data_types=["trades"]
+    )
+    assert report.failed == [] and report.rows_archived == total, report.summary()
+    parquet_bytes = _dir_bytes(root, "*.parquet")
+    pg_row = Row(
+        "PostgreSQL table + indexes", [pg_bytes / total], "B/row", baseline=True, higher_is_better=False
+    )
+    table.add(pg_row)
+    table.add(Row("Parquet (zstd)", [parquet_bytes / total], "B/row", higher_is_better=False))
+    ratio = pg_bytes / parquet_bytes
+    table.notes.append(
+        f"{total:,} trades (random times, prices a walk on a 0.01 tick); Parquet is 1/{ratio:.1f} of "
+        f"PostgreSQL (target <= 1/6: {'met' if ratio >= 6 else 'NOT met'})"
+    )
+    return table
 
 
 async def _fill(store: CandleStore, instruments: int) -> tuple[list[int], int]:

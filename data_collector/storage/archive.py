@@ -58,6 +58,8 @@ from data_collector.storage.trades import TRADE_FRAME_COLUMNS
 
 #: What :meth:`ParquetArchive.archive` moves by default.
 ARCHIVED_TYPES = ("ohlcv", "trades")
+#: Months moved at once (see :meth:`ParquetArchive.archive`).
+MOVES_IN_FLIGHT = 2
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,16 +170,25 @@ class ParquetArchive:
         await side.ensure_tables()
         report = ArchiveReport()
         instruments = {i.id: i for i in await store.instruments(venue)}
+        moves: list[_Move] = []
         if OHLCV_SPEC.data_type in data_types:
-            await self._archive_candles(side, store, venue, instruments, cutoff, prune, hook, report)
+            moves += await _candle_moves(store, venue, instruments, cutoff)
         if TRADES_SPEC.data_type in data_types:
-            for instrument in instruments.values():
-                spans = [(r.start_ms, r.end_ms) for r in await store.trade_coverage(instrument.id)]
-                archived = await side.archived_trade_months(instrument.id)
-                for year, month in _closed_months(spans, cutoff):
-                    key = _month(instrument, None, year, month, "trades")
-                    move = _Move(TRADES_SPEC, (instrument.id,), key, key.start_ms in archived)
-                    await self._move(side, move, prune, hook, report)
+            moves += await _trade_moves(store, side, instruments, cutoff)
+        # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
+        # file is written in a thread.
+        gate = asyncio.Semaphore(MOVES_IN_FLIGHT)
+
+        async def gated(move: _Move) -> None:
+            async with gate:
+                await self._move(side, move, prune, hook, report)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for move in moves:
+                    group.create_task(gated(move))
+        except BaseExceptionGroup as errors:  # the first error, as one line, not a group
+            raise errors.exceptions[0] from None
         report.elapsed_s = time.perf_counter() - started
         return report
 
@@ -192,34 +203,6 @@ class ParquetArchive:
     ) -> ArchiveReport:
         """:meth:`archive` of the candles only."""
         return await self.archive(store, venue, older_than, data_types=["ohlcv"], prune=prune, hook=hook)
-
-    async def _archive_candles(
-        self,
-        side: PostgresArchiveSide,
-        store: CandleStore,
-        venue: str,
-        instruments: dict[int, Instrument],
-        cutoff: int,
-        prune: bool,
-        hook: StepHook | None,
-        report: ArchiveReport,
-    ) -> None:
-        coverage = await store.venue_coverage(venue, 0, cutoff)
-        for (iid, timeframe), ranges in sorted(coverage.items()):
-            spans = [(r.start_ms, r.end_ms) for r in ranges if r.kind == "data"]
-            for year, month in _closed_months(spans, cutoff):
-                key = _month(instruments[iid], timeframe, year, month, "ohlcv")
-                partly = any(
-                    r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms
-                    for r in ranges
-                )
-                await self._move(
-                    side,
-                    _Move(OHLCV_SPEC, (iid, timeframe_code(timeframe)), key, partly),
-                    prune,
-                    hook,
-                    report,
-                )
 
     async def _move(
         self,
@@ -263,10 +246,13 @@ class ParquetArchive:
         if not prune:
             return
         try:
-            report.rows_pruned += await side.prune(spec, move.db_key, key.start_ms, key.end_ms, back, hook)
+            # Not ``report.rows_pruned += await ...``: that reads the count before the await and
+            # would lose what a concurrent move adds meanwhile.
+            pruned = await side.prune(spec, move.db_key, key.start_ms, key.end_ms, back, hook)
         except MoveMismatch as exc:
             report.failed.append(f"{key}: {exc}; not pruned")
             return
+        report.rows_pruned += pruned
         report.months_pruned += 1
 
     def read(
@@ -298,6 +284,34 @@ class _Move:
     db_key: tuple[int, ...]
     month: MonthKey
     partly_archived: bool
+
+
+async def _candle_moves(
+    store: CandleStore, venue: str, instruments: dict[int, Instrument], cutoff: int
+) -> list[_Move]:
+    moves = []
+    for (iid, timeframe), ranges in sorted((await store.venue_coverage(venue, 0, cutoff)).items()):
+        spans = [(r.start_ms, r.end_ms) for r in ranges if r.kind == "data"]
+        for year, month in _closed_months(spans, cutoff):
+            key = _month(instruments[iid], timeframe, year, month, "ohlcv")
+            partly = any(
+                r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms for r in ranges
+            )
+            moves.append(_Move(OHLCV_SPEC, (iid, timeframe_code(timeframe)), key, partly))
+    return moves
+
+
+async def _trade_moves(
+    store: CandleStore, side: PostgresArchiveSide, instruments: dict[int, Instrument], cutoff: int
+) -> list[_Move]:
+    moves = []
+    for instrument in instruments.values():
+        spans = [(r.start_ms, r.end_ms) for r in await store.trade_coverage(instrument.id)]
+        archived = await side.archived_trade_months(instrument.id)
+        for year, month in _closed_months(spans, cutoff):
+            key = _month(instrument, None, year, month, "trades")
+            moves.append(_Move(TRADES_SPEC, (instrument.id,), key, key.start_ms in archived))
+    return moves
 
 
 def _month(instrument: Instrument, timeframe: str | None, year: int, month: int, data_type: str) -> MonthKey:

@@ -48,10 +48,15 @@ _INSERT_TRADE_ARCHIVE = (
     "INSERT INTO {s}.trade_archive (instrument_id, start_ms, end_ms) VALUES ($1, $2, $3) "
     "ON CONFLICT (instrument_id, start_ms) DO UPDATE SET end_ms = EXCLUDED.end_ms"
 )
-_LOCK_COVERAGE = (
-    "SELECT start_ms, end_ms, kind FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2 FOR UPDATE"
+# Prunes of one key (two months of one pair, moved at once) take turns: each must see the
+# coverage rows the other one committed, which a row lock alone does not give (READ COMMITTED
+# skips rows deleted meanwhile and does not see rows inserted meanwhile).
+_KEY_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
+# Only the 'data' rows overlapping the month change; rows a writer adds meanwhile are left alone.
+_TAKE_DATA_COVERAGE = (
+    "DELETE FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2 AND kind = 'data' "
+    "AND start_ms < $4 AND end_ms > $3 RETURNING start_ms, end_ms"
 )
-_DELETE_COVERAGE = "DELETE FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2"
 _INSERT_COVERAGE = (
     "INSERT INTO {s}.coverage (instrument_id, timeframe, kind, start_ms, end_ms) "
     "SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::bigint[])"
@@ -157,11 +162,10 @@ class PostgresArchiveSide:
         """
         store = self._store
         iid = key[0]
-        rows: list[asyncpg.Record] = []
         async with store._connect() as (_, conn), conn.transaction():
-            if spec is OHLCV_SPEC:
-                rows = await store._bounded(conn.fetch(store._sql(_LOCK_COVERAGE), *key))
-            else:
+            lock = f"data_collector.archive:{store.schema}:{spec.data_type}:{':'.join(map(str, key))}"
+            await store._bounded(conn.execute(_KEY_LOCK, lock))
+            if spec is not OHLCV_SPEC:
                 await store._bounded(conn.fetch(store._sql(_LOCK_TRADE_COVERAGE), iid))
             held = await self._copy(conn, spec, key, start_ms, end_ms)
             same = archived.take(np.isin(archived.key, held.key))
@@ -183,7 +187,7 @@ class PostgresArchiveSide:
             if deleted != len(held):  # rows written since the read: keep everything
                 raise MoveMismatch(f"rows of instrument {iid} changed during the move; run again")
             if spec is OHLCV_SPEC:
-                await self._mark_archived(conn, key, rows, start_ms, end_ms)
+                await self._mark_archived(conn, key, start_ms, end_ms)
             else:
                 await store._bounded(conn.execute(store._sql(_INSERT_TRADE_ARCHIVE), iid, start_ms, end_ms))
             if hook is not None:
@@ -191,23 +195,14 @@ class PostgresArchiveSide:
         return deleted
 
     async def _mark_archived(
-        self,
-        conn: asyncpg.Connection,
-        key: tuple[int, ...],
-        rows: list[asyncpg.Record],
-        start_ms: int,
-        end_ms: int,
+        self, conn: asyncpg.Connection, key: tuple[int, ...], start_ms: int, end_ms: int
     ) -> None:
-        """Rewrite the key's coverage with its ``'data'`` inside ``[start_ms, end_ms)`` as ``'archived'``."""
+        """Turn the key's ``'data'`` coverage inside ``[start_ms, end_ms)`` into ``'archived'``."""
         store = self._store
-        old = [CoverageRange(r[0], r[1], r[2]) for r in rows]
-        moved = [
-            CoverageRange(r.start_ms, r.end_ms, "archived")
-            for r in clip(old, start_ms, end_ms)
-            if r.kind == "data"
-        ]
+        taken = await store._bounded(conn.fetch(store._sql(_TAKE_DATA_COVERAGE), *key, start_ms, end_ms))
+        old = [CoverageRange(r[0], r[1], "data") for r in taken]
+        moved = [CoverageRange(r.start_ms, r.end_ms, "archived") for r in clip(old, start_ms, end_ms)]
         kept = cut_coverage(old, [CoverageRange(start_ms, end_ms, "data")]) + moved
-        await store._bounded(conn.execute(store._sql(_DELETE_COVERAGE), *key))
         await store._bounded(
             conn.execute(
                 store._sql(_INSERT_COVERAGE),
