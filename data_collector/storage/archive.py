@@ -36,7 +36,7 @@ import numpy as np
 
 from data_collector.errors import PermanentError, UsageError
 from data_collector.markets import timeframe_code
-from data_collector.storage.base import Instrument
+from data_collector.storage.base import CandleBatch, CoverageRange, Instrument
 from data_collector.storage.parquet_files import (
     CANDLE_FIELDS,
     FILE_NAME,
@@ -53,6 +53,7 @@ from data_collector.storage.parquet_files import (
     read_file,
     write_month,
 )
+from data_collector.storage.ranges import clip
 from data_collector.storage.store import CandleStore
 from data_collector.storage.trades import TRADE_FRAME_COLUMNS
 
@@ -254,6 +255,28 @@ class ParquetArchive:
             return
         report.rows_pruned += pruned
         report.months_pruned += 1
+
+    async def restore_ohlcv(
+        self, store: CandleStore, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int
+    ) -> int:
+        """Copy the archived candles of ``[start_ms, end_ms)`` back into the database, with
+        ``'data'`` coverage over the archived ranges (which then count as stored there); return
+        the rows written. The files stay; a later ``archive --prune`` moves the range out again.
+        """
+        archived = [r for r in await store.coverage(instrument.id, timeframe) if r.kind == "archived"]
+        ranges = clip(archived, start_ms, end_ms)
+        if not ranges:
+            return 0
+        rows = await asyncio.to_thread(self.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+        ts = rows.ts
+        batches = []
+        for r in ranges:
+            inside = rows.take((ts >= r.start_ms) & (ts < r.end_ms))
+            candles = list(zip(*(inside.arrays[name].tolist() for name in OHLCV_SPEC.names), strict=True))
+            batches.append(
+                CandleBatch(instrument.id, timeframe, candles, [CoverageRange(r.start_ms, r.end_ms, "data")])
+            )
+        return (await store.write(batches)).written
 
     def read(
         self, spec: DataSpec, instrument: Instrument, timeframe: str | None, start_ms: int, end_ms: int

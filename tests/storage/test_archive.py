@@ -257,3 +257,21 @@ async def test_a_lost_file_of_an_archived_month_is_never_overwritten(
     # The late row stays in the database (the other type was not archived: its row is there too).
     assert len(await store.load(instrument.id, TIMEFRAME, late, late + 1)) == 1
     assert len(await store.load_trades(instrument.id, late, late + 1)) == 1
+
+
+async def test_an_archived_range_is_restored_into_the_database_on_request(
+    store: CandleStore, tmp_path: Path
+) -> None:
+    instrument, before, archive = await _seeded(store, tmp_path)
+    await archive.archive(store, VENUE, CUTOFF_MS, prune=True)
+    restored = await archive.restore_ohlcv(store, instrument, TIMEFRAME, START_MS, FEBRUARY.start_ms)
+    assert restored == (FEBRUARY.start_ms - START_MS) // 3_600_000 - 10  # January, less the gap
+    january = await store.load_frame(instrument.id, TIMEFRAME, START_MS, FEBRUARY.start_ms)
+    pd.testing.assert_frame_equal(january, _slice(before, START_MS, FEBRUARY.start_ms))
+    gaps = await store.find_gaps(instrument.id, TIMEFRAME, START_MS, END_MS)
+    assert gaps == [Gap(GAP[0], GAP[1], "exchange"), Gap(FEBRUARY.start_ms, CUTOFF_MS, "archived")]
+    pd.testing.assert_frame_equal(await _everything(store, archive, instrument), before)
+    # Archiving again moves January out once more, with nothing duplicated.
+    again = await archive.archive(store, VENUE, CUTOFF_MS, prune=True)
+    assert (again.months_pruned, again.failed) == (1, [])
+    pd.testing.assert_frame_equal(await _everything(store, archive, instrument), before)
