@@ -177,17 +177,18 @@ class ParquetArchive:
         if TRADES_SPEC.data_type in data_types:
             moves += await _trade_moves(store, side, instruments, cutoff)
         # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
-        # file is written in a thread.
-        gate = asyncio.Semaphore(MOVES_IN_FLIGHT)
+        # file is written in a thread. Workers take the next move from one iterator, so the
+        # number of tasks stays bounded however many months there are.
+        todo = iter(moves)
 
-        async def gated(move: _Move) -> None:
-            async with gate:
+        async def worker() -> None:
+            for move in todo:
                 await self._move(side, move, prune, hook, report)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for move in moves:
-                    group.create_task(gated(move))
+                for _ in range(MOVES_IN_FLIGHT):
+                    group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
         report.elapsed_s = time.perf_counter() - started
