@@ -109,7 +109,7 @@ async def run(ctx: BenchContext) -> list[Table]:
     try:
         async with open_store(config) as store:
             ids, rows = await _fill(store, instruments)
-            await admin.execute("VACUUM ANALYZE " + f'"{schema}".ohlcv')
+            await admin.execute(f'VACUUM ANALYZE "{schema}".ohlcv')
             pg_bytes = await admin.fetchval(
                 "SELECT pg_total_relation_size($1::regclass)", f'"{schema}".ohlcv'
             )
@@ -181,7 +181,7 @@ async def _trades_on_disk(
         page = trades[i : i + 50_000]
         cover = TradeCoverage(page[0][0], page[-1][0] + 1, JAN_MS if i == 0 else page[0][1], page[-1][1])
         await store.write_trades([TradeBatch(instrument.id, page, [cover])])
-    await admin.execute("VACUUM ANALYZE " + f'"{schema}".trades')
+    await admin.execute(f'VACUUM ANALYZE "{schema}".trades')
     pg_bytes = await admin.fetchval("SELECT pg_total_relation_size($1::regclass)", f'"{schema}".trades')
     report = await ParquetArchive(ArchiveSettings(root)).archive(
         store, "bench", MAR_MS, data_types=["trades"]
