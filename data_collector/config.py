@@ -327,6 +327,17 @@ class UniverseConfig(_Section):
     include_delisted: bool = False
 
 
+class ParquetTierConfig(_Section):
+    """The Parquet tier (:mod:`data_collector.storage.archive`)."""
+
+    #: Local directory of the Parquet dataset (relative: to the current directory).
+    path: str = "data/archive"
+    #: What ``data-collector archive`` moves by default: closed months ending before this.
+    older_than: str = "90d"
+    #: Rows per Parquet row group.
+    row_group_rows: int = Field(default=1_048_576, ge=1024)
+
+
 class Config(BaseSettings):
     """The whole configuration. Build one with :func:`load_config`."""
 
@@ -361,6 +372,7 @@ class Config(BaseSettings):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    archive: ParquetTierConfig = Field(default_factory=ParquetTierConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -64,6 +64,7 @@ from data_collector.markets import (
 )
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
+from data_collector.storage.archive import ArchiveReport, ParquetArchive, load_ohlcv_tiers, load_trades_tiers
 from data_collector.storage.base import CandleBatch, Gap, Instrument
 from data_collector.storage.store import CandleStore
 
@@ -426,13 +427,25 @@ class OptimizedDataCollector:
         Columns: ``open, high, low, close, volume`` (float64); the index is a UTC
         ``DatetimeIndex`` named ``time`` (the candle's open time). Naive datetimes are UTC.
         ``price``: ``last`` (traded), or for a perpetual ``mark``, ``index`` or ``premium``.
+        Archived months (traded candles) are read from the Parquet tier (``archive.path``).
         """
         await self.initialize()
         key = series_key(timeframe, price)
         instrument = await self.instrument(symbol)
+        if price == "last":
+            archive = ParquetArchive.from_config(self.config)
+            load = partial(load_ohlcv_tiers, self.store, archive, instrument, key, to_ms(start), to_ms(end))
+            return await self._store_call(load)
         return await self._store_call(
             partial(self.store.load_frame, instrument.id, key, to_ms(start), to_ms(end))
         )
+
+    async def archive(self, older_than: TimeLike | None = None, *, prune: bool = False) -> ArchiveReport:
+        """Move closed months before ``older_than`` to Parquet, verified; ``prune`` drops them (storage.archive)."""
+        await self.initialize()
+        cutoff = to_ms(older_than or self.config.archive.older_than)
+        archive = ParquetArchive.from_config(self.config)
+        return await archive.archive(self.store, self.config.exchange.name, cutoff, prune=prune)
 
     async def load_funding(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored funding rates of the perpetual ``symbol`` settled in ``[start, end)``.
@@ -450,13 +463,12 @@ class OptimizedDataCollector:
 
         Columns: ``id`` (the aggregate trade id), ``price``, ``qty``, ``first_trade_id``,
         ``last_trade_id``, ``buyer_maker``; the index is a UTC ``DatetimeIndex`` named ``time``
-        (the trade's time), in id order. Naive datetimes are UTC.
+        (the trade's time), in id order. Naive datetimes are UTC. Archived months come from Parquet.
         """
         await self.initialize()
-        instrument = await self.instrument(symbol)
-        return await self._store_call(
-            partial(self.store.load_trades_frame, instrument.id, to_ms(start), to_ms(end))
-        )
+        instrument, archive = await self.instrument(symbol), ParquetArchive.from_config(self.config)
+        load = partial(load_trades_tiers, self.store, archive, instrument, to_ms(start), to_ms(end))
+        return await self._store_call(load)
 
     async def load_open_interest(
         self, symbol: str, period: str, start: TimeLike, end: TimeLike

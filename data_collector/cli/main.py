@@ -6,6 +6,7 @@
     data-collector health [...]     check a deployment (scripts/health_check.py)
     data-collector simulate [...]   serve the exchange simulator (scripts/simulate_exchange.py)
     data-collector coverage [...]   the coverage map of the store: text, --png, --html
+    data-collector archive [...]    move closed months to the Parquet tier (--older-than 90d [--prune])
     data-collector --version
 
 ``data-collector COMMAND --help`` shows a command's options. Each command keeps its script's exit
@@ -61,6 +62,12 @@ def _coverage(argv: list[str]) -> int:
     return main(argv, prog=f"{PROG} coverage")
 
 
+def _archive(argv: list[str]) -> int:
+    from data_collector.cli.archive import main
+
+    return main(argv, prog=f"{PROG} archive")
+
+
 #: Subcommand -> runner. Each imports its module on use, so ``--version`` and ``--help`` stay quick.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "collect": _collect,
@@ -69,6 +76,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "health": _health,
     "simulate": _simulate,
     "coverage": _coverage,
+    "archive": _archive,
 }
 
 

@@ -207,7 +207,8 @@ def row_from_record(
 ) -> CoverageRow:
     """A row from the merged coverage record of one pair and its holes as ``(cell, candles)``."""
     inside = clip(merged, grid.start_ms, grid.end_ms)
-    data = [(r.start_ms, r.end_ms) for r in inside if r.kind == "data"]
+    # Archived candles are stored too (in the Parquet tier); holes are looked for in 'data' only.
+    data = [(r.start_ms, r.end_ms) for r in inside if r.kind in ("data", "archived")]
     empty = [(r.start_ms, r.end_ms) for r in inside if r.kind == "empty"]
     bounds = grid.bounds()
     stored_ms = covered_per_cell(bounds, data)

@@ -11,7 +11,8 @@ Tables (PostgreSQL shown; SQLite mirrors them with ``ts``/times as integers):
   time in UTC ms, ``timeframe`` is :data:`data_collector.markets.TIMEFRAME_CODES`.
 * ``coverage(instrument_id, timeframe, start_ms, end_ms, kind)``: ranges ``[start_ms, end_ms)``
   that have been fetched and confirmed. ``kind`` is ``'data'`` (candles stored) or ``'empty'``
-  (the exchange has none there: before listing, maintenance gaps).
+  (the exchange has none there: before listing, maintenance gaps) or ``'archived'`` (moved to the
+  Parquet tier after a verified copy; only the archive writes it).
 * view ``ohlcv_view(exchange, symbol, timeframe text, ts timestamptz, open, high, low, close,
   volume)`` for people who query in SQL.
 
@@ -28,10 +29,13 @@ from typing import Literal
 
 #: ``(ts_ms, open, high, low, close, volume)``
 Candle = tuple[int, float, float, float, float, float]
-CoverageKind = Literal["data", "empty"]
+#: ``'archived'``: the candles were moved to the Parquet tier (:mod:`data_collector.storage.archive`)
+#: after a verified copy; covered, never refetched, read back from Parquet.
+CoverageKind = Literal["data", "empty", "archived"]
 #: ``'exchange'``: covered as empty (the exchange has no candles there); ``'missing'``: not covered
-#: at all (never fetched); ``'hole'``: covered as data, yet candles are absent (lost or corrupt).
-GapKind = Literal["exchange", "missing", "hole"]
+#: at all (never fetched); ``'hole'``: covered as data, yet candles are absent (lost or corrupt);
+#: ``'archived'``: not in the database because the candles live in the Parquet tier.
+GapKind = Literal["exchange", "missing", "hole", "archived"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,7 @@ _DDL = (
     """CREATE TABLE IF NOT EXISTS {s}.coverage (
         instrument_id integer NOT NULL,
         timeframe smallint NOT NULL,
-        kind text NOT NULL CHECK (kind IN ('data', 'empty')),
+        kind text NOT NULL CONSTRAINT coverage_kind_check CHECK (kind IN ('data', 'empty', 'archived')),
         start_ms bigint NOT NULL,
         end_ms bigint NOT NULL CHECK (end_ms > start_ms))""",
     "CREATE INDEX IF NOT EXISTS coverage_key ON {s}.coverage (instrument_id, timeframe, start_ms)",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from data_collector.storage.base import CoverageRange, Gap
+from data_collector.storage.base import CoverageKind, CoverageRange, Gap
 
 Span = tuple[int, int]
 
-#: Where ranges of both kinds overlap, the stronger evidence wins: candles were seen there.
-_PRIORITY: dict[str, int] = {"data": 1, "empty": 0}
+#: Where ranges of several kinds overlap, the stronger evidence wins: candles in the database,
+#: then candles in the Parquet tier, then none at the exchange.
+_PRIORITY: dict[CoverageKind, int] = {"data": 2, "archived": 1, "empty": 0}
 
 
 def merge_spans(spans: Iterable[Span]) -> list[Span]:
@@ -62,8 +63,8 @@ def cut_coverage(rows: Iterable[CoverageRange], cuts: Iterable[CoverageRange]) -
 def merge_coverage(ranges: Iterable[CoverageRange]) -> list[CoverageRange]:
     """Merge coverage ranges into sorted, non-overlapping ranges.
 
-    Adjacent or overlapping ranges of one kind are joined. Where a ``'data'`` range overlaps an
-    ``'empty'`` one, the overlap counts as ``'data'``.
+    Adjacent or overlapping ranges of one kind are joined. Where kinds overlap, the overlap counts
+    as the stronger one: ``'data'``, then ``'archived'``, then ``'empty'``.
     """
     ranges = [r for r in ranges if r.end_ms > r.start_ms]
     if not ranges:
@@ -71,10 +72,12 @@ def merge_coverage(ranges: Iterable[CoverageRange]) -> list[CoverageRange]:
     by_kind: dict[str, list[Span]] = {}
     for r in ranges:
         by_kind.setdefault(r.kind, []).append((r.start_ms, r.end_ms))
-    data = merge_spans(by_kind.get("data", []))
-    pieces: list[CoverageRange] = [CoverageRange(s, e, "data") for s, e in data]
-    for start, end in merge_spans(by_kind.get("empty", [])):
-        pieces += [CoverageRange(s, e, "empty") for s, e in subtract_spans(start, end, data)]
+    pieces: list[CoverageRange] = []
+    stronger: list[Span] = []
+    for kind in sorted(_PRIORITY, key=lambda k: -_PRIORITY[k]):
+        for start, end in merge_spans(by_kind.get(kind, [])):
+            pieces += [CoverageRange(s, e, kind) for s, e in subtract_spans(start, end, stronger)]
+        stronger = merge_spans([*stronger, *by_kind.get(kind, [])])
     pieces.sort(key=lambda r: (r.start_ms, -_PRIORITY[r.kind]))
     out: list[CoverageRange] = []
     for piece in pieces:
@@ -96,7 +99,8 @@ def clip(ranges: Iterable[CoverageRange], start_ms: int, end_ms: int) -> list[Co
 
 
 def gaps_from_coverage(merged: Iterable[CoverageRange], start_ms: int, end_ms: int) -> list[Gap]:
-    """``'exchange'`` gaps (covered as empty) and ``'missing'`` ones (not covered), sorted.
+    """``'exchange'`` gaps (covered as empty), ``'archived'`` ones (in the Parquet tier) and
+    ``'missing'`` ones (not covered), sorted.
 
     ``merged`` must come from :func:`merge_coverage`. ``'hole'`` gaps need the candles and are
     added by the backends.
@@ -107,6 +111,7 @@ def gaps_from_coverage(merged: Iterable[CoverageRange], start_ms: int, end_ms: i
         for s, e in subtract_spans(start_ms, end_ms, ((r.start_ms, r.end_ms) for r in inside))
     ]
     gaps += [Gap(r.start_ms, r.end_ms, "exchange") for r in inside if r.kind == "empty"]
+    gaps += [Gap(r.start_ms, r.end_ms, "archived") for r in inside if r.kind == "archived"]
     gaps.sort(key=lambda g: g.start_ms)
     return gaps
 

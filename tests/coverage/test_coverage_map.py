@@ -21,6 +21,7 @@ from data_collector.coverage.grid import (
     CellGrid,
     covered_per_cell,
     expected_candles,
+    row_from_record,
     split_by_cells,
 )
 from data_collector.errors import MissingExtraError
@@ -117,3 +118,11 @@ def test_expected_candles_matches_count_candles(start: int, length: int, tf: str
     got = expected_candles(pieces, tf)
     assert got.tolist() == [count_candles(s, e, tf) for _, s, e in pieces]
     assert int(np.sum(got)) == count_candles(start, start + length, tf)
+
+
+def test_archived_ranges_show_as_stored_not_missing() -> None:
+    grid = CellGrid.make(0, 4 * HOUR_MS, "hour")
+    merged = [CoverageRange(0, 2 * HOUR_MS, "archived"), CoverageRange(2 * HOUR_MS, 3 * HOUR_MS, "data")]
+    row = row_from_record(grid, "binance", "SOL/USDT", "1m", merged)
+    assert list(row.states) == [STORED, STORED, STORED, MISSING]
+    assert row.missing_gaps == 1

@@ -59,6 +59,41 @@ def test_data_wins_where_kinds_overlap() -> None:
     assert merged == [CoverageRange(0, 5, "empty"), CoverageRange(5, 20, "data")]
 
 
+archived_st = st.lists(
+    st.tuples(st.integers(0, 200), st.integers(1, 40), st.sampled_from(["data", "empty", "archived"])).map(
+        lambda t: CoverageRange(t[0], t[0] + t[1], t[2])  # type: ignore[arg-type]
+    ),
+    max_size=20,
+)
+
+
+@given(archived_st, st.integers(0, 100), st.integers(0, 150))
+def test_archived_is_covered_weaker_than_data_stronger_than_empty(
+    ranges: list[CoverageRange], start: int, length: int
+) -> None:
+    def points(*kinds: str) -> set[int]:
+        return _points([(r.start_ms, r.end_ms) for r in ranges if r.kind in kinds])
+
+    merged = merge_coverage(ranges)
+    by_kind = {
+        k: _points([(r.start_ms, r.end_ms) for r in merged if r.kind == k])
+        for k in ("data", "archived", "empty")
+    }
+    assert by_kind["data"] == points("data")
+    assert by_kind["archived"] == points("archived") - points("data")
+    assert by_kind["empty"] == points("empty") - points("data", "archived")
+    end = start + length
+    gaps = gaps_from_coverage(merged, start, end)
+    window = set(range(start, end))
+    assert (
+        _points([(g.start_ms, g.end_ms) for g in gaps if g.kind == "archived"])
+        == window & by_kind["archived"]
+    )
+    assert _points([(g.start_ms, g.end_ms) for g in gaps if g.kind == "missing"]) == window - points(
+        "data", "empty", "archived"
+    )
+
+
 @given(ranges_st)
 def test_merge_coverage_partitions_the_covered_points(ranges: list[CoverageRange]) -> None:
     merged = merge_coverage(ranges)

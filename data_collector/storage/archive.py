@@ -1,0 +1,438 @@
+"""The Parquet tier: closed months of candles and trades moved out of PostgreSQL, verified, read back.
+
+```python
+async with OptimizedDataCollector("config.yaml") as collector:
+    report = await collector.archive(older_than="90d", prune=True)
+    frame = await collector.load_ohlcv("SOL/USDT", "1m", "2023-01-01", "2024-06-01")  # both tiers
+```
+
+A move of one month of one (instrument, timeframe) whose coverage says ``'data'``, or of one
+instrument's trades (by trade time):
+
+1. **write**: the month's rows are read by binary COPY (merged with the rows of the month's
+   existing file, if any) and written atomically (:mod:`~data_collector.storage.parquet_files`).
+2. **verify**: the file is read back; its row count and content hash must equal the manifest's.
+3. **drop** (``prune`` only): one transaction reads the range again, checks that every row is in
+   the file with the same values, deletes the range and marks its coverage ``'archived'``
+   (:mod:`~data_collector.storage.postgres_archive`).
+
+A crash between any two steps leaves the rows in PostgreSQL, in Parquet, or in both; a re-run
+finds the month's rows still in the database and moves them again. Archived candle ranges count
+as covered, so a collector run never fetches them again, and ``find_gaps`` reports them as
+``'archived'``; trades keep their id-keyed coverage, which stays true across the two tiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data_collector.errors import PermanentError, UsageError
+from data_collector.markets import timeframe_code
+from data_collector.storage.base import CandleBatch, CoverageRange, Instrument
+from data_collector.storage.parquet_files import (
+    CANDLE_FIELDS,
+    FILE_NAME,
+    MANIFEST_NAME,
+    OHLCV_SPEC,
+    TRADES_SPEC,
+    Columns,
+    DataSpec,
+    Manifest,
+    MonthKey,
+    StepHook,
+    check_writable,
+    months_between,
+    read_file,
+    write_month,
+)
+from data_collector.storage.ranges import clip
+from data_collector.storage.store import CandleStore
+from data_collector.storage.trades import TRADE_FRAME_COLUMNS
+
+#: What :meth:`ParquetArchive.archive` moves by default.
+ARCHIVED_TYPES = ("ohlcv", "trades")
+#: Months moved at once (see :meth:`ParquetArchive.archive`).
+MOVES_IN_FLIGHT = 2
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from data_collector.config import Config
+    from data_collector.storage.postgres_archive import PostgresArchiveSide
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """The ``archive`` section: where the dataset lives and how its files are cut."""
+
+    #: A local directory (created on first use).
+    path: Path
+    #: Rows per Parquet row group: a month of 1m candles (44,640) is one group, read in one go.
+    row_group_rows: int = 1_048_576
+
+    @classmethod
+    def from_config(cls, config: Config) -> ArchiveSettings:
+        return cls(path=Path(config.archive.path), row_group_rows=config.archive.row_group_rows)
+
+
+@dataclass(slots=True)
+class ArchiveReport:
+    """What one archive run did; ``failed`` names each month left in the database and why."""
+
+    months_written: int = 0
+    months_verified: int = 0
+    months_pruned: int = 0
+    rows_archived: int = 0
+    rows_pruned: int = 0
+    bytes_written: int = 0
+    failed: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"archive: {self.months_written} month files written ({self.bytes_written:,} bytes), "
+            f"{self.months_verified} verified ({self.rows_archived:,} rows), {self.months_pruned} pruned "
+            f"({self.rows_pruned:,} rows deleted from the database), {len(self.failed)} failed, "
+            f"{self.elapsed_s:.1f} s"
+        )
+
+
+def cutoff_ms(older_than: str | int, now_ms: int | None = None) -> int:
+    """The end of what may be archived: ``older_than`` as a relative form (``90d``: before now) or
+    an ISO date, in UTC ms.
+
+    Raises:
+        UsageError: not a time, or a time in the future.
+    """
+    from data_collector.config import parse_time_ms
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    cutoff = older_than if isinstance(older_than, int) else parse_time_ms(str(older_than), now)
+    if cutoff > now:
+        raise UsageError(f"--older-than {older_than} lies in the future; give a past date or a form like 90d")
+    return cutoff
+
+
+class ParquetArchive:
+    """The Parquet dataset under ``settings.path``: moves months into it and reads them back.
+
+    Args:
+        settings: where the dataset lives (:meth:`ArchiveSettings.from_config`).
+    """
+
+    def __init__(self, settings: ArchiveSettings) -> None:
+        if "://" in str(settings.path):
+            raise UsageError(f"archive.path {settings.path}: only local directories are supported so far")
+        self.root = settings.path.absolute()
+        self._row_group_rows = settings.row_group_rows
+
+    @classmethod
+    def from_config(cls, config: Config) -> ParquetArchive:
+        return cls(ArchiveSettings.from_config(config))
+
+    async def archive(
+        self,
+        store: CandleStore,
+        venue: str,
+        older_than: str | int,
+        *,
+        data_types: Sequence[str] = ARCHIVED_TYPES,
+        prune: bool = False,
+        hook: StepHook | None = None,
+    ) -> ArchiveReport:
+        """Move every closed month of ``venue``'s candles and trades that ends before ``older_than``.
+
+        Without ``prune`` the months are written and verified and stay in the database too.
+
+        Raises:
+            UsageError: the store is not PostgreSQL, ``older_than`` is in the future, the path
+                cannot be written, or the dataset holds a file of a newer schema version.
+            ArchiveWriteError: a file could not be written (disk full); nothing was pruned.
+        """
+        from data_collector.storage.postgres import PostgresCandleStore
+        from data_collector.storage.postgres_archive import PostgresArchiveSide
+
+        cutoff = cutoff_ms(older_than)
+        if not isinstance(store, PostgresCandleStore):
+            raise UsageError(
+                "archive: the Parquet tier moves data out of PostgreSQL; database.url is not one"
+            )
+        started = time.perf_counter()
+        await asyncio.to_thread(check_writable, self.root)
+        side = PostgresArchiveSide(store)
+        await side.ensure_tables()
+        report = ArchiveReport()
+        instruments = {i.id: i for i in await store.instruments(venue)}
+        moves: list[_Move] = []
+        if OHLCV_SPEC.data_type in data_types:
+            moves += await _candle_moves(store, venue, instruments, cutoff)
+        if TRADES_SPEC.data_type in data_types:
+            moves += await _trade_moves(store, side, instruments, cutoff)
+        # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
+        # file is written in a thread. Workers take the next move from one iterator, so the
+        # number of tasks stays bounded however many months there are.
+        todo = iter(moves)
+
+        async def worker() -> None:
+            for move in todo:
+                await self._move(side, move, prune, hook, report)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(MOVES_IN_FLIGHT):
+                    group.create_task(worker())
+        except BaseExceptionGroup as errors:  # the first error, as one line, not a group
+            raise errors.exceptions[0] from None
+        report.elapsed_s = time.perf_counter() - started
+        return report
+
+    async def archive_ohlcv(
+        self,
+        store: CandleStore,
+        venue: str,
+        older_than: str | int,
+        *,
+        prune: bool = False,
+        hook: StepHook | None = None,
+    ) -> ArchiveReport:
+        """:meth:`archive` of the candles only."""
+        return await self.archive(store, venue, older_than, data_types=["ohlcv"], prune=prune, hook=hook)
+
+    async def _move(
+        self,
+        side: PostgresArchiveSide,
+        move: _Move,
+        prune: bool,
+        hook: StepHook | None,
+        report: ArchiveReport,
+    ) -> None:
+        from data_collector.storage.postgres_archive import MoveMismatch
+
+        key, spec = move.month, move.spec
+        held = await side.read_range(spec, move.db_key, key.start_ms, key.end_ms)
+        if not len(held):
+            return
+        directory = key.directory(self.root)
+        path = directory / FILE_NAME
+        manifest = Manifest.load(directory / MANIFEST_NAME)
+        existing = await asyncio.to_thread(_verified_or_none, spec, path, manifest)
+        if existing is None and move.partly_archived:
+            report.failed.append(
+                f"{key}: part of the month is archived, but {path} does not match its manifest; "
+                "left as it is (restore the file)"
+            )
+            return
+        want = existing.union(held) if existing is not None else held
+        if existing is None or manifest is None or manifest.sha256 != want.content_hash():
+            manifest = await asyncio.to_thread(
+                write_month, self.root, key, want, row_group_rows=self._row_group_rows, before_rename=hook
+            )
+            report.months_written += 1
+            report.bytes_written += manifest.bytes
+        if hook is not None:
+            hook("verify", str(path))
+        back = await asyncio.to_thread(_verified_or_none, spec, path, manifest)
+        if back is None:
+            report.failed.append(f"{key}: {path} read back does not match its manifest; not pruned")
+            return
+        report.months_verified += 1
+        report.rows_archived += len(back)
+        if not prune:
+            return
+        try:
+            # Not ``report.rows_pruned += await ...``: that reads the count before the await and
+            # would lose what a concurrent move adds meanwhile.
+            pruned = await side.prune(spec, move.db_key, key.start_ms, key.end_ms, back, hook)
+        except MoveMismatch as exc:
+            report.failed.append(f"{key}: {exc}; not pruned")
+            return
+        report.rows_pruned += pruned
+        report.months_pruned += 1
+
+    async def restore_ohlcv(
+        self, store: CandleStore, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int
+    ) -> int:
+        """Copy the archived candles of ``[start_ms, end_ms)`` back into the database, with
+        ``'data'`` coverage over the archived ranges (which then count as stored there); return
+        the rows written. The files stay; a later ``archive --prune`` moves the range out again.
+        """
+        archived = [r for r in await store.coverage(instrument.id, timeframe) if r.kind == "archived"]
+        ranges = clip(archived, start_ms, end_ms)
+        if not ranges:
+            return 0
+        rows = await asyncio.to_thread(self.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+        ts = rows.ts
+        batches = []
+        for r in ranges:
+            inside = rows.take((ts >= r.start_ms) & (ts < r.end_ms))
+            candles = list(zip(*(inside.arrays[name].tolist() for name in OHLCV_SPEC.names), strict=True))
+            batches.append(
+                CandleBatch(instrument.id, timeframe, candles, [CoverageRange(r.start_ms, r.end_ms, "data")])
+            )
+        return (await store.write(batches)).written
+
+    def read(
+        self, spec: DataSpec, instrument: Instrument, timeframe: str | None, start_ms: int, end_ms: int
+    ) -> Columns:
+        """The archived rows with ``start_ms <= ts < end_ms``, sorted by key (blocking file reads).
+
+        Raises:
+            NewerSchemaError: a file was written by a newer schema version.
+        """
+        parts = []
+        for year, month in months_between(start_ms, end_ms):
+            path = _month(instrument, timeframe, year, month, spec.data_type).directory(self.root) / FILE_NAME
+            if path.exists():
+                parts.append(read_file(spec, path, start_ms, end_ms))
+        return Columns.concat(spec, parts)
+
+    def read_ohlcv(self, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int) -> Columns:
+        """The archived candles of ``[start_ms, end_ms)``, sorted by time (blocking file reads)."""
+        return self.read(OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One month to move: the data type, its rows' key in PostgreSQL, the file, and whether part
+    of the month was already pruned (its file then must verify before anything is rewritten)."""
+
+    spec: DataSpec
+    db_key: tuple[int, ...]
+    month: MonthKey
+    partly_archived: bool
+
+
+async def _candle_moves(
+    store: CandleStore, venue: str, instruments: dict[int, Instrument], cutoff: int
+) -> list[_Move]:
+    moves = []
+    for (iid, timeframe), ranges in sorted((await store.venue_coverage(venue, 0, cutoff)).items()):
+        spans = [(r.start_ms, r.end_ms) for r in ranges if r.kind == "data"]
+        for year, month in _closed_months(spans, cutoff):
+            key = _month(instruments[iid], timeframe, year, month, "ohlcv")
+            partly = any(
+                r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms for r in ranges
+            )
+            moves.append(_Move(OHLCV_SPEC, (iid, timeframe_code(timeframe)), key, partly))
+    return moves
+
+
+async def _trade_moves(
+    store: CandleStore, side: PostgresArchiveSide, instruments: dict[int, Instrument], cutoff: int
+) -> list[_Move]:
+    moves = []
+    for instrument in instruments.values():
+        spans = [(r.start_ms, r.end_ms) for r in await store.trade_coverage(instrument.id)]
+        archived = await side.archived_trade_months(instrument.id)
+        for year, month in _closed_months(spans, cutoff):
+            key = _month(instrument, None, year, month, "trades")
+            moves.append(_Move(TRADES_SPEC, (instrument.id,), key, key.start_ms in archived))
+    return moves
+
+
+def _month(instrument: Instrument, timeframe: str | None, year: int, month: int, data_type: str) -> MonthKey:
+    return MonthKey(
+        instrument.exchange, instrument.market_type, timeframe, instrument.symbol, year, month, data_type
+    )
+
+
+def _closed_months(spans: Sequence[tuple[int, int]], cutoff: int) -> list[tuple[int, int]]:
+    """The months the spans touch that end at or before ``cutoff``, oldest first."""
+    months = {ym for start, end in spans for ym in months_between(start, min(end, cutoff))}
+    return sorted(ym for ym in months if _month_end(*ym) <= cutoff)
+
+
+def _month_end(year: int, month: int) -> int:
+    return MonthKey("", "", None, "", year, month).end_ms
+
+
+def _verified_or_none(spec: DataSpec, path: Path, manifest: Manifest | None) -> Columns | None:
+    """The file's rows if it reads back with the manifest's row count and content hash."""
+    if manifest is None or not path.exists():
+        return None
+    try:
+        back = read_file(spec, path)
+    except UsageError:
+        raise
+    except PermanentError:
+        return None
+    if len(back) != manifest.rows or back.content_hash() != manifest.sha256:
+        return None
+    return back
+
+
+async def load_ohlcv_tiers(
+    store: CandleStore,
+    archive: ParquetArchive,
+    instrument: Instrument,
+    timeframe: str,
+    start_ms: int,
+    end_ms: int,
+) -> pd.DataFrame:
+    """Candles of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
+    (the shape of :meth:`CandleStore.load_frame`); where both hold a candle, the database's wins."""
+    archived = await asyncio.to_thread(archive.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+    if not len(archived):
+        return await store.load_frame(instrument.id, timeframe, start_ms, end_ms)
+    db_key = (instrument.id, timeframe_code(timeframe))
+    held = await _held(
+        store, OHLCV_SPEC, db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
+    )
+    return columns_frame(archived.union(held))
+
+
+async def load_trades_tiers(
+    store: CandleStore, archive: ParquetArchive, instrument: Instrument, start_ms: int, end_ms: int
+) -> pd.DataFrame:
+    """Trades of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
+    (the shape of :meth:`CandleStore.load_trades_frame`), in id order; the database's row wins."""
+    archived = await asyncio.to_thread(archive.read, TRADES_SPEC, instrument, None, start_ms, end_ms)
+    if not len(archived):
+        return await store.load_trades_frame(instrument.id, start_ms, end_ms)
+    load = partial(store.load_trades, instrument.id)
+    held = await _held(store, TRADES_SPEC, (instrument.id,), start_ms, end_ms, load)
+    return trade_columns_frame(archived.union(held))
+
+
+async def _held(
+    store: CandleStore,
+    spec: DataSpec,
+    db_key: tuple[int, ...],
+    start_ms: int,
+    end_ms: int,
+    load: Callable[[int, int], Awaitable[Sequence[Sequence[Any]]]],
+) -> Columns:
+    """The database's rows as columns: binary COPY on PostgreSQL, ``load`` elsewhere."""
+    from data_collector.storage.postgres import PostgresCandleStore
+    from data_collector.storage.postgres_archive import PostgresArchiveSide
+
+    if isinstance(store, PostgresCandleStore):
+        return await PostgresArchiveSide(store).read_range(spec, db_key, start_ms, end_ms)
+    rows = await load(start_ms, end_ms)  # tuples in the spec's field order
+    return Columns(
+        spec, {name: np.array([r[i] for r in rows], dtype) for i, (name, dtype) in enumerate(spec.fields)}
+    )
+
+
+def columns_frame(columns: Columns) -> pd.DataFrame:
+    """Candle columns as the DataFrame :func:`~data_collector.storage.store.candles_frame` makes."""
+    import pandas as pd
+
+    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
+    return pd.DataFrame({k: columns.arrays[k] for k in CANDLE_FIELDS}, index=index)
+
+
+def trade_columns_frame(columns: Columns) -> pd.DataFrame:
+    """Trade columns as the DataFrame :func:`~data_collector.storage.store.trades_frame` makes."""
+    import pandas as pd
+
+    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
+    return pd.DataFrame({k: columns.arrays[k] for k in TRADE_FRAME_COLUMNS}, index=index)

@@ -1,0 +1,214 @@
+"""The PostgreSQL side of the Parquet tier: read a month by binary COPY, and prune it verified.
+
+Reading goes through ``COPY (SELECT …) TO STDOUT (FORMAT binary)``: every row of candles
+(``ts, open, high, low, close, volume``) or of trades has one fixed layout there, so numpy parses
+a whole month in one ``frombuffer`` instead of building a Python tuple per row.
+
+Pruning is one transaction: lock the key's coverage rows, read the range again, compare its rows
+and content hash with the file's, delete the range, and record the move: candles turn their
+``'data'`` coverage into ``'archived'``; trades keep their id-keyed coverage (its claim "these
+ids are stored" now spans both tiers) and add the month to ``trade_archive``. If anything differs
+(a row written meanwhile, a file that does not match) the transaction rolls back and the rows
+stay.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+import numpy as np
+
+from data_collector.errors import PermanentError
+from data_collector.storage.base import CoverageRange
+from data_collector.storage.parquet_files import OHLCV_SPEC, Columns, DataSpec, StepHook
+from data_collector.storage.ranges import clip, cut_coverage
+
+if TYPE_CHECKING:
+    from data_collector.storage.postgres import PostgresCandleStore
+
+_COPY_RANGE = {
+    "ohlcv": "SELECT ts, open, high, low, close, volume FROM {s}.ohlcv WHERE instrument_id = $1 "
+    "AND timeframe = $2 AND ts >= $3 AND ts < $4 ORDER BY ts",
+    "trades": "SELECT id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker FROM {s}.trades "
+    "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3 ORDER BY id",
+}
+_DELETE_RANGE = {
+    "ohlcv": "DELETE FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2 AND ts >= $3 AND ts < $4",
+    "trades": "DELETE FROM {s}.trades WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
+}
+_LOCK_TRADE_COVERAGE = "SELECT first_id FROM {s}.trade_coverage WHERE instrument_id = $1 FOR UPDATE"
+_TRADE_ARCHIVE_DDL = """CREATE TABLE IF NOT EXISTS {s}.trade_archive (
+    instrument_id integer NOT NULL,
+    start_ms bigint NOT NULL,
+    end_ms bigint NOT NULL CHECK (end_ms > start_ms),
+    PRIMARY KEY (instrument_id, start_ms))"""
+_SELECT_TRADE_ARCHIVE = "SELECT start_ms FROM {s}.trade_archive WHERE instrument_id = $1"
+_INSERT_TRADE_ARCHIVE = (
+    "INSERT INTO {s}.trade_archive (instrument_id, start_ms, end_ms) VALUES ($1, $2, $3) "
+    "ON CONFLICT (instrument_id, start_ms) DO UPDATE SET end_ms = EXCLUDED.end_ms"
+)
+# Prunes of one key (two months of one pair, moved at once) take turns: each must see the
+# coverage rows the other one committed, which a row lock alone does not give (READ COMMITTED
+# skips rows deleted meanwhile and does not see rows inserted meanwhile).
+_KEY_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
+# Only the 'data' rows overlapping the month change; rows a writer adds meanwhile are left alone.
+_TAKE_DATA_COVERAGE = (
+    "DELETE FROM {s}.coverage WHERE instrument_id = $1 AND timeframe = $2 AND kind = 'data' "
+    "AND start_ms < $4 AND end_ms > $3 RETURNING start_ms, end_ms"
+)
+_INSERT_COVERAGE = (
+    "INSERT INTO {s}.coverage (instrument_id, timeframe, kind, start_ms, end_ms) "
+    "SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::bigint[])"
+)
+_KIND_CHECK = (
+    "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+    "JOIN pg_namespace n ON n.oid = r.relnamespace "
+    "WHERE n.nspname = $1 AND r.relname = 'coverage' AND c.contype = 'c' AND c.conname = 'coverage_kind_check'"
+)
+# Tables made before the Parquet tier allow 'data' and 'empty' only.
+_WIDEN_KIND = (
+    "ALTER TABLE {s}.coverage DROP CONSTRAINT IF EXISTS coverage_kind_check, "
+    "ADD CONSTRAINT coverage_kind_check CHECK (kind IN ('data', 'empty', 'archived'))"
+)
+
+#: Binary COPY: 11-byte signature, flags, header extension length; each row: field count, then
+#: length and big-endian value per field; the trailer is a field count of -1.
+_HEADER = 19
+_WIRE = {"<i8": ">i8", "<f8": ">f8", "?": "u1"}
+
+
+def _row_dtype(spec: DataSpec) -> np.dtype:
+    fields: list[tuple[str, str]] = [("n", ">i2")]
+    for i, (name, dtype) in enumerate(spec.fields):
+        fields += [(f"l{i}", ">i4"), (name, _WIRE[dtype])]
+    return np.dtype(fields)
+
+
+class MoveMismatch(PermanentError):
+    """The database's rows of a range differ from the archive file's: the range is not pruned."""
+
+
+def parse_binary_copy(spec: DataSpec, data: bytes) -> Columns:
+    """Columns of ``spec`` from the bytes of a binary COPY of its fields, in order."""
+    if len(data) <= _HEADER + 2:
+        return Columns.empty(spec)
+    rows = np.frombuffer(memoryview(data)[_HEADER : len(data) - 2], dtype=_row_dtype(spec))
+    return Columns(spec, {name: rows[name].astype(dtype) for name, dtype in spec.fields})
+
+
+class PostgresArchiveSide:
+    """What the archive asks of a :class:`PostgresCandleStore` (it borrows the store's pool)."""
+
+    def __init__(self, store: PostgresCandleStore) -> None:
+        self._store = store
+
+    async def ensure_tables(self) -> None:
+        """Let the coverage table take ``'archived'`` (tables created before it existed) and
+        create ``trade_archive``."""
+        store = self._store
+        async with store._connect() as (_, conn):
+            definition = await store._bounded(conn.fetchval(_KIND_CHECK, store.schema))
+            if definition is None or "archived" not in definition:
+                await store._bounded(conn.execute(store._sql(_WIDEN_KIND)))
+            await store._bounded(conn.execute(store._sql(_TRADE_ARCHIVE_DDL)))
+
+    async def archived_trade_months(self, iid: int) -> set[int]:
+        """Start times of the instrument's months whose trades were pruned into the Parquet tier."""
+        rows = await self._store._fetch(_SELECT_TRADE_ARCHIVE, iid)
+        return {int(r[0]) for r in rows}
+
+    async def _copy(
+        self, conn: asyncpg.Connection, spec: DataSpec, key: tuple[int, ...], start_ms: int, end_ms: int
+    ) -> Columns:
+        chunks: list[bytes] = []
+
+        async def sink(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        await self._store._bounded(
+            conn.copy_from_query(
+                self._store._sql(_COPY_RANGE[spec.data_type]),
+                *key,
+                start_ms,
+                end_ms,
+                output=sink,
+                format="binary",
+                timeout=self._store._timeout_s,
+            )
+        )
+        return parse_binary_copy(spec, b"".join(chunks))
+
+    async def read_range(self, spec: DataSpec, key: tuple[int, ...], start_ms: int, end_ms: int) -> Columns:
+        """The stored rows of ``key`` (``(instrument_id, timeframe code)`` for candles,
+        ``(instrument_id,)`` for trades) with ``start_ms <= ts < end_ms``, sorted by the spec's key."""
+        async with self._store._connect() as (_, conn):
+            return await self._copy(conn, spec, key, start_ms, end_ms)
+
+    async def prune(
+        self,
+        spec: DataSpec,
+        key: tuple[int, ...],
+        start_ms: int,
+        end_ms: int,
+        archived: Columns,
+        hook: StepHook | None = None,
+    ) -> int:
+        """Delete ``[start_ms, end_ms)`` of ``key`` and record the move, in one transaction, if
+        every row there is in ``archived`` (the file as read back) with the same values.
+
+        Raises:
+            MoveMismatch: the rows differ (nothing was deleted).
+        """
+        store = self._store
+        iid = key[0]
+        async with store._connect() as (_, conn), conn.transaction():
+            lock = f"data_collector.archive:{store.schema}:{spec.data_type}:{':'.join(map(str, key))}"
+            await store._bounded(conn.execute(_KEY_LOCK, lock))
+            if spec is not OHLCV_SPEC:
+                await store._bounded(conn.fetch(store._sql(_LOCK_TRADE_COVERAGE), iid))
+            held = await self._copy(conn, spec, key, start_ms, end_ms)
+            same = archived.take(np.isin(archived.key, held.key))
+            if len(same) != len(held) or same.content_hash() != held.content_hash():
+                raise MoveMismatch(
+                    f"rows {start_ms}..{end_ms} of instrument {iid}: the database holds {len(held)} "
+                    f"rows, the archive file matches {len(same)} of them with other values or keys"
+                )
+            status = await store._bounded(
+                conn.execute(
+                    store._sql(_DELETE_RANGE[spec.data_type]),
+                    *key,
+                    start_ms,
+                    end_ms,
+                    timeout=store._timeout_s,
+                )
+            )
+            deleted = int(status.rsplit(" ", 1)[-1])
+            if deleted != len(held):  # rows written since the read: keep everything
+                raise MoveMismatch(f"rows of instrument {iid} changed during the move; run again")
+            if spec is OHLCV_SPEC:
+                await self._mark_archived(conn, key, start_ms, end_ms)
+            else:
+                await store._bounded(conn.execute(store._sql(_INSERT_TRADE_ARCHIVE), iid, start_ms, end_ms))
+            if hook is not None:
+                hook("drop", "")
+        return deleted
+
+    async def _mark_archived(
+        self, conn: asyncpg.Connection, key: tuple[int, ...], start_ms: int, end_ms: int
+    ) -> None:
+        """Turn the key's ``'data'`` coverage inside ``[start_ms, end_ms)`` into ``'archived'``."""
+        store = self._store
+        taken = await store._bounded(conn.fetch(store._sql(_TAKE_DATA_COVERAGE), *key, start_ms, end_ms))
+        old = [CoverageRange(r[0], r[1], "data") for r in taken]
+        moved = [CoverageRange(r.start_ms, r.end_ms, "archived") for r in clip(old, start_ms, end_ms)]
+        kept = cut_coverage(old, [CoverageRange(start_ms, end_ms, "data")]) + moved
+        await store._bounded(
+            conn.execute(
+                store._sql(_INSERT_COVERAGE),
+                *key,
+                [r.kind for r in kept],
+                [r.start_ms for r in kept],
+                [r.end_ms for r in kept],
+            )
+        )
