@@ -4,18 +4,16 @@ restart downloads only the files whose days are not covered."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from data_collector.markets import DAY_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.archives import ArchiveSettings
 from tests.support.backfill import config_for, local_iso, pg_rows, start_script, write_config
-from tests.support.services import PG_ADMIN_DSN, PG_URL, dropped_schemas
+from tests.support.services import PG_ADMIN_DSN, PG_URL
 from tests.support.waiting import wait_for_async
 
 SYMBOL = "ETH/USDT"
@@ -36,12 +34,6 @@ async def _covered_days(schema: str) -> int:
         )
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def schemas() -> AsyncIterator[tuple[str, ...]]:
-    async with dropped_schemas(2) as names:
-        yield names
 
 
 async def test_sigkill_during_archive_ingest_then_restart_converges(

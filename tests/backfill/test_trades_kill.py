@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage.trades import TradeCoverage, merge_trade_coverage
 from tests.support.backfill import config_for, kill_when_stored, local_iso, start_script, write_config
-from tests.support.services import PG_ADMIN_DSN, PG_URL, dropped_schemas
+from tests.support.services import PG_ADMIN_DSN, PG_URL
 
 SYMBOL = "SOL/USDT"
 
@@ -30,12 +28,6 @@ async def _rows(schema: str) -> tuple[list[Any], list[Any], int]:
         return trades, cover, len(trades)
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def schemas() -> AsyncIterator[tuple[str, ...]]:
-    async with dropped_schemas(2) as names:
-        yield names
 
 
 async def test_sigkill_at_three_points_then_restart_matches_an_uninterrupted_run(
