@@ -116,7 +116,7 @@ def run_script(
 
 
 _LOADER_CHILD = """
-import resource, sys
+import sys
 from data_collector.config import load_config
 from data_collector.errors import ConfigError
 for path in sys.argv[1:]:
@@ -127,7 +127,11 @@ for path in sys.argv[1:]:
         print("ConfigError", str(exc).encode("unicode_escape").decode("ascii"), flush=True)
     except BaseException as exc:
         print("CRASH", type(exc).__name__, flush=True)
-print("maxrss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+# VmHWM, not ru_maxrss: Linux carries the pre-exec high-water mark (the forked copy of the test
+# process) into ru_maxrss, so a big test process would be charged to the loader.
+with open("/proc/self/status") as status:
+    hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print("maxrss_kb", hwm, flush=True)
 """
 
 
