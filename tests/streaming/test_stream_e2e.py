@@ -81,6 +81,13 @@ async def test_every_sent_message_is_in_its_stream_exactly_once_in_order(
     client.close()
 
 
+def _gap_streams(client: redis.Redis, prefix: str) -> set[tuple[str, str]]:
+    return {
+        (f[b"channel"].decode(), f[b"symbol"].decode())
+        for _, f in client.xrange(f"{prefix}:gaps:sim-binance")
+    }
+
+
 async def test_drop_then_stall_reconnects_marks_the_gap_and_repairs_closed_klines(redis_prefix: str) -> None:
     symbols = ["SOL/USDT", "BTC/USDT"]
     async with SimulatedExchange(symbols=symbols, seed=7, ws_rate=20) as sim:
@@ -116,6 +123,12 @@ async def test_drop_then_stall_reconnects_marks_the_gap_and_repairs_closed_kline
             await wait_for(
                 lambda: all(probe.xlen(key(redis_prefix, "trade", s)) > counts[s] for s in symbols),
                 what="trades flowing again after the stall",
+            )
+            # A stream's gap is marked at its first event after the reconnect; depth's first
+            # event waits for the book's REST snapshot, which may come last on a loaded machine.
+            expected = {(c, s) for c in channels for s in symbols}
+            await wait_for(
+                lambda: _gap_streams(probe, redis_prefix) >= expected, what="a gap marker on every stream"
             )
             probe.close()
             await settle(streamer, sim)
