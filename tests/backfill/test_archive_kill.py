@@ -3,18 +3,22 @@ restart downloads only the files whose days are not covered."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from data_collector.markets import DAY_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.archives import ArchiveSettings
-from tests.support.backfill import config_for, local_iso, pg_rows, start_script, write_config
+from tests.support.backfill import (
+    config_for,
+    kill_when_stored,
+    local_iso,
+    pg_rows,
+    start_script,
+    write_config,
+)
 from tests.support.services import PG_ADMIN_DSN, PG_URL
-from tests.support.waiting import wait_for_async
 
 SYMBOL = "ETH/USDT"
 START_MS = 1_709_337_600_000  # 2024-03-02
@@ -67,19 +71,9 @@ async def test_sigkill_during_archive_ingest_then_restart_converges(
 
         path = config(killed)
         for share in (0.25, 0.6):
-            proc = await start_script(path, tmp_path)
-            try:
-
-                async def past(share: float = share, running: Any = proc) -> bool:
-                    return await _covered_days(killed) >= share * DAYS or running.returncode is not None
-
-                await wait_for_async(past, timeout_s=60, what=f"{share:.0%} of the days stored")
-                assert proc.returncode is None, "the run ended before it could be killed"
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                assert await proc.wait() == -signal.SIGKILL
+            await kill_when_stored(
+                path, tmp_path, lambda: _covered_days(killed), share * DAYS, f"{share:.0%} of the days stored"
+            )
         covered = await _covered_days(killed)
         assert 0 < covered < DAYS
         sim.archive.stats.clear()
