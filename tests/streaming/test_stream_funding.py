@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import ccxt
 import pytest
 
+from data_collector.backfill.validate import validate_funding
 from data_collector.config import load_config
 from data_collector.markets import FUNDING_SERIES, HOUR_MS
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -21,6 +23,7 @@ from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
 from data_collector.storage.funding import FundingRate
+from data_collector.streaming.funding import ccxt_funding_rows
 from tests.support.backfill import config_for
 from tests.support.streaming import stream_config, wait_for
 
@@ -164,3 +167,24 @@ async def test_a_settlement_across_a_reconnect_or_a_restart_is_still_stored(
                 await wait_for(stored, what="a stored settlement")
         assert streamer.get_metrics()["funding_stored"] == 1
         await _stored_as_truth(sim, database, t)
+
+
+def test_the_streamers_reading_of_funding_rate_is_ccxts() -> None:
+    """``/fapi/v1/fundingRate`` items, read without ccxt, give the rows the backfill gets through
+    ccxt's own parser (string or integer times, negative rates, no mark price)."""
+    items: list[Any] = [
+        {
+            "symbol": "BTCUSDT",
+            "fundingTime": 1621267200000,
+            "fundingRate": "-0.00010000",
+            "markPrice": "34287.5",
+        },
+        {"symbol": "BTCUSDT", "fundingTime": "1621296000001", "fundingRate": "0.00030000", "markPrice": ""},
+        {"symbol": "BTCUSDT", "fundingTime": 1621324800000, "fundingRate": 0.0001, "markPrice": 34000},
+        {"symbol": "BTCUSDT", "fundingTime": 1621353600000, "fundingRate": "1E-8"},
+    ]
+    exchange = ccxt.binanceusdm()
+    by_ccxt = validate_funding(exchange.parse_funding_rate_histories(items, None, None, None), 0, 2**62)
+    assert validate_funding(ccxt_funding_rows(items), 0, 2**62) == by_ccxt
+    assert [r[0] for r in by_ccxt] == [1621267200000, 1621296000001, 1621324800000, 1621353600000]
+    assert [r[2] for r in by_ccxt] == [34287.5, None, 34000.0, None]
