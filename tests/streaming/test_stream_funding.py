@@ -17,6 +17,7 @@ import pytest
 
 from data_collector.backfill.validate import validate_funding
 from data_collector.config import load_config
+from data_collector.errors import UsageError
 from data_collector.markets import FUNDING_SERIES, HOUR_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
@@ -188,3 +189,12 @@ def test_the_streamers_reading_of_funding_rate_is_ccxts() -> None:
     assert validate_funding(ccxt_funding_rows(items), 0, 2**62) == by_ccxt
     assert [r[0] for r in by_ccxt] == [1621267200000, 1621296000001, 1621324800000, 1621353600000]
     assert [r[2] for r in by_ccxt] == [34287.5, None, 34000.0, None]
+
+
+@pytest.mark.parametrize(("venue", "symbol"), [("binanceusdm", PERP), ("binance", "BTC/USDT")])
+def test_store_funding_without_perpetual_mark_prices_is_refused_in_one_line(venue: str, symbol: str) -> None:
+    config = {"exchange": {"id": venue}, "logging": {"file": None}}
+    channels = ["aggTrade"] if venue == "binanceusdm" else ["trade"]
+    with pytest.raises(UsageError, match="store_funding needs perpetuals") as refused:
+        OptimizedWebSocketStreamer(symbols=[symbol], channels=channels, config=config, store_funding=True)
+    assert "\n" not in str(refused.value)
