@@ -4,7 +4,8 @@ The simulator's clock is moved just past the next funding time (``T`` of the mar
 so a settlement happens at once: the streamer stores the settled rate as ``/fapi/v1/fundingRate``
 serves it, equal to the simulator's truth and to the row the REST backfill stores; a backfill over
 the same range afterwards adds no second row. A reconnect, or a restart, across the settlement
-does not lose it. Real Redis, PostgreSQL and SQLite.
+does not lose it, nor does a ``fundingRate`` endpoint failing for a while. Real Redis, PostgreSQL
+and SQLite.
 """
 
 from __future__ import annotations
@@ -167,6 +168,25 @@ async def test_a_settlement_across_a_reconnect_or_a_restart_is_still_stored(
             async with _streamer(sim, redis_prefix, database, []) as streamer:
                 await wait_for(stored, what="a stored settlement")
         assert streamer.get_metrics()["funding_stored"] == 1
+        await _stored_as_truth(sim, database, t)
+
+
+async def test_a_failing_funding_rate_endpoint_is_asked_again_until_the_row_is_stored(
+    base_config: dict[str, Any], redis_prefix: str
+) -> None:
+    database = dict(base_config["database"])
+    seen: list[dict[str, Any]] = []
+    async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=[PERP], seed=31) as sim:
+        async with _streamer(sim, redis_prefix, database, seen) as streamer:
+            t = await _next_funding_time(seen)
+            sim.set_faults(error_rate=1.0, endpoint="fapi/v1/fundingRate")
+            _past(sim, t)
+            await wait_for(lambda: streamer.get_metrics()["rest_errors"] >= 1, what="a 5xx answer")
+            sim.set_faults(malformed_rate=1.0, endpoint="fapi/v1/fundingRate")
+            await wait_for(lambda: streamer.get_metrics()["rest_errors"] >= 2, what="a malformed answer")
+            sim.set_faults(endpoint="fapi/v1/fundingRate")
+            await wait_for(lambda: streamer.get_metrics()["funding_stored"] >= 1, what="a stored settlement")
+            assert streamer.get_metrics()["funding_stored"] == 1
         await _stored_as_truth(sim, database, t)
 
 
