@@ -71,6 +71,9 @@ class CandleSink:
         self._task: asyncio.Task[None] | None = None
         #: The permanent error that stopped the sink; from then on candles are counted, not kept.
         self.failed: BaseException | None = None
+        #: The permanent error with which the store refused funding rates; from then on they are
+        #: counted, not kept (the candles go on).
+        self.funding_failed: BaseException | None = None
 
     def submit(
         self, symbol: str, timeframe: str, candle: tuple[int, float, float, float, float, float]
@@ -83,7 +86,7 @@ class CandleSink:
         self._put(pending)
 
     def _put(self, item: PendingCandle | PendingFunding) -> None:
-        if self.failed is not None:
+        if self.failed is not None or (isinstance(item, PendingFunding) and self.funding_failed is not None):
             self._metrics.store_errors += 1
             return
         if self._queue.full():
@@ -132,7 +135,7 @@ class CandleSink:
                 # idempotent); meanwhile the bounded queue drops its oldest, counted.
                 while True:
                     try:
-                        await self._write(items)
+                        funding = await self._write(items)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:  # the stream goes on whatever the store says
@@ -148,7 +151,6 @@ class CandleSink:
                     if failures:
                         log.info("closed candles are stored again")
                     failures = 0
-                    funding = sum(len(i.rates) for i in items if isinstance(i, PendingFunding))
                     self._metrics.funding_stored += funding
                     self._metrics.candles_stored += sum(1 for i in items if not isinstance(i, PendingFunding))
                     break
@@ -172,7 +174,20 @@ class CandleSink:
             dropped,
         )
 
-    async def _write(self, items: list[PendingCandle | PendingFunding]) -> None:
+    def _refuse_funding(self, exc: BaseException, in_hand: int) -> None:
+        """The store refuses funding rates for good: count them from now on, keep the candles."""
+        self.funding_failed = exc
+        self._metrics.store_errors += in_hand
+        log.error(
+            "settled funding rates can no longer be stored (%s): %d dropped, later ones are counted "
+            "in store_errors; closed candles are still stored, and the backfill's funding_rates "
+            "fills the funding table",
+            exc,
+            in_hand,
+        )
+
+    async def _write(self, items: list[PendingCandle | PendingFunding]) -> int:
+        """Write the candles, then the funding rates, of ``items``; how many funding rates were stored."""
         from data_collector.storage.base import CandleBatch, CoverageRange
         from data_collector.storage.funding import FundingBatch
 
@@ -200,9 +215,17 @@ class CandleSink:
             )
         if batches:
             await store.write(batches)
-        if funding:
+        if not funding or self.funding_failed is not None:
+            return 0
+        try:
             # The table and coverage the backfill's funding_rates writes (one row per settlement).
             await store.write_funding(funding)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self._refuse_funding(exc, sum(len(b.rates) for b in funding))
+            return 0
+        return sum(len(b.rates) for b in funding)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (bounded by ``timeout_s``), stop, close an owned store; idempotent."""

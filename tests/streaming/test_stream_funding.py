@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import ccxt
 import pytest
 
@@ -27,6 +28,7 @@ from data_collector.storage import open_store
 from data_collector.storage.funding import FundingRate
 from data_collector.streaming.funding import ccxt_funding_rows
 from tests.support.backfill import config_for
+from tests.support.services import PG_ADMIN_DSN
 from tests.support.streaming import stream_config, wait_for
 
 PERP = "BTC/USDT:USDT"
@@ -188,6 +190,42 @@ async def test_a_failing_funding_rate_endpoint_is_asked_again_until_the_row_is_s
             await wait_for(lambda: streamer.get_metrics()["funding_stored"] >= 1, what="a stored settlement")
             assert streamer.get_metrics()["funding_stored"] == 1
         await _stored_as_truth(sim, database, t)
+
+
+async def test_a_store_refusing_funding_for_good_still_stores_candles(
+    base_config: dict[str, Any], redis_prefix: str, caplog: Any
+) -> None:
+    database = dict(base_config["database"])
+    store = open_store(load_config(base_config))
+    await store.initialize()  # the tables exist; then the server is made to refuse every funding row
+    await store.close()
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(
+            f'ALTER TABLE "{database["schema"]}".funding ADD CONSTRAINT no CHECK (false) NOT VALID'
+        )
+    finally:
+        await conn.close()
+    seen: list[dict[str, Any]] = []
+    async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=[PERP], seed=37) as sim:
+        config = {**stream_config(sim, redis_prefix, futures=True), "database": database}
+        streamer = OptimizedWebSocketStreamer(
+            symbols=[PERP], channels=["markPrice@1s", "kline_1m"], config=config, on_mark_price=seen.append
+        )
+        async with streamer:
+            sink = streamer._service.candles
+            assert sink is not None
+            t = await _next_funding_time(seen)
+            _past(sim, t)
+            await wait_for(lambda: sink.funding_failed is not None, what="the funding rows refused")
+            stored = streamer.get_metrics()["candles_stored"]
+            sim.clock.advance(60_000)  # a candle closes after the refusal
+            await wait_for(lambda: streamer.get_metrics()["candles_stored"] > stored, what="a stored candle")
+            metrics = streamer.get_metrics()
+        assert sink.failed is None
+    assert metrics["funding_stored"] == 0 and metrics["store_errors"] == 1
+    refusals = [r for r in caplog.records if "funding rates can no longer be stored" in r.getMessage()]
+    assert len(refusals) == 1
 
 
 def test_the_streamers_reading_of_funding_rate_is_ccxts() -> None:
