@@ -120,6 +120,9 @@ class OptimizedWebSocketStreamer:
         candle_store: an open ``CandleStore`` for closed klines (the caller keeps owning it).
         store_candles: write closed klines to the database; default: when ``candle_store`` is
             given or the config names a ``database``.
+        store_funding: write each settled funding rate of the perpetuals to the database's
+            ``funding`` table (the backfill's rows, see :mod:`data_collector.streaming.funding`);
+            default: as ``store_candles``, for perpetuals streamed with a ``markPrice`` channel.
         on_batch: called after each Redis round trip with ``(entries written, event->Redis
             latencies in ms)``.
         monitor: a ``utils.performance_monitor.PerformanceMonitor`` fed once per round trip with
@@ -150,6 +153,7 @@ class OptimizedWebSocketStreamer:
         monitor: Any = None,
         heartbeat: bool = True,
         on_mark_price: Callable[[dict[str, Any]], None] | None = None,
+        store_funding: bool | None = None,
     ) -> None:
         cfg = load_config(config)
         venue = stream_venue(cfg.exchange.id)
@@ -192,8 +196,17 @@ class OptimizedWebSocketStreamer:
         self.metrics.on_event = monitor_events(monitor) if monitor is not None else None
         if store_candles is None:
             store_candles = candle_store is not None or "database" in cfg.model_fields_set
+        marks = any(c.startswith("markPrice") for c in options.channels)
+        if store_funding is None:
+            store_funding = store_candles and marks and venue.market_type == "swap"
+        elif store_funding and not (marks and venue.market_type == "swap"):
+            raise UsageError(
+                "store_funding needs perpetuals (exchange.id 'binanceusdm') and a markPrice or "
+                "markPrice@1s channel: add one to streaming.channels"
+            )
+        options.store_klines, options.store_funding = bool(store_candles), bool(store_funding)
         sink = None
-        if store_candles:
+        if store_candles or store_funding:
             # Here, not at the top: a streamer that stores no candles never loads the storage code.
             from data_collector.storage.store import StoreSettings
 

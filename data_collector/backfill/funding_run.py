@@ -11,13 +11,12 @@ with the span it proves, so a run killed at any moment resumes exactly where it 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from data_collector.backfill.exchange import ExchangeClient, classify
-from data_collector.backfill.validate import MalformedPageError
+from data_collector.backfill.validate import MalformedPageError, validate_funding
 from data_collector.datatypes import FUNDING_RATES
 from data_collector.errors import CollectorError
 from data_collector.markets import FUNDING_SERIES
@@ -35,31 +34,6 @@ FUNDING_PAGE_LIMIT = 1000
 FUNDING_WEIGHT = 1
 #: Settlements younger than this (by the exchange's clock) may not be published yet.
 SETTLE_MS = 60_000
-
-
-def validate_funding(rows: object, start_ms: int, end_ms: int) -> list[FundingRate]:
-    """ccxt's funding history as ``(ts, rate, mark_price)``, or :class:`MalformedPageError`.
-
-    Valid: integer times inside ``[start_ms, end_ms)``, strictly increasing, finite rates.
-    """
-    if not isinstance(rows, list):
-        raise MalformedPageError(f"expected a list of funding rates, got {type(rows).__name__}")
-    out: list[FundingRate] = []
-    for row in rows:
-        ts = row.get("timestamp") if isinstance(row, dict) else None
-        rate = row.get("fundingRate") if isinstance(row, dict) else None
-        if not isinstance(ts, int) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
-            raise MalformedPageError(f"a funding rate has no time or rate: {row!r:.80}")
-        if not start_ms <= ts < end_ms or (out and ts <= out[-1][0]):
-            raise MalformedPageError(f"funding at {ts} is outside [{start_ms}, {end_ms}) or out of order")
-        info: Any = row.get("info") or {}
-        mark = info.get("markPrice") if isinstance(info, dict) else None
-        try:
-            mark_price = float(mark) if mark not in (None, "") else None
-        except (TypeError, ValueError):
-            raise MalformedPageError(f"a funding rate has a bad mark price: {mark!r:.40}") from None
-        out.append((ts, float(rate), mark_price))
-    return out
 
 
 async def fetch_funding_page(

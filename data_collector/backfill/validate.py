@@ -1,4 +1,4 @@
-"""Checks every page of candles before it may be stored: a malformed page is retried, never written.
+"""Checks every page (candles, trades, funding rates) before it may be stored: a malformed page is retried, never written.
 
 The checks run vectorised (numpy): a 1000-candle page costs well under a millisecond, which
 matters when a backfill validates millions of candles.
@@ -6,8 +6,10 @@ matters when a backfill validates millions of candles.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -15,6 +17,7 @@ import orjson
 from data_collector.errors import TransientError
 from data_collector.markets import TIMEFRAME_MS, WEEK_OFFSET_MS, candle_open_ms
 from data_collector.storage.base import Candle
+from data_collector.storage.funding import FundingRate
 from data_collector.storage.trades import Trade
 
 _ROW_TYPES = {list, tuple}
@@ -191,3 +194,30 @@ def raw_trade_rows(
     :func:`validate_trades` converts the fields we store and checks order and range itself.
     """
     return [] if trades is None else trades
+
+
+def validate_funding(rows: object, start_ms: int, end_ms: int) -> list[FundingRate]:
+    """ccxt's funding history as ``(ts, rate, mark_price)``, or :class:`MalformedPageError`.
+
+    The backfill passes what ccxt's ``fetch_funding_rate_history`` returns; the streamer passes
+    ``/fapi/v1/fundingRate`` items in the same shape (see :mod:`data_collector.streaming.funding`),
+    so both store the same row. Valid: integer times inside ``[start_ms, end_ms)``, strictly increasing, finite rates.
+    """
+    if not isinstance(rows, list):
+        raise MalformedPageError(f"expected a list of funding rates, got {type(rows).__name__}")
+    out: list[FundingRate] = []
+    for row in rows:
+        ts = row.get("timestamp") if isinstance(row, dict) else None
+        rate = row.get("fundingRate") if isinstance(row, dict) else None
+        if not isinstance(ts, int) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+            raise MalformedPageError(f"a funding rate has no time or rate: {row!r:.80}")
+        if not start_ms <= ts < end_ms or (out and ts <= out[-1][0]):
+            raise MalformedPageError(f"funding at {ts} is outside [{start_ms}, {end_ms}) or out of order")
+        info: Any = row.get("info") or {}
+        mark = info.get("markPrice") if isinstance(info, dict) else None
+        try:
+            mark_price = float(mark) if mark not in (None, "") else None
+        except (TypeError, ValueError):
+            raise MalformedPageError(f"a funding rate has a bad mark price: {mark!r:.40}") from None
+        out.append((ts, float(rate), mark_price))
+    return out

@@ -1,7 +1,8 @@
-"""Closed klines from the stream (and the REST repair) into the candle store.
+"""Closed klines from the stream (and the REST repair), and settled funding rates, into the store.
 
 The live stream then extends the backfilled history with no seam: a closed kline equals the REST
-one, and the store's write is idempotent. The storage package is imported only when a store is
+one, a settled funding rate is the ``fundingRate`` row the backfill stores (see
+:mod:`.funding`), and the store's writes are idempotent. The storage package is imported only when a store is
 actually used, so a Redis-only streamer never loads SQLAlchemy or a database driver.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import is_transient
@@ -33,8 +34,17 @@ RETRY_MAX_S = 30.0
 PendingCandle = tuple[str, str, tuple[int, float, float, float, float, float]]
 
 
+class PendingFunding(NamedTuple):
+    """Settled funding rates ``(ts, rate, mark_price)`` of one symbol, and the span they prove whole."""
+
+    symbol: str
+    rates: list[tuple[int, float, float | None]]
+    span: tuple[int, int]
+
+
 class CandleSink:
-    """Writes closed candles through a :class:`~data_collector.storage.base.CandleStore`.
+    """Writes closed candles (and settled funding rates) through a
+    :class:`~data_collector.storage.base.CandleStore`.
 
     Give it an open ``store`` (the caller keeps owning it), or the ``store_settings`` from which
     it opens (and then owns) one with ``data_collector.storage.open_store``.
@@ -56,24 +66,34 @@ class CandleSink:
         self._store = store
         self._owns_store = store is None
         self._store_settings = store_settings
-        self._queue: asyncio.Queue[PendingCandle] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._queue: asyncio.Queue[PendingCandle | PendingFunding] = asyncio.Queue(maxsize=QUEUE_MAX)
         self._instrument_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         #: The permanent error that stopped the sink; from then on candles are counted, not kept.
         self.failed: BaseException | None = None
+        #: The permanent error with which the store refused funding rates; from then on they are
+        #: counted, not kept (the candles go on).
+        self.funding_failed: BaseException | None = None
 
     def submit(
         self, symbol: str, timeframe: str, candle: tuple[int, float, float, float, float, float]
     ) -> None:
         """Queue one closed candle (non-blocking)."""
-        if self.failed is not None:
+        self._put((symbol, timeframe, candle))
+
+    def submit_funding(self, pending: PendingFunding) -> None:
+        """Queue settled funding rates with their coverage (non-blocking)."""
+        self._put(pending)
+
+    def _put(self, item: PendingCandle | PendingFunding) -> None:
+        if self.failed is not None or (isinstance(item, PendingFunding) and self.funding_failed is not None):
             self._metrics.store_errors += 1
             return
         if self._queue.full():
             self._queue.get_nowait()
             self._queue.task_done()
             self._metrics.store_errors += 1
-        self._queue.put_nowait((symbol, timeframe, candle))
+        self._queue.put_nowait(item)
 
     def start(self) -> None:
         if self._task is None:
@@ -115,7 +135,7 @@ class CandleSink:
                 # idempotent); meanwhile the bounded queue drops its oldest, counted.
                 while True:
                     try:
-                        await self._write(items)
+                        funding = await self._write(items)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:  # the stream goes on whatever the store says
@@ -131,7 +151,8 @@ class CandleSink:
                     if failures:
                         log.info("closed candles are stored again")
                     failures = 0
-                    self._metrics.candles_stored += len(items)
+                    self._metrics.funding_stored += funding
+                    self._metrics.candles_stored += sum(1 for i in items if not isinstance(i, PendingFunding))
                     break
             finally:
                 for _ in items:
@@ -153,13 +174,33 @@ class CandleSink:
             dropped,
         )
 
-    async def _write(self, items: list[PendingCandle]) -> None:
+    def _refuse_funding(self, exc: BaseException, in_hand: int) -> None:
+        """The store refuses funding rates for good: count them from now on, keep the candles."""
+        self.funding_failed = exc
+        self._metrics.store_errors += in_hand
+        log.error(
+            "settled funding rates can no longer be stored (%s): %d dropped, later ones are counted "
+            "in store_errors; closed candles are still stored, and the backfill's funding_rates "
+            "fills the funding table",
+            exc,
+            in_hand,
+        )
+
+    async def _write(self, items: list[PendingCandle | PendingFunding]) -> int:
+        """Write the candles, then the funding rates, of ``items``; how many funding rates were stored."""
         from data_collector.storage.base import CandleBatch, CoverageRange
+        from data_collector.storage.funding import FundingBatch
 
         store = await self._open()
         groups: dict[tuple[str, str], list[tuple[int, float, float, float, float, float]]] = {}
-        for symbol, timeframe, candle in items:
-            groups.setdefault((symbol, timeframe), []).append(candle)
+        funding = []
+        for item in items:
+            if isinstance(item, PendingFunding):
+                iid = await self._instrument_id(store, item.symbol)
+                funding.append(FundingBatch(iid, item.rates, [item.span]))
+            else:
+                symbol, timeframe, candle = item
+                groups.setdefault((symbol, timeframe), []).append(candle)
         batches = []
         for (symbol, timeframe), candles in groups.items():
             candles = sorted({c[0]: c for c in candles}.values())
@@ -172,7 +213,19 @@ class CandleSink:
                     final=True,
                 )
             )
-        await store.write(batches)
+        if batches:
+            await store.write(batches)
+        if not funding or self.funding_failed is not None:
+            return 0
+        try:
+            # The table and coverage the backfill's funding_rates writes (one row per settlement).
+            await store.write_funding(funding)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self._refuse_funding(exc, sum(len(b.rates) for b in funding))
+            return 0
+        return sum(len(b.rates) for b in funding)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (bounded by ``timeout_s``), stop, close an owned store; idempotent."""

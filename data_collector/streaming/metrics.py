@@ -44,6 +44,7 @@ class StreamMetrics:
         self.repaired_klines = 0
         self.rest_errors = 0
         self.candles_stored = 0
+        self.funding_stored = 0
         self.store_errors = 0
         self.event_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.receive_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -126,6 +127,7 @@ class StreamMetrics:
             "repaired_klines": self.repaired_klines,
             "rest_errors": self.rest_errors,
             "candles_stored": self.candles_stored,
+            "funding_stored": self.funding_stored,
             "store_errors": self.store_errors,
             "queue_depth": queue_depth,
             "uptime_s": round(time.monotonic() - self.started, 1),

@@ -1,4 +1,5 @@
-"""The REST calls the streamer needs (symbol list, depth snapshots, kline repair), over plain aiohttp.
+"""The REST calls the streamer needs (symbol list, depth snapshots, kline repair, settled funding),
+over plain aiohttp.
 
 The same calls serve spot (``/api/v3/...``) and USDⓈ-M futures (``/fapi/v1/...``): the path
 prefix comes from the venue (:mod:`.venue`).
@@ -123,6 +124,20 @@ class BinanceRest:
                 break
             cursor = int(page[-1][0]) + 1
         return out
+
+    async def funding_rates(self, symbol: str, start_ms: int, end_ms: int, limit: int = 1000) -> list[Any]:
+        """``/fapi/v1/fundingRate`` (weight 1): the first ``limit`` settlements with
+        ``start_ms <= fundingTime <= end_ms``, oldest first, as Binance sends them."""
+        params: dict[str, str | int] = {
+            "symbol": exchange_symbol(symbol),
+            "startTime": start_ms,
+            "endTime": end_ms,
+            "limit": limit,
+        }
+        data = await self._get(f"{self.api}/fundingRate", params)
+        if not isinstance(data, list):
+            raise TransientError(f"GET {self.api}/fundingRate: unexpected response")
+        return data
 
     async def close(self) -> None:
         """Close the HTTP session; safe to call twice."""

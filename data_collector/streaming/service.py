@@ -31,6 +31,7 @@ from data_collector.streaming.connection import (
     Route,
     StreamConnection,
 )
+from data_collector.streaming.funding import FundingWatcher
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import (
     Event,
@@ -87,6 +88,10 @@ class ServiceOptions:
     #: The protocol spoken (``exchange.id``): ``binance`` (spot) or ``binanceusdm`` (USDⓈ-M
     #: perpetuals), see :mod:`.venue`.
     protocol: str = "binance"
+    #: With a candle sink: closed klines go to it.
+    store_klines: bool = True
+    #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
+    store_funding: bool = False
 
 
 class _Activity:
@@ -156,6 +161,10 @@ class StreamService:
                 on_break=self._on_book_break,
             )
         self.candles = candle_sink
+        #: Stores each settled funding rate (perpetuals with a markPrice channel and a store).
+        self.funding: FundingWatcher | None = None
+        if candle_sink is not None and options.store_funding:
+            self.funding = FundingWatcher(self.rest, candle_sink, metrics)
         self._last_closed_open: dict[tuple[str, str], int] = {}
         #: Whether what Redis held at start has been read (once, before the first connection reads).
         self._loaded = False
@@ -194,8 +203,8 @@ class StreamService:
                     self._on_closed_kline(symbol, timeframe, event)
 
             on_event = on_kline
-        elif channel.startswith("markPrice") and self._on_mark_price is not None:
-            on_event = self._on_mark_price
+        elif channel.startswith("markPrice"):
+            on_event = self._mark_price_hook()
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         return Route(
@@ -207,6 +216,19 @@ class StreamService:
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
         )
+
+    def _mark_price_hook(self) -> Callable[[Event], None] | None:
+        """The funding watcher, then the caller's ``on_mark_price``, on every ``markPrice`` event."""
+        watcher = self.funding.on_mark_price if self.funding is not None else None
+        caller = self._on_mark_price
+        if watcher is None or caller is None:
+            return watcher or caller
+
+        def both(event: Event) -> None:
+            watcher(event)
+            caller(event)
+
+        return both
 
     def _build_connections(self) -> list[StreamConnection]:
         per_conn = min(self.options.max_streams_per_connection, MAX_STREAMS_PER_CONNECTION)
@@ -292,7 +314,7 @@ class StreamService:
         key = (symbol, timeframe)
         if event["open_ms"] > self._last_closed_open.get(key, 0):
             self._last_closed_open[key] = event["open_ms"]
-        if self.candles is not None:
+        if self.candles is not None and self.options.store_klines:
             self.candles.submit(
                 symbol,
                 timeframe,
@@ -335,17 +357,25 @@ class StreamService:
                 await conn.close()
 
     @staticmethod
+    def _entry_event(reply: Any) -> dict[str, Any] | None:
+        """The event of the one entry of an XREVRANGE reply, if there is one written by us."""
+        try:
+            fields = reply[0][1]
+            event = msgpack.unpackb(dict(zip(fields[::2], fields[1::2], strict=False))[b"d"])
+        except Exception:  # no entry, or an entry not written by us
+            return None
+        return event if isinstance(event, dict) else None
+
+    @staticmethod
     def _entry_time(reply: Any) -> tuple[str, int] | None:
         """``(entry id, event time)`` of the one entry of an XREVRANGE reply, if any."""
         if not isinstance(reply, list) or not reply:
             return None
-        entry_id, fields = reply[0][0].decode(), reply[0][1]
+        entry_id = reply[0][0].decode()
         event_ms = int(entry_id.partition("-")[0])
-        try:
-            event = msgpack.unpackb(dict(zip(fields[::2], fields[1::2], strict=False))[b"d"])
-            event_ms = int(event["event_ms"])
-        except Exception:  # an entry not written by us: its id's time will do
-            pass
+        event = StreamService._entry_event(reply)
+        with contextlib.suppress(Exception):  # an entry not written by us: its id's time will do
+            event_ms = int(event["event_ms"])  # type: ignore[index]
         return entry_id, event_ms
 
     def _note_gap_top(self, reply: Any) -> None:
@@ -376,6 +406,9 @@ class StreamService:
                 continue
             entry_id, event_ms = found
             route.last_ms = max(route.last_ms, event_ms)
+            if self.funding is not None and route.channel.startswith("markPrice"):
+                # The next funding time the previous run saw: a settlement since is fetched.
+                self.funding.seed(route.symbol, self._entry_event(reply))
             if route.channel.startswith("kline_"):
                 timeframe = route.channel[6:]
                 open_ms = int(entry_id.partition("-")[0])
@@ -553,6 +586,8 @@ class StreamService:
         if self.books is not None:
             await self.books.close()
         await self.writer.close(self._writer_task, self.options.close_timeout_s)
+        if self.funding is not None:
+            await self.funding.close()
         if self.candles is not None:
             await self.candles.close()
         await self.rest.close()
