@@ -194,7 +194,7 @@ class OkxVenue:
         return Rows(*(col[keep] for col in rows))
 
     def forming_open(self, timeframe: str, now_ms: int) -> int:
-        """The open of the candle holding ``now_ms``."""
+        """The open of the candle holding ``now_ms`` (any time: the listing's, say)."""
         if timeframe == "3M":
             return int(quarter_keys(np.array([now_ms], dtype=np.int64))[0])
         return candle_open_ms(now_ms, timeframe)
@@ -222,7 +222,8 @@ class OkxVenue:
         keeps only the latest 1,440).
         """
         now = self.clock.now_ms()
-        lo_bound = max(floor_ms, inst.market.listing_ms, 0 if before is None else before + 1)
+        first_open = self.forming_open(timeframe, inst.market.listing_ms)
+        lo_bound = max(floor_ms, first_open, 0 if before is None else before + 1)
         hi = now + 1 if after is None else min(after, now + 1)
         if hi <= lo_bound:
             return []

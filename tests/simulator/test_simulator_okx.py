@@ -1,0 +1,189 @@
+"""Issue 14, acceptance 1 (REST): the real ``ccxt.okx`` against the simulator's OKX venue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import ccxt
+import ccxt.async_support as ccxt_async
+import pytest
+
+from data_collector.simulator import OkxSettings, SimulatedExchange
+from data_collector.simulator.okx.formats import OKX_TIMEFRAMES, approx_ms
+from tests.support.ccxt_clients import ccxt_client
+
+SPOT = ["BTC/USDT", "SOL/USDT"]
+SWAP = "BTC/USDT:USDT"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatedExchange]:
+    settings = OkxSettings(swaps=["BTC/USDT"])
+    async with SimulatedExchange(symbols=SPOT, seed=42, gaps={}, okx=settings) as s:
+        s.clock.freeze()
+        yield s
+
+
+@pytest.fixture
+async def rest(sim: SimulatedExchange) -> AsyncIterator[Any]:
+    async with ccxt_client(ccxt_async.okx, sim.okx_ccxt_config()) as ex:
+        yield ex
+
+
+def _parsed(truth: list[list[str]], swap: bool) -> list[list[float]]:
+    """Generator candles as ccxt okx parses them (base volume: index 5 spot, 6 swap)."""
+    return [[int(c[0]), *(float(x) for x in c[1:5]), float(c[6 if swap else 5])] for c in truth]
+
+
+async def test_okx_load_markets(sim: SimulatedExchange, rest: Any) -> None:
+    markets = await rest.load_markets()
+    assert set(markets) == {*SPOT, SWAP}
+    btc, swap = markets["BTC/USDT"], markets[SWAP]
+    assert btc["spot"] and btc["id"] == "BTC-USDT" and btc["active"]
+    assert swap["swap"] and swap["linear"] and swap["id"] == "BTC-USDT-SWAP" and swap["settle"] == "USDT"
+    model = sim.okx.venue.instrument("BTC-USDT").market
+    assert btc["precision"]["price"] == 10.0**-model.price_decimals
+    assert swap["contractSize"] == 10.0**-model.qty_decimals
+    assert sim.okx.requests()["endpoints"] == {"public/instruments": 2}
+
+
+def test_okx_timeframes_are_cctxs() -> None:
+    """The simulator serves every timeframe ccxt okx offers (the parametrisation below uses ours)."""
+    assert set(ccxt.okx().timeframes) == set(OKX_TIMEFRAMES)
+
+
+@pytest.mark.parametrize("symbol", ["BTC/USDT", SWAP])
+@pytest.mark.parametrize("timeframe", OKX_TIMEFRAMES)
+async def test_okx_fetch_ohlcv_equals_generator(
+    sim: SimulatedExchange, rest: Any, timeframe: str, symbol: str
+) -> None:
+    venue = sim.okx.venue
+    swap = symbol == SWAP
+    now = sim.clock.now_ms()
+    step = approx_ms(timeframe)
+    # Recent (/market/candles), the forming candle included: the last 30.
+    recent = venue.ohlcv(symbol, timeframe, now - 40 * step, now + 1)[-30:]
+    got = await rest.fetch_ohlcv(symbol, timeframe, since=int(recent[0][0]), limit=30)
+    assert got == _parsed(recent, swap)
+    assert recent[-1][8] == "0" and all(c[8] == "1" for c in recent[:-1])
+    # Older than the latest 1,440 (ccxt switches to /market/history-candles): 100 from there.
+    listing = venue.instrument(symbol).market.listing_ms
+    old_from = now - 1600 * step
+    if old_from > listing and timeframe not in ("1w", "1M", "3M"):
+        old = venue.ohlcv(symbol, timeframe, old_from, old_from + 150 * step)[:100]
+        before = sim.okx.requests()["endpoints"].get("market/history-candles", 0)
+        got = await rest.fetch_ohlcv(symbol, timeframe, since=int(old[0][0]), limit=100)
+        assert got == _parsed(old, swap)
+        assert sim.okx.requests()["endpoints"]["market/history-candles"] == before + 1
+
+
+async def test_okx_fetch_ohlcv_pages_back_with_since(sim: SimulatedExchange, rest: Any) -> None:
+    """Paging forward from a since in history-candles territory, 100 a page, joins up exactly."""
+    now = sim.clock.now_ms()
+    truth = sim.okx.venue.ohlcv("SOL/USDT", "1m", now - 3000 * 60_000, now - 2700 * 60_000)
+    since = int(truth[0][0])
+    got: list[list[float]] = []
+    while since < int(truth[-1][0]):
+        page = await rest.fetch_ohlcv("SOL/USDT", "1m", since=since)
+        assert page, f"empty page at {since}"
+        got += page
+        since = int(page[-1][0]) + 60_000
+    assert got[: len(truth)] == _parsed(truth, False)
+
+
+async def test_okx_candles_endpoints_follow_okx_paging(sim: SimulatedExchange) -> None:
+    """Raw answers: newest first, strings, ``after``/``before`` exclusive, caps 300 and 100."""
+    now = sim.clock.now_ms()
+    truth = sim.okx.venue.ohlcv("BTC/USDT", "1m", now - 1000 * 60_000, now + 1)
+    url = sim.okx_rest_url + "/api/v5/market/"
+    async with aiohttp.ClientSession() as http:
+
+        async def get(path: str, **params: Any) -> list[list[str]]:
+            async with http.get(url + path, params={"instId": "BTC-USDT", "bar": "1m", **params}) as r:
+                body = await r.json()
+                assert r.status == 200 and body["code"] == "0", body
+                data: list[list[str]] = body["data"]
+                return data
+
+        latest = await get("candles")
+        assert latest == truth[::-1][:100]
+        assert await get("candles", limit=500) == truth[::-1][:300]
+        after = int(truth[500][0])
+        assert await get("candles", after=after, limit=5) == truth[495:500][::-1]
+        assert await get("history-candles", after=after, limit=300) == truth[400:500][::-1]
+        both = await get("history-candles", after=after, before=int(truth[497][0]))
+        assert both == truth[498:500][::-1]
+        assert await get("candles", before=int(truth[10][0]), limit=3) == truth[::-1][:3]
+        far = now - 5000 * 60_000
+        assert await get("candles", after=far) == []
+        assert await get("history-candles", after=far, limit=1) != []
+
+
+async def test_okx_fetch_trades(sim: SimulatedExchange, rest: Any) -> None:
+    now = sim.clock.now_ms()
+    truth = sim.okx.venue.trades("BTC/USDT", now - 30 * 60_000, now + 1)
+    got = await rest.fetch_trades("BTC/USDT", limit=100)
+    assert [t["id"] for t in got] == [t["tradeId"] for t in truth[-100:]]
+    for t, want in zip(got, truth[-100:], strict=True):
+        assert (t["price"], t["amount"], t["timestamp"], t["side"]) == (
+            float(want["px"]),
+            float(want["sz"]),
+            int(want["ts"]),
+            want["side"],
+        )
+    # history-trades, paged by trade id: the 100 before the oldest we hold.
+    oldest = int(got[0]["id"])
+    older = await rest.fetch_trades(
+        "BTC/USDT", params={"method": "publicGetMarketHistoryTrades", "after": oldest}
+    )
+    assert [t["id"] for t in older] == [str(i) for i in range(oldest - 100, oldest)]
+
+
+async def test_okx_fetch_order_book(sim: SimulatedExchange, rest: Any) -> None:
+    book = await rest.fetch_order_book("BTC/USDT", 50)
+    venue = sim.okx.venue
+    bids, asks = venue.levels(venue.instrument("BTC-USDT"), 50)
+    assert book["bids"] == [[float(p), float(q), 0] for p, q, *_ in bids]
+    assert book["asks"] == [[float(p), float(q), 0] for p, q, *_ in asks]
+    assert len(book["bids"]) == 50 and book["bids"][0][0] < book["asks"][0][0]
+
+
+async def test_okx_fetch_funding_rate_history(sim: SimulatedExchange, rest: Any) -> None:
+    now = sim.clock.now_ms()
+    since = now - 5 * 86_400_000
+    truth = sim.okx.venue.funding(SWAP, since, now)
+    got = await rest.fetch_funding_rate_history(SWAP, since=since)
+    assert len(truth) >= 15
+    assert [(r["timestamp"], r["fundingRate"]) for r in got] == [
+        (int(t["fundingTime"]), float(t["fundingRate"])) for t in truth
+    ]
+
+
+async def test_okx_fetch_open_interest(sim: SimulatedExchange, rest: Any) -> None:
+    oi = await rest.fetch_open_interest(SWAP)
+    perp = sim.okx.venue.perp(sim.okx.venue.instrument(SWAP))
+    assert oi["openInterestAmount"] == perp.open_interest_now(sim.clock.now_ms())
+
+
+async def test_okx_rate_limit_answers_429_code_50011(sim: SimulatedExchange) -> None:
+    """Over one endpoint's 2 s budget (public/time: 10): HTTP 429, code 50011, no weight header;
+    ccxt raises RateLimitExceeded. Another endpoint's budget is untouched."""
+    async with aiohttp.ClientSession() as http:
+        answers = []
+        for _ in range(25):
+            async with http.get(sim.okx_rest_url + "/api/v5/public/time") as r:
+                answers.append((r.status, await r.json(), dict(r.headers)))
+        refused = [a for a in answers if a[0] == 429]
+        assert refused, "no 429 after 25 requests against a budget of 10 per 2 s"
+        assert all(
+            body == {"code": "50011", "msg": "Too Many Requests", "data": []} for _, body, _ in refused
+        )
+        assert not any("weight" in k.lower() for _, _, headers in answers for k in headers)
+    async with ccxt_client(ccxt_async.okx, {**sim.okx_ccxt_config(), "enableRateLimit": False}) as ex:
+        results = await asyncio.gather(*(ex.fetch_time() for _ in range(25)), return_exceptions=True)
+        assert any(isinstance(r, ccxt.RateLimitExceeded) for r in results), results
+        assert all(isinstance(r, int | ccxt.RateLimitExceeded) for r in results), results
+    assert set(sim.okx.requests()["429_by_endpoint"]) == {"public/time"}
