@@ -14,6 +14,7 @@ import pytest
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from data_collector.simulator.okx.formats import OKX_TIMEFRAMES, approx_ms
 from tests.support.ccxt_clients import ccxt_client
+from tests.support.okx_truth import model_candles, model_trades
 
 SPOT = ["BTC/USDT", "SOL/USDT"]
 SWAP = "BTC/USDT:USDT"
@@ -31,11 +32,6 @@ async def sim() -> AsyncIterator[SimulatedExchange]:
 async def rest(sim: SimulatedExchange) -> AsyncIterator[Any]:
     async with ccxt_client(ccxt_async.okx, sim.okx_ccxt_config()) as ex:
         yield ex
-
-
-def _parsed(truth: list[list[str]], swap: bool) -> list[list[float]]:
-    """Generator candles as ccxt okx parses them (base volume: index 5 spot, 6 swap)."""
-    return [[int(c[0]), *(float(x) for x in c[1:5]), float(c[6 if swap else 5])] for c in truth]
 
 
 async def test_okx_load_markets(sim: SimulatedExchange, rest: Any) -> None:
@@ -61,13 +57,12 @@ async def test_okx_fetch_ohlcv_equals_generator(
     sim: SimulatedExchange, rest: Any, timeframe: str, symbol: str
 ) -> None:
     venue = sim.okx.venue
-    swap = symbol == SWAP
     now = sim.clock.now_ms()
     step = approx_ms(timeframe)
     # Recent (/market/candles), the forming candle included: the last 30.
     recent = venue.ohlcv(symbol, timeframe, now - 40 * step, now + 1)[-30:]
     got = await rest.fetch_ohlcv(symbol, timeframe, since=int(recent[0][0]), limit=30)
-    assert got == _parsed(recent, swap)
+    assert got == model_candles(sim, symbol, timeframe, int(recent[0][0]), now + 1)
     assert recent[-1][8] == "0" and all(c[8] == "1" for c in recent[:-1])
     # Older than the latest 1,440 (ccxt switches to /market/history-candles): 100 from there.
     listing = venue.instrument(symbol).market.listing_ms
@@ -76,7 +71,7 @@ async def test_okx_fetch_ohlcv_equals_generator(
         old = venue.ohlcv(symbol, timeframe, old_from, old_from + 150 * step)[:100]
         before = sim.okx.requests()["endpoints"].get("market/history-candles", 0)
         got = await rest.fetch_ohlcv(symbol, timeframe, since=int(old[0][0]), limit=100)
-        assert got == _parsed(old, swap)
+        assert got == model_candles(sim, symbol, timeframe, int(old[0][0]), int(old[-1][0]) + 1)
         assert sim.okx.requests()["endpoints"]["market/history-candles"] == before + 1
 
 
@@ -91,7 +86,7 @@ async def test_okx_fetch_ohlcv_pages_back_with_since(sim: SimulatedExchange, res
         assert page, f"empty page at {since}"
         got += page
         since = int(page[-1][0]) + 60_000
-    assert got[: len(truth)] == _parsed(truth, False)
+    assert got[: len(truth)] == model_candles(sim, "SOL/USDT", "1m", int(truth[0][0]), int(truth[-1][0]) + 1)
 
 
 async def test_okx_candles_endpoints_follow_okx_paging(sim: SimulatedExchange) -> None:
@@ -124,16 +119,13 @@ async def test_okx_candles_endpoints_follow_okx_paging(sim: SimulatedExchange) -
 
 async def test_okx_fetch_trades(sim: SimulatedExchange, rest: Any) -> None:
     now = sim.clock.now_ms()
-    truth = sim.okx.venue.trades("BTC/USDT", now - 30 * 60_000, now + 1)
+    truth = model_trades(sim, "BTC/USDT", now - 30 * 60_000, now + 1)[-100:]
     got = await rest.fetch_trades("BTC/USDT", limit=100)
-    assert [t["id"] for t in got] == [t["tradeId"] for t in truth[-100:]]
-    for t, want in zip(got, truth[-100:], strict=True):
-        assert (t["price"], t["amount"], t["timestamp"], t["side"]) == (
-            float(want["px"]),
-            float(want["sz"]),
-            int(want["ts"]),
-            want["side"],
-        )
+    shape = [
+        {"id": t["id"], "price": t["price"], "amount": t["amount"], "ts": t["timestamp"], "side": t["side"]}
+        for t in got
+    ]
+    assert shape == truth
     # history-trades, paged by trade id: the 100 before the oldest we hold.
     oldest = int(got[0]["id"])
     older = await rest.fetch_trades(
@@ -154,11 +146,12 @@ async def test_okx_fetch_order_book(sim: SimulatedExchange, rest: Any) -> None:
 async def test_okx_fetch_funding_rate_history(sim: SimulatedExchange, rest: Any) -> None:
     now = sim.clock.now_ms()
     since = now - 5 * 86_400_000
-    truth = sim.okx.venue.funding(SWAP, since, now)
+    perp = sim.okx.venue.perp(sim.okx.venue.instrument(SWAP))
+    times = perp.funding_times(since, now, now)
     got = await rest.fetch_funding_rate_history(SWAP, since=since)
-    assert len(truth) >= 15
+    assert len(times) >= 15
     assert [(r["timestamp"], r["fundingRate"]) for r in got] == [
-        (int(t["fundingTime"]), float(t["fundingRate"])) for t in truth
+        (t, r / 1e8) for t, r in zip(times, perp.funding_rates(times), strict=True)
     ]
 
 
@@ -187,3 +180,32 @@ async def test_okx_rate_limit_answers_429_code_50011(sim: SimulatedExchange) -> 
         assert any(isinstance(r, ccxt.RateLimitExceeded) for r in results), results
         assert all(isinstance(r, int | ccxt.RateLimitExceeded) for r in results), results
     assert set(sim.okx.requests()["429_by_endpoint"]) == {"public/time"}
+
+
+async def test_okx_funding_and_trade_history_paging(sim: SimulatedExchange) -> None:
+    """Raw answers: newest first, ``after`` and ``before`` exclusive (fundingTime, trade id)."""
+    now = sim.clock.now_ms()
+    perp = sim.okx.venue.perp(sim.okx.venue.instrument(SWAP))
+    times = perp.funding_times(now - 10 * 86_400_000, now, now)
+    trades = model_trades(sim, "SOL/USDT", now - 60 * 60_000, now + 1)
+    ids = [int(t["id"]) for t in trades]
+    async with aiohttp.ClientSession() as http:
+
+        async def get(path: str, key: str, **params: Any) -> list[int]:
+            async with http.get(sim.okx_rest_url + "/api/v5/" + path, params=params) as r:
+                body = await r.json()
+                assert r.status == 200 and body["code"] == "0", body
+                return [int(item[key]) for item in body["data"]]
+
+        funding = "public/funding-rate-history"
+        fund = {"instId": "BTC-USDT-SWAP"}
+        assert await get(funding, "fundingTime", **fund, before=times[-4]) == times[-3:][::-1]
+        assert await get(funding, "fundingTime", **fund, after=times[5], limit=2) == times[3:5][::-1]
+        assert await get(funding, "fundingTime", **fund, after=times[5], before=times[3]) == [times[4]]
+        history = "market/history-trades"
+        sol = {"instId": "SOL-USDT"}
+        assert await get(history, "tradeId", **sol, after=ids[50], limit=10) == ids[40:50][::-1]
+        assert await get(history, "tradeId", **sol, after=ids[50], before=ids[45]) == ids[46:50][::-1]
+        assert await get(history, "tradeId", **sol, before=ids[-4]) == ids[-3:][::-1]
+        by_time = await get(history, "tradeId", **sol, type="2", after=trades[50]["ts"], limit=5)
+        assert by_time == [int(t["id"]) for t in trades if t["ts"] < trades[50]["ts"]][-5:][::-1]

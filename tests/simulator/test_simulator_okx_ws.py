@@ -20,6 +20,7 @@ import pytest
 
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from tests.support.ccxt_clients import ccxt_client
+from tests.support.okx_truth import model_candles, model_trades
 from tests.support.waiting import wait_for
 
 SPOT = ["BTC/USDT", "SOL/USDT"]
@@ -77,15 +78,15 @@ async def test_okx_watch_trades_equal_generator(sim: SimulatedExchange, pro: Any
         for t in await pro.watch_trades("SOL/USDT"):
             seen[t["id"]] = t
     assert len(seen) >= 5
-    truth = {t["tradeId"]: t for t in sim.okx.venue.trades("SOL/USDT", start - 1000, sim.clock.now_ms() + 1)}
+    truth = {t["id"]: t for t in model_trades(sim, "SOL/USDT", start - 1000, sim.clock.now_ms() + 1)}
     for tid, t in seen.items():
-        want = truth[tid]
-        assert (t["price"], t["amount"], t["timestamp"], t["side"]) == (
-            float(want["px"]),
-            float(want["sz"]),
-            int(want["ts"]),
-            want["side"],
-        )
+        assert {
+            "id": tid,
+            "price": t["price"],
+            "amount": t["amount"],
+            "ts": t["timestamp"],
+            "side": t["side"],
+        } == truth[tid]
     ids = sorted(int(i) for i in seen)
     assert ids == list(range(ids[0], ids[-1] + 1)), "trades went missing between pushes"
 
@@ -105,10 +106,8 @@ async def test_okx_watch_ohlcv_closes_into_the_generators_candle(
         if candles[-1][0] > open_ms:
             break
     closed = [c for c in pro.ohlcvs[symbol]["1m"] if c[0] == open_ms][0]
-    truth = sim.okx.venue.ohlcv(symbol, "1m", open_ms, open_ms + 1)[0]
-    assert truth[8] == "1"
-    base = float(truth[6] if symbol == SWAP else truth[5])
-    assert closed == [open_ms, *(float(x) for x in truth[1:5]), base]
+    assert sim.okx.venue.ohlcv(symbol, "1m", open_ms, open_ms + 1)[0][8] == "1"
+    assert closed == model_candles(sim, symbol, "1m", open_ms, open_ms + 1)[0]
 
 
 async def _watch_books(sim: SimulatedExchange, pro: Any, symbol: str, seconds: float) -> None:
