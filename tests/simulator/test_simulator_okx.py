@@ -209,3 +209,13 @@ async def test_okx_funding_and_trade_history_paging(sim: SimulatedExchange) -> N
         assert await get(history, "tradeId", **sol, before=ids[-4]) == ids[-3:][::-1]
         by_time = await get(history, "tradeId", **sol, type="2", after=trades[50]["ts"], limit=5)
         assert by_time == [int(t["id"]) for t in trades if t["ts"] < trades[50]["ts"]][-5:][::-1]
+
+
+async def test_one_process_serves_binance_and_okx_from_one_model(sim: SimulatedExchange, rest: Any) -> None:
+    """Same seed, same symbol: Binance's and OKX's candles are the same numbers, each in its format."""
+    now = sim.clock.now_ms()
+    async with ccxt_client(ccxt_async.binance, sim.ccxt_config()) as binance:
+        since = now - 20 * 3_600_000
+        assert await binance.fetch_ohlcv("SOL/USDT", "1h", since=since, limit=20) == await rest.fetch_ohlcv(
+            "SOL/USDT", "1h", since=since, limit=20
+        )

@@ -221,3 +221,11 @@ async def test_okx_ws_faults_malformed_drop_stall(sim: SimulatedExchange) -> Non
     finally:
         await ws.close()
         await http.close()
+
+
+async def test_okx_watch_ticker_and_bids_asks(sim: SimulatedExchange, pro: Any) -> None:
+    ticker = await pro.watch_ticker("BTC/USDT")
+    assert ticker["symbol"] == "BTC/USDT" and 0 < ticker["bid"] < ticker["ask"]
+    quotes = await pro.watch_bids_asks(["SOL/USDT"])
+    sol = quotes["SOL/USDT"]
+    assert 0 < sol["bid"] < sol["ask"]
