@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import ccxt
 import ccxt.async_support as ccxt_async
+import numpy as np
 import pytest
 
 from data_collector.simulator import OkxSettings, SimulatedExchange
@@ -219,3 +220,13 @@ async def test_one_process_serves_binance_and_okx_from_one_model(sim: SimulatedE
         assert await binance.fetch_ohlcv("SOL/USDT", "1h", since=since, limit=20) == await rest.fetch_ohlcv(
             "SOL/USDT", "1h", since=since, limit=20
         )
+
+
+async def test_okx_fetch_open_interest_history(sim: SimulatedExchange, rest: Any) -> None:
+    now = sim.clock.now_ms()
+    since = now - now % 300_000 - 100 * 300_000
+    got = await rest.fetch_open_interest_history(SWAP, "5m", since=since, limit=50)
+    times = [since + i * 300_000 for i in range(50)]
+    perp = sim.okx.venue.perp(sim.okx.venue.instrument(SWAP))
+    want = perp.open_interest(np.array(times, dtype=np.int64)).tolist()
+    assert [(r["timestamp"], r["openInterestAmount"]) for r in got] == list(zip(times, want, strict=True))

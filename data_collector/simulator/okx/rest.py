@@ -33,7 +33,10 @@ LIMITS: dict[str, int] = {
     "market/trades": 100,
     "market/history-trades": 20,
     "market/books": 40,
+    "rubik/stat/contracts/open-interest-history": 5,
 }
+#: ``period`` of the open-interest history -> ms (UTC-aligned here).
+OI_PERIODS = {"5m": 300_000, "1H": 3_600_000, "1D": 86_400_000}
 WINDOW_MS = 2000
 #: ``/market/candles`` serves only this many latest candles.
 RECENT_CANDLES = 1440
@@ -102,6 +105,7 @@ class OkxRestApi:
         add("/api/v5/market/books", self._books)
         add("/api/v5/public/funding-rate-history", self._funding)
         add("/api/v5/public/open-interest", self._open_interest)
+        add("/api/v5/rubik/stat/contracts/open-interest-history", self._open_interest_history)
 
     @web.middleware
     async def middleware(
@@ -232,3 +236,14 @@ class OkxRestApi:
             i for i in self.venue.instruments.values() if i.swap and (not inst_id or i.inst_id == inst_id)
         ]
         return self._json(envelope([self.venue.open_interest(i) for i in swaps]))
+
+    async def _open_interest_history(self, request: web.Request) -> web.Response:
+        inst = self._instrument(request, swap_only=True)
+        period_ms = OI_PERIODS.get(request.query.get("period", "5m"))
+        if period_ms is None:
+            raise OkxError("51000", "Parameter period error")
+        limit = _limit(request, 100, 100)
+        page = self.venue.open_interest_page(
+            inst, period_ms, _int(request, "begin"), _int(request, "end"), limit
+        )
+        return self._json(envelope(page))
