@@ -20,7 +20,7 @@ from data_collector.simulator.limits import SimClock
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket, Trade
 from data_collector.simulator.market import _group_reduce as group_reduce
 from data_collector.simulator.okx.formats import OKX_TIMEFRAMES, approx_ms, candle_rows, num, spot_id, swap_id
-from data_collector.simulator.perp import PerpMarket, settle_of
+from data_collector.simulator.perp import OI_STEP_MS, PerpMarket, settle_of
 from data_collector.simulator.rng import stream_key
 
 #: How far back a trade page walks from its cursor before giving up (a long maintenance gap).
@@ -369,3 +369,28 @@ class OkxVenue:
             "oiUsd": num(oi * price, m.qty_decimals + m.price_decimals),
             "ts": str(now),
         }
+
+    def open_interest_page(
+        self, inst: Instrument, period_ms: int, begin: int | None, end: int | None, limit: int
+    ) -> list[list[str]]:
+        """``rubik/stat/contracts/open-interest-history`` rows newest first, ``begin < ts < end``:
+        ``[ts, oi (contracts), oiCcy (base), oiUsd]`` at multiples of ``period_ms`` (UTC)."""
+        perp = self.perp(inst)
+        now = self.clock.now_ms()
+        hi = now if end is None else min(end - 1, now)
+        lo = max(perp.listing_ms, 0 if begin is None else begin + 1)
+        first = -(-lo // period_ms) * period_ms
+        last = hi - hi % period_ms
+        if last < first:
+            return []
+        times = list(range(max(first, last - (limit - 1) * period_ms), last + 1, period_ms))
+        arr = np.array(times, dtype=np.int64)
+        ois = perp.open_interest(arr - arr % OI_STEP_MS).tolist()
+        marks = perp.mark_at(times)
+        qd, pd = perp.qty_decimals, perp.price_decimals
+        rows = [
+            [str(t), str(oi), num(oi, qd), num(oi * mark, qd + pd)]
+            for t, oi, mark in zip(times, ois, marks, strict=True)
+        ]
+        rows.reverse()
+        return rows
