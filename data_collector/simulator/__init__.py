@@ -1,9 +1,10 @@
-"""A local, deterministic Binance exchange (spot and USDⓈ-M perpetuals, REST + WebSocket) for tests, benchmarks and demos."""
+"""A local, deterministic Binance exchange (spot and USDⓈ-M perpetuals, REST + WebSocket), and OKX v5 beside it, for tests, benchmarks and demos."""
 
 from __future__ import annotations
 
 from data_collector.simulator.limits import Faults, SimClock
 from data_collector.simulator.market import SymbolMarket
+from data_collector.simulator.okx import OkxSettings
 from data_collector.simulator.perp import PerpMarket
 from data_collector.simulator.server import CCXT_OPTIONS, FUTURES_VENUE_NAME, SimulatedExchange
 from data_collector.simulator.usdm import FuturesVenue
@@ -13,6 +14,7 @@ __all__ = [
     "FUTURES_VENUE_NAME",
     "Faults",
     "FuturesVenue",
+    "OkxSettings",
     "PerpMarket",
     "SimClock",
     "SimulatedExchange",

@@ -30,6 +30,7 @@ from data_collector.simulator.fapi import FuturesRestApi
 from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json
 from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
+from data_collector.simulator.okx import OkxServer, OkxSettings, OkxVenue
 from data_collector.simulator.rest import ApiError, RestApi
 from data_collector.simulator.rng import stream_key
 from data_collector.simulator.streams import StreamHub
@@ -135,6 +136,8 @@ class SimulatedExchange:
             ``SETTLING`` with ``deliveryDate`` at the delisting, as Binance does.
         futures_port: TCP port of the futures server, 0 for any free one.
         archive: how the data.binance.vision tree under ``/data/spot`` behaves (lag, zip cache).
+        okx: when given, a third port serves OKX v5 (REST and WebSocket) for the same
+            ``symbols`` (SPOT) and ``okx.swaps`` (SWAP), from the same seed: ``sim.okx_ccxt_config()``.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class SimulatedExchange:
         delistings: dict[str, int] | None = None,
         futures_port: int = 0,
         archive: ArchiveSettings | None = None,
+        okx: OkxSettings | None = None,
     ) -> None:
         names = normalize_symbols(symbols)
         if not names:
@@ -235,6 +239,21 @@ class SimulatedExchange:
                 ban_base_s,
             )
         self._futures_runner: web.AppRunner | None = None
+        #: The OKX server, or None unless ``okx`` settings were given.
+        self.okx_server: OkxServer | None = None
+        if okx is not None:
+            okx_venue = OkxVenue(
+                self.seed,
+                names,
+                okx.swaps,
+                self.clock,
+                listings,
+                None if gaps is None else {k.upper(): v for k, v in gaps.items()},
+                day_cache,
+            )
+            self.okx_server = OkxServer(
+                self, okx_venue, okx.port, okx.limits, okx.history_candles_max, okx.idle_timeout_s
+            )
         #: WebSocket fault switches: ``drop_all``, ``shutdown_all``, ``stall``, ``malformed``, ``skip_depth_id``.
         self.ws_faults = WsFaults(self)
         self.hub.ping_s = ws_ping_s
@@ -272,6 +291,12 @@ class SimulatedExchange:
                 raise
             self.futures_port = int(self._futures_runner.addresses[0][1])
             self.futures.hub.start()
+        if self.okx_server is not None:
+            try:
+                await self.okx_server.start()
+            except OSError:
+                await self.close()
+                raise
         return self
 
     async def _serve(self, app: web.Application, port: int) -> web.AppRunner:
@@ -297,6 +322,8 @@ class SimulatedExchange:
         await self.hub.close()
         if self.futures is not None:
             await self.futures.hub.close()
+        if self.okx_server is not None:
+            await self.okx_server.close()
         for runner in (self._runner, self._futures_runner):
             if runner is not None:
                 await runner.cleanup()
@@ -338,6 +365,22 @@ class SimulatedExchange:
         """``ws://host:futures_port`` (``/ws``, ``/stream``, ``/public/ws``, ``/market/ws``)."""
         self._require_futures()
         return f"ws://{self.host}:{self.futures_port}"
+
+    @property
+    def okx(self) -> OkxServer:
+        """The OKX server (venue, hub, fault switches); UsageError without ``okx`` settings."""
+        if self.okx_server is None:
+            raise UsageError("this simulator serves no OKX; pass okx=OkxSettings(...)")
+        return self.okx_server
+
+    @property
+    def okx_rest_url(self) -> str:
+        """``http://host:okx_port`` (``/api/v5/...``)."""
+        return self.okx.rest_url
+
+    def okx_ccxt_config(self) -> dict[str, Any]:
+        """Constructor config for ``ccxt.async_support.okx`` and ``ccxt.pro.okx``."""
+        return self.okx.ccxt_config()
 
     def ccxt_urls(self) -> dict[str, Any]:
         """The ``urls`` override that points ccxt's binance and binanceusdm (REST and pro) here."""
