@@ -33,10 +33,11 @@ import pyarrow.dataset as ds
 import pyarrow.feather as feather
 
 from benchmarks.harness import BenchContext, Row, Table
+from benchmarks.parquet_tiers import tiers_table, timed_load
 from data_collector.config import load_config
 from data_collector.markets import MINUTE_MS
 from data_collector.storage import CandleBatch, CoverageRange, Trade, TradeBatch, TradeCoverage, open_store
-from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load_ohlcv_tiers
+from data_collector.storage.archive import ArchiveSettings, ParquetArchive
 from data_collector.storage.store import CandleStore
 
 NAME = "parquet"
@@ -162,11 +163,12 @@ async def run(ctx: BenchContext) -> list[Table]:
                 f"target >= 2,000,000 rows/s: {'met' if best >= 2e6 else 'NOT met'} ({best:,.0f})"
             )
             await _reads(ctx, reads, store, archive, root, ids, rows)
+            tiers = await tiers_table(ctx, store, work / "tiers")
     finally:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
         shutil.rmtree(work, ignore_errors=True)
-    return [disk, trades_disk, speed, reads]
+    return [disk, trades_disk, speed, reads, tiers]
 
 
 async def _trades_on_disk(
@@ -254,11 +256,8 @@ async def _reads(
         for instrument in instruments:
             n += len(await asyncio.to_thread(archive.read_ohlcv, instrument, "1m", JAN_MS, FEB_MS))
         part_s.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        m = 0
-        for instrument in instruments:
-            m += len(await load_ohlcv_tiers(store, archive, instrument, "1m", JAN_MS, MAR_MS))
-        tiers_s.append(time.perf_counter() - started)
+        m, seconds = await timed_load(store, archive, instruments, JAN_MS, MAR_MS)
+        tiers_s.append(seconds)
         assert m == rows, (m, rows)
     table.add(Row("PostgreSQL store.load_frame (February, one instrument)", pg_s, "rows/s", baseline=True))
     table.add(Row("Parquet dataset -> Arrow (both months, all)", arrow_s, "rows/s"))

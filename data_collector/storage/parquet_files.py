@@ -42,6 +42,7 @@ VERSION_KEY = b"data_collector.schema_version"
 FILE_NAME = "part-0.parquet"
 MANIFEST_NAME = "_part-0.manifest.json"
 CANDLE_FIELDS = ("open", "high", "low", "close", "volume")
+ZSTD_LEVEL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +142,42 @@ class Columns:
         return cls(spec, {name: np.concatenate([p.arrays[name] for p in parts]) for name in spec.names})
 
     def union(self, newer: Columns) -> Columns:
-        """These rows and ``newer``'s; where both have a key, ``newer`` wins. Sorted by key."""
-        keep = ~np.isin(self.key, newer.key)
-        key = np.concatenate([self.key[keep], newer.key])
-        order = np.argsort(key, kind="stable")
-        return Columns(
-            self.spec,
-            {k: np.concatenate([self.arrays[k][keep], newer.arrays[k]])[order] for k in self.spec.names},
-        )
+        """These rows and ``newer``'s; where both have a key, ``newer`` wins. Sorted by key.
+
+        Both must be sorted by key (see :meth:`union_pieces`).
+        """
+        return Columns.concat(self.spec, self.union_pieces(newer))
+
+    def union_pieces(self, newer: Columns) -> list[Columns]:
+        """:meth:`union` as consecutive pieces (mostly views), to be copied once by the caller.
+
+        Only this side's rows within ``newer``'s key span are looked up and sorted; the rest is
+        sliced: at the seam of the two tiers that is a few rows of ten million (a whole ``isin``
+        and ``argsort`` took most of a 10M-row read).
+        """
+        if not len(newer):
+            return [self]
+        if not len(self):
+            return [newer]
+        lo, hi = (int(i) for i in np.searchsorted(self.key, [newer.key[0], newer.key[-1]], side="left"))
+        hi += int(hi < len(self) and self.key[hi] == newer.key[-1])
+        inside = self.key[lo:hi]
+        keep = ~np.isin(inside, newer.key, assume_unique=True)
+        middle = newer
+        if keep.any():  # rows of this side between newer's keys: merge them in order
+            order = np.argsort(np.concatenate([inside[keep], newer.key]), kind="stable")
+            middle = Columns(
+                self.spec,
+                {
+                    k: np.concatenate([self.arrays[k][lo:hi][keep], newer.arrays[k]])[order]
+                    for k in self.spec.names
+                },
+            )
+        return [self.slice(0, lo), middle, self.slice(hi, len(self))]
+
+    def slice(self, start: int, stop: int) -> Columns:
+        """Rows ``start:stop`` as views."""
+        return Columns(self.spec, {k: v[start:stop] for k, v in self.arrays.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +311,9 @@ def write_month(
                 table,
                 sink,
                 compression="zstd",
-                compression_level=9,
+                # Level 3 against 9, a month of 1m candles: half the write time (8.5 against
+                # 17 ms), 10.7 against 10.4 B/row, and reads back faster.
+                compression_level=ZSTD_LEVEL,
                 row_group_size=row_group_rows,
                 write_statistics=True,
                 sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
@@ -356,7 +387,11 @@ def read_file(spec: DataSpec, path: Path, start_ms: int | None = None, end_ms: i
         PermanentError: the file is not readable Parquet (corrupt).
     """
     try:
-        table = pq.read_table(path)
+        # One file is one month in one row group: pyarrow's thread pool only adds hand-offs.
+        # 45 month files on the loaded 2-core machine: 56 ms of CPU this way, 186 ms with
+        # pq.read_table (a one-file dataset, threads on).
+        with pq.ParquetFile(path) as file:
+            table = file.read(use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise PermanentError(f"archive file {path} is unreadable: {exc}") from None
     check_version(table.schema, path)
