@@ -56,6 +56,16 @@ class DataSpec:
     data_type: str
     key: str
     fields: tuple[tuple[str, str], ...]
+    #: Float columns written with dictionary encoding (``None``: every float column). Prices
+    #: repeat within a month; volumes and quantities mostly do not, and a dictionary that
+    #: overflows costs time for nothing: a month of 1m candles wrote in 6.1 ms at 9.2 B/row with
+    #: volume plain, against 8.8 ms at 10.7 B/row with it in a dictionary.
+    dictionary: tuple[str, ...] | None = None
+
+    @property
+    def dictionary_columns(self) -> list[str]:
+        floats = [name for name, dtype in self.fields if dtype == "<f8"]
+        return floats if self.dictionary is None else [n for n in floats if n in self.dictionary]
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +81,12 @@ class DataSpec:
         )
 
 
-OHLCV_SPEC = DataSpec("ohlcv", "ts", (("ts", "<i8"), *((name, "<f8") for name in CANDLE_FIELDS)))
+OHLCV_SPEC = DataSpec(
+    "ohlcv",
+    "ts",
+    (("ts", "<i8"), *((name, "<f8") for name in CANDLE_FIELDS)),
+    ("open", "high", "low", "close"),
+)
 TRADES_SPEC = DataSpec(
     "trades",
     "id",
@@ -84,6 +99,7 @@ TRADES_SPEC = DataSpec(
         ("last_trade_id", "<i8"),
         ("buyer_maker", "?"),
     ),
+    ("price",),
 )
 
 
@@ -318,8 +334,8 @@ def write_month(
                 write_statistics=True,
                 sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
                 # Times and ids grow in steady steps: delta-encoded they cost almost nothing.
-                # Prices repeat within a month, so the float columns keep dictionary encoding.
-                use_dictionary=[name for name, dtype in spec.fields if dtype == "<f8"],
+                # Prices repeat within a month: dictionary-encoded (see DataSpec.dictionary).
+                use_dictionary=spec.dictionary_columns,
                 column_encoding={
                     name: "DELTA_BINARY_PACKED" for name, dtype in spec.fields if dtype == "<i8"
                 },
