@@ -61,8 +61,9 @@ from data_collector.storage.store import CandleStore
 
 #: What :meth:`ParquetArchive.archive` moves by default.
 ARCHIVED_TYPES = ("ohlcv", "trades")
-#: Months moved at once (see :meth:`ParquetArchive.archive`).
-MOVES_IN_FLIGHT = 2
+#: Months moved at once (see :meth:`ParquetArchive.archive`). 26 months of 1m candles on the
+#: loaded 2-core machine, medians of 4: 427k rows/s with 1, 768k with 2, 888k with 3, 876k with 4.
+MOVES_IN_FLIGHT = 3
 
 if TYPE_CHECKING:
     import pandas as pd
