@@ -63,7 +63,9 @@ async def timed_load(
 
 
 async def tiers_table(ctx: BenchContext, store: CandleStore, admin: asyncpg.Connection, root: Path) -> Table:
-    table = Table("load_ohlcv over 10M 1m candles spanning both tiers (90 days in PostgreSQL)")
+    table = Table(
+        f"load_ohlcv over {'2M' if ctx.quick else '10M'} 1m candles spanning both tiers (90 days in PostgreSQL)"
+    )
     archive = ParquetArchive(ArchiveSettings(root))
     instruments, rows, parquet_rows = [], 0, 0
     for n in range(1 if ctx.quick else 5):

@@ -18,6 +18,11 @@ Object stores have no rename, so a month is written differently from a local dir
 * The manifest is uploaded after the file. A crash between the two leaves a file whose manifest
   does not match: verification fails, nothing is pruned, and the next run writes the month again.
 * There is no fsync: a completed upload is durable.
+
+Tested against moto's server (``tests/storage/test_archive_s3.py``) for files under the part
+size, which go up in one PutObject. Larger files (a month of a very busy pair's trades) go up as
+multipart uploads, which are not tested: pyarrow 26's AWS SDK rejects the reply of moto 5.2's
+CompleteMultipartUpload (an "error embedded in a 200 OK response").
 """
 
 from __future__ import annotations
