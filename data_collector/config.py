@@ -330,7 +330,8 @@ class UniverseConfig(_Section):
 class ParquetTierConfig(_Section):
     """The Parquet tier (:mod:`data_collector.storage.archive`)."""
 
-    #: Local directory of the Parquet dataset (relative: to the current directory).
+    #: The Parquet dataset: a local directory (relative: to the current directory), or an object
+    #: store URI (``s3://bucket/prefix?endpoint_override=host:port&scheme=http``, pyarrow's options).
     path: str = "data/archive"
     #: What ``data-collector archive`` moves by default: closed months ending before this.
     older_than: str = "90d"

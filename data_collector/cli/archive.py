@@ -21,7 +21,13 @@ from data_collector.cli.parser import OneLineParser
 from data_collector.config import Config, load_config
 from data_collector.errors import CollectorError
 from data_collector.storage import open_store
-from data_collector.storage.archive import ArchiveReport, ArchiveSettings, ParquetArchive, cutoff_ms
+from data_collector.storage.archive import (
+    ArchiveReport,
+    ArchiveSettings,
+    ParquetArchive,
+    cutoff_ms,
+    dataset_path,
+)
 
 
 def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
@@ -41,9 +47,7 @@ async def run_archive(config: Config, args: argparse.Namespace) -> ArchiveReport
     """Open the configured store, archive, close the store."""
     settings = ArchiveSettings.from_config(config)
     if args.path:
-        settings = ArchiveSettings(
-            path=type(settings.path)(args.path), row_group_rows=settings.row_group_rows
-        )
+        settings = ArchiveSettings(path=dataset_path(args.path), row_group_rows=settings.row_group_rows)
     cutoff = cutoff_ms(args.older_than or config.archive.older_than)  # before anything is opened
     archive = ParquetArchive(settings)
     async with open_store(config) as store:

@@ -29,16 +29,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from data_collector.errors import PermanentError, UsageError
 from data_collector.markets import timeframe_code
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument
+from data_collector.storage.columns import columns_frame as columns_frame
+from data_collector.storage.columns import trade_columns_frame as trade_columns_frame
 from data_collector.storage.parquet_files import (
-    CANDLE_FIELDS,
     FILE_NAME,
     MANIFEST_NAME,
     OHLCV_SPEC,
@@ -53,14 +55,15 @@ from data_collector.storage.parquet_files import (
     read_file,
     write_month,
 )
+from data_collector.storage.parquet_remote import RemoteRoot, is_remote
 from data_collector.storage.ranges import clip
 from data_collector.storage.store import CandleStore
-from data_collector.storage.trades import TRADE_FRAME_COLUMNS
 
 #: What :meth:`ParquetArchive.archive` moves by default.
 ARCHIVED_TYPES = ("ohlcv", "trades")
-#: Months moved at once (see :meth:`ParquetArchive.archive`).
-MOVES_IN_FLIGHT = 2
+#: Months moved at once (see :meth:`ParquetArchive.archive`). 26 months of 1m candles on the
+#: loaded 2-core machine, medians of 4: 427k rows/s with 1, 768k with 2, 888k with 3, 876k with 4.
+MOVES_IN_FLIGHT = 3
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,14 +76,20 @@ if TYPE_CHECKING:
 class ArchiveSettings:
     """The ``archive`` section: where the dataset lives and how its files are cut."""
 
-    #: A local directory (created on first use).
-    path: Path
+    #: A local directory (created on first use), or an object store URI (``s3://bucket/prefix``,
+    #: :mod:`~data_collector.storage.parquet_remote`).
+    path: Path | str
     #: Rows per Parquet row group: a month of 1m candles (44,640) is one group, read in one go.
     row_group_rows: int = 1_048_576
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSettings:
-        return cls(path=Path(config.archive.path), row_group_rows=config.archive.row_group_rows)
+        return cls(path=dataset_path(config.archive.path), row_group_rows=config.archive.row_group_rows)
+
+
+def dataset_path(path: str) -> Path | str:
+    """``archive.path`` as given: a URI stays a string (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    return path if is_remote(path) else Path(path)
 
 
 @dataclass(slots=True)
@@ -129,9 +138,8 @@ class ParquetArchive:
     """
 
     def __init__(self, settings: ArchiveSettings) -> None:
-        if "://" in str(settings.path):
-            raise UsageError(f"archive.path {settings.path}: only local directories are supported so far")
-        self.root = settings.path.absolute()
+        self._remote = RemoteRoot.open(str(settings.path)) if is_remote(settings.path) else None
+        self.root: PurePath = self._remote.root if self._remote else Path(settings.path).absolute()
         self._row_group_rows = settings.row_group_rows
 
     @classmethod
@@ -166,7 +174,7 @@ class ParquetArchive:
                 "archive: the Parquet tier moves data out of PostgreSQL; database.url is not one"
             )
         started = time.perf_counter()
-        await asyncio.to_thread(check_writable, self.root)
+        await asyncio.to_thread(self._check_writable)
         side = PostgresArchiveSide(store)
         await side.ensure_tables()
         report = ArchiveReport()
@@ -222,8 +230,8 @@ class ParquetArchive:
             return
         directory = key.directory(self.root)
         path = directory / FILE_NAME
-        manifest = Manifest.load(directory / MANIFEST_NAME)
-        existing = await asyncio.to_thread(_verified_or_none, spec, path, manifest)
+        manifest = await asyncio.to_thread(self._manifest, directory / MANIFEST_NAME)
+        existing = await asyncio.to_thread(self._verified_or_none, spec, path, manifest)
         if existing is None and move.partly_archived:
             report.failed.append(
                 f"{key}: part of the month is archived, but {path} does not match its manifest; "
@@ -232,14 +240,12 @@ class ParquetArchive:
             return
         want = existing.union(held) if existing is not None else held
         if existing is None or manifest is None or manifest.sha256 != want.content_hash():
-            manifest = await asyncio.to_thread(
-                write_month, self.root, key, want, row_group_rows=self._row_group_rows, before_rename=hook
-            )
+            manifest = await asyncio.to_thread(self._write, key, want, hook)
             report.months_written += 1
             report.bytes_written += manifest.bytes
         if hook is not None:
             hook("verify", str(path))
-        back = await asyncio.to_thread(_verified_or_none, spec, path, manifest)
+        back = await asyncio.to_thread(self._verified_or_none, spec, path, manifest)
         if back is None:
             report.failed.append(f"{key}: {path} read back does not match its manifest; not pruned")
             return
@@ -290,13 +296,51 @@ class ParquetArchive:
         parts = []
         for year, month in months_between(start_ms, end_ms):
             path = _month(instrument, timeframe, year, month, spec.data_type).directory(self.root) / FILE_NAME
-            if path.exists():
-                parts.append(read_file(spec, path, start_ms, end_ms))
+            if self._exists(path):
+                parts.append(read_file(spec, path, start_ms, end_ms, self._filesystem))
         return Columns.concat(spec, parts)
 
     def read_ohlcv(self, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int) -> Columns:
         """The archived candles of ``[start_ms, end_ms)``, sorted by time (blocking file reads)."""
         return self.read(OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+
+    # The file operations, on a local directory or an object store (blocking).
+
+    @property
+    def _filesystem(self) -> pafs.FileSystem | None:
+        return self._remote.filesystem if self._remote else None
+
+    def _check_writable(self) -> None:
+        if self._remote:
+            self._remote.check_writable()
+        else:
+            check_writable(Path(self.root))
+
+    def _exists(self, path: PurePath) -> bool:
+        return self._remote.exists(PurePosixPath(path)) if self._remote else Path(path).exists()
+
+    def _manifest(self, path: PurePath) -> Manifest | None:
+        return self._remote.load_manifest(PurePosixPath(path)) if self._remote else Manifest.load(Path(path))
+
+    def _write(self, key: MonthKey, columns: Columns, hook: StepHook | None) -> Manifest:
+        rows = self._row_group_rows
+        if self._remote:
+            return self._remote.write_month(key, columns, row_group_rows=rows, before_upload=hook)
+        return write_month(Path(self.root), key, columns, row_group_rows=rows, before_rename=hook)
+
+    def _verified_or_none(self, spec: DataSpec, path: PurePath, manifest: Manifest | None) -> Columns | None:
+        """The file's rows if it reads back with the manifest's row count and content hash."""
+        if manifest is None or not self._exists(path):
+            return None
+        try:
+            back = read_file(spec, path, filesystem=self._filesystem)
+        except UsageError:
+            raise
+        except PermanentError:
+            return None
+        if len(back) != manifest.rows or back.content_hash() != manifest.sha256:
+            return None
+        return back
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,21 +398,6 @@ def _month_end(year: int, month: int) -> int:
     return MonthKey("", "", None, "", year, month).end_ms
 
 
-def _verified_or_none(spec: DataSpec, path: Path, manifest: Manifest | None) -> Columns | None:
-    """The file's rows if it reads back with the manifest's row count and content hash."""
-    if manifest is None or not path.exists():
-        return None
-    try:
-        back = read_file(spec, path)
-    except UsageError:
-        raise
-    except PermanentError:
-        return None
-    if len(back) != manifest.rows or back.content_hash() != manifest.sha256:
-        return None
-    return back
-
-
 async def load_ohlcv_tiers(
     store: CandleStore,
     archive: ParquetArchive,
@@ -380,13 +409,11 @@ async def load_ohlcv_tiers(
     """Candles of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
     (the shape of :meth:`CandleStore.load_frame`); where both hold a candle, the database's wins."""
     archived = await asyncio.to_thread(archive.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
-    if not len(archived):
-        return await store.load_frame(instrument.id, timeframe, start_ms, end_ms)
     db_key = (instrument.id, timeframe_code(timeframe))
     held = await _held(
         store, OHLCV_SPEC, db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
     )
-    return columns_frame(archived.union(held))
+    return await asyncio.to_thread(columns_frame, archived.union_pieces(held))
 
 
 async def load_trades_tiers(
@@ -420,19 +447,3 @@ async def _held(
     return Columns(
         spec, {name: np.array([r[i] for r in rows], dtype) for i, (name, dtype) in enumerate(spec.fields)}
     )
-
-
-def columns_frame(columns: Columns) -> pd.DataFrame:
-    """Candle columns as the DataFrame :func:`~data_collector.storage.store.candles_frame` makes."""
-    import pandas as pd
-
-    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
-    return pd.DataFrame({k: columns.arrays[k] for k in CANDLE_FIELDS}, index=index)
-
-
-def trade_columns_frame(columns: Columns) -> pd.DataFrame:
-    """Trade columns as the DataFrame :func:`~data_collector.storage.store.trades_frame` makes."""
-    import pandas as pd
-
-    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
-    return pd.DataFrame({k: columns.arrays[k] for k in TRADE_FRAME_COLUMNS}, index=index)

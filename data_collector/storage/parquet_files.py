@@ -19,71 +19,34 @@ hash from the rows it holds (:mod:`data_collector.storage.postgres_archive`).
 
 from __future__ import annotations
 
-import hashlib
+import builtins
 import json
 import os
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
+from pathlib import Path, PurePath
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
-import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_collector.errors import PermanentError, UsageError
+from data_collector.storage.columns import CANDLE_FIELDS as CANDLE_FIELDS
+from data_collector.storage.columns import OHLCV_SPEC as OHLCV_SPEC
+from data_collector.storage.columns import TRADES_SPEC as TRADES_SPEC
+from data_collector.storage.columns import Columns as Columns
+from data_collector.storage.columns import DataSpec as DataSpec
 
 #: Version of the files' schema; a reader refuses files of a newer one.
 SCHEMA_VERSION = 1
 VERSION_KEY = b"data_collector.schema_version"
 FILE_NAME = "part-0.parquet"
 MANIFEST_NAME = "_part-0.manifest.json"
-CANDLE_FIELDS = ("open", "high", "low", "close", "volume")
-
-
-@dataclass(frozen=True, slots=True)
-class DataSpec:
-    """One data type's columns: name, numpy dtype (``<i8``, ``<f8``, ``?``) and key.
-
-    ``ts`` (UTC ms) is stored as ``timestamp[ms, UTC]``; the ``key`` column orders the rows and
-    identifies a row across the tiers (``ts`` for candles, the aggregate ``id`` for trades).
-    """
-
-    data_type: str
-    key: str
-    fields: tuple[tuple[str, str], ...]
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.fields]
-
-    def arrow_schema(self) -> pa.Schema:
-        types = {"<i8": pa.int64(), "<f8": pa.float64(), "?": pa.bool_()}
-        return pa.schema(
-            [
-                pa.field(name, pa.timestamp("ms", tz="UTC") if name == "ts" else types[dtype], nullable=False)
-                for name, dtype in self.fields
-            ]
-        )
-
-
-OHLCV_SPEC = DataSpec("ohlcv", "ts", (("ts", "<i8"), *((name, "<f8") for name in CANDLE_FIELDS)))
-TRADES_SPEC = DataSpec(
-    "trades",
-    "id",
-    (
-        ("id", "<i8"),
-        ("ts", "<i8"),
-        ("price", "<f8"),
-        ("qty", "<f8"),
-        ("first_trade_id", "<i8"),
-        ("last_trade_id", "<i8"),
-        ("buyer_maker", "?"),
-    ),
-)
+P = TypeVar("P", bound=PurePath)
+ZSTD_LEVEL = 3
 
 
 class StepHook(Protocol):
@@ -100,57 +63,6 @@ class ArchiveWriteError(PermanentError):
     """The Parquet tier could not be written (disk full, an I/O error); nothing was pruned."""
 
 
-@dataclass(slots=True)
-class Columns:
-    """Rows of one data type as numpy columns, sorted by the spec's key."""
-
-    spec: DataSpec
-    arrays: dict[str, npt.NDArray[Any]]
-
-    def __len__(self) -> int:
-        return len(self.arrays[self.spec.key])
-
-    @property
-    def ts(self) -> npt.NDArray[np.int64]:
-        return self.arrays["ts"]
-
-    @property
-    def key(self) -> npt.NDArray[np.int64]:
-        return self.arrays[self.spec.key]
-
-    def content_hash(self) -> str:
-        """SHA-256 over the columns' little-endian bytes, in the spec's order."""
-        digest = hashlib.sha256(f"data_collector.{self.spec.data_type}.v1".encode())
-        for name, dtype in self.spec.fields:
-            digest.update(np.ascontiguousarray(self.arrays[name], dtype=dtype).tobytes())
-        return digest.hexdigest()
-
-    def take(self, mask: npt.NDArray[np.bool_]) -> Columns:
-        return Columns(self.spec, {k: v[mask] for k, v in self.arrays.items()})
-
-    @classmethod
-    def empty(cls, spec: DataSpec) -> Columns:
-        return cls(spec, {name: np.empty(0, dtype) for name, dtype in spec.fields})
-
-    @classmethod
-    def concat(cls, spec: DataSpec, parts: list[Columns]) -> Columns:
-        if not parts:
-            return cls.empty(spec)
-        if len(parts) == 1:
-            return parts[0]
-        return cls(spec, {name: np.concatenate([p.arrays[name] for p in parts]) for name in spec.names})
-
-    def union(self, newer: Columns) -> Columns:
-        """These rows and ``newer``'s; where both have a key, ``newer`` wins. Sorted by key."""
-        keep = ~np.isin(self.key, newer.key)
-        key = np.concatenate([self.key[keep], newer.key])
-        order = np.argsort(key, kind="stable")
-        return Columns(
-            self.spec,
-            {k: np.concatenate([self.arrays[k][keep], newer.arrays[k]])[order] for k in self.spec.names},
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """What a month's file holds, written beside it."""
@@ -164,14 +76,37 @@ class Manifest:
     bytes: int
 
     @classmethod
-    def load(cls, path: Path) -> Manifest | None:
+    def of(cls, columns: Columns, size: int) -> Manifest:
+        """The manifest of a file of ``size`` bytes holding ``columns``."""
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            file=FILE_NAME,
+            rows=len(columns),
+            min_ts_ms=int(columns.ts.min()) if len(columns) else 0,
+            max_ts_ms=int(columns.ts.max()) if len(columns) else 0,
+            sha256=columns.content_hash(),
+            bytes=size,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def parse(cls, text: str | builtins.bytes) -> Manifest | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             return cls(**{k: data[k] for k in cls.__slots__})
-        except FileNotFoundError:
-            return None
         except (ValueError, KeyError, TypeError):
             return None  # unreadable: treated as absent, the month is written again
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest | None:
+        try:
+            return cls.parse(path.read_text())
+        except FileNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +133,7 @@ class MonthKey:
         year, month = (self.year + 1, 1) if self.month == 12 else (self.year, self.month + 1)
         return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
-    def directory(self, root: Path) -> Path:
+    def directory(self, root: P) -> P:
         kind = root / f"venue={quote(self.venue, safe='')}" / f"market={quote(self.market, safe='')}"
         kind = kind / f"data_type={self.data_type}"
         if self.timeframe is not None:
@@ -231,6 +166,32 @@ def months_between(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
         out.append((year, month))
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return out
+
+
+def write_parquet(columns: Columns, sink: Any, row_group_rows: int) -> None:
+    """Write ``columns`` as one Parquet file into ``sink`` (a binary file or pyarrow stream)."""
+    spec = columns.spec
+    meta = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    schema = spec.arrow_schema()
+    table = pa.Table.from_arrays(
+        [pa.array(columns.arrays[f.name]).cast(f.type) for f in schema],
+        schema=schema.with_metadata(meta),
+    )
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        # Level 3 against 9, a month of 1m candles: half the write time (8.5 against
+        # 17 ms), 10.7 against 10.4 B/row, and reads back faster.
+        compression_level=ZSTD_LEVEL,
+        row_group_size=row_group_rows,
+        write_statistics=True,
+        sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
+        # Times and ids grow in steady steps: delta-encoded they cost almost nothing.
+        # Prices repeat within a month: dictionary-encoded (see DataSpec.dictionary).
+        use_dictionary=spec.dictionary_columns,
+        column_encoding={name: "DELTA_BINARY_PACKED" for name, dtype in spec.fields if dtype == "<i8"},
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -269,47 +230,18 @@ def write_month(
         stale.unlink(missing_ok=True)
     tmp = directory / f".{FILE_NAME}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_manifest = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
-    spec = columns.spec
-    meta = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
-    schema = spec.arrow_schema()
-    table = pa.Table.from_arrays(
-        [pa.array(columns.arrays[f.name]).cast(f.type) for f in schema],
-        schema=schema.with_metadata(meta),
-    )
     try:
         with open(tmp, "wb") as sink:
-            pq.write_table(
-                table,
-                sink,
-                compression="zstd",
-                compression_level=9,
-                row_group_size=row_group_rows,
-                write_statistics=True,
-                sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
-                # Times and ids grow in steady steps: delta-encoded they cost almost nothing.
-                # Prices repeat within a month, so the float columns keep dictionary encoding.
-                use_dictionary=[name for name, dtype in spec.fields if dtype == "<f8"],
-                column_encoding={
-                    name: "DELTA_BINARY_PACKED" for name, dtype in spec.fields if dtype == "<i8"
-                },
-            )
+            write_parquet(columns, sink, row_group_rows)
             sink.flush()
             os.fsync(sink.fileno())
         if before_rename is not None:
             before_rename("write", str(tmp))
         os.replace(tmp, final)
         _fsync_dir(directory)
-        manifest = Manifest(
-            schema_version=SCHEMA_VERSION,
-            file=FILE_NAME,
-            rows=len(columns),
-            min_ts_ms=int(columns.ts.min()) if len(columns) else 0,
-            max_ts_ms=int(columns.ts.max()) if len(columns) else 0,
-            sha256=columns.content_hash(),
-            bytes=final.stat().st_size,
-        )
+        manifest = Manifest.of(columns, final.stat().st_size)
         with open(tmp_manifest, "w") as out:
-            json.dump(asdict(manifest), out)
+            out.write(manifest.to_json())
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_manifest, directory / MANIFEST_NAME)
@@ -348,15 +280,27 @@ def _path_error(root: Path, exc: OSError) -> UsageError:
     )
 
 
-def read_file(spec: DataSpec, path: Path, start_ms: int | None = None, end_ms: int | None = None) -> Columns:
-    """A month's rows with ``start_ms <= ts < end_ms`` (all when not given), sorted by key.
+def read_file(
+    spec: DataSpec,
+    path: PurePath,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> Columns:
+    """A month's rows with ``start_ms <= ts < end_ms`` (all when not given), sorted by key;
+    ``path`` on ``filesystem`` (S3, :mod:`~data_collector.storage.parquet_remote`) if given.
 
     Raises:
         NewerSchemaError: the file was written by a newer schema version.
         PermanentError: the file is not readable Parquet (corrupt).
     """
     try:
-        table = pq.read_table(path)
+        # One file is one month in one row group: pyarrow's thread pool only adds hand-offs.
+        # 45 month files on the loaded 2-core machine: 56 ms of CPU this way, 186 ms with
+        # pq.read_table (a one-file dataset, threads on).
+        source = path if filesystem is None else filesystem.open_input_file(str(path))
+        with pq.ParquetFile(source) as file:
+            table = file.read(use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise PermanentError(f"archive file {path} is unreadable: {exc}") from None
     check_version(table.schema, path)
@@ -378,7 +322,7 @@ def read_file(spec: DataSpec, path: Path, start_ms: int | None = None, end_ms: i
     return columns
 
 
-def check_version(schema: pa.Schema, path: Path) -> None:
+def check_version(schema: pa.Schema, path: PurePath) -> None:
     """Refuse a file written by a newer schema version (one line naming the file)."""
     raw = (schema.metadata or {}).get(VERSION_KEY)
     try:

@@ -27,11 +27,14 @@ from data_collector.storage.ranges import clip, cut_coverage
 if TYPE_CHECKING:
     from data_collector.storage.postgres import PostgresCandleStore
 
+# No ORDER BY: rows come in storage order and numpy sorts them by key (they are nearly always in
+# order already, which one comparison pass confirms). Measured on a month of 1m candles (44,640
+# rows): 35 ms with ORDER BY ts (the planner picks a bitmap scan and a sort) against 15 ms without.
 _COPY_RANGE = {
     "ohlcv": "SELECT ts, open, high, low, close, volume FROM {s}.ohlcv WHERE instrument_id = $1 "
-    "AND timeframe = $2 AND ts >= $3 AND ts < $4 ORDER BY ts",
+    "AND timeframe = $2 AND ts >= $3 AND ts < $4",
     "trades": "SELECT id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker FROM {s}.trades "
-    "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3 ORDER BY id",
+    "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
 }
 _DELETE_RANGE = {
     "ohlcv": "DELETE FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2 AND ts >= $3 AND ts < $4",
@@ -90,10 +93,14 @@ class MoveMismatch(PermanentError):
 
 
 def parse_binary_copy(spec: DataSpec, data: bytes) -> Columns:
-    """Columns of ``spec`` from the bytes of a binary COPY of its fields, in order."""
+    """Columns of ``spec`` from the bytes of a binary COPY of its fields, sorted by the spec's key
+    (keys are unique: the table's primary key)."""
     if len(data) <= _HEADER + 2:
         return Columns.empty(spec)
     rows = np.frombuffer(memoryview(data)[_HEADER : len(data) - 2], dtype=_row_dtype(spec))
+    key = rows[spec.key]
+    if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):
+        rows = rows[np.argsort(key, kind="stable")]
     return Columns(spec, {name: rows[name].astype(dtype) for name, dtype in spec.fields})
 
 

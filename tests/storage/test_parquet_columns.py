@@ -1,0 +1,78 @@
+"""The fast paths of the Parquet tier's reads: the seam merge, the frame built from pieces, and
+rows read by binary COPY without ORDER BY coming back in key order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from data_collector.markets import timeframe_code
+from data_collector.storage import CandleBatch, CandleStore, CoverageRange, TradeBatch, TradeCoverage
+from data_collector.storage.archive import columns_frame
+from data_collector.storage.parquet_files import CANDLE_FIELDS, OHLCV_SPEC, TRADES_SPEC, Columns
+from data_collector.storage.postgres_archive import PostgresArchiveSide
+from data_collector.storage.store import candles_frame
+from tests.storage.test_archive import store  # noqa: F401  (the fixture)
+from tests.support.archive import END_MS, START_MS, SYMBOL, TIMEFRAME, VENUE, candles, trades
+
+HOUR_MS = 3_600_000
+
+
+def _columns(keys: np.ndarray, tag: float) -> Columns:
+    keys = np.unique(keys).astype(np.int64)
+    values = {name: tag + np.arange(len(keys)) / 100 + i for i, name in enumerate(CANDLE_FIELDS)}
+    return Columns(OHLCV_SPEC, {"ts": keys, **values})
+
+
+def _naive_union(old: Columns, new: Columns) -> dict[int, tuple[float, ...]]:
+    rows = {int(k): tuple(float(old.arrays[n][i]) for n in CANDLE_FIELDS) for i, k in enumerate(old.ts)}
+    rows.update({int(k): tuple(float(new.arrays[n][i]) for n in CANDLE_FIELDS) for i, k in enumerate(new.ts)})
+    return dict(sorted(rows.items()))
+
+
+def test_union_equals_a_dict_merge_where_the_newer_side_wins() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        old = _columns(rng.integers(0, 60, rng.integers(0, 40)), 1.0)
+        start = int(rng.integers(0, 70))
+        new = _columns(rng.integers(start, start + 20, rng.integers(0, 15)), 2.0)
+        got = old.union(new)
+        want = _naive_union(old, new)
+        assert got.ts.tolist() == list(want)
+        assert [tuple(float(got.arrays[n][i]) for n in CANDLE_FIELDS) for i in range(len(got))] == list(
+            want.values()
+        )
+
+
+def test_a_frame_from_pieces_equals_the_stores_frame() -> None:
+    rows = candles(START_MS, START_MS + 100 * HOUR_MS)
+    whole = Columns(
+        OHLCV_SPEC, {n: np.array([r[i] for r in rows], d) for i, (n, d) in enumerate(OHLCV_SPEC.fields)}
+    )
+    pieces = [whole.slice(0, 30), Columns.empty(OHLCV_SPEC), whole.slice(30, 100)]
+    pd.testing.assert_frame_equal(columns_frame(pieces), candles_frame(rows))
+    pd.testing.assert_frame_equal(columns_frame(whole), candles_frame(rows))
+    pd.testing.assert_frame_equal(columns_frame(Columns.empty(OHLCV_SPEC)), candles_frame([]))
+
+
+async def test_rows_stored_out_of_order_are_read_back_in_key_order(store: CandleStore) -> None:  # noqa: F811
+    instrument = await store.ensure_instrument(VENUE, SYMBOL, base="SOL", quote="USDT")
+    # Newest first, one write per week: the heap holds the rows in reverse time order.
+    weeks = list(range(START_MS, END_MS, 7 * 24 * HOUR_MS))
+    for start in reversed(weeks):
+        end = min(start + 7 * 24 * HOUR_MS, END_MS)
+        await store.write(
+            [CandleBatch(instrument.id, TIMEFRAME, candles(start, end), [CoverageRange(start, end, "data")])]
+        )
+        first, last = (start - START_MS) // 600_000, (end - START_MS) // 600_000
+        await store.write_trades(
+            [TradeBatch(instrument.id, trades(first, last), [TradeCoverage(first, last, start, end)])]
+        )
+    side = PostgresArchiveSide(store)
+    got = await side.read_range(OHLCV_SPEC, (instrument.id, timeframe_code(TIMEFRAME)), START_MS, END_MS)
+    assert got.ts.tolist() == [c[0] for c in candles(START_MS, END_MS)]
+    assert got.arrays["close"].tolist() == [c[4] for c in candles(START_MS, END_MS)]
+    got_trades = await side.read_range(TRADES_SPEC, (instrument.id,), START_MS, END_MS)
+    want = trades(0, (END_MS - START_MS) // 600_000)
+    assert got_trades.key.tolist() == [t[0] for t in want]
+    assert got_trades.arrays["price"].tolist() == [t[2] for t in want]
