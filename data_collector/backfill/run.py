@@ -23,6 +23,7 @@ from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
+from data_collector.backfill.pair_run import drain_pages
 from data_collector.backfill.plan import (
     BackfillPlan,
     Range,
@@ -206,7 +207,7 @@ class BackfillRun:
                 for plan in plans:
                     pairs.create_task(self._pair(client, instrument, plan))
                 if TRADES in keys:
-                    pairs.create_task(TradePair(self, instrument, client).execute())
+                    pairs.create_task(TradePair(self, client, instrument).execute())
                 if FUNDING_RATES in keys:
                     pairs.create_task(FundingPair(self, client, instrument).execute())
 
@@ -279,19 +280,9 @@ class BackfillRun:
         def more() -> bool:
             return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
 
-        async def worker() -> None:
-            while more():
-                # A slot covers the page from its request until it is on the write queue, so
-                # pages waiting for a full queue count too: memory stays bounded.
-                async with self.page_slots:
-                    if not await self._page(client, instrument, plan, pair, todo, failure):
-                        return
-
-        # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
-        while more():
-            async with asyncio.TaskGroup() as workers:
-                for _ in range(min(self.settings.pages_in_flight_per_pair, len(todo))):
-                    workers.create_task(worker())
+        await drain_pages(
+            self, todo, more, partial(self._page, client, instrument, plan, pair, todo, failure)
+        )
         if failure:
             self._fail(pair, failure[0])
         elif todo or self.write_error is not None:
@@ -308,11 +299,9 @@ class BackfillRun:
         pair: PairReport,
         todo: list[Range],
         failure: list[CollectorError],
+        page: Range,
     ) -> bool:
-        """Fetch one page and queue it for the writers; False when the pair must stop."""
-        if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
-            return False
-        page = todo.pop()
+        """Fetch ``page`` and queue it for the writers; False when the pair must stop."""
         limit = self._page_limit(client, plan.price)
         oi = plan.price == "oi"
         request: Awaitable[Sequence[tuple[Any, ...]]] = (
