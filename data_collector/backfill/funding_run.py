@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.exchange import ExchangeClient
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.validate import MalformedPageError
 from data_collector.datatypes import FUNDING_RATES
@@ -103,16 +103,9 @@ class FundingPair(PairFetch):
 
     async def _page(self, page: Span, *, todo: list[Span]) -> bool:
         run = self.run
-        fetch = await run.unless_stopped(
-            fetch_funding_page(self.client, self.instrument.symbol, page[0], page[1], self.limit)
-        )
-        if fetch.cancelled():
-            todo.append(page)
-            return False
-        try:
-            rates = fetch.result()
-        except Exception as exc:
-            self.failure.append(classify(exc))
+        request = fetch_funding_page(self.client, self.instrument.symbol, page[0], page[1], self.limit)
+        rates = await self._answer(request, page, todo)
+        if rates is None:
             return False
         proven, rest = funding_page_coverage(page, rates, self.limit)
         if rest is not None:

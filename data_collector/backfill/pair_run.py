@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun
 
 P = TypeVar("P")
+T = TypeVar("T")
 
 
 async def drain_pages(
@@ -103,3 +104,16 @@ class PairFetch:
     ) -> None:
         """:func:`drain_pages` until ``todo`` is empty or the pair stops."""
         await drain_pages(self.run, todo, lambda: bool(todo) and not self._stopping(), fetch, width)
+
+    async def _answer(self, request: Awaitable[T], page: P, todo: list[P]) -> T | None:
+        """The answer to ``request`` for ``page``; None when the run stops (``page`` goes back on
+        ``todo``) or the request fails (the failure is kept: the pair stops)."""
+        fetch = await self.run.unless_stopped(request)
+        if fetch.cancelled():
+            todo.append(page)
+            return None
+        try:
+            return fetch.result()
+        except Exception as exc:
+            self.failure.append(classify(exc))
+            return None

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 #: Request weight of Binance spot ``aggTrades`` (the simulator's and Binance's documented 4; ccxt's
 #: table still says 2). The server's ``X-MBX-USED-WEIGHT-1M`` header corrects the count either way.
 AGG_TRADES_WEIGHT = 4
+#: Request weight of Binance USDⓈ-M ``/fapi/v1/aggTrades`` (Binance's futures docs and ccxt's
+#: ``fapiPublicGetAggTrades`` cost: 20), counted in the futures venue's budget.
+FAPI_AGG_TRADES_WEIGHT = 20
 #: Binance's most aggregate trades per answer.
 TRADES_PAGE_LIMIT = 1000
 #: ``startTime``..``endTime`` may span at most one hour; ``endTime`` is inclusive.
@@ -45,7 +48,12 @@ async def _fetch(client: ExchangeClient, symbol: str, **kwargs: Any) -> list[Tra
             client.stats.malformed += 1
             raise
 
-    return await client.call(fetch, weight=AGG_TRADES_WEIGHT)
+    return await client.call(fetch, weight=agg_trades_weight(client))
+
+
+def agg_trades_weight(client: ExchangeClient) -> int:
+    """The weight one ``aggTrades`` request costs on ``client``'s venue."""
+    return FAPI_AGG_TRADES_WEIGHT if client.futures else AGG_TRADES_WEIGHT
 
 
 async def fetch_trades_from(client: ExchangeClient, symbol: str, from_id: int, limit: int) -> list[Trade]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from functools import partial
 
-from data_collector.backfill.exchange import classify
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.trades_fetch import TRADES_PAGE_LIMIT, fetch_trades_from, first_id_at
 from data_collector.backfill.trades_plan import (
@@ -70,16 +69,9 @@ class TradePair(PairFetch):
 
     async def _page(self, span: TradeSpan, ids: IdRange, page: IdRange, *, todo: list[IdRange]) -> bool:
         run = self.run
-        fetch = await run.unless_stopped(
-            fetch_trades_from(self.client, self.instrument.symbol, page[0], self.limit)
-        )
-        if fetch.cancelled():
-            todo.append(page)
-            return False
-        try:
-            answer = fetch.result()
-        except Exception as exc:
-            self.failure.append(classify(exc))
+        request = fetch_trades_from(self.client, self.instrument.symbol, page[0], self.limit)
+        answer = await self._answer(request, page, todo)
+        if answer is None:
             return False
         result = trade_page_coverage(span, ids, page, answer, self.limit)
         if result.rest is not None:

@@ -424,14 +424,18 @@ class SimulatedExchange:
         return result
 
     def agg_trades(self, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
-        """aggTrades with ``start_ms <= T < end_ms`` (up to now), as REST serves them."""
-        market = self.market(symbol)
+        """aggTrades with ``start_ms <= T < end_ms`` (up to now), as REST serves them; a perpetual's
+        (``BTC/USDT:USDT``) too, whose rows lack spot's ``M``."""
+        market: SymbolMarket = self.usdm.market(symbol) if ":" in symbol else self.market(symbol)
         now = self.clock.now_ms()
         out = []
         for minute in range(start_ms // MINUTE_MS, (min(end_ms, now + 1) - 1) // MINUTE_MS + 1):
             for t in market.minute_trades(minute):
                 if start_ms <= t.time_ms < end_ms and t.time_ms <= now:
-                    out.append(json.loads(agg_trade_json(t, market)))
+                    row = json.loads(agg_trade_json(t, market))
+                    if ":" in symbol:
+                        del row["M"]
+                    out.append(row)
         return out
 
     def listing_ms(self, symbol: str) -> int:
