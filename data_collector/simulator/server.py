@@ -27,7 +27,7 @@ from data_collector.markets import (
 from data_collector.simulator.archives import ArchiveServer, ArchiveSettings
 from data_collector.simulator.book import OrderBook, step_book
 from data_collector.simulator.fapi import FuturesRestApi
-from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json
+from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json, ticker_fields
 from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.rest import ApiError, RestApi
@@ -693,38 +693,26 @@ class SimulatedExchange:
         out["open_ms"] = now - 86_400_000
         return out
 
+    def ticker_stats(self, market: SymbolMarket, now: int) -> dict[str, Any] | None:
+        """:meth:`rolling_24h`, or a delisted symbol's quiet day; None before the listing."""
+        s = self.rolling_24h(market, now)
+        if s is None and market.delisted_ms is not None and now >= market.delisted_ms:
+            s = self._quiet_24h(market, now)
+        return s
+
     def ticker_24hr(self, market: SymbolMarket, now: int) -> dict[str, Any]:
         """The ``/api/v3/ticker/24hr`` object of ``market`` at ``now``."""
         self.advance_book(market, now)
         (bp, bq), (ap, aq) = self.books[market.symbol].best()
         pd, qd = market.price_decimals, market.qty_decimals
-        s = self.rolling_24h(market, now)
-        if s is None and market.delisted_ms is not None and now >= market.delisted_ms:
-            s = self._quiet_24h(market, now)
+        s = self.ticker_stats(market, now)
         if s is None:
             raise ApiError(-1121, "Invalid symbol.")
         return {
-            "symbol": market.exchange_symbol,
-            "priceChange": decimal8(s["change"], pd)
-            if s["change"] >= 0
-            else "-" + decimal8(-s["change"], pd),
-            "priceChangePercent": s["pct"],
-            "weightedAvgPrice": s["wavg"],
+            **ticker_fields(market, s, now),
             "prevClosePrice": s["o"],
-            "lastPrice": s["c"],
-            "lastQty": decimal8(1, qd),
             "bidPrice": decimal8(bp, pd),
             "bidQty": decimal8(bq, qd),
             "askPrice": decimal8(ap, pd),
             "askQty": decimal8(aq, qd),
-            "openPrice": s["o"],
-            "highPrice": s["h"],
-            "lowPrice": s["l"],
-            "volume": s["v"],
-            "quoteVolume": s["q"],
-            "openTime": s["open_ms"],
-            "closeTime": now,
-            "firstId": s["first"],
-            "lastId": s["last"],
-            "count": s["n"],
         }
