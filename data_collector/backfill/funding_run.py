@@ -96,7 +96,14 @@ class FundingPair(PairFetch):
         run = self.run
         covered = await run.owner._store_call(partial(run.store.coverage, self.instrument.id, FUNDING_SERIES))
         end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
-        todo = subtract_spans(run.start_ms, end_ms, ((c.start_ms, c.end_ms) for c in covered))
+        spans = [(c.start_ms, c.end_ms) for c in covered]
+        if self.delisting_ms is not None and self.delisting_ms + 1 < end_ms:
+            # No settlement after the delisting: the rest is proven empty without a request.
+            after = (max(run.start_ms, self.delisting_ms + 1), end_ms)
+            if subtract_spans(*after, spans):
+                await run.queue.put((FundingBatch(self.instrument.id, [], [after]), self.pair))
+            end_ms = self.delisting_ms + 1
+        todo = subtract_spans(run.start_ms, end_ms, spans)
         self.pair.pages_planned = len(todo)
         todo.reverse()
         await self._drain(todo, partial(self._page, todo=todo), width=1)

@@ -2,8 +2,8 @@
 
 :class:`PairFetch` is the base of the trades and funding pairs
 (:mod:`~data_collector.backfill.trades_run`, :mod:`~data_collector.backfill.funding_run`): the
-run, the venue's client, the instrument, the report's pair, the page limit and the first
-failure, and how the pair ends (``failed``, ``stopped`` or ``done``). :func:`drain_pages` is the
+run, the venue's client, the instrument (and its delisting, where the exchange gives it), the
+report's pair, the page limit and the first failure, and how the pair ends (``failed``, ``stopped`` or ``done``). :func:`drain_pages` is the
 one worker loop over a pair's pages, with the run's page slots; the candle pairs of
 :class:`~data_collector.backfill.run.BackfillRun` use it too.
 """
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.universe import delisted_at
 from data_collector.errors import CollectorError
 from data_collector.storage.base import Instrument
 
@@ -73,6 +74,8 @@ class PairFetch:
         self.pair = run.report.pair(instrument.symbol, self.data_type)
         self.limit = self.page_limit
         self.failure: list[CollectorError] = []
+        #: When the exchange says the market stopped trading (a delisted perpetual), else None.
+        self.delisting_ms = delisted_at(client.markets.get(instrument.symbol))
 
     def _stopping(self) -> bool:
         run = self.run

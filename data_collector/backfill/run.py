@@ -34,6 +34,7 @@ from data_collector.backfill.plan import (
 )
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.trades_run import TradePair
+from data_collector.backfill.universe import delisted_at
 from data_collector.config import Config
 from data_collector.datatypes import (
     CANDLE_PRICES,
@@ -237,6 +238,7 @@ class BackfillRun:
             listing_ms=instrument.listing_ms,
             server_now_ms=client.server_now_ms(),
             limit=self._page_limit(client, price),
+            delisting_ms=delisted_at(client.markets.get(symbol)),
         )
         plan.price = price
         if self.archives is not None and price == "last" and not client.futures:
@@ -261,9 +263,14 @@ class BackfillRun:
         if plan.holes:
             self.owner.monitor.record_gaps(plan.holes)
         self._progress(pair)
-        if plan.before_listing is not None:
-            s, e = plan.before_listing
-            batch = CandleBatch(instrument.id, plan.key, [], [CoverageRange(s, e, "empty")])
+        for s, e in filter(None, (plan.before_listing, plan.after_delisting)):
+            # Before the listing and after a known delisting: 'empty' without a request.
+            cover = [CoverageRange(s, e, "empty")]
+            batch: CandleBatch | OpenInterestBatch = (
+                OpenInterestBatch(instrument.id, plan.timeframe, [], cover)
+                if plan.price == "oi"
+                else CandleBatch(instrument.id, plan.key, [], cover)
+            )
             await self.queue.put((batch, pair))
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []

@@ -61,24 +61,34 @@ async def fetch_trades_from(client: ExchangeClient, symbol: str, from_id: int, l
     return await _fetch(client, symbol, limit=limit, params={"fromId": from_id})
 
 
-async def first_id_at(client: ExchangeClient, symbol: str, at_ms: int, *, not_before_ms: int | None) -> int:
+async def first_id_at(
+    client: ExchangeClient,
+    symbol: str,
+    at_ms: int,
+    *,
+    not_before_ms: int | None,
+    delisted_ms: int | None = None,
+) -> int:
     """The id of the first aggregate trade at or after ``at_ms``; the next id to come if none yet.
 
     Windows of an hour are asked from ``at_ms`` on (from ``not_before_ms``, the listing, if
     later) until one holds a trade. A full window may be the first or the last trades of the
     hour (Binance documents neither), so the trade found is walked back by ``fromId`` pages to
-    the first one at or after ``at_ms``. Past the exchange's clock, the latest trade says where
-    ids stand.
+    the first one at or after ``at_ms``. Past the exchange's clock, or past ``delisted_ms`` (no
+    trade follows a delisting), the latest trade (the last before the delisting) says where ids
+    stand.
     """
     limit = TRADES_PAGE_LIMIT
     window = max(at_ms, not_before_ms or at_ms)
-    while window <= client.server_now_ms():
+    while window <= client.server_now_ms() and (delisted_ms is None or window < delisted_ms):
         found = await _fetch(client, symbol, since=window, limit=limit, params={"until": window + WINDOW_MS})
         if found and len(found) < limit:
             return found[0][0]
         if found:
             return await _walk_back(client, symbol, found[0][0], at_ms)
         window += HOUR_MS
+    if delisted_ms is not None:
+        return await _id_after_last(client, symbol, delisted_ms, not_before_ms or 0)
     latest = await _fetch(client, symbol, limit=1)
     if latest and latest[-1][1] >= at_ms:
         return await _walk_back(client, symbol, latest[-1][0], at_ms)
@@ -97,3 +107,25 @@ async def _walk_back(client: ExchangeClient, symbol: str, candidate: int, at_ms:
         if not earlier or len(later) < len(earlier):
             return candidate
     return candidate
+
+
+async def _id_after_last(client: ExchangeClient, symbol: str, end_ms: int, not_before_ms: int) -> int:
+    """The id after the last trade before ``end_ms`` (a delisting: no trade follows it).
+
+    Hour windows are asked backwards from ``end_ms`` until one holds a trade; a full window is
+    paged on by ``fromId`` to its last trade. Binance answers a delisted symbol's "latest
+    trades" from what it still keeps, which need not reach back to the delisting.
+    """
+    limit = TRADES_PAGE_LIMIT
+    window_end = end_ms
+    while window_end > not_before_ms:
+        start = max(window_end - HOUR_MS, not_before_ms)
+        found = await _fetch(client, symbol, since=start, limit=limit, params={"until": window_end - 1})
+        if found:
+            last = found[-1][0]
+            while len(found) == limit:
+                found = await fetch_trades_from(client, symbol, last + 1, limit)
+                last = found[-1][0] if found else last
+            return last + 1
+        window_end = start
+    return 0

@@ -52,10 +52,14 @@ class TradePair(PairFetch):
         listing = self.instrument.listing_ms
         first = span.first_id
         if first is None:
-            first = await first_id_at(self.client, symbol, span.start_ms, not_before_ms=listing)
+            first = await first_id_at(
+                self.client, symbol, span.start_ms, not_before_ms=listing, delisted_ms=self.delisting_ms
+            )
         end = span.end_id
         if end is None:
-            end = await first_id_at(self.client, symbol, span.end_ms, not_before_ms=listing)
+            end = await first_id_at(
+                self.client, symbol, span.end_ms, not_before_ms=listing, delisted_ms=self.delisting_ms
+            )
         end = max(end, first)
         ids = (first, end)
         if end == first:

@@ -19,7 +19,8 @@ What the real exchange tells about delistings (Binance spot, ``/api/v3/exchangeI
 status. A symbol being wound down says ``BREAK`` (which a trading halt says too), without a
 delisting time; once Binance removes it, it vanishes from exchangeInfo and ccxt no longer knows
 it, so it cannot be collected this way at all. Its candles end where trading ended. Futures
-(``/fapi/v1/exchangeInfo``) say ``SETTLING``/``CLOSE`` and move ``deliveryDate`` to the delisting.
+(``/fapi/v1/exchangeInfo``) say ``SETTLING``/``CLOSE`` and move ``deliveryDate`` to the delisting:
+:func:`delisted_at` reads it, and the run's plan stops there (no request past it).
 """
 
 from __future__ import annotations
@@ -104,6 +105,28 @@ class Universe:
 def is_delisted(market: Mapping[str, Any]) -> bool:
     """Not trading by the exchange's word (ccxt ``active`` False; None, as for options, is unknown)."""
     return market.get("active") is False
+
+
+#: Binance USDⓈ-M's ``deliveryDate`` of a perpetual still listed (2100-12-25).
+NO_DELIVERY_MS = 4133404800000
+
+
+def delisted_at(market: Mapping[str, Any] | None) -> int | None:
+    """When a delisted market stopped trading, where the exchange says so; None otherwise.
+
+    Binance USDⓈ-M moves a delisted perpetual's ``deliveryDate`` (ccxt keeps it in ``info`` only:
+    a swap has no ``expiry``) to the delisting and says ``SETTLING``/``CLOSE``. Binance spot
+    exposes no delisting time in ``exchangeInfo`` (only ``BREAK``), so a spot symbol gets None.
+    """
+    if market is None or not is_delisted(market) or market.get("type") != "swap":
+        return None
+    info = market.get("info")
+    raw = info.get("deliveryDate") if isinstance(info, Mapping) else None
+    try:
+        delivery = int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+    return delivery if delivery is not None and 0 < delivery < NO_DELIVERY_MS else None
 
 
 #: The opened client of a symbol's (or a pattern's) venue: spot, or futures for ``BASE/QUOTE:SETTLE``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -213,6 +213,9 @@ class SimulatedExchange:
         self._outage_until_ms: float | None = None
         self._stats: Counter[str] = Counter()
         self._by_endpoint: Counter[str] = Counter()
+        #: Off (None) unless a test sets ``sim.request_log = deque(maxlen=...)``: then every REST
+        #: request's endpoint and query, so a test can say which requests were (not) made.
+        self.request_log: deque[tuple[str, dict[str, str]]] | None = None
         self._by_status: Counter[int] = Counter()
         self.hub = StreamHub(self)
         #: The archive tree (``/data/spot/...``) and its faults: ``sim.archive.inject(...)``.
