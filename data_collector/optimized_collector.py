@@ -303,7 +303,7 @@ class OptimizedDataCollector:
     async def resolve_symbols(self, symbols: Sequence[str] | None = None) -> Universe:
         """``symbols`` (default: the config's) resolved now, patterns too: universe.resolve_universe."""
         await self.initialize()
-        return await resolve_configured(self.client, self.config, symbols)
+        return await resolve_configured(self.venues.client_for, self.config, symbols)
 
     def _resolve_range(self, start: TimeLike | None, end: TimeLike | None) -> tuple[int, int]:
         now_ms = self.client.server_now_ms()

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
 
-from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.exchange import ExchangeClient
+from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.validate import MalformedPageError, validate_funding
 from data_collector.datatypes import FUNDING_RATES
-from data_collector.errors import CollectorError
 from data_collector.markets import FUNDING_SERIES
-from data_collector.storage.base import Instrument
 from data_collector.storage.funding import FundingBatch, FundingRate
 from data_collector.storage.ranges import Span, subtract_spans
-
-if TYPE_CHECKING:
-    from data_collector.backfill.run import BackfillRun
 
 #: Binance's most settlements per ``fundingRate`` answer.
 FUNDING_PAGE_LIMIT = 1000
@@ -63,55 +58,41 @@ def funding_page_coverage(page: Span, rates: Sequence[FundingRate], limit: int) 
     return (start, last), ((last, end) if last < end else None)
 
 
-class FundingPair:
-    """The funding rates of one perpetual over the run's range."""
+class FundingPair(PairFetch):
+    """The funding rates of one perpetual over the run's range, one page at a time (one page of
+    1,000 settlements covers 333 days)."""
 
-    def __init__(self, run: BackfillRun, client: ExchangeClient, instrument: Instrument) -> None:
-        self.run = run
-        self.client = client
-        self.instrument = instrument
-        self.pair = run.report.pair(instrument.symbol, FUNDING_RATES)
-        self.limit = FUNDING_PAGE_LIMIT
+    data_type = FUNDING_RATES
+    page_limit = FUNDING_PAGE_LIMIT
 
-    async def execute(self) -> None:
-        run, pair = self.run, self.pair
-        pair.status = "running"
-        run._progress(pair)
-        failure: CollectorError | None = None
-        todo: list[Span] = []
-        try:
-            covered = await run.owner._store_call(
-                partial(run.store.coverage, self.instrument.id, FUNDING_SERIES)
-            )
-            end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
-            todo = subtract_spans(run.start_ms, end_ms, ((c.start_ms, c.end_ms) for c in covered))
-            pair.pages_planned = len(todo)
-            while todo and not self._stopping():
-                await self._page(todo)
-        except Exception as exc:
-            failure = classify(exc)
-        if failure is not None:
-            run._fail(pair, failure)
-        else:
-            run._finish(pair, "stopped" if todo else "done")
+    async def _run(self) -> None:
+        run = self.run
+        covered = await run.owner._store_call(partial(run.store.coverage, self.instrument.id, FUNDING_SERIES))
+        end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
+        spans = [(c.start_ms, c.end_ms) for c in covered]
+        if self.delisting_ms is not None and self.delisting_ms + 1 < end_ms:
+            # No settlement after the delisting: the rest is proven empty without a request.
+            after = (max(run.start_ms, self.delisting_ms + 1), end_ms)
+            if subtract_spans(*after, spans):
+                await run.queue.put((FundingBatch(self.instrument.id, [], [after]), self.pair))
+            end_ms = self.delisting_ms + 1
+        todo = subtract_spans(run.start_ms, end_ms, spans)
+        self.pair.pages_planned = len(todo)
+        todo.reverse()
+        await self._drain(todo, partial(self._page, todo=todo), width=1)
 
-    def _stopping(self) -> bool:
-        return self.run.owner._stop.is_set() or self.run.write_error is not None
-
-    async def _page(self, todo: list[Span]) -> None:
-        run, page = self.run, todo.pop(0)
-        fetch = await run.unless_stopped(
-            fetch_funding_page(self.client, self.instrument.symbol, page[0], page[1], self.limit)
-        )
-        if fetch.cancelled():
-            todo.insert(0, page)
-            return
-        rates = fetch.result()
+    async def _page(self, page: Span, *, todo: list[Span]) -> bool:
+        run = self.run
+        request = fetch_funding_page(self.client, self.instrument.symbol, page[0], page[1], self.limit)
+        rates = await self._answer(request, page, todo)
+        if rates is None:
+            return False
         proven, rest = funding_page_coverage(page, rates, self.limit)
         if rest is not None:
-            todo.insert(0, rest)
+            todo.append(rest)
             self.pair.pages_planned += 1
         self.pair.pages_done += 1
         self.pair.candles_fetched += len(rates)
         await run.queue.put((FundingBatch(self.instrument.id, rates, [proven]), self.pair))
         run._progress(self.pair)
+        return True

@@ -128,7 +128,8 @@ class BackfillPlan:
     """What one (symbol, timeframe) needs.
 
     ``target`` is the aligned range asked for (clipped before the forming candle); ``missing`` the
-    parts with no coverage; ``before_listing`` the part to mark ``'empty'`` without asking;
+    parts with no coverage; ``before_listing`` and ``after_delisting`` the parts to mark
+    ``'empty'`` without asking;
     ``pages`` the requests to make; ``holes`` how many missing ranges lie between covered ones
     (gaps found, as opposed to the new edge of the range).
     """
@@ -138,6 +139,8 @@ class BackfillPlan:
     target: Range
     missing: list[Range] = field(default_factory=list)
     before_listing: Range | None = None
+    #: The part after a known delisting, also marked ``'empty'`` without asking.
+    after_delisting: Range | None = None
     pages: list[Range] = field(default_factory=list)
     holes: int = 0
     #: The candles' price type: ``last`` (traded), ``mark``, ``index`` or ``premium``.
@@ -174,6 +177,7 @@ def plan_backfill(
     listing_ms: int | None,
     server_now_ms: int,
     limit: int = DEFAULT_PAGE_LIMIT,
+    delisting_ms: int | None = None,
 ) -> BackfillPlan:
     """Plan the pages for one pair.
 
@@ -183,6 +187,8 @@ def plan_backfill(
         listing_ms: the exchange's first candle time, if known.
         server_now_ms: the exchange's clock; the candle containing it is still forming.
         limit: candles per page (the exchange's maximum).
+        delisting_ms: when the exchange says trading ended (a delisted perpetual's
+            ``deliveryDate``), if known: nothing opens after the candle holding it.
     """
     forming_open = candle_open_ms(server_now_ms, timeframe)
     start, end = align_range(start_ms, min(end_ms, forming_open), timeframe)
@@ -197,8 +203,15 @@ def plan_backfill(
             if subtract(before, covered):
                 plan.before_listing = before
             missing = subtract((max(start, listing_open), end), covered) if listing_open < end else []
+    edge = end
+    if delisting_ms is not None and align_up(delisting_ms, timeframe) < end:
+        edge = align_up(delisting_ms, timeframe)
+        after = (max(start, edge), end)
+        if subtract(after, covered):
+            plan.after_delisting = after
+        missing = [(s, min(e, edge)) for s, e in missing if s < edge]
     plan.missing = missing
     spans = sorted((r.start_ms, r.end_ms) for r in covered)
-    plan.holes = sum(1 for s, e in missing if any(c_end <= s for _, c_end in spans) and e < end)
+    plan.holes = sum(1 for s, e in missing if any(c_end <= s for _, c_end in spans) and e < edge)
     plan.pages = [p for m in missing for p in pages(m, timeframe, limit)]
     return plan

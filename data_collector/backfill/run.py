@@ -23,6 +23,7 @@ from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
+from data_collector.backfill.pair_run import drain_pages
 from data_collector.backfill.plan import (
     BackfillPlan,
     Range,
@@ -33,6 +34,7 @@ from data_collector.backfill.plan import (
 )
 from data_collector.backfill.report import CollectionReport, PairReport
 from data_collector.backfill.trades_run import TradePair
+from data_collector.backfill.universe import delisted_at
 from data_collector.config import Config
 from data_collector.datatypes import (
     CANDLE_PRICES,
@@ -206,7 +208,7 @@ class BackfillRun:
                 for plan in plans:
                     pairs.create_task(self._pair(client, instrument, plan))
                 if TRADES in keys:
-                    pairs.create_task(TradePair(self, instrument, client).execute())
+                    pairs.create_task(TradePair(self, client, instrument).execute())
                 if FUNDING_RATES in keys:
                     pairs.create_task(FundingPair(self, client, instrument).execute())
 
@@ -236,6 +238,7 @@ class BackfillRun:
             listing_ms=instrument.listing_ms,
             server_now_ms=client.server_now_ms(),
             limit=self._page_limit(client, price),
+            delisting_ms=delisted_at(client.markets.get(symbol)),
         )
         plan.price = price
         if self.archives is not None and price == "last" and not client.futures:
@@ -260,9 +263,14 @@ class BackfillRun:
         if plan.holes:
             self.owner.monitor.record_gaps(plan.holes)
         self._progress(pair)
-        if plan.before_listing is not None:
-            s, e = plan.before_listing
-            batch = CandleBatch(instrument.id, plan.key, [], [CoverageRange(s, e, "empty")])
+        for s, e in filter(None, (plan.before_listing, plan.after_delisting)):
+            # Before the listing and after a known delisting: 'empty' without a request.
+            cover = [CoverageRange(s, e, "empty")]
+            batch: CandleBatch | OpenInterestBatch = (
+                OpenInterestBatch(instrument.id, plan.timeframe, [], cover)
+                if plan.price == "oi"
+                else CandleBatch(instrument.id, plan.key, [], cover)
+            )
             await self.queue.put((batch, pair))
         todo = list(reversed(plan.pages))
         failure: list[CollectorError] = []
@@ -279,19 +287,9 @@ class BackfillRun:
         def more() -> bool:
             return bool(todo) and not failure and not self.owner._stop.is_set() and self.write_error is None
 
-        async def worker() -> None:
-            while more():
-                # A slot covers the page from its request until it is on the write queue, so
-                # pages waiting for a full queue count too: memory stays bounded.
-                async with self.page_slots:
-                    if not await self._page(client, instrument, plan, pair, todo, failure):
-                        return
-
-        # A page cut short puts its rest on ``todo``, maybe after the other workers ran dry.
-        while more():
-            async with asyncio.TaskGroup() as workers:
-                for _ in range(min(self.settings.pages_in_flight_per_pair, len(todo))):
-                    workers.create_task(worker())
+        await drain_pages(
+            self, todo, more, partial(self._page, client, instrument, plan, pair, todo, failure)
+        )
         if failure:
             self._fail(pair, failure[0])
         elif todo or self.write_error is not None:
@@ -308,11 +306,9 @@ class BackfillRun:
         pair: PairReport,
         todo: list[Range],
         failure: list[CollectorError],
+        page: Range,
     ) -> bool:
-        """Fetch one page and queue it for the writers; False when the pair must stop."""
-        if not todo or failure or self.owner._stop.is_set() or self.write_error is not None:
-            return False
-        page = todo.pop()
+        """Fetch ``page`` and queue it for the writers; False when the pair must stop."""
         limit = self._page_limit(client, plan.price)
         oi = plan.price == "oi"
         request: Awaitable[Sequence[tuple[Any, ...]]] = (

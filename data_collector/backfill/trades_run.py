@@ -12,11 +12,9 @@ exchange's clock, so no trade still being aggregated is ever stored.
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
-from typing import TYPE_CHECKING
 
-from data_collector.backfill.exchange import ExchangeClient, classify
+from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.trades_fetch import TRADES_PAGE_LIMIT, fetch_trades_from, first_id_at
 from data_collector.backfill.trades_plan import (
     IdRange,
@@ -26,66 +24,42 @@ from data_collector.backfill.trades_plan import (
     trade_page_coverage,
 )
 from data_collector.datatypes import TRADES
-from data_collector.errors import CollectorError
-from data_collector.storage.base import Instrument
 from data_collector.storage.trades import TradeBatch, TradeCoverage
-
-if TYPE_CHECKING:
-    from data_collector.backfill.run import BackfillRun
 
 #: Trades younger than this (by the exchange's clock) are left for the next run.
 SETTLE_MS = 10_000
 
 
-class TradePair:
+class TradePair(PairFetch):
     """The trades of one instrument over the run's range."""
 
-    def __init__(self, run: BackfillRun, instrument: Instrument, client: ExchangeClient) -> None:
-        self.run = run
-        self.client = client
-        self.instrument = instrument
-        self.pair = run.report.pair(instrument.symbol, TRADES)
-        self.limit = TRADES_PAGE_LIMIT
-        self.failure: list[CollectorError] = []
+    data_type = TRADES
+    page_limit = TRADES_PAGE_LIMIT
 
-    def _stopping(self) -> bool:
+    async def _run(self) -> None:
         run = self.run
-        return bool(self.failure) or run.owner._stop.is_set() or run.write_error is not None
-
-    async def execute(self) -> None:
-        run, pair = self.run, self.pair
-        pair.status = "running"
-        run._progress(pair)
-        try:
-            covered = await run.owner._store_call(partial(run.store.trade_coverage, self.instrument.id))
-            end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
-            spans = plan_trade_spans(run.start_ms, end_ms, covered)
-            pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
-            for span in spans:
-                if self._stopping():
-                    break
-                await self._span(span)
-        except Exception as exc:
-            error = classify(exc)
-            if not isinstance(error, CollectorError):  # pragma: no cover - classify always maps
-                raise
-            self.failure.append(error)
-        if self.failure:
-            run._fail(pair, self.failure[0])
-        elif self._stopping():
-            run._finish(pair, "stopped")
-        else:
-            run._finish(pair, "done")
+        covered = await run.owner._store_call(partial(run.store.trade_coverage, self.instrument.id))
+        end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
+        spans = plan_trade_spans(run.start_ms, end_ms, covered)
+        self.pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
+        for span in spans:
+            if self._stopping():
+                break
+            await self._span(span)
 
     async def _span(self, span: TradeSpan) -> None:
         run, symbol = self.run, self.instrument.symbol
         listing = self.instrument.listing_ms
         first = span.first_id
         if first is None:
-            first = await first_id_at(self.client, symbol, span.start_ms, not_before_ms=listing)
+            first = await first_id_at(
+                self.client, symbol, span.start_ms, not_before_ms=listing, delisted_ms=self.delisting_ms
+            )
         end = span.end_id
         if end is None:
-            end = await first_id_at(self.client, symbol, span.end_ms, not_before_ms=listing)
+            end = await first_id_at(
+                self.client, symbol, span.end_ms, not_before_ms=listing, delisted_ms=self.delisting_ms
+            )
         end = max(end, first)
         ids = (first, end)
         if end == first:
@@ -95,31 +69,14 @@ class TradePair:
             return
         todo = list(reversed(id_pages(first, end, self.limit)))
         self.pair.pages_planned += len(todo)
+        await self._drain(todo, partial(self._page, span, ids, todo=todo))
 
-        async def worker() -> None:
-            while todo and not self._stopping():
-                async with run.page_slots:
-                    if todo and not self._stopping():
-                        await self._page(span, ids, todo.pop(), todo)
-
-        while todo and not self._stopping():
-            async with asyncio.TaskGroup() as workers:
-                for _ in range(min(run.settings.pages_in_flight_per_pair, len(todo))):
-                    workers.create_task(worker())
-
-    async def _page(self, span: TradeSpan, ids: IdRange, page: IdRange, todo: list[IdRange]) -> None:
+    async def _page(self, span: TradeSpan, ids: IdRange, page: IdRange, *, todo: list[IdRange]) -> bool:
         run = self.run
-        fetch = await run.unless_stopped(
-            fetch_trades_from(self.client, self.instrument.symbol, page[0], self.limit)
-        )
-        if fetch.cancelled():
-            todo.append(page)
-            return
-        try:
-            answer = fetch.result()
-        except Exception as exc:
-            self.failure.append(classify(exc))
-            return
+        request = fetch_trades_from(self.client, self.instrument.symbol, page[0], self.limit)
+        answer = await self._answer(request, page, todo)
+        if answer is None:
+            return False
         result = trade_page_coverage(span, ids, page, answer, self.limit)
         if result.rest is not None:
             more = id_pages(*result.rest, self.limit)
@@ -129,3 +86,4 @@ class TradePair:
         self.pair.pages_done += 1
         await run.queue.put((TradeBatch(self.instrument.id, result.trades, [result.coverage]), self.pair))
         run._progress(self.pair)
+        return True

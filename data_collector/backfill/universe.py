@@ -4,10 +4,11 @@
 ``*/USDT:USDT``, ``[BE]*/USDT``; :mod:`fnmatch`, case-sensitive after upper-casing). At the start of
 each run :func:`resolve_universe` turns them into symbols:
 
-* a pattern matches the exchange's markets (``client.markets``, loaded when the client opened);
-* ``universe.top: N`` keeps the N trading matches with the highest 24 h quote volume (the
-  exchange's 24 h tickers: ``fetch_tickers``, one request of weight 80 on Binance spot, or 2/40 for
-  at most 20/100 symbols); exact names are always kept and never ranked;
+* a pattern matches its venue's markets (``client.markets``, loaded when the client opened): the
+  futures venue's for a pattern with a ``:SETTLE`` part (``*/USDT:USDT``), spot's otherwise;
+* ``universe.top: N`` keeps the N trading matches of each venue with the highest 24 h quote
+  volume (the venue's 24 h tickers: ``fetch_tickers``, one request of weight 80 on Binance spot,
+  or 2/40 for at most 20/100 symbols; 40 on USDⓈ-M); exact names are always kept and never ranked;
 * a market that is not trading (ccxt ``active`` False: Binance spot status ``BREAK``) is a
   delisted symbol. A pattern skips it unless ``universe.include_delisted: true``; an exact name
   of one is refused (:class:`InvalidSymbolError`, exit code 2) unless that is set. With it set,
@@ -18,22 +19,23 @@ What the real exchange tells about delistings (Binance spot, ``/api/v3/exchangeI
 status. A symbol being wound down says ``BREAK`` (which a trading halt says too), without a
 delisting time; once Binance removes it, it vanishes from exchangeInfo and ccxt no longer knows
 it, so it cannot be collected this way at all. Its candles end where trading ended. Futures
-(``/fapi/v1/exchangeInfo``) say ``SETTLING``/``CLOSE`` and move ``deliveryDate`` to the delisting.
+(``/fapi/v1/exchangeInfo``) say ``SETTLING``/``CLOSE`` and move ``deliveryDate`` to the delisting:
+:func:`delisted_at` reads it, and the run's plan stops there (no request past it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
+from data_collector.backfill.exchange import ExchangeClient
 from data_collector.errors import InvalidSymbolError, UsageError
 from data_collector.markets import is_symbol_pattern, normalize_symbol_entry
 
 if TYPE_CHECKING:
-    from data_collector.backfill.exchange import ExchangeClient
     from data_collector.config import Config
 
 log = logging.getLogger(__name__)
@@ -105,10 +107,40 @@ def is_delisted(market: Mapping[str, Any]) -> bool:
     return market.get("active") is False
 
 
+#: Binance USDⓈ-M's ``deliveryDate`` of a perpetual still listed (2100-12-25).
+NO_DELIVERY_MS = 4133404800000
+
+
+def delisted_at(market: Mapping[str, Any] | None) -> int | None:
+    """When a delisted market stopped trading, where the exchange says so; None otherwise.
+
+    Binance USDⓈ-M moves a delisted perpetual's ``deliveryDate`` (ccxt keeps it in ``info`` only:
+    a swap has no ``expiry``) to the delisting and says ``SETTLING``/``CLOSE``. Binance spot
+    exposes no delisting time in ``exchangeInfo`` (only ``BREAK``), so a spot symbol gets None.
+    """
+    if market is None or not is_delisted(market) or market.get("type") != "swap":
+        return None
+    info = market.get("info")
+    raw = info.get("deliveryDate") if isinstance(info, Mapping) else None
+    try:
+        delivery = int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+    return delivery if delivery is not None and 0 < delivery < NO_DELIVERY_MS else None
+
+
+#: The opened client of a symbol's (or a pattern's) venue: spot, or futures for ``BASE/QUOTE:SETTLE``.
+ClientFor = Callable[[str], Awaitable[ExchangeClient]]
+
+
 async def resolve_universe(
-    client: ExchangeClient, entries: Sequence[str], settings: UniverseSettings
+    client_for: ClientFor, entries: Sequence[str], settings: UniverseSettings
 ) -> Universe:
-    """The symbols ``entries`` name on ``client``'s exchange, in order, without repeats.
+    """The symbols ``entries`` name on their venues' exchanges, in order, without repeats.
+
+    An entry with a ``:SETTLE`` part (``BTC/USDT:USDT``, ``*/USDT:USDT``) is looked up in the
+    futures venue's markets, any other in the spot venue's. ``top`` keeps the N busiest
+    pattern matches of each venue, ranked by that venue's own 24 h tickers.
 
     Exact symbols the exchange does not list are kept: the run reports them as failed pairs
     (or refuses the run when it lists none), as before.
@@ -116,10 +148,9 @@ async def resolve_universe(
     Raises:
         InvalidSymbolError: an exact delisted symbol without ``include_delisted``, or a pattern
             that matches no market.
-        UsageError: ``top`` over matches of several quote currencies or market types, whose
-            quote volumes cannot be compared.
+        UsageError: ``top`` over one venue's matches of several quote currencies or market
+            types, whose quote volumes cannot be compared.
     """
-    markets: Mapping[str, Any] = client.markets
     exact: list[str] = []
     patterns: list[str] = []
     for raw in entries:
@@ -127,7 +158,8 @@ async def resolve_universe(
         (patterns if is_symbol_pattern(entry) else exact).append(entry)
     universe = Universe(symbols=[], patterns=patterns, top=settings.top if patterns else None)
     for symbol in exact:
-        market = markets.get(symbol)
+        client = await client_for(symbol)
+        market = client.markets.get(symbol)
         if market is not None and is_delisted(market):
             if not settings.include_delisted:
                 raise InvalidSymbolError(
@@ -136,23 +168,31 @@ async def resolve_universe(
                     "to collect it up to its end"
                 )
             universe.delisted.append(symbol)
-    matched: list[str] = []
+    # Matches per venue, in pattern order: each venue's are ranked by its own tickers.
+    by_venue: dict[ExchangeClient, list[str]] = {}
     for pattern in patterns:
-        hits = sorted(s for s in markets if fnmatchcase(s, pattern))
+        client = await client_for(pattern)
+        hits = sorted(s for s in client.markets if fnmatchcase(s, pattern))
         if not hits:
             raise InvalidSymbolError(f"symbols: {pattern!r} matches no market of {client.id}")
+        matched = by_venue.setdefault(client, [])
         matched.extend(s for s in hits if s not in matched and s not in exact)
-    trading = [s for s in matched if not is_delisted(markets[s])]
-    delisted = [s for s in matched if is_delisted(markets[s])]
-    if settings.top is not None and trading:
-        universe.quote_volume = await _quote_volumes(client, trading)
-        trading = sorted(trading, key=lambda s: (-universe.quote_volume[s], s))[: settings.top]
+    chosen: list[str] = []
+    delisted: list[str] = []
+    for client, matched in by_venue.items():
+        markets = client.markets
+        trading = [s for s in matched if not is_delisted(markets[s])]
+        delisted += [s for s in matched if is_delisted(markets[s])]
+        if settings.top is not None and trading:
+            volumes = await _quote_volumes(client, trading)
+            universe.quote_volume.update(volumes)
+            trading = sorted(trading, key=lambda s: (-volumes[s], s))[: settings.top]
+        chosen += trading
     if settings.include_delisted:
         universe.delisted.extend(delisted)
-        chosen = [*trading, *delisted]
+        chosen += delisted
     else:
         universe.skipped_delisted = delisted
-        chosen = trading
     universe.symbols = list(dict.fromkeys([*exact, *chosen]))
     if not universe.symbols:
         raise InvalidSymbolError(
@@ -164,11 +204,11 @@ async def resolve_universe(
 
 
 async def resolve_configured(
-    client: ExchangeClient, config: Config, symbols: Sequence[str] | None = None
+    client_for: ClientFor, config: Config, symbols: Sequence[str] | None = None
 ) -> Universe:
     """:func:`resolve_universe` of ``symbols`` (default: the config's ``symbols``) under its ``universe``."""
     entries = list(symbols or config.symbols)
-    return await resolve_universe(client, entries, UniverseSettings.from_config(config))
+    return await resolve_universe(client_for, entries, UniverseSettings.from_config(config))
 
 
 async def _quote_volumes(client: ExchangeClient, symbols: list[str]) -> dict[str, float]:
@@ -177,14 +217,17 @@ async def _quote_volumes(client: ExchangeClient, symbols: list[str]) -> dict[str
     quotes = sorted({str(markets[s].get("quote")) for s in symbols})
     types = sorted({str(markets[s].get("type")) for s in symbols})
     if len(quotes) > 1 or len(types) > 1:
+        example = "*/USDT:USDT" if client.futures else "*/USDT"
         raise UsageError(
             f"universe.top ranks by 24h quote volume, which is in each market's quote currency: the "
-            f"matches span {', '.join(quotes)} ({', '.join(types)}); use patterns of one quote, e.g. '*/USDT'"
+            f"matches span {', '.join(quotes)} ({', '.join(types)}); use patterns of one quote, e.g. '{example}'"
         )
-    named = symbols if len(symbols) <= MAX_NAMED_TICKERS else None
-    # USDⓈ-M answers every ticker for a list too: /fapi/v1/ticker/24hr costs 40 without a symbol.
-    weight = ticker_weight(len(symbols)) if types == ["spot"] else 40
-    tickers: dict[str, Any] = await client.call(client.exchange.fetch_tickers, named, weight=weight)
+    if client.futures:
+        # USDⓈ-M's /fapi/v1/ticker/24hr takes one symbol or none: ccxt asks for all (weight 40).
+        tickers: dict[str, Any] = await client.call(client.exchange.fetch_tickers, None, weight=40)
+    else:
+        named = symbols if len(symbols) <= MAX_NAMED_TICKERS else None
+        tickers = await client.call(client.exchange.fetch_tickers, named, weight=ticker_weight(len(symbols)))
     return {s: float((tickers.get(s) or {}).get("quoteVolume") or 0.0) for s in symbols}
 
 

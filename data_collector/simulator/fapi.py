@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from data_collector.markets import MINUTE_MS, TIMEFRAME_MS, candle_open_ms
-from data_collector.simulator.formats import book_ticker, decimal8, klines_json
+from data_collector.simulator.formats import book_ticker, decimal8, klines_json, ticker_fields
 from data_collector.simulator.fstreams import signed8
 from data_collector.simulator.perp import FUNDING_MS, INTEREST_E8, PerpMarket
 from data_collector.simulator.rest import ApiError, RestApi, _int_param, _limit, kline_params
@@ -74,6 +74,7 @@ class FuturesRestApi(RestApi):
         add(v1 + "aggTrades", self._agg_trades)
         add(v1 + "depth", self._depth)
         add(v1 + "ticker/bookTicker", self._book_ticker)
+        add(v1 + "ticker/24hr", self._ticker_24hr)
         add("/futures/data/openInterestHist", self._open_interest_hist)
         add("/sim/stats", self._sim_stats)
         for base in ("", "/public", "/market"):
@@ -100,6 +101,8 @@ class FuturesRestApi(RestApi):
             return 2 if "symbol" in q else 5
         if name == "premiumIndex":
             return 1 if "symbol" in q else 10
+        if key.endswith("ticker/24hr"):
+            return 1 if "symbol" in q else 40
         return 1
 
     def _perp(self, request: web.Request, param: str = "symbol", required: bool = True) -> PerpMarket | None:
@@ -320,3 +323,17 @@ class FuturesRestApi(RestApi):
         if one is not None:
             return self._json(json.dumps(self._book_ticker_obj(one, now)))
         return self._json(json.dumps([self._book_ticker_obj(m, now) for m in self.venue.markets.values()]))
+
+    async def _ticker_24hr(self, request: web.Request) -> web.Response:
+        """Binance USDⓈ-M's 24 h rolling statistics: one ``symbol``, or every contract with a
+        trade in the window or a delisted one's quiet day (no ``symbols`` list, no book fields)."""
+        now = self.sim.clock.now_ms()
+        one = self._perp(request, required=False)
+        markets = [one] if one is not None else list(self.venue.markets.values())
+        stats = [(m, self.sim.ticker_stats(m, now)) for m in markets]
+        items = [ticker_fields(m, s, now) for m, s in stats if s is not None]
+        if one is not None:
+            if not items:
+                raise ApiError(-1121, "Invalid symbol.")
+            return self._json(json.dumps(items[0], separators=(",", ":")))
+        return self._json(json.dumps(items, separators=(",", ":")))

@@ -168,3 +168,27 @@ def symbol_info(market: SymbolMarket, now_ms: int | None = None) -> dict[str, An
         "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
         "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
     }
+
+
+def ticker_fields(market: SymbolMarket, s: dict[str, Any], now: int) -> dict[str, Any]:
+    """The 24 h ticker fields spot and USDⓈ-M share, from ``SimulatedExchange.ticker_stats``'s ``s``."""
+    pd, qd = market.price_decimals, market.qty_decimals
+    change = s["change"]
+    return {
+        "symbol": market.exchange_symbol,
+        "priceChange": decimal8(change, pd) if change >= 0 else "-" + decimal8(-change, pd),
+        "priceChangePercent": s["pct"],
+        "weightedAvgPrice": s["wavg"],
+        "lastPrice": s["c"],
+        "lastQty": decimal8(1, qd),
+        "openPrice": s["o"],
+        "highPrice": s["h"],
+        "lowPrice": s["l"],
+        "volume": s["v"],
+        "quoteVolume": s["q"],
+        "openTime": s["open_ms"],
+        "closeTime": now,
+        "firstId": s["first"],
+        "lastId": s["last"],
+        "count": s["n"],
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -27,7 +27,7 @@ from data_collector.markets import (
 from data_collector.simulator.archives import ArchiveServer, ArchiveSettings
 from data_collector.simulator.book import OrderBook, step_book
 from data_collector.simulator.fapi import FuturesRestApi
-from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json
+from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json, ticker_fields
 from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.okx import OkxServer, OkxSettings, OkxVenue
@@ -217,6 +217,9 @@ class SimulatedExchange:
         self._outage_until_ms: float | None = None
         self._stats: Counter[str] = Counter()
         self._by_endpoint: Counter[str] = Counter()
+        #: Off (None) unless a test sets ``sim.request_log = deque(maxlen=...)``: then every REST
+        #: request's endpoint and query, so a test can say which requests were (not) made.
+        self.request_log: deque[tuple[str, dict[str, str]]] | None = None
         self._by_status: Counter[int] = Counter()
         self.hub = StreamHub(self)
         #: The archive tree (``/data/spot/...``) and its faults: ``sim.archive.inject(...)``.
@@ -467,14 +470,18 @@ class SimulatedExchange:
         return result
 
     def agg_trades(self, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
-        """aggTrades with ``start_ms <= T < end_ms`` (up to now), as REST serves them."""
-        market = self.market(symbol)
+        """aggTrades with ``start_ms <= T < end_ms`` (up to now), as REST serves them; a perpetual's
+        (``BTC/USDT:USDT``) too, whose rows lack spot's ``M``."""
+        market: SymbolMarket = self.usdm.market(symbol) if ":" in symbol else self.market(symbol)
         now = self.clock.now_ms()
         out = []
         for minute in range(start_ms // MINUTE_MS, (min(end_ms, now + 1) - 1) // MINUTE_MS + 1):
             for t in market.minute_trades(minute):
                 if start_ms <= t.time_ms < end_ms and t.time_ms <= now:
-                    out.append(json.loads(agg_trade_json(t, market)))
+                    row = json.loads(agg_trade_json(t, market))
+                    if ":" in symbol:
+                        del row["M"]
+                    out.append(row)
         return out
 
     def listing_ms(self, symbol: str) -> int:
@@ -732,38 +739,26 @@ class SimulatedExchange:
         out["open_ms"] = now - 86_400_000
         return out
 
+    def ticker_stats(self, market: SymbolMarket, now: int) -> dict[str, Any] | None:
+        """:meth:`rolling_24h`, or a delisted symbol's quiet day; None before the listing."""
+        s = self.rolling_24h(market, now)
+        if s is None and market.delisted_ms is not None and now >= market.delisted_ms:
+            s = self._quiet_24h(market, now)
+        return s
+
     def ticker_24hr(self, market: SymbolMarket, now: int) -> dict[str, Any]:
         """The ``/api/v3/ticker/24hr`` object of ``market`` at ``now``."""
         self.advance_book(market, now)
         (bp, bq), (ap, aq) = self.books[market.symbol].best()
         pd, qd = market.price_decimals, market.qty_decimals
-        s = self.rolling_24h(market, now)
-        if s is None and market.delisted_ms is not None and now >= market.delisted_ms:
-            s = self._quiet_24h(market, now)
+        s = self.ticker_stats(market, now)
         if s is None:
             raise ApiError(-1121, "Invalid symbol.")
         return {
-            "symbol": market.exchange_symbol,
-            "priceChange": decimal8(s["change"], pd)
-            if s["change"] >= 0
-            else "-" + decimal8(-s["change"], pd),
-            "priceChangePercent": s["pct"],
-            "weightedAvgPrice": s["wavg"],
+            **ticker_fields(market, s, now),
             "prevClosePrice": s["o"],
-            "lastPrice": s["c"],
-            "lastQty": decimal8(1, qd),
             "bidPrice": decimal8(bp, pd),
             "bidQty": decimal8(bq, qd),
             "askPrice": decimal8(ap, pd),
             "askQty": decimal8(aq, qd),
-            "openPrice": s["o"],
-            "highPrice": s["h"],
-            "lowPrice": s["l"],
-            "volume": s["v"],
-            "quoteVolume": s["q"],
-            "openTime": s["open_ms"],
-            "closeTime": now,
-            "firstId": s["first"],
-            "lastId": s["last"],
-            "count": s["n"],
         }

@@ -143,6 +143,37 @@ def test_plan_before_listing_needs_no_request() -> None:
     assert again.before_listing is None and again.pages == []
 
 
+def test_plan_after_a_delisting_needs_no_request() -> None:
+    delisted = T0 + 5 * DAY_MS + 7 * HOUR_MS + 20 * MINUTE_MS
+    last_end = T0 + 5 * DAY_MS + 8 * HOUR_MS
+    covered = [CoverageRange(T0 + DAY_MS, T0 + 2 * DAY_MS, "data")]
+    plan = plan_backfill(
+        "LUNA/USDT:USDT",
+        "1h",
+        T0,
+        T0 + 10 * DAY_MS,
+        covered=covered,
+        listing_ms=None,
+        server_now_ms=T0 + 100 * DAY_MS,
+        delisting_ms=delisted,
+    )
+    # The hour holding the delisting is asked for; everything after it is 'empty' unasked.
+    assert plan.after_delisting == (last_end, T0 + 10 * DAY_MS)
+    assert plan.missing == [(T0, T0 + DAY_MS), (T0 + 2 * DAY_MS, last_end)]
+    assert max(p[1] for p in plan.pages) == last_end and plan.holes == 0  # the new edge, not a hole
+    later = plan_backfill(
+        "LUNA/USDT:USDT",
+        "1h",
+        last_end + DAY_MS,
+        T0 + 10 * DAY_MS,
+        covered=[],
+        listing_ms=None,
+        server_now_ms=T0 + 100 * DAY_MS,
+        delisting_ms=delisted,
+    )
+    assert later.pages == [] and later.after_delisting == (last_end + DAY_MS, T0 + 10 * DAY_MS)
+
+
 def test_validate_page_accepts_good_and_rejects_bad() -> None:
     good = [[T0, 1.0, 2.0, 0.5, 1.5, 10.0], [T0 + MINUTE_MS, "1.5", "1.6", "1.4", "1.5", "0"]]
     assert validate_page(good, "1m", T0, T0 + 2 * MINUTE_MS)[1] == (T0 + MINUTE_MS, 1.5, 1.6, 1.4, 1.5, 0.0)

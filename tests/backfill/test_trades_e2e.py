@@ -12,7 +12,7 @@ from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from data_collector.storage import Trade
-from tests.support.backfill import config_for
+from tests.support.backfill import assert_again_asks_nothing, assert_trades_exactly_covered, config_for
 
 SYMBOLS = ["SOL/USDT", "ETH/USDT"]
 
@@ -68,20 +68,8 @@ async def test_random_ranges_equal_the_truth_and_a_second_run_asks_nothing(
                 assert len(want) > 500
                 assert await stored(collector, symbol, start, end) == want, (symbol, start, end)
         # All of it again, and the union: nothing more to fetch.
-        before = agg_requests(sim)
-        for start, end in ranges:
-            again = await collector.collect(start=start, end=end)
-            assert again.ok and again.requests == 0 and again.rows_written == 0, again.summary()
-        assert agg_requests(sim) == before
-        for symbol in SYMBOLS:
-            inst = await collector.instrument(symbol)
-            rows = await collector.store.load_trades(inst.id, 0, 2**62)
-            ids = [t[0] for t in rows]
-            assert len(ids) == len(set(ids))
-            covered = await collector.store.trade_coverage(inst.id)
-            # Exact: the covered id ranges are disjoint and hold exactly the stored ids.
-            assert all(a.end_id < b.first_id for a, b in zip(covered, covered[1:], strict=False))
-            assert sorted(ids) == [i for c in covered for i in range(c.first_id, c.end_id)]
+        await assert_again_asks_nothing(collector, ranges, lambda: agg_requests(sim))
+        await assert_trades_exactly_covered(collector, SYMBOLS)
 
 
 async def test_extending_a_range_fetches_only_the_new_ids(

@@ -224,6 +224,21 @@ async def test_nothing_after_a_delisting(sim: SimulatedExchange, usdm: Any) -> N
     assert [k[0] for k in spot] == [delisted - 2 * MINUTE_MS, delisted - MINUTE_MS]
 
 
+async def test_24h_tickers_sum_the_last_day_of_1m_candles(sim: SimulatedExchange, usdm: Any) -> None:
+    now = sim.clock.now_ms() - sim.clock.now_ms() % MINUTE_MS
+    sim.clock.freeze(now)  # on a minute's open: the forming minute has no trade yet
+    tickers = await usdm.fetch_tickers()
+    assert set(tickers) == {*PERPS, "LUNA/USDT:USDT"}
+    for symbol in PERPS:
+        # The rolling window (now - 24 h, now]: the 1,439 closed minutes after its start.
+        day = sim.usdm.klines(symbol, "1m", now - DAY_MS + MINUTE_MS, now)
+        assert tickers[symbol]["quoteVolume"] == pytest.approx(sum(float(k[7]) for k in day), rel=1e-12)
+        assert tickers[symbol]["info"]["count"] == sum(int(k[8]) for k in day)
+    assert tickers["LUNA/USDT:USDT"]["quoteVolume"] == 0  # delisted: listed, idle
+    one = await usdm.fetch_ticker(PERPS[0])
+    assert one["info"] == tickers[PERPS[0]]["info"]
+
+
 async def test_deterministic_by_seed() -> None:
     async def sample(seed: int) -> tuple[Any, ...]:
         async with SimulatedExchange(symbols=["BTC/USDT"], perpetuals=["SOL/USDT:USDT"], seed=seed) as s:
@@ -260,6 +275,8 @@ async def test_futures_weights_and_their_own_budget(sim: SimulatedExchange) -> N
             ("depth?symbol=BTCUSDT&limit=100", 5),
             ("ticker/bookTicker?symbol=BTCUSDT", 2),
             ("fundingRate?symbol=BTCUSDT", 1),
+            ("ticker/24hr?symbol=BTCUSDT", 1),
+            ("ticker/24hr", 40),
         ):
             used += weight
             assert await _used(http, base + path) == used, path

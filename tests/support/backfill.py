@@ -138,3 +138,24 @@ async def kill_when_stored(
         if proc.returncode is None:
             proc.kill()
         assert await proc.wait() == -signal.SIGKILL
+
+
+async def assert_trades_exactly_covered(collector: OptimizedDataCollector, symbols: list[str]) -> None:
+    """Each symbol's trade coverage is disjoint id ranges holding exactly the stored ids, each once."""
+    for symbol in symbols:
+        inst = await collector.instrument(symbol)
+        ids = [t[0] for t in await collector.store.load_trades(inst.id, 0, 2**62)]
+        covered = await collector.store.trade_coverage(inst.id)
+        assert all(a.end_id < b.first_id for a, b in zip(covered, covered[1:], strict=False)), symbol
+        assert ids == [i for c in covered for i in range(c.first_id, c.end_id)], symbol
+
+
+async def assert_again_asks_nothing(
+    collector: OptimizedDataCollector, ranges: list[tuple[int, int]], requests: Callable[[], int]
+) -> None:
+    """Collecting ``ranges`` again makes no request (``requests()``: the simulator's count) and writes nothing."""
+    before = requests()
+    for start, end in ranges:
+        again = await collector.collect(start=start, end=end)
+        assert again.ok and again.requests == 0 and again.rows_written == 0, again.summary()
+    assert requests() == before
