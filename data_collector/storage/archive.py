@@ -25,6 +25,7 @@ as covered, so a collector run never fetches them again, and ``find_gaps`` repor
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ from data_collector.storage.parquet_files import (
 from data_collector.storage.ranges import clip
 from data_collector.storage.store import CandleStore
 from data_collector.storage.trades import TRADE_FRAME_COLUMNS
+
+log = logging.getLogger(__name__)
 
 #: What :meth:`ParquetArchive.archive` moves by default.
 ARCHIVED_TYPES = ("ohlcv", "trades")
@@ -180,10 +183,13 @@ class ParquetArchive:
         # file is written in a thread. Workers take the next move from one iterator, so the
         # number of tasks stays bounded however many months there are.
         todo = iter(moves)
+        # With prune, candle months are retired after all are verified (a partition is dropped
+        # whole); trades are pruned as each month is verified.
+        retiring: dict[tuple[int, int], list[_Verified]] = {}
 
         async def worker() -> None:
             for move in todo:
-                await self._move(side, move, prune, hook, report)
+                await self._move(side, move, prune, hook, report, retiring)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -191,8 +197,61 @@ class ParquetArchive:
                     group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
+        for (year, month), verified in sorted(retiring.items()):
+            await self._retire(side, year, month, verified, hook, report)
         report.elapsed_s = time.perf_counter() - started
         return report
+
+    async def _retire(
+        self,
+        side: PostgresArchiveSide,
+        year: int,
+        month: int,
+        verified: list[_Verified],
+        hook: StepHook | None,
+        report: ArchiveReport,
+    ) -> None:
+        """Drop the month's partition whole when only verified rows are in it, else delete the
+        verified ranges key by key (other venues' rows share the partition, or the table is not
+        partitioned)."""
+        from data_collector.storage.postgres_archive import MoveMismatch, NotRetirable
+
+        expected = {v.move.db_key: (v.rows, v.sha256) for v in verified}
+        try:
+            pruned = await side.retire_month(year, month, expected, hook)
+        except (NotRetirable, MoveMismatch) as exc:
+            log.info("%04d-%02d: partition kept (%s); deleting its archived ranges", year, month, exc)
+        else:
+            report.rows_pruned += pruned
+            report.months_pruned += len(verified)
+            return
+        for v in verified:
+            back = await asyncio.to_thread(_verified_or_none, v.move.spec, v.path, v.manifest)
+            if back is None:
+                report.failed.append(f"{v.move.month}: {v.path} no longer matches its manifest; not pruned")
+                continue
+            await self._prune(side, v.move, back, hook, report)
+
+    async def _prune(
+        self,
+        side: PostgresArchiveSide,
+        move: _Move,
+        back: Columns,
+        hook: StepHook | None,
+        report: ArchiveReport,
+    ) -> None:
+        from data_collector.storage.postgres_archive import MoveMismatch
+
+        key = move.month
+        try:
+            # Not ``report.rows_pruned += await ...``: that reads the count before the await and
+            # would lose what a concurrent move adds meanwhile.
+            pruned = await side.prune(move.spec, move.db_key, key.start_ms, key.end_ms, back, hook)
+        except MoveMismatch as exc:
+            report.failed.append(f"{key}: {exc}; not pruned")
+            return
+        report.rows_pruned += pruned
+        report.months_pruned += 1
 
     async def archive_ohlcv(
         self,
@@ -213,9 +272,8 @@ class ParquetArchive:
         prune: bool,
         hook: StepHook | None,
         report: ArchiveReport,
+        retiring: dict[tuple[int, int], list[_Verified]],
     ) -> None:
-        from data_collector.storage.postgres_archive import MoveMismatch
-
         key, spec = move.month, move.spec
         held = await side.read_range(spec, move.db_key, key.start_ms, key.end_ms)
         if not len(held):
@@ -247,15 +305,16 @@ class ParquetArchive:
         report.rows_archived += len(back)
         if not prune:
             return
-        try:
-            # Not ``report.rows_pruned += await ...``: that reads the count before the await and
-            # would lose what a concurrent move adds meanwhile.
-            pruned = await side.prune(spec, move.db_key, key.start_ms, key.end_ms, back, hook)
-        except MoveMismatch as exc:
-            report.failed.append(f"{key}: {exc}; not pruned")
+        if spec is not OHLCV_SPEC:
+            await self._prune(side, move, back, hook, report)
             return
-        report.rows_pruned += pruned
-        report.months_pruned += 1
+        same = back.take(np.isin(back.key, held.key))
+        if len(same) != len(held) or same.content_hash() != held.content_hash():
+            report.failed.append(f"{key}: {path} does not hold the database's rows; not pruned")
+            return
+        assert manifest is not None  # the file verified against it
+        verified = _Verified(move, path, manifest, len(held), held.content_hash())
+        retiring.setdefault((key.year, key.month), []).append(verified)
 
     async def restore_ohlcv(
         self, store: CandleStore, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int
@@ -308,6 +367,18 @@ class _Move:
     db_key: tuple[int, ...]
     month: MonthKey
     partly_archived: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A candle month written and verified, to be retired: the database's rows of it then
+    (count and content hash), which the retiring transaction must find unchanged."""
+
+    move: _Move
+    path: Path
+    manifest: Manifest
+    rows: int
+    sha256: str
 
 
 async def _candle_moves(

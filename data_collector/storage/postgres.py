@@ -50,6 +50,12 @@ from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Inst
 from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.postgres_funding import FUNDING_DDL, PostgresFunding, PostgresOpenInterest
+from data_collector.storage.postgres_partitions import (
+    PARTITIONED,
+    OhlcvPartitions,
+    create_partitions,
+    relkind,
+)
 from data_collector.storage.postgres_trades import TRADE_DDL, PostgresTrades
 from data_collector.storage.ranges import Span, cut_coverage, merge_spans
 from data_collector.storage.store import CandleStore, StoreSettings
@@ -91,7 +97,8 @@ _DDL = (
         low double precision NOT NULL,
         close double precision NOT NULL,
         volume double precision NOT NULL,
-        PRIMARY KEY (instrument_id, timeframe, ts))""",
+        PRIMARY KEY (instrument_id, timeframe, ts)) PARTITION BY RANGE (ts)""",
+    # Monthly partitions (ohlcv_pYYYYMM) are made on demand by each write (postgres_partitions).
     # No unique key: concurrent writers may each add an overlapping range; reads merge them.
     """CREATE TABLE IF NOT EXISTS {s}.coverage (
         instrument_id integer NOT NULL,
@@ -298,6 +305,7 @@ class PostgresCandleStore(CandleStore):
         self._engine: AsyncEngine | None = None
         self._closed = False
         self._quoted_schema = _quote_ident(self._schema)
+        self._partitions = OhlcvPartitions(self)
 
     def __repr__(self) -> str:
         shown = self._url.render_as_string(hide_password=True)
@@ -501,6 +509,8 @@ class PostgresCandleStore(CandleStore):
                 await self._bounded(conn.execute(_INIT_LOCK, f"data_collector.initialize:{self._schema}"))
                 for statement in (*_DDL, *TRADE_DDL, *FUNDING_DDL):
                     await self._bounded(conn.execute(self._sql(statement)))
+                if await self._bounded(relkind(conn, self._schema, "ohlcv")) == PARTITIONED:
+                    await self._bounded(create_partitions(conn, self._schema, "ohlcv", ()))  # the default
                 await self._bounded(
                     conn.execute(
                         self._sql(_INSERT_TIMEFRAMES), [c for _, c in codes], [name for name, _ in codes]
@@ -579,16 +589,22 @@ class PostgresCandleStore(CandleStore):
         prepared = prepare(batches)
         if not prepared.groups and not prepared.coverage:
             return WriteResult(0, prepared.total)
-        async with self._write_transaction(_CREATE_STAGES) as conn:
+        spans = [span for g in prepared.groups for span in g.spans]
+        async with self._write_transaction(_CREATE_STAGES, spans) as conn:
             written = await self._write_rows(conn, prepared)
             await self._write_coverage(conn, prepared)
         return WriteResult(written, prepared.total - written)
 
     @asynccontextmanager
-    async def _write_transaction(self, stages: Sequence[str]) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in a transaction, its staging tables ready; commits on success."""
+    async def _write_transaction(
+        self, stages: Sequence[str], spans: Sequence[Span] = ()
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction, its staging tables ready and the ``ohlcv``
+        partitions of the months ``spans`` touch made; commits on success."""
         async with self._connect() as (sa_conn, conn):
             await self._ensure_stages(sa_conn, conn, stages)
+            if spans:
+                await self._partitions.ensure(conn, spans)
             tr = conn.transaction()
             await self._bounded(tr.start())
             try:
