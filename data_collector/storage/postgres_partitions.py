@@ -104,22 +104,29 @@ async def existing_months(conn: asyncpg.Connection, schema: str, table: str) -> 
 
 
 async def create_partitions(
-    conn: asyncpg.Connection, schema: str, table: str, months: Iterable[tuple[int, int]]
+    conn: asyncpg.Connection,
+    schema: str,
+    table: str,
+    months: Iterable[tuple[int, int]],
+    *,
+    prefix: str | None = None,
 ) -> None:
     """Make the monthly partitions of ``schema.table`` that do not exist, in the caller's
     transaction, serialised per table by an advisory lock so racing writers do not collide.
 
     Rows of such a month already in the default partition (written by something that did not
-    make the partition first) are moved into the new one in the same transaction.
+    make the partition first) are moved into the new one in the same transaction. The
+    partitions are named after ``prefix`` (default: the table).
     """
+    prefix = prefix or table
     await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
     schema_q, parent = quote_ident(schema), quote_ident(table)
-    default = quote_ident(f"{table}_default")
+    default = quote_ident(f"{prefix}_default")
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {schema_q}.{default} PARTITION OF {schema_q}.{parent} DEFAULT"
     )
     for year, month in sorted(months):
-        name = partition_name(table, year, month)
+        name = partition_name(prefix, year, month)
         if await relkind(conn, schema, name) is not None:
             continue
         lo, hi = month_start_ms(year, month), month_start_ms(*next_month(year, month))
