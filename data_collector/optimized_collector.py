@@ -380,16 +380,29 @@ class OptimizedDataCollector:
         timeframe: str | None = None,
         start: TimeLike | None = None,
         end: TimeLike | None = None,
+        *,
+        restore: bool = False,
     ) -> CollectionReport:
         """Fetch every ``'missing'`` and ``'hole'`` gap of ``[start, end)`` (one timeframe, or all).
 
         Missing ranges (no coverage) are collected as any run would; holes (covered, yet candles
         are absent) are fetched again page by page and written (rows present are skipped).
-        Exchange-side gaps are not asked for again. Naive datetimes are UTC.
+        Exchange-side gaps are not asked for again. Naive datetimes are UTC. ``restore``: first
+        copy the ``'archived'`` ranges back from the Parquet tier into the database (coverage
+        ``'data'`` again; counted in ``rows_written``; the files stay, and a later ``archive
+        --prune`` moves them out again); without it archived ranges count as stored.
         """
         timeframes = [validate_timeframe(timeframe)] if timeframe is not None else None
-        report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        await self.initialize()
         start_ms, end_ms = self._resolve_range(start, end)
+        restored = 0
+        if restore:
+            archive, instrument = ParquetArchive.from_config(self.config), await self.instrument(symbol)
+            for tf in timeframes or self.config.timeframes:
+                restore_tf = partial(archive.restore_ohlcv, self.store, instrument, tf, start_ms, end_ms)
+                restored += await self._store_call(restore_tf)
+        report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        report.rows_written += restored
         instrument = await self.instrument(symbol)
         client = await self.client_for(instrument.symbol)
         limit = client.settings.ohlcv_page_limit if client.futures else self.config.exchange.ohlcv_page_limit
