@@ -20,6 +20,13 @@ A crash between any two steps leaves the rows in PostgreSQL, in Parquet, or in b
 finds the month's rows still in the database and moves them again. Archived candle ranges count
 as covered, so a collector run never fetches them again, and ``find_gaps`` reports them as
 ``'archived'``; trades keep their id-keyed coverage, which stays true across the two tiers.
+
+With ``prune``, candle months are retired after all are verified: a month whose ``ohlcv``
+partition holds only verified rows is detached and dropped whole; otherwise (other venues' rows
+share it, or the table is not partitioned) the verified ranges are deleted key by key.
+
+Long because it is the whole move (plan, write, verify, retire or prune, restore) and the reads
+across both tiers of every series, each step beside the next.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_collector.errors import PermanentError, UsageError
-from data_collector.markets import timeframe_code
+from data_collector.storage.archive_series import FUNDING_SPEC, fields_frame, series_for, series_of
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument
 from data_collector.storage.parquet_files import (
     CANDLE_FIELDS,
@@ -54,14 +61,14 @@ from data_collector.storage.parquet_files import (
     read_file,
     write_month,
 )
-from data_collector.storage.ranges import clip
+from data_collector.storage.ranges import clip, merge_coverage
 from data_collector.storage.store import CandleStore
 from data_collector.storage.trades import TRADE_FRAME_COLUMNS
 
 log = logging.getLogger(__name__)
 
 #: What :meth:`ParquetArchive.archive` moves by default.
-ARCHIVED_TYPES = ("ohlcv", "trades")
+ARCHIVED_TYPES = ("ohlcv", "trades", "funding", "open_interest")
 #: Months moved at once (see :meth:`ParquetArchive.archive`).
 MOVES_IN_FLIGHT = 2
 
@@ -144,14 +151,17 @@ class ParquetArchive:
     async def archive(
         self,
         store: CandleStore,
-        venue: str,
+        venue: str | Sequence[str],
         older_than: str | int,
         *,
         data_types: Sequence[str] = ARCHIVED_TYPES,
         prune: bool = False,
         hook: StepHook | None = None,
     ) -> ArchiveReport:
-        """Move every closed month of ``venue``'s candles and trades that ends before ``older_than``.
+        """Move every closed month of ``venue``'s series (candles of every price type, trades,
+        funding, open interest) that ends before ``older_than``. ``venue``: one venue label or
+        several (the spot and the perpetual venue in one run, so months they share in the
+        ``ohlcv`` partitions can be dropped whole).
 
         Without ``prune`` the months are written and verified and stay in the database too.
 
@@ -173,10 +183,11 @@ class ParquetArchive:
         side = PostgresArchiveSide(store)
         await side.ensure_tables()
         report = ArchiveReport()
-        instruments = {i.id: i for i in await store.instruments(venue)}
+        venues = [venue] if isinstance(venue, str) else list(venue)
+        instruments = {i.id: i for v in venues for i in await store.instruments(v)}
         moves: list[_Move] = []
-        if OHLCV_SPEC.data_type in data_types:
-            moves += await _candle_moves(store, venue, instruments, cutoff)
+        for label in venues:
+            moves += await _series_moves(store, label, instruments, cutoff, data_types)
         if TRADES_SPEC.data_type in data_types:
             moves += await _trade_moves(store, side, instruments, cutoff)
         # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
@@ -246,7 +257,8 @@ class ParquetArchive:
         try:
             # Not ``report.rows_pruned += await ...``: that reads the count before the await and
             # would lose what a concurrent move adds meanwhile.
-            pruned = await side.prune(move.spec, move.db_key, key.start_ms, key.end_ms, back, hook)
+            coverage = None if move.code is None else (move.db_key[0], move.code)
+            pruned = await side.prune(move.spec, move.db_key, key.start_ms, key.end_ms, back, hook, coverage)
         except MoveMismatch as exc:
             report.failed.append(f"{key}: {exc}; not pruned")
             return
@@ -256,13 +268,13 @@ class ParquetArchive:
     async def archive_ohlcv(
         self,
         store: CandleStore,
-        venue: str,
+        venue: str | Sequence[str],
         older_than: str | int,
         *,
         prune: bool = False,
         hook: StepHook | None = None,
     ) -> ArchiveReport:
-        """:meth:`archive` of the candles only."""
+        """:meth:`archive` of the candles only (every price type)."""
         return await self.archive(store, venue, older_than, data_types=["ohlcv"], prune=prune, hook=hook)
 
     async def _move(
@@ -327,7 +339,11 @@ class ParquetArchive:
         ranges = clip(archived, start_ms, end_ms)
         if not ranges:
             return 0
-        rows = await asyncio.to_thread(self.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+        series = series_for(instrument.id, timeframe)
+        read = partial(
+            self.read, OHLCV_SPEC, instrument, series.timeframe, start_ms, end_ms, series.data_type
+        )
+        rows = await asyncio.to_thread(read)
         ts = rows.ts
         batches = []
         for r in ranges:
@@ -339,16 +355,24 @@ class ParquetArchive:
         return (await store.write(batches)).written
 
     def read(
-        self, spec: DataSpec, instrument: Instrument, timeframe: str | None, start_ms: int, end_ms: int
+        self,
+        spec: DataSpec,
+        instrument: Instrument,
+        timeframe: str | None,
+        start_ms: int,
+        end_ms: int,
+        data_type: str | None = None,
     ) -> Columns:
-        """The archived rows with ``start_ms <= ts < end_ms``, sorted by key (blocking file reads).
+        """The archived rows with ``start_ms <= ts < end_ms``, sorted by key (blocking file reads);
+        ``data_type``: the files' (default the spec's; ``ohlcv_mark`` for mark candles).
 
         Raises:
             NewerSchemaError: a file was written by a newer schema version.
         """
         parts = []
         for year, month in months_between(start_ms, end_ms):
-            path = _month(instrument, timeframe, year, month, spec.data_type).directory(self.root) / FILE_NAME
+            key = _month(instrument, timeframe, year, month, data_type or spec.data_type)
+            path = key.directory(self.root) / FILE_NAME
             if path.exists():
                 parts.append(read_file(spec, path, start_ms, end_ms))
         return Columns.concat(spec, parts)
@@ -367,6 +391,8 @@ class _Move:
     db_key: tuple[int, ...]
     month: MonthKey
     partly_archived: bool
+    #: The series' coverage code (None for trades, which have their own record).
+    code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,18 +407,27 @@ class _Verified:
     sha256: str
 
 
-async def _candle_moves(
-    store: CandleStore, venue: str, instruments: dict[int, Instrument], cutoff: int
+async def _series_moves(
+    store: CandleStore, venue: str, instruments: dict[int, Instrument], cutoff: int, data_types: Sequence[str]
 ) -> list[_Move]:
+    """A move per closed month of every series of ``venue`` whose coverage says ``'data'``
+    (candles of every price type, funding, open interest; see :mod:`.archive_series`)."""
+    grouped: dict[tuple[int, int], list[CoverageRange]] = {}
+    for iid, code, row in await store._venue_coverage_rows(venue, 0, cutoff):
+        grouped.setdefault((iid, code), []).append(row)
     moves = []
-    for (iid, timeframe), ranges in sorted((await store.venue_coverage(venue, 0, cutoff)).items()):
+    for (iid, code), rows in sorted(grouped.items()):
+        series = series_of(iid, code)
+        if series is None or series.spec.data_type not in data_types or iid not in instruments:
+            continue
+        ranges = merge_coverage(rows)
         spans = [(r.start_ms, r.end_ms) for r in ranges if r.kind == "data"]
         for year, month in _closed_months(spans, cutoff):
-            key = _month(instruments[iid], timeframe, year, month, "ohlcv")
+            key = _month(instruments[iid], series.timeframe, year, month, series.data_type)
             partly = any(
                 r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms for r in ranges
             )
-            moves.append(_Move(OHLCV_SPEC, (iid, timeframe_code(timeframe)), key, partly))
+            moves.append(_Move(series.spec, series.db_key, key, partly, code))
     return moves
 
 
@@ -450,14 +485,44 @@ async def load_ohlcv_tiers(
 ) -> pd.DataFrame:
     """Candles of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
     (the shape of :meth:`CandleStore.load_frame`); where both hold a candle, the database's wins."""
-    archived = await asyncio.to_thread(archive.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+    series = series_for(instrument.id, timeframe)
+    read = partial(archive.read, OHLCV_SPEC, instrument, series.timeframe, start_ms, end_ms, series.data_type)
+    archived = await asyncio.to_thread(read)
     if not len(archived):
         return await store.load_frame(instrument.id, timeframe, start_ms, end_ms)
-    db_key = (instrument.id, timeframe_code(timeframe))
     held = await _held(
-        store, OHLCV_SPEC, db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
+        store, OHLCV_SPEC, series.db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
     )
     return columns_frame(archived.union(held))
+
+
+async def load_points_tiers(
+    store: CandleStore,
+    archive: ParquetArchive,
+    instrument: Instrument,
+    key: str,
+    start_ms: int,
+    end_ms: int,
+) -> pd.DataFrame:
+    """Funding rates (``key="funding"``) or open interest (``"oi:<period>"``) of
+    ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame (the shape of
+    the store's ``load_funding_frame`` / ``load_open_interest_frame``); the database's row wins."""
+    series = series_for(instrument.id, key)
+    if series.spec is FUNDING_SPEC:
+        frame = partial(store.load_funding_frame, instrument.id, start_ms, end_ms)
+        load: Callable[[int, int], Awaitable[Sequence[Sequence[Any]]]] = partial(
+            store.load_funding, instrument.id
+        )
+    else:
+        period = str(series.timeframe)
+        frame = partial(store.load_open_interest_frame, instrument.id, period, start_ms, end_ms)
+        load = partial(store.load_open_interest, instrument.id, period)
+    read = partial(archive.read, series.spec, instrument, series.timeframe, start_ms, end_ms)
+    archived = await asyncio.to_thread(read)
+    if not len(archived):
+        return await frame()
+    held = await _held(store, series.spec, series.db_key, start_ms, end_ms, load)
+    return fields_frame(archived.union(held))
 
 
 async def load_trades_tiers(

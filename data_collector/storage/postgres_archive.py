@@ -21,7 +21,7 @@ import numpy as np
 
 from data_collector.errors import PermanentError
 from data_collector.storage.base import CoverageRange
-from data_collector.storage.parquet_files import OHLCV_SPEC, Columns, DataSpec, StepHook
+from data_collector.storage.parquet_files import OHLCV_SPEC, TRADES_SPEC, Columns, DataSpec, StepHook
 from data_collector.storage.postgres_partitions import (
     PARTITIONED,
     month_start_ms,
@@ -40,10 +40,18 @@ _COPY_RANGE = {
     "AND timeframe = $2 AND ts >= $3 AND ts < $4 ORDER BY ts",
     "trades": "SELECT id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker FROM {s}.trades "
     "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3 ORDER BY id",
+    # An unknown mark price (NULL) reads as NaN, which the file keeps and the frames show anyway.
+    "funding": "SELECT ts, rate, coalesce(mark_price, 'NaN'::float8) FROM {s}.funding "
+    "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+    "open_interest": "SELECT ts, amount, value FROM {s}.open_interest WHERE instrument_id = $1 "
+    "AND period = $2 AND ts >= $3 AND ts < $4 ORDER BY ts",
 }
 _DELETE_RANGE = {
     "ohlcv": "DELETE FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2 AND ts >= $3 AND ts < $4",
     "trades": "DELETE FROM {s}.trades WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
+    "funding": "DELETE FROM {s}.funding WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
+    "open_interest": "DELETE FROM {s}.open_interest WHERE instrument_id = $1 AND period = $2 "
+    "AND ts >= $3 AND ts < $4",
 }
 # The series with rows in one partition ({p}: its quoted name).
 _PARTITION_KEYS = "SELECT DISTINCT instrument_id, timeframe FROM {s}.{p}"
@@ -168,9 +176,12 @@ class PostgresArchiveSide:
         end_ms: int,
         archived: Columns,
         hook: StepHook | None = None,
+        coverage: tuple[int, int] | None = None,
     ) -> int:
         """Delete ``[start_ms, end_ms)`` of ``key`` and record the move, in one transaction, if
         every row there is in ``archived`` (the file as read back) with the same values.
+        ``coverage``: the ``(instrument_id, code)`` whose coverage turns ``'archived'`` when it
+        is not ``key`` (funding, open interest).
 
         Raises:
             MoveMismatch: the rows differ (nothing was deleted).
@@ -180,7 +191,7 @@ class PostgresArchiveSide:
         async with store._connect() as (_, conn), conn.transaction():
             lock = f"data_collector.archive:{store.schema}:{spec.data_type}:{':'.join(map(str, key))}"
             await store._bounded(conn.execute(_KEY_LOCK, lock))
-            if spec is not OHLCV_SPEC:
+            if spec is TRADES_SPEC:
                 await store._bounded(conn.fetch(store._sql(_LOCK_TRADE_COVERAGE), iid))
             held = await self._copy(conn, spec, key, start_ms, end_ms)
             same = archived.take(np.isin(archived.key, held.key))
@@ -201,10 +212,10 @@ class PostgresArchiveSide:
             deleted = int(status.rsplit(" ", 1)[-1])
             if deleted != len(held):  # rows written since the read: keep everything
                 raise MoveMismatch(f"rows of instrument {iid} changed during the move; run again")
-            if spec is OHLCV_SPEC:
-                await self._mark_archived(conn, key, start_ms, end_ms)
-            else:
+            if spec is TRADES_SPEC:
                 await store._bounded(conn.execute(store._sql(_INSERT_TRADE_ARCHIVE), iid, start_ms, end_ms))
+            else:
+                await self._mark_archived(conn, coverage or key, start_ms, end_ms)
             if hook is not None:
                 hook("drop", "")
         return deleted
