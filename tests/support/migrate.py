@@ -1,9 +1,10 @@
 """An ``ohlcv`` table in the layout users have before partitioning, and a migration that SIGKILLs
 itself part way.
 
-Run as ``python -m tests.support.migrate URL SCHEMA KEYS``: it migrates the schema's ``ohlcv`` to
-monthly partitions and kills itself with SIGKILL when the move of series number ``KEYS`` (from 1)
-has run but is not committed, so ``KEYS - 1`` series are in the new table and the rest in the old.
+Run as ``python -m tests.support.migrate URL SCHEMA AT``: it migrates the schema's ``ohlcv`` to
+monthly partitions and kills itself with SIGKILL when the move of series number ``AT`` (from 1)
+has run but is not committed, so ``AT - 1`` series are in the new table and the rest in the old;
+``AT=swap``: when the final swap has run but is not committed (every row in the new table).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ OLD_OHLCV_DDL = """CREATE TABLE IF NOT EXISTS {s}.ohlcv (
         PRIMARY KEY (instrument_id, timeframe, ts))"""
 
 
-async def migrate_and_die(url: str, schema: str, keys: str) -> None:
+async def migrate_and_die(url: str, schema: str, step: str) -> None:
     seen = 0
 
     def hook(at: str, _what: str) -> None:
         nonlocal seen
         seen += at == "key"
-        if seen == int(keys):
+        if at == step or (at == "key" and str(seen) == step):
             os.kill(os.getpid(), signal.SIGKILL)
 
     store = open_store(load_config(store_config(url, schema)))
