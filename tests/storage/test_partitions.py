@@ -83,6 +83,35 @@ async def test_writes_make_monthly_partitions_and_a_prune_drops_the_archived_one
     assert kinds == {"archived", "empty"}
 
 
+async def test_sigkill_before_the_retiring_commit_keeps_partitions_and_coverage(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    instrument = await seed(store)
+    before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+    coverage = await store.coverage(instrument.id, TIMEFRAME)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.archive",
+        PG_URL,
+        pg_schema,
+        str(tmp_path),
+        "drop",
+        "ohlcv",
+        cwd=ROOT,
+    )
+    assert await asyncio.wait_for(proc.wait(), 120) == -9
+    # Detached and dropped, not committed: the partition, its rows and its coverage are all back.
+    assert "ohlcv_p202401" in await _tables(admin, pg_schema)
+    assert await store.coverage(instrument.id, TIMEFRAME) == coverage
+    pd.testing.assert_frame_equal(await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS), before)
+    archive = ParquetArchive(ArchiveSettings(tmp_path))
+    assert (await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True)).failed == []
+    assert set(await _tables(admin, pg_schema)) == {"ohlcv", "ohlcv_default", "ohlcv_p202403"}
+    after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
+    pd.testing.assert_frame_equal(after, before)
+
+
 async def test_a_month_shared_with_series_not_archived_keeps_its_partition_and_their_rows(
     store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
 ) -> None:
