@@ -120,26 +120,35 @@ async def create_partitions(
     """
     prefix = prefix or table
     await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
-    schema_q, parent = quote_ident(schema), quote_ident(table)
-    default = quote_ident(f"{prefix}_default")
+    schema_q, table_ident = quote_ident(schema), quote_ident(table)
+    default_ident = quote_ident(f"{prefix}_default")
     await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {schema_q}.{default} PARTITION OF {schema_q}.{parent} DEFAULT"
+        f"CREATE TABLE IF NOT EXISTS {schema_q}.{default_ident} PARTITION OF {schema_q}.{table_ident} DEFAULT"
     )
     for year, month in sorted(months):
         name = partition_name(prefix, year, month)
         if await relkind(conn, schema, name) is not None:
             continue
-        lo, hi = month_start_ms(year, month), month_start_ms(*next_month(year, month))
         # Bounds cannot be bound parameters in DDL; they are integers computed here.
-        bounds = f"FOR VALUES FROM ({int(lo)}) TO ({int(hi)})"
-        stray = _STRAY.replace("{d}", default).replace("{s}", schema_q)
+        lo, hi = month_start_ms(year, month), month_start_ms(*next_month(year, month))
+        stray = _STRAY.replace("{d}", default_ident).replace("{s}", schema_q)
         if not await conn.fetchval(stray, lo, hi):
-            await conn.execute(f'CREATE TABLE {schema_q}."{name}" PARTITION OF {schema_q}.{parent} {bounds}')
+            await conn.execute(
+                f'CREATE TABLE {schema_q}."{name}" PARTITION OF {schema_q}.{table_ident} '
+                f"FOR VALUES FROM ({int(lo)}) TO ({int(hi)})"
+            )
             continue
-        await conn.execute(f'CREATE TABLE {schema_q}."{name}" (LIKE {schema_q}.{parent} INCLUDING ALL)')
-        move = _MOVE_STRAY.replace("{d}", default).replace("{s}", schema_q).replace("{p}", quote_ident(name))
+        await conn.execute(f'CREATE TABLE {schema_q}."{name}" (LIKE {schema_q}.{table_ident} INCLUDING ALL)')
+        move = (
+            _MOVE_STRAY.replace("{d}", default_ident)
+            .replace("{s}", schema_q)
+            .replace("{p}", quote_ident(name))
+        )
         await conn.execute(move, lo, hi)
-        await conn.execute(f'ALTER TABLE {schema_q}.{parent} ATTACH PARTITION {schema_q}."{name}" {bounds}')
+        await conn.execute(
+            f'ALTER TABLE {schema_q}.{table_ident} ATTACH PARTITION {schema_q}."{name}" '
+            f"FOR VALUES FROM ({int(lo)}) TO ({int(hi)})"
+        )
 
 
 class OhlcvPartitions:
