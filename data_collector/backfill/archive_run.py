@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The directory of each price's klines in the USDⓈ-M futures tree (spot's tree has ``last`` only).
+UM_KLINE_KINDS = {
+    "last": "klines",
+    "mark": "markPriceKlines",
+    "index": "indexPriceKlines",
+    "premium": "premiumIndexKlines",
+}
 #: Binance's archive tree.
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 #: Candles per queued batch: the write queue and the writers hold batches of this size (a month
@@ -69,12 +76,15 @@ class ArchiveSource:
 
     def split(self, instrument: Instrument, plan: BackfillPlan, now_ms: int, limit: int) -> None:
         """Take the published whole days and months of ``plan`` for files; its pages keep the rest."""
-        if instrument.market_type != "spot" or not archive_timeframe(plan.timeframe):
+        spot = instrument.market_type == "spot"
+        if (spot and plan.price != "last") or plan.price not in UM_KLINE_KINDS:
+            return
+        if not archive_timeframe(plan.timeframe):
             return
         files, rest = split_for_archives(
             plan.missing, now_ms, daily_lag_ms=self.daily_lag_ms, monthly_lag_ms=self.monthly_lag_ms
         )
-        self.files[f"{plan.symbol} {plan.timeframe}"] = files
+        self.files[f"{plan.symbol} {plan.key}"] = files
         plan.pages = [p for r in rest for p in pages(r, plan.timeframe, limit)]
 
     async def ingest(
@@ -86,7 +96,8 @@ class ArchiveSource:
             PermanentError: ``source: archive`` and a file could not be used.
         """
         files = self.files.pop(pair.key, [])
-        exchange_symbol = instrument.symbol.replace("/", "")
+        exchange_symbol = archive_symbol(instrument.symbol)
+        kind = "" if instrument.market_type == "spot" else UM_KLINE_KINDS[plan.price]
         fallback: list[Range] = []
         notes: list[str] = []
 
@@ -99,7 +110,7 @@ class ArchiveSource:
                 try:
                     if self.down is not None:
                         raise ArchiveFailure(self.down, retry=False)
-                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
+                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file, kind)
                     _check(candles, file, plan.timeframe)
                 except ArchiveFailure as failure:
                     notes.append(self._failed(run, pair, file, failure))
@@ -146,11 +157,16 @@ class ArchiveSource:
             chunk = candles[n * BATCH_CANDLES : (n + 1) * BATCH_CANDLES]
             # A file proves its whole range: no cap, so a short tail is recorded as empty.
             coverage = page_coverage((start, end), chunk, plan.timeframe, cap=len(chunk) + 1)
-            await run.queue.put((CandleBatch(instrument.id, plan.timeframe, chunk, coverage), pair))
+            await run.queue.put((CandleBatch(instrument.id, plan.key, chunk, coverage), pair))
         pair.candles_fetched += len(candles)
         run.report.archive_files += 1
         run.report.archive_bytes = self.client.bytes
         run._progress(pair)
+
+
+def archive_symbol(symbol: str) -> str:
+    """The archive's name of a unified symbol: ``BTC/USDT`` and ``BTC/USDT:USDT`` are ``BTCUSDT``."""
+    return symbol.partition(":")[0].replace("/", "")
 
 
 def _check(candles: list[Candle], file: ArchiveFile, timeframe: str) -> None:

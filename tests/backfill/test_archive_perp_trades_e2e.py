@@ -1,0 +1,128 @@
+"""Archives for perpetual klines (every price) and for aggTrades (spot and perpetual): real ccxt and
+aiohttp against the simulator's archive tree and REST, real PostgreSQL; every row equals REST's truth
+over random ranges across the 2024/2025 microsecond switch."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from data_collector.backfill.report import CollectionReport
+from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.simulator import SimulatedExchange
+from data_collector.simulator.archives import ArchiveSettings
+from data_collector.storage import Trade
+from tests.support.backfill import config_for, floats
+
+SPOT = "SOL/USDT"
+PERP = "BTC/USDT:USDT"
+PRICES = {"ohlcv": "last", "mark_ohlcv": "mark", "index_ohlcv": "index", "premium_ohlcv": "premium"}
+SWITCH_MS = 1_735_689_600_000  # 2025-01-01
+
+
+@pytest.fixture(scope="module")
+def zip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Zips built once for the module's tests (a day of trades takes the simulator seconds)."""
+    return tmp_path_factory.mktemp("archive-cache")
+
+
+#: Maintenance most of each day around the switch, so a day holds thousands of trades, not 60,000
+#: (a short test); a day's trades come in two bursts, and its file still covers the whole day.
+GAPS = [(SWITCH_MS + d * DAY_MS + 3 * HOUR_MS, SWITCH_MS + d * DAY_MS + 21 * HOUR_MS) for d in range(-3, 3)]
+
+
+@pytest.fixture
+async def sim(zip_cache: Path) -> AsyncIterator[SimulatedExchange]:
+    archive = ArchiveSettings(slow_s=0.2, cache_dir=zip_cache)
+    gaps = {SPOT: GAPS, PERP: GAPS}
+    async with SimulatedExchange(
+        symbols=[SPOT, "BTC/USDT"], perpetuals=[PERP], seed=17, gaps=gaps, archive=archive
+    ) as s:
+        yield s
+
+
+def random_range(seed: int, days_before: int, days_after: int) -> tuple[int, int]:
+    """A range from a random ms up to 2 h before the midnight ``days_before`` days before 2025-01-01
+    to one up to 2 h after the midnight ``days_after`` days after: those days from files."""
+    rng = random.Random(seed)
+    return (
+        SWITCH_MS - days_before * DAY_MS - rng.randrange(10 * MINUTE_MS, 2 * HOUR_MS),
+        SWITCH_MS + days_after * DAY_MS + rng.randrange(10 * MINUTE_MS, 2 * HOUR_MS),
+    )
+
+
+def trades_truth(sim: SimulatedExchange, symbol: str, start_ms: int, end_ms: int) -> list[Trade]:
+    """The aggregate trades REST serves (the futures venue's for a perpetual)."""
+    if ":" not in symbol:
+        rows = sim.agg_trades(symbol, start_ms, end_ms)
+        return [(t["a"], t["T"], float(t["p"]), float(t["q"]), t["f"], t["l"], t["m"]) for t in rows]
+    market = sim.usdm.market(symbol)
+    pd, qd = 10**market.price_decimals, 10**market.qty_decimals
+    return [
+        (t.id, t.time_ms, t.price / pd, t.qty / qd, t.id, t.id, t.buyer_maker)
+        for minute in range(start_ms // MINUTE_MS, end_ms // MINUTE_MS + 1)
+        for t in market.minute_trades(minute)
+        if start_ms <= t.time_ms < end_ms
+    ]
+
+
+async def collect(
+    base_config: dict[str, Any], sim: SimulatedExchange, start: int, end: int, **extra: Any
+) -> tuple[CollectionReport, OptimizedDataCollector]:
+    futures = {**sim.futures_exchange_config(), "timeout_s": 2.0, "ohlcv_page_limit": 499}
+    ex = {"archive": {"url": sim.archive_url, "timeout_s": 60}}
+    config = config_for(base_config, sim, futures_exchange=futures, exchange=ex, **extra)
+    collector = OptimizedDataCollector(config)
+    await collector.initialize()
+    report = await asyncio.wait_for(collector.collect(start=start, end=end), 120)
+    return report, collector
+
+
+async def test_perpetual_klines_of_every_price_from_archives_equal_rest_truth(
+    base_config: dict[str, Any], sim: SimulatedExchange
+) -> None:
+    start, end = random_range(1, 3, 2)
+    report, collector = await collect(
+        base_config, sim, start, end, symbols=[PERP], timeframes=["1m", "1h"], data_types=list(PRICES)
+    )
+    try:
+        assert report.ok and not report.archive_fallbacks, report.summary()
+        # 4 prices x 2 timeframes x 5 whole days (3 before the switch, 2 after) come from files.
+        assert report.archive_files == 4 * 2 * 5, report.summary()
+        inst = await collector.instrument(PERP)
+        for price in PRICES.values():
+            for tf in ("1m", "1h"):
+                key = tf if price == "last" else f"{price}:{tf}"
+                want = [floats(k) for k in sim.usdm.klines(PERP, tf, start, end, price=price)]
+                got = await collector.store.load(inst.id, key, start, end)
+                assert want and got == want, key
+    finally:
+        await collector.close()
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+async def test_agg_trades_from_archives_equal_rest_truth_spot_and_perpetual(
+    base_config: dict[str, Any], sim: SimulatedExchange, seed: int
+) -> None:
+    start, end = random_range(seed, 1, 1)
+    symbols = [SPOT, PERP]
+    report, collector = await collect(base_config, sim, start, end, symbols=symbols, data_types=["trades"])
+    try:
+        assert report.ok and not report.archive_fallbacks, report.summary()
+        assert report.archive_files == 2 * 2  # 2024-12-31 and 2025-01-01 (µs on spot), each symbol
+        for symbol in symbols:
+            inst = await collector.instrument(symbol)
+            want = trades_truth(sim, symbol, start, end)
+            got = await collector.store.load_trades(inst.id, start, end)
+            assert len(got) == len(want) > 5_000, symbol
+            assert got == want, symbol
+        again = await collector.collect(start=start, end=end)
+        assert again.ok and again.requests == 0 and again.archive_files == 0, again.summary()
+    finally:
+        await collector.close()
