@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from data_collector.backfill.archive_cross_check import CrossCheck
 from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
 from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
 from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, pages
@@ -55,6 +56,7 @@ class ArchiveSource:
         self.files: dict[str, list[ArchiveFile]] = {}
         #: Why the archive is not used any more in this run (it was unreachable), once known.
         self.down: str | None = None
+        self.cross_check = CrossCheck(0)
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSource | None:
@@ -64,12 +66,14 @@ class ArchiveSource:
             return None
         a = ex.archive
         settings = ArchiveSettings(url, a.verify, a.downloads_in_flight, a.timeout_s)
-        return cls(
+        source = cls(
             settings,
             only=ex.source == "archive",
             daily_lag_ms=int(a.daily_lag_h * HOUR_MS),
             monthly_lag_ms=int(a.monthly_lag_days * DAY_MS),
         )
+        source.cross_check = CrossCheck(a.cross_check)
+        return source
 
     async def close(self) -> None:
         await self.client.close()
@@ -112,6 +116,8 @@ class ArchiveSource:
                         raise ArchiveFailure(self.down, retry=False)
                     candles = await self.client.klines(exchange_symbol, plan.timeframe, file, kind)
                     _check(candles, file, plan.timeframe)
+                    if self.cross_check.wanted(pair.key, file):
+                        await self.cross_check.compare(await run.owner.client_for(plan.symbol), plan, candles)
                 except ArchiveFailure as failure:
                     notes.append(self._failed(run, pair, file, failure))
                     fallback.append((file.start_ms, file.end_ms))
@@ -122,6 +128,7 @@ class ArchiveSource:
         async with asyncio.TaskGroup() as group:
             for file in files:
                 group.create_task(one(file))
+        run.report.archive_cross_checked = self.cross_check.compared
         if fallback and self.only and not run.owner._stop.is_set():
             raise PermanentError(
                 f"{len(fallback)} archive file(s) unusable and source is 'archive': {notes[0]}"

@@ -62,6 +62,10 @@ _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 FaultKind = Literal["bad_checksum", "corrupt", "truncated", "no_checksum", "404", "5xx", "slow"]
 FAULT_KINDS: tuple[str, ...] = ("bad_checksum", "corrupt", "truncated", "no_checksum", "404", "5xx", "slow")
+#: A fault no checksum finds: one value of the file differs from REST, and its CHECKSUM matches the
+#: changed zip (what a cross-check with REST is for). Not in :data:`FAULT_KINDS`: nothing falls
+#: back unless the collector cross-checks.
+WRONG_VALUE = "wrong_value"
 #: Faults that hit the ``.CHECKSUM`` file; the others hit the zip.
 _CHECKSUM_FAULTS = ("bad_checksum", "no_checksum")
 
@@ -143,6 +147,18 @@ def zip_bytes(member: str, payload: bytes) -> bytes:
     return out.getvalue()
 
 
+def wrong_value(zipped: bytes) -> bytes:
+    """``zipped`` again with one value changed: the middle row's fifth field (a kline's close, a
+    trade's first trade id) gets one more last digit."""
+    with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
+        (name,) = zf.namelist()
+        lines = zf.read(name).split(b"\n")
+    row = lines[len(lines) // 2].split(b",")
+    row[4] = row[4][:-1] + (b"0" if row[4].endswith(b"9") else bytes([row[4][-1] + 1]))
+    lines[len(lines) // 2] = b",".join(row)
+    return zip_bytes(name, b"\n".join(lines))
+
+
 def checksum_text(zipped: bytes, name: str) -> bytes:
     """The ``.CHECKSUM`` file of ``name``: ``sha256sum`` output."""
     return f"{hashlib.sha256(zipped).hexdigest()}  {name}\n".encode()
@@ -172,7 +188,7 @@ class ArchiveServer:
 
         ``times``: how many answers the fault spoils (``None``: all of them).
         """
-        if kind not in FAULT_KINDS:
+        if kind not in (*FAULT_KINDS, WRONG_VALUE):
             raise UsageError(f"unknown archive fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
         self._faults.append(_Fault(kind, match, times))
 
@@ -182,6 +198,8 @@ class ArchiveServer:
 
     def _fault(self, path: str, checksum: bool) -> str | None:
         for f in self._faults:
+            if f.kind == WRONG_VALUE:
+                continue
             if f.match in path and (f.kind in _CHECKSUM_FAULTS) == checksum and f.times != 0:
                 if f.times is not None:
                     f.times -= 1
@@ -292,6 +310,9 @@ class ArchiveServer:
         data = await asyncio.to_thread(self.build, market, tf, m["date"], kind)
         if data is None:
             return self._not_found()
+        if any(f.kind == WRONG_VALUE and f.match in request.path for f in self._faults):
+            self.stats[f"fault_{WRONG_VALUE}"] += 1
+            data = wrong_value(data)
         zip_name = info["name"].removesuffix(".CHECKSUM")
         if checksum:
             self.stats["checksum"] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from data_collector.backfill.report import CollectionReport
 from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
-from data_collector.simulator.archives import ArchiveSettings
+from data_collector.simulator.archives import FAULT_KINDS, WRONG_VALUE, ArchiveSettings
 from data_collector.storage import Trade
 from tests.support.backfill import config_for, floats
 
@@ -72,26 +73,30 @@ def trades_truth(sim: SimulatedExchange, symbol: str, start_ms: int, end_ms: int
     ]
 
 
-async def collect(
+@asynccontextmanager
+async def collected(
     base_config: dict[str, Any], sim: SimulatedExchange, start: int, end: int, **extra: Any
-) -> tuple[CollectionReport, OptimizedDataCollector]:
+) -> AsyncIterator[tuple[CollectionReport, OptimizedDataCollector]]:
+    """A collector with archives on, after one run over ``[start, end)``; closed on the way out."""
     futures = {**sim.futures_exchange_config(), "timeout_s": 2.0, "ohlcv_page_limit": 499}
-    ex = {"archive": {"url": sim.archive_url, "timeout_s": 60}}
+    ex = {"archive": {"url": sim.archive_url, "timeout_s": 60, **extra.pop("archive", {})}}
     config = config_for(base_config, sim, futures_exchange=futures, exchange=ex, **extra)
     collector = OptimizedDataCollector(config)
     await collector.initialize()
-    report = await asyncio.wait_for(collector.collect(start=start, end=end), 120)
-    return report, collector
+    try:
+        report = await asyncio.wait_for(collector.collect(start=start, end=end), 120)
+        yield report, collector
+    finally:
+        await collector.close()
 
 
 async def test_perpetual_klines_of_every_price_from_archives_equal_rest_truth(
     base_config: dict[str, Any], sim: SimulatedExchange
 ) -> None:
     start, end = random_range(1, 3, 2)
-    report, collector = await collect(
+    async with collected(
         base_config, sim, start, end, symbols=[PERP], timeframes=["1m", "1h"], data_types=list(PRICES)
-    )
-    try:
+    ) as (report, collector):
         assert report.ok and not report.archive_fallbacks, report.summary()
         # 4 prices x 2 timeframes x 5 whole days (3 before the switch, 2 after) come from files.
         assert report.archive_files == 4 * 2 * 5, report.summary()
@@ -102,8 +107,6 @@ async def test_perpetual_klines_of_every_price_from_archives_equal_rest_truth(
                 want = [floats(k) for k in sim.usdm.klines(PERP, tf, start, end, price=price)]
                 got = await collector.store.load(inst.id, key, start, end)
                 assert want and got == want, key
-    finally:
-        await collector.close()
 
 
 @pytest.mark.parametrize("seed", [2, 3])
@@ -112,8 +115,10 @@ async def test_agg_trades_from_archives_equal_rest_truth_spot_and_perpetual(
 ) -> None:
     start, end = random_range(seed, 1, 1)
     symbols = [SPOT, PERP]
-    report, collector = await collect(base_config, sim, start, end, symbols=symbols, data_types=["trades"])
-    try:
+    async with collected(base_config, sim, start, end, symbols=symbols, data_types=["trades"]) as (
+        report,
+        collector,
+    ):
         assert report.ok and not report.archive_fallbacks, report.summary()
         assert report.archive_files == 2 * 2  # 2024-12-31 and 2025-01-01 (µs on spot), each symbol
         for symbol in symbols:
@@ -124,5 +129,73 @@ async def test_agg_trades_from_archives_equal_rest_truth_spot_and_perpetual(
             assert got == want, symbol
         again = await collector.collect(start=start, end=end)
         assert again.ok and again.requests == 0 and again.archive_files == 0, again.summary()
-    finally:
-        await collector.close()
+
+
+async def check_trades(
+    collector: OptimizedDataCollector, sim: SimulatedExchange, start: int, end: int
+) -> None:
+    for symbol in (SPOT, PERP):
+        inst = await collector.instrument(symbol)
+        assert await collector.store.load_trades(inst.id, start, end) == trades_truth(sim, symbol, start, end)
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_each_fault_on_a_trades_file_falls_back_to_rest_named_and_exact(
+    base_config: dict[str, Any], sim: SimulatedExchange, kind: str
+) -> None:
+    start, end = random_range(4, 1, 1)
+    sim.archive.inject(kind, "/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-12-31")
+    async with collected(base_config, sim, start, end, symbols=[SPOT, PERP], data_types=["trades"]) as (
+        report,
+        collector,
+    ):
+        assert report.ok, report.summary()
+        await check_trades(collector, sim, start, end)
+        if kind == "slow":
+            assert not report.archive_fallbacks and report.archive_files == 4
+        else:
+            assert [n.split(":")[0] for n in report.archive_fallbacks] == ["BTC/USDT"]
+            assert report.archive_fallbacks[0].startswith("BTC/USDT:USDT trades 2024-12-31: ")
+            assert "archive fallback BTC/USDT:USDT trades 2024-12-31" in report.summary()
+            assert report.archive_files == 3
+
+
+@pytest.mark.parametrize("kind", ["bad_checksum", "corrupt", "404"])
+async def test_a_fault_on_a_mark_klines_file_falls_back_to_rest_and_exact(
+    base_config: dict[str, Any], sim: SimulatedExchange, kind: str
+) -> None:
+    start, end = random_range(5, 1, 1)
+    sim.archive.inject(kind, "/markPriceKlines/BTCUSDT/1h/BTCUSDT-1h-2025-01-01")
+    async with collected(
+        base_config, sim, start, end, symbols=[PERP], timeframes=["1h"], data_types=["mark_ohlcv"]
+    ) as (report, collector):
+        assert report.ok, report.summary()
+        assert [n.split(": ")[0] for n in report.archive_fallbacks] == ["BTC/USDT:USDT mark:1h 2025-01-01"]
+        inst = await collector.instrument(PERP)
+        want = [floats(k) for k in sim.usdm.klines(PERP, "1h", start, end, price="mark")]
+        assert await collector.store.load(inst.id, "mark:1h", start, end) == want
+
+
+@pytest.mark.parametrize("cross_check", [0, 24])
+async def test_cross_check_finds_a_wrong_value_under_a_matching_checksum(
+    base_config: dict[str, Any], sim: SimulatedExchange, cross_check: int
+) -> None:
+    start, end = random_range(6, 1, 1)
+    sim.archive.inject(WRONG_VALUE, "/data/spot/daily/klines/BTCUSDT/1h/BTCUSDT-1h-2024-12-31")
+    extra = {"symbols": ["BTC/USDT"], "timeframes": ["1h"], "archive": {"cross_check": cross_check}}
+    async with collected(base_config, sim, start, end, **extra) as (report, collector):
+        assert report.ok, report.summary()
+        inst = await collector.instrument("BTC/USDT")
+        want = [floats(k) for k in sim.klines("BTC/USDT", "1h", start, end)]
+        got = await collector.store.load(inst.id, "1h", start, end)
+        if cross_check:
+            # Both months' first files compared: December's differs (named, fetched by REST).
+            assert [n.split(": ")[0] for n in report.archive_fallbacks] == ["BTC/USDT 1h 2024-12-31"]
+            assert "differs from REST" in report.archive_fallbacks[0]
+            assert 24 < report.archive_cross_checked <= 48
+            assert "cross-checked with REST" in report.summary()
+            assert got == want
+        else:
+            # The checksum matches the changed zip: without a cross-check one value is wrong.
+            assert not report.archive_fallbacks and report.archive_cross_checked == 0
+            assert len(got) == len(want) and sum(g != w for g, w in zip(got, want, strict=True)) == 1
