@@ -114,7 +114,7 @@ async def run_trades(ctx: BenchContext) -> list[Table]:
     first pass), in a child process. The floor: the same trades by ``fromId`` pages of 1,000 at
     Binance spot's aggTrades weight 4, under 6,000 weight a minute (no look-ups counted).
     """
-    days = 2 if ctx.quick else 90
+    days = 1 if ctx.quick else 90
     probe = SimulatedExchange(symbols=SYMBOLS, seed=1, gaps={})
     hour = probe.clock.now_ms() // DAY_MS * DAY_MS - 41 * DAY_MS
     busiest = max(

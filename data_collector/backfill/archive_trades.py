@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from data_collector.backfill.trades_run import TradePair
 
 #: Trades per queued batch (a REST page holds 1,000): bounds the write queue's memory.
-BATCH_TRADES = 20_000
+BATCH_TRADES = 10_000
 #: Monthly files are never asked for trades (see the module's docstring).
 _NO_MONTHS_MS = 1 << 62
 _COLUMNS = [f"c{i}" for i in range(8)]
