@@ -5,6 +5,7 @@ over random ranges across the 2024/2025 microsecond switch."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.archives import FAULT_KINDS, WRONG_VALUE, ArchiveSettings
 from data_collector.storage import Trade
 from tests.support.backfill import config_for, floats
+from tests.support.services import free_port
 
 SPOT = "SOL/USDT"
 PERP = "BTC/USDT:USDT"
@@ -79,7 +81,10 @@ async def collected(
 ) -> AsyncIterator[tuple[CollectionReport, OptimizedDataCollector]]:
     """A collector with archives on, after one run over ``[start, end)``; closed on the way out."""
     futures = {**sim.futures_exchange_config(), "timeout_s": 2.0, "ohlcv_page_limit": 499}
-    ex = {"archive": {"url": sim.archive_url, "timeout_s": 60, **extra.pop("archive", {})}}
+    ex = {
+        "archive": {"url": sim.archive_url, "timeout_s": 60, **extra.pop("archive", {})},
+        **extra.pop("exchange", {}),
+    }
     config = config_for(base_config, sim, futures_exchange=futures, exchange=ex, **extra)
     collector = OptimizedDataCollector(config)
     await collector.initialize()
@@ -199,3 +204,25 @@ async def test_cross_check_finds_a_wrong_value_under_a_matching_checksum(
             # The checksum matches the changed zip: without a cross-check one value is wrong.
             assert not report.archive_fallbacks and report.archive_cross_checked == 0
             assert len(got) == len(want) and sum(g != w for g, w in zip(got, want, strict=True)) == 1
+
+
+@pytest.mark.parametrize("source", ["auto", "archive"])
+async def test_unreachable_archive_for_trades_one_line_then_rest_or_failed_pairs(
+    base_config: dict[str, Any], sim: SimulatedExchange, source: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="data_collector.backfill.archive_run")
+    dead = f"http://127.0.0.1:{free_port()}"
+    start, end = random_range(7, 1, 1)
+    extra = {"symbols": [SPOT, PERP], "data_types": ["trades"], "archive": {"url": dead}}
+    async with collected(base_config, sim, start, end, exchange={"source": source}, **extra) as (
+        report,
+        collector,
+    ):
+        lines = [r.getMessage() for r in caplog.records if r.name.endswith("archive_run")]
+        assert len(lines) == 1 and dead in lines[0]
+        if source == "auto":
+            assert report.ok, report.summary()
+            await check_trades(collector, sim, start, end)
+        else:
+            assert set(report.failures) == {f"{s} trades" for s in (SPOT, PERP)}
+            assert all("unreachable" in r for r in report.failures.values())
