@@ -206,12 +206,22 @@ async def test_cross_check_finds_a_wrong_value_under_a_matching_checksum(
             assert len(got) == len(want) and sum(g != w for g, w in zip(got, want, strict=True)) == 1
 
 
+@pytest.fixture
+def dead_archive(caplog: pytest.LogCaptureFixture) -> str:
+    """An archive URL nothing listens on; the archive's error lines captured."""
+    caplog.set_level(logging.ERROR, logger="data_collector.backfill.archive_run")
+    return f"http://127.0.0.1:{free_port()}"
+
+
 @pytest.mark.parametrize("source", ["auto", "archive"])
 async def test_unreachable_archive_for_trades_one_line_then_rest_or_failed_pairs(
-    base_config: dict[str, Any], sim: SimulatedExchange, source: str, caplog: pytest.LogCaptureFixture
+    base_config: dict[str, Any],
+    sim: SimulatedExchange,
+    source: str,
+    dead_archive: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="data_collector.backfill.archive_run")
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = dead_archive
     start, end = random_range(7, 1, 1)
     extra = {"symbols": [SPOT, PERP], "data_types": ["trades"], "archive": {"url": dead}}
     async with collected(base_config, sim, start, end, exchange={"source": source}, **extra) as (
