@@ -28,7 +28,13 @@ SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT", "DOGE/USD
 
 
 async def _collect(
-    sim: SimulatedExchange, ctx: BenchContext, symbols: list[str], start: int, end: int, source: str = "auto"
+    sim: SimulatedExchange,
+    ctx: BenchContext,
+    symbols: list[str],
+    start: int,
+    end: int,
+    source: str = "auto",
+    **extra: object,
 ) -> tuple[float, int, float]:
     """One collection in a child process (so its RSS is the collector's alone): seconds, rows, peak MB."""
     schema = "bench_archive_" + uuid.uuid4().hex[:8]
@@ -43,6 +49,7 @@ async def _collect(
         "symbols": symbols,
         "timeframes": ["1m"],
         "performance": {"api_rate_limit": 100_000},
+        **extra,
     }
     spec = json.dumps({"config": config, "start": start, "end": end}).encode()
     try:
@@ -96,5 +103,49 @@ async def run(ctx: BenchContext) -> list[Table]:
         f"collector child peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MB (target <= 300 MB); "
         f"simulator zip build (cold pass, not timed) {build_s:.1f} s",
         "target (issue 13): 20 x 730 days in <= 60 s, i.e. >= 350,000 candles/s",
+    ]
+    return [table]
+
+
+async def run_trades(ctx: BenchContext) -> list[Table]:
+    """aggTrades of the simulator's busiest symbol from daily archive files vs the REST weight floor.
+
+    ``collect(data_types=['trades'])`` of whole days ending 40 days ago (zip cache warmed by a
+    first pass), in a child process. The floor: the same trades by ``fromId`` pages of 1,000 at
+    Binance spot's aggTrades weight 4, under 6,000 weight a minute (no look-ups counted).
+    """
+    days = 1 if ctx.quick else 90
+    probe = SimulatedExchange(symbols=SYMBOLS, seed=1, gaps={})
+    hour = probe.clock.now_ms() // DAY_MS * DAY_MS - 41 * DAY_MS
+    busiest = max(
+        SYMBOLS, key=lambda s: sum(len(probe.market(s).minute_trades(hour // 60_000 + m)) for m in range(60))
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        settings = ArchiveSettings(cache_dir=Path(cache))
+        async with SimulatedExchange(symbols=[busiest], seed=1, gaps={}, archive=settings) as sim:
+            end = (sim.clock.now_ms() // DAY_MS - 40) * DAY_MS
+            start = end - days * DAY_MS
+            trades = {"data_types": ["trades"]}
+            await _collect(sim, ctx, [busiest], start, end, **trades)  # warms the zip cache
+            build_s = sim.archive.build_s
+            times, peaks, rows = [], [], 0
+            for _ in range(ctx.repeats):
+                elapsed, rows, peak = await _collect(sim, ctx, [busiest], start, end, **trades)
+                times.append(elapsed)
+                peaks.append(peak)
+            zip_mb = sim.archive.stats["bytes"] / (ctx.repeats + 1) / 1e6
+    floor_s = -(-rows // 1000) * 4 / 6000 * 60
+    table = Table(f"{busiest} (busiest) aggTrades x {days} days = {rows:,} trades into PostgreSQL")
+    cases = [
+        ("REST weight floor (6,000/min, 4 per 1,000 trades)", [floor_s]),
+        ("archive backfill (daily zips)", times),
+    ]
+    for n, (label, values) in enumerate(cases):
+        table.add(Row(label, values, "s", baseline=n == 0, higher_is_better=False))
+    table.notes += [
+        f"archive {rows / statistics.median(times):,.0f} trades/s (median), {zip_mb:,.0f} MB of zips a run; "
+        f"collector child peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MB; "
+        f"simulator zip build (cold pass, not timed) {build_s:.1f} s",
+        "target (issue 13): >= 10x faster than the REST floor",
     ]
     return [table]

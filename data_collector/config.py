@@ -93,6 +93,9 @@ class ArchiveConfig(_Section):
     daily_lag_h: float = Field(default=12.0, ge=0)
     #: A month's file is asked for once this many days have passed since the month ended.
     monthly_lag_days: float = Field(default=7.0, ge=0)
+    #: Candles of each archive month (its first file in a run) compared with REST, at random, one
+    #: request each; a difference sends the file's range to REST and the report names it. 0: off.
+    cross_check: int = Field(default=0, ge=0, le=10_000)
 
 
 class ExchangeConfig(_Section):

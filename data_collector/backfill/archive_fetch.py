@@ -17,8 +17,10 @@ import hashlib
 import io
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import aiohttp
 import numpy as np
@@ -28,6 +30,7 @@ import pyarrow.csv as pa_csv
 from data_collector.backfill.archive_plan import ArchiveFile
 from data_collector.storage.base import Candle
 
+_T = TypeVar("_T")
 #: Archive timeframes are named as in the API, except ``1M`` (``1mo`` for case-blind file systems).
 _PATH_TF = {"1M": "1mo"}
 _COLUMNS = [f"c{i}" for i in range(12)]
@@ -60,11 +63,13 @@ class ArchiveSettings:
     timeout_s: float = 60.0
 
 
-def archive_path(exchange_symbol: str, timeframe: str, file: ArchiveFile) -> str:
-    """``/data/spot/<period>/klines/<SYM>/<tf>/<SYM>-<tf>-<date>.zip``."""
+def archive_path(exchange_symbol: str, timeframe: str, file: ArchiveFile, kind: str = "") -> str:
+    """``/data/spot/<period>/klines/<SYM>/<tf>/<SYM>-<tf>-<date>.zip``; with ``kind`` (``klines``,
+    ``markPriceKlines``, ...) the USDⓈ-M futures tree's ``/data/futures/um/<period>/<kind>/...``."""
     tf = _PATH_TF.get(timeframe, timeframe)
     name = f"{exchange_symbol}-{tf}-{file.date}.zip"
-    return f"/data/spot/{file.period}/klines/{exchange_symbol}/{tf}/{name}"
+    root = "/data/futures/um" if kind else "/data/spot"
+    return f"{root}/{file.period}/{kind or 'klines'}/{exchange_symbol}/{tf}/{name}"
 
 
 def parse_klines(csv: bytes) -> list[Candle]:
@@ -128,17 +133,22 @@ class ArchiveClient:
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
-    async def klines(self, exchange_symbol: str, timeframe: str, file: ArchiveFile) -> list[Candle]:
+    async def klines(
+        self, exchange_symbol: str, timeframe: str, file: ArchiveFile, kind: str = ""
+    ) -> list[Candle]:
         """The verified candles of one file; tried twice, then :class:`ArchiveFailure`."""
-        path = archive_path(exchange_symbol, timeframe, file)
+        return await self.fetch(archive_path(exchange_symbol, timeframe, file, kind), parse_klines)
+
+    async def fetch(self, path: str, parse: Callable[[bytes], _T]) -> _T:
+        """``parse`` of the verified CSV at ``path``; tried twice, then :class:`ArchiveFailure`."""
         try:
-            return await self._once(path)
+            return await self._once(path, parse)
         except ArchiveFailure as first:
             if not first.retry:
                 raise
-        return await self._once(path)
+        return await self._once(path, parse)
 
-    async def _once(self, path: str) -> list[Candle]:
+    async def _once(self, path: str, parse: Callable[[bytes], _T]) -> _T:
         data = await self._get(path)
         if data is None:
             raise ArchiveFailure("404 (not published)", retry=False)
@@ -151,9 +161,9 @@ class ArchiveClient:
                 raise ArchiveFailure("checksum mismatch")
         csv = unzip_one(data)
         self.bytes += len(data)
-        candles = await asyncio.to_thread(parse_klines, csv)
+        rows = await asyncio.to_thread(parse, csv)
         self.files += 1
-        return candles
+        return rows
 
     async def _get(self, path: str) -> bytes | None:
         url = self.settings.base_url.rstrip("/") + path

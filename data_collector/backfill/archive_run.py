@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from data_collector.backfill.archive_cross_check import CrossCheck
 from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
 from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
 from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, pages
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The directory of each price's klines in the USDⓈ-M futures tree (spot's tree has ``last`` only).
+UM_KLINE_KINDS = {
+    "last": "klines",
+    "mark": "markPriceKlines",
+    "index": "indexPriceKlines",
+    "premium": "premiumIndexKlines",
+}
 #: Binance's archive tree.
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 #: Candles per queued batch: the write queue and the writers hold batches of this size (a month
@@ -48,6 +56,7 @@ class ArchiveSource:
         self.files: dict[str, list[ArchiveFile]] = {}
         #: Why the archive is not used any more in this run (it was unreachable), once known.
         self.down: str | None = None
+        self.cross_check = CrossCheck(0)
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSource | None:
@@ -57,24 +66,29 @@ class ArchiveSource:
             return None
         a = ex.archive
         settings = ArchiveSettings(url, a.verify, a.downloads_in_flight, a.timeout_s)
-        return cls(
+        source = cls(
             settings,
             only=ex.source == "archive",
             daily_lag_ms=int(a.daily_lag_h * HOUR_MS),
             monthly_lag_ms=int(a.monthly_lag_days * DAY_MS),
         )
+        source.cross_check = CrossCheck(a.cross_check)
+        return source
 
     async def close(self) -> None:
         await self.client.close()
 
     def split(self, instrument: Instrument, plan: BackfillPlan, now_ms: int, limit: int) -> None:
         """Take the published whole days and months of ``plan`` for files; its pages keep the rest."""
-        if instrument.market_type != "spot" or not archive_timeframe(plan.timeframe):
+        spot = instrument.market_type == "spot"
+        if (spot and plan.price != "last") or plan.price not in UM_KLINE_KINDS:
+            return
+        if not archive_timeframe(plan.timeframe):
             return
         files, rest = split_for_archives(
             plan.missing, now_ms, daily_lag_ms=self.daily_lag_ms, monthly_lag_ms=self.monthly_lag_ms
         )
-        self.files[f"{plan.symbol} {plan.timeframe}"] = files
+        self.files[f"{plan.symbol} {plan.key}"] = files
         plan.pages = [p for r in rest for p in pages(r, plan.timeframe, limit)]
 
     async def ingest(
@@ -86,7 +100,8 @@ class ArchiveSource:
             PermanentError: ``source: archive`` and a file could not be used.
         """
         files = self.files.pop(pair.key, [])
-        exchange_symbol = instrument.symbol.replace("/", "")
+        exchange_symbol = archive_symbol(instrument.symbol)
+        kind = "" if instrument.market_type == "spot" else UM_KLINE_KINDS[plan.price]
         fallback: list[Range] = []
         notes: list[str] = []
 
@@ -99,8 +114,10 @@ class ArchiveSource:
                 try:
                     if self.down is not None:
                         raise ArchiveFailure(self.down, retry=False)
-                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
+                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file, kind)
                     _check(candles, file, plan.timeframe)
+                    if self.cross_check.wanted(pair.key, file):
+                        await self.cross_check.compare(await run.owner.client_for(plan.symbol), plan, candles)
                 except ArchiveFailure as failure:
                     notes.append(self._failed(run, pair, file, failure))
                     fallback.append((file.start_ms, file.end_ms))
@@ -111,6 +128,7 @@ class ArchiveSource:
         async with asyncio.TaskGroup() as group:
             for file in files:
                 group.create_task(one(file))
+        run.report.archive_cross_checked = self.cross_check.compared
         if fallback and self.only and not run.owner._stop.is_set():
             raise PermanentError(
                 f"{len(fallback)} archive file(s) unusable and source is 'archive': {notes[0]}"
@@ -146,11 +164,16 @@ class ArchiveSource:
             chunk = candles[n * BATCH_CANDLES : (n + 1) * BATCH_CANDLES]
             # A file proves its whole range: no cap, so a short tail is recorded as empty.
             coverage = page_coverage((start, end), chunk, plan.timeframe, cap=len(chunk) + 1)
-            await run.queue.put((CandleBatch(instrument.id, plan.timeframe, chunk, coverage), pair))
+            await run.queue.put((CandleBatch(instrument.id, plan.key, chunk, coverage), pair))
         pair.candles_fetched += len(candles)
         run.report.archive_files += 1
         run.report.archive_bytes = self.client.bytes
         run._progress(pair)
+
+
+def archive_symbol(symbol: str) -> str:
+    """The archive's name of a unified symbol: ``BTC/USDT`` and ``BTC/USDT:USDT`` are ``BTCUSDT``."""
+    return symbol.partition(":")[0].replace("/", "")
 
 
 def _check(candles: list[Candle], file: ArchiveFile, timeframe: str) -> None:

@@ -241,7 +241,7 @@ class BackfillRun:
             delisting_ms=delisted_at(client.markets.get(symbol)),
         )
         plan.price = price
-        if self.archives is not None and price == "last" and not client.futures:
+        if self.archives is not None and price != "oi":
             self.archives.split(instrument, plan, client.server_now_ms(), self._page_limit(client, price))
         pair = self.report.pair(symbol, key)
         pair.pages_planned = len(plan.pages)
