@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks import harness
 from benchmarks.bench_backfill import rate_limit_floor_s
 from benchmarks.harness import BenchContext, Row, Table
 from data_collector.markets import HOUR_MS
@@ -127,26 +128,12 @@ async def run(ctx: BenchContext) -> list[Table]:
     )
     table.add(Row("floor: spot weight / budget", spot_floor, "s", higher_is_better=False))
     table.add(Row("floor: futures weight / budget", fut_floor, "s", higher_is_better=False))
-    if any(bound):
-        table.add(Row("floor: minute boundaries (burst budget)", bound, "s", higher_is_better=False))
-    table.add(
-        Row(
-            "project collect(), both venues at once",
-            [r["elapsed"] for r in runs],
-            "s",
-            higher_is_better=False,
-        )
-    )
+    harness.add_floor_rows(table, bound, runs, "project collect(), both venues at once")
     r0 = runs[0]
     table.notes += [
         f"weight: spot {r0['spot_weight']:,}, futures {r0['futures_weight']:,}; rows by type "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(r0["rows"].items()))
         + f"; 429s {sum(r['429'] for r in runs)}, 418s {sum(r['418'] for r in runs)}",
-        "elapsed / floor: "
-        + ", ".join(
-            f"{r['elapsed'] / f:.2f} (weight/budget)"
-            + (f", {r['elapsed'] / b:.2f} (boundaries)" if b else "")
-            for r, f, b in zip(runs, floor, bound, strict=True)
-        ),
+        harness.elapsed_over_floors(runs, floor, bound),
     ]
     return [table]

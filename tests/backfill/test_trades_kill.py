@@ -21,7 +21,13 @@ async def _rows(schema: str) -> tuple[list[Any], list[Any], int]:
     try:
         if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.trades") is None:
             return [], [], 0
-        trades = [tuple(r) for r in await conn.fetch(f'SELECT * FROM "{schema}".trades ORDER BY 1, 2')]
+        trades = [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker "
+                f'FROM "{schema}".trades ORDER BY instrument_id, id'
+            )
+        ]
         rows = await conn.fetch(f'SELECT first_id, end_id, start_ms, end_ms FROM "{schema}".trade_coverage')
         # Two writers may each store a range that touches the other's; reads merge them.
         cover = merge_trade_coverage(TradeCoverage(*r) for r in rows)
