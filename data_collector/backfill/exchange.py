@@ -221,7 +221,9 @@ class ExchangeClient:
         """ccxt's ``fetch2`` behind the limiter's window of its endpoint (every HTTP request of a
         ccxt call, ``load_markets``' several included, waits for its own endpoint's window)."""
 
-        async def paced(path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None) -> Any:
+        async def paced(
+            path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
+        ) -> Any:
             await self.limiter.acquire_endpoint(path)
             token = _endpoint.set(path)
             try:
@@ -386,7 +388,9 @@ class ExchangeClient:
         self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float
     ) -> T:
         # In window mode every HTTP request waits for its endpoint's window in ``fetch2``.
-        reservation = None if self.window_mode else await self.limiter.acquire(weight if self.weight_mode else 1)
+        reservation = (
+            None if self.window_mode else await self.limiter.acquire(weight if self.weight_mode else 1)
+        )
         token = _reservation.set(reservation)
         started = time.perf_counter()
         status: int | None = None
