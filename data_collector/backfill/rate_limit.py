@@ -189,6 +189,11 @@ class RateLimiter:
         ``Retry-After``. A window later the server's count has started again."""
         window = self._window(endpoint)
         now = self._clock()
+        if now >= window.gate_until and window.limit > 1:
+            # The server allows fewer than we thought (another client on the IP, a lower tier):
+            # the first 429 of a window halves the endpoint's N for the rest of the run, so a
+            # wrong limit costs one window of 429s, not one per window.
+            window.limit = max(1, window.limit // 2)
         until = now + (self.window_s + self.boundary_guard_s if seconds is None else max(0.0, seconds))
         if until > window.gate_until:
             window.gate_until = until
