@@ -9,13 +9,15 @@ per-endpoint 2 s limits earns at most one 429 per endpoint; bad venue input gets
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from data_collector.backfill.multi_venue import MultiVenueCollector
 from data_collector.config import load_config
-from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
+from data_collector.markets import CODE_TIMEFRAMES, DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from tests.support.backfill import (
@@ -23,6 +25,7 @@ from tests.support.backfill import (
     count_rows,
     floats,
     kill_when_stored,
+    pg_rows,
     run_script,
     write_config,
 )
@@ -114,3 +117,120 @@ async def test_okx_candles_exact_and_rerun_asks_nothing(
         assert again.ok and again.rows_written == 0, again.summary()
         assert candle_requests(sim) == before
     assert sim.okx.requests()["429"] == 0
+
+
+def truth_rows(sim: SimulatedExchange, timeframes: list[str], start: int, end: int) -> list[tuple[Any, ...]]:
+    """Every candle the four venues' pairs must store, as ``pg_rows`` gives them, sorted."""
+    out: list[tuple[Any, ...]] = []
+    for tf in timeframes:
+        out += [("sim-binance", "BTC/USDT", tf, *floats(k)) for k in sim.klines("BTC/USDT", tf, start, end)]
+        perp = sim.usdm.klines("BTC/USDT:USDT", tf, start, end)
+        out += [("sim-binanceusdm", "BTC/USDT:USDT", tf, *floats(k)) for k in perp]
+        for symbol in OKX_SYMBOLS:
+            out += [("sim-okx", symbol, tf, *c) for c in model_candles(sim, symbol, tf, start, end)]
+    return sorted(out)
+
+
+async def stored_rows(schema: str) -> list[tuple[Any, ...]]:
+    rows = [(r[0], r[1], CODE_TIMEFRAMES[r[2]], r[3], *(float(x) for x in r[4:])) for r in await pg_rows(schema)]
+    return sorted(rows)
+
+
+def binance_candle_requests(sim: SimulatedExchange) -> int:
+    endpoints = sim.stats()["endpoints"]
+    return int(endpoints.get("klines", 0)) + int(endpoints.get("fapi/v1/klines", 0))
+
+
+async def test_binance_and_okx_spot_and_perpetual_in_one_run(
+    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str
+) -> None:
+    """One run, four markets on two venues concurrently, one store: every row equals the truth,
+    each under its venue's label; a second run asks neither venue for a candle."""
+    start, end = RANGE_START_MS + 7 * MINUTE_MS, RANGE_START_MS + 3 * DAY_MS
+    timeframes = ["1h", "4h"]
+    config = venues_config(base_config, [binance_venue(sim), okx_venue(sim)], timeframes=timeframes)
+    config["start"], config["end"] = _iso(start), _iso(end)
+    async with MultiVenueCollector(load_config(config)) as collector:
+        report = await collector.collect()
+        assert report.ok, report.summary()
+        assert len(report.pairs) == 4 * len(timeframes)
+        assert {k.split()[0] for k in report.pairs} == {"sim-binance", "sim-okx"}
+    assert await stored_rows(pg_schema) == truth_rows(sim, timeframes, start, end)
+    okx_before, binance_before = candle_requests(sim), binance_candle_requests(sim)
+    async with MultiVenueCollector(load_config(config)) as collector:
+        again = await collector.collect()
+    assert again.ok and again.rows_written == 0, again.summary()
+    assert (candle_requests(sim), binance_candle_requests(sim)) == (okx_before, binance_before)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+async def test_pushing_okx_limits_earns_at_most_one_429_per_endpoint(
+    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str
+) -> None:
+    """1m candles of two markets over 40 hours: 48 history-candles requests, more than twice
+    the endpoint's 20 per 2 s, all wanted at once (16 pages in flight per pair). The limiter
+    spreads them over the windows: at most one 429 per endpoint, and every candle stored."""
+    start, end = RANGE_START_MS, RANGE_START_MS + 40 * HOUR_MS
+    config = venues_config(base_config, [okx_venue(sim)], timeframes=["1m"])
+    config["start"], config["end"] = _iso(start), _iso(end)
+    async with MultiVenueCollector(load_config(config)) as collector:
+        report = await collector.collect()
+        assert report.ok, report.summary()
+    counts = sim.okx.requests()
+    assert counts["endpoints"]["market/history-candles"] >= 2 * 20
+    assert all(n <= 1 for n in counts["429_by_endpoint"].values()), counts
+    want = sorted(("sim-okx", s, "1m", *c) for s in OKX_SYMBOLS for c in model_candles(sim, s, "1m", start, end))
+    assert await stored_rows(pg_schema) == want
+
+
+BAD_VENUE_CASES = {
+    "unknown venue id": ({"id": "notavenue"}, "venues.1.id: 'notavenue' is not a ccxt exchange id"),
+    "symbol not on the venue": ({"symbols": ["XRP/USDT"]}, "venues[1] (sim-okx): unknown symbol 'XRP/USDT'"),
+    "data type the venue lacks": ({"data_types": ["premium_ohlcv"]}, "premium_ohlcv not collected from okx"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VENUE_CASES)
+async def test_bad_venue_input_one_line_and_exit_code(
+    case: str, base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str, tmp_path: Path
+) -> None:
+    """Through the real script: one line on stderr naming the venue entry, exit code 2, no row."""
+    change, expected = BAD_VENUE_CASES[case]
+    config = venues_config(base_config, [binance_venue(sim), {**okx_venue(sim), **change}], timeframes=["1h"])
+    config["start"], config["end"] = "3d", "1d"
+    path = write_config(tmp_path / "config.yaml", config)
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (out, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert expected in lines[0], lines[0]
+    assert await count_rows(pg_schema) == 0
+
+
+@pytest.mark.slow
+async def test_sigkill_and_restart_converge_on_both_venues(
+    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str, tmp_path: Path
+) -> None:
+    """The script on Binance and OKX (spot and perpetual each), SIGKILLed while OKX pages
+    newest-first history candles; the restart stores exactly the truth, a third run asks nothing."""
+    start, end = RANGE_START_MS, RANGE_START_MS + 2 * DAY_MS
+    config = venues_config(base_config, [binance_venue(sim), okx_venue(sim)], timeframes=["1m", "1h"])
+    config["start"], config["end"] = _iso(start), _iso(end)
+    path = write_config(tmp_path / "config.yaml", config)
+    want = truth_rows(sim, ["1m", "1h"], start, end)
+
+    async def stored() -> int:
+        return await count_rows(pg_schema)
+
+    await kill_when_stored(path, tmp_path, stored, 0.7 * len(want), "70% of the candles stored")
+    assert await stored() < len(want)
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    assert code == 0, out + err
+    assert await stored_rows(pg_schema) == want
+    okx_before, binance_before = candle_requests(sim), binance_candle_requests(sim)
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    assert code == 0, out + err
+    assert (candle_requests(sim), binance_candle_requests(sim)) == (okx_before, binance_before)
