@@ -59,7 +59,12 @@ def okx_venue(sim: SimulatedExchange, **extra: Any) -> dict[str, Any]:
 
 def binance_venue(sim: SimulatedExchange) -> dict[str, Any]:
     futures = {**sim.futures_exchange_config(), "timeout_s": 2.0}
-    return {**sim.exchange_config(), "timeout_s": 2.0, "symbols": BINANCE_SYMBOLS, "futures_exchange": futures}
+    return {
+        **sim.exchange_config(),
+        "timeout_s": 2.0,
+        "symbols": BINANCE_SYMBOLS,
+        "futures_exchange": futures,
+    }
 
 
 def venues_config(base: dict[str, Any], venues: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -132,7 +137,9 @@ def truth_rows(sim: SimulatedExchange, timeframes: list[str], start: int, end: i
 
 
 async def stored_rows(schema: str) -> list[tuple[Any, ...]]:
-    rows = [(r[0], r[1], CODE_TIMEFRAMES[r[2]], r[3], *(float(x) for x in r[4:])) for r in await pg_rows(schema)]
+    rows = [
+        (r[0], r[1], CODE_TIMEFRAMES[r[2]], r[3], *(float(x) for x in r[4:])) for r in await pg_rows(schema)
+    ]
     return sorted(rows)
 
 
@@ -182,7 +189,9 @@ async def test_pushing_okx_limits_earns_at_most_one_429_per_endpoint(
     counts = sim.okx.requests()
     assert counts["endpoints"]["market/history-candles"] >= 2 * 20
     assert all(n <= 1 for n in counts["429_by_endpoint"].values()), counts
-    want = sorted(("sim-okx", s, "1m", *c) for s in OKX_SYMBOLS for c in model_candles(sim, s, "1m", start, end))
+    want = sorted(
+        ("sim-okx", s, "1m", *c) for s in OKX_SYMBOLS for c in model_candles(sim, s, "1m", start, end)
+    )
     assert await stored_rows(pg_schema) == want
 
 
