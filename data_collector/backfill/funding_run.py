@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.validate import MalformedPageError, validate_funding
 from data_collector.datatypes import FUNDING_RATES
@@ -43,8 +44,10 @@ async def fetch_funding_page(
 
     async def fetch() -> list[FundingRate]:
         try:
+            # OKX: ``after`` bounds the newest-first answer (ccxt would pass ``until`` through).
+            params = {"after": end_ms} if okx.is_okx(client.id) else {"until": end_ms - 1}
             rows = await client.exchange.fetch_funding_rate_history(
-                symbol, since=start_ms, limit=limit, params={"until": end_ms - 1}
+                symbol, since=start_ms, limit=limit, params=params
             )
             return validate_funding(rows, start_ms, end_ms)
         except (TypeError, ValueError, KeyError, IndexError, MalformedPageError) as exc:
@@ -71,7 +74,7 @@ class FundingPair:
         self.client = client
         self.instrument = instrument
         self.pair = run.report.pair(instrument.symbol, FUNDING_RATES)
-        self.limit = FUNDING_PAGE_LIMIT
+        self.limit = okx.FUNDING_PAGE_LIMIT if okx.is_okx(client.id) else FUNDING_PAGE_LIMIT
 
     async def execute(self) -> None:
         run, pair = self.run, self.pair
@@ -107,7 +110,10 @@ class FundingPair:
             todo.insert(0, page)
             return
         rates = fetch.result()
-        proven, rest = funding_page_coverage(page, rates, self.limit)
+        if okx.is_okx(self.client.id):
+            proven, rest = okx.funding_page_span(page, [r[0] for r in rates], self.limit)
+        else:
+            proven, rest = funding_page_coverage(page, rates, self.limit)
         if rest is not None:
             todo.insert(0, rest)
             self.pair.pages_planned += 1

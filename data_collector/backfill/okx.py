@@ -13,6 +13,9 @@
   not its start (what :func:`~data_collector.backfill.plan.page_coverage` assumes), so a page must
   never be larger than the cap: 100 on ``history-candles`` (older than the newest 1,440 candles,
   where ccxt switches endpoint), which is also every page's size here.
+* **Funding** comes newest first too: ``before=since-1`` (ccxt) and ``after=end`` (ours), at
+  most 100 a page; a full answer proves from its oldest settlement to the page's end, and the
+  older rest of the page is asked next (:func:`funding_page_span`).
 * **Listing**: the instrument's ``listTime`` (in the markets already loaded), so no request.
 """
 
@@ -22,7 +25,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from data_collector.datatypes import OHLCV
+from data_collector.datatypes import FUNDING_RATES, OHLCV
 
 #: ccxt ids of OKX's API.
 OKX_IDS = ("okx", "myokx", "okxus")
@@ -30,8 +33,10 @@ OKX_IDS = ("okx", "myokx", "okxus")
 WINDOW_S = 2.0
 #: Candles per page: ``history-candles``' cap (see the module's docstring).
 PAGE_LIMIT = 100
+#: Settlements per ``funding-rate-history`` answer (OKX's maximum).
+FUNDING_PAGE_LIMIT = 100
 #: What the backfill collects from OKX in this version.
-DATA_TYPES = (OHLCV,)
+DATA_TYPES = (OHLCV, FUNDING_RATES)
 
 
 def is_okx(exchange_id: str) -> bool:
@@ -62,3 +67,14 @@ def listing_ms(market: Mapping[str, Any] | None) -> int | None:
     except (TypeError, ValueError):
         return None
     return value if value > 0 else None
+
+
+def funding_page_span(
+    page: tuple[int, int], times: list[int], limit: int
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """What a newest-first funding answer (``times`` ascending) to ``page`` proves, and the rest."""
+    start, end = page
+    if len(times) < limit:
+        return page, None
+    oldest = times[0]
+    return (oldest, end), ((start, oldest) if start < oldest else None)

@@ -124,6 +124,31 @@ async def test_okx_candles_exact_and_rerun_asks_nothing(
     assert sim.okx.requests()["429"] == 0
 
 
+async def test_okx_funding_newest_first_pages_exact_and_rerun_asks_nothing(
+    base_config: dict[str, Any], sim: SimulatedExchange
+) -> None:
+    """60 days of 8 h funding (180 settlements): two newest-first pages of 100; every stored
+    rate equals the model's, a second run asks nothing."""
+    now = sim.clock.now_ms()
+    start, end = now - 60 * DAY_MS + 5 * HOUR_MS, now - DAY_MS
+    venue = okx_venue(sim, symbols=["BTC/USDT:USDT"], data_types=["funding_rates"])
+    [(_, config)] = load_config(venues_config(base_config, [venue], timeframes=["1h"])).venue_configs()
+    perp = sim.okx.venue.perp(sim.okx.venue.instrument("BTC/USDT:USDT"))
+    times = perp.funding_times(start, end - 1, now)
+    want = [(t, r / 1e8, None) for t, r in zip(times, perp.funding_rates(times), strict=True)]
+    assert len(want) > 100
+    async with OptimizedDataCollector(config) as collector:
+        report = await collector.collect(start=start, end=end)
+        assert report.ok, report.summary()
+        inst = await collector.instrument("BTC/USDT:USDT")
+        assert await collector.store.load_funding(inst.id, start, end) == want
+        asked = sim.okx.requests()["endpoints"]["public/funding-rate-history"]
+        assert asked >= 2
+        again = await collector.collect(start=start, end=end)
+        assert again.ok and again.rows_written == 0, again.summary()
+        assert sim.okx.requests()["endpoints"]["public/funding-rate-history"] == asked
+
+
 def truth_rows(sim: SimulatedExchange, timeframes: list[str], start: int, end: int) -> list[tuple[Any, ...]]:
     """Every candle the four venues' pairs must store, as ``pg_rows`` gives them, sorted."""
     out: list[tuple[Any, ...]] = []
