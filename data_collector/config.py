@@ -182,21 +182,13 @@ class VenueConfig(ExchangeConfig):
     ``symbols`` (exact names) are required; ``data_types`` and ``timeframes`` default to the
     top-level ones; ``futures_exchange`` is the venue's perpetuals section (Binance; OKX serves
     spot and swaps through one client). The venue has its own client, rate limiter and label.
+    Its ``id`` is checked against ccxt's by the backfill command (the streamer never imports ccxt).
     """
 
     symbols: list[str]
     data_types: list[str] | None = None
     timeframes: list[str] | None = None
     futures_exchange: ExchangeConfig | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _ccxt_id(cls, value: str) -> str:
-        import ccxt  # only when venues are configured: ccxt takes a while to import
-
-        if value not in ccxt.exchanges:
-            raise ValueError(f"{value!r} is not a ccxt exchange id; use one such as 'binance' or 'okx'")
-        return value
 
     @field_validator("symbols")
     @classmethod

@@ -98,7 +98,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def check_exchange_id(config: Config, origin: str) -> None:
-    """Refuse an ``exchange.id`` that names no ccxt class, naming the file or variable that set it.
+    """Refuse an ``exchange.id`` (or a ``venues`` entry's ``id``) that names no ccxt class, naming
+    the file or variable that set it.
 
     Checked here rather than in the config model so that the streamer, which never loads ccxt,
     does not pay for importing it.
@@ -110,6 +111,12 @@ def check_exchange_id(config: Config, origin: str) -> None:
             f"{setting_source(('exchange', 'id'), origin)}: {config.exchange.id!r} is not a ccxt "
             "exchange id such as 'binance'"
         )
+    for i, venue in enumerate(config.venues):
+        if venue.id not in ccxt.exchanges:
+            raise ConfigError(
+                f"{setting_source(('venues', str(i), 'id'), origin)}: {venue.id!r} is not a ccxt "
+                "exchange id such as 'binance' or 'okx'"
+            )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -221,7 +221,10 @@ async def test_pushing_okx_limits_earns_at_most_one_429_per_endpoint(
 
 
 BAD_VENUE_CASES = {
-    "unknown venue id": ({"id": "notavenue"}, "venues.1.id: 'notavenue' is not a ccxt exchange id"),
+    "unknown venue id": (
+        {"id": "notavenue"},
+        "config.yaml: venues.1.id: 'notavenue' is not a ccxt exchange id",
+    ),
     "symbol not on the venue": ({"symbols": ["XRP/USDT"]}, "venues[1] (sim-okx): unknown symbol 'XRP/USDT'"),
     "data type the venue lacks": ({"data_types": ["premium_ohlcv"]}, "premium_ohlcv not collected from okx"),
 }
