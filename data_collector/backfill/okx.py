@@ -16,6 +16,7 @@
 * **Funding** comes newest first too: ``before=since-1`` (ccxt) and ``after=end`` (ours), at
   most 100 a page; a full answer proves from its oldest settlement to the page's end, and the
   older rest of the page is asked next (:func:`funding_page_span`).
+* **Trades**: ``history-trades`` walked back by id (:mod:`data_collector.backfill.okx_trades`).
 * **Listing**: the instrument's ``listTime`` (in the markets already loaded), so no request.
 """
 
@@ -25,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from data_collector.datatypes import FUNDING_RATES, OHLCV
+from data_collector.datatypes import FUNDING_RATES, OHLCV, TRADES
 
 #: ccxt ids of OKX's API.
 OKX_IDS = ("okx", "myokx", "okxus")
@@ -36,7 +37,7 @@ PAGE_LIMIT = 100
 #: Settlements per ``funding-rate-history`` answer (OKX's maximum).
 FUNDING_PAGE_LIMIT = 100
 #: What the backfill collects from OKX in this version.
-DATA_TYPES = (OHLCV, FUNDING_RATES)
+DATA_TYPES = (OHLCV, TRADES, FUNDING_RATES)
 
 
 def is_okx(exchange_id: str) -> bool:

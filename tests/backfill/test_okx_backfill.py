@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from data_collector.backfill.multi_venue import MultiVenueCollector
+from data_collector.backfill.report import PairReport
 from data_collector.config import load_config
 from data_collector.markets import CODE_TIMEFRAMES, DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -29,7 +30,7 @@ from tests.support.backfill import (
     run_script,
     write_config,
 )
-from tests.support.okx_truth import model_candles
+from tests.support.okx_truth import model_candles, model_trades
 
 SPOT = ["BTC/USDT", "ETH/USDT"]
 OKX_SYMBOLS = ["BTC/USDT", "BTC/USDT:USDT"]
@@ -147,6 +148,54 @@ async def test_okx_funding_newest_first_pages_exact_and_rerun_asks_nothing(
         again = await collector.collect(start=start, end=end)
         assert again.ok and again.rows_written == 0, again.summary()
         assert sim.okx.requests()["endpoints"]["public/funding-rate-history"] == asked
+
+
+def trade_truth(sim: SimulatedExchange, symbol: str, start: int, end: int) -> list[tuple[Any, ...]]:
+    return [
+        (int(t["id"]), t["ts"], t["price"], t["amount"], int(t["id"]), int(t["id"]), t["side"] == "sell")
+        for t in model_trades(sim, symbol, start, end)
+    ]
+
+
+async def test_okx_trades_walked_back_exact_resumed_and_rerun_asks_nothing(
+    base_config: dict[str, Any], sim: SimulatedExchange
+) -> None:
+    """history-trades, 100 a page newest first, spot and swap: a run stopped after a few pages
+    resumes exactly (the pages written prove only what they hold), a wider range adds only its
+    new ends, and a re-run asks nothing."""
+    now = sim.clock.now_ms()
+    start, end = now - 3 * HOUR_MS + 12_345, now - 3 * HOUR_MS + 8 * MINUTE_MS
+    venue = okx_venue(sim, data_types=["trades"])
+    [(_, config)] = load_config(venues_config(base_config, [venue], timeframes=["1h"])).venue_configs()
+    stopped: list[bool] = []
+
+    def stop_after_a_few_pages(pair: PairReport) -> None:
+        if pair.pages_done >= 2 and not stopped:
+            stopped.append(True)
+            collector.request_stop()
+
+    async with OptimizedDataCollector(config, progress=stop_after_a_few_pages) as collector:
+        first = await collector.collect(start=start, end=end)
+        assert first.interrupted and stopped, first.summary()
+        done = await collector.collect(start=start, end=end)
+        assert done.ok, done.summary()
+        for symbol in OKX_SYMBOLS:
+            inst = await collector.instrument(symbol)
+            assert await collector.store.load_trades(inst.id, start, end) == trade_truth(
+                sim, symbol, start, end
+            )
+        wider = await collector.collect(start=start - MINUTE_MS, end=end + MINUTE_MS)
+        assert wider.ok, wider.summary()
+        for symbol in OKX_SYMBOLS:
+            inst = await collector.instrument(symbol)
+            got = await collector.store.load_trades(inst.id, start - MINUTE_MS, end + MINUTE_MS)
+            want = trade_truth(sim, symbol, start - MINUTE_MS, end + MINUTE_MS)
+            assert len(want) > 4 * 100, symbol  # several pages
+            assert got == want, (symbol, len(got), len(want))
+        asked = sim.okx.requests()["endpoints"]["market/history-trades"]
+        again = await collector.collect(start=start - MINUTE_MS, end=end + MINUTE_MS)
+        assert again.ok and again.rows_written == 0, again.summary()
+        assert sim.okx.requests()["endpoints"]["market/history-trades"] == asked
 
 
 def truth_rows(sim: SimulatedExchange, timeframes: list[str], start: int, end: int) -> list[tuple[Any, ...]]:
