@@ -207,14 +207,19 @@ class VenueConfig(ExchangeConfig):
 
     @model_validator(mode="after")
     def _types_the_venue_has(self) -> VenueConfig:
-        if okx.is_okx(self.id) and self.data_types is not None:
-            lacking = [t for t in self.data_types if t not in okx.DATA_TYPES]
-            if lacking:
-                raise ValueError(
-                    f"data_types: {', '.join(lacking)} not collected from {self.id} by this version; "
-                    f"it collects {', '.join(okx.DATA_TYPES)}"
-                )
+        _check_venue_has(self.id, self.data_types or [])
         return self
+
+
+def _check_venue_has(exchange_id: str, data_types: list[str]) -> None:
+    """Refuse data types the venue lacks (OKX: what :data:`okx.DATA_TYPES` lists), one line."""
+    if okx.is_okx(exchange_id):
+        lacking = [t for t in data_types if t not in okx.DATA_TYPES]
+        if lacking:
+            raise ValueError(
+                f"data_types: {', '.join(lacking)} not collected from {exchange_id} by this version; "
+                f"it collects {', '.join(okx.DATA_TYPES)}"
+            )
 
 
 def is_simulated_venue(name: str) -> bool:
@@ -523,13 +528,8 @@ class Config(BaseSettings):
         twice = sorted({n for n in labels if labels.count(n) > 1})
         if twice:
             raise ValueError(f"venues: the label {twice[0]!r} is given twice; give each venue its own 'name'")
-        if okx.is_okx(self.exchange.id) and not self.venues:
-            lacking = [t for t in self.data_types if t not in okx.DATA_TYPES]
-            if lacking:
-                raise ValueError(
-                    f"data_types: {', '.join(lacking)} not collected from {self.exchange.id} by this version; "
-                    f"it collects {', '.join(okx.DATA_TYPES)}"
-                )
+        if not self.venues:
+            _check_venue_has(self.exchange.id, self.data_types)
         return self
 
     def venue_configs(self) -> list[tuple[str, Config]]:

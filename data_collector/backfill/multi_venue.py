@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
 from data_collector.backfill.report import CollectionReport, PairReport
@@ -70,9 +69,7 @@ class MultiVenueCollector:
         await self.initialize()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def initialize(self) -> None:

@@ -19,23 +19,19 @@ swap's amount is in contracts), and the buyer is the maker when the taker sold.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from data_collector.backfill.exchange import ExchangeClient, classify
-from data_collector.backfill.trades_plan import TradeSpan, plan_trade_spans
+from data_collector.backfill.exchange import ExchangeClient
+from data_collector.backfill.trades_plan import TradeSpan
+from data_collector.backfill.trades_run import TradePair
 from data_collector.backfill.validate import MalformedPageError
-from data_collector.datatypes import TRADES
-from data_collector.storage.base import Instrument
 from data_collector.storage.trades import Trade, TradeBatch, TradeCoverage
 
 if TYPE_CHECKING:
-    from data_collector.backfill.run import BackfillRun
+    pass
 
 #: Trades per ``history-trades`` answer (OKX's maximum).
 PAGE_LIMIT = 100
-#: Trades younger than this (by the exchange's clock) are left for the next run.
-SETTLE_MS = 10_000
 
 
 def okx_trades(rows: object, *, below: int, by_time: bool) -> list[Trade]:
@@ -77,49 +73,20 @@ async def fetch_below(client: ExchangeClient, symbol: str, below: int, *, by_tim
     async def fetch() -> list[Trade]:
         try:
             rows = await client.exchange.fetch_trades(symbol, None, PAGE_LIMIT, params)
-        except (TypeError, ValueError, KeyError, IndexError) as exc:
-            client.stats.malformed += 1
-            raise MalformedPageError(f"unparsable trades page: {exc}") from None
-        try:
             return okx_trades(rows, below=below, by_time=by_time)
-        except MalformedPageError:
+        except (TypeError, ValueError, KeyError, IndexError, MalformedPageError) as exc:
             client.stats.malformed += 1
-            raise
+            raise MalformedPageError(f"unusable trades page: {exc}") from None
 
     return await client.call(fetch)
 
 
-class OkxTradePair:
-    """The trades of one OKX instrument over the run's range (the ``trades`` pair)."""
+class OkxTradePair(TradePair):
+    """The trades of one OKX instrument over the run's range: :class:`TradePair`'s plan, stop and
+    failure handling, with OKX's walk back through each missing span."""
 
-    def __init__(self, run: BackfillRun, instrument: Instrument, client: ExchangeClient) -> None:
-        self.run = run
-        self.client = client
-        self.instrument = instrument
-        self.pair = run.report.pair(instrument.symbol, TRADES)
-
-    def _stopping(self) -> bool:
-        return self.run.owner._stop.is_set() or self.run.write_error is not None
-
-    async def execute(self) -> None:
-        run, pair = self.run, self.pair
-        pair.status = "running"
-        run._progress(pair)
-        try:
-            covered = await run.owner._store_call(partial(run.store.trade_coverage, self.instrument.id))
-            end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
-            spans = plan_trade_spans(run.start_ms, end_ms, covered)
-            pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
-            for span in spans:
-                if self._stopping() or not await self._span(span):
-                    break
-        except Exception as exc:
-            run._fail(pair, classify(exc))
-            return
-        run._finish(pair, "stopped" if self._stopping() else "done")
-
-    async def _span(self, span: TradeSpan) -> bool:
-        """Walk ``span`` back from its end, page by page; False when the run stopped first."""
+    async def _span(self, span: TradeSpan) -> None:
+        """Walk ``span`` back from its end, page by page, until it is proven or the run stops."""
         upper, upper_ms = span.end_id, span.end_ms
         while True:
             by_time = upper is None
@@ -128,7 +95,7 @@ class OkxTradePair:
                 fetch_below(self.client, self.instrument.symbol, below, by_time=by_time)
             )
             if fetch.cancelled():
-                return False
+                return
             trades = fetch.result()
             if upper is None:
                 # No trade at all before the span's end: nothing below id 0 either.
@@ -147,7 +114,7 @@ class OkxTradePair:
             await self.run.queue.put((TradeBatch(self.instrument.id, inside, [cover]), self.pair))
             self.run._progress(self.pair)
             if done:
-                return True
+                return
             upper, upper_ms = inside[0][0], inside[0][1]
             if self._stopping():
-                return False
+                return
