@@ -227,7 +227,11 @@ class ExchangeClient:
             await self.limiter.acquire_endpoint(path)
             token = _endpoint.set(path)
             try:
-                return await fetch2(path, api, method, params if params is not None else {}, config or {})
+                # The in-flight bound and the timeout start once the window lets it go: a page
+                # waiting for a full endpoint holds no slot another endpoint could use, and its
+                # wait (several windows when many pages queue) is never taken for a stall.
+                async with self._in_flight, asyncio.timeout(self._call_timeout_s()):
+                    return await fetch2(path, api, method, params if params is not None else {}, config or {})
             finally:
                 _endpoint.reset(token)
 
@@ -380,12 +384,18 @@ class ExchangeClient:
         )
         async for attempt in policy:
             with attempt:
+                if self.window_mode:  # bounded request by request in ``fetch2``
+                    return await self._one(fn, args, kwargs, weight, None)
                 async with self._in_flight:
                     return await self._one(fn, args, kwargs, weight, timeout_s)
         raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
+    def _call_timeout_s(self) -> float:
+        """The bound on one call from outside ccxt (which has its own ``timeout``)."""
+        return self.settings.timeout_s * 1.5 + 1.0
+
     async def _one(
-        self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float
+        self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float | None
     ) -> T:
         # In window mode every HTTP request waits for its endpoint's window in ``fetch2``.
         reservation = (
@@ -397,7 +407,7 @@ class ExchangeClient:
         ok = False
         try:
             self.stats.requests += 1
-            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
+            async with asyncio.timeout(None if timeout_s is None else self._call_timeout_s()):
                 result = await fn(*args, **kwargs)
             ok = True
         except TimeoutError:
