@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from data_collector.backfill.monitor import CollectorMonitor, default_monitor
 from data_collector.backfill.report import CollectionReport, PairReport
@@ -62,7 +63,7 @@ class MultiVenueCollector:
         self._store: CandleStore | None = None
         self._initialized = False
         self._closed = False
-        self.current_report: CollectionReport | None = None
+        self._report: CollectionReport | None = None
         self._client = None
 
     async def __aenter__(self) -> MultiVenueCollector:
@@ -111,8 +112,7 @@ class MultiVenueCollector:
         """Collect every venue's symbols concurrently; the summed report (pairs keyed by label)."""
         await self.initialize()
         started = time.perf_counter()
-        report = CollectionReport()
-        self.current_report = report
+        self._report = None
 
         async def one(where: str, collector: OptimizedDataCollector) -> CollectionReport:
             try:
@@ -123,14 +123,29 @@ class MultiVenueCollector:
                 raise _named(exc, where) from None
 
         async with asyncio.TaskGroup() as group:
-            tasks = [(label, group.create_task(one(where, c))) for where, label, c in self.venues]
-        for label, task in tasks:
-            venue_report = task.result()
-            pairs, venue_report.pairs = venue_report.pairs, {}
-            report.merge(venue_report)
-            report.pairs.update({f"{label} {key}": pair for key, pair in pairs.items()})
+            tasks = [group.create_task(one(where, c)) for where, _, c in self.venues]
+        report = self._merged([t.result() for t in tasks])
         report.elapsed_s = time.perf_counter() - started
+        self._report = report
         return report
+
+    @property
+    def current_report(self) -> CollectionReport | None:
+        """The venues' reports of the run in progress (or the last run), added up; for monitoring."""
+        if self._report is not None:
+            return self._report
+        reports = [c.current_report for _, _, c in self.venues]
+        return self._merged([r for r in reports if r is not None]) if any(reports) else None
+
+    def _merged(self, reports: list[CollectionReport]) -> CollectionReport:
+        """``reports`` (one per venue, in order) added up, each pair keyed by its rows' label."""
+        out = CollectionReport()
+        for (_, _, collector), venue_report in zip(self.venues, reports, strict=False):
+            copy = replace(venue_report, pairs={}, rows_by_type=dict(venue_report.rows_by_type))
+            out.merge(copy)
+            for key, pair in venue_report.pairs.items():
+                out.pairs[f"{collector.venues.label(pair.symbol)} {key}"] = pair
+        return out
 
     def request_stop(self) -> None:
         for _, _, collector in self.venues:

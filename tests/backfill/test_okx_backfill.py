@@ -235,7 +235,7 @@ async def test_binance_and_okx_spot_and_perpetual_in_one_run(
         report = await collector.collect()
         assert report.ok, report.summary()
         assert len(report.pairs) == 4 * len(timeframes)
-        assert {k.split()[0] for k in report.pairs} == {"sim-binance", "sim-okx"}
+        assert {k.split()[0] for k in report.pairs} == {"sim-binance", "sim-binanceusdm", "sim-okx"}
     assert await stored_rows(pg_schema) == truth_rows(sim, timeframes, start, end)
     okx_before, binance_before = candle_requests(sim), binance_candle_requests(sim)
     async with MultiVenueCollector(load_config(config)) as collector:
