@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from data_collector.backfill.multi_venue import MultiVenueCollector
@@ -31,6 +32,7 @@ from tests.support.backfill import (
     write_config,
 )
 from tests.support.okx_truth import model_candles, model_trades
+from tests.support.services import PG_ADMIN_DSN
 
 SPOT = ["BTC/USDT", "ETH/USDT"]
 OKX_SYMBOLS = ["BTC/USDT", "BTC/USDT:USDT"]
@@ -327,3 +329,42 @@ async def test_sigkill_and_restart_converge_on_both_venues(
     code, out, err = await run_script("--config", str(path), cwd=tmp_path)
     assert code == 0, out + err
     assert (candle_requests(sim), binance_candle_requests(sim)) == (okx_before, binance_before)
+
+
+@pytest.mark.slow
+async def test_sigkill_and_restart_converge_on_okx_trades(
+    base_config: dict[str, Any], sim: SimulatedExchange, pg_schema: str, tmp_path: Path
+) -> None:
+    """The script on OKX trades (spot and swap, walked back 100 a page), SIGKILLed mid-way: the
+    restart stores exactly the model's trades, and a third run asks nothing."""
+    now = sim.clock.now_ms()
+    start, end = now - 3 * HOUR_MS + 12_345, now - 3 * HOUR_MS + 15 * MINUTE_MS
+    venue = okx_venue(sim, data_types=["trades"])
+    config = venues_config(base_config, [venue], timeframes=["1h"])
+    config["start"], config["end"] = _iso(start), _iso(end)
+    path = write_config(tmp_path / "config.yaml", config)
+    want = {s: trade_truth(sim, s, start, end) for s in OKX_SYMBOLS}
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            if await conn.fetchval("SELECT to_regclass($1)", f"{pg_schema}.trades") is None:
+                return 0
+            return int(await conn.fetchval(f'SELECT count(*) FROM "{pg_schema}".trades'))
+        finally:
+            await conn.close()
+
+    total = sum(len(v) for v in want.values())
+    await kill_when_stored(path, tmp_path, stored, 0.3 * total, "30% of the trades stored")
+    assert await stored() < total
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    assert code == 0, out + err
+    [(_, venue_config)] = load_config(config).venue_configs()
+    async with OptimizedDataCollector(venue_config) as collector:
+        for symbol in OKX_SYMBOLS:
+            inst = await collector.instrument(symbol)
+            assert await collector.store.load_trades(inst.id, start, end) == want[symbol], symbol
+    asked = sim.okx.requests()["endpoints"]["market/history-trades"]
+    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    assert code == 0, out + err
+    assert sim.okx.requests()["endpoints"]["market/history-trades"] == asked
