@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 def build_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     check_exchange_id(config, config_origin(args.config))
+    if config.venues and args.symbols:
+        raise ConfigError(
+            "--symbols: with venues: in the config each venue lists its own symbols; drop --symbols"
+        )
     overrides = {
         "symbols": args.symbols.split(",") if args.symbols else None,
         "timeframes": args.timeframes.split(",") if args.timeframes else None,

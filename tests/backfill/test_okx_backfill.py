@@ -285,6 +285,7 @@ BAD_VENUE_CASES = {
     ),
     "symbol not on the venue": ({"symbols": ["XRP/USDT"]}, "venues[1] (sim-okx): unknown symbol 'XRP/USDT'"),
     "data type the venue lacks": ({"data_types": ["premium_ohlcv"]}, "premium_ohlcv not collected from okx"),
+    "--symbols beside venues": ({}, "--symbols: with venues: in the config each venue lists its own"),
 }
 
 
@@ -297,7 +298,8 @@ async def test_bad_venue_input_one_line_and_exit_code(
     config = venues_config(base_config, [binance_venue(sim), {**okx_venue(sim), **change}], timeframes=["1h"])
     config["start"], config["end"] = "3d", "1d"
     path = write_config(tmp_path / "config.yaml", config)
-    code, out, err = await run_script("--config", str(path), cwd=tmp_path)
+    args = ["--symbols", "BTC/USDT"] if case == "--symbols beside venues" else []
+    code, out, err = await run_script("--config", str(path), *args, cwd=tmp_path)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, (out, err)
     assert len(lines) == 1 and "Traceback" not in err, err
