@@ -27,6 +27,7 @@ import pyarrow.csv as pa_csv
 
 from data_collector.backfill.archive_plan import ArchiveFile
 from data_collector.storage.base import Candle
+from data_collector.storage.candle_columns import CandleColumns
 
 #: Archive timeframes are named as in the API, except ``1M`` (``1mo`` for case-blind file systems).
 _PATH_TF = {"1M": "1mo"}
@@ -67,20 +68,25 @@ def archive_path(exchange_symbol: str, timeframe: str, file: ArchiveFile) -> str
     return f"/data/spot/{file.period}/klines/{exchange_symbol}/{tf}/{name}"
 
 
-def parse_klines(csv: bytes) -> list[Candle]:
-    """``(ts_ms, o, h, l, c, v)`` of each CSV row; a header row and µs timestamps are found by the data."""
+def parse_kline_columns(csv: bytes) -> CandleColumns:
+    """``ts_ms, o, h, l, c, v`` columns of the CSV; a header row and µs timestamps are found by the data."""
     if csv[:1].isalpha():  # futures files start with a header row, spot files do not
         csv = csv.partition(b"\n")[2]
     if not csv.strip():
-        return []
+        return CandleColumns.from_candles([])
     try:
-        table = pa_csv.read_csv(io.BytesIO(csv), read_options=_READ, convert_options=_CONVERT)
+        table = pa_csv.read_csv(pa.py_buffer(csv), read_options=_READ, convert_options=_CONVERT)
     except (pa.ArrowInvalid, ValueError) as exc:
         raise ArchiveFailure(f"unreadable CSV ({str(exc).splitlines()[0]})") from None
     ts = table.column(0).to_numpy()
     ts = np.where(ts > _MICROS_ABOVE, ts // 1000, ts)
-    cols = [table.column(i).to_numpy().tolist() for i in range(1, 6)]
-    return list(zip(ts.tolist(), *cols, strict=True))
+    values = [table.column(i).to_numpy() for i in range(1, 6)]
+    return CandleColumns(ts, *values)
+
+
+def parse_klines(csv: bytes) -> list[Candle]:
+    """``(ts_ms, o, h, l, c, v)`` of each CSV row (:func:`parse_kline_columns` as tuples)."""
+    return list(parse_kline_columns(csv))
 
 
 def unzip_one(data: bytes) -> bytes:
@@ -93,6 +99,11 @@ def unzip_one(data: bytes) -> bytes:
             return zf.read(names[0])
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise ArchiveFailure(f"corrupt zip ({exc})") from None
+
+
+def _unzip_parse(data: bytes) -> CandleColumns:
+    """Unzip and parse in one worker thread call: zlib and pyarrow release the GIL there."""
+    return parse_kline_columns(unzip_one(data))
 
 
 class ArchiveClient:
@@ -128,7 +139,7 @@ class ArchiveClient:
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
-    async def klines(self, exchange_symbol: str, timeframe: str, file: ArchiveFile) -> list[Candle]:
+    async def klines(self, exchange_symbol: str, timeframe: str, file: ArchiveFile) -> CandleColumns:
         """The verified candles of one file; tried twice, then :class:`ArchiveFailure`."""
         path = archive_path(exchange_symbol, timeframe, file)
         try:
@@ -138,7 +149,7 @@ class ArchiveClient:
                 raise
         return await self._once(path)
 
-    async def _once(self, path: str) -> list[Candle]:
+    async def _once(self, path: str) -> CandleColumns:
         data = await self._get(path)
         if data is None:
             raise ArchiveFailure("404 (not published)", retry=False)
@@ -149,9 +160,8 @@ class ArchiveClient:
             want = check.split(maxsplit=1)[0].decode("ascii", "replace").lower() if check.strip() else ""
             if hashlib.sha256(data).hexdigest() != want:
                 raise ArchiveFailure("checksum mismatch")
-        csv = unzip_one(data)
         self.bytes += len(data)
-        candles = await asyncio.to_thread(parse_klines, csv)
+        candles = await asyncio.to_thread(_unzip_parse, data)
         self.files += 1
         return candles
 

@@ -14,6 +14,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
 from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
 from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, pages
@@ -21,7 +23,8 @@ from data_collector.backfill.report import PairReport
 from data_collector.config import Config
 from data_collector.errors import PermanentError
 from data_collector.markets import DAY_MS, HOUR_MS, TIMEFRAME_MS
-from data_collector.storage.base import Candle, CandleBatch, Instrument
+from data_collector.storage.base import CandleBatch, Instrument
+from data_collector.storage.candle_columns import CandleColumns
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun
@@ -135,11 +138,11 @@ class ArchiveSource:
         plan: BackfillPlan,
         pair: PairReport,
         file: ArchiveFile,
-        candles: list[Candle],
+        candles: CandleColumns,
     ) -> None:
         bounds = [
             file.start_ms,
-            *(candles[i][0] for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
+            *(int(candles.ts[i]) for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
             file.end_ms,
         ]
         for n, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
@@ -153,12 +156,15 @@ class ArchiveSource:
         run._progress(pair)
 
 
-def _check(candles: list[Candle], file: ArchiveFile, timeframe: str) -> None:
+def _check(candles: CandleColumns, file: ArchiveFile, timeframe: str) -> None:
     """Rows sorted, on the timeframe's grid and inside the file's range, or the file is not used."""
+    ts = candles.ts
+    if not len(ts):
+        return
     step = TIMEFRAME_MS[timeframe]
-    prev = file.start_ms - step
-    for c in candles:
-        ts = c[0]
-        if ts <= prev or ts >= file.end_ms or ts % step:
-            raise ArchiveFailure(f"row at {ts} out of order or outside the file")
-        prev = ts
+    bad = np.flatnonzero(ts % step)
+    if not len(bad):
+        bad = np.flatnonzero(np.diff(ts) <= 0) + 1
+    if len(bad) or ts[0] < file.start_ms or ts[-1] >= file.end_ms:
+        at = int(ts[bad[0]]) if len(bad) else int(ts[0] if ts[0] < file.start_ms else ts[-1])
+        raise ArchiveFailure(f"row at {at} out of order or outside the file")
