@@ -102,12 +102,14 @@ class ArchiveSource:
                 try:
                     if self.down is not None:
                         raise ArchiveFailure(self.down, retry=False)
-                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
+                    sizes: list[int] = []
+                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file, sizes=sizes)
                     _check(candles, file, plan.timeframe)
                 except ArchiveFailure as failure:
                     notes.append(self._failed(run, pair, file, failure))
                     fallback.append((file.start_ms, file.end_ms))
                     return
+                pair.archive_bytes += sum(sizes)
                 await self._queue(run, instrument, plan, pair, file, candles)
 
         # Files of one pair in flight together; the client's slots bound them over all pairs.
@@ -151,6 +153,7 @@ class ArchiveSource:
             coverage = page_coverage((start, end), chunk, plan.timeframe, cap=len(chunk) + 1)
             await run.queue.put((CandleBatch(instrument.id, plan.timeframe, chunk, coverage), pair))
         pair.candles_fetched += len(candles)
+        pair.archive_rows += len(candles)
         run.report.archive_files += 1
         run.report.archive_bytes = self.client.bytes
         run._progress(pair)

@@ -100,9 +100,10 @@ class CandleColumns(Sequence[Candle]):
         return self if keep.all() else CandleColumns(*(a[keep] for a in self.arrays()))
 
 
-def copy_binary(groups: Sequence[tuple[int, int, CandleColumns]]) -> bytes:
-    """One binary COPY buffer of ``ohlcv`` rows (``instrument_id, timeframe, ts, o, h, l, c, v``)
-    from ``(instrument_id, timeframe code, columns)`` groups, in order."""
+def copy_binary(groups: Sequence[tuple[int, int, CandleColumns]]) -> list[bytes]:
+    """The binary COPY data of ``ohlcv`` rows (``instrument_id, timeframe, ts, o, h, l, c, v``)
+    from ``(instrument_id, timeframe code, columns)`` groups, in order: the parts to send one
+    after the other (not joined: that would copy every byte once more)."""
     parts = [COPY_HEADER]
     for instrument_id, code, cols in groups:
         rows = np.empty(len(cols), dtype=_OHLCV_ROW)
@@ -118,4 +119,4 @@ def copy_binary(groups: Sequence[tuple[int, int, CandleColumns]]) -> bytes:
             rows[name] = getattr(cols, name)
         parts.append(rows.tobytes())
     parts.append(COPY_TRAILER)
-    return b"".join(parts)
+    return parts

@@ -257,10 +257,11 @@ def _status_count(status: str) -> int:
         return 0
 
 
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    """``data`` as the async source asyncpg's ``copy_to_table`` takes (a file would go through
+async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+    """``parts`` as the async source asyncpg's ``copy_to_table`` takes (a file would go through
     a thread per 512 KB read)."""
-    yield data
+    for part in parts:
+        yield part
 
 
 def _root_causes(exc: BaseException) -> list[BaseException]:
@@ -672,7 +673,7 @@ class PostgresCandleStore(CandleStore):
                 conn.copy_to_table(
                     table,
                     schema_name=schema,
-                    source=_one_chunk(copy_binary(columns)),
+                    source=_chunks(copy_binary(columns)),
                     columns=OHLCV_COLUMNS,
                     format="binary",
                     timeout=self._timeout_s,
