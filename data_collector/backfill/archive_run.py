@@ -110,6 +110,7 @@ class ArchiveSource:
                     fallback.append((file.start_ms, file.end_ms))
                     return
                 pair.archive_bytes += sum(sizes)
+                run.owner.monitor.record_archive_file(sum(sizes), len(candles))
                 await self._queue(run, instrument, plan, pair, file, candles)
 
         # Files of one pair in flight together; the client's slots bound them over all pairs.

@@ -38,3 +38,18 @@ def test_rich_progress_shows_archive_rates_per_pair() -> None:
         progress(_pair(44_640, 2_000_000))
         progress(_pair(44_640, 2_000_000, "done"))
     assert "rows/s" in out.getvalue() and "MB/s" in out.getvalue()
+
+
+def test_the_performance_monitor_summary_shows_archive_rates() -> None:
+    from utils.performance_monitor import PerformanceMonitor
+
+    monitor = PerformanceMonitor(window=16)
+    assert "Archive files" not in monitor.format_summary()
+    monitor.record_archive_file(2_000_000, 44_640)
+    monitor.record_archive_file(1_000_000, 1_440)
+    archive = monitor.get_summary()["archive"]
+    assert (archive["files"], archive["bytes"], archive["rows"]) == (2, 3_000_000, 46_080)
+    assert archive["rows_per_s"] > 0 and archive["bytes_per_s"] > 0
+    assert "Archive files:" in monitor.format_summary() and "rows/s (2 files, 3.0 MB, 46,080 rows)" in (
+        monitor.format_summary()
+    )
