@@ -26,7 +26,11 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import asyncpg
+import numpy as np
 
 from benchmarks.bench_backfill import _schema, run_child
 from benchmarks.harness import BenchContext, Row, Table
@@ -35,6 +39,9 @@ from data_collector.config import ArchiveConfig
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
 from data_collector.simulator.archives import ArchiveSettings
+from data_collector.storage import StoreSettings
+from data_collector.storage.candle_columns import CandleColumns, copy_binary
+from data_collector.storage.postgres import OHLCV_COLUMNS, PostgresCandleStore
 
 NAME = "archive"
 DESCRIPTION = "klines backfill from archive zips vs the REST weight floor of the same candles"
@@ -108,6 +115,42 @@ async def _warm(sim: SimulatedExchange, symbols: list[str], start: int, end: int
     return len(files) * len(symbols), time.perf_counter() - started
 
 
+async def _bare_copy(ctx: BenchContext, n: int, minutes: int) -> float:
+    """Seconds for PostgreSQL alone to take the same rows: binary COPY of ready-made buffers of
+    80,000 rows (a writer's transaction) into a fresh ``ohlcv`` table over two connections (the
+    collector's two writers), nothing else: the floor of this machine's PostgreSQL."""
+    schema = "bench_archive_copy_" + uuid.uuid4().hex[:8]
+    async with PostgresCandleStore(StoreSettings(url=ctx.pg_url, db_schema=schema)) as store:
+        await store.initialize()
+    chunk = 80_000
+    jobs = [(iid, lo) for iid in range(1, n + 1) for lo in range(0, minutes, chunk)]
+    conns = [await asyncpg.connect(ctx.pg_dsn) for _ in range(2)]
+    try:
+
+        async def copy(conn: asyncpg.Connection, mine: list[tuple[int, int]]) -> None:
+            for iid, lo in mine:
+                ts = (np.arange(lo, min(lo + chunk, minutes), dtype=np.int64)) * 60_000
+                prices = np.linspace(1.0, 2.0, len(ts))
+                parts = copy_binary([(iid, 1, CandleColumns(ts, prices, prices, prices, prices, prices))])
+
+                async def source(parts: list[bytes] = parts) -> AsyncIterator[bytes]:
+                    for part in parts:
+                        yield part
+
+                async with conn.transaction():
+                    await conn.copy_to_table(
+                        "ohlcv", schema_name=schema, source=source(), columns=OHLCV_COLUMNS, format="binary"
+                    )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(copy(conn, jobs[i::2]) for i, conn in enumerate(conns)))
+        return time.perf_counter() - started
+    finally:
+        for conn in conns:
+            await conn.close()
+        await _schema(ctx.pg_dsn, False, schema)
+
+
 def _floor_s(candles: int) -> float:
     return (candles / 1000) * 2 / WEIGHT_PER_MIN * 60
 
@@ -124,6 +167,7 @@ async def _size_table(ctx: BenchContext, size: str, *, with_rest: bool) -> tuple
         runs = [await _collect(sim, ctx, symbols, start, end) for _ in range(ctx.repeats)]
         rest = await _collect(sim, ctx, symbols, start, end, "rest") if with_rest else None
     candles = n * days * 1440
+    bare_s = await _bare_copy(ctx, n, days * 1440)
     times = [r["elapsed_s"] for r in runs]
     table = Table(f"{n} spot symbols x 1m x {days} days = {candles:,} candles into PostgreSQL")
     table.add(
@@ -136,6 +180,14 @@ async def _size_table(ctx: BenchContext, size: str, *, with_rest: bool) -> tuple
         )
     )
     table.add(Row("archive backfill (zip cache warm)", times, "s", higher_is_better=False))
+    table.add(
+        Row(
+            "PostgreSQL alone: binary COPY of the same rows, buffers ready, 2 connections",
+            [bare_s],
+            "s",
+            higher_is_better=False,
+        )
+    )
     if rest is not None:
         table.add(
             Row(
@@ -150,6 +202,7 @@ async def _size_table(ctx: BenchContext, size: str, *, with_rest: bool) -> tuple
     sim_cpu = statistics.median(r["sim_cpu_s"] for r in runs)
     collector_cpu = statistics.median(r["collector_cpu_s"] for r in runs)
     table.notes += [
+        f"collector / PostgreSQL alone: {median / bare_s:.2f}x the time",
         f"rows written {runs[-1]['rows']:,} (archive)"
         + (f", {rest['rows']:,} (REST)" if rest is not None else "")
         + f"; archive {candles / median:,.0f} candles/s, {_floor_s(candles) / median:.1f}x the REST floor (median)",
