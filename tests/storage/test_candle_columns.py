@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -99,3 +100,17 @@ async def test_a_concurrent_writer_sends_columns_through_the_staging_path(
     opens = [c[1] for c in await store.load(iid, "1m", 0, 10 * MINUTE_MS)]
     assert opens == [300.0 + i for i in range(5)] + [105.0 + i for i in range(5)]
     assert await store.coverage(iid, "1m") == [CoverageRange(0, 10 * MINUTE_MS, "data")]
+
+
+async def test_sqlite_takes_columns_as_rows(tmp_path: Path) -> None:
+    from data_collector.storage.sqlite import SqliteCandleStore
+
+    async with SqliteCandleStore(StoreSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")) as store:
+        await store.initialize()
+        iid = (await store.ensure_instrument("binance", "SOL/USDT", base="SOL", quote="USDT")).id
+        await store.write([batch(iid, 3, 4, price=500.0)])
+        result = await store.write([columnar(batch(iid, 0, 10))])
+        assert (result.written, result.skipped) == (6, 4)
+        want = list(batch(iid, 0, 10).candles)
+        want[3:7] = batch(iid, 3, 4, price=500.0).candles
+        assert await store.load(iid, "1m", 0, 10 * MINUTE_MS) == want
