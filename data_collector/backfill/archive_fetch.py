@@ -36,7 +36,7 @@ _PATH_TF = {"1M": "1mo"}
 _COLUMNS = [f"c{i}" for i in range(12)]
 _READ = pa_csv.ReadOptions(column_names=_COLUMNS, use_threads=False)
 _READ_AFTER_HEADER = pa_csv.ReadOptions(column_names=_COLUMNS, use_threads=False, skip_rows=1)
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError)
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError)
 _CONVERT = pa_csv.ConvertOptions(
     include_columns=_COLUMNS[:6],
     column_types={"c0": pa.int64(), **{name: pa.float64() for name in _COLUMNS[1:6]}},

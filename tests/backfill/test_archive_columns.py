@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
-from data_collector.backfill.archive_fetch import ArchiveFailure, parse_kline_columns, parse_klines
+from data_collector.backfill.archive_fetch import (
+    ArchiveFailure,
+    parse_kline_columns,
+    parse_klines,
+    read_kline_zip,
+)
 from data_collector.backfill.archive_plan import ArchiveFile
 from data_collector.backfill.archive_run import _check
 from data_collector.markets import DAY_MS, MINUTE_MS
+from data_collector.simulator.archives import zip_bytes
 from data_collector.storage.candle_columns import CandleColumns
 
 DAY = 1_735_689_600_000  # 2025-01-01
@@ -49,3 +57,21 @@ def test_columns_hold_the_same_values_as_the_tuples() -> None:
     assert cols.ts.dtype == np.int64 and list(cols.ts) == [1735689540000, 1735689600000]
     assert list(cols) == parse_klines(csv)
     assert cols[1] == (1735689600000, 93610.93, 93652.0, 93606.02, 93650.01, 11.1)
+
+
+def test_a_zip_is_read_only_when_its_checksum_and_crc_hold() -> None:
+    rows = b"".join(
+        b"%d,1.5,2.5,0.5,2.0,10.0,%d,0,0,0,0,0\n" % (DAY + i * MINUTE_MS, DAY + i * MINUTE_MS + 59_999)
+        for i in range(1440)
+    )
+    good = zip_bytes("X-1m-2025-01-01.csv", rows)
+    sha = hashlib.sha256(good).hexdigest()
+    cols = read_kline_zip(good, sha)
+    assert len(cols) == 1440 and int(cols.ts[-1]) == DAY + 1439 * MINUTE_MS
+    assert len(read_kline_zip(good, None)) == 1440  # archive.verify: false
+    with pytest.raises(ArchiveFailure, match="checksum mismatch"):
+        read_kline_zip(good, "0" * 64)
+    mid = len(good) // 2
+    spoiled = good[:mid] + bytes(b ^ 0xFF for b in good[mid : mid + 32]) + good[mid + 32 :]
+    with pytest.raises(ArchiveFailure, match="corrupt zip"):
+        read_kline_zip(spoiled, None)  # not verified: the zip's own CRC still catches it
