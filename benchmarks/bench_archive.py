@@ -144,7 +144,9 @@ async def _bare_copy(ctx: BenchContext, n: int, minutes: int) -> float:
             for iid, lo in mine:
                 ts = (np.arange(lo, min(lo + chunk, minutes), dtype=np.int64)) * 60_000
                 prices = np.linspace(1.0, 2.0, len(ts))
-                parts = copy_binary([(iid, 1, CandleColumns(ts, prices, prices, prices, prices, prices))])
+                parts = list(
+                    copy_binary([(iid, 1, CandleColumns(ts, prices, prices, prices, prices, prices))])
+                )
 
                 async def source(parts: list[bytes] = parts) -> AsyncIterator[bytes]:
                     for part in parts:

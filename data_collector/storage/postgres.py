@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -257,7 +257,7 @@ def _status_count(status: str) -> int:
         return 0
 
 
-async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+async def _chunks(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
     """``parts`` as the async source asyncpg's ``copy_to_table`` takes (a file would go through
     a thread per 512 KB read)."""
     for part in parts:
