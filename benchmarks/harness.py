@@ -69,6 +69,8 @@ class Table:
 class BenchContext:
     quick: bool
     repeats: int
+    #: A benchmark's named size (``--size``), for runs larger than the default; ``None``: default.
+    size: str | None = None
     pg_dsn: str = PG_DSN
     pg_url: str = PG_URL
     redis_url: str = REDIS_URL
@@ -149,14 +151,16 @@ def discover() -> dict[str, Any]:
     return found
 
 
-async def main_async(names: list[str], quick: bool, json_path: str | None, repeats: int | None) -> int:
+async def main_async(
+    names: list[str], quick: bool, json_path: str | None, repeats: int | None, size: str | None = None
+) -> int:
     modules = discover()
     unknown = [n for n in names if n not in modules]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(modules)}")
         return 2
     selected = names or list(modules)
-    ctx = BenchContext(quick=quick, repeats=repeats or 3)
+    ctx = BenchContext(quick=quick, repeats=repeats or 3, size=size)
     info = machine_info()
     print(
         f"# Benchmarks ({'quick' if quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
@@ -204,10 +208,13 @@ def run_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
     parser.add_argument("--json", dest="json_path", help="also write the results to this file")
     parser.add_argument("--repeats", type=int, default=None, help="runs per case (default 3)")
+    parser.add_argument(
+        "--size", default=None, help="a named larger size, e.g. archive's 'issue' (20 x 730 days)"
+    )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    return asyncio.run(main_async(args.names, args.quick, args.json_path, args.repeats))
+    return asyncio.run(main_async(args.names, args.quick, args.json_path, args.repeats, args.size))
 
 
 Timed = Callable[[], Awaitable[float]]

@@ -10,6 +10,7 @@ naming the candle: the file is not used, the report names it, and REST fetches i
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ class CrossCheck:
         self.months.add(month)
         return True
 
-    async def compare(self, client: ExchangeClient, plan: BackfillPlan, candles: list[Candle]) -> None:
+    async def compare(self, client: ExchangeClient, plan: BackfillPlan, candles: Sequence[Candle]) -> None:
         """Ask REST for ``n`` random candles of ``candles``; :class:`ArchiveFailure` on a difference."""
         step = TIMEFRAME_MS[plan.timeframe]
         for candle in sorted(self.rng.sample(candles, min(self.n, len(candles)))):

@@ -14,6 +14,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from data_collector.backfill.archive_cross_check import CrossCheck
 from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
 from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
@@ -22,7 +24,8 @@ from data_collector.backfill.report import PairReport
 from data_collector.config import Config
 from data_collector.errors import PermanentError
 from data_collector.markets import DAY_MS, HOUR_MS, TIMEFRAME_MS
-from data_collector.storage.base import Candle, CandleBatch, Instrument
+from data_collector.storage.base import CandleBatch, Instrument
+from data_collector.storage.candle_columns import CandleColumns
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun
@@ -114,7 +117,10 @@ class ArchiveSource:
                 try:
                     if self.down is not None:
                         raise ArchiveFailure(self.down, retry=False)
-                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file, kind)
+                    sizes: list[int] = []
+                    candles = await self.client.klines(
+                        exchange_symbol, plan.timeframe, file, kind, sizes=sizes
+                    )
                     _check(candles, file, plan.timeframe)
                     if self.cross_check.wanted(pair.key, file):
                         await self.cross_check.compare(await run.owner.client_for(plan.symbol), plan, candles)
@@ -122,6 +128,8 @@ class ArchiveSource:
                     notes.append(self._failed(run, pair, file, failure))
                     fallback.append((file.start_ms, file.end_ms))
                     return
+                pair.archive_bytes += sum(sizes)
+                run.owner.monitor.record_archive_file(sum(sizes), len(candles))
                 await self._queue(run, instrument, plan, pair, file, candles)
 
         # Files of one pair in flight together; the client's slots bound them over all pairs.
@@ -153,11 +161,11 @@ class ArchiveSource:
         plan: BackfillPlan,
         pair: PairReport,
         file: ArchiveFile,
-        candles: list[Candle],
+        candles: CandleColumns,
     ) -> None:
         bounds = [
             file.start_ms,
-            *(candles[i][0] for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
+            *(int(candles.ts[i]) for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
             file.end_ms,
         ]
         for n, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
@@ -166,6 +174,7 @@ class ArchiveSource:
             coverage = page_coverage((start, end), chunk, plan.timeframe, cap=len(chunk) + 1)
             await run.queue.put((CandleBatch(instrument.id, plan.key, chunk, coverage), pair))
         pair.candles_fetched += len(candles)
+        pair.archive_rows += len(candles)
         run.report.archive_files += 1
         run.report.archive_bytes = self.client.bytes
         run._progress(pair)
@@ -176,12 +185,15 @@ def archive_symbol(symbol: str) -> str:
     return symbol.partition(":")[0].replace("/", "")
 
 
-def _check(candles: list[Candle], file: ArchiveFile, timeframe: str) -> None:
+def _check(candles: CandleColumns, file: ArchiveFile, timeframe: str) -> None:
     """Rows sorted, on the timeframe's grid and inside the file's range, or the file is not used."""
+    ts = candles.ts
+    if not len(ts):
+        return
     step = TIMEFRAME_MS[timeframe]
-    prev = file.start_ms - step
-    for c in candles:
-        ts = c[0]
-        if ts <= prev or ts >= file.end_ms or ts % step:
-            raise ArchiveFailure(f"row at {ts} out of order or outside the file")
-        prev = ts
+    bad = np.flatnonzero(ts % step)
+    if not len(bad):
+        bad = np.flatnonzero(np.diff(ts) <= 0) + 1
+    if len(bad) or ts[0] < file.start_ms or ts[-1] >= file.end_ms:
+        at = int(ts[bad[0]]) if len(bad) else int(ts[0] if ts[0] < file.start_ms else ts[-1])
+        raise ArchiveFailure(f"row at {at} out of order or outside the file")

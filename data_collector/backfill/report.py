@@ -24,6 +24,9 @@ class PairReport:
     gaps_found: int = 0
     exchange_gaps: int = 0
     trades_fetched: int = 0
+    #: Of ``candles_fetched``, the rows read from archive files, and those files' bytes.
+    archive_rows: int = 0
+    archive_bytes: int = 0
     error: str | None = None
 
     @property

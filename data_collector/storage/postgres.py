@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -47,7 +47,8 @@ from data_collector.errors import (
 )
 from data_collector.markets import CODE_TIMEFRAMES, TIMEFRAME_CODES, timeframe_code
 from data_collector.storage.base import Candle, CandleBatch, CoverageRange, Instrument, WriteResult
-from data_collector.storage.batching import PreparedWrite, Record, RowGroup, prepare
+from data_collector.storage.batching import PreparedWrite, Record, prepare
+from data_collector.storage.candle_columns import CandleColumns, copy_binary
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.postgres_funding import FUNDING_DDL, PostgresFunding, PostgresOpenInterest
 from data_collector.storage.postgres_migrate import NEXT
@@ -267,6 +268,13 @@ def _status_count(status: str) -> int:
         return int(status.rsplit(" ", 1)[-1])
     except ValueError:
         return 0
+
+
+async def _chunks(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``parts`` as the async source asyncpg's ``copy_to_table`` takes (a file would go through
+    a thread per 512 KB read)."""
+    for part in parts:
+        yield part
 
 
 def _root_causes(exc: BaseException) -> list[BaseException]:
@@ -597,10 +605,10 @@ class PostgresCandleStore(CandleStore):
             PermanentError: the server refused the data.
             UsageError: a batch is malformed (unknown timeframe, candles outside their coverage).
         """
-        prepared = prepare(batches)
-        if not prepared.groups and not prepared.coverage:
+        prepared = prepare(batches, columns=True)
+        if not prepared.groups and not prepared.column_groups and not prepared.coverage:
             return WriteResult(0, prepared.total)
-        spans = [span for g in prepared.groups for span in g.spans]
+        spans = [span for g in prepared.groups for span in g.spans] + [g.span for g in prepared.column_groups]
         async with self._write_transaction(_CREATE_STAGES, spans) as conn:
             written = await self._write_rows(conn, prepared)
             await self._write_coverage(conn, prepared)
@@ -639,46 +647,80 @@ class PostgresCandleStore(CandleStore):
 
     async def _write_rows(self, conn: asyncpg.Connection, prepared: PreparedWrite) -> int:
         final = [g for g in prepared.groups if g.final]
+        columnar = prepared.column_groups
         written = 0
         fresh: list[Record] = []
-        if final:
-            existing = await self._existing_ts(conn, final)
+        fresh_columns: list[tuple[int, int, CandleColumns]] = []
+        if final or columnar:
+            probes = [(g.instrument_id, g.code, g.spans) for g in final]
+            probes += [(g.instrument_id, g.code, [g.span]) for g in columnar]
+            existing = await self._existing_ts(conn, probes)
             for n, group in enumerate(final):
                 stored = existing.get(n)
                 fresh.extend(
                     group.records if not stored else [r for r in group.records if r[2] not in stored]
                 )
-        if fresh:
+            for n, cgroup in enumerate(columnar, start=len(final)):
+                cols = cgroup.columns.without(existing.get(n, set()))
+                if len(cols):
+                    fresh_columns.append((cgroup.instrument_id, cgroup.code, cols))
+        if fresh or fresh_columns:
             try:
                 async with conn.transaction():  # a savepoint
-                    status = await self._bounded(
-                        conn.copy_records_to_table(
-                            "ohlcv",
-                            schema_name=self._schema,
-                            records=fresh,
-                            columns=OHLCV_COLUMNS,
-                            timeout=self._timeout_s,
-                        )
-                    )
-                written += _status_count(status)
+                    written += await self._copy_rows(conn, "ohlcv", self._schema, fresh, fresh_columns)
             except asyncpg.UniqueViolationError:
                 # Rows appeared since the probe (a concurrent writer): take the conflict-safe path.
-                written += await self._stage_insert(conn, _STAGE_KEEP, fresh, _INSERT_KEEP)
+                await self._copy_rows(conn, _STAGE_KEEP, "pg_temp", fresh, fresh_columns)
+                status = await self._bounded(conn.execute(self._sql(_INSERT_KEEP), timeout=self._timeout_s))
+                written += _status_count(status)
         overwrite = [r for g in prepared.groups if not g.final for r in g.records]
         if overwrite:
             written += await self._stage_insert(conn, _STAGE_OVERWRITE, overwrite, _INSERT_OVERWRITE)
         return written
 
-    async def _existing_ts(self, conn: asyncpg.Connection, groups: list[RowGroup]) -> dict[int, set[int]]:
-        """For each group (by index) that already has rows in its spans, their open times."""
-        probes = [(n, g, span) for n, g in enumerate(groups) for span in g.spans]
+    async def _copy_rows(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        schema: str,
+        records: list[Record],
+        columns: list[tuple[int, int, CandleColumns]],
+    ) -> int:
+        """COPY tuple rows (asyncpg encodes them) and column groups (one binary buffer): rows copied."""
+        copied = 0
+        if records:
+            status = await self._bounded(
+                conn.copy_records_to_table(
+                    table, schema_name=schema, records=records, columns=OHLCV_COLUMNS, timeout=self._timeout_s
+                )
+            )
+            copied += _status_count(status)
+        if columns:
+            status = await self._bounded(
+                conn.copy_to_table(
+                    table,
+                    schema_name=schema,
+                    source=_chunks(copy_binary(columns)),
+                    columns=OHLCV_COLUMNS,
+                    format="binary",
+                    timeout=self._timeout_s,
+                )
+            )
+            copied += _status_count(status)
+        return copied
+
+    async def _existing_ts(
+        self, conn: asyncpg.Connection, groups: Sequence[tuple[int, int, list[Span]]]
+    ) -> dict[int, set[int]]:
+        """For each ``(instrument_id, code, spans)`` (by index) with rows already in its spans, their open times."""
+        probes = [(n, iid, code, span) for n, (iid, code, spans) in enumerate(groups) for span in spans]
         rows = await self._bounded(
             conn.fetch(
                 self._sql(_EXISTING_TS),
-                [g.instrument_id for _, g, _ in probes],
-                [g.code for _, g, _ in probes],
-                [span[0] for _, _, span in probes],
-                [span[1] for _, _, span in probes],
+                [p[1] for p in probes],
+                [p[2] for p in probes],
+                [p[3][0] for p in probes],
+                [p[3][1] for p in probes],
                 timeout=self._timeout_s,
             )
         )
