@@ -130,6 +130,9 @@ class OptimizedWebSocketStreamer:
             with each reconnect, gap, dropped entry and heartbeat as it happens.
         heartbeat: refresh ``<prefix>:heartbeat:streamer:<instance>`` (TTL ``metrics.heartbeat_ttl_s``)
             while running, for ``data_collector.health``; it never holds streaming back.
+        adapter: ``native`` (Binance's or OKX's own protocol) or ``ccxt`` (any ccxt.pro exchange
+            through ``watch_*_for_symbols``: slower, weaker guarantees, see README); default
+            ``streaming.adapter``. An ``exchange.id`` with no native adapter always uses ``ccxt``.
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
             index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
             It must not block.
@@ -154,9 +157,11 @@ class OptimizedWebSocketStreamer:
         heartbeat: bool = True,
         on_mark_price: Callable[[dict[str, Any]], None] | None = None,
         store_funding: bool | None = None,
+        adapter: str | None = None,
     ) -> None:
         cfg = load_config(config)
-        venue = stream_venue(cfg.exchange.id)
+        adapter = adapter or cfg.streaming.adapter
+        venue = stream_venue(cfg.exchange.id, adapter)
         self.config = cfg
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -190,6 +195,13 @@ class OptimizedWebSocketStreamer:
             ),
             heartbeat_ttl_s=cfg.metrics.heartbeat_ttl_s if heartbeat else None,
             instance=cfg.metrics.instance,
+            adapter=adapter,
+            ccxt_config={
+                "urls": cfg.exchange.urls,
+                "options": cfg.exchange.options,
+                "enableRateLimit": True,
+                "timeout": int(cfg.exchange.timeout_s * 1000),
+            },
         )
         self.metrics = StreamMetrics()
         self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)
