@@ -400,6 +400,7 @@ class OkxHub:
         self._rate_state[inst.inst_id] = (now, due - int(due), next_id + n)
         if n <= 0:
             return []
+        self.venue.advance_book(inst, now)
         (bid, _), (ask, _) = inst.book.best()
         pd = inst.market.price_decimals
         prices = (num(bid, pd), num(ask, pd))
