@@ -235,3 +235,29 @@ async def test_okx_drop_and_stall_reconnect_within_the_backoff_bound_with_gap_ma
         assert metrics["dropped"] == 0
         check_books(published, truth)
         client.close()
+
+
+async def test_okx_text_ping_keeps_a_quiet_connection_that_okx_would_drop(redis_prefix: str) -> None:
+    # OKX closes a connection after 30 s without traffic; here after 1 s. The feed goes quiet
+    # (a stall) for 3 s while the watchdog allows 30: only the client's pings keep it open.
+    async with SimulatedExchange(symbols=SPOT, seed=42, gaps={}, okx=OkxSettings(idle_timeout_s=1.0)) as sim:
+        streamer = OptimizedWebSocketStreamer(
+            symbols=SPOT,
+            redis_client=REDIS_URL,
+            channels=["depth"],
+            config=okx_stream_config(sim, redis_prefix, watchdog_s=30.0),
+        )
+        for conn in streamer._service.connections:
+            conn.ping_interval_s = 0.3
+        async with streamer:
+            assert await streamer.wait_connected()
+            await wait_for(lambda: all(streamer.order_book(s) for s in SPOT), what="books in sync")
+            sim.okx.hub.stall(3.0)
+            await wait_for(lambda: all(c.pings >= 5 for c in streamer._service.connections), what="pings")
+            await wait_for(
+                lambda: not sim.okx.hub._stalled_until > asyncio.get_running_loop().time(),
+                what="the stall's end",
+            )
+            await wait_for(lambda: all(streamer.order_book(s) for s in SPOT), what="books after the stall")
+            assert streamer.get_metrics()["reconnects"] == 0
+            assert all(c.connects == 1 for c in streamer._service.connections)
