@@ -26,6 +26,7 @@ from typing import Any
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, UsageError
+from data_collector.markets import is_perpetual
 from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
@@ -217,6 +218,15 @@ class OptimizedWebSocketStreamer:
                 "markPrice@1s channel: add one to streaming.channels"
             )
         options.store_klines, options.store_funding = bool(store_candles), bool(store_funding)
+        market_type = venue.market_type
+        if venue.kind != "binance":  # one OKX or ccxt.pro streamer carries spot and swaps alike
+            perps = {is_perpetual(s) for s in options.symbols}
+            if store_candles and len(perps) > 1:
+                raise UsageError(
+                    "a streamer that stores candles streams spot symbols or perpetuals, not both: "
+                    "run one streamer for each (or set store_candles=False)"
+                )
+            market_type = "swap" if perps == {True} else "spot"
         sink = None
         if store_candles or store_funding:
             # Here, not at the top: a streamer that stores no candles never loads the storage code.
@@ -227,7 +237,7 @@ class OptimizedWebSocketStreamer:
                 self.metrics,
                 store=candle_store,
                 store_settings=StoreSettings.from_config(cfg) if candle_store is None else None,
-                market_type=venue.market_type,
+                market_type=market_type,
             )
         self._service = StreamService(options, endpoint, self.metrics, sink, on_mark_price)
         self._loop: asyncio.AbstractEventLoop | None = None

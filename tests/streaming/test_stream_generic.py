@@ -23,7 +23,14 @@ from tests.streaming.test_stream_okx import (
     settle_okx,
 )
 from tests.support.services import REDIS_URL
-from tests.support.streaming import entries, okx_stream_config, sent_by_stream, stream_config, wait_for
+from tests.support.streaming import (
+    delete_prefix,
+    entries,
+    okx_stream_config,
+    sent_by_stream,
+    stream_config,
+    wait_for,
+)
 
 CHANNELS = ["trade", "kline_1m", "depth"]
 
@@ -107,9 +114,7 @@ async def test_generic_adapter_through_ccxt_pro_on_both_simulated_venues(
             for metrics in (okx_metrics, binance_metrics):
                 assert metrics["malformed"] == 0 and metrics["reconnects"] == 0 and metrics["dropped"] == 0
     finally:
-        keys = list(client.scan_iter(match=f"{binance_prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_prefix(binance_prefix)
         client.close()
 
 

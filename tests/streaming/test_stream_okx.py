@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis
 
+from data_collector.errors import UsageError
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from tests.streaming.test_stream_e2e import check_exactly_once
 from tests.support.services import REDIS_URL
 from tests.support.streaming import (
+    delete_prefix,
     entries,
     okx_stream_config,
     record_okx_books,
@@ -140,11 +143,7 @@ async def test_both_venues_at_once_every_trade_exactly_once_and_only_true_books(
             assert not client.xlen(f"{redis_prefix}:gaps:sim-okx")
             client.close()
         finally:
-            cleanup = redis.Redis.from_url(REDIS_URL)
-            keys = list(cleanup.scan_iter(match=f"{binance_prefix}:*", count=1000))
-            if keys:
-                cleanup.delete(*keys)
-            cleanup.close()
+            delete_prefix(binance_prefix)
 
 
 async def test_okx_corrupt_checksum_and_skipped_seq_each_resync_with_no_wrong_book(redis_prefix: str) -> None:
@@ -261,3 +260,17 @@ async def test_okx_text_ping_keeps_a_quiet_connection_that_okx_would_drop(redis_
             await wait_for(lambda: all(streamer.order_book(s) for s in SPOT), what="books after the stall")
             assert streamer.get_metrics()["reconnects"] == 0
             assert all(c.connects == 1 for c in streamer._service.connections)
+
+
+def test_okx_streamer_refuses_to_store_spot_and_swap_candles_as_one_market_type() -> None:
+    config = {"exchange": {"id": "okx", "name": "sim-okx"}, "logging": {"file": None}}
+    with pytest.raises(UsageError, match="spot symbols or perpetuals, not both"):
+        OptimizedWebSocketStreamer(
+            symbols=OKX_SYMBOLS,
+            redis_client=REDIS_URL,
+            channels=["kline_1m"],
+            config=config,
+            store_candles=True,
+        )
+    with pytest.raises(UsageError, match="OKX streams no 8h candles"):
+        OptimizedWebSocketStreamer(symbols=SPOT, redis_client=REDIS_URL, channels=["kline_8h"], config=config)

@@ -117,3 +117,14 @@ def tap_books(streamer: Any) -> list[tuple[str, dict[str, Any] | None]]:
 
     keeper._publish = tapped
     return seen
+
+
+def delete_prefix(prefix: str) -> None:
+    """Delete every key under ``prefix`` (a second prefix a test made beside ``redis_prefix``)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
