@@ -274,3 +274,25 @@ def test_okx_streamer_refuses_to_store_spot_and_swap_candles_as_one_market_type(
         )
     with pytest.raises(UsageError, match="OKX streams no 8h candles"):
         OptimizedWebSocketStreamer(symbols=SPOT, redis_client=REDIS_URL, channels=["kline_8h"], config=config)
+
+
+async def test_okx_book_asks_again_when_its_snapshot_does_not_come(redis_prefix: str) -> None:
+    async with okx_sim() as sim:
+        streamer = okx_streamer(sim, redis_prefix, ["depth"])
+        keeper = streamer._service.books
+        asked: list[str] = []
+        resubscribe = keeper._resubscribe
+
+        def first_request_lost(symbol: str) -> None:
+            asked.append(symbol)
+            if len(asked) > 1:  # the first resubscription never reaches the venue
+                resubscribe(symbol)
+
+        keeper._resubscribe = first_request_lost
+        async with streamer:
+            assert await streamer.wait_connected()
+            await wait_for(lambda: streamer.order_book("SOL/USDT") is not None, what="SOL/USDT in sync")
+            sim.okx.hub.corrupt_checksum("SOL-USDT")
+            await wait_for(lambda: keeper.checksum_errors == 1, what="the mismatch")
+            await wait_for(lambda: streamer.order_book("SOL/USDT") is not None, timeout_s=15, what="resynced")
+        assert asked == ["SOL/USDT", "SOL/USDT"]

@@ -15,13 +15,15 @@ Publishing (the top N, at most every interval) is :class:`BookKeeper`'s.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from data_collector.streaming.okx.protocol import CHECKSUM_LEVELS, checksum
-from data_collector.streaming.order_book import BookKeeper, OrderBook
+from data_collector.streaming.order_book import SNAPSHOT_WAIT_S, BookKeeper, OrderBook
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,10 @@ class OkxBookKeeper(BookKeeper):
         super().__init__(symbols, rest=None, snapshot_limit=0, **kwargs)
         self.books = {s: OkxBook(s) for s in symbols}
         self._resubscribe = resubscribe
-        #: Snapshots asked for and not yet arrived (no second request meanwhile).
-        self._awaiting: set[str] = set()
+        #: Snapshots asked for and not yet arrived -> when asked (no second request meanwhile,
+        #: unless :data:`SNAPSHOT_WAIT_S` passes without one).
+        self._awaiting: dict[str, float] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         #: Checksum mismatches and sequence breaks seen (each forced a resync).
         self.checksum_errors = 0
         self.sequence_breaks = 0
@@ -85,7 +89,7 @@ class OkxBookKeeper(BookKeeper):
         book = self.books[symbol]
         assert isinstance(book, OkxBook)
         if diff["snapshot"]:
-            self._awaiting.discard(symbol)
+            self._stop_retry(symbol)
             if book.synced:
                 self.invalidate(symbol)
             book.reset()
@@ -125,10 +129,32 @@ class OkxBookKeeper(BookKeeper):
         self._broken(symbol, book.event_ms or int(diff["event_ms"]), diff)
         self.invalidate(symbol)
         if symbol not in self._awaiting and not self._closed:
-            self._awaiting.add(symbol)
-            self._resubscribe(symbol)
+            self._ask(symbol)
+
+    def _ask(self, symbol: str) -> None:
+        """Resubscribe for a snapshot, and again every :data:`SNAPSHOT_WAIT_S` until one comes."""
+        self._awaiting[symbol] = time.monotonic()
+        self._resubscribe(symbol)
+        self._retries[symbol] = asyncio.get_running_loop().call_later(SNAPSHOT_WAIT_S, self._retry, symbol)
+
+    def _retry(self, symbol: str) -> None:
+        self._retries.pop(symbol, None)
+        if symbol in self._awaiting and not self._closed:
+            log.warning("%s OKX book: no snapshot %.0f s after asking; asking again", symbol, SNAPSHOT_WAIT_S)
+            self._ask(symbol)
+
+    def _stop_retry(self, symbol: str) -> None:
+        self._awaiting.pop(symbol, None)
+        retry = self._retries.pop(symbol, None)
+        if retry is not None:
+            retry.cancel()
 
     def invalidate(self, symbol: str, resync: bool = True) -> None:
         """Forget the book (a dropped connection's resubscription brings a new snapshot)."""
         super().invalidate(symbol, resync)
-        self._awaiting.discard(symbol)
+        self._stop_retry(symbol)
+
+    async def close(self) -> None:
+        for symbol in list(self._retries):
+            self._stop_retry(symbol)
+        await super().close()
