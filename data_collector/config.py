@@ -331,6 +331,9 @@ class CacheConfig(_Section):
 
 
 class StreamingConfig(_Section):
+    #: ``native``: Binance's or OKX's own protocol; ``ccxt``: the generic ccxt.pro adapter (any
+    #: ccxt.pro exchange; an ``exchange.id`` with no native adapter uses it anyway).
+    adapter: Literal["native", "ccxt"] = "native"
     channels: list[str] = Field(default_factory=lambda: ["trade", "bookTicker", "kline_1m", "depth"])
     #: Redis stream length bound (``XADD MAXLEN ~``).
     stream_maxlen: int = Field(default=100_000, ge=1)
