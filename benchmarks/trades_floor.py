@@ -5,7 +5,11 @@ pages) by ``copy_records_to_table``, 10,000 rows a transaction, 2 connections, i
 of each shape in turn; per shape the rows/s, the CPU seconds per million rows of the two
 PostgreSQL backends (from ``/proc``, so PostgreSQL must run on this machine) and of this client,
 the WAL written (the server's, so other sessions' writes meanwhile count too: an upper bound) and
-the table's heap. CPU per row is what the machine's load does not move; rows/s is.
+the table's heap, and what the two backends were doing (``pg_stat_activity`` sampled every 5 ms:
+on CPU or waiting to be scheduled, WAL flush, relation extension, waiting for the client). A last
+shape is the candles' ``ohlcv`` table (unpartitioned) with benchmarks/bench_ingest.py's 1,000,000
+candles, for the same cost per row on the same machine at the same moment. CPU per row is what the
+machine's load does not move; rows/s is.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 
 import asyncpg
 import psutil
 
+from benchmarks import bench_ingest
 from benchmarks.bench_trades import PAGES_PER_WRITE, WRITERS, make_pages, run_writers
 from benchmarks.harness import PG_DSN, PG_URL
 from data_collector.config import load_config
-from data_collector.storage.postgres import PostgresCandleStore
+from data_collector.storage.postgres import OHLCV_DDL, PostgresCandleStore
 from data_collector.storage.postgres_trades import TRADE_DDL
 from data_collector.storage.store import StoreSettings
 from data_collector.storage.trades import TRADE_COLUMNS, TradeBatch
@@ -36,11 +42,13 @@ _EARLIER = (
 )
 _BRIN = TRADE_DDL[1]
 _NO_KEY = TRADE_DDL[0].replace(", PRIMARY KEY (instrument_id, id)", "")
+CANDLES = "candles: ohlcv shape (unpartitioned), key"
 SHAPES = {
     "earlier column order, key + BRIN": (_EARLIER, _BRIN),
     "current column order, key + BRIN": (TRADE_DDL[0], _BRIN),
     "current column order, key only": (TRADE_DDL[0],),
     "current column order, no index": (_NO_KEY,),
+    CANDLES: (OHLCV_DDL.replace(" PARTITION BY RANGE (ts)", ""),),
 }
 
 
@@ -55,10 +63,24 @@ def _client_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def _sample_waits(pids: list[int], waits: Counter[str], stop: asyncio.Event) -> None:
+    """Count what the backends ``pids`` are doing, every 5 ms until ``stop``."""
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        while not stop.is_set():
+            for row in await conn.fetch(
+                "SELECT state, wait_event FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            ):
+                waits[f"{row[0]}: {row[1] or 'CPU'}"] += 1
+            await asyncio.sleep(0.005)
+    finally:
+        await conn.close()
+
+
 async def one(
-    ddl: tuple[str, ...], chunks: list[list[tuple[object, ...]]]
-) -> tuple[float, float, float, float]:
-    """rows/s, server and client CPU-s per million rows, WAL MB per million rows."""
+    ddl: tuple[str, ...], chunks: list[list[tuple[object, ...]]], waits: Counter[str]
+) -> tuple[float, float, float, float, float]:
+    """rows/s, server and client CPU-s per million rows, WAL and heap MB per million rows."""
     schema = f'"floor_{uuid.uuid4().hex[:8]}"'
     total = sum(len(c) for c in chunks)
     admin = await asyncpg.connect(PG_DSN)
@@ -68,13 +90,14 @@ async def one(
         for statement in ddl:
             await admin.execute(statement.replace("{s}", schema))
         pids = [await c.fetchval("SELECT pg_backend_pid()") for c in conns]
+        table, columns = ("ohlcv", None) if "ohlcv" in ddl[0] else ("trades", TRADE_COLUMNS)
         queue: asyncio.Queue[list[tuple[object, ...]] | None] = asyncio.Queue(maxsize=4)
 
         async def writer(conn: asyncpg.Connection) -> None:
             while (rows := await queue.get()) is not None:
                 async with conn.transaction():
                     await conn.copy_records_to_table(
-                        "trades", schema_name=schema.strip('"'), records=rows, columns=TRADE_COLUMNS
+                        table, schema_name=schema.strip('"'), records=rows, columns=columns
                     )
 
         async def feed() -> None:
@@ -84,12 +107,16 @@ async def one(
                 await queue.put(None)
 
         lsn = await admin.fetchval("SELECT pg_current_wal_lsn()::text")
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(_sample_waits(pids, waits, stop))
         server, client, started = sum(map(_cpu, pids)), _client_cpu(), time.perf_counter()
         await asyncio.gather(feed(), *(writer(c) for c in conns))
         elapsed = time.perf_counter() - started
+        stop.set()
+        await sampler
         server, client = sum(map(_cpu, pids)) - server, _client_cpu() - client
         wal = await admin.fetchval("SELECT pg_current_wal_lsn() - $1::text::pg_lsn", lsn)
-        heap = await admin.fetchval("SELECT pg_relation_size($1::regclass)", f"{schema}.trades")
+        heap = await admin.fetchval("SELECT pg_relation_size($1::regclass)", f"{schema}.{table}")
         scale = 1e6 / total
         return total / elapsed, server * scale, client * scale, float(wal) * scale / 1e6, heap * scale / 1e6
     finally:
@@ -99,8 +126,11 @@ async def one(
         await admin.close()
 
 
-async def writer_cost(pages: list[TradeBatch], repeats: int) -> list[tuple[float, float, float]]:
-    """rows/s and server, client CPU-s per million trades of the project's writer, fresh range."""
+async def writer_cost(
+    pages: list[TradeBatch], repeats: int, waits: Counter[str]
+) -> list[tuple[float, float, float]]:
+    """rows/s and server, client CPU-s per million trades of the project's writer, fresh range;
+    what its pooled backends did into ``waits``."""
     schema = f"floor_{uuid.uuid4().hex[:8]}"
     config = load_config({"database": {"url": PG_URL, "schema": schema}, "logging": {"file": None}})
     store = PostgresCandleStore(StoreSettings.from_config(config))
@@ -117,8 +147,12 @@ async def writer_cost(pages: list[TradeBatch], repeats: int) -> list[tuple[float
                 "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[]) AND pid <> pg_backend_pid()",
                 ports,
             )
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(_sample_waits([r[0] for r in pids], waits, stop))
             server, client = sum(_cpu(r[0]) for r in pids), _client_cpu()
             elapsed = await run_writers(store, pages)
+            stop.set()
+            await sampler
             server, client = sum(_cpu(r[0]) for r in pids) - server, _client_cpu() - client
             scale = 1e6 / sum(len(p.trades) for p in pages)
             runs.append((1e6 / scale / elapsed, server * scale, client * scale))
@@ -131,15 +165,21 @@ async def writer_cost(pages: list[TradeBatch], repeats: int) -> list[tuple[float
 
 async def main(repeats: int) -> None:
     pages = make_pages(1_000_000)
-    chunks = [
+    chunks: list[list[tuple[object, ...]]] = [
         [(p.instrument_id, *t) for p in pages[i : i + PAGES_PER_WRITE] for t in p.trades]
         for i in range(0, len(pages), PAGES_PER_WRITE)
     ]
+    candles: list[list[tuple[object, ...]]] = [
+        [(p.instrument_id, bench_ingest.CODE_1M, *c) for p in chunk for c in p.candles]
+        for chunk in bench_ingest.chunks(bench_ingest.make_pages(1_000_000))
+    ]
     results: dict[str, list[tuple[float, float, float, float, float]]] = {name: [] for name in SHAPES}
+    waits: dict[str, Counter[str]] = {name: Counter() for name in SHAPES}
     print(f"load average at start: {os.getloadavg()}")
     for _ in range(repeats):
         for name, ddl in SHAPES.items():  # shapes take turns, so load falls on all alike
-            results[name].append(await one(ddl, chunks))
+            rows = candles if name == CANDLES else chunks
+            results[name].append(await one(ddl, rows, waits[name]))
     print(
         "| table | rows/s median (min-max) | server CPU-s / 1M | client CPU-s / 1M | WAL MB / 1M | heap MB / 1M |"
     )
@@ -151,13 +191,20 @@ async def main(repeats: int) -> None:
             f"{min(server):.2f}-{max(server):.2f} | {min(client):.2f}-{max(client):.2f} | "
             f"{min(wal):.0f}-{max(wal):.0f} | {statistics.median(heap):.1f} |"
         )
-    writer = await writer_cost(pages, repeats)
+    print("\nbackends' time by state (share of 5 ms samples):")
+    for name, counts in waits.items():
+        n = sum(counts.values()) or 1
+        print(f"- {name}: " + ", ".join(f"{k} {v / n:.0%}" for k, v in counts.most_common(6)))
+    writer_waits: Counter[str] = Counter()
+    writer = await writer_cost(pages, repeats, writer_waits)
     rate, server, client = zip(*writer, strict=True)
     print(
         f"project write_trades, fresh range, 2 writers: {statistics.median(rate):,.0f} trades/s "
         f"({min(rate):,.0f}-{max(rate):,.0f}); server CPU-s / 1M {min(server):.2f}-{max(server):.2f}, "
         f"client {min(client):.2f}-{max(client):.2f}"
     )
+    n = sum(writer_waits.values()) or 1
+    print("its backends: " + ", ".join(f"{k} {v / n:.0%}" for k, v in writer_waits.most_common(6)))
     print(f"load average at end: {os.getloadavg()}")
 
 
