@@ -8,8 +8,9 @@ the WAL written (the server's, so other sessions' writes meanwhile count too: an
 the table's heap, and what the two backends were doing (``pg_stat_activity`` sampled every 5 ms:
 on CPU or waiting to be scheduled, WAL flush, relation extension, waiting for the client). A last
 shape is the candles' ``ohlcv`` table (unpartitioned) with benchmarks/bench_ingest.py's 1,000,000
-candles, for the same cost per row on the same machine at the same moment. CPU per row is what the
-machine's load does not move; rows/s is.
+candles, for the same cost per row on the same machine at the same moment; one more runs the
+current trades shape over 4 connections. Then the project's writer into a fresh range with 2 and
+4 writer tasks, taking turns. CPU per row is what the machine's load does not move; rows/s is.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections import Counter
 import asyncpg
 import psutil
 
-from benchmarks import bench_ingest
-from benchmarks.bench_trades import PAGES_PER_WRITE, WRITERS, make_pages, run_writers
+from benchmarks import bench_ingest, harness
+from benchmarks.bench_trades import PAGES_PER_WRITE, WRITERS, make_pages
 from benchmarks.harness import PG_DSN, PG_URL
 from data_collector.config import load_config
 from data_collector.storage.postgres import OHLCV_DDL, PostgresCandleStore
@@ -42,12 +43,14 @@ _EARLIER = (
 )
 _BRIN = TRADE_DDL[1]
 _NO_KEY = TRADE_DDL[0].replace(", PRIMARY KEY (instrument_id, id)", "")
+FOUR = "current column order, key + BRIN, 4 connections"
 CANDLES = "candles: ohlcv shape (unpartitioned), key"
 SHAPES = {
     "earlier column order, key + BRIN": (_EARLIER, _BRIN),
     "current column order, key + BRIN": (TRADE_DDL[0], _BRIN),
     "current column order, key only": (TRADE_DDL[0],),
     "current column order, no index": (_NO_KEY,),
+    FOUR: TRADE_DDL[:2],
     CANDLES: (OHLCV_DDL.replace(" PARTITION BY RANGE (ts)", ""),),
 }
 
@@ -78,13 +81,13 @@ async def _sample_waits(pids: list[int], waits: Counter[str], stop: asyncio.Even
 
 
 async def one(
-    ddl: tuple[str, ...], chunks: list[list[tuple[object, ...]]], waits: Counter[str]
+    ddl: tuple[str, ...], chunks: list[list[tuple[object, ...]]], waits: Counter[str], writers: int = 2
 ) -> tuple[float, float, float, float, float]:
     """rows/s, server and client CPU-s per million rows, WAL and heap MB per million rows."""
     schema = f'"floor_{uuid.uuid4().hex[:8]}"'
     total = sum(len(c) for c in chunks)
     admin = await asyncpg.connect(PG_DSN)
-    conns = [await asyncpg.connect(PG_DSN) for _ in range(2)]
+    conns = [await asyncpg.connect(PG_DSN) for _ in range(writers)]
     try:
         await admin.execute(f"CREATE SCHEMA {schema}")
         for statement in ddl:
@@ -127,40 +130,46 @@ async def one(
 
 
 async def writer_cost(
-    pages: list[TradeBatch], repeats: int, waits: Counter[str]
-) -> list[tuple[float, float, float]]:
-    """rows/s and server, client CPU-s per million trades of the project's writer, fresh range;
-    what its pooled backends did into ``waits``."""
+    pages: list[TradeBatch], repeats: int, writers: tuple[int, ...]
+) -> dict[int, tuple[list[tuple[float, float, float]], Counter[str]]]:
+    """Per writer count (taking turns): rows/s and server, client CPU-s per million trades of the
+    project's writer into a fresh range, and what its pooled backends did."""
     schema = f"floor_{uuid.uuid4().hex[:8]}"
     config = load_config({"database": {"url": PG_URL, "schema": schema}, "logging": {"file": None}})
     store = PostgresCandleStore(StoreSettings.from_config(config))
     admin = await asyncpg.connect(PG_DSN)
-    runs = []
+    out: dict[int, tuple[list[tuple[float, float, float]], Counter[str]]] = {
+        n: ([], Counter()) for n in writers
+    }
     try:
         await store.initialize()
-        await run_writers(store, pages[: WRITERS * PAGES_PER_WRITE * 2])  # open the pool
+        # Open the pool's connections.
+        await harness.run_writers(
+            store.write_trades, pages[: max(writers) * PAGES_PER_WRITE * 2], PAGES_PER_WRITE, max(writers)
+        )
         for _ in range(repeats):
-            await admin.execute(f'TRUNCATE "{schema}".trades, "{schema}".trade_coverage')
-            # The pool's backends: those whose client port is one of this process's connections.
-            ports = [c.laddr.port for c in psutil.Process().net_connections("tcp") if c.raddr]
-            pids = await admin.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[]) AND pid <> pg_backend_pid()",
-                ports,
-            )
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(_sample_waits([r[0] for r in pids], waits, stop))
-            server, client = sum(_cpu(r[0]) for r in pids), _client_cpu()
-            elapsed = await run_writers(store, pages)
-            stop.set()
-            await sampler
-            server, client = sum(_cpu(r[0]) for r in pids) - server, _client_cpu() - client
-            scale = 1e6 / sum(len(p.trades) for p in pages)
-            runs.append((1e6 / scale / elapsed, server * scale, client * scale))
+            for n, (runs, waits) in out.items():
+                await admin.execute(f'TRUNCATE "{schema}".trades, "{schema}".trade_coverage')
+                # The pool's backends: those whose client port is one of this process's connections.
+                ports = [c.laddr.port for c in psutil.Process().net_connections("tcp") if c.raddr]
+                pids = await admin.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[]) AND pid <> pg_backend_pid()",
+                    ports,
+                )
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(_sample_waits([r[0] for r in pids], waits, stop))
+                server, client = sum(_cpu(r[0]) for r in pids), _client_cpu()
+                elapsed = await harness.run_writers(store.write_trades, pages, PAGES_PER_WRITE, n)
+                server, client = sum(_cpu(r[0]) for r in pids) - server, _client_cpu() - client
+                stop.set()
+                await sampler
+                scale = 1e6 / sum(len(p.trades) for p in pages)
+                runs.append((1e6 / scale / elapsed, server * scale, client * scale))
     finally:
         await store.close()
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
-    return runs
+    return out
 
 
 async def main(repeats: int) -> None:
@@ -179,7 +188,7 @@ async def main(repeats: int) -> None:
     for _ in range(repeats):
         for name, ddl in SHAPES.items():  # shapes take turns, so load falls on all alike
             rows = candles if name == CANDLES else chunks
-            results[name].append(await one(ddl, rows, waits[name]))
+            results[name].append(await one(ddl, rows, waits[name], 4 if name == FOUR else 2))
     print(
         "| table | rows/s median (min-max) | server CPU-s / 1M | client CPU-s / 1M | WAL MB / 1M | heap MB / 1M |"
     )
@@ -195,16 +204,15 @@ async def main(repeats: int) -> None:
     for name, counts in waits.items():
         n = sum(counts.values()) or 1
         print(f"- {name}: " + ", ".join(f"{k} {v / n:.0%}" for k, v in counts.most_common(6)))
-    writer_waits: Counter[str] = Counter()
-    writer = await writer_cost(pages, repeats, writer_waits)
-    rate, server, client = zip(*writer, strict=True)
-    print(
-        f"project write_trades, fresh range, 2 writers: {statistics.median(rate):,.0f} trades/s "
-        f"({min(rate):,.0f}-{max(rate):,.0f}); server CPU-s / 1M {min(server):.2f}-{max(server):.2f}, "
-        f"client {min(client):.2f}-{max(client):.2f}"
-    )
-    n = sum(writer_waits.values()) or 1
-    print("its backends: " + ", ".join(f"{k} {v / n:.0%}" for k, v in writer_waits.most_common(6)))
+    for n, (runs, counts) in (await writer_cost(pages, repeats, (WRITERS, 4))).items():
+        rate, server, client = zip(*runs, strict=True)
+        total = sum(counts.values()) or 1
+        print(
+            f"project write_trades, fresh range, {n} writers: {statistics.median(rate):,.0f} trades/s "
+            f"({min(rate):,.0f}-{max(rate):,.0f}); server CPU-s / 1M {min(server):.2f}-{max(server):.2f}, "
+            f"client {min(client):.2f}-{max(client):.2f}; its backends: "
+            + ", ".join(f"{k} {v / total:.0%}" for k, v in counts.most_common(6))
+        )
     print(f"load average at end: {os.getloadavg()}")
 
 
