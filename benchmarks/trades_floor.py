@@ -67,12 +67,14 @@ def _client_cpu() -> float:
 
 
 async def _sample_waits(pids: list[int], waits: Counter[str], stop: asyncio.Event) -> None:
-    """Count what the backends ``pids`` are doing, every 5 ms until ``stop``."""
+    """Count what the backends ``pids`` are doing, every 5 ms until ``stop``: only while they are in a
+    transaction or running a statement (a pooled connection between writes is left out)."""
     conn = await asyncpg.connect(PG_DSN)
     try:
         while not stop.is_set():
             for row in await conn.fetch(
-                "SELECT state, wait_event FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+                "SELECT state, wait_event FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND state <> 'idle'",
+                pids,
             ):
                 waits[f"{row[0]}: {row[1] or 'CPU'}"] += 1
             await asyncio.sleep(0.005)
