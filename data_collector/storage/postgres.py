@@ -620,20 +620,34 @@ class PostgresCandleStore(CandleStore):
     ) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in a transaction, its staging tables ready and the ``ohlcv``
         partitions of the months ``spans`` touch made; commits on success."""
+        async with self._write_connection(stages, spans) as conn, self._transaction(conn):
+            yield conn
+
+    @asynccontextmanager
+    async def _write_connection(
+        self, stages: Sequence[str], spans: Sequence[Span] = ()
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, its staging tables ready and the ``ohlcv`` partitions of the
+        months ``spans`` touch made; outside any transaction."""
         async with self._connect() as (sa_conn, conn):
             await self._ensure_stages(sa_conn, conn, stages)
             if spans:
                 await self._partitions.ensure(conn, spans)
-            tr = conn.transaction()
-            await self._bounded(tr.start())
-            try:
-                yield conn
-            except asyncpg.PostgresError as exc:
-                # The server said no but the connection is fine: roll back, then report.
-                if not isinstance(exc, BREAKING_ERRORS):
-                    await self._bounded(tr.rollback())
-                raise
-            await self._bounded(tr.commit())
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+        """A transaction on ``conn``, committed on success and rolled back when the server said no."""
+        tr = conn.transaction()
+        await self._bounded(tr.start())
+        try:
+            yield
+        except asyncpg.PostgresError as exc:
+            # The server said no but the connection is fine: roll back, then report.
+            if not isinstance(exc, BREAKING_ERRORS):
+                await self._bounded(tr.rollback())
+            raise
+        await self._bounded(tr.commit())
 
     async def _ensure_stages(
         self, sa_conn: AsyncConnection, conn: asyncpg.Connection, stages: Sequence[str]

@@ -1,10 +1,10 @@
 """The trades tables on PostgreSQL: DDL, the COPY write path and the id-keyed coverage merge.
 
 The write path is the ``ohlcv`` one (:mod:`data_collector.storage.postgres`), keyed by
-``(instrument_id, id)``: one query finds the ids already stored within the spans of the write's
-batches, the rest goes by binary COPY inside a savepoint, and a unique violation (a concurrent
-writer) takes the conflict-safe path through a staging table with ``ON CONFLICT DO NOTHING``.
-Trades and their coverage commit in one transaction.
+``(instrument_id, id)``: one query (before the transaction) finds the ids already stored within the
+spans of the write's batches, the rest goes by binary COPY, and a unique violation (a concurrent
+writer) rolls the transaction back and redoes the write through a staging table with ``ON CONFLICT
+DO NOTHING``. Trades and their coverage commit in one transaction.
 """
 
 from __future__ import annotations
@@ -108,14 +108,34 @@ class PostgresTrades:
         prepared = prepare_trades(batches)
         if not prepared.records and not prepared.coverage:
             return WriteResult(0, prepared.total)
-        async with self._store._write_transaction((CREATE_STAGE,)) as conn:
-            written = await self._write_rows(conn, prepared, id_spans(batches))
-            await self._write_coverage(conn, prepared)
+        store = self._store
+        async with store._write_connection((CREATE_STAGE,)) as conn:
+            # The probe runs before the transaction, and the COPY without a savepoint: each
+            # statement inside a transaction leaves its backend idle until this (one-threaded,
+            # shared) client sends the next, and these two saved three of them (measured by
+            # ``python -m benchmarks.trades_floor``, PERFORMANCE.md *Trades*). Rows that another
+            # writer stores after the probe fail the COPY with a unique violation, which rolls the
+            # whole write back; it is then done again through the staging table.
+            fresh = await self._fresh(conn, prepared, id_spans(batches))
+            try:
+                async with store._transaction(conn):
+                    written = _count(await self._copy(conn, "trades", store.schema, fresh)) if fresh else 0
+                    await self._write_coverage(conn, prepared)
+            except asyncpg.UniqueViolationError:
+                async with store._transaction(conn):
+                    await self._copy(conn, "dc_trade_stage", "pg_temp", fresh)
+                    written = _count(
+                        await store._bounded(
+                            conn.execute(store._sql(_INSERT_STAGED), timeout=store._timeout_s)
+                        )
+                    )
+                    await self._write_coverage(conn, prepared)
         return WriteResult(written, prepared.total - written)
 
-    async def _write_rows(
+    async def _fresh(
         self, conn: asyncpg.Connection, prepared: PreparedTrades, spans: dict[int, list[Span]]
-    ) -> int:
+    ) -> list[TradeRecord]:
+        """The records whose ids are not stored yet (as far as the probe can see)."""
         store = self._store
         probes = [(iid, lo, hi) for iid, v in spans.items() for lo, hi in v]
         rows = await store._bounded(
@@ -136,17 +156,7 @@ class PostgresTrades:
             records = prepared.records[iid]
             have = stored.get(iid)
             fresh.extend(records if not have else [r for r in records if r[1] not in have])
-        if not fresh:
-            return 0
-        try:
-            async with conn.transaction():  # a savepoint
-                return _count(await self._copy(conn, "trades", store.schema, fresh))
-        except asyncpg.UniqueViolationError:
-            # Rows appeared since the probe (a concurrent writer): take the conflict-safe path.
-            await self._copy(conn, "dc_trade_stage", "pg_temp", fresh)
-            return _count(
-                await store._bounded(conn.execute(store._sql(_INSERT_STAGED), timeout=store._timeout_s))
-            )
+        return fresh
 
     async def _copy(
         self, conn: asyncpg.Connection, table: str, schema: str, records: list[TradeRecord]
