@@ -75,7 +75,11 @@ class WsFaults:
         return sum(hub.shutdown_all() for hub in self._sim.hubs)
 
     def stall(self, seconds: float) -> None:
-        """Send nothing for ``seconds``; sockets stay open and data resumes afterwards."""
+        """Deliver nothing for ``seconds``; the market goes on and its frames queue on each socket.
+
+        They arrive after the stall, late; a connection whose backlog passes the hub's
+        ``max_backlog`` bytes meanwhile is disconnected (``hub.dropped_for_backlog``).
+        """
         for hub in self._sim.hubs:
             hub.stalled_until_ms = self._sim.clock.now_ms() + int(seconds * 1000)
 

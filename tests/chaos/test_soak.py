@@ -159,8 +159,9 @@ async def test_soak_streaming_alongside_backfill(
                 await collector.close()
             tasks_after = _tasks(streamer)
             fds_after = me.num_fds()
-            # Quiesce the simulator first, so no message is in flight when the streamer stops.
-            sim.ws_stall(60)
+            # Quiesce the simulator first, so no message is in flight when the streamer stops: its
+            # market goes on through a stall, so stop its clock (nothing is due any more).
+            sim.clock.freeze()
             produced = sum(v["count"] for v in sim.ws_sent().values())
             for _ in range(200):  # until the streamer has read everything sent (it may lag)
                 if streamer.get_metrics()["received"] >= produced:
