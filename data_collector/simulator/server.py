@@ -88,6 +88,14 @@ class WsFaults:
         for hub in self._sim.hubs:
             hub.malformed()
 
+    def skip_trade_id(self, symbol: str, count: int = 1) -> None:
+        """Lose the next ``count`` frames of each ``trade`` and ``aggTrade`` stream of ``symbol``
+        (``X/Y:Z`` for a perpetual), as when events are lost: the trades stay on the tape and REST."""
+        hub = self._sim.usdm.hub if ":" in symbol else self._sim.hub
+        name = (self._sim.usdm.market(symbol) if ":" in symbol else self._sim.market(symbol)).symbol
+        for kind in ("trade", "aggTrade"):
+            hub.skip_trades[(name, kind)] = hub.skip_trades.get((name, kind), 0) + count
+
     def skip_depth_id(self, symbol: str, count: int = 1, lose_content: bool = False) -> None:
         """Lose ``count`` depth update ids of ``symbol`` (``X/Y:Z`` for a perpetual).
 

@@ -179,7 +179,9 @@ class MarketDataReader:
         """Gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first.
 
         ``overflow`` markers (entries the streamer's buffer dropped while Redis was down) also
-        carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``.
+        carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``. Markers
+        of trade streams (contiguous ids) carry ``first_seq``, ``last_seq`` (the missing trade
+        ids, inclusive) and ``count`` when the ids on both sides are known.
         """
         rows = await self._client().xrange(
             gaps_key(self.prefix, self.exchange),
@@ -191,8 +193,9 @@ class MarketDataReader:
             item: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
             item["from_ms"] = int(item["from_ms"])
             item["to_ms"] = int(item["to_ms"])
-            if "count" in item:
-                item["count"] = int(item["count"])
+            for field in ("count", "first_seq", "last_seq"):
+                if field in item:
+                    item[field] = int(item[field])
             item["entry_id"] = entry_id.decode()
             out.append(item)
         return out

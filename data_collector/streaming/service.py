@@ -34,6 +34,7 @@ from data_collector.streaming.connection import (
 from data_collector.streaming.funding import FundingWatcher
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import (
+    SEQUENCED_CHANNELS,
     Event,
     MalformedEvent,
     binance_stream_name,
@@ -215,6 +216,7 @@ class StreamService:
             xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
+            sequenced=channel in SEQUENCED_CHANNELS,
         )
 
     def _mark_price_hook(self) -> Callable[[Event], None] | None:
@@ -406,6 +408,8 @@ class StreamService:
                 continue
             entry_id, event_ms = found
             route.last_ms = max(route.last_ms, event_ms)
+            if route.sequenced:  # a restart after SIGKILL goes on from the newest stored id
+                route.last_seq = max(route.last_seq, self._stored_seq(reply))
             if self.funding is not None and route.channel.startswith("markPrice"):
                 # The next funding time the previous run saw: a settlement since is fetched.
                 self.funding.seed(route.symbol, self._entry_event(reply))
@@ -439,8 +443,16 @@ class StreamService:
         if kline_routes:
             await self._repair_klines(kline_routes)
 
+    @classmethod
+    def _stored_seq(cls, reply: Any) -> int:
+        """The trade id of the one entry of an XREVRANGE reply (-1: none, or not a trade of ours)."""
+        event = cls._entry_event(reply)
+        seq = event.get("id") if event is not None else None
+        return seq if type(seq) is int else -1
+
     def _on_resume(self, route: Route, entry_id: str, event: Event) -> None:
-        """The first event of a stream after a (re)connect or a restart: record the gap before it."""
+        """The first event of a stream after a (re)connect or a restart, or after a skipped id
+        (trades): record the gap before it."""
         from_ms, to_ms = route.last_ms, int(event["event_ms"])
         if id(route) in self._unresolved and id(route) not in self._unresolved_first:
             self._unresolved_first[id(route)] = (entry_id, to_ms)
@@ -450,6 +462,11 @@ class StreamService:
                 )
             if from_ms == 0:
                 return
+        if route.sequenced and route.last_seq >= 0:
+            # Contiguous ids: the gap is exactly the ids between the last stored and this one.
+            reason = self._gap_reason.pop(id(route), "sequence")
+            self._write_seq_gap(route, route.last_seq, int(event["id"]), from_ms, to_ms, reason)
+            return
         if to_ms <= from_ms:
             self._gap_reason.pop(id(route), None)
             return
@@ -458,6 +475,26 @@ class StreamService:
     def _write_gap(self, route: Route, from_ms: int, to_ms: int, reason: str) -> None:
         self.writer.submit_gap(
             GapMarker(route.stream_key, route.channel, route.symbol, from_ms, to_ms, reason)
+        )
+
+    def _write_seq_gap(
+        self, route: Route, last_seq: int, next_seq: int, from_ms: int, to_ms: int, reason: str
+    ) -> None:
+        """Mark the trade ids strictly between ``last_seq`` and ``next_seq`` missing (none: no marker)."""
+        if next_seq <= last_seq + 1:
+            return
+        self.writer.submit_gap(
+            GapMarker(
+                route.stream_key,
+                route.channel,
+                route.symbol,
+                min(from_ms, to_ms),
+                to_ms,
+                reason,
+                count=next_seq - last_seq - 1,
+                first_seq=last_seq + 1,
+                last_seq=next_seq - 1,
+            )
         )
 
     async def _resolve_restart_gaps(self) -> None:
@@ -475,10 +512,14 @@ class StreamService:
             except (CollectorError, TimeoutError, ConnectionError, OSError):
                 continue
             self._note_gap_top(replies[-1])
-            for (rid, (_, to_ms)), reply in zip(ready, replies, strict=False):
+            for (rid, (first_id, to_ms)), reply in zip(ready, replies, strict=False):
                 route = self._unresolved.pop(rid)
                 found = self._entry_time(reply)
-                if found is not None and to_ms > found[1]:
+                stored_seq = self._stored_seq(reply) if route.sequenced else -1
+                if found is not None and stored_seq >= 0:
+                    next_seq = int(first_id.partition("-")[2])
+                    self._write_seq_gap(route, stored_seq, next_seq, found[1], to_ms, "restart")
+                elif found is not None and to_ms > found[1]:
                     self._write_gap(route, found[1], to_ms, "restart")
             log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
 
