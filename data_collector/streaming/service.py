@@ -45,6 +45,7 @@ from data_collector.streaming.normalize import (
 )
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BinanceRest
+from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
 from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
@@ -93,6 +94,8 @@ class ServiceOptions:
     store_klines: bool = True
     #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
     store_funding: bool = False
+    #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
+    repair_max_ids: int = 100_000
 
 
 class _Activity:
@@ -146,6 +149,9 @@ class StreamService:
             max_batch=options.max_batch,
         )
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
+        self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
+        #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
+        self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
         if "depth" in self.channels:
             self.books = BookKeeper(
@@ -208,7 +214,16 @@ class StreamService:
             on_event = self._mark_price_hook()
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
-        return Route(
+        repair_heads = None
+        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0:
+            rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
+            rhead = xadd_prefix(rkey, opts.stream_maxlen)
+            self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
+            repair_heads = (
+                rhead,
+                set_prefix(latest_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)),
+            )
+        route = Route(
             symbol=symbol,
             channel=channel,
             stream_key=skey,
@@ -218,6 +233,9 @@ class StreamService:
             on_event=on_event,
             sequenced=channel in SEQUENCED_CHANNELS,
         )
+        if repair_heads is not None:
+            self._repair_heads[id(route)] = repair_heads
+        return route
 
     def _mark_price_hook(self) -> Callable[[Event], None] | None:
         """The funding watcher, then the caller's ``on_mark_price``, on every ``markPrice`` event."""
@@ -483,12 +501,13 @@ class StreamService:
         """Mark the trade ids strictly between ``last_seq`` and ``next_seq`` missing (none: no marker)."""
         if next_seq <= last_seq + 1:
             return
+        from_ms = min(from_ms, to_ms)
         self.writer.submit_gap(
             GapMarker(
                 route.stream_key,
                 route.channel,
                 route.symbol,
-                min(from_ms, to_ms),
+                from_ms,
                 to_ms,
                 reason,
                 count=next_seq - last_seq - 1,
@@ -496,6 +515,9 @@ class StreamService:
                 last_seq=next_seq - 1,
             )
         )
+        heads = self._repair_heads.get(id(route))
+        if heads is not None and not self._closed:
+            self.repairer.submit(RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads))
 
     async def _resolve_restart_gaps(self) -> None:
         """Redis was unreadable at start: once it answers, the newest entry before each stream's
@@ -621,6 +643,7 @@ class StreamService:
         await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()
+        await self.repairer.close()  # what is still queued stays marked as a gap
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -89,6 +89,8 @@ class GapMarker:
     count: int | None = None
     first_seq: int | None = None
     last_seq: int | None = None
+    #: On a ``repaired`` marker: how many of the ids ``first_seq``..``last_seq`` were written back.
+    repaired: int | None = None
 
     def merged(self, later: GapMarker) -> GapMarker:
         """One marker spanning both (same stream); exact id bounds only if both have them."""
@@ -136,6 +138,8 @@ class GapMarker:
             out += ["count", self.count]
         if self.first_seq is not None and self.last_seq is not None:
             out += ["first_seq", self.first_seq, "last_seq", self.last_seq]
+        if self.repaired is not None:
+            out += ["repaired", self.repaired]
         return out
 
 
