@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from data_collector.errors import CollectorError
+from data_collector.errors import CollectorError, PermanentError
 from data_collector.markets import exchange_symbol
 from data_collector.streaming.connection import Route
 from data_collector.streaming.metrics import StreamMetrics
@@ -117,6 +117,10 @@ class TradeRepairer:
             job = self._jobs[0]
             try:
                 await self._repair(job)
+            except PermanentError as exc:  # asking again would get the same answer
+                log.warning("%s: trade repair refused (%s); the gap stays marked", job.route.stream_key, exc)
+                self._jobs.popleft()
+                continue
             except (CollectorError, TimeoutError, OSError) as exc:
                 log.warning("%s: trade repair failed (%s); retrying", job.route.stream_key, exc)
                 await asyncio.sleep(1.0)

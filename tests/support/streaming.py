@@ -77,10 +77,16 @@ def gap_entries(client: redis.Redis, prefix: str, venue: str = "sim-binance") ->
     ]
 
 
-def streamer_on(sim: SimulatedExchange, prefix: str, symbols: list[str], channels: list[str]) -> Any:
-    """An ``OptimizedWebSocketStreamer`` of ``channels`` × ``symbols`` from ``sim`` into the shared Redis."""
+def streamer_on(
+    sim: SimulatedExchange, prefix: str, symbols: list[str], channels: list[str], futures: bool = False
+) -> Any:
+    """An ``OptimizedWebSocketStreamer`` of ``channels`` × ``symbols`` from ``sim`` (its USDⓈ-M
+    futures with ``futures``) into the shared Redis."""
     from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 
     return OptimizedWebSocketStreamer(
-        symbols=symbols, redis_client=REDIS_URL, channels=channels, config=stream_config(sim, prefix)
+        symbols=symbols,
+        redis_client=REDIS_URL,
+        channels=channels,
+        config=stream_config(sim, prefix, futures=futures),
     )
