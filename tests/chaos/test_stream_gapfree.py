@@ -72,7 +72,13 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                 report.fault("ws_stall")
                 stall_end = sim.hub.stalled_until_ms
                 await wait_for(lambda: sim.clock.now_ms() >= stall_end, timeout_s=60, what="the stall's end")
-                await asyncio.sleep(1.0)
+                # The streamer is back (its reconnect backoff grew during the stall) and reading.
+                counts = {s: client.xlen(key("aggTrade", s)) for s in SYMBOLS}
+                await wait_for(
+                    lambda: all(client.xlen(key("aggTrade", s)) > counts[s] for s in SYMBOLS),
+                    timeout_s=90,
+                    what="aggregate trades flowing again after the stall",
+                )
                 running = False
                 await clock_task
                 sim.clock.freeze()  # the flow stops
@@ -114,11 +120,11 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                 rows = sim.klines(symbol, "1m", start_ms + 60_000, closed[-1] + 1) if closed else []
                 kline_missing += len({int(r[0]) for r in rows} - set(closed))
 
-    report.expected = agg_expected
-    report.found = agg_found
-    report.lost = agg_lost
-    report.duplicated = agg_dup
-    report.extra.update(
+    report.tally(
+        agg_expected,
+        agg_found,
+        agg_lost,
+        agg_dup,
         agg_repaired=metrics["repaired_trades"],
         reconnects=metrics["reconnects"],
         trade_ids_unmarked=trade_unmarked,
