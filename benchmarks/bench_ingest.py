@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks import harness
 from benchmarks.harness import BenchContext, Table, WriterCases, take_turns
 from data_collector.config import load_config
 from data_collector.markets import MINUTE_MS, TIMEFRAME_CODES
@@ -35,32 +36,23 @@ START_MS = 1_600_000_000_000 - 1_600_000_000_000 % MINUTE_MS
 CODE_1M = TIMEFRAME_CODES["1m"]
 
 
+def _page(iid: int, first: int, n: int) -> CandleBatch:
+    ts0 = START_MS + first * MINUTE_MS
+    candles: list[Candle] = [
+        (ts0 + i * MINUTE_MS, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 10.0 + i) for i in range(n)
+    ]
+    return CandleBatch(iid, "1m", candles, [CoverageRange(ts0, ts0 + n * MINUTE_MS, "data")])
+
+
+def _first_half(page: CandleBatch) -> CandleBatch:
+    half = list(page.candles[: len(page.candles) // 2])
+    end = half[-1][0] + MINUTE_MS
+    return CandleBatch(page.instrument_id, "1m", half, [CoverageRange(half[0][0], end, "data")])
+
+
 def make_pages(total: int) -> list[CandleBatch]:
     """``total`` 1m candles over :data:`INSTRUMENTS` instruments, in pages of :data:`PAGE`."""
-    per = max(PAGE, total // INSTRUMENTS)
-    pages = []
-    for iid in range(1, INSTRUMENTS + 1):
-        for first in range(0, per, PAGE):
-            n = min(PAGE, per - first)
-            ts0 = START_MS + first * MINUTE_MS
-            candles: list[Candle] = [
-                (ts0 + i * MINUTE_MS, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 10.0 + i) for i in range(n)
-            ]
-            cover = [CoverageRange(ts0, ts0 + n * MINUTE_MS, "data")]
-            pages.append(CandleBatch(iid, "1m", candles, cover))
-            if len(pages) * PAGE >= total:
-                return pages
-    return pages
-
-
-def first_halves(pages: Sequence[CandleBatch]) -> list[CandleBatch]:
-    """The first half of every page: what a half-present run finds already stored."""
-    out = []
-    for page in pages:
-        half = list(page.candles[: len(page.candles) // 2])
-        end = half[-1][0] + MINUTE_MS
-        out.append(CandleBatch(page.instrument_id, "1m", half, [CoverageRange(half[0][0], end, "data")]))
-    return out
+    return harness.make_pages(total, INSTRUMENTS, PAGE, _page)
 
 
 def chunks(pages: Sequence[CandleBatch]) -> list[list[CandleBatch]]:
@@ -69,20 +61,7 @@ def chunks(pages: Sequence[CandleBatch]) -> list[list[CandleBatch]]:
 
 async def run_writers(store: CandleStore, pages: Sequence[CandleBatch]) -> float:
     """Write ``pages`` with :data:`WRITERS` tasks draining a bounded queue; seconds taken."""
-    queue: asyncio.Queue[list[CandleBatch] | None] = asyncio.Queue(maxsize=4)
-
-    async def writer() -> None:
-        while (item := await queue.get()) is not None:
-            await store.write(item)
-
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(writer()) for _ in range(WRITERS)]
-    for chunk in chunks(pages):
-        await queue.put(chunk)
-    for _ in tasks:
-        await queue.put(None)
-    await asyncio.gather(*tasks)
-    return time.perf_counter() - started
+    return await harness.run_writers(store.write, pages, PAGES_PER_WRITE, WRITERS)
 
 
 async def plain_copy(dsn: str, schema: str, pages: Sequence[CandleBatch]) -> float:
@@ -119,18 +98,7 @@ def _frame(pages: Sequence[CandleBatch]) -> Any:
 
 def pandas_to_sql(dsn: str, schema: str, pages: Sequence[CandleBatch]) -> float:
     """The user's old way: ``to_sql(method='multi', chunksize=1000)`` through psycopg2."""
-    from sqlalchemy import create_engine
-
-    frame = _frame(pages)
-    engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        started = time.perf_counter()
-        frame.to_sql(
-            "ohlcv", engine, schema=schema, if_exists="append", index=False, method="multi", chunksize=1000
-        )
-        return time.perf_counter() - started
-    finally:
-        engine.dispose()
+    return harness.pandas_to_sql(_frame(pages), dsn, schema, "ohlcv")
 
 
 def row_per_commit(dsn: str, schema: str, pages: Sequence[CandleBatch]) -> float:
@@ -157,7 +125,7 @@ async def run(ctx: BenchContext) -> list[Table]:
     commit_n = 1_000 if ctx.quick else 5_000
     sqlite_n = 20_000 if ctx.quick else 200_000
     pages = make_pages(total)
-    halves = first_halves(pages)
+    halves = harness.first_halves(pages, _first_half)
     schema = f"bench_ingest_{uuid.uuid4().hex[:8]}"
     config = load_config(
         {"database": {"url": ctx.pg_url, "schema": schema}, "logging": {"file": None}, "start": "1d"}

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks import harness
 from benchmarks.bench_backfill import rate_limit_floor_s
 from benchmarks.harness import BenchContext, Row, Table, WriterCases, take_turns
 from data_collector.config import load_config
@@ -43,77 +44,49 @@ WEIGHT_LIMIT = 600
 LATENCY_MS = 30.0
 
 
+def _page(iid: int, first: int, n: int) -> TradeBatch:
+    ids = range(first, first + n)
+    trades = [
+        (i, T0 + 37 * i, 100.0 + (i % 977) / 100, 0.5 + i % 13, 3 * i, 3 * i + 2, i % 3 == 0) for i in ids
+    ]
+    return TradeBatch(
+        iid, trades, [TradeCoverage(ids[0], ids[-1] + 1, T0 + 37 * ids[0] + 1, T0 + 37 * ids[-1])]
+    )
+
+
+def _first_half(p: TradeBatch) -> TradeBatch:
+    half = list(p.trades[: len(p.trades) // 2])
+    return TradeBatch(
+        p.instrument_id, half, [TradeCoverage(half[0][0], half[-1][0] + 1, half[0][1] + 1, half[-1][1])]
+    )
+
+
 def make_pages(total: int) -> list[TradeBatch]:
     """``total`` trades over :data:`INSTRUMENTS` instruments, pages of :data:`PAGE` ids."""
-    per = max(PAGE, total // INSTRUMENTS)
-    pages: list[TradeBatch] = []
-    for iid in range(1, INSTRUMENTS + 1):
-        for first in range(0, per, PAGE):
-            ids = range(first, min(first + PAGE, per))
-            trades = [
-                (i, T0 + 37 * i, 100.0 + (i % 977) / 100, 0.5 + i % 13, 3 * i, 3 * i + 2, i % 3 == 0)
-                for i in ids
-            ]
-            cover = TradeCoverage(ids[0], ids[-1] + 1, T0 + 37 * ids[0] + 1, T0 + 37 * ids[-1])
-            pages.append(TradeBatch(iid, trades, [cover]))
-            if len(pages) * PAGE >= total:
-                return pages
-    return pages
+    return harness.make_pages(total, INSTRUMENTS, PAGE, _page)
 
 
 def first_halves(pages: Sequence[TradeBatch]) -> list[TradeBatch]:
-    out = []
-    for p in pages:
-        half = list(p.trades[: len(p.trades) // 2])
-        out.append(
-            TradeBatch(
-                p.instrument_id,
-                half,
-                [TradeCoverage(half[0][0], half[-1][0] + 1, half[0][1] + 1, half[-1][1])],
-            )
-        )
-    return out
+    return harness.first_halves(pages, _first_half)
 
 
 async def run_writers(store: PostgresCandleStore, pages: Sequence[TradeBatch]) -> float:
-    queue: asyncio.Queue[list[TradeBatch] | None] = asyncio.Queue(maxsize=4)
-
-    async def writer() -> None:
-        while (item := await queue.get()) is not None:
-            await store.write_trades(item)
-
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(writer()) for _ in range(WRITERS)]
-    for i in range(0, len(pages), PAGES_PER_WRITE):
-        await queue.put(list(pages[i : i + PAGES_PER_WRITE]))
-    for _ in tasks:
-        await queue.put(None)
-    await asyncio.gather(*tasks)
-    return time.perf_counter() - started
+    return await harness.run_writers(store.write_trades, pages, PAGES_PER_WRITE, WRITERS)
 
 
 def pandas_to_sql(dsn: str, schema: str, pages: Sequence[TradeBatch]) -> float:
     import pandas as pd
-    from sqlalchemy import create_engine
 
     frame = pd.DataFrame(
         [(p.instrument_id, *t) for p in pages for t in p.trades], columns=list(TRADE_COLUMNS)
     )
-    engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        started = time.perf_counter()
-        frame.to_sql(
-            "trades", engine, schema=schema, if_exists="append", index=False, method="multi", chunksize=1000
-        )
-        return time.perf_counter() - started
-    finally:
-        engine.dispose()
+    return harness.pandas_to_sql(frame, dsn, schema, "trades")
 
 
 async def ingest(ctx: BenchContext) -> Table:
     total = 200_000 if ctx.quick else 1_000_000
     pandas_n = 5_000 if ctx.quick else 20_000
-    pages, halves = make_pages(total), None
+    pages = make_pages(total)
     halves = first_halves(pages)
     schema = f"bench_trades_{uuid.uuid4().hex[:8]}"
     config = load_config({"database": {"url": ctx.pg_url, "schema": schema}, "logging": {"file": None}})
@@ -144,7 +117,9 @@ async def ingest(ctx: BenchContext) -> Table:
                 for i in range(0, len(records), WRITERS):
                     await asyncio.gather(
                         *(
-                            c.copy_records_to_table("trades", schema_name=schema, records=r)
+                            c.copy_records_to_table(
+                                "trades", schema_name=schema, records=r, columns=TRADE_COLUMNS
+                            )
                             for c, r in zip(conns, records[i : i + WRITERS], strict=False)
                         )
                     )
@@ -239,27 +214,13 @@ async def backfill(ctx: BenchContext) -> Table:
     cont = [r["weight"] / budget * 60.0 for r in runs]
     bound = [rate_limit_floor_s(r["weight"], r["t0"] % 60.0, budget) for r in runs]
     table.add(Row("floor: weight / budget", cont, "s", baseline=True, higher_is_better=False))
-    if any(bound):
-        table.add(Row("floor: minute boundaries (burst budget)", bound, "s", higher_is_better=False))
-    table.add(
-        Row(
-            "project collect(data_types=['trades'])",
-            [r["elapsed"] for r in runs],
-            "s",
-            higher_is_better=False,
-        )
-    )
+    harness.add_floor_rows(table, bound, runs, "project collect(data_types=['trades'])")
     r0 = runs[0]
     table.notes += [
         f"{r0['trades']:,} trades, {r0['pages']:,} aggTrades requests (weight 4 each), total weight {r0['weight']:,} "
         f"(with exchangeInfo, time, the listing and the id look-ups); 429s {sum(r['429'] for r in runs)}, "
         f"418s {sum(r['418'] for r in runs)}",
-        "elapsed / floor: "
-        + ", ".join(
-            f"{r['elapsed'] / c:.2f} (weight/budget)"
-            + (f", {r['elapsed'] / b:.2f} (boundaries)" if b else "")
-            for r, c, b in zip(runs, cont, bound, strict=True)
-        ),
+        harness.elapsed_over_floors(runs, cont, bound),
     ]
     return table
 

@@ -11,15 +11,17 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 PG_DSN = os.environ.get("DC_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 PG_URL = os.environ.get("DC_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("DC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+P = TypeVar("P")
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Table:
 class BenchContext:
     quick: bool
     repeats: int
+    #: A benchmark's named size (``--size``), for runs larger than the default; ``None``: default.
+    size: str | None = None
     pg_dsn: str = PG_DSN
     pg_url: str = PG_URL
     redis_url: str = REDIS_URL
@@ -147,14 +151,16 @@ def discover() -> dict[str, Any]:
     return found
 
 
-async def main_async(names: list[str], quick: bool, json_path: str | None, repeats: int | None) -> int:
+async def main_async(
+    names: list[str], quick: bool, json_path: str | None, repeats: int | None, size: str | None = None
+) -> int:
     modules = discover()
     unknown = [n for n in names if n not in modules]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(modules)}")
         return 2
     selected = names or list(modules)
-    ctx = BenchContext(quick=quick, repeats=repeats or 3)
+    ctx = BenchContext(quick=quick, repeats=repeats or 3, size=size)
     info = machine_info()
     print(
         f"# Benchmarks ({'quick' if quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
@@ -202,10 +208,13 @@ def run_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
     parser.add_argument("--json", dest="json_path", help="also write the results to this file")
     parser.add_argument("--repeats", type=int, default=None, help="runs per case (default 3)")
+    parser.add_argument(
+        "--size", default=None, help="a named larger size, e.g. archive's 'issue' (20 x 730 days)"
+    )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    return asyncio.run(main_async(args.names, args.quick, args.json_path, args.repeats))
+    return asyncio.run(main_async(args.names, args.quick, args.json_path, args.repeats, args.size))
 
 
 Timed = Callable[[], Awaitable[float]]
@@ -265,3 +274,79 @@ async def take_turns(table: Table, cases: list[Case], repeats: int, unit: str) -
             values[i].append(await fn())
     for (label, _, baseline, note), vals in zip(cases, values, strict=True):
         table.add(Row(label, vals, unit, baseline=baseline, note=note))
+
+
+def make_pages(total: int, instruments: int, page: int, build: Callable[[int, int, int], P]) -> list[P]:
+    """``total`` rows spread over ``instruments`` (ids from 1), as pages of up to ``page`` rows.
+
+    ``build(instrument_id, first, n)`` makes one page of ``n`` rows starting at row ``first`` of
+    its instrument; pages come instrument by instrument, in row order (what a backfill hands over).
+    """
+    per = max(page, total // instruments)
+    pages: list[P] = []
+    for iid in range(1, instruments + 1):
+        for first in range(0, per, page):
+            pages.append(build(iid, first, min(page, per - first)))
+            if len(pages) * page >= total:
+                return pages
+    return pages
+
+
+def first_halves(pages: Sequence[P], halve: Callable[[P], P]) -> list[P]:
+    """``halve`` of every page (its first half): what a half-present run finds already stored."""
+    return [halve(p) for p in pages]
+
+
+async def run_writers(
+    write: Callable[[list[P]], Awaitable[object]], pages: Sequence[P], per_write: int, writers: int
+) -> float:
+    """Hand ``pages`` to ``write``, ``per_write`` at a time, from ``writers`` tasks draining a bounded
+    queue (what the collector does); the seconds taken."""
+    queue: asyncio.Queue[list[P] | None] = asyncio.Queue(maxsize=4)
+
+    async def writer() -> None:
+        while (item := await queue.get()) is not None:
+            await write(item)
+
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(writer()) for _ in range(writers)]
+    for i in range(0, len(pages), per_write):
+        await queue.put(list(pages[i : i + per_write]))
+    for _ in tasks:
+        await queue.put(None)
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
+
+
+def elapsed_over_floors(
+    runs: Sequence[dict[str, Any]], floors: Sequence[float], bounds: Sequence[float]
+) -> str:
+    """The note comparing every run's ``elapsed`` with its weight / budget floor and, where there is
+    one, its minute-boundary floor."""
+    return "elapsed / floor: " + ", ".join(
+        f"{r['elapsed'] / f:.2f} (weight/budget)" + (f", {r['elapsed'] / b:.2f} (boundaries)" if b else "")
+        for r, f, b in zip(runs, floors, bounds, strict=True)
+    )
+
+
+def add_floor_rows(table: Table, bounds: Sequence[float], runs: Sequence[dict[str, Any]], label: str) -> None:
+    """The minute-boundary floor's row (when there is one) and the measured run's, in seconds."""
+    if any(bounds):
+        table.add(Row("floor: minute boundaries (burst budget)", list(bounds), "s", higher_is_better=False))
+    table.add(Row(label, [r["elapsed"] for r in runs], "s", higher_is_better=False))
+
+
+def pandas_to_sql(frame: Any, dsn: str, schema: str, table: str) -> float:
+    """The user's old way, the baseline: ``frame.to_sql(method='multi', chunksize=1000)`` through
+    psycopg2 into ``schema.table``; the seconds it took."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        started = time.perf_counter()
+        frame.to_sql(
+            table, engine, schema=schema, if_exists="append", index=False, method="multi", chunksize=1000
+        )
+        return time.perf_counter() - started
+    finally:
+        engine.dispose()

@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from data_collector.backfill import okx
 from data_collector.datatypes import DEFAULT_DATA_TYPES, validate_data_types
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
@@ -93,6 +94,9 @@ class ArchiveConfig(_Section):
     daily_lag_h: float = Field(default=12.0, ge=0)
     #: A month's file is asked for once this many days have passed since the month ended.
     monthly_lag_days: float = Field(default=7.0, ge=0)
+    #: Candles of each archive month (its first file in a run) compared with REST, at random, one
+    #: request each; a difference sends the file's range to REST and the report names it. 0: off.
+    cross_check: int = Field(default=0, ge=0, le=10_000)
 
 
 class ExchangeConfig(_Section):
@@ -130,13 +134,27 @@ class ExchangeConfig(_Section):
     #: and for any archive that fails verification; REST only on venues without archives).
     source: Literal["auto", "rest", "archive"] = "auto"
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    #: Requests per 2 s window of named endpoints (``market/history-candles: 10``), on venues
+    #: that count per endpoint (OKX), over the limits read from ccxt's table.
+    endpoint_limits: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _name_defaults_to_id(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("name") is None:
-            return {**data, "name": data.get("id", "binance")}
+            data = {**data, "name": data.get("id", "binance")}
+        if isinstance(data, dict) and okx.is_okx(str(data.get("id"))) and "ohlcv_page_limit" not in data:
+            # OKX answers newest first: a page is at most what one history-candles answer holds.
+            data = {**data, "ohlcv_page_limit": okx.PAGE_LIMIT}
         return data
+
+    @field_validator("endpoint_limits")
+    @classmethod
+    def _endpoint_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for endpoint, limit in value.items():
+            if limit < 1:
+                raise ValueError(f"{endpoint}: must allow at least 1 request per window")
+        return value
 
     @field_validator("id")
     @classmethod
@@ -159,6 +177,52 @@ class ExchangeConfig(_Section):
     def simulated(self) -> bool:
         """Whether :attr:`name` labels simulated data (``sim-...``)."""
         return is_simulated_venue(self.name)
+
+
+class VenueConfig(ExchangeConfig):
+    """One entry of ``venues``: an ``exchange`` section plus what to collect there.
+
+    ``symbols`` (exact names) are required; ``data_types`` and ``timeframes`` default to the
+    top-level ones; ``futures_exchange`` is the venue's perpetuals section (Binance; OKX serves
+    spot and swaps through one client). The venue has its own client, rate limiter and label.
+    Its ``id`` is checked against ccxt's by the backfill command (the streamer never imports ccxt).
+    """
+
+    symbols: list[str]
+    data_types: list[str] | None = None
+    timeframes: list[str] | None = None
+    futures_exchange: ExchangeConfig | None = None
+
+    @field_validator("symbols")
+    @classmethod
+    def _venue_symbols(cls, value: list[str]) -> list[str]:
+        return Config._symbols(value)
+
+    @field_validator("timeframes")
+    @classmethod
+    def _venue_timeframes(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else Config._timeframes(value)
+
+    @field_validator("data_types")
+    @classmethod
+    def _venue_data_types(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else Config._data_types(value)
+
+    @model_validator(mode="after")
+    def _types_the_venue_has(self) -> VenueConfig:
+        _check_venue_has(self.id, self.data_types or [])
+        return self
+
+
+def _check_venue_has(exchange_id: str, data_types: list[str]) -> None:
+    """Refuse data types the venue lacks (OKX: what :data:`okx.DATA_TYPES` lists), one line."""
+    if okx.is_okx(exchange_id):
+        lacking = [t for t in data_types if t not in okx.DATA_TYPES]
+        if lacking:
+            raise ValueError(
+                f"data_types: {', '.join(lacking)} not collected from {exchange_id} by this version; "
+                f"it collects {', '.join(okx.DATA_TYPES)}"
+            )
 
 
 def is_simulated_venue(name: str) -> bool:
@@ -267,6 +331,9 @@ class CacheConfig(_Section):
 
 
 class StreamingConfig(_Section):
+    #: ``native``: Binance's or OKX's own protocol; ``ccxt``: the generic ccxt.pro adapter (any
+    #: ccxt.pro exchange; an ``exchange.id`` with no native adapter uses it anyway).
+    adapter: Literal["native", "ccxt"] = "native"
     channels: list[str] = Field(default_factory=lambda: ["trade", "bookTicker", "kline_1m", "depth"])
     #: Redis stream length bound (``XADD MAXLEN ~``).
     stream_maxlen: int = Field(default=100_000, ge=1)
@@ -356,6 +423,9 @@ class Config(BaseSettings):
     #: The venue of perpetual symbols (``BTC/USDT:USDT``), with its own weight budget and label;
     #: ``None``: derived from ``exchange`` (see :meth:`futures_venue`).
     futures_exchange: ExchangeConfig | None = None
+    #: Several venues collected in one run, each with its own symbols, data types, client, rate
+    #: limiter and label (see :meth:`venue_configs`); empty: the one venue of ``exchange``.
+    venues: list[VenueConfig] = Field(default_factory=list)
     #: Exact symbols (``SOL/USDT``) and patterns (``*/USDT``), resolved at the start of each run.
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT"])
     universe: UniverseConfig = Field(default_factory=UniverseConfig)
@@ -460,6 +530,42 @@ class Config(BaseSettings):
             ohlcv_page_limit=FUTURES_PAGE_LIMIT,
             **{k: getattr(spot, k) for k in same},
         )
+
+    @model_validator(mode="after")
+    def _venue_labels_unique(self) -> Config:
+        labels = [v.name for v in self.venues]
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        if twice:
+            raise ValueError(f"venues: the label {twice[0]!r} is given twice; give each venue its own 'name'")
+        if not self.venues:
+            _check_venue_has(self.exchange.id, self.data_types)
+        return self
+
+    def venue_configs(self) -> list[tuple[str, Config]]:
+        """One config per venue, as a one-venue run reads it: ``(where, config)``.
+
+        With ``venues``, each entry becomes the ``exchange`` (and ``futures_exchange``) section,
+        with its ``symbols`` and its ``data_types`` and ``timeframes`` or the top-level ones;
+        without, the config itself (``exchange`` is the one-venue shorthand).
+        """
+        if not self.venues:
+            return [("exchange", self)]
+        out: list[tuple[str, Config]] = []
+        own = ("symbols", "data_types", "timeframes", "futures_exchange")
+        for i, venue in enumerate(self.venues):
+            config = self.model_copy(deep=True)
+            config.venues = []
+            section = venue.model_dump(exclude=set(own))
+            for secret in ("api_key", "secret"):
+                value = getattr(venue, secret)
+                section[secret] = value.get_secret_value() if value is not None else None
+            config.exchange = ExchangeConfig(**section)
+            config.futures_exchange = venue.futures_exchange
+            config.symbols = venue.symbols
+            config.data_types = venue.data_types or self.data_types
+            config.timeframes = venue.timeframes or self.timeframes
+            out.append((f"venues[{i}] ({venue.name})", config))
+        return out
 
     def start_ms(self, now_ms: int | None = None) -> int:
         return parse_time_ms(self.start, now_ms)

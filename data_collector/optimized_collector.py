@@ -56,6 +56,7 @@ from data_collector.errors import (
     UsageError,
 )
 from data_collector.markets import (
+    FUNDING_SERIES,
     candle_open_ms,
     is_perpetual_symbol,
     normalize_symbol,
@@ -64,7 +65,13 @@ from data_collector.markets import (
 )
 from data_collector.retrying import retry_policy
 from data_collector.storage import open_store
-from data_collector.storage.archive import ArchiveReport, ParquetArchive, load_ohlcv_tiers, load_trades_tiers
+from data_collector.storage.archive import (
+    ArchiveReport,
+    ParquetArchive,
+    load_ohlcv_tiers,
+    load_points_tiers,
+    load_trades_tiers,
+)
 from data_collector.storage.base import CandleBatch, Gap, Instrument
 from data_collector.storage.store import CandleStore
 
@@ -380,16 +387,29 @@ class OptimizedDataCollector:
         timeframe: str | None = None,
         start: TimeLike | None = None,
         end: TimeLike | None = None,
+        *,
+        restore: bool = False,
     ) -> CollectionReport:
         """Fetch every ``'missing'`` and ``'hole'`` gap of ``[start, end)`` (one timeframe, or all).
 
         Missing ranges (no coverage) are collected as any run would; holes (covered, yet candles
         are absent) are fetched again page by page and written (rows present are skipped).
-        Exchange-side gaps are not asked for again. Naive datetimes are UTC.
+        Exchange-side gaps are not asked for again. Naive datetimes are UTC. ``restore``: first
+        copy the ``'archived'`` ranges back from the Parquet tier into the database (coverage
+        ``'data'`` again; counted in ``rows_written``; the files stay, and a later ``archive
+        --prune`` moves them out again); without it archived ranges count as stored.
         """
         timeframes = [validate_timeframe(timeframe)] if timeframe is not None else None
-        report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        await self.initialize()
         start_ms, end_ms = self._resolve_range(start, end)
+        restored = 0
+        if restore:
+            archive, instrument = ParquetArchive.from_config(self.config), await self.instrument(symbol)
+            for tf in timeframes or self.config.timeframes:
+                restore_tf = partial(archive.restore_ohlcv, self.store, instrument, tf, start_ms, end_ms)
+                restored += await self._store_call(restore_tf)
+        report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
+        report.rows_written += restored
         instrument = await self.instrument(symbol)
         client = await self.client_for(instrument.symbol)
         limit = client.settings.ohlcv_page_limit if client.futures else self.config.exchange.ohlcv_page_limit
@@ -427,36 +447,38 @@ class OptimizedDataCollector:
         Columns: ``open, high, low, close, volume`` (float64); the index is a UTC
         ``DatetimeIndex`` named ``time`` (the candle's open time). Naive datetimes are UTC.
         ``price``: ``last`` (traded), or for a perpetual ``mark``, ``index`` or ``premium``.
-        Archived months (traded candles) are read from the Parquet tier (``archive.path``).
+        Archived months (every price type) are read from the Parquet tier (``archive.path``).
         """
         await self.initialize()
         key = series_key(timeframe, price)
         instrument = await self.instrument(symbol)
-        if price == "last":
-            archive = ParquetArchive.from_config(self.config)
-            load = partial(load_ohlcv_tiers, self.store, archive, instrument, key, to_ms(start), to_ms(end))
-            return await self._store_call(load)
-        return await self._store_call(
-            partial(self.store.load_frame, instrument.id, key, to_ms(start), to_ms(end))
-        )
+        archive = ParquetArchive.from_config(self.config)
+        load = partial(load_ohlcv_tiers, self.store, archive, instrument, key, to_ms(start), to_ms(end))
+        return await self._store_call(load)
 
     async def archive(self, older_than: TimeLike | None = None, *, prune: bool = False) -> ArchiveReport:
         """Move closed months before ``older_than`` to Parquet, verified; ``prune`` drops them (storage.archive)."""
         await self.initialize()
         cutoff = to_ms(older_than or self.config.archive.older_than)
         archive = ParquetArchive.from_config(self.config)
-        return await archive.archive(self.store, self.config.exchange.name, cutoff, prune=prune)
+        return await archive.archive(self.store, self.archive_venues(), cutoff, prune=prune)
+
+    def archive_venues(self) -> list[str]:
+        """The venue labels :meth:`archive` moves: the spot venue's and the perpetual venue's."""
+        return list(dict.fromkeys([self.config.exchange.name, self.config.futures_venue().name]))
 
     async def load_funding(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored funding rates of the perpetual ``symbol`` settled in ``[start, end)``.
 
         Columns: ``rate``, ``mark_price`` (float64); indexed by the UTC funding time (``time``).
+        Archived months are read from the Parquet tier.
         """
         await self.initialize()
-        instrument = await self.instrument(symbol)
-        return await self._store_call(
-            partial(self.store.load_funding_frame, instrument.id, to_ms(start), to_ms(end))
+        instrument, archive = await self.instrument(symbol), ParquetArchive.from_config(self.config)
+        load = partial(
+            load_points_tiers, self.store, archive, instrument, FUNDING_SERIES, to_ms(start), to_ms(end)
         )
+        return await self._store_call(load)
 
     async def load_trades(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Stored aggregate trades of ``[start, end)`` as a DataFrame indexed by UTC time.
@@ -474,18 +496,13 @@ class OptimizedDataCollector:
         self, symbol: str, period: str, start: TimeLike, end: TimeLike
     ) -> pd.DataFrame:
         """Stored open interest of the perpetual ``symbol`` at ``period`` (``5m`` … ``1d``) in
-        ``[start, end)``: columns ``amount`` and ``value`` (float64), indexed by UTC time."""
+        ``[start, end)``: columns ``amount`` and ``value`` (float64), indexed by UTC time.
+        Archived months are read from the Parquet tier."""
         await self.initialize()
-        instrument = await self.instrument(symbol)
-        return await self._store_call(
-            partial(
-                self.store.load_open_interest_frame,
-                instrument.id,
-                validate_timeframe(period),
-                to_ms(start),
-                to_ms(end),
-            )
-        )
+        instrument, archive = await self.instrument(symbol), ParquetArchive.from_config(self.config)
+        key = series_key(period, "oi")
+        load = partial(load_points_tiers, self.store, archive, instrument, key, to_ms(start), to_ms(end))
+        return await self._store_call(load)
 
     async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under ``database.command_timeout_s``, retrying transient failures.

@@ -26,6 +26,7 @@ from typing import Any
 
 from data_collector.config import Config, load_config
 from data_collector.errors import ClosedError, UsageError
+from data_collector.markets import is_perpetual
 from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
@@ -130,6 +131,9 @@ class OptimizedWebSocketStreamer:
             with each reconnect, gap, dropped entry and heartbeat as it happens.
         heartbeat: refresh ``<prefix>:heartbeat:streamer:<instance>`` (TTL ``metrics.heartbeat_ttl_s``)
             while running, for ``data_collector.health``; it never holds streaming back.
+        adapter: ``native`` (Binance's or OKX's own protocol) or ``ccxt`` (any ccxt.pro exchange
+            through ``watch_*_for_symbols``: slower, weaker guarantees, see README); default
+            ``streaming.adapter``. An ``exchange.id`` with no native adapter always uses ``ccxt``.
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
             index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
             It must not block.
@@ -154,9 +158,11 @@ class OptimizedWebSocketStreamer:
         heartbeat: bool = True,
         on_mark_price: Callable[[dict[str, Any]], None] | None = None,
         store_funding: bool | None = None,
+        adapter: str | None = None,
     ) -> None:
         cfg = load_config(config)
-        venue = stream_venue(cfg.exchange.id)
+        adapter = adapter or cfg.streaming.adapter
+        venue = stream_venue(cfg.exchange.id, adapter)
         self.config = cfg
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -190,6 +196,13 @@ class OptimizedWebSocketStreamer:
             ),
             heartbeat_ttl_s=cfg.metrics.heartbeat_ttl_s if heartbeat else None,
             instance=cfg.metrics.instance,
+            adapter=adapter,
+            ccxt_config={
+                "urls": cfg.exchange.urls,
+                "options": cfg.exchange.options,
+                "enableRateLimit": True,
+                "timeout": int(cfg.exchange.timeout_s * 1000),
+            },
         )
         self.metrics = StreamMetrics()
         self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)
@@ -205,6 +218,15 @@ class OptimizedWebSocketStreamer:
                 "markPrice@1s channel: add one to streaming.channels"
             )
         options.store_klines, options.store_funding = bool(store_candles), bool(store_funding)
+        market_type = venue.market_type
+        if venue.kind != "binance":  # one OKX or ccxt.pro streamer carries spot and swaps alike
+            perps = {is_perpetual(s) for s in options.symbols}
+            if store_candles and len(perps) > 1:
+                raise UsageError(
+                    "a streamer that stores candles streams spot symbols or perpetuals, not both: "
+                    "run one streamer for each (or set store_candles=False)"
+                )
+            market_type = "swap" if perps == {True} else "spot"
         sink = None
         if store_candles or store_funding:
             # Here, not at the top: a streamer that stores no candles never loads the storage code.
@@ -215,7 +237,7 @@ class OptimizedWebSocketStreamer:
                 self.metrics,
                 store=candle_store,
                 store_settings=StoreSettings.from_config(cfg) if candle_store is None else None,
-                market_type=venue.market_type,
+                market_type=market_type,
             )
         self._service = StreamService(options, endpoint, self.metrics, sink, on_mark_price)
         self._loop: asyncio.AbstractEventLoop | None = None

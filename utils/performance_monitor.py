@@ -138,6 +138,8 @@ class PerformanceMonitor:
         self._rows_written = 0
         self._ws_count = 0
         self._gaps = 0
+        #: Archive files (data.binance.vision) read: files, bytes, rows.
+        self._archive = [0, 0, 0]
         self._reconnects = 0
         self._dropped = 0
         self._queue_depth = 0
@@ -235,6 +237,13 @@ class PerformanceMonitor:
         if self.metrics is not None:
             self.metrics.gaps_found(n)
 
+    def record_archive_file(self, nbytes: int, rows: int) -> None:
+        """One archive file verified and its ``rows`` queued; ``nbytes`` the zip's size."""
+        with self._lock:
+            self._archive[0] += 1
+            self._archive[1] += nbytes
+            self._archive[2] += rows
+
     def record_reconnects(self, n: int = 1) -> None:
         """``n`` WebSocket reconnects of the streamer."""
         with self._lock:
@@ -314,6 +323,13 @@ class PerformanceMonitor:
                 "ws_messages": {"count": self._ws_count, "per_s": self._ws_count * per_s, "latency_ms": ws},
                 "timings_ms": {name: w.summary() for name, w in self._timers.items()},
                 "gaps_found": self._gaps,
+                "archive": {
+                    "files": self._archive[0],
+                    "bytes": self._archive[1],
+                    "rows": self._archive[2],
+                    "bytes_per_s": self._archive[1] * per_s,
+                    "rows_per_s": self._archive[2] * per_s,
+                },
                 "stream_reconnects": self._reconnects,
                 "stream_dropped": self._dropped,
                 "queue_depth": self._queue_depth,
@@ -356,6 +372,12 @@ class PerformanceMonitor:
             f"  DB operations: {db['per_s']:.2f} ops/s ({db['count']:,} total, {db['rows']:,} rows)",
             f"  WS messages: {ws['per_s']:.2f} msg/s ({ws['count']:,} total)",
         ]
+        archive = s["archive"]
+        if archive["files"]:
+            lines.append(
+                f"  Archive files: {archive['bytes_per_s'] / 1e6:,.2f} MB/s, {archive['rows_per_s']:,.0f} rows/s "
+                f"({archive['files']:,} files, {archive['bytes'] / 1e6:,.1f} MB, {archive['rows']:,} rows)"
+            )
         for title, latency in (("API calls", api["latency_ms"]), ("DB operations", db["latency_ms"])):
             lines += ["", f"Latency ({title}):"]
             lines += [f"  {label}: {_ms(latency[key])}" for label, key in _LATENCY_ROWS]

@@ -14,6 +14,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from data_collector.backfill.archive_cross_check import CrossCheck
 from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
 from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
 from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, pages
@@ -21,13 +24,21 @@ from data_collector.backfill.report import PairReport
 from data_collector.config import Config
 from data_collector.errors import PermanentError
 from data_collector.markets import DAY_MS, HOUR_MS, TIMEFRAME_MS
-from data_collector.storage.base import Candle, CandleBatch, Instrument
+from data_collector.storage.base import CandleBatch, Instrument
+from data_collector.storage.candle_columns import CandleColumns
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun
 
 log = logging.getLogger(__name__)
 
+#: The directory of each price's klines in the USDⓈ-M futures tree (spot's tree has ``last`` only).
+UM_KLINE_KINDS = {
+    "last": "klines",
+    "mark": "markPriceKlines",
+    "index": "indexPriceKlines",
+    "premium": "premiumIndexKlines",
+}
 #: Binance's archive tree.
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 #: Candles per queued batch: the write queue and the writers hold batches of this size (a month
@@ -48,6 +59,7 @@ class ArchiveSource:
         self.files: dict[str, list[ArchiveFile]] = {}
         #: Why the archive is not used any more in this run (it was unreachable), once known.
         self.down: str | None = None
+        self.cross_check = CrossCheck(0)
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSource | None:
@@ -57,24 +69,29 @@ class ArchiveSource:
             return None
         a = ex.archive
         settings = ArchiveSettings(url, a.verify, a.downloads_in_flight, a.timeout_s)
-        return cls(
+        source = cls(
             settings,
             only=ex.source == "archive",
             daily_lag_ms=int(a.daily_lag_h * HOUR_MS),
             monthly_lag_ms=int(a.monthly_lag_days * DAY_MS),
         )
+        source.cross_check = CrossCheck(a.cross_check)
+        return source
 
     async def close(self) -> None:
         await self.client.close()
 
     def split(self, instrument: Instrument, plan: BackfillPlan, now_ms: int, limit: int) -> None:
         """Take the published whole days and months of ``plan`` for files; its pages keep the rest."""
-        if instrument.market_type != "spot" or not archive_timeframe(plan.timeframe):
+        spot = instrument.market_type == "spot"
+        if (spot and plan.price != "last") or plan.price not in UM_KLINE_KINDS:
+            return
+        if not archive_timeframe(plan.timeframe):
             return
         files, rest = split_for_archives(
             plan.missing, now_ms, daily_lag_ms=self.daily_lag_ms, monthly_lag_ms=self.monthly_lag_ms
         )
-        self.files[f"{plan.symbol} {plan.timeframe}"] = files
+        self.files[f"{plan.symbol} {plan.key}"] = files
         plan.pages = [p for r in rest for p in pages(r, plan.timeframe, limit)]
 
     async def ingest(
@@ -86,7 +103,8 @@ class ArchiveSource:
             PermanentError: ``source: archive`` and a file could not be used.
         """
         files = self.files.pop(pair.key, [])
-        exchange_symbol = instrument.symbol.replace("/", "")
+        exchange_symbol = archive_symbol(instrument.symbol)
+        kind = "" if instrument.market_type == "spot" else UM_KLINE_KINDS[plan.price]
         fallback: list[Range] = []
         notes: list[str] = []
 
@@ -99,18 +117,26 @@ class ArchiveSource:
                 try:
                     if self.down is not None:
                         raise ArchiveFailure(self.down, retry=False)
-                    candles = await self.client.klines(exchange_symbol, plan.timeframe, file)
+                    sizes: list[int] = []
+                    candles = await self.client.klines(
+                        exchange_symbol, plan.timeframe, file, kind, sizes=sizes
+                    )
                     _check(candles, file, plan.timeframe)
+                    if self.cross_check.wanted(pair.key, file):
+                        await self.cross_check.compare(await run.owner.client_for(plan.symbol), plan, candles)
                 except ArchiveFailure as failure:
                     notes.append(self._failed(run, pair, file, failure))
                     fallback.append((file.start_ms, file.end_ms))
                     return
+                pair.archive_bytes += sum(sizes)
+                run.owner.monitor.record_archive_file(sum(sizes), len(candles))
                 await self._queue(run, instrument, plan, pair, file, candles)
 
         # Files of one pair in flight together; the client's slots bound them over all pairs.
         async with asyncio.TaskGroup() as group:
             for file in files:
                 group.create_task(one(file))
+        run.report.archive_cross_checked = self.cross_check.compared
         if fallback and self.only and not run.owner._stop.is_set():
             raise PermanentError(
                 f"{len(fallback)} archive file(s) unusable and source is 'archive': {notes[0]}"
@@ -135,30 +161,39 @@ class ArchiveSource:
         plan: BackfillPlan,
         pair: PairReport,
         file: ArchiveFile,
-        candles: list[Candle],
+        candles: CandleColumns,
     ) -> None:
         bounds = [
             file.start_ms,
-            *(candles[i][0] for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
+            *(int(candles.ts[i]) for i in range(BATCH_CANDLES, len(candles), BATCH_CANDLES)),
             file.end_ms,
         ]
         for n, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
             chunk = candles[n * BATCH_CANDLES : (n + 1) * BATCH_CANDLES]
             # A file proves its whole range: no cap, so a short tail is recorded as empty.
             coverage = page_coverage((start, end), chunk, plan.timeframe, cap=len(chunk) + 1)
-            await run.queue.put((CandleBatch(instrument.id, plan.timeframe, chunk, coverage), pair))
+            await run.queue.put((CandleBatch(instrument.id, plan.key, chunk, coverage), pair))
         pair.candles_fetched += len(candles)
+        pair.archive_rows += len(candles)
         run.report.archive_files += 1
         run.report.archive_bytes = self.client.bytes
         run._progress(pair)
 
 
-def _check(candles: list[Candle], file: ArchiveFile, timeframe: str) -> None:
+def archive_symbol(symbol: str) -> str:
+    """The archive's name of a unified symbol: ``BTC/USDT`` and ``BTC/USDT:USDT`` are ``BTCUSDT``."""
+    return symbol.partition(":")[0].replace("/", "")
+
+
+def _check(candles: CandleColumns, file: ArchiveFile, timeframe: str) -> None:
     """Rows sorted, on the timeframe's grid and inside the file's range, or the file is not used."""
+    ts = candles.ts
+    if not len(ts):
+        return
     step = TIMEFRAME_MS[timeframe]
-    prev = file.start_ms - step
-    for c in candles:
-        ts = c[0]
-        if ts <= prev or ts >= file.end_ms or ts % step:
-            raise ArchiveFailure(f"row at {ts} out of order or outside the file")
-        prev = ts
+    bad = np.flatnonzero(ts % step)
+    if not len(bad):
+        bad = np.flatnonzero(np.diff(ts) <= 0) + 1
+    if len(bad) or ts[0] < file.start_ms or ts[-1] >= file.end_ms:
+        at = int(ts[bad[0]]) if len(bad) else int(ts[0] if ts[0] < file.start_ms else ts[-1])
+        raise ArchiveFailure(f"row at {at} out of order or outside the file")

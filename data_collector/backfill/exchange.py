@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
 
+from data_collector.backfill import okx
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.backfill.plan import Range
 from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
@@ -60,6 +61,8 @@ def futures_kline_weight(limit: int) -> int:
 _reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
     "dc_reservation", default=None
 )
+#: The endpoint of the request in flight in this task (per-endpoint window mode).
+_endpoint: contextvars.ContextVar[str | None] = contextvars.ContextVar("dc_endpoint", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +92,15 @@ class ExchangeSettings:
     requests_in_flight: int = 32
     #: The config section these settings come from, for messages.
     section: str = "exchange"
+    #: Requests per 2 s window of named endpoints, over the venue's own (OKX: from ccxt's table).
+    endpoint_limits: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> ExchangeSettings:
         ex = config.exchange
         same = ("id", "urls", "options", "timeout_s", "max_retries", "ohlcv_page_limit")
         return cls(
-            **pick(ex, *same, "weight_limit", "rate_limit_margin"),
+            **pick(ex, *same, "weight_limit", "rate_limit_margin", "endpoint_limits"),
             **pick(config.performance, "requests_in_flight", requests_per_min="api_rate_limit"),
             api_key=ex.api_key.get_secret_value() if ex.api_key is not None else None,
             secret=ex.secret.get_secret_value() if ex.secret is not None else None,
@@ -139,6 +144,8 @@ class ExchangeClient:
         self.monitor = monitor
         self._clock = clock
         self.weight_mode = settings.id in BINANCE_LIKE or settings.weight_limit is not None
+        #: Paced per endpoint over 2 s windows (OKX), request by request in ccxt's ``fetch2``.
+        self.window_mode = okx.is_okx(settings.id) and settings.weight_limit is None
         #: A futures venue: klines weigh by their limit.
         self.futures = settings.id == "binanceusdm" or settings.options.get("defaultType") in (
             "swap",
@@ -202,9 +209,33 @@ class ExchangeClient:
             # and validate_trades check them.
             exchange.parse_ohlcvs = raw_kline_rows
             exchange.parse_trades = raw_trade_rows
-        if not self.weight_mode:
+        if self.window_mode:
+            limits = {**okx.endpoint_limits(exchange, self.limiter.window_s), **self.settings.endpoint_limits}
+            self.limiter.set_endpoint_limits(limits)
+            exchange.fetch2 = self._paced_fetch2(exchange.fetch2)
+        elif not self.weight_mode:
             self.limiter.fallback_interval_s = float(getattr(exchange, "rateLimit", 0) or 0) / 1000.0
         return exchange
+
+    def _paced_fetch2(self, fetch2: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """ccxt's ``fetch2`` behind the limiter's window of its endpoint (every HTTP request of a
+        ccxt call, ``load_markets``' several included, waits for its own endpoint's window)."""
+
+        async def paced(
+            path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
+        ) -> Any:
+            await self.limiter.acquire_endpoint(path)
+            token = _endpoint.set(path)
+            try:
+                # The in-flight bound and the timeout start once the window lets it go: a page
+                # waiting for a full endpoint holds no slot another endpoint could use, and its
+                # wait (several windows when many pages queue) is never taken for a stall.
+                async with self._in_flight, asyncio.timeout(self._call_timeout_s()):
+                    return await fetch2(path, api, method, params if params is not None else {}, config or {})
+            finally:
+                _endpoint.reset(token)
+
+        return paced
 
     def _on_rest_response(
         self,
@@ -220,6 +251,10 @@ class ExchangeClient:
         reservation = _reservation.get()
         if code == 429:
             self.stats.http_429 += 1
+            endpoint = _endpoint.get()
+            if endpoint is not None and self.limiter.window_mode:
+                log.warning("%s answered 429 on %s: that endpoint pauses one window", self.id, endpoint)
+                self.limiter.pause_endpoint(endpoint)
         elif code == 418:
             self.stats.http_418 += 1
         self.limiter.observe_headers(
@@ -320,6 +355,12 @@ class ExchangeClient:
             ConfigError: the limit is above the maximum for ``symbol``'s market.
         """
         limit = self.settings.ohlcv_page_limit
+        if okx.is_okx(self.id) and limit > okx.PAGE_LIMIT:
+            raise ConfigError(
+                f"{self.settings.section}.ohlcv_page_limit: {limit} is above {okx.PAGE_LIMIT}, the most candles "
+                f"one OKX history-candles answer holds (OKX answers newest first, so a larger page would "
+                f"lose its start); set it to {okx.PAGE_LIMIT} or less"
+            )
         maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
         if isinstance(maximum, int) and 0 < maximum < limit:
             raise ConfigError(
@@ -343,21 +384,30 @@ class ExchangeClient:
         )
         async for attempt in policy:
             with attempt:
+                if self.window_mode:  # bounded request by request in ``fetch2``
+                    return await self._one(fn, args, kwargs, weight, None)
                 async with self._in_flight:
                     return await self._one(fn, args, kwargs, weight, timeout_s)
         raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
+    def _call_timeout_s(self) -> float:
+        """The bound on one call from outside ccxt (which has its own ``timeout``)."""
+        return self.settings.timeout_s * 1.5 + 1.0
+
     async def _one(
-        self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float
+        self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, weight: int, timeout_s: float | None
     ) -> T:
-        reservation = await self.limiter.acquire(weight if self.weight_mode else 1)
+        # In window mode every HTTP request waits for its endpoint's window in ``fetch2``.
+        reservation = (
+            None if self.window_mode else await self.limiter.acquire(weight if self.weight_mode else 1)
+        )
         token = _reservation.set(reservation)
         started = time.perf_counter()
         status: int | None = None
         ok = False
         try:
             self.stats.requests += 1
-            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
+            async with asyncio.timeout(None if timeout_s is None else self._call_timeout_s()):
                 result = await fn(*args, **kwargs)
             ok = True
         except TimeoutError:
@@ -365,6 +415,8 @@ class ExchangeClient:
             raise
         except ccxt.DDoSProtection as exc:
             status = http_status_of(exc)
+            if self.window_mode:
+                raise  # the endpoint's gate is closed (``_on_rest_response``); the others go on
             log.warning("%s answered %s: every request pauses (Retry-After)", self.id, status)
             if self.limiter.gate_open_in_s <= 0:
                 # No Retry-After header: back off for the rest of the minute.
@@ -372,11 +424,12 @@ class ExchangeClient:
             raise
         finally:
             _reservation.reset(token)
-            self.limiter.release(reservation)
+            if reservation is not None:
+                self.limiter.release(reservation)
             if self.monitor is not None:
                 self.monitor.record_api_call((time.perf_counter() - started) * 1000, ok, status=status)
                 limiter = self.limiter
-                if limiter.weight_limit is not None:
+                if limiter.weight_limit is not None and reservation is not None:
                     self.monitor.record_request_weight(
                         reservation.weight,
                         limiter.used_weight,
@@ -426,7 +479,13 @@ class ExchangeClient:
         return await self.call(fetch, weight=self.kline_weight(limit))
 
     async def first_candle_ms(self, symbol: str, timeframe: str = "1m") -> int | None:
-        """The open time of the exchange's first candle of ``symbol`` (its listing), if any."""
+        """The open time of the exchange's first candle of ``symbol`` (its listing), if any.
+
+        OKX gives it in the instrument (``listTime``) and answers ``since=0`` with nothing, so
+        it is read from the loaded markets there, without a request.
+        """
+        if okx.is_okx(self.id):
+            return okx.listing_ms(self.markets.get(symbol))
 
         async def fetch() -> int | None:
             rows = await self.exchange.fetch_ohlcv(symbol, timeframe, since=0, limit=1)

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
+from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.validate import MalformedPageError, validate_funding
 from data_collector.datatypes import FUNDING_RATES
 from data_collector.markets import FUNDING_SERIES
+from data_collector.storage.base import Instrument
 from data_collector.storage.funding import FundingBatch, FundingRate
 from data_collector.storage.ranges import Span, subtract_spans
+
+if TYPE_CHECKING:
+    from data_collector.backfill.run import BackfillRun
 
 #: Binance's most settlements per ``fundingRate`` answer.
 FUNDING_PAGE_LIMIT = 1000
@@ -38,8 +44,10 @@ async def fetch_funding_page(
 
     async def fetch() -> list[FundingRate]:
         try:
+            # OKX: ``after`` bounds the newest-first answer (ccxt would pass ``until`` through).
+            params = {"after": end_ms} if okx.is_okx(client.id) else {"until": end_ms - 1}
             rows = await client.exchange.fetch_funding_rate_history(
-                symbol, since=start_ms, limit=limit, params={"until": end_ms - 1}
+                symbol, since=start_ms, limit=limit, params=params
             )
             return validate_funding(rows, start_ms, end_ms)
         except (TypeError, ValueError, KeyError, IndexError, MalformedPageError) as exc:
@@ -65,6 +73,11 @@ class FundingPair(PairFetch):
     data_type = FUNDING_RATES
     page_limit = FUNDING_PAGE_LIMIT
 
+    def __init__(self, run: BackfillRun, client: ExchangeClient, instrument: Instrument) -> None:
+        super().__init__(run, client, instrument)
+        if okx.is_okx(client.id):
+            self.limit = okx.FUNDING_PAGE_LIMIT
+
     async def _run(self) -> None:
         run = self.run
         covered = await run.owner._store_call(partial(run.store.coverage, self.instrument.id, FUNDING_SERIES))
@@ -87,7 +100,10 @@ class FundingPair(PairFetch):
         rates = await self._answer(request, page, todo)
         if rates is None:
             return False
-        proven, rest = funding_page_coverage(page, rates, self.limit)
+        if okx.is_okx(self.client.id):
+            proven, rest = okx.funding_page_span(page, [r[0] for r in rates], self.limit)
+        else:
+            proven, rest = funding_page_coverage(page, rates, self.limit)
         if rest is not None:
             todo.append(rest)
             self.pair.pages_planned += 1

@@ -30,6 +30,9 @@ class CollectorMonitor(Protocol):
     def record_gaps(self, n: int = 1) -> None:
         """``n`` gaps found."""
 
+    def record_archive_file(self, nbytes: int, rows: int) -> None:
+        """One archive file verified and its ``rows`` queued; ``nbytes`` the zip's size."""
+
     def set_queue_depth(self, depth: int) -> None:
         """Batches waiting for the writers."""
 

@@ -10,6 +10,12 @@ Two modes:
   count is reconciled into ours (the larger wins), so other users of the same IP are accounted for.
 * **Leaky bucket** (exchanges without weight headers): one request every ``fallback_interval_s``
   times its cost, ccxt's ``rateLimit`` semantics.
+* **Per-endpoint windows** (OKX: N requests per 2 s per endpoint, no header): with
+  ``endpoint_limits``, a request names its endpoint and waits until fewer than the endpoint's N
+  were sent in the last ``window_s`` (plus ``boundary_guard_s``, so a request that reaches the
+  server a little late never lands in the same server window as N others). Each endpoint has its
+  own queue: history candles waiting for their window never hold up the trades endpoint. A 429
+  there closes that endpoint's gate for one window (:meth:`pause_endpoint`).
 
 In both modes a sliding 60 s window caps the number of requests at ``requests_per_min``
 (``performance.api_rate_limit``), and a 429's ``Retry-After`` closes one shared gate so every task
@@ -71,6 +77,9 @@ class RateLimiter:
             ``rateLimit`` / 1000).
         boundary_guard_s: extra wait after a server minute boundary, to absorb the error of the
             measured clock offset.
+        endpoint_limits: requests per ``window_s`` per endpoint (per-endpoint window mode; an
+            endpoint not listed gets the smallest limit listed); ``None``: the modes above.
+        window_s: the length of an endpoint's window (OKX: 2 s).
         clock: wall clock in seconds (``time.time``); the server's clock is ``clock() + offset``.
         sleep: ``asyncio.sleep`` or a test double.
     """
@@ -79,6 +88,8 @@ class RateLimiter:
         self,
         *,
         requests_per_min: int | None = None,
+        endpoint_limits: Mapping[str, int] | None = None,
+        window_s: float = 2.0,
         weight_per_min: int | None = None,
         safety_margin: float = 0.01,
         fallback_interval_s: float = 0.0,
@@ -111,6 +122,82 @@ class RateLimiter:
         self._bucket_free_at = 0.0
         self._lock = asyncio.Lock()
         self.stats = LimiterStats()
+        if window_s <= 0:
+            raise UsageError("window_s must be positive")
+        self.window_s = window_s
+        self.endpoint_limits: dict[str, int] | None = None
+        self._windows: dict[str, _Window] = {}
+        if endpoint_limits is not None:
+            self.set_endpoint_limits(endpoint_limits)
+
+    def set_endpoint_limits(self, endpoint_limits: Mapping[str, int]) -> None:
+        """Switch to per-endpoint window mode with these requests per window."""
+        if not endpoint_limits or min(endpoint_limits.values()) < 1:
+            raise UsageError("endpoint_limits must give each endpoint at least 1 request per window")
+        self.endpoint_limits = dict(endpoint_limits)
+        self._windows.clear()
+
+    @property
+    def window_mode(self) -> bool:
+        """Whether requests are paced per endpoint (``endpoint_limits``)."""
+        return self.endpoint_limits is not None
+
+    def _window(self, endpoint: str) -> _Window:
+        window = self._windows.get(endpoint)
+        if window is None:
+            limits = self.endpoint_limits or {}
+            limit = limits.get(endpoint, min(limits.values(), default=1))
+            window = self._windows[endpoint] = _Window(limit)
+        return window
+
+    async def acquire_endpoint(self, endpoint: str) -> Reservation:
+        """Wait until one request to ``endpoint`` may be sent (window mode), and reserve it.
+
+        The requests of one endpoint are served in order; other endpoints do not wait for it.
+        The ``requests_per_min`` cap and the shared gate apply as in the other modes.
+        """
+        window = self._window(endpoint)
+        async with window.lock:
+            while True:
+                now = self._clock()
+                while window.sent and window.sent[0] <= now - self.window_s - self.boundary_guard_s:
+                    window.sent.popleft()
+                wait = max(0.0, self._gate_until - now, window.gate_until - now)
+                if len(window.sent) >= window.limit:
+                    wait = max(wait, window.sent[0] + self.window_s + self.boundary_guard_s - now)
+                if self.requests_per_min is not None:
+                    while self._sent and self._sent[0] <= now - MINUTE_S:
+                        self._sent.popleft()
+                    if len(self._sent) >= self.requests_per_min:
+                        wait = max(wait, self._sent[0] + MINUTE_S - now)
+                if wait <= 0:
+                    break
+                self.stats.waits += 1
+                self.stats.waited_s += wait
+                await self._sleep(wait)
+            window.sent.append(now)
+            if self.requests_per_min is not None:
+                self._sent.append(now)
+            self.stats.requests += 1
+            self.stats.weight += 1
+            reservation = Reservation(rid=self._next_id, weight=1, minute=self._minute, sent_at=now)
+            self._next_id += 1
+            return reservation
+
+    def pause_endpoint(self, endpoint: str, seconds: float | None = None) -> None:
+        """Close ``endpoint``'s gate for ``seconds`` (default: one window): its 429 without a
+        ``Retry-After``. A window later the server's count has started again."""
+        window = self._window(endpoint)
+        now = self._clock()
+        if now >= window.gate_until and window.limit > 1:
+            # The server allows fewer than we thought (another client on the IP, a lower tier):
+            # the first 429 of a window halves the endpoint's N for the rest of the run, so a
+            # wrong limit costs one window of 429s, not one per window.
+            window.limit = max(1, window.limit // 2)
+        until = now + (self.window_s + self.boundary_guard_s if seconds is None else max(0.0, seconds))
+        if until > window.gate_until:
+            window.gate_until = until
+            self.stats.gate_closures += 1
 
     @property
     def weight_limit(self) -> int | None:
@@ -252,6 +339,18 @@ class RateLimiter:
     @property
     def gate_open_in_s(self) -> float:
         return max(0.0, self._gate_until - self._clock())
+
+
+class _Window:
+    """One endpoint's window: its limit, the send times in it, its gate and its queue."""
+
+    __slots__ = ("gate_until", "limit", "lock", "sent")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent: deque[float] = deque()
+        self.gate_until = 0.0
+        self.lock = asyncio.Lock()
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -24,6 +24,9 @@ class PairReport:
     gaps_found: int = 0
     exchange_gaps: int = 0
     trades_fetched: int = 0
+    #: Of ``candles_fetched``, the rows read from archive files, and those files' bytes.
+    archive_rows: int = 0
+    archive_bytes: int = 0
     error: str | None = None
 
     @property
@@ -55,6 +58,8 @@ class CollectionReport:
     archive_files: int = 0
     archive_bytes: int = 0
     archive_fallbacks: list[str] = field(default_factory=list)
+    #: Archive candles compared with REST (``exchange.archive.cross_check``).
+    archive_cross_checked: int = 0
 
     @property
     def failures(self) -> dict[str, str]:
@@ -102,6 +107,7 @@ class CollectionReport:
             "weight_used",
             "archive_files",
             "archive_bytes",
+            "archive_cross_checked",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.elapsed_s += other.elapsed_s
@@ -135,6 +141,11 @@ class CollectionReport:
                 f"  archive files {self.archive_files:,} ({self.archive_bytes / 1e6:,.1f} MB, "
                 f"{self.archive_bytes / 1e6 / max(self.elapsed_s, 1e-9):,.1f} MB/s), "
                 f"fallbacks {len(self.archive_fallbacks)}"
+                + (
+                    f", candles cross-checked with REST {self.archive_cross_checked:,}"
+                    if self.archive_cross_checked
+                    else ""
+                )
             )
             lines.extend(f"  archive fallback {note}" for note in self.archive_fallbacks)
         for key, reason in sorted(self.failures.items()):

@@ -19,9 +19,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from data_collector.backfill import okx
 from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
+from data_collector.backfill.okx_trades import OkxTradePair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
 from data_collector.backfill.pair_run import drain_pages
 from data_collector.backfill.plan import (
@@ -208,7 +210,8 @@ class BackfillRun:
                 for plan in plans:
                     pairs.create_task(self._pair(client, instrument, plan))
                 if TRADES in keys:
-                    pairs.create_task(TradePair(self, client, instrument).execute())
+                    trades = OkxTradePair if okx.is_okx(client.id) else TradePair
+                    pairs.create_task(trades(self, client, instrument).execute())
                 if FUNDING_RATES in keys:
                     pairs.create_task(FundingPair(self, client, instrument).execute())
 
@@ -241,7 +244,7 @@ class BackfillRun:
             delisting_ms=delisted_at(client.markets.get(symbol)),
         )
         plan.price = price
-        if self.archives is not None and price == "last" and not client.futures:
+        if self.archives is not None and price != "oi":
             self.archives.split(instrument, plan, client.server_now_ms(), self._page_limit(client, price))
         pair = self.report.pair(symbol, key)
         pair.pages_planned = len(plan.pages)

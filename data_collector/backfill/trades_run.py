@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from data_collector.backfill.archive_trades import archive_trade_spans
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.trades_fetch import TRADES_PAGE_LIMIT, fetch_trades_from, first_id_at
 from data_collector.backfill.trades_plan import (
@@ -39,8 +40,11 @@ class TradePair(PairFetch):
     async def _run(self) -> None:
         run = self.run
         covered = await run.owner._store_call(partial(run.store.trade_coverage, self.instrument.id))
-        end_ms = min(run.end_ms, self.client.server_now_ms() - SETTLE_MS)
+        now_ms = self.client.server_now_ms()
+        end_ms = min(run.end_ms, now_ms - SETTLE_MS)
         spans = plan_trade_spans(run.start_ms, end_ms, covered)
+        if run.archives is not None:
+            spans = await archive_trade_spans(self, spans, now_ms)
         self.pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
         for span in spans:
             if self._stopping():

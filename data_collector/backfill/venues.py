@@ -5,6 +5,10 @@ venue has its own :class:`ExchangeClient` and hence its own rate limiter. The fu
 opened on first use (a spot-only run never connects to it), from ``futures_exchange`` or what
 :meth:`~data_collector.config.Config.futures_venue` derives. Each venue has its own label
 (``instruments.exchange``): a perpetual's rows never pass for a spot pair's.
+
+OKX is one API for spot and swaps, with one set of per-endpoint limits: its perpetuals go
+through the spot client (one limiter) and carry its label (the symbols, ``BTC/USDT`` and
+``BTC/USDT:USDT``, keep them apart), unless a ``futures_exchange`` section says otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
+from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.config import Config, with_exchange
@@ -42,6 +47,8 @@ class Venues:
         self.futures: ExchangeClient | None = futures
         self._futures_opened = False
         self._lock = asyncio.Lock()
+        #: One client (and label) for spot and perpetuals: a venue with one API for both (OKX).
+        self.one_client = okx.is_okx(config.exchange.id) and config.futures_exchange is None
 
     async def open_spot(self) -> ExchangeClient:
         if self.spot is None:
@@ -75,11 +82,15 @@ class Venues:
 
     async def client_for(self, symbol: str) -> ExchangeClient:
         """The client of ``symbol``'s venue, opened."""
-        return await self.open_futures() if is_perpetual_symbol(symbol) else await self.open_spot()
+        if is_perpetual_symbol(symbol) and not self.one_client:
+            return await self.open_futures()
+        return await self.open_spot()
 
     def label(self, symbol: str) -> str:
         """The venue label rows of ``symbol`` carry."""
-        return self.config.futures_venue().name if is_perpetual_symbol(symbol) else self.config.exchange.name
+        if is_perpetual_symbol(symbol) and not self.one_client:
+            return self.config.futures_venue().name
+        return self.config.exchange.name
 
     def opened(self) -> list[ExchangeClient]:
         """The clients open now (for request figures)."""

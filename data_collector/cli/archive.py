@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     )
     parser.add_argument("--prune", action="store_true", help="delete verified months from PostgreSQL")
     parser.add_argument("--path", help="the dataset's directory (default: archive.path)")
-    parser.add_argument("--venue", help="venue label (default: exchange.name)")
+    parser.add_argument(
+        "--venue",
+        help="venue label (default: exchange.name and the perpetual venue's, futures_exchange.name)",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,9 +54,8 @@ async def run_archive(config: Config, args: argparse.Namespace) -> ArchiveReport
     cutoff = cutoff_ms(args.older_than or config.archive.older_than)  # before anything is opened
     archive = ParquetArchive(settings)
     async with open_store(config) as store:
-        return await archive.archive_ohlcv(
-            store, args.venue or config.exchange.name, cutoff, prune=args.prune
-        )
+        venues = [args.venue] if args.venue else [config.exchange.name, config.futures_venue().name]
+        return await archive.archive_ohlcv(store, list(dict.fromkeys(venues)), cutoff, prune=args.prune)
 
 
 def main(argv: list[str] | None = None, prog: str = "data-collector archive") -> int:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
+from data_collector.backfill.multi_venue import MultiVenueCollector
 from data_collector.backfill.report import CollectionReport
 from data_collector.cli.exits import (
     EXIT_FAILED,
@@ -60,10 +61,15 @@ async def run_collection(
     """Collect the configured symbols, timeframes and range; print the summary; return the exit code.
 
     Errors that the user can act on are printed as one line on stderr (never a traceback).
+    With ``venues`` in the config, every venue is collected concurrently (``after`` is not called).
     """
     out = stream or sys.stdout
     display = make_progress(out)
-    collector = OptimizedDataCollector(config, progress=display)
+    collector: OptimizedDataCollector | MultiVenueCollector = (
+        MultiVenueCollector(config, progress=display)
+        if config.venues
+        else OptimizedDataCollector(config, progress=display)
+    )
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals_seen = 0
@@ -101,7 +107,7 @@ async def run_collection(
             log_outcome(report.summary(), logging.INFO if report.ok else logging.WARNING)
             if monitor:
                 _print_monitor_summary(collector, out)
-            if after is not None:
+            if after is not None and isinstance(collector, OptimizedDataCollector):
                 await after(collector, report)
             return exit_code(report)
     except CollectorError as exc:
@@ -126,7 +132,7 @@ def report_error(line: str) -> None:
     log_outcome(line, logging.ERROR)
 
 
-async def _monitor(collector: OptimizedDataCollector, out: IO[str]) -> None:
+async def _monitor(collector: OptimizedDataCollector | MultiVenueCollector, out: IO[str]) -> None:
     started = time.monotonic()
     ticks = 0
     while True:
@@ -138,7 +144,7 @@ async def _monitor(collector: OptimizedDataCollector, out: IO[str]) -> None:
             _print_monitor_summary(collector, out)
 
 
-def _print_monitor_summary(collector: OptimizedDataCollector, out: IO[str]) -> None:
+def _print_monitor_summary(collector: OptimizedDataCollector | MultiVenueCollector, out: IO[str]) -> None:
     summary = getattr(collector.monitor, "format_summary", None)
     if summary is not None:
         print(summary(), file=out, flush=True)

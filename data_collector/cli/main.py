@@ -7,6 +7,7 @@
     data-collector simulate [...]   serve the exchange simulator (scripts/simulate_exchange.py)
     data-collector coverage [...]   the coverage map of the store: text, --png, --html
     data-collector archive [...]    move closed months to the Parquet tier (--older-than 90d [--prune])
+    data-collector migrate-partitions [...]  move a plain ohlcv table into monthly partitions (resumable)
     data-collector --version
 
 ``data-collector COMMAND --help`` shows a command's options. Each command keeps its script's exit
@@ -68,6 +69,12 @@ def _archive(argv: list[str]) -> int:
     return main(argv, prog=f"{PROG} archive")
 
 
+def _migrate_partitions(argv: list[str]) -> int:
+    from data_collector.cli.migrate import main
+
+    return main(argv, prog=f"{PROG} migrate-partitions")
+
+
 #: Subcommand -> runner. Each imports its module on use, so ``--version`` and ``--help`` stay quick.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "collect": _collect,
@@ -77,6 +84,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "simulate": _simulate,
     "coverage": _coverage,
     "archive": _archive,
+    "migrate-partitions": _migrate_partitions,
 }
 
 

@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 def build_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     check_exchange_id(config, config_origin(args.config))
+    if config.venues and args.symbols:
+        raise ConfigError(
+            "--symbols: with venues: in the config each venue lists its own symbols; drop --symbols"
+        )
     overrides = {
         "symbols": args.symbols.split(",") if args.symbols else None,
         "timeframes": args.timeframes.split(",") if args.timeframes else None,
@@ -98,7 +102,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def check_exchange_id(config: Config, origin: str) -> None:
-    """Refuse an ``exchange.id`` that names no ccxt class, naming the file or variable that set it.
+    """Refuse an ``exchange.id`` (or a ``venues`` entry's ``id``) that names no ccxt class, naming
+    the file or variable that set it.
 
     Checked here rather than in the config model so that the streamer, which never loads ccxt,
     does not pay for importing it.
@@ -110,6 +115,12 @@ def check_exchange_id(config: Config, origin: str) -> None:
             f"{setting_source(('exchange', 'id'), origin)}: {config.exchange.id!r} is not a ccxt "
             "exchange id such as 'binance'"
         )
+    for i, venue in enumerate(config.venues):
+        if venue.id not in ccxt.exchanges:
+            raise ConfigError(
+                f"{setting_source(('venues', str(i), 'id'), origin)}: {venue.id!r} is not a ccxt "
+                "exchange id such as 'binance' or 'okx'"
+            )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import IO, Any
 
 import psutil
@@ -40,8 +41,11 @@ class PlainProgress:
             self._last = now
             fetched = sum(p.candles_fetched for p in self._pairs.values())
             expected = sum(p.candles_expected for p in self._pairs.values())
-            rate = fetched / max(now - self._started, 1e-9)
-            print(f"progress: {fetched:,}/{expected:,} candles, {rate:,.0f}/s", file=self.stream, flush=True)
+            elapsed = max(now - self._started, 1e-9)
+            rate = fetched / elapsed
+            line = f"progress: {fetched:,}/{expected:,} candles, {rate:,.0f}/s"
+            archive = archive_rates(self._pairs.values(), elapsed)
+            print(line + (f", {archive}" if archive else ""), file=self.stream, flush=True)
 
 
 class RichProgress:
@@ -63,11 +67,18 @@ class RichProgress:
                 speed = task.finished_speed or task.speed
                 return Text(f"{speed:,.0f} candles/s" if speed else "- candles/s")
 
+        class ArchiveColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                pair = task.fields.get("pair")
+                rates = archive_rates([pair], task.elapsed or 0.0) if pair is not None else ""
+                return Text(rates)
+
         self.progress = Progress(
             TextColumn("{task.description:<16}"),
             BarColumn(),
             MofNCompleteColumn(),
             RateColumn(),
+            ArchiveColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
             console=console,
@@ -89,12 +100,12 @@ class RichProgress:
         if pair.error:
             status = f"failed: {pair.error[:60]}"
         if task is None:
-            task = self.progress.add_task(pair.key, total=total or None, status=status)
+            task = self.progress.add_task(pair.key, total=total or None, status=status, pair=pair)
             self._tasks[pair.key] = task
         completed = pair.candles_fetched
         if pair.status == "done":
             total = completed = max(total, completed, 1)
-        self.progress.update(task, total=total or None, completed=completed, status=status)
+        self.progress.update(task, total=total or None, completed=completed, status=status, pair=pair)
 
 
 def monitor_line(report: CollectionReport | None, client: Any, started: float) -> str:
@@ -113,16 +124,35 @@ def monitor_line(report: CollectionReport | None, client: Any, started: float) -
             f"429s {stats.http_429}",
             f"418s {stats.http_418}",
         ]
+    archive = archive_rates(report.pairs.values(), elapsed) if report is not None else ""
     parts += [
         f"candles {fetched:,} ({fetched / elapsed:,.0f}/s)",
+        *([archive] if archive else []),
         f"rss {proc.memory_info().rss / 2**20:,.0f} MB",
         f"cpu {proc.cpu_percent():.0f}%",
     ]
     return ", ".join(parts)
 
 
+def archive_rates(pairs: Iterable[PairReport], elapsed_s: float) -> str:
+    """``archive 1,234,567 rows (150,000 rows/s), 84.1 MB (10.5 MB/s)``; empty without archive work."""
+    rows = nbytes = 0
+    for p in pairs:
+        rows += p.archive_rows
+        nbytes += p.archive_bytes
+    if not nbytes:
+        return ""
+    elapsed_s = max(elapsed_s, 1e-9)
+    return (
+        f"archive {rows:,} rows ({rows / elapsed_s:,.0f} rows/s), "
+        f"{nbytes / 1e6:,.1f} MB ({nbytes / 1e6 / elapsed_s:,.1f} MB/s)"
+    )
+
+
 def _fetched(pair: PairReport) -> str:
     """``1,234 candles`` for an OHLCV pair, ``5,678 trades`` for a trades pair."""
     if pair.trades_fetched or pair.timeframe == "trades":
         return f"{pair.trades_fetched:,} trades"
+    if pair.archive_rows:
+        return f"{pair.candles_fetched:,} candles ({pair.archive_rows:,} from {pair.archive_bytes / 1e6:,.1f} MB of archives)"
     return f"{pair.candles_fetched:,} candles"

@@ -215,6 +215,11 @@ async def check_listed(rest_url: str, symbols: Sequence[str], venue: StreamVenue
     Raises:
         UsageError: names the first symbol the exchange's ``exchangeInfo`` does not list.
     """
+    if venue is not None and venue.kind != "binance":
+        # OKX and ccxt.pro venues: no exchangeInfo to ask. An unlisted symbol is refused by the
+        # venue at subscribe time (logged), and its streams stay empty.
+        log.warning("symbols not checked against %s's list before streaming", venue.protocol)
+        return
     rest = BinanceRest(rest_url, api=venue.rest_api if venue is not None else "/api/v3")
     try:
         listed = await rest.listed_symbols()

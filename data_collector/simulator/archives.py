@@ -14,6 +14,10 @@ inside a maintenance gap) does not exist (404).
 Faults (off by default, see :meth:`ArchiveServer.inject`): a wrong CHECKSUM, a corrupt zip, a
 truncated transfer, a missing CHECKSUM, a 404 for a file, a 5xx, a slow transfer.
 
+The futures tree ``/data/futures/um/...`` (:mod:`~data_collector.simulator.um_archives`) has the
+same layout and rules for ``klines``, ``markPriceKlines``, ``indexPriceKlines``,
+``premiumIndexKlines`` and ``aggTrades``, with a header row and millisecond timestamps.
+
 Zips are built deterministically (fixed member time), so a cache directory
 (:attr:`ArchiveSettings.cache_dir`) keeps them across runs: benchmarks measure the collector.
 """
@@ -38,6 +42,7 @@ from aiohttp import web
 from data_collector.errors import UsageError
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.simulator.formats import decimal8, kline_matrix
+from data_collector.simulator.um_archives import UM_KLINE_KINDS, um_agg_trades_csv, um_kline_csv
 
 if TYPE_CHECKING:
     from data_collector.simulator.market import SymbolMarket
@@ -57,6 +62,10 @@ _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 FaultKind = Literal["bad_checksum", "corrupt", "truncated", "no_checksum", "404", "5xx", "slow"]
 FAULT_KINDS: tuple[str, ...] = ("bad_checksum", "corrupt", "truncated", "no_checksum", "404", "5xx", "slow")
+#: A fault no checksum finds: one value of the file differs from REST, and its CHECKSUM matches the
+#: changed zip (what a cross-check with REST is for). Not in :data:`FAULT_KINDS`: nothing falls
+#: back unless the collector cross-checks.
+WRONG_VALUE = "wrong_value"
 #: Faults that hit the ``.CHECKSUM`` file; the others hit the zip.
 _CHECKSUM_FAULTS = ("bad_checksum", "no_checksum")
 
@@ -138,6 +147,18 @@ def zip_bytes(member: str, payload: bytes) -> bytes:
     return out.getvalue()
 
 
+def wrong_value(zipped: bytes) -> bytes:
+    """``zipped`` again with one value changed: the middle row's fifth field (a kline's close, a
+    trade's first trade id) gets one more last digit."""
+    with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
+        (name,) = zf.namelist()
+        lines = zf.read(name).split(b"\n")
+    row = lines[len(lines) // 2].split(b",")
+    row[4] = row[4][:-1] + (b"0" if row[4].endswith(b"9") else bytes([row[4][-1] + 1]))
+    lines[len(lines) // 2] = b",".join(row)
+    return zip_bytes(name, b"\n".join(lines))
+
+
 def checksum_text(zipped: bytes, name: str) -> bytes:
     """The ``.CHECKSUM`` file of ``name``: ``sha256sum`` output."""
     return f"{hashlib.sha256(zipped).hexdigest()}  {name}\n".encode()
@@ -159,13 +180,15 @@ class ArchiveServer:
         """Register the archive paths."""
         app.router.add_get("/data/spot/{period}/klines/{sym}/{tf}/{name}", self._klines)
         app.router.add_get("/data/spot/{period}/aggTrades/{sym}/{name}", self._agg_trades)
+        app.router.add_get("/data/futures/um/{period}/aggTrades/{sym}/{name}", self._um_agg_trades)
+        app.router.add_get("/data/futures/um/{period}/{kind}/{sym}/{tf}/{name}", self._um_klines)
 
     def inject(self, kind: str, match: str = "", times: int | None = None) -> None:
         """Make files whose path contains ``match`` fail with ``kind`` (:data:`FAULT_KINDS`).
 
         ``times``: how many answers the fault spoils (``None``: all of them).
         """
-        if kind not in FAULT_KINDS:
+        if kind not in (*FAULT_KINDS, WRONG_VALUE):
             raise UsageError(f"unknown archive fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
         self._faults.append(_Fault(kind, match, times))
 
@@ -175,6 +198,8 @@ class ArchiveServer:
 
     def _fault(self, path: str, checksum: bool) -> str | None:
         for f in self._faults:
+            if f.kind == WRONG_VALUE:
+                continue
             if f.match in path and (f.kind in _CHECKSUM_FAULTS) == checksum and f.times != 0:
                 if f.times is not None:
                     f.times -= 1
@@ -187,30 +212,40 @@ class ArchiveServer:
         lag = self.settings.daily_lag_ms if period == "daily" else self.settings.monthly_lag_ms
         return now_ms >= end_ms + lag
 
-    def url(self, market: SymbolMarket, timeframe: str, period: str, date: str) -> str:
-        """The path of one zip (append ``.CHECKSUM`` for its checksum); ``aggTrades`` for trades."""
-        sym = market.exchange_symbol
-        if timeframe == "aggTrades":
-            return f"/data/spot/{period}/aggTrades/{sym}/{sym}-aggTrades-{date}.zip"
-        tf = ARCHIVE_INTERVALS[timeframe]
-        return f"/data/spot/{period}/klines/{sym}/{tf}/{sym}-{tf}-{date}.zip"
+    def url(self, market: SymbolMarket, timeframe: str, period: str, date: str, kind: str = "") -> str:
+        """The path of one zip (append ``.CHECKSUM`` for its checksum); ``aggTrades`` for trades.
 
-    def build(self, market: SymbolMarket, timeframe: str, date: str) -> bytes | None:
+        ``kind``: empty for the spot tree, else the futures tree's directory (``klines``,
+        ``markPriceKlines``, ..., ``aggTrades``).
+        """
+        sym = market.exchange_symbol
+        root = "/data/futures/um" if kind else "/data/spot"
+        if timeframe == "aggTrades":
+            return f"{root}/{period}/aggTrades/{sym}/{sym}-aggTrades-{date}.zip"
+        tf = ARCHIVE_INTERVALS[timeframe]
+        return f"{root}/{period}/{kind or 'klines'}/{sym}/{tf}/{sym}-{tf}-{date}.zip"
+
+    def build(self, market: SymbolMarket, timeframe: str, date: str, kind: str = "") -> bytes | None:
         """The zip of one file (from the disk cache when there), or None when it has no row.
 
-        ``timeframe`` is a kline interval, or ``aggTrades``.
+        ``timeframe`` is a kline interval, or ``aggTrades``; ``kind`` as for :meth:`url`.
         """
         _, start, end = period_range(date)
         name = f"{market.exchange_symbol}-{ARCHIVE_INTERVALS.get(timeframe, timeframe)}-{date}"
-        cached = self._cache_path(market, name)
+        cached = self._cache_path(market, name, kind)
         if cached is not None and cached.exists():
             data = cached.read_bytes()
             return data or None
         started = time.perf_counter()
-        if timeframe == "aggTrades":
+        now = self.sim.clock.now_ms()
+        if kind and timeframe == "aggTrades":
+            csv = um_agg_trades_csv(market, start, end)
+        elif kind:
+            csv = um_kline_csv(self.sim.usdm, market, kind, timeframe, start, end, now)
+        elif timeframe == "aggTrades":
             csv = agg_trades_csv(market, start, end)
         else:
-            csv = kline_csv(market, timeframe, start, end, self.sim.clock.now_ms())
+            csv = kline_csv(market, timeframe, start, end, now)
         data = zip_bytes(name + ".csv", csv) if csv else b""
         self.build_s += time.perf_counter() - started
         if cached is not None:
@@ -220,14 +255,15 @@ class ArchiveServer:
             tmp.replace(cached)
         return data or None
 
-    def _cache_path(self, market: SymbolMarket, name: str) -> Path | None:
+    def _cache_path(self, market: SymbolMarket, name: str, kind: str = "") -> Path | None:
         root = self.settings.cache_dir
         if root is None:
             return None
         # The file's content depends on the seed, the listing, the gaps and the delisting.
         world = f"{market.seed}|{market.listing_ms}|{market.gaps()}|{market.delisted_ms}"
         key = hashlib.sha256(world.encode()).hexdigest()[:16]
-        return Path(root) / market.exchange_symbol / key / (name + ".zip")
+        # Futures files of each kind under their own directory (their names are spot's).
+        return Path(root) / (f"um-{kind}" if kind else "") / market.exchange_symbol / key / (name + ".zip")
 
     async def _klines(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, _PATH_TF.get(request.match_info["tf"]), request.match_info["tf"])
@@ -235,10 +271,27 @@ class ArchiveServer:
     async def _agg_trades(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "aggTrades", "aggTrades")
 
-    async def _serve(self, request: web.Request, tf: str | None, path_tf: str) -> web.StreamResponse:
+    async def _um_klines(self, request: web.Request) -> web.StreamResponse:
+        kind = request.match_info["kind"]
+        tf = _PATH_TF.get(request.match_info["tf"]) if kind in UM_KLINE_KINDS else None
+        return await self._serve(request, None if tf == "1s" else tf, request.match_info["tf"], kind)
+
+    async def _um_agg_trades(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "aggTrades", "aggTrades", "aggTrades")
+
+    async def _serve(
+        self, request: web.Request, tf: str | None, path_tf: str, kind: str = ""
+    ) -> web.StreamResponse:
         info = request.match_info
         m = _NAME.match(info["name"])
-        market = self.sim.market_by_id.get(info["sym"])
+        markets = (
+            self.sim.market_by_id
+            if not kind
+            else {}
+            if self.sim.futures is None
+            else self.sim.futures.market_by_id
+        )
+        market = markets.get(info["sym"])
         if m is None or tf is None or market is None or m["sym"] != info["sym"] or m["tf"] != path_tf:
             return self._not_found()
         period, start, end = period_range(m["date"])
@@ -254,9 +307,12 @@ class ArchiveServer:
             return web.Response(status=503, text="Service Unavailable")
         elif fault in ("404", "no_checksum"):
             return self._not_found()
-        data = await asyncio.to_thread(self.build, market, tf, m["date"])
+        data = await asyncio.to_thread(self.build, market, tf, m["date"], kind)
         if data is None:
             return self._not_found()
+        if any(f.kind == WRONG_VALUE and f.match in request.path for f in self._faults):
+            self.stats[f"fault_{WRONG_VALUE}"] += 1
+            data = wrong_value(data)
         zip_name = info["name"].removesuffix(".CHECKSUM")
         if checksum:
             self.stats["checksum"] += 1

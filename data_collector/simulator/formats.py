@@ -22,6 +22,11 @@ def decimal8(units: int, decimals: int) -> str:
     return "%d.%08d" % (whole, frac)
 
 
+def signed_decimal(units: int, decimals: int) -> str:
+    """:func:`decimal8` of a value that may be negative (a premium)."""
+    return ("-" if units < 0 else "") + decimal8(abs(units), decimals)
+
+
 def book_ticker(market: SymbolMarket, best: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, Any]:
     """The fields of ``/ticker/bookTicker`` both venues send, from the book's best levels."""
     (bp, bq), (ap, aq) = best

@@ -11,6 +11,7 @@ import json
 import random
 from collections import Counter, deque
 from collections.abc import Iterable
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +25,7 @@ from data_collector.markets import (
     normalize_symbols,
     stream_symbol,
 )
+from data_collector.simulator.archive_listing import handle_listing
 from data_collector.simulator.archives import ArchiveServer, ArchiveSettings
 from data_collector.simulator.book import OrderBook, step_book
 from data_collector.simulator.fapi import FuturesRestApi
@@ -292,6 +294,7 @@ class SimulatedExchange:
         app = web.Application(middlewares=[api.middleware])
         api.add_routes(app)
         self.archive.add_routes(app)
+        app.router.add_get("/", partial(handle_listing, self.archive))
         self._runner = await self._serve(app, self.port)
         self.port = int(self._runner.addresses[0][1])
         self.hub.start()

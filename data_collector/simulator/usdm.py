@@ -15,7 +15,7 @@ import numpy as np
 from data_collector.errors import UsageError
 from data_collector.markets import TIMEFRAME_MS, candle_open_ms, stream_symbol
 from data_collector.simulator.book import OrderBook, step_book
-from data_collector.simulator.formats import close_times, decimal8, klines_json
+from data_collector.simulator.formats import close_times, decimal8, klines_json, signed_decimal
 from data_collector.simulator.fstreams import signed8
 from data_collector.simulator.limits import SimClock, WeightLimiter
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
@@ -59,13 +59,9 @@ def derived_klines_json(rows: Rows, decimals: int, timeframe: str) -> bytes:
     for i, (t, o, h, low, c, n) in enumerate(
         zip(*(col.tolist() for col in (rows.open_ms, rows.o, rows.h, rows.l, rows.c, rows.n)), strict=True)
     ):
-        prices = ",".join('"%s"' % _signed(x, decimals) for x in (o, h, low, c))
+        prices = ",".join('"%s"' % signed_decimal(x, decimals) for x in (o, h, low, c))
         items.append('[%d,%s,"0",%d,"0",%d,"0","0","0"]' % (t, prices, closes[i], n))
     return ("[" + ",".join(items) + "]").encode()
-
-
-def _signed(units: int, decimals: int) -> str:
-    return ("-" if units < 0 else "") + decimal8(abs(units), decimals)
 
 
 class FuturesVenue:

@@ -20,11 +20,19 @@ A crash between any two steps leaves the rows in PostgreSQL, in Parquet, or in b
 finds the month's rows still in the database and moves them again. Archived candle ranges count
 as covered, so a collector run never fetches them again, and ``find_gaps`` reports them as
 ``'archived'``; trades keep their id-keyed coverage, which stays true across the two tiers.
+
+With ``prune``, candle months are retired after all are verified: a month whose ``ohlcv``
+partition holds only verified rows is detached and dropped whole; otherwise (other venues' rows
+share it, or the table is not partitioned) the verified ranges are deleted key by key.
+
+Long because it is the whole move (plan, write, verify, retire or prune, restore) and the reads
+across both tiers of every series, each step beside the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +44,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from data_collector.errors import PermanentError, UsageError
-from data_collector.markets import timeframe_code
+from data_collector.storage.archive_series import FUNDING_SPEC, fields_frame, series_for, series_of
 from data_collector.storage.base import CandleBatch, CoverageRange, Instrument
 from data_collector.storage.columns import columns_frame as columns_frame
 from data_collector.storage.columns import trade_columns_frame as trade_columns_frame
@@ -56,11 +64,13 @@ from data_collector.storage.parquet_files import (
     write_month,
 )
 from data_collector.storage.parquet_remote import RemoteRoot, is_remote
-from data_collector.storage.ranges import clip
+from data_collector.storage.ranges import clip, merge_coverage
 from data_collector.storage.store import CandleStore
 
+log = logging.getLogger(__name__)
+
 #: What :meth:`ParquetArchive.archive` moves by default.
-ARCHIVED_TYPES = ("ohlcv", "trades")
+ARCHIVED_TYPES = ("ohlcv", "trades", "funding", "open_interest")
 #: Months moved at once (see :meth:`ParquetArchive.archive`). 26 months of 1m candles on the
 #: loaded 2-core machine, medians of 4: 427k rows/s with 1, 768k with 2, 888k with 3, 876k with 4.
 MOVES_IN_FLIGHT = 3
@@ -149,14 +159,17 @@ class ParquetArchive:
     async def archive(
         self,
         store: CandleStore,
-        venue: str,
+        venue: str | Sequence[str],
         older_than: str | int,
         *,
         data_types: Sequence[str] = ARCHIVED_TYPES,
         prune: bool = False,
         hook: StepHook | None = None,
     ) -> ArchiveReport:
-        """Move every closed month of ``venue``'s candles and trades that ends before ``older_than``.
+        """Move every closed month of ``venue``'s series (candles of every price type, trades,
+        funding, open interest) that ends before ``older_than``. ``venue``: one venue label or
+        several (the spot and the perpetual venue in one run, so months they share in the
+        ``ohlcv`` partitions can be dropped whole).
 
         Without ``prune`` the months are written and verified and stay in the database too.
 
@@ -178,20 +191,24 @@ class ParquetArchive:
         side = PostgresArchiveSide(store)
         await side.ensure_tables()
         report = ArchiveReport()
-        instruments = {i.id: i for i in await store.instruments(venue)}
+        venues = [venue] if isinstance(venue, str) else list(venue)
+        instruments = {i.id: i for v in venues for i in await store.instruments(v)}
         moves: list[_Move] = []
-        if OHLCV_SPEC.data_type in data_types:
-            moves += await _candle_moves(store, venue, instruments, cutoff)
+        for label in venues:
+            moves += await _series_moves(store, label, instruments, cutoff, data_types)
         if TRADES_SPEC.data_type in data_types:
             moves += await _trade_moves(store, side, instruments, cutoff)
         # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
         # file is written in a thread. Workers take the next move from one iterator, so the
         # number of tasks stays bounded however many months there are.
         todo = iter(moves)
+        # With prune, candle months are retired after all are verified (a partition is dropped
+        # whole); trades are pruned as each month is verified.
+        retiring: dict[tuple[int, int], list[_Verified]] = {}
 
         async def worker() -> None:
             for move in todo:
-                await self._move(side, move, prune, hook, report)
+                await self._move(side, move, prune, hook, report, retiring)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -199,19 +216,73 @@ class ParquetArchive:
                     group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
+        for (year, month), verified in sorted(retiring.items()):
+            await self._retire(side, year, month, verified, hook, report)
         report.elapsed_s = time.perf_counter() - started
         return report
+
+    async def _retire(
+        self,
+        side: PostgresArchiveSide,
+        year: int,
+        month: int,
+        verified: list[_Verified],
+        hook: StepHook | None,
+        report: ArchiveReport,
+    ) -> None:
+        """Drop the month's partition whole when only verified rows are in it, else delete the
+        verified ranges key by key (other venues' rows share the partition, or the table is not
+        partitioned)."""
+        from data_collector.storage.postgres_archive import MoveMismatch, NotRetirable
+
+        expected = {v.move.db_key: (v.rows, v.sha256) for v in verified}
+        try:
+            pruned = await side.retire_month(year, month, expected, hook)
+        except (NotRetirable, MoveMismatch) as exc:
+            log.info("%04d-%02d: partition kept (%s); deleting its archived ranges", year, month, exc)
+        else:
+            report.rows_pruned += pruned
+            report.months_pruned += len(verified)
+            return
+        for v in verified:
+            back = await asyncio.to_thread(self._verified_or_none, v.move.spec, v.path, v.manifest)
+            if back is None:
+                report.failed.append(f"{v.move.month}: {v.path} no longer matches its manifest; not pruned")
+                continue
+            await self._prune(side, v.move, back, hook, report)
+
+    async def _prune(
+        self,
+        side: PostgresArchiveSide,
+        move: _Move,
+        back: Columns,
+        hook: StepHook | None,
+        report: ArchiveReport,
+    ) -> None:
+        from data_collector.storage.postgres_archive import MoveMismatch
+
+        key = move.month
+        try:
+            # Not ``report.rows_pruned += await ...``: that reads the count before the await and
+            # would lose what a concurrent move adds meanwhile.
+            coverage = None if move.code is None else (move.db_key[0], move.code)
+            pruned = await side.prune(move.spec, move.db_key, key.start_ms, key.end_ms, back, hook, coverage)
+        except MoveMismatch as exc:
+            report.failed.append(f"{key}: {exc}; not pruned")
+            return
+        report.rows_pruned += pruned
+        report.months_pruned += 1
 
     async def archive_ohlcv(
         self,
         store: CandleStore,
-        venue: str,
+        venue: str | Sequence[str],
         older_than: str | int,
         *,
         prune: bool = False,
         hook: StepHook | None = None,
     ) -> ArchiveReport:
-        """:meth:`archive` of the candles only."""
+        """:meth:`archive` of the candles only (every price type)."""
         return await self.archive(store, venue, older_than, data_types=["ohlcv"], prune=prune, hook=hook)
 
     async def _move(
@@ -221,9 +292,8 @@ class ParquetArchive:
         prune: bool,
         hook: StepHook | None,
         report: ArchiveReport,
+        retiring: dict[tuple[int, int], list[_Verified]],
     ) -> None:
-        from data_collector.storage.postgres_archive import MoveMismatch
-
         key, spec = move.month, move.spec
         held = await side.read_range(spec, move.db_key, key.start_ms, key.end_ms)
         if not len(held):
@@ -253,15 +323,16 @@ class ParquetArchive:
         report.rows_archived += len(back)
         if not prune:
             return
-        try:
-            # Not ``report.rows_pruned += await ...``: that reads the count before the await and
-            # would lose what a concurrent move adds meanwhile.
-            pruned = await side.prune(spec, move.db_key, key.start_ms, key.end_ms, back, hook)
-        except MoveMismatch as exc:
-            report.failed.append(f"{key}: {exc}; not pruned")
+        if spec is not OHLCV_SPEC:
+            await self._prune(side, move, back, hook, report)
             return
-        report.rows_pruned += pruned
-        report.months_pruned += 1
+        same = back.take(np.isin(back.key, held.key))
+        if len(same) != len(held) or same.content_hash() != held.content_hash():
+            report.failed.append(f"{key}: {path} does not hold the database's rows; not pruned")
+            return
+        assert manifest is not None  # the file verified against it
+        verified = _Verified(move, path, manifest, len(held), held.content_hash())
+        retiring.setdefault((key.year, key.month), []).append(verified)
 
     async def restore_ohlcv(
         self, store: CandleStore, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int
@@ -274,7 +345,11 @@ class ParquetArchive:
         ranges = clip(archived, start_ms, end_ms)
         if not ranges:
             return 0
-        rows = await asyncio.to_thread(self.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
+        series = series_for(instrument.id, timeframe)
+        read = partial(
+            self.read, OHLCV_SPEC, instrument, series.timeframe, start_ms, end_ms, series.data_type
+        )
+        rows = await asyncio.to_thread(read)
         ts = rows.ts
         batches = []
         for r in ranges:
@@ -286,16 +361,24 @@ class ParquetArchive:
         return (await store.write(batches)).written
 
     def read(
-        self, spec: DataSpec, instrument: Instrument, timeframe: str | None, start_ms: int, end_ms: int
+        self,
+        spec: DataSpec,
+        instrument: Instrument,
+        timeframe: str | None,
+        start_ms: int,
+        end_ms: int,
+        data_type: str | None = None,
     ) -> Columns:
-        """The archived rows with ``start_ms <= ts < end_ms``, sorted by key (blocking file reads).
+        """The archived rows with ``start_ms <= ts < end_ms``, sorted by key (blocking file reads);
+        ``data_type``: the files' (default the spec's; ``ohlcv_mark`` for mark candles).
 
         Raises:
             NewerSchemaError: a file was written by a newer schema version.
         """
         parts = []
         for year, month in months_between(start_ms, end_ms):
-            path = _month(instrument, timeframe, year, month, spec.data_type).directory(self.root) / FILE_NAME
+            key = _month(instrument, timeframe, year, month, data_type or spec.data_type)
+            path = key.directory(self.root) / FILE_NAME
             if self._exists(path):
                 parts.append(read_file(spec, path, start_ms, end_ms, self._filesystem))
         return Columns.concat(spec, parts)
@@ -352,20 +435,43 @@ class _Move:
     db_key: tuple[int, ...]
     month: MonthKey
     partly_archived: bool
+    #: The series' coverage code (None for trades, which have their own record).
+    code: int | None = None
 
 
-async def _candle_moves(
-    store: CandleStore, venue: str, instruments: dict[int, Instrument], cutoff: int
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A candle month written and verified, to be retired: the database's rows of it then
+    (count and content hash), which the retiring transaction must find unchanged."""
+
+    move: _Move
+    path: PurePath
+    manifest: Manifest
+    rows: int
+    sha256: str
+
+
+async def _series_moves(
+    store: CandleStore, venue: str, instruments: dict[int, Instrument], cutoff: int, data_types: Sequence[str]
 ) -> list[_Move]:
+    """A move per closed month of every series of ``venue`` whose coverage says ``'data'``
+    (candles of every price type, funding, open interest; see :mod:`.archive_series`)."""
+    grouped: dict[tuple[int, int], list[CoverageRange]] = {}
+    for iid, code, row in await store._venue_coverage_rows(venue, 0, cutoff):
+        grouped.setdefault((iid, code), []).append(row)
     moves = []
-    for (iid, timeframe), ranges in sorted((await store.venue_coverage(venue, 0, cutoff)).items()):
+    for (iid, code), rows in sorted(grouped.items()):
+        series = series_of(iid, code)
+        if series is None or series.spec.data_type not in data_types or iid not in instruments:
+            continue
+        ranges = merge_coverage(rows)
         spans = [(r.start_ms, r.end_ms) for r in ranges if r.kind == "data"]
         for year, month in _closed_months(spans, cutoff):
-            key = _month(instruments[iid], timeframe, year, month, "ohlcv")
+            key = _month(instruments[iid], series.timeframe, year, month, series.data_type)
             partly = any(
                 r.kind == "archived" and r.start_ms < key.end_ms and r.end_ms > key.start_ms for r in ranges
             )
-            moves.append(_Move(OHLCV_SPEC, (iid, timeframe_code(timeframe)), key, partly))
+            moves.append(_Move(series.spec, series.db_key, key, partly, code))
     return moves
 
 
@@ -408,12 +514,44 @@ async def load_ohlcv_tiers(
 ) -> pd.DataFrame:
     """Candles of ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame
     (the shape of :meth:`CandleStore.load_frame`); where both hold a candle, the database's wins."""
-    archived = await asyncio.to_thread(archive.read, OHLCV_SPEC, instrument, timeframe, start_ms, end_ms)
-    db_key = (instrument.id, timeframe_code(timeframe))
+    series = series_for(instrument.id, timeframe)
+    read = partial(archive.read, OHLCV_SPEC, instrument, series.timeframe, start_ms, end_ms, series.data_type)
+    archived = await asyncio.to_thread(read)
+    if not len(archived):
+        return await store.load_frame(instrument.id, timeframe, start_ms, end_ms)
     held = await _held(
-        store, OHLCV_SPEC, db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
+        store, OHLCV_SPEC, series.db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
     )
     return await asyncio.to_thread(columns_frame, archived.union_pieces(held))
+
+
+async def load_points_tiers(
+    store: CandleStore,
+    archive: ParquetArchive,
+    instrument: Instrument,
+    key: str,
+    start_ms: int,
+    end_ms: int,
+) -> pd.DataFrame:
+    """Funding rates (``key="funding"``) or open interest (``"oi:<period>"``) of
+    ``[start_ms, end_ms)`` from PostgreSQL and the Parquet tier as one DataFrame (the shape of
+    the store's ``load_funding_frame`` / ``load_open_interest_frame``); the database's row wins."""
+    series = series_for(instrument.id, key)
+    if series.spec is FUNDING_SPEC:
+        frame = partial(store.load_funding_frame, instrument.id, start_ms, end_ms)
+        load: Callable[[int, int], Awaitable[Sequence[Sequence[Any]]]] = partial(
+            store.load_funding, instrument.id
+        )
+    else:
+        period = str(series.timeframe)
+        frame = partial(store.load_open_interest_frame, instrument.id, period, start_ms, end_ms)
+        load = partial(store.load_open_interest, instrument.id, period)
+    read = partial(archive.read, series.spec, instrument, series.timeframe, start_ms, end_ms)
+    archived = await asyncio.to_thread(read)
+    if not len(archived):
+        return await frame()
+    held = await _held(store, series.spec, series.db_key, start_ms, end_ms, load)
+    return fields_frame(archived.union(held))
 
 
 async def load_trades_tiers(

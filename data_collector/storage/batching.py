@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from data_collector.errors import UsageError
 from data_collector.markets import timeframe_code
 from data_collector.storage.base import Candle, CandleBatch
+from data_collector.storage.candle_columns import CandleColumns
 from data_collector.storage.ranges import Span, merge_spans
 
 #: ``(instrument_id, timeframe_code, ts, open, high, low, close, volume)``: one ``ohlcv`` row.
@@ -30,22 +31,41 @@ class RowGroup:
 
 
 @dataclass(slots=True)
+class ColumnGroup:
+    """The rows of one :class:`CandleColumns` batch (final, sorted, unique, overlapping no other
+    batch of its key in the write), kept as columns; ``span`` is its inclusive ``[first, last]``."""
+
+    instrument_id: int
+    code: int
+    columns: CandleColumns
+    span: Span
+
+
+@dataclass(slots=True)
 class PreparedWrite:
     groups: list[RowGroup] = field(default_factory=list)
+    #: Batches kept as columns (only when :func:`prepare` is asked to): no tuple per row.
+    column_groups: list[ColumnGroup] = field(default_factory=list)
     coverage: dict[CoverageKey, list[Span]] = field(default_factory=dict)
     #: Candles passed in, duplicates included: ``written + skipped`` adds up to this.
     total: int = 0
 
     @property
     def rows(self) -> int:
-        return sum(len(g.records) for g in self.groups)
+        return sum(len(g.records) for g in self.groups) + sum(len(g.columns) for g in self.column_groups)
 
 
-def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
+def prepare(batches: Sequence[CandleBatch], *, columns: bool = False) -> PreparedWrite:
     """Validate, deduplicate (the last candle of a key wins) and group the batches of one write.
 
     This runs on every row, so the loops are comprehensions over whole batches: it is a
     measurable part of the writer's CPU time (see benchmarks/bench_ingest.py).
+
+    ``columns``: a final batch of :class:`CandleColumns` whose open times increase and overlap no
+    other batch of its key stays as columns (:attr:`PreparedWrite.column_groups`), for a store
+    that writes columns (PostgreSQL's binary COPY); nothing to deduplicate there. If any such
+    batch overlaps another of its key, the whole write takes the row path, whose "last wins" rule
+    then decides.
 
     Raises:
         UsageError: an unknown timeframe, an empty or inverted coverage range, an unknown kind,
@@ -70,7 +90,14 @@ def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
             if r.kind == "data":
                 data_spans.append((r.start_ms, r.end_ms))
         out.total += len(batch.candles)
-        if not batch.candles:
+        if not len(batch.candles):
+            continue
+        cols = batch.candles
+        if columns and isinstance(cols, CandleColumns) and batch.final and cols.increasing():
+            first, last = int(cols.ts[0]), int(cols.ts[-1])
+            if data_spans:
+                _check_inside(batch, first, last, merge_spans(data_spans))
+            out.column_groups.append(ColumnGroup(batch.instrument_id, code, cols, (first, last)))
             continue
         new = {c[0]: c for c in batch.candles}
         first, last = min(new), max(new)
@@ -102,9 +129,23 @@ def prepare(batches: Sequence[CandleBatch]) -> PreparedWrite:
             out.groups.append(RowGroup(instrument_id, code, True, keep, probe))
         if redo:
             out.groups.append(RowGroup(instrument_id, code, False, redo, probe))
+    if out.column_groups and _overlapping(out.column_groups, spans):
+        return prepare(batches)
     out.groups.sort(key=lambda g: (g.instrument_id, g.code, not g.final))
     out.coverage = {k: merge_spans(v) for k, v in sorted(out.coverage.items())}
     return out
+
+
+def _overlapping(column_groups: list[ColumnGroup], row_spans: dict[tuple[int, int], list[Span]]) -> bool:
+    """Whether a column group shares an open time range with another batch of its key."""
+    by_key: dict[tuple[int, int], list[Span]] = {}
+    for g in column_groups:
+        by_key.setdefault((g.instrument_id, g.code), []).append(g.span)
+    for key, own in by_key.items():
+        every = sorted(own + row_spans.get(key, []))
+        if any(b[0] <= a[1] for a, b in zip(every, every[1:], strict=False)):
+            return True
+    return False
 
 
 def _check_inside(batch: CandleBatch, first: int, last: int, data: list[Span]) -> None:

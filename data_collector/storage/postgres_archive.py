@@ -21,7 +21,15 @@ import numpy as np
 
 from data_collector.errors import PermanentError
 from data_collector.storage.base import CoverageRange
-from data_collector.storage.parquet_files import OHLCV_SPEC, Columns, DataSpec, StepHook
+from data_collector.storage.parquet_files import OHLCV_SPEC, TRADES_SPEC, Columns, DataSpec, StepHook
+from data_collector.storage.postgres_partitions import (
+    PARTITIONED,
+    month_start_ms,
+    next_month,
+    partition_name,
+    quote_ident,
+    relkind,
+)
 from data_collector.storage.ranges import clip, cut_coverage
 
 if TYPE_CHECKING:
@@ -35,11 +43,21 @@ _COPY_RANGE = {
     "AND timeframe = $2 AND ts >= $3 AND ts < $4",
     "trades": "SELECT id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker FROM {s}.trades "
     "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
+    # An unknown mark price (NULL) reads as NaN, which the file keeps and the frames show anyway.
+    "funding": "SELECT ts, rate, coalesce(mark_price, 'NaN'::float8) FROM {s}.funding "
+    "WHERE instrument_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+    "open_interest": "SELECT ts, amount, value FROM {s}.open_interest WHERE instrument_id = $1 "
+    "AND period = $2 AND ts >= $3 AND ts < $4 ORDER BY ts",
 }
 _DELETE_RANGE = {
     "ohlcv": "DELETE FROM {s}.ohlcv WHERE instrument_id = $1 AND timeframe = $2 AND ts >= $3 AND ts < $4",
     "trades": "DELETE FROM {s}.trades WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
+    "funding": "DELETE FROM {s}.funding WHERE instrument_id = $1 AND ts >= $2 AND ts < $3",
+    "open_interest": "DELETE FROM {s}.open_interest WHERE instrument_id = $1 AND period = $2 "
+    "AND ts >= $3 AND ts < $4",
 }
+# The series with rows in one partition ({p}: its quoted name).
+_PARTITION_KEYS = "SELECT DISTINCT instrument_id, timeframe FROM {s}.{p}"
 _LOCK_TRADE_COVERAGE = "SELECT first_id FROM {s}.trade_coverage WHERE instrument_id = $1 FOR UPDATE"
 _TRADE_ARCHIVE_DDL = """CREATE TABLE IF NOT EXISTS {s}.trade_archive (
     instrument_id integer NOT NULL,
@@ -90,6 +108,11 @@ def _row_dtype(spec: DataSpec) -> np.dtype:
 
 class MoveMismatch(PermanentError):
     """The database's rows of a range differ from the archive file's: the range is not pruned."""
+
+
+class NotRetirable(PermanentError):
+    """A month's partition cannot be dropped whole (it holds rows not verified in the archive,
+    or ``ohlcv`` is not partitioned): its verified ranges are deleted key by key instead."""
 
 
 def parse_binary_copy(spec: DataSpec, data: bytes) -> Columns:
@@ -160,9 +183,12 @@ class PostgresArchiveSide:
         end_ms: int,
         archived: Columns,
         hook: StepHook | None = None,
+        coverage: tuple[int, int] | None = None,
     ) -> int:
         """Delete ``[start_ms, end_ms)`` of ``key`` and record the move, in one transaction, if
         every row there is in ``archived`` (the file as read back) with the same values.
+        ``coverage``: the ``(instrument_id, code)`` whose coverage turns ``'archived'`` when it
+        is not ``key`` (funding, open interest).
 
         Raises:
             MoveMismatch: the rows differ (nothing was deleted).
@@ -172,7 +198,7 @@ class PostgresArchiveSide:
         async with store._connect() as (_, conn), conn.transaction():
             lock = f"data_collector.archive:{store.schema}:{spec.data_type}:{':'.join(map(str, key))}"
             await store._bounded(conn.execute(_KEY_LOCK, lock))
-            if spec is not OHLCV_SPEC:
+            if spec is TRADES_SPEC:
                 await store._bounded(conn.fetch(store._sql(_LOCK_TRADE_COVERAGE), iid))
             held = await self._copy(conn, spec, key, start_ms, end_ms)
             same = archived.take(np.isin(archived.key, held.key))
@@ -193,13 +219,66 @@ class PostgresArchiveSide:
             deleted = int(status.rsplit(" ", 1)[-1])
             if deleted != len(held):  # rows written since the read: keep everything
                 raise MoveMismatch(f"rows of instrument {iid} changed during the move; run again")
-            if spec is OHLCV_SPEC:
-                await self._mark_archived(conn, key, start_ms, end_ms)
-            else:
+            if spec is TRADES_SPEC:
                 await store._bounded(conn.execute(store._sql(_INSERT_TRADE_ARCHIVE), iid, start_ms, end_ms))
+            else:
+                await self._mark_archived(conn, coverage or key, start_ms, end_ms)
             if hook is not None:
                 hook("drop", "")
         return deleted
+
+    async def retire_month(
+        self,
+        year: int,
+        month: int,
+        expected: dict[tuple[int, ...], tuple[int, str]],
+        hook: StepHook | None = None,
+    ) -> int:
+        """Detach and drop the month's ``ohlcv`` partition and mark its coverage ``'archived'``,
+        in one transaction, if every (instrument, timeframe) in it still holds exactly the rows
+        (count, content hash) in ``expected`` that were verified in the archive files.
+
+        ``ohlcv`` is locked for the check, so no row can arrive in between; a crash before the
+        commit leaves the partition and its coverage as they were.
+
+        Raises:
+            NotRetirable: the table is not partitioned, the month has no partition, or it holds
+                a key that is not in ``expected`` (nothing changed).
+            MoveMismatch: a key's rows differ from what was verified (nothing changed).
+        """
+        store = self._store
+        schema_q, name = quote_ident(store.schema), partition_name("ohlcv", year, month)
+        start_ms, end_ms = month_start_ms(year, month), month_start_ms(*next_month(year, month))
+        async with store._connect() as (_, conn), conn.transaction():
+            if await store._bounded(relkind(conn, store.schema, "ohlcv")) != PARTITIONED:
+                raise NotRetirable("ohlcv is not partitioned (see data-collector migrate-partitions)")
+            # The parent first: writers and readers wait (briefly), and no lock order can deadlock.
+            await store._bounded(conn.execute(f"LOCK TABLE {schema_q}.ohlcv IN ACCESS EXCLUSIVE MODE"))
+            if await store._bounded(relkind(conn, store.schema, name)) is None:
+                raise NotRetirable(f"{name} does not exist")
+            keys = await store._bounded(
+                conn.fetch(store._sql(_PARTITION_KEYS).replace("{p}", quote_ident(name)))
+            )
+            unknown = [r for r in keys if (r[0], r[1]) not in expected]
+            if unknown:
+                raise NotRetirable(
+                    f"{name} also holds rows of {len(unknown)} series not archived in this run"
+                )
+            rows = 0
+            for key in sorted((int(r[0]), int(r[1])) for r in keys):
+                held = await self._copy(conn, OHLCV_SPEC, key, start_ms, end_ms)
+                if (len(held), held.content_hash()) != expected[key]:
+                    raise MoveMismatch(f"rows of instrument {key[0]} changed during the move; run again")
+                rows += len(held)
+                await self._mark_archived(conn, key, start_ms, end_ms)
+            await store._bounded(
+                conn.execute(f'ALTER TABLE {schema_q}.ohlcv DETACH PARTITION {schema_q}."{name}"')
+            )
+            await store._bounded(conn.execute(f'DROP TABLE {schema_q}."{name}"'))
+            if hook is not None:
+                hook("drop", "")
+        store._partitions.forget()  # this store's writes make the month again if they need it
+        return rows
 
     async def _mark_archived(
         self, conn: asyncpg.Connection, key: tuple[int, ...], start_ms: int, end_ms: int

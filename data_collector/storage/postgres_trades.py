@@ -18,6 +18,7 @@ from data_collector.storage.base import WriteResult
 from data_collector.storage.ranges import Span, merge_spans
 from data_collector.storage.trades import (
     TRADE_COLUMNS,
+    TRADE_TABLE,
     PreparedTrades,
     Trade,
     TradeBatch,
@@ -25,33 +26,21 @@ from data_collector.storage.trades import (
     TradeRecord,
     merge_trade_coverage,
     prepare_trades,
+    trade_tables_ddl,
 )
 
 if TYPE_CHECKING:
     from data_collector.storage.postgres import PostgresCandleStore
 
+_PG_TYPES = {"int": "integer", "bigint": "bigint", "float": "double precision", "bool": "boolean"}
 # ``{s}`` is the quoted schema (see PostgresCandleStore._sql); values are always bound.
 TRADE_DDL = (
     # No foreign key to instruments: its per-row trigger would slow COPY down a lot.
-    """CREATE TABLE IF NOT EXISTS {s}.trades (
-        instrument_id integer NOT NULL,
-        id bigint NOT NULL,
-        ts bigint NOT NULL,
-        price double precision NOT NULL,
-        qty double precision NOT NULL,
-        first_trade_id bigint NOT NULL,
-        last_trade_id bigint NOT NULL,
-        buyer_maker boolean NOT NULL,
-        PRIMARY KEY (instrument_id, id))""",
+    trade_tables_ddl("{s}.", _PG_TYPES)[0],
     # BRIN: trades arrive roughly in time order, so a block-range index serves time-range reads
     # for a tiny fraction of what a second B-tree would cost every COPY.
     "CREATE INDEX IF NOT EXISTS trades_ts ON {s}.trades USING brin (ts)",
-    """CREATE TABLE IF NOT EXISTS {s}.trade_coverage (
-        instrument_id integer NOT NULL,
-        first_id bigint NOT NULL,
-        end_id bigint NOT NULL CHECK (end_id >= first_id),
-        start_ms bigint NOT NULL,
-        end_ms bigint NOT NULL CHECK (end_ms >= start_ms))""",
+    trade_tables_ddl("{s}.", _PG_TYPES)[1],
     "CREATE INDEX IF NOT EXISTS trade_coverage_key ON {s}.trade_coverage (instrument_id, first_id)",
     """CREATE OR REPLACE VIEW {s}.trades_view AS
         SELECT i.exchange, i.symbol, t.id, to_timestamp(t.ts / 1000.0) AS ts, t.price, t.qty,
@@ -60,9 +49,9 @@ TRADE_DDL = (
         JOIN {s}.instruments i ON i.id = t.instrument_id""",
 )
 CREATE_STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS dc_trade_stage (instrument_id integer, id bigint, ts bigint, "
-    "price double precision, qty double precision, first_trade_id bigint, last_trade_id bigint, "
-    "buyer_maker boolean) ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS dc_trade_stage ("
+    + ", ".join(f"{name} {_PG_TYPES[kind]}" for name, kind in TRADE_TABLE)
+    + ") ON COMMIT DELETE ROWS"
 )
 _EXISTING_IDS = (
     "SELECT g.n - 1, (SELECT array_agg(t.id) FROM {s}.trades t "
@@ -70,8 +59,10 @@ _EXISTING_IDS = (
     "FROM unnest($1::int[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS g(i, lo, hi, n)"
 )
 _INSERT_STAGED = (
-    "INSERT INTO {s}.trades SELECT * FROM pg_temp.dc_trade_stage "
-    "ORDER BY instrument_id, id ON CONFLICT (instrument_id, id) DO NOTHING"
+    # Columns named: tables made before the column order of TRADE_TABLE keep their own.
+    "INSERT INTO {s}.trades (instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker) "
+    "SELECT instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker "
+    "FROM pg_temp.dc_trade_stage ORDER BY instrument_id, id ON CONFLICT (instrument_id, id) DO NOTHING"
 )
 _DELETE_TOUCHED = (
     "DELETE FROM {s}.trade_coverage c "

@@ -1,4 +1,4 @@
-"""The trades tables on SQLite: the same tables as PostgreSQL (ts an integer in ms, booleans 0/1).
+"""The trades tables on SQLite: the same shape as PostgreSQL's (ts an integer in ms, booleans 0/1).
 
 A write is one ``BEGIN IMMEDIATE`` transaction of ``executemany`` ``INSERT … ON CONFLICT DO
 NOTHING`` plus the coverage merge, as for candles.
@@ -16,6 +16,7 @@ from data_collector.storage.trades import (
     TradeCoverage,
     merge_trade_coverage,
     prepare_trades,
+    trade_tables_ddl,
 )
 
 if TYPE_CHECKING:
@@ -23,24 +24,11 @@ if TYPE_CHECKING:
 
     from data_collector.storage.sqlite import SqliteCandleStore
 
+_SQLITE_TYPES = {"int": "INTEGER", "bigint": "INTEGER", "float": "REAL", "bool": "INTEGER"}
 TRADE_DDL = (
-    """CREATE TABLE IF NOT EXISTS trades (
-        instrument_id INTEGER NOT NULL,
-        id INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        price REAL NOT NULL,
-        qty REAL NOT NULL,
-        first_trade_id INTEGER NOT NULL,
-        last_trade_id INTEGER NOT NULL,
-        buyer_maker INTEGER NOT NULL,
-        PRIMARY KEY (instrument_id, id)) WITHOUT ROWID""",
+    trade_tables_ddl("", _SQLITE_TYPES, " WITHOUT ROWID")[0],
     "CREATE INDEX IF NOT EXISTS trades_ts ON trades (instrument_id, ts)",
-    """CREATE TABLE IF NOT EXISTS trade_coverage (
-        instrument_id INTEGER NOT NULL,
-        first_id INTEGER NOT NULL,
-        end_id INTEGER NOT NULL CHECK (end_id >= first_id),
-        start_ms INTEGER NOT NULL,
-        end_ms INTEGER NOT NULL CHECK (end_ms >= start_ms))""",
+    trade_tables_ddl("", _SQLITE_TYPES)[1],
     "CREATE INDEX IF NOT EXISTS trade_coverage_key ON trade_coverage (instrument_id, first_id)",
     """CREATE VIEW IF NOT EXISTS trades_view AS
         SELECT i.exchange, i.symbol, t.id, t.ts, t.price, t.qty, t.first_trade_id, t.last_trade_id,
@@ -48,7 +36,11 @@ TRADE_DDL = (
         FROM trades t
         JOIN instruments i ON i.id = t.instrument_id""",
 )
-_INSERT = "INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instrument_id, id) DO NOTHING"
+_INSERT = (
+    # Columns named: tables made before the column order of TRADE_TABLE keep their own.
+    "INSERT INTO trades (instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instrument_id, id) DO NOTHING"
+)
 _DELETE_TOUCHED = (
     "DELETE FROM trade_coverage WHERE instrument_id = ? AND first_id <= ? AND end_id >= ? "
     "RETURNING first_id, end_id, start_ms, end_ms"

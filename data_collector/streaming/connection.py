@@ -104,20 +104,46 @@ def split_for_url(base: str, streams: list[str], url_max_chars: int) -> tuple[st
     return url + "/".join(taken), streams[len(taken) :]
 
 
-ConnectHook = Callable[["StreamConnection"], Awaitable[None]]
-DisconnectHook = Callable[["StreamConnection"], None]
+def deliver(
+    route: Route,
+    entry_id: str,
+    event: Event,
+    now: float,
+    submit: Callable[[Entry], None],
+    on_resume: ResumeHook,
+) -> None:
+    """Hand one normalised event on (every adapter): to its hook (books, closed klines; an OKX
+    book strips its raw levels here), to the writer, and, first after a (re)connect, to
+    ``on_resume`` for the gap marker."""
+    if route.on_event is not None:
+        route.on_event(event)
+    event_ms = event["event_ms"]
+    submit((route.xadd_head, route.set_head, entry_id, msgpack.packb(event), event_ms, now))
+    if route.sequenced:
+        seq = event["id"]
+        if seq > route.last_seq + 1 >= 1:  # an id was skipped: its gap is marked
+            route.gap_pending = True
+    if route.gap_pending:
+        route.gap_pending = False
+        on_resume(route, entry_id, event)
+    if route.sequenced and seq > route.last_seq:
+        route.last_seq = seq
+    if event_ms > route.last_ms:
+        route.last_ms = event_ms
+
+
+ConnectHook = Callable[["Feed"], Awaitable[None]]
+DisconnectHook = Callable[["Feed"], None]
 #: ``(route, entry id, first event)`` of a stream whose ``gap_pending`` was set.
 ResumeHook = Callable[[Route, str, Event], None]
 
 
-class StreamConnection:
-    """Owns one WebSocket connection (and its reconnects) for a fixed set of streams."""
+class Feed:
+    """What the service sees of any adapter's connection: its routes, hooks and state."""
 
     def __init__(
         self,
         name: str,
-        base_url: str,
-        streams: list[str],
         routes: dict[str, Route],
         *,
         submit: Callable[[Entry], None],
@@ -129,26 +155,58 @@ class StreamConnection:
     ) -> None:
         self.name = name
         self.routes = routes
-        self.streams = list(streams)
-        self.url, self._to_subscribe = split_for_url(base_url, self.streams, settings.url_max_chars)
         self._submit = submit
         self._metrics = metrics
         self._settings = settings
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_resume = on_resume
-        self._ws: ClientConnection | None = None
-        self._last_rx = 0.0
         self.last_rx_ms = 0
         self.connected = False
         self.connects = 0
         #: ``(attempt, delay_s)`` of the latest reconnect waits (for metrics and tests).
         self.backoffs: deque[tuple[int, float]] = deque(maxlen=100)
-        self._shutdown_requested = False
 
     def unique_routes(self) -> list[Route]:
         """Each route once (a depth route is reachable under two stream names)."""
         return list({id(r): r for r in self.routes.values()}.values())
+
+    async def _connected(self) -> None:
+        """Count the (re)connect and mark the streams whose earlier events are known (from
+        this process or from Redis after a restart): their first event closes a gap marker."""
+        self.connects += 1
+        if self.connects > 1:
+            self._metrics.add_reconnect()
+            log.info("%s reconnected", self.name)
+        await self._on_connect(self)
+        self.connected = True
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class StreamConnection(Feed):
+    """Owns one WebSocket connection (and its reconnects) for a fixed set of streams."""
+
+    #: A frame that only answers our keepalive (OKX's ``pong``): not data, and not proof that
+    #: data flows (the watchdog ignores it).
+    keepalive_reply: bytes | None = None
+
+    def __init__(
+        self, name: str, base_url: str, streams: list[str], routes: dict[str, Route], **hooks: Any
+    ) -> None:
+        """``hooks``: :class:`Feed`'s keyword arguments."""
+        super().__init__(name, routes, **hooks)
+        self.streams = list(streams)
+        self.url, self._to_subscribe = split_for_url(base_url, self.streams, self._settings.url_max_chars)
+        self._ws: ClientConnection | None = None
+        self._last_rx = 0.0
+        #: Newest frame of any kind (keepalive replies included).
+        self._last_any = time.monotonic()
+        self._shutdown_requested = False
 
     async def run(self) -> None:
         """Connect, read, reconnect, forever (until cancelled)."""
@@ -169,19 +227,10 @@ class StreamConnection:
                 ) as ws:
                     self._ws = ws
                     opened_ms = int(time.time() * 1000)
-                    self.connects += 1
-                    if self.connects > 1:
-                        self._metrics.add_reconnect()
-                        log.info("%s reconnected", self.name)
-                    # Marks the streams whose earlier events are known (from this process or
-                    # from Redis after a restart) so that their first event closes a gap marker.
-                    await self._on_connect(self)
-                    self.connected = True
+                    await self._connected()
                     self._shutdown_requested = False
                     self._last_rx = time.monotonic()
-                    helpers = [asyncio.create_task(self._watchdog(ws))]
-                    if self._to_subscribe:
-                        helpers.append(asyncio.create_task(self._subscribe(ws)))
+                    helpers = [asyncio.create_task(self._watchdog(ws)), *self._helpers(ws)]
                     try:
                         await self._read(ws)
                     finally:
@@ -204,57 +253,52 @@ class StreamConnection:
             attempt += 1
             await asyncio.sleep(delay)
 
+    def _helpers(self, ws: ClientConnection) -> list[asyncio.Task[None]]:
+        """Tasks beside the reader for one connection (cancelled when it ends): SUBSCRIBE here."""
+        return [asyncio.create_task(self._subscribe(ws))] if self._to_subscribe else []
+
     async def _read(self, ws: ClientConnection) -> None:
-        routes = self.routes
-        submit = self._submit
-        on_resume = self._on_resume
         metrics = self._metrics
         max_frame = self._settings.max_frame_bytes
-        loads = orjson.loads
-        packb = msgpack.packb
+        handle = self._frame
+        keepalive = self.keepalive_reply
         clock = time.time
         monotonic = time.monotonic
+        self._last_any = monotonic()
         while True:
             try:
                 raw = await ws.recv(decode=False)
             except websockets.ConnectionClosedOK:
                 log.info("%s closed by the server", self.name)
                 return
+            self._last_any = monotonic()
+            if raw == keepalive:
+                continue
             now = clock()
-            self._last_rx = monotonic()
+            self._last_rx = self._last_any
             recv_ms = int(now * 1000)
             self.last_rx_ms = recv_ms
             metrics.received += 1
             if len(raw) > max_frame:
                 metrics.malformed += 1
                 continue
-            try:
-                msg = loads(raw)
-                route = routes[msg["stream"]]
-                entry_id, event = route.normalize(msg["data"], recv_ms)
-            except (MalformedEvent, ValueError, KeyError, TypeError, IndexError, AttributeError):
-                if self._control_frame(raw):
-                    metrics.received -= 1
-                    if self._shutdown_requested:
-                        return
-                    continue
-                metrics.malformed += 1
-                continue
-            event_ms = event["event_ms"]
-            submit((route.xadd_head, route.set_head, entry_id, packb(event), event_ms, now))
-            if route.sequenced:
-                seq = event["id"]
-                if seq > route.last_seq + 1 >= 1:  # an id was skipped: its gap is marked
-                    route.gap_pending = True
-            if route.gap_pending:
-                route.gap_pending = False
-                on_resume(route, entry_id, event)
-            if route.sequenced and seq > route.last_seq:
-                route.last_seq = seq
-            if event_ms > route.last_ms:
-                route.last_ms = event_ms
-            if route.on_event is not None:
-                route.on_event(event)
+            if handle(raw, now, recv_ms):
+                return
+
+    def _frame(self, raw: bytes, now: float, recv_ms: int) -> bool:
+        """Route one Binance frame; True when the server asked us to reconnect."""
+        try:
+            msg = orjson.loads(raw)
+            route = self.routes[msg["stream"]]
+            entry_id, event = route.normalize(msg["data"], recv_ms)
+        except (MalformedEvent, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            if self._control_frame(raw):
+                self._metrics.received -= 1
+                return self._shutdown_requested
+            self._metrics.malformed += 1
+            return False
+        deliver(route, entry_id, event, now, self._submit, self._on_resume)
+        return False
 
     def _control_frame(self, raw: bytes) -> bool:
         """Answers to SUBSCRIBE and ``serverShutdown`` notices: not data, not malformed."""

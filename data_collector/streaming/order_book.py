@@ -91,7 +91,7 @@ class BookKeeper:
         self,
         symbols: list[str],
         *,
-        rest: BinanceRest,
+        rest: BinanceRest | None,
         metrics: StreamMetrics,
         publish: Callable[[str, bytes | None], None],
         prefix: str,
@@ -207,6 +207,7 @@ class BookKeeper:
             if attempt:
                 await asyncio.sleep(backoff_delay(attempt - 1, 0.2, 10.0))
             attempt += 1
+            assert self._rest is not None, "a book without REST snapshots syncs from its stream"
             try:
                 snap = await self._rest.depth(symbol, self._snapshot_limit)
                 bids, asks = parse_levels(snap["bids"]), parse_levels(snap["asks"])

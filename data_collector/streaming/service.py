@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -25,9 +25,12 @@ from data_collector.markets import candle_open_ms, next_open_ms, normalize_marke
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
+from data_collector.streaming.ccxtpro import CcxtBookKeeper
+from data_collector.streaming.ccxtpro import build_connections as build_ccxt_connections
 from data_collector.streaming.connection import (
     MAX_STREAMS_PER_CONNECTION,
     ConnectionSettings,
+    Feed,
     Route,
     StreamConnection,
 )
@@ -43,6 +46,12 @@ from data_collector.streaming.normalize import (
     make_normalizer,
     validate_channel,
 )
+from data_collector.streaming.okx.book import OkxBookKeeper
+from data_collector.streaming.okx.connection import OkxConnection
+from data_collector.streaming.okx.connection import build_connections as build_okx_connections
+from data_collector.streaming.okx.connection import route_key as okx_route_key
+from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
+from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
@@ -96,6 +105,10 @@ class ServiceOptions:
     store_funding: bool = False
     #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
     repair_max_ids: int = 100_000
+    #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
+    adapter: str = "native"
+    #: Constructor config of the ccxt.pro exchange (the generic adapter only).
+    ccxt_config: dict[str, Any] = field(default_factory=dict)
 
 
 class _Activity:
@@ -127,7 +140,7 @@ class StreamService:
         candle_sink: CandleSink | None = None,
         on_mark_price: Callable[[Event], None] | None = None,
     ) -> None:
-        self.venue = venue = stream_venue(options.protocol)
+        self.venue = venue = stream_venue(options.protocol, options.adapter)
         self.options = options
         self.metrics = metrics
         self._endpoint = endpoint
@@ -154,19 +167,27 @@ class StreamService:
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
         if "depth" in self.channels:
-            self.books = BookKeeper(
-                self.symbols,
-                rest=self.rest,
-                metrics=metrics,
-                publish=self.writer.publish_book,
-                prefix=options.prefix,
-                exchange=options.exchange,
-                depth=options.book_depth,
-                publish_interval_ms=options.book_publish_interval_ms,
-                snapshot_limit=venue.snapshot_limit(options.book_snapshot_limit),
-                chained_by_pu=venue.chained_by_pu,
-                on_break=self._on_book_break,
-            )
+            book_args: dict[str, Any] = {
+                "metrics": metrics,
+                "publish": self.writer.publish_book,
+                "prefix": options.prefix,
+                "exchange": options.exchange,
+                "depth": options.book_depth,
+                "publish_interval_ms": options.book_publish_interval_ms,
+                "on_break": self._on_book_break,
+            }
+            if venue.kind == "okx":
+                self.books = OkxBookKeeper(self.symbols, resubscribe=self._okx_resubscribe, **book_args)
+            elif venue.kind == "ccxt":
+                self.books = CcxtBookKeeper(self.symbols, **book_args)
+            else:
+                self.books = BookKeeper(
+                    self.symbols,
+                    rest=self.rest,
+                    snapshot_limit=venue.snapshot_limit(options.book_snapshot_limit),
+                    chained_by_pu=venue.chained_by_pu,
+                    **book_args,
+                )
         self.candles = candle_sink
         #: Stores each settled funding rate (perpetuals with a markPrice channel and a store).
         self.funding: FundingWatcher | None = None
@@ -215,7 +236,7 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0:
+        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.kind == "binance":
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -227,11 +248,14 @@ class StreamService:
             symbol=symbol,
             channel=channel,
             stream_key=skey,
-            normalize=make_normalizer(opts.exchange, symbol, channel),
+            normalize=(okx_normalizer if self.venue.kind == "okx" else make_normalizer)(
+                opts.exchange, symbol, channel
+            ),
             xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
-            sequenced=channel in SEQUENCED_CHANNELS,
+            # Binance's trade ids are contiguous per symbol (OKX's are too: issue 15's OKX part).
+            sequenced=channel in SEQUENCED_CHANNELS and self.venue.kind == "binance",
         )
         if repair_heads is not None:
             self._repair_heads[id(route)] = repair_heads
@@ -250,7 +274,53 @@ class StreamService:
 
         return both
 
-    def _build_connections(self) -> list[StreamConnection]:
+    def _okx_resubscribe(self, symbol: str) -> None:
+        """A broken OKX book: ask its connection for a new ``books`` snapshot."""
+        inst = okx_inst_id(symbol)
+        for conn in self.connections:
+            if isinstance(conn, OkxConnection) and okx_route_key("books", inst) in conn.routes:
+                conn.resubscribe("books", inst)
+
+    def _build_connections(self) -> list[Feed]:
+        hooks: dict[str, Any] = {
+            "submit": self.writer.submit,
+            "metrics": self.metrics,
+            "settings": self.options.connection,
+            "on_connect": self._on_connect,
+            "on_disconnect": self._on_disconnect,
+            "on_resume": self._on_resume,
+        }
+        if self.venue.kind == "okx":
+            watchdog = self.options.connection.watchdog_s
+            return [
+                *build_okx_connections(
+                    self.symbols,
+                    self.channels,
+                    self._route,
+                    self.options.ws_url,
+                    per_connection=self.options.max_streams_per_connection,
+                    # OKX drops a connection after 30 s without traffic.
+                    ping_interval_s=min(20.0, watchdog / 2),
+                    **hooks,
+                )
+            ]
+        if self.venue.kind == "ccxt":
+            books = self.books if isinstance(self.books, CcxtBookKeeper) else None
+            return [
+                *build_ccxt_connections(
+                    self.options.protocol,
+                    self.options.ccxt_config,
+                    self.options.exchange,
+                    self.symbols,
+                    self.channels,
+                    self._route,
+                    books,
+                    **hooks,
+                )
+            ]
+        return [*self._build_binance_connections()]
+
+    def _build_binance_connections(self) -> list[StreamConnection]:
         per_conn = min(self.options.max_streams_per_connection, MAX_STREAMS_PER_CONNECTION)
         symbols_per_conn = max(1, per_conn // len(self.channels))
         connections: list[StreamConnection] = []
@@ -354,7 +424,7 @@ class StreamService:
         skey = stream_key(opts.prefix, opts.exchange, "depth", symbol)
         self.writer.submit_gap(GapMarker(skey, "depth", symbol, from_ms, to_ms, "book"))
 
-    def _on_disconnect(self, conn: StreamConnection) -> None:
+    def _on_disconnect(self, conn: Feed) -> None:
         if self.books is None:
             return
         for symbol in {r.symbol for r in conn.routes.values() if r.channel == "depth"}:
@@ -441,7 +511,7 @@ class StreamService:
         self._note_gap_top(replies[-1])
         return True
 
-    async def _on_connect(self, conn: StreamConnection) -> None:
+    async def _on_connect(self, conn: Feed) -> None:
         """Every (re)connect: mark the streams with a known past, repair their closed klines."""
         routes = conn.unique_routes()
         async with self._load_lock:
@@ -458,7 +528,8 @@ class StreamService:
             if route.last_ms > 0 and id(route) not in self._gap_reason:
                 self._gap_reason[id(route)] = reason
         kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
-        if kline_routes:
+        # Only Binance's klines are repaired by REST; the other adapters leave the gap marker.
+        if kline_routes and self.venue.kind == "binance":
             await self._repair_klines(kline_routes)
 
     @classmethod

@@ -1,4 +1,9 @@
-"""What the streamer knows of each venue it speaks: spot Binance and Binance USDⓈ-M futures.
+"""What the streamer knows of each venue it speaks: which adapter, and Binance's protocol details.
+
+Three adapters (``kind``): ``binance`` (native, this module and :mod:`.connection`,
+:mod:`.order_book`), ``okx`` (native, the :mod:`data_collector.streaming.okx` folder) and ``ccxt``
+(:mod:`.ccxtpro`: any other ccxt.pro exchange, through its ``watch_*_for_symbols`` methods;
+slower, with weaker guarantees).
 
 The venue follows ``exchange.id`` (the ccxt class): ``binance`` streams spot symbols
 (``SOL/USDT``) from ``stream.binance.com`` and ``api.binance.com``; ``binanceusdm`` streams
@@ -40,6 +45,8 @@ class StreamVenue:
     chained_by_pu: bool
     #: The snapshot sizes ``depth`` serves, smallest first (empty: any up to 5000).
     snapshot_limits: tuple[int, ...] = ()
+    #: The adapter: ``binance``, ``okx`` (native) or ``ccxt`` (generic, through ccxt.pro).
+    kind: str = "binance"
 
     def snapshot_limit(self, wanted: int) -> int:
         """The smallest snapshot size the venue serves that holds ``wanted`` levels (else its largest)."""
@@ -49,6 +56,8 @@ class StreamVenue:
 
     def check_symbol(self, symbol: str) -> str:
         """``symbol`` if this venue lists markets of its kind, else ``UsageError`` saying where it streams."""
+        if self.kind != "binance":  # one OKX or ccxt.pro connection carries spot and swaps alike
+            return symbol
         if is_perpetual(symbol) != (self.market_type == "swap"):
             if is_perpetual(symbol):
                 raise UsageError(
@@ -82,18 +91,48 @@ USDM = replace(
     chained_by_pu=True,
     snapshot_limits=(5, 10, 20, 50, 100, 500, 1000),
 )
-VENUES: dict[str, StreamVenue] = {v.protocol: v for v in (SPOT, USDM)}
+#: OKX v5 (spot and swaps on one connection): see :mod:`data_collector.streaming.okx`.
+OKX = StreamVenue(
+    protocol="okx",
+    market_type="spot",
+    rest_api="/api/v5",
+    default_rest_url="https://www.okx.com",
+    default_ws_url="wss://ws.okx.com:8443/ws/v5",
+    channels=("trade", "bookTicker", "ticker", "depth"),
+    chained_by_pu=False,
+    kind="okx",
+)
+VENUES: dict[str, StreamVenue] = {v.protocol: v for v in (SPOT, USDM, OKX)}
+#: What the generic adapter streams: trades, books (top N, no depth diffs) and klines.
+GENERIC_CHANNELS = ("trade", "depth")
+ADAPTERS = ("native", "ccxt")
 
 
-def stream_venue(protocol: str) -> StreamVenue:
-    """The venue spoken for ``exchange.id`` ``protocol``; ``UsageError`` for any other."""
+def stream_venue(protocol: str, adapter: str = "native") -> StreamVenue:
+    """The venue spoken for ``exchange.id`` ``protocol``: the native adapter where there is one
+    (unless ``adapter`` is ``ccxt``), else the generic one if ccxt.pro has the exchange;
+    ``UsageError`` for any other."""
+    if adapter not in ADAPTERS:
+        raise UsageError(f"streaming.adapter must be one of {', '.join(ADAPTERS)}, not {adapter!r}")
     venue = VENUES.get(protocol)
-    if venue is None:
+    if venue is not None and adapter == "native":
+        return venue
+    import ccxt.pro  # only the generic adapter needs it
+
+    if protocol not in ccxt.pro.exchanges:
         raise UsageError(
-            f"the streamer speaks {' and '.join(repr(p) for p in VENUES)} only, not {protocol!r}: "
-            "set exchange.id accordingly"
+            f"unknown exchange.id {protocol!r}: the streamer speaks {', '.join(repr(p) for p in VENUES)} "
+            "natively and any ccxt.pro exchange (ccxt.pro.exchanges) through the generic adapter"
         )
-    return venue
+    return replace(
+        OKX,
+        protocol=protocol,
+        rest_api="",
+        default_rest_url="",
+        default_ws_url="",
+        channels=GENERIC_CHANNELS,
+        kind="ccxt",
+    )
 
 
 def venue_for_symbols(symbols: list[str]) -> StreamVenue:

@@ -32,7 +32,10 @@ async def sim() -> AsyncIterator[SimulatedExchange]:
 async def _collect(
     base_config: dict[str, Any], sim: SimulatedExchange, **exchange: Any
 ) -> tuple[CollectionReport, OptimizedDataCollector]:
-    ex = {"archive": {"url": sim.archive_url, "timeout_s": 5}, **exchange}
+    ex = {
+        "archive": {"url": sim.archive_url, "timeout_s": 30},
+        **exchange,
+    }  # generous: a loaded machine must not turn a slow answer into a fallback
     config = config_for(base_config, sim, symbols=SYMBOLS, timeframes=TIMEFRAMES, exchange=ex)
     collector = OptimizedDataCollector(config)
     await collector.initialize()

@@ -202,6 +202,9 @@ class RecordingMonitor:
     def record_gaps(self, n: int = 1) -> None:
         self.gaps += n
 
+    def record_archive_file(self, nbytes: int, rows: int) -> None:
+        pass
+
     def set_queue_depth(self, depth: int) -> None:
         self.depths.append(depth)
 

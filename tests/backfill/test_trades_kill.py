@@ -21,13 +21,30 @@ async def _rows(schema: str) -> tuple[list[Any], list[Any], int]:
     try:
         if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.trades") is None:
             return [], [], 0
-        trades = [tuple(r) for r in await conn.fetch(f'SELECT * FROM "{schema}".trades ORDER BY 1, 2')]
+        trades = [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker "
+                f'FROM "{schema}".trades ORDER BY instrument_id, id'
+            )
+        ]
         rows = await conn.fetch(f'SELECT first_id, end_id, start_ms, end_ms FROM "{schema}".trade_coverage')
         # Two writers may each store a range that touches the other's; reads merge them.
         cover = merge_trade_coverage(TradeCoverage(*r) for r in rows)
         return trades, cover, len(trades)
     finally:
         await conn.close()
+
+
+async def restart_matches(path: Path, cwd: Path, schema: str, want: tuple[list[Any], list[Any], int]) -> None:
+    """Run the script on ``path`` to the end: ``schema``'s trades and coverage are ``want``'s, whole."""
+    proc = await start_script(path, cwd)
+    assert await proc.wait() == 0
+    got_trades, got_cover, _ = await _rows(schema)
+    want_trades, want_cover, total = want
+    assert got_trades == want_trades
+    assert got_cover == want_cover
+    assert len(want_cover) == 1 and want_cover[0].end_id - want_cover[0].first_id == total
 
 
 async def test_sigkill_at_three_points_then_restart_matches_an_uninterrupted_run(
@@ -67,9 +84,4 @@ async def test_sigkill_at_three_points_then_restart_matches_an_uninterrupted_run
 
             await kill_when_stored(path, tmp_path, trades, fraction * total, f"{fraction:.0%} of the trades")
             assert 0 < (await _rows(killed))[2] < total
-        proc = await start_script(path, tmp_path)
-        assert await proc.wait() == 0
-        got_trades, got_cover, _ = await _rows(killed)
-        assert got_trades == want_trades
-        assert got_cover == want_cover
-        assert len(want_cover) == 1 and want_cover[0].end_id - want_cover[0].first_id == total
+        await restart_matches(path, tmp_path, killed, (want_trades, want_cover, total))

@@ -125,3 +125,59 @@ async def test_agg_trades_archive_equals_rest_agg_trades(date: str) -> None:
             assert int(row[5]) == (trade["T"] * 1000 if micros else trade["T"])
             got = [int(row[0]), row[1], row[2], int(row[3]), int(row[4]), row[6] == "True", row[7]]
             assert got == [trade["a"], trade["p"], trade["q"], trade["f"], trade["l"], trade["m"], "True"]
+
+
+PERP = "BTC/USDT:USDT"
+UM_KINDS = {
+    "klines": "last",
+    "markPriceKlines": "mark",
+    "indexPriceKlines": "index",
+    "premiumIndexKlines": "premium",
+}
+
+
+@pytest.mark.parametrize("kind", list(UM_KINDS))
+@pytest.mark.parametrize("date", ["2024-12-31", "2025-01-01"])
+async def test_futures_klines_have_a_header_row_ms_times_and_rest_values(kind: str, date: str) -> None:
+    async with SimulatedExchange(symbols=[SYMBOL], perpetuals=[PERP], seed=3) as sim:
+        period, start, end = period_range(date)
+        market = sim.usdm.market(PERP)
+        path = sim.archive.url(market, "1h", period, date, kind)
+        assert path == f"/data/futures/um/daily/{kind}/BTCUSDT/1h/BTCUSDT-1h-{date}.zip"
+        status, data = await _get(sim, path)
+        assert status == 200
+        status, check = await _get(sim, path + ".CHECKSUM")
+        assert status == 200 and check.decode().split()[0] == hashlib.sha256(data).hexdigest()
+        header, *rows = _csv(data)
+        assert header[:3] == ["open_time", "open", "high"] and len(header) == 12
+        want = [[str(x) for x in k] for k in sim.usdm.klines(PERP, "1h", start, end, UM_KINDS[kind])]
+        assert rows == want and len(rows) == 24  # ms on both sides of 2025-01-01
+        # The spot market of the same name is another file with other values.
+        assert (await _get(sim, sim.archive.url(sim.market(SYMBOL), "1h", period, date)))[1] != data
+
+
+async def test_futures_agg_trades_have_a_header_row_and_equal_fapi_agg_trades() -> None:
+    date = "2025-01-01"
+    async with SimulatedExchange(symbols=[SYMBOL], perpetuals=[PERP], seed=3) as sim:
+        market = sim.usdm.market(PERP)
+        status, data = await _get(sim, sim.archive.url(market, "aggTrades", "daily", date, "aggTrades"))
+        assert status == 200
+        header, *rows = _csv(data)
+        assert header == [
+            "agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker"
+        ]  # fmt: skip
+        assert {r[6] for r in rows} == {"true", "false"}
+        _, start, end = period_range(date)
+        assert start <= int(rows[0][5]) and int(rows[-1][5]) < end  # milliseconds, inside the day
+        url = f"{sim.futures_rest_url}/fapi/v1/aggTrades?symbol=BTCUSDT&limit=1000&fromId="
+        async with aiohttp.ClientSession() as s:
+            for at in (0, len(rows) // 2, len(rows) - 1000):
+                async with s.get(url + rows[at][0]) as r:
+                    page = await r.json()
+                got = [
+                    [str(t["a"]), t["p"], t["q"], str(t["f"]), str(t["l"]), str(t["T"]), str(t["m"]).lower()]
+                    for t in page
+                ]
+                assert got == rows[at : at + 1000]
+        first = await _get(sim, sim.archive.url(market, "aggTrades", "daily", "2024-12-31", "aggTrades"))
+        assert int(_csv(first[1])[-1][0]) + 1 == int(rows[0][0])  # ids run on across files

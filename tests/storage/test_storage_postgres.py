@@ -17,6 +17,7 @@ from data_collector.errors import ConfigError, PermanentError, ServerUnavailable
 from data_collector.markets import MINUTE_MS
 from data_collector.storage import CandleBatch, CoverageRange, StoreSettings, open_store
 from data_collector.storage.postgres import PostgresCandleStore
+from data_collector.storage.postgres_partitions import create_partitions
 from tests.support.candles import batch, candles
 from tests.support.services import PG_ADMIN_DSN, PG_URL, free_port
 
@@ -129,6 +130,8 @@ async def test_rows_appearing_after_the_probe_fall_back_to_the_staging_path(
     store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str
 ) -> None:
     iid = await _iid(store)
+    # The month's partition as a write makes it, so that the rows below go there, not to the default.
+    await create_partitions(admin, pg_schema, "ohlcv", [(1970, 1)])
     other = admin.transaction()
     await other.start()
     await admin.copy_records_to_table(
@@ -178,9 +181,9 @@ async def test_concurrent_initialize_of_a_new_schema(admin: asyncpg.Connection) 
         tables = await admin.fetchval(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", schema
         )
-        # instruments, ohlcv, coverage, timeframes, ohlcv_view, price_ohlcv_view, trades,
-        # trade_coverage, trades_view, funding, funding_view, open_interest, open_interest_view
-        assert tables == 13
+        # instruments, ohlcv, ohlcv_default, coverage, timeframes, ohlcv_view, price_ohlcv_view,
+        # trades, trade_coverage, trades_view, funding, funding_view, open_interest, open_interest_view
+        assert tables == 14
     finally:
         for s in stores:
             await s.close()

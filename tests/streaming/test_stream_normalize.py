@@ -250,8 +250,11 @@ def test_venues_refuse_the_other_markets_kind_in_one_line() -> None:
         SPOT.check_symbol("BTC/USDT:USDT")
     with pytest.raises(UsageError, match="write BTC/USDT:USDT"):
         USDM.check_symbol("BTC/USDT")
-    with pytest.raises(UsageError, match="speaks 'binance' and 'binanceusdm' only"):
-        stream_venue("kraken")
+    # Binance and OKX natively; any other ccxt.pro exchange through the generic adapter.
+    assert stream_venue("okx").kind == "okx" and stream_venue("kraken").kind == "ccxt"
+    assert stream_venue("binance", "ccxt").kind == "ccxt"
+    with pytest.raises(UsageError, match="unknown exchange.id 'nosuchvenue'"):
+        stream_venue("nosuchvenue")
     with pytest.raises(UsageError, match="unknown channel"):
         validate_channel("markPrice")  # spot has no mark price
     assert validate_channel("forceOrder", USDM.channels) == "forceOrder"

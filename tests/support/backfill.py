@@ -16,7 +16,7 @@ import yaml
 from data_collector.markets import DAY_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
-from tests.support.services import PG_ADMIN_DSN
+from tests.support.services import PG_ADMIN_DSN, PG_URL
 from tests.support.waiting import wait_for_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,15 @@ async def stored_equals_sim(
 
 def klines_requests(sim: SimulatedExchange) -> int:
     return int(sim.stats()["endpoints"].get("klines", 0))
+
+
+def schema_config(
+    tmp_path: Path, schema: str, sim: SimulatedExchange, start_ms: int, end_ms: int, **extra: Any
+) -> Path:
+    """A config file for the collection script: ``schema`` on the test PostgreSQL, ``[start, end)``."""
+    base = {"database": {"url": PG_URL, "schema": schema}, "logging": {"file": None}}
+    cfg = config_for(base, sim, start=local_iso(start_ms), end=local_iso(end_ms), **extra)
+    return write_config(tmp_path / f"{schema}.yaml", cfg)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

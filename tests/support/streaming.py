@@ -90,3 +90,63 @@ def streamer_on(
         channels=channels,
         config=stream_config(sim, prefix, futures=futures),
     )
+
+
+def okx_stream_config(sim: SimulatedExchange, prefix: str, **streaming: Any) -> dict[str, Any]:
+    """A streamer config on ``sim``'s OKX venue (label ``sim-okx``) under ``prefix``."""
+    ccxt_config = sim.okx_ccxt_config()
+    config = stream_config(sim, prefix, **streaming)
+    config["exchange"] = {
+        "id": "okx",
+        "name": "sim-okx",
+        "urls": ccxt_config["urls"],
+        "options": ccxt_config["options"],
+        "ws_url": sim.okx.ws_url,
+    }
+    return config
+
+
+def record_okx_books(
+    sim: SimulatedExchange, depth: int
+) -> dict[tuple[str, int], tuple[list[Any], list[Any]]]:
+    """The simulator's true top ``depth`` levels of every OKX book state it sends, by
+    ``(instId, seqId)``, as floats (what a published book must equal)."""
+    hub = sim.okx.hub
+    flush = hub._flush_book
+    truth: dict[tuple[str, int], tuple[list[Any], list[Any]]] = {}
+
+    def recording(inst: Any, now: int) -> None:
+        flush(inst, now)
+        bids, asks = sim.okx.venue.levels(inst, depth)
+        truth[(inst.inst_id, inst.book.update_id)] = (
+            [[float(p), float(q)] for p, q, *_ in bids],
+            [[float(p), float(q)] for p, q, *_ in asks],
+        )
+
+    hub._flush_book = recording  # type: ignore[method-assign]
+    return truth
+
+
+def tap_books(streamer: Any) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every book the streamer publishes (``None``: the key deleted), in order."""
+    keeper = streamer._service.books
+    publish = keeper._publish
+    seen: list[tuple[str, dict[str, Any] | None]] = []
+
+    def tapped(key: str, payload: bytes | None) -> None:
+        seen.append((key, msgpack.unpackb(payload) if payload is not None else None))
+        publish(key, payload)
+
+    keeper._publish = tapped
+    return seen
+
+
+def delete_prefix(prefix: str) -> None:
+    """Delete every key under ``prefix`` (a second prefix a test made beside ``redis_prefix``)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

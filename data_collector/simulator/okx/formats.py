@@ -6,36 +6,20 @@ timestamp as a string of milliseconds, and candles as 9 strings, newest first.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.simulator.market import Rows, SymbolMarket
 
-#: ccxt timeframe -> OKX ``bar``. From 6h up ccxt asks for the UTC-aligned bar (``6Hutc``);
-#: the Hong Kong-aligned ones (``6H``, ``1D``, ...) open at 16:00 UTC and are not modelled.
-BARS: dict[str, str] = {
-    "1m": "1m",
-    "3m": "3m",
-    "5m": "5m",
-    "15m": "15m",
-    "30m": "30m",
-    "1h": "1H",
-    "2h": "2H",
-    "4h": "4H",
-    "6h": "6Hutc",
-    "12h": "12Hutc",
-    "1d": "1Dutc",
-    "1w": "1Wutc",
-    "1M": "1Mutc",
-    "3M": "3Mutc",
-}
+# The venue's protocol constants: one definition, the streamer's OKX adapter's.
+from data_collector.streaming.okx.protocol import BARS as BARS
+from data_collector.streaming.okx.protocol import CHECKSUM_LEVELS as CHECKSUM_LEVELS
+from data_collector.streaming.okx.protocol import checksum as checksum
+
 #: OKX ``bar`` -> our timeframe.
 TIMEFRAME_OF_BAR = {bar: tf for tf, bar in BARS.items()}
 #: The timeframes a venue serves, shortest first (what ccxt okx lists).
 OKX_TIMEFRAMES = tuple(BARS)
-#: Levels the ``books`` checksum covers on each side.
-CHECKSUM_LEVELS = 25
 
 
 def num(units: int, decimals: int) -> str:
@@ -93,22 +77,6 @@ def candle_rows(rows: Rows, market: SymbolMarket, swap: bool, closed_before_ms: 
             ]
         )
     return out
-
-
-def checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
-    """OKX's ``books`` checksum: CRC32 (signed 32-bit) of ``bid1px:bid1sz:ask1px:ask1sz:...``.
-
-    The best 25 levels of each side interleave, bid first; where one side runs out the other's
-    levels follow alone. Prices and sizes are the strings as sent.
-    """
-    parts: list[str] = []
-    for i in range(CHECKSUM_LEVELS):
-        if i < len(bids):
-            parts.extend(bids[i])
-        if i < len(asks):
-            parts.extend(asks[i])
-    value = zlib.crc32(":".join(parts).encode())
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def envelope(data: list[Any], code: str = "0", msg: str = "") -> dict[str, Any]:

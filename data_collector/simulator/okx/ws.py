@@ -8,8 +8,14 @@ with no traffic either way for ``idle_timeout_s`` (OKX: 30 s) is closed. ``books
 snapshot, then updates with ``prevSeqId`` (the ``seqId`` before) and the CRC32 ``checksum`` of the
 best 25 levels after the update.
 
-Each connection has a bounded outgoing queue and one writer task; a client that lets it fill up
-is dropped (as a slow consumer). One pump tick (100 ms) builds every message once for all.
+Each connection has a bounded outgoing queue and one writer task, which writes whatever has queued
+as one batch of frames; a client that lets the queue fill up is dropped (as a slow consumer). One
+pump tick (``tick_s``, 100 ms) builds every message once for all. With ``ws_rate`` > 0, ``trades``
+carries that many synthetic trades a second per instrument (as Binance's streams do) instead of
+the model's tape, one trade a message; ``trades_sent`` counts what each instrument's went out.
+
+Long because the pump builds every channel from one per-instrument state (book sequence, trade
+cursor, candle and ticker clocks, faults) that the connections share.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from aiohttp import WSMsgType, web
 from data_collector.markets import HOUR_MS, MINUTE_MS
 from data_collector.simulator.okx.formats import TIMEFRAME_OF_BAR, checksum, num
 from data_collector.simulator.okx.venue import Instrument
+from data_collector.simulator.streams import HIGH_WATER, frame
 
 if TYPE_CHECKING:
     from data_collector.simulator.okx.server import OkxServer
@@ -51,11 +58,12 @@ class OkxConnection:
     transport: asyncio.BaseTransport | None
     business: bool
     conn_id: str
-    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX))
+    #: A text message, or frames already built (a tick's batch).
+    queue: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX))
     subs: set[tuple[str, str]] = field(default_factory=set)
     last_traffic: float = 0.0
 
-    def send(self, text: str) -> bool:
+    def send(self, text: str | bytes) -> bool:
         """Queue ``text``; False if the queue is full (the caller drops the connection)."""
         try:
             self.queue.put_nowait(text)
@@ -84,6 +92,11 @@ class OkxHub:
         self._trade_cursor: dict[str, int] = {}
         self._candles: dict[tuple[str, str], tuple[int, int]] = {}
         self._ticker_ms: dict[str, int] = {}
+        #: Synthetic trades a second per instrument on ``trades`` (0: the model's tape).
+        self.ws_rate = 0.0
+        self._rate_state: dict[str, tuple[int, float, int]] = {}
+        #: instId -> ``[count, first tradeId, last tradeId]`` of the trades sent.
+        self.trades_sent: dict[str, list[int]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -152,10 +165,22 @@ class OkxHub:
         return ws
 
     async def _writer(self, conn: OkxConnection) -> None:
+        """Write everything queued as one batch of frames, in order; wait while the socket's
+        buffer is past :data:`HIGH_WATER`."""
+        queue = conn.queue
+        transport = conn.transport
         try:
             while True:
-                text = await conn.queue.get()
-                await conn.ws.send_str(text)
+                items = [await queue.get()]
+                while not queue.empty() and len(items) < 4096:
+                    items.append(queue.get_nowait())
+                if transport is None or transport.is_closing():
+                    raise ConnectionError("closed")
+                transport.write(  # type: ignore[attr-defined]
+                    b"".join(frame(i.encode()) if isinstance(i, str) else i for i in items)
+                )
+                if transport.get_write_buffer_size() > HIGH_WATER:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.005)  # a slow reader: the queue fills and it is dropped
         except (ConnectionError, RuntimeError):
             self._abort(conn)
 
@@ -164,7 +189,7 @@ class OkxHub:
         if conn.transport is not None:
             conn.transport.abort()  # type: ignore[attr-defined]
 
-    def _push(self, conn: OkxConnection, text: str) -> None:
+    def _push(self, conn: OkxConnection, text: str | bytes) -> None:
         conn.last_traffic = asyncio.get_running_loop().time()
         if not conn.send(text):
             log.warning("OKX sim: dropping slow connection %s", conn.conn_id)
@@ -319,12 +344,14 @@ class OkxHub:
             if not texts:
                 continue
             self.sent[channel] += len(texts)
+            batch = b"".join(frame(t.encode()) for t in texts)
             for conn in conns:
-                for text in texts:
-                    self._push(conn, text)
+                self._push(conn, batch)
 
     def _produce(self, channel: str, inst: Instrument, now: int) -> list[str]:
         arg = '{"arg":{"channel":"%s","instId":"%s"},' % (channel, inst.inst_id)
+        if channel == "trades" and self.ws_rate > 0:
+            return self._synthetic_trades(inst, now, arg)
         if channel == "trades":
             cursor = self._trade_cursor.get(inst.inst_id, now)
             out = []
@@ -335,6 +362,7 @@ class OkxHub:
                     item["count"] = "1"
                     del item["source"]
                     out.append(arg + '"data":[%s]}' % json.dumps(item, separators=(",", ":")))
+                    self._count_trade(inst.inst_id, t.id)
             self._trade_cursor[inst.inst_id] = now
             return out
         if channel.startswith("candle"):
@@ -353,6 +381,41 @@ class OkxHub:
             self._ticker_ms[inst.inst_id] = now
             return [arg + '"data":[%s]}' % json.dumps(self._ticker(inst, now), separators=(",", ":"))]
         return []
+
+    def _count_trade(self, inst_id: str, trade_id: int, n: int = 1) -> None:
+        sent = self.trades_sent.get(inst_id)
+        if sent is None:
+            self.trades_sent[inst_id] = [n, trade_id, trade_id + n - 1]
+        else:
+            sent[0] += n
+            sent[2] = trade_id + n - 1
+
+    def _synthetic_trades(self, inst: Instrument, now: int, arg: str) -> list[str]:
+        """``ws_rate`` trades a second (ids continue from the model's), one a message."""
+        last_ms, carry, next_id = self._rate_state.get(
+            inst.inst_id, (now, 0.0, inst.market.trades_before(now // MINUTE_MS) * 3)
+        )
+        due = self.ws_rate * (now - last_ms) / 1000.0 + carry
+        n = min(int(due), max(1, int(self.ws_rate)))
+        self._rate_state[inst.inst_id] = (now, due - int(due), next_id + n)
+        if n <= 0:
+            return []
+        self.venue.advance_book(inst, now)
+        (bid, _), (ask, _) = inst.book.best()
+        pd = inst.market.price_decimals
+        prices = (num(bid, pd), num(ask, pd))
+        sizes = [inst.size(1 + i) for i in range(4)]
+        head = arg + '"data":[{"instId":"%s","tradeId":"' % inst.inst_id
+        tail = '","count":"1","ts":"%d"}]}' % now
+        out = [
+            head
+            + '%d","px":"%s","sz":"%s","side":"%s'
+            % (next_id + i, prices[i & 1], sizes[i & 3], ("sell", "buy")[i & 1])
+            + tail
+            for i in range(n)
+        ]
+        self._count_trade(inst.inst_id, next_id, n)
+        return out
 
     def _candle(self, channel: str, inst: Instrument, now: int, arg: str) -> list[str]:
         timeframe = TIMEFRAME_OF_BAR[channel[len("candle") :]]

@@ -1,0 +1,236 @@
+"""Monthly partitions of ohlcv: made on demand, retired by DETACH + DROP after a verified archive,
+and the resumable migration of a table made before partitioning (SIGKILLed part way)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pandas as pd
+import pytest
+
+from data_collector.config import load_config
+from data_collector.errors import PermanentError
+from data_collector.markets import HOUR_MS
+from data_collector.storage import CandleBatch, CoverageRange, open_store
+from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load_ohlcv_tiers
+from data_collector.storage.postgres import PostgresCandleStore
+from data_collector.storage.postgres_migrate import migrate_ohlcv
+from tests.support.archive import CUTOFF_MS, END_MS, START_MS, TIMEFRAME, VENUE, candles, seed, store_config
+from tests.support.migrate import OLD_OHLCV_DDL
+from tests.support.services import PG_ADMIN_DSN, PG_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+JANUARY = START_MS + 10 * HOUR_MS
+
+
+def _store(schema: str) -> PostgresCandleStore:
+    store = open_store(load_config(store_config(PG_URL, schema)))
+    assert isinstance(store, PostgresCandleStore)
+    return store
+
+
+@pytest.fixture
+async def store(pg_schema: str) -> AsyncIterator[PostgresCandleStore]:
+    async with _store(pg_schema) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    yield conn
+    await conn.close()
+
+
+async def _tables(admin: asyncpg.Connection, schema: str) -> dict[str, str]:
+    rows = await admin.fetch(
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname LIKE 'ohlcv%' AND c.relkind IN ('r', 'p')",
+        schema,
+    )
+    return {r[0]: r[1].decode() for r in rows}
+
+
+async def _all_rows(admin: asyncpg.Connection, schema: str) -> list[tuple[object, ...]]:
+    return [tuple(r) for r in await admin.fetch(f'SELECT * FROM "{schema}".ohlcv ORDER BY 1, 2, 3')]
+
+
+async def test_writes_make_monthly_partitions_and_a_prune_drops_the_archived_ones(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    instrument = await seed(store)
+    tables = await _tables(admin, pg_schema)
+    assert tables == {
+        "ohlcv": "p",
+        "ohlcv_default": "r",
+        "ohlcv_p202401": "r",
+        "ohlcv_p202402": "r",
+        "ohlcv_p202403": "r",
+    }
+    before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+    archive = ParquetArchive(ArchiveSettings(tmp_path))
+    report = await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True)
+    assert (report.months_pruned, report.failed) == (2, [])
+    # January and February were detached and dropped whole; March stays.
+    assert set(await _tables(admin, pg_schema)) == {"ohlcv", "ohlcv_default", "ohlcv_p202403"}
+    after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
+    pd.testing.assert_frame_equal(after, before)
+    kinds = {r.kind for r in await store.coverage(instrument.id, TIMEFRAME) if r.end_ms <= CUTOFF_MS}
+    assert kinds == {"archived", "empty"}
+
+
+async def test_sigkill_before_the_retiring_commit_keeps_partitions_and_coverage(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    instrument = await seed(store)
+    before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+    coverage = await store.coverage(instrument.id, TIMEFRAME)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.archive",
+        PG_URL,
+        pg_schema,
+        str(tmp_path),
+        "drop",
+        "ohlcv",
+        cwd=ROOT,
+    )
+    assert await asyncio.wait_for(proc.wait(), 120) == -9
+    # Detached and dropped, not committed: the partition, its rows and its coverage are all back.
+    assert "ohlcv_p202401" in await _tables(admin, pg_schema)
+    assert await store.coverage(instrument.id, TIMEFRAME) == coverage
+    pd.testing.assert_frame_equal(await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS), before)
+    archive = ParquetArchive(ArchiveSettings(tmp_path))
+    assert (await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True)).failed == []
+    assert set(await _tables(admin, pg_schema)) == {"ohlcv", "ohlcv_default", "ohlcv_p202403"}
+    after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
+    pd.testing.assert_frame_equal(after, before)
+
+
+async def test_a_month_shared_with_series_not_archived_keeps_its_partition_and_their_rows(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    instrument = await seed(store)
+    other = await store.ensure_instrument("kraken", "SOL/USD", base="SOL", quote="USD")
+    theirs = candles(START_MS, START_MS + 48 * HOUR_MS)
+    await store.write(
+        [CandleBatch(other.id, TIMEFRAME, theirs, [CoverageRange(START_MS, START_MS + 48 * HOUR_MS, "data")])]
+    )
+    before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+    archive = ParquetArchive(ArchiveSettings(tmp_path))
+    report = await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True)
+    assert (report.months_pruned, report.failed) == (2, [])
+    # January holds kraken's rows: deleted key by key instead; February was dropped.
+    assert set(await _tables(admin, pg_schema)) == {
+        "ohlcv",
+        "ohlcv_default",
+        "ohlcv_p202401",
+        "ohlcv_p202403",
+    }
+    assert await store.load(other.id, TIMEFRAME, START_MS, END_MS) == theirs
+    assert await store.load(instrument.id, TIMEFRAME, START_MS, CUTOFF_MS) == []
+    after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
+    pd.testing.assert_frame_equal(after, before)
+
+
+async def test_writes_into_a_month_retired_by_another_store_are_kept(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    instrument = await seed(store)  # this store has seen January's partition
+    async with _store(pg_schema) as other:
+        await ParquetArchive(ArchiveSettings(tmp_path)).archive_ohlcv(other, VENUE, CUTOFF_MS, prune=True)
+    late = await store.ensure_instrument(VENUE, "ETH/USDT", base="ETH", quote="USDT")
+    first = candles(START_MS, START_MS + 5 * HOUR_MS)
+    cover = [CoverageRange(START_MS, START_MS + 5 * HOUR_MS, "data")]
+    assert (await store.write([CandleBatch(late.id, TIMEFRAME, first, cover)])).written == 5
+    # The month had no partition: the rows went to the default one, and a store that looks
+    # again makes January's partition and moves them into it.
+    async with _store(pg_schema) as fresh:
+        more = candles(START_MS + 5 * HOUR_MS, START_MS + 9 * HOUR_MS)
+        cover = [CoverageRange(START_MS + 5 * HOUR_MS, START_MS + 9 * HOUR_MS, "data")]
+        assert (await fresh.write([CandleBatch(late.id, TIMEFRAME, more, cover)])).written == 4
+    assert await admin.fetchval(f'SELECT count(*) FROM "{pg_schema}".ohlcv_default') == 0
+    assert await admin.fetchval(f'SELECT count(*) FROM "{pg_schema}".ohlcv_p202401') == 9
+    assert await store.load(late.id, TIMEFRAME, START_MS, CUTOFF_MS) == first + more
+    assert await store.load(instrument.id, TIMEFRAME, START_MS, CUTOFF_MS) == []
+
+
+async def _old_layout(admin: asyncpg.Connection, schema: str) -> list[tuple[object, ...]]:
+    """A schema as main made it before partitioning, filled by a store: three series over months."""
+    await admin.execute(OLD_OHLCV_DDL.replace("{s}", f'"{schema}"'))
+    async with _store(schema) as old:
+        instrument = await seed(old)
+        other = await old.ensure_instrument(VENUE, "ETH/USDT", base="ETH", quote="USDT")
+        span = (START_MS - 40 * 24 * HOUR_MS, START_MS + 3 * HOUR_MS)
+        await old.write([CandleBatch(other.id, TIMEFRAME, candles(*span), [CoverageRange(*span, "data")])])
+        await old.write(
+            [CandleBatch(instrument.id, "1d", candles(START_MS, START_MS + 24 * HOUR_MS)[:1], [])]
+        )
+    assert await _tables(admin, schema) == {"ohlcv": "r"}
+    return await _all_rows(admin, schema)
+
+
+@pytest.mark.parametrize("step", ["2", "swap"])
+async def test_migration_sigkilled_part_way_then_rerun_keeps_every_row(
+    admin: asyncpg.Connection, pg_schema: str, tmp_path: Path, step: str
+) -> None:
+    rows = await _old_layout(admin, pg_schema)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.migrate", PG_URL, pg_schema, step, cwd=ROOT
+    )
+    assert await asyncio.wait_for(proc.wait(), 120) == -9
+    # Killed in the second series' move (rolled back: one series moved) or in the swap (rolled
+    # back: all moved, not swapped): every row in exactly one table.
+    moved = await admin.fetchval(f'SELECT count(*) FROM "{pg_schema}".ohlcv_next')
+    left = await admin.fetchval(f'SELECT count(*) FROM "{pg_schema}".ohlcv')
+    assert moved + left == len(rows) and (0 < moved < len(rows) if step == "2" else left == 0)
+    # A collector refuses the half-migrated schema, with one line saying how to finish.
+    with pytest.raises(PermanentError, match="migrate-partitions"):
+        async with _store(pg_schema):
+            pass
+    store = _store(pg_schema)
+    try:
+        report = await migrate_ohlcv(store)
+    finally:
+        await store.close()
+    assert report.rows_moved == left
+    assert (await _tables(admin, pg_schema))["ohlcv"] == "p"
+    assert "ohlcv_next" not in await _tables(admin, pg_schema)
+    assert await _all_rows(admin, pg_schema) == rows
+    # The collector works on it: writes into new months, reads, archive with prune drops months.
+    async with _store(pg_schema) as again:
+        instrument = await again.get_instrument(VENUE, "SOL/USDT")
+        assert instrument is not None
+        before = await again.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+        late = candles(END_MS, END_MS + 3 * HOUR_MS)
+        batch = CandleBatch(
+            instrument.id, TIMEFRAME, late, [CoverageRange(END_MS, END_MS + 3 * HOUR_MS, "data")]
+        )
+        assert (await again.write([batch])).written == 3
+        archive = ParquetArchive(ArchiveSettings(tmp_path))
+        report_archive = await archive.archive_ohlcv(again, VENUE, CUTOFF_MS, prune=True)
+        assert report_archive.failed == []
+        after = await load_ohlcv_tiers(again, archive, instrument, TIMEFRAME, START_MS, END_MS)
+        pd.testing.assert_frame_equal(after, before)
+        assert await migrate_ohlcv(again) == type(report)(already=True)
+
+
+async def test_a_store_works_on_the_old_layout_and_prunes_by_delete(
+    admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    await _old_layout(admin, pg_schema)
+    async with _store(pg_schema) as store:
+        instrument = await store.get_instrument(VENUE, "SOL/USDT")
+        assert instrument is not None
+        before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+        archive = ParquetArchive(ArchiveSettings(tmp_path))
+        report = await archive.archive_ohlcv(store, VENUE, CUTOFF_MS, prune=True)
+        assert (report.months_pruned, report.failed) == (5, [])  # SOL Jan-Feb, ETH Nov-Jan
+        after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
+        pd.testing.assert_frame_equal(after, before)
+    assert await _tables(admin, pg_schema) == {"ohlcv": "r"}
