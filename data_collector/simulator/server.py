@@ -77,7 +77,11 @@ class WsFaults:
         return sum(hub.shutdown_all() for hub in self._sim.hubs)
 
     def stall(self, seconds: float) -> None:
-        """Send nothing for ``seconds``; sockets stay open and data resumes afterwards."""
+        """Deliver nothing for ``seconds``; the market goes on and its frames queue on each socket.
+
+        They arrive after the stall, late; a connection whose backlog passes the hub's
+        ``max_backlog`` bytes meanwhile is disconnected (``hub.dropped_for_backlog``).
+        """
         for hub in self._sim.hubs:
             hub.stalled_until_ms = self._sim.clock.now_ms() + int(seconds * 1000)
 
@@ -85,6 +89,14 @@ class WsFaults:
         """Send one frame that is not valid JSON to every connection."""
         for hub in self._sim.hubs:
             hub.malformed()
+
+    def skip_trade_id(self, symbol: str, count: int = 1) -> None:
+        """Lose the next ``count`` frames of each ``trade`` and ``aggTrade`` stream of ``symbol``
+        (``X/Y:Z`` for a perpetual), as when events are lost: the trades stay on the tape and REST."""
+        hub = self._sim.usdm.hub if ":" in symbol else self._sim.hub
+        name = (self._sim.usdm.market(symbol) if ":" in symbol else self._sim.market(symbol)).symbol
+        for kind in ("trade", "aggTrade"):
+            hub.skip_trades[(name, kind)] = hub.skip_trades.get((name, kind), 0) + count
 
     def skip_depth_id(self, symbol: str, count: int = 1, lose_content: bool = False) -> None:
         """Lose ``count`` depth update ids of ``symbol`` (``X/Y:Z`` for a perpetual).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import struct
 import time
@@ -26,6 +27,7 @@ from data_collector.simulator.book import DepthDiff
 from data_collector.simulator.formats import agg_trade_json, decimal8
 from data_collector.simulator.fstreams import FUTURES_KINDS, parse_futures, produce_futures
 from data_collector.simulator.market import SymbolMarket
+from data_collector.simulator.tape import RateTape
 
 if TYPE_CHECKING:
     from data_collector.simulator.book import OrderBook
@@ -43,8 +45,12 @@ class Venue(Protocol):
 
 log = logging.getLogger(__name__)
 
-#: A subscriber whose socket buffer holds more than this is skipped for rate-driven streams.
-HIGH_WATER = 4 * 1024 * 1024
+#: A connection whose backlog (frames queued by a stall plus its socket's send buffer) passes this
+#: many bytes is disconnected, as a real exchange drops a consumer that cannot keep up.
+MAX_BACKLOG = 4 * 1024 * 1024
+#: The OKX venue still skips a subscriber whose socket buffer holds more than this (its own
+#: infidelity, left to issue 15's OKX part); Binance's hub disconnects at :data:`MAX_BACKLOG`.
+HIGH_WATER = MAX_BACKLOG
 _KLINE_PUSH_MS = 2000
 #: From this ms of a minute on, the pump computes the next minute's trades ahead (one market a tick).
 PREFETCH_FROM_MS = 50_000
@@ -74,10 +80,12 @@ class Connection:
     opened_ms: int
     subs: set[str] = field(default_factory=set)
     out: list[bytes] = field(default_factory=list)
+    #: Bytes in ``out`` (frames built but not written yet: a stall queues them here).
+    queued: int = 0
     closing: bool = False
 
-    def backed_up(self) -> bool:
-        return self.transport.get_write_buffer_size() > HIGH_WATER
+    def backlog(self) -> int:
+        return self.queued + self.transport.get_write_buffer_size()
 
     def write_now(self, payload: bytes) -> None:
         if not self.closing and not self.transport.is_closing():
@@ -127,10 +135,17 @@ class StreamHub:
         #: Incoming control messages allowed per second and connection (None: no limit).
         self.max_incoming_per_s: float | None = None
         self.dropped_for_rate = 0
+        #: Connections dropped because their backlog passed :attr:`max_backlog`.
+        self.dropped_for_backlog = 0
+        self.max_backlog = MAX_BACKLOG
+        #: (symbol, ``trade`` or ``aggTrade``) -> frames still to lose (``ws_faults.skip_trade_id``):
+        #: the trades stay on the tape (and REST), their frames are never sent.
+        self.skip_trades: dict[tuple[str, str], int] = {}
+        #: The ``trade`` streams' tape: ids are a function of the time, listened to or not.
+        self.tape = RateTape(0, sim.ws_rate)
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[bool]] = set()
         self._rng = random.Random(sim.seed)
-        self._trade_ids: dict[str, int] = {}
         self._ref: dict[str, int] = {}
         self._deferred: list[str] = []
 
@@ -194,6 +209,9 @@ class StreamHub:
                 state = StreamState(name, market, kind, arg, last_ms=now)
                 if kind == "aggTrade":
                     state.cursor = now
+                if kind == "trade":
+                    self.tape.set_rate(self.sim.ws_rate, now)
+                    state.cursor = self.tape.count(now)
                 if kind in ("depth", "partial"):
                     self.venue.advance_book(market, now)
                     book = self.venue.books[market.symbol]
@@ -354,11 +372,9 @@ class StreamHub:
         kind = st.kind
         m = st.market
         sym = m.exchange_symbol
-        if kind in ("trade", "bookTicker"):
-            if any(c.backed_up() for c in st.subscribers):
-                st.last_ms = now
-                st.carry = 0.0
-                return []
+        if kind == "trade":
+            return self._trades(st, now)
+        if kind == "bookTicker":
             due = self.sim.ws_rate * (now - st.last_ms) / 1000.0 + st.carry
             st.last_ms = now
             n = int(due)
@@ -366,8 +382,6 @@ class StreamHub:
             if n <= 0:
                 return []
             n = min(n, max(1, int(self.sim.ws_rate)))
-            if kind == "trade":
-                return self._trades(st, now, n)
             self.venue.advance_book(m, now)
             (bp, bq), (ap, aq) = self.venue.books[m.symbol].best()
             uid = self.venue.books[m.symbol].update_id
@@ -394,6 +408,8 @@ class StreamHub:
                     body = agg_trade_json(t, m)[1:]
                     if self.futures:  # futures aggTrades carry no "M"
                         body = body[: -len(',"M":true}')] + "}"
+                    if self.skip_trades and self._skipped(m.symbol, kind):
+                        continue
                     out.append((head + body).encode())
                     last_id = t.id
             st.cursor = now
@@ -467,40 +483,65 @@ class StreamHub:
             ]
         return []
 
-    def _trades(self, st: StreamState, now: int, n: int) -> list[bytes]:
+    def _trades(self, st: StreamState, now: int) -> list[bytes]:
+        """The tape's trades from the stream's cursor up to ``now``: ``T`` is each trade's time on
+        the tape, ``E`` (now, when the frame is built) runs slightly after it, as on the exchange."""
+        tape = self.tape
+        hi = tape.count(now)
+        lo = st.cursor
+        if hi <= lo:
+            return []
+        st.cursor = hi
         m = st.market
         ref = self._ref_price(m, now)
-        tid = self._trade_ids.get(m.symbol)
-        if tid is None:
-            tid = m.trades_before(now // 60000) * 3
-        getrandbits = self._rng.getrandbits
         pd, qd = m.price_decimals, m.qty_decimals
         spread = max(1, ref // 20000)
         prices = [decimal8(max(1, ref + (i - 4) * spread), pd) for i in range(9)]
         unit = max(1, int(m.qty_units))
         qtys = [decimal8(unit * (1 + i) // 4 or 1, qd) for i in range(16)]
         head = '{"e":"trade","E":%d,"s":"%s","t":' % (now, m.exchange_symbol)
-        tail_t = ',"T":%d,"m":' % now
+        # Trade k's time, inlined for the current segment (tape.time_of, a call per trade, costs
+        # about a third of the build at 50,000 msg/s).
+        start, base, per = tape.start_ms, tape.base, 1000.0 / tape.rate if tape.rate > 0 else 0.0
+        ceil = math.ceil
+        time_of = tape.time_of
+        skipping = bool(self.skip_trades)
+        prev_t, tail_t = -1, ""
         out = []
-        for i in range(n):
-            r = getrandbits(8)
+        last = hi - 1
+        for k in range(lo, hi):
+            if skipping and self._skipped(m.symbol, "trade"):
+                continue
+            last = k
+            r = ((k * 0x9E3779B1) >> 13) & 0xFF  # tape.pick(k), inlined
+            t = start + ceil((k - base + 1) * per) if k >= base else time_of(k)
+            if t != prev_t:  # consecutive trades share a millisecond at high rates: one string
+                prev_t = t
+                tail_t = '","T":%d,"m":' % (t if t < now else now)
             out.append(
                 (
                     head
-                    + str(tid + i)
+                    + str(k)
                     + ',"p":"'
                     + prices[r % 9]
                     + '","q":"'
                     + qtys[r >> 4]
-                    + '"'
                     + tail_t
                     + ("true" if r & 1 else "false")
                     + ',"M":true}'
                 ).encode()
             )
-        self._trade_ids[m.symbol] = tid + n
-        self._count_sent(st.name, n, tid + n - 1)
+        if out:
+            self._count_sent(st.name, len(out), last)
         return out
+
+    def _skipped(self, symbol: str, kind: str) -> bool:
+        """Whether this ``kind`` frame of ``symbol`` is one an injected fault loses."""
+        left = self.skip_trades.get((symbol, kind), 0)
+        if left <= 0:
+            return False
+        self.skip_trades[(symbol, kind)] = left - 1
+        return True
 
     def _kline(self, m: SymbolMarket, tf: str, open_ms: int, now: int, closed: bool) -> bytes | None:
         rows = m.candles(tf, open_ms, next_open_ms(open_ms, tf), now)
@@ -616,12 +657,18 @@ class StreamHub:
         Each stream's messages are stamped with the clock read just before they are built, and
         the tick stops building after :data:`TICK_BUDGET_S`: the streams it did not reach go
         first in the next tick (nothing is lost, rates count from each stream's last build), so
-        no tick holds the event loop, or the frames already built, for long.
+        no tick holds the event loop, or the frames already built, for long. The streams are
+        built, and written, in an order that varies from tick to tick.
+
+        The market does not wait for its clients: a stall delays delivery (the frames queue on
+        each connection) and a connection whose backlog passes :attr:`max_backlog` bytes, in
+        the queue and the socket's send buffer together, is disconnected.
         """
         clock = self.sim.clock
         now = clock.now_ms()
-        if now < self.stalled_until_ms:
-            return
+        if self.tape.rate != self.sim.ws_rate:
+            self.tape.set_rate(self.sim.ws_rate, now)
+        stalled = now < self.stalled_until_ms
         started = time.perf_counter()
         self._prefetch(now)
         now = clock.now_ms()
@@ -629,6 +676,7 @@ class StreamHub:
             self._depth(now) if any(s.kind in ("depth", "partial") for s in self.streams.values()) else {}
         )
         states = [st for st in self.streams.values() if st.kind not in ("depth", "partial")]
+        self._rng.shuffle(states)
         if self._deferred:  # in the order they were left, ahead of those built last tick
             waiting = set(self._deferred)
             first = [self.streams[n] for n in self._deferred if n in self.streams]
@@ -641,7 +689,9 @@ class StreamHub:
             msgs = self._produce(st, clock.now_ms())
             if msgs:
                 batches[st.name] = msgs
-        for name, msgs in batches.items():
+        order = list(batches.items())
+        self._rng.shuffle(order)
+        for name, msgs in order:
             st = self.streams[name]
             raw: bytes | None = None
             wrapped: bytes | None = None
@@ -651,17 +701,29 @@ class StreamHub:
                         pre = b'{"stream":"' + name.encode() + b'","data":'
                         wrapped = b"".join([frame(pre + p + b"}") for p in msgs])
                     conn.out.append(wrapped)
+                    conn.queued += len(wrapped)
                 else:
                     if raw is None:
                         raw = b"".join([frame(p) for p in msgs])
                     conn.out.append(raw)
+                    conn.queued += len(raw)
         limit_ms = self.max_lifetime_s * 1000
         now = clock.now_ms()
         for conn in list(self.connections):
-            if conn.out:
+            if conn.out and conn.backlog() > self.max_backlog and not conn.closing:
+                # A consumer this far behind is cut off (no close frame), not waited for.
+                self.dropped_for_backlog += 1
+                conn.out.clear()
+                conn.queued = 0
+                conn.closing = True
+                conn.transport.abort()
+                self.drop(conn)
+                continue
+            if conn.out and not stalled:
                 if not conn.closing and not conn.transport.is_closing():
                     conn.transport.write(b"".join(conn.out))
                 conn.out.clear()
+                conn.queued = 0
             if now - conn.opened_ms >= limit_ms and not conn.closing:
                 conn.write_now(b'{"e":"serverShutdown","E":%d}' % now)
                 conn.closing = True

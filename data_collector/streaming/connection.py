@@ -55,6 +55,11 @@ class Route:
     #: Set on every connect when ``last_ms`` is known: the first event of the new connection
     #: then closes a gap marker ``(last_ms, its event time)``.
     gap_pending: bool = False
+    #: The channel's events carry an id contiguous per symbol (trades): continuity is checked
+    #: on every event, and a jump opens a gap exactly as wide as the ids missing.
+    sequenced: bool = False
+    #: The id of the newest event queued, or of the newest stored at start (-1: none known).
+    last_seq: int = -1
 
 
 @dataclass(slots=True)
@@ -114,9 +119,15 @@ def deliver(
         route.on_event(event)
     event_ms = event["event_ms"]
     submit((route.xadd_head, route.set_head, entry_id, msgpack.packb(event), event_ms, now))
+    if route.sequenced:
+        seq = event["id"]
+        if seq > route.last_seq + 1 >= 1:  # an id was skipped: its gap is marked
+            route.gap_pending = True
     if route.gap_pending:
         route.gap_pending = False
         on_resume(route, entry_id, event)
+    if route.sequenced and seq > route.last_seq:
+        route.last_seq = seq
     if event_ms > route.last_ms:
         route.last_ms = event_ms
 

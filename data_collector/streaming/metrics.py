@@ -42,6 +42,8 @@ class StreamMetrics:
         self.redis_errors = 0
         self.rejected = 0
         self.repaired_klines = 0
+        #: Aggregate trades fetched back over REST for sequence gaps (issue 15).
+        self.repaired_trades = 0
         self.rest_errors = 0
         self.candles_stored = 0
         self.funding_stored = 0
@@ -125,6 +127,7 @@ class StreamMetrics:
             "redis_errors": self.redis_errors,
             "rejected": self.rejected,
             "repaired_klines": self.repaired_klines,
+            "repaired_trades": self.repaired_trades,
             "rest_errors": self.rest_errors,
             "candles_stored": self.candles_stored,
             "funding_stored": self.funding_stored,

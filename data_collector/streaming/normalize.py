@@ -56,6 +56,9 @@ Normalizer = Callable[[dict[str, Any], int], Normalized]
 
 #: Channels the streamer understands; ``kline_<tf>`` for any timeframe.
 BASE_CHANNELS = ("trade", "aggTrade", "bookTicker", "depth")
+#: Channels whose events carry an ``id`` contiguous per symbol (Binance trade and aggregate-trade
+#: ids): a missing id is a lost event, so their gaps are known exactly.
+SEQUENCED_CHANNELS = frozenset({"trade", "aggTrade"})
 
 
 class MalformedEvent(ValueError):

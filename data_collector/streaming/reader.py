@@ -29,6 +29,7 @@ from data_collector.errors import ClosedError
 from data_collector.redis.client import RedisEndpoint
 from data_collector.redis.keys import book_key, gaps_key, latest_key, stream_key
 from data_collector.streaming.normalize import validate_channel
+from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,6 +42,20 @@ def _unpack(raw: bytes | None) -> Event | None:
         return None
     out: Event = msgpack.unpackb(raw)
     return out
+
+
+def _row_key(row: tuple[bytes, Any]) -> tuple[int, int]:
+    ms, _, seq = row[0].partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _merged(rows: list[Any], repaired: list[Any]) -> list[Any]:
+    """Live and repaired rows, each entry id once, in entry-id order."""
+    if not repaired:
+        return rows
+    by_id = {row[0]: row for row in repaired}
+    by_id.update((row[0], row) for row in rows)
+    return sorted(by_id.values(), key=_row_key)
 
 
 def _entries(rows: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
@@ -120,10 +135,20 @@ class MarketDataReader:
     async def range(
         self, symbol: str, channel: str, start_ms: int, end_ms: int, count: int | None = None
     ) -> list[Event]:
-        """Entries whose id time lies in ``[start_ms, end_ms]``, oldest first."""
-        rows = await self._client().xrange(
-            self.stream_key(symbol, channel), min=str(int(start_ms)), max=str(int(end_ms)), count=count
-        )
+        """Entries whose id time lies in ``[start_ms, end_ms]``, oldest first.
+
+        On ``aggTrade`` the trades the streamer fetched back over REST (its companion stream
+        ``aggTrade@repair``, see ``data_collector.streaming.trade_repair``) are merged in: every
+        trade once, in id order.
+        """
+        client = self._client()
+        lo, hi = str(int(start_ms)), str(int(end_ms))
+        rows = await client.xrange(self.stream_key(symbol, channel), min=lo, max=hi, count=count)
+        if channel in REPAIRED_CHANNELS:
+            rkey = stream_key(self.prefix, self.exchange, channel + REPAIR_SUFFIX, symbol)
+            rows = _merged(rows, await client.xrange(rkey, min=lo, max=hi, count=count))
+            if count is not None:
+                rows = rows[:count]
         return _entries(rows)
 
     async def dataframe(
@@ -179,7 +204,9 @@ class MarketDataReader:
         """Gap markers ``{stream, channel, symbol, from_ms, to_ms, reason}``, oldest first.
 
         ``overflow`` markers (entries the streamer's buffer dropped while Redis was down) also
-        carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``.
+        carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``. Markers
+        of trade streams (contiguous ids) carry ``first_seq``, ``last_seq`` (the missing trade
+        ids, inclusive) and ``count`` when the ids on both sides are known.
         """
         rows = await self._client().xrange(
             gaps_key(self.prefix, self.exchange),
@@ -191,8 +218,9 @@ class MarketDataReader:
             item: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
             item["from_ms"] = int(item["from_ms"])
             item["to_ms"] = int(item["to_ms"])
-            if "count" in item:
-                item["count"] = int(item["count"])
+            for field in ("count", "first_seq", "last_seq"):
+                if field in item:
+                    item[field] = int(item[field])
             item["entry_id"] = entry_id.decode()
             out.append(item)
         return out

@@ -125,6 +125,16 @@ class BinanceRest:
             cursor = int(page[-1][0]) + 1
         return out
 
+    async def agg_trades(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """``<api>/aggTrades?fromId=``: up to ``limit`` aggregate trades from id ``from_id`` on, in id
+        order, as Binance sends them (``a``, ``p``, ``q``, ``f``, ``l``, ``T``, ``m``)."""
+        data = await self._get(
+            f"{self.api}/aggTrades", {"symbol": exchange_symbol(symbol), "fromId": from_id, "limit": limit}
+        )
+        if not isinstance(data, list):
+            raise TransientError(f"GET {self.api}/aggTrades: unexpected response")
+        return [row for row in data if isinstance(row, dict)]
+
     async def funding_rates(self, symbol: str, start_ms: int, end_ms: int, limit: int = 1000) -> list[Any]:
         """``/fapi/v1/fundingRate`` (weight 1): the first ``limit`` settlements with
         ``start_ms <= fundingTime <= end_ms``, oldest first, as Binance sends them."""

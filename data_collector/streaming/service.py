@@ -37,6 +37,7 @@ from data_collector.streaming.connection import (
 from data_collector.streaming.funding import FundingWatcher
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import (
+    SEQUENCED_CHANNELS,
     Event,
     MalformedEvent,
     binance_stream_name,
@@ -53,6 +54,7 @@ from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
 from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BinanceRest
+from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
 from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
@@ -101,6 +103,8 @@ class ServiceOptions:
     store_klines: bool = True
     #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
     store_funding: bool = False
+    #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
+    repair_max_ids: int = 100_000
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
@@ -158,6 +162,9 @@ class StreamService:
             max_batch=options.max_batch,
         )
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
+        self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
+        #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
+        self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
         if "depth" in self.channels:
             book_args: dict[str, Any] = {
@@ -228,7 +235,16 @@ class StreamService:
             on_event = self._mark_price_hook()
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
-        return Route(
+        repair_heads = None
+        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.kind == "binance":
+            rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
+            rhead = xadd_prefix(rkey, opts.stream_maxlen)
+            self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
+            repair_heads = (
+                rhead,
+                set_prefix(latest_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)),
+            )
+        route = Route(
             symbol=symbol,
             channel=channel,
             stream_key=skey,
@@ -238,7 +254,12 @@ class StreamService:
             xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
+            # Binance's trade ids are contiguous per symbol (OKX's are too: issue 15's OKX part).
+            sequenced=channel in SEQUENCED_CHANNELS and self.venue.kind == "binance",
         )
+        if repair_heads is not None:
+            self._repair_heads[id(route)] = repair_heads
+        return route
 
     def _mark_price_hook(self) -> Callable[[Event], None] | None:
         """The funding watcher, then the caller's ``on_mark_price``, on every ``markPrice`` event."""
@@ -475,6 +496,8 @@ class StreamService:
                 continue
             entry_id, event_ms = found
             route.last_ms = max(route.last_ms, event_ms)
+            if route.sequenced:  # a restart after SIGKILL goes on from the newest stored id
+                route.last_seq = max(route.last_seq, self._stored_seq(reply))
             if self.funding is not None and route.channel.startswith("markPrice"):
                 # The next funding time the previous run saw: a settlement since is fetched.
                 self.funding.seed(route.symbol, self._entry_event(reply))
@@ -509,8 +532,16 @@ class StreamService:
         if kline_routes and self.venue.kind == "binance":
             await self._repair_klines(kline_routes)
 
+    @classmethod
+    def _stored_seq(cls, reply: Any) -> int:
+        """The trade id of the one entry of an XREVRANGE reply (-1: none, or not a trade of ours)."""
+        event = cls._entry_event(reply)
+        seq = event.get("id") if event is not None else None
+        return seq if type(seq) is int else -1
+
     def _on_resume(self, route: Route, entry_id: str, event: Event) -> None:
-        """The first event of a stream after a (re)connect or a restart: record the gap before it."""
+        """The first event of a stream after a (re)connect or a restart, or after a skipped id
+        (trades): record the gap before it."""
         from_ms, to_ms = route.last_ms, int(event["event_ms"])
         if id(route) in self._unresolved and id(route) not in self._unresolved_first:
             self._unresolved_first[id(route)] = (entry_id, to_ms)
@@ -520,6 +551,11 @@ class StreamService:
                 )
             if from_ms == 0:
                 return
+        if route.sequenced and route.last_seq >= 0:
+            # Contiguous ids: the gap is exactly the ids between the last stored and this one.
+            reason = self._gap_reason.pop(id(route), "sequence")
+            self._write_seq_gap(route, route.last_seq, int(event["id"]), from_ms, to_ms, reason)
+            return
         if to_ms <= from_ms:
             self._gap_reason.pop(id(route), None)
             return
@@ -529,6 +565,30 @@ class StreamService:
         self.writer.submit_gap(
             GapMarker(route.stream_key, route.channel, route.symbol, from_ms, to_ms, reason)
         )
+
+    def _write_seq_gap(
+        self, route: Route, last_seq: int, next_seq: int, from_ms: int, to_ms: int, reason: str
+    ) -> None:
+        """Mark the trade ids strictly between ``last_seq`` and ``next_seq`` missing (none: no marker)."""
+        if next_seq <= last_seq + 1:
+            return
+        from_ms = min(from_ms, to_ms)
+        self.writer.submit_gap(
+            GapMarker(
+                route.stream_key,
+                route.channel,
+                route.symbol,
+                from_ms,
+                to_ms,
+                reason,
+                count=next_seq - last_seq - 1,
+                first_seq=last_seq + 1,
+                last_seq=next_seq - 1,
+            )
+        )
+        heads = self._repair_heads.get(id(route))
+        if heads is not None and not self._closed:
+            self.repairer.submit(RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads))
 
     async def _resolve_restart_gaps(self) -> None:
         """Redis was unreadable at start: once it answers, the newest entry before each stream's
@@ -545,10 +605,14 @@ class StreamService:
             except (CollectorError, TimeoutError, ConnectionError, OSError):
                 continue
             self._note_gap_top(replies[-1])
-            for (rid, (_, to_ms)), reply in zip(ready, replies, strict=False):
+            for (rid, (first_id, to_ms)), reply in zip(ready, replies, strict=False):
                 route = self._unresolved.pop(rid)
                 found = self._entry_time(reply)
-                if found is not None and to_ms > found[1]:
+                stored_seq = self._stored_seq(reply) if route.sequenced else -1
+                if found is not None and stored_seq >= 0:
+                    next_seq = int(first_id.partition("-")[2])
+                    self._write_seq_gap(route, stored_seq, next_seq, found[1], to_ms, "restart")
+                elif found is not None and to_ms > found[1]:
                     self._write_gap(route, found[1], to_ms, "restart")
             log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
 
@@ -650,6 +714,7 @@ class StreamService:
         await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()
+        await self.repairer.close()  # what is still queued stays marked as a gap
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

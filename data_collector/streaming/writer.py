@@ -73,6 +73,9 @@ class GapMarker:
     ``reconnect``/``restart`` markers span from the last stored event time to the first new one.
     ``overflow`` markers name exactly what the buffer dropped: the event times and the entry ids
     (``first_id``..``last_id``, inclusive) of the first and last dropped entry, and ``count``.
+    On channels whose ids are contiguous (trades), a reconnect, restart or ``sequence`` (an id
+    skipped within a connection) marker names the missing trade ids exactly:
+    ``first_seq``..``last_seq``, inclusive, and their ``count``.
     """
 
     stream: str
@@ -84,6 +87,10 @@ class GapMarker:
     first_id: str | None = None
     last_id: str | None = None
     count: int | None = None
+    first_seq: int | None = None
+    last_seq: int | None = None
+    #: On a ``repaired`` marker: how many of the ids ``first_seq``..``last_seq`` were written back.
+    repaired: int | None = None
 
     def merged(self, later: GapMarker) -> GapMarker:
         """One marker spanning both (same stream); exact id bounds only if both have them."""
@@ -92,6 +99,11 @@ class GapMarker:
         if all(i is not None for i in ids):
             keyed = sorted((i for i in ids if i is not None), key=_id_key)
             first, last = keyed[0], keyed[-1]
+        seqs = self.first_seq, self.last_seq, later.first_seq, later.last_seq
+        first_seq = last_seq = None
+        if all(s is not None for s in seqs):
+            known = [s for s in seqs if s is not None]
+            first_seq, last_seq = min(known), max(known)
         reasons = dict.fromkeys(self.reason.split(",") + later.reason.split(","))
         return replace(
             self,
@@ -101,6 +113,8 @@ class GapMarker:
             first_id=first,
             last_id=last,
             count=self.count + later.count if self.count is not None and later.count is not None else None,
+            first_seq=first_seq,
+            last_seq=last_seq,
         )
 
     def fields(self) -> list[str | int]:
@@ -122,6 +136,10 @@ class GapMarker:
             out += ["first_id", self.first_id, "last_id", self.last_id]
         if self.count is not None:
             out += ["count", self.count]
+        if self.first_seq is not None and self.last_seq is not None:
+            out += ["first_seq", self.first_seq, "last_seq", self.last_seq]
+        if self.repaired is not None:
+            out += ["repaired", self.repaired]
         return out
 
 

@@ -77,6 +77,11 @@ class ScenarioReport:
     rss: RssSampler = field(default_factory=RssSampler)
     outcome: str = "?"
 
+    def tally(self, expected: int, found: int, lost: int, duplicated: int, **extra: Any) -> None:
+        """Set the scenario's counts (and any further figures) in one call."""
+        self.expected, self.found, self.lost, self.duplicated = expected, found, lost, duplicated
+        self.extra.update(extra)
+
     def fault(self, kind: str, n: int = 1) -> None:
         """Count ``n`` injected faults of ``kind``."""
         self.faults_injected += n

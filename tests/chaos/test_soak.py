@@ -159,12 +159,17 @@ async def test_soak_streaming_alongside_backfill(
                 await collector.close()
             tasks_after = _tasks(streamer)
             fds_after = me.num_fds()
-            # Quiesce the simulator first, so no message is in flight when the streamer stops.
-            sim.ws_stall(60)
-            produced = sum(v["count"] for v in sim.ws_sent().values())
+            # Quiesce the simulator first, so no message is in flight when the streamer stops: its
+            # market goes on through a stall, so stop its clock (nothing is due any more).
+            sim.clock.freeze()
+            produced = -1
             for _ in range(200):  # until the streamer has read everything sent (it may lag)
-                if streamer.get_metrics()["received"] >= produced:
+                # Streams a busy tick deferred are still built once after the freeze: wait for
+                # the count to settle too.
+                sent_now = sum(v["count"] for v in sim.ws_sent().values())
+                if sent_now == produced and streamer.get_metrics()["received"] >= produced:
                     break
+                produced = sent_now
                 await asyncio.sleep(0.05)
             metrics_before_stop = streamer.get_metrics()
         finally:

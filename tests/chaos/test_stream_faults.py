@@ -2,9 +2,10 @@
 stalls (the watchdog must notice), sends malformed frames; the (private) Redis is paused for 5 s
 (10 s with --long) and restarted.
 
-Accounting is exact on the trade streams, whose ids the simulator hands out contiguously (it
-produces nothing while no one listens, backs up, or stalls): every trade id between the first and
-the last seen in Redis is either there exactly once, or lost inside a recorded gap marker's window
+Accounting is exact on the trade streams, whose ids are contiguous and a function of the
+simulator's wall time (the market goes on while no one listens, a stall only delays delivery, a
+consumer that falls too far behind is disconnected): every trade id between the first and the
+last seen in Redis is either there exactly once, or lost inside a recorded gap marker's window
 (a reconnect's, or an ``overflow`` one for what the buffer dropped while Redis was down).
 """
 

@@ -18,7 +18,7 @@ import yaml
 
 from tests.chaos.report import ScenarioReport
 from tests.support.services import REDIS_URL
-from tests.support.stream_accounting import account, gap_markers, trade_ids_and_times
+from tests.support.stream_accounting import account, account_by_id, gap_markers, trade_ids_and_times
 from tests.support.waiting import wait_for, wait_for_async
 
 simulator = pytest.importorskip("data_collector.simulator")
@@ -102,4 +102,11 @@ async def test_streamer_sigkilled_and_restarted(
         f"{outside} trades lost across {kills} SIGKILL+restart with no gap marker "
         "(a restarted streamer must mark its downtime and its unwritten buffer)"
     )
+    # Trade ids are contiguous: each restart reads the newest stored id from Redis and marks
+    # exactly the ids from it to the first one received, no more and no fewer.
+    mine = [g for g in gaps if g["stream"] == key]
+    _, _, unmarked, wrongly = account_by_id(ids, mine)
+    report.extra.update(unmarked_ids=unmarked, wrongly_marked_ids=wrongly)
+    assert all(g.get("first_seq") is not None for g in mine), mine
+    assert unmarked == 0 and wrongly == 0, (unmarked, wrongly, mine)
     report.outcome = "ok"

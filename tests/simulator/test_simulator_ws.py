@@ -12,6 +12,7 @@ import pytest
 
 from data_collector.markets import MINUTE_MS, TIMEFRAMES
 from data_collector.simulator import SimulatedExchange
+from data_collector.simulator.tape import RateTape
 from tests.support.waiting import wait_for
 
 
@@ -118,6 +119,56 @@ async def test_depth_ids_contiguous_and_shared_with_rest(
     assert sent["count"] >= len(diffs) and sent["last_id"] >= diffs[-1]["u"]
 
 
+async def test_trade_ids_follow_wall_time_so_time_away_is_an_id_hole(
+    sim: SimulatedExchange, http: aiohttp.ClientSession
+) -> None:
+    # The tape goes on with no one listening: after 1 s away, the ids a new connection sees start
+    # about 50 (ws_rate) later, not where the last connection left off.
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        last = [await _next(ws) for _ in range(5)][-1]
+    await wait_for(lambda: "solusdt@trade" not in sim.hub.streams, what="the stream unsubscribed")
+    away_from = sim.clock.now_ms()
+    await wait_for(lambda: sim.clock.now_ms() >= away_from + 1000, what="a second away")
+    async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
+        first = await _next(ws)
+    assert first["t"] - last["t"] >= 45
+    # Each id has one time on the tape, E (when sent) runs after T, and ids carry the time.
+    assert first["t"] == sim.hub.tape.count(first["T"]) - 1 and first["T"] <= first["E"]
+
+
+async def test_a_consumer_that_falls_behind_is_disconnected(
+    sim: SimulatedExchange, http: aiohttp.ClientSession
+) -> None:
+    sim.hub.max_backlog = 2000  # a few dozen frames
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+        assert await _next(ws)
+        sim.ws_faults.stall(5.0)  # the frames queue, the backlog grows past the bound
+        await wait_for(lambda: sim.hub.dropped_for_backlog == 1, what="the slow consumer cut off")
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        while msg.type == aiohttp.WSMsgType.TEXT:
+            msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE)
+    assert not sim.hub.connections
+
+
+async def test_stream_order_varies_from_tick_to_tick(
+    sim: SimulatedExchange, http: aiohttp.ClientSession
+) -> None:
+    names = ["btcusdt@trade", "solusdt@trade", "btcusdt@bookTicker", "solusdt@bookTicker"]
+    orders = set()
+    async with http.ws_connect(sim.ws_url + "/stream?streams=" + "/".join(names)) as ws:
+        batch: list[str] = []
+        for _ in range(400):
+            name = (await _next(ws))["stream"]
+            if batch and name != batch[-1] and name in batch:  # a new tick's first stream
+                if len(batch) == len(names):
+                    orders.add(tuple(batch))
+                batch = []
+            if not batch or name != batch[-1]:
+                batch.append(name)
+    assert len(orders) >= 2, orders
+
+
 async def test_ws_sent_counts(sim: SimulatedExchange, http: aiohttp.ClientSession) -> None:
     async with http.ws_connect(sim.ws_url + "/ws/solusdt@trade") as ws:
         got = [await _next(ws) for _ in range(40)]
@@ -145,14 +196,21 @@ async def test_ws_faults(sim: SimulatedExchange, http: aiohttp.ClientSession) ->
                 seen = json.loads(msg.data)["t"]
             except json.JSONDecodeError:
                 break
+        # A stall delays delivery, the market goes on: the trades of the stall arrive after it,
+        # late (built during the stall, E before its end), and not one id is lost.
         sim.ws_faults.stall(2.0)
-        # Drain what was in flight: up to the last trade the server sent before the stall.
-        last_id = sim.ws_sent()["btcusdt@trade"]["last_id"]
-        while seen != last_id:
-            seen = (await _next(ws))["t"]
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(ws.receive(), 0.5)
-        assert await _next(ws, 5)  # data resumes after the stall
+        stall_end = sim.hub.stalled_until_ms
+        delayed = 0
+        while True:
+            data = await _next(ws, 5)
+            assert data["t"] == seen + 1, "a stall lost or repeated a trade"
+            assert data["T"] <= data["E"]
+            seen = data["t"]
+            if sim.clock.now_ms() >= stall_end:
+                if data["E"] >= stall_end:
+                    break
+                delayed += 1
+        assert delayed >= 50  # about 2 s at 50 a second
         assert sim.ws_drop_all() == 1
         msg = await asyncio.wait_for(ws.receive(), 5)
         while msg.type == aiohttp.WSMsgType.TEXT:
@@ -252,3 +310,14 @@ async def test_ws_agg_trades_equal_rest_and_a_tick_over_budget_defers(
     k = closed[0]
     row = sim.klines("SOL/USDT", "1m", k["t"], k["t"] + 1)[0]
     assert [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["n"]] == [row[i] for i in (0, 1, 2, 3, 4, 5, 8)]
+
+
+def test_rate_tape_ids_stay_contiguous_across_a_rate_change() -> None:
+    tape = RateTape(0, 50.0)
+    assert tape.count(1000) == 50 and tape.time_of(0) == 20 and tape.time_of(49) == 1000
+    tape.set_rate(10.0, 1010)  # re-anchored where the count stood: no id is skipped or reused
+    assert tape.count(1010) == 50 and tape.count(1110) == 51 and tape.time_of(50) == 1110
+    assert tape.count(500) == 50  # before the anchor: no trade is taken back
+    for t in range(1000, 3000, 7):  # each trade counted by t happened at or before t
+        n = tape.count(t)
+        assert tape.time_of(n - 1) <= t and (n == tape.count(t - 1) or tape.time_of(n - 1) == t)

@@ -61,6 +61,9 @@ async def test_restart_marks_the_downtime_and_repairs_closed_klines(redis_prefix
     assert trade_gap["reason"] == "restart" and trade_gap["stream"] == trade_key
     assert int(trade_gap["from_ms"]) == last_stored_ms
     assert int(trade_gap["to_ms"]) == after[0][1]["event_ms"]
+    # Trade ids are contiguous: the marker names exactly the ids the downtime missed.
+    assert int(trade_gap["first_seq"]) == stored[-1][1]["id"] + 1
+    assert int(trade_gap["last_seq"]) == after[0][1]["id"] - 1
     assert int(gaps["kline_1m"]["from_ms"]) < int(gaps["kline_1m"]["to_ms"])
 
     closed = [e for _, e in entries(client, kline_key) if e["closed"]]
@@ -92,6 +95,11 @@ async def test_restart_while_redis_is_down_marks_the_gap_once_redis_answers(
         async with first:
             await wait_for(lambda: client.xlen(trade_key) > 20, what="entries")
         stored = entries(client, trade_key)
+        # The market goes on: let it trade past what was stored, so the restart misses ids (a
+        # restart quick enough to miss none would rightly mark no gap).
+        await wait_for(
+            lambda: sim.hub.tape.count(sim.clock.now_ms()) > stored[-1][1]["id"] + 5, what="trading on"
+        )
         private_redis.pause()
         try:
             second = streamer()
@@ -108,6 +116,7 @@ async def test_restart_while_redis_is_down_marks_the_gap_once_redis_answers(
     assert gap["reason"] == "restart"
     assert int(gap["from_ms"]) == stored[-1][1]["event_ms"]
     assert int(gap["to_ms"]) == after[0][1]["event_ms"]
+    assert (int(gap["first_seq"]), int(gap["last_seq"])) == (stored[-1][1]["id"] + 1, after[0][1]["id"] - 1)
     trades = [e["id"] for _, e in entries(client, trade_key)]
     assert trades == sorted(set(trades))
     client.close()

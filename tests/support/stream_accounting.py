@@ -51,3 +51,25 @@ def account(
         else:
             outside += missing
     return len(unique), duplicated, in_gap, outside
+
+
+def account_by_id(trade_ids: list[int], markers: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    """``(found, duplicated, missing, wrongly marked)`` for one trade stream, by id alone.
+
+    ``markers`` are that stream's gap markers; those with ``first_seq``/``last_seq`` name missing
+    trade ids (a ``repaired`` marker names the ids of one of them, fetched back: not counted). ``missing`` counts ids between the first and last stored that no such marker names
+    exactly once; ``wrongly marked`` counts ids a marker names that are stored, or that two
+    markers name: both must be 0 for the gaps to be exact.
+    """
+    unique = set(trade_ids)
+    named: dict[int, int] = {}
+    for m in markers:
+        if m.get("first_seq") is None or m["reason"] == "repaired":  # "repaired" closes a gap
+            continue
+        for i in range(int(m["first_seq"]), int(m["last_seq"]) + 1):
+            named[i] = named.get(i, 0) + 1
+    wrong = sum(1 for i, n in named.items() if i in unique or n > 1)
+    missing = 0
+    if unique:
+        missing = sum(1 for i in range(min(unique), max(unique) + 1) if i not in unique and named.get(i) != 1)
+    return len(unique), len(trade_ids) - len(unique), missing, wrong

@@ -70,6 +70,28 @@ async def read_until(stdout: asyncio.StreamReader | None, marker: bytes, timeout
     return seen
 
 
+def gap_entries(client: redis.Redis, prefix: str, venue: str = "sim-binance") -> list[dict[str, str]]:
+    """Every marker of the gaps stream under ``prefix``, fields decoded, oldest first."""
+    return [
+        {k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(f"{prefix}:gaps:{venue}")
+    ]
+
+
+def streamer_on(
+    sim: SimulatedExchange, prefix: str, symbols: list[str], channels: list[str], futures: bool = False
+) -> Any:
+    """An ``OptimizedWebSocketStreamer`` of ``channels`` × ``symbols`` from ``sim`` (its USDⓈ-M
+    futures with ``futures``) into the shared Redis."""
+    from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+
+    return OptimizedWebSocketStreamer(
+        symbols=symbols,
+        redis_client=REDIS_URL,
+        channels=channels,
+        config=stream_config(sim, prefix, futures=futures),
+    )
+
+
 def okx_stream_config(sim: SimulatedExchange, prefix: str, **streaming: Any) -> dict[str, Any]:
     """A streamer config on ``sim``'s OKX venue (label ``sim-okx``) under ``prefix``."""
     ccxt_config = sim.okx_ccxt_config()

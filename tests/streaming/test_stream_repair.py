@@ -1,0 +1,85 @@
+"""Issue 15, repair: the aggregate trades a sequence or reconnect gap names are fetched back over
+REST and written with the entry ids they would have had (into the companion ``aggTrade@repair``
+stream); ``MarketDataReader.range`` then returns every trade the simulator made exactly once, in
+id order, equal to REST's, and each gap gets a ``repaired`` marker.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from data_collector.simulator import SimulatedExchange
+from data_collector.streaming.reader import MarketDataReader
+from tests.support.services import REDIS_URL
+from tests.support.streaming import gap_entries, settle_quietly, streamer_on, wait_for
+
+SPOT = ["BTC/USDT", "SOL/USDT"]
+PERPS = ["BTC/USDT:USDT", "SOL/USDT:USDT"]
+
+
+def _open_and_repaired(client: redis.Redis, prefix: str, venue: str) -> tuple[int, int]:
+    markers = gap_entries(client, prefix, venue)
+    opened = sum(1 for m in markers if m.get("first_seq") is not None and m["reason"] != "repaired")
+    return opened, sum(1 for m in markers if m["reason"] == "repaired")
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+async def test_lost_aggregate_trades_are_fetched_back_exactly_once(redis_prefix: str, futures: bool) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    symbols = PERPS if futures else SPOT
+    venue = "sim-binanceusdm" if futures else "sim-binance"
+    async with SimulatedExchange(
+        symbols=SPOT, perpetuals=PERPS if futures else (), seed=33, ws_rate=20
+    ) as sim:
+        async with streamer_on(sim, redis_prefix, symbols, ["aggTrade"], futures) as streamer:
+            assert await streamer.wait_connected()
+
+            def stored(symbol: str) -> int:
+                return int(client.xlen(f"{redis_prefix}:stream:{venue}:aggTrade:{symbol}"))
+
+            def every_stream_written() -> bool:
+                sim.clock.advance(2_000)  # the market's own pace is a trade or two a second
+                return all(stored(s) for s in symbols)
+
+            await wait_for(every_stream_written, what="every stream written")
+            start_ms = sim.clock.now_ms() - 600_000
+            # Frames lost in flight (a sequence gap each), then a drop while the market trades on.
+            for symbol in symbols:
+                sim.ws_faults.skip_trade_id(symbol, 3)
+            sim.clock.advance(20_000)
+            await wait_for(
+                lambda: _open_and_repaired(client, redis_prefix, venue)[0] >= 2, what="sequence gaps"
+            )
+            sim.ws_drop_all()
+            sim.clock.advance(20_000)
+            await wait_for(lambda: streamer.get_metrics()["reconnects"] >= 1, what="a reconnect")
+            counts = {s: stored(s) for s in symbols}
+
+            def flowing() -> bool:
+                sim.clock.advance(1_000)
+                return all(stored(s) > counts[s] for s in symbols)
+
+            await wait_for(flowing, what="trades flowing again")
+            await wait_for(
+                lambda: (lambda o, r: o >= 4 and r == o)(*_open_and_repaired(client, redis_prefix, venue)),
+                timeout_s=60,
+                what="every gap repaired",
+            )
+            await settle_quietly(streamer, sim)
+            end_ms = sim.clock.now_ms()
+
+    markers = gap_entries(client, redis_prefix, venue)
+    repaired = [m for m in markers if m["reason"] == "repaired"]
+    assert repaired and all(int(m["repaired"]) == int(m["count"]) for m in repaired), repaired
+    async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=venue) as reader:
+        for symbol in symbols:
+            got = await reader.range(symbol, "aggTrade", start_ms, end_ms)
+            ids = [e["id"] for e in got]
+            assert ids == list(range(ids[0], ids[0] + len(ids))), f"{symbol}: a trade is missing or twice"
+            truth = {t["a"]: t for t in sim.agg_trades(symbol, start_ms, end_ms + 1)}
+            assert all(
+                float(truth[e["id"]]["p"]) == e["price"] and truth[e["id"]]["T"] == e["trade_ms"] for e in got
+            )
+            assert sum(1 for e in got if e.get("repaired")) >= 3 + 1
+    client.close()
