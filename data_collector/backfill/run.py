@@ -23,6 +23,7 @@ from data_collector.backfill import okx
 from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
+from data_collector.backfill.heap import frozen_heap
 from data_collector.backfill.okx_trades import OkxTradePair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
 from data_collector.backfill.pair_run import drain_pages
@@ -126,6 +127,11 @@ class BackfillRun:
     async def execute(
         self, symbols: list[str], timeframes: list[str], data_types: Sequence[str] = (OHLCV,)
     ) -> None:
+        # What exists before the run (markets, modules) is not scanned by the run's GC passes.
+        with frozen_heap():
+            await self._execute(symbols, timeframes, data_types)
+
+    async def _execute(self, symbols: list[str], timeframes: list[str], data_types: Sequence[str]) -> None:
         started = time.perf_counter()
         clients = self.owner.open_clients()
         stats0 = _snapshot(clients)
