@@ -167,6 +167,8 @@ def _use_system_pool() -> None:
     mimalloc, 291-292 MB with ``memory_pool=`` on ``read_csv`` alone, 283-285 MB with the system
     pool as the default, at the same CPU (23.7-24.1 s). A fixed glibc mmap threshold (128 KB)
     gave 276 MB but 36 s of CPU, so it is not used. Nothing else in the collector depends on the pool.
+    Set this late (after pyarrow's import) it gave 292-293 MB: ``data_collector/__init__.py`` sets
+    ``ARROW_DEFAULT_MEMORY_POOL`` before the import (284 MB, same CPU); this is the fallback.
     """
     pa.set_memory_pool(pa.system_memory_pool())
 
