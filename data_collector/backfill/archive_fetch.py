@@ -157,6 +157,22 @@ def read_kline_zip(data: bytes, sha256: str | None) -> CandleColumns:
         raise ArchiveFailure(f"corrupt zip ({exc})") from None
 
 
+def _use_system_pool() -> None:
+    """Make pyarrow allocate with the C allocator, for the whole process (it has one default pool).
+
+    The wheels' default pool (mimalloc) keeps freed pages for reuse, and the CSV reader also
+    allocates outside any ``memory_pool=`` it is given (its reads of the zip member stream).
+    Measured (``benchmarks/bench_archive.py``'s collection at the issue size, 20 symbols x 1m x
+    730 days, one child each, loaded 2-core machine, load 8-10): peak RSS 295, 297, 298 MB with
+    mimalloc, 291-292 MB with ``memory_pool=`` on ``read_csv`` alone, 283-285 MB with the system
+    pool as the default, at the same CPU (23.7-24.1 s). A fixed glibc mmap threshold (128 KB)
+    gave 276 MB but 36 s of CPU, so it is not used. Nothing else in the collector depends on the pool.
+    Set this late (after pyarrow's import) it gave 292-293 MB: ``data_collector/__init__.py`` sets
+    ``ARROW_DEFAULT_MEMORY_POOL`` before the import (284 MB, same CPU); this is the fallback.
+    """
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
 class ArchiveClient:
     """Downloads of one run: one aiohttp session, and :attr:`slots` for the files in flight."""
 
@@ -195,6 +211,7 @@ class ArchiveClient:
         takes here) and peaked at 128 MB; four ``to_thread`` workers on unzipped bytes peaked at
         269 MB (an allocator arena and a pyarrow heap per thread) for no more speed."""
         if self._thread is None:
+            _use_system_pool()
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="dc-archive-read")
         return self._thread
 

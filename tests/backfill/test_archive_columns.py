@@ -75,3 +75,22 @@ def test_a_zip_is_read_only_when_its_checksum_and_crc_hold() -> None:
     spoiled = good[:mid] + bytes(b ^ 0xFF for b in good[mid : mid + 32]) + good[mid + 32 :]
     with pytest.raises(ArchiveFailure, match="corrupt zip"):
         read_kline_zip(spoiled, None)  # not verified: the zip's own CRC still catches it
+
+
+def test_a_trade_batch_proves_what_the_rest_page_rule_gives() -> None:
+    """Coverage read off the columns equals ``trade_page_coverage`` of the same rows as a page."""
+    from data_collector.backfill.archive_trades import TradeColumns, batch_coverage
+    from data_collector.backfill.trades_plan import TradeSpan, trade_page_coverage
+
+    n = 25
+    ids = np.arange(500, 500 + n, dtype=np.int64)
+    ts = DAY + np.repeat(np.arange(0, n * 1000, 2000, dtype=np.int64), 2)[:n]  # repeated times
+    ones = np.ones(n)
+    got = TradeColumns(ids, ts, ones, ones, ids, ids, np.zeros(n, dtype=bool))
+    day, span_ids = TradeSpan(FILE.start_ms, FILE.end_ms), (500, 500 + n)
+    for size in (1, 2, 7, n):
+        for lo in range(0, n, size):
+            hi = min(lo + size, n)
+            rows = got.rows(lo, hi)
+            want = trade_page_coverage(day, span_ids, (rows[0][0], rows[-1][0] + 1), rows, len(rows) + 1)
+            assert batch_coverage(FILE, got, lo, hi) == want.coverage, (size, lo)
