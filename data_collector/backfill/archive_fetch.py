@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -168,9 +169,11 @@ def _use_system_pool() -> None:
     pool as the default, at the same CPU (23.7-24.1 s). A fixed glibc mmap threshold (128 KB)
     gave 276 MB but 36 s of CPU, so it is not used. Nothing else in the collector depends on the pool.
     Set this late (after pyarrow's import) it gave 292-293 MB: ``data_collector/__init__.py`` sets
-    ``ARROW_DEFAULT_MEMORY_POOL`` before the import (284 MB, same CPU); this is the fallback.
+    ``ARROW_DEFAULT_MEMORY_POOL`` before the import (284 MB, same CPU); this is the fallback, for
+    a pyarrow imported first. A pool the user chose in that variable is left as it is.
     """
-    pa.set_memory_pool(pa.system_memory_pool())
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 class ArchiveClient:

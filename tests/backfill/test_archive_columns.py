@@ -94,3 +94,24 @@ def test_a_trade_batch_proves_what_the_rest_page_rule_gives() -> None:
             rows = got.rows(lo, hi)
             want = trade_page_coverage(day, span_ids, (rows[0][0], rows[-1][0] + 1), rows, len(rows) + 1)
             assert batch_coverage(FILE, got, lo, hi) == want.coverage, (size, lo)
+
+
+def test_the_system_pool_fallback_leaves_a_pool_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data_collector/__init__.py`` says a value the user set in ``ARROW_DEFAULT_MEMORY_POOL``
+    wins; the reading thread's fallback must not override it, and switches when none was chosen."""
+    import pyarrow as pa
+
+    from data_collector.backfill.archive_fetch import _use_system_pool
+
+    before = pa.default_memory_pool()
+    other = pa.mimalloc_memory_pool() if before.backend_name != "mimalloc" else pa.jemalloc_memory_pool()
+    try:
+        pa.set_memory_pool(other)
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", other.backend_name)
+        _use_system_pool()
+        assert pa.default_memory_pool().backend_name == other.backend_name
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        _use_system_pool()
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(before)
