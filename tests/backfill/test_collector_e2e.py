@@ -174,7 +174,13 @@ async def test_sigkill_at_three_points_then_resume(
     async with SimulatedExchange(symbols=SYMBOLS, seed=5, gaps={}, latency_ms=40) as sim:
         start = RANGE_START_MS
         end = start + days * DAY_MS
-        config = config_for(base_config, sim, start=local_iso(start), end=local_iso(end))
+        # Few pages in flight: each write holds a few pages, so a run cannot go from the last kill
+        # point to complete in one write (with the default 32 pages it sometimes did, leaving
+        # nothing for the restart to prove).
+        performance = {"pages_in_flight": 2, "pages_in_flight_per_pair": 1}
+        config = config_for(
+            base_config, sim, start=local_iso(start), end=local_iso(end), performance=performance
+        )
         path = write_config(tmp_path / "config.yaml", config)
         total = sum(len(sim.klines(s, tf, start, end)) for s in SYMBOLS for tf in TIMEFRAMES)
         for fraction in (0.1, 0.3, 0.55):
