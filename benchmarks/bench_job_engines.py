@@ -8,7 +8,7 @@ job. arq is not measured: 0.28 requires redis<6 and the project pins redis 6.4.
 Both engines are run with the recovery knobs turned down to what a backfill wants (a job is a
 window of a few seconds): procrastinate heartbeats every 1 s, calls a worker stalled after 3 s, and
 retries stalled jobs from a once-a-second periodic task (its documented recipe: it has no
-automatic retry); saq jobs carry a 2 s heartbeat and the sweep runs every second (the worker
+automatic retry; the project's set-up, ``data_collector/distributed/engine.py``); saq jobs carry a 2 s heartbeat and the sweep runs every second (the worker
 passes its sweep timer as the cluster-wide sweep lock; default 60 s). The notes say what the defaults give.
 
 The SIGKILL case runs worker processes: ``python -m benchmarks.bench_job_engines worker ENGINE
@@ -67,13 +67,19 @@ def _hold_start(marker: Path) -> bool:
 # -- procrastinate ---------------------------------------------------------------------------------
 
 
-def pg_app(schema: str, marker: Path | None = None, stalled: bool = False) -> Any:
-    import procrastinate
+def pg_settings(schema: str) -> Any:
+    from data_collector.distributed.engine import EngineSettings
 
-    connector = procrastinate.PsycopgConnector(
-        conninfo=PG_DSN, kwargs={"options": f"-c search_path={schema}"}, min_size=1, max_size=4
+    return EngineSettings(
+        dsn=PG_DSN, schema=schema, heartbeat_s=PG_HEARTBEAT_S, stalled_s=PG_STALLED_S, concurrency=CONCURRENCY
     )
-    app = procrastinate.App(connector=connector)
+
+
+def pg_app(schema: str, marker: Path | None = None) -> Any:
+    """The project's engine set-up (stalled-job retry included) with the benchmark's tasks."""
+    from data_collector.distributed.engine import make_app
+
+    app = make_app(pg_settings(schema))
 
     @app.task(name="noop")
     async def noop(i: int) -> None:
@@ -89,27 +95,13 @@ def pg_app(schema: str, marker: Path | None = None, stalled: bool = False) -> An
     async def tick(timestamp: int) -> None:
         _done["periodic"] += 1
 
-    if stalled:
-
-        @app.periodic(cron="* * * * * *")
-        @app.task(name="retry_stalled", queueing_lock="retry_stalled", pass_context=True)
-        async def retry_stalled(context: Any, timestamp: int) -> None:
-            manager = context.app.job_manager
-            for job in await manager.get_stalled_jobs(seconds_since_heartbeat=PG_STALLED_S):
-                await manager.retry_job(job)
-
     return app
 
 
-def pg_worker_options(queues: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "queues": queues,
-        "concurrency": CONCURRENCY,
-        "install_signal_handlers": False,
-        "update_heartbeat_interval": PG_HEARTBEAT_S,
-        "stalled_worker_timeout": PG_STALLED_S,
-        "fetch_job_polling_interval": 1.0,
-    }
+def pg_worker_options(schema: str, queues: list[str] | None = None) -> dict[str, Any]:
+    from data_collector.distributed.engine import worker_options
+
+    return {**worker_options(pg_settings(schema), queues), "fetch_job_polling_interval": 1.0}
 
 
 class Procrastinate:
@@ -119,15 +111,10 @@ class Procrastinate:
         self.schema = f"bench_jobs_{uuid.uuid4().hex[:8]}"
 
     async def __aenter__(self) -> Procrastinate:
-        import asyncpg
+        from data_collector.distributed.engine import ensure_schema
 
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{self.schema}"')
-        finally:
-            await conn.close()
         async with pg_app(self.schema).open_async() as app:
-            await app.schema_manager.apply_schema_async()
+            await ensure_schema(app, pg_settings(self.schema))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -144,7 +131,7 @@ class Procrastinate:
             noop = app.tasks["noop"]
             return await _timed_run(
                 n,
-                lambda: app.run_worker_async(**pg_worker_options(["default"])),
+                lambda: app.run_worker_async(**pg_worker_options(self.schema, ["default"])),
                 lambda ids: noop.batch_defer_async(*({"i": i} for i in ids)),
             )
 
@@ -163,7 +150,7 @@ class Procrastinate:
     async def periodic(self, seconds: float) -> int:
         async with pg_app(self.schema).open_async() as app:
             return await _periodic_runs(
-                lambda: app.run_worker_async(**pg_worker_options(["periodic"])), seconds
+                lambda: app.run_worker_async(**pg_worker_options(self.schema, ["periodic"])), seconds
             )
 
     async def enqueue_hold(self) -> None:
@@ -181,9 +168,9 @@ def _ready(marker: Path) -> Path:
 
 
 async def pg_worker(schema: str, marker: Path) -> None:
-    async with pg_app(schema, marker, stalled=True).open_async() as app:
+    async with pg_app(schema, marker).open_async() as app:
         _ready(marker).write_text(str(os.getpid()))
-        await app.run_worker_async(**pg_worker_options())
+        await app.run_worker_async(**pg_worker_options(schema))
 
 
 # -- saq ---------------------------------------------------------------------------------------
