@@ -361,7 +361,7 @@ class StreamingConfig(_Section):
     store_trades: bool = False
     #: Trades waiting for the database at most; past it new ones are dropped and left as a hole
     #: for the trade backfill.
-    store_trades_queue: int = Field(default=200_000, ge=1000, le=10_000_000)
+    store_trades_queue: int = Field(default=200_000, ge=10, le=10_000_000)
 
 
 class MetricsConfig(_Section):

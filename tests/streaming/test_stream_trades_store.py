@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 
@@ -29,6 +30,7 @@ from data_collector.simulator import SimulatedExchange
 from data_collector.storage import open_store
 from data_collector.storage.trades import Trade, TradeCoverage
 from tests.support.backfill import config_for
+from tests.support.services import PG_ADMIN_DSN
 from tests.support.streaming import stream_config, wait_for_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,4 +192,57 @@ async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
             await streamer.astop()
         trades, cover = await _stored(database, symbol, venue)
         assert any(t[0] == hole.first_id for t in trades) and any(t[0] == hole.end_id - 1 for t in trades)
+        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+
+
+async def test_a_locked_trades_table_drops_no_trade_for_good(
+    base_config: dict[str, Any], redis_prefix: str, pg_schema: str
+) -> None:
+    """The database stalls (the trades table locked) while trades flow: Redis goes on, the
+    sink's queue (10 here) overflows, and once the lock is gone the dropped ids are a hole the
+    trade backfill closes: the table again equals REST's, under one coverage row."""
+    symbol, venue = SPOT, "sim-binance"
+    database = {**base_config["database"], "command_timeout_s": 1.0}
+    async with SimulatedExchange(symbols=[SPOT], seed=17, ws_rate=20) as sim:
+        config = _stream_config(sim, redis_prefix, {"database": database}, False, store_trades_queue=10)
+        streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
+        streamer.start()
+        try:
+            assert await streamer.wait_connected()
+
+            async def stored_some() -> bool:
+                sim.clock.advance(1_000)
+                return bool((await _stored(database, symbol, venue))[0])
+
+            await wait_for_async(stored_some, timeout_s=30, what="live trades stored")
+            first = (await _stored(database, symbol, venue))[0][0]
+            lock = await asyncpg.connect(PG_ADMIN_DSN)
+            try:
+                tx = lock.transaction()
+                await tx.start()
+                await lock.execute(f'LOCK TABLE "{pg_schema}".trades IN ACCESS EXCLUSIVE MODE')
+                written = streamer.get_metrics()["written"]
+
+                async def dropping() -> bool:
+                    sim.clock.advance(1_000)
+                    m = streamer.get_metrics()
+                    return bool(m["trades_store_dropped"] > 0 and m["written"] > written + 20)
+
+                await wait_for_async(dropping, timeout_s=60, what="trades dropped by the stalled sink")
+                await tx.rollback()
+            finally:
+                await lock.close()
+
+            async def one_row() -> bool:
+                sim.clock.advance(1_000)
+                trades, cover = await _stored(database, symbol, venue)
+                return len(cover) == 1 and cover[0].end_id > trades[-1][0]
+
+            await wait_for_async(one_row, timeout_s=90, what="the dropped trades stored by the backfill")
+            metrics = streamer.get_metrics()
+            assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
+            assert metrics["trade_holes_closed"] >= 1
+        finally:
+            await streamer.astop()
+        trades, cover = await _stored(database, symbol, venue)
         _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
