@@ -12,9 +12,11 @@ Real PostgreSQL, Redis and the simulator, spot and USDⓈ-M perpetuals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from data_collector.storage import open_store
 from data_collector.storage.trades import Trade, TradeCoverage
 from tests.support.backfill import config_for
 from tests.support.services import PG_ADMIN_DSN
-from tests.support.streaming import stream_config, wait_for_async
+from tests.support.streaming import stream_config, wait_for, wait_for_async
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "stream_market_data.py"
@@ -96,6 +98,38 @@ def _stream_config(
     return {**config, "database": base_config["database"], "symbols": [symbol]}
 
 
+async def _whole(sim: SimulatedExchange, database: dict[str, Any], symbol: str, venue: str) -> None:
+    """Until the stored trades are under one coverage row (the market trading on meanwhile:
+    holes close once older than the backfill's settle time)."""
+
+    async def one_row() -> bool:
+        sim.clock.advance(1_000)
+        trades, cover = await _stored(database, symbol, venue)
+        return len(cover) == 1 and cover[0].end_id > trades[-1][0]
+
+    await wait_for_async(one_row, timeout_s=90, what="the trades table without a seam")
+
+
+@contextlib.asynccontextmanager
+async def _storing(
+    sim: SimulatedExchange, config: dict[str, Any], database: dict[str, Any], symbol: str, venue: str
+) -> AsyncIterator[tuple[OptimizedWebSocketStreamer, Trade]]:
+    """An in-process streamer of ``config``, once it has stored a live trade (given too)."""
+    streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
+    streamer.start()
+    try:
+        assert await streamer.wait_connected()
+
+        async def stored_some() -> bool:
+            sim.clock.advance(1_000)
+            return bool((await _stored(database, symbol, venue))[0])
+
+        await wait_for_async(stored_some, timeout_s=30, what="live trades stored")
+        yield streamer, (await _stored(database, symbol, venue))[0][0]
+    finally:
+        await streamer.astop()
+
+
 @pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
 async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
     base_config: dict[str, Any], redis_prefix: str, tmp_path: Path, futures: bool
@@ -135,12 +169,7 @@ async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
                     top = (await _stored(database, symbol, venue))[0][-1][0]
                     continue
 
-                async def one_row() -> bool:
-                    sim.clock.advance(1_000)  # holes close once older than the backfill's settle time
-                    trades, cover = await _stored(database, symbol, venue)
-                    return len(cover) == 1 and cover[0].end_id > trades[-1][0]
-
-                await wait_for_async(one_row, timeout_s=90, what="the trades table without a seam")
+                await _whole(sim, database, symbol, venue)
                 proc.send_signal(signal.SIGINT)
                 assert await asyncio.wait_for(proc.wait(), 30) in (0, 130)
             finally:
@@ -163,17 +192,7 @@ async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
         symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=16, ws_rate=20
     ) as sim:
         config = _stream_config(sim, redis_prefix, base_config, futures, repair_max_ids=5)
-        streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
-        streamer.start()
-        try:
-            assert await streamer.wait_connected()
-
-            async def stored_some() -> bool:
-                sim.clock.advance(1_000)
-                return bool((await _stored(database, symbol, venue))[0])
-
-            await wait_for_async(stored_some, timeout_s=30, what="live trades stored")
-            first = (await _stored(database, symbol, venue))[0][0]
+        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
             sim.ws_faults.skip_trade_id(symbol, 40)  # 40 ids lost in flight: wider than 5
 
             closer = streamer._service.trades.closer  # type: ignore[union-attr]
@@ -188,8 +207,6 @@ async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
             assert hole.end_id - hole.first_id >= 40, hole
             metrics = streamer.get_metrics()
             assert metrics["trade_holes_closed"] >= 1 and metrics["trades_store_dropped"] == 0
-        finally:
-            await streamer.astop()
         trades, cover = await _stored(database, symbol, venue)
         assert any(t[0] == hole.first_id for t in trades) and any(t[0] == hole.end_id - 1 for t in trades)
         _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
@@ -205,17 +222,7 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
     database = {**base_config["database"], "command_timeout_s": 1.0}
     async with SimulatedExchange(symbols=[SPOT], seed=17, ws_rate=20) as sim:
         config = _stream_config(sim, redis_prefix, {"database": database}, False, store_trades_queue=10)
-        streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
-        streamer.start()
-        try:
-            assert await streamer.wait_connected()
-
-            async def stored_some() -> bool:
-                sim.clock.advance(1_000)
-                return bool((await _stored(database, symbol, venue))[0])
-
-            await wait_for_async(stored_some, timeout_s=30, what="live trades stored")
-            first = (await _stored(database, symbol, venue))[0][0]
+        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
             lock = await asyncpg.connect(PG_ADMIN_DSN)
             try:
                 tx = lock.transaction()
@@ -233,16 +240,10 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
             finally:
                 await lock.close()
 
-            async def one_row() -> bool:
-                sim.clock.advance(1_000)
-                trades, cover = await _stored(database, symbol, venue)
-                return len(cover) == 1 and cover[0].end_id > trades[-1][0]
-
-            await wait_for_async(one_row, timeout_s=90, what="the dropped trades stored by the backfill")
+            await _whole(sim, database, symbol, venue)
+            # The job that stored them says so once it has seen its ids covered.
+            await wait_for(lambda: streamer.get_metrics()["trade_holes_closed"] >= 1, 30, "the hole closed")
             metrics = streamer.get_metrics()
             assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
-            assert metrics["trade_holes_closed"] >= 1
-        finally:
-            await streamer.astop()
         trades, cover = await _stored(database, symbol, venue)
         _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
