@@ -94,6 +94,8 @@ class TradeGapCloser:
         self._collector: Any = None
         #: Holes closed, in order (for the report and the tests).
         self.closed: list[Hole] = []
+        #: Set each time a hole is closed.
+        self.closed_one = asyncio.Event()
         self._closed = False
 
     @property
@@ -141,6 +143,7 @@ class TradeGapCloser:
             if done:
                 started.pop(symbol, None)
                 self.closed.append(hole)
+                self.closed_one.set()
                 self._metrics.trade_holes_closed += 1
                 log.info("%s: trades %d..%d stored by the backfill", symbol, hole.first_id, hole.end_id - 1)
                 continue
