@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from data_collector.config import load_config
+from data_collector.errors import UsageError
 from data_collector.markets import MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
@@ -247,3 +248,23 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
             assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
         trades, cover = await _stored(database, symbol, venue)
         _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+
+
+@pytest.mark.parametrize(
+    ("channels", "database", "says"),
+    [(["trade"], True, "add aggTrade to streaming.channels"), (["aggTrade"], False, "needs a database")],
+)
+def test_store_trades_it_cannot_honour_is_refused_in_one_line(
+    base_config: dict[str, Any], channels: list[str], database: bool, says: str
+) -> None:
+    config: dict[str, Any] = {
+        "exchange": {"id": "binance", "name": "sim-binance"},
+        "redis": base_config["redis"],
+        "logging": {"file": None},
+        "streaming": {"store_trades": True},
+    }
+    if database:
+        config["database"] = base_config["database"]
+    with pytest.raises(UsageError, match=says) as refused:
+        OptimizedWebSocketStreamer(symbols=[SPOT], channels=channels, config=config)
+    assert "\n" not in str(refused.value)
