@@ -213,6 +213,28 @@ async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
         _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
 
 
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+async def test_a_gap_the_rest_repair_fetches_reaches_the_store_without_a_backfill(
+    base_config: dict[str, Any], redis_prefix: str, futures: bool
+) -> None:
+    """Ids lost in flight, fewer than ``repair_max_ids``: the REST repair's trades (written to the
+    companion stream) go to the trades table too, and no backfill job is started for them."""
+    symbol, venue = _venue(futures)
+    database = base_config["database"]
+    async with SimulatedExchange(
+        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=18, ws_rate=20
+    ) as sim:
+        config = _stream_config(sim, redis_prefix, base_config, futures)
+        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
+            sim.ws_faults.skip_trade_id(symbol, 3)
+            await wait_for(lambda: streamer.get_metrics()["repaired_trades"] >= 3, 60, "the REST repair")
+            await _whole(sim, database, symbol, venue)
+            closer = streamer._service.trades.closer  # type: ignore[union-attr]
+            assert closer is not None and not closer.closed and not closer.pending
+        trades, cover = await _stored(database, symbol, venue)
+        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+
+
 async def test_a_locked_trades_table_drops_no_trade_for_good(
     base_config: dict[str, Any], redis_prefix: str, pg_schema: str
 ) -> None:
