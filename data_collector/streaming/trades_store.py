@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 #: How far back a starting streamer looks for holes between the stored coverage rows (what a
 #: killed run left open); older ones are the trade backfill's to find.
 LOOKBACK_MS = 24 * 3_600_000
+#: Trades per write at most. A write's preparation (runs, coverage, ``prepare_trades``; the COPY
+#: then encodes the records) runs on the streamer's loop, between Redis batches: 2,000 trades took
+#: 1-10 ms of it, 20,000 took 17-94 ms (a few runs at load 8 on 2 shared cores), which would show
+#: in the live event->Redis latency. Smaller writes cost more transactions: a few a second at 10k
+#: trades/s.
+WRITE_MAX = 2_000
 #: ``(symbol, trade)``: what waits for the store.
 Pending = tuple[str, "Trade"]
 
@@ -135,7 +141,7 @@ class TradeStoreSink:
         closer: TradeGapCloser | None,
         *,
         queue_max: int = 200_000,
-        write_max: int = 20_000,
+        write_max: int = WRITE_MAX,
     ) -> None:
         self._store = store
         self._instrument_id = instrument_id
