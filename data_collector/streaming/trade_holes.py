@@ -124,14 +124,20 @@ class TradeGapCloser:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         started: dict[str, float] = {}
+        #: symbol -> when its hole may be tried again (a symbol in backoff holds no other back).
+        not_before: dict[str, float] = {}
         while True:
-            if not self._waiting:
+            now = loop.time()
+            ready = [s for s in self._waiting if not_before.get(s, now) <= now]
+            if not ready:
                 self._wake.clear()
-                await self._wake.wait()
+                delay = min((not_before[s] - now for s in self._waiting), default=None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
                 continue
-            symbol = next(iter(self._waiting))
+            symbol = ready[0]
             hole = self._waiting.pop(symbol)
-            started.setdefault(symbol, loop.time())
+            started.setdefault(symbol, now)
             try:
                 done = await self._close(hole)
             except asyncio.CancelledError:
@@ -140,36 +146,39 @@ class TradeGapCloser:
                 if not is_transient(exc):
                     log.warning("%s: the trade backfill of a hole failed: %s", symbol, exc)
                 done = False
-            if done:
+            if done or loop.time() - started[symbol] > self._retry_for_s:
                 started.pop(symbol, None)
-                self.closed.append(hole)
-                self.closed_one.set()
-                self._metrics.trade_holes_closed += 1
-                log.info("%s: trades %d..%d stored by the backfill", symbol, hole.first_id, hole.end_id - 1)
+                not_before.pop(symbol, None)
+                if done:
+                    self.closed.append(hole)
+                    self.closed_one.set()
+                    self._metrics.trade_holes_closed += 1
+                    log.info(
+                        "%s: trades %d..%d stored by the backfill", symbol, hole.first_id, hole.end_id - 1
+                    )
+                else:
+                    log.warning(
+                        "%s: trades %d..%d still not stored; left to the next backfill run",
+                        symbol,
+                        hole.first_id,
+                        hole.end_id - 1,
+                    )
                 continue
-            if loop.time() - started[symbol] > self._retry_for_s:
-                started.pop(symbol, None)
-                log.warning(
-                    "%s: trades %d..%d still not stored; left to the next backfill run",
-                    symbol,
-                    hole.first_id,
-                    hole.end_id - 1,
-                )
-                continue
+            # Asked again later: a hole younger than the backfill's settle time, an exchange or
+            # a database that is down.
             hole.attempts += 1
             later = self._waiting.get(symbol)
             if later is not None:
                 hole.join(later)
             self._waiting[symbol] = hole
-            # Wait before the next attempt: a hole younger than the backfill's settle time, an
-            # exchange or a database that is down (close() cancels the wait).
-            await asyncio.sleep(backoff_delay(hole.attempts, JOB_RETRY_MIN_S, JOB_RETRY_MAX_S))
+            not_before[symbol] = loop.time() + backoff_delay(hole.attempts, JOB_RETRY_MIN_S, JOB_RETRY_MAX_S)
 
     async def _close(self, hole: Hole) -> bool:
         """One backfill run over the hole's time span; whether its ids are now all stored."""
         collector = await self._open()
+        start_ms = min(hole.from_ms, hole.to_ms)  # coverage times may touch, never cross, but be safe
         await collector.collect(
-            symbols=[hole.symbol], start=hole.from_ms, end=hole.to_ms + 1, data_types=["trades"]
+            symbols=[hole.symbol], start=start_ms, end=hole.to_ms + 1, data_types=["trades"]
         )
         store = await self._store()
         rows = await store.trade_coverage(await self._instrument_id(hole.symbol))

@@ -189,10 +189,6 @@ class TradeStoreSink:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="trades-store")
 
-    async def wait_idle(self) -> None:
-        """Until everything queued so far is written (or dropped)."""
-        await self._idle.wait()
-
     async def _run(self) -> None:
         while self.failed is None:
             if not self._queue:
