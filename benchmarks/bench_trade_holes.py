@@ -5,8 +5,9 @@ A hole of one symbol (all aggregate trades of a window) is handed to the streame
 :class:`~data_collector.streaming.trade_holes.TradeGapCloser`, which runs the trade backfill over
 it into PostgreSQL, against the simulator. The peak of Python's traced allocations during the
 job is printed for a short hole (the baseline) and a long one; bounded memory means the peak does
-not grow with the hole (the backfill holds at most its page slots and write queue). The job's
-collector is opened by a one-minute hole first (ccxt and its markets load once per streamer).
+not grow with the hole (the backfill holds at most its page slots and write queue). A one-minute
+hole goes first, untraced (ccxt's modules are imported once per streamer). Each job runs in a
+thread of its own with its own exchange client and database pool; tracemalloc sees every thread.
 
     python -m benchmarks trade_holes          # 2 h and 32 h of tape (about 12k and 200k trades)
     python -m benchmarks trade_holes --quick  # 1 h and 4 h
@@ -59,16 +60,9 @@ async def _close_hole(ctx: BenchContext, hours: int) -> tuple[float, float, int]
             inst = await store.ensure_instrument(
                 sim.exchange_config()["name"], SYMBOL, base="BTC", quote="USDT"
             )
-
-            async def the_store() -> object:
-                return store
-
-            async def instrument_id(symbol: str) -> int:
-                return inst.id
-
-            closer = TradeGapCloser(config, the_store, instrument_id, StreamMetrics())
-            # A first, one-minute hole before the other (untraced): the job's collector, ccxt and
-            # its markets are loaded once per streamer, not per hole.
+            closer = TradeGapCloser(config, StreamMetrics())
+            # A first, one-minute hole before the other (untraced): ccxt's modules are imported
+            # once per streamer, not per hole.
             warm = sim.agg_trades(SYMBOL, end_ms - (hours + 1) * HOUR_MS, end_ms - hours * HOUR_MS - 1)[-60:]
             closer.submit(
                 Hole(SYMBOL, int(warm[0]["a"]), int(warm[-1]["a"]) + 1, int(warm[0]["T"]), int(warm[-1]["T"]))

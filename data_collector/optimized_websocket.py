@@ -137,7 +137,8 @@ class OptimizedWebSocketStreamer:
             ``streaming.adapter``. An ``exchange.id`` with no native adapter always uses ``ccxt``.
         store_trades: write the aggTrades (spot or perpetuals) to the database's trades table,
             and close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`);
-            default ``streaming.store_trades``. Needs a database and the ``aggTrade`` channel.
+            default ``streaming.store_trades``. Needs the config's ``database`` (a ``candle_store``
+            alone is not enough: the backfill job connects itself) and the ``aggTrade`` channel.
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
             index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
             It must not block.
@@ -235,9 +236,7 @@ class OptimizedWebSocketStreamer:
         if store_trades is None:
             store_trades = st.store_trades
         if store_trades:
-            check_store_trades(
-                venue.kind, options.channels, candle_store is not None or "database" in cfg.model_fields_set
-            )
+            check_store_trades(venue.kind, options.channels, "database" in cfg.model_fields_set)
         sink = None
         if store_candles or store_funding or store_trades:
             # Here, not at the top: a streamer that stores no candles never loads the storage code.

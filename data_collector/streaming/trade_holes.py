@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import is_transient
@@ -53,45 +53,34 @@ class Hole:
         self.to_ms = max(self.to_ms, other.to_ms)
 
 
-StoreAccess = Callable[[], Awaitable[Any]]
-InstrumentId = Callable[[str], Awaitable[int]]
-
-
 class TradeGapCloser:
     """Closes trade holes with the trade backfill, one job at a time, in the background.
 
     Holes of one symbol waiting together are joined into one job, so the backlog is at most one
     job per symbol. Each job is a ``collect(data_types=["trades"])`` over the hole's time span by
-    an :class:`~data_collector.optimized_collector.OptimizedDataCollector` that writes to the
-    streamer's store; the job is done when the stored coverage holds the hole's ids.
+    an :class:`~data_collector.optimized_collector.OptimizedDataCollector` on the streamer's
+    database, in a thread of its own; the job is done when the stored coverage holds the
+    hole's ids.
 
     Args:
-        config: the backfill's config (the streamer's venue as ``exchange``, and as
-            ``futures_exchange`` for perpetuals, so the rows get the streamer's instruments).
-        store: the open store the streamer writes to (the caller keeps owning it).
-        instrument_id: the instrument id of a symbol in that store.
+        config: the backfill's config (the streamer's ``database``, and its venue as
+            ``exchange``, and as ``futures_exchange`` for perpetuals, so the rows get the
+            streamer's instruments).
         metrics: ``trade_holes_closed`` counts the holes closed.
         retry_for_s: how long a hole is tried before it is left to a later backfill run.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        store: StoreAccess,
-        instrument_id: InstrumentId,
-        metrics: StreamMetrics,
-        *,
-        retry_for_s: float = 3600.0,
-    ) -> None:
+    def __init__(self, config: Config, metrics: StreamMetrics, *, retry_for_s: float = 3600.0) -> None:
         self._config = config
-        self._store = store
-        self._instrument_id = instrument_id
         self._metrics = metrics
         self._retry_for_s = retry_for_s
         self._waiting: dict[str, Hole] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._collector: Any = None
+        #: The running job's loop and its collector's ``request_stop`` (for :meth:`close`).
+        self._job_stop: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        #: The running (or last) job's thread, as a future of this loop.
+        self._job_thread: asyncio.Future[bool] | None = None
         #: Holes closed, in order (for the report and the tests).
         self.closed: list[Hole] = []
         #: Set each time a hole is closed.
@@ -174,34 +163,48 @@ class TradeGapCloser:
             not_before[symbol] = loop.time() + backoff_delay(hole.attempts, JOB_RETRY_MIN_S, JOB_RETRY_MAX_S)
 
     async def _close(self, hole: Hole) -> bool:
-        """One backfill run over the hole's time span; whether its ids are now all stored."""
-        collector = await self._open()
-        start_ms = min(hole.from_ms, hole.to_ms)  # coverage times may touch, never cross, but be safe
-        await collector.collect(
-            symbols=[hole.symbol], start=start_ms, end=hole.to_ms + 1, data_types=["trades"]
-        )
-        store = await self._store()
-        rows = await store.trade_coverage(await self._instrument_id(hole.symbol))
+        """One backfill run over the hole's time span; whether its ids are now all stored.
+
+        The run has a thread and an event loop of its own (and so its own exchange client and
+        database pool): ccxt's import, its markets and its pages are parsed in Python, which on
+        the streamer's loop would hold the live path back for milliseconds at a time.
+        """
+        job = asyncio.ensure_future(asyncio.to_thread(asyncio.run, self._job(hole)))
+        self._job_thread = job
+        # Shielded: cancelling this task cannot stop the thread; close() waits for it instead.
+        return await asyncio.shield(job)
+
+    async def _job(self, hole: Hole) -> bool:
+        from data_collector.optimized_collector import OptimizedDataCollector
+
+        async with OptimizedDataCollector(self._config) as collector:
+            self._job_stop = (asyncio.get_running_loop(), collector.request_stop)
+            try:
+                if self._closed:
+                    return False
+                start_ms = min(hole.from_ms, hole.to_ms)  # coverage times touch, never cross; be safe
+                await collector.collect(
+                    symbols=[hole.symbol], start=start_ms, end=hole.to_ms + 1, data_types=["trades"]
+                )
+                instrument = await collector.instrument(hole.symbol)
+                rows = await collector.store.trade_coverage(instrument.id)
+            finally:
+                self._job_stop = None
         return any(r.first_id <= hole.first_id and r.end_id >= hole.end_id for r in rows)
 
-    async def _open(self) -> Any:
-        if self._collector is None:
-            # Here, not at the top: only a streamer with holes to close loads ccxt (~100 MB).
-            from data_collector.optimized_collector import OptimizedDataCollector
-
-            collector = OptimizedDataCollector(self._config, store=await self._store())
-            await collector.initialize()
-            self._collector = collector
-        return self._collector
-
-    async def close(self) -> None:
-        """Stop (a job in flight is cancelled; its pages written so far stay); idempotent."""
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop: a job in flight is asked to stop (its fetched pages are written) and waited for
+        up to ``timeout_s``; idempotent."""
         self._closed = True
+        stop = self._job_stop
+        if stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has just ended
+                stop[0].call_soon_threadsafe(stop[1])
+        job = self._job_thread
+        if job is not None and not job.done():
+            await asyncio.wait({job}, timeout=timeout_s)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        collector, self._collector = self._collector, None
-        if collector is not None:
-            await collector.close()

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -41,13 +42,16 @@ from data_collector.errors import UsageError
 from data_collector.streaming.candles import CandleSink, StoreRetry
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import Event
-from data_collector.streaming.trade_holes import Hole, InstrumentId, StoreAccess, TradeGapCloser
+from data_collector.streaming.trade_holes import Hole, TradeGapCloser
 
 if TYPE_CHECKING:
     from data_collector.config import Config
     from data_collector.storage.trades import Trade, TradeCoverage
 
 log = logging.getLogger(__name__)
+
+StoreAccess = Callable[[], Awaitable[Any]]
+InstrumentId = Callable[[str], Awaitable[int]]
 
 #: How far back a starting streamer looks for holes between the stored coverage rows (what a
 #: killed run left open); older ones are the trade backfill's to find.
@@ -289,13 +293,14 @@ class TradeStoreSink:
 
 
 def check_store_trades(venue_kind: str, channels: list[str], has_database: bool) -> None:
-    """Refuse, in one line, a ``store_trades`` the streamer cannot honour."""
+    """Refuse, in one line, a ``store_trades`` the streamer cannot honour (the trade backfill job
+    that closes the holes connects to the config's ``database`` itself)."""
     if venue_kind != "binance":
         raise UsageError("streaming.store_trades needs Binance's native adapter (spot or USDⓈ-M perpetuals)")
     if "aggTrade" not in channels:
         raise UsageError("streaming.store_trades stores aggregate trades: add aggTrade to streaming.channels")
     if not has_database:
-        raise UsageError("streaming.store_trades needs a database section (or a candle_store)")
+        raise UsageError("streaming.store_trades needs a database section in the config")
 
 
 def trade_store_sink(
@@ -317,5 +322,5 @@ def trade_store_sink(
     backfill.venues = []
     backfill.symbols = list(symbols)
     backfill.data_types = ["trades"]
-    closer = TradeGapCloser(backfill, sink.store, sink.instrument_id, metrics)
+    closer = TradeGapCloser(backfill, metrics)
     return TradeStoreSink(sink.store, sink.instrument_id, metrics, closer, queue_max=st.store_trades_queue)
