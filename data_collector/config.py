@@ -356,6 +356,12 @@ class StreamingConfig(_Section):
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
     #: The widest aggTrade gap fetched back over REST (0: none are); wider ones stay marked.
     repair_max_ids: int = Field(default=100_000, ge=0)
+    #: Write the streamed aggTrades (and the repaired ones) to the database's trades table, and
+    #: close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`).
+    store_trades: bool = False
+    #: Trades waiting for the database at most; past it new ones are dropped and left as a hole
+    #: for the trade backfill.
+    store_trades_queue: int = Field(default=200_000, ge=10, le=10_000_000)
 
 
 class MetricsConfig(_Section):

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -30,7 +31,7 @@ from data_collector.errors import CollectorError, PermanentError
 from data_collector.markets import exchange_symbol
 from data_collector.streaming.connection import Route
 from data_collector.streaming.metrics import StreamMetrics
-from data_collector.streaming.normalize import MalformedEvent
+from data_collector.streaming.normalize import Event, MalformedEvent
 from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.writer import GapMarker, RedisWriter
 
@@ -80,9 +81,11 @@ class TradeRepairer:
         self._task: asyncio.Task[None] | None = None
         #: Gaps wider than ``max_ids``, left open: (stream key, first id, last id).
         self.too_wide: list[tuple[str, int, int]] = []
+        #: Called with ``(symbol, event)`` for every repaired trade (the trades store's sink).
+        self.on_trade: Callable[[str, Event], None] | None = None
 
-    def submit(self, job: RepairJob) -> None:
-        """Queue one gap (never blocks)."""
+    def submit(self, job: RepairJob) -> bool:
+        """Queue one gap (never blocks); False when it is left open (too wide, backlog full)."""
         width = job.last_seq - job.first_seq + 1
         if width > self.max_ids:
             self.too_wide.append((job.route.stream_key, job.first_seq, job.last_seq))
@@ -90,7 +93,7 @@ class TradeRepairer:
                 "%s: %d trades missing (%d..%d), more than streaming.repair_max_ids; left to the trade backfill",
                 job.route.stream_key, width, job.first_seq, job.last_seq,
             )  # fmt: skip
-            return
+            return False
         if len(self._jobs) >= MAX_JOBS:
             log.warning(
                 "%s: repair backlog full; gap %d..%d stays open",
@@ -98,11 +101,12 @@ class TradeRepairer:
                 job.first_seq,
                 job.last_seq,
             )
-            return
+            return False
         self._jobs.append(job)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="trade-repair")
+        return True
 
     @property
     def pending(self) -> int:
@@ -150,6 +154,8 @@ class TradeRepairer:
                 self._writer.submit(
                     (job.xadd_head, job.set_head, entry_id, packb(event), event["event_ms"], now)
                 )
+                if self.on_trade is not None:
+                    self.on_trade(route.symbol, event)
                 written += 1
                 cursor = seq + 1
             self._metrics.repaired_trades += len(rows)
