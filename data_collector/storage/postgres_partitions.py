@@ -1,20 +1,22 @@
-"""Monthly partitions of ``ohlcv`` (native declarative partitioning on ``ts``), made on demand.
+"""Monthly partitions of ``ohlcv`` and ``trades`` (native declarative partitioning on ``ts``),
+made on demand: the one owner of the partitioning policy, for both tables.
 
-``ohlcv`` is ``PARTITION BY RANGE (ts)`` (the DDL is in :mod:`~data_collector.storage.postgres`)
-with one partition per calendar month (UTC), named ``ohlcv_pYYYYMM``. A write creates the
+``ohlcv`` and ``trades`` are ``PARTITION BY RANGE (ts)`` (the DDL is in
+:mod:`~data_collector.storage.postgres` and :mod:`~data_collector.storage.postgres_trades`)
+with one partition per calendar month (UTC), named ``ohlcv_pYYYYMM`` and ``trades_pYYYYMM``. A write creates the
 partitions of the months it touches before its COPY, in a short transaction of its own (under
 an advisory lock, ``CREATE TABLE IF NOT EXISTS``, so concurrent writers race safely); the months
 already made are remembered per store, so a steady stream of writes costs no extra round trip.
 
-A default partition (``ohlcv_default``) is the safety net: rows whose month has no partition (a
+A default partition (``ohlcv_default``, ``trades_default``) is the safety net: rows whose month has no partition (a
 tool that writes into ``ohlcv`` directly, or a store that had not seen a month retired by another
 process) land there, readable as any other; the next time a write makes that month's partition,
 they are moved into it in the same transaction.
 
 Retiring a month moves its rows out of PostgreSQL: after the month's files are verified, one
 transaction detaches and drops the partition (:meth:`PostgresArchiveSide.retire_month`).
-A table created before partitioning (plain ``ohlcv``) keeps working; :mod:`.postgres_migrate`
-moves it to the partitioned layout.
+A table created before partitioning (plain ``ohlcv`` or ``trades``) keeps working;
+:mod:`.postgres_migrate` moves it to the partitioned layout.
 """
 
 from __future__ import annotations
@@ -151,17 +153,21 @@ async def create_partitions(
         )
 
 
-class OhlcvPartitions:
-    """The months of ``ohlcv`` a store knows to have a partition, and making the missing ones.
+#: The tables partitioned by month on ``ts``.
+PARTITIONED_TABLES = ("ohlcv", "trades")
+
+
+class MonthlyPartitions:
+    """The months of one table a store knows to have a partition, and making the missing ones.
 
     Args:
         store: the store whose pool and schema are used.
+        table: ``ohlcv`` or ``trades``.
     """
 
-    TABLE = "ohlcv"
-
-    def __init__(self, store: PostgresCandleStore) -> None:
+    def __init__(self, store: PostgresCandleStore, table: str) -> None:
         self._store = store
+        self.table = table
         #: None until looked up: whether the table is partitioned (a table made before is not).
         self._partitioned: bool | None = None
         self._known: set[tuple[int, int]] = set()
@@ -179,13 +185,13 @@ class OhlcvPartitions:
             return
         store = self._store
         if self._partitioned is None:
-            kind = await store._bounded(relkind(conn, store.schema, self.TABLE))
+            kind = await store._bounded(relkind(conn, store.schema, self.table))
             self._partitioned = kind == PARTITIONED
             if not self._partitioned:
                 return
-            self._known = await store._bounded(existing_months(conn, store.schema, self.TABLE))
+            self._known = await store._bounded(existing_months(conn, store.schema, self.table))
         missing = wanted - self._known
         if missing:
             async with conn.transaction():
-                await store._bounded(create_partitions(conn, store.schema, self.TABLE, missing))
+                await store._bounded(create_partitions(conn, store.schema, self.table, missing))
             self._known |= missing
