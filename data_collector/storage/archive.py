@@ -523,7 +523,7 @@ async def load_ohlcv_tiers(
     held = await _held(
         store, OHLCV_SPEC, series.db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
     )
-    return await asyncio.to_thread(columns_frame, archived.union_pieces(held))
+    return await _seam(archived, held, columns_frame)
 
 
 async def load_points_tiers(
@@ -552,7 +552,7 @@ async def load_points_tiers(
     if not len(archived):
         return await frame()
     held = await _held(store, series.spec, series.db_key, start_ms, end_ms, load)
-    return fields_frame(archived.union(held))
+    return await _seam(archived, held, fields_frame)
 
 
 async def load_trades_tiers(
@@ -565,7 +565,16 @@ async def load_trades_tiers(
         return await store.load_trades_frame(instrument.id, start_ms, end_ms)
     load = partial(store.load_trades, instrument.id)
     held = await _held(store, TRADES_SPEC, (instrument.id,), start_ms, end_ms, load)
-    return trade_columns_frame(archived.union(held))
+    return await _seam(archived, held, trade_columns_frame)
+
+
+async def _seam(
+    archived: Columns, held: Columns, frame: Callable[[list[Columns]], pd.DataFrame]
+) -> pd.DataFrame:
+    """The one seam merge of every loader: the Parquet rows and the database's, the database's
+    row winning where both hold a key, as consecutive pieces (:meth:`Columns.union_pieces`) that
+    ``frame`` copies once into the DataFrame."""
+    return await asyncio.to_thread(frame, archived.union_pieces(held))
 
 
 async def _held(
