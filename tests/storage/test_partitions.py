@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load
 from data_collector.storage.postgres import OHLCV_COLUMNS, PostgresCandleStore
 from data_collector.storage.postgres_migrate import migrate_ohlcv
 from data_collector.storage.trades import TRADE_COLUMNS
+from tests.storage.test_storage_postgres import _blocked_pid
 from tests.storage.test_trades_tables import EARLIER as OLD_TRADES_DDL
 from tests.support.archive import (
     CUTOFF_MS,
@@ -318,3 +320,91 @@ async def test_a_store_works_on_the_old_layout_and_prunes_by_delete(
         after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
         pd.testing.assert_frame_equal(after, before)
     assert await _tables(admin, pg_schema) == {"ohlcv": "r"}
+
+
+APRIL_MS = 1_711_929_600_000  # 2024-04-01
+
+
+@pytest.mark.parametrize("data_type", ["ohlcv", "trades"])
+async def test_retiring_a_month_while_ingest_runs_into_another_loses_nothing_and_blocks_boundedly(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path, data_type: str
+) -> None:
+    """A collector (another process: here a thread with its own loop and pool) writes April while
+    archive --prune retires January and February. Its writes wait for the retiring transaction's
+    lock (seen waiting in pg_stat_activity while that transaction is held open at its last step)
+    and go on once it commits: no error (the store's command timeout bounds every wait), no row
+    lost on either side."""
+    instrument = await seed(store)
+    await seed_trades(store, instrument)
+    before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
+    trades_before = await store.load_trades_frame(instrument.id, START_MS, END_MS)
+    lock_held, writer_blocked, stop = threading.Event(), threading.Event(), threading.Event()
+    written: list[int] = []
+    errors: list[BaseException] = []
+
+    async def ingest() -> None:
+        async with _store(pg_schema) as collector:
+            other = await collector.ensure_instrument(VENUE, "ETH/USDT", base="ETH", quote="USDT")
+
+            async def watch() -> None:
+                await asyncio.to_thread(lock_held.wait, 60)
+                await _blocked_pid(pg_schema, "")  # a write of ours waits on the retiring lock
+                writer_blocked.set()
+
+            watcher = asyncio.create_task(watch())
+            n = 0
+            while not stop.is_set() or n < 3:
+                if data_type == "ohlcv":
+                    span = (APRIL_MS + n * HOUR_MS, APRIL_MS + (n + 1) * HOUR_MS)
+                    batch = CandleBatch(other.id, TIMEFRAME, candles(*span), [CoverageRange(*span, "data")])
+                    written.append((await collector.write([batch])).written)
+                else:
+                    page = [
+                        (i, APRIL_MS + i * 1000, 1.0, 1.0, i, i, False) for i in range(10 * n, 10 * n + 10)
+                    ]
+                    cover = [TradeCoverage(10 * n, 10 * n + 10, page[0][1], page[-1][1] + 1)]
+                    written.append(
+                        (await collector.write_trades([TradeBatch(other.id, page, cover)])).written
+                    )
+                n += 1
+            await watcher
+
+    def run_ingest() -> None:
+        try:
+            asyncio.run(ingest())
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    def hook(at: str, _what: str) -> None:
+        # Inside the retiring transaction, after DETACH + DROP, before the commit.
+        if at == "drop" and not lock_held.is_set():
+            lock_held.set()
+            assert writer_blocked.wait(60), "no write waited on the retiring transaction"
+
+    thread = threading.Thread(target=run_ingest)
+    thread.start()
+    try:
+        archive = ParquetArchive(ArchiveSettings(tmp_path))
+        report = await archive.archive(store, VENUE, CUTOFF_MS, data_types=[data_type], prune=True, hook=hook)
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 120)
+    assert errors == [] and writer_blocked.is_set()
+    assert (report.months_pruned, report.failed) == (2, [])
+    assert set(await _tables(admin, pg_schema, data_type)) == {
+        data_type,
+        f"{data_type}_default",
+        f"{data_type}_p202403",
+        f"{data_type}_p202404",
+    }
+    # Every write of the collector is stored, once.
+    other = await store.get_instrument(VENUE, "ETH/USDT")
+    assert other is not None and len(written) >= 3 and set(written) == {1 if data_type == "ohlcv" else 10}
+    if data_type == "ohlcv":
+        assert len(await store.load(other.id, TIMEFRAME, APRIL_MS, APRIL_MS + 10**10)) == len(written)
+        after = await load_ohlcv_tiers(store, archive, instrument, TIMEFRAME, START_MS, END_MS)
+        pd.testing.assert_frame_equal(after, before)
+    else:
+        assert len(await store.load_trades(other.id, APRIL_MS, APRIL_MS + 10**10)) == 10 * len(written)
+        after = await tiers.load_trades_tiers(store, archive, instrument, START_MS, END_MS)
+        pd.testing.assert_frame_equal(after, trades_before)
