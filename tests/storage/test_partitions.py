@@ -146,6 +146,28 @@ async def test_trade_months_are_partitions_and_a_prune_drops_the_archived_ones(
     assert "trades_p202402" in await _tables(admin, pg_schema, "trades")
 
 
+async def test_a_trade_month_shared_with_a_pair_not_archived_keeps_its_partition_and_their_rows(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
+) -> None:
+    instrument = await seed(store)
+    await seed_trades(store, instrument)
+    other = await store.ensure_instrument("kraken", "SOL/USD", base="SOL", quote="USD")
+    theirs = trades(100, 110)  # January
+    cover = [TradeCoverage(100, 110, theirs[0][1], theirs[-1][1] + 1)]
+    await store.write_trades([TradeBatch(other.id, theirs, cover)])
+    before = await store.load_trades_frame(instrument.id, START_MS, END_MS)
+    archive = ParquetArchive(ArchiveSettings(tmp_path))
+    report = await archive.archive(store, VENUE, CUTOFF_MS, data_types=["trades"], prune=True)
+    assert (report.months_pruned, report.failed) == (2, [])
+    # January holds kraken's trades: SOL's are deleted instead; February was dropped whole.
+    tables = set(await _tables(admin, pg_schema, "trades"))
+    assert tables == {"trades", "trades_default", "trades_p202401", "trades_p202403"}
+    assert await store.load_trades(other.id, START_MS, END_MS) == theirs
+    assert await store.load_trades(instrument.id, START_MS, CUTOFF_MS) == []
+    after = await tiers.load_trades_tiers(store, archive, instrument, START_MS, END_MS)
+    pd.testing.assert_frame_equal(after, before)
+
+
 async def test_sigkill_before_the_retiring_commit_keeps_partitions_and_coverage(
     store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path
 ) -> None:
