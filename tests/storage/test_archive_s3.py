@@ -161,7 +161,9 @@ async def _killed_mid_upload(
     return uri
 
 
-@pytest.mark.parametrize("data_type", ["ohlcv", "trades"])
+# The multipart case takes ~30 s (a month over the part size written, killed, written again):
+# -m slow; CI runs the single-object case and the multipart round trip above.
+@pytest.mark.parametrize("data_type", ["ohlcv", pytest.param("trades", marks=pytest.mark.slow)])
 async def test_a_kill_while_an_upload_is_open_leaves_no_object_then_a_rerun_converges(
     store: CandleStore,  # noqa: F811
     pg_schema: str,
