@@ -114,12 +114,16 @@ async def create_partitions(
     prefix: str | None = None,
 ) -> None:
     """Make the monthly partitions of ``schema.table`` that do not exist, in the caller's
-    transaction, serialised per table by an advisory lock so racing writers do not collide.
+    transaction (or one of their own), serialised per table by an advisory lock so racing writers do not collide.
 
     Rows of such a month already in the default partition (written by something that did not
     make the partition first) are moved into the new one in the same transaction. The
     partitions are named after ``prefix`` (default: the table).
     """
+    if not conn.is_in_transaction():  # a caller without one (a tool, a test) gets its own
+        async with conn.transaction():
+            await create_partitions(conn, schema, table, months, prefix=prefix)
+        return
     prefix = prefix or table
     await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
     schema_q, table_ident = quote_ident(schema), quote_ident(table)
@@ -127,10 +131,16 @@ async def create_partitions(
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {schema_q}.{default_ident} PARTITION OF {schema_q}.{table_ident} DEFAULT"
     )
-    for year, month in sorted(months):
+    missing = [
+        ym for ym in sorted(months) if await relkind(conn, schema, partition_name(prefix, *ym)) is None
+    ]
+    if missing:
+        # The parent first, in the mode CREATE ... PARTITION OF takes anyway: the default partition
+        # is read below, and a transaction that retires a month locks the parent and then every
+        # partition; reading the default first would deadlock with it.
+        await conn.execute(f"LOCK TABLE ONLY {schema_q}.{table_ident} IN ACCESS EXCLUSIVE MODE")
+    for year, month in missing:
         name = partition_name(prefix, year, month)
-        if await relkind(conn, schema, name) is not None:
-            continue
         # Bounds cannot be bound parameters in DDL; they are integers computed here.
         lo, hi = month_start_ms(year, month), month_start_ms(*next_month(year, month))
         stray = _STRAY.replace("{d}", default_ident).replace("{s}", schema_q)

@@ -21,6 +21,7 @@ from data_collector.storage import archive as tiers
 from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load_ohlcv_tiers
 from data_collector.storage.postgres import OHLCV_COLUMNS, PostgresCandleStore
 from data_collector.storage.postgres_migrate import migrate_ohlcv
+from data_collector.storage.postgres_partitions import create_partitions, month_start_ms, next_month
 from data_collector.storage.trades import TRADE_COLUMNS
 from tests.storage.test_storage_postgres import _blocked_pid
 from tests.storage.test_trades_tables import EARLIER as OLD_TRADES_DDL
@@ -347,15 +348,24 @@ async def test_a_store_works_on_the_old_layout_and_prunes_by_delete(
 APRIL_MS = 1_711_929_600_000  # 2024-04-01
 
 
+def _month_after_march(n: int) -> int:
+    """The start of the ``n``-th month after March 2024 (0: April)."""
+    ym = (2024, 4)
+    for _ in range(n):
+        ym = next_month(*ym)
+    return month_start_ms(*ym)
+
+
 @pytest.mark.parametrize("data_type", ["ohlcv", "trades"])
 async def test_retiring_a_month_while_ingest_runs_into_another_loses_nothing_and_blocks_boundedly(
     store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, tmp_path: Path, data_type: str
 ) -> None:
-    """A collector (another process: here a thread with its own loop and pool) writes April while
-    archive --prune retires January and February. Its writes wait for the retiring transaction's
-    lock (seen waiting in pg_stat_activity while that transaction is held open at its last step)
-    and go on once it commits: no error (the store's command timeout bounds every wait), no row
-    lost on either side."""
+    """A collector (another process: here a thread with its own loop and pool) writes a new month
+    with each write (so it makes a partition each time: the DDL most likely to meet the retiring
+    lock) while archive --prune retires January and February. Its writes wait for the retiring
+    transaction's lock (seen waiting in pg_stat_activity while that transaction is held open at
+    its last step) and go on once it commits: no error (no deadlock; the store's command timeout
+    bounds every wait), no row lost on either side."""
     instrument = await seed(store)
     await seed_trades(store, instrument)
     before = await store.load_frame(instrument.id, TIMEFRAME, START_MS, END_MS)
@@ -377,12 +387,13 @@ async def test_retiring_a_month_while_ingest_runs_into_another_loses_nothing_and
             n = 0
             while not stop.is_set() or n < 3:
                 if data_type == "ohlcv":
-                    span = (APRIL_MS + n * HOUR_MS, APRIL_MS + (n + 1) * HOUR_MS)
+                    span = (_month_after_march(n), _month_after_march(n) + HOUR_MS)
                     batch = CandleBatch(other.id, TIMEFRAME, candles(*span), [CoverageRange(*span, "data")])
                     written.append((await collector.write([batch])).written)
                 else:
                     page = [
-                        (i, APRIL_MS + i * 1000, 1.0, 1.0, i, i, False) for i in range(10 * n, 10 * n + 10)
+                        (i, _month_after_march(n) + i % 10 * 1000, 1.0, 1.0, i, i, False)
+                        for i in range(10 * n, 10 * n + 10)
                     ]
                     cover = [TradeCoverage(10 * n, 10 * n + 10, page[0][1], page[-1][1] + 1)]
                     written.append(
@@ -413,12 +424,9 @@ async def test_retiring_a_month_while_ingest_runs_into_another_loses_nothing_and
         await asyncio.to_thread(thread.join, 120)
     assert errors == [] and writer_blocked.is_set()
     assert (report.months_pruned, report.failed) == (2, [])
-    assert set(await _tables(admin, pg_schema, data_type)) == {
-        data_type,
-        f"{data_type}_default",
-        f"{data_type}_p202403",
-        f"{data_type}_p202404",
-    }
+    tables = set(await _tables(admin, pg_schema, data_type))
+    assert {f"{data_type}_p202401", f"{data_type}_p202402"}.isdisjoint(tables)
+    assert f"{data_type}_p202403" in tables and len(tables) == 3 + len(written)
     # Every write of the collector is stored, once.
     other = await store.get_instrument(VENUE, "ETH/USDT")
     assert other is not None and len(written) >= 3 and set(written) == {1 if data_type == "ohlcv" else 10}
@@ -430,3 +438,44 @@ async def test_retiring_a_month_while_ingest_runs_into_another_loses_nothing_and
         assert len(await store.load_trades(other.id, APRIL_MS, APRIL_MS + 10**10)) == 10 * len(written)
         after = await tiers.load_trades_tiers(store, archive, instrument, START_MS, END_MS)
         pd.testing.assert_frame_equal(after, trades_before)
+
+
+@pytest.mark.parametrize("table", ["ohlcv", "trades"])
+async def test_making_a_partition_waits_on_the_parent_before_it_touches_a_partition(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, table: str
+) -> None:
+    """The retiring transaction locks the parent and then every partition; a writer making a
+    month's partition must take the parent first too, or it can hold the default partition (read
+    to find stray rows) while it waits for the parent: a deadlock. Here the parent is held, and
+    the writer, blocked, must hold no lock on any partition."""
+    holder = await asyncpg.connect(PG_ADMIN_DSN)
+    maker = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute(f'LOCK TABLE ONLY "{pg_schema}".{table} IN ACCESS EXCLUSIVE MODE')
+
+        async def make() -> None:
+            async with maker.transaction():
+                await create_partitions(maker, pg_schema, table, [(2030, 1)])
+
+        task = asyncio.create_task(make())
+        pid = maker.get_server_pid()
+        while not await admin.fetchval(  # the condition: the maker waits on a lock
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        ):
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        held = await admin.fetch(
+            "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE l.pid = $1 AND l.granted AND c.relnamespace = $2::regnamespace AND c.relname LIKE $3",
+            pid,
+            f'"{pg_schema}"',
+            f"{table}\\_%",
+        )
+        assert [r[0] for r in held] == []
+        await holder.execute("COMMIT")
+        await asyncio.wait_for(task, 30)
+        assert f"{table}_p203001" in await _tables(admin, pg_schema, table)
+    finally:
+        await holder.close()
+        await maker.close()
