@@ -6,7 +6,7 @@ in --quick) are written into PostgreSQL by ``store.write`` and then:
 * On disk: ``pg_total_relation_size`` of ohlcv's partitions (table + primary key) per row (baseline), against
   the Parquet dataset ``archive`` writes, and a Feather file per instrument (lz4, as freqtrade
   stores candles). Prices are a random walk on a 0.01 tick, volumes have 3 decimals. The same for
-  1,000,000 aggregate trades (200,000 in --quick): ``trades`` (table, primary key, BRIN) against
+  1,000,000 aggregate trades (200,000 in --quick): ``trades``' partitions (table, primary key, BRIN) against
   their Parquet files. Targets: candles <= 1/8, trades <= 1/6.
 * Archive: ``ParquetArchive.archive_ohlcv`` of both months (binary COPY out, write, read back and
   hash) into a fresh directory per repeat, rows/s; then the prune of January (re-read, compare,
@@ -204,7 +204,10 @@ async def _trades_on_disk(
         cover = TradeCoverage(page[0][0], page[-1][0] + 1, JAN_MS if i == 0 else page[0][1], page[-1][1])
         await store.write_trades([TradeBatch(instrument.id, page, [cover])])
     await admin.execute(f'VACUUM ANALYZE "{schema}".trades')
-    pg_bytes = await admin.fetchval("SELECT pg_total_relation_size($1::regclass)", f'"{schema}".trades')
+    pg_bytes = await admin.fetchval(  # the partitions' sizes: the parent's own is 0
+        "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree($1::regclass)",
+        f'"{schema}".trades',
+    )
     report = await ParquetArchive(ArchiveSettings(root)).archive(
         store, "bench", MAR_MS, data_types=["trades"]
     )

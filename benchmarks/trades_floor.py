@@ -42,15 +42,18 @@ _EARLIER = (
     "last_trade_id bigint NOT NULL, buyer_maker boolean NOT NULL, PRIMARY KEY (instrument_id, id))"
 )
 _BRIN = TRADE_DDL[1]
-_NO_KEY = TRADE_DDL[0].replace(", PRIMARY KEY (instrument_id, id)", "")
+# The current table's columns and key (instrument_id, id, ts), as one plain table: a bare COPY has
+# no partition to route to, and one month's partition is such a table.
+_CURRENT = TRADE_DDL[0].replace(" PARTITION BY RANGE (ts)", "")
+_NO_KEY = _CURRENT.replace(", PRIMARY KEY (instrument_id, id, ts)", "")
 FOUR = "current column order, key + BRIN, 4 connections"
 CANDLES = "candles: ohlcv shape (unpartitioned), key"
 SHAPES = {
     "earlier column order, key + BRIN": (_EARLIER, _BRIN),
-    "current column order, key + BRIN": (TRADE_DDL[0], _BRIN),
-    "current column order, key only": (TRADE_DDL[0],),
+    "current column order, key + BRIN": (_CURRENT, _BRIN),
+    "current column order, key only": (_CURRENT,),
     "current column order, no index": (_NO_KEY,),
-    FOUR: TRADE_DDL[:2],
+    FOUR: (_CURRENT, _BRIN),
     CANDLES: (OHLCV_DDL.replace(" PARTITION BY RANGE (ts)", ""),),
 }
 

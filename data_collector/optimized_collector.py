@@ -57,6 +57,7 @@ from data_collector.errors import (
 )
 from data_collector.markets import (
     FUNDING_SERIES,
+    PRICE_TYPES,
     candle_open_ms,
     is_perpetual_symbol,
     normalize_symbol,
@@ -395,7 +396,7 @@ class OptimizedDataCollector:
         Missing ranges (no coverage) are collected as any run would; holes (covered, yet candles
         are absent) are fetched again page by page and written (rows present are skipped).
         Exchange-side gaps are not asked for again. Naive datetimes are UTC. ``restore``: first
-        copy the ``'archived'`` ranges back from the Parquet tier into the database (coverage
+        copy the ``'archived'`` ranges (of every price type) back from the Parquet tier into the database (coverage
         ``'data'`` again; counted in ``rows_written``; the files stay, and a later ``archive
         --prune`` moves them out again); without it archived ranges count as stored.
         """
@@ -405,9 +406,13 @@ class OptimizedDataCollector:
         restored = 0
         if restore:
             archive, instrument = ParquetArchive.from_config(self.config), await self.instrument(symbol)
+            # Every price type (a perpetual's mark, index and premium candles too): a series
+            # without archived ranges costs one coverage query.
             for tf in timeframes or self.config.timeframes:
-                restore_tf = partial(archive.restore_ohlcv, self.store, instrument, tf, start_ms, end_ms)
-                restored += await self._store_call(restore_tf)
+                for price in PRICE_TYPES:
+                    key = series_key(tf, price)
+                    restore_tf = partial(archive.restore_ohlcv, self.store, instrument, key, start_ms, end_ms)
+                    restored += await self._store_call(restore_tf)
         report = await self.collect(symbols=[symbol], timeframes=timeframes, start=start, end=end)
         report.rows_written += restored
         instrument = await self.instrument(symbol)

@@ -7,7 +7,7 @@
     data-collector simulate [...]   serve the exchange simulator (scripts/simulate_exchange.py)
     data-collector coverage [...]   the coverage map of the store: text, --png, --html
     data-collector archive [...]    move closed months to the Parquet tier (--older-than 90d [--prune])
-    data-collector migrate-partitions [...]  move a plain ohlcv table into monthly partitions (resumable)
+    data-collector migrate-partitions [...]  move plain ohlcv and trades tables into monthly partitions (resumable)
     data-collector --version
 
 ``data-collector COMMAND --help`` shows a command's options. Each command keeps its script's exit

@@ -1,8 +1,9 @@
-"""``data-collector migrate-partitions``: move a plain ``ohlcv`` table into monthly partitions.
+"""``data-collector migrate-partitions``: move plain ``ohlcv`` and ``trades`` tables into monthly
+partitions.
 
     data-collector migrate-partitions [--config config.yaml]
 
-For databases created before ``ohlcv`` was partitioned (see
+For databases created before ``ohlcv`` or ``trades`` was partitioned (see
 :mod:`data_collector.storage.postgres_migrate`). Stop the collectors first; the step is
 resumable: after a kill or a crash, run it again and it carries on, nothing lost or doubled.
 Exit codes: 0 done (or nothing to do); 1 the server unreachable or a statement failed; 2 a bad
@@ -37,7 +38,7 @@ async def run_migration(config: Config) -> MigrationReport:
     try:
         if not isinstance(store, PostgresCandleStore):
             raise UsageError(
-                "migrate-partitions: database.url is not PostgreSQL; only its ohlcv is partitioned"
+                "migrate-partitions: database.url is not PostgreSQL; only its ohlcv and trades are partitioned"
             )
         return await migrate_ohlcv(store)
     finally:

@@ -21,9 +21,10 @@ finds the month's rows still in the database and moves them again. Archived cand
 as covered, so a collector run never fetches them again, and ``find_gaps`` reports them as
 ``'archived'``; trades keep their id-keyed coverage, which stays true across the two tiers.
 
-With ``prune``, candle months are retired after all are verified: a month whose ``ohlcv``
-partition holds only verified rows is detached and dropped whole; otherwise (other venues' rows
-share it, or the table is not partitioned) the verified ranges are deleted key by key.
+With ``prune``, candle and trade months are retired after all are verified: a month whose
+``ohlcv`` (or ``trades``) partition holds only verified rows is detached and dropped whole;
+otherwise (other venues' rows share it, or the table is not partitioned) the verified ranges are
+deleted key by key.
 
 Long because it is the whole move (plan, write, verify, retire or prune, restore) and the reads
 across both tiers of every series, each step beside the next.
@@ -202,9 +203,9 @@ class ParquetArchive:
         # file is written in a thread. Workers take the next move from one iterator, so the
         # number of tasks stays bounded however many months there are.
         todo = iter(moves)
-        # With prune, candle months are retired after all are verified (a partition is dropped
-        # whole); trades are pruned as each month is verified.
-        retiring: dict[tuple[int, int], list[_Verified]] = {}
+        # With prune, candle and trade months are retired after all are verified (a partition is
+        # dropped whole); funding and open interest are pruned as each month is verified.
+        retiring: dict[tuple[str, int, int], list[_Verified]] = {}
 
         async def worker() -> None:
             for move in todo:
@@ -216,7 +217,7 @@ class ParquetArchive:
                     group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
-        for (year, month), verified in sorted(retiring.items()):
+        for (_, year, month), verified in sorted(retiring.items()):
             await self._retire(side, year, month, verified, hook, report)
         report.elapsed_s = time.perf_counter() - started
         return report
@@ -237,7 +238,7 @@ class ParquetArchive:
 
         expected = {v.move.db_key: (v.rows, v.sha256) for v in verified}
         try:
-            pruned = await side.retire_month(year, month, expected, hook)
+            pruned = await side.retire_month(year, month, expected, hook, verified[0].move.spec)
         except (NotRetirable, MoveMismatch) as exc:
             log.info("%04d-%02d: partition kept (%s); deleting its archived ranges", year, month, exc)
         else:
@@ -292,7 +293,7 @@ class ParquetArchive:
         prune: bool,
         hook: StepHook | None,
         report: ArchiveReport,
-        retiring: dict[tuple[int, int], list[_Verified]],
+        retiring: dict[tuple[str, int, int], list[_Verified]],
     ) -> None:
         key, spec = move.month, move.spec
         held = await side.read_range(spec, move.db_key, key.start_ms, key.end_ms)
@@ -323,7 +324,7 @@ class ParquetArchive:
         report.rows_archived += len(back)
         if not prune:
             return
-        if spec is not OHLCV_SPEC:
+        if spec is not OHLCV_SPEC and spec is not TRADES_SPEC:
             await self._prune(side, move, back, hook, report)
             return
         same = back.take(np.isin(back.key, held.key))
@@ -332,7 +333,7 @@ class ParquetArchive:
             return
         assert manifest is not None  # the file verified against it
         verified = _Verified(move, path, manifest, len(held), held.content_hash())
-        retiring.setdefault((key.year, key.month), []).append(verified)
+        retiring.setdefault((spec.data_type, key.year, key.month), []).append(verified)
 
     async def restore_ohlcv(
         self, store: CandleStore, instrument: Instrument, timeframe: str, start_ms: int, end_ms: int
@@ -441,7 +442,7 @@ class _Move:
 
 @dataclass(frozen=True, slots=True)
 class _Verified:
-    """A candle month written and verified, to be retired: the database's rows of it then
+    """A candle or trade month written and verified, to be retired: the database's rows of it then
     (count and content hash), which the retiring transaction must find unchanged."""
 
     move: _Move
@@ -522,7 +523,7 @@ async def load_ohlcv_tiers(
     held = await _held(
         store, OHLCV_SPEC, series.db_key, start_ms, end_ms, partial(store.load, instrument.id, timeframe)
     )
-    return await asyncio.to_thread(columns_frame, archived.union_pieces(held))
+    return await _seam(archived, held, columns_frame)
 
 
 async def load_points_tiers(
@@ -551,7 +552,7 @@ async def load_points_tiers(
     if not len(archived):
         return await frame()
     held = await _held(store, series.spec, series.db_key, start_ms, end_ms, load)
-    return fields_frame(archived.union(held))
+    return await _seam(archived, held, fields_frame)
 
 
 async def load_trades_tiers(
@@ -564,7 +565,16 @@ async def load_trades_tiers(
         return await store.load_trades_frame(instrument.id, start_ms, end_ms)
     load = partial(store.load_trades, instrument.id)
     held = await _held(store, TRADES_SPEC, (instrument.id,), start_ms, end_ms, load)
-    return trade_columns_frame(archived.union(held))
+    return await _seam(archived, held, trade_columns_frame)
+
+
+async def _seam(
+    archived: Columns, held: Columns, frame: Callable[[list[Columns]], pd.DataFrame]
+) -> pd.DataFrame:
+    """The one seam merge of every loader: the Parquet rows and the database's, the database's
+    row winning where both hold a key, as consecutive pieces (:meth:`Columns.union_pieces`) that
+    ``frame`` copies once into the DataFrame."""
+    return await asyncio.to_thread(frame, archived.union_pieces(held))
 
 
 async def _held(

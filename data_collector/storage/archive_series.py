@@ -13,10 +13,12 @@ In the dataset, price candles are ``data_type=ohlcv_mark`` (``_index``, ``_premi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from data_collector.markets import SERIES_CODES, TIMEFRAME_CODES, split_series
+from data_collector.storage.columns import pieces_frame
 from data_collector.storage.parquet_files import OHLCV_SPEC, Columns, DataSpec
 
 if TYPE_CHECKING:
@@ -64,9 +66,8 @@ def series_for(instrument_id: int, key: str) -> Series:
     return series
 
 
-def fields_frame(columns: Columns) -> pd.DataFrame:
-    """Columns (but ``ts``) as a DataFrame indexed by UTC time (``time``), as the stores' frames."""
-    import pandas as pd
-
-    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
-    return pd.DataFrame({k: columns.arrays[k] for k in columns.spec.names if k != "ts"}, index=index)
+def fields_frame(columns: Columns | Sequence[Columns]) -> pd.DataFrame:
+    """Columns (but ``ts``; or consecutive pieces of them) as a DataFrame indexed by UTC time
+    (``time``), as the stores' frames."""
+    spec = columns.spec if isinstance(columns, Columns) else columns[0].spec
+    return pieces_frame(columns, [k for k in spec.names if k != "ts"])

@@ -184,11 +184,32 @@ def columns_frame(columns: Columns | Sequence[Columns]) -> pd.DataFrame:
     return pd.DataFrame(block.T, columns=list(CANDLE_FIELDS), index=index, copy=False)
 
 
-def trade_columns_frame(columns: Columns) -> pd.DataFrame:
-    """Trade columns as the DataFrame :func:`~data_collector.storage.store.trades_frame` makes."""
+def pieces_frame(columns: Columns | Sequence[Columns], names: Sequence[str]) -> pd.DataFrame:
+    """The columns ``names`` of rows (or consecutive pieces of them, :meth:`Columns.union_pieces`)
+    as a DataFrame indexed by UTC time (``time``), the shape of the stores' frames.
+
+    Each column is copied once, from the pieces into its own array, and the frame takes the
+    arrays as they are (``copy=False``: pandas keeps a block per column instead of copying them
+    again into one block per dtype).
+    """
     import pandas as pd
 
+    pieces = (
+        [columns] if isinstance(columns, Columns) else [p for p in columns if len(p)] or list(columns)[:1]
+    )
+
+    def joined(name: str) -> npt.NDArray[Any]:
+        return (
+            pieces[0].arrays[name] if len(pieces) == 1 else np.concatenate([p.arrays[name] for p in pieces])
+        )
+
+    index = pd.DatetimeIndex(pd.to_datetime(joined("ts"), unit="ms", utc=True), name="time")
+    return pd.DataFrame({k: joined(k) for k in names}, index=index, copy=False)
+
+
+def trade_columns_frame(columns: Columns | Sequence[Columns]) -> pd.DataFrame:
+    """Trade columns (or consecutive pieces of them) as the DataFrame
+    :func:`~data_collector.storage.store.trades_frame` makes."""
     from data_collector.storage.trades import TRADE_FRAME_COLUMNS
 
-    index = pd.DatetimeIndex(pd.to_datetime(columns.ts, unit="ms", utc=True), name="time")
-    return pd.DataFrame({k: columns.arrays[k] for k in TRADE_FRAME_COLUMNS}, index=index)
+    return pieces_frame(columns, TRADE_FRAME_COLUMNS)

@@ -20,9 +20,10 @@ Object stores have no rename, so a month is written differently from a local dir
 * There is no fsync: a completed upload is durable.
 
 Tested against moto's server (``tests/storage/test_archive_s3.py``) for files under the part
-size, which go up in one PutObject. Larger files (a month of a very busy pair's trades) go up as
-multipart uploads, which are not tested: pyarrow 26's AWS SDK rejects the reply of moto 5.2's
-CompleteMultipartUpload (an "error embedded in a 200 OK response").
+size, which go up in one PutObject, and for a larger file (a month of a very busy pair's trades),
+which goes up as a multipart upload. moto 5.2 names its CompleteMultipartUpload reply other than
+S3 does, which pyarrow reads as an "error embedded in a 200 OK response"; the tests run moto with
+S3's name (``tests/support/moto_s3.py``).
 """
 
 from __future__ import annotations

@@ -51,10 +51,11 @@ from data_collector.storage.batching import PreparedWrite, Record, prepare
 from data_collector.storage.candle_columns import CandleColumns, copy_binary
 from data_collector.storage.pg_connect import pg_target
 from data_collector.storage.postgres_funding import FUNDING_DDL, PostgresFunding, PostgresOpenInterest
-from data_collector.storage.postgres_migrate import NEXT
+from data_collector.storage.postgres_migrate import next_table
 from data_collector.storage.postgres_partitions import (
     PARTITIONED,
-    OhlcvPartitions,
+    PARTITIONED_TABLES,
+    MonthlyPartitions,
     create_partitions,
     relkind,
 )
@@ -319,7 +320,8 @@ class PostgresCandleStore(CandleStore):
         self._engine: AsyncEngine | None = None
         self._closed = False
         self._quoted_schema = _quote_ident(self._schema)
-        self._partitions = OhlcvPartitions(self)
+        self._partitions = MonthlyPartitions(self, "ohlcv")
+        self._trade_partitions = MonthlyPartitions(self, "trades")
 
     def __repr__(self) -> str:
         shown = self._url.render_as_string(hide_password=True)
@@ -521,15 +523,17 @@ class PostgresCandleStore(CandleStore):
         async with self._connect() as (_, conn):
             async with conn.transaction():
                 await self._bounded(conn.execute(_INIT_LOCK, f"data_collector.initialize:{self._schema}"))
-                if await self._bounded(relkind(conn, self._schema, NEXT)) is not None:
-                    raise PermanentError(
-                        f"{self.where}: schema {self._schema!r}: a migration of ohlcv to monthly partitions "
-                        "is half done; finish it with: data-collector migrate-partitions"
-                    )
+                for table in PARTITIONED_TABLES:
+                    if await self._bounded(relkind(conn, self._schema, next_table(table))) is not None:
+                        raise PermanentError(
+                            f"{self.where}: schema {self._schema!r}: a migration of {table} to monthly "
+                            "partitions is half done; finish it with: data-collector migrate-partitions"
+                        )
                 for statement in (*_DDL, *TRADE_DDL, *FUNDING_DDL):
                     await self._bounded(conn.execute(self._sql(statement)))
-                if await self._bounded(relkind(conn, self._schema, "ohlcv")) == PARTITIONED:
-                    await self._bounded(create_partitions(conn, self._schema, "ohlcv", ()))  # the default
+                for table in PARTITIONED_TABLES:
+                    if await self._bounded(relkind(conn, self._schema, table)) == PARTITIONED:
+                        await self._bounded(create_partitions(conn, self._schema, table, ()))  # the default
                 await self._bounded(
                     conn.execute(
                         self._sql(_INSERT_TIMEFRAMES), [c for _, c in codes], [name for name, _ in codes]

@@ -4,6 +4,11 @@ Reading goes through ``COPY (SELECT …) TO STDOUT (FORMAT binary)``: every row 
 (``ts, open, high, low, close, volume``) or of trades has one fixed layout there, so numpy parses
 a whole month in one ``frombuffer`` instead of building a Python tuple per row.
 
+Retiring a month of ``ohlcv`` or ``trades`` whose every key was verified is one transaction too:
+lock the table, check each key's rows against what was verified, record the move, then detach and
+drop the month's partition (:meth:`PostgresArchiveSide.retire_month`). Otherwise, the key's range
+is pruned by DELETE.
+
 Pruning is one transaction: lock the key's coverage rows, read the range again, compare its rows
 and content hash with the file's, delete the range, and record the move: candles turn their
 ``'data'`` coverage into ``'archived'``; trades keep their id-keyed coverage (its claim "these
@@ -56,8 +61,11 @@ _DELETE_RANGE = {
     "open_interest": "DELETE FROM {s}.open_interest WHERE instrument_id = $1 AND period = $2 "
     "AND ts >= $3 AND ts < $4",
 }
-# The series with rows in one partition ({p}: its quoted name).
-_PARTITION_KEYS = "SELECT DISTINCT instrument_id, timeframe FROM {s}.{p}"
+# The keys with rows in one partition ({p}: its quoted name), per partitioned table.
+_PARTITION_KEYS = {
+    "ohlcv": "SELECT DISTINCT instrument_id, timeframe FROM {s}.{p}",
+    "trades": "SELECT DISTINCT instrument_id FROM {s}.{p}",
+}
 _LOCK_TRADE_COVERAGE = "SELECT first_id FROM {s}.trade_coverage WHERE instrument_id = $1 FOR UPDATE"
 _TRADE_ARCHIVE_DDL = """CREATE TABLE IF NOT EXISTS {s}.trade_archive (
     instrument_id integer NOT NULL,
@@ -112,7 +120,7 @@ class MoveMismatch(PermanentError):
 
 class NotRetirable(PermanentError):
     """A month's partition cannot be dropped whole (it holds rows not verified in the archive,
-    or ``ohlcv`` is not partitioned): its verified ranges are deleted key by key instead."""
+    or the table is not partitioned): its verified ranges are deleted key by key instead."""
 
 
 def parse_binary_copy(spec: DataSpec, data: bytes) -> Columns:
@@ -233,12 +241,15 @@ class PostgresArchiveSide:
         month: int,
         expected: dict[tuple[int, ...], tuple[int, str]],
         hook: StepHook | None = None,
+        spec: DataSpec = OHLCV_SPEC,
     ) -> int:
-        """Detach and drop the month's ``ohlcv`` partition and mark its coverage ``'archived'``,
-        in one transaction, if every (instrument, timeframe) in it still holds exactly the rows
-        (count, content hash) in ``expected`` that were verified in the archive files.
+        """Detach and drop the month's partition of ``spec``'s table (``ohlcv`` or ``trades``) and
+        record the move (candles: coverage ``'archived'``; trades: a ``trade_archive`` row), in
+        one transaction, if every key in it (``(instrument, timeframe)``, or ``(instrument,)``
+        for trades) still holds exactly the rows (count, content hash) in ``expected`` that were
+        verified in the archive files.
 
-        ``ohlcv`` is locked for the check, so no row can arrive in between; a crash before the
+        The table is locked for the check, so no row can arrive in between; a crash before the
         commit leaves the partition and its coverage as they were.
 
         Raises:
@@ -247,37 +258,44 @@ class PostgresArchiveSide:
             MoveMismatch: a key's rows differ from what was verified (nothing changed).
         """
         store = self._store
-        schema_q, name = quote_ident(store.schema), partition_name("ohlcv", year, month)
+        table = spec.data_type
+        schema_q, name = quote_ident(store.schema), partition_name(table, year, month)
         start_ms, end_ms = month_start_ms(year, month), month_start_ms(*next_month(year, month))
         async with store._connect() as (_, conn), conn.transaction():
-            if await store._bounded(relkind(conn, store.schema, "ohlcv")) != PARTITIONED:
-                raise NotRetirable("ohlcv is not partitioned (see data-collector migrate-partitions)")
+            if await store._bounded(relkind(conn, store.schema, table)) != PARTITIONED:
+                raise NotRetirable(f"{table} is not partitioned (see data-collector migrate-partitions)")
             # The parent first: writers and readers wait (briefly), and no lock order can deadlock.
-            await store._bounded(conn.execute(f"LOCK TABLE {schema_q}.ohlcv IN ACCESS EXCLUSIVE MODE"))
+            await store._bounded(conn.execute(f"LOCK TABLE {schema_q}.{table} IN ACCESS EXCLUSIVE MODE"))
             if await store._bounded(relkind(conn, store.schema, name)) is None:
                 raise NotRetirable(f"{name} does not exist")
             keys = await store._bounded(
-                conn.fetch(store._sql(_PARTITION_KEYS).replace("{p}", quote_ident(name)))
+                conn.fetch(store._sql(_PARTITION_KEYS[table]).replace("{p}", quote_ident(name)))
             )
-            unknown = [r for r in keys if (r[0], r[1]) not in expected]
+            unknown = [r for r in keys if tuple(r) not in expected]
             if unknown:
                 raise NotRetirable(
                     f"{name} also holds rows of {len(unknown)} series not archived in this run"
                 )
             rows = 0
-            for key in sorted((int(r[0]), int(r[1])) for r in keys):
-                held = await self._copy(conn, OHLCV_SPEC, key, start_ms, end_ms)
+            for key in sorted(tuple(int(v) for v in r) for r in keys):
+                held = await self._copy(conn, spec, key, start_ms, end_ms)
                 if (len(held), held.content_hash()) != expected[key]:
                     raise MoveMismatch(f"rows of instrument {key[0]} changed during the move; run again")
                 rows += len(held)
-                await self._mark_archived(conn, key, start_ms, end_ms)
+                if spec is TRADES_SPEC:
+                    await store._bounded(
+                        conn.execute(store._sql(_INSERT_TRADE_ARCHIVE), key[0], start_ms, end_ms)
+                    )
+                else:
+                    await self._mark_archived(conn, key, start_ms, end_ms)
             await store._bounded(
-                conn.execute(f'ALTER TABLE {schema_q}.ohlcv DETACH PARTITION {schema_q}."{name}"')
+                conn.execute(f'ALTER TABLE {schema_q}.{table} DETACH PARTITION {schema_q}."{name}"')
             )
             await store._bounded(conn.execute(f'DROP TABLE {schema_q}."{name}"'))
             if hook is not None:
                 hook("drop", "")
-        store._partitions.forget()  # this store's writes make the month again if they need it
+        # This store's writes make the month again if they need it.
+        (store._trade_partitions if spec is TRADES_SPEC else store._partitions).forget()
         return rows
 
     async def _mark_archived(

@@ -1,20 +1,22 @@
-"""Monthly partitions of ``ohlcv`` (native declarative partitioning on ``ts``), made on demand.
+"""Monthly partitions of ``ohlcv`` and ``trades`` (native declarative partitioning on ``ts``),
+made on demand: the one owner of the partitioning policy, for both tables.
 
-``ohlcv`` is ``PARTITION BY RANGE (ts)`` (the DDL is in :mod:`~data_collector.storage.postgres`)
-with one partition per calendar month (UTC), named ``ohlcv_pYYYYMM``. A write creates the
+``ohlcv`` and ``trades`` are ``PARTITION BY RANGE (ts)`` (the DDL is in
+:mod:`~data_collector.storage.postgres` and :mod:`~data_collector.storage.postgres_trades`)
+with one partition per calendar month (UTC), named ``ohlcv_pYYYYMM`` and ``trades_pYYYYMM``. A write creates the
 partitions of the months it touches before its COPY, in a short transaction of its own (under
 an advisory lock, ``CREATE TABLE IF NOT EXISTS``, so concurrent writers race safely); the months
 already made are remembered per store, so a steady stream of writes costs no extra round trip.
 
-A default partition (``ohlcv_default``) is the safety net: rows whose month has no partition (a
+A default partition (``ohlcv_default``, ``trades_default``) is the safety net: rows whose month has no partition (a
 tool that writes into ``ohlcv`` directly, or a store that had not seen a month retired by another
 process) land there, readable as any other; the next time a write makes that month's partition,
 they are moved into it in the same transaction.
 
 Retiring a month moves its rows out of PostgreSQL: after the month's files are verified, one
 transaction detaches and drops the partition (:meth:`PostgresArchiveSide.retire_month`).
-A table created before partitioning (plain ``ohlcv``) keeps working; :mod:`.postgres_migrate`
-moves it to the partitioned layout.
+A table created before partitioning (plain ``ohlcv`` or ``trades``) keeps working;
+:mod:`.postgres_migrate` moves it to the partitioned layout.
 """
 
 from __future__ import annotations
@@ -112,12 +114,16 @@ async def create_partitions(
     prefix: str | None = None,
 ) -> None:
     """Make the monthly partitions of ``schema.table`` that do not exist, in the caller's
-    transaction, serialised per table by an advisory lock so racing writers do not collide.
+    transaction (or one of their own), serialised per table by an advisory lock so racing writers do not collide.
 
     Rows of such a month already in the default partition (written by something that did not
     make the partition first) are moved into the new one in the same transaction. The
     partitions are named after ``prefix`` (default: the table).
     """
+    if not conn.is_in_transaction():  # a caller without one (a tool, a test) gets its own
+        async with conn.transaction():
+            await create_partitions(conn, schema, table, months, prefix=prefix)
+        return
     prefix = prefix or table
     await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
     schema_q, table_ident = quote_ident(schema), quote_ident(table)
@@ -125,10 +131,16 @@ async def create_partitions(
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {schema_q}.{default_ident} PARTITION OF {schema_q}.{table_ident} DEFAULT"
     )
-    for year, month in sorted(months):
+    missing = [
+        ym for ym in sorted(months) if await relkind(conn, schema, partition_name(prefix, *ym)) is None
+    ]
+    if missing:
+        # The parent first, in the mode CREATE ... PARTITION OF takes anyway: the default partition
+        # is read below, and a transaction that retires a month locks the parent and then every
+        # partition; reading the default first would deadlock with it.
+        await conn.execute(f"LOCK TABLE ONLY {schema_q}.{table_ident} IN ACCESS EXCLUSIVE MODE")
+    for year, month in missing:
         name = partition_name(prefix, year, month)
-        if await relkind(conn, schema, name) is not None:
-            continue
         # Bounds cannot be bound parameters in DDL; they are integers computed here.
         lo, hi = month_start_ms(year, month), month_start_ms(*next_month(year, month))
         stray = _STRAY.replace("{d}", default_ident).replace("{s}", schema_q)
@@ -151,17 +163,21 @@ async def create_partitions(
         )
 
 
-class OhlcvPartitions:
-    """The months of ``ohlcv`` a store knows to have a partition, and making the missing ones.
+#: The tables partitioned by month on ``ts``.
+PARTITIONED_TABLES = ("ohlcv", "trades")
+
+
+class MonthlyPartitions:
+    """The months of one table a store knows to have a partition, and making the missing ones.
 
     Args:
         store: the store whose pool and schema are used.
+        table: ``ohlcv`` or ``trades``.
     """
 
-    TABLE = "ohlcv"
-
-    def __init__(self, store: PostgresCandleStore) -> None:
+    def __init__(self, store: PostgresCandleStore, table: str) -> None:
         self._store = store
+        self.table = table
         #: None until looked up: whether the table is partitioned (a table made before is not).
         self._partitioned: bool | None = None
         self._known: set[tuple[int, int]] = set()
@@ -179,13 +195,13 @@ class OhlcvPartitions:
             return
         store = self._store
         if self._partitioned is None:
-            kind = await store._bounded(relkind(conn, store.schema, self.TABLE))
+            kind = await store._bounded(relkind(conn, store.schema, self.table))
             self._partitioned = kind == PARTITIONED
             if not self._partitioned:
                 return
-            self._known = await store._bounded(existing_months(conn, store.schema, self.TABLE))
+            self._known = await store._bounded(existing_months(conn, store.schema, self.table))
         missing = wanted - self._known
         if missing:
             async with conn.transaction():
-                await store._bounded(create_partitions(conn, store.schema, self.TABLE, missing))
+                await store._bounded(create_partitions(conn, store.schema, self.table, missing))
             self._known |= missing

@@ -1,5 +1,8 @@
 """The trades tables on PostgreSQL: DDL, the COPY write path and the id-keyed coverage merge.
 
+``trades`` is partitioned by month on ``ts``, like ``ohlcv``; a write makes the partitions of
+the months its batches span first (:mod:`.postgres_partitions`, outside the transaction).
+
 The write path is the ``ohlcv`` one (:mod:`data_collector.storage.postgres`), keyed by
 ``(instrument_id, id)``: one query (before the transaction) finds the ids already stored within the
 spans of the write's batches, the rest goes by binary COPY, and a unique violation (a concurrent
@@ -18,6 +21,7 @@ from data_collector.storage.base import WriteResult
 from data_collector.storage.ranges import Span, merge_spans
 from data_collector.storage.trades import (
     TRADE_COLUMNS,
+    TRADE_KEY,
     TRADE_TABLE,
     PreparedTrades,
     Trade,
@@ -33,10 +37,16 @@ if TYPE_CHECKING:
     from data_collector.storage.postgres import PostgresCandleStore
 
 _PG_TYPES = {"int": "integer", "bigint": "bigint", "float": "double precision", "bool": "boolean"}
+#: Monthly partitions on ts (trades_pYYYYMM, trades_default), made on demand by each write
+#: (:mod:`.postgres_partitions`), so an archived month is retired by DETACH + DROP. A partitioned
+#: table's unique key must hold its partition column: ``(instrument_id, id, ts)``. An aggregate
+#: trade's id fixes its time, so the key still admits one row per id (the write path probes ids).
+TRADES_TABLE_DDL = trade_tables_ddl("{s}.", _PG_TYPES, " PARTITION BY RANGE (ts)", key=(*TRADE_KEY, "ts"))[0]
 # ``{s}`` is the quoted schema (see PostgresCandleStore._sql); values are always bound.
 TRADE_DDL = (
-    # No foreign key to instruments: its per-row trigger would slow COPY down a lot.
-    trade_tables_ddl("{s}.", _PG_TYPES)[0],
+    # No foreign key to instruments: its per-row trigger would slow COPY down a lot. A table made
+    # before partitioning stays plain until migrate-partitions (:mod:`.postgres_migrate`).
+    TRADES_TABLE_DDL,
     # BRIN: trades arrive roughly in time order, so a block-range index serves time-range reads
     # for a tiny fraction of what a second B-tree would cost every COPY.
     "CREATE INDEX IF NOT EXISTS trades_ts ON {s}.trades USING brin (ts)",
@@ -62,7 +72,9 @@ _INSERT_STAGED = (
     # Columns named: tables made before the column order of TRADE_TABLE keep their own.
     "INSERT INTO {s}.trades (instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker) "
     "SELECT instrument_id, id, ts, price, qty, first_trade_id, last_trade_id, buyer_maker "
-    "FROM pg_temp.dc_trade_stage ORDER BY instrument_id, id ON CONFLICT (instrument_id, id) DO NOTHING"
+    # No conflict target: the key is (instrument_id, id, ts) when partitioned, (instrument_id, id)
+    # in a table made before; either one rejects a stored trade.
+    "FROM pg_temp.dc_trade_stage ORDER BY instrument_id, id ON CONFLICT DO NOTHING"
 )
 _DELETE_TOUCHED = (
     "DELETE FROM {s}.trade_coverage c "
@@ -97,6 +109,18 @@ def id_spans(batches: Sequence[TradeBatch]) -> dict[int, list[Span]]:
     }
 
 
+def ts_spans(batches: Sequence[TradeBatch]) -> list[Span]:
+    """The inclusive time spans of the batches, from their first and last trade: the months whose
+    partitions a write needs. A trade outside them (a page not in time order) lands in the default
+    partition, and moves into its month's partition when that is made."""
+    out = []
+    for b in batches:
+        if b.trades:
+            a, z = b.trades[0][1], b.trades[-1][1]
+            out.append((min(a, z), max(a, z)))
+    return out
+
+
 class PostgresTrades:
     """The trades tables of one :class:`PostgresCandleStore` (which owns the pool)."""
 
@@ -110,6 +134,7 @@ class PostgresTrades:
             return WriteResult(0, prepared.total)
         store = self._store
         async with store._write_connection((CREATE_STAGE,)) as conn:
+            await store._trade_partitions.ensure(conn, ts_spans(batches))
             # The probe runs before the transaction, and the COPY without a savepoint: each
             # statement inside a transaction leaves its backend idle until this (one-threaded,
             # shared) client sends the next, and these two saved three of them (measured by

@@ -4,7 +4,8 @@ Tables (PostgreSQL shown; SQLite mirrors them):
 
 * ``trades(id bigint, ts bigint, price, qty double precision, first_trade_id bigint,
   last_trade_id bigint, instrument_id integer, buyer_maker boolean, PRIMARY KEY (instrument_id, id))``
-  (:data:`TRADE_TABLE`, one shape for both backends):
+  (:data:`TRADE_TABLE`, one shape for both backends; PostgreSQL's is partitioned by month on ``ts``
+  and so has ``ts`` in its key too, :data:`~data_collector.storage.postgres_trades.TRADE_DDL`):
   one row per aggregate trade, ``id`` the exchange's aggregate trade id, ``ts`` its time in UTC
   ms, with the first and last plain trade ids it aggregates.
 * ``trade_coverage(instrument_id, first_id, end_id, start_ms, end_ms)``: see :class:`TradeCoverage`.
@@ -79,17 +80,21 @@ TRADE_COVERAGE_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 
-def trade_tables_ddl(prefix: str, types: Mapping[str, str], trades_options: str = "") -> tuple[str, str]:
+def trade_tables_ddl(
+    prefix: str, types: Mapping[str, str], trades_options: str = "", key: Sequence[str] = TRADE_KEY
+) -> tuple[str, str]:
     """``CREATE TABLE`` of ``trades`` and ``trade_coverage`` in one backend's dialect.
 
     ``prefix`` goes before each table name (PostgreSQL's ``{s}.``, filled in by the store's
     identifier quoting), ``types`` maps the kinds of :data:`TRADE_TABLE` to the backend's types,
-    ``trades_options`` follows the trades table's definition (SQLite's ``WITHOUT ROWID``).
+    ``trades_options`` follows the trades table's definition (SQLite's ``WITHOUT ROWID``,
+    PostgreSQL's ``PARTITION BY``), ``key`` is its primary key (a partitioned table's must hold
+    the partition column).
     """
     trades = ", ".join(f"{name} {types[kind]} NOT NULL" for name, kind in TRADE_TABLE)
     coverage = ", ".join(f"{name} {types[kind]} NOT NULL" for name, kind in TRADE_COVERAGE_TABLE)
     return (
-        f"CREATE TABLE IF NOT EXISTS {prefix}trades ({trades}, PRIMARY KEY ({', '.join(TRADE_KEY)})){trades_options}",
+        f"CREATE TABLE IF NOT EXISTS {prefix}trades ({trades}, PRIMARY KEY ({', '.join(key)})){trades_options}",
         f"CREATE TABLE IF NOT EXISTS {prefix}trade_coverage ({coverage}, "
         "CHECK (end_id >= first_id), CHECK (end_ms >= start_ms))",
     )

@@ -15,7 +15,7 @@ import pytest
 from data_collector.cli.archive import main
 from data_collector.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from data_collector.config import load_config
-from data_collector.storage import CandleStore, open_store
+from data_collector.storage import CandleStore, open_store, parquet_files
 from data_collector.storage.parquet_files import FILE_NAME
 from tests.storage.test_archive import JANUARY
 from tests.support.archive import END_MS, START_MS, TIMEFRAME, seed, store_config
@@ -143,3 +143,43 @@ async def test_a_full_disk_exits_1_and_leaves_no_half_file(
     files = [p for p in (tiny_disk / "a").rglob("*") if p.is_file()]
     assert not [p.name for p in files if p.name.startswith(".")], files
     assert all(pq.read_table(p).num_rows > 0 for p in files if p.name == FILE_NAME)
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written: a full disk at the
+    filesystem layer, for machines where a tmpfs cannot be mounted (the test above skips)."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: str, room: int) -> None:
+        self._file = open(path, mode)  # noqa: SIM115  (closed by __exit__ / close)
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return int(self._file.write(data))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._file, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+async def test_a_write_error_of_a_full_disk_injected_at_the_file_layer_exits_1(
+    seeded: tuple[CandleStore, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, config = seeded
+    monkeypatch.setattr(parquet_files, "open", lambda p, m="r": _FullDisk(p, m, 64), raising=False)
+    code, _, err = await _run(["--config", str(config), "--older-than", OLDER_THAN, "--prune"], capsys)
+    assert code == EXIT_FAILED
+    _one_line(err, "No space left on device", "nothing was pruned")
+    assert await _rows(store) == (END_MS - START_MS) // 3_600_000 - 10
+    files = [p for p in (tmp_path / "archive").rglob("*") if p.is_file()]
+    assert files == [], files  # no temporary file left, no month file without its bytes

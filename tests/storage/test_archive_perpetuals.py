@@ -80,3 +80,14 @@ async def test_perpetual_series_archive_prune_read_back_equal_and_a_rerun_asks_n
         asked = fapi_requests(sim)
         again = await collector.collect(start=START_MS, end=END_MS)
         assert again.ok and again.requests == 0 and fapi_requests(sim) == asked, again.summary()
+        # repair_gaps(restore=True) copies every price type back from Parquet, not from the
+        # exchange: the database alone then holds the data before, coverage 'data' again.
+        repaired = await collector.repair_gaps(PERP, "1h", START_MS, END_MS, restore=True)
+        assert repaired.rows_written == sum(len(before[p].loc[:"2024-02-29 23:00"]) for p in PRICES)
+        assert fapi_requests(sim) == asked
+        for price in PRICES:
+            key = "1h" if price == "last" else f"{price}:1h"
+            kinds = {r.kind for r in await store.coverage(instrument.id, key) if r.start_ms < feb[1]}
+            assert kinds == {"data"}, key
+            frame = await store.load_frame(instrument.id, key, START_MS, END_MS)
+            pd.testing.assert_frame_equal(frame, before[price], obj=price)

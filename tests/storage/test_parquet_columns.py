@@ -3,15 +3,20 @@ rows read by binary COPY without ORDER BY coming back in key order."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from data_collector.markets import timeframe_code
 from data_collector.storage import CandleBatch, CandleStore, CoverageRange, TradeBatch, TradeCoverage
-from data_collector.storage.archive import columns_frame
-from data_collector.storage.parquet_files import CANDLE_FIELDS, OHLCV_SPEC, TRADES_SPEC, Columns
+from data_collector.storage.archive import columns_frame, trade_columns_frame
+from data_collector.storage.archive_series import FUNDING_SPEC, OPEN_INTEREST_SPEC, fields_frame
+from data_collector.storage.funding import funding_frame
+from data_collector.storage.open_interest import open_interest_frame
+from data_collector.storage.parquet_files import CANDLE_FIELDS, OHLCV_SPEC, TRADES_SPEC, Columns, DataSpec
 from data_collector.storage.postgres_archive import PostgresArchiveSide
-from data_collector.storage.store import candles_frame
+from data_collector.storage.store import candles_frame, trades_frame
 from tests.storage.test_archive import store  # noqa: F401  (the fixture)
 from tests.support.archive import END_MS, START_MS, SYMBOL, TIMEFRAME, VENUE, candles, trades
 
@@ -53,6 +58,29 @@ def test_a_frame_from_pieces_equals_the_stores_frame() -> None:
     pd.testing.assert_frame_equal(columns_frame(pieces), candles_frame(rows))
     pd.testing.assert_frame_equal(columns_frame(whole), candles_frame(rows))
     pd.testing.assert_frame_equal(columns_frame(Columns.empty(OHLCV_SPEC)), candles_frame([]))
+
+
+def _whole(spec: DataSpec, rows: list[tuple[Any, ...]]) -> Columns:
+    return Columns(spec, {n: np.array([r[i] for r in rows], d) for i, (n, d) in enumerate(spec.fields)})
+
+
+def test_trade_and_point_frames_from_the_seam_pieces_equal_the_stores_frames() -> None:
+    """The loaders of trades, funding and open interest build their frames from the same seam
+    pieces as candles (one copy): equal to the stores' frames, with a row at the seam once."""
+    rows = trades(0, 100)
+    older, newer = _whole(TRADES_SPEC, rows[:60]), _whole(TRADES_SPEC, rows[50:])
+    pieces = older.union_pieces(newer)
+    assert len(pieces) > 1
+    pd.testing.assert_frame_equal(trade_columns_frame(pieces), trades_frame(rows))
+    rates = [(START_MS + i * 8 * HOUR_MS, 1e-4 * i, 100.0 + i) for i in range(40)]
+    points = [(START_MS + i * HOUR_MS, 10.0 + i, 1000.0 * i) for i in range(40)]
+    for spec, got, want in (
+        (FUNDING_SPEC, rates, funding_frame(rates)),
+        (OPEN_INTEREST_SPEC, points, open_interest_frame(points)),
+    ):
+        pieces = _whole(spec, got[:25]).union_pieces(_whole(spec, got[20:]))
+        pd.testing.assert_frame_equal(fields_frame(pieces), want)
+        assert not fields_frame(pieces).index.has_duplicates
 
 
 async def test_rows_stored_out_of_order_are_read_back_in_key_order(store: CandleStore) -> None:  # noqa: F811

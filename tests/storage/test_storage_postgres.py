@@ -182,8 +182,9 @@ async def test_concurrent_initialize_of_a_new_schema(admin: asyncpg.Connection) 
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", schema
         )
         # instruments, ohlcv, ohlcv_default, coverage, timeframes, ohlcv_view, price_ohlcv_view,
-        # trades, trade_coverage, trades_view, funding, funding_view, open_interest, open_interest_view
-        assert tables == 14
+        # trades, trades_default, trade_coverage, trades_view, funding, funding_view, open_interest,
+        # open_interest_view
+        assert tables == 15
     finally:
         for s in stores:
             await s.close()

@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from data_collector.storage import StoreSettings, TradeCoverage
 from data_collector.storage.postgres import PostgresCandleStore
@@ -28,10 +29,16 @@ EARLIER = """CREATE TABLE {t}trades (
     last_trade_id bigint NOT NULL, buyer_maker boolean NOT NULL, PRIMARY KEY (instrument_id, id))"""
 
 
-async def test_postgres_table_in_the_earlier_order_takes_copies_and_the_staging_path(pg_schema: str) -> None:
+@pytest.mark.parametrize("layout", ["earlier", "partitioned"])
+async def test_postgres_table_in_the_earlier_order_takes_copies_and_the_staging_path(
+    pg_schema: str, layout: str
+) -> None:
+    """Both layouts: the plain table made before (key ``(instrument_id, id)``) and the monthly
+    partitioned one (key ``(instrument_id, id, ts)``) take the COPY and the ON CONFLICT path."""
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await admin.execute(EARLIER.replace("{t}", f'"{pg_schema}".'))
+        if layout == "earlier":
+            await admin.execute(EARLIER.replace("{t}", f'"{pg_schema}".'))
         async with PostgresCandleStore(_settings(pg_schema)) as store:
             iid = (await store.ensure_instrument("binance", "SOL/USDT", base="SOL", quote="USDT")).id
             # The COPY path.
@@ -53,6 +60,15 @@ async def test_postgres_table_in_the_earlier_order_takes_copies_and_the_staging_
             assert (result.written, result.skipped) == (95, 5)
             assert await store.load_trades(iid, 0, 2**62) == trades(0, 200)
             assert await store.trade_coverage(iid) == [TradeCoverage(0, 200, T0, T0 + 7 * 199)]
+            # Idempotent: the same pages again write nothing, on either path.
+            again = await store.write_trades([page(iid, 0, 200)])
+            assert (again.written, again.skipped) == (0, 200)
+        kind = await admin.fetchval(
+            "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = 'trades'",
+            pg_schema,
+        )
+        assert kind == (b"r" if layout == "earlier" else b"p")
     finally:
         await admin.close()
 

@@ -17,12 +17,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from data_collector.config import load_config
 from data_collector.storage import open_store
 from data_collector.storage.archive import ArchiveSettings, ParquetArchive
 from tests.support.archive import CUTOFF_MS, VENUE, store_config
 
+ROOT = Path(__file__).resolve().parents[2]
 #: What the server accepts (moto takes any key) and the dataset's clients read from the environment.
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -40,11 +42,12 @@ def _free_port() -> int:
 
 @contextmanager
 def moto_server(timeout_s: float = 60.0) -> Iterator[str]:
-    """Run ``python -m moto.server`` on a free port of 127.0.0.1; yield ``host:port`` once it
-    accepts connections."""
+    """Run moto's S3 server (:mod:`tests.support.moto_s3`) on a free port of 127.0.0.1; yield
+    ``host:port`` once it accepts connections."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "tests.support.moto_s3", "-H", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

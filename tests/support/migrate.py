@@ -2,9 +2,11 @@
 itself part way.
 
 Run as ``python -m tests.support.migrate URL SCHEMA AT``: it migrates the schema's ``ohlcv`` to
-monthly partitions and kills itself with SIGKILL when the move of series number ``AT`` (from 1)
-has run but is not committed, so ``AT - 1`` series are in the new table and the rest in the old;
-``AT=swap``: when the final swap has run but is not committed (every row in the new table).
+monthly partitions and kills itself with SIGKILL when the move of ``ohlcv`` series number ``AT``
+(from 1) has run but is not committed, so ``AT - 1`` series are in the new table and the rest in
+the old; ``AT=swap``: when ``ohlcv``'s final swap has run but is not committed (every row in the
+new table). ``AT=trades:N`` and ``AT=swap:trades``: the same points of the ``trades`` table's
+migration (``ohlcv``'s is committed by then).
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ OLD_OHLCV_DDL = """CREATE TABLE IF NOT EXISTS {s}.ohlcv (
 
 
 async def migrate_and_die(url: str, schema: str, step: str) -> None:
-    seen = 0
+    seen: dict[str, int] = {}
+    if step.startswith("swap"):
+        kill_at, table, number = "swap", step.partition(":")[2] or "ohlcv", ""
+    else:
+        kill_at, (table, _, number) = "key", step.rpartition(":")
+        table = table or "ohlcv"
 
-    def hook(at: str, _what: str) -> None:
-        nonlocal seen
-        seen += at == "key"
-        if at == step or (at == "key" and str(seen) == step):
+    def hook(at: str, what: str) -> None:
+        name = what.split(":", 1)[0]
+        seen[name] = seen.get(name, 0) + (at == "key")
+        if at == kill_at and name == table and (at == "swap" or str(seen[name]) == number):
             os.kill(os.getpid(), signal.SIGKILL)
 
     store = open_store(load_config(store_config(url, schema)))
