@@ -46,7 +46,10 @@ VERSION_KEY = b"data_collector.schema_version"
 FILE_NAME = "part-0.parquet"
 MANIFEST_NAME = "_part-0.manifest.json"
 P = TypeVar("P", bound=PurePath)
-ZSTD_LEVEL = 3
+#: zstd's first fast level. A month of 1m candles: 3.5 ms of CPU to write at 8.96 B/row, against
+#: 3.9 ms at level 1 and 4.4 ms at level 3, both 8.95 B/row (prices are dictionary indices and
+#: times deltas by then: little is left for the entropy stage to win).
+ZSTD_LEVEL = -1
 
 
 class StepHook(Protocol):
@@ -181,8 +184,6 @@ def write_parquet(columns: Columns, sink: Any, row_group_rows: int) -> None:
         table,
         sink,
         compression="zstd",
-        # Level 3 against 9, a month of 1m candles: half the write time (8.5 against
-        # 17 ms), 10.7 against 10.4 B/row, and reads back faster.
         compression_level=ZSTD_LEVEL,
         row_group_size=row_group_rows,
         write_statistics=True,
