@@ -54,6 +54,7 @@ from data_collector.storage.parquet_files import (
     MANIFEST_NAME,
     OHLCV_SPEC,
     TRADES_SPEC,
+    ZSTD_LEVEL,
     Columns,
     DataSpec,
     Manifest,
@@ -97,6 +98,10 @@ class ArchiveSettings:
     path: Path | str
     #: Rows per Parquet row group: a month of 1m candles (44,640) is one group, read in one go.
     row_group_rows: int = 1_048_576
+    #: The files' zstd level (the benchmark compares levels; the config has no key for it).
+    zstd_level: int = ZSTD_LEVEL
+    #: Months moved at once (the benchmark compares counts; the config has no key for it).
+    moves_in_flight: int = MOVES_IN_FLIGHT
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSettings:
@@ -157,6 +162,8 @@ class ParquetArchive:
         self._remote = RemoteRoot.open(str(settings.path)) if is_remote(settings.path) else None
         self.root: PurePath = self._remote.root if self._remote else Path(settings.path).absolute()
         self._row_group_rows = settings.row_group_rows
+        self._zstd_level = settings.zstd_level
+        self._moves_in_flight = settings.moves_in_flight
 
     @classmethod
     def from_config(cls, config: Config) -> ParquetArchive:
@@ -204,7 +211,7 @@ class ParquetArchive:
             moves += await _series_moves(store, label, instruments, cutoff, data_types)
         if TRADES_SPEC.data_type in data_types:
             moves += await _trade_moves(store, side, instruments, cutoff)
-        # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
+        # Months move moves_in_flight (MOVES_IN_FLIGHT) at a time: one's COPY runs in PostgreSQL while another's
         # file is written in a thread and a third waits for its fsync. Workers take the next
         # move from one iterator, so the number of tasks stays bounded however many months
         # there are; trade months also take one of TRADE_MOVES_IN_FLIGHT slots (memory).
@@ -221,7 +228,7 @@ class ParquetArchive:
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(MOVES_IN_FLIGHT):
+                for _ in range(self._moves_in_flight):
                     group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
@@ -415,10 +422,14 @@ class ParquetArchive:
         return self._remote.load_manifest(PurePosixPath(path)) if self._remote else Manifest.load(Path(path))
 
     def _write(self, key: MonthKey, columns: Columns, hook: StepHook | None) -> Manifest:
-        rows = self._row_group_rows
+        rows, level = self._row_group_rows, self._zstd_level
         if self._remote:
-            return self._remote.write_month(key, columns, row_group_rows=rows, before_upload=hook)
-        return write_month(Path(self.root), key, columns, row_group_rows=rows, before_rename=hook)
+            return self._remote.write_month(
+                key, columns, row_group_rows=rows, zstd_level=level, before_upload=hook
+            )
+        return write_month(
+            Path(self.root), key, columns, row_group_rows=rows, zstd_level=level, before_rename=hook
+        )
 
     def _verified_or_none(self, spec: DataSpec, path: PurePath, manifest: Manifest | None) -> Columns | None:
         """The file's rows if it reads back with the manifest's row count and content hash."""

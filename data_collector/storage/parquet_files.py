@@ -171,7 +171,7 @@ def months_between(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     return out
 
 
-def write_parquet(columns: Columns, sink: Any, row_group_rows: int) -> None:
+def write_parquet(columns: Columns, sink: Any, row_group_rows: int, zstd_level: int = ZSTD_LEVEL) -> None:
     """Write ``columns`` as one Parquet file into ``sink`` (a binary file or pyarrow stream)."""
     spec = columns.spec
     meta = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
@@ -184,7 +184,7 @@ def write_parquet(columns: Columns, sink: Any, row_group_rows: int) -> None:
         table,
         sink,
         compression="zstd",
-        compression_level=ZSTD_LEVEL,
+        compression_level=zstd_level,
         row_group_size=row_group_rows,
         write_statistics=True,
         sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
@@ -209,6 +209,7 @@ def write_month(
     columns: Columns,
     *,
     row_group_rows: int,
+    zstd_level: int = ZSTD_LEVEL,
     before_rename: StepHook | None = None,
 ) -> Manifest:
     """Write a month's rows (sorted) atomically and durably; return its manifest.
@@ -233,7 +234,7 @@ def write_month(
     tmp_manifest = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as sink:
-            write_parquet(columns, sink, row_group_rows)
+            write_parquet(columns, sink, row_group_rows, zstd_level)
             sink.flush()
             os.fsync(sink.fileno())
         if before_rename is not None:
