@@ -73,10 +73,11 @@ log = logging.getLogger(__name__)
 
 #: What :meth:`ParquetArchive.archive` moves by default.
 ARCHIVED_TYPES = ("ohlcv", "trades", "funding", "open_interest")
-#: Months moved at once (see :meth:`ParquetArchive.archive`). A move spends a third of its time
-#: waiting for its four fsyncs, so more moves than cores keep both cores busy: 26 months of 1m
-#: candles on the shared 2-core machine (load 5-7), interleaved runs: 3 in flight 0.93M rows/s
-#: (median of 8), 6 0.98M, 8 1.01M (and 0.70 against 0.65 us of CPU per row).
+#: Months moved at once (see :meth:`ParquetArchive.archive`). A move waits a fifth to a quarter
+#: of its time for its four fsyncs and much of the rest for PostgreSQL, so more moves than cores
+#: keep both cores busy: 26 months of 1m candles on the shared 2-core machine (load 5-7), runs
+#: taking turns, medians of 8: 3 in flight 0.93M rows/s, 6 0.97M, 8 1.01M (0.70, 0.69 and 0.65
+#: us of CPU per row); PERFORMANCE.md, *Archive throughput*.
 MOVES_IN_FLIGHT = 8
 #: Of them, trade months at once: a busy pair's month of trades is millions of rows held whole in
 #: memory (a month of 1m candles is 44,640 rows, 2 MB).
