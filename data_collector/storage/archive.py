@@ -229,7 +229,9 @@ class ParquetArchive:
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(self._moves_in_flight):
+                # A move holds one pooled connection at a time: no more moves than connections,
+                # or one would wait for a connection past the store's timeout.
+                for _ in range(min(self._moves_in_flight, store.connections)):
                     group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
