@@ -9,8 +9,9 @@ in --quick) are written into PostgreSQL by ``store.write`` and then:
   1,000,000 aggregate trades (200,000 in --quick): ``trades``' partitions (table, primary key, BRIN) against
   their Parquet files. Targets: candles <= 1/8, trades <= 1/6.
 * Archive: ``ParquetArchive.archive_ohlcv`` of both months (binary COPY out, write, read back and
-  hash) into a fresh directory per repeat, rows/s; then the prune of January (re-read, compare,
-  delete, mark archived), rows/s. Target: >= 2M candles/s.
+  hash) into a fresh directory per repeat, rows/s, in turns with the settings it had before
+  (:data:`BEFORE`, the baseline), each with the CPU it needed; then the prune of January
+  (re-read, compare, delete, mark archived), rows/s. Target: >= 2M candles/s.
 * Read: every candle file through ``pyarrow.dataset`` (the README's snippet, candle columns) into
   Arrow (threads on, and one thread) and into pandas, against ``store.load_frame`` from
   PostgreSQL (baseline, what ``load_ohlcv`` read before the tier). Target: >= 20M candles/s into
@@ -48,6 +49,9 @@ from data_collector.storage.store import CandleStore
 NAME = "parquet"
 DESCRIPTION = "Parquet tier: bytes/row vs PostgreSQL and Feather, archive and read throughput"
 
+#: The archive's settings before issue 16's speed work (months in flight, zstd level), run in
+#: turns with today's as the baseline.
+BEFORE = (3, 3)
 JAN_MS = 1_704_067_200_000  # 2024-01-01
 FEB_MS = 1_706_745_600_000
 MAR_MS = 1_709_251_200_000
@@ -122,15 +126,26 @@ async def run(ctx: BenchContext) -> list[Table]:
             )
             archive_s: list[float] = []
             cpu_s: list[float] = []
+            before_s: list[float] = []
+            before_cpu_s: list[float] = []
             meter = CpuMeter(admin)
-            for n in range(ctx.repeats):
-                root = work / f"run{n}"
-                await meter.start()
-                started = time.perf_counter()
-                report = await ParquetArchive(ArchiveSettings(root)).archive_ohlcv(store, "bench", MAR_MS)
-                archive_s.append(time.perf_counter() - started)
-                cpu_s.append(await meter.stop())
-                assert report.failed == [] and report.rows_archived == rows, report.summary()
+            for n in range(ctx.repeats):  # the settings before and now take turns: the same load
+                for settings, times, cpu in (
+                    (
+                        ArchiveSettings(work / f"before{n}", moves_in_flight=BEFORE[0], zstd_level=BEFORE[1]),
+                        before_s,
+                        before_cpu_s,
+                    ),
+                    (ArchiveSettings(work / f"run{n}"), archive_s, cpu_s),
+                ):
+                    await meter.start()
+                    started = time.perf_counter()
+                    report = await ParquetArchive(settings).archive_ohlcv(store, "bench", MAR_MS)
+                    times.append(time.perf_counter() - started)
+                    cpu.append(await meter.stop())
+                    assert report.failed == [] and report.rows_archived == rows, report.summary()
+                    if times is before_s:
+                        await asyncio.to_thread(shutil.rmtree, settings.path)
             root = work / "run0"
             parquet_bytes = _dir_bytes(root, "*.parquet")
             feather_bytes = await asyncio.to_thread(_feather_bytes, root, work / "feather")
@@ -158,6 +173,14 @@ async def run(ctx: BenchContext) -> list[Table]:
                 f"{'met' if ratio >= 8 else 'NOT met'}), {feather_bytes / parquet_bytes:.2f}x smaller than Feather"
             )
             speed.add(
+                Row(
+                    "archive as before (3 months in flight, zstd 3)",
+                    [rows / s for s in before_s],
+                    "rows/s",
+                    True,
+                )
+            )
+            speed.add(
                 Row("archive (COPY out, write, read back, hash)", [rows / s for s in archive_s], "rows/s")
             )
             trades_disk = await _trades_on_disk(ctx, store, admin, schema, work / "trades")
@@ -168,13 +191,21 @@ async def run(ctx: BenchContext) -> list[Table]:
             speed.add(
                 Row("prune January (re-read, compare, delete)", [pruned.rows_pruned / prune_s], "rows/s")
             )
-            speed.add(
-                Row(
-                    "archive CPU: this process + its PostgreSQL backends",
-                    [s / rows * 1e6 for s in cpu_s],
-                    "us/row",
-                    higher_is_better=False,
+            for label, seconds in (("as before", before_cpu_s), ("now", cpu_s)):
+                us = [s / rows * 1e6 for s in seconds]
+                speed.add(
+                    Row(
+                        f"archive CPU {label}: this process + its PostgreSQL backends",
+                        us,
+                        "us/row",
+                        False,
+                        False,
+                    )
                 )
+            speed.notes.append(
+                f"CPU per row (median): {statistics.median(cpu_s) / rows * 1e6:.3f} us now against "
+                f"{statistics.median(before_cpu_s) / rows * 1e6:.3f} with the settings before; fastest run "
+                f"{rows / min(archive_s):,.0f} rows/s against {rows / min(before_s):,.0f}"
             )
             best = rows / min(archive_s)
             ceiling = 2 * rows / min(cpu_s)

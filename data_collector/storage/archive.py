@@ -33,6 +33,7 @@ across both tiers of every series, each step beside the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +55,7 @@ from data_collector.storage.parquet_files import (
     MANIFEST_NAME,
     OHLCV_SPEC,
     TRADES_SPEC,
+    ZSTD_LEVEL,
     Columns,
     DataSpec,
     Manifest,
@@ -72,9 +74,15 @@ log = logging.getLogger(__name__)
 
 #: What :meth:`ParquetArchive.archive` moves by default.
 ARCHIVED_TYPES = ("ohlcv", "trades", "funding", "open_interest")
-#: Months moved at once (see :meth:`ParquetArchive.archive`). 26 months of 1m candles on the
-#: loaded 2-core machine, medians of 4: 427k rows/s with 1, 768k with 2, 888k with 3, 876k with 4.
-MOVES_IN_FLIGHT = 3
+#: Months moved at once (see :meth:`ParquetArchive.archive`). A move waits a fifth to a quarter
+#: of its time for its four fsyncs and much of the rest for PostgreSQL, so more moves than cores
+#: keep both cores busy: 26 months of 1m candles on the shared 2-core machine (load 5-7), runs
+#: taking turns, medians of 8: 3 in flight 0.93M rows/s, 6 0.97M, 8 1.01M (0.70, 0.69 and 0.65
+#: us of CPU per row); PERFORMANCE.md, *Archive throughput*.
+MOVES_IN_FLIGHT = 8
+#: Of them, trade months at once: a busy pair's month of trades is millions of rows held whole in
+#: memory (a month of 1m candles is 44,640 rows, 2 MB).
+TRADE_MOVES_IN_FLIGHT = 3
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,6 +100,10 @@ class ArchiveSettings:
     path: Path | str
     #: Rows per Parquet row group: a month of 1m candles (44,640) is one group, read in one go.
     row_group_rows: int = 1_048_576
+    #: The files' zstd level (the benchmark compares levels; the config has no key for it).
+    zstd_level: int = ZSTD_LEVEL
+    #: Months moved at once (the benchmark compares counts; the config has no key for it).
+    moves_in_flight: int = MOVES_IN_FLIGHT
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSettings:
@@ -152,6 +164,8 @@ class ParquetArchive:
         self._remote = RemoteRoot.open(str(settings.path)) if is_remote(settings.path) else None
         self.root: PurePath = self._remote.root if self._remote else Path(settings.path).absolute()
         self._row_group_rows = settings.row_group_rows
+        self._zstd_level = settings.zstd_level
+        self._moves_in_flight = settings.moves_in_flight
 
     @classmethod
     def from_config(cls, config: Config) -> ParquetArchive:
@@ -199,21 +213,26 @@ class ParquetArchive:
             moves += await _series_moves(store, label, instruments, cutoff, data_types)
         if TRADES_SPEC.data_type in data_types:
             moves += await _trade_moves(store, side, instruments, cutoff)
-        # Months move MOVES_IN_FLIGHT at a time: one's COPY runs in PostgreSQL while another's
-        # file is written in a thread. Workers take the next move from one iterator, so the
-        # number of tasks stays bounded however many months there are.
+        # Months move moves_in_flight (MOVES_IN_FLIGHT) at a time: one's COPY runs in PostgreSQL
+        # while another's file is written in a thread and a third waits for its fsync. Workers take the next
+        # move from one iterator, so the number of tasks stays bounded however many months
+        # there are; trade months also take one of TRADE_MOVES_IN_FLIGHT slots (memory).
         todo = iter(moves)
+        trade_slots = asyncio.Semaphore(TRADE_MOVES_IN_FLIGHT)
         # With prune, candle and trade months are retired after all are verified (a partition is
         # dropped whole); funding and open interest are pruned as each month is verified.
         retiring: dict[tuple[str, int, int], list[_Verified]] = {}
 
         async def worker() -> None:
             for move in todo:
-                await self._move(side, move, prune, hook, report, retiring)
+                async with trade_slots if move.spec is TRADES_SPEC else contextlib.nullcontext():
+                    await self._move(side, move, prune, hook, report, retiring)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(MOVES_IN_FLIGHT):
+                # A move holds one pooled connection at a time: no more moves than connections,
+                # or one would wait for a connection past the store's timeout.
+                for _ in range(min(self._moves_in_flight, store.connections)):
                     group.create_task(worker())
         except BaseExceptionGroup as errors:  # the first error, as one line, not a group
             raise errors.exceptions[0] from None
@@ -407,10 +426,14 @@ class ParquetArchive:
         return self._remote.load_manifest(PurePosixPath(path)) if self._remote else Manifest.load(Path(path))
 
     def _write(self, key: MonthKey, columns: Columns, hook: StepHook | None) -> Manifest:
-        rows = self._row_group_rows
+        rows, level = self._row_group_rows, self._zstd_level
         if self._remote:
-            return self._remote.write_month(key, columns, row_group_rows=rows, before_upload=hook)
-        return write_month(Path(self.root), key, columns, row_group_rows=rows, before_rename=hook)
+            return self._remote.write_month(
+                key, columns, row_group_rows=rows, zstd_level=level, before_upload=hook
+            )
+        return write_month(
+            Path(self.root), key, columns, row_group_rows=rows, zstd_level=level, before_rename=hook
+        )
 
     def _verified_or_none(self, spec: DataSpec, path: PurePath, manifest: Manifest | None) -> Columns | None:
         """The file's rows if it reads back with the manifest's row count and content hash."""

@@ -46,7 +46,10 @@ VERSION_KEY = b"data_collector.schema_version"
 FILE_NAME = "part-0.parquet"
 MANIFEST_NAME = "_part-0.manifest.json"
 P = TypeVar("P", bound=PurePath)
-ZSTD_LEVEL = 3
+#: zstd's first fast level. A month of 1m candles: 3.5 ms of CPU to write at 8.96 B/row, against
+#: 3.9 ms at level 1 and 4.4 ms at level 3, both 8.95 B/row (prices are dictionary indices and
+#: times deltas by then: little is left for the entropy stage to win).
+ZSTD_LEVEL = -1
 
 
 class StepHook(Protocol):
@@ -168,7 +171,7 @@ def months_between(start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     return out
 
 
-def write_parquet(columns: Columns, sink: Any, row_group_rows: int) -> None:
+def write_parquet(columns: Columns, sink: Any, row_group_rows: int, zstd_level: int = ZSTD_LEVEL) -> None:
     """Write ``columns`` as one Parquet file into ``sink`` (a binary file or pyarrow stream)."""
     spec = columns.spec
     meta = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
@@ -181,9 +184,7 @@ def write_parquet(columns: Columns, sink: Any, row_group_rows: int) -> None:
         table,
         sink,
         compression="zstd",
-        # Level 3 against 9, a month of 1m candles: half the write time (8.5 against
-        # 17 ms), 10.7 against 10.4 B/row, and reads back faster.
-        compression_level=ZSTD_LEVEL,
+        compression_level=zstd_level,
         row_group_size=row_group_rows,
         write_statistics=True,
         sorting_columns=[pq.SortingColumn(spec.names.index(spec.key))],
@@ -208,6 +209,7 @@ def write_month(
     columns: Columns,
     *,
     row_group_rows: int,
+    zstd_level: int = ZSTD_LEVEL,
     before_rename: StepHook | None = None,
 ) -> Manifest:
     """Write a month's rows (sorted) atomically and durably; return its manifest.
@@ -232,7 +234,7 @@ def write_month(
     tmp_manifest = directory / f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as sink:
-            write_parquet(columns, sink, row_group_rows)
+            write_parquet(columns, sink, row_group_rows, zstd_level)
             sink.flush()
             os.fsync(sink.fileno())
         if before_rename is not None:

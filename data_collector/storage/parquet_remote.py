@@ -40,6 +40,7 @@ from data_collector.errors import UsageError
 from data_collector.storage.parquet_files import (
     FILE_NAME,
     MANIFEST_NAME,
+    ZSTD_LEVEL,
     ArchiveWriteError,
     Columns,
     Manifest,
@@ -106,7 +107,13 @@ class RemoteRoot:
             raise UsageError(f"archive.path {self.name}: cannot write there ({_first_line(exc)})") from None
 
     def write_month(
-        self, key: MonthKey, columns: Columns, *, row_group_rows: int, before_upload: StepHook | None = None
+        self,
+        key: MonthKey,
+        columns: Columns,
+        *,
+        row_group_rows: int,
+        zstd_level: int = ZSTD_LEVEL,
+        before_upload: StepHook | None = None,
     ) -> Manifest:
         """Upload a month's file, then its manifest (see the module's notes); return the manifest.
 
@@ -118,7 +125,7 @@ class RemoteRoot:
         """
         directory = key.directory(self.root)
         sink = pa.BufferOutputStream()
-        write_parquet(columns, sink, row_group_rows)
+        write_parquet(columns, sink, row_group_rows, zstd_level)
         data = sink.getvalue()
         manifest = Manifest.of(columns, data.size)
         try:

@@ -340,6 +340,11 @@ class PostgresCandleStore(CandleStore):
         """``PostgreSQL at host:port/db``: how errors name this server (never with the password)."""
         return self._target.where
 
+    @property
+    def connections(self) -> int:
+        """The most connections the pool opens at once (its size plus its overflow)."""
+        return self._pool_size + self._max_overflow
+
     async def __aenter__(self) -> PostgresCandleStore:
         await self.initialize()
         return self

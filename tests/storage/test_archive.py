@@ -28,7 +28,14 @@ from data_collector.storage.archive import (
     load_ohlcv_tiers,
     load_trades_tiers,
 )
-from data_collector.storage.parquet_files import FILE_NAME, MANIFEST_NAME, Manifest, MonthKey
+from data_collector.storage.parquet_files import (
+    FILE_NAME,
+    MANIFEST_NAME,
+    Columns,
+    DataSpec,
+    Manifest,
+    MonthKey,
+)
 from tests.support.archive import (
     CUTOFF_MS,
     END_MS,
@@ -275,3 +282,36 @@ async def test_an_archived_range_is_restored_into_the_database_on_request(
     again = await archive.archive(store, VENUE, CUTOFF_MS, prune=True)
     assert (again.months_pruned, again.failed) == (1, [])
     pd.testing.assert_frame_equal(await _everything(store, archive, instrument), before)
+
+
+async def test_trade_months_take_turns_while_candle_months_move_alongside(
+    store: CandleStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trade months (a busy pair's is millions of rows, held whole) are bounded on their own:
+    with one trade slot the two closed trade months never read at once, while both candle
+    months do (8 moves in flight)."""
+    import data_collector.storage.archive as archive_module
+    from data_collector.storage.postgres_archive import PostgresArchiveSide
+
+    instrument = await seed(store)
+    await seed_trades(store, instrument)
+    monkeypatch.setattr(archive_module, "TRADE_MOVES_IN_FLIGHT", 1)
+    inside = {"ohlcv": 0, "trades": 0}
+    most = dict(inside)
+    read_range = PostgresArchiveSide.read_range
+
+    async def counted(self: PostgresArchiveSide, spec: DataSpec, *args: int) -> Columns:
+        inside[spec.data_type] += 1
+        most[spec.data_type] = max(most[spec.data_type], inside[spec.data_type])
+        for _ in range(20):  # let every other ready move start its read meanwhile
+            await asyncio.sleep(0)
+        try:
+            return await read_range(self, spec, *args)
+        finally:
+            inside[spec.data_type] -= 1
+
+    monkeypatch.setattr(PostgresArchiveSide, "read_range", counted)
+    archive = ParquetArchive(ArchiveSettings(tmp_path, moves_in_flight=8))
+    report = await archive.archive(store, VENUE, CUTOFF_MS, data_types=["ohlcv", "trades"])
+    assert report.failed == [] and report.months_verified == 4, report.summary()
+    assert most == {"ohlcv": 2, "trades": 1}
