@@ -34,7 +34,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from data_collector.backfill import okx
 from data_collector.datatypes import DEFAULT_DATA_TYPES, validate_data_types
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
@@ -42,6 +41,7 @@ from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol_entry, v
 from data_collector.redis.keys import key_part
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage.url import parse_database_url
+from data_collector.venues.okx import rules as okx
 
 ENV_PREFIX = "DC__"
 DEFAULT_CONFIG_PATH = Path("config.yaml")

@@ -32,9 +32,9 @@ from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import ConnectionSettings
 from data_collector.streaming.metrics import BatchHook, EventHook, StreamMetrics
-from data_collector.streaming.rest import rest_base_from_urls
 from data_collector.streaming.service import ServiceOptions, StreamService
-from data_collector.streaming.venue import stream_venue
+from data_collector.venues.binance.rest import rest_base_from_urls
+from data_collector.venues.binance.venue import stream_venue
 
 __all__ = ["OptimizedWebSocketStreamer"]
 

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
 
-from data_collector.backfill import okx
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.backfill.plan import Range
 from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
@@ -41,6 +40,7 @@ from data_collector.errors import (
 from data_collector.picking import pick
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
+from data_collector.venues.okx import rules as okx
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
-from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.validate import MalformedPageError, validate_funding
@@ -24,6 +23,7 @@ from data_collector.markets import FUNDING_SERIES
 from data_collector.storage.base import Instrument
 from data_collector.storage.funding import FundingBatch, FundingRate
 from data_collector.storage.ranges import Span, subtract_spans
+from data_collector.venues.okx import rules as okx
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun

@@ -19,12 +19,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from data_collector.backfill import okx
-from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
 from data_collector.backfill.heap import frozen_heap
-from data_collector.backfill.okx_trades import OkxTradePair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
 from data_collector.backfill.pair_run import drain_pages
 from data_collector.backfill.plan import (
@@ -55,6 +52,9 @@ from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, 
 from data_collector.storage.funding import FundingBatch
 from data_collector.storage.open_interest import OpenInterestBatch
 from data_collector.storage.trades import TradeBatch
+from data_collector.venues.binance.archive_run import ArchiveSource
+from data_collector.venues.okx import rules as okx
+from data_collector.venues.okx.trades import OkxTradePair
 
 if TYPE_CHECKING:
     from data_collector.optimized_collector import OptimizedDataCollector

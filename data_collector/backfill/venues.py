@@ -17,12 +17,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.config import Config, with_exchange
 from data_collector.errors import InvalidSymbolError
 from data_collector.markets import is_perpetual_symbol
+from data_collector.venues.okx import rules as okx
 
 
 class Venues:

@@ -32,8 +32,8 @@ from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.normalize import validate_channel
-from data_collector.streaming.rest import BinanceRest, rest_base_from_urls
-from data_collector.streaming.venue import StreamVenue, stream_venue, venue_for_symbols
+from data_collector.venues.binance.rest import BinanceRest, rest_base_from_urls
+from data_collector.venues.binance.venue import StreamVenue, stream_venue, venue_for_symbols
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from data_collector.errors import CollectorError
 from data_collector.redis.keys import book_key
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import MalformedEvent, parse_levels
-from data_collector.streaming.rest import BinanceRest, RateLimitedError
+from data_collector.venues.binance.rest import BinanceRest, RateLimitedError
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,6 @@ from data_collector.markets import candle_open_ms, next_open_ms, normalize_marke
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
-from data_collector.streaming.ccxtpro import CcxtBookKeeper
-from data_collector.streaming.ccxtpro import build_connections as build_ccxt_connections
 from data_collector.streaming.connection import (
     MAX_STREAMS_PER_CONNECTION,
     ConnectionSettings,
@@ -46,17 +44,19 @@ from data_collector.streaming.normalize import (
     make_normalizer,
     validate_channel,
 )
-from data_collector.streaming.okx.book import OkxBookKeeper
-from data_collector.streaming.okx.connection import OkxConnection
-from data_collector.streaming.okx.connection import build_connections as build_okx_connections
-from data_collector.streaming.okx.connection import route_key as okx_route_key
-from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
-from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
-from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
+from data_collector.venues.binance.rest import BinanceRest
+from data_collector.venues.binance.venue import stream_venue
+from data_collector.venues.ccxt_generic.connection import CcxtBookKeeper
+from data_collector.venues.ccxt_generic.connection import build_connections as build_ccxt_connections
+from data_collector.venues.okx.book import OkxBookKeeper
+from data_collector.venues.okx.connection import OkxConnection
+from data_collector.venues.okx.connection import build_connections as build_okx_connections
+from data_collector.venues.okx.connection import route_key as okx_route_key
+from data_collector.venues.okx.protocol import inst_id as okx_inst_id
+from data_collector.venues.okx.protocol import make_normalizer as okx_normalizer
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the streamer knows of each venue it speaks: which adapter, and Binance's protocol details.
 
 Three adapters (``kind``): ``binance`` (native, this module and :mod:`.connection`,
-:mod:`.order_book`), ``okx`` (native, the :mod:`data_collector.streaming.okx` folder) and ``ccxt``
+:mod:`.order_book`), ``okx`` (native, the :mod:`data_collector.venues.okx` folder) and ``ccxt``
 (:mod:`.ccxtpro`: any other ccxt.pro exchange, through its ``watch_*_for_symbols`` methods;
 slower, with weaker guarantees).
 
@@ -91,7 +91,7 @@ USDM = replace(
     chained_by_pu=True,
     snapshot_limits=(5, 10, 20, 50, 100, 500, 1000),
 )
-#: OKX v5 (spot and swaps on one connection): see :mod:`data_collector.streaming.okx`.
+#: OKX v5 (spot and swaps on one connection): see :mod:`data_collector.venues.okx`.
 OKX = StreamVenue(
     protocol="okx",
     market_type="spot",

@@ -1,0 +1,1 @@
+"""One folder per venue: everything venue-specific, behind one adapter each."""

@@ -1,0 +1,1 @@
+"""Binance (spot ``binance`` and USDⓈ-M ``binanceusdm``): everything Binance-specific."""
