@@ -47,8 +47,8 @@ from data_collector.streaming.normalize import (
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
+from data_collector.venues import stream_venue
 from data_collector.venues.binance.rest import BinanceRest
-from data_collector.venues.binance.venue import stream_venue
 from data_collector.venues.ccxt_generic.connection import CcxtBookKeeper
 from data_collector.venues.ccxt_generic.connection import build_connections as build_ccxt_connections
 from data_collector.venues.okx.book import OkxBookKeeper
@@ -236,7 +236,7 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.kind == "binance":
+        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.repairs_trades:
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -255,7 +255,7 @@ class StreamService:
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
             # Binance's trade ids are contiguous per symbol (OKX's are too: issue 15's OKX part).
-            sequenced=channel in SEQUENCED_CHANNELS and self.venue.kind == "binance",
+            sequenced=channel in SEQUENCED_CHANNELS and self.venue.sequenced,
         )
         if repair_heads is not None:
             self._repair_heads[id(route)] = repair_heads
@@ -528,8 +528,8 @@ class StreamService:
             if route.last_ms > 0 and id(route) not in self._gap_reason:
                 self._gap_reason[id(route)] = reason
         kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
-        # Only Binance's klines are repaired by REST; the other adapters leave the gap marker.
-        if kline_routes and self.venue.kind == "binance":
+        # Only venues that allow it (Binance) repair klines by REST; the others leave the gap marker.
+        if kline_routes and self.venue.repairs_klines:
             await self._repair_klines(kline_routes)
 
     @classmethod

@@ -79,3 +79,8 @@ def funding_page_span(
         return page, None
     oldest = times[0]
     return (oldest, end), ((start, oldest) if start < oldest else None)
+
+
+def funding_params(end_ms: int) -> dict[str, Any]:
+    """``after`` bounds the newest-first answer (ccxt would pass ``until`` through)."""
+    return {"after": end_ms}
