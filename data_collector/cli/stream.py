@@ -106,7 +106,7 @@ async def run_stream_cli(
     """
     cfg = load_config(config)
     wanted = normalize_markets(symbols or cfg.symbols)
-    venue = venue_for_symbols(wanted) if demo else stream_venue(cfg.exchange.id)
+    venue = venue_for_symbols(wanted) if demo else stream_venue(cfg.exchange.id, cfg.streaming.adapter)
     if len({is_perpetual(s) for s in wanted}) > 1 and not venue.one_connection:
         raise UsageError("spot symbols and perpetuals stream in separate runs: one venue per streamer")
     for symbol in wanted:
@@ -168,7 +168,10 @@ async def run_stream_cli(
             store_candles=False if demo else None,
             monitor=monitor,
         )
-        await check_listed(cfg.exchange.urls, streamer.symbols, venue)
+        ccxt_config = {"urls": cfg.exchange.urls, "options": cfg.exchange.options}
+        await check_listed(
+            {**ccxt_config, "timeout": int(cfg.exchange.timeout_s * 1000)}, streamer.symbols, venue
+        )
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
             f"into Redis {endpoint.describe()} under {cfg.redis.prefix}:*:{cfg.exchange.name}:*; Ctrl-C stops",
@@ -202,32 +205,30 @@ async def run_stream_cli(
         remove_signals(loop, installed)
 
 
-async def check_listed(urls: Mapping[str, Any], symbols: Sequence[str], venue: StreamVenue) -> None:
+async def check_listed(config: Mapping[str, Any], symbols: Sequence[str], venue: StreamVenue) -> None:
     """Refuse, before connecting, a symbol the exchange does not list (its streams stay silent).
 
     The venue's adapter says how to ask (``StreamVenue.listed_ids``: Binance's ``exchangeInfo``,
-    OKX's ``public/instruments``). An exchange that cannot be asked now is no reason to refuse:
+    OKX's ``public/instruments``, ccxt.pro's ``load_markets``). An exchange that cannot be asked now is no reason to refuse:
     the streamer reconnects until it answers, so that is logged and the run goes on.
 
     Args:
-        urls: the config's ccxt-style ``exchange.urls`` (where the venue's REST API is).
+        config: the venue's ccxt constructor config (``urls``, ``options``, ``timeout``).
 
     Raises:
         UsageError: names the first symbol the exchange does not list.
     """
     if venue.listed_ids is None:
-        # The generic ccxt.pro adapter: an unlisted symbol is refused by ccxt.pro at subscribe
-        # time (logged), and its streams stay empty.
         log.warning("symbols not checked against %s's list before streaming", venue.protocol)
         return
     try:
-        where, listed = await venue.listed_ids(urls, venue)
+        where, listed = await venue.listed_ids(config, venue)
     except CollectorError as exc:
         log.warning("symbols not checked against the exchange's list: %s", exc)
         return
     for symbol in symbols:
         if venue.native_id(symbol) not in listed:
-            raise UsageError(f"unknown symbol {symbol!r}: the exchange at {where} does not list it")
+            raise UsageError(f"unknown symbol {symbol!r}: {where} does not list it")
 
 
 def run_stream_main(**kwargs: Any) -> int:

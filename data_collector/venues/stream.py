@@ -14,7 +14,8 @@ from typing import Any
 from data_collector.errors import UsageError
 from data_collector.markets import exchange_symbol, is_perpetual
 
-#: ccxt-style ``urls`` of the config -> (where it asked, the venue's ids of what it lists).
+#: The venue's ccxt constructor config (``urls``, ``options``, ``timeout``) -> (where it asked,
+#: as "the exchange at <url>", and the venue's ids of what it lists).
 ListedIds = Callable[[Mapping[str, Any], "StreamVenue"], Awaitable[tuple[str, set[str]]]]
 
 

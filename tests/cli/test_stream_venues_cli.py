@@ -46,32 +46,37 @@ def okx(sim: SimulatedExchange) -> dict[str, Any]:
     }
 
 
-#: case -> (exchange section of the config, --symbols, --channels, the one line expected on stderr).
-CASES: dict[str, tuple[Any, str, str, str]] = {
+#: case -> (exchange section of the config, --symbols, --channels, the one line expected on
+#: stderr, streaming.adapter).
+CASES: dict[str, tuple[Any, str, str, str, str]] = {
     "unknown venue id": (
         lambda sim: {**binance(sim), "id": "notavenue", "name": "notavenue"},
         "BTC/USDT",
         "trade",
         "error: unknown exchange.id 'notavenue': the streamer speaks 'binance', 'binanceusdm', 'okx' "
         "natively and any ccxt.pro exchange (ccxt.pro.exchanges) through the generic adapter",
+        "native",
     ),
     "symbol binance does not list": (
         binance,
         "BTC/USDT,XRP/USDT",
         "trade",
         "error: unknown symbol 'XRP/USDT': the exchange at {rest} does not list it",
+        "native",
     ),
     "spot symbol okx does not list": (
         okx,
         "BTC/USDT,XRP/USDT",
         "trade",
         "error: unknown symbol 'XRP/USDT': the exchange at {okx_rest} does not list it",
+        "native",
     ),
     "swap okx does not list": (
         okx,
         "BTC/USDT:USDT,SOL/USDT:USDT",
         "trade",
         "error: unknown symbol 'SOL/USDT:USDT': the exchange at {okx_rest} does not list it",
+        "native",
     ),
     "channel okx lacks": (
         okx,
@@ -79,6 +84,7 @@ CASES: dict[str, tuple[Any, str, str, str]] = {
         "trade,aggTrade",
         "error: okx: unknown channel 'aggTrade': use one of trade, bookTicker, ticker, depth or "
         "kline_<timeframe> (kline_1m)",
+        "native",
     ),
     "channel binance spot lacks": (
         binance,
@@ -86,6 +92,21 @@ CASES: dict[str, tuple[Any, str, str, str]] = {
         "markPrice",
         "error: binance: unknown channel 'markPrice': use one of trade, aggTrade, bookTicker, depth or "
         "kline_<timeframe> (kline_1m)",
+        "native",
+    ),
+    "symbol ccxt.pro's okx does not list (generic adapter)": (
+        okx,
+        "BTC/USDT,XRP/USDT",
+        "trade",
+        "error: unknown symbol 'XRP/USDT': ccxt.pro's okx does not list it",
+        "ccxt",
+    ),
+    "channel the generic adapter lacks": (
+        binance,
+        "BTC/USDT",
+        "trade,bookTicker",
+        "error: binance: unknown channel 'bookTicker': use one of trade, depth or kline_<timeframe> (kline_1m)",
+        "ccxt",
     ),
 }
 
@@ -112,8 +133,12 @@ async def stream_cli(*args: str, cwd: Path) -> tuple[int, str, str]:
 async def test_stream_bad_venue_input_is_one_line_and_exit_code_2(
     case: str, sim: SimulatedExchange, base_config: dict[str, Any], redis_prefix: str, tmp_path: Path
 ) -> None:
-    exchange, symbols, channels, expected = CASES[case]
-    config = {**base_config, "exchange": exchange(sim), "streaming": {"channels": ["trade"]}}
+    exchange, symbols, channels, expected, adapter = CASES[case]
+    config = {
+        **base_config,
+        "exchange": exchange(sim),
+        "streaming": {"channels": ["trade"], "adapter": adapter},
+    }
     path = write_config(tmp_path / "config.yaml", config)
     code, out, err = await stream_cli(
         "--config", str(path), "--symbols", symbols, "--channels", channels, "--duration", "30", cwd=tmp_path

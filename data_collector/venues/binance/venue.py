@@ -28,14 +28,14 @@ from data_collector.markets import is_perpetual
 from data_collector.venues.stream import StreamVenue
 
 
-async def listed_ids(urls: Mapping[str, Any], venue: StreamVenue) -> tuple[str, set[str]]:
+async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str, set[str]]:
     """``<api>/exchangeInfo``: where it asked, and the symbols as Binance spells them (``SOLUSDT``)."""
     from data_collector.venues.binance.rest import BinanceRest, rest_base_from_urls
 
-    url = rest_base_from_urls(dict(urls), venue.rest_api) or venue.default_rest_url
+    url = rest_base_from_urls(dict(config.get("urls") or {}), venue.rest_api) or venue.default_rest_url
     rest = BinanceRest(url, api=venue.rest_api)
     try:
-        return url, await rest.listed_symbols()
+        return f"the exchange at {url}", await rest.listed_symbols()
     finally:
         await rest.close()
 

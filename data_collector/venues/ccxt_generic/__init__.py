@@ -8,6 +8,11 @@ written on every reconnect instead), and nothing is repaired over REST.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from data_collector.errors import TransientError
 from data_collector.venues.base import Guarantees, VenueAdapter
 from data_collector.venues.stream import StreamVenue
 
@@ -27,6 +32,24 @@ GENERIC = VenueAdapter(
 )
 
 
+async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str, set[str]]:
+    """ccxt.pro's ``load_markets``: the canonical symbols the exchange lists."""
+    import ccxt.pro  # only the generic adapter loads ccxt
+
+    exchange = getattr(ccxt.pro, venue.protocol)(copy.deepcopy(dict(config)))
+    try:
+        markets = await exchange.load_markets()
+    except ccxt.pro.BaseError as exc:  # network, exchange or malformed answer: not the user's input
+        raise TransientError(f"ccxt.pro {venue.protocol} load_markets: {exc}") from None
+    finally:
+        await exchange.close()
+    return f"ccxt.pro's {venue.protocol}", set(markets)
+
+
+def _same(symbol: str) -> str:
+    return symbol
+
+
 def stream(protocol: str) -> StreamVenue:
     """The generic streaming entry for ccxt.pro exchange ``protocol``."""
     return StreamVenue(
@@ -42,6 +65,8 @@ def stream(protocol: str) -> StreamVenue:
         sequenced=False,
         repairs_trades=False,
         repairs_klines=False,
+        listed_ids=listed_ids,
+        native_id=_same,
     )
 
 

@@ -39,11 +39,11 @@ def rest_base(urls: Mapping[str, Any]) -> str | None:
     return rest.rstrip("/") if isinstance(rest, str) else None
 
 
-async def listed_ids(urls: Mapping[str, Any], venue: StreamVenue) -> tuple[str, set[str]]:
+async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str, set[str]]:
     """``/api/v5/public/instruments`` (SPOT and SWAP): where it asked, and the instrument ids."""
     import aiohttp
 
-    base = rest_base(urls) or venue.default_rest_url
+    base = rest_base(config.get("urls") or {}) or venue.default_rest_url
     ids: set[str] = set()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0)) as session:
@@ -56,7 +56,7 @@ async def listed_ids(urls: Mapping[str, Any], venue: StreamVenue) -> tuple[str, 
                 ids.update(str(i["instId"]) for i in body.get("data") or [] if isinstance(i, dict))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise TransientError(f"GET {base}{venue.rest_api}/public/instruments: {exc!r}") from None
-    return base, ids
+    return f"the exchange at {base}", ids
 
 
 #: OKX v5 (spot and swaps on one connection).
