@@ -41,20 +41,14 @@ from data_collector.picking import pick
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
 from data_collector.venues import adapter_for
+from data_collector.venues.binance.weights import BINANCE_WEIGHTS, futures_kline_weight
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Request weights of the Binance spot endpoints we call (PROTOCOL.md).
-BINANCE_WEIGHTS = {"klines": 2, "exchangeInfo": 20, "time": 1}
 #: ccxt's ``price`` parameter of ``fetch_ohlcv`` per stored price type.
 CCXT_PRICES = {"mark": "mark", "index": "index", "premium": "premiumIndex"}
-
-
-def futures_kline_weight(limit: int) -> int:
-    """Binance USDⓈ-M weighs (mark/index/premium) klines by ``limit``: 1, 2, 5, or 10 above 1000."""
-    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
 
 
 _reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(

@@ -97,7 +97,7 @@ class ServiceOptions:
     #: The instance part of the heartbeat key (``metrics.instance``); ``None``: ``<host>-<pid>``.
     instance: str | None = None
     #: The protocol spoken (``exchange.id``): ``binance`` (spot) or ``binanceusdm`` (USDⓈ-M
-    #: perpetuals), see :mod:`.venue`.
+    #: perpetuals), see :mod:`data_collector.venues`.
     protocol: str = "binance"
     #: With a candle sink: closed klines go to it.
     store_klines: bool = True
@@ -105,7 +105,7 @@ class ServiceOptions:
     store_funding: bool = False
     #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
     repair_max_ids: int = 100_000
-    #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
+    #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`data_collector.venues.ccxt_generic`).
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
     ccxt_config: dict[str, Any] = field(default_factory=dict)
