@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_collector.venues.stream import StreamVenue
+
 #: ``(exchange, window_s) ->`` requests per window of each endpoint (per-endpoint pacing).
 EndpointLimits = Callable[[Any, float], dict[str, int]]
 #: A market from ccxt's ``load_markets`` -> its listing time in ms, if the venue states it.
@@ -48,9 +50,10 @@ class Guarantees:
 class VenueAdapter:
     """One venue: the backfill's rules, the streamer's protocol(s) and its guarantees.
 
-    Streaming details (URLs, channels, the subscribe protocol, ping, normalisation, book rules)
-    are the :class:`~data_collector.venues.stream.StreamVenue` entries of ``streams``, keyed by
-    the ccxt id that selects each.
+    Streaming details (URLs, channels, which symbols are listed, book rules, repairs) are the
+    :class:`~data_collector.venues.stream.StreamVenue` entries of ``streams``, keyed by the ccxt
+    id that selects each; the subscribe protocol, ping and normalisers are the venue folder's
+    connection and protocol modules.
     """
 
     #: The folder's name (``binance``, ``okx``, ``ccxt_generic``).
@@ -89,7 +92,7 @@ class VenueAdapter:
     #: Monthly and daily archive files as a backfill source (Binance's data.binance.vision).
     archives: bool = False
     #: The streamer's native protocols, by the ccxt id that selects each.
-    streams: Mapping[str, Any] = field(default_factory=dict)
+    streams: Mapping[str, StreamVenue] = field(default_factory=dict)
 
     def trade_pair_class(self) -> type | None:
         """The class ``trade_pair`` names, imported now (``None``: the shared one)."""
