@@ -38,7 +38,6 @@ import numpy as np
 
 from benchmarks.bench_backfill import _schema, run_child
 from benchmarks.harness import BenchContext, Row, Table
-from data_collector.backfill.archive_plan import split_for_archives
 from data_collector.config import ArchiveConfig
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
@@ -46,6 +45,7 @@ from data_collector.simulator.archives import ArchiveSettings
 from data_collector.storage import StoreSettings
 from data_collector.storage.candle_columns import CandleColumns, copy_binary
 from data_collector.storage.postgres import OHLCV_COLUMNS, PostgresCandleStore
+from data_collector.venues.binance.archive_plan import split_for_archives
 
 NAME = "archive"
 DESCRIPTION = "klines backfill from archive zips vs the REST weight floor of the same candles"

@@ -34,7 +34,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from data_collector.backfill import okx
 from data_collector.datatypes import DEFAULT_DATA_TYPES, validate_data_types
 from data_collector.echo import one_line, shown_input
 from data_collector.errors import ConfigError, UsageError
@@ -42,6 +41,7 @@ from data_collector.markets import DEFAULT_TIMEFRAMES, normalize_symbol_entry, v
 from data_collector.redis.keys import key_part
 from data_collector.redis.url import parse_redis_url
 from data_collector.storage.url import parse_database_url
+from data_collector.venues import adapter_for
 
 ENV_PREFIX = "DC__"
 DEFAULT_CONFIG_PATH = Path("config.yaml")
@@ -143,9 +143,11 @@ class ExchangeConfig(_Section):
     def _name_defaults_to_id(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("name") is None:
             data = {**data, "name": data.get("id", "binance")}
-        if isinstance(data, dict) and okx.is_okx(str(data.get("id"))) and "ohlcv_page_limit" not in data:
-            # OKX answers newest first: a page is at most what one history-candles answer holds.
-            data = {**data, "ohlcv_page_limit": okx.PAGE_LIMIT}
+        if isinstance(data, dict) and "ohlcv_page_limit" not in data:
+            # A venue whose answers cap a page (OKX: newest first, 100 a history-candles answer).
+            cap = adapter_for(str(data.get("id"))).ohlcv_page_limit
+            if cap is not None:
+                data = {**data, "ohlcv_page_limit": cap}
         return data
 
     @field_validator("endpoint_limits")
@@ -215,14 +217,14 @@ class VenueConfig(ExchangeConfig):
 
 
 def _check_venue_has(exchange_id: str, data_types: list[str]) -> None:
-    """Refuse data types the venue lacks (OKX: what :data:`okx.DATA_TYPES` lists), one line."""
-    if okx.is_okx(exchange_id):
-        lacking = [t for t in data_types if t not in okx.DATA_TYPES]
-        if lacking:
-            raise ValueError(
-                f"data_types: {', '.join(lacking)} not collected from {exchange_id} by this version; "
-                f"it collects {', '.join(okx.DATA_TYPES)}"
-            )
+    """Refuse data types the venue lacks (its adapter's ``data_types``), one line."""
+    adapter = adapter_for(exchange_id)
+    lacking = adapter.lacking(data_types)
+    if lacking:
+        raise ValueError(
+            f"data_types: {', '.join(lacking)} not collected from {exchange_id} by this version; "
+            f"it collects {', '.join(adapter.data_types or ())}"
+        )
 
 
 def is_simulated_venue(name: str) -> bool:

@@ -32,10 +32,10 @@ from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import ConnectionSettings
 from data_collector.streaming.metrics import BatchHook, EventHook, StreamMetrics
-from data_collector.streaming.rest import rest_base_from_urls
 from data_collector.streaming.service import ServiceOptions, StreamService
 from data_collector.streaming.trades_store import check_store_trades, trade_store_sink
-from data_collector.streaming.venue import stream_venue
+from data_collector.venues import stream_venue
+from data_collector.venues.binance.rest import rest_base_from_urls
 
 __all__ = ["OptimizedWebSocketStreamer"]
 
@@ -225,7 +225,7 @@ class OptimizedWebSocketStreamer:
             )
         options.store_klines, options.store_funding = bool(store_candles), bool(store_funding)
         market_type = venue.market_type
-        if venue.kind != "binance":  # one OKX or ccxt.pro streamer carries spot and swaps alike
+        if venue.one_connection:  # one OKX or ccxt.pro streamer carries spot and swaps alike
             perps = {is_perpetual(s) for s in options.symbols}
             if store_candles and len(perps) > 1:
                 raise UsageError(

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
 
-from data_collector.backfill import okx
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.backfill.plan import Range
 from data_collector.backfill.rate_limit import RateLimiter, Reservation, measure_server_offset
@@ -41,21 +40,15 @@ from data_collector.errors import (
 from data_collector.picking import pick
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
+from data_collector.venues import adapter_for
+from data_collector.venues.binance.weights import BINANCE_WEIGHTS, futures_kline_weight
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Request weights of the Binance spot endpoints we call (PROTOCOL.md).
-BINANCE_WEIGHTS = {"klines": 2, "exchangeInfo": 20, "time": 1}
-BINANCE_LIKE = ("binance", "binanceus", "binanceusdm")
 #: ccxt's ``price`` parameter of ``fetch_ohlcv`` per stored price type.
 CCXT_PRICES = {"mark": "mark", "index": "index", "premium": "premiumIndex"}
-
-
-def futures_kline_weight(limit: int) -> int:
-    """Binance USDⓈ-M weighs (mark/index/premium) klines by ``limit``: 1, 2, 5, or 10 above 1000."""
-    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
 
 
 _reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
@@ -143,11 +136,13 @@ class ExchangeClient:
         self.stats = RequestStats()
         self.monitor = monitor
         self._clock = clock
-        self.weight_mode = settings.id in BINANCE_LIKE or settings.weight_limit is not None
+        #: What the venue's folder knows (paging, pacing, listing): :mod:`data_collector.venues`.
+        self.venue = venue = adapter_for(settings.id)
+        self.weight_mode = venue.weight_headers or settings.weight_limit is not None
         #: Paced per endpoint over 2 s windows (OKX), request by request in ccxt's ``fetch2``.
-        self.window_mode = okx.is_okx(settings.id) and settings.weight_limit is None
+        self.window_mode = venue.endpoint_limits is not None and settings.weight_limit is None
         #: A futures venue: klines weigh by their limit.
-        self.futures = settings.id == "binanceusdm" or settings.options.get("defaultType") in (
+        self.futures = settings.id in venue.futures_ids or settings.options.get("defaultType") in (
             "swap",
             "future",
         )
@@ -203,14 +198,17 @@ class ExchangeClient:
         """Route ``exchange``'s requests through this client: our limiter paces, our hook observes."""
         exchange.enableRateLimit = False
         exchange.on_rest_response = self._on_rest_response
-        if self.settings.id in BINANCE_LIKE:
+        if self.venue.raw_rows:
             # ccxt's per-field helpers, sort and filter cost more per candle than everything else
             # we do with a page; kline arrays and aggTrades need no mapping, and validate_page
             # and validate_trades check them.
             exchange.parse_ohlcvs = raw_kline_rows
             exchange.parse_trades = raw_trade_rows
-        if self.window_mode:
-            limits = {**okx.endpoint_limits(exchange, self.limiter.window_s), **self.settings.endpoint_limits}
+        if self.window_mode and self.venue.endpoint_limits is not None:
+            limits = {
+                **self.venue.endpoint_limits(exchange, self.limiter.window_s),
+                **self.settings.endpoint_limits,
+            }
             self.limiter.set_endpoint_limits(limits)
             exchange.fetch2 = self._paced_fetch2(exchange.fetch2)
         elif not self.weight_mode:
@@ -355,11 +353,11 @@ class ExchangeClient:
             ConfigError: the limit is above the maximum for ``symbol``'s market.
         """
         limit = self.settings.ohlcv_page_limit
-        if okx.is_okx(self.id) and limit > okx.PAGE_LIMIT:
+        cap = self.venue.ohlcv_page_limit
+        if cap is not None and limit > cap:
             raise ConfigError(
-                f"{self.settings.section}.ohlcv_page_limit: {limit} is above {okx.PAGE_LIMIT}, the most candles "
-                f"one OKX history-candles answer holds (OKX answers newest first, so a larger page would "
-                f"lose its start); set it to {okx.PAGE_LIMIT} or less"
+                f"{self.settings.section}.ohlcv_page_limit: {limit} is above {cap}, "
+                f"{self.venue.ohlcv_page_reason}; set it to {cap} or less"
             )
         maximum = self.exchange.feature_value(symbol, "fetchOHLCV", "limit")
         if isinstance(maximum, int) and 0 < maximum < limit:
@@ -484,8 +482,8 @@ class ExchangeClient:
         OKX gives it in the instrument (``listTime``) and answers ``since=0`` with nothing, so
         it is read from the loaded markets there, without a request.
         """
-        if okx.is_okx(self.id):
-            return okx.listing_ms(self.markets.get(symbol))
+        if self.venue.listing_ms is not None:
+            return self.venue.listing_ms(self.markets.get(symbol))
 
         async def fetch() -> int | None:
             rows = await self.exchange.fetch_ohlcv(symbol, timeframe, since=0, limit=1)

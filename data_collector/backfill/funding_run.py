@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
-from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.validate import MalformedPageError, validate_funding
@@ -24,6 +23,7 @@ from data_collector.markets import FUNDING_SERIES
 from data_collector.storage.base import Instrument
 from data_collector.storage.funding import FundingBatch, FundingRate
 from data_collector.storage.ranges import Span, subtract_spans
+from data_collector.venues import adapter_for
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun
@@ -44,8 +44,7 @@ async def fetch_funding_page(
 
     async def fetch() -> list[FundingRate]:
         try:
-            # OKX: ``after`` bounds the newest-first answer (ccxt would pass ``until`` through).
-            params = {"after": end_ms} if okx.is_okx(client.id) else {"until": end_ms - 1}
+            params = adapter_for(client.id).funding_params(end_ms)
             rows = await client.exchange.fetch_funding_rate_history(
                 symbol, since=start_ms, limit=limit, params=params
             )
@@ -75,8 +74,9 @@ class FundingPair(PairFetch):
 
     def __init__(self, run: BackfillRun, client: ExchangeClient, instrument: Instrument) -> None:
         super().__init__(run, client, instrument)
-        if okx.is_okx(client.id):
-            self.limit = okx.FUNDING_PAGE_LIMIT
+        self.venue = adapter_for(client.id)
+        if self.venue.funding_page_limit is not None:
+            self.limit = self.venue.funding_page_limit
 
     async def _run(self) -> None:
         run = self.run
@@ -100,8 +100,8 @@ class FundingPair(PairFetch):
         rates = await self._answer(request, page, todo)
         if rates is None:
             return False
-        if okx.is_okx(self.client.id):
-            proven, rest = okx.funding_page_span(page, [r[0] for r in rates], self.limit)
+        if self.venue.funding_span is not None:  # newest first
+            proven, rest = self.venue.funding_span(page, [r[0] for r in rates], self.limit)
         else:
             proven, rest = funding_page_coverage(page, rates, self.limit)
         if rest is not None:

@@ -19,12 +19,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from data_collector.backfill import okx
-from data_collector.backfill.archive_run import ArchiveSource
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
 from data_collector.backfill.heap import frozen_heap
-from data_collector.backfill.okx_trades import OkxTradePair
 from data_collector.backfill.open_interest_fetch import OPEN_INTEREST_PAGE_LIMIT, fetch_open_interest_page
 from data_collector.backfill.pair_run import drain_pages
 from data_collector.backfill.plan import (
@@ -55,6 +52,8 @@ from data_collector.storage.base import CandleBatch, CoverageRange, Instrument, 
 from data_collector.storage.funding import FundingBatch
 from data_collector.storage.open_interest import OpenInterestBatch
 from data_collector.storage.trades import TradeBatch
+from data_collector.venues import adapter_for
+from data_collector.venues.binance.archive_run import ArchiveSource
 
 if TYPE_CHECKING:
     from data_collector.optimized_collector import OptimizedDataCollector
@@ -216,7 +215,7 @@ class BackfillRun:
                 for plan in plans:
                     pairs.create_task(self._pair(client, instrument, plan))
                 if TRADES in keys:
-                    trades = OkxTradePair if okx.is_okx(client.id) else TradePair
+                    trades = adapter_for(client.id).trade_pair_class() or TradePair
                     pairs.create_task(trades(self, client, instrument).execute())
                 if FUNDING_RATES in keys:
                     pairs.create_task(FundingPair(self, client, instrument).execute())

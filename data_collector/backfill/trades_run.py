@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from functools import partial
 
-from data_collector.backfill.archive_trades import archive_trade_spans
 from data_collector.backfill.pair_run import PairFetch
 from data_collector.backfill.trades_fetch import TRADES_PAGE_LIMIT, fetch_trades_from, first_id_at
 from data_collector.backfill.trades_plan import (
@@ -26,6 +25,7 @@ from data_collector.backfill.trades_plan import (
 )
 from data_collector.datatypes import TRADES
 from data_collector.storage.trades import TradeBatch, TradeCoverage
+from data_collector.venues.binance.archive_trades import archive_trade_spans
 
 #: Trades younger than this (by the exchange's clock) are left for the next run.
 SETTLE_MS = 10_000

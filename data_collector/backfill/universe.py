@@ -34,26 +34,17 @@ from typing import TYPE_CHECKING, Any
 from data_collector.backfill.exchange import ExchangeClient
 from data_collector.errors import InvalidSymbolError, UsageError
 from data_collector.markets import is_symbol_pattern, normalize_symbol_entry
+from data_collector.venues.binance.weights import MAX_NAMED_TICKERS, ticker_weight
 
 if TYPE_CHECKING:
     from data_collector.config import Config
 
 log = logging.getLogger(__name__)
 
-#: Symbols one ``ticker/24hr?symbols=[...]`` may name before the request asks for all tickers.
-MAX_NAMED_TICKERS = 100
-
 
 def exact_symbols(entries: Sequence[str]) -> list[str]:
     """The entries of ``symbols`` that are not patterns."""
     return [entry for entry in entries if not is_symbol_pattern(entry)]
-
-
-def ticker_weight(named: int | None) -> int:
-    """Binance spot's weight of ``/api/v3/ticker/24hr`` naming ``named`` symbols (None: all)."""
-    if named is None or named > MAX_NAMED_TICKERS:
-        return 80
-    return 2 if named <= 20 else 40
 
 
 @dataclass(frozen=True, slots=True)

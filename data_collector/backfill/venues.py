@@ -17,12 +17,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from data_collector.backfill import okx
 from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.monitor import CollectorMonitor
 from data_collector.config import Config, with_exchange
 from data_collector.errors import InvalidSymbolError
 from data_collector.markets import is_perpetual_symbol
+from data_collector.venues import adapter_for
 
 
 class Venues:
@@ -48,7 +48,7 @@ class Venues:
         self._futures_opened = False
         self._lock = asyncio.Lock()
         #: One client (and label) for spot and perpetuals: a venue with one API for both (OKX).
-        self.one_client = okx.is_okx(config.exchange.id) and config.futures_exchange is None
+        self.one_client = adapter_for(config.exchange.id).one_client and config.futures_exchange is None
 
     async def open_spot(self) -> ExchangeClient:
         if self.spot is None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from data_collector.cli.exits import (
@@ -27,13 +27,13 @@ from data_collector.cli.exits import (
 from data_collector.cli.parser import OneLineParser, log_level
 from data_collector.config import Config, load_config, with_exchange
 from data_collector.errors import CollectorError, UsageError
-from data_collector.markets import exchange_symbol, is_perpetual, normalize_markets
+from data_collector.markets import is_perpetual, normalize_markets
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.picking import pick
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.normalize import validate_channel
-from data_collector.streaming.rest import BinanceRest, rest_base_from_urls
-from data_collector.streaming.venue import StreamVenue, stream_venue, venue_for_symbols
+from data_collector.venues import StreamVenue, stream_venue
+from data_collector.venues.binance.venue import venue_for_symbols
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,16 @@ async def run_stream_cli(
     """
     cfg = load_config(config)
     wanted = normalize_markets(symbols or cfg.symbols)
-    if len({is_perpetual(s) for s in wanted}) > 1:
+    venue = venue_for_symbols(wanted) if demo else stream_venue(cfg.exchange.id, cfg.streaming.adapter)
+    if len({is_perpetual(s) for s in wanted}) > 1 and not venue.one_connection:
         raise UsageError("spot symbols and perpetuals stream in separate runs: one venue per streamer")
-    venue = venue_for_symbols(wanted) if demo else stream_venue(cfg.exchange.id)
     for symbol in wanted:
         venue.check_symbol(symbol)
     for channel in channels or cfg.streaming.channels:
-        validate_channel(channel, venue.channels)
+        try:
+            validate_channel(channel, venue.channels)
+        except UsageError as exc:
+            raise UsageError(f"{venue.protocol}: {exc}") from None
     out = out or sys.stdout
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -165,10 +168,9 @@ async def run_stream_cli(
             store_candles=False if demo else None,
             monitor=monitor,
         )
+        ccxt_config = {"urls": cfg.exchange.urls, "options": cfg.exchange.options}
         await check_listed(
-            rest_base_from_urls(cfg.exchange.urls, venue.rest_api) or venue.default_rest_url,
-            streamer.symbols,
-            venue,
+            {**ccxt_config, "timeout": int(cfg.exchange.timeout_s * 1000)}, streamer.symbols, venue
         )
         print(
             f"streaming {', '.join(streamer.channels)} for {', '.join(streamer.symbols)} "
@@ -203,34 +205,30 @@ async def run_stream_cli(
         remove_signals(loop, installed)
 
 
-async def check_listed(rest_url: str, symbols: Sequence[str], venue: StreamVenue | None = None) -> None:
+async def check_listed(config: Mapping[str, Any], symbols: Sequence[str], venue: StreamVenue) -> None:
     """Refuse, before connecting, a symbol the exchange does not list (its streams stay silent).
 
-    An exchange that cannot be asked now is no reason to refuse: the streamer reconnects until
-    it answers, so that is logged and the run goes on.
+    The venue's adapter says how to ask (``StreamVenue.listed_ids``: Binance's ``exchangeInfo``,
+    OKX's ``public/instruments``, ccxt.pro's ``load_markets``). An exchange that cannot be asked now is no reason to refuse:
+    the streamer reconnects until it answers, so that is logged and the run goes on.
 
     Args:
-        venue: whose ``exchangeInfo`` to ask (default: spot's).
+        config: the venue's ccxt constructor config (``urls``, ``options``, ``timeout``).
 
     Raises:
-        UsageError: names the first symbol the exchange's ``exchangeInfo`` does not list.
+        UsageError: names the first symbol the exchange does not list.
     """
-    if venue is not None and venue.kind != "binance":
-        # OKX and ccxt.pro venues: no exchangeInfo to ask. An unlisted symbol is refused by the
-        # venue at subscribe time (logged), and its streams stay empty.
+    if venue.listed_ids is None:
         log.warning("symbols not checked against %s's list before streaming", venue.protocol)
         return
-    rest = BinanceRest(rest_url, api=venue.rest_api if venue is not None else "/api/v3")
     try:
-        listed = await rest.listed_symbols()
+        where, listed = await venue.listed_ids(config, venue)
     except CollectorError as exc:
         log.warning("symbols not checked against the exchange's list: %s", exc)
         return
-    finally:
-        await rest.close()
     for symbol in symbols:
-        if exchange_symbol(symbol) not in listed:
-            raise UsageError(f"unknown symbol {symbol!r}: the exchange at {rest_url} does not list it")
+        if venue.native_id(symbol) not in listed:
+            raise UsageError(f"unknown symbol {symbol!r}: {where} does not list it")
 
 
 def run_stream_main(**kwargs: Any) -> int:

@@ -31,7 +31,7 @@ from data_collector.errors import CollectorError
 from data_collector.streaming.candles import CandleSink, PendingFunding
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import Event
-from data_collector.streaming.rest import BinanceRest
+from data_collector.venues.binance.rest import BinanceRest
 
 log = logging.getLogger(__name__)
 

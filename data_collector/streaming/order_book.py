@@ -3,7 +3,7 @@
 Binance's rules (PROTOCOL.md): buffer the diffs; fetch ``/api/v3/depth``; drop diffs with
 ``u <= lastUpdateId``; the first applied diff has ``U <= lastUpdateId + 1 <= u``; every later one
 has ``U == previous u + 1``, else the book is out of sync and is rebuilt. USDⓈ-M futures
-(``chained_by_pu``, see :mod:`.venue`): drop diffs with ``u < lastUpdateId``; the first applied
+(``chained_by_pu``, see :mod:`data_collector.venues.binance.venue`): drop diffs with ``u < lastUpdateId``; the first applied
 has ``U <= lastUpdateId <= u``; every later one has ``pu == previous u``. A quantity of 0 removes
 the level. While a book is not in sync its Redis key is deleted: no wrong book is ever published.
 A diff that breaks the chain means one was lost: the depth stream in Redis lacks it, so besides
@@ -28,7 +28,7 @@ from data_collector.errors import CollectorError
 from data_collector.redis.keys import book_key
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import MalformedEvent, parse_levels
-from data_collector.streaming.rest import BinanceRest, RateLimitedError
+from data_collector.venues.binance.rest import BinanceRest, RateLimitedError
 
 log = logging.getLogger(__name__)
 

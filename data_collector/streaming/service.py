@@ -25,8 +25,6 @@ from data_collector.markets import candle_open_ms, next_open_ms, normalize_marke
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
-from data_collector.streaming.ccxtpro import CcxtBookKeeper
-from data_collector.streaming.ccxtpro import build_connections as build_ccxt_connections
 from data_collector.streaming.connection import (
     MAX_STREAMS_PER_CONNECTION,
     ConnectionSettings,
@@ -46,18 +44,20 @@ from data_collector.streaming.normalize import (
     make_normalizer,
     validate_channel,
 )
-from data_collector.streaming.okx.book import OkxBookKeeper
-from data_collector.streaming.okx.connection import OkxConnection
-from data_collector.streaming.okx.connection import build_connections as build_okx_connections
-from data_collector.streaming.okx.connection import route_key as okx_route_key
-from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
-from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
 from data_collector.streaming.trades_store import TradeStoreSink
-from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
+from data_collector.venues import stream_venue
+from data_collector.venues.binance.rest import BinanceRest
+from data_collector.venues.ccxt_generic.connection import CcxtBookKeeper
+from data_collector.venues.ccxt_generic.connection import build_connections as build_ccxt_connections
+from data_collector.venues.okx.book import OkxBookKeeper
+from data_collector.venues.okx.connection import OkxConnection
+from data_collector.venues.okx.connection import build_connections as build_okx_connections
+from data_collector.venues.okx.connection import route_key as okx_route_key
+from data_collector.venues.okx.protocol import inst_id as okx_inst_id
+from data_collector.venues.okx.protocol import make_normalizer as okx_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ServiceOptions:
     #: The instance part of the heartbeat key (``metrics.instance``); ``None``: ``<host>-<pid>``.
     instance: str | None = None
     #: The protocol spoken (``exchange.id``): ``binance`` (spot) or ``binanceusdm`` (USDⓈ-M
-    #: perpetuals), see :mod:`.venue`.
+    #: perpetuals), see :mod:`data_collector.venues`.
     protocol: str = "binance"
     #: With a candle sink: closed klines go to it.
     store_klines: bool = True
@@ -106,7 +106,7 @@ class ServiceOptions:
     store_funding: bool = False
     #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
     repair_max_ids: int = 100_000
-    #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
+    #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`data_collector.venues.ccxt_generic`).
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
     ccxt_config: dict[str, Any] = field(default_factory=dict)
@@ -249,7 +249,7 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.kind == "binance":
+        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.repairs_trades:
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -268,7 +268,7 @@ class StreamService:
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
             # Binance's trade ids are contiguous per symbol (OKX's are too: issue 15's OKX part).
-            sequenced=channel in SEQUENCED_CHANNELS and self.venue.kind == "binance",
+            sequenced=channel in SEQUENCED_CHANNELS and self.venue.sequenced,
         )
         if repair_heads is not None:
             self._repair_heads[id(route)] = repair_heads
@@ -543,8 +543,8 @@ class StreamService:
             if route.last_ms > 0 and id(route) not in self._gap_reason:
                 self._gap_reason[id(route)] = reason
         kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
-        # Only Binance's klines are repaired by REST; the other adapters leave the gap marker.
-        if kline_routes and self.venue.kind == "binance":
+        # Only venues that allow it (Binance) repair klines by REST; the others leave the gap marker.
+        if kline_routes and self.venue.repairs_klines:
             await self._repair_klines(kline_routes)
 
     @classmethod

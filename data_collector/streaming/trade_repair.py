@@ -32,8 +32,8 @@ from data_collector.markets import exchange_symbol
 from data_collector.streaming.connection import Route
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import Event, MalformedEvent
-from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.writer import GapMarker, RedisWriter
+from data_collector.venues.binance.rest import BinanceRest
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,17 @@ import hashlib
 import numpy as np
 import pytest
 
-from data_collector.backfill.archive_fetch import (
+from data_collector.markets import DAY_MS, MINUTE_MS
+from data_collector.simulator.archives import zip_bytes
+from data_collector.storage.candle_columns import CandleColumns
+from data_collector.venues.binance.archive_fetch import (
     ArchiveFailure,
     parse_kline_columns,
     parse_klines,
     read_kline_zip,
 )
-from data_collector.backfill.archive_plan import ArchiveFile
-from data_collector.backfill.archive_run import _check
-from data_collector.markets import DAY_MS, MINUTE_MS
-from data_collector.simulator.archives import zip_bytes
-from data_collector.storage.candle_columns import CandleColumns
+from data_collector.venues.binance.archive_plan import ArchiveFile
+from data_collector.venues.binance.archive_run import _check
 
 DAY = 1_735_689_600_000  # 2025-01-01
 FILE = ArchiveFile("daily", "2025-01-01", DAY, DAY + DAY_MS)
@@ -79,8 +79,8 @@ def test_a_zip_is_read_only_when_its_checksum_and_crc_hold() -> None:
 
 def test_a_trade_batch_proves_what_the_rest_page_rule_gives() -> None:
     """Coverage read off the columns equals ``trade_page_coverage`` of the same rows as a page."""
-    from data_collector.backfill.archive_trades import TradeColumns, batch_coverage
     from data_collector.backfill.trades_plan import TradeSpan, trade_page_coverage
+    from data_collector.venues.binance.archive_trades import TradeColumns, batch_coverage
 
     n = 25
     ids = np.arange(500, 500 + n, dtype=np.int64)
@@ -101,7 +101,7 @@ def test_the_system_pool_fallback_leaves_a_pool_the_user_chose(monkeypatch: pyte
     wins; the reading thread's fallback must not override it, and switches when none was chosen."""
     import pyarrow as pa
 
-    from data_collector.backfill.archive_fetch import _use_system_pool
+    from data_collector.venues.binance.archive_fetch import _use_system_pool
 
     before = pa.default_memory_pool()
     other = pa.mimalloc_memory_pool() if before.backend_name != "mimalloc" else pa.jemalloc_memory_pool()

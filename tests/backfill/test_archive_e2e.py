@@ -107,7 +107,7 @@ async def test_source_rest_asks_the_archive_nothing(
 async def test_unreachable_archive_one_line_then_rest_or_failed_pairs(
     base_config: dict[str, Any], sim: SimulatedExchange, source: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="data_collector.backfill.archive_run")
+    caplog.set_level(logging.ERROR, logger="data_collector.venues.binance.archive_run")
     dead = f"http://127.0.0.1:{free_port()}"
     report, collector = await _collect(base_config, sim, source=source, archive={"url": dead, "timeout_s": 5})
     try:

@@ -209,7 +209,7 @@ async def test_cross_check_finds_a_wrong_value_under_a_matching_checksum(
 @pytest.fixture
 def dead_archive(caplog: pytest.LogCaptureFixture) -> str:
     """An archive URL nothing listens on; the archive's error lines captured."""
-    caplog.set_level(logging.ERROR, logger="data_collector.backfill.archive_run")
+    caplog.set_level(logging.ERROR, logger="data_collector.venues.binance.archive_run")
     return f"http://127.0.0.1:{free_port()}"
 
 

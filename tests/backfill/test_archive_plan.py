@@ -7,9 +7,9 @@ import zipfile
 
 import pytest
 
-from data_collector.backfill.archive_fetch import ArchiveFailure, parse_klines, unzip_one
-from data_collector.backfill.archive_plan import split_for_archives
 from data_collector.markets import DAY_MS, HOUR_MS
+from data_collector.venues.binance.archive_fetch import ArchiveFailure, parse_klines, unzip_one
+from data_collector.venues.binance.archive_plan import split_for_archives
 
 NOV_29 = 1_732_838_400_000  # 2024-11-29
 DEC_1 = 1_733_011_200_000

@@ -8,9 +8,9 @@ from typing import Any
 import ccxt
 import pytest
 
-from data_collector.backfill import okx
-from data_collector.backfill.okx_trades import okx_trades
 from data_collector.backfill.validate import MalformedPageError
+from data_collector.venues.okx import rules as okx
+from data_collector.venues.okx.trades import okx_trades
 
 
 def test_endpoint_limits_stay_under_okxs_documented_ones() -> None:

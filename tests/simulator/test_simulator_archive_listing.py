@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from data_collector.backfill.archive_fetch import ArchiveFailure
-from data_collector.backfill.archive_listing import archive_dates, list_archive, parse_listing
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.simulator import SimulatedExchange
+from data_collector.venues.binance.archive_fetch import ArchiveFailure
+from data_collector.venues.binance.archive_listing import archive_dates, list_archive, parse_listing
 
 SYMBOL = "BTC/USDT"
 PERP = "BTC/USDT:USDT"

@@ -243,7 +243,8 @@ def test_mark_price_and_liquidations_of_a_perpetual() -> None:
 
 
 def test_venues_refuse_the_other_markets_kind_in_one_line() -> None:
-    from data_collector.streaming.venue import SPOT, USDM, stream_venue
+    from data_collector.venues import stream_venue
+    from data_collector.venues.binance.venue import SPOT, USDM
 
     assert USDM.check_symbol("BTC/USDT:USDT") == "BTC/USDT:USDT"
     with pytest.raises(UsageError, match="is a perpetual: stream it with exchange.id 'binanceusdm'"):

@@ -12,9 +12,9 @@ from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.simulator.market import Rows, SymbolMarket
 
 # The venue's protocol constants: one definition, the streamer's OKX adapter's.
-from data_collector.streaming.okx.protocol import BARS as BARS
-from data_collector.streaming.okx.protocol import CHECKSUM_LEVELS as CHECKSUM_LEVELS
-from data_collector.streaming.okx.protocol import checksum as checksum
+from data_collector.venues.okx.protocol import BARS as BARS
+from data_collector.venues.okx.protocol import CHECKSUM_LEVELS as CHECKSUM_LEVELS
+from data_collector.venues.okx.protocol import checksum as checksum
 
 #: OKX ``bar`` -> our timeframe.
 TIMEFRAME_OF_BAR = {bar: tf for tf, bar in BARS.items()}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from data_collector.backfill.archive_fetch import ArchiveFailure
+from data_collector.venues.binance.archive_fetch import ArchiveFailure
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _DATE = re.compile(r"-(\d{4}-\d{2}(?:-\d{2})?)\.zip$")

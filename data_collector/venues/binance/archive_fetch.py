@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from data_collector.backfill.archive_plan import ArchiveFile
 from data_collector.storage.base import Candle
 from data_collector.storage.candle_columns import CandleColumns
+from data_collector.venues.binance.archive_plan import ArchiveFile
 
 _T = TypeVar("_T")
 #: Archive timeframes are named as in the API, except ``1M`` (``1mo`` for case-blind file systems).

@@ -26,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from data_collector.backfill.archive_fetch import ArchiveFailure
-from data_collector.backfill.archive_plan import ArchiveFile, split_for_archives
-from data_collector.backfill.archive_run import archive_symbol
 from data_collector.backfill.trades_plan import TradeSpan
 from data_collector.errors import PermanentError
 from data_collector.storage.ranges import subtract_spans
 from data_collector.storage.trades import Trade, TradeBatch, TradeCoverage
+from data_collector.venues.binance.archive_fetch import ArchiveFailure
+from data_collector.venues.binance.archive_plan import ArchiveFile, split_for_archives
+from data_collector.venues.binance.archive_run import archive_symbol
 
 if TYPE_CHECKING:
     from data_collector.backfill.trades_run import TradePair

@@ -3,7 +3,7 @@
 A checksum proves a file is the one Binance published, not that its values are REST's. With
 ``cross_check`` on, the first file of each (pair, month) the run ingests has ``N`` of its candles,
 drawn at random, asked of REST one by one (one request each, charged to the venue's weight budget
-like any page). Any difference is an :class:`~data_collector.backfill.archive_fetch.ArchiveFailure`
+like any page). Any difference is an :class:`~data_collector.venues.binance.archive_fetch.ArchiveFailure`
 naming the candle: the file is not used, the report names it, and REST fetches its range.
 """
 
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from data_collector.backfill.archive_fetch import ArchiveFailure
-from data_collector.backfill.archive_plan import ArchiveFile
 from data_collector.markets import TIMEFRAME_MS
 from data_collector.storage.base import Candle
+from data_collector.venues.binance.archive_fetch import ArchiveFailure
+from data_collector.venues.binance.archive_plan import ArchiveFile
 
 if TYPE_CHECKING:
     from data_collector.backfill.exchange import ExchangeClient

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 
 from data_collector.streaming.connection import Route, StreamConnection, deliver
 from data_collector.streaming.normalize import MalformedEvent
-from data_collector.streaming.okx.protocol import (
+from data_collector.venues.okx.protocol import (
     endpoint,
     inst_id,
     okx_channel,

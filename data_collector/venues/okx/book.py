@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from data_collector.streaming.okx.protocol import CHECKSUM_LEVELS, checksum
 from data_collector.streaming.order_book import SNAPSHOT_WAIT_S, BookKeeper, OrderBook
+from data_collector.venues.okx.protocol import CHECKSUM_LEVELS, checksum
 
 log = logging.getLogger(__name__)
 

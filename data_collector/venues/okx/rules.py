@@ -16,7 +16,7 @@
 * **Funding** comes newest first too: ``before=since-1`` (ccxt) and ``after=end`` (ours), at
   most 100 a page; a full answer proves from its oldest settlement to the page's end, and the
   older rest of the page is asked next (:func:`funding_page_span`).
-* **Trades**: ``history-trades`` walked back by id (:mod:`data_collector.backfill.okx_trades`).
+* **Trades**: ``history-trades`` walked back by id (:mod:`data_collector.venues.okx.trades`).
 * **Listing**: the instrument's ``listTime`` (in the markets already loaded), so no request.
 """
 
@@ -79,3 +79,8 @@ def funding_page_span(
         return page, None
     oldest = times[0]
     return (oldest, end), ((start, oldest) if start < oldest else None)
+
+
+def funding_params(end_ms: int) -> dict[str, Any]:
+    """``after`` bounds the newest-first answer (ccxt would pass ``until`` through)."""
+    return {"after": end_ms}

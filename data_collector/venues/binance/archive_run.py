@@ -16,9 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data_collector.backfill.archive_cross_check import CrossCheck
-from data_collector.backfill.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
-from data_collector.backfill.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
 from data_collector.backfill.plan import BackfillPlan, Range, page_coverage, pages
 from data_collector.backfill.report import PairReport
 from data_collector.config import Config
@@ -26,6 +23,9 @@ from data_collector.errors import PermanentError
 from data_collector.markets import DAY_MS, HOUR_MS, TIMEFRAME_MS
 from data_collector.storage.base import CandleBatch, Instrument
 from data_collector.storage.candle_columns import CandleColumns
+from data_collector.venues.binance.archive_cross_check import CrossCheck
+from data_collector.venues.binance.archive_fetch import ArchiveClient, ArchiveFailure, ArchiveSettings
+from data_collector.venues.binance.archive_plan import ArchiveFile, archive_timeframe, split_for_archives
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun

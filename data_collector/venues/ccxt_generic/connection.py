@@ -3,7 +3,7 @@
 One :class:`CcxtProConnection` per kind of data (``trades``, ``ohlcv``, ``books``) owns a ccxt.pro
 exchange of its own and loops on ``watch_trades_for_symbols``, ``watch_ohlcv_for_symbols`` or
 ``watch_order_book_for_symbols``; the results become the same events as the native adapters'
-(:mod:`.normalize`) and go through the same writer and batching.
+(:mod:`data_collector.streaming.normalize`) and go through the same writer and batching.
 
 Slower and weaker than the native adapters, and documented so in the README:
 
