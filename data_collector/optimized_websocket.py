@@ -236,7 +236,7 @@ class OptimizedWebSocketStreamer:
         if store_trades is None:
             store_trades = st.store_trades
         if store_trades:
-            check_store_trades(venue.kind, options.channels, "database" in cfg.model_fields_set)
+            check_store_trades(venue, options.channels, "database" in cfg.model_fields_set)
         sink = None
         if store_candles or store_funding or store_trades:
             # Here, not at the top: a streamer that stores no candles never loads the storage code.

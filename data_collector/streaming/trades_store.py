@@ -47,6 +47,7 @@ from data_collector.streaming.trade_holes import Hole, TradeGapCloser
 if TYPE_CHECKING:
     from data_collector.config import Config
     from data_collector.storage.trades import Trade, TradeCoverage
+    from data_collector.venues.stream import StreamVenue
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +293,10 @@ class TradeStoreSink:
             await self.closer.close()
 
 
-def check_store_trades(venue_kind: str, channels: list[str], has_database: bool) -> None:
+def check_store_trades(venue: StreamVenue, channels: list[str], has_database: bool) -> None:
     """Refuse, in one line, a ``store_trades`` the streamer cannot honour (the trade backfill job
     that closes the holes connects to the config's ``database`` itself)."""
-    if venue_kind != "binance":
+    if not venue.stores_trades:
         raise UsageError("streaming.store_trades needs Binance's native adapter (spot or USDⓈ-M perpetuals)")
     if "aggTrade" not in channels:
         raise UsageError("streaming.store_trades stores aggregate trades: add aggTrade to streaming.channels")

@@ -45,6 +45,8 @@ class StreamVenue:
     sequenced: bool = True
     #: Lost aggregate trades are fetched back by id over REST (:mod:`~data_collector.streaming.trade_repair`).
     repairs_trades: bool = True
+    #: Live aggregate trades can go on into the trades table (``streaming.store_trades``).
+    stores_trades: bool = True
     #: Klines missed across a reconnect are fetched back over REST.
     repairs_klines: bool = True
     #: How to ask which symbols the venue lists before streaming (``None``: not asked).

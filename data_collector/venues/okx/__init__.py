@@ -72,6 +72,7 @@ STREAM = StreamVenue(
     one_connection=True,
     sequenced=False,
     repairs_trades=False,
+    stores_trades=False,
     repairs_klines=False,
     listed_ids=listed_ids,
     native_id=inst_id,
