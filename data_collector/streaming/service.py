@@ -52,9 +52,11 @@ from data_collector.streaming.okx.connection import build_connections as build_o
 from data_collector.streaming.okx.connection import route_key as okx_route_key
 from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
 from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
+from data_collector.streaming.okx.rest import OkxKlineRest
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BinanceRest
-from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
+from data_collector.streaming.trade_repair import REPAIR_SUFFIX, RepairJob, TradeRepairer
+from data_collector.streaming.trade_sources import trade_source
 from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
@@ -162,7 +164,9 @@ class StreamService:
             max_batch=options.max_batch,
         )
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
-        self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
+        self.repairer = TradeRepairer(
+            trade_source(venue.kind, self.rest), self.writer, metrics, options.repair_max_ids
+        )
         #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
@@ -236,7 +240,7 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.kind == "binance":
+        if channel == self.repairer.channel and opts.repair_max_ids > 0:
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -254,8 +258,8 @@ class StreamService:
             xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
-            # Binance's trade ids are contiguous per symbol (OKX's are too: issue 15's OKX part).
-            sequenced=channel in SEQUENCED_CHANNELS and self.venue.kind == "binance",
+            # Binance's and OKX's trade ids are contiguous per symbol.
+            sequenced=channel in SEQUENCED_CHANNELS and self.venue.kind in ("binance", "okx"),
         )
         if repair_heads is not None:
             self._repair_heads[id(route)] = repair_heads
@@ -528,8 +532,8 @@ class StreamService:
             if route.last_ms > 0 and id(route) not in self._gap_reason:
                 self._gap_reason[id(route)] = reason
         kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
-        # Only Binance's klines are repaired by REST; the other adapters leave the gap marker.
-        if kline_routes and self.venue.kind == "binance":
+        # Binance's and OKX's klines are repaired by REST; the generic adapter leaves the gap marker.
+        if kline_routes and self.venue.kind in ("binance", "okx"):
             await self._repair_klines(kline_routes)
 
     @classmethod
@@ -618,6 +622,7 @@ class StreamService:
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
+        kline_rest = OkxKlineRest(self.rest) if self.venue.kind == "okx" else self.rest
 
         async def fetch(route: Route, cutoff_ms: int) -> list[list[Any]]:
             timeframe = route.channel[6:]
@@ -625,7 +630,7 @@ class StreamService:
             start = next_open_ms(last, timeframe) if last else candle_open_ms(route.last_ms, timeframe)
             async with semaphore:
                 try:
-                    return await self.rest.klines(route.symbol, timeframe, start, cutoff_ms)
+                    return await kline_rest.klines(route.symbol, timeframe, start, cutoff_ms)
                 except CollectorError as exc:
                     self.metrics.rest_errors += 1
                     log.warning("could not repair %s %s klines after a gap: %s", route.symbol, timeframe, exc)
@@ -639,7 +644,7 @@ class StreamService:
         try:
             async with asyncio.timeout(REPAIR_TIMEOUT_S):
                 try:
-                    cutoff_ms = await self.rest.server_time()
+                    cutoff_ms = await kline_rest.server_time()
                 except CollectorError:
                     cutoff_ms = int(time.time() * 1000)
                 results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))

@@ -106,6 +106,8 @@ class OkxHub:
         self._trade_cursor: dict[str, int] = {}
         self._candles: dict[tuple[str, str], tuple[int, int]] = {}
         self._ticker_ms: dict[str, int] = {}
+        #: instId -> the book's update id the last ``bbo-tbt`` push described.
+        self._bbo_seq: dict[str, int] = {}
         #: instId -> ``[count, first tradeId, last tradeId]`` of the trades sent.
         self.trades_sent: dict[str, list[int]] = {}
 
@@ -396,6 +398,10 @@ class OkxHub:
             return self._candle(channel, inst, now, arg)
         if channel in ("bbo-tbt", "books5"):
             self.venue.advance_book(inst, now)
+            if channel == "bbo-tbt":  # tick by tick: pushed when the book changed
+                if self._bbo_seq.get(inst.inst_id) == inst.book.update_id:
+                    return []
+                self._bbo_seq[inst.inst_id] = inst.book.update_id
             depth = 1 if channel == "bbo-tbt" else 5
             bids, asks = self.venue.levels(inst, depth)
             data = {"asks": asks, "bids": bids, "ts": str(now), "seqId": inst.book.update_id}
