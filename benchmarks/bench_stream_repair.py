@@ -146,16 +146,17 @@ async def _one_run(
         sys.executable,
         "-m",
         "benchmarks.bench_stream_repair",
-        "--ws-url",
-        sim.okx.ws_url,
-        "--redis-url",
-        redis_url,
-        "--prefix",
-        prefix,
-        "--warmup",
-        str(warmup),
-        "--duration",
-        str(duration),
+        *[
+            part
+            for name, value in (
+                ("ws-url", sim.okx.ws_url),
+                ("redis-url", redis_url),
+                ("prefix", prefix),
+                ("warmup", warmup),
+                ("duration", duration),
+            )
+            for part in (f"--{name}", str(value))
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": ROOT},
         stdout=asyncio.subprocess.PIPE,
