@@ -105,7 +105,7 @@ class ServiceOptions:
     store_klines: bool = True
     #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
     store_funding: bool = False
-    #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
+    #: The widest trade gap (Binance aggTrade, OKX trade) fetched back over REST (:mod:`.trade_repair`); 0: none.
     repair_max_ids: int = 100_000
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
     adapter: str = "native"
