@@ -67,6 +67,8 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
                         hub.skip_trade_id(venue.instrument(SYMBOLS[i]).inst_id, 2)
                         report.fault("skip_id")
                         await asyncio.sleep(0.5)
+                    if i == 2:  # drop just before a minute closes: its candle is missed, then repaired
+                        await wait_for(lambda: sim.clock.now_ms() % 60_000 > 58_500, 10, "a minute's end")
                     await drop_and_reconnect(streamer, hub.drop_all, report, i + 1)
                 hub.stall(stall_s)  # wall seconds: frames are held; the watchdog reconnects meanwhile
                 report.fault("ws_stall")
@@ -81,6 +83,9 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
                     timeout_s=90,
                     what="trades flowing again after the stall",
                 )
+                # At least one whole minute streamed (its candle closed) before the flow stops.
+                full_minute_end = start_ms - start_ms % 60_000 + 120_000
+                await wait_for(lambda: sim.clock.now_ms() > full_minute_end + 2000, 60, "a whole minute")
             sim.clock.freeze()  # the flow stops
             await wait_for(
                 lambda: all_repaired(client, redis_prefix, VENUE, "trade"),
@@ -115,8 +120,11 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
                         wrong += 1
                 closed = [e["open_ms"] for _, e in entries(client, key("kline_1m", symbol)) if e["closed"]]
                 kline_dup += len(closed) - len(set(closed))
-                rows = venue.ohlcv(symbol, "1m", start_ms + 60_000, closed[-1] + 1) if closed else []
-                kline_missing += len({int(r[0]) for r in rows if r[8] == "1"} - set(closed))
+                # Every candle that closed while streaming (the one forming at the start included).
+                rows = venue.ohlcv(symbol, "1m", start_ms - start_ms % 60_000, end_ms)
+                want = {int(r[0]) for r in rows if r[8] == "1"}
+                assert want, "the run closed no candle: nothing checked"
+                kline_missing += len(want - set(closed))
                 for channel in ("bookTicker", "ticker"):
                     times = [e["event_ms"] for _, e in entries(client, key(channel, symbol))]
                     mine = [m for m in markers if m["stream"] == key(channel, symbol)]

@@ -367,6 +367,8 @@ class OkxHub:
                 inst.book.pending.clear()
         for inst_id in [i for i in self._trade_cursor if ("trades", i) not in wanted]:
             del self._trade_cursor[inst_id]  # nobody listens: the next subscriber starts at now
+        for inst_id, channel in [k for k in self._candles if (k[1], k[0]) not in wanted]:
+            del self._candles[(inst_id, channel)]  # a candle that closed unheard is not replayed
         for (channel, inst_id), conns in wanted.items():
             inst = self.venue.instruments[inst_id]
             texts = self._produce(channel, inst, now)
