@@ -262,6 +262,10 @@ class OkxHub:
                 continue
             self._push(conn, json.dumps(ack))
             conn.subs.add(key)
+            if channel.startswith("candle"):  # listening from now: the forming candle's close is pushed
+                tf = TIMEFRAME_OF_BAR[channel[len("candle") :]]
+                now = self.venue.clock.now_ms()
+                self._candles.setdefault((inst_id, channel), (self.venue.forming_open(tf, now), 0))
             if channel == "books":
                 self._snapshot(conn, self.venue.instruments[inst_id])
 
