@@ -69,6 +69,9 @@ class OkxConnection:
     last_traffic: float = 0.0
     #: Bytes in ``queue`` (written out by the writer, held during a stall).
     queued: int = 0
+    #: instId -> the first tape trade id this connection's ``trades`` subscription may get
+    #: (the tape's count when it subscribed: what traded before was not for it).
+    trade_from: dict[str, int] = field(default_factory=dict)
 
     def send(self, text: str | bytes) -> bool:
         """Queue ``text``; False if the queue is full or the backlog passes :data:`MAX_BACKLOG`
@@ -104,6 +107,8 @@ class OkxHub:
         #: Per instrument: the seqId of the book state the last snapshot or update described.
         self._last_seq: dict[str, int] = {}
         self._trade_cursor: dict[str, int] = {}
+        #: The tape trade ids of the last ``trades`` batch built (one per message).
+        self._batch_ids: list[int] = []
         self._candles: dict[tuple[str, str], tuple[int, int]] = {}
         self._ticker_ms: dict[str, int] = {}
         #: instId -> the book's update id the last ``bbo-tbt`` push described.
@@ -262,6 +267,8 @@ class OkxHub:
                 continue
             self._push(conn, json.dumps(ack))
             conn.subs.add(key)
+            if channel == "trades":
+                conn.trade_from[inst_id] = self.venue.tape.count(self.venue.clock.now_ms())
             if channel.startswith("candle"):  # listening from now: the forming candle's close is pushed
                 tf = TIMEFRAME_OF_BAR[channel[len("candle") :]]
                 now = self.venue.clock.now_ms()
@@ -380,11 +387,19 @@ class OkxHub:
                 continue
             self.sent[channel] += len(texts)
             batch = b"".join(frame(t.encode()) for t in texts)
+            ids = self._batch_ids if channel == "trades" else []
             for conn in conns:
+                start = conn.trade_from.get(inst_id, 0)
+                if ids and start > ids[0]:  # subscribed after some of these trades
+                    late = [t for i, t in zip(ids, texts, strict=True) if i >= start]
+                    if late:
+                        self._push(conn, b"".join(frame(t.encode()) for t in late))
+                    continue
                 self._push(conn, batch)
 
     def _produce(self, channel: str, inst: Instrument, now: int) -> list[str]:
         arg = '{"arg":{"channel":"%s","instId":"%s"},' % (channel, inst.inst_id)
+        self._batch_ids = []
         if channel == "trades" and self.venue.tape_on():
             return self._tape_trades(inst, now, arg)
         if channel == "trades":
@@ -443,10 +458,12 @@ class OkxHub:
         out = []
         skip = self._skip_trades
         out_first = last = -1
+        ids = self._batch_ids = []
         for t in self.venue.tape_trades(inst, lo, hi):
             if skip and skip[inst.inst_id] > 0:
                 skip[inst.inst_id] -= 1
                 continue
+            ids.append(t.id)
             out.append(
                 head
                 + '%d","px":"%s","sz":"%s","side":"%s","count":"1","ts":"%d"}]}'
