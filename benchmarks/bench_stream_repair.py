@@ -239,15 +239,15 @@ async def run(ctx: BenchContext) -> list[Table]:
 
     rate = 2_000 if ctx.quick else 10_000
     warmup = 1.0 if ctx.quick else 3.0
-    drop_every = 2.0 if ctx.quick else 30.0
-    long_gap = 1.0 if ctx.quick else 4.0
+    drop_every = 1.5 if ctx.quick else 30.0
+    long_gap = 0.5 if ctx.quick else 4.0
     repeats = 1 if ctx.quick else max(1, min(ctx.repeats, 2))
     # case -> (drop every s, long gap s, duration s): the target's case runs 100 s (3 drops); the
     # long gap's repair (about a second per 1,000 trades, OKX's limit) runs to its end.
     cases = {
-        "no faults (baseline)": (0.0, 0.0, 3.0 if ctx.quick else 40.0),
-        f"drop every {drop_every:.0f} s": (drop_every, 0.0, 5.0 if ctx.quick else 100.0),
-        f"one long gap ({long_gap:.0f} s)": (0.0, long_gap, 6.0 if ctx.quick else 80.0),
+        "no faults (baseline)": (0.0, 0.0, 2.0 if ctx.quick else 40.0),
+        f"drop every {drop_every:g} s": (drop_every, 0.0, 4.0 if ctx.quick else 100.0),
+        f"one long gap ({long_gap:g} s)": (0.0, long_gap, 4.0 if ctx.quick else 80.0),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
     async with SimulatedExchange(symbols=SYMBOLS, seed=42, ws_rate=1, okx=OkxSettings()) as sim:
@@ -314,7 +314,7 @@ def _tables(rate: int, runs: dict[str, list[dict[str, Any]]]) -> list[Table]:
     )
     for r in faulted + long_gap:
         load.notes.append(
-            f"{r['wall_s']:.0f} s: drops {r['drops']}, reconnects {r['reconnects']}, long gap {r['long_gap_s']:.0f} s at {r['long_gap_at'] or 0:.0f} s; "
+            f"{r['wall_s']:.0f} s: drops {r['drops']}, reconnects {r['reconnects']}, long gap {r['long_gap_s']:g} s at {r['long_gap_at'] or 0:.0f} s; "
             f"gaps repaired {r['gaps_repaired']} of {r['gaps_opened']}; writer drops {r['dropped']}"
         )
     load.notes.append(
