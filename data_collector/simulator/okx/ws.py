@@ -12,7 +12,8 @@ Each connection has a bounded outgoing queue and one writer task, which writes w
 as one batch of frames. The market does not wait for its clients: a stall holds the writers (the
 frames queue, as in the server's send buffer) and a connection whose backlog (queued plus its
 socket's send buffer) passes :data:`~data_collector.simulator.streams.MAX_BACKLOG` bytes is
-disconnected, as a slow consumer. One pump tick (``tick_s``, 100 ms) builds every message once for
+disconnected, as a slow consumer. One pump tick (``tick_s``, 100 ms, channels in an order that varies
+from tick to tick) builds every message once for
 all. With ``ws_rate`` > 0, ``trades`` carries the venue's tape (:class:`RateTape`, Binance's
 ``trade`` tape model: ``ws_rate`` trades a second per instrument, ids a function of the time,
 listened to or not, the same trades REST serves) instead of the model's trades, one trade a
@@ -30,6 +31,7 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -107,6 +109,7 @@ class OkxHub:
         #: Per instrument: the seqId of the book state the last snapshot or update described.
         self._last_seq: dict[str, int] = {}
         self._trade_cursor: dict[str, int] = {}
+        self._rng = random.Random(server.sim.seed)
         #: The tape trade ids of the last ``trades`` batch built (one per message).
         self._batch_ids: list[int] = []
         self._candles: dict[tuple[str, str], tuple[int, int]] = {}
@@ -380,7 +383,9 @@ class OkxHub:
             del self._trade_cursor[inst_id]  # nobody listens: the next subscriber starts at now
         for inst_id, channel in [k for k in self._candles if (k[1], k[0]) not in wanted]:
             del self._candles[(inst_id, channel)]  # a candle that closed unheard is not replayed
-        for (channel, inst_id), conns in wanted.items():
+        order = list(wanted.items())
+        self._rng.shuffle(order)  # as on the exchange, the channels' order varies from tick to tick
+        for (channel, inst_id), conns in order:
             inst = self.venue.instruments[inst_id]
             texts = self._produce(channel, inst, now)
             if not texts:
