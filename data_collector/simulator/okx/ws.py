@@ -13,10 +13,10 @@ as one batch of frames. The market does not wait for its clients: a stall holds 
 frames queue, as in the server's send buffer) and a connection whose backlog (queued plus its
 socket's send buffer) passes :data:`~data_collector.simulator.streams.MAX_BACKLOG` bytes is
 disconnected, as a slow consumer. One pump tick (``tick_s``, 100 ms) builds every message once for
-all, the channels in an order that varies from tick to tick. With ``ws_rate`` > 0, ``trades`` carries the venue's tape (:class:`RateTape`, Binance's
-``trade`` tape model: ``ws_rate`` trades a second per instrument, ids a function of the time,
-listened to or not, the same trades REST serves) instead of the model's trades, one trade a
-message; ``trades_sent`` counts what each instrument's went out, ``skip_trade_id`` loses frames
+all, the channels in an order that varies from tick to tick. With ``ws_rate`` > 0, ``trades``
+carries the venue's tape (:class:`RateTape`, Binance's ``trade`` tape model: ``ws_rate`` trades a
+second per instrument, ids a function of the time, listened to or not, the same trades REST
+serves) instead of the model's trades, one trade a message; ``trades_sent`` counts what each instrument's went out, ``skip_trade_id`` loses frames
 (the trades stay on the tape and REST).
 
 Long because the pump builds every channel from one per-instrument state (book sequence, trade
