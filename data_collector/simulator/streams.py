@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 #: A connection whose backlog (frames queued by a stall plus its socket's send buffer) passes this
 #: many bytes is disconnected, as a real exchange drops a consumer that cannot keep up.
 MAX_BACKLOG = 4 * 1024 * 1024
-#: The OKX venue still skips a subscriber whose socket buffer holds more than this (its own
-#: infidelity, left to issue 15's OKX part); Binance's hub disconnects at :data:`MAX_BACKLOG`.
-HIGH_WATER = MAX_BACKLOG
 _KLINE_PUSH_MS = 2000
 #: From this ms of a minute on, the pump computes the next minute's trades ahead (one market a tick).
 PREFETCH_FROM_MS = 50_000

@@ -137,9 +137,9 @@ class MarketDataReader:
     ) -> list[Event]:
         """Entries whose id time lies in ``[start_ms, end_ms]``, oldest first.
 
-        On ``aggTrade`` the trades the streamer fetched back over REST (its companion stream
-        ``aggTrade@repair``, see ``data_collector.streaming.trade_repair``) are merged in: every
-        trade once, in id order.
+        On ``aggTrade`` (Binance) and ``trade`` (OKX) the trades the streamer fetched back over
+        REST (the companion stream ``<channel>@repair``, see
+        ``data_collector.streaming.trade_repair``) are merged in: every trade once, in id order.
         """
         client = self._client()
         lo, hi = str(int(start_ms)), str(int(end_ms))

@@ -45,7 +45,7 @@ from data_collector.streaming.normalize import (
     validate_channel,
 )
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
+from data_collector.streaming.trade_repair import REPAIR_SUFFIX, RepairJob, TradeRepairer
 from data_collector.streaming.trades_store import TradeStoreSink
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 from data_collector.venues import stream_venue
@@ -104,7 +104,7 @@ class ServiceOptions:
     store_klines: bool = True
     #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
     store_funding: bool = False
-    #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
+    #: The widest trade gap (Binance aggTrade, OKX trade) fetched back over REST (:mod:`.trade_repair`); 0: none.
     repair_max_ids: int = 100_000
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`data_collector.venues.ccxt_generic`).
     adapter: str = "native"
@@ -164,7 +164,8 @@ class StreamService:
             max_batch=options.max_batch,
         )
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
-        self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
+        source = venue.trade_source(self.rest) if venue.trade_source is not None else None
+        self.repairer = TradeRepairer(source, self.writer, metrics, options.repair_max_ids)
         #: Streamed (and repaired) aggTrades into the trades table (:mod:`.trades_store`).
         self.trades = trade_store
         if trade_store is not None:
@@ -249,7 +250,7 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.repairs_trades:
+        if channel == self.repairer.channel and opts.repair_max_ids > 0 and self.venue.repairs_trades:
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -267,7 +268,7 @@ class StreamService:
             xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
-            # Binance's trade ids are contiguous per symbol (OKX's are too: issue 15's OKX part).
+            # Binance's and OKX's trade ids are contiguous per symbol.
             sequenced=channel in SEQUENCED_CHANNELS and self.venue.sequenced,
         )
         if repair_heads is not None:
@@ -543,7 +544,7 @@ class StreamService:
             if route.last_ms > 0 and id(route) not in self._gap_reason:
                 self._gap_reason[id(route)] = reason
         kline_routes = [r for r in routes if r.last_ms > 0 and r.channel.startswith("kline_")]
-        # Only venues that allow it (Binance) repair klines by REST; the others leave the gap marker.
+        # Venues that allow it (Binance, OKX) repair klines by REST; the others leave the gap marker.
         if kline_routes and self.venue.repairs_klines:
             await self._repair_klines(kline_routes)
 
@@ -635,6 +636,7 @@ class StreamService:
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
+        kline_rest = self.venue.kline_rest(self.rest) if self.venue.kline_rest is not None else self.rest
 
         async def fetch(route: Route, cutoff_ms: int) -> list[list[Any]]:
             timeframe = route.channel[6:]
@@ -642,7 +644,7 @@ class StreamService:
             start = next_open_ms(last, timeframe) if last else candle_open_ms(route.last_ms, timeframe)
             async with semaphore:
                 try:
-                    return await self.rest.klines(route.symbol, timeframe, start, cutoff_ms)
+                    return await kline_rest.klines(route.symbol, timeframe, start, cutoff_ms)
                 except CollectorError as exc:
                     self.metrics.rest_errors += 1
                     log.warning("could not repair %s %s klines after a gap: %s", route.symbol, timeframe, exc)
@@ -656,7 +658,7 @@ class StreamService:
         try:
             async with asyncio.timeout(REPAIR_TIMEOUT_S):
                 try:
-                    cutoff_ms = await self.rest.server_time()
+                    cutoff_ms = await kline_rest.server_time()
                 except CollectorError:
                     cutoff_ms = int(time.time() * 1000)
                 results = await asyncio.gather(*(fetch(r, cutoff_ms) for r in kline_routes))

@@ -1,9 +1,11 @@
-"""Exact repair of lost aggregate trades: the ids a gap marker names, fetched back over REST.
+"""Exact repair of lost trades: the ids a gap marker names, fetched back over REST.
 
-Aggregate-trade ids are contiguous per symbol and ``<api>/aggTrades?fromId=`` serves them by id,
-so a ``sequence``, ``reconnect`` or ``restart`` marker with ``first_seq``..``last_seq`` says
-exactly what to fetch. The repaired trades are written with the entry ids they would have had
-(``<trade ms>-<id>``) into a companion stream, ``<p>:stream:<ex>:aggTrade@repair:<sym>``: Redis
+Binance's aggregate-trade ids and OKX's trade ids are contiguous per symbol and REST serves them
+by id (each venue's :class:`~.trade_sources.TradeSource`: ``aggTrades?fromId=``,
+``history-trades``), so a ``sequence``, ``reconnect`` or ``restart`` marker with
+``first_seq``..``last_seq`` says exactly what to fetch. The repaired trades are written with the
+entry ids they would have had (``<trade ms>-<id>``) into a companion stream,
+``<p>:stream:<ex>:<channel>@repair:<sym>`` (``aggTrade@repair``, OKX's ``trade@repair``): Redis
 refuses an explicit id older than a stream's top, and the live stream has moved on by the time the
 repair arrives. Holding the live tail until the repair lands would make live writes wait behind
 REST; the companion stream never does, and ``MarketDataReader.range`` merges both by entry id.
@@ -28,21 +30,19 @@ from dataclasses import dataclass
 import msgpack
 
 from data_collector.errors import CollectorError, PermanentError
-from data_collector.markets import exchange_symbol
 from data_collector.streaming.connection import Route
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import Event, MalformedEvent
+from data_collector.streaming.trade_sources import TradeSource
 from data_collector.streaming.writer import GapMarker, RedisWriter
-from data_collector.venues.binance.rest import BinanceRest
 
 log = logging.getLogger(__name__)
 
-#: Channels whose lost events are fetched back: REST serves aggregate trades by id.
-REPAIRED_CHANNELS = frozenset({"aggTrade"})
+#: Channels that may have a companion stream (Binance's ``aggTrade``, OKX's ``trade``): REST
+#: serves them by id. Which one a venue repairs is its :class:`TradeSource`'s ``channel``.
+REPAIRED_CHANNELS = frozenset({"aggTrade", "trade"})
 #: The companion stream's channel part: ``aggTrade@repair``.
 REPAIR_SUFFIX = "@repair"
-#: Aggregate trades per REST page (Binance's maximum).
-PAGE = 1000
 #: The writer's buffer depth under which a repair page may be handed over.
 WRITER_IDLE_DEPTH = 200
 #: Jobs waiting at most (one per gap; a wider backlog is left open and logged).
@@ -62,17 +62,21 @@ class RepairJob:
 
 
 class TradeRepairer:
-    """Fetches the aggregate trades gap markers name and writes them to the companion streams.
+    """Fetches the trades gap markers name and writes them to the companion streams.
 
     Args:
-        rest: the streamer's REST client.
+        source: the venue's trades by id range (None: nothing is repaired).
         writer: the streamer's Redis writer.
         metrics: ``repaired_trades`` is counted here.
         max_ids: the widest gap repaired here; wider ones are left to the trade backfill.
     """
 
-    def __init__(self, rest: BinanceRest, writer: RedisWriter, metrics: StreamMetrics, max_ids: int) -> None:
-        self._rest = rest
+    def __init__(
+        self, source: TradeSource | None, writer: RedisWriter, metrics: StreamMetrics, max_ids: int
+    ) -> None:
+        self._source = source
+        #: The channel repaired here ("": none).
+        self.channel = source.channel if source is not None else ""
         self._writer = writer
         self._metrics = metrics
         self.max_ids = max_ids
@@ -134,20 +138,20 @@ class TradeRepairer:
     async def _repair(self, job: RepairJob) -> None:
         route = job.route
         packb = msgpack.packb
-        symbol = exchange_symbol(route.symbol)
+        source = self._source
+        assert source is not None  # no job is submitted without one (the service gives no heads)
         cursor, written = job.first_seq, 0
         while cursor <= job.last_seq:
-            rows = await self._rest.agg_trades(route.symbol, cursor, min(PAGE, job.last_seq - cursor + 1))
+            rows = await source.fetch(route.symbol, cursor, job.last_seq)
             if not rows:
                 break
             now = time.time()
             recv_ms = int(now * 1000)
-            for row in rows:
-                seq = row.get("a")
-                if type(seq) is not int or seq < cursor or seq > job.last_seq:
+            for seq, raw in rows:
+                if seq < cursor or seq > job.last_seq:
                     continue
                 try:
-                    entry_id, event = route.normalize({**row, "s": symbol, "E": row.get("T")}, recv_ms)
+                    entry_id, event = route.normalize(raw, recv_ms)
                 except (MalformedEvent, ValueError, KeyError, TypeError):
                     continue
                 event["repaired"] = True
@@ -163,7 +167,7 @@ class TradeRepairer:
             depth = self._writer.queue_depth
             if depth > WRITER_IDLE_DEPTH:
                 await asyncio.sleep(min(0.5, depth * 1e-5))
-            if len(rows) < PAGE and cursor <= job.last_seq:
+            if len(rows) < source.page and cursor <= job.last_seq:
                 break  # REST has no more (yet): what is written is what exists
         self._writer.submit_gap(
             GapMarker(

@@ -225,6 +225,8 @@ class RedisWriter:
         self._gap_id = (0, 0)
         #: XADD head -> the stream it writes to, for the markers of what is dropped.
         self._streams: dict[bytes, StreamName] = {}
+        #: XADD heads of the repair companion streams (their event times are old: no latency sample).
+        self._backfilled_heads: set[bytes] = set()
         #: XADD head -> the run of never-sent entries dropped since the last round trip.
         self._runs: dict[bytes, _DroppedRun] = {}
         #: XADD head -> ``(entry id, event ms)`` of dropped entries whose write went unanswered.
@@ -252,6 +254,8 @@ class RedisWriter:
     def register_stream(self, xadd_head: bytes, name: StreamName) -> None:
         """Name the stream that entries with ``xadd_head`` go to (for gap markers)."""
         self._streams[xadd_head] = name
+        if name.channel.endswith("@repair"):  # old events fetched back: not live latency samples
+            self._backfilled_heads.add(xadd_head)
 
     def note_gap_id(self, entry_id: str) -> None:
         """An id the gaps stream already holds: new markers get larger ones."""
@@ -552,7 +556,9 @@ class RedisWriter:
         metrics.record_batch(
             len(batch),
             written,
-            [now_ms - e[4] for e in batch],
+            [now_ms - e[4] for e in batch if e[0] not in backfilled]
+            if (backfilled := self._backfilled_heads)
+            else [now_ms - e[4] for e in batch],
             [(now - e[5]) * 1000.0 for e in batch],
         )
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_collector.errors import UsageError
 from data_collector.markets import exchange_symbol, is_perpetual
+
+if TYPE_CHECKING:
+    from data_collector.streaming.trade_sources import TradeSource
+    from data_collector.venues.binance.rest import BinanceRest
 
 #: The venue's ccxt constructor config (``urls``, ``options``, ``timeout``) -> (where it asked,
 #: as "the exchange at <url>", and the venue's ids of what it lists).
@@ -45,6 +49,12 @@ class StreamVenue:
     sequenced: bool = True
     #: Lost aggregate trades are fetched back by id over REST (:mod:`~data_collector.streaming.trade_repair`).
     repairs_trades: bool = True
+    #: The streamer's REST client -> where lost trades are fetched back by id (``None``: nowhere,
+    #: the gaps stay marked); see :mod:`data_collector.streaming.trade_sources`.
+    trade_source: Callable[[BinanceRest], TradeSource] | None = None
+    #: The streamer's REST client -> what serves its klines repair (``None``: that client itself,
+    #: Binance's ``klines``).
+    kline_rest: Callable[[BinanceRest], Any] | None = None
     #: Live aggregate trades can go on into the trades table (``streaming.store_trades``).
     stores_trades: bool = True
     #: Klines missed across a reconnect are fetched back over REST.

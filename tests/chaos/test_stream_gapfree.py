@@ -17,6 +17,7 @@ import redis
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
 from tests.chaos.report import ScenarioReport
+from tests.support.gapfree import drop_and_reconnect
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import account_by_id
 from tests.support.streaming import entries, gap_entries, settle_quietly, streamer_on, wait_for
@@ -59,15 +60,7 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                     if i in (1, 3):
                         sim.ws_faults.skip_trade_id(SYMBOLS[i], 2)
                         report.fault("skip_id")
-                    reconnects = streamer.get_metrics()["reconnects"]
-                    sim.ws_drop_all()
-                    report.fault("ws_drop")
-                    await wait_for(
-                        lambda r=reconnects: streamer.get_metrics()["reconnects"] > r and streamer.connected,
-                        timeout_s=30,
-                        what=f"reconnect {i + 1}",
-                    )
-                    await asyncio.sleep(0.5)
+                    await drop_and_reconnect(streamer, sim.ws_drop_all, report, i + 1)
                 sim.ws_faults.stall(stall_s * SPEED)  # in the simulator's (fast) time: stall_s of wall time
                 report.fault("ws_stall")
                 stall_end = sim.hub.stalled_until_ms

@@ -22,6 +22,7 @@ from data_collector.simulator.market import _group_reduce as group_reduce
 from data_collector.simulator.okx.formats import OKX_TIMEFRAMES, approx_ms, candle_rows, num, spot_id, swap_id
 from data_collector.simulator.perp import OI_STEP_MS, PerpMarket, settle_of
 from data_collector.simulator.rng import stream_key
+from data_collector.simulator.tape import RateTape, pick
 
 #: How far back a trade page walks from its cursor before giving up (a long maintenance gap).
 _TRADE_WALK_MINUTES = 3 * 1440
@@ -94,6 +95,9 @@ class OkxVenue:
             )
             self._add(swap_id(base), unified, perp, True, seed)
         self.by_unified = {i.unified: i for i in self.instruments.values()}
+        #: The ``trades`` tape at ``ws_rate`` (the hub sets its rate; 0: the model's own trades):
+        #: ids a function of the time, served alike by the WebSocket and by REST.
+        self.tape = RateTape(0, 0.0)
 
     def _add(self, inst_id: str, unified: str, market: SymbolMarket, swap: bool, seed: int) -> None:
         book = OrderBook(
@@ -267,6 +271,8 @@ class OkxVenue:
         ``key`` is the trade id, or the time with ``by_time``; no ``after`` starts at now.
         """
         now = self.clock.now_ms()
+        if self.tape_on():
+            return self._tape_page(inst, now, limit, after, before, by_time)
         m = inst.market
         if after is None:
             minute = now // MINUTE_MS
@@ -291,6 +297,45 @@ class OkxVenue:
             minute -= 1
         return out
 
+    def tape_on(self) -> bool:
+        """Whether ``trades`` come from the ``ws_rate`` tape (it has run at some rate)."""
+        tape = self.tape
+        return tape.rate > 0 or tape.base > 0 or bool(tape.past)
+
+    def tape_trades(self, inst: Instrument, lo: int, hi: int) -> list[Trade]:
+        """The tape's trades ``lo..hi-1`` of ``inst`` (the id is the tape's count).
+
+        Their content is a function of the id and time only (:func:`pick` of the id around the
+        price of the trade's minute), so the WebSocket and REST, asked at any time, agree.
+        """
+        tape, m = self.tape, inst.market
+        unit = max(1, int(m.qty_units))
+        fallback = max(1, int(m.price0 * 10**m.price_decimals))
+        out = []
+        ref_minute, ref, spread = -1, fallback, 1
+        for k in range(max(0, lo), hi):
+            t = tape.time_of(k)
+            if t // MINUTE_MS != ref_minute:
+                ref_minute = t // MINUTE_MS
+                ref = m.minute_tape(ref_minute).o or fallback
+                spread = max(1, ref // 20000)
+            r = pick(k)
+            out.append(
+                Trade(k, max(1, ref + (r % 9 - 4) * spread), unit * (1 + (r >> 4)) // 4 or 1, t, bool(r & 1))
+            )
+        return out
+
+    def _tape_page(
+        self, inst: Instrument, now: int, limit: int, after: int | None, before: int | None, by_time: bool
+    ) -> list[Trade]:
+        """:meth:`trade_page` on the tape: ids (or times) ``before < key < after``, newest first."""
+        tape = self.tape
+        hi = tape.count(now)
+        if after is not None:
+            hi = min(hi, tape.count(after - 1) if by_time else after)
+        lo = max(0, hi - limit, -1 if before is None else before + 1)
+        return self.tape_trades(inst, lo, hi)[::-1]
+
     def trade_json(self, inst: Instrument, t: Trade) -> dict[str, str]:
         """A ``/market/trades`` item (``side`` is the taker's)."""
         return {
@@ -307,6 +352,10 @@ class OkxVenue:
         """The truth: trades with ``start_ms <= ts < end_ms`` up to now, oldest first."""
         inst = self.instrument(symbol)
         now = self.clock.now_ms()
+        if self.tape_on():
+            tape = self.tape
+            lo, hi = tape.count(start_ms - 1), tape.count(min(end_ms - 1, now))
+            return [self.trade_json(inst, t) for t in self.tape_trades(inst, lo, hi)]
         out = []
         for minute in range(start_ms // MINUTE_MS, (min(end_ms, now + 1) - 1) // MINUTE_MS + 1):
             for t in inst.market.minute_trades(minute):

@@ -9,10 +9,15 @@ snapshot, then updates with ``prevSeqId`` (the ``seqId`` before) and the CRC32 `
 best 25 levels after the update.
 
 Each connection has a bounded outgoing queue and one writer task, which writes whatever has queued
-as one batch of frames; a client that lets the queue fill up is dropped (as a slow consumer). One
-pump tick (``tick_s``, 100 ms) builds every message once for all. With ``ws_rate`` > 0, ``trades``
-carries that many synthetic trades a second per instrument (as Binance's streams do) instead of
-the model's tape, one trade a message; ``trades_sent`` counts what each instrument's went out.
+as one batch of frames. The market does not wait for its clients: a stall holds the writers (the
+frames queue, as in the server's send buffer) and a connection whose backlog (queued plus its
+socket's send buffer) passes :data:`~data_collector.simulator.streams.MAX_BACKLOG` bytes is
+disconnected, as a slow consumer. One pump tick (``tick_s``, 100 ms) builds every message once for
+all, the channels in an order that varies from tick to tick. With ``ws_rate`` > 0, ``trades``
+carries the venue's tape (:class:`RateTape`, Binance's ``trade`` tape model: ``ws_rate`` trades a
+second per instrument, ids a function of the time, listened to or not, the same trades REST
+serves) instead of the model's trades, one trade a message; ``trades_sent`` counts what each instrument's went out, ``skip_trade_id`` loses frames
+(the trades stay on the tape and REST).
 
 Long because the pump builds every channel from one per-instrument state (book sequence, trade
 cursor, candle and ticker clocks, faults) that the connections share.
@@ -25,6 +30,7 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,7 +40,7 @@ from aiohttp import WSMsgType, web
 from data_collector.markets import HOUR_MS, MINUTE_MS
 from data_collector.simulator.okx.formats import TIMEFRAME_OF_BAR, checksum, num
 from data_collector.simulator.okx.venue import Instrument
-from data_collector.simulator.streams import HIGH_WATER, frame
+from data_collector.simulator.streams import MAX_BACKLOG, frame
 
 if TYPE_CHECKING:
     from data_collector.simulator.okx.server import OkxServer
@@ -62,14 +68,22 @@ class OkxConnection:
     queue: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX))
     subs: set[tuple[str, str]] = field(default_factory=set)
     last_traffic: float = 0.0
+    #: Bytes in ``queue`` (written out by the writer, held during a stall).
+    queued: int = 0
+    #: instId -> the first tape trade id this connection's ``trades`` subscription may get
+    #: (the tape's count when it subscribed: what traded before was not for it).
+    trade_from: dict[str, int] = field(default_factory=dict)
 
     def send(self, text: str | bytes) -> bool:
-        """Queue ``text``; False if the queue is full (the caller drops the connection)."""
+        """Queue ``text``; False if the queue is full or the backlog passes :data:`MAX_BACKLOG`
+        (the caller drops the connection: a slow consumer)."""
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             return False
-        return True
+        self.queued += len(text)
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0  # type: ignore[attr-defined]
+        return self.queued + buffered <= MAX_BACKLOG
 
 
 class OkxHub:
@@ -87,16 +101,31 @@ class OkxHub:
         self._stalled_until = 0.0
         self._skip: Counter[str] = Counter()
         self._corrupt: Counter[str] = Counter()
+        #: instId -> ``trades`` frames still to lose (the trades stay on the tape and REST).
+        self._skip_trades: Counter[str] = Counter()
+        #: Connections dropped because their backlog passed MAX_BACKLOG.
+        self.dropped_for_backlog = 0
         #: Per instrument: the seqId of the book state the last snapshot or update described.
         self._last_seq: dict[str, int] = {}
         self._trade_cursor: dict[str, int] = {}
+        self._rng = random.Random(server.sim.seed)
+        #: The tape trade ids of the last ``trades`` batch built (one per message).
+        self._batch_ids: list[int] = []
         self._candles: dict[tuple[str, str], tuple[int, int]] = {}
         self._ticker_ms: dict[str, int] = {}
-        #: Synthetic trades a second per instrument on ``trades`` (0: the model's tape).
-        self.ws_rate = 0.0
-        self._rate_state: dict[str, tuple[int, float, int]] = {}
+        #: instId -> the book's update id the last ``bbo-tbt`` push described.
+        self._bbo_seq: dict[str, int] = {}
         #: instId -> ``[count, first tradeId, last tradeId]`` of the trades sent.
         self.trades_sent: dict[str, list[int]] = {}
+
+    @property
+    def ws_rate(self) -> float:
+        """Trades a second per instrument on ``trades`` (0: the model's trades); the venue's tape."""
+        return self.venue.tape.rate
+
+    @ws_rate.setter
+    def ws_rate(self, rate: float) -> None:
+        self.venue.tape.set_rate(float(rate), self.venue.clock.now_ms())
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -122,7 +151,8 @@ class OkxHub:
         return len(conns)
 
     def stall(self, seconds: float) -> None:
-        """Send nothing for ``seconds`` (sockets stay open; data resumes, and books carry on)."""
+        """Deliver nothing for ``seconds``: the market goes on, its frames queue on each
+        connection (a backlog past MAX_BACKLOG is disconnected) and arrive late."""
         self._stalled_until = asyncio.get_running_loop().time() + seconds
 
     def malformed(self) -> None:
@@ -134,6 +164,11 @@ class OkxHub:
         """Lose the next ``count`` book updates of ``inst_id``: the update after them names a
         ``prevSeqId`` the client never saw."""
         self._skip[inst_id] += count
+
+    def skip_trade_id(self, inst_id: str, count: int = 1) -> None:
+        """Lose the next ``count`` ``trades`` frames of ``inst_id`` (its ids stay on the tape and
+        REST: a client sees an id hole)."""
+        self._skip_trades[inst_id] += count
 
     def corrupt_checksum(self, inst_id: str, count: int = 1) -> None:
         """Send the next ``count`` book updates of ``inst_id`` with a wrong checksum."""
@@ -165,22 +200,24 @@ class OkxHub:
         return ws
 
     async def _writer(self, conn: OkxConnection) -> None:
-        """Write everything queued as one batch of frames, in order; wait while the socket's
-        buffer is past :data:`HIGH_WATER`."""
+        """Write everything queued as one batch of frames, in order; hold while stalled."""
         queue = conn.queue
         transport = conn.transport
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 items = [await queue.get()]
+                held = self._stalled_until - loop.time()
+                if held > 0:  # a stall: the frames wait (a later stall() is seen on the next batch)
+                    await asyncio.sleep(held)
                 while not queue.empty() and len(items) < 4096:
                     items.append(queue.get_nowait())
                 if transport is None or transport.is_closing():
                     raise ConnectionError("closed")
+                conn.queued -= sum(len(i) for i in items)
                 transport.write(  # type: ignore[attr-defined]
                     b"".join(frame(i.encode()) if isinstance(i, str) else i for i in items)
                 )
-                if transport.get_write_buffer_size() > HIGH_WATER:  # type: ignore[attr-defined]
-                    await asyncio.sleep(0.005)  # a slow reader: the queue fills and it is dropped
         except (ConnectionError, RuntimeError):
             self._abort(conn)
 
@@ -191,8 +228,9 @@ class OkxHub:
 
     def _push(self, conn: OkxConnection, text: str | bytes) -> None:
         conn.last_traffic = asyncio.get_running_loop().time()
-        if not conn.send(text):
+        if not conn.send(text) and conn in self.connections:
             log.warning("OKX sim: dropping slow connection %s", conn.conn_id)
+            self.dropped_for_backlog += 1
             self._abort(conn)
 
     def _error(self, conn: OkxConnection, code: str, msg: str) -> None:
@@ -231,6 +269,12 @@ class OkxHub:
                 continue
             self._push(conn, json.dumps(ack))
             conn.subs.add(key)
+            if channel == "trades":
+                conn.trade_from[inst_id] = self.venue.tape.count(self.venue.clock.now_ms())
+            if channel.startswith("candle"):  # listening from now: the forming candle's close is pushed
+                tf = TIMEFRAME_OF_BAR[channel[len("candle") :]]
+                now = self.venue.clock.now_ms()
+                self._candles.setdefault((inst_id, channel), (self.venue.forming_open(tf, now), 0))
             if channel == "books":
                 self._snapshot(conn, self.venue.instruments[inst_id])
 
@@ -329,29 +373,39 @@ class OkxHub:
         for conn in self.connections:
             for key in conn.subs:
                 wanted.setdefault(key, []).append(conn)
-        stalled = loop_now < self._stalled_until
         for inst in self.venue.instruments.values():
             if ("books", inst.inst_id) in wanted:
-                if not stalled:
-                    self._flush_book(inst, now)
+                self._flush_book(inst, now)
             elif inst.book.pending:
                 inst.book.pending.clear()
-        if stalled:
-            return
-        for (channel, inst_id), conns in wanted.items():
+        for inst_id in [i for i in self._trade_cursor if ("trades", i) not in wanted]:
+            del self._trade_cursor[inst_id]  # nobody listens: the next subscriber starts at now
+        for inst_id, channel in [k for k in self._candles if (k[1], k[0]) not in wanted]:
+            del self._candles[(inst_id, channel)]  # a candle that closed unheard is not replayed
+        order = list(wanted.items())
+        self._rng.shuffle(order)  # as on the exchange, the channels' order varies from tick to tick
+        for (channel, inst_id), conns in order:
             inst = self.venue.instruments[inst_id]
             texts = self._produce(channel, inst, now)
             if not texts:
                 continue
             self.sent[channel] += len(texts)
             batch = b"".join(frame(t.encode()) for t in texts)
+            ids = self._batch_ids if channel == "trades" else []
             for conn in conns:
+                start = conn.trade_from.get(inst_id, 0)
+                if ids and start > ids[0]:  # subscribed after some of these trades
+                    late = [t for i, t in zip(ids, texts, strict=True) if i >= start]
+                    if late:
+                        self._push(conn, b"".join(frame(t.encode()) for t in late))
+                    continue
                 self._push(conn, batch)
 
     def _produce(self, channel: str, inst: Instrument, now: int) -> list[str]:
         arg = '{"arg":{"channel":"%s","instId":"%s"},' % (channel, inst.inst_id)
-        if channel == "trades" and self.ws_rate > 0:
-            return self._synthetic_trades(inst, now, arg)
+        self._batch_ids = []
+        if channel == "trades" and self.venue.tape_on():
+            return self._tape_trades(inst, now, arg)
         if channel == "trades":
             cursor = self._trade_cursor.get(inst.inst_id, now)
             out = []
@@ -362,13 +416,17 @@ class OkxHub:
                     item["count"] = "1"
                     del item["source"]
                     out.append(arg + '"data":[%s]}' % json.dumps(item, separators=(",", ":")))
-                    self._count_trade(inst.inst_id, t.id)
+                    self._count_trade(inst.inst_id, t.id, t.id, 1)
             self._trade_cursor[inst.inst_id] = now
             return out
         if channel.startswith("candle"):
             return self._candle(channel, inst, now, arg)
         if channel in ("bbo-tbt", "books5"):
             self.venue.advance_book(inst, now)
+            if channel == "bbo-tbt":  # tick by tick: pushed when the book changed
+                if self._bbo_seq.get(inst.inst_id) == inst.book.update_id:
+                    return []
+                self._bbo_seq[inst.inst_id] = inst.book.update_id
             depth = 1 if channel == "bbo-tbt" else 5
             bids, asks = self.venue.levels(inst, depth)
             data = {"asks": asks, "bids": bids, "ts": str(now), "seqId": inst.book.update_id}
@@ -382,39 +440,44 @@ class OkxHub:
             return [arg + '"data":[%s]}' % json.dumps(self._ticker(inst, now), separators=(",", ":"))]
         return []
 
-    def _count_trade(self, inst_id: str, trade_id: int, n: int = 1) -> None:
+    def _count_trade(self, inst_id: str, first_id: int, last_id: int, n: int) -> None:
         sent = self.trades_sent.get(inst_id)
         if sent is None:
-            self.trades_sent[inst_id] = [n, trade_id, trade_id + n - 1]
+            self.trades_sent[inst_id] = [n, first_id, last_id]
         else:
             sent[0] += n
-            sent[2] = trade_id + n - 1
+            sent[2] = last_id
 
-    def _synthetic_trades(self, inst: Instrument, now: int, arg: str) -> list[str]:
-        """``ws_rate`` trades a second (ids continue from the model's), one a message."""
-        last_ms, carry, next_id = self._rate_state.get(
-            inst.inst_id, (now, 0.0, inst.market.trades_before(now // MINUTE_MS) * 3)
-        )
-        due = self.ws_rate * (now - last_ms) / 1000.0 + carry
-        n = min(int(due), max(1, int(self.ws_rate)))
-        self._rate_state[inst.inst_id] = (now, due - int(due), next_id + n)
-        if n <= 0:
+    def _tape_trades(self, inst: Instrument, now: int, arg: str) -> list[str]:
+        """The tape's trades of ``inst`` since its cursor (the first subscriber's: now), one a message."""
+        tape = self.venue.tape
+        hi = tape.count(now)
+        lo = self._trade_cursor.get(inst.inst_id, hi)
+        self._trade_cursor[inst.inst_id] = hi
+        if hi <= lo:
             return []
-        self.venue.advance_book(inst, now)
-        (bid, _), (ask, _) = inst.book.best()
         pd = inst.market.price_decimals
-        prices = (num(bid, pd), num(ask, pd))
-        sizes = [inst.size(1 + i) for i in range(4)]
         head = arg + '"data":[{"instId":"%s","tradeId":"' % inst.inst_id
-        tail = '","count":"1","ts":"%d"}]}' % now
-        out = [
-            head
-            + '%d","px":"%s","sz":"%s","side":"%s'
-            % (next_id + i, prices[i & 1], sizes[i & 3], ("sell", "buy")[i & 1])
-            + tail
-            for i in range(n)
-        ]
-        self._count_trade(inst.inst_id, next_id, n)
+        size = inst.size
+        out = []
+        skip = self._skip_trades
+        out_first = last = -1
+        ids = self._batch_ids = []
+        for t in self.venue.tape_trades(inst, lo, hi):
+            if skip and skip[inst.inst_id] > 0:
+                skip[inst.inst_id] -= 1
+                continue
+            ids.append(t.id)
+            out.append(
+                head
+                + '%d","px":"%s","sz":"%s","side":"%s","count":"1","ts":"%d"}]}'
+                % (t.id, num(t.price, pd), size(t.qty), "sell" if t.buyer_maker else "buy", t.time_ms)
+            )
+            last = t.id
+            if out_first < 0:
+                out_first = last
+        if out:
+            self._count_trade(inst.inst_id, out_first, last, len(out))
         return out
 
     def _candle(self, channel: str, inst: Instrument, now: int, arg: str) -> list[str]:

@@ -32,10 +32,11 @@ class RateLimitedError(TransientError):
 def rest_base_from_urls(urls: dict[str, Any], api_prefix: str = "/api/v3") -> str | None:
     """The REST base URL (``http://host:port``) from ccxt-style ``urls`` overrides, if any.
 
-    ``api_prefix`` ``/fapi/v1`` reads ccxt's ``fapiPublic`` (binanceusdm) instead of ``public``.
+    ``api_prefix`` ``/fapi/v1`` reads ccxt's ``fapiPublic`` (binanceusdm) instead of ``public``,
+    ``/api/v5`` ccxt okx's ``rest``.
     """
     api = urls.get("api")
-    name = "fapiPublic" if api_prefix == "/fapi/v1" else "public"
+    name = {"/fapi/v1": "fapiPublic", "/api/v5": "rest"}.get(api_prefix, "public")
     public = api.get(name) if isinstance(api, dict) else api if isinstance(api, str) else None
     if not isinstance(public, str):
         return None
@@ -124,6 +125,11 @@ class BinanceRest:
                 break
             cursor = int(page[-1][0]) + 1
         return out
+
+    async def get_json(self, path: str, params: dict[str, str | int]) -> Any:
+        """``GET <base><path>`` decoded, with this client's timeouts and 429 handling (another
+        venue's endpoint: OKX's ``history-trades``, say)."""
+        return await self._get(path, params)
 
     async def agg_trades(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """``<api>/aggTrades?fromId=``: up to ``limit`` aggregate trades from id ``from_id`` on, in id

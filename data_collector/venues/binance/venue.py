@@ -22,10 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_collector.markets import is_perpetual
 from data_collector.venues.stream import StreamVenue
+
+if TYPE_CHECKING:
+    from data_collector.streaming.trade_sources import TradeSource
+    from data_collector.venues.binance.rest import BinanceRest
 
 
 async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str, set[str]]:
@@ -40,6 +44,14 @@ async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str
         await rest.close()
 
 
+def _agg_trades(rest: BinanceRest) -> TradeSource:
+    # Imported when a streamer starts: the config reads the venue registry, and the streaming
+    # package (which the source's module imports) reads the config.
+    from data_collector.venues.binance.trade_source import BinanceAggTrades
+
+    return BinanceAggTrades(rest)
+
+
 SPOT = StreamVenue(
     protocol="binance",
     market_type="spot",
@@ -49,6 +61,7 @@ SPOT = StreamVenue(
     channels=("trade", "aggTrade", "bookTicker", "depth"),
     chained_by_pu=False,
     listed_ids=listed_ids,
+    trade_source=_agg_trades,
 )
 USDM = replace(
     SPOT,

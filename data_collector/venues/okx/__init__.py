@@ -14,12 +14,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_collector.errors import TransientError
 from data_collector.venues.base import Guarantees, VenueAdapter
 from data_collector.venues.okx import rules
 from data_collector.venues.stream import StreamVenue
+
+if TYPE_CHECKING:
+    from data_collector.streaming.trade_sources import TradeSource
+    from data_collector.venues.binance.rest import BinanceRest
 
 #: Instrument types the streamer may name (spot and perpetual swaps).
 INST_TYPES = ("SPOT", "SWAP")
@@ -59,6 +63,20 @@ async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str
     return f"the exchange at {base}", ids
 
 
+def _trade_source(rest: BinanceRest) -> TradeSource:
+    # Imported when a streamer starts: the config reads this registry, and the streaming
+    # package (which these modules import) reads the config.
+    from data_collector.venues.okx.trade_source import OkxHistoryTrades
+
+    return OkxHistoryTrades(rest)
+
+
+def _kline_rest(rest: BinanceRest) -> Any:
+    from data_collector.venues.okx.rest import OkxKlineRest  # imported late: see _trade_source
+
+    return OkxKlineRest(rest)
+
+
 #: OKX v5 (spot and swaps on one connection).
 STREAM = StreamVenue(
     protocol="okx",
@@ -70,10 +88,9 @@ STREAM = StreamVenue(
     chained_by_pu=False,
     kind="okx",
     one_connection=True,
-    sequenced=False,
-    repairs_trades=False,
+    trade_source=_trade_source,
+    kline_rest=_kline_rest,
     stores_trades=False,
-    repairs_klines=False,
     listed_ids=listed_ids,
     native_id=inst_id,
 )
@@ -85,7 +102,7 @@ OKX = VenueAdapter(
     guarantees=Guarantees(
         book="seqId/prevSeqId chain and CRC32 of the top 25 levels on every message; resync by resubscribing",
         gap_markers="on a broken book chain or checksum, a reconnect and a restart",
-        trade_repair="none in the streamer (the backfill walks history-trades by id)",
+        trade_repair="trade: lost ids fetched back from history-trades into trade@repair",
         archives="none (REST only)",
         rate_limit="per endpoint in 2 s windows, from ccxt's cost table (no weight header)",
     ),

@@ -1,0 +1,48 @@
+"""Issue 15, OKX: a restart of the streamer opens an exact gap by ``tradeId`` (the newest stored id
+read back from Redis), repaired over ``history-trades`` into ``trade@repair``; the reader returns
+every trade of the tape once, in id order."""
+
+from __future__ import annotations
+
+import redis
+
+from data_collector.simulator import OkxSettings, SimulatedExchange
+from data_collector.streaming.reader import MarketDataReader
+from tests.support.gapfree import all_repaired, okx_streamer_on
+from tests.support.services import REDIS_URL
+from tests.support.streaming import gap_entries, settle_quietly, wait_for
+
+SYMBOL = "SOL/USDT"
+
+
+def stored_count(client: redis.Redis, key: str) -> int:
+    return int(client.xlen(key))  # type: ignore[arg-type]  # the sync client's answer
+
+
+async def test_okx_restart_gap_is_exact_and_repaired(redis_prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    key = f"{redis_prefix}:stream:sim-okx:trade:{SYMBOL}"
+    async with SimulatedExchange(symbols=[SYMBOL], seed=3, gaps={}, okx=OkxSettings()) as sim:
+        sim.okx.hub.ws_rate = 100
+        async with okx_streamer_on(sim, redis_prefix, [SYMBOL], ["trade"]) as streamer:
+            await wait_for(lambda: stored_count(client, key) >= 50, 30, "trades stored")
+        stored = stored_count(client, key)
+        sim.clock.advance(3000)  # the streamer is down for 3 s of the tape: about 300 trades
+        async with okx_streamer_on(sim, redis_prefix, [SYMBOL], ["trade"]) as streamer:
+            await wait_for(lambda: stored_count(client, key) > stored + 20, 30, "trades after the restart")
+            await wait_for(lambda: all_repaired(client, redis_prefix, "sim-okx", "trade"), 60, "the repair")
+            await settle_quietly(streamer, sim)
+        end_ms = sim.clock.now_ms()
+        markers = [m for m in gap_entries(client, redis_prefix, "sim-okx") if m.get("first_seq")]
+        opened = [m for m in markers if m["reason"] == "restart"]
+        assert len(opened) == 1, gap_entries(client, redis_prefix, "sim-okx")
+        first, last = int(opened[0]["first_seq"]), int(opened[0]["last_seq"])
+        assert last - first + 1 >= 250, "the 3 s the streamer was down"
+        repaired = [m for m in markers if m["reason"] == "repaired"]
+        assert [(int(m["first_seq"]), int(m["repaired"])) for m in repaired] == [(first, last - first + 1)]
+        async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-okx") as reader:
+            got = [e["id"] for e in await reader.range(SYMBOL, "trade", 0, end_ms)]
+        truth = [int(t["tradeId"]) for t in sim.okx.venue.trades(SYMBOL, 0, end_ms + 1)]
+        assert got == truth[truth.index(got[0]) :], "every trade of the tape once, in id order"
+        assert first > got[0] and last < got[-1]
+    client.close()
