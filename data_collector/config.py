@@ -354,7 +354,7 @@ class StreamingConfig(_Section):
     max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Frames larger than this are counted as malformed and skipped.
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
-    #: The widest aggTrade gap fetched back over REST (0: none are); wider ones stay marked.
+    #: The widest aggTrade or trade gap fetched back over REST (0: none are); wider ones stay marked.
     repair_max_ids: int = Field(default=100_000, ge=0)
 
 

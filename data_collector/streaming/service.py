@@ -103,7 +103,7 @@ class ServiceOptions:
     store_klines: bool = True
     #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
     store_funding: bool = False
-    #: The widest aggTrade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
+    #: The widest aggTrade or trade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
     repair_max_ids: int = 100_000
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
     adapter: str = "native"

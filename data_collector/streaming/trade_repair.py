@@ -1,16 +1,21 @@
-"""Exact repair of lost aggregate trades: the ids a gap marker names, fetched back over REST.
+"""Exact repair of lost trades: the ids a gap marker names, fetched back over REST.
 
-Aggregate-trade ids are contiguous per symbol and ``<api>/aggTrades?fromId=`` serves them by id,
-so a ``sequence``, ``reconnect`` or ``restart`` marker with ``first_seq``..``last_seq`` says
-exactly what to fetch. The repaired trades are written with the entry ids they would have had
-(``<trade ms>-<id>``) into a companion stream, ``<p>:stream:<ex>:aggTrade@repair:<sym>``: Redis
+Trade and aggregate-trade ids are contiguous per symbol and REST serves them by id
+(``<api>/aggTrades?fromId=``, ``<api>/historicalTrades?fromId=``), so a ``sequence``,
+``reconnect`` or ``restart`` marker with ``first_seq``..``last_seq`` says exactly what to fetch.
+The repaired trades are written with the entry ids they would have had (``<trade ms>-<id>``) into
+a companion stream, ``<p>:stream:<ex>:<channel>@repair:<sym>`` (``aggTrade@repair``,
+``trade@repair``): Redis
 refuses an explicit id older than a stream's top, and the live stream has moved on by the time the
 repair arrives. Holding the live tail until the repair lands would make live writes wait behind
-REST; the companion stream never does, and ``MarketDataReader.range`` merges both by entry id.
+REST; the companion stream never does, and ``MarketDataReader`` (``range``, ``last``, ``tail``)
+merges both by entry id.
 When a gap is repaired a ``repaired`` marker follows (same ``first_seq``/``last_seq``, and
 ``repaired``: how many trades were written).
 
-Low priority: one job at a time, one request at a time, pages handed to the writer only while its
+Low priority: one job at a time, one request at a time, each a background request of the REST
+client's :class:`~data_collector.streaming.rest.RequestGate` (sent only while no live request
+such as a depth snapshot waits, within a weight budget), pages handed to the writer only while its
 buffer is nearly empty, so live entries never queue behind a repair. Gaps wider than
 ``max_ids`` are left to the trade backfill (their markers stay open).
 """
@@ -23,6 +28,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -36,16 +42,31 @@ from data_collector.streaming.writer import GapMarker, RedisWriter
 
 log = logging.getLogger(__name__)
 
-#: Channels whose lost events are fetched back: REST serves aggregate trades by id.
-REPAIRED_CHANNELS = frozenset({"aggTrade"})
-#: The companion stream's channel part: ``aggTrade@repair``.
+#: Channels whose lost events are fetched back: REST serves trades and aggregate trades by id.
+REPAIRED_CHANNELS = frozenset({"aggTrade", "trade"})
+#: The companion stream's channel part: ``aggTrade@repair``, ``trade@repair``.
 REPAIR_SUFFIX = "@repair"
-#: Aggregate trades per REST page (Binance's maximum).
+#: Trades per REST page (Binance's maximum).
 PAGE = 1000
 #: The writer's buffer depth under which a repair page may be handed over.
 WRITER_IDLE_DEPTH = 200
 #: Jobs waiting at most (one per gap; a wider backlog is left open and logged).
 MAX_JOBS = 10_000
+
+
+def _as_frame(row: dict[str, Any], symbol: str, agg: bool) -> dict[str, Any]:
+    """A REST row as the stream's frame would have carried it (``E``: the trade time)."""
+    if agg:
+        return {**row, "s": symbol, "E": row.get("T")}
+    return {
+        "s": symbol,
+        "E": row.get("time"),
+        "t": row.get("id"),
+        "p": row.get("price"),
+        "q": row.get("qty"),
+        "T": row.get("time"),
+        "m": row.get("isBuyerMaker"),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +82,7 @@ class RepairJob:
 
 
 class TradeRepairer:
-    """Fetches the aggregate trades gap markers name and writes them to the companion streams.
+    """Fetches the trades gap markers name and writes them to the companion streams.
 
     Args:
         rest: the streamer's REST client.
@@ -132,18 +153,20 @@ class TradeRepairer:
         packb = msgpack.packb
         symbol = exchange_symbol(route.symbol)
         cursor, written = job.first_seq, 0
+        agg = route.channel == "aggTrade"
+        fetch = self._rest.agg_trades if agg else self._rest.historical_trades
         while cursor <= job.last_seq:
-            rows = await self._rest.agg_trades(route.symbol, cursor, min(PAGE, job.last_seq - cursor + 1))
+            rows = await fetch(route.symbol, cursor, min(PAGE, job.last_seq - cursor + 1))
             if not rows:
                 break
             now = time.time()
             recv_ms = int(now * 1000)
             for row in rows:
-                seq = row.get("a")
+                seq = row.get("a" if agg else "id")
                 if type(seq) is not int or seq < cursor or seq > job.last_seq:
                     continue
                 try:
-                    entry_id, event = route.normalize({**row, "s": symbol, "E": row.get("T")}, recv_ms)
+                    entry_id, event = route.normalize(_as_frame(row, symbol, agg), recv_ms)
                 except (MalformedEvent, ValueError, KeyError, TypeError):
                     continue
                 event["repaired"] = True
