@@ -163,6 +163,8 @@ class StreamService:
         )
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
         self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
+        self.writer.on_server_restart = self._on_redis_restart
+        self._refill: asyncio.Task[None] | None = None
         #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
@@ -616,6 +618,57 @@ class StreamService:
                     self._write_gap(route, found[1], to_ms, "restart")
             log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
 
+    def _on_redis_restart(self) -> None:
+        """Redis answered with a new run id: check what it still holds (once the writer is idle)."""
+        if self._closed or (self._refill is not None and not self._refill.done()):
+            return
+        self._refill = asyncio.get_running_loop().create_task(
+            self._after_redis_restart(), name="redis-refill"
+        )
+
+    async def _after_redis_restart(self) -> None:
+        """A stream whose oldest entry is now newer than what this process had written, or that
+        vanished, lost what Redis held (a restart without persistence): mark it from 0 to the
+        first entry left, and refill trade streams over REST, the last ``stream_maxlen`` ids (the
+        retention the config gives), through the background repair."""
+        writer = self.writer
+        for _ in range(100):  # what the writer was holding lands first (bounded: 5 s)
+            if writer.queue_depth == 0 and writer.connected:
+                break
+            await asyncio.sleep(0.05)
+        routes = [r for c in self.connections for r in c.unique_routes() if r.last_ms > 0]
+        try:
+            replies = await self._oldest_entries([r.stream_key for r in routes])
+        except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("cannot read Redis after its restart (%s); its loss stays unmarked until then", exc)
+            self._refill = None
+            self._on_redis_restart()
+            return
+        retention = self.options.stream_maxlen
+        for route, reply in zip(routes, replies, strict=True):
+            found = self._entry_time(reply)
+            to_ms = found[1] if found is not None else route.last_ms
+            if route.sequenced:
+                stored = self._stored_seq(reply)
+                next_seq = stored if stored >= 0 else route.last_seq + 1
+                self._write_seq_gap(
+                    route, max(-1, next_seq - retention - 1), next_seq, 0, to_ms, "redis_restart"
+                )
+            else:
+                self._write_gap(route, 0, to_ms, "redis_restart")
+        log.warning("Redis lost what it held (restart without persistence): %d streams marked", len(routes))
+
+    async def _oldest_entries(self, keys: list[str]) -> list[Any]:
+        """``XRANGE <key> - + COUNT 1`` of each key, in one round trip (bounded by the timeouts)."""
+        endpoint = self._endpoint
+        async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
+            conn = await endpoint.connect()
+            try:
+                payload = b"".join(pack("XRANGE", key, "-", "+", "COUNT", 1) for key in keys)
+                return await conn.execute(payload, len(keys))
+            finally:
+                await conn.close()
+
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
@@ -708,9 +761,10 @@ class StreamService:
         if self._closed:
             return
         self._closed = True
-        if self._resolver is not None:
-            self._resolver.cancel()
-            await asyncio.gather(self._resolver, return_exceptions=True)
+        for task in (self._resolver, self._refill):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()

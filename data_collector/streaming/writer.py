@@ -33,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import hiredis
@@ -241,6 +242,9 @@ class RedisWriter:
         self._conn: FastConnection | None = None
         self._client_id: int | None = None
         self._run_id: bytes | None = None
+        #: Called when the server answers with a new run id (Redis restarted): what it held may be
+        #: gone (no persistence), which the streamer checks and marks.
+        self.on_server_restart: Callable[[], None] | None = None
         #: Entries at the front of the queue already sent once in a write whose reply never came.
         self._unconfirmed = 0
         self.connected = False
@@ -383,7 +387,10 @@ class RedisWriter:
                         f"Redis at {self._endpoint.describe()}", str(exc) or type(exc).__name__
                     ) from None
                 self._client_id = client_id if type(client_id) is int else None
-                self._run_id = _run_id(info)
+                previous, self._run_id = self._run_id, _run_id(info)
+                if previous is not None and self._run_id != previous and self.on_server_restart:
+                    log.warning("Redis at %s restarted (new run id)", self._endpoint.describe())
+                    self.on_server_restart()
                 self._conn = conn
                 self.connected = True
                 if attempt:
