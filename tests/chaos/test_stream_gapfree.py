@@ -11,15 +11,26 @@ of the streamer, the private Redis stopped or restarted without persistence, OKX
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import redis
 
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
 from tests.chaos.report import ScenarioReport
+from tests.chaos.servers import RestartableRedis
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import account_by_id
-from tests.support.streaming import entries, gap_entries, settle_quietly, streamer_on, wait_for
+from tests.support.streaming import (
+    entries,
+    gap_entries,
+    sent_by_stream,
+    settle_quietly,
+    stream_config,
+    streamer_on,
+    wait_for,
+)
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
 CHANNELS = ["trade", "aggTrade", "kline_1m"]
@@ -136,6 +147,116 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
     assert agg_lost == 0 and agg_dup == 0, (agg_lost, agg_dup)
     assert trade_unmarked == 0 and trade_wrong == 0
     assert kline_missing == 0 and kline_dup == 0
+    report.faults_survived = report.faults_injected
+    report.outcome = "ok"
+    client.close()
+
+
+async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persistence(
+    scenario_report: ScenarioReport, long_run: bool, restartable_redis: RestartableRedis
+) -> None:
+    """The private Redis SIGSTOPped (10 s with --long, 3 s in CI), then restarted once with no
+    persistence: nothing the simulator sent on ``trade``/``aggTrade`` is lost or doubled (the
+    stop is buffered, the restart's loss refilled over REST for the last ``stream_maxlen`` ids),
+    and every other stream carries a ``redis_restart`` marker over what the restart lost."""
+    from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+
+    report = scenario_report
+    server = restartable_redis
+    client = redis.Redis.from_url(server.url)
+    symbols, channels, prefix = SYMBOLS[:2], ["trade", "aggTrade", "bookTicker", "kline_1m"], "gf"
+    stop_s = 10.0 if long_run else 3.0
+    retention = 3000
+
+    def key(channel: str, symbol: str) -> str:
+        return f"{prefix}:stream:sim-binance:{channel}:{symbol}"
+
+    def stored(channel: str) -> list[int]:
+        return [int(client.xlen(key(channel, s))) for s in symbols]
+
+    def restart_marked() -> bool:
+        markers = gap_entries(client, prefix)
+        marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
+        opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
+        repaired = sum(1 for m in markers if m["reason"] == "repaired")
+        return marked >= {key(c, s) for c in channels for s in symbols} and opened == repaired
+
+    async with SimulatedExchange(symbols=symbols, seed=16, ws_rate=40) as sim:
+        config = stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention)
+        async with OptimizedWebSocketStreamer(
+            symbols=symbols, redis_client=server.url, channels=channels, config=config
+        ) as streamer:
+            assert await streamer.wait_connected()
+            await wait_for(lambda: all(stored("trade")) and all(stored("aggTrade")), what="trades written")
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            report.fault("redis_sigstop")
+            try:
+                await wait_for(lambda: not streamer.connected, timeout_s=30, what="the writer noticing")
+                await asyncio.sleep(stop_s)  # the fault's length, not a synchronisation
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            before = stored("trade")
+            await wait_for(
+                lambda: all(a > b for a, b in zip(stored("trade"), before, strict=True)),
+                timeout_s=30,
+                what="writes resumed after SIGCONT",
+            )
+            # The stop lost nothing: the writer held its entries and resent them.
+            for channel in ("trade", "aggTrade"):
+                for symbol in symbols:
+                    ids = [e["id"] for _, e in entries(client, key(channel, symbol))]
+                    stop_lost = ids[-1] - ids[0] + 1 - len(set(ids))
+                    stop_dup = len(ids) - len(set(ids))
+                    report.extra["stop_lost"] = int(report.extra.get("stop_lost", 0)) + stop_lost
+                    report.extra["stop_dup"] = int(report.extra.get("stop_dup", 0)) + stop_dup
+            server.restart()  # killed: it comes back empty
+            report.fault("redis_restart")
+            await wait_for(
+                restart_marked, timeout_s=120, what="every stream marked and every trade gap refilled"
+            )
+            await settle_quietly(streamer, sim)
+            metrics = streamer.get_metrics()
+        sent = sent_by_stream(sim, symbols)
+
+    expected = found = lost = dup = unmarked = 0
+    markers = gap_entries(client, prefix)
+    async with MarketDataReader(server.url, prefix=prefix, exchange="sim-binance") as reader:
+        for symbol in symbols:
+            for channel in ("trade", "aggTrade"):
+                ids = [e["id"] for e in await reader.range(symbol, channel, 0, 2**62)]
+                assert ids == sorted(ids), f"{channel} {symbol}: out of id order"
+                # Everything sent from the oldest id kept (the retention) to the last one sent.
+                truth = set(range(ids[0], sent[(channel, symbol)]["last_id"] + 1))
+                expected += len(truth)
+                found += len(truth & set(ids))
+                lost += len(truth - set(ids))
+                dup += len(ids) - len(set(ids))
+            for channel in ("bookTicker", "kline_1m"):
+                oldest = client.xrange(key(channel, symbol), count=1)
+                first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
+                mine = [
+                    m
+                    for m in markers
+                    if m["stream"] == key(channel, symbol) and m["reason"] == "redis_restart"
+                ]
+                # The restart lost everything before the oldest entry left: a marker must say so.
+                if not any(int(m["from_ms"]) == 0 and int(m["to_ms"]) >= first_ms - 60_000 for m in mine):
+                    unmarked += 1
+            closed = [e["open_ms"] for _, e in entries(client, key("kline_1m", symbol)) if e["closed"]]
+            assert closed == list(range(closed[0], closed[-1] + 1, 60_000)) if closed else True
+    report.tally(
+        expected,
+        found,
+        lost,
+        dup,
+        trades_repaired=metrics["repaired_trades"],
+        streams_unmarked=unmarked,
+        stop_s=stop_s,
+        retention=retention,
+    )
+    assert lost == 0 and dup == 0, (lost, dup)
+    assert report.extra["stop_lost"] == 0 and report.extra["stop_dup"] == 0
+    assert unmarked == 0
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
     client.close()
