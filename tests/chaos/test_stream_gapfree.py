@@ -228,19 +228,11 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
             metrics = streamer.get_metrics()
         sent = sent_by_stream(sim, symbols)
 
-    expected = found = lost = dup = unmarked = 0
+    unmarked = 0
     markers = gap_entries(client, prefix)
     async with MarketDataReader(server.url, prefix=prefix, exchange="sim-binance") as reader:
+        expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)
         for symbol in symbols:
-            for channel in ("trade", "aggTrade"):
-                ids = [e["id"] for e in await reader.range(symbol, channel, 0, 2**62)]
-                assert ids == sorted(ids), f"{channel} {symbol}: out of id order"
-                # Everything sent from the oldest id kept (the retention) to the last one sent.
-                truth = set(range(ids[0], sent[(channel, symbol)]["last_id"] + 1))
-                expected += len(truth)
-                found += len(truth & set(ids))
-                lost += len(truth - set(ids))
-                dup += len(ids) - len(set(ids))
             for channel in ("bookTicker", "kline_1m"):
                 oldest = client.xrange(key(channel, symbol), count=1)
                 first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
@@ -327,17 +319,8 @@ async def test_trades_gap_free_through_streamer_sigkills(
             await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
         sent = sent_by_stream(sim, symbols)
 
-    expected = found = lost = dup = 0
     async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
-        for symbol in symbols:
-            for channel in channels:
-                ids = [e["id"] for e in await reader.range(symbol, channel, 0, 2**62)]
-                assert ids == sorted(ids), f"{channel} {symbol}: out of id order"
-                truth = set(range(ids[0], sent[(channel, symbol)]["last_id"] + 1))
-                expected += len(truth)
-                found += len(truth & set(ids))
-                lost += len(truth - set(ids))
-                dup += len(ids) - len(set(ids))
+        expected, found, lost, dup = await _account_trades(reader, symbols, channels, sent)
     repaired = sum(1 for m in gap_entries(client, redis_prefix) if m["reason"] == "repaired")
     report.tally(expected, found, lost, dup, exit_codes=",".join(map(str, codes)), gaps_repaired=repaired)
     assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
@@ -345,3 +328,24 @@ async def test_trades_gap_free_through_streamer_sigkills(
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
     client.close()
+
+
+async def _account_trades(
+    reader: MarketDataReader,
+    symbols: list[str],
+    channels: list[str],
+    sent: dict[tuple[str, str], dict[str, int]],
+) -> tuple[int, int, int, int]:
+    """``(expected, found, lost, duplicated)`` over ``channels`` × ``symbols``, read merged with
+    their repairs: every id from the oldest kept to the last one the simulator sent is expected."""
+    expected = found = lost = dup = 0
+    for symbol in symbols:
+        for channel in channels:
+            ids = [e["id"] for e in await reader.range(symbol, channel, 0, 2**62)]
+            assert ids == sorted(ids), f"{channel} {symbol}: out of id order"
+            truth = set(range(ids[0], sent[(channel, symbol)]["last_id"] + 1))
+            expected += len(truth)
+            found += len(truth & set(ids))
+            lost += len(truth - set(ids))
+            dup += len(ids) - len(set(ids))
+    return expected, found, lost, dup
