@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 
 import redis
@@ -27,6 +26,7 @@ import yaml
 
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
+from tests.chaos.helpers import end_streamer, streamer_process
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
 from tests.support.services import REDIS_URL
@@ -41,7 +41,6 @@ from tests.support.streaming import (
     wait_for,
 )
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "stream_market_data.py"
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
 CHANNELS = ["trade", "aggTrade", "kline_1m"]
 #: Simulated ms per wall ms: the trade tape then runs at 10 × ws_rate a wall second.
@@ -294,28 +293,13 @@ async def test_trades_gap_free_through_streamer_sigkills(
         codes = []
         for run in range(kills + 1):
             before = stored()
-            out = open(tmp_path / f"stream{run}.out", "wb")  # noqa: ASYNC230 - a log sink
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(SCRIPT), "--config", str(path), "--status-interval", "0",
-                stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(tmp_path),
-            )  # fmt: skip
-            report.rss.watch(proc.pid)
-            try:
+            async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
                 await wait_for(lambda b=before: stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
-                if run < kills:
-                    proc.send_signal(signal.SIGKILL)
-                    report.fault("sigkill")
-                else:
+                if run == kills:
                     await wait_for(all_repaired, timeout_s=120, what="every trade gap repaired")
                     sim.clock.freeze()  # the flow stops
                     await wait_for(all_repaired, timeout_s=60, what="the last gaps repaired")
-                    proc.send_signal(signal.SIGINT)  # the last one stops cleanly (flushes)
-                codes.append(await asyncio.wait_for(proc.wait(), 30))
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                out.close()
+                codes.append(await end_streamer(proc, run < kills, report))
             await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
         sent = sent_by_stream(sim, symbols)
 
