@@ -17,8 +17,10 @@ Not covered here: OKX (its own file), the trades table in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
@@ -30,7 +32,7 @@ from tests.chaos.helpers import end_streamer, streamer_process
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
 from tests.support.services import REDIS_URL
-from tests.support.stream_accounting import account_by_id
+from tests.support.stream_accounting import account_by_id, holes_and_markers
 from tests.support.streaming import (
     entries,
     gap_entries,
@@ -54,15 +56,7 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
     client = redis.Redis.from_url(REDIS_URL)
     stall_s = 20.0 if long_run else 3.0
     async with SimulatedExchange(symbols=SYMBOLS, seed=15, ws_rate=40) as sim:  # 2,000 trade msg/s
-        running = True
-
-        async def fast_clock() -> None:
-            while running:
-                sim.clock.advance(20 * (SPEED - 1))
-                await asyncio.sleep(0.02)
-
-        clock_task = asyncio.create_task(fast_clock())
-        try:
+        async with fast_clock(sim):
             async with streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS) as streamer:
                 assert await streamer.wait_connected()
                 start_ms = sim.clock.now_ms()
@@ -99,8 +93,6 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                     timeout_s=90,
                     what="aggregate trades flowing again after the stall",
                 )
-                running = False
-                await clock_task
                 sim.clock.freeze()  # the flow stops
 
                 def all_repaired() -> bool:
@@ -112,9 +104,6 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                 await settle_quietly(streamer, sim)
                 metrics = streamer.get_metrics()
             end_ms = sim.clock.now_ms()
-        finally:
-            running = False
-            await asyncio.gather(clock_task, return_exceptions=True)
 
         markers = gap_entries(client, redis_prefix)
         agg_expected = agg_found = agg_dup = agg_lost = trade_unmarked = trade_wrong = kline_dup = 0
@@ -267,25 +256,30 @@ async def test_trades_gap_free_through_streamer_sigkills(
     redis_prefix: str, scenario_report: ScenarioReport, long_run: bool, tmp_path: Path
 ) -> None:
     """The streamer (scripts/stream_market_data.py, a subprocess) SIGKILLed three times (ten with
-    --long) and restarted: each restart reads the newest stored id from Redis, marks exactly the
-    ids it missed and fetches them back, so ``trade`` and ``aggTrade`` hold every trade sent once."""
+    --long) and restarted while the market runs 10× fast: each restart reads the newest stored id
+    from Redis, marks exactly the ids it missed and fetches them back, so ``trade`` and
+    ``aggTrade`` hold every trade sent once; closed klines are all there once (REST repair at
+    each start); ``bookTicker`` and ``depth`` have a ``restart`` marker at each seam and no hole
+    without one."""
     report = scenario_report
     kills = 10 if long_run else 3
-    symbols, channels = SYMBOLS[:2], ["trade", "aggTrade"]
+    symbols = SYMBOLS[:2]
+    channels = ["trade", "aggTrade", "bookTicker", "depth", "kline_1m"]
     client = redis.Redis.from_url(REDIS_URL)
 
     def key(channel: str, symbol: str) -> str:
         return f"{redis_prefix}:stream:sim-binance:{channel}:{symbol}"
 
     def stored() -> int:
-        return sum(int(client.xlen(key(c, s))) for c in channels for s in symbols)
+        return sum(int(client.xlen(key(c, s))) for c in ("trade", "aggTrade") for s in symbols)
 
     def all_repaired() -> bool:
         markers = gap_entries(client, redis_prefix)
         opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
         return opened == sum(1 for m in markers if m["reason"] == "repaired")
 
-    async with SimulatedExchange(symbols=symbols, seed=17, ws_rate=100) as sim:
+    # 30× fast: about a minute of market per kill, so candles close in the downtime too.
+    async with SimulatedExchange(symbols=symbols, seed=17, ws_rate=8) as sim, fast_clock(sim, 30):
         config = stream_config(sim, redis_prefix, watchdog_s=30.0)
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
         path = tmp_path / "config.yaml"
@@ -302,16 +296,73 @@ async def test_trades_gap_free_through_streamer_sigkills(
                 codes.append(await end_streamer(proc, run < kills, report))
             await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
         sent = sent_by_stream(sim, symbols)
-
-    async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
-        expected, found, lost, dup = await _account_trades(reader, symbols, channels, sent)
-    repaired = sum(1 for m in gap_entries(client, redis_prefix) if m["reason"] == "repaired")
-    report.tally(expected, found, lost, dup, exit_codes=",".join(map(str, codes)), gaps_repaired=repaired)
+        async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
+            expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)
+        markers = gap_entries(client, redis_prefix)
+        seams = {"holes": 0, "unmarked": 0, "stray_markers": 0, "klines_missing": 0, "klines_duplicated": 0}
+        for symbol in symbols:
+            windows = {
+                c: [(int(m["from_ms"]), int(m["to_ms"])) for m in markers if m["stream"] == key(c, symbol)]
+                for c in ("bookTicker", "depth")
+            }
+            ticks = [e for _, e in entries(client, key("bookTicker", symbol))]
+            times = [e["event_ms"] for e in ticks]
+            # bookTicker never pauses (ws_rate × SPEED a second): a silence of 2 s lost events.
+            breaks = [i > 0 and times[i] - times[i - 1] > 2000 for i in range(len(times))]
+            for name, value in zip(
+                ("holes", "unmarked", "stray_markers"),
+                holes_and_markers(times, breaks, windows["bookTicker"]),
+                strict=True,
+            ):
+                seams[name] += value
+            diffs = [e for _, e in entries(client, key("depth", symbol))]
+            breaks = [
+                i > 0 and diffs[i]["first_update_id"] != diffs[i - 1]["update_id"] + 1
+                for i in range(len(diffs))
+            ]
+            times = [e["event_ms"] for e in diffs]
+            for name, value in zip(
+                ("holes", "unmarked", "stray_markers"),
+                holes_and_markers(times, breaks, windows["depth"]),
+                strict=True,
+            ):
+                seams[name] += value
+            closed = [e["open_ms"] for _, e in entries(client, key("kline_1m", symbol)) if e["closed"]]
+            seams["klines_closed"] = seams.get("klines_closed", 0) + len(set(closed))
+            seams["klines_duplicated"] += len(closed) - len(set(closed))
+            truth = (
+                {int(r[0]) for r in sim.klines(symbol, "1m", closed[0], closed[-1] + 1)} if closed else set()
+            )
+            seams["klines_missing"] += len(truth - set(closed))
+    report.tally(expected, found, lost, dup, exit_codes=",".join(map(str, codes)), **seams)
     assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
     assert lost == 0 and dup == 0, (lost, dup)
+    assert seams["klines_closed"] >= 2 * kills, seams  # candles closed, some of them while down
+    assert seams["klines_missing"] == 0 and seams["klines_duplicated"] == 0, seams
+    assert seams["holes"] >= 2 * kills and seams["unmarked"] == 0 and seams["stray_markers"] == 0, seams
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
     client.close()
+
+
+@contextlib.asynccontextmanager
+async def fast_clock(sim: SimulatedExchange, speed: int = SPEED) -> AsyncIterator[None]:
+    """Run the simulator's clock ``speed`` times as fast as the wall clock while inside (and
+    until it is frozen: ``sim.clock.freeze()`` stops the flow)."""
+    running = True
+
+    async def run() -> None:
+        while running:
+            if sim.clock.frozen_ms is None:
+                sim.clock.advance(20 * (speed - 1))
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        running = False
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _account_trades(
