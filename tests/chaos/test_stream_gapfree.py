@@ -1,15 +1,17 @@
-"""Issue 15's fault test, Binance spot, one figure line per scenario:
+"""Issue 15's fault test, Binance spot, one figure line per scenario. Each runs in a short CI
+form; its full form (5 symbols at 2,000 trade msg/s) is ``-m slow`` (or ``--long``).
 
-* WS drops ×5, a stall past the watchdog (20 s with --long), and skipped ids, while the market
-  trades on (the simulator's clock runs 10× fast, so aggregate trades are dense): the aggTrade
-  streams (live + repaired, read with ``MarketDataReader.range``) hold every trade REST serves
-  for the window exactly once, in id order; the trade streams' gaps are marked exactly by id;
-  closed klines are all there once.
-* The streamer (a subprocess) SIGKILLed ×3 (×10 with --long) and restarted: ``trade`` and
-  ``aggTrade`` hold every trade sent, once, in id order.
-* A private Redis SIGSTOPped (3 s; 10 s with --long), then restarted once without persistence:
-  the stop loses nothing, the restart's loss is refilled for the retention (``stream_maxlen``)
-  on the trade channels and marked ``redis_restart`` on the others.
+* WS drops ×5, a stall past the watchdog (20 s full), and skipped ids, while the market trades
+  on (the simulator's clock runs 10× fast, so aggregate trades are dense): the aggTrade streams
+  (live + repaired, read with ``MarketDataReader.range``) hold every trade REST serves for the
+  window exactly once, in id order; the trade streams' gaps are marked exactly by id; closed
+  klines are all there once.
+* The streamer (a subprocess) SIGKILLed ×3 (×10 full) and restarted: ``trade`` and ``aggTrade``
+  hold every trade sent, once, in id order; closed klines every candle once; ``bookTicker`` and
+  ``depth`` holes each under a marker at their exact seam.
+* A private Redis SIGSTOPped (3 s; 10 s full), then restarted once without persistence: the stop
+  loses nothing, the restart's loss is refilled for the retention (``stream_maxlen``) on the
+  trade channels and marked ``redis_restart`` on the others.
 
 Not covered here: OKX (its own file), the trades table in PostgreSQL.
 """
@@ -23,6 +25,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
@@ -49,12 +52,19 @@ CHANNELS = ["trade", "aggTrade", "kline_1m"]
 SPEED = 10
 
 
+@pytest.fixture(params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["ci", "full"])
+def full(request: pytest.FixtureRequest, long_run: bool, scenario_report: ScenarioReport) -> bool:
+    """The scenario's full size (``-m slow``, or ``--long``) instead of its short CI form."""
+    scenario_report.long = bool(request.param) or long_run
+    return scenario_report.long
+
+
 async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
-    redis_prefix: str, scenario_report: ScenarioReport, long_run: bool
+    redis_prefix: str, scenario_report: ScenarioReport, full: bool
 ) -> None:
     report = scenario_report
     client = redis.Redis.from_url(REDIS_URL)
-    stall_s = 20.0 if long_run else 3.0
+    stall_s = 20.0 if full else 3.0
     async with SimulatedExchange(symbols=SYMBOLS, seed=15, ws_rate=40) as sim:  # 2,000 trade msg/s
         async with fast_clock(sim):
             async with streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS) as streamer:
@@ -151,9 +161,9 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
 
 
 async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persistence(
-    scenario_report: ScenarioReport, long_run: bool, restartable_redis: RestartableRedis
+    scenario_report: ScenarioReport, full: bool, restartable_redis: RestartableRedis
 ) -> None:
-    """The private Redis SIGSTOPped (10 s with --long, 3 s in CI), then restarted once with no
+    """The private Redis SIGSTOPped (10 s in the full form, 3 s in CI), then restarted once with no
     persistence: nothing the simulator sent on ``trade``/``aggTrade`` is lost or doubled (the
     stop is buffered, the restart's loss refilled over REST for the last ``stream_maxlen`` ids),
     and every other stream carries a ``redis_restart`` marker over what the restart lost."""
@@ -162,8 +172,13 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
     report = scenario_report
     server = restartable_redis
     client = redis.Redis.from_url(server.url)
-    symbols, channels, prefix = SYMBOLS[:2], ["trade", "aggTrade", "bookTicker", "kline_1m"], "gf"
-    stop_s = 10.0 if long_run else 3.0
+    # The full form: 5 symbols at 2,000 trade msg/s, Redis stopped 10 s.
+    symbols, channels, prefix = (
+        SYMBOLS if full else SYMBOLS[:2],
+        ["trade", "aggTrade", "bookTicker", "kline_1m"],
+        "gf",
+    )
+    stop_s = 10.0 if full else 3.0
     retention = 3000
 
     def key(channel: str, symbol: str) -> str:
@@ -179,7 +194,7 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
         repaired = sum(1 for m in markers if m["reason"] == "repaired")
         return marked >= {key(c, s) for c in channels for s in symbols} and opened == repaired
 
-    async with SimulatedExchange(symbols=symbols, seed=16, ws_rate=40) as sim:
+    async with SimulatedExchange(symbols=symbols, seed=16, ws_rate=400 if full else 40) as sim:
         config = stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention)
         async with OptimizedWebSocketStreamer(
             symbols=symbols, redis_client=server.url, channels=channels, config=config
@@ -253,17 +268,18 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
 
 
 async def test_trades_gap_free_through_streamer_sigkills(
-    redis_prefix: str, scenario_report: ScenarioReport, long_run: bool, tmp_path: Path
+    redis_prefix: str, scenario_report: ScenarioReport, full: bool, tmp_path: Path
 ) -> None:
-    """The streamer (scripts/stream_market_data.py, a subprocess) SIGKILLed three times (ten with
-    --long) and restarted while the market runs 10× fast: each restart reads the newest stored id
+    """The streamer (scripts/stream_market_data.py, a subprocess) SIGKILLed three times (ten in
+    the full form) and restarted while the market runs 10× fast: each restart reads the newest stored id
     from Redis, marks exactly the ids it missed and fetches them back, so ``trade`` and
     ``aggTrade`` hold every trade sent once; closed klines are all there once (REST repair at
     each start); ``bookTicker`` and ``depth`` have a ``restart`` marker at each seam and no hole
     without one."""
     report = scenario_report
-    kills = 10 if long_run else 3
-    symbols = SYMBOLS[:2]
+    # The full form: 10 kills, 5 symbols at 2,100 trade msg/s (14 a simulated second × 30 × 5).
+    kills = 10 if full else 3
+    symbols = SYMBOLS if full else SYMBOLS[:2]
     channels = ["trade", "aggTrade", "bookTicker", "depth", "kline_1m"]
     client = redis.Redis.from_url(REDIS_URL)
 
@@ -279,7 +295,10 @@ async def test_trades_gap_free_through_streamer_sigkills(
         return opened == sum(1 for m in markers if m["reason"] == "repaired")
 
     # 30× fast: about a minute of market per kill, so candles close in the downtime too.
-    async with SimulatedExchange(symbols=symbols, seed=17, ws_rate=8) as sim, fast_clock(sim, 30):
+    async with (
+        SimulatedExchange(symbols=symbols, seed=17, ws_rate=14 if full else 8) as sim,
+        fast_clock(sim, 30),
+    ):
         config = stream_config(sim, redis_prefix, watchdog_s=30.0)
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
         path = tmp_path / "config.yaml"
