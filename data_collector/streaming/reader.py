@@ -81,6 +81,12 @@ def _note_holes(holes: dict[tuple[int, int], list[Any]], rows: list[Any], key: s
             holes.setdefault(bounds, [now_ms, 0, None])
 
 
+def _has_repair(channel: str) -> bool:
+    """Whether ``channel`` has a companion ``@repair`` stream: trades (gaps fetched back over REST)
+    and klines (closed candles refilled after a Redis restart)."""
+    return channel in REPAIRED_CHANNELS or channel.startswith("kline_")
+
+
 def _entries(rows: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
     out = []
     for entry_id, fields in rows:
@@ -153,12 +159,12 @@ class MarketDataReader:
     async def last(self, symbol: str, channel: str, count: int = 100) -> list[Event]:
         """The newest ``count`` entries, oldest first; each carries its ``entry_id``.
 
-        On a repaired channel (``aggTrade``, ``trade``) the companion stream is merged in, as in
-        :meth:`range`: the newest ``count`` of both, every trade once, in id order.
+        On a repaired channel (``aggTrade``, ``trade``, ``kline_*``) the companion stream is merged
+        in, as in :meth:`range`: the newest ``count`` of both, every entry once, in id order.
         """
         client = self._client()
         rows = list(reversed(await client.xrevrange(self.stream_key(symbol, channel), count=count)))
-        if channel in REPAIRED_CHANNELS:
+        if _has_repair(channel):
             repaired = await client.xrevrange(self._repair_key(symbol, channel), count=count)
             rows = _merged(rows, list(reversed(repaired)))[-count:] if count > 0 else []
         return _entries(rows)
@@ -171,14 +177,14 @@ class MarketDataReader:
     ) -> list[Event]:
         """Entries whose id time lies in ``[start_ms, end_ms]``, oldest first.
 
-        On ``aggTrade`` and ``trade`` the trades the streamer fetched back over REST (the companion
-        stream ``<channel>@repair``, see ``data_collector.streaming.trade_repair``) are merged in: every
-        trade once, in id order.
+        On ``aggTrade``, ``trade`` and ``kline_*`` what the streamer fetched back over REST (the
+        companion stream ``<channel>@repair``, see ``data_collector.streaming.trade_repair``) is
+        merged in: every entry once, in id order.
         """
         client = self._client()
         lo, hi = str(int(start_ms)), str(int(end_ms))
         rows = await client.xrange(self.stream_key(symbol, channel), min=lo, max=hi, count=count)
-        if channel in REPAIRED_CHANNELS:
+        if _has_repair(channel):
             repaired = await client.xrange(self._repair_key(symbol, channel), min=lo, max=hi, count=count)
             rows = _merged(rows, repaired)
             if count is not None:
@@ -232,7 +238,9 @@ class MarketDataReader:
                 after an open gap are held back waiting for its repair. Within it every trade is
                 yielded once, in id order, the repaired ones in their place; past it the held
                 trades go on and that gap stays marked (:meth:`gaps`; :meth:`range` still
-                returns a repair that lands later).
+                returns a repair that lands later). On ``kline_*`` the tail is the live stream's:
+                candles refilled after a Redis restart are older than what it has yielded
+                (:meth:`range` and :meth:`last` return them).
         """
         key = self.stream_key(symbol, channel)
         client = self._client()

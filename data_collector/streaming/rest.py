@@ -182,8 +182,11 @@ class BinanceRest:
             raise TransientError(f"GET {self.api}/depth: unexpected response")
         return data
 
-    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[list[Any]]:
-        """Klines with ``start_ms <= open time <= end_ms``, oldest first (all pages)."""
+    async def klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int, *, background: bool = False
+    ) -> list[list[Any]]:
+        """Klines with ``start_ms <= open time <= end_ms``, oldest first (all pages); with
+        ``background`` each page is a background request (weight 2: 1,000 per page)."""
         out: list[list[Any]] = []
         cursor = start_ms
         while cursor <= end_ms:
@@ -196,6 +199,7 @@ class BinanceRest:
                     "endTime": end_ms,
                     "limit": 1000,
                 },
+                background_weight=2 if background else 0,
             )
             if not isinstance(page, list) or not page:
                 break

@@ -21,7 +21,13 @@ from typing import Any
 import msgpack
 
 from data_collector.errors import CollectorError, UsageError
-from data_collector.markets import candle_open_ms, next_open_ms, normalize_markets, stream_symbol
+from data_collector.markets import (
+    TIMEFRAME_MS,
+    candle_open_ms,
+    next_open_ms,
+    normalize_markets,
+    stream_symbol,
+)
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
@@ -238,7 +244,9 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel in REPAIRED_CHANNELS and opts.repair_max_ids > 0 and self.venue.kind == "binance":
+        # Klines get one too: refilled over REST after a Redis restart, older than the live top.
+        repairable = channel in REPAIRED_CHANNELS or channel.startswith("kline_")
+        if repairable and opts.repair_max_ids > 0 and self.venue.kind == "binance":
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -645,9 +653,14 @@ class StreamService:
             self._on_redis_restart()
             return
         retention = self.options.stream_maxlen
+        refills: list[tuple[Route, int]] = []
         for route, reply in zip(routes, replies, strict=True):
             found = self._entry_time(reply)
             to_ms = found[1] if found is not None else route.last_ms
+            if route.channel.startswith("kline_") and id(route) in self._repair_heads:
+                # Closed candles open before the oldest entry left (or the newest seen) come back.
+                first_open = int(found[0].partition("-")[0]) if found is not None else route.last_ms
+                refills.append((route, candle_open_ms(first_open, route.channel[6:])))
             if route.sequenced:
                 stored = self._stored_seq(reply)
                 next_seq = stored if stored >= 0 else route.last_seq + 1
@@ -657,6 +670,39 @@ class StreamService:
             else:
                 self._write_gap(route, 0, to_ms, "redis_restart")
         log.warning("Redis lost what it held (restart without persistence): %d streams marked", len(routes))
+        for route, before_ms in refills:
+            await self._refill_klines(route, before_ms, retention)
+
+    async def _refill_klines(self, route: Route, before_ms: int, retention: int) -> None:
+        """The last ``retention`` closed candles opening before ``before_ms``, fetched over REST (in
+        the background) into the kline stream's companion ``@repair`` stream, then a ``repaired``
+        marker; a failure leaves the ``redis_restart`` marker as the record."""
+        timeframe = route.channel[6:]
+        start_ms = max(0, before_ms - retention * TIMEFRAME_MS.get(timeframe, 60_000))
+        try:
+            rows = await self.rest.klines(route.symbol, timeframe, start_ms, before_ms - 1, background=True)
+        except CollectorError as exc:
+            self.metrics.rest_errors += 1
+            log.warning(
+                "could not refill %s %s klines after a Redis restart: %s", route.symbol, timeframe, exc
+            )
+            return
+        now = time.time()
+        written = self._write_repaired(
+            route, rows, before_ms + 1, int(now * 1000), now, self._repair_heads[id(route)], start_ms - 1
+        )
+        self.writer.submit_gap(
+            GapMarker(
+                route.stream_key,
+                route.channel,
+                route.symbol,
+                start_ms,
+                before_ms,
+                "repaired",
+                count=written,
+                repaired=written,
+            )
+        )
 
     async def _oldest_entries(self, keys: list[str]) -> list[Any]:
         """``XRANGE <key> - + COUNT 1`` of each key, in one round trip (bounded by the timeouts)."""
@@ -706,10 +752,26 @@ class StreamService:
             self._write_repaired(route, rows, cutoff_ms, recv_ms, now)
 
     def _write_repaired(
-        self, route: Route, rows: list[list[Any]], to_ms: int, recv_ms: int, now: float
-    ) -> None:
+        self,
+        route: Route,
+        rows: list[list[Any]],
+        to_ms: int,
+        recv_ms: int,
+        now: float,
+        heads: tuple[bytes, bytes] | None = None,
+        after_open_ms: int | None = None,
+    ) -> int:
+        """Write the closed candles of ``rows`` that close before ``to_ms`` and open after
+        ``after_open_ms`` (default: the newest closed one seen) to ``heads`` (default: the live
+        stream); how many."""
         timeframe = route.channel[6:]
-        last = self._last_closed_open.get((route.symbol, timeframe), 0)
+        last = (
+            self._last_closed_open.get((route.symbol, timeframe), 0)
+            if after_open_ms is None
+            else after_open_ms
+        )
+        xadd_head, set_head = heads or (route.xadd_head, route.set_head)
+        written = 0
         for row in rows:
             try:
                 open_ms, close_ms = int(row[0]), int(row[6])
@@ -732,11 +794,11 @@ class StreamService:
                 continue
             event["repaired"] = True
             entry_id = kline_entry_id(open_ms, timeframe, close_ms, True)
-            self.writer.submit(
-                (route.xadd_head, route.set_head, entry_id, msgpack.packb(event), recv_ms, now)
-            )
+            self.writer.submit((xadd_head, set_head, entry_id, msgpack.packb(event), recv_ms, now))
             self.metrics.repaired_klines += 1
+            written += 1
             self._on_closed_kline(route.symbol, timeframe, event)
+        return written
 
     def order_book(self, symbol: str) -> dict[str, Any] | None:
         """The full local book of ``symbol`` while in sync, else ``None``."""
