@@ -356,6 +356,9 @@ class StreamingConfig(_Section):
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
     #: The widest aggTrade or trade gap fetched back over REST (0: none are); wider ones stay marked.
     repair_max_ids: int = Field(default=100_000, ge=0)
+    #: Request weight the REST repairs (trades, klines after a Redis restart) may spend a minute;
+    #: they go out only while no live request (depth snapshot, kline repair) waits.
+    repair_weight_per_min: int = Field(default=1200, ge=1)
 
 
 class MetricsConfig(_Section):

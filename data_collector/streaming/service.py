@@ -59,7 +59,7 @@ from data_collector.streaming.okx.connection import route_key as okx_route_key
 from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
 from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.rest import BinanceRest
+from data_collector.streaming.rest import BACKGROUND_WEIGHT_PER_MIN, BinanceRest
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
 from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
@@ -111,6 +111,8 @@ class ServiceOptions:
     store_funding: bool = False
     #: The widest aggTrade or trade gap fetched back over REST (:mod:`.trade_repair`); 0: no repair.
     repair_max_ids: int = 100_000
+    #: Request weight the REST repairs may spend a minute (:class:`.rest.RequestGate`).
+    repair_weight_per_min: int = BACKGROUND_WEIGHT_PER_MIN
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`.ccxtpro`).
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
@@ -167,7 +169,12 @@ class StreamService:
             stream_maxlen=options.stream_maxlen,
             max_batch=options.max_batch,
         )
-        self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
+        self.rest = BinanceRest(
+            options.rest_url,
+            options.rest_timeout_s,
+            api=venue.rest_api,
+            background_weight_per_min=options.repair_weight_per_min,
+        )
         self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
         self.writer.on_server_restart = self._on_redis_restart
         self._refill: asyncio.Task[None] | None = None
@@ -577,7 +584,14 @@ class StreamService:
         )
 
     def _write_seq_gap(
-        self, route: Route, last_seq: int, next_seq: int, from_ms: int, to_ms: int, reason: str
+        self,
+        route: Route,
+        last_seq: int,
+        next_seq: int,
+        from_ms: int,
+        to_ms: int,
+        reason: str,
+        first: bool = False,
     ) -> None:
         """Mark the trade ids strictly between ``last_seq`` and ``next_seq`` missing (none: no marker)."""
         if next_seq <= last_seq + 1:
@@ -598,7 +612,8 @@ class StreamService:
         )
         heads = self._repair_heads.get(id(route))
         if heads is not None and not self._closed:
-            self.repairer.submit(RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads))
+            job = RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads)
+            self.repairer.submit(job, first=first)
 
     async def _resolve_restart_gaps(self) -> None:
         """Redis was unreadable at start: once it answers, the newest entry before each stream's
@@ -638,20 +653,40 @@ class StreamService:
         """A stream whose oldest entry is now newer than what this process had written, or that
         vanished, lost what Redis held (a restart without persistence): mark it from 0 to the
         first entry left, and refill trade streams over REST, the last ``stream_maxlen`` ids (the
-        retention the config gives), through the background repair."""
+        retention the config gives), through the background repair, and closed klines."""
         writer = self.writer
-        for _ in range(100):  # what the writer was holding lands first (bounded: 5 s)
-            if writer.queue_depth == 0 and writer.connected:
-                break
-            await asyncio.sleep(0.05)
-        routes = [r for c in self.connections for r in c.unique_routes() if r.last_ms > 0]
+        # Trade repairs stop: the refill goes first, and each companion stream takes ids in order.
+        await self.repairer.pause()
         try:
-            replies = await self._oldest_entries([r.stream_key for r in routes])
-        except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
-            log.warning("cannot read Redis after its restart (%s); its loss stays unmarked until then", exc)
-            self._refill = None
-            self._on_redis_restart()
-            return
+            for _ in range(100):  # what the writer was holding lands first (bounded: 5 s)
+                if writer.queue_depth == 0 and writer.connected:
+                    break
+                await asyncio.sleep(0.05)
+            routes = [r for c in self.connections for r in c.unique_routes() if r.last_ms > 0]
+            # What a paused repair wrote since the restart is refilled again: those start empty.
+            repair_keys = [self._repair_key(r) for r in routes if r.sequenced and id(r) in self._repair_heads]
+            try:
+                replies = await self._oldest_entries([r.stream_key for r in routes], delete=repair_keys)
+            except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+                log.warning(
+                    "cannot read Redis after its restart (%s); its loss stays unmarked until then", exc
+                )
+                self._refill = None
+                self._on_redis_restart()
+                return
+            refills = self._mark_redis_loss(routes, replies)
+        finally:
+            self.repairer.resume()
+        for route, before_ms in refills:
+            await self._refill_klines(route, before_ms, self.options.stream_maxlen)
+
+    def _repair_key(self, route: Route) -> str:
+        opts = self.options
+        return stream_key(opts.prefix, opts.exchange, route.channel + REPAIR_SUFFIX, route.symbol)
+
+    def _mark_redis_loss(self, routes: list[Route], replies: list[Any]) -> list[tuple[Route, int]]:
+        """A ``redis_restart`` marker per stream, its trade refill queued first; the kline streams
+        to refill, with the open time their refill stops before."""
         retention = self.options.stream_maxlen
         refills: list[tuple[Route, int]] = []
         for route, reply in zip(routes, replies, strict=True):
@@ -664,14 +699,27 @@ class StreamService:
             if route.sequenced:
                 stored = self._stored_seq(reply)
                 next_seq = stored if stored >= 0 else route.last_seq + 1
-                self._write_seq_gap(
-                    route, max(-1, next_seq - retention - 1), next_seq, 0, to_ms, "redis_restart"
-                )
+                self.repairer.drop_below(route.stream_key, next_seq)  # the refill covers them
+                last_seq = max(-1, next_seq - retention - 1)
+                self._write_seq_gap(route, last_seq, next_seq, 0, to_ms, "redis_restart", first=True)
             else:
                 self._write_gap(route, 0, to_ms, "redis_restart")
         log.warning("Redis lost what it held (restart without persistence): %d streams marked", len(routes))
-        for route, before_ms in refills:
-            await self._refill_klines(route, before_ms, retention)
+        return refills
+
+    async def _oldest_entries(self, keys: list[str], delete: list[str]) -> list[Any]:
+        """``XRANGE <key> - + COUNT 1`` of each key, after deleting the keys ``delete``, in one
+        round trip (bounded by the timeouts)."""
+        endpoint = self._endpoint
+        async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
+            conn = await endpoint.connect()
+            try:
+                commands = [pack("DEL", *delete)] if delete else []
+                commands += [pack("XRANGE", key, "-", "+", "COUNT", 1) for key in keys]
+                replies = await conn.execute(b"".join(commands), len(commands))
+                return list(replies[len(commands) - len(keys) :])
+            finally:
+                await conn.close()
 
     async def _refill_klines(self, route: Route, before_ms: int, retention: int) -> None:
         """The last ``retention`` closed candles opening before ``before_ms``, fetched over REST (in
@@ -703,17 +751,6 @@ class StreamService:
                 repaired=written,
             )
         )
-
-    async def _oldest_entries(self, keys: list[str]) -> list[Any]:
-        """``XRANGE <key> - + COUNT 1`` of each key, in one round trip (bounded by the timeouts)."""
-        endpoint = self._endpoint
-        async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
-            conn = await endpoint.connect()
-            try:
-                payload = b"".join(pack("XRANGE", key, "-", "+", "COUNT", 1) for key in keys)
-                return await conn.execute(payload, len(keys))
-            finally:
-                await conn.close()
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)

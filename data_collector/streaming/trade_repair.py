@@ -99,11 +99,13 @@ class TradeRepairer:
         self._jobs: deque[RepairJob] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._paused = False
         #: Gaps wider than ``max_ids``, left open: (stream key, first id, last id).
         self.too_wide: list[tuple[str, int, int]] = []
 
-    def submit(self, job: RepairJob) -> None:
-        """Queue one gap (never blocks)."""
+    def submit(self, job: RepairJob, *, first: bool = False) -> None:
+        """Queue one gap (never blocks); ``first``: ahead of the others (a Redis restart's refill,
+        whose ids are below theirs: each companion stream is written in id order)."""
         width = job.last_seq - job.first_seq + 1
         if width > self.max_ids:
             self.too_wide.append((job.route.stream_key, job.first_seq, job.last_seq))
@@ -120,10 +122,28 @@ class TradeRepairer:
                 job.last_seq,
             )
             return
-        self._jobs.append(job)
+        if first:
+            self._jobs.appendleft(job)
+        else:
+            self._jobs.append(job)
         self._wake.set()
-        if self._task is None:
+        if self._task is None and not self._paused:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="trade-repair")
+
+    async def pause(self) -> None:
+        """Stop between pages (the job in hand starts again from its first id on :meth:`resume`)."""
+        self._paused = True
+        await self.close()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._jobs and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="trade-repair")
+
+    def drop_below(self, stream_key: str, seq: int) -> None:
+        """Forget the queued jobs of ``stream_key`` whose ids all lie below ``seq`` (a refill
+        covers them)."""
+        self._jobs = deque(j for j in self._jobs if j.route.stream_key != stream_key or j.last_seq >= seq)
 
     @property
     def pending(self) -> int:

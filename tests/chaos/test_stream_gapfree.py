@@ -203,7 +203,9 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
             symbols=symbols, redis_client=server.url, channels=channels, config=config
         ) as streamer:
             assert await streamer.wait_connected()
-            await wait_for(lambda: all(stored("trade")) and all(stored("aggTrade")), what="trades written")
+            await wait_for(
+                lambda: all(stored("trade")) and all(stored("aggTrade")), timeout_s=60, what="trades written"
+            )
             os.kill(server.proc.pid, signal.SIGSTOP)
             report.fault("redis_sigstop")
             try:
@@ -322,7 +324,11 @@ async def test_trades_gap_free_through_streamer_sigkills(
             async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
                 await wait_for(lambda b=before: stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
                 if run == kills:
-                    await wait_for(all_repaired, timeout_s=120, what="every trade gap repaired")
+                    # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of
+                    # five symbols need about two minutes of it.
+                    await wait_for(
+                        all_repaired, timeout_s=300 if full else 120, what="every trade gap repaired"
+                    )
                     sim.clock.freeze()  # the flow stops
                     await wait_for(all_repaired, timeout_s=60, what="the last gaps repaired")
                 codes.append(await end_streamer(proc, run < kills, report))
