@@ -178,6 +178,7 @@ class StreamService:
         self.repairer = TradeRepairer(self.rest, self.writer, metrics, options.repair_max_ids)
         self.writer.on_server_restart = self._on_redis_restart
         self._refill: asyncio.Task[None] | None = None
+        self._restart_again = False
         #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
@@ -642,9 +643,14 @@ class StreamService:
             log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
 
     def _on_redis_restart(self) -> None:
-        """Redis answered with a new run id: check what it still holds (once the writer is idle)."""
-        if self._closed or (self._refill is not None and not self._refill.done()):
+        """Redis answered with a new run id: check what it still holds (once the writer is idle);
+        a restart during that check has it run again."""
+        if self._closed:
             return
+        if self._refill is not None and not self._refill.done():
+            self._restart_again = True
+            return
+        self._restart_again = False
         self._refill = asyncio.get_running_loop().create_task(
             self._after_redis_restart(), name="redis-refill"
         )
@@ -654,6 +660,20 @@ class StreamService:
         vanished, lost what Redis held (a restart without persistence): mark it from 0 to the
         first entry left, and refill trade streams over REST, the last ``stream_maxlen`` ids (the
         retention the config gives), through the background repair, and closed klines."""
+        while True:
+            refills = await self._mark_after_restart()
+            if refills is None:  # Redis unreadable: try again (its loss is unmarked until then)
+                await asyncio.sleep(RESOLVE_INTERVAL_S)
+                continue
+            for route, before_ms in refills:
+                await self._refill_klines(route, before_ms, self.options.stream_maxlen)
+            if not self._restart_again:
+                return
+            self._restart_again = False
+
+    async def _mark_after_restart(self) -> list[tuple[Route, int]] | None:
+        """Mark what each stream lost and queue the trade refills; the kline refills to do, or
+        ``None`` when Redis cannot be read."""
         writer = self.writer
         # Trade repairs stop: the refill goes first, and each companion stream takes ids in order.
         await self.repairer.pause()
@@ -668,17 +688,11 @@ class StreamService:
             try:
                 replies = await self._oldest_entries([r.stream_key for r in routes], delete=repair_keys)
             except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
-                log.warning(
-                    "cannot read Redis after its restart (%s); its loss stays unmarked until then", exc
-                )
-                self._refill = None
-                self._on_redis_restart()
-                return
-            refills = self._mark_redis_loss(routes, replies)
+                log.warning("cannot read Redis after its restart (%s); retrying", exc)
+                return None
+            return self._mark_redis_loss(routes, replies)
         finally:
             self.repairer.resume()
-        for route, before_ms in refills:
-            await self._refill_klines(route, before_ms, self.options.stream_maxlen)
 
     def _repair_key(self, route: Route) -> str:
         opts = self.options
