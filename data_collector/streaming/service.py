@@ -60,7 +60,14 @@ from data_collector.streaming.okx.protocol import inst_id as okx_inst_id
 from data_collector.streaming.okx.protocol import make_normalizer as okx_normalizer
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.rest import BACKGROUND_WEIGHT_PER_MIN, BinanceRest
-from data_collector.streaming.trade_repair import REPAIR_SUFFIX, REPAIRED_CHANNELS, RepairJob, TradeRepairer
+from data_collector.streaming.trade_repair import (
+    PAGE,
+    REPAIR_SUFFIX,
+    REPAIRED_CHANNELS,
+    WRITER_IDLE_DEPTH,
+    RepairJob,
+    TradeRepairer,
+)
 from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
@@ -737,34 +744,43 @@ class StreamService:
 
     async def _refill_klines(self, route: Route, before_ms: int, retention: int) -> None:
         """The last ``retention`` closed candles opening before ``before_ms``, fetched over REST (in
-        the background) into the kline stream's companion ``@repair`` stream, then a ``repaired``
-        marker; a failure leaves the ``redis_restart`` marker as the record."""
+        the background, a page of 1,000 at a time, each handed to the writer only while it is
+        nearly idle: memory stays one page) into the kline stream's companion ``@repair`` stream,
+        then a ``repaired`` marker; a failure leaves the ``redis_restart`` marker as the record."""
         timeframe = route.channel[6:]
-        start_ms = max(0, before_ms - retention * TIMEFRAME_MS.get(timeframe, 60_000))
-        try:
-            rows = await self.rest.klines(route.symbol, timeframe, start_ms, before_ms - 1, background=True)
-        except CollectorError as exc:
-            self.metrics.rest_errors += 1
-            log.warning(
-                "could not refill %s %s klines after a Redis restart: %s", route.symbol, timeframe, exc
+        tf_ms = TIMEFRAME_MS.get(timeframe, 60_000)
+        start_ms = max(0, before_ms - retention * tf_ms)
+        heads = self._repair_heads[id(route)]
+        written, cursor = 0, start_ms
+        while cursor < before_ms:
+            end_ms = min(before_ms - 1, cursor + PAGE * tf_ms - 1)
+            try:
+                rows = await self.rest.klines(route.symbol, timeframe, cursor, end_ms, background=True)
+            except CollectorError as exc:
+                self.metrics.rest_errors += 1
+                log.warning(
+                    "could not refill %s %s klines after a Redis restart: %s", route.symbol, timeframe, exc
+                )
+                return
+            now = time.time()
+            written += self._write_repaired(
+                route, rows, before_ms + 1, int(now * 1000), now, heads, cursor - 1
             )
-            return
-        now = time.time()
-        written = self._write_repaired(
-            route, rows, before_ms + 1, int(now * 1000), now, self._repair_heads[id(route)], start_ms - 1
+            cursor = end_ms + 1
+            depth = self.writer.queue_depth
+            if depth > WRITER_IDLE_DEPTH:  # low priority, as the trade repair: live entries first
+                await asyncio.sleep(min(0.5, depth * 1e-5))
+        marker = GapMarker(
+            route.stream_key,
+            route.channel,
+            route.symbol,
+            start_ms,
+            before_ms,
+            "repaired",
+            count=written,
+            repaired=written,
         )
-        self.writer.submit_gap(
-            GapMarker(
-                route.stream_key,
-                route.channel,
-                route.symbol,
-                start_ms,
-                before_ms,
-                "repaired",
-                count=written,
-                repaired=written,
-            )
-        )
+        self.writer.submit_gap(marker)
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
