@@ -218,10 +218,12 @@ class BinanceRest:
         )
 
     async def historical_trades(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
-        """``/api/v3/historicalTrades?fromId=`` (a background request, weight 25; Binance's docs
-        list no API key for it any more): up to ``limit`` trades from id ``from_id`` on, in id
-        order, as Binance sends them (``id``, ``price``, ``qty``, ``time``, ``isBuyerMaker``)."""
-        return await self._trades_from("historicalTrades", symbol, from_id, limit, 25)
+        """``<api>/historicalTrades?fromId=`` (a background request, weight 25 on spot, 20 on
+        USDⓈ-M; the spot docs list no API key for it any more, so none is sent): up to ``limit``
+        trades from id ``from_id`` on, in id order, as Binance sends them (``id``, ``price``,
+        ``qty``, ``time``, ``isBuyerMaker``)."""
+        weight = 25 if self.api == "/api/v3" else 20
+        return await self._trades_from("historicalTrades", symbol, from_id, limit, weight)
 
     async def _trades_from(
         self, endpoint: str, symbol: str, from_id: int, limit: int, weight: int

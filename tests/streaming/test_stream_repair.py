@@ -88,17 +88,21 @@ async def test_lost_aggregate_trades_are_fetched_back_exactly_once(redis_prefix:
     client.close()
 
 
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
 async def test_lost_raw_trades_are_fetched_back_and_every_reader_method_merges_them(
-    redis_prefix: str,
+    redis_prefix: str, futures: bool
 ) -> None:
     """``trade`` (raw trades, ``historicalTrades?fromId=``): skipped ids and a drop are repaired,
     and ``range``, ``last`` and a ``tail`` running through the faults each return every trade once,
     in id order, the repaired ones in their place."""
     client = redis.Redis.from_url(REDIS_URL)
-    venue = "sim-binance"
-    async with SimulatedExchange(symbols=SPOT, seed=34, ws_rate=20) as sim:
+    symbols = PERPS if futures else SPOT
+    venue = "sim-binanceusdm" if futures else "sim-binance"
+    async with SimulatedExchange(
+        symbols=SPOT, perpetuals=PERPS if futures else (), seed=34, ws_rate=20
+    ) as sim:
         async with (
-            streamer_on(sim, redis_prefix, SPOT, ["trade"]) as streamer,
+            streamer_on(sim, redis_prefix, symbols, ["trade"], futures) as streamer,
             MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=venue) as reader,
         ):
             assert await streamer.wait_connected()
@@ -106,35 +110,37 @@ async def test_lost_raw_trades_are_fetched_back_and_every_reader_method_merges_t
             def stored(symbol: str) -> int:
                 return int(client.xlen(f"{redis_prefix}:stream:{venue}:trade:{symbol}"))
 
-            await wait_for(lambda: all(stored(s) for s in SPOT), what="every stream written")
+            await wait_for(lambda: all(stored(s) for s in symbols), what="every stream written")
             tailed: list[dict[str, Any]] = []
 
             async def tail() -> None:
-                async for event in reader.tail("SOL/USDT", "trade", last_id="0", block_ms=100):
+                async for event in reader.tail(symbols[1], "trade", last_id="0", block_ms=100):
                     tailed.append(event)
 
             tail_task = asyncio.create_task(tail())
-            for symbol in SPOT:
+            for symbol in symbols:
                 sim.ws_faults.skip_trade_id(symbol, 3)
             await wait_for(
                 lambda: _open_and_repaired(client, redis_prefix, venue)[0] >= 2, what="sequence gaps"
             )
             sim.ws_drop_all()
             await wait_for(lambda: streamer.get_metrics()["reconnects"] >= 1, what="a reconnect")
-            counts = {s: stored(s) for s in SPOT}
-            await wait_for(lambda: all(stored(s) > counts[s] + 20 for s in SPOT), what="trades flowing again")
+            counts = {s: stored(s) for s in symbols}
+            await wait_for(
+                lambda: all(stored(s) > counts[s] + 20 for s in symbols), what="trades flowing again"
+            )
             await wait_for(
                 lambda: (lambda o, r: o >= 4 and r == o)(*_open_and_repaired(client, redis_prefix, venue)),
                 timeout_s=60,
                 what="every gap repaired",
             )
             await settle_quietly(streamer, sim)
-            whole = await reader.range("SOL/USDT", "trade", 0, 2**62)
+            whole = await reader.range(symbols[1], "trade", 0, 2**62)
             await wait_for(lambda: len(tailed) >= len(whole), timeout_s=30, what="the tail caught up")
             tail_task.cancel()
             await asyncio.gather(tail_task, return_exceptions=True)
-            last = await reader.last("SOL/USDT", "trade", len(whole) - 1)
-            everything = {s: await reader.range(s, "trade", 0, 2**62) for s in SPOT}
+            last = await reader.last(symbols[1], "trade", len(whole) - 1)
+            everything = {s: await reader.range(s, "trade", 0, 2**62) for s in symbols}
 
     markers = gap_entries(client, redis_prefix, venue)
     repaired = [m for m in markers if m["reason"] == "repaired"]
@@ -142,9 +148,11 @@ async def test_lost_raw_trades_are_fetched_back_and_every_reader_method_merges_t
     for symbol, got in everything.items():
         ids = [e["id"] for e in got]
         assert ids == list(range(ids[0], ids[0] + len(ids))), f"{symbol}: a trade is missing or twice"
-        assert all(e["trade_ms"] == sim.hub.tape.time_of(e["id"]) for e in got), symbol
+        assert all(
+            e["trade_ms"] == (sim.usdm.hub if futures else sim.hub).tape.time_of(e["id"]) for e in got
+        ), symbol
         assert sum(1 for e in got if e.get("repaired")) >= 3 + 1
-    ids = [e["id"] for e in everything["SOL/USDT"]]
+    ids = [e["id"] for e in everything[symbols[1]]]
     assert [e["id"] for e in last] == ids[1:], "last() missed, repeated or reordered a trade"
     assert [e["id"] for e in tailed] == ids, "the tail missed, repeated or reordered a trade"
     client.close()
