@@ -163,11 +163,29 @@ class MarketDataReader:
         in, as in :meth:`range`: the newest ``count`` of both, every entry once, in id order.
         """
         client = self._client()
-        rows = list(reversed(await client.xrevrange(self.stream_key(symbol, channel), count=count)))
+        key = self.stream_key(symbol, channel)
+        rows = list(reversed(await client.xrevrange(key, count=count)))
         if _has_repair(channel):
             repaired = await client.xrevrange(self._repair_key(symbol, channel), count=count)
-            rows = _merged(rows, list(reversed(repaired)))[-count:] if count > 0 else []
+            repaired = await self._within_retention(key, list(reversed(repaired)))
+            rows = _merged(rows, repaired)[-count:] if count > 0 else []
         return _entries(rows)
+
+    async def _within_retention(self, key: str, repaired: list[Any]) -> list[Any]:
+        """The repaired rows not older than the live stream's oldest entry once that stream has
+        been trimmed (``MAXLEN``): what aged out of it aged out of the repair too, and a repaired
+        trade left beyond it would open a silent hole between itself and the live stream."""
+        if not repaired:
+            return repaired
+        try:
+            info = await self._client().xinfo_stream(key)
+        except redis.ResponseError:  # no live stream (yet): nothing trimmed
+            return repaired
+        first = info.get("first-entry")
+        if not first or int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
+            return repaired
+        floor = _row_key(first)
+        return [row for row in repaired if _row_key(row) >= floor]
 
     def _repair_key(self, symbol: str, channel: str) -> str:
         return stream_key(self.prefix, self.exchange, channel + REPAIR_SUFFIX, symbol)
@@ -183,10 +201,11 @@ class MarketDataReader:
         """
         client = self._client()
         lo, hi = str(int(start_ms)), str(int(end_ms))
-        rows = await client.xrange(self.stream_key(symbol, channel), min=lo, max=hi, count=count)
+        key = self.stream_key(symbol, channel)
+        rows = await client.xrange(key, min=lo, max=hi, count=count)
         if _has_repair(channel):
             repaired = await client.xrange(self._repair_key(symbol, channel), min=lo, max=hi, count=count)
-            rows = _merged(rows, repaired)
+            rows = _merged(rows, await self._within_retention(key, repaired))
             if count is not None:
                 rows = rows[:count]
         return _entries(rows)
@@ -322,7 +341,9 @@ class MarketDataReader:
         ``overflow`` markers (entries the streamer's buffer dropped while Redis was down) also
         carry ``first_id``, ``last_id`` (the dropped entry ids, inclusive) and ``count``. Markers
         of trade streams (contiguous ids) carry ``first_seq``, ``last_seq`` (the missing trade
-        ids, inclusive) and ``count`` when the ids on both sides are known.
+        ids, inclusive) and ``count`` when the ids on both sides are known. A ``repaired`` marker
+        (same ``first_seq``/``last_seq`` as the gap it closes) says how many were fetched back
+        (``repaired``); ``redis_restart`` markers say Redis lost what it held before ``to_ms``.
         """
         rows = await self._client().xrange(
             gaps_key(self.prefix, self.exchange),
@@ -334,7 +355,7 @@ class MarketDataReader:
             item: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
             item["from_ms"] = int(item["from_ms"])
             item["to_ms"] = int(item["to_ms"])
-            for field in ("count", "first_seq", "last_seq"):
+            for field in ("count", "first_seq", "last_seq", "repaired"):
                 if field in item:
                     item[field] = int(item[field])
             item["entry_id"] = entry_id.decode()

@@ -79,6 +79,8 @@ REPAIR_CONCURRENCY = 8
 REPAIR_TIMEOUT_S = 5.0
 #: Seconds between attempts to read a restart's starting point when Redis was down at start.
 RESOLVE_INTERVAL_S = 1.0
+#: Newest gap markers read at start for the trade gaps a previous run left unrepaired.
+OPEN_GAPS_READ = 10_000
 
 
 @dataclass
@@ -462,12 +464,16 @@ class StreamService:
             ServerUnavailableError, TimeoutError, ConnectionError, OSError: Redis cannot be read
                 (bounded by its connect and socket timeouts).
         """
+        return await self._round_trip([pack("XREVRANGE", key, top, "-", "COUNT", 1) for key, top in ranges])
+
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+        """The replies to ``commands``, sent in one write on a connection of its own (bounded by
+        the Redis timeouts)."""
         endpoint = self._endpoint
         async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
             conn = await endpoint.connect()
             try:
-                payload = b"".join(pack("XREVRANGE", key, top, "-", "COUNT", 1) for key, top in ranges)
-                return await conn.execute(payload, len(ranges))
+                return list(await conn.execute(b"".join(commands), len(commands)))
             finally:
                 await conn.close()
 
@@ -534,7 +540,40 @@ class StreamService:
                 key = (route.symbol, timeframe)
                 self._last_closed_open[key] = max(self._last_closed_open.get(key, 0), open_ms)
         self._note_gap_top(replies[-1])
+        await self._resume_open_repairs(routes)
         return True
+
+    async def _resume_open_repairs(self, routes: list[Route]) -> None:
+        """Queue again the trade gaps a previous process marked and had not repaired yet (it was
+        killed with its repair queue): the newest ``OPEN_GAPS_READ`` markers are read, and each
+        ``first_seq``..``last_seq`` with no ``repaired`` marker of the same bounds is a job, oldest
+        id first (a page it had already written is refused as a duplicate, not written twice)."""
+        by_key = {r.stream_key: r for r in routes if id(r) in self._repair_heads and r.sequenced}
+        if not by_key:
+            return
+        gkey = gaps_key(self.options.prefix, self.options.exchange)
+        try:
+            (rows,) = await self._round_trip([pack("XREVRANGE", gkey, "+", "-", "COUNT", OPEN_GAPS_READ)])
+        except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("cannot read the open trade gaps (%s); they stay marked", exc)
+            return
+        opened: dict[tuple[str, int, int], tuple[int, int]] = {}
+        closed: set[tuple[str, int, int]] = set()
+        for _entry_id, flat in rows or []:
+            fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat) - 1, 2)}
+            if fields.get("stream") not in by_key or "first_seq" not in fields:
+                continue
+            bounds = (fields["stream"], int(fields["first_seq"]), int(fields["last_seq"]))
+            if fields.get("reason") == "repaired":
+                closed.add(bounds)
+            else:
+                opened[bounds] = (int(fields["from_ms"]), int(fields["to_ms"]))
+        for bounds in sorted(set(opened) - closed, key=lambda b: b[1]):
+            route = by_key[bounds[0]]
+            job = RepairJob(route, bounds[1], bounds[2], *opened[bounds], *self._repair_heads[id(route)])
+            self.repairer.submit(job)
+        if set(opened) - closed:
+            log.info("%d trade gaps a previous run left open queued for repair", len(set(opened) - closed))
 
     async def _on_connect(self, conn: Feed) -> None:
         """Every (re)connect: mark the streams with a known past, repair their closed klines."""
@@ -731,16 +770,9 @@ class StreamService:
     async def _oldest_entries(self, keys: list[str], delete: list[str]) -> list[Any]:
         """``XRANGE <key> - + COUNT 1`` of each key, after deleting the keys ``delete``, in one
         round trip (bounded by the timeouts)."""
-        endpoint = self._endpoint
-        async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
-            conn = await endpoint.connect()
-            try:
-                commands = [pack("DEL", *delete)] if delete else []
-                commands += [pack("XRANGE", key, "-", "+", "COUNT", 1) for key in keys]
-                replies = await conn.execute(b"".join(commands), len(commands))
-                return list(replies[len(commands) - len(keys) :])
-            finally:
-                await conn.close()
+        commands = [pack("DEL", *delete)] if delete else []
+        commands += [pack("XRANGE", key, "-", "+", "COUNT", 1) for key in keys]
+        return (await self._round_trip(commands))[len(commands) - len(keys) :]
 
     async def _refill_klines(self, route: Route, before_ms: int, retention: int) -> None:
         """The last ``retention`` closed candles opening before ``before_ms``, fetched over REST (in
