@@ -156,3 +156,35 @@ async def test_lost_raw_trades_are_fetched_back_and_every_reader_method_merges_t
     assert [e["id"] for e in last] == ids[1:], "last() missed, repeated or reordered a trade"
     assert [e["id"] for e in tailed] == ids, "the tail missed, repeated or reordered a trade"
     client.close()
+
+
+async def test_a_restarted_streamer_repairs_the_gaps_its_predecessor_left_open(redis_prefix: str) -> None:
+    """Gaps marked while REST failed are still open when the streamer stops (its repair queue is
+    gone with it, as after SIGKILL); the next start reads them from the gaps stream and closes them."""
+    client = redis.Redis.from_url(REDIS_URL)
+    venue, symbol = "sim-binance", "SOL/USDT"
+    async with SimulatedExchange(symbols=SPOT, seed=35, ws_rate=20) as sim:
+        sim.set_faults(error_rate=1.0, endpoint="historicalTrades")  # every repair request fails
+        async with streamer_on(sim, redis_prefix, [symbol], ["trade"]) as first:
+            assert await first.wait_connected()
+            await wait_for(
+                lambda: client.xlen(f"{redis_prefix}:stream:{venue}:trade:{symbol}") > 0, what="trades"
+            )
+            sim.ws_faults.skip_trade_id(symbol, 5)
+            await wait_for(
+                lambda: _open_and_repaired(client, redis_prefix, venue)[0] >= 1, what="a sequence gap"
+            )
+        assert _open_and_repaired(client, redis_prefix, venue) == (1, 0), "the gap was repaired despite REST"
+        sim.set_faults(error_rate=0.0, endpoint="historicalTrades")
+        async with streamer_on(sim, redis_prefix, [symbol], ["trade"]) as second:
+            assert await second.wait_connected()
+            await wait_for(
+                lambda: (lambda o, r: r == o)(*_open_and_repaired(client, redis_prefix, venue)),
+                timeout_s=30,
+                what="the predecessor's gap and the restart's repaired",
+            )
+            await settle_quietly(second, sim)
+    async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=venue) as reader:
+        ids = [e["id"] for e in await reader.range(symbol, "trade", 0, 2**62)]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "a trade is missing or twice"
+    client.close()
