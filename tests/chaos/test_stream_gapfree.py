@@ -107,19 +107,22 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                 sim.clock.freeze()  # the flow stops
 
                 def all_repaired() -> bool:
-                    markers = [m for m in gap_entries(client, redis_prefix) if m["channel"] == "aggTrade"]
+                    markers = gap_entries(client, redis_prefix)
                     opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
                     return opened == sum(1 for m in markers if m["reason"] == "repaired")
 
-                await wait_for(all_repaired, timeout_s=120, what="every aggTrade gap repaired")
+                await wait_for(all_repaired, timeout_s=240 if full else 120, what="every trade gap repaired")
                 await settle_quietly(streamer, sim)
                 metrics = streamer.get_metrics()
             end_ms = sim.clock.now_ms()
+        sent = sent_by_stream(sim, SYMBOLS)
 
         markers = gap_entries(client, redis_prefix)
         agg_expected = agg_found = agg_dup = agg_lost = trade_unmarked = trade_wrong = kline_dup = 0
         kline_missing = 0
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
+            # Raw trades too: live and repaired, every id once from the first stored to the last sent.
+            trade_counts = await _account_trades(reader, SYMBOLS, ["trade"], sent)
             for symbol in SYMBOLS:
                 got = await reader.range(symbol, "aggTrade", 0, end_ms)
                 ids = [e["id"] for e in got]
@@ -149,11 +152,15 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
         reconnects=metrics["reconnects"],
         trade_ids_unmarked=trade_unmarked,
         trade_ids_wrongly_marked=trade_wrong,
+        trades_expected=trade_counts[0],
+        trades_lost=trade_counts[2],
+        trades_duplicated=trade_counts[3],
         klines_missing=kline_missing,
         klines_duplicated=kline_dup,
         stall_s=stall_s,
     )
     assert agg_lost == 0 and agg_dup == 0, (agg_lost, agg_dup)
+    assert trade_counts[2] == 0 and trade_counts[3] == 0, trade_counts
     assert trade_unmarked == 0 and trade_wrong == 0
     assert kline_missing == 0 and kline_dup == 0
     report.faults_survived = report.faults_injected
