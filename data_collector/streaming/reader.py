@@ -66,8 +66,14 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _note_holes(holes: dict[tuple[int, int], list[Any]], rows: list[Any], key: str, now_ms: float) -> None:
-    """Open (or close) the holes of stream ``key`` that gap markers ``rows`` name by trade id."""
+def _note_holes(
+    holes: dict[tuple[int, int], list[Any]], rows: list[Any], key: str, now_ms: float, start_seq: int
+) -> None:
+    """Open (or close) the holes of stream ``key`` that gap markers ``rows`` name by trade id.
+
+    A hole is ``[opened at, highest repaired id read (at least start_seq: what lies below the
+    tail's start is not waited for), repaired N or None]``.
+    """
     for _entry_id, fields in rows:
         marker = {k.decode(): v.decode() for k, v in fields.items()}
         if marker.get("stream") != key or "first_seq" not in marker:
@@ -78,7 +84,7 @@ def _note_holes(holes: dict[tuple[int, int], list[Any]], rows: list[Any], key: s
             if hole is not None:
                 hole[2] = int(marker.get("repaired", 0))
         else:
-            holes.setdefault(bounds, [now_ms, 0, None])
+            holes.setdefault(bounds, [now_ms, start_seq, None])
 
 
 def _has_repair(channel: str) -> bool:
@@ -292,16 +298,17 @@ class MarketDataReader:
         The gaps stream is read in the same XREAD (``cursors``: live, repair and gaps stream):
         the streamer writes a gap's marker before the first trade after it, so a trade is never
         seen before the hole in front of it. Trades wait in a heap until no open hole (a marker
-        with ``first_seq`` not yet followed by its ``repaired`` marker and that many repaired
-        trades) lies below their id.
+        with ``first_seq`` not yet followed by its ``repaired`` marker and its last repaired
+        trade) lies below their id.
         """
         client = self._client()
         rkey, gkey = list(cursors)[1:]
-        #: (first_seq, last_seq) -> [opened at (loop ms), repaired trades seen, repaired N or None]
+        #: (first_seq, last_seq) -> [opened at (loop ms), highest repaired id read, repaired N or None]
         holes: dict[tuple[int, int], list[Any]] = {}
         held: list[tuple[tuple[int, int], int, int, Event]] = []
         tiebreak = itertools.count()
         done_id = _id_key(cursors[key])
+        start_seq = done_id[1]  # entry ids are <trade ms>-<trade id>
         loop = asyncio.get_running_loop()
         while True:
             streams: dict[Any, Any] = cursors
@@ -312,19 +319,22 @@ class MarketDataReader:
             got = {(k.decode() if isinstance(k, bytes) else k): rows for k, rows in reply or [] if rows}
             for name, rows in got.items():
                 cursors[name] = rows[-1][0].decode()
-            _note_holes(holes, got.get(gkey, []), key, now_ms)  # the markers first
+            _note_holes(holes, got.get(gkey, []), key, now_ms, start_seq)  # the markers first
             for name in (key, rkey):
                 for event in _entries(got.get(name, [])):
                     seq, id_key = event.get("id"), _id_key(event["entry_id"])
-                    if type(seq) is not int or id_key <= done_id:
+                    if type(seq) is not int:
                         continue
                     if name == rkey:
                         for bounds, hole in holes.items():
                             if bounds[0] <= seq <= bounds[1]:
-                                hole[1] += 1
-                    heapq.heappush(held, (id_key, seq, next(tiebreak), event))
+                                hole[1] = max(hole[1], seq)
+                    if id_key > done_id:
+                        heapq.heappush(held, (id_key, seq, next(tiebreak), event))
             for bounds, hole in list(holes.items()):
-                closed = hole[2] is not None and hole[1] >= hole[2]
+                # Repaired ids run from first_seq up (REST serves them contiguous, in order): the
+                # N-th is the last to wait for, and the repair stream is read in id order.
+                closed = hole[2] is not None and (hole[2] == 0 or hole[1] >= bounds[0] + hole[2] - 1)
                 if closed or now_ms - hole[0] > wait_ms:
                     del holes[bounds]
             floor = min((b[0] for b in holes), default=None)
