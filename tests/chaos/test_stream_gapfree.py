@@ -52,7 +52,10 @@ CHANNELS = ["trade", "aggTrade", "kline_1m"]
 SPEED = 10
 
 
-@pytest.fixture(params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["ci", "full"])
+FULL = pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(900)])
+
+
+@pytest.fixture(params=[False, FULL], ids=["ci", "full"])
 def full(request: pytest.FixtureRequest, long_run: bool, scenario_report: ScenarioReport) -> bool:
     """The scenario's full size (``-m slow``, or ``--long``) instead of its short CI form."""
     scenario_report.long = bool(request.param) or long_run
@@ -311,10 +314,15 @@ async def test_trades_gap_free_through_streamer_sigkills(
     def stored() -> int:
         return sum(int(client.xlen(key(c, s))) for c in ("trade", "aggTrade") for s in symbols)
 
-    def all_repaired() -> bool:
+    def open_gaps() -> set[tuple[str, str, str]]:
         markers = gap_entries(client, redis_prefix)
-        opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
-        return opened == sum(1 for m in markers if m["reason"] == "repaired")
+        opened = {(m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m.get("first_seq")}
+        return opened - {
+            (m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m["reason"] == "repaired"
+        }
+
+    def all_repaired() -> bool:
+        return not open_gaps()
 
     # 30× fast: about a minute of market per kill, so candles close in the downtime too.
     async with (
@@ -333,9 +341,12 @@ async def test_trades_gap_free_through_streamer_sigkills(
                 if run == kills:
                     # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of
                     # five symbols need about two minutes of it.
-                    await wait_for(
-                        all_repaired, timeout_s=300 if full else 120, what="every trade gap repaired"
-                    )
+                    try:
+                        await wait_for(
+                            all_repaired, timeout_s=300 if full else 120, what="every gap repaired"
+                        )
+                    except AssertionError:
+                        raise AssertionError(f"trade gaps never repaired: {sorted(open_gaps())}") from None
                     sim.clock.freeze()  # the flow stops
                     await wait_for(all_repaired, timeout_s=60, what="the last gaps repaired")
                 codes.append(await end_streamer(proc, run < kills, report))
