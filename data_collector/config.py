@@ -359,6 +359,12 @@ class StreamingConfig(_Section):
     #: Request weight the REST repairs (trades, klines after a Redis restart) may spend a minute;
     #: they go out only while no live request (depth snapshot, kline repair) waits.
     repair_weight_per_min: int = Field(default=1200, ge=1)
+    #: Write the streamed aggTrades (and the repaired ones) to the database's trades table, and
+    #: close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`).
+    store_trades: bool = False
+    #: Trades waiting for the database at most; past it new ones are dropped and left as a hole
+    #: for the trade backfill.
+    store_trades_queue: int = Field(default=200_000, ge=10, le=10_000_000)
 
 
 class MetricsConfig(_Section):

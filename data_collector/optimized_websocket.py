@@ -34,6 +34,7 @@ from data_collector.streaming.connection import ConnectionSettings
 from data_collector.streaming.metrics import BatchHook, EventHook, StreamMetrics
 from data_collector.streaming.rest import rest_base_from_urls
 from data_collector.streaming.service import ServiceOptions, StreamService
+from data_collector.streaming.trades_store import check_store_trades, trade_store_sink
 from data_collector.streaming.venue import stream_venue
 
 __all__ = ["OptimizedWebSocketStreamer"]
@@ -134,6 +135,10 @@ class OptimizedWebSocketStreamer:
         adapter: ``native`` (Binance's or OKX's own protocol) or ``ccxt`` (any ccxt.pro exchange
             through ``watch_*_for_symbols``: slower, weaker guarantees, see README); default
             ``streaming.adapter``. An ``exchange.id`` with no native adapter always uses ``ccxt``.
+        store_trades: write the aggTrades (spot or perpetuals) to the database's trades table,
+            and close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`);
+            default ``streaming.store_trades``. Needs the config's ``database`` (a ``candle_store``
+            alone is not enough: the backfill job connects itself) and the ``aggTrade`` channel.
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
             index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
             It must not block.
@@ -159,6 +164,7 @@ class OptimizedWebSocketStreamer:
         on_mark_price: Callable[[dict[str, Any]], None] | None = None,
         store_funding: bool | None = None,
         adapter: str | None = None,
+        store_trades: bool | None = None,
     ) -> None:
         cfg = load_config(config)
         adapter = adapter or cfg.streaming.adapter
@@ -228,8 +234,12 @@ class OptimizedWebSocketStreamer:
                     "run one streamer for each (or set store_candles=False)"
                 )
             market_type = "swap" if perps == {True} else "spot"
+        if store_trades is None:
+            store_trades = st.store_trades
+        if store_trades:
+            check_store_trades(venue.kind, options.channels, "database" in cfg.model_fields_set)
         sink = None
-        if store_candles or store_funding:
+        if store_candles or store_funding or store_trades:
             # Here, not at the top: a streamer that stores no candles never loads the storage code.
             from data_collector.storage.store import StoreSettings
 
@@ -240,7 +250,10 @@ class OptimizedWebSocketStreamer:
                 store_settings=StoreSettings.from_config(cfg) if candle_store is None else None,
                 market_type=market_type,
             )
-        self._service = StreamService(options, endpoint, self.metrics, sink, on_mark_price)
+        trades = None
+        if store_trades and sink is not None:
+            trades = trade_store_sink(cfg, options.exchange, options.symbols, market_type, sink, self.metrics)
+        self._service = StreamService(options, endpoint, self.metrics, sink, on_mark_price, trades)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None

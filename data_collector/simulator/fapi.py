@@ -54,6 +54,7 @@ class FuturesRestApi(RestApi):
         super().__init__(sim)
         self.venue = venue
         self.limiter = venue.limiter
+        self.budgets = venue.budgets
         self.hub = venue.hub
 
     def endpoint(self, path: str) -> str:

@@ -1,4 +1,4 @@
-"""Request weight per fixed calendar minute, 429 then escalating 418 bans, and injected faults."""
+"""Request weight per fixed calendar minute and client IP, 429 then escalating 418 bans, and injected faults."""
 
 from __future__ import annotations
 
@@ -107,6 +107,41 @@ class WeightLimiter:
             return Verdict(429, max(1, -(-(self.retry_until_ms - now) // 1000)), self.used)
         self.used += weight
         return Verdict(200, 0, self.used)
+
+
+class IpBudgets:
+    """Binance counts REQUEST_WEIGHT per client IP: one :class:`WeightLimiter` per source address.
+
+    ``primary`` (the simulator's ``sim.limiter``) belongs to the first address that sends a weighed
+    request, so a single client (every test and demo so far) sees exactly the one budget it always
+    had, from whatever address it connects. Every other address gets its own limiter, made with the
+    primary's settings as they stand when that address first appears.
+    """
+
+    def __init__(self, primary: WeightLimiter) -> None:
+        self.primary = primary
+        self._by_ip: dict[str, WeightLimiter] = {}
+
+    def for_ip(self, ip: str | None) -> WeightLimiter:
+        """The limiter that charges requests from ``ip`` (``None``: an unknown peer, one budget)."""
+        key = ip or "unknown"
+        limiter = self._by_ip.get(key)
+        if limiter is None:
+            if not self._by_ip:
+                limiter = self.primary
+            else:
+                p = self.primary
+                limiter = WeightLimiter(p.limit, p.clock, p.ban_grace_ms, p.ban_base_s, p.ban_max_s)
+            self._by_ip[key] = limiter
+        return limiter
+
+    def get(self, ip: str) -> WeightLimiter | None:
+        """The limiter of ``ip`` if it has sent a weighed request, else ``None`` (creates none)."""
+        return self._by_ip.get(ip)
+
+    def used_by_ip(self) -> dict[str, int]:
+        """Weight used in the current minute, by source address."""
+        return {ip: limiter.current_used() for ip, limiter in self._by_ip.items()}
 
 
 @dataclass

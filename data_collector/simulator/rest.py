@@ -94,6 +94,7 @@ class RestApi:
     def __init__(self, sim: SimulatedExchange) -> None:
         self.sim = sim
         self.limiter = sim.limiter
+        self.budgets = sim.budgets
         self.hub = sim.hub
 
     def endpoint(self, path: str) -> str:
@@ -167,14 +168,15 @@ class RestApi:
                 self.sim._stats["error"] += 1
                 return self._html(self.sim._rng.choice((502, 503, 504)))
         weight = self._weight(key, request)
-        verdict = self.limiter.admit(weight)
+        limiter = self.budgets.for_ip(request.remote)
+        verdict = limiter.admit(weight)
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used)}
         if verdict.status != 200:
             headers["Retry-After"] = str(verdict.retry_after_s)
             self.sim._by_status[verdict.status] += 1
             if verdict.status == 429:
                 msg = (
-                    f"Too much request weight used; current limit is {self.limiter.limit} request weight "
+                    f"Too much request weight used; current limit is {limiter.limit} request weight "
                     "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."
                 )
                 body = json.dumps({"code": -1003, "msg": msg})

@@ -30,7 +30,7 @@ from data_collector.simulator.archives import ArchiveServer, ArchiveSettings
 from data_collector.simulator.book import OrderBook, step_book
 from data_collector.simulator.fapi import FuturesRestApi
 from data_collector.simulator.formats import agg_trade_json, decimal8, klines_json, ticker_fields
-from data_collector.simulator.limits import Faults, SimClock, WeightLimiter, endpoint_key
+from data_collector.simulator.limits import Faults, IpBudgets, SimClock, WeightLimiter, endpoint_key
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.okx import OkxServer, OkxSettings, OkxVenue
 from data_collector.simulator.rest import ApiError, RestApi
@@ -199,6 +199,8 @@ class SimulatedExchange:
         self.limiter = WeightLimiter(
             weight_limit, self.clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s
         )
+        #: One budget per client IP, as Binance counts; ``limiter`` is the first address's.
+        self.budgets = IpBudgets(self.limiter)
         listings = {k.upper(): v for k, v in (listings or {}).items()}
         delisted = {k.upper(): int(v) for k, v in (delistings or {}).items()}
         self.markets: dict[str, SymbolMarket] = {}
@@ -715,6 +717,7 @@ class SimulatedExchange:
             "requests": self._stats["requests"],
             "weight": self._stats["weight"],
             "used_weight_1m": self.limiter.current_used(),
+            "used_weight_1m_by_ip": self.budgets.used_by_ip(),
             "weight_limit": self.limiter.limit,
             "status": {str(k): v for k, v in sorted(self._by_status.items())},
             "429": self._by_status[429],
@@ -731,6 +734,7 @@ class SimulatedExchange:
             return None
         return {
             "used_weight_1m": self.futures.limiter.current_used(),
+            "used_weight_1m_by_ip": self.futures.budgets.used_by_ip(),
             "weight_limit": self.futures.limiter.limit,
             "ws_sent": {k: dict(v) for k, v in self.futures.hub.sent.items()},
         }

@@ -17,7 +17,7 @@ from data_collector.markets import TIMEFRAME_MS, candle_open_ms, stream_symbol
 from data_collector.simulator.book import OrderBook, step_book
 from data_collector.simulator.formats import close_times, decimal8, klines_json, signed_decimal
 from data_collector.simulator.fstreams import signed8
-from data_collector.simulator.limits import SimClock, WeightLimiter
+from data_collector.simulator.limits import IpBudgets, SimClock, WeightLimiter
 from data_collector.simulator.market import DayCache, Rows, SymbolMarket
 from data_collector.simulator.perp import OI_STEP_MS, PerpMarket, settle_of
 from data_collector.simulator.rng import stream_key
@@ -114,6 +114,7 @@ class FuturesVenue:
             for u, m in self.markets.items()
         }
         self.limiter = WeightLimiter(weight_limit, clock, ban_grace_ms=ban_grace_ms, ban_base_s=ban_base_s)
+        self.budgets = IpBudgets(self.limiter)
         self.hub = StreamHub(sim, self, futures=True)
 
     # -- lookups -----------------------------------------------------------------------------

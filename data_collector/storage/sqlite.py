@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random
 
 from data_collector.errors import (
     ClosedError,
@@ -104,6 +105,11 @@ _NEWEST_CANDLES = (
 )
 
 
+def _is_locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked" / "busy": another connection holds the lock; worth waiting."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 class SqliteCandleStore(CandleStore):
     """A :class:`~data_collector.storage.base.CandleStore` in one SQLite file.
 
@@ -160,7 +166,7 @@ class SqliteCandleStore(CandleStore):
                 await asyncio.to_thread(Path(self._path).parent.mkdir, parents=True, exist_ok=True)
             conn = await aiosqlite.connect(self._path, timeout=self._timeout_s, isolation_level=None)
             try:
-                await conn.execute("PRAGMA journal_mode=WAL")
+                await self._enable_wal(conn)
                 await conn.execute("PRAGMA synchronous=NORMAL")
                 await conn.execute(f"PRAGMA busy_timeout={int(self._timeout_s * 1000)}")
             except BaseException:
@@ -169,13 +175,31 @@ class SqliteCandleStore(CandleStore):
             self._conn = conn
         return self._conn
 
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch the file to WAL, retried while another connection holds the lock for the same switch.
+
+        Converting a rollback-journal file to WAL needs an exclusive lock. When two connections open
+        such a file at once (the health check's probes, two processes starting), SQLite answers the
+        one that already holds a shared lock with "database is locked" at once, without calling the
+        busy handler (its deadlock rule), so ``busy_timeout`` cannot help here. Seen in 5 of 900
+        triple opens; the retry is bounded by the command timeout.
+        """
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_locked),
+            wait=wait_random(0.005, 0.05),
+            stop=stop_after_delay(self._timeout_s),
+            reraise=True,
+        ):
+            with attempt:
+                await conn.execute("PRAGMA journal_mode=WAL")
+
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
             try:
                 yield await self._open()
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
+                if _is_locked(exc):
                     raise TransientError(f"SQLite {self._path}: {exc}") from None
                 if "no such table" in str(exc):
                     raise StoreNotInitializedError(

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import is_transient
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from data_collector.storage.store import StoreSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Closed candles waiting for the store; past this the oldest are dropped (and counted).
 QUEUE_MAX = 50_000
@@ -32,6 +35,36 @@ RETRY_MAX_S = 30.0
 
 #: ``(symbol, timeframe, (open_ms, open, high, low, close, volume))``
 PendingCandle = tuple[str, str, tuple[int, float, float, float, float, float]]
+
+
+class StoreRetry:
+    """The streamer's one policy for a store write that fails: a transient failure (the database
+    down or slow) is retried with backoff, counted in ``store_errors`` and logged once until a
+    write goes through again; anything else is raised (the caller gives up on its sink)."""
+
+    def __init__(self, what: str, metrics: StreamMetrics) -> None:
+        self._what = what
+        self._metrics = metrics
+        self._failures = 0
+
+    async def until_stored(self, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()`` until it goes through (it must be idempotent)."""
+        while True:
+            try:
+                result = await write()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._failures += 1
+                self._metrics.store_errors += 1
+                if self._failures == 1:
+                    log.warning("cannot store %s (%s); retrying with backoff", self._what, exc)
+                await asyncio.sleep(backoff_delay(self._failures, RETRY_MIN_S, RETRY_MAX_S))
+                continue
+            if self._failures:
+                log.info("%s are stored again", self._what)
+            self._failures = 0
+            return result
 
 
 class PendingFunding(NamedTuple):
@@ -69,6 +102,9 @@ class CandleSink:
         self._queue: asyncio.Queue[PendingCandle | PendingFunding] = asyncio.Queue(maxsize=QUEUE_MAX)
         self._instrument_ids: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        #: One store, however many sinks (candles, trades) ask for it at once.
+        self._open_lock = asyncio.Lock()
+        self._retry = StoreRetry("closed candles", metrics)
         #: The permanent error that stopped the sink; from then on candles are counted, not kept.
         self.failed: BaseException | None = None
         #: The permanent error with which the store refused funding rates; from then on they are
@@ -100,6 +136,10 @@ class CandleSink:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _open(self) -> Any:
+        async with self._open_lock:
+            return await self._open_once()
+
+    async def _open_once(self) -> Any:
         if self._store is None:
             from data_collector.storage import open_store  # type: ignore[attr-defined,unused-ignore]
 
@@ -114,6 +154,14 @@ class CandleSink:
             self._store = store
         return self._store
 
+    async def store(self) -> Any:
+        """The open store (opened on first use): the trades sink writes through it too."""
+        return await self._open()
+
+    async def instrument_id(self, symbol: str) -> int:
+        """The stored instrument id of ``symbol`` (created on first use)."""
+        return await self._instrument_id(await self._open(), symbol)
+
     async def _instrument_id(self, store: Any, symbol: str) -> int:
         if symbol not in self._instrument_ids:
             base, _, quote = symbol.partition(":")[0].partition("/")
@@ -124,7 +172,6 @@ class CandleSink:
         return self._instrument_ids[symbol]
 
     async def _run(self) -> None:
-        failures = 0
         while self.failed is None:
             first = await self._queue.get()
             items = [first]
@@ -133,27 +180,13 @@ class CandleSink:
             try:
                 # The same candles are retried until the store takes them (the write is
                 # idempotent); meanwhile the bounded queue drops its oldest, counted.
-                while True:
-                    try:
-                        funding = await self._write(items)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # the stream goes on whatever the store says
-                        if not is_transient(exc):
-                            self._give_up(exc, len(items))
-                            break
-                        failures += 1
-                        self._metrics.store_errors += 1
-                        if failures == 1:
-                            log.warning("cannot store closed candles (%s); retrying with backoff", exc)
-                        await asyncio.sleep(backoff_delay(failures, RETRY_MIN_S, RETRY_MAX_S))
-                        continue
-                    if failures:
-                        log.info("closed candles are stored again")
-                    failures = 0
+                try:
+                    funding = await self._retry.until_stored(partial(self._write, items))
+                except Exception as exc:  # refused for good (or a bug): the stream goes on
+                    self._give_up(exc, len(items))
+                else:
                     self._metrics.funding_stored += funding
                     self._metrics.candles_stored += sum(1 for i in items if not isinstance(i, PendingFunding))
-                    break
             finally:
                 for _ in items:
                     self._queue.task_done()

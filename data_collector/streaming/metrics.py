@@ -48,6 +48,11 @@ class StreamMetrics:
         self.candles_stored = 0
         self.funding_stored = 0
         self.store_errors = 0
+        #: Streamed aggTrades written to the trades table, dropped before it (left as a hole),
+        #: and holes closed by the trade backfill (:mod:`.trades_store`).
+        self.trades_stored = 0
+        self.trades_store_dropped = 0
+        self.trade_holes_closed = 0
         self.event_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.receive_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         # (monotonic second, messages written in it)
@@ -132,6 +137,9 @@ class StreamMetrics:
             "candles_stored": self.candles_stored,
             "funding_stored": self.funding_stored,
             "store_errors": self.store_errors,
+            "trades_stored": self.trades_stored,
+            "trades_store_dropped": self.trades_store_dropped,
+            "trade_holes_closed": self.trade_holes_closed,
             "queue_depth": queue_depth,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }

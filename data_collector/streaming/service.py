@@ -68,6 +68,7 @@ from data_collector.streaming.trade_repair import (
     RepairJob,
     TradeRepairer,
 )
+from data_collector.streaming.trades_store import TradeStoreSink
 from data_collector.streaming.venue import stream_venue
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 
@@ -156,6 +157,7 @@ class StreamService:
         metrics: StreamMetrics,
         candle_sink: CandleSink | None = None,
         on_mark_price: Callable[[Event], None] | None = None,
+        trade_store: TradeStoreSink | None = None,
     ) -> None:
         self.venue = venue = stream_venue(options.protocol, options.adapter)
         self.options = options
@@ -188,6 +190,10 @@ class StreamService:
         self.writer.on_server_restart = self._on_redis_restart
         self._refill: asyncio.Task[None] | None = None
         self._restart_again = False
+        #: Streamed (and repaired) aggTrades into the trades table (:mod:`.trades_store`).
+        self.trades = trade_store
+        if trade_store is not None:
+            self.repairer.on_trade = trade_store.submit
         #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
@@ -258,6 +264,13 @@ class StreamService:
             on_event = on_kline
         elif channel.startswith("markPrice"):
             on_event = self._mark_price_hook()
+        elif channel == "aggTrade" and self.trades is not None:
+            trades = self.trades
+
+            def on_trade(event: Event) -> None:
+                trades.submit(symbol, event)
+
+            on_event = on_trade
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
@@ -385,6 +398,8 @@ class StreamService:
         self._writer_task = loop.create_task(self.writer.run(), name="redis-writer")
         if self.candles is not None:
             self.candles.start()
+        if self.trades is not None:
+            self.trades.start()
         for conn in self.connections:
             self._tasks.append(loop.create_task(conn.run(), name=conn.name))
         if self.options.heartbeat_ttl_s is not None:
@@ -660,7 +675,10 @@ class StreamService:
         heads = self._repair_heads.get(id(route))
         if heads is not None and not self._closed:
             job = RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads)
-            self.repairer.submit(job, first=first)
+            queued = self.repairer.submit(job, first=first)
+            # The trades table holds aggregate trades: only their repair is its business.
+            if queued and self.trades is not None and route.channel == "aggTrade":
+                self.trades.expect_repair(route.symbol, last_seq + 1, next_seq - 1)
 
     async def _resolve_restart_gaps(self) -> None:
         """Redis was unreadable at start: once it answers, the newest entry before each stream's
@@ -938,6 +956,8 @@ class StreamService:
         await self.writer.close(self._writer_task, self.options.close_timeout_s)
         if self.funding is not None:
             await self.funding.close()
+        if self.trades is not None:  # before the candle sink, which owns the store
+            await self.trades.close()
         if self.candles is not None:
             await self.candles.close()
         await self.rest.close()

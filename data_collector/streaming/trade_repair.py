@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ from data_collector.errors import CollectorError, PermanentError
 from data_collector.markets import exchange_symbol
 from data_collector.streaming.connection import Route
 from data_collector.streaming.metrics import StreamMetrics
-from data_collector.streaming.normalize import MalformedEvent
+from data_collector.streaming.normalize import Event, MalformedEvent
 from data_collector.streaming.rest import BinanceRest
 from data_collector.streaming.writer import GapMarker, RedisWriter
 
@@ -102,10 +103,13 @@ class TradeRepairer:
         self._paused = False
         #: Gaps wider than ``max_ids``, left open: (stream key, first id, last id).
         self.too_wide: list[tuple[str, int, int]] = []
+        #: Called with ``(symbol, event)`` for every repaired aggregate trade (the trades store's sink).
+        self.on_trade: Callable[[str, Event], None] | None = None
 
-    def submit(self, job: RepairJob, *, first: bool = False) -> None:
-        """Queue one gap (never blocks); ``first``: ahead of the others (a Redis restart's refill,
-        whose ids are below theirs: each companion stream is written in id order)."""
+    def submit(self, job: RepairJob, *, first: bool = False) -> bool:
+        """Queue one gap (never blocks); False when it is left open (too wide, backlog full).
+        ``first``: ahead of the others (a Redis restart's refill, whose ids are below theirs: each
+        companion stream is written in id order)."""
         width = job.last_seq - job.first_seq + 1
         if width > self.max_ids:
             self.too_wide.append((job.route.stream_key, job.first_seq, job.last_seq))
@@ -113,7 +117,7 @@ class TradeRepairer:
                 "%s: %d trades missing (%d..%d), more than streaming.repair_max_ids; left to the trade backfill",
                 job.route.stream_key, width, job.first_seq, job.last_seq,
             )  # fmt: skip
-            return
+            return False
         if len(self._jobs) >= MAX_JOBS:
             log.warning(
                 "%s: repair backlog full; gap %d..%d stays open",
@@ -121,7 +125,7 @@ class TradeRepairer:
                 job.first_seq,
                 job.last_seq,
             )
-            return
+            return False
         if first:
             self._jobs.appendleft(job)
         else:
@@ -129,6 +133,7 @@ class TradeRepairer:
         self._wake.set()
         if self._task is None and not self._paused:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="trade-repair")
+        return True
 
     async def pause(self) -> None:
         """Stop between pages (the job in hand starts again from its first id on :meth:`resume`)."""
@@ -193,6 +198,8 @@ class TradeRepairer:
                 self._writer.submit(
                     (job.xadd_head, job.set_head, entry_id, packb(event), event["event_ms"], now)
                 )
+                if agg and self.on_trade is not None:  # the trades table takes aggregate trades
+                    self.on_trade(route.symbol, event)
                 written += 1
                 cursor = seq + 1
             self._metrics.repaired_trades += len(rows)

@@ -319,3 +319,33 @@ async def test_newest_candles_before_initialize_says_so(kind: str, tmp_path: Pat
     finally:
         await store.close()
     assert "initialize()" in str(info.value)
+
+
+async def test_sqlite_opens_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
+    """The WAL switch on open waits for a writer's lock instead of failing with "database is locked".
+
+    SQLite refuses that switch at once (no busy handler) while another connection holds a RESERVED
+    lock on a rollback-journal file; CI saw it as a health check reading ``warn`` when two probes
+    opened the same fresh file. The writer here holds its lock for 0.3 s, then commits.
+    """
+    path = tmp_path / "candles.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        writer.execute("CREATE TABLE t (x INTEGER)")
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO t VALUES (1)")
+
+        async def commit_later() -> None:
+            await asyncio.sleep(0.3)  # the other writer's transaction: the scenario, not a wait
+            await asyncio.to_thread(writer.execute, "COMMIT")
+
+        committing = asyncio.create_task(commit_later())
+        store = SqliteCandleStore(StoreSettings(url=f"sqlite+aiosqlite:///{path}", command_timeout_s=10))
+        try:
+            assert (await store.server_version()).startswith("SQLite ")
+        finally:
+            await store.close()
+            await committing
+        assert _sqlite_scalar(str(path), "PRAGMA journal_mode") == "wal"
+    finally:
+        writer.close()

@@ -1,0 +1,292 @@
+"""Issue 15, live into the store: streamed aggTrades extend the backfilled trades table with no seam.
+
+Acceptance 4: a trade backfill of the past, then the streamer (a subprocess) with
+``streaming.store_trades``, SIGKILLed while trades flow and the market trades on, restarted,
+and streaming again: the trades table then equals the simulator's REST truth for the whole
+window, backfilled part included, as one coverage row (no seam at the backfill's end, none at
+the kill). Acceptance 5: a gap wider than ``streaming.repair_max_ids`` is handed to the trade
+backfill, which closes it (its hole is reported closed and the coverage runs through it).
+Real PostgreSQL, Redis and the simulator, spot and USDⓈ-M perpetuals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from data_collector.config import load_config
+from data_collector.errors import UsageError
+from data_collector.markets import MINUTE_MS
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+from data_collector.simulator import SimulatedExchange
+from data_collector.storage import open_store
+from data_collector.storage.trades import Trade, TradeCoverage
+from tests.support.backfill import config_for
+from tests.support.services import PG_ADMIN_DSN
+from tests.support.streaming import stream_config, wait_for, wait_for_async
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "stream_market_data.py"
+SPOT, PERP = "SOL/USDT", "SOL/USDT:USDT"
+
+
+def _venue(futures: bool) -> tuple[str, str]:
+    return (PERP, "sim-binanceusdm") if futures else (SPOT, "sim-binance")
+
+
+async def _stored(
+    database: dict[str, Any], symbol: str, venue: str
+) -> tuple[list[Trade], list[TradeCoverage]]:
+    """Every stored trade of ``symbol`` and its coverage rows."""
+    store = open_store(load_config({"database": database, "logging": {"file": None}}))
+    await store.initialize()
+    try:
+        base, quote = symbol.split(":")[0].split("/")
+        inst = await store.ensure_instrument(
+            venue, symbol, base=base, quote=quote, market_type="swap" if ":" in symbol else "spot"
+        )
+        return await store.load_trades(inst.id, 0, 2**62), await store.trade_coverage(inst.id)
+    finally:
+        await store.close()
+
+
+def _truth(
+    sim: SimulatedExchange, symbol: str, start_ms: int, end_ms: int
+) -> list[tuple[int, int, float, float]]:
+    return [(t["a"], t["T"], float(t["p"]), float(t["q"])) for t in sim.agg_trades(symbol, start_ms, end_ms)]
+
+
+def _assert_no_seam(
+    sim: SimulatedExchange, symbol: str, trades: list[Trade], cover: list[TradeCoverage], start_ms: int
+) -> int:
+    """The stored trades are REST's from ``start_ms`` to the newest stored, under one coverage row."""
+    assert len(cover) == 1, f"the coverage has a seam: {cover}"
+    end_ms = trades[-1][1]
+    got = [(t[0], t[1], t[2], t[3]) for t in trades if start_ms <= t[1] < end_ms]
+    want = _truth(sim, symbol, start_ms, end_ms)
+    missing = sorted({w[0] for w in want} - {g[0] for g in got})
+    assert not missing, f"{len(missing)} trades missing from the store, first {missing[:5]}"
+    assert got == want
+    assert cover[0].first_id <= want[0][0] and cover[0].end_id > want[-1][0]
+    return len(got)
+
+
+async def _backfill(base_config: dict[str, Any], sim: SimulatedExchange, symbol: str, start_ms: int) -> None:
+    extra: dict[str, Any] = {"symbols": [symbol], "data_types": ["trades"], "timeframes": ["1m"]}
+    if ":" in symbol:
+        extra["futures_exchange"] = {**sim.futures_exchange_config(), "timeout_s": 2.0}
+    async with OptimizedDataCollector(config_for(base_config, sim, **extra)) as collector:
+        report = await collector.collect(symbols=[symbol], start=start_ms, end=sim.clock.now_ms())
+    assert report.rows_by_type.get("trades", 0) > 0, report
+
+
+def _stream_config(
+    sim: SimulatedExchange, prefix: str, base_config: dict[str, Any], futures: bool, **st: Any
+) -> dict[str, Any]:
+    symbol, _ = _venue(futures)
+    config = stream_config(sim, prefix, futures=futures, channels=["aggTrade"], store_trades=True, **st)
+    return {**config, "database": base_config["database"], "symbols": [symbol]}
+
+
+async def _whole(sim: SimulatedExchange, database: dict[str, Any], symbol: str, venue: str) -> None:
+    """Until the stored trades are under one coverage row (the market trading on meanwhile:
+    holes close once older than the backfill's settle time)."""
+
+    async def one_row() -> bool:
+        sim.clock.advance(1_000)
+        trades, cover = await _stored(database, symbol, venue)
+        return len(cover) == 1 and cover[0].end_id > trades[-1][0]
+
+    await wait_for_async(one_row, timeout_s=90, what="the trades table without a seam")
+
+
+@contextlib.asynccontextmanager
+async def _storing(
+    sim: SimulatedExchange, config: dict[str, Any], database: dict[str, Any], symbol: str, venue: str
+) -> AsyncIterator[tuple[OptimizedWebSocketStreamer, Trade]]:
+    """An in-process streamer of ``config``, once it has stored a live trade (given too)."""
+    streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
+    streamer.start()
+    try:
+        assert await streamer.wait_connected()
+
+        async def stored_some() -> bool:
+            sim.clock.advance(1_000)
+            return bool((await _stored(database, symbol, venue))[0])
+
+        await wait_for_async(stored_some, timeout_s=30, what="live trades stored")
+        yield streamer, (await _stored(database, symbol, venue))[0][0]
+    finally:
+        await streamer.astop()
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
+    base_config: dict[str, Any], redis_prefix: str, tmp_path: Path, futures: bool
+) -> None:
+    symbol, venue = _venue(futures)
+    database = base_config["database"]
+    async with SimulatedExchange(
+        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=15, ws_rate=20
+    ) as sim:
+        start_ms = sim.clock.now_ms() - 15 * MINUTE_MS
+        await _backfill(base_config, sim, symbol, start_ms)
+        backfilled, _ = await _stored(database, symbol, venue)
+        sim.clock.advance(30_000)  # the backfill's newest 10 s and more: the streamer's seam to close
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(_stream_config(sim, redis_prefix, base_config, futures)))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        top = backfilled[-1][0]
+        for run in range(2):
+            out = open(tmp_path / f"stream{run}.out", "wb")  # noqa: ASYNC230 - a log sink
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(SCRIPT), "--config", str(path), "--status-interval", "0", "--log-level", "INFO",
+                stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(tmp_path), env=env,
+            )  # fmt: skip
+            try:
+
+                async def stored_live(top: int = top) -> bool:
+                    sim.clock.advance(1_000)
+                    trades, _ = await _stored(database, symbol, venue)
+                    return bool(trades) and trades[-1][0] > top + 20
+
+                await wait_for_async(stored_live, timeout_s=60, what=f"run {run} storing live trades")
+                if run == 0:
+                    # Killed with trades in Redis and maybe in its queue; the market trades on.
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+                    sim.clock.advance(20_000)
+                    top = (await _stored(database, symbol, venue))[0][-1][0]
+                    continue
+
+                await _whole(sim, database, symbol, venue)
+                proc.send_signal(signal.SIGINT)
+                assert await asyncio.wait_for(proc.wait(), 30) in (0, 130)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                out.close()
+        trades, cover = await _stored(database, symbol, venue)
+        count = _assert_no_seam(sim, symbol, trades, cover, start_ms)
+    print(f"\n{venue}: {count} trades equal REST's over the backfill, two streamer runs and a SIGKILL")
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
+    base_config: dict[str, Any], redis_prefix: str, futures: bool
+) -> None:
+    symbol, venue = _venue(futures)
+    database = base_config["database"]
+    async with SimulatedExchange(
+        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=16, ws_rate=20
+    ) as sim:
+        config = _stream_config(sim, redis_prefix, base_config, futures, repair_max_ids=5)
+        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
+            sim.ws_faults.skip_trade_id(symbol, 40)  # 40 ids lost in flight: wider than 5
+
+            closer = streamer._service.trades.closer  # type: ignore[union-attr]
+            assert closer is not None
+
+            async def closed() -> bool:
+                sim.clock.advance(1_000)
+                return bool(closer.closed)
+
+            await wait_for_async(closed, timeout_s=90, what="the wide gap closed by the backfill")
+            hole = closer.closed[0]
+            assert hole.end_id - hole.first_id >= 40, hole
+            metrics = streamer.get_metrics()
+            assert metrics["trade_holes_closed"] >= 1 and metrics["trades_store_dropped"] == 0
+        trades, cover = await _stored(database, symbol, venue)
+        assert any(t[0] == hole.first_id for t in trades) and any(t[0] == hole.end_id - 1 for t in trades)
+        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+
+
+@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+async def test_a_gap_the_rest_repair_fetches_reaches_the_store_without_a_backfill(
+    base_config: dict[str, Any], redis_prefix: str, futures: bool
+) -> None:
+    """Ids lost in flight, fewer than ``repair_max_ids``: the REST repair's trades (written to the
+    companion stream) go to the trades table too, and no backfill job is started for them."""
+    symbol, venue = _venue(futures)
+    database = base_config["database"]
+    async with SimulatedExchange(
+        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=18, ws_rate=20
+    ) as sim:
+        config = _stream_config(sim, redis_prefix, base_config, futures)
+        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
+            sim.ws_faults.skip_trade_id(symbol, 3)
+            await wait_for(lambda: streamer.get_metrics()["repaired_trades"] >= 3, 60, "the REST repair")
+            await _whole(sim, database, symbol, venue)
+            closer = streamer._service.trades.closer  # type: ignore[union-attr]
+            assert closer is not None and not closer.closed and not closer.pending
+        trades, cover = await _stored(database, symbol, venue)
+        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+
+
+async def test_a_locked_trades_table_drops_no_trade_for_good(
+    base_config: dict[str, Any], redis_prefix: str, pg_schema: str
+) -> None:
+    """The database stalls (the trades table locked) while trades flow: Redis goes on, the
+    sink's queue (10 here) overflows, and once the lock is gone the dropped ids are a hole the
+    trade backfill closes: the table again equals REST's, under one coverage row."""
+    symbol, venue = SPOT, "sim-binance"
+    database = {**base_config["database"], "command_timeout_s": 1.0}
+    async with SimulatedExchange(symbols=[SPOT], seed=17, ws_rate=20) as sim:
+        config = _stream_config(sim, redis_prefix, {"database": database}, False, store_trades_queue=10)
+        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
+            lock = await asyncpg.connect(PG_ADMIN_DSN)
+            try:
+                tx = lock.transaction()
+                await tx.start()
+                await lock.execute(f'LOCK TABLE "{pg_schema}".trades IN ACCESS EXCLUSIVE MODE')
+                written = streamer.get_metrics()["written"]
+
+                async def dropping() -> bool:
+                    sim.clock.advance(1_000)
+                    m = streamer.get_metrics()
+                    return bool(m["trades_store_dropped"] > 0 and m["written"] > written + 20)
+
+                await wait_for_async(dropping, timeout_s=60, what="trades dropped by the stalled sink")
+                await tx.rollback()
+            finally:
+                await lock.close()
+
+            await _whole(sim, database, symbol, venue)
+            # The job that stored them says so once it has seen its ids covered.
+            await wait_for(lambda: streamer.get_metrics()["trade_holes_closed"] >= 1, 30, "the hole closed")
+            metrics = streamer.get_metrics()
+            assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
+        trades, cover = await _stored(database, symbol, venue)
+        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+
+
+@pytest.mark.parametrize(
+    ("channels", "database", "says"),
+    [(["trade"], True, "add aggTrade to streaming.channels"), (["aggTrade"], False, "needs a database")],
+)
+def test_store_trades_it_cannot_honour_is_refused_in_one_line(
+    base_config: dict[str, Any], channels: list[str], database: bool, says: str
+) -> None:
+    config: dict[str, Any] = {
+        "exchange": {"id": "binance", "name": "sim-binance"},
+        "redis": base_config["redis"],
+        "logging": {"file": None},
+        "streaming": {"store_trades": True},
+    }
+    if database:
+        config["database"] = base_config["database"]
+    with pytest.raises(UsageError, match=says) as refused:
+        OptimizedWebSocketStreamer(symbols=[SPOT], channels=channels, config=config)
+    assert "\n" not in str(refused.value)
