@@ -324,6 +324,9 @@ async def test_trades_gap_free_through_streamer_sigkills(
     def all_repaired() -> bool:
         return not open_gaps()
 
+    def closed_candles() -> int:
+        return sum(1 for s in symbols for _, e in entries(client, key("kline_1m", s)) if e["closed"])
+
     # 30× fast: about a minute of market per kill, so candles close in the downtime too.
     async with (
         SimulatedExchange(symbols=symbols, seed=17, ws_rate=14 if full else 8) as sim,
@@ -339,6 +342,9 @@ async def test_trades_gap_free_through_streamer_sigkills(
             async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
                 await wait_for(lambda b=before: stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
                 if run == kills:
+                    await wait_for(
+                        lambda: closed_candles() >= 2 * kills, timeout_s=60, what="candles closed meanwhile"
+                    )
                     # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of
                     # five symbols need about two minutes of it.
                     try:
