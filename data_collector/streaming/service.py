@@ -190,6 +190,8 @@ class StreamService:
         self.writer.on_server_restart = self._on_redis_restart
         self._refill: asyncio.Task[None] | None = None
         self._restart_again = False
+        #: XADD head -> the newest entry confirmed before a Redis restart, still to be checked.
+        self._restart_tops: dict[bytes, str] = {}
         #: Streamed (and repaired) aggTrades into the trades table (:mod:`.trades_store`).
         self.trades = trade_store
         if trade_store is not None:
@@ -706,11 +708,13 @@ class StreamService:
                     self._write_gap(route, found[1], to_ms, "restart")
             log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
 
-    def _on_redis_restart(self) -> None:
-        """Redis answered with a new run id: check what it still holds (once the writer is idle);
-        a restart during that check has it run again."""
+    def _on_redis_restart(self, tops: dict[bytes, str]) -> None:
+        """Redis answered with a new run id: check whether it still holds ``tops`` (each stream's
+        newest confirmed entry before), once the writer is idle; a restart during that check has
+        it run again."""
         if self._closed:
             return
+        self._restart_tops = {**self._restart_tops, **tops}
         if self._refill is not None and not self._refill.done():
             self._restart_again = True
             return
@@ -720,24 +724,25 @@ class StreamService:
         )
 
     async def _after_redis_restart(self) -> None:
-        """A stream whose oldest entry is now newer than what this process had written, or that
-        vanished, lost what Redis held (a restart without persistence): mark it from 0 to the
-        first entry left, and refill trade streams over REST, the last ``stream_maxlen`` ids (the
-        retention the config gives), through the background repair, and closed klines."""
+        """A stream that no longer holds its newest entry from before the restart lost data (a
+        restart without persistence, or since its last save): mark the hole, from the newest entry
+        older than that one (0: none left) to the oldest newer one, and refill it over REST on
+        trade streams (at most the last ``stream_maxlen`` ids, the retention the config gives:
+        the background repair) and closed klines. A server that kept its data gets no marker."""
         while True:
             refills = await self._mark_after_restart()
             if refills is None:  # Redis unreadable: try again (its loss is unmarked until then)
                 await asyncio.sleep(RESOLVE_INTERVAL_S)
                 continue
-            for route, before_ms in refills:
-                await self._refill_klines(route, before_ms, self.options.stream_maxlen)
+            for route, after_ms, before_ms in refills:
+                await self._refill_klines(route, after_ms, before_ms)
             if not self._restart_again:
                 return
             self._restart_again = False
 
-    async def _mark_after_restart(self) -> list[tuple[Route, int]] | None:
-        """Mark what each stream lost and queue the trade refills; the kline refills to do, or
-        ``None`` when Redis cannot be read."""
+    async def _mark_after_restart(self) -> list[tuple[Route, int, int]] | None:
+        """Mark what each stream lost and queue the trade refills; the kline refills to do
+        ``(route, after open ms, before open ms)``, or ``None`` when Redis cannot be read."""
         writer = self.writer
         # Trade repairs stop: the refill goes first, and each companion stream takes ids in order.
         await self.repairer.pause()
@@ -746,15 +751,34 @@ class StreamService:
                 if writer.queue_depth == 0 and writer.connected:
                     break
                 await asyncio.sleep(0.05)
-            routes = [r for c in self.connections for r in c.unique_routes() if r.last_ms > 0]
-            # What a paused repair wrote since the restart is refilled again: those start empty.
-            repair_keys = [self._repair_key(r) for r in routes if r.sequenced and id(r) in self._repair_heads]
+            tops = self._restart_tops
+            routes = [r for c in self.connections for r in c.unique_routes() if r.xadd_head in tops]
+            commands = []
+            for route in routes:
+                top = tops[route.xadd_head]
+                commands += [
+                    pack("XRANGE", route.stream_key, top, top),
+                    pack("XREVRANGE", route.stream_key, f"({top}", "-", "COUNT", 1),
+                    pack("XRANGE", route.stream_key, f"({top}", "+", "COUNT", 1),
+                ]
             try:
-                replies = await self._oldest_entries([r.stream_key for r in routes], delete=repair_keys)
+                replies = await self._round_trip(commands) if commands else []
+                lost = [
+                    (route, replies[3 * k + 1], replies[3 * k + 2])
+                    for k, route in enumerate(routes)
+                    if not replies[3 * k]  # its newest confirmed entry is gone
+                ]
+                # What a paused repair wrote since the restart is refilled again: those start empty.
+                repair_keys = [
+                    self._repair_key(r) for r, _, _ in lost if r.sequenced and id(r) in self._repair_heads
+                ]
+                if repair_keys:
+                    await self._round_trip([pack("DEL", *repair_keys)])
             except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
                 log.warning("cannot read Redis after its restart (%s); retrying", exc)
                 return None
-            return self._mark_redis_loss(routes, replies)
+            self._restart_tops = {}
+            return self._mark_redis_loss(lost)
         finally:
             self.repairer.resume()
 
@@ -762,44 +786,45 @@ class StreamService:
         opts = self.options
         return stream_key(opts.prefix, opts.exchange, route.channel + REPAIR_SUFFIX, route.symbol)
 
-    def _mark_redis_loss(self, routes: list[Route], replies: list[Any]) -> list[tuple[Route, int]]:
-        """A ``redis_restart`` marker per stream, its trade refill queued first; the kline streams
-        to refill, with the open time their refill stops before."""
+    def _mark_redis_loss(self, lost: list[tuple[Route, Any, Any]]) -> list[tuple[Route, int, int]]:
+        """A ``redis_restart`` marker per stream that lost data (``before``/``after``: the XRANGE
+        replies of the entries either side of the hole), its trade refill queued first; the kline
+        streams to refill."""
         retention = self.options.stream_maxlen
-        refills: list[tuple[Route, int]] = []
-        for route, reply in zip(routes, replies, strict=True):
-            found = self._entry_time(reply)
-            to_ms = found[1] if found is not None else route.last_ms
+        refills: list[tuple[Route, int, int]] = []
+        for route, before, after in lost:
+            found_before, found_after = self._entry_time(before), self._entry_time(after)
+            from_ms = found_before[1] if found_before is not None else 0
+            to_ms = found_after[1] if found_after is not None else route.last_ms
             if route.channel.startswith("kline_") and id(route) in self._repair_heads:
-                # Closed candles open before the oldest entry left (or the newest seen) come back.
-                first_open = int(found[0].partition("-")[0]) if found is not None else route.last_ms
-                refills.append((route, candle_open_ms(first_open, route.channel[6:])))
+                timeframe = route.channel[6:]
+                last_open = int(found_before[0].partition("-")[0]) if found_before is not None else -1
+                first_open = (
+                    int(found_after[0].partition("-")[0]) if found_after is not None else route.last_ms
+                )
+                refills.append((route, last_open, candle_open_ms(first_open, timeframe)))
             if route.sequenced:
-                stored = self._stored_seq(reply)
-                next_seq = stored if stored >= 0 else route.last_seq + 1
+                stored_after = self._stored_seq(after)
+                next_seq = stored_after if stored_after >= 0 else route.last_seq + 1
+                stored_before = self._stored_seq(before)
+                last_seq = max(stored_before, next_seq - retention - 1, -1)
                 self.repairer.drop_below(route.stream_key, next_seq)  # the refill covers them
-                last_seq = max(-1, next_seq - retention - 1)
-                self._write_seq_gap(route, last_seq, next_seq, 0, to_ms, "redis_restart", first=True)
+                self._write_seq_gap(route, last_seq, next_seq, from_ms, to_ms, "redis_restart", first=True)
             else:
-                self._write_gap(route, 0, to_ms, "redis_restart")
-        log.warning("Redis lost what it held (restart without persistence): %d streams marked", len(routes))
+                self._write_gap(route, from_ms, to_ms, "redis_restart")
+        if lost:
+            log.warning("Redis lost data in a restart: %d streams marked", len(lost))
         return refills
 
-    async def _oldest_entries(self, keys: list[str], delete: list[str]) -> list[Any]:
-        """``XRANGE <key> - + COUNT 1`` of each key, after deleting the keys ``delete``, in one
-        round trip (bounded by the timeouts)."""
-        commands = [pack("DEL", *delete)] if delete else []
-        commands += [pack("XRANGE", key, "-", "+", "COUNT", 1) for key in keys]
-        return (await self._round_trip(commands))[len(commands) - len(keys) :]
-
-    async def _refill_klines(self, route: Route, before_ms: int, retention: int) -> None:
-        """The last ``retention`` closed candles opening before ``before_ms``, fetched over REST (in
-        the background, a page of 1,000 at a time, each handed to the writer only while it is
-        nearly idle: memory stays one page) into the kline stream's companion ``@repair`` stream,
-        then a ``repaired`` marker; a failure leaves the ``redis_restart`` marker as the record."""
+    async def _refill_klines(self, route: Route, after_open_ms: int, before_ms: int) -> None:
+        """The closed candles opening after ``after_open_ms`` (-1: the last ``stream_maxlen``, the
+        retention) and before ``before_ms``, fetched over REST (in the background, a page of 1,000
+        at a time, each handed to the writer only while it is nearly idle: memory stays one page)
+        into the kline stream's companion ``@repair`` stream, then a ``repaired`` marker; a
+        failure leaves the ``redis_restart`` marker as the record."""
         timeframe = route.channel[6:]
         tf_ms = TIMEFRAME_MS.get(timeframe, 60_000)
-        start_ms = max(0, before_ms - retention * tf_ms)
+        start_ms = max(0, before_ms - self.options.stream_maxlen * tf_ms, after_open_ms + 1)
         heads = self._repair_heads[id(route)]
         written, cursor = 0, start_ms
         while cursor < before_ms:

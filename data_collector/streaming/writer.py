@@ -242,9 +242,12 @@ class RedisWriter:
         self._conn: FastConnection | None = None
         self._client_id: int | None = None
         self._run_id: bytes | None = None
-        #: Called when the server answers with a new run id (Redis restarted): what it held may be
-        #: gone (no persistence), which the streamer checks and marks.
-        self.on_server_restart: Callable[[], None] | None = None
+        #: Called with :attr:`tops` when the server answers with a new run id (Redis restarted):
+        #: what it held may be gone (no persistence), which the streamer checks and marks.
+        self.on_server_restart: Callable[[dict[bytes, str]], None] | None = None
+        #: XADD head -> the newest entry id Redis confirmed for that stream (what a restarted
+        #: server must still hold, unless it lost data).
+        self.tops: dict[bytes, str] = {}
         #: Entries at the front of the queue already sent once in a write whose reply never came.
         self._unconfirmed = 0
         self.connected = False
@@ -390,7 +393,7 @@ class RedisWriter:
                 previous, self._run_id = self._run_id, _run_id(info)
                 if previous is not None and self._run_id != previous and self.on_server_restart:
                     log.warning("Redis at %s restarted (new run id)", self._endpoint.describe())
-                    self.on_server_restart()
+                    self.on_server_restart(dict(self.tops))
                 self._conn = conn
                 self.connected = True
                 if attempt:
@@ -512,6 +515,7 @@ class RedisWriter:
         # stored while the hole's marker is not.
         parts = control[:]
         latest: dict[bytes, bytes] = {}
+        tops: dict[bytes, str] = {}
         for head, set_head, entry_id, payload, _, _ in batch:
             raw_id = entry_id.encode()
             parts.append(
@@ -519,6 +523,7 @@ class RedisWriter:
                 % (head, len(raw_id), raw_id, len(payload), payload)
             )
             latest[set_head] = payload
+            tops[head] = entry_id
         for set_head, payload in latest.items():
             parts.append(set_head + _bulk(payload))
         parts.extend(books.values())
@@ -536,6 +541,7 @@ class RedisWriter:
             return
 
         self._unconfirmed = max(0, self._unconfirmed - len(batch))
+        self.tops.update(tops)
         now = time.time()
         now_ms = now * 1000.0
         written = 0
