@@ -446,3 +446,28 @@ async def _account_trades(
             lost += len(truth - set(ids))
             dup += len(ids) - len(set(ids))
     return expected, found, lost, dup
+
+
+async def test_a_redis_restart_that_kept_its_data_is_not_marked(restartable_redis: RestartableRedis) -> None:
+    """``SHUTDOWN SAVE`` and a restart: the new run id is noticed and checked, but every stream
+    still holds its newest entry from before, so there is no ``redis_restart`` marker nor refill."""
+    from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+
+    server, prefix, symbols = restartable_redis, "kept", SYMBOLS[:1]
+    client = redis.Redis.from_url(server.url)
+    async with SimulatedExchange(symbols=symbols, seed=18, ws_rate=40) as sim:
+        config = stream_config(sim, prefix, redis_url=server.url)
+        async with OptimizedWebSocketStreamer(
+            symbols=symbols, redis_client=server.url, channels=["trade", "kline_1m"], config=config
+        ) as streamer:
+            assert await streamer.wait_connected()
+            key = f"{prefix}:stream:sim-binance:trade:{symbols[0]}"
+            await wait_for(lambda: client.xlen(key) > 0, what="trades written")
+            service = streamer._service
+            await asyncio.to_thread(server.restart, 0.2, keep_data=True)
+            await wait_for(lambda: service._refill is not None and service._refill.done(), what="the check")
+            before = client.xlen(key)
+            await wait_for(lambda: client.xlen(key) > before, what="writes after the restart")
+    assert [m for m in gap_entries(client, prefix) if m["reason"] == "redis_restart"] == []
+    assert not client.exists(f"{prefix}:stream:sim-binance:trade@repair:{symbols[0]}")
+    client.close()
