@@ -21,6 +21,15 @@ SPOT = ["BTC/USDT", "SOL/USDT"]
 PERPS = ["BTC/USDT:USDT", "SOL/USDT:USDT"]
 
 
+def _symbols_and_venue(futures: bool) -> tuple[list[str], str]:
+    return (PERPS, "sim-binanceusdm") if futures else (SPOT, "sim-binance")
+
+
+def _exchange(futures: bool, seed: int) -> SimulatedExchange:
+    """The simulator, with the perpetuals when ``futures``: 20 trades a second a stream."""
+    return SimulatedExchange(symbols=SPOT, perpetuals=PERPS if futures else (), seed=seed, ws_rate=20)
+
+
 def _open_and_repaired(client: redis.Redis, prefix: str, venue: str) -> tuple[int, int]:
     markers = gap_entries(client, prefix, venue)
     opened = sum(1 for m in markers if m.get("first_seq") is not None and m["reason"] != "repaired")
@@ -30,11 +39,8 @@ def _open_and_repaired(client: redis.Redis, prefix: str, venue: str) -> tuple[in
 @pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
 async def test_lost_aggregate_trades_are_fetched_back_exactly_once(redis_prefix: str, futures: bool) -> None:
     client = redis.Redis.from_url(REDIS_URL)
-    symbols = PERPS if futures else SPOT
-    venue = "sim-binanceusdm" if futures else "sim-binance"
-    async with SimulatedExchange(
-        symbols=SPOT, perpetuals=PERPS if futures else (), seed=33, ws_rate=20
-    ) as sim:
+    symbols, venue = _symbols_and_venue(futures)
+    async with _exchange(futures, seed=33) as sim:
         async with streamer_on(sim, redis_prefix, symbols, ["aggTrade"], futures) as streamer:
             assert await streamer.wait_connected()
 
@@ -96,11 +102,8 @@ async def test_lost_raw_trades_are_fetched_back_and_every_reader_method_merges_t
     and ``range``, ``last`` and a ``tail`` running through the faults each return every trade once,
     in id order, the repaired ones in their place."""
     client = redis.Redis.from_url(REDIS_URL)
-    symbols = PERPS if futures else SPOT
-    venue = "sim-binanceusdm" if futures else "sim-binance"
-    async with SimulatedExchange(
-        symbols=SPOT, perpetuals=PERPS if futures else (), seed=34, ws_rate=20
-    ) as sim:
+    symbols, venue = _symbols_and_venue(futures)
+    async with _exchange(futures, seed=34) as sim:
         async with (
             streamer_on(sim, redis_prefix, symbols, ["trade"], futures) as streamer,
             MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=venue) as reader,
