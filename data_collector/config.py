@@ -356,8 +356,11 @@ class StreamingConfig(_Section):
     max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Frames larger than this are counted as malformed and skipped.
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
-    #: The widest aggTrade gap fetched back over REST (0: none are); wider ones stay marked.
+    #: The widest aggTrade or trade gap fetched back over REST (0: none are); wider ones stay marked.
     repair_max_ids: int = Field(default=100_000, ge=0)
+    #: Request weight the REST repairs (trades, klines after a Redis restart) may spend a minute;
+    #: they go out only while no live request (depth snapshot, kline repair) waits.
+    repair_weight_per_min: int = Field(default=1200, ge=1)
     #: Write the streamed aggTrades (and the repaired ones) to the database's trades table, and
     #: close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`).
     store_trades: bool = False

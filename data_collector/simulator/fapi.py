@@ -73,6 +73,7 @@ class FuturesRestApi(RestApi):
         add(v1 + "premiumIndex", self._premium_index)
         add(v1 + "openInterest", self._open_interest)
         add(v1 + "aggTrades", self._agg_trades)
+        add(v1 + "historicalTrades", self._historical_trades)
         add(v1 + "depth", self._depth)
         add(v1 + "ticker/bookTicker", self._book_ticker)
         add(v1 + "ticker/24hr", self._ticker_24hr)
@@ -91,7 +92,7 @@ class FuturesRestApi(RestApi):
                 return klines_weight(int(q.get("limit", "500")))
             except ValueError:
                 return 1
-        if name == "aggTrades":
+        if name in ("aggTrades", "historicalTrades"):
             return 20
         if name == "depth":
             try:
@@ -288,6 +289,13 @@ class FuturesRestApi(RestApi):
         resp = await super()._agg_trades(request)
         assert isinstance(resp.body, bytes)
         resp.body = resp.body.replace(b',"M":true', b"")
+        return resp
+
+    async def _historical_trades(self, request: web.Request) -> web.Response:
+        # The spot handler's rows (this venue's trade tape), without spot's "isBestMatch".
+        resp = await super()._historical_trades(request)
+        assert isinstance(resp.body, bytes)
+        resp.body = resp.body.replace(b',"isBestMatch":true', b"")
         return resp
 
     def _symbol(self, request: web.Request, required: bool = True) -> Any:

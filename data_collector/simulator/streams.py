@@ -27,7 +27,7 @@ from data_collector.simulator.book import DepthDiff
 from data_collector.simulator.formats import agg_trade_json, decimal8
 from data_collector.simulator.fstreams import FUTURES_KINDS, parse_futures, produce_futures
 from data_collector.simulator.market import SymbolMarket
-from data_collector.simulator.tape import RateTape
+from data_collector.simulator.tape import RateTape, pick
 
 if TYPE_CHECKING:
     from data_collector.simulator.book import OrderBook
@@ -531,6 +531,39 @@ class StreamHub:
         if out:
             self._count_sent(st.name, len(out), last)
         return out
+
+    def tape_trades(self, m: SymbolMarket, from_id: int | None, limit: int, now: int) -> list[str]:
+        """REST rows (``historicalTrades``) of the ``trade`` tape: ids ``from_id``.. (default: the
+        newest ``limit``) up to ``now``, the same ids, times, sizes and sides the stream sends.
+
+        The price is drawn around the reference at the trade's own time; the stream draws it
+        around the reference when its frame is built (a tick later), which is the same price
+        unless an aggregate trade of the market fell in between.
+        """
+        self.tape.set_rate(self.sim.ws_rate, now)
+        hi = self.tape.count(now)
+        lo = max(0, hi - limit) if from_id is None else max(0, from_id)
+        pd, qd = m.price_decimals, m.qty_decimals
+        unit = max(1, int(m.qty_units))
+        rows = []
+        for k in range(lo, min(hi, lo + limit)):
+            t = self.tape.time_of(k)
+            ref = m.last_price(t) or self._ref.get(m.symbol) or max(1, int(m.price0 * 10**m.price_decimals))
+            r = pick(k)
+            price = max(1, ref + (r % 9 - 4) * max(1, ref // 20000))
+            qty = unit * (1 + (r >> 4)) // 4 or 1
+            rows.append(
+                '{"id":%d,"price":"%s","qty":"%s","quoteQty":"%s","time":%d,"isBuyerMaker":%s,"isBestMatch":true}'
+                % (
+                    k,
+                    decimal8(price, pd),
+                    decimal8(qty, qd),
+                    f"{price * qty / 10 ** (pd + qd):.8f}",
+                    t,
+                    "true" if r & 1 else "false",
+                )
+            )
+        return rows
 
     def _skipped(self, symbol: str, kind: str) -> bool:
         """Whether this ``kind`` frame of ``symbol`` is one an injected fault loses."""

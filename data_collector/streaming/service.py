@@ -21,7 +21,13 @@ from typing import Any
 import msgpack
 
 from data_collector.errors import CollectorError, UsageError
-from data_collector.markets import candle_open_ms, next_open_ms, normalize_markets, stream_symbol
+from data_collector.markets import (
+    TIMEFRAME_MS,
+    candle_open_ms,
+    next_open_ms,
+    normalize_markets,
+    stream_symbol,
+)
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
@@ -45,11 +51,11 @@ from data_collector.streaming.normalize import (
     validate_channel,
 )
 from data_collector.streaming.order_book import BookKeeper
-from data_collector.streaming.trade_repair import REPAIR_SUFFIX, RepairJob, TradeRepairer
+from data_collector.streaming.trade_repair import REPAIR_SUFFIX, WRITER_IDLE_DEPTH, RepairJob, TradeRepairer
 from data_collector.streaming.trades_store import TradeStoreSink
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 from data_collector.venues import stream_venue
-from data_collector.venues.binance.rest import BinanceRest
+from data_collector.venues.binance.rest import BACKGROUND_WEIGHT_PER_MIN, BinanceRest
 from data_collector.venues.ccxt_generic.connection import CcxtBookKeeper
 from data_collector.venues.ccxt_generic.connection import build_connections as build_ccxt_connections
 from data_collector.venues.okx.book import OkxBookKeeper
@@ -63,10 +69,14 @@ log = logging.getLogger(__name__)
 
 #: Concurrent REST requests while repairing klines after a reconnect.
 REPAIR_CONCURRENCY = 8
+#: Candles per klines page of a refill after a Redis restart (Binance's maximum).
+KLINE_PAGE = 1000
 #: Longest the kline repair may hold a reconnected connection's reading back.
 REPAIR_TIMEOUT_S = 5.0
 #: Seconds between attempts to read a restart's starting point when Redis was down at start.
 RESOLVE_INTERVAL_S = 1.0
+#: Newest gap markers read at start for the trade gaps a previous run left unrepaired.
+OPEN_GAPS_READ = 10_000
 
 
 @dataclass
@@ -104,8 +114,11 @@ class ServiceOptions:
     store_klines: bool = True
     #: With a candle sink: settled funding rates go to it (:mod:`.funding`).
     store_funding: bool = False
-    #: The widest trade gap (Binance aggTrade, OKX trade) fetched back over REST (:mod:`.trade_repair`); 0: none.
+    #: The widest trade gap (Binance trade and aggTrade, OKX trade) fetched back over REST
+    #: (:mod:`.trade_repair`); 0: none.
     repair_max_ids: int = 100_000
+    #: Request weight the REST repairs may spend a minute (:class:`~data_collector.venues.binance.rest.RequestGate`).
+    repair_weight_per_min: int = BACKGROUND_WEIGHT_PER_MIN
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`data_collector.venues.ccxt_generic`).
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
@@ -163,13 +176,24 @@ class StreamService:
             stream_maxlen=options.stream_maxlen,
             max_batch=options.max_batch,
         )
-        self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
-        source = venue.trade_source(self.rest) if venue.trade_source is not None else None
-        self.repairer = TradeRepairer(source, self.writer, metrics, options.repair_max_ids)
+        self.rest = BinanceRest(
+            options.rest_url,
+            options.rest_timeout_s,
+            api=venue.rest_api,
+            background_weight_per_min=options.repair_weight_per_min,
+        )
+        sources = venue.trade_sources(self.rest) if venue.trade_sources is not None else ()
+        self.repairer = TradeRepairer(sources, self.writer, metrics, options.repair_max_ids)
+        self.writer.on_server_restart = self._on_redis_restart
+        self._refill: asyncio.Task[None] | None = None
+        self._restart_again = False
+        #: XADD head -> the newest entry confirmed before a Redis restart, still to be checked.
+        self._restart_tops: dict[bytes, str] = {}
         #: Streamed (and repaired) aggTrades into the trades table (:mod:`.trades_store`).
         self.trades = trade_store
         if trade_store is not None:
             self.repairer.on_trade = trade_store.submit
+            self.repairer.on_trade_channel = "aggTrade"  # the trades table takes aggregate trades
         #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
@@ -250,7 +274,11 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        if channel == self.repairer.channel and opts.repair_max_ids > 0 and self.venue.repairs_trades:
+        # Klines get one too where the streamer's own REST client serves them (Binance): refilled
+        # over REST after a Redis restart, older than the live top.
+        refilled_klines = self.venue.repairs_klines and self.venue.kline_rest is None
+        repairable = channel in self.repairer.channels or (channel.startswith("kline_") and refilled_klines)
+        if repairable and opts.repair_max_ids > 0 and self.venue.repairs_trades:
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
             rhead = xadd_prefix(rkey, opts.stream_maxlen)
             self.writer.register_stream(rhead, StreamName(rkey, channel + REPAIR_SUFFIX, symbol))
@@ -453,12 +481,16 @@ class StreamService:
             ServerUnavailableError, TimeoutError, ConnectionError, OSError: Redis cannot be read
                 (bounded by its connect and socket timeouts).
         """
+        return await self._round_trip([pack("XREVRANGE", key, top, "-", "COUNT", 1) for key, top in ranges])
+
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+        """The replies to ``commands``, sent in one write on a connection of its own (bounded by
+        the Redis timeouts)."""
         endpoint = self._endpoint
         async with asyncio.timeout(endpoint.connect_timeout_s + 2 * endpoint.socket_timeout_s):
             conn = await endpoint.connect()
             try:
-                payload = b"".join(pack("XREVRANGE", key, top, "-", "COUNT", 1) for key, top in ranges)
-                return await conn.execute(payload, len(ranges))
+                return list(await conn.execute(b"".join(commands), len(commands)))
             finally:
                 await conn.close()
 
@@ -525,7 +557,40 @@ class StreamService:
                 key = (route.symbol, timeframe)
                 self._last_closed_open[key] = max(self._last_closed_open.get(key, 0), open_ms)
         self._note_gap_top(replies[-1])
+        await self._resume_open_repairs(routes)
         return True
+
+    async def _resume_open_repairs(self, routes: list[Route]) -> None:
+        """Queue again the trade gaps a previous process marked and had not repaired yet (it was
+        killed with its repair queue): the newest ``OPEN_GAPS_READ`` markers are read, and each
+        ``first_seq``..``last_seq`` with no ``repaired`` marker of the same bounds is a job, oldest
+        id first (a page it had already written is refused as a duplicate, not written twice)."""
+        by_key = {r.stream_key: r for r in routes if id(r) in self._repair_heads and r.sequenced}
+        if not by_key:
+            return
+        gkey = gaps_key(self.options.prefix, self.options.exchange)
+        try:
+            (rows,) = await self._round_trip([pack("XREVRANGE", gkey, "+", "-", "COUNT", OPEN_GAPS_READ)])
+        except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("cannot read the open trade gaps (%s); they stay marked", exc)
+            return
+        opened: dict[tuple[str, int, int], tuple[int, int]] = {}
+        closed: set[tuple[str, int, int]] = set()
+        for _entry_id, flat in rows or []:
+            fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat) - 1, 2)}
+            if fields.get("stream") not in by_key or "first_seq" not in fields:
+                continue
+            bounds = (fields["stream"], int(fields["first_seq"]), int(fields["last_seq"]))
+            if fields.get("reason") == "repaired":
+                closed.add(bounds)
+            else:
+                opened[bounds] = (int(fields["from_ms"]), int(fields["to_ms"]))
+        for bounds in sorted(set(opened) - closed, key=lambda b: b[1]):
+            route = by_key[bounds[0]]
+            job = RepairJob(route, bounds[1], bounds[2], *opened[bounds], *self._repair_heads[id(route)])
+            self.repairer.submit(job)
+        if set(opened) - closed:
+            log.info("%d trade gaps a previous run left open queued for repair", len(set(opened) - closed))
 
     async def _on_connect(self, conn: Feed) -> None:
         """Every (re)connect: mark the streams with a known past, repair their closed klines."""
@@ -583,7 +648,14 @@ class StreamService:
         )
 
     def _write_seq_gap(
-        self, route: Route, last_seq: int, next_seq: int, from_ms: int, to_ms: int, reason: str
+        self,
+        route: Route,
+        last_seq: int,
+        next_seq: int,
+        from_ms: int,
+        to_ms: int,
+        reason: str,
+        first: bool = False,
     ) -> None:
         """Mark the trade ids strictly between ``last_seq`` and ``next_seq`` missing (none: no marker)."""
         if next_seq <= last_seq + 1:
@@ -605,7 +677,9 @@ class StreamService:
         heads = self._repair_heads.get(id(route))
         if heads is not None and not self._closed:
             job = RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads)
-            if self.repairer.submit(job) and self.trades is not None:
+            queued = self.repairer.submit(job, first=first)
+            # The trades table holds aggregate trades: only their repair is its business.
+            if queued and self.trades is not None and route.channel == "aggTrade":
                 self.trades.expect_repair(route.symbol, last_seq + 1, next_seq - 1)
 
     async def _resolve_restart_gaps(self) -> None:
@@ -633,6 +707,155 @@ class StreamService:
                 elif found is not None and to_ms > found[1]:
                     self._write_gap(route, found[1], to_ms, "restart")
             log.info("restart gaps marked for %d streams after Redis became readable", len(ready))
+
+    def _on_redis_restart(self, tops: dict[bytes, str]) -> None:
+        """Redis answered with a new run id: check whether it still holds ``tops`` (each stream's
+        newest confirmed entry before), once the writer is idle; a restart during that check has
+        it run again."""
+        if self._closed:
+            return
+        self._restart_tops = {**self._restart_tops, **tops}
+        if self._refill is not None and not self._refill.done():
+            self._restart_again = True
+            return
+        self._restart_again = False
+        self._refill = asyncio.get_running_loop().create_task(
+            self._after_redis_restart(), name="redis-refill"
+        )
+
+    async def _after_redis_restart(self) -> None:
+        """A stream that no longer holds its newest entry from before the restart lost data (a
+        restart without persistence, or since its last save): mark the hole, from the newest entry
+        older than that one (0: none left) to the oldest newer one, and refill it over REST on
+        trade streams (at most the last ``stream_maxlen`` ids, the retention the config gives:
+        the background repair) and closed klines. A server that kept its data gets no marker."""
+        while True:
+            refills = await self._mark_after_restart()
+            if refills is None:  # Redis unreadable: try again (its loss is unmarked until then)
+                await asyncio.sleep(RESOLVE_INTERVAL_S)
+                continue
+            for route, after_ms, before_ms in refills:
+                await self._refill_klines(route, after_ms, before_ms)
+            if not self._restart_again:
+                return
+            self._restart_again = False
+
+    async def _mark_after_restart(self) -> list[tuple[Route, int, int]] | None:
+        """Mark what each stream lost and queue the trade refills; the kline refills to do
+        ``(route, after open ms, before open ms)``, or ``None`` when Redis cannot be read."""
+        writer = self.writer
+        # Trade repairs stop: the refill goes first, and each companion stream takes ids in order.
+        await self.repairer.pause()
+        try:
+            for _ in range(100):  # what the writer was holding lands first (bounded: 5 s)
+                if writer.queue_depth == 0 and writer.connected:
+                    break
+                await asyncio.sleep(0.05)
+            tops = self._restart_tops
+            routes = [r for c in self.connections for r in c.unique_routes() if r.xadd_head in tops]
+            commands = []
+            for route in routes:
+                top = tops[route.xadd_head]
+                commands += [
+                    pack("XRANGE", route.stream_key, top, top),
+                    pack("XREVRANGE", route.stream_key, f"({top}", "-", "COUNT", 1),
+                    pack("XRANGE", route.stream_key, f"({top}", "+", "COUNT", 1),
+                ]
+            try:
+                replies = await self._round_trip(commands) if commands else []
+                lost = [
+                    (route, replies[3 * k + 1], replies[3 * k + 2])
+                    for k, route in enumerate(routes)
+                    if not replies[3 * k]  # its newest confirmed entry is gone
+                ]
+                # What a paused repair wrote since the restart is refilled again: those start empty.
+                repair_keys = [
+                    self._repair_key(r) for r, _, _ in lost if r.sequenced and id(r) in self._repair_heads
+                ]
+                if repair_keys:
+                    await self._round_trip([pack("DEL", *repair_keys)])
+            except (CollectorError, TimeoutError, ConnectionError, OSError) as exc:
+                log.warning("cannot read Redis after its restart (%s); retrying", exc)
+                return None
+            self._restart_tops = {}
+            return self._mark_redis_loss(lost)
+        finally:
+            self.repairer.resume()
+
+    def _repair_key(self, route: Route) -> str:
+        opts = self.options
+        return stream_key(opts.prefix, opts.exchange, route.channel + REPAIR_SUFFIX, route.symbol)
+
+    def _mark_redis_loss(self, lost: list[tuple[Route, Any, Any]]) -> list[tuple[Route, int, int]]:
+        """A ``redis_restart`` marker per stream that lost data (``before``/``after``: the XRANGE
+        replies of the entries either side of the hole), its trade refill queued first; the kline
+        streams to refill."""
+        retention = self.options.stream_maxlen
+        refills: list[tuple[Route, int, int]] = []
+        for route, before, after in lost:
+            found_before, found_after = self._entry_time(before), self._entry_time(after)
+            from_ms = found_before[1] if found_before is not None else 0
+            to_ms = found_after[1] if found_after is not None else route.last_ms
+            if route.channel.startswith("kline_") and id(route) in self._repair_heads:
+                timeframe = route.channel[6:]
+                last_open = int(found_before[0].partition("-")[0]) if found_before is not None else -1
+                first_open = (
+                    int(found_after[0].partition("-")[0]) if found_after is not None else route.last_ms
+                )
+                refills.append((route, last_open, candle_open_ms(first_open, timeframe)))
+            if route.sequenced:
+                stored_after = self._stored_seq(after)
+                next_seq = stored_after if stored_after >= 0 else route.last_seq + 1
+                stored_before = self._stored_seq(before)
+                last_seq = max(stored_before, next_seq - retention - 1, -1)
+                self.repairer.drop_below(route.stream_key, next_seq)  # the refill covers them
+                self._write_seq_gap(route, last_seq, next_seq, from_ms, to_ms, "redis_restart", first=True)
+            else:
+                self._write_gap(route, from_ms, to_ms, "redis_restart")
+        if lost:
+            log.warning("Redis lost data in a restart: %d streams marked", len(lost))
+        return refills
+
+    async def _refill_klines(self, route: Route, after_open_ms: int, before_ms: int) -> None:
+        """The closed candles opening after ``after_open_ms`` (-1: the last ``stream_maxlen``, the
+        retention) and before ``before_ms``, fetched over REST (in the background, a page of 1,000
+        at a time, each handed to the writer only while it is nearly idle: memory stays one page)
+        into the kline stream's companion ``@repair`` stream, then a ``repaired`` marker; a
+        failure leaves the ``redis_restart`` marker as the record."""
+        timeframe = route.channel[6:]
+        tf_ms = TIMEFRAME_MS.get(timeframe, 60_000)
+        start_ms = max(0, before_ms - self.options.stream_maxlen * tf_ms, after_open_ms + 1)
+        heads = self._repair_heads[id(route)]
+        written, cursor = 0, start_ms
+        while cursor < before_ms:
+            end_ms = min(before_ms - 1, cursor + KLINE_PAGE * tf_ms - 1)
+            try:
+                rows = await self.rest.klines(route.symbol, timeframe, cursor, end_ms, background=True)
+            except CollectorError as exc:
+                self.metrics.rest_errors += 1
+                log.warning(
+                    "could not refill %s %s klines after a Redis restart: %s", route.symbol, timeframe, exc
+                )
+                return
+            now = time.time()
+            written += self._write_repaired(
+                route, rows, before_ms + 1, int(now * 1000), now, heads, cursor - 1
+            )
+            cursor = end_ms + 1
+            depth = self.writer.queue_depth
+            if depth > WRITER_IDLE_DEPTH:  # low priority, as the trade repair: live entries first
+                await asyncio.sleep(min(0.5, depth * 1e-5))
+        marker = GapMarker(
+            route.stream_key,
+            route.channel,
+            route.symbol,
+            start_ms,
+            before_ms,
+            "repaired",
+            count=written,
+            repaired=written,
+        )
+        self.writer.submit_gap(marker)
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
@@ -672,10 +895,26 @@ class StreamService:
             self._write_repaired(route, rows, cutoff_ms, recv_ms, now)
 
     def _write_repaired(
-        self, route: Route, rows: list[list[Any]], to_ms: int, recv_ms: int, now: float
-    ) -> None:
+        self,
+        route: Route,
+        rows: list[list[Any]],
+        to_ms: int,
+        recv_ms: int,
+        now: float,
+        heads: tuple[bytes, bytes] | None = None,
+        after_open_ms: int | None = None,
+    ) -> int:
+        """Write the closed candles of ``rows`` that close before ``to_ms`` and open after
+        ``after_open_ms`` (default: the newest closed one seen) to ``heads`` (default: the live
+        stream); how many."""
         timeframe = route.channel[6:]
-        last = self._last_closed_open.get((route.symbol, timeframe), 0)
+        last = (
+            self._last_closed_open.get((route.symbol, timeframe), 0)
+            if after_open_ms is None
+            else after_open_ms
+        )
+        xadd_head, set_head = heads or (route.xadd_head, route.set_head)
+        written = 0
         for row in rows:
             try:
                 open_ms, close_ms = int(row[0]), int(row[6])
@@ -698,11 +937,11 @@ class StreamService:
                 continue
             event["repaired"] = True
             entry_id = kline_entry_id(open_ms, timeframe, close_ms, True)
-            self.writer.submit(
-                (route.xadd_head, route.set_head, entry_id, msgpack.packb(event), recv_ms, now)
-            )
+            self.writer.submit((xadd_head, set_head, entry_id, msgpack.packb(event), recv_ms, now))
             self.metrics.repaired_klines += 1
+            written += 1
             self._on_closed_kline(route.symbol, timeframe, event)
+        return written
 
     def order_book(self, symbol: str) -> dict[str, Any] | None:
         """The full local book of ``symbol`` while in sync, else ``None``."""
@@ -727,9 +966,10 @@ class StreamService:
         if self._closed:
             return
         self._closed = True
-        if self._resolver is not None:
-            self._resolver.cancel()
-            await asyncio.gather(self._resolver, return_exceptions=True)
+        for task in (self._resolver, self._refill):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._stop_heartbeat()
         for conn in self.connections:
             await conn.close()

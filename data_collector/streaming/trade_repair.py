@@ -1,18 +1,22 @@
 """Exact repair of lost trades: the ids a gap marker names, fetched back over REST.
 
-Binance's aggregate-trade ids and OKX's trade ids are contiguous per symbol and REST serves them
-by id (each venue's :class:`~.trade_sources.TradeSource`: ``aggTrades?fromId=``,
-``history-trades``), so a ``sequence``, ``reconnect`` or ``restart`` marker with
-``first_seq``..``last_seq`` says exactly what to fetch. The repaired trades are written with the
-entry ids they would have had (``<trade ms>-<id>``) into a companion stream,
-``<p>:stream:<ex>:<channel>@repair:<sym>`` (``aggTrade@repair``, OKX's ``trade@repair``): Redis
+Binance's trade and aggregate-trade ids and OKX's trade ids are contiguous per symbol and REST
+serves them by id (each venue's :class:`~.trade_sources.TradeSource`, one per repaired channel:
+Binance's ``aggTrades?fromId=`` and ``historicalTrades?fromId=``, OKX's ``history-trades``), so a
+``sequence``, ``reconnect`` or ``restart`` marker with ``first_seq``..``last_seq`` says exactly
+what to fetch. The repaired trades are written with the entry ids they would have had
+(``<trade ms>-<id>``) into a companion stream, ``<p>:stream:<ex>:<channel>@repair:<sym>``
+(``aggTrade@repair``, ``trade@repair``): Redis
 refuses an explicit id older than a stream's top, and the live stream has moved on by the time the
 repair arrives. Holding the live tail until the repair lands would make live writes wait behind
-REST; the companion stream never does, and ``MarketDataReader.range`` merges both by entry id.
+REST; the companion stream never does, and ``MarketDataReader`` (``range``, ``last``, ``tail``)
+merges both by entry id.
 When a gap is repaired a ``repaired`` marker follows (same ``first_seq``/``last_seq``, and
 ``repaired``: how many trades were written).
 
-Low priority: one job at a time, one request at a time, pages handed to the writer only while its
+Low priority: one job at a time, one request at a time, each a background request of the REST
+client's :class:`~data_collector.venues.binance.rest.RequestGate` (sent only while no live request
+such as a depth snapshot waits, within a weight budget), pages handed to the writer only while its
 buffer is nearly empty, so live entries never queue behind a repair. Gaps wider than
 ``max_ids`` are left to the trade backfill (their markers stay open).
 """
@@ -24,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -38,10 +42,9 @@ from data_collector.streaming.writer import GapMarker, RedisWriter
 
 log = logging.getLogger(__name__)
 
-#: Channels that may have a companion stream (Binance's ``aggTrade``, OKX's ``trade``): REST
-#: serves them by id. Which one a venue repairs is its :class:`TradeSource`'s ``channel``.
+#: Channels whose lost events are fetched back: REST serves trades and aggregate trades by id.
 REPAIRED_CHANNELS = frozenset({"aggTrade", "trade"})
-#: The companion stream's channel part: ``aggTrade@repair``.
+#: The companion stream's channel part: ``aggTrade@repair``, ``trade@repair``.
 REPAIR_SUFFIX = "@repair"
 #: The writer's buffer depth under which a repair page may be handed over.
 WRITER_IDLE_DEPTH = 200
@@ -65,31 +68,36 @@ class TradeRepairer:
     """Fetches the trades gap markers name and writes them to the companion streams.
 
     Args:
-        source: the venue's trades by id range (None: nothing is repaired).
+        sources: the venue's trades by id range, one per repaired channel (empty: none).
         writer: the streamer's Redis writer.
         metrics: ``repaired_trades`` is counted here.
         max_ids: the widest gap repaired here; wider ones are left to the trade backfill.
     """
 
     def __init__(
-        self, source: TradeSource | None, writer: RedisWriter, metrics: StreamMetrics, max_ids: int
+        self, sources: Sequence[TradeSource], writer: RedisWriter, metrics: StreamMetrics, max_ids: int
     ) -> None:
-        self._source = source
-        #: The channel repaired here ("": none).
-        self.channel = source.channel if source is not None else ""
+        self._sources = {source.channel: source for source in sources}
+        #: The channels repaired here.
+        self.channels = frozenset(self._sources)
         self._writer = writer
         self._metrics = metrics
         self.max_ids = max_ids
         self._jobs: deque[RepairJob] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._paused = False
         #: Gaps wider than ``max_ids``, left open: (stream key, first id, last id).
         self.too_wide: list[tuple[str, int, int]] = []
-        #: Called with ``(symbol, event)`` for every repaired trade (the trades store's sink).
+        #: Called with ``(symbol, event)`` for every repaired trade of ``on_trade_channel`` (the
+        #: trades store's sink).
         self.on_trade: Callable[[str, Event], None] | None = None
+        self.on_trade_channel = ""
 
-    def submit(self, job: RepairJob) -> bool:
-        """Queue one gap (never blocks); False when it is left open (too wide, backlog full)."""
+    def submit(self, job: RepairJob, *, first: bool = False) -> bool:
+        """Queue one gap (never blocks); False when it is left open (too wide, backlog full).
+        ``first``: ahead of the others (a Redis restart's refill, whose ids are below theirs: each
+        companion stream is written in id order)."""
         width = job.last_seq - job.first_seq + 1
         if width > self.max_ids:
             self.too_wide.append((job.route.stream_key, job.first_seq, job.last_seq))
@@ -106,11 +114,29 @@ class TradeRepairer:
                 job.last_seq,
             )
             return False
-        self._jobs.append(job)
+        if first:
+            self._jobs.appendleft(job)
+        else:
+            self._jobs.append(job)
         self._wake.set()
-        if self._task is None:
+        if self._task is None and not self._paused:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="trade-repair")
         return True
+
+    async def pause(self) -> None:
+        """Stop between pages (the job in hand starts again from its first id on :meth:`resume`)."""
+        self._paused = True
+        await self.close()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._jobs and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="trade-repair")
+
+    def drop_below(self, stream_key: str, seq: int) -> None:
+        """Forget the queued jobs of ``stream_key`` whose ids all lie below ``seq`` (a refill
+        covers them)."""
+        self._jobs = deque(j for j in self._jobs if j.route.stream_key != stream_key or j.last_seq >= seq)
 
     @property
     def pending(self) -> int:
@@ -138,8 +164,8 @@ class TradeRepairer:
     async def _repair(self, job: RepairJob) -> None:
         route = job.route
         packb = msgpack.packb
-        source = self._source
-        assert source is not None  # no job is submitted without one (the service gives no heads)
+        source = self._sources[route.channel]  # jobs come only for these channels' streams
+        on_trade = self.on_trade if route.channel == self.on_trade_channel else None
         cursor, written = job.first_seq, 0
         while cursor <= job.last_seq:
             rows = await source.fetch(route.symbol, cursor, job.last_seq)
@@ -158,8 +184,8 @@ class TradeRepairer:
                 self._writer.submit(
                     (job.xadd_head, job.set_head, entry_id, packb(event), event["event_ms"], now)
                 )
-                if self.on_trade is not None:
-                    self.on_trade(route.symbol, event)
+                if on_trade is not None:
+                    on_trade(route.symbol, event)
                 written += 1
                 cursor = seq + 1
             self._metrics.repaired_trades += len(rows)

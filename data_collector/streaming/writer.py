@@ -33,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import hiredis
@@ -243,6 +244,12 @@ class RedisWriter:
         self._conn: FastConnection | None = None
         self._client_id: int | None = None
         self._run_id: bytes | None = None
+        #: Called with :attr:`tops` when the server answers with a new run id (Redis restarted):
+        #: what it held may be gone (no persistence), which the streamer checks and marks.
+        self.on_server_restart: Callable[[dict[bytes, str]], None] | None = None
+        #: XADD head -> the newest entry id Redis confirmed for that stream (what a restarted
+        #: server must still hold, unless it lost data).
+        self.tops: dict[bytes, str] = {}
         #: Entries at the front of the queue already sent once in a write whose reply never came.
         self._unconfirmed = 0
         self.connected = False
@@ -387,7 +394,10 @@ class RedisWriter:
                         f"Redis at {self._endpoint.describe()}", str(exc) or type(exc).__name__
                     ) from None
                 self._client_id = client_id if type(client_id) is int else None
-                self._run_id = _run_id(info)
+                previous, self._run_id = self._run_id, _run_id(info)
+                if previous is not None and self._run_id != previous and self.on_server_restart:
+                    log.warning("Redis at %s restarted (new run id)", self._endpoint.describe())
+                    self.on_server_restart(dict(self.tops))
                 self._conn = conn
                 self.connected = True
                 if attempt:
@@ -509,6 +519,7 @@ class RedisWriter:
         # stored while the hole's marker is not.
         parts = control[:]
         latest: dict[bytes, bytes] = {}
+        tops: dict[bytes, str] = {}
         for head, set_head, entry_id, payload, _, _ in batch:
             raw_id = entry_id.encode()
             parts.append(
@@ -516,6 +527,7 @@ class RedisWriter:
                 % (head, len(raw_id), raw_id, len(payload), payload)
             )
             latest[set_head] = payload
+            tops[head] = entry_id
         for set_head, payload in latest.items():
             parts.append(set_head + _bulk(payload))
         parts.extend(books.values())
@@ -533,6 +545,7 @@ class RedisWriter:
             return
 
         self._unconfirmed = max(0, self._unconfirmed - len(batch))
+        self.tops.update(tops)
         now = time.time()
         now_ms = now * 1000.0
         written = 0

@@ -49,9 +49,10 @@ class StreamVenue:
     sequenced: bool = True
     #: Lost aggregate trades are fetched back by id over REST (:mod:`~data_collector.streaming.trade_repair`).
     repairs_trades: bool = True
-    #: The streamer's REST client -> where lost trades are fetched back by id (``None``: nowhere,
-    #: the gaps stay marked); see :mod:`data_collector.streaming.trade_sources`.
-    trade_source: Callable[[BinanceRest], TradeSource] | None = None
+    #: The streamer's REST client -> where lost trades are fetched back by id, one source per
+    #: repaired channel (``None``: nowhere, the gaps stay marked); see
+    #: :mod:`data_collector.streaming.trade_sources`.
+    trade_sources: Callable[[BinanceRest], tuple[TradeSource, ...]] | None = None
     #: The streamer's REST client -> what serves its klines repair (``None``: that client itself,
     #: Binance's ``klines``).
     kline_rest: Callable[[BinanceRest], Any] | None = None

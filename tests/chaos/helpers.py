@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,32 @@ async def stored_candles(conn: asyncpg.Connection, schema: str) -> tuple[Candles
     )
     stored = {(r[0], CODE_TIMEFRAMES[r[1]], int(r[2])): tuple(float(x) for x in r[3:8]) for r in rows}
     return stored, len(rows)
+
+
+@contextlib.asynccontextmanager
+async def streamer_process(config: Path, log: Path, report: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``scripts/stream_market_data.py --config config`` in a subprocess, its output in ``log``,
+    its RSS watched by ``report`` (a ScenarioReport); killed on the way out if still running."""
+    with open(log, "wb") as out:  # noqa: ASYNC230 - a log sink
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "scripts" / "stream_market_data.py"), "--config", str(config),
+            "--status-interval", "0", stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(config.parent),
+        )  # fmt: skip
+        report.rss.watch(proc.pid)
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def end_streamer(proc: asyncio.subprocess.Process, kill: bool, report: Any) -> int:
+    """SIGKILL (counted as a ``sigkill`` fault in ``report``) or SIGINT (a clean stop that flushes)
+    ``proc``; its exit code."""
+    if kill:
+        proc.send_signal(signal.SIGKILL)
+        report.fault("sigkill")
+    else:
+        proc.send_signal(signal.SIGINT)
+    return await asyncio.wait_for(proc.wait(), 30)

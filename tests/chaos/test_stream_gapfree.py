@@ -1,26 +1,52 @@
-"""Issue 15's fault test, Binance spot, the part that holds so far: WS drops ×5, a stall past the
-watchdog (20 s with --long), and skipped ids, while the market trades on (the simulator's clock
-runs 10× fast, so aggregate trades are dense).
+"""Issue 15's fault test, Binance spot, one figure line per scenario. Each runs in a short CI
+form; its full form (5 symbols at 2,000 trade msg/s) is ``-m slow`` (or ``--long``).
 
-After the flow stops: the aggTrade streams (live + repaired, read with ``MarketDataReader.range``)
-hold every trade REST serves for the window exactly once, in id order; the trade streams' gaps
-are marked exactly by id; closed klines are all there once. Not covered yet (issue 15): SIGKILL
-of the streamer, the private Redis stopped or restarted without persistence, OKX.
+* WS drops ×5, a stall past the watchdog (20 s full), and skipped ids, while the market trades
+  on (the simulator's clock runs 10× fast, so aggregate trades are dense): the aggTrade streams
+  (live + repaired, read with ``MarketDataReader.range``) hold every trade REST serves for the
+  window exactly once, in id order; the trade streams' gaps are marked exactly by id; closed
+  klines are all there once.
+* The streamer (a subprocess) SIGKILLed ×3 (×10 full) and restarted: ``trade`` and ``aggTrade``
+  hold every trade sent, once, in id order; closed klines every candle once; ``bookTicker`` and
+  ``depth`` holes each under a marker at their exact seam.
+* A private Redis SIGSTOPped (3 s; 10 s full), then restarted once without persistence: the stop
+  loses nothing, the restart's loss is refilled for the retention (``stream_maxlen``) on the
+  trade channels and marked ``redis_restart`` on the others.
+
+Not covered here: OKX (its own file), the trades table in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import msgpack
+import pytest
 import redis
+import yaml
 
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
+from tests.chaos.helpers import end_streamer, streamer_process
 from tests.chaos.report import ScenarioReport
+from tests.chaos.servers import RestartableRedis
 from tests.support.gapfree import drop_and_reconnect
 from tests.support.services import REDIS_URL
-from tests.support.stream_accounting import account_by_id
-from tests.support.streaming import entries, gap_entries, settle_quietly, streamer_on, wait_for
+from tests.support.stream_accounting import account_by_id, holes_and_markers
+from tests.support.streaming import (
+    entries,
+    gap_entries,
+    sent_by_stream,
+    settle_quietly,
+    stream_config,
+    streamer_on,
+    wait_for,
+)
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
 CHANNELS = ["trade", "aggTrade", "kline_1m"]
@@ -28,22 +54,25 @@ CHANNELS = ["trade", "aggTrade", "kline_1m"]
 SPEED = 10
 
 
+FULL = pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(900)])
+
+
+@pytest.fixture(params=[False, FULL], ids=["ci", "full"])
+def full(request: pytest.FixtureRequest, long_run: bool, scenario_report: ScenarioReport) -> bool:
+    """The scenario's full size (``-m slow``, or ``--long``) instead of its short CI form."""
+    scenario_report.long = bool(request.param) or long_run
+    scenario_report.name = request.node.originalname  # the line says [ci] or [long] itself
+    return scenario_report.long
+
+
 async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
-    redis_prefix: str, scenario_report: ScenarioReport, long_run: bool
+    redis_prefix: str, scenario_report: ScenarioReport, full: bool
 ) -> None:
     report = scenario_report
     client = redis.Redis.from_url(REDIS_URL)
-    stall_s = 20.0 if long_run else 3.0
+    stall_s = 20.0 if full else 3.0
     async with SimulatedExchange(symbols=SYMBOLS, seed=15, ws_rate=40) as sim:  # 2,000 trade msg/s
-        running = True
-
-        async def fast_clock() -> None:
-            while running:
-                sim.clock.advance(20 * (SPEED - 1))
-                await asyncio.sleep(0.02)
-
-        clock_task = asyncio.create_task(fast_clock())
-        try:
+        async with fast_clock(sim):
             async with streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS) as streamer:
                 assert await streamer.wait_connected()
                 start_ms = sim.clock.now_ms()
@@ -72,27 +101,25 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                     timeout_s=90,
                     what="aggregate trades flowing again after the stall",
                 )
-                running = False
-                await clock_task
                 sim.clock.freeze()  # the flow stops
 
                 def all_repaired() -> bool:
-                    markers = [m for m in gap_entries(client, redis_prefix) if m["channel"] == "aggTrade"]
+                    markers = gap_entries(client, redis_prefix)
                     opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
                     return opened == sum(1 for m in markers if m["reason"] == "repaired")
 
-                await wait_for(all_repaired, timeout_s=120, what="every aggTrade gap repaired")
+                await wait_for(all_repaired, timeout_s=240 if full else 120, what="every trade gap repaired")
                 await settle_quietly(streamer, sim)
                 metrics = streamer.get_metrics()
             end_ms = sim.clock.now_ms()
-        finally:
-            running = False
-            await asyncio.gather(clock_task, return_exceptions=True)
+        sent = sent_by_stream(sim, SYMBOLS)
 
         markers = gap_entries(client, redis_prefix)
         agg_expected = agg_found = agg_dup = agg_lost = trade_unmarked = trade_wrong = kline_dup = 0
         kline_missing = 0
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
+            # Raw trades too: live and repaired, every id once from the first stored to the last sent.
+            trade_counts = await _account_trades(reader, SYMBOLS, ["trade"], sent)
             for symbol in SYMBOLS:
                 got = await reader.range(symbol, "aggTrade", 0, end_ms)
                 ids = [e["id"] for e in got]
@@ -122,13 +149,339 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
         reconnects=metrics["reconnects"],
         trade_ids_unmarked=trade_unmarked,
         trade_ids_wrongly_marked=trade_wrong,
+        trades_expected=trade_counts[0],
+        trades_lost=trade_counts[2],
+        trades_duplicated=trade_counts[3],
         klines_missing=kline_missing,
         klines_duplicated=kline_dup,
         stall_s=stall_s,
     )
     assert agg_lost == 0 and agg_dup == 0, (agg_lost, agg_dup)
+    assert trade_counts[2] == 0 and trade_counts[3] == 0, trade_counts
     assert trade_unmarked == 0 and trade_wrong == 0
     assert kline_missing == 0 and kline_dup == 0
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
+    client.close()
+
+
+async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persistence(
+    scenario_report: ScenarioReport, full: bool, restartable_redis: RestartableRedis
+) -> None:
+    """The private Redis SIGSTOPped (10 s in the full form, 3 s in CI), then restarted once with no
+    persistence: nothing the simulator sent on ``trade``/``aggTrade`` is lost or doubled (the
+    stop is buffered, the restart's loss refilled over REST for the last ``stream_maxlen`` ids),
+    and every other stream carries a ``redis_restart`` marker over what the restart lost."""
+    from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+
+    report = scenario_report
+    server = restartable_redis
+    client = redis.Redis.from_url(server.url)
+    # The full form: 5 symbols at 2,000 trade msg/s, Redis stopped 10 s.
+    symbols, channels, prefix = (
+        SYMBOLS if full else SYMBOLS[:2],
+        ["trade", "aggTrade", "bookTicker", "kline_1m"],
+        "gf",
+    )
+    stop_s = 10.0 if full else 3.0
+    retention = 3000
+
+    def key(channel: str, symbol: str) -> str:
+        return f"{prefix}:stream:sim-binance:{channel}:{symbol}"
+
+    def stored(channel: str) -> list[int]:
+        return [int(client.xlen(key(channel, s))) for s in symbols]
+
+    def restart_marked() -> bool:
+        markers = gap_entries(client, prefix)
+        marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
+        opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
+        repaired = sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired")
+        refilled = {m["stream"] for m in markers if m["channel"] == "kline_1m" and m["reason"] == "repaired"}
+        every = marked >= {key(c, s) for c in channels for s in symbols}
+        return every and opened == repaired and len(refilled) == len(symbols)
+
+    async with SimulatedExchange(symbols=symbols, seed=16, ws_rate=400 if full else 40) as sim:
+        config = stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention)
+        async with OptimizedWebSocketStreamer(
+            symbols=symbols, redis_client=server.url, channels=channels, config=config
+        ) as streamer:
+            assert await streamer.wait_connected()
+            await wait_for(
+                lambda: all(stored("trade")) and all(stored("aggTrade")), timeout_s=60, what="trades written"
+            )
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            report.fault("redis_sigstop")
+            try:
+                await wait_for(lambda: not streamer.connected, timeout_s=30, what="the writer noticing")
+                await asyncio.sleep(stop_s)  # the fault's length, not a synchronisation
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            before = stored("trade")
+            await wait_for(
+                lambda: all(a > b for a, b in zip(stored("trade"), before, strict=True)),
+                timeout_s=30,
+                what="writes resumed after SIGCONT",
+            )
+            # The stop lost nothing: the writer held its entries and resent them.
+            for channel in ("trade", "aggTrade"):
+                for symbol in symbols:
+                    ids = [e["id"] for _, e in entries(client, key(channel, symbol))]
+                    stop_lost = ids[-1] - ids[0] + 1 - len(set(ids))
+                    stop_dup = len(ids) - len(set(ids))
+                    report.extra["stop_lost"] = int(report.extra.get("stop_lost", 0)) + stop_lost
+                    report.extra["stop_dup"] = int(report.extra.get("stop_dup", 0)) + stop_dup
+            server.restart()  # killed: it comes back empty
+            report.fault("redis_restart")
+            await wait_for(
+                restart_marked, timeout_s=120, what="every stream marked and every trade gap refilled"
+            )
+            await settle_quietly(streamer, sim)
+            metrics = streamer.get_metrics()
+        sent = sent_by_stream(sim, symbols)
+
+    unmarked = 0
+    klines = {"closed": 0, "missing": 0, "duplicated": 0}
+    markers = gap_entries(client, prefix)
+    async with MarketDataReader(server.url, prefix=prefix, exchange="sim-binance") as reader:
+        expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)
+        for symbol in symbols:
+            for channel in ("bookTicker", "kline_1m"):
+                oldest = client.xrange(key(channel, symbol), count=1)
+                first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
+                mine = [
+                    m
+                    for m in markers
+                    if m["stream"] == key(channel, symbol) and m["reason"] == "redis_restart"
+                ]
+                # The restart lost everything before the oldest entry left: a marker must say so.
+                if not any(int(m["from_ms"]) == 0 and int(m["to_ms"]) >= first_ms - 60_000 for m in mine):
+                    unmarked += 1
+            # Closed candles: the live ones and those refilled after the restart, merged.
+            candles = await reader.range(symbol, "kline_1m", 0, 2**62)
+            closed = [e["open_ms"] for e in candles if e["closed"]]
+            truth = (
+                {int(r[0]) for r in sim.klines(symbol, "1m", closed[0], closed[-1] + 1)} if closed else set()
+            )
+            klines["closed"] += len(set(closed))
+            klines["missing"] += len(truth - set(closed))
+            klines["duplicated"] += len(closed) - len(set(closed))
+    report.tally(
+        expected,
+        found,
+        lost,
+        dup,
+        trades_repaired=metrics["repaired_trades"],
+        streams_unmarked=unmarked,
+        stop_s=stop_s,
+        retention=retention,
+        **{f"klines_{k}": v for k, v in klines.items()},
+    )
+    assert lost == 0 and dup == 0, (lost, dup)
+    assert report.extra["stop_lost"] == 0 and report.extra["stop_dup"] == 0
+    assert unmarked == 0
+    assert klines["closed"] >= retention and klines["missing"] == 0 and klines["duplicated"] == 0, klines
+    report.faults_survived = report.faults_injected
+    report.outcome = "ok"
+    client.close()
+
+
+async def test_trades_gap_free_through_streamer_sigkills(
+    redis_prefix: str, scenario_report: ScenarioReport, full: bool, tmp_path: Path
+) -> None:
+    """The streamer (scripts/stream_market_data.py, a subprocess) SIGKILLed three times (ten in
+    the full form) and restarted while the market runs 10× fast: each restart reads the newest stored id
+    from Redis, marks exactly the ids it missed and fetches them back, so ``trade`` and
+    ``aggTrade`` hold every trade sent once; closed klines are all there once (REST repair at
+    each start); ``bookTicker`` and ``depth`` have a ``restart`` marker at each seam and no hole
+    without one."""
+    report = scenario_report
+    # The full form: 10 kills, 5 symbols at 2,100 trade msg/s (14 a simulated second × 30 × 5).
+    kills = 10 if full else 3
+    symbols = SYMBOLS if full else SYMBOLS[:2]
+    channels = ["trade", "aggTrade", "bookTicker", "depth", "kline_1m"]
+    client = redis.Redis.from_url(REDIS_URL)
+
+    def key(channel: str, symbol: str) -> str:
+        return f"{redis_prefix}:stream:sim-binance:{channel}:{symbol}"
+
+    def stored() -> int:
+        return sum(int(client.xlen(key(c, s))) for c in ("trade", "aggTrade") for s in symbols)
+
+    def open_gaps() -> set[tuple[str, str, str]]:
+        markers = gap_entries(client, redis_prefix)
+        opened = {(m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m.get("first_seq")}
+        return opened - {
+            (m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m["reason"] == "repaired"
+        }
+
+    def all_repaired() -> bool:
+        return not open_gaps()
+
+    def caught_up(sim: SimulatedExchange) -> bool:
+        sent = sent_by_stream(sim, symbols)
+        for channel in ("trade", "aggTrade"):
+            for symbol in symbols:
+                newest = client.xrevrange(key(channel, symbol), count=1)
+                if (
+                    not newest
+                    or msgpack.unpackb(newest[0][1][b"d"])["id"] < sent[(channel, symbol)]["last_id"]
+                ):
+                    return False
+        return True
+
+    def closed_candles() -> int:
+        return sum(1 for s in symbols for _, e in entries(client, key("kline_1m", s)) if e["closed"])
+
+    # 30× fast: about a minute of market per kill, so candles close in the downtime too.
+    async with (
+        SimulatedExchange(symbols=symbols, seed=17, ws_rate=14 if full else 8) as sim,
+        fast_clock(sim, 30),
+    ):
+        config = stream_config(sim, redis_prefix, watchdog_s=30.0)
+        config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        codes = []
+        for run in range(kills + 1):
+            before = stored()
+            async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
+                await wait_for(lambda b=before: stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
+                if run == kills:
+                    await wait_for(
+                        lambda: closed_candles() >= 2 * kills, timeout_s=60, what="candles closed meanwhile"
+                    )
+                    # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of
+                    # five symbols need about two minutes of it.
+                    try:
+                        await wait_for(
+                            all_repaired, timeout_s=300 if full else 120, what="every gap repaired"
+                        )
+                    except AssertionError:
+                        raise AssertionError(f"trade gaps never repaired: {sorted(open_gaps())}") from None
+                    sim.clock.freeze()  # the flow stops
+                    await wait_for(all_repaired, timeout_s=60, what="the last gaps repaired")
+                    # What was sent is in before the stop: frames still in flight at a SIGINT are
+                    # never read (the clean stop's loss, not a fault's).
+                    await wait_for(lambda: caught_up(sim), timeout_s=30, what="the last frames stored")
+                codes.append(await end_streamer(proc, run < kills, report))
+            await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
+        sent = sent_by_stream(sim, symbols)
+        async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
+            expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)
+        markers = gap_entries(client, redis_prefix)
+        seams = {"holes": 0, "unmarked": 0, "stray_markers": 0, "klines_missing": 0, "klines_duplicated": 0}
+        for symbol in symbols:
+            windows = {
+                c: [(int(m["from_ms"]), int(m["to_ms"])) for m in markers if m["stream"] == key(c, symbol)]
+                for c in ("bookTicker", "depth")
+            }
+            ticks = [e for _, e in entries(client, key("bookTicker", symbol))]
+            times = [e["event_ms"] for e in ticks]
+            # bookTicker never pauses (ws_rate × SPEED a second): a silence of 2 s lost events.
+            breaks = [i > 0 and times[i] - times[i - 1] > 2000 for i in range(len(times))]
+            for name, value in zip(
+                ("holes", "unmarked", "stray_markers"),
+                holes_and_markers(times, breaks, windows["bookTicker"]),
+                strict=True,
+            ):
+                seams[name] += value
+            diffs = [e for _, e in entries(client, key("depth", symbol))]
+            breaks = [
+                i > 0 and diffs[i]["first_update_id"] != diffs[i - 1]["update_id"] + 1
+                for i in range(len(diffs))
+            ]
+            times = [e["event_ms"] for e in diffs]
+            for name, value in zip(
+                ("holes", "unmarked", "stray_markers"),
+                holes_and_markers(times, breaks, windows["depth"]),
+                strict=True,
+            ):
+                seams[name] += value
+            closed = [e["open_ms"] for _, e in entries(client, key("kline_1m", symbol)) if e["closed"]]
+            seams["klines_closed"] = seams.get("klines_closed", 0) + len(set(closed))
+            seams["klines_duplicated"] += len(closed) - len(set(closed))
+            truth = (
+                {int(r[0]) for r in sim.klines(symbol, "1m", closed[0], closed[-1] + 1)} if closed else set()
+            )
+            seams["klines_missing"] += len(truth - set(closed))
+    report.tally(expected, found, lost, dup, exit_codes=",".join(map(str, codes)), **seams)
+    assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
+    assert lost == 0 and dup == 0, (lost, dup)
+    assert seams["klines_closed"] >= 2 * kills, seams  # candles closed, some of them while down
+    assert seams["klines_missing"] == 0 and seams["klines_duplicated"] == 0, seams
+    assert seams["holes"] >= 2 * kills and seams["unmarked"] == 0 and seams["stray_markers"] == 0, seams
+    report.faults_survived = report.faults_injected
+    report.outcome = "ok"
+    client.close()
+
+
+@contextlib.asynccontextmanager
+async def fast_clock(sim: SimulatedExchange, speed: int = SPEED) -> AsyncIterator[None]:
+    """Run the simulator's clock ``speed`` times as fast as the wall clock while inside (and
+    until it is frozen: ``sim.clock.freeze()`` stops the flow)."""
+    running = True
+
+    async def run() -> None:
+        while running:
+            if sim.clock.frozen_ms is None:
+                sim.clock.advance(20 * (speed - 1))
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        running = False
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _account_trades(
+    reader: MarketDataReader,
+    symbols: list[str],
+    channels: list[str],
+    sent: dict[tuple[str, str], dict[str, int]],
+) -> tuple[int, int, int, int]:
+    """``(expected, found, lost, duplicated)`` over ``channels`` × ``symbols``, read merged with
+    their repairs: every id from the oldest kept to the last one the simulator sent is expected."""
+    expected = found = lost = dup = 0
+    for symbol in symbols:
+        for channel in channels:
+            ids = [e["id"] for e in await reader.range(symbol, channel, 0, 2**62)]
+            assert ids == sorted(ids), f"{channel} {symbol}: out of id order"
+            truth = set(range(ids[0], sent[(channel, symbol)]["last_id"] + 1))
+            expected += len(truth)
+            found += len(truth & set(ids))
+            lost += len(truth - set(ids))
+            dup += len(ids) - len(set(ids))
+            if truth - set(ids):  # name them: where they lie tells which path lost them
+                missing = sorted(truth - set(ids))
+                print(
+                    f"LOST {channel} {symbol}: {len(missing)} ids, {missing[0]}..{missing[-1]} of {ids[0]}..{ids[-1]}"
+                )
+    return expected, found, lost, dup
+
+
+async def test_a_redis_restart_that_kept_its_data_is_not_marked(restartable_redis: RestartableRedis) -> None:
+    """``SHUTDOWN SAVE`` and a restart: the new run id is noticed and checked, but every stream
+    still holds its newest entry from before, so there is no ``redis_restart`` marker nor refill."""
+    from data_collector.optimized_websocket import OptimizedWebSocketStreamer
+
+    server, prefix, symbols = restartable_redis, "kept", SYMBOLS[:1]
+    client = redis.Redis.from_url(server.url)
+    async with SimulatedExchange(symbols=symbols, seed=18, ws_rate=40) as sim:
+        config = stream_config(sim, prefix, redis_url=server.url)
+        async with OptimizedWebSocketStreamer(
+            symbols=symbols, redis_client=server.url, channels=["trade", "kline_1m"], config=config
+        ) as streamer:
+            assert await streamer.wait_connected()
+            key = f"{prefix}:stream:sim-binance:trade:{symbols[0]}"
+            await wait_for(lambda: client.xlen(key) > 0, what="trades written")
+            service = streamer._service
+            await asyncio.to_thread(server.restart, 0.2, keep_data=True)
+            await wait_for(lambda: service._refill is not None and service._refill.done(), what="the check")
+            before = client.xlen(key)
+            await wait_for(lambda: client.xlen(key) > before, what="writes after the restart")
+    assert [m for m in gap_entries(client, prefix) if m["reason"] == "redis_restart"] == []
+    assert not client.exists(f"{prefix}:stream:sim-binance:trade@repair:{symbols[0]}")
     client.close()

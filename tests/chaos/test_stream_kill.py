@@ -6,9 +6,6 @@ recorded gap (a consumer cannot tell a restart from a reconnect).
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
+from tests.chaos.helpers import end_streamer, streamer_process
 from tests.chaos.report import ScenarioReport
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import account, account_by_id, gap_markers, trade_ids_and_times
@@ -23,9 +21,6 @@ from tests.support.waiting import wait_for, wait_for_async
 
 simulator = pytest.importorskip("data_collector.simulator")
 pytest.importorskip("data_collector.optimized_websocket")
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "stream_market_data.py"
 
 
 async def test_streamer_sigkilled_and_restarted(
@@ -49,30 +44,14 @@ async def test_streamer_sigkilled_and_restarted(
         stream_key = f"{redis_prefix}:stream:sim-binance:trade:SOL/USDT"
         for run in range(kills + 1):
             before = await probe.xlen(stream_key)
-            out = open(tmp_path / f"stream{run}.out", "wb")  # noqa: ASYNC230 - a log sink
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(SCRIPT), "--config", str(path), "--status-interval", "0",
-                stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=str(tmp_path),
-            )  # fmt: skip
-            report.rss.watch(proc.pid)
-            try:
+            async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
                 # Run until it has connected and this process has written to Redis (the restart
                 # then has entries of its own to not write twice), then kill it mid-buffer.
                 async def wrote(before: int = before) -> bool:
                     return bool(await probe.xlen(stream_key) >= before + 200)
 
                 await wait_for_async(wrote, timeout_s=30, what=f"run {run} writing trades")
-                if run < kills:
-                    proc.send_signal(signal.SIGKILL)
-                    report.fault("sigkill")
-                else:
-                    proc.send_signal(signal.SIGINT)  # the last one stops cleanly (flushes)
-                codes.append(await asyncio.wait_for(proc.wait(), 30))
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                out.close()
+                codes.append(await end_streamer(proc, run < kills, report))
             # The simulator has seen the dead process's socket close before the next one starts.
             await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
         await probe.aclose()

@@ -73,3 +73,25 @@ def account_by_id(trade_ids: list[int], markers: list[dict[str, Any]]) -> tuple[
     if unique:
         missing = sum(1 for i in range(min(unique), max(unique) + 1) if i not in unique and named.get(i) != 1)
     return len(unique), len(trade_ids) - len(unique), missing, wrong
+
+
+def holes_and_markers(
+    times: list[int], breaks: list[bool], windows: list[tuple[int, int]]
+) -> tuple[int, int, int]:
+    """``(holes, unmarked holes, stray markers)`` of one stream that is not a trade stream.
+
+    ``times`` are the stored entries' event times in stream order and ``breaks[i]`` says whether
+    events were lost between entry ``i - 1`` and entry ``i`` (a broken update-id chain on depth, a
+    silence on a stream that never pauses). A hole is marked when a window ``(from_ms, to_ms)``
+    spans it; a marker is stray when its window is not exactly ``(times[i - 1], times[i])`` of
+    some pair of neighbours, i.e. it does not sit where the stream has its seam.
+    """
+    seams = set(zip(times, times[1:], strict=False))
+    holes = unmarked = 0
+    for i in range(1, len(times)):
+        if breaks[i]:
+            holes += 1
+            if not any(lo <= times[i - 1] and times[i] <= hi for lo, hi in windows):
+                unmarked += 1
+    stray = sum(1 for w in windows if w not in seams)
+    return holes, unmarked, stray

@@ -12,6 +12,9 @@ streamer. Every request is bounded by ``timeout_s``; failures raise :class:`Tran
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,6 +22,9 @@ import orjson
 
 from data_collector.errors import PermanentError, TransientError
 from data_collector.markets import exchange_symbol
+
+#: Request weight trade repairs may spend per minute: a fifth of Binance spot's 6,000.
+BACKGROUND_WEIGHT_PER_MIN = 1200
 
 
 class RateLimitedError(TransientError):
@@ -46,19 +52,93 @@ def rest_base_from_urls(urls: dict[str, Any], api_prefix: str = "/api/v3") -> st
     return public.rstrip("/")
 
 
+class RequestGate:
+    """Live requests first; background ones (trade repair) only in the gaps, under a weight budget.
+
+    A live request (depth snapshots, kline repair, funding) holds :meth:`live` while it waits and
+    runs. A background request is admitted only while no live request is waiting or running, and
+    only while the background weight sent in the last 60 s stays within ``background_weight_per_min``
+    (the share of the exchange's per-minute weight the repair may use). Hand-written because the
+    limiters at hand (aiolimiter, the backfill's :class:`~data_collector.backfill.rate_limit.RateLimiter`)
+    have no priorities: a repair queued in them would delay the next depth snapshot.
+
+    Args:
+        background_weight_per_min: request weight background requests may spend per 60 s.
+    """
+
+    def __init__(self, background_weight_per_min: int) -> None:
+        self.background_weight_per_min = max(1, background_weight_per_min)
+        self._live = 0
+        self._no_live = asyncio.Event()
+        self._no_live.set()
+        #: ``(loop time, weight)`` of the background requests of the last 60 s.
+        self._spent: deque[tuple[float, int]] = deque()
+        #: Background requests admitted, and the seconds they waited in all.
+        self.background_requests = 0
+        self.background_waited_s = 0.0
+
+    @contextlib.asynccontextmanager
+    async def live(self) -> AsyncIterator[None]:
+        self._live += 1
+        self._no_live.clear()
+        try:
+            yield
+        finally:
+            self._live -= 1
+            if self._live == 0:
+                self._no_live.set()
+
+    async def background(self, weight: int) -> None:
+        """Wait until a background request of ``weight`` may go out."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await self._no_live.wait()
+            now = loop.time()
+            spent = self._spent
+            while spent and spent[0][0] <= now - 60.0:
+                spent.popleft()
+            used = sum(w for _, w in spent)
+            if used + weight <= self.background_weight_per_min or not spent:
+                if self._live == 0:
+                    spent.append((now, weight))
+                    self.background_requests += 1
+                    self.background_waited_s += now - started
+                    return
+                continue
+            await asyncio.sleep(spent[0][0] + 60.0 - now)
+
+
 class BinanceRest:
     """A small Binance REST client (spot, or USDⓈ-M with ``api="/fapi/v1"``); owns its aiohttp
     session. Close it with :meth:`close`."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0, api: str = "/api/v3") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 10.0,
+        api: str = "/api/v3",
+        background_weight_per_min: int = BACKGROUND_WEIGHT_PER_MIN,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: Live requests go first; trade repairs (``background``) wait for a quiet moment.
+        self.gate = RequestGate(background_weight_per_min)
         self.api = api
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         #: After a 429/418, no request goes out before this loop time (the server's Retry-After).
         self._blocked_until = 0.0
 
-    async def _get(self, path: str, params: dict[str, str | int]) -> Any:
+    async def _get(self, path: str, params: dict[str, str | int], background_weight: int = 0) -> Any:
+        """GET ``path``; with ``background_weight`` it is a background request of that weight
+        (admitted by :attr:`gate` when no live request waits), else a live one."""
+        if background_weight:
+            await self.gate.background(background_weight)
+            return await self._send(path, params)
+        async with self.gate.live():
+            return await self._send(path, params)
+
+    async def _send(self, path: str, params: dict[str, str | int]) -> Any:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         url = f"{self.base_url}{path}"
@@ -103,8 +183,11 @@ class BinanceRest:
             raise TransientError(f"GET {self.api}/depth: unexpected response")
         return data
 
-    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[list[Any]]:
-        """Klines with ``start_ms <= open time <= end_ms``, oldest first (all pages)."""
+    async def klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int, *, background: bool = False
+    ) -> list[list[Any]]:
+        """Klines with ``start_ms <= open time <= end_ms``, oldest first (all pages); with
+        ``background`` each page is a background request (weight 2: 1,000 per page)."""
         out: list[list[Any]] = []
         cursor = start_ms
         while cursor <= end_ms:
@@ -117,6 +200,7 @@ class BinanceRest:
                     "endTime": end_ms,
                     "limit": 1000,
                 },
+                background_weight=2 if background else 0,
             )
             if not isinstance(page, list) or not page:
                 break
@@ -132,13 +216,28 @@ class BinanceRest:
         return await self._get(path, params)
 
     async def agg_trades(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
-        """``<api>/aggTrades?fromId=``: up to ``limit`` aggregate trades from id ``from_id`` on, in id
-        order, as Binance sends them (``a``, ``p``, ``q``, ``f``, ``l``, ``T``, ``m``)."""
-        data = await self._get(
-            f"{self.api}/aggTrades", {"symbol": exchange_symbol(symbol), "fromId": from_id, "limit": limit}
+        """``<api>/aggTrades?fromId=`` (a background request, weight 4 on spot, 20 on USDⓈ-M): up
+        to ``limit`` aggregate trades from id ``from_id`` on, in id order, as Binance sends them
+        (``a``, ``p``, ``q``, ``f``, ``l``, ``T``, ``m``)."""
+        return await self._trades_from(
+            "aggTrades", symbol, from_id, limit, 4 if self.api == "/api/v3" else 20
         )
+
+    async def historical_trades(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """``<api>/historicalTrades?fromId=`` (a background request, weight 25 on spot, 20 on
+        USDⓈ-M; the spot docs list no API key for it any more, so none is sent): up to ``limit``
+        trades from id ``from_id`` on, in id order, as Binance sends them (``id``, ``price``,
+        ``qty``, ``time``, ``isBuyerMaker``)."""
+        weight = 25 if self.api == "/api/v3" else 20
+        return await self._trades_from("historicalTrades", symbol, from_id, limit, weight)
+
+    async def _trades_from(
+        self, endpoint: str, symbol: str, from_id: int, limit: int, weight: int
+    ) -> list[dict[str, Any]]:
+        params: dict[str, str | int] = {"symbol": exchange_symbol(symbol), "fromId": from_id, "limit": limit}
+        data = await self._get(f"{self.api}/{endpoint}", params, background_weight=weight)
         if not isinstance(data, list):
-            raise TransientError(f"GET {self.api}/aggTrades: unexpected response")
+            raise TransientError(f"GET {self.api}/{endpoint}: unexpected response")
         return [row for row in data if isinstance(row, dict)]
 
     async def funding_rates(self, symbol: str, start_ms: int, end_ms: int, limit: int = 1000) -> list[Any]:

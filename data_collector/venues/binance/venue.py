@@ -44,12 +44,12 @@ async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str
         await rest.close()
 
 
-def _agg_trades(rest: BinanceRest) -> TradeSource:
+def _trade_sources(rest: BinanceRest) -> tuple[TradeSource, ...]:
     # Imported when a streamer starts: the config reads the venue registry, and the streaming
     # package (which the source's module imports) reads the config.
-    from data_collector.venues.binance.trade_source import BinanceAggTrades
+    from data_collector.venues.binance.trade_source import BinanceAggTrades, BinanceHistoricalTrades
 
-    return BinanceAggTrades(rest)
+    return BinanceAggTrades(rest), BinanceHistoricalTrades(rest)
 
 
 SPOT = StreamVenue(
@@ -61,7 +61,7 @@ SPOT = StreamVenue(
     channels=("trade", "aggTrade", "bookTicker", "depth"),
     chained_by_pu=False,
     listed_ids=listed_ids,
-    trade_source=_agg_trades,
+    trade_sources=_trade_sources,
 )
 USDM = replace(
     SPOT,

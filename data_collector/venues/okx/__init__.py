@@ -63,16 +63,16 @@ async def listed_ids(config: Mapping[str, Any], venue: StreamVenue) -> tuple[str
     return f"the exchange at {base}", ids
 
 
-def _trade_source(rest: BinanceRest) -> TradeSource:
+def _trade_sources(rest: BinanceRest) -> tuple[TradeSource, ...]:
     # Imported when a streamer starts: the config reads this registry, and the streaming
     # package (which these modules import) reads the config.
     from data_collector.venues.okx.trade_source import OkxHistoryTrades
 
-    return OkxHistoryTrades(rest)
+    return (OkxHistoryTrades(rest),)
 
 
 def _kline_rest(rest: BinanceRest) -> Any:
-    from data_collector.venues.okx.rest import OkxKlineRest  # imported late: see _trade_source
+    from data_collector.venues.okx.rest import OkxKlineRest  # imported late: see _trade_sources
 
     return OkxKlineRest(rest)
 
@@ -88,7 +88,7 @@ STREAM = StreamVenue(
     chained_by_pu=False,
     kind="okx",
     one_connection=True,
-    trade_source=_trade_source,
+    trade_sources=_trade_sources,
     kline_rest=_kline_rest,
     stores_trades=False,
     listed_ids=listed_ids,

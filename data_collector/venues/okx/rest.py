@@ -1,5 +1,5 @@
 """OKX v5 REST for the streamer's kline repair: closed candles and the server's clock, in the shapes
-:class:`~data_collector.streaming.rest.BinanceRest` gives them (so the repair is one code path).
+:class:`~data_collector.venues.binance.rest.BinanceRest` gives them (so the repair is one code path).
 
 ``/api/v5/market/history-candles`` answers newest first, 100 a page, paged with ``after`` (older
 than a ts) and ``before`` (newer than a ts), both exclusive; a row is
