@@ -19,10 +19,8 @@ Not covered here: OKX (its own file), the trades table in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
@@ -35,7 +33,7 @@ from data_collector.streaming.reader import MarketDataReader
 from tests.chaos.helpers import end_streamer, streamer_process
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
-from tests.support.gapfree import drop_and_reconnect
+from tests.support.gapfree import drop_and_reconnect, fast_clock
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import account_by_id, holes_and_markers
 from tests.support.streaming import (
@@ -72,7 +70,7 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
     client = redis.Redis.from_url(REDIS_URL)
     stall_s = 20.0 if full else 3.0
     async with SimulatedExchange(symbols=SYMBOLS, seed=15, ws_rate=40) as sim:  # 2,000 trade msg/s
-        async with fast_clock(sim):
+        async with fast_clock(sim, SPEED):
             async with streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS) as streamer:
                 assert await streamer.wait_connected()
                 start_ms = sim.clock.now_ms()
@@ -414,26 +412,6 @@ async def test_trades_gap_free_through_streamer_sigkills(
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
     client.close()
-
-
-@contextlib.asynccontextmanager
-async def fast_clock(sim: SimulatedExchange, speed: int = SPEED) -> AsyncIterator[None]:
-    """Run the simulator's clock ``speed`` times as fast as the wall clock while inside (and
-    until it is frozen: ``sim.clock.freeze()`` stops the flow)."""
-    running = True
-
-    async def run() -> None:
-        while running:
-            if sim.clock.frozen_ms is None:
-                sim.clock.advance(20 * (speed - 1))
-            await asyncio.sleep(0.02)
-
-    task = asyncio.create_task(run())
-    try:
-        yield
-    finally:
-        running = False
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _account_trades(

@@ -19,12 +19,14 @@ from tests.support.streaming import gap_entries, okx_stream_config, wait_for
 @asynccontextmanager
 async def fast_clock(sim: SimulatedExchange, speed: int) -> AsyncIterator[None]:
     """Run ``sim``'s clock ``speed`` times faster than wall time while inside (the market's tapes
-    are then that much denser); stopped, not frozen, on the way out."""
+    are then that much denser) and until it is frozen (``sim.clock.freeze()`` stops the flow);
+    stopped, not frozen, on the way out."""
     running = True
 
     async def run() -> None:
         while running:
-            sim.clock.advance(20 * (speed - 1))
+            if sim.clock.frozen_ms is None:
+                sim.clock.advance(20 * (speed - 1))
             await asyncio.sleep(0.02)
 
     task = asyncio.create_task(run())
