@@ -10,7 +10,10 @@ best 25 levels after the update.
 
 Each connection has a bounded outgoing queue and one writer task, which writes whatever has queued
 as one batch of frames; a client that lets the queue fill up is dropped (as a slow consumer). One
-pump tick (``tick_s``, 100 ms) builds every message once for all. With ``ws_rate`` > 0, ``trades``
+pump tick (``tick_s``, 100 ms, on a fixed schedule) builds every message once for all, each
+instrument's stamped with the clock read just before it is built, and writes each connection's
+queue at its end (as the Binance hub does): the writer task only carries control answers between
+ticks and what a slow reader's socket could not take. With ``ws_rate`` > 0, ``trades``
 carries that many synthetic trades a second per instrument (as Binance's streams do) instead of
 the model's tape, one trade a message; ``trades_sent`` counts what each instrument's went out.
 
@@ -34,7 +37,7 @@ from aiohttp import WSMsgType, web
 from data_collector.markets import HOUR_MS, MINUTE_MS
 from data_collector.simulator.okx.formats import TIMEFRAME_OF_BAR, checksum, num
 from data_collector.simulator.okx.venue import Instrument
-from data_collector.simulator.streams import HIGH_WATER, frame
+from data_collector.simulator.streams import HIGH_WATER, frame, prefetch_tapes
 
 if TYPE_CHECKING:
     from data_collector.simulator.okx.server import OkxServer
@@ -167,22 +170,33 @@ class OkxHub:
     async def _writer(self, conn: OkxConnection) -> None:
         """Write everything queued as one batch of frames, in order; wait while the socket's
         buffer is past :data:`HIGH_WATER`."""
-        queue = conn.queue
-        transport = conn.transport
         try:
             while True:
-                items = [await queue.get()]
-                while not queue.empty() and len(items) < 4096:
-                    items.append(queue.get_nowait())
-                if transport is None or transport.is_closing():
-                    raise ConnectionError("closed")
-                transport.write(  # type: ignore[attr-defined]
-                    b"".join(frame(i.encode()) if isinstance(i, str) else i for i in items)
-                )
-                if transport.get_write_buffer_size() > HIGH_WATER:  # type: ignore[attr-defined]
+                self._write_queued(conn, await conn.queue.get())
+                if self._backed_up(conn):
                     await asyncio.sleep(0.005)  # a slow reader: the queue fills and it is dropped
         except (ConnectionError, RuntimeError):
             self._abort(conn)
+
+    @staticmethod
+    def _backed_up(conn: OkxConnection) -> bool:
+        return conn.transport is not None and conn.transport.get_write_buffer_size() > HIGH_WATER  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _write_queued(conn: OkxConnection, first: str | bytes | None = None) -> None:
+        """Write ``first`` and everything queued after it as one batch of frames, in order."""
+        queue = conn.queue
+        items = [] if first is None else [first]
+        while not queue.empty() and len(items) < 4096:
+            items.append(queue.get_nowait())
+        if not items:
+            return
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionError("closed")
+        transport.write(  # type: ignore[attr-defined]
+            b"".join(frame(i.encode()) if isinstance(i, str) else i for i in items)
+        )
 
     def _abort(self, conn: OkxConnection) -> None:
         self.connections.discard(conn)
@@ -311,24 +325,33 @@ class OkxHub:
     # -- the pump ------------------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        """Tick every ``tick_s`` on a fixed schedule: a late tick neither delays the ones after it
+        nor makes them burst to catch up (a tick's trades count from the last one anyway)."""
         loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(self.tick_s)
+            due += self.tick_s
+            delay = due - loop.time()
+            if delay < 0:
+                due, delay = loop.time(), 0.0
+            await asyncio.sleep(delay)
             try:
                 self.tick(loop.time())
             except Exception:  # one bad tick must not end the streams
                 log.exception("OKX sim: pump tick failed")
 
     def tick(self, loop_now: float) -> None:
-        """Build and queue everything due now."""
+        """Build everything due now and write it out, one write per connection."""
         for conn in list(self.connections):
             if loop_now - conn.last_traffic > self.idle_timeout_s:
                 self._abort(conn)
-        now = self.venue.clock.now_ms()
+        clock = self.venue.clock
+        now = clock.now_ms()
         wanted: dict[tuple[str, str], list[OkxConnection]] = {}
         for conn in self.connections:
             for key in conn.subs:
                 wanted.setdefault(key, []).append(conn)
+        prefetch_tapes((self.venue.instruments[inst_id].market for _, inst_id in wanted), now)
         stalled = loop_now < self._stalled_until
         for inst in self.venue.instruments.values():
             if ("books", inst.inst_id) in wanted:
@@ -340,13 +363,19 @@ class OkxHub:
             return
         for (channel, inst_id), conns in wanted.items():
             inst = self.venue.instruments[inst_id]
-            texts = self._produce(channel, inst, now)
+            texts = self._produce(channel, inst, clock.now_ms())
             if not texts:
                 continue
             self.sent[channel] += len(texts)
             batch = b"".join(frame(t.encode()) for t in texts)
             for conn in conns:
                 self._push(conn, batch)
+        for conn in list(self.connections):
+            if not self._backed_up(conn):  # else the writer task waits, and the queue fills
+                try:
+                    self._write_queued(conn)
+                except (ConnectionError, RuntimeError):
+                    self._abort(conn)
 
     def _produce(self, channel: str, inst: Instrument, now: int) -> list[str]:
         arg = '{"arg":{"channel":"%s","instId":"%s"},' % (channel, inst.inst_id)
@@ -392,9 +421,10 @@ class OkxHub:
 
     def _synthetic_trades(self, inst: Instrument, now: int, arg: str) -> list[str]:
         """``ws_rate`` trades a second (ids continue from the model's), one a message."""
-        last_ms, carry, next_id = self._rate_state.get(
-            inst.inst_id, (now, 0.0, inst.market.trades_before(now // MINUTE_MS) * 3)
-        )
+        state = self._rate_state.get(inst.inst_id)
+        if state is None:  # not a default of ``get``: that would count the model's trades every tick
+            state = (now, 0.0, inst.market.trades_before(now // MINUTE_MS) * 3)
+        last_ms, carry, next_id = state
         due = self.ws_rate * (now - last_ms) / 1000.0 + carry
         n = min(int(due), max(1, int(self.ws_rate)))
         self._rate_state[inst.inst_id] = (now, due - int(due), next_id + n)
