@@ -43,6 +43,23 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sched(pid: int | str = "self") -> tuple[float, int]:
+    """``(ms spent waiting on a run queue, times run)`` of a process's main thread, from Linux's
+    ``/proc/<pid>/schedstat``; ``(0, 0)`` where it cannot be read. The wait is the scheduler's
+    delay: ready to run (a frame or a reply arrived) but no core free."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            _, wait_ns, runs = f.read().split()
+    except (OSError, ValueError):
+        return 0.0, 0
+    return int(wait_ns) / 1e6, int(runs)
+
+
+def _sched_since(before: tuple[float, int], pid: int | str = "self") -> dict[str, float]:
+    wait, runs = _sched(pid)
+    return {"wait_ms": wait - before[0], "runs": runs - before[1]}
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -87,9 +104,9 @@ async def _role_streamer(args: argparse.Namespace) -> dict[str, Any]:
     before = streamer.get_metrics()
     streamer.metrics.event_latency_ms.clear()
     streamer.metrics.receive_latency_ms.clear()
-    cpu0, t0 = _cpu_s(), time.perf_counter()
+    cpu0, t0, sched0 = _cpu_s(), time.perf_counter(), _sched()
     await asyncio.sleep(args.duration)
-    cpu, wall = _cpu_s() - cpu0, time.perf_counter() - t0
+    cpu, wall, sched = _cpu_s() - cpu0, time.perf_counter() - t0, _sched_since(sched0)
     after = streamer.get_metrics()
     latencies = list(streamer.metrics.event_latency_ms)
     receive = list(streamer.metrics.receive_latency_ms)
@@ -103,6 +120,7 @@ async def _role_streamer(args: argparse.Namespace) -> dict[str, Any]:
         "latency": percentiles(latencies),
         "receive_latency": percentiles(receive),
         "rss_mb": rss,
+        "sched": sched,
         "mean_batch": after["mean_batch_size"],
         "dropped": after["dropped"],
         "modules": sorted(m for m in ("ccxt", "pandas", "numpy") if m in sys.modules),
@@ -142,9 +160,9 @@ async def _role_baseline(args: argparse.Namespace) -> None:
     task = asyncio.create_task(loop())
     await asyncio.sleep(args.warmup)
     state["measuring"] = True
-    written0, cpu0, t0 = state["written"], _cpu_s(), time.perf_counter()
+    written0, cpu0, t0, sched0 = state["written"], _cpu_s(), time.perf_counter(), _sched()
     await asyncio.sleep(args.duration)
-    cpu, wall = _cpu_s() - cpu0, time.perf_counter() - t0
+    cpu, wall, sched = _cpu_s() - cpu0, time.perf_counter() - t0, _sched_since(sched0)
     written = state["written"] - written0
     if task.done():
         task.result()  # the loop died: report why
@@ -156,6 +174,7 @@ async def _role_baseline(args: argparse.Namespace) -> None:
         "wall_s": wall,
         "latency": percentiles(latencies),
         "rss_mb": _rss_mb(),
+        "sched": sched,
     }
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)
@@ -235,7 +254,7 @@ async def _run_role(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), warmup + duration + 60)
+        out, err = await asyncio.wait_for(proc.communicate(), warmup + duration + 120)
     finally:
         await _drop_prefix(redis_url, prefix)
     for line in out.decode().splitlines():
@@ -271,6 +290,7 @@ async def run(ctx: BenchContext) -> list[Table]:
         urls = {"binance": sim.ws_url, "okx": sim.okx.ws_url}
         # The generic adapter on Binance needs ccxt's URLs pointed here (native OKX builds its own).
         exchange = {"binance-ccxt": json.dumps(sim.exchange_config())}
+        redis_pid = await _redis_pid(ctx.redis_url)
         for rate in rates:
             #: Each hub's ticks while a client of its venue ran.
             venue_ticks: dict[str, list[float]] = {venue: [] for venue in ticks}
@@ -287,9 +307,14 @@ async def run(ctx: BenchContext) -> list[Table]:
                     url = urls[venue]
                     ticks[venue].clear()
                     cpu0, t0 = _cpu_s(), time.perf_counter()
+                    sim0, redis0 = _sched(), _sched(redis_pid)
                     result = await _run_role(
                         client, url, ctx.redis_url, warmup, duration, exchange.get(client, "")
                     )
+                    wall = time.perf_counter() - t0
+                    # Over the whole client run (start and warm-up too): per second of it.
+                    for who, since, pid in (("sim", sim0, "self"), ("redis", redis0, redis_pid)):
+                        result[f"{who}_wait_ms_per_s"] = _sched_since(since, pid)["wait_ms"] / wall
                     runs[client].append(result)
                     venue_ticks[venue] += ticks[venue]
                     if client in sim_cpu:
@@ -312,6 +337,28 @@ async def run(ctx: BenchContext) -> list[Table]:
                 )
             tables += [summary, details]
     return tables
+
+
+async def _redis_pid(redis_url: str) -> int | str:
+    """The Redis server's pid if it runs on this machine, else ``"none"`` (:func:`_sched` then
+    reads nothing, and its wait shows as 0)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        pid = int((await client.info("server"))["process_id"])
+    finally:
+        await client.aclose()
+    return pid if "redis" in _comm(pid) else "none"
+
+
+def _comm(pid: int) -> str:
+    """The command name of a local process ("" if there is none: Redis runs elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _time_ticks(hub: Any) -> deque[float]:
@@ -365,6 +412,24 @@ def _tables(rate: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[Table, Ta
         details.add(Row(f"{name}: CPU", [100 * r["cpu_s"] / r["wall_s"] for r in rs], "% of a core"))
         details.add(Row(f"{name}: RSS", [r["rss_mb"] for r in rs], "MB"))
         details.add(
+            Row(
+                f"{name}: run-queue wait, client",
+                [r["sched"]["wait_ms"] / r["wall_s"] for r in rs],
+                "ms per s",
+            )
+        )
+        details.add(
+            Row(
+                f"{name}: run-queue wait per wake-up, client",
+                [r["sched"]["wait_ms"] / max(1, r["sched"]["runs"]) for r in rs],
+                "ms",
+            )
+        )
+        for who, what in (("sim", "simulator"), ("redis", "Redis server")):
+            details.add(
+                Row(f"{name}: run-queue wait, {what}", [r[f"{who}_wait_ms_per_s"] for r in rs], "ms per s")
+            )
+        details.add(
             Row(f"{name}: event->Redis p95", [r["latency"]["p95"] for r in rs if r["latency"]["p95"]], "ms")
         )
         if client != "baseline":
@@ -401,6 +466,11 @@ def _tables(rate: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[Table, Ta
         "event time: Binance's E, OKX's trade ts, both the simulator's clock (ms) read as each stream's frames "
         "are built, pushed every 5 ms tick; event->Redis includes the simulator's own delay, receive->Redis "
         "(details) is the client's share; ratios: msg/s per core and each percentile against the plain loop's"
+    )
+    details.notes.append(
+        "run-queue wait: time a process was ready to run but waited for a core (Linux schedstat of its main "
+        "thread), per second of wall time; the client's over its measured seconds, the simulator's and Redis's "
+        "over the client's whole run; it is the machine's load, and every event->Redis latency carries it"
     )
     details.notes.append(
         f"batch_size={BATCH_SIZE}, batch_interval={BATCH_INTERVAL_S}s, {len(SYMBOLS)} trade streams, uvloop; mean batch "
