@@ -34,6 +34,8 @@ class Row:
     baseline: bool = False
     higher_is_better: bool = True
     note: str = ""
+    #: The label of the row this one is compared with (default: the table's baseline row).
+    versus: str | None = None
 
     @property
     def median(self) -> float:
@@ -55,7 +57,7 @@ class Table:
         return next((r for r in self.rows if r.baseline), None)
 
     def ratio(self, row: Row) -> float | None:
-        base = self.baseline()
+        base = self.baseline() if row.versus is None else next(r for r in self.rows if r.label == row.versus)
         if base is None or row is base or not base.values or not row.values:
             return None
         if base.unit != row.unit:

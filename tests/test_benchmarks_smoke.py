@@ -29,3 +29,19 @@ def test_unknown_benchmark_name_is_a_usage_error() -> None:
     )
     assert proc.returncode == 2
     assert "unknown benchmark" in proc.stdout
+
+
+def test_a_row_compares_with_the_row_it_names() -> None:
+    """A latency percentile is compared with the baseline's same percentile, not with whatever
+    row is the table's baseline (the stream benchmark's p50 rows used to divide its p99)."""
+    from benchmarks.harness import Row, Table
+
+    table = Table("t")
+    table.add(Row("plain: throughput", [10.0], "msg/s", baseline=True))
+    table.add(Row("plain: p50", [4.0], "ms", higher_is_better=False))
+    table.add(Row("plain: p99", [40.0], "ms", higher_is_better=False))
+    p50 = table.add(Row("ours: p50", [2.0], "ms", higher_is_better=False, versus="plain: p50"))
+    p99 = table.add(Row("ours: p99", [4.0], "ms", higher_is_better=False, versus="plain: p99"))
+    fast = table.add(Row("ours: throughput", [30.0], "msg/s"))
+    assert (table.ratio(p50), table.ratio(p99), table.ratio(fast)) == (2.0, 10.0, 3.0)
+    assert table.ratio(table.rows[1]) is None  # another unit than the baseline's, and no versus

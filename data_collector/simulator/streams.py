@@ -16,7 +16,7 @@ import math
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,6 +65,21 @@ def frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def prefetch_tapes(markets: Iterable[SymbolMarket], now: int) -> None:
+    """Near a minute's end, compute one streamed market's next-minute trades ahead of time.
+
+    A minute's trades cost about a millisecond to draw; computing them for every market in
+    the first tick of a minute would stall that tick, so it is spread one market per tick.
+    """
+    if now % MINUTE_MS < PREFETCH_FROM_MS:
+        return
+    nxt = now // MINUTE_MS + 1
+    for market in markets:
+        if not market.has_tape(nxt):
+            market.minute_tape(nxt)
+            return
 
 
 @dataclass(eq=False)
@@ -344,18 +359,7 @@ class StreamHub:
         return price
 
     def _prefetch(self, now: int) -> None:
-        """Near a minute's end, compute one streamed market's next-minute trades ahead of time.
-
-        A minute's trades cost about a millisecond to draw; computing them for every market in
-        the first tick of a minute would stall that tick, so it is spread one market per tick.
-        """
-        if now % MINUTE_MS < PREFETCH_FROM_MS:
-            return
-        nxt = now // MINUTE_MS + 1
-        for st in self.streams.values():
-            if not st.market.has_tape(nxt):
-                st.market.minute_tape(nxt)
-                return
+        prefetch_tapes((st.market for st in self.streams.values()), now)
 
     def _count_sent(self, name: str, count: int, last_id: int) -> None:
         entry = self.sent.get(name)

@@ -8,6 +8,7 @@ raises ccxt's ``ChecksumError`` as a verifying client would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -233,3 +234,42 @@ async def test_okx_watch_ticker_and_bids_asks(sim: SimulatedExchange, pro: Any) 
     quotes = await pro.watch_bids_asks(["SOL/USDT"])
     sol = quotes["SOL/USDT"]
     assert 0 < sol["bid"] < sol["ask"]
+
+
+async def test_okx_tick_writes_its_frames_and_counts_the_tape_once(
+    sim: SimulatedExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick's frames leave in that tick, as the Binance hub writes them (not one writer-task
+    hop later, stamped a tick earlier), and the synthetic trades' ids are counted from the model
+    once per instrument, not on every tick (that doubled a tick's time, and every frame's age)."""
+    hub = sim.okx.hub
+    hub.ws_rate = 1000.0
+    http, ws = await _raw(sim, "/public")
+    try:
+        await ws.send_str(
+            json.dumps({"op": "subscribe", "args": [{"channel": "trades", "instId": "SOL-USDT"}]})
+        )
+        assert json.loads((await ws.receive(timeout=5)).data)["event"] == "subscribe"
+        assert json.loads((await ws.receive(timeout=5)).data)["arg"]["channel"] == "trades"
+        pump = hub._task
+        assert pump is not None
+        pump.cancel()  # tick by hand from here
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        counted: list[int] = []
+        market = sim.okx.venue.instruments["SOL-USDT"].market
+        monkeypatch.setattr(market, "trades_before", lambda minute: counted.append(minute) or 0)
+        (conn,) = hub.connections
+        before = hub.trades_sent["SOL-USDT"][0]
+        stamp = sim.clock.now_ms()
+        await wait_for(lambda: sim.clock.now_ms() >= stamp + 5, 5, "5 ms of trades to fall due")
+        hub.tick(asyncio.get_running_loop().time())
+        assert hub.trades_sent["SOL-USDT"][0] > before, "the tick built no trades"
+        assert conn.queue.empty(), "the tick left its frames for the writer task"
+        assert counted == [], "the tick counted the model's trades again"
+        while int((push := json.loads((await ws.receive(timeout=5)).data))["data"][0]["ts"]) < stamp + 5:
+            pass
+        assert push["arg"]["channel"] == "trades"
+    finally:
+        await ws.close()
+        await http.close()

@@ -40,7 +40,7 @@ from aiohttp import WSMsgType, web
 from data_collector.markets import HOUR_MS, MINUTE_MS
 from data_collector.simulator.okx.formats import TIMEFRAME_OF_BAR, checksum, num
 from data_collector.simulator.okx.venue import Instrument
-from data_collector.simulator.streams import MAX_BACKLOG, frame
+from data_collector.simulator.streams import MAX_BACKLOG, frame, prefetch_tapes
 
 if TYPE_CHECKING:
     from data_collector.simulator.okx.server import OkxServer
@@ -68,8 +68,10 @@ class OkxConnection:
     queue: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_MAX))
     subs: set[tuple[str, str]] = field(default_factory=set)
     last_traffic: float = 0.0
-    #: Bytes in ``queue`` (written out by the writer, held during a stall).
+    #: Bytes in ``queue`` (written out at the tick's end or by the writer, held during a stall).
     queued: int = 0
+    #: The writer holds a batch through a stall (the tick leaves the queue to it meanwhile).
+    holding: bool = False
     #: instId -> the first tape trade id this connection's ``trades`` subscription may get
     #: (the tape's count when it subscribed: what traded before was not for it).
     trade_from: dict[str, int] = field(default_factory=dict)
@@ -200,26 +202,39 @@ class OkxHub:
         return ws
 
     async def _writer(self, conn: OkxConnection) -> None:
-        """Write everything queued as one batch of frames, in order; hold while stalled."""
-        queue = conn.queue
-        transport = conn.transport
+        """Write what the ticks left queued (control answers between ticks, what came in during a
+        stall) as one batch of frames, in order; hold while stalled."""
         loop = asyncio.get_running_loop()
         try:
             while True:
-                items = [await queue.get()]
+                first = await conn.queue.get()
                 held = self._stalled_until - loop.time()
                 if held > 0:  # a stall: the frames wait (a later stall() is seen on the next batch)
-                    await asyncio.sleep(held)
-                while not queue.empty() and len(items) < 4096:
-                    items.append(queue.get_nowait())
-                if transport is None or transport.is_closing():
-                    raise ConnectionError("closed")
-                conn.queued -= sum(len(i) for i in items)
-                transport.write(  # type: ignore[attr-defined]
-                    b"".join(frame(i.encode()) if isinstance(i, str) else i for i in items)
-                )
+                    conn.holding = True  # the tick's own write must not overtake them
+                    try:
+                        await asyncio.sleep(held)
+                    finally:
+                        conn.holding = False
+                self._write_queued(conn, first)
         except (ConnectionError, RuntimeError):
             self._abort(conn)
+
+    @staticmethod
+    def _write_queued(conn: OkxConnection, first: str | bytes | None = None) -> None:
+        """Write ``first`` and everything queued after it as one batch of frames, in order."""
+        queue = conn.queue
+        items = [] if first is None else [first]
+        while not queue.empty() and len(items) < 4096:
+            items.append(queue.get_nowait())
+        if not items:
+            return
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionError("closed")
+        conn.queued -= sum(len(i) for i in items)
+        transport.write(  # type: ignore[attr-defined]
+            b"".join(frame(i.encode()) if isinstance(i, str) else i for i in items)
+        )
 
     def _abort(self, conn: OkxConnection) -> None:
         self.connections.discard(conn)
@@ -355,24 +370,34 @@ class OkxHub:
     # -- the pump ------------------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        """Tick every ``tick_s`` on a fixed schedule: a late tick neither delays the ones after it
+        nor makes them burst to catch up (a tick's trades count from the last one anyway)."""
         loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(self.tick_s)
+            due += self.tick_s
+            delay = due - loop.time()
+            if delay < 0:
+                due, delay = loop.time(), 0.0
+            await asyncio.sleep(delay)
             try:
                 self.tick(loop.time())
             except Exception:  # one bad tick must not end the streams
                 log.exception("OKX sim: pump tick failed")
 
     def tick(self, loop_now: float) -> None:
-        """Build and queue everything due now."""
+        """Build everything due now and write it out, one write per connection (as the Binance
+        hub does), unless a stall holds delivery."""
         for conn in list(self.connections):
             if loop_now - conn.last_traffic > self.idle_timeout_s:
                 self._abort(conn)
-        now = self.venue.clock.now_ms()
+        clock = self.venue.clock
+        now = clock.now_ms()
         wanted: dict[tuple[str, str], list[OkxConnection]] = {}
         for conn in self.connections:
             for key in conn.subs:
                 wanted.setdefault(key, []).append(conn)
+        prefetch_tapes((self.venue.instruments[inst_id].market for _, inst_id in wanted), now)
         for inst in self.venue.instruments.values():
             if ("books", inst.inst_id) in wanted:
                 self._flush_book(inst, now)
@@ -386,7 +411,7 @@ class OkxHub:
         self._rng.shuffle(order)  # as on the exchange, the channels' order varies from tick to tick
         for (channel, inst_id), conns in order:
             inst = self.venue.instruments[inst_id]
-            texts = self._produce(channel, inst, now)
+            texts = self._produce(channel, inst, clock.now_ms())  # each stamped as it is built
             if not texts:
                 continue
             self.sent[channel] += len(texts)
@@ -400,6 +425,15 @@ class OkxHub:
                         self._push(conn, b"".join(frame(t.encode()) for t in late))
                     continue
                 self._push(conn, batch)
+        if loop_now < self._stalled_until:
+            return  # a stall: the frames stay queued (the writers hold them)
+        for conn in list(self.connections):
+            if conn.holding:
+                continue
+            try:
+                self._write_queued(conn)
+            except (ConnectionError, RuntimeError):
+                self._abort(conn)
 
     def _produce(self, channel: str, inst: Instrument, now: int) -> list[str]:
         arg = '{"arg":{"channel":"%s","instId":"%s"},' % (channel, inst.inst_id)
