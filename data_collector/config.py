@@ -356,10 +356,12 @@ class StreamingConfig(_Section):
     max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Frames larger than this are counted as malformed and skipped.
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
-    #: The widest aggTrade gap fetched back over REST (0: none are); wider ones stay marked.
+    #: The widest trade gap (Binance aggTrade, OKX trade) fetched back over REST (0: none are);
+    #: wider ones stay marked.
     repair_max_ids: int = Field(default=100_000, ge=0)
-    #: Write the streamed aggTrades (and the repaired ones) to the database's trades table, and
-    #: close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`).
+    #: Write the streamed trades (Binance aggTrades, OKX trades; the repaired ones too) to the
+    #: database's trades table, and close its holes with the trade backfill
+    #: (:mod:`data_collector.streaming.trades_store`).
     store_trades: bool = False
     #: Trades waiting for the database at most; past it new ones are dropped and left as a hole
     #: for the trade backfill.

@@ -166,7 +166,7 @@ class StreamService:
         self.rest = BinanceRest(options.rest_url, options.rest_timeout_s, api=venue.rest_api)
         source = venue.trade_source(self.rest) if venue.trade_source is not None else None
         self.repairer = TradeRepairer(source, self.writer, metrics, options.repair_max_ids)
-        #: Streamed (and repaired) aggTrades into the trades table (:mod:`.trades_store`).
+        #: Streamed (and repaired) trades into the trades table (:mod:`.trades_store`).
         self.trades = trade_store
         if trade_store is not None:
             self.repairer.on_trade = trade_store.submit
@@ -240,7 +240,7 @@ class StreamService:
             on_event = on_kline
         elif channel.startswith("markPrice"):
             on_event = self._mark_price_hook()
-        elif channel == "aggTrade" and self.trades is not None:
+        elif channel == self.venue.stored_trades and self.trades is not None:
             trades = self.trades
 
             def on_trade(event: Event) -> None:
