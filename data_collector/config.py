@@ -361,8 +361,9 @@ class StreamingConfig(_Section):
     #: Request weight the REST repairs (trades, klines after a Redis restart) may spend a minute;
     #: they go out only while no live request (depth snapshot, kline repair) waits.
     repair_weight_per_min: int = Field(default=1200, ge=1)
-    #: Write the streamed aggTrades (and the repaired ones) to the database's trades table, and
-    #: close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`).
+    #: Write the streamed trades (Binance aggTrades, OKX trades; the repaired ones too) to the
+    #: database's trades table, and close its holes with the trade backfill
+    #: (:mod:`data_collector.streaming.trades_store`).
     store_trades: bool = False
     #: Trades waiting for the database at most; past it new ones are dropped and left as a hole
     #: for the trade backfill.

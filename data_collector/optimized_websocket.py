@@ -135,10 +135,12 @@ class OptimizedWebSocketStreamer:
         adapter: ``native`` (Binance's or OKX's own protocol) or ``ccxt`` (any ccxt.pro exchange
             through ``watch_*_for_symbols``: slower, weaker guarantees, see README); default
             ``streaming.adapter``. An ``exchange.id`` with no native adapter always uses ``ccxt``.
-        store_trades: write the aggTrades (spot or perpetuals) to the database's trades table,
-            and close its holes with the trade backfill (:mod:`data_collector.streaming.trades_store`);
-            default ``streaming.store_trades``. Needs the config's ``database`` (a ``candle_store``
-            alone is not enough: the backfill job connects itself) and the ``aggTrade`` channel.
+        store_trades: write the streamed trades to the database's trades table (Binance's
+            aggTrades, spot or perpetuals; OKX's trades, spot or swaps) and close its holes with
+            the trade backfill (:mod:`data_collector.streaming.trades_store`); default
+            ``streaming.store_trades``. Needs the config's ``database`` (a ``candle_store`` alone
+            is not enough: the backfill job connects itself) and the ``aggTrade`` channel
+            (``trade`` on OKX).
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
             index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
             It must not block.
@@ -252,7 +254,9 @@ class OptimizedWebSocketStreamer:
             )
         trades = None
         if store_trades and sink is not None:
-            trades = trade_store_sink(cfg, options.exchange, options.symbols, market_type, sink, self.metrics)
+            trades = trade_store_sink(
+                cfg, venue, options.exchange, options.symbols, market_type, sink, self.metrics
+            )
         self._service = StreamService(options, endpoint, self.metrics, sink, on_mark_price, trades)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -189,11 +189,11 @@ class StreamService:
         self._restart_again = False
         #: XADD head -> the newest entry confirmed before a Redis restart, still to be checked.
         self._restart_tops: dict[bytes, str] = {}
-        #: Streamed (and repaired) aggTrades into the trades table (:mod:`.trades_store`).
+        #: Streamed (and repaired) trades into the trades table (:mod:`.trades_store`).
         self.trades = trade_store
         if trade_store is not None:
             self.repairer.on_trade = trade_store.submit
-            self.repairer.on_trade_channel = "aggTrade"  # the trades table takes aggregate trades
+            self.repairer.on_trade_channel = venue.stored_trades or ""  # the channel the table takes
         #: ``id(route)`` -> the companion stream's (XADD head, SET head) for repaired trades.
         self._repair_heads: dict[int, tuple[bytes, bytes]] = {}
         self.books: BookKeeper | None = None
@@ -264,7 +264,7 @@ class StreamService:
             on_event = on_kline
         elif channel.startswith("markPrice"):
             on_event = self._mark_price_hook()
-        elif channel == "aggTrade" and self.trades is not None:
+        elif channel == self.venue.stored_trades and self.trades is not None:
             trades = self.trades
 
             def on_trade(event: Event) -> None:
@@ -678,8 +678,8 @@ class StreamService:
         if heads is not None and not self._closed:
             job = RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads)
             queued = self.repairer.submit(job, first=first)
-            # The trades table holds aggregate trades: only their repair is its business.
-            if queued and self.trades is not None and route.channel == "aggTrade":
+            # The trades table holds the venue's stored channel: only its repair is its business.
+            if queued and self.trades is not None and route.channel == self.venue.stored_trades:
                 self.trades.expect_repair(route.symbol, last_seq + 1, next_seq - 1)
 
     async def _resolve_restart_gaps(self) -> None:

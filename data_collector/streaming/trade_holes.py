@@ -4,10 +4,12 @@ A hole is an id range of one symbol that the trades table lacks, found by
 :class:`~data_collector.streaming.trades_store.TradeStoreSink`: a gap wider than
 ``streaming.repair_max_ids``, what a killed streamer had not stored, what a slow database made
 the sink drop. :class:`TradeGapCloser` runs the trade backfill
-(``OptimizedDataCollector.collect(data_types=["trades"])``) over the hole's time span: it plans
-from the id-keyed coverage and fetches by ``fromId`` exactly the ids the table lacks, a page at a
-time through its bounded page slots and write queue, so memory stays bounded however long the
-hole. One job runs at a time, and the holes of one symbol waiting together are joined, so the
+(``OptimizedDataCollector.collect(data_types=["trades"])``) over the hole's time span. It is the
+venue's own: its adapter's trades ``PairFetch`` (Binance's ``aggTrades`` forward by ``fromId``,
+OKX's ``history-trades`` back by ``tradeId``), paced by its rate limiter (OKX: the share of
+``history-trades``' 2 s window that the streamer's ``trade_job_limits`` leave it). It plans from
+the id-keyed coverage and fetches exactly the ids the table lacks, a page at a time through its
+bounded page slots and write queue, so memory stays bounded however long the hole. One job runs at a time, and the holes of one symbol waiting together are joined, so the
 backlog is at most one hole per symbol.
 """
 

@@ -6,7 +6,7 @@ time, oldest first, each as the item the channel's WebSocket normaliser takes (s
 trade gets the entry id, ``<trade ms>-<id>``, and the fields it would have had live).
 
 Each venue folder owns its source, named by its :class:`~data_collector.venues.stream.StreamVenue`'s
-``trade_source``: Binance's ``aggTrades?fromId=`` (:mod:`data_collector.venues.binance.trade_source`),
+``trade_sources``: Binance's ``aggTrades?fromId=`` (:mod:`data_collector.venues.binance.trade_source`),
 OKX's ``history-trades`` (:mod:`data_collector.venues.okx.trade_source`). The generic ccxt.pro
 adapter has none: its gaps stay marked.
 """

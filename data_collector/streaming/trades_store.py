@@ -1,6 +1,8 @@
-"""Live aggregate trades into the ``trades`` table, and the holes in it closed by the trade backfill.
+"""Live trades into the ``trades`` table, and the holes in it closed by the trade backfill.
 
-The streamer's aggTrades (spot and USDⓈ-M) go through the store's own ``write_trades``: the
+The streamer's trades of its venue's :attr:`~data_collector.venues.stream.StreamVenue.stored_trades`
+channel (Binance's aggTrades, spot and USDⓈ-M, by aggregate-trade id; OKX's ``trade``, spot and
+swaps, by ``tradeId``) go through the store's own ``write_trades``: the
 idempotent COPY path with coverage by id that the trade backfill writes (:mod:`data_collector.storage.trades`).
 Each write takes what is queued (at most ``write_max`` trades), cuts every symbol's trades into
 runs of contiguous ids, and stores each run ``[a, b]`` with the coverage it proves,
@@ -68,14 +70,17 @@ Pending = tuple[str, "Trade"]
 
 
 def event_trade(event: Event) -> Trade:
-    """The stored row of one normalised aggTrade event (the backfill's :data:`Trade` shape)."""
+    """The stored row of one normalised trade event (the backfill's :data:`Trade` shape): an
+    aggTrade's first and last single-trade ids, a single trade's (OKX) own id for both; the buyer
+    is the maker when the taker sold."""
+    trade_id = int(event["id"])
     return (
-        int(event["id"]),
+        trade_id,
         int(event["trade_ms"]),
         float(event["price"]),
         float(event["amount"]),
-        int(event["first_id"]),
-        int(event["last_id"]),
+        int(event.get("first_id", trade_id)),
+        int(event.get("last_id", trade_id)),
         event["side"] == "sell",
     )
 
@@ -125,7 +130,7 @@ class _Frontier:
 
 
 class TradeStoreSink:
-    """Writes the streamed aggTrades to the trades table and hands its holes to a :class:`TradeGapCloser`.
+    """Writes the streamed trades to the trades table and hands its holes to a :class:`TradeGapCloser`.
 
     Args:
         store: the open store (the candle sink's: one pool for candles, funding and trades).
@@ -170,7 +175,7 @@ class TradeStoreSink:
         return len(self._queue)
 
     def submit(self, symbol: str, event: Event) -> None:
-        """Queue one aggTrade event, live or repaired (never blocks)."""
+        """Queue one trade event, live or repaired (never blocks)."""
         if self.failed is not None or len(self._queue) >= self._queue_max:
             self._metrics.trades_store_dropped += 1
             return
@@ -296,30 +301,45 @@ class TradeStoreSink:
 def check_store_trades(venue: StreamVenue, channels: list[str], has_database: bool) -> None:
     """Refuse, in one line, a ``store_trades`` the streamer cannot honour (the trade backfill job
     that closes the holes connects to the config's ``database`` itself)."""
-    if not venue.stores_trades:
-        raise UsageError("streaming.store_trades needs Binance's native adapter (spot or USDⓈ-M perpetuals)")
-    if "aggTrade" not in channels:
-        raise UsageError("streaming.store_trades stores aggregate trades: add aggTrade to streaming.channels")
+    if venue.stored_trades is None:
+        raise UsageError(
+            f"streaming.store_trades needs trades with contiguous ids, which exchange.id "
+            f"{venue.protocol!r} does not stream: use binance, binanceusdm or okx (native adapter)"
+        )
+    if venue.stored_trades not in channels:
+        raise UsageError(
+            f"streaming.store_trades stores the {venue.stored_trades} channel's trades: "
+            f"add {venue.stored_trades} to streaming.channels"
+        )
     if not has_database:
         raise UsageError("streaming.store_trades needs a database section in the config")
 
 
 def trade_store_sink(
     config: Config,
+    stream: StreamVenue,
     exchange: str,
     symbols: list[str],
     market_type: str,
     sink: CandleSink,
     metrics: StreamMetrics,
 ) -> TradeStoreSink:
-    """The trades sink of a streamer: writing through ``sink``'s store, its holes closed by a
-    trade backfill on the streamer's venue (labelled ``exchange``, so both write the same
-    instruments)."""
+    """The trades sink of a streamer on ``stream``: writing through ``sink``'s store, its holes
+    closed by the trade backfill of the streamer's venue (its adapter's trades ``PairFetch``),
+    labelled ``exchange`` so both write the same instruments, and paced by the venue's
+    ``trade_job_limits`` so that it and the live REST repair stay inside the venue's limits."""
+    from data_collector.venues import adapter_for
+
     st = config.streaming
-    venue = config.exchange.model_copy(update={"name": exchange})
+    limits = dict(config.exchange.endpoint_limits)
+    for endpoint, n in stream.trade_job_limits.items():
+        limits[endpoint] = min(n, limits.get(endpoint, n))
+    venue = config.exchange.model_copy(update={"name": exchange, "endpoint_limits": limits})
     backfill = config.model_copy(deep=True)
     backfill.exchange = venue
-    backfill.futures_exchange = venue if market_type == "swap" else None
+    # One client for spot and swaps (OKX) needs no futures section; Binance's perpetuals do.
+    separate = market_type == "swap" and not adapter_for(config.exchange.id).one_client
+    backfill.futures_exchange = venue if separate else None
     backfill.venues = []
     backfill.symbols = list(symbols)
     backfill.data_types = ["trades"]

@@ -8,7 +8,7 @@ command line read these fields instead of branching on the venue's id.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from data_collector.errors import UsageError
@@ -56,8 +56,13 @@ class StreamVenue:
     #: The streamer's REST client -> what serves its klines repair (``None``: that client itself,
     #: Binance's ``klines``).
     kline_rest: Callable[[BinanceRest], Any] | None = None
-    #: Live aggregate trades can go on into the trades table (``streaming.store_trades``).
-    stores_trades: bool = True
+    #: The channel whose trades (live and repaired) go on into the trades table with
+    #: ``streaming.store_trades``, their ids the venue's contiguous trade ids (``None``: none).
+    stored_trades: str | None = "aggTrade"
+    #: Requests per rate-limit window of each endpoint the trade backfill job that closes the
+    #: trades table's holes may send (over the backfill's own limits), so that it and the live
+    #: REST repair (``trade_sources``) together stay inside the venue's limit.
+    trade_job_limits: Mapping[str, int] = field(default_factory=dict)
     #: Klines missed across a reconnect are fetched back over REST.
     repairs_klines: bool = True
     #: How to ask which symbols the venue lists before streaming (``None``: not asked).

@@ -1,4 +1,4 @@
-"""Issue 15, live into the store: streamed aggTrades extend the backfilled trades table with no seam.
+"""Issue 15, live into the store: streamed trades extend the backfilled trades table with no seam.
 
 Acceptance 4: a trade backfill of the past, then the streamer (a subprocess) with
 ``streaming.store_trades``, SIGKILLed while trades flow and the market trades on, restarted,
@@ -6,7 +6,9 @@ and streaming again: the trades table then equals the simulator's REST truth for
 window, backfilled part included, as one coverage row (no seam at the backfill's end, none at
 the kill). Acceptance 5: a gap wider than ``streaming.repair_max_ids`` is handed to the trade
 backfill, which closes it (its hole is reported closed and the coverage runs through it).
-Real PostgreSQL, Redis and the simulator, spot and USDⓈ-M perpetuals.
+Real PostgreSQL, Redis and the simulator, on both venues: Binance's aggTrades (spot and USDⓈ-M
+perpetuals, by aggregate-trade id, REST ``aggTrades``) and OKX's trades (spot and swaps, by
+``tradeId``, REST ``history-trades``, the simulator's tape at ``ws_rate``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +32,104 @@ from data_collector.errors import UsageError
 from data_collector.markets import MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
-from data_collector.simulator import SimulatedExchange
+from data_collector.simulator import OkxSettings, SimulatedExchange
 from data_collector.storage import open_store
 from data_collector.storage.trades import Trade, TradeCoverage
+from data_collector.venues.okx.protocol import inst_id
 from tests.support.backfill import config_for
 from tests.support.services import PG_ADMIN_DSN
-from tests.support.streaming import stream_config, wait_for, wait_for_async
+from tests.support.streaming import okx_stream_config, stream_config, wait_for, wait_for_async
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "stream_market_data.py"
 SPOT, PERP = "SOL/USDT", "SOL/USDT:USDT"
+#: Trades a second per symbol (OKX's tape; Binance's aggTrades run at the market's own pace).
+WS_RATE = 20
 
 
-def _venue(futures: bool) -> tuple[str, str]:
-    return (PERP, "sim-binanceusdm") if futures else (SPOT, "sim-binance")
+@dataclass(frozen=True)
+class Venue:
+    """One venue the trades go into the store from: its simulator, configs, truth and faults."""
+
+    kind: str  # binance or okx
+    symbol: str
+    label: str
+    channel: str
+
+    @property
+    def okx(self) -> bool:
+        return self.kind == "okx"
+
+    def simulator(self, seed: int) -> SimulatedExchange:
+        if self.okx:
+            swaps = [SPOT] if self.symbol == PERP else []
+            return SimulatedExchange(symbols=[SPOT], seed=seed, okx=OkxSettings(swaps=swaps))
+        perps = [PERP] if self.symbol == PERP else []
+        return SimulatedExchange(symbols=[SPOT], perpetuals=perps, seed=seed, ws_rate=WS_RATE)
+
+    def start_tape(self, sim: SimulatedExchange) -> None:
+        """OKX's ``trades`` (WebSocket and REST alike) follow the ``ws_rate`` tape from now on."""
+        if self.okx:
+            sim.okx.hub.ws_rate = WS_RATE
+
+    def history(self, sim: SimulatedExchange) -> int:
+        """The start of a past to backfill: Binance's market has one; OKX's tape is begun and
+        run on for three minutes (3,600 trades, 36 ``history-trades`` pages)."""
+        if not self.okx:
+            return sim.clock.now_ms() - 15 * MINUTE_MS
+        start_ms = sim.clock.now_ms()
+        self.start_tape(sim)
+        sim.clock.advance(3 * MINUTE_MS)
+        return start_ms
+
+    def exchange(self, sim: SimulatedExchange, prefix: str = "") -> dict[str, Any]:
+        if self.okx:
+            return okx_stream_config(sim, prefix)["exchange"]
+        return sim.futures_exchange_config() if self.symbol == PERP else sim.exchange_config()
+
+    def backfill_config(self, base_config: dict[str, Any], sim: SimulatedExchange) -> dict[str, Any]:
+        extra: dict[str, Any] = {"symbols": [self.symbol], "data_types": ["trades"], "timeframes": ["1m"]}
+        if self.okx:
+            extra["exchange"] = {**self.exchange(sim), "timeout_s": 2.0}
+        elif self.symbol == PERP:
+            extra["futures_exchange"] = {**sim.futures_exchange_config(), "timeout_s": 2.0}
+        return config_for(base_config, sim, **extra)
+
+    def stream_config(
+        self, sim: SimulatedExchange, prefix: str, database: dict[str, Any], **st: Any
+    ) -> dict[str, Any]:
+        st = {"channels": [self.channel], "store_trades": True, **st}
+        if self.okx:
+            config = okx_stream_config(sim, prefix, **st)
+        else:
+            config = stream_config(sim, prefix, futures=self.symbol == PERP, **st)
+        return {**config, "database": database, "symbols": [self.symbol]}
+
+    def truth(
+        self, sim: SimulatedExchange, start_ms: int, end_ms: int
+    ) -> list[tuple[int, int, float, float]]:
+        """REST's trades with ``start_ms <= time < end_ms``: ``(id, time, price, amount)``."""
+        if self.okx:
+            return [
+                (int(t["tradeId"]), int(t["ts"]), float(t["px"]), float(t["sz"]))
+                for t in sim.okx.venue.trades(self.symbol, start_ms, end_ms)
+            ]
+        rows = sim.agg_trades(self.symbol, start_ms, end_ms)
+        return [(t["a"], t["T"], float(t["p"]), float(t["q"])) for t in rows]
+
+    def skip_trades(self, sim: SimulatedExchange, count: int) -> None:
+        """Lose the next ``count`` trade frames in flight (they stay on REST)."""
+        if self.okx:
+            sim.okx.hub.skip_trade_id(inst_id(self.symbol), count)
+        else:
+            sim.ws_faults.skip_trade_id(self.symbol, count)
+
+
+BINANCE_SPOT = Venue("binance", SPOT, "sim-binance", "aggTrade")
+BINANCE_USDM = Venue("binance", PERP, "sim-binanceusdm", "aggTrade")
+OKX_SPOT = Venue("okx", SPOT, "sim-okx", "trade")
+OKX_SWAP = Venue("okx", PERP, "sim-okx", "trade")
+VENUES = pytest.mark.parametrize("venue", [BINANCE_SPOT, BINANCE_USDM, OKX_SPOT], ids=["spot", "usdm", "okx"])
 
 
 async def _stored(
@@ -61,20 +148,14 @@ async def _stored(
         await store.close()
 
 
-def _truth(
-    sim: SimulatedExchange, symbol: str, start_ms: int, end_ms: int
-) -> list[tuple[int, int, float, float]]:
-    return [(t["a"], t["T"], float(t["p"]), float(t["q"])) for t in sim.agg_trades(symbol, start_ms, end_ms)]
-
-
 def _assert_no_seam(
-    sim: SimulatedExchange, symbol: str, trades: list[Trade], cover: list[TradeCoverage], start_ms: int
+    sim: SimulatedExchange, venue: Venue, trades: list[Trade], cover: list[TradeCoverage], start_ms: int
 ) -> int:
     """The stored trades are REST's from ``start_ms`` to the newest stored, under one coverage row."""
     assert len(cover) == 1, f"the coverage has a seam: {cover}"
     end_ms = trades[-1][1]
     got = [(t[0], t[1], t[2], t[3]) for t in trades if start_ms <= t[1] < end_ms]
-    want = _truth(sim, symbol, start_ms, end_ms)
+    want = venue.truth(sim, start_ms, end_ms)
     missing = sorted({w[0] for w in want} - {g[0] for g in got})
     assert not missing, f"{len(missing)} trades missing from the store, first {missing[:5]}"
     assert got == want
@@ -82,21 +163,11 @@ def _assert_no_seam(
     return len(got)
 
 
-async def _backfill(base_config: dict[str, Any], sim: SimulatedExchange, symbol: str, start_ms: int) -> None:
-    extra: dict[str, Any] = {"symbols": [symbol], "data_types": ["trades"], "timeframes": ["1m"]}
-    if ":" in symbol:
-        extra["futures_exchange"] = {**sim.futures_exchange_config(), "timeout_s": 2.0}
-    async with OptimizedDataCollector(config_for(base_config, sim, **extra)) as collector:
-        report = await collector.collect(symbols=[symbol], start=start_ms, end=sim.clock.now_ms())
+async def _backfill(base_config: dict[str, Any], sim: SimulatedExchange, venue: Venue, start_ms: int) -> None:
+    config = venue.backfill_config(base_config, sim)
+    async with OptimizedDataCollector(config) as collector:
+        report = await collector.collect(symbols=[venue.symbol], start=start_ms, end=sim.clock.now_ms())
     assert report.rows_by_type.get("trades", 0) > 0, report
-
-
-def _stream_config(
-    sim: SimulatedExchange, prefix: str, base_config: dict[str, Any], futures: bool, **st: Any
-) -> dict[str, Any]:
-    symbol, _ = _venue(futures)
-    config = stream_config(sim, prefix, futures=futures, channels=["aggTrade"], store_trades=True, **st)
-    return {**config, "database": base_config["database"], "symbols": [symbol]}
 
 
 async def _whole(sim: SimulatedExchange, database: dict[str, Any], symbol: str, venue: str) -> None:
@@ -131,21 +202,21 @@ async def _storing(
         await streamer.astop()
 
 
-@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+@pytest.mark.parametrize(
+    "venue", [BINANCE_SPOT, BINANCE_USDM, OKX_SPOT, OKX_SWAP], ids=["spot", "usdm", "okx", "okx-swap"]
+)
 async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
-    base_config: dict[str, Any], redis_prefix: str, tmp_path: Path, futures: bool
+    base_config: dict[str, Any], redis_prefix: str, tmp_path: Path, venue: Venue
 ) -> None:
-    symbol, venue = _venue(futures)
+    symbol, label = venue.symbol, venue.label
     database = base_config["database"]
-    async with SimulatedExchange(
-        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=15, ws_rate=20
-    ) as sim:
-        start_ms = sim.clock.now_ms() - 15 * MINUTE_MS
-        await _backfill(base_config, sim, symbol, start_ms)
-        backfilled, _ = await _stored(database, symbol, venue)
+    async with venue.simulator(seed=15) as sim:
+        start_ms = venue.history(sim)
+        await _backfill(base_config, sim, venue, start_ms)
+        backfilled, _ = await _stored(database, symbol, label)
         sim.clock.advance(30_000)  # the backfill's newest 10 s and more: the streamer's seam to close
         path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(_stream_config(sim, redis_prefix, base_config, futures)))
+        path.write_text(yaml.safe_dump(venue.stream_config(sim, redis_prefix, database)))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         top = backfilled[-1][0]
         for run in range(2):
@@ -158,7 +229,7 @@ async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
 
                 async def stored_live(top: int = top) -> bool:
                     sim.clock.advance(1_000)
-                    trades, _ = await _stored(database, symbol, venue)
+                    trades, _ = await _stored(database, symbol, label)
                     return bool(trades) and trades[-1][0] > top + 20
 
                 await wait_for_async(stored_live, timeout_s=60, what=f"run {run} storing live trades")
@@ -167,10 +238,10 @@ async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
                     proc.send_signal(signal.SIGKILL)
                     await proc.wait()
                     sim.clock.advance(20_000)
-                    top = (await _stored(database, symbol, venue))[0][-1][0]
+                    top = (await _stored(database, symbol, label))[0][-1][0]
                     continue
 
-                await _whole(sim, database, symbol, venue)
+                await _whole(sim, database, symbol, label)
                 proc.send_signal(signal.SIGINT)
                 assert await asyncio.wait_for(proc.wait(), 30) in (0, 130)
             finally:
@@ -178,23 +249,24 @@ async def test_backfill_stream_sigkill_restart_stream_leaves_no_seam(
                     proc.kill()
                     await proc.wait()
                 out.close()
-        trades, cover = await _stored(database, symbol, venue)
-        count = _assert_no_seam(sim, symbol, trades, cover, start_ms)
-    print(f"\n{venue}: {count} trades equal REST's over the backfill, two streamer runs and a SIGKILL")
+        trades, cover = await _stored(database, symbol, label)
+        count = _assert_no_seam(sim, venue, trades, cover, start_ms)
+        if venue.okx:
+            assert sim.okx.requests()["429"] == 0, "history-trades' 2 s windows were kept"
+    print(f"\n{label}: {count} trades equal REST's over the backfill, two streamer runs and a SIGKILL")
 
 
-@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+@VENUES
 async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
-    base_config: dict[str, Any], redis_prefix: str, futures: bool
+    base_config: dict[str, Any], redis_prefix: str, venue: Venue
 ) -> None:
-    symbol, venue = _venue(futures)
+    symbol, label = venue.symbol, venue.label
     database = base_config["database"]
-    async with SimulatedExchange(
-        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=16, ws_rate=20
-    ) as sim:
-        config = _stream_config(sim, redis_prefix, base_config, futures, repair_max_ids=5)
-        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
-            sim.ws_faults.skip_trade_id(symbol, 40)  # 40 ids lost in flight: wider than 5
+    async with venue.simulator(seed=16) as sim:
+        venue.start_tape(sim)
+        config = venue.stream_config(sim, redis_prefix, database, repair_max_ids=5)
+        async with _storing(sim, config, database, symbol, label) as (streamer, first):
+            venue.skip_trades(sim, 40)  # 40 ids lost in flight: wider than 5
 
             closer = streamer._service.trades.closer  # type: ignore[union-attr]
             assert closer is not None
@@ -208,31 +280,30 @@ async def test_a_gap_wider_than_repair_max_ids_is_closed_by_the_trade_backfill(
             assert hole.end_id - hole.first_id >= 40, hole
             metrics = streamer.get_metrics()
             assert metrics["trade_holes_closed"] >= 1 and metrics["trades_store_dropped"] == 0
-        trades, cover = await _stored(database, symbol, venue)
+        trades, cover = await _stored(database, symbol, label)
         assert any(t[0] == hole.first_id for t in trades) and any(t[0] == hole.end_id - 1 for t in trades)
-        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
 
 
-@pytest.mark.parametrize("futures", [False, True], ids=["spot", "usdm"])
+@VENUES
 async def test_a_gap_the_rest_repair_fetches_reaches_the_store_without_a_backfill(
-    base_config: dict[str, Any], redis_prefix: str, futures: bool
+    base_config: dict[str, Any], redis_prefix: str, venue: Venue
 ) -> None:
     """Ids lost in flight, fewer than ``repair_max_ids``: the REST repair's trades (written to the
     companion stream) go to the trades table too, and no backfill job is started for them."""
-    symbol, venue = _venue(futures)
+    symbol, label = venue.symbol, venue.label
     database = base_config["database"]
-    async with SimulatedExchange(
-        symbols=[SPOT], perpetuals=[PERP] if futures else (), seed=18, ws_rate=20
-    ) as sim:
-        config = _stream_config(sim, redis_prefix, base_config, futures)
-        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
-            sim.ws_faults.skip_trade_id(symbol, 3)
+    async with venue.simulator(seed=18) as sim:
+        venue.start_tape(sim)
+        config = venue.stream_config(sim, redis_prefix, database)
+        async with _storing(sim, config, database, symbol, label) as (streamer, first):
+            venue.skip_trades(sim, 3)
             await wait_for(lambda: streamer.get_metrics()["repaired_trades"] >= 3, 60, "the REST repair")
-            await _whole(sim, database, symbol, venue)
+            await _whole(sim, database, symbol, label)
             closer = streamer._service.trades.closer  # type: ignore[union-attr]
             assert closer is not None and not closer.closed and not closer.pending
-        trades, cover = await _stored(database, symbol, venue)
-        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+        trades, cover = await _stored(database, symbol, label)
+        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
 
 
 async def test_a_locked_trades_table_drops_no_trade_for_good(
@@ -241,11 +312,12 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
     """The database stalls (the trades table locked) while trades flow: Redis goes on, the
     sink's queue (10 here) overflows, and once the lock is gone the dropped ids are a hole the
     trade backfill closes: the table again equals REST's, under one coverage row."""
-    symbol, venue = SPOT, "sim-binance"
+    venue = BINANCE_SPOT
+    symbol, label = venue.symbol, venue.label
     database = {**base_config["database"], "command_timeout_s": 1.0}
-    async with SimulatedExchange(symbols=[SPOT], seed=17, ws_rate=20) as sim:
-        config = _stream_config(sim, redis_prefix, {"database": database}, False, store_trades_queue=10)
-        async with _storing(sim, config, database, symbol, venue) as (streamer, first):
+    async with venue.simulator(seed=17) as sim:
+        config = venue.stream_config(sim, redis_prefix, database, store_trades_queue=10)
+        async with _storing(sim, config, database, symbol, label) as (streamer, first):
             lock = await asyncpg.connect(PG_ADMIN_DSN)
             try:
                 tx = lock.transaction()
@@ -263,24 +335,29 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
             finally:
                 await lock.close()
 
-            await _whole(sim, database, symbol, venue)
+            await _whole(sim, database, symbol, label)
             # The job that stored them says so once it has seen its ids covered.
             await wait_for(lambda: streamer.get_metrics()["trade_holes_closed"] >= 1, 30, "the hole closed")
             metrics = streamer.get_metrics()
             assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
-        trades, cover = await _stored(database, symbol, venue)
-        _assert_no_seam(sim, symbol, trades, cover, first[1] + 1)
+        trades, cover = await _stored(database, symbol, label)
+        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
 
 
 @pytest.mark.parametrize(
-    ("channels", "database", "says"),
-    [(["trade"], True, "add aggTrade to streaming.channels"), (["aggTrade"], False, "needs a database")],
+    ("exchange", "channels", "database", "says"),
+    [
+        ("binance", ["trade"], True, "add aggTrade to streaming.channels"),
+        ("binance", ["aggTrade"], False, "needs a database"),
+        ("okx", ["aggTrade"], True, "add trade to streaming.channels"),
+        ("kraken", ["trade"], True, "needs trades with contiguous ids"),
+    ],
 )
 def test_store_trades_it_cannot_honour_is_refused_in_one_line(
-    base_config: dict[str, Any], channels: list[str], database: bool, says: str
+    base_config: dict[str, Any], exchange: str, channels: list[str], database: bool, says: str
 ) -> None:
     config: dict[str, Any] = {
-        "exchange": {"id": "binance", "name": "sim-binance"},
+        "exchange": {"id": exchange, "name": f"sim-{exchange}"},
         "redis": base_config["redis"],
         "logging": {"file": None},
         "streaming": {"store_trades": True},

@@ -1,7 +1,12 @@
 """The pure parts of the streamed trades' store path: runs of contiguous ids, what a run's
-coverage claims, and which ids of a hole are left to the backfill."""
+coverage claims, which ids of a hole are left to the backfill, and how OKX's hole-closing job and
+REST repair share ``history-trades``' rate-limit window."""
 
 from __future__ import annotations
+
+import math
+
+import pytest
 
 from data_collector.storage.trades import TradeCoverage, merge_trade_coverage
 from data_collector.streaming.trades_store import id_runs, run_coverage, subtract_ids
@@ -36,3 +41,38 @@ def test_the_ids_the_rest_repair_fetches_are_not_handed_to_the_backfill() -> Non
     assert subtract_ids(10, 20, [(12, 15)]) == [(10, 12), (15, 20)]
     assert subtract_ids(10, 20, [(5, 25)]) == []
     assert subtract_ids(10, 20, [(15, 30), (0, 11)]) == [(11, 15)]
+
+
+@pytest.mark.parametrize("symbol", ["SOL/USDT", "SOL/USDT:USDT"])
+def test_okx_hole_job_and_rest_repair_share_history_trades_window(symbol: str) -> None:
+    """The hole-closing job runs OKX's own trade backfill (one client, spot and swaps) within
+    ``trade_job_limits``; with the REST repair's spacing, the two never pass OKX's 20 requests
+    per 2 s on ``history-trades``, even when the job's fixed windows straddle OKX's."""
+    from data_collector.config import load_config
+    from data_collector.streaming.candles import CandleSink
+    from data_collector.streaming.metrics import StreamMetrics
+    from data_collector.streaming.trades_store import trade_store_sink
+    from data_collector.venues import stream_venue
+    from data_collector.venues.okx.trade_source import OkxHistoryTrades
+
+    config = load_config(
+        {
+            "exchange": {"id": "okx", "name": "sim-okx", "endpoint_limits": {"market/candles": 5}},
+            "database": {"url": "sqlite+aiosqlite:///unused.db"},
+            "logging": {"file": None},
+        }
+    )
+    venue = stream_venue("okx")
+    market_type = "swap" if ":" in symbol else "spot"
+    candles = CandleSink("sim-okx", StreamMetrics(), store=object(), market_type=market_type)
+    sink = trade_store_sink(config, venue, "sim-okx", [symbol], market_type, candles, StreamMetrics())
+    assert sink.closer is not None
+    job = sink.closer._config
+    assert job.exchange.name == "sim-okx" and job.futures_exchange is None and job.data_types == ["trades"]
+    assert job.exchange.endpoint_limits == {"market/candles": 5, "market/history-trades": 2}
+    assert venue.trade_sources is not None
+    (repair,) = venue.trade_sources(None)  # type: ignore[arg-type]  # what the streamer builds (no request here)
+    assert isinstance(repair, OkxHistoryTrades)
+    spacing_s = repair._spacing_s
+    repair_per_2s = math.floor(2.0 / spacing_s + 1e-9) + 1  # requests one 2 s window can hold
+    assert repair_per_2s + 2 * job.exchange.endpoint_limits["market/history-trades"] <= 20

@@ -64,7 +64,7 @@ def stream(protocol: str) -> StreamVenue:
         one_connection=True,
         sequenced=False,
         repairs_trades=False,
-        stores_trades=False,
+        stored_trades=None,
         repairs_klines=False,
         listed_ids=listed_ids,
         native_id=_same,

@@ -90,7 +90,8 @@ STREAM = StreamVenue(
     one_connection=True,
     trade_sources=_trade_sources,
     kline_rest=_kline_rest,
-    stores_trades=False,
+    stored_trades="trade",
+    trade_job_limits={"market/history-trades": rules.HISTORY_TRADES_JOB_PER_2S},
     listed_ids=listed_ids,
     native_id=inst_id,
 )

@@ -36,6 +36,12 @@ WINDOW_S = 2.0
 PAGE_LIMIT = 100
 #: Settlements per ``funding-rate-history`` answer (OKX's maximum).
 FUNDING_PAGE_LIMIT = 100
+#: ``market/history-trades``: OKX's requests per 2 s window, and those of them left to the trade
+#: backfill job that closes the trades table's holes while the streamer's REST repair runs. The
+#: job's windows are not aligned with OKX's, so it may send twice its share in one of them: the
+#: repair keeps to 20 - 2 x 2 = 16.
+HISTORY_TRADES_PER_2S = 20
+HISTORY_TRADES_JOB_PER_2S = 2
 #: What the backfill collects from OKX in this version.
 DATA_TYPES = (OHLCV, TRADES, FUNDING_RATES)
 

@@ -2,7 +2,9 @@
 
 Paged by ``tradeId``: ``after`` asks for older ids, ``before`` for newer, both exclusive; answers
 come newest first. OKX counts 20 requests per 2 s on this endpoint and answers one too many with
-HTTP 429 ``{"code": "50011"}``, so requests are spaced to stay inside it.
+HTTP 429 ``{"code": "50011"}``, so requests are spaced to stay inside it, with
+:data:`~.rules.HISTORY_TRADES_JOB_PER_2S` of the window left to the trade backfill job that
+closes the trades table's holes (``streaming.store_trades``), which may run at the same time.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from data_collector.errors import PermanentError, TransientError
 from data_collector.streaming.trade_sources import Fetched
 from data_collector.venues.binance.rest import BinanceRest
 from data_collector.venues.okx.protocol import inst_id
+from data_collector.venues.okx.rules import HISTORY_TRADES_JOB_PER_2S, HISTORY_TRADES_PER_2S
 
-#: OKX ``history-trades``: requests per 2 s window, and trades per page.
-OKX_HISTORY_TRADES_PER_2S = 20
+#: OKX ``history-trades``: the repair's requests per 2 s window, and trades per page.
+OKX_HISTORY_TRADES_PER_2S = HISTORY_TRADES_PER_2S - 2 * HISTORY_TRADES_JOB_PER_2S  # see rules
 OKX_HISTORY_TRADES_PAGE = 100
 
 
