@@ -1,0 +1,173 @@
+"""Backfill as jobs (issue 17): worker processes on 127.0.0.2/.3/.4 against the per-IP simulator.
+
+The simulator runs in the test's process; each worker is ``data-collector worker`` in its own
+process, bound to its own loopback address; the producer is ``run_distributed`` here. Every
+worker process is killed at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from data_collector.config import load_config
+from data_collector.distributed.engine import EngineSettings
+from data_collector.distributed.producer import run_distributed
+from data_collector.markets import DAY_MS, candle_open_ms
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.simulator import SimulatedExchange
+from tests.support.backfill import (
+    config_for,
+    klines_requests,
+    local_iso,
+    pg_rows,
+    stored_equals_sim,
+    write_config,
+)
+from tests.support.services import PG_ADMIN_DSN, unique
+from tests.support.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SYMBOLS = ["BTC/USDT", "ETH/USDT"]
+TIMEFRAMES = ["1h", "4h"]
+
+
+@pytest.fixture
+async def queue_schema() -> AsyncIterator[str]:
+    name = unique("q")
+    yield name
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes of the test; every one is killed at the end, pass or fail."""
+    out: list[subprocess.Popen[bytes]] = []
+    yield out
+    for proc in out:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatedExchange]:
+    async with SimulatedExchange(symbols=SYMBOLS, seed=17, gaps={}, latency_ms=5) as exchange:
+        yield exchange
+
+
+def spawn(
+    procs: list[subprocess.Popen[bytes]], config: Path, schema: str, address: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    ready = config.with_name(f"ready.{len(procs)}")
+    log = config.with_name(f"worker.{len(procs)}.log")
+    cmd = [
+        sys.executable, "-m", "data_collector.cli.main", "worker", "--config", str(config),
+        "--source-address", address, "--queue-schema", schema, "--heartbeat", "0.5", "--stalled", "2",
+        "--ready-file", str(ready), *extra,
+    ]  # fmt: skip
+    # stderr to a file, not a pipe nobody reads while the worker runs.
+    with log.open("ab") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f)
+    procs.append(proc)
+    return proc, ready
+
+
+def engine(schema: str) -> EngineSettings:
+    return EngineSettings(dsn=PG_ADMIN_DSN, schema=schema, heartbeat_s=0.5, stalled_s=2.0)
+
+
+def setup(
+    base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path, days: int, **extra: Any
+) -> tuple[dict[str, Any], Path, int, int]:
+    end = candle_open_ms(sim.clock.now_ms(), "1d")
+    start = end - days * DAY_MS
+    cfg = config_for(
+        base_config,
+        sim,
+        symbols=SYMBOLS,
+        timeframes=TIMEFRAMES,
+        start=local_iso(start),
+        end=local_iso(end),
+        **extra,
+    )
+    return cfg, write_config(tmp_path / "config.yaml", cfg), start, end
+
+
+async def workers_ready(readies: list[Path]) -> None:
+    await wait_for(lambda: all(r.exists() for r in readies), 60, "the workers to take jobs")
+
+
+async def test_three_workers_collect_the_truth_then_a_rerun_asks_nothing(
+    base_config: dict[str, Any],
+    sim: SimulatedExchange,
+    queue_schema: str,
+    procs: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    cfg, path, start, end = setup(base_config, sim, tmp_path, days=40)
+    readies = [spawn(procs, path, queue_schema, f"127.0.0.{i}")[1] for i in (2, 3, 4)]
+    await workers_ready(readies)
+    config = load_config(cfg)
+    report = await asyncio.wait_for(run_distributed(config, engine(queue_schema), window_days=10), 120)
+    assert not report.failed, report.summary()
+    # 2 symbols x 2 timeframes x 5 windows (40 days cut at multiples of 10 days from the epoch).
+    assert report.jobs == len(SYMBOLS) * len(TIMEFRAMES) * 5
+    by_ip = sim.stats()["used_weight_1m_by_ip"]
+    assert {"127.0.0.2", "127.0.0.3", "127.0.0.4"} <= set(by_ip), by_ip  # every host fetched
+    assert report.total("http_429") == 0 and report.total("http_418") == 0
+    async with OptimizedDataCollector(cfg) as collector:
+        await stored_equals_sim(collector, sim, start, end, SYMBOLS, TIMEFRAMES)
+    rows = await pg_rows(cfg["database"]["schema"])
+    assert len(rows) == len(set(rows))  # nothing duplicated
+    before = klines_requests(sim)
+    again = await asyncio.wait_for(run_distributed(config, engine(queue_schema), window_days=10), 120)
+    assert not again.failed and again.requests == 0 and klines_requests(sim) == before
+    assert await pg_rows(cfg["database"]["schema"]) == rows
+
+
+async def test_sigkilled_worker_jobs_finish_elsewhere_identical_to_a_clean_run(
+    base_config: dict[str, Any],
+    sim: SimulatedExchange,
+    queue_schema: str,
+    procs: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    # 1 request per second per address: the run lasts long enough to kill a worker in it.
+    cfg, path, start, end = setup(
+        base_config,
+        sim,
+        tmp_path,
+        days=30,
+        performance={"api_rate_limit": 60},
+        exchange={"ohlcv_page_limit": 100},
+    )
+    spawned = [spawn(procs, path, queue_schema, f"127.0.0.{i}") for i in (2, 3, 4)]
+    await workers_ready([r for _, r in spawned])
+    config = load_config(cfg)
+    run = asyncio.create_task(run_distributed(config, engine(queue_schema), window_days=5))
+    victim = spawned[0][0]
+    try:
+        await wait_for(lambda: "127.0.0.2" in sim.stats()["used_weight_1m_by_ip"], 60, "the victim to fetch")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        report = await asyncio.wait_for(run, 120)
+    finally:
+        run.cancel()
+    assert not report.failed, report.summary()
+    async with OptimizedDataCollector(cfg) as collector:
+        await stored_equals_sim(collector, sim, start, end, SYMBOLS, TIMEFRAMES)
+    rows = await pg_rows(cfg["database"]["schema"])
+    assert len(rows) == len(set(rows))
