@@ -157,16 +157,31 @@ async def test_sigkilled_worker_jobs_finish_elsewhere_identical_to_a_clean_run(
     spawned = [spawn(procs, path, queue_schema, f"127.0.0.{i}") for i in (2, 3, 4)]
     await workers_ready([r for _, r in spawned])
     config = load_config(cfg)
+    # The weight the victim spent starting (markets, clock); more is a job's page request.
+    started = sim.stats()["used_weight_1m_by_ip"]["127.0.0.2"]
     run = asyncio.create_task(run_distributed(config, engine(queue_schema), window_days=5))
     victim = spawned[0][0]
     try:
-        await wait_for(lambda: "127.0.0.2" in sim.stats()["used_weight_1m_by_ip"], 60, "the victim to fetch")
+        await wait_for(
+            lambda: sim.stats()["used_weight_1m_by_ip"]["127.0.0.2"] > started,
+            60,
+            "the victim to fetch a page",
+        )
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         report = await asyncio.wait_for(run, 120)
     finally:
         run.cancel()
     assert not report.failed, report.summary()
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        # The victim's jobs were put back by the stalled-job retry and finished by the others.
+        retried = await conn.fetchval(
+            f"SELECT count(*) FROM \"{queue_schema}\".procrastinate_events WHERE type = 'deferred_for_retry'"
+        )
+    finally:
+        await conn.close()
+    assert retried > 0
     async with OptimizedDataCollector(cfg) as collector:
         await stored_equals_sim(collector, sim, start, end, SYMBOLS, TIMEFRAMES)
     rows = await pg_rows(cfg["database"]["schema"])
