@@ -50,7 +50,8 @@ async def check_reachable(dsn: str, timeout_s: float = 5.0) -> None:
     try:
         conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=max(1, int(timeout_s)))
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        reason = lines[0] if lines else type(exc).__name__
         raise ServerUnavailableError("job queue (PostgreSQL)", reason[:200]) from None
     await conn.close()
 

@@ -102,8 +102,19 @@ class _Figures:
         }
 
 
+class _OneLine(logging.Filter):
+    """procrastinate logs a failed job with its traceback; a refused job's one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], JobRefused):
+            record.exc_info = None
+        return True
+
+
 def register(app: procrastinate.App, config: Config, collector: OptimizedDataCollector, worker: str) -> None:
     """The backfill task on ``app``, run by ``collector``."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OneLine())
     version = config_version(config)
     venues = {config.exchange.name, config.futures_venue().name}
     figures = _Figures()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import asyncpg
 import pytest
 
 from data_collector.config import load_config
-from data_collector.distributed.engine import EngineSettings
-from data_collector.distributed.producer import run_distributed
+from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app
+from data_collector.distributed.jobs import cut_jobs
+from data_collector.distributed.ledger import ensure_tables, failed_jobs, job_statuses
+from data_collector.distributed.producer import enqueue, run_distributed, wait_done
 from data_collector.markets import DAY_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
@@ -186,3 +189,51 @@ async def test_sigkilled_worker_jobs_finish_elsewhere_identical_to_a_clean_run(
         await stored_equals_sim(collector, sim, start, end, SYMBOLS, TIMEFRAMES)
     rows = await pg_rows(cfg["database"]["schema"])
     assert len(rows) == len(set(rows))
+
+
+async def test_bad_input_one_line_each_and_no_job_lost(
+    base_config: dict[str, Any],
+    sim: SimulatedExchange,
+    queue_schema: str,
+    procs: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """Acceptance 5: an unreachable queue, another config version, a job for an unknown venue."""
+    cfg, path, start, end = setup(base_config, sim, tmp_path, days=2)
+    # An unreachable queue: one line, exit 1.
+    down = subprocess.run(  # noqa: ASYNC221 - a short-lived process, nothing else runs
+        [sys.executable, "-m", "data_collector.cli.main", "worker", "--config", str(path),
+         "--queue", "postgresql://postgres@127.0.0.1:1/test"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert down.returncode == 1
+    assert down.stderr.strip().count("\n") == 0 and "job queue (PostgreSQL) is unreachable" in down.stderr
+    # Jobs of this config wait (no worker yet); a worker of another config refuses in one line.
+    config = load_config(cfg)
+    app = make_app(engine(queue_schema))
+    async with app.open_async():
+        await ensure_schema(app, engine(queue_schema))
+        await ensure_tables(app)
+        good = cut_jobs(config, "r1", SYMBOLS[:1], ["1h"], ["ohlcv"], start, end, 10)
+        bad = replace(good[0], venue="nowhere-exchange")
+        ids = await enqueue(app, [*good, bad])
+        other = write_config(
+            tmp_path / "other.yaml", {**cfg, "exchange": {**cfg["exchange"], "name": "elsewhere"}}
+        )
+        refused = subprocess.run(  # noqa: ASYNC221
+            [sys.executable, "-m", "data_collector.cli.main", "worker", "--config", str(other),
+             "--queue-schema", queue_schema],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().count("\n") == 0 and "differs from the waiting jobs'" in refused.stderr
+        # A worker of the right config runs the good job; the unknown venue's fails, stays visible.
+        _, ready = spawn(procs, path, queue_schema, "127.0.0.2")
+        await workers_ready([ready])
+        await asyncio.wait_for(wait_done(app, ids), 60)
+        statuses = await job_statuses(app, ids)
+        failed = await failed_jobs(app, ids)
+    assert statuses == {"succeeded": len(good), "failed": 1}
+    assert [f["key"] for f in failed] == [bad.key]
+    assert "unknown venue 'nowhere-exchange'" in str(failed[0]["error"])
+    assert "Traceback" not in (tmp_path / "worker.0.log").read_text()
