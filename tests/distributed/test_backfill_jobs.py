@@ -11,106 +11,28 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from data_collector.config import load_config
-from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app
+from data_collector.distributed.engine import ensure_schema, make_app
 from data_collector.distributed.jobs import cut_jobs
 from data_collector.distributed.ledger import ensure_tables, failed_jobs, job_statuses
 from data_collector.distributed.producer import enqueue, run_distributed, wait_done
-from data_collector.markets import DAY_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from tests.support.backfill import (
-    config_for,
     klines_requests,
-    local_iso,
     pg_rows,
     stored_equals_sim,
     write_config,
 )
-from tests.support.services import PG_ADMIN_DSN, unique
+from tests.support.distributed import ROOT, SYMBOLS, TIMEFRAMES, engine, setup, spawn, workers_ready
+from tests.support.services import PG_ADMIN_DSN
 from tests.support.waiting import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-SYMBOLS = ["BTC/USDT", "ETH/USDT"]
-TIMEFRAMES = ["1h", "4h"]
-
-
-@pytest.fixture
-async def queue_schema() -> AsyncIterator[str]:
-    name = unique("q")
-    yield name
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Worker processes of the test; every one is killed at the end, pass or fail."""
-    out: list[subprocess.Popen[bytes]] = []
-    yield out
-    for proc in out:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimulatedExchange]:
-    async with SimulatedExchange(symbols=SYMBOLS, seed=17, gaps={}, latency_ms=5) as exchange:
-        yield exchange
-
-
-def spawn(
-    procs: list[subprocess.Popen[bytes]], config: Path, schema: str, address: str, *extra: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    ready = config.with_name(f"ready.{len(procs)}")
-    log = config.with_name(f"worker.{len(procs)}.log")
-    cmd = [
-        sys.executable, "-m", "data_collector.cli.main", "worker", "--config", str(config),
-        "--source-address", address, "--queue-schema", schema, "--heartbeat", "0.5", "--stalled", "2",
-        "--ready-file", str(ready), *extra,
-    ]  # fmt: skip
-    # stderr to a file, not a pipe nobody reads while the worker runs.
-    with log.open("ab") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f)
-    procs.append(proc)
-    return proc, ready
-
-
-def engine(schema: str) -> EngineSettings:
-    return EngineSettings(dsn=PG_ADMIN_DSN, schema=schema, heartbeat_s=0.5, stalled_s=2.0)
-
-
-def setup(
-    base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path, days: int, **extra: Any
-) -> tuple[dict[str, Any], Path, int, int]:
-    end = candle_open_ms(sim.clock.now_ms(), "1d")
-    start = end - days * DAY_MS
-    cfg = config_for(
-        base_config,
-        sim,
-        symbols=SYMBOLS,
-        timeframes=TIMEFRAMES,
-        start=local_iso(start),
-        end=local_iso(end),
-        **extra,
-    )
-    return cfg, write_config(tmp_path / "config.yaml", cfg), start, end
-
-
-async def workers_ready(readies: list[Path]) -> None:
-    await wait_for(lambda: all(r.exists() for r in readies), 60, "the workers to take jobs")
 
 
 async def test_three_workers_collect_the_truth_then_a_rerun_asks_nothing(
