@@ -9,6 +9,8 @@ connector's, with bound parameters.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import procrastinate
@@ -54,6 +56,18 @@ async def check_reachable(dsn: str, timeout_s: float = 5.0) -> None:
         reason = lines[0] if lines else type(exc).__name__
         raise ServerUnavailableError("job queue (PostgreSQL)", reason[:200]) from None
     await conn.close()
+
+
+@asynccontextmanager
+async def setup_lock(dsn: str, schema: str) -> AsyncIterator[None]:
+    """One process at a time sets up ``schema`` (a session advisory lock): workers starting
+    together would otherwise both create the engine's objects and one would fail."""
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"dc_jobs_setup:{schema}",))
+        yield
+    finally:
+        await conn.close()  # ends the session: the lock is released
 
 
 async def ensure_tables(app: procrastinate.App) -> None:

@@ -118,8 +118,9 @@ async def run_distributed(
     )  # fmt: skip
     app = make_app(engine)
     async with app.open_async():
-        await ensure_schema(app, engine)
-        await ledger.ensure_tables(app)
+        async with ledger.setup_lock(engine.dsn, engine.schema):
+            await ensure_schema(app, engine)
+            await ledger.ensure_tables(app)
         ids = await enqueue(app, jobs)
         await wait_done(app, ids, out)
         workers, stats = await ledger.run_figures(app, run_id)

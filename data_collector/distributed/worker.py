@@ -182,8 +182,9 @@ async def run_worker(config: Config, settings: WorkerSettings) -> None:
     app = make_app(engine)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(app.open_async())
-        await ensure_schema(app, engine)
-        await ledger.ensure_tables(app)
+        async with ledger.setup_lock(engine.dsn, engine.schema):
+            await ensure_schema(app, engine)
+            await ledger.ensure_tables(app)
         others = await _other_versions(app, mine)
         if others:
             mine_waiting = await app.connector.execute_query_one_async(

@@ -60,32 +60,27 @@ async def run_two_behind_one_ip(
     return sim.stats()
 
 
+@pytest.mark.parametrize(
+    ("days", "limit"),
+    [
+        (4, 6000),
+        # slow: 2 symbols x 2 timeframes x 30 one-day jobs, 120 klines requests (240 weight) + 2 x 21
+        # to start; at 100 weight a minute, 3 minutes of budget.
+        pytest.param(30, 100, marks=pytest.mark.slow),
+    ],
+)
 async def test_two_workers_behind_one_ip_spend_one_budget(
     base_config: dict[str, Any],
     queue_schema: str,
     procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
     redis_prefix: str,
+    days: int,
+    limit: int,
 ) -> None:
-    async with SimulatedExchange(symbols=SYMBOLS, seed=4, gaps={}, weight_limit=6000) as sim:
-        stats = await run_two_behind_one_ip(base_config, sim, queue_schema, procs, tmp_path, 4, 6000)
+    async with SimulatedExchange(symbols=SYMBOLS, seed=4, gaps={}, weight_limit=limit) as sim:
+        stats = await run_two_behind_one_ip(base_config, sim, queue_schema, procs, tmp_path, days, limit)
     assert stats["429"] == 0 and stats["418"] == 0
     assert set(stats["used_weight_1m_by_ip"]) <= {"127.0.0.2"}
     # Every weight the simulator charged went through the shared budget first.
     assert budget_spent(redis_prefix) == stats["weight"] > 0
-
-
-@pytest.mark.slow
-async def test_two_workers_behind_one_ip_never_refused_over_three_minutes(
-    base_config: dict[str, Any],
-    queue_schema: str,
-    procs: list[subprocess.Popen[bytes]],
-    tmp_path: Path,
-    redis_prefix: str,
-) -> None:
-    # 2 symbols x 2 timeframes x 30 one-day jobs: 120 klines requests (240 weight) + 2 x 21 to
-    # start; at 100 weight a minute that is 3 minutes of budget.
-    async with SimulatedExchange(symbols=SYMBOLS, seed=4, gaps={}, weight_limit=100) as sim:
-        stats = await run_two_behind_one_ip(base_config, sim, queue_schema, procs, tmp_path, 30, 100)
-    assert stats["429"] == 0 and stats["418"] == 0
-    assert budget_spent(redis_prefix) == stats["weight"] > 200
