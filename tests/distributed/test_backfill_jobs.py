@@ -58,8 +58,16 @@ async def test_three_workers_collect_the_truth_then_a_rerun_asks_nothing(
     rows = await pg_rows(cfg["database"]["schema"])
     assert len(rows) == len(set(rows))  # nothing duplicated
     before = klines_requests(sim)
-    again = await asyncio.wait_for(run_distributed(config, engine(queue_schema), window_days=10), 120)
-    assert not again.failed and again.requests == 0 and klines_requests(sim) == before
+    # The re-run through the command: every job runs again, and asks the exchange nothing.
+    rerun = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "data_collector.cli.main", "collect", "--config", str(path), "--distributed",
+        "--window-days", "10", "--queue-schema", queue_schema,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(rerun.communicate(), 120)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    assert "total: 0 rows written, 0 requests, 0 x 429, 0 x 418" in out.decode(), out.decode()[-2000:]
+    assert klines_requests(sim) == before
     assert await pg_rows(cfg["database"]["schema"]) == rows
 
 
