@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from data_collector.config import load_config
 from data_collector.distributed.engine import ensure_schema, make_app
-from data_collector.distributed.jobs import cut_jobs
+from data_collector.distributed.jobs import cut_jobs, windows
 from data_collector.distributed.ledger import ensure_tables, failed_jobs, job_statuses
 from data_collector.distributed.producer import enqueue, run_distributed, wait_done
+from data_collector.markets import DAY_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from tests.support.backfill import (
@@ -34,41 +36,56 @@ from tests.support.distributed import ROOT, SYMBOLS, TIMEFRAMES, engine, setup, 
 from tests.support.services import PG_ADMIN_DSN
 from tests.support.waiting import wait_for
 
+#: The issue's size (acceptance 1): 10 symbols x 6 timeframes x 90 days, in jobs of 30 days.
+ISSUE_SIZE = (
+    ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USDT", "DOT/USDT",
+     "LTC/USDT", "TRX/USDT"],
+    ["1m", "5m", "15m", "1h", "4h", "1d"], 90, 30,
+)  # fmt: skip
 
+
+@pytest.mark.parametrize(
+    ("symbols", "timeframes", "days", "window_days"),
+    [(SYMBOLS, TIMEFRAMES, 40, 10), pytest.param(*ISSUE_SIZE, marks=pytest.mark.slow)],
+)
 async def test_three_workers_collect_the_truth_then_a_rerun_asks_nothing(
     base_config: dict[str, Any],
-    sim: SimulatedExchange,
     queue_schema: str,
     procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
+    symbols: list[str],
+    timeframes: list[str],
+    days: int,
+    window_days: int,
 ) -> None:
-    cfg, path, start, end = setup(base_config, sim, tmp_path, days=40)
-    readies = [spawn(procs, path, queue_schema, f"127.0.0.{i}")[1] for i in (2, 3, 4)]
-    await workers_ready(readies)
-    config = load_config(cfg)
-    report = await asyncio.wait_for(run_distributed(config, engine(queue_schema), window_days=10), 120)
-    assert not report.failed, report.summary()
-    # 2 symbols x 2 timeframes x 5 windows (40 days cut at multiples of 10 days from the epoch).
-    assert report.jobs == len(SYMBOLS) * len(TIMEFRAMES) * 5
-    by_ip = sim.stats()["used_weight_1m_by_ip"]
-    assert {"127.0.0.2", "127.0.0.3", "127.0.0.4"} <= set(by_ip), by_ip  # every host fetched
-    assert report.total("http_429") == 0 and report.total("http_418") == 0
-    async with OptimizedDataCollector(cfg) as collector:
-        await stored_equals_sim(collector, sim, start, end, SYMBOLS, TIMEFRAMES)
-    rows = await pg_rows(cfg["database"]["schema"])
-    assert len(rows) == len(set(rows))  # nothing duplicated
-    before = klines_requests(sim)
-    # The re-run through the command: every job runs again, and asks the exchange nothing.
-    rerun = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "data_collector.cli.main", "collect", "--config", str(path), "--distributed",
-        "--window-days", "10", "--queue-schema", queue_schema,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(rerun.communicate(), 120)
-    assert rerun.returncode == 0, err.decode()[-2000:]
-    assert "total: 0 rows written, 0 requests, 0 x 429, 0 x 418" in out.decode(), out.decode()[-2000:]
-    assert klines_requests(sim) == before
-    assert await pg_rows(cfg["database"]["schema"]) == rows
+    async with SimulatedExchange(symbols=symbols, seed=17, gaps={}, latency_ms=5) as sim:
+        cfg, path, start, end = setup(base_config, sim, tmp_path, days, symbols, timeframes)
+        readies = [spawn(procs, path, queue_schema, f"127.0.0.{i}")[1] for i in (2, 3, 4)]
+        await workers_ready(readies)
+        config = load_config(cfg)
+        producer = run_distributed(config, engine(queue_schema), window_days=window_days)
+        report = await asyncio.wait_for(producer, 900)
+        assert not report.failed, report.summary()
+        assert report.jobs == len(symbols) * len(timeframes) * len(windows(start, end, window_days * DAY_MS))
+        by_ip = sim.stats()["used_weight_1m_by_ip"]
+        assert {"127.0.0.2", "127.0.0.3", "127.0.0.4"} <= set(by_ip), by_ip  # every host fetched
+        assert report.total("http_429") == 0 and report.total("http_418") == 0
+        async with OptimizedDataCollector(cfg) as collector:
+            await stored_equals_sim(collector, sim, start, end, symbols, timeframes)
+        rows = await pg_rows(cfg["database"]["schema"])
+        assert len(rows) == len(set(rows))  # nothing duplicated
+        before = klines_requests(sim)
+        # The re-run through the command: every job runs again, and asks the exchange nothing.
+        rerun = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "data_collector.cli.main", "collect", "--config", str(path), "--distributed",
+            "--window-days", str(window_days), "--queue-schema", queue_schema,
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(rerun.communicate(), 600)
+        assert rerun.returncode == 0, err.decode()[-2000:]
+        assert "total: 0 rows written, 0 requests, 0 x 429, 0 x 418" in out.decode(), out.decode()[-2000:]
+        assert klines_requests(sim) == before
+        assert await pg_rows(cfg["database"]["schema"]) == rows
 
 
 async def test_sigkilled_worker_jobs_finish_elsewhere_identical_to_a_clean_run(

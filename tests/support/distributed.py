@@ -41,15 +41,21 @@ def engine(schema: str) -> EngineSettings:
 
 
 def setup(
-    base_config: dict[str, Any], sim: SimulatedExchange, tmp_path: Path, days: int, **extra: Any
+    base_config: dict[str, Any],
+    sim: SimulatedExchange,
+    tmp_path: Path,
+    days: int,
+    symbols: list[str] = SYMBOLS,
+    timeframes: list[str] = TIMEFRAMES,
+    **extra: Any,
 ) -> tuple[dict[str, Any], Path, int, int]:
     end = candle_open_ms(sim.clock.now_ms(), "1d")
     start = end - days * DAY_MS
     cfg = config_for(
         base_config,
         sim,
-        symbols=SYMBOLS,
-        timeframes=TIMEFRAMES,
+        symbols=symbols,
+        timeframes=timeframes,
         start=local_iso(start),
         end=local_iso(end),
         **extra,
