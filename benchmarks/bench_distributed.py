@@ -209,6 +209,8 @@ async def run(ctx: BenchContext) -> list[Table]:
         f"429s: {worst['429']}, 418s: {worst['418']} (worst run); target 3 hosts >= 2.7x, 0 x 418",
         "floors (s, the budget's earliest end): "
         + ", ".join(f"{k} {', '.join(f'{f:.0f}' for f in v)}" for k, v in floors.items()),
+        "weight spent (every address, the producer's included): "
+        + ", ".join(f"{k} {', '.join(str(r['weight']) for r in v)}" for k, v in runs.items()),
         f"load average (1 min) {load0:.1f} at the start, {load1:.1f} at the end",
     ]
     overhead = [(j["s"] - b["s"]) / b["s"] for j, b in zip(runs["1 host"], runs["in-process"], strict=True)]
