@@ -6,7 +6,8 @@ waits is one job; a job run twice (a re-run, a dead worker's job retried) is har
 writes are idempotent and the coverage record skips what is stored.
 
 Windows are fixed spans counted from the epoch (:func:`windows`), so two plans of the same range
-cut it at the same places and give the same keys.
+cut it at the same places and give the same keys; a timeframe's span is whole pages of it (the
+``window_days`` asked for, rounded), so windows add no partial pages inside the range.
 
 Every job carries the producer's config version (:func:`config_version`), and its queue name
 holds it (:func:`queue_name`): a worker started with another config never takes the job (its
@@ -22,7 +23,7 @@ from typing import Any
 
 from data_collector.config import Config
 from data_collector.datatypes import CANDLE_PRICES, OPEN_INTEREST
-from data_collector.markets import DAY_MS, is_perpetual_symbol
+from data_collector.markets import DAY_MS, TIMEFRAME_MS, is_perpetual_symbol
 
 #: The procrastinate task name of a backfill job.
 TASK = "dc_backfill_window"
@@ -97,6 +98,16 @@ def windows(start_ms: int, end_ms: int, window_ms: int) -> list[tuple[int, int]]
     return out
 
 
+def _whole_pages(span_ms: int, timeframe: str, page_limit: int) -> int:
+    """``span_ms`` rounded to whole pages of ``timeframe`` (at least one page), so a window's pages
+    are full ones: cut at arbitrary spans, every window ends in a partial page (measured: 10% more
+    requests than one range, ``python -m benchmarks distributed``)."""
+    if timeframe not in TIMEFRAME_MS:
+        return span_ms
+    page_ms = TIMEFRAME_MS[timeframe] * page_limit
+    return max(1, round(span_ms / page_ms)) * page_ms
+
+
 def venue_of(config: Config, symbol: str) -> str:
     """The venue label of ``symbol``'s rows (the spot or the futures venue)."""
     if is_perpetual_symbol(symbol) and config.exchange.id != "okx":
@@ -124,6 +135,8 @@ def cut_jobs(
             per_tf = data_type in CANDLE_PRICES or data_type == OPEN_INTEREST
             tfs = timeframes if per_tf else [NO_TIMEFRAME]
             for tf in tfs:
-                for s, e in windows(start_ms, end_ms, span):
+                for s, e in windows(
+                    start_ms, end_ms, _whole_pages(span, tf, config.exchange.ohlcv_page_limit)
+                ):
                     jobs.append(WindowJob(run_id, venue, symbol, data_type, tf, s, e, version))
     return jobs

@@ -21,10 +21,9 @@ import pytest
 
 from data_collector.config import load_config
 from data_collector.distributed.engine import ensure_schema, make_app
-from data_collector.distributed.jobs import cut_jobs, windows
+from data_collector.distributed.jobs import cut_jobs
 from data_collector.distributed.ledger import ensure_tables, failed_jobs, job_statuses
 from data_collector.distributed.producer import enqueue, run_distributed, wait_done
-from data_collector.markets import DAY_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import SimulatedExchange
 from tests.support.backfill import (
@@ -67,7 +66,8 @@ async def test_three_workers_collect_the_truth_then_a_rerun_asks_nothing(
         producer = run_distributed(config, engine(queue_schema), window_days=window_days)
         report = await asyncio.wait_for(producer, 900)
         assert not report.failed, report.summary()
-        assert report.jobs == len(symbols) * len(timeframes) * len(windows(start, end, window_days * DAY_MS))
+        cut = cut_jobs(config, "x", symbols, timeframes, ["ohlcv"], start, end, window_days)
+        assert report.jobs == len(cut) == len({j.key for j in cut})  # one job per window, none twice
         by_ip = sim.stats()["used_weight_1m_by_ip"]
         assert {"127.0.0.2", "127.0.0.3", "127.0.0.4"} <= set(by_ip), by_ip  # every host fetched
         assert report.total("http_429") == 0 and report.total("http_418") == 0
