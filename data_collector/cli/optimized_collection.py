@@ -72,7 +72,12 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         action="store_true",
         help="enqueue the run as jobs for `data-collector worker`s; wait",
     )
-    parser.add_argument("--window-days", type=float, default=DEFAULT_WINDOW_DAYS, help="days per job")
+    parser.add_argument(
+        "--window-days",
+        type=float,
+        default=DEFAULT_WINDOW_DAYS,
+        help="days per job (rounded to whole pages of each timeframe)",
+    )
     add_queue_options(parser)
     args = parser.parse_args(argv)
     if args.distributed and (args.demo or args.stream or args.migrate_demo_rows):
