@@ -4,8 +4,10 @@
         [--queue URL] [--queue-schema dc_jobs] [--concurrency 4] [--name NAME] [--log-level INFO]
 
 The queue is procrastinate on PostgreSQL: by default the config's database, in schema dc_jobs.
-Exit codes: 0 stopped by Ctrl-C/SIGTERM after finishing its jobs' pages; 1 the queue or a server is
-unreachable; 2 usage or configuration error (a config version other than the waiting jobs').
+The worker runs until stopped. Exit codes: 1 the queue or a server is unreachable; 2 usage or
+configuration error (a config version other than the waiting jobs'); 130 Ctrl-C. However it stops
+(Ctrl-C, SIGTERM, SIGKILL, the host dying), the jobs it was running go back to the queue once its
+heartbeat has been silent for --stalled seconds, and another worker runs them.
 The producer (``collect --distributed``) exits 0 when every job succeeded, 1 when some did not
 (listed), 2 on usage errors.
 """
