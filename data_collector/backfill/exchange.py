@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 import ccxt.async_support as ccxt
 
 from data_collector.backfill.monitor import CollectorMonitor
@@ -87,6 +88,8 @@ class ExchangeSettings:
     section: str = "exchange"
     #: Requests per 2 s window of named endpoints, over the venue's own (OKX: from ccxt's table).
     endpoint_limits: Mapping[str, int] = field(default_factory=dict)
+    #: Local address requests leave from (a distributed worker's own IP, issue 17); None: any.
+    source_address: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> ExchangeSettings:
@@ -153,6 +156,10 @@ class ExchangeClient:
             clock=clock,
         )
         self.exchange: Any = None
+        #: A weight budget shared with other workers behind this IP (``SharedWeightBudget``),
+        #: spent after the local limiter's reservation; None: this client's IP is its own.
+        self.shared_budget: Any = None
+        self._session: Any = None
         self._given_exchange: Any = exchange
         self._in_flight = asyncio.Semaphore(settings.requests_in_flight)
         self._closed = False
@@ -188,6 +195,10 @@ class ExchangeClient:
             params["apiKey"] = ex.api_key
         if ex.secret is not None:
             params["secret"] = ex.secret
+        if ex.source_address is not None:
+            # ccxt builds its own session without a local address; given one, it leaves it to us.
+            connector = aiohttp.TCPConnector(local_addr=(ex.source_address, 0))
+            self._session = params["session"] = aiohttp.ClientSession(connector=connector)
         exchange = cls(params)
         if ex.urls:
             # ccxt deep-extends describe() with the params, so the override wins; keep it explicit.
@@ -325,6 +336,9 @@ class ExchangeClient:
             exchange, self._given_exchange = self._given_exchange, None
         if exchange is not None:
             await exchange.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def server_now_ms(self) -> int:
         return int(self.limiter.server_now() * 1000)
@@ -399,6 +413,8 @@ class ExchangeClient:
         reservation = (
             None if self.window_mode else await self.limiter.acquire(weight if self.weight_mode else 1)
         )
+        if self.shared_budget is not None and self.weight_mode:
+            await self.shared_budget.acquire(weight)
         token = _reservation.set(reservation)
         started = time.perf_counter()
         status: int | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.monitor import CollectorMonitor
@@ -38,8 +39,14 @@ class Venues:
         *,
         spot: ExchangeClient | None = None,
         futures: ExchangeClient | None = None,
+        source_address: str | None = None,
+        shared_budget: Any = None,
     ) -> None:
         self.config = config
+        #: Issue 17: the local address of this worker's requests, and the spot budget it shares
+        #: with workers behind the same IP (the futures venue's is its own, not yet shared).
+        self.source_address = source_address
+        self.shared_budget = shared_budget
         self.monitor = monitor
         self.given = {c for c in (spot, futures) if c is not None}
         self.given_futures = futures
@@ -52,7 +59,8 @@ class Venues:
 
     async def open_spot(self) -> ExchangeClient:
         if self.spot is None:
-            self.spot = ExchangeClient(ExchangeSettings.from_config(self.config), monitor=self.monitor)
+            settings = replace(ExchangeSettings.from_config(self.config), source_address=self.source_address)
+            self.spot = self._shared(ExchangeClient(settings, monitor=self.monitor))
         if self.spot.monitor is None:
             self.spot.monitor = self.monitor
         await self.spot.open()
@@ -64,6 +72,7 @@ class Venues:
                 settings = replace(
                     ExchangeSettings.from_config(with_exchange(self.config, self.futures_section())),
                     section="futures_exchange",
+                    source_address=self.source_address,
                 )
                 self.futures = ExchangeClient(settings, monitor=self.monitor)
             if self.futures.monitor is None:
@@ -72,6 +81,10 @@ class Venues:
                 await self.futures.open()
                 self._futures_opened = True
             return self.futures
+
+    def _shared(self, client: ExchangeClient) -> ExchangeClient:
+        client.shared_budget = self.shared_budget
+        return client
 
     def futures_section(self) -> dict[str, object]:
         section = self.config.futures_venue().model_dump()

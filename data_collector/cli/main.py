@@ -1,6 +1,7 @@
 """``data-collector``: the installed command, one subcommand per script in ``scripts/``.
 
     data-collector collect [...]    backfill OHLCV into the configured database (scripts/optimized_collection.py)
+    data-collector worker [...]     take backfill jobs of `collect --distributed` runs (issue 17)
     data-collector demo [...]       the backfill against the in-process simulator (collect --demo)
     data-collector stream [...]     live market data into Redis (scripts/stream_market_data.py)
     data-collector health [...]     check a deployment (scripts/health_check.py)
@@ -31,6 +32,12 @@ def _collect(argv: list[str]) -> int:
     from data_collector.cli.optimized_collection import main
 
     return main(argv, prog=f"{PROG} collect")
+
+
+def _worker(argv: list[str]) -> int:
+    from data_collector.cli.distributed import worker_main
+
+    return worker_main(argv, prog=f"{PROG} worker")
 
 
 def _demo(argv: list[str]) -> int:
@@ -78,6 +85,7 @@ def _migrate_partitions(argv: list[str]) -> int:
 #: Subcommand -> runner. Each imports its module on use, so ``--version`` and ``--help`` stay quick.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "collect": _collect,
+    "worker": _worker,
     "demo": _demo,
     "stream": _stream,
     "health": _health,

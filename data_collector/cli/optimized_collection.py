@@ -3,6 +3,7 @@
     python scripts/optimized_collection.py [--config config.yaml] [--symbols SOL/USDT,BTC/USDT]
         [--timeframes 1m,1h] [--start 2024-01-01|180d] [--end ...] [--demo [--demo-db URL]]
         [--monitor] [--stream] [--metrics-port 9108] [--log-level INFO]
+        [--distributed [--window-days 30] [--queue URL] [--queue-schema dc_jobs]]
     python scripts/optimized_collection.py --migrate-demo-rows [--apply] [--config config.yaml]
 
 With --stream, the live streams (config streaming.channels) are written into Redis after the
@@ -25,6 +26,7 @@ import sys
 
 from data_collector.cli.collect import report_error, run_collection
 from data_collector.cli.demo import DEMO_SCHEMA, demo_database, run_demo, run_demo_migration
+from data_collector.cli.distributed import DEFAULT_WINDOW_DAYS, add_queue_options, run_producer
 from data_collector.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from data_collector.cli.logging_setup import setup_logging
 from data_collector.cli.parser import LOG_LEVELS, OneLineParser, log_level
@@ -65,7 +67,21 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: metrics.port)"
     )
     parser.add_argument("--log-level", type=log_level, help=", ".join(LOG_LEVELS))
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="enqueue the run as jobs for `data-collector worker`s; wait",
+    )
+    parser.add_argument(
+        "--window-days",
+        type=float,
+        default=DEFAULT_WINDOW_DAYS,
+        help="days per job (rounded to whole pages of each timeframe)",
+    )
+    add_queue_options(parser)
     args = parser.parse_args(argv)
+    if args.distributed and (args.demo or args.stream or args.migrate_demo_rows):
+        parser.error("--distributed runs alone, without --demo, --stream or --migrate-demo-rows")
     if args.demo_db is not None and not args.demo:
         parser.error("--demo-db goes with --demo")
     if args.apply and not args.migrate_demo_rows:
@@ -144,6 +160,8 @@ def _main(args: argparse.Namespace) -> int:
     setup_logging(config, args.log_level)
     if args.migrate_demo_rows:
         return asyncio.run(run_demo_migration(config, apply=args.apply))
+    if args.distributed:
+        return run_producer(config, args)
     try:
         server = serve_metrics(args.metrics_port or config.metrics.port, host=config.metrics.host)
     except UsageError as exc:

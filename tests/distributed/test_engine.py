@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -14,32 +13,10 @@ import pytest
 from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app
 from data_collector.errors import UsageError
 from tests.support.engine_worker import settings, starts
-from tests.support.services import PG_ADMIN_DSN, unique
+from tests.support.services import PG_ADMIN_DSN
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = unique("jobs")
-    yield name
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Worker processes started by the test; every one is killed at the end, pass or fail."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def _spawn(procs: list[subprocess.Popen[bytes]], schema: str, marker: Path) -> subprocess.Popen[bytes]:
@@ -53,8 +30,9 @@ def _spawn(procs: list[subprocess.Popen[bytes]], schema: str, marker: Path) -> s
 
 
 async def test_sigkilled_workers_job_runs_in_another_worker(
-    schema: str, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+    queue_schema: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
+    schema, workers = queue_schema, procs
     config = settings(PG_ADMIN_DSN, schema)
     app = make_app(config)
     marker = tmp_path / "hold.starts"

@@ -1,0 +1,128 @@
+"""The producer: ``data-collector collect --distributed`` plans a run, enqueues it, waits, reports.
+
+It resolves the symbols and the range as ``collect`` does (and creates the data schema, so the
+workers never race on DDL), cuts the run into jobs (:func:`~data_collector.distributed.jobs.cut_jobs`),
+defers each under its key as queueing lock (a job of the same key still waiting is taken as this
+run's own), waits until none is waiting or running, and prints what every worker did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import IO
+
+import procrastinate
+from procrastinate.exceptions import AlreadyEnqueued
+
+from data_collector.config import Config
+from data_collector.distributed import ledger
+from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app
+from data_collector.distributed.jobs import TASK, WindowJob, cut_jobs, queue_name
+from data_collector.errors import UsageError
+from data_collector.optimized_collector import OptimizedDataCollector
+
+#: Seconds between looks at the jobs' statuses while waiting.
+POLL_S = 0.5
+
+
+@dataclass
+class DistributedReport:
+    """What the run's jobs did: per worker, and the jobs that did not succeed."""
+
+    run_id: str
+    jobs: int
+    workers: list[dict[str, object]]
+    stats: list[dict[str, object]]
+    failed: list[dict[str, object]]
+
+    @property
+    def requests(self) -> int:
+        return sum(int(str(s["requests"])) for s in self.stats)
+
+    def total(self, column: str, rows: list[dict[str, object]] | None = None) -> int:
+        return sum(int(str(r[column] or 0)) for r in (rows if rows is not None else self.stats))
+
+    def summary(self) -> str:
+        lines = [f"distributed run {self.run_id}: {self.jobs} jobs, {len(self.failed)} not done"]
+        by_worker = {str(s["worker"]): s for s in self.stats}
+        for w in self.workers:
+            s = by_worker.get(str(w["worker"]), {})
+            lines.append(
+                f"  {w['worker']}: {w['jobs']} jobs, {w['written']} rows written, {w['skipped']} skipped, "
+                f"{s.get('requests', 0)} requests, {s.get('http_429', 0)} x 429, {s.get('http_418', 0)} x 418"
+            )
+        lines.append(
+            f"  total: {self.total('written', self.workers)} rows written, {self.requests} requests, "
+            f"{self.total('http_429')} x 429, {self.total('http_418')} x 418"
+        )
+        for f in self.failed:
+            lines.append(f"  not done: {f['key']}: {f['error'] or 'failed'}")
+        return "\n".join(lines)
+
+
+async def enqueue(app: procrastinate.App, jobs: list[WindowJob]) -> list[int]:
+    """Defer ``jobs``; a key already waiting counts as this run's job (its id is returned)."""
+    ids: list[int] = []
+    for job in jobs:
+        task = app.configure_task(TASK, queue=queue_name(job.config_version), queueing_lock=job.key)
+        try:
+            ids.append(await task.defer_async(**job.args()))
+        except AlreadyEnqueued:
+            row = await app.connector.execute_query_one_async(
+                "SELECT id FROM procrastinate_jobs WHERE queueing_lock = %(key)s AND status = 'todo'",
+                key=job.key,
+            )
+            if row is not None:
+                ids.append(int(row["id"]))
+    return ids
+
+
+async def wait_done(app: procrastinate.App, ids: list[int], out: IO[str] | None = None) -> dict[str, int]:
+    """Poll until none of ``ids`` is waiting or running; the final count per status."""
+    last = ""
+    while True:
+        statuses = await ledger.job_statuses(app, ids)
+        pending = statuses.get("todo", 0) + statuses.get("doing", 0)
+        line = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+        if out is not None and line != last:
+            print(f"jobs: {line}", file=out, flush=True)
+            last = line
+        if not pending:
+            return statuses
+        await asyncio.sleep(POLL_S)
+
+
+async def run_distributed(
+    config: Config, engine: EngineSettings, *, window_days: float, out: IO[str] | None = None
+) -> DistributedReport:
+    """Plan, enqueue, wait and aggregate one distributed run of the config's collection.
+
+    Raises:
+        ServerUnavailableError: the queue's or the data's server cannot be reached.
+        UsageError: a config with ``venues`` (one venue per run for now).
+    """
+    if config.venues:
+        raise UsageError(
+            "collect --distributed: a config with venues: is not supported yet; use one exchange"
+        )
+    await ledger.check_reachable(engine.dsn)
+    async with OptimizedDataCollector(config) as collector:
+        symbols = (await collector.resolve_symbols()).symbols
+        start_ms, end_ms = collector._resolve_range(None, None)
+    run_id = uuid.uuid4().hex[:12]
+    jobs = cut_jobs(
+        config, run_id, list(symbols), list(config.timeframes), list(config.data_types),
+        start_ms, end_ms, window_days,
+    )  # fmt: skip
+    app = make_app(engine)
+    async with app.open_async():
+        async with ledger.setup_lock(engine.dsn, engine.schema):
+            await ensure_schema(app, engine)
+            await ledger.ensure_tables(app)
+        ids = await enqueue(app, jobs)
+        await wait_done(app, ids, out)
+        workers, stats = await ledger.run_figures(app, run_id)
+        failed = await ledger.failed_jobs(app, ids)
+    return DistributedReport(run_id, len(ids), workers, stats, failed)

@@ -1,0 +1,221 @@
+"""The consumer: ``data-collector worker`` pulls backfill jobs and runs each through ``collect``.
+
+One :class:`~data_collector.optimized_collector.OptimizedDataCollector` per worker, opened once:
+its clients leave from ``source_address`` (this host's IP, so it paces against its own budget)
+and, when several workers share that IP, spend one :class:`SharedWeightBudget` through Redis. A
+job is ``collect`` of its one series over its window: the coverage record skips what is stored,
+the writes are idempotent, so a job run twice (a dead worker's, retried) is harmless.
+
+A job this worker cannot run fails with one line and stays in the queue as ``failed`` (visible to
+the producer's report, re-queued by the next run): a job of another config version (the worker
+never takes those, its queue is its own version's) or of a venue its config does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import procrastinate
+
+from data_collector.backfill.shared_budget import SharedWeightBudget
+from data_collector.backfill.venues import Venues
+from data_collector.config import Config
+from data_collector.distributed import ledger
+from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app, worker_options
+from data_collector.distributed.jobs import (
+    NO_TIMEFRAME,
+    QUEUE_PREFIX,
+    TASK,
+    WindowJob,
+    config_version,
+    queue_name,
+)
+from data_collector.errors import PermanentError, UsageError
+from data_collector.optimized_collector import OptimizedDataCollector
+from data_collector.redis.client import RedisSettings
+
+log = logging.getLogger(__name__)
+
+
+class JobRefused(PermanentError):
+    """This worker cannot run the job (one line; the job stays failed and visible)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """One worker: its engine, its source address, and the budget it shares (if any).
+
+    Args:
+        engine: where the queue is.
+        source_address: local IP the exchange requests leave from; None: the system's choice.
+        share_budget: spend the spot budget of ``source_address`` with every worker behind it,
+            through the config's Redis.
+        name: the worker's name in the report (default ``host:pid[@address]``).
+        ready_file: written with the pid once the worker takes jobs (tests wait on it).
+    """
+
+    engine: EngineSettings
+    source_address: str | None = None
+    share_budget: bool = False
+    name: str | None = None
+    ready_file: Path | None = None
+
+    def worker_name(self) -> str:
+        base = self.name or f"{socket.gethostname()}:{os.getpid()}"
+        return f"{base}@{self.source_address}" if self.source_address and not self.name else base
+
+
+class _Figures:
+    """Request figures of one run's jobs on this worker (client totals minus a baseline)."""
+
+    def __init__(self) -> None:
+        self.base: dict[str, tuple[int, int, int, int]] = {}
+        self.jobs: dict[str, int] = {}
+
+    @staticmethod
+    def now(collector: OptimizedDataCollector) -> tuple[int, int, int, int]:
+        out = (0, 0, 0, 0)
+        for c in collector.venues.opened():
+            row = (c.stats.requests, c.stats.http_429, c.stats.http_418, c.limiter.stats.weight)
+            out = (out[0] + row[0], out[1] + row[1], out[2] + row[2], out[3] + row[3])
+        return out
+
+    def start(self, run_id: str, collector: OptimizedDataCollector) -> None:
+        self.base.setdefault(run_id, self.now(collector))
+
+    def finish(self, run_id: str, collector: OptimizedDataCollector) -> dict[str, int]:
+        self.jobs[run_id] = self.jobs.get(run_id, 0) + 1
+        now, base = self.now(collector), self.base[run_id]
+        d = [a - b for a, b in zip(now, base, strict=True)]
+        return {
+            "jobs": self.jobs[run_id],
+            "requests": d[0],
+            "http_429": d[1],
+            "http_418": d[2],
+            "weight": d[3],
+        }
+
+
+class _OneLine(logging.Filter):
+    """procrastinate logs a failed job with its traceback; a refused job's one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], JobRefused):
+            record.exc_info = None
+        return True
+
+
+def register(app: procrastinate.App, config: Config, collector: OptimizedDataCollector, worker: str) -> None:
+    """The backfill task on ``app``, run by ``collector``."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OneLine())
+    version = config_version(config)
+    venues = {config.exchange.name, config.futures_venue().name}
+    figures = _Figures()
+
+    @app.task(name=TASK, pass_context=True)
+    async def backfill_window(context: procrastinate.JobContext, /, **args: Any) -> None:
+        job = WindowJob.from_args(args)
+        job_id = context.job.id if context.job is not None and context.job.id is not None else -1
+        error: str | None = None
+        written = skipped = 0
+        try:
+            if job.config_version != version:
+                raise JobRefused(
+                    f"job {job.key}: config version {job.config_version}, this worker's is {version}; "
+                    "start the worker with the producer's config"
+                )
+            if job.venue not in venues:
+                raise JobRefused(
+                    f"job {job.key}: unknown venue {job.venue!r}; this worker's config collects "
+                    f"{', '.join(sorted(venues))}: fix exchange.name or the producer's config"
+                )
+            figures.start(job.run_id, collector)
+            report = await collector.collect(
+                symbols=[job.symbol],
+                timeframes=None if job.timeframe == NO_TIMEFRAME else [job.timeframe],
+                start=job.start_ms,
+                end=job.end_ms,
+                data_types=[job.data_type],
+            )
+            written, skipped = report.rows_written, report.rows_skipped
+            if report.failures:
+                error = "; ".join(f"{k}: {v}" for k, v in report.failures.items())
+            await ledger.record_worker(app, job.run_id, worker, figures.finish(job.run_id, collector))
+        except (UsageError, PermanentError) as exc:
+            error = str(exc)
+        await ledger.record_job(app, job_id, job.run_id, job.key, worker, written, skipped, error)
+        if error is not None:
+            log.error("%s", error)
+            raise JobRefused(error)
+
+
+async def _other_versions(app: procrastinate.App, mine: str) -> list[str]:
+    """Queues of backfill jobs waiting for a worker of another config version."""
+    rows = await app.connector.execute_query_all_async(
+        "SELECT DISTINCT queue_name FROM procrastinate_jobs WHERE task_name = %(task)s "
+        "AND status = 'todo' AND queue_name <> %(mine)s",
+        task=TASK,
+        mine=mine,
+    )
+    return [str(r["queue_name"]) for r in rows]
+
+
+async def run_worker(config: Config, settings: WorkerSettings) -> None:
+    """Take and run jobs until cancelled.
+
+    Raises:
+        ServerUnavailableError: the queue's PostgreSQL cannot be reached.
+        UsageError: jobs wait for another config version and none for this one.
+    """
+    engine = settings.engine
+    await ledger.check_reachable(engine.dsn)
+    version = config_version(config)
+    mine = queue_name(version)
+    name = settings.worker_name()
+    app = make_app(engine)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.open_async())
+        async with ledger.setup_lock(engine.dsn, engine.schema):
+            await ensure_schema(app, engine)
+            await ledger.ensure_tables(app)
+        others = await _other_versions(app, mine)
+        if others:
+            mine_waiting = await app.connector.execute_query_one_async(
+                "SELECT count(*) AS n FROM procrastinate_jobs WHERE queue_name = %(q)s AND status = 'todo'",
+                q=mine,
+            )
+            if not mine_waiting["n"]:
+                theirs = ", ".join(q.removeprefix(QUEUE_PREFIX) for q in others)
+                raise UsageError(
+                    f"worker config version {version} differs from the waiting jobs' ({theirs}): "
+                    "start the worker with the producer's config"
+                )
+        budget: SharedWeightBudget | None = None
+        if settings.share_budget:
+            address = settings.source_address or socket.gethostname()
+            weight = config.exchange.weight_limit or 6000
+            limit = int(weight * (1 - config.exchange.rate_limit_margin))
+            budget = SharedWeightBudget(
+                RedisSettings.from_config(config),
+                f"{config.exchange.name}:{address}",
+                limit,
+                key_prefix=f"{config.redis.prefix}:budget",
+            )
+            await stack.enter_async_context(budget)
+        collector = OptimizedDataCollector(config)
+        collector.venues = Venues(
+            config, collector.monitor, source_address=settings.source_address, shared_budget=budget
+        )
+        await stack.enter_async_context(collector)
+        register(app, config, collector, name)
+        if settings.ready_file is not None:
+            settings.ready_file.write_text(str(os.getpid()), encoding="utf-8")
+        log.info("worker %s takes jobs of config version %s", name, version)
+        await app.run_worker_async(**worker_options(engine, queues=[mine, "default"]))
