@@ -467,8 +467,9 @@ def _tables(rate: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[Table, Ta
         "the generic ccxt.pro adapter has no target: it is the slower path for venues without a native adapter"
     )
     summary.notes.append(
-        "event time: Binance's E, OKX's trade ts, both the simulator's clock (ms) read as each stream's frames "
-        "are built, pushed every 5 ms tick; event->Redis includes the simulator's own delay, receive->Redis "
+        "event time: Binance's E (the simulator's clock read as each stream's frames are built, 5 ms ticks), "
+        "OKX's trade ts (the trade's time on the tape, pushed at the next 1 ms tick); event->Redis includes "
+        "the simulator's own delay, receive->Redis "
         "(details) is the client's share; ratios: msg/s per core and each percentile against the plain loop's"
     )
     details.notes.append(
