@@ -453,9 +453,14 @@ class RestApi:
         return trades[-limit:]
 
     async def _recent_trades(self, request: web.Request) -> web.Response:
+        """``trades``: the newest trades. With ``ws_rate`` set, the ``trade`` stream's tape (the
+        same ids ``historicalTrades`` and the stream serve); else the market model's trades."""
         market = self._symbol(request)
         assert market is not None
         limit = _limit(request, 500, 1000)
+        if self.sim.ws_rate > 0:
+            rows = self.hub.tape_trades(market, None, limit, self.sim.clock.now_ms())
+            return self._json("[" + ",".join(rows) + "]")
         pd, qd = market.price_decimals, market.qty_decimals
         scale = pd + qd - 8
         trades = [

@@ -289,13 +289,23 @@ async def test_ws_agg_trades_equal_rest_and_a_tick_over_budget_defers(
             sim.clock.advance(400)
             await asyncio.sleep(0.05)
         end = sim.clock.now_ms()
+        rest = sim.agg_trades("BTC/USDT", start + 1, end + 1)
+
+        def delivered() -> bool:  # what the simulator says it sent has all arrived
+            sent = sim.ws_sent()
+            return len(got["btcusdt@aggTrade"]) >= len(rest) and all(
+                len(got[n]) >= sent.get(n, {}).get("count", 0) for n in ("btcusdt@trade", "solusdt@trade")
+            )
+
+        deadline = asyncio.get_running_loop().time() + 30
         while True:
             try:
                 msg = await _next(ws, 0.5)
             except TimeoutError:
-                break
+                if delivered() or asyncio.get_running_loop().time() > deadline:
+                    break
+                continue
             got[msg["stream"]].append(msg["data"])
-    rest = sim.agg_trades("BTC/USDT", start + 1, end + 1)
     assert rest and [t["a"] for t in got["btcusdt@aggTrade"]] == [t["a"] for t in rest]
     assert [(t["p"], t["q"], t["T"], t["m"]) for t in got["btcusdt@aggTrade"]] == [
         (t["p"], t["q"], t["T"], t["m"]) for t in rest
@@ -321,3 +331,31 @@ def test_rate_tape_ids_stay_contiguous_across_a_rate_change() -> None:
     for t in range(1000, 3000, 7):  # each trade counted by t happened at or before t
         n = tape.count(t)
         assert tape.time_of(n - 1) <= t and (n == tape.count(t - 1) or tape.time_of(n - 1) == t)
+
+
+async def test_recent_trades_serve_the_trade_streams_tape(
+    sim: SimulatedExchange, http: aiohttp.ClientSession
+) -> None:
+    """With ``ws_rate`` set, REST ``trades`` (the newest trades), ``historicalTrades`` and the
+    ``trade`` stream serve one tape: the same ids, times and prices."""
+    async with http.ws_connect(sim.ws_url + "/ws/btcusdt@trade") as ws:
+        streamed = [await _next(ws) for _ in range(5)]
+    sim.clock.freeze(sim.clock.now_ms())  # the two REST answers below see the same tape
+    async with http.get(sim.rest_url + "/api/v3/trades", params={"symbol": "BTCUSDT", "limit": 50}) as r:
+        recent = await r.json()
+    first = recent[0]["id"]
+    async with http.get(
+        sim.rest_url + "/api/v3/historicalTrades", params={"symbol": "BTCUSDT", "fromId": first, "limit": 50}
+    ) as r:
+        by_id = await r.json()
+    assert recent == by_id
+    assert [t["id"] for t in recent] == list(range(first, first + 50))
+    assert recent[-1]["id"] == sim.hub.tape.count(sim.clock.now_ms()) - 1  # the newest trade is last
+    older = {t["t"]: t for t in streamed}
+    async with http.get(
+        sim.rest_url + "/api/v3/historicalTrades",
+        params={"symbol": "BTCUSDT", "fromId": streamed[0]["t"], "limit": 5},
+    ) as r:
+        rest_rows = await r.json()
+    assert [row["id"] for row in rest_rows] == sorted(older)
+    assert all(row["time"] == older[row["id"]]["T"] for row in rest_rows)
