@@ -24,6 +24,7 @@ from typing import Any
 from data_collector.config import Config
 from data_collector.datatypes import CANDLE_PRICES, OPEN_INTEREST
 from data_collector.markets import DAY_MS, TIMEFRAME_MS, is_perpetual_symbol
+from data_collector.venues import adapter_for
 
 #: The procrastinate task name of a backfill job.
 TASK = "dc_backfill_window"
@@ -109,8 +110,10 @@ def _whole_pages(span_ms: int, timeframe: str, page_limit: int) -> int:
 
 
 def venue_of(config: Config, symbol: str) -> str:
-    """The venue label of ``symbol``'s rows (the spot or the futures venue)."""
-    if is_perpetual_symbol(symbol) and config.exchange.id != "okx":
+    """The venue label of ``symbol``'s rows (the spot or the futures venue; one label where the
+    venue serves both from one client, as :class:`~data_collector.backfill.venues.Venues` does)."""
+    one_client = adapter_for(config.exchange.id).one_client and config.futures_exchange is None
+    if is_perpetual_symbol(symbol) and not one_client:
         return config.futures_venue().name
     return config.exchange.name
 
