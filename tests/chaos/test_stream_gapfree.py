@@ -24,7 +24,6 @@ import signal
 from pathlib import Path
 
 import msgpack
-import pytest
 import redis
 import yaml
 
@@ -50,17 +49,6 @@ SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
 CHANNELS = ["trade", "aggTrade", "kline_1m"]
 #: Simulated ms per wall ms: the trade tape then runs at 10 × ws_rate a wall second.
 SPEED = 10
-
-
-FULL = pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(900)])
-
-
-@pytest.fixture(params=[False, FULL], ids=["ci", "full"])
-def full(request: pytest.FixtureRequest, long_run: bool, scenario_report: ScenarioReport) -> bool:
-    """The scenario's full size (``-m slow``, or ``--long``) instead of its short CI form."""
-    scenario_report.long = bool(request.param) or long_run
-    scenario_report.name = request.node.originalname  # the line says [ci] or [long] itself
-    return scenario_report.long
 
 
 async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
