@@ -380,6 +380,9 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
                     await wait_for(lambda: caught_up(sim), timeout_s=30, what="the last frames stored")
                 codes.append(await end_streamer(proc, run < kills, report))
             await wait_for(lambda: not hub.connections, what="the old connection closed")
+            if run < kills:  # a candle closes while the streamer is down: the next start fetches it
+                down_minute = sim.clock.now_ms() // 60_000
+                await wait_for(lambda m=down_minute: sim.clock.now_ms() // 60_000 > m, what="a minute's end")
         end_ms = sim.clock.now_ms()
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=VENUE) as reader:
             expected, found, lost, dup, wrong = await account_okx_trades(
@@ -387,7 +390,7 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
             )
         markers = gap_entries(client, redis_prefix, VENUE)
         seams = {"holes": 0, "unmarked": 0, "stray_markers": 0, "klines_closed": 0}
-        seams.update(klines_missing=0, klines_duplicated=0)
+        seams.update(klines_missing=0, klines_duplicated=0, klines_repaired=0)
         for symbol in symbols:
             for channel in ("bookTicker", "ticker"):
                 windows = [
@@ -406,6 +409,9 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
                     seams[name] += value
             closed = [e["open_ms"] for _, e in entries(client, key("kline_1m", symbol)) if e["closed"]]
             seams["klines_closed"] += len(set(closed))
+            seams["klines_repaired"] += sum(
+                1 for _, e in entries(client, key("kline_1m", symbol)) if e["closed"] and e.get("repaired")
+            )
             seams["klines_duplicated"] += len(closed) - len(set(closed))
             rows = sim.okx.venue.ohlcv(symbol, "1m", closed[0], closed[-1] + 1) if closed else []
             seams["klines_missing"] += len({int(r[0]) for r in rows if r[8] == "1"} - set(closed))
@@ -421,7 +427,8 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
     )
     assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
     assert lost == 0 and dup == 0 and wrong == 0, (lost, dup, wrong)
-    assert seams["klines_closed"] >= 2 * kills, seams  # candles closed, some of them while down
+    assert seams["klines_closed"] >= 2 * kills, seams
+    assert seams["klines_repaired"] >= kills * len(symbols), seams  # one closed while down, each kill
     assert seams["klines_missing"] == 0 and seams["klines_duplicated"] == 0, seams
     assert seams["holes"] >= 2 * kills and seams["unmarked"] == 0 and seams["stray_markers"] == 0, seams
     report.faults_survived = report.faults_injected
