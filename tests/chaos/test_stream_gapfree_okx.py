@@ -246,8 +246,10 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
             )
             # The stop lost nothing: the writer held its entries and resent them.
             stop_lost = stop_dup = 0
+            first_before = {}
             for symbol in symbols:
                 ids = [e["id"] for _, e in entries(client, key("trade", symbol))]
+                first_before[symbol] = ids[0]
                 stop_lost += ids[-1] - ids[0] + 1 - len(set(ids))
                 stop_dup += len(ids) - len(set(ids))
             server.restart()  # killed: it comes back empty
@@ -266,7 +268,13 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
             expected, found, lost, dup, wrong = await account_okx_trades(
                 reader, sim.okx.venue, symbols, end_ms
             )
+            refill_short = 0
             for symbol in symbols:
+                # The refill reaches back the retention from the first id written after the
+                # restart, or to the first one stored before it.
+                first_live = entries(client, key("trade", symbol))[0][1]["id"]
+                oldest = (await reader.range(symbol, "trade", 0, end_ms))[0]["id"]
+                refill_short += max(0, oldest - max(first_before[symbol], first_live - retention))
                 for channel in ("bookTicker", "ticker", "kline_1m"):
                     oldest = client.xrange(key(channel, symbol), count=1)
                     first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
@@ -296,6 +304,7 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
         stop_lost=stop_lost,
         stop_dup=stop_dup,
         streams_unmarked=unmarked,
+        refill_short=refill_short,
         stop_s=stop_s,
         retention=retention,
         msg_per_s=sim.okx.hub.ws_rate * len(symbols),
@@ -303,6 +312,7 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
     )
     assert lost == 0 and dup == 0 and wrong == 0, (lost, dup, wrong)
     assert stop_lost == 0 and stop_dup == 0, (stop_lost, stop_dup)
+    assert refill_short == 0, refill_short
     assert unmarked == 0
     assert klines["closed"] >= retention and klines["missing"] == 0 and klines["duplicated"] == 0, klines
     report.faults_survived = report.faults_injected
