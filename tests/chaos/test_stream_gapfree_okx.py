@@ -21,8 +21,6 @@ every stream.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import yaml
 
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
-from tests.chaos.helpers import end_streamer, streamer_process
+from tests.chaos.helpers import KillPlan, run_with_kills, sigstop_redis
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
 from tests.support.gapfree import (
@@ -40,6 +38,9 @@ from tests.support.gapfree import (
     drop_and_reconnect,
     fast_clock,
     okx_streamer_on,
+    open_trade_gaps,
+    restart_marked,
+    restart_unmarked,
     unmarked_holes,
 )
 from tests.support.services import REDIS_URL
@@ -213,15 +214,6 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
     def stored(channel: str) -> list[int]:
         return [int(client.xlen(key(channel, s))) for s in symbols]
 
-    def restart_marked() -> bool:
-        markers = gap_entries(client, prefix, VENUE)
-        marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
-        opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
-        repaired = sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired")
-        refilled = {m["stream"] for m in markers if m["channel"] == "kline_1m" and m["reason"] == "repaired"}
-        every = marked >= {key(c, s) for c in channels for s in symbols}
-        return every and opened == repaired and len(refilled) == len(symbols)
-
     # Real time: 400 trades a second per instrument, 2,000 msg/s on 5 (CI: 40 on 2).
     async with SimulatedExchange(symbols=symbols, seed=16, okx=OkxSettings()) as sim:
         sim.okx.hub.ws_rate = 400 if full else 40
@@ -231,13 +223,7 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
         ) as streamer:
             assert await streamer.wait_connected()
             await wait_for(lambda: all(stored("trade")), timeout_s=60, what="trades written")
-            os.kill(server.proc.pid, signal.SIGSTOP)
-            report.fault("redis_sigstop")
-            try:
-                await wait_for(lambda: not streamer.connected, timeout_s=30, what="the writer noticing")
-                await asyncio.sleep(stop_s)  # the fault's length, not a synchronisation
-            finally:
-                os.kill(server.proc.pid, signal.SIGCONT)
+            await sigstop_redis(server.proc.pid, streamer, stop_s, report)
             before = stored("trade")
             await wait_for(
                 lambda: all(a > b for a, b in zip(stored("trade"), before, strict=True)),
@@ -254,8 +240,11 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
                 stop_dup += len(ids) - len(set(ids))
             server.restart()  # killed: it comes back empty
             report.fault("redis_restart")
+            streams = {key(c, s) for c in channels for s in symbols}
             await wait_for(
-                restart_marked, timeout_s=120, what="every stream marked, every trade gap and kline refilled"
+                lambda: restart_marked(client, prefix, VENUE, streams, len(symbols)),
+                timeout_s=120,
+                what="every stream marked, every trade gap and kline refilled",
             )
             await settle_quietly(streamer, sim)
             metrics = streamer.get_metrics()
@@ -275,17 +264,8 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
                 first_live = entries(client, key("trade", symbol))[0][1]["id"]
                 oldest = (await reader.range(symbol, "trade", 0, end_ms))[0]["id"]
                 refill_short += max(0, oldest - max(first_before[symbol], first_live - retention))
-                for channel in ("bookTicker", "ticker", "kline_1m"):
-                    oldest = client.xrange(key(channel, symbol), count=1)
-                    first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
-                    mine = [
-                        m
-                        for m in markers
-                        if m["stream"] == key(channel, symbol) and m["reason"] == "redis_restart"
-                    ]
-                    # The restart lost everything before the oldest entry left: a marker must say so.
-                    if not any(int(m["from_ms"]) == 0 and int(m["to_ms"]) >= first_ms - 60_000 for m in mine):
-                        unmarked += 1
+                channels_kept = ("bookTicker", "ticker", "kline_1m")
+                unmarked += sum(restart_unmarked(client, markers, key(c, symbol)) for c in channels_kept)
                 # Closed candles: the live ones and those refilled after the restart, merged.
                 candles = await reader.range(symbol, "kline_1m", 0, 2**62)
                 closed = [e["open_ms"] for e in candles if e["closed"]]
@@ -343,13 +323,6 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
     def stored() -> int:
         return sum(int(client.xlen(key("trade", s))) for s in symbols)
 
-    def open_gaps() -> set[tuple[str, str, str]]:
-        markers = gap_entries(client, redis_prefix, VENUE)
-        opened = {(m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m.get("first_seq")}
-        return opened - {
-            (m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m["reason"] == "repaired"
-        }
-
     def caught_up(sim: SimulatedExchange) -> bool:
         now = sim.clock.now_ms()
         for symbol in symbols:
@@ -370,30 +343,24 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        codes = []
-        for run in range(kills + 1):
-            before = stored()
-            async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
-                await wait_for(lambda b=before: stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
-                if run == kills:
-                    await wait_for(
-                        lambda: closed_candles() >= 2 * kills, timeout_s=60, what="candles closed meanwhile"
-                    )
-                    try:
-                        await wait_for(
-                            lambda: not open_gaps(), timeout_s=300 if full else 120, what="repairs"
-                        )
-                    except AssertionError:
-                        raise AssertionError(f"trade gaps never repaired: {sorted(open_gaps())}") from None
-                    sim.clock.freeze()  # the flow stops
-                    await wait_for(lambda: not open_gaps(), timeout_s=60, what="the last gaps repaired")
-                    await wait_for(lambda: caught_up(sim), timeout_s=30, what="the last frames stored")
-                codes.append(await end_streamer(proc, run < kills, report))
-            await wait_for(lambda: not hub.connections, what="the old connection closed")
-            if run < kills:  # a candle closes while the streamer is down: the next start fetches it
-                # (after the first kill two do: the simulator's WS pushes only the newest one closed)
-                minute = sim.clock.now_ms() // 60_000 + (1 if run else 2)
-                await wait_for(lambda m=minute: sim.clock.now_ms() // 60_000 >= m, what="a minute's end")
+
+        async def downtime(run: int) -> None:
+            # A candle closes while the streamer is down, the next start fetches it; after the
+            # first kill two do (the simulator's WS pushes the newest closed one on its own).
+            minute = sim.clock.now_ms() // 60_000 + (1 if run else 2)
+            await wait_for(lambda: sim.clock.now_ms() // 60_000 >= minute, what="a minute's end")
+
+        plan = KillPlan(
+            stored=stored,
+            open_gaps=lambda: open_trade_gaps(client, redis_prefix, VENUE),
+            caught_up=lambda: caught_up(sim),
+            closed_candles=closed_candles,
+            connections=lambda: len(hub.connections),
+            freeze=sim.clock.freeze,
+            repair_timeout_s=300 if full else 120,
+            downtime=downtime,
+        )
+        codes = await run_with_kills(path, tmp_path, kills, report, plan)
         end_ms = sim.clock.now_ms()
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=VENUE) as reader:
             expected, found, lost, dup, wrong = await account_okx_trades(
