@@ -285,6 +285,8 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
         stop_dup=stop_dup,
         streams_unmarked=unmarked,
         refill_short=refill_short,
+        candle_requests=sim.okx.requests()["endpoints"].get("market/history-candles", 0),
+        rest_429=sim.okx.requests()["429"],
         stop_s=stop_s,
         retention=retention,
         msg_per_s=sim.okx.hub.ws_rate * len(symbols),
