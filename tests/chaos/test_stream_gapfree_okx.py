@@ -232,10 +232,10 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
             )
             # The stop lost nothing: the writer held its entries and resent them.
             stop_lost = stop_dup = 0
-            first_before = {}
+            first_before, last_before = {}, {}
             for symbol in symbols:
                 ids = [e["id"] for _, e in entries(client, key("trade", symbol))]
-                first_before[symbol] = ids[0]
+                first_before[symbol], last_before[symbol] = ids[0], ids[-1]
                 stop_lost += ids[-1] - ids[0] + 1 - len(set(ids))
                 stop_dup += len(ids) - len(set(ids))
             server.restart()  # killed: it comes back empty
@@ -259,11 +259,19 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
             )
             refill_short = 0
             for symbol in symbols:
-                # The refill reaches back the retention from the first id written after the
-                # restart, or to the first one stored before it.
-                first_live = entries(client, key("trade", symbol))[0][1]["id"]
-                oldest = (await reader.range(symbol, "trade", 0, end_ms))[0]["id"]
-                refill_short += max(0, oldest - max(first_before[symbol], first_live - retention))
+                # The restart's marker covers what was stored before it, and the refill holds
+                # every id of the retention up to the marker's end (or from the first one stored).
+                gap = [
+                    m
+                    for m in markers
+                    if m["stream"] == key("trade", symbol)
+                    and m["reason"] == "redis_restart"
+                    and m.get("last_seq")
+                ]
+                top = int(gap[0]["last_seq"]) if gap else -1
+                want = set(range(max(first_before[symbol], top + 1 - retention), top + 1)) if gap else {-1}
+                refilled = {e["id"] for _, e in entries(client, key("trade@repair", symbol))}
+                refill_short += len(want - refilled) + (top < last_before[symbol])
                 channels_kept = ("bookTicker", "ticker", "kline_1m")
                 unmarked += sum(restart_unmarked(client, markers, key(c, symbol)) for c in channels_kept)
                 # Closed candles: the live ones and those refilled after the restart, merged.
