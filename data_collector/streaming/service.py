@@ -183,6 +183,10 @@ class StreamService:
             background_weight_per_min=options.repair_weight_per_min,
         )
         sources = venue.trade_sources(self.rest) if venue.trade_sources is not None else ()
+        #: Closed candles over REST: the venue's own client (OKX's ``history-candles``) or this one.
+        self.kline_rest: BinanceRest | Any = (
+            venue.kline_rest(self.rest) if venue.kline_rest is not None else self.rest
+        )
         self.repairer = TradeRepairer(sources, self.writer, metrics, options.repair_max_ids)
         self.writer.on_server_restart = self._on_redis_restart
         self._refill: asyncio.Task[None] | None = None
@@ -274,9 +278,9 @@ class StreamService:
         head = xadd_prefix(skey, opts.stream_maxlen)
         self.writer.register_stream(head, StreamName(skey, channel, symbol))
         repair_heads = None
-        # Klines get one too where the streamer's own REST client serves them (Binance): refilled
-        # over REST after a Redis restart, older than the live top.
-        refilled_klines = self.venue.repairs_klines and self.venue.kline_rest is None
+        # Klines get one too where the venue repairs them over REST: refilled after a Redis
+        # restart, older than the live top.
+        refilled_klines = self.venue.repairs_klines
         repairable = channel in self.repairer.channels or (channel.startswith("kline_") and refilled_klines)
         if repairable and opts.repair_max_ids > 0 and self.venue.repairs_trades:
             rkey = stream_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)
@@ -830,7 +834,7 @@ class StreamService:
         while cursor < before_ms:
             end_ms = min(before_ms - 1, cursor + KLINE_PAGE * tf_ms - 1)
             try:
-                rows = await self.rest.klines(route.symbol, timeframe, cursor, end_ms, background=True)
+                rows = await self.kline_rest.klines(route.symbol, timeframe, cursor, end_ms, background=True)
             except CollectorError as exc:
                 self.metrics.rest_errors += 1
                 log.warning(
@@ -859,7 +863,7 @@ class StreamService:
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
-        kline_rest = self.venue.kline_rest(self.rest) if self.venue.kline_rest is not None else self.rest
+        kline_rest = self.kline_rest
 
         async def fetch(route: Route, cutoff_ms: int) -> list[list[Any]]:
             timeframe = route.channel[6:]

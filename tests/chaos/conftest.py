@@ -108,3 +108,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("chaos figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+FULL = pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(900)])
+
+
+@pytest.fixture(params=[False, FULL], ids=["ci", "full"])
+def full(request: pytest.FixtureRequest, long_run: bool, scenario_report: ScenarioReport) -> bool:
+    """The scenario's full size (``-m slow``, or ``--long``) instead of its short CI form."""
+    scenario_report.long = bool(request.param) or long_run
+    scenario_report.name = request.node.originalname  # the line says [ci] or [long] itself
+    return scenario_report.long

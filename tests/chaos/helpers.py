@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from data_collector.markets import CODE_TIMEFRAMES
+from tests.support.waiting import wait_for
 
 #: Stored or true candles: (symbol, timeframe, open ms) -> (open, high, low, close, volume).
 Candles = dict[tuple[str, str, int], tuple[float, ...]]
@@ -209,3 +210,68 @@ async def end_streamer(proc: asyncio.subprocess.Process, kill: bool, report: Any
     else:
         proc.send_signal(signal.SIGINT)
     return await asyncio.wait_for(proc.wait(), 30)
+
+
+@dataclass
+class KillPlan:
+    """What a SIGKILL scenario watches between kills, each a condition on what is stored."""
+
+    #: Entries on the trade streams.
+    stored: Callable[[], int]
+    #: Trade gaps not yet repaired.
+    open_gaps: Callable[[], set[Any]]
+    #: Whether every trade sent is stored.
+    caught_up: Callable[[], bool]
+    closed_candles: Callable[[], int]
+    #: The simulator's open WebSockets.
+    connections: Callable[[], int]
+    #: Stops the flow (freezes the simulator's clock).
+    freeze: Callable[[], None]
+    repair_timeout_s: float
+    #: Awaited after kill ``n`` before the next start (a candle closing meanwhile, say).
+    downtime: Callable[[int], Awaitable[None]] | None = None
+
+
+async def run_with_kills(config: Path, logs: Path, kills: int, report: Any, plan: KillPlan) -> list[int]:
+    """``kills`` runs of the streamer on ``config``, each SIGKILLed once it wrote 400 more trades,
+    then a last one that waits for closed candles and every repair, stops the flow and ends with
+    SIGINT; the exit codes."""
+    codes = []
+    for run in range(kills + 1):
+        before = plan.stored()
+        async with streamer_process(config, logs / f"stream{run}.out", report) as proc:
+            await wait_for(lambda b=before: plan.stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
+            if run == kills:
+                await wait_for(
+                    lambda: plan.closed_candles() >= 2 * kills, timeout_s=60, what="candles closed meanwhile"
+                )
+                try:
+                    await wait_for(
+                        lambda: not plan.open_gaps(),
+                        timeout_s=plan.repair_timeout_s,
+                        what="every gap repaired",
+                    )
+                except AssertionError:
+                    raise AssertionError(f"trade gaps never repaired: {sorted(plan.open_gaps())}") from None
+                plan.freeze()  # the flow stops
+                await wait_for(lambda: not plan.open_gaps(), timeout_s=60, what="the last gaps repaired")
+                # What was sent is in before the stop: frames still in flight at a SIGINT are
+                # never read (the clean stop's loss, not a fault's).
+                await wait_for(plan.caught_up, timeout_s=30, what="the last frames stored")
+            codes.append(await end_streamer(proc, run < kills, report))
+        await wait_for(lambda: plan.connections() == 0, what="the old connection closed")
+        if run < kills and plan.downtime is not None:
+            await plan.downtime(run)
+    return codes
+
+
+async def sigstop_redis(pid: int, streamer: Any, stop_s: float, report: Any) -> None:
+    """SIGSTOP the Redis server ``pid`` (a ``redis_sigstop`` fault in ``report``) until the
+    streamer's writer noticed and ``stop_s`` more passed, then SIGCONT it."""
+    os.kill(pid, signal.SIGSTOP)
+    report.fault("redis_sigstop")
+    try:
+        await wait_for(lambda: not streamer.connected, timeout_s=30, what="the writer noticing")
+        await asyncio.sleep(stop_s)  # the fault's length, not a synchronisation
+    finally:
+        os.kill(pid, signal.SIGCONT)

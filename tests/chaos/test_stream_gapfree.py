@@ -19,21 +19,24 @@ Not covered here: OKX (its own file), the trades table in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from pathlib import Path
 
 import msgpack
-import pytest
 import redis
 import yaml
 
 from data_collector.simulator import SimulatedExchange
 from data_collector.streaming.reader import MarketDataReader
-from tests.chaos.helpers import end_streamer, streamer_process
+from tests.chaos.helpers import KillPlan, run_with_kills, sigstop_redis
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
-from tests.support.gapfree import drop_and_reconnect, fast_clock
+from tests.support.gapfree import (
+    drop_and_reconnect,
+    fast_clock,
+    open_trade_gaps,
+    restart_marked,
+    restart_unmarked,
+)
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import account_by_id, holes_and_markers
 from tests.support.streaming import (
@@ -50,17 +53,6 @@ SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
 CHANNELS = ["trade", "aggTrade", "kline_1m"]
 #: Simulated ms per wall ms: the trade tape then runs at 10 × ws_rate a wall second.
 SPEED = 10
-
-
-FULL = pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(900)])
-
-
-@pytest.fixture(params=[False, FULL], ids=["ci", "full"])
-def full(request: pytest.FixtureRequest, long_run: bool, scenario_report: ScenarioReport) -> bool:
-    """The scenario's full size (``-m slow``, or ``--long``) instead of its short CI form."""
-    scenario_report.long = bool(request.param) or long_run
-    scenario_report.name = request.node.originalname  # the line says [ci] or [long] itself
-    return scenario_report.long
 
 
 async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
@@ -190,15 +182,6 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
     def stored(channel: str) -> list[int]:
         return [int(client.xlen(key(channel, s))) for s in symbols]
 
-    def restart_marked() -> bool:
-        markers = gap_entries(client, prefix)
-        marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
-        opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
-        repaired = sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired")
-        refilled = {m["stream"] for m in markers if m["channel"] == "kline_1m" and m["reason"] == "repaired"}
-        every = marked >= {key(c, s) for c in channels for s in symbols}
-        return every and opened == repaired and len(refilled) == len(symbols)
-
     async with SimulatedExchange(symbols=symbols, seed=16, ws_rate=400 if full else 40) as sim:
         config = stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention)
         async with OptimizedWebSocketStreamer(
@@ -208,13 +191,7 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
             await wait_for(
                 lambda: all(stored("trade")) and all(stored("aggTrade")), timeout_s=60, what="trades written"
             )
-            os.kill(server.proc.pid, signal.SIGSTOP)
-            report.fault("redis_sigstop")
-            try:
-                await wait_for(lambda: not streamer.connected, timeout_s=30, what="the writer noticing")
-                await asyncio.sleep(stop_s)  # the fault's length, not a synchronisation
-            finally:
-                os.kill(server.proc.pid, signal.SIGCONT)
+            await sigstop_redis(server.proc.pid, streamer, stop_s, report)
             before = stored("trade")
             await wait_for(
                 lambda: all(a > b for a, b in zip(stored("trade"), before, strict=True)),
@@ -231,8 +208,11 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
                     report.extra["stop_dup"] = int(report.extra.get("stop_dup", 0)) + stop_dup
             server.restart()  # killed: it comes back empty
             report.fault("redis_restart")
+            streams = {key(c, s) for c in channels for s in symbols}
             await wait_for(
-                restart_marked, timeout_s=120, what="every stream marked and every trade gap refilled"
+                lambda: restart_marked(client, prefix, "sim-binance", streams, len(symbols)),
+                timeout_s=120,
+                what="every stream marked and every trade gap refilled",
             )
             await settle_quietly(streamer, sim)
             metrics = streamer.get_metrics()
@@ -244,17 +224,9 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
     async with MarketDataReader(server.url, prefix=prefix, exchange="sim-binance") as reader:
         expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)
         for symbol in symbols:
-            for channel in ("bookTicker", "kline_1m"):
-                oldest = client.xrange(key(channel, symbol), count=1)
-                first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
-                mine = [
-                    m
-                    for m in markers
-                    if m["stream"] == key(channel, symbol) and m["reason"] == "redis_restart"
-                ]
-                # The restart lost everything before the oldest entry left: a marker must say so.
-                if not any(int(m["from_ms"]) == 0 and int(m["to_ms"]) >= first_ms - 60_000 for m in mine):
-                    unmarked += 1
+            unmarked += sum(
+                restart_unmarked(client, markers, key(c, symbol)) for c in ("bookTicker", "kline_1m")
+            )
             # Closed candles: the live ones and those refilled after the restart, merged.
             candles = await reader.range(symbol, "kline_1m", 0, 2**62)
             closed = [e["open_ms"] for e in candles if e["closed"]]
@@ -306,16 +278,6 @@ async def test_trades_gap_free_through_streamer_sigkills(
     def stored() -> int:
         return sum(int(client.xlen(key(c, s))) for c in ("trade", "aggTrade") for s in symbols)
 
-    def open_gaps() -> set[tuple[str, str, str]]:
-        markers = gap_entries(client, redis_prefix)
-        opened = {(m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m.get("first_seq")}
-        return opened - {
-            (m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m["reason"] == "repaired"
-        }
-
-    def all_repaired() -> bool:
-        return not open_gaps()
-
     def caught_up(sim: SimulatedExchange) -> bool:
         sent = sent_by_stream(sim, symbols)
         for channel in ("trade", "aggTrade"):
@@ -340,30 +302,18 @@ async def test_trades_gap_free_through_streamer_sigkills(
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        codes = []
-        for run in range(kills + 1):
-            before = stored()
-            async with streamer_process(path, tmp_path / f"stream{run}.out", report) as proc:
-                await wait_for(lambda b=before: stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
-                if run == kills:
-                    await wait_for(
-                        lambda: closed_candles() >= 2 * kills, timeout_s=60, what="candles closed meanwhile"
-                    )
-                    # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of
-                    # five symbols need about two minutes of it.
-                    try:
-                        await wait_for(
-                            all_repaired, timeout_s=300 if full else 120, what="every gap repaired"
-                        )
-                    except AssertionError:
-                        raise AssertionError(f"trade gaps never repaired: {sorted(open_gaps())}") from None
-                    sim.clock.freeze()  # the flow stops
-                    await wait_for(all_repaired, timeout_s=60, what="the last gaps repaired")
-                    # What was sent is in before the stop: frames still in flight at a SIGINT are
-                    # never read (the clean stop's loss, not a fault's).
-                    await wait_for(lambda: caught_up(sim), timeout_s=30, what="the last frames stored")
-                codes.append(await end_streamer(proc, run < kills, report))
-            await wait_for(lambda: sim.ws_connections() == 0, what="the old connection closed")
+        # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of five symbols
+        # need about two minutes of it.
+        plan = KillPlan(
+            stored=stored,
+            open_gaps=lambda: open_trade_gaps(client, redis_prefix, "sim-binance"),
+            caught_up=lambda: caught_up(sim),
+            closed_candles=closed_candles,
+            connections=sim.ws_connections,
+            freeze=sim.clock.freeze,
+            repair_timeout_s=300 if full else 120,
+        )
+        codes = await run_with_kills(path, tmp_path, kills, report, plan)
         sent = sent_by_stream(sim, symbols)
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
             expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)

@@ -84,3 +84,36 @@ def okx_streamer_on(sim: SimulatedExchange, prefix: str, symbols: list[str], cha
         channels=channels,
         config=okx_stream_config(sim, prefix),
     )
+
+
+def open_trade_gaps(client: redis.Redis, prefix: str, venue: str) -> set[tuple[str, str, str]]:
+    """``(stream, first_seq, last_seq)`` of every exact gap marker without its ``repaired`` one."""
+    markers = gap_entries(client, prefix, venue)
+    opened = {(m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m.get("first_seq")}
+    return opened - {
+        (m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m["reason"] == "repaired"
+    }
+
+
+def restart_marked(
+    client: redis.Redis, prefix: str, venue: str, streams: set[str], kline_streams: int
+) -> bool:
+    """Whether each of ``streams`` has a ``redis_restart`` marker, every exact gap its
+    ``repaired`` one, and ``kline_streams`` kline streams their refill's ``repaired`` marker."""
+    markers = gap_entries(client, prefix, venue)
+    marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
+    opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
+    repaired = sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired")
+    refilled = {
+        m["stream"] for m in markers if m["channel"].startswith("kline_") and m["reason"] == "repaired"
+    }
+    return marked >= streams and opened == repaired and len(refilled) == kline_streams
+
+
+def restart_unmarked(client: redis.Redis, markers: list[dict[str, str]], key: str) -> bool:
+    """Whether stream ``key`` lacks a ``redis_restart`` marker over all it lost: everything before
+    its oldest entry left (give or take a minute, a candle's)."""
+    oldest = client.xrange(key, count=1)
+    first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
+    mine = [m for m in markers if m["stream"] == key and m["reason"] == "redis_restart"]
+    return not any(int(m["from_ms"]) == 0 and int(m["to_ms"]) >= first_ms - 60_000 for m in mine)

@@ -210,10 +210,11 @@ class BinanceRest:
             cursor = int(page[-1][0]) + 1
         return out
 
-    async def get_json(self, path: str, params: dict[str, str | int]) -> Any:
+    async def get_json(self, path: str, params: dict[str, str | int], background_weight: int = 0) -> Any:
         """``GET <base><path>`` decoded, with this client's timeouts and 429 handling (another
-        venue's endpoint: OKX's ``history-trades``, say)."""
-        return await self._get(path, params)
+        venue's endpoint: OKX's ``history-trades``, say); a background request of
+        ``background_weight`` when given."""
+        return await self._get(path, params, background_weight)
 
     async def agg_trades(self, symbol: str, from_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """``<api>/aggTrades?fromId=`` (a background request, weight 4 on spot, 20 on USDⓈ-M): up

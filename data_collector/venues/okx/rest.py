@@ -9,12 +9,14 @@ than a ts) and ``before`` (newer than a ts), both exclusive; a row is
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from data_collector.errors import PermanentError, TransientError
 from data_collector.markets import is_perpetual, next_open_ms
 from data_collector.venues.binance.rest import BinanceRest
 from data_collector.venues.okx.protocol import BARS, inst_id
+from data_collector.venues.okx.rules import HISTORY_CANDLES_REPAIR_PER_2S
 
 #: Candles per ``history-candles`` page (OKX's maximum).
 CANDLE_PAGE = 100
@@ -31,10 +33,26 @@ def _data(body: Any, path: str) -> list[Any]:
 
 
 class OkxKlineRest:
-    """``klines`` and ``server_time`` as :class:`BinanceRest` has them, over OKX's endpoints."""
+    """``klines`` and ``server_time`` as :class:`BinanceRest` has them, over OKX's endpoints.
 
-    def __init__(self, rest: BinanceRest) -> None:
+    ``history-candles`` pages go out at least ``2 s / (per_2s - 1)`` apart, each caller taking the
+    next free slot (concurrent repairs share one client): a 2 s window then holds at most
+    ``per_2s`` of them, and OKX never answers 429. A spacing, as :class:`.trade_source.OkxHistoryTrades`
+    has, rather than a limiter library: one endpoint, one client.
+    """
+
+    def __init__(self, rest: BinanceRest, per_2s: int = HISTORY_CANDLES_REPAIR_PER_2S) -> None:
         self._rest = rest
+        self._spacing_s = 2.0 / max(1, per_2s - 1)
+        self._next_at = 0.0
+
+    async def _slot(self) -> None:
+        """Wait for this request's place in the spacing."""
+        now = asyncio.get_running_loop().time()
+        at = max(now, self._next_at)
+        self._next_at = at + self._spacing_s
+        if at > now:
+            await asyncio.sleep(at - now)
 
     async def server_time(self) -> int:
         """``/api/v5/public/time``: the exchange's clock in ms."""
@@ -44,9 +62,13 @@ class OkxKlineRest:
         except (IndexError, KeyError, TypeError, ValueError):
             raise TransientError("GET /api/v5/public/time: unexpected response") from None
 
-    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[list[Any]]:
+    async def klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int, *, background: bool = False
+    ) -> list[list[Any]]:
         """Closed candles with ``start_ms <= open <= end_ms``, oldest first, as Binance kline rows
-        ``[open, o, h, l, c, base volume, close ms, quote volume, trades (0: OKX gives none)]``."""
+        ``[open, o, h, l, c, base volume, close ms, quote volume, trades (0: OKX gives none)]``;
+        with ``background`` each page is a background request of the REST client's gate (the
+        refill after a Redis restart: live requests first)."""
         path = "/api/v5/market/history-candles"
         swap = is_perpetual(symbol)
         rows: dict[int, list[Any]] = {}
@@ -59,7 +81,10 @@ class OkxKlineRest:
                 "before": start_ms - 1,
                 "limit": CANDLE_PAGE,
             }
-            page = _data(await self._rest.get_json(path, params), path)
+            await self._slot()
+            page = _data(
+                await self._rest.get_json(path, params, background_weight=1 if background else 0), path
+            )
             for c in page:
                 if not isinstance(c, list) or len(c) < 9 or c[8] != "1":
                     continue

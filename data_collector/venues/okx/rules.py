@@ -42,6 +42,9 @@ FUNDING_PAGE_LIMIT = 100
 #: repair keeps to 20 - 2 x 2 = 16.
 HISTORY_TRADES_PER_2S = 20
 HISTORY_TRADES_JOB_PER_2S = 2
+#: ``market/history-candles``: OKX's requests per 2 s window; the streamer's kline repair keeps
+#: to 20 - 4 = 16, leaving the rest to a backfill that may run at the same time.
+HISTORY_CANDLES_REPAIR_PER_2S = 16
 #: What the backfill collects from OKX in this version.
 DATA_TYPES = (OHLCV, TRADES, FUNDING_RATES)
 
