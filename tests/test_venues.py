@@ -85,3 +85,21 @@ def test_the_registry_does_not_import_the_parts() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_backfill_reaches_the_archives_through_the_adapter() -> None:
+    from data_collector.venues.binance.archive_run import ArchiveSource
+
+    assert adapter_for("binance").archive_source() is ArchiveSource
+    assert adapter_for("okx").archive_source() is None
+    assert GENERIC.archive_source() is None
+    from tests.test_layout import ROOT, import_graph
+
+    direct = {
+        (module, target)
+        for module, targets in import_graph(ROOT).items()
+        if module.startswith("data_collector.backfill")
+        for target in targets
+        if target.startswith("data_collector.venues.binance.archive")
+    }
+    assert direct == set(), direct

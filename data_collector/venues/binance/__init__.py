@@ -30,6 +30,6 @@ BINANCE = VenueAdapter(
     weight_headers=True,
     raw_rows=True,
     futures_ids=("binanceusdm",),
-    archives=True,
+    archives="data_collector.venues.binance.archive_run:ArchiveSource",
     streams=STREAMS,
 )
