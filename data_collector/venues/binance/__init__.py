@@ -2,6 +2,8 @@
 
 - :mod:`.venue`: the streaming protocols (hosts, channels, the depth-diff book rule, snapshot
   sizes, the symbol list from ``exchangeInfo``);
+- :mod:`.parts`: what a streamer builds (the depth-diff book keeper, combined-stream
+  connections, normalisers);
 - :mod:`.rest`: the streamer's REST calls (depth snapshots, kline and aggTrade repair, funding);
 - ``archive_*``: data.binance.vision's monthly and daily files as a backfill source
   (:mod:`.archive_plan` -> :mod:`.archive_fetch` -> :mod:`.archive_run`; :mod:`.archive_trades`,
