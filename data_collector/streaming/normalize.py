@@ -83,13 +83,6 @@ def validate_channel(channel: str, channels: tuple[str, ...] = BASE_CHANNELS) ->
     )
 
 
-def binance_stream_name(stream_symbol: str, channel: str) -> str:
-    """The Binance stream for a channel: ``solusdt@trade``, ``solusdt@depth@100ms`` ..."""
-    if channel == "depth":
-        return f"{stream_symbol}@depth@100ms"
-    return f"{stream_symbol}@{channel}"
-
-
 def _price(value: object) -> float:
     if type(value) is bool:  # bool is an int: JSON true would be a price of 1.0
         raise MalformedEvent(f"a boolean is not a price: {value!r}")

@@ -6,7 +6,6 @@ import pytest
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import UsageError
-from data_collector.streaming.connection import split_for_url, ws_base
 from data_collector.streaming.normalize import (
     MalformedEvent,
     kline_entry_id,
@@ -14,6 +13,7 @@ from data_collector.streaming.normalize import (
     validate_channel,
 )
 from data_collector.streaming.order_book import OrderBook
+from data_collector.venues.binance.connection import split_for_url, ws_base
 
 NOW = 1_700_000_000_000
 

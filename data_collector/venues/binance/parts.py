@@ -10,9 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from data_collector.markets import stream_symbol
-from data_collector.streaming.connection import MAX_STREAMS_PER_CONNECTION, Feed, Route, StreamConnection
-from data_collector.streaming.normalize import binance_stream_name, make_normalizer
+from data_collector.streaming.connection import Feed, Route
+from data_collector.streaming.normalize import make_normalizer
 from data_collector.streaming.order_book import BookKeeper
+from data_collector.venues.binance.connection import (
+    MAX_STREAMS_PER_CONNECTION,
+    BinanceConnection,
+    stream_name,
+)
 from data_collector.venues.stream import StreamParts
 
 if TYPE_CHECKING:
@@ -42,13 +47,13 @@ def connections(service: StreamService, hooks: dict[str, Any]) -> list[Feed]:
         routes: dict[str, Route] = {}
         for symbol in group:
             for channel in service.channels:
-                name = binance_stream_name(stream_symbol(symbol), channel)
+                name = stream_name(stream_symbol(symbol), channel)
                 route = service.route(symbol, channel)
                 streams.append(name)
                 routes[name] = route
                 if channel == "depth":
                     routes[f"{stream_symbol(symbol)}@depth"] = route
-        out.append(StreamConnection(f"ws-{len(out)}", options.ws_url, streams, routes, **hooks))
+        out.append(BinanceConnection(f"ws-{len(out)}", options.ws_url, streams, routes, **hooks))
     return out
 
 
