@@ -9,11 +9,11 @@ from data_collector.errors import UsageError
 from data_collector.streaming.normalize import (
     MalformedEvent,
     kline_entry_id,
-    make_normalizer,
     validate_channel,
 )
 from data_collector.streaming.order_book import OrderBook
 from data_collector.venues.binance.connection import split_for_url, ws_base
+from data_collector.venues.binance.normalize import make_normalizer
 
 NOW = 1_700_000_000_000
 

@@ -3,6 +3,7 @@
 - :mod:`.venue`: the streaming protocols (hosts, channels, the depth-diff book rule, snapshot
   sizes, the symbol list from ``exchangeInfo``);
 - :mod:`.connection`: the combined-stream connection (URL, ``SUBSCRIBE``, frames);
+- :mod:`.normalize`: its payloads -> the shared event shapes and entry ids;
 - :mod:`.parts`: what a streamer builds (the depth-diff book keeper, combined-stream
   connections, normalisers);
 - :mod:`.rest`: the streamer's REST calls (depth snapshots, kline and aggTrade repair, funding);

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from data_collector.markets import stream_symbol
 from data_collector.streaming.connection import Feed, Route
-from data_collector.streaming.normalize import make_normalizer
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.venues.binance.connection import (
     MAX_STREAMS_PER_CONNECTION,
     BinanceConnection,
     stream_name,
 )
+from data_collector.venues.binance.normalize import make_normalizer
 from data_collector.venues.stream import StreamParts
 
 if TYPE_CHECKING:
