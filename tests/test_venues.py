@@ -3,6 +3,8 @@ README's guarantees table kept equal to what each adapter declares."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from data_collector.errors import UsageError
 from data_collector.venues import ADAPTERS, STREAMS, adapter_for, stream_venue
 from data_collector.venues.base import Guarantees
 from data_collector.venues.ccxt_generic import GENERIC
+from data_collector.venues.stream import StreamParts
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 #: README column -> adapter, in the table's order.
@@ -63,3 +66,40 @@ def test_stream_venue_native_generic_and_unknown() -> None:
         stream_venue("notavenue")
     with pytest.raises(UsageError, match="streaming.adapter must be one of native, ccxt"):
         stream_venue("okx", "fast")
+
+
+@pytest.mark.parametrize("protocol", [*STREAMS, "kraken"])
+def test_each_stream_builds_its_parts_from_its_own_folder(protocol: str) -> None:
+    venue = stream_venue(protocol)
+    adapter = "ccxt_generic" if protocol not in STREAMS else adapter_for(protocol).name
+    assert venue.parts.startswith(f"data_collector.venues.{adapter}."), venue.parts
+    assert isinstance(venue.stream_parts(), StreamParts)
+
+
+def test_the_registry_does_not_import_the_parts() -> None:
+    """The config reads the registry and the streaming package reads the config: the parts (which
+    import the streaming package) are imported only when a streamer starts."""
+    code = (
+        "import sys, data_collector.config, data_collector.venues\n"
+        "print(sorted(m for m in sys.modules if m.endswith('.parts') or m.startswith('data_collector.streaming')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_backfill_reaches_the_archives_through_the_adapter() -> None:
+    from data_collector.venues.binance.archive_run import ArchiveSource
+
+    assert adapter_for("binance").archive_source() is ArchiveSource
+    assert adapter_for("okx").archive_source() is None
+    assert GENERIC.archive_source() is None
+    from tests.test_layout import ROOT, import_graph
+
+    direct = {
+        (module, target)
+        for module, targets in import_graph(ROOT).items()
+        if module.startswith("data_collector.backfill")
+        for target in targets
+        if target.startswith("data_collector.venues.binance.archive")
+    }
+    assert direct == set(), direct

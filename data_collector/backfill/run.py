@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from data_collector.backfill.exchange import ExchangeClient, classify
 from data_collector.backfill.funding_run import FundingPair
@@ -53,15 +53,35 @@ from data_collector.storage.funding import FundingBatch
 from data_collector.storage.open_interest import OpenInterestBatch
 from data_collector.storage.trades import TradeBatch
 from data_collector.venues import adapter_for
-from data_collector.venues.binance.archive_run import ArchiveSource
 
 if TYPE_CHECKING:
+    from data_collector.backfill.trades_plan import TradeSpan
+    from data_collector.backfill.trades_run import TradePair
     from data_collector.optimized_collector import OptimizedDataCollector
 
 log = logging.getLogger(__name__)
 
 #: What the fetchers put on the write queue.
 Batch = CandleBatch | TradeBatch | FundingBatch | OpenInterestBatch
+
+
+class ArchiveSource(Protocol):
+    """A venue's bulk archive files as a backfill source (``VenueAdapter.archives`` names the
+    class: Binance's data.binance.vision in ``venues/binance/archive_run.py``)."""
+
+    def split(self, instrument: Instrument, plan: BackfillPlan, now_ms: int, limit: int) -> None:
+        """Take the published whole periods of ``plan`` for files; its pages keep the rest."""
+
+    async def ingest(
+        self, run: BackfillRun, instrument: Instrument, plan: BackfillPlan, pair: PairReport
+    ) -> list[Range]:
+        """Store the pair's files; the ranges REST must fetch instead."""
+
+    async def trade_spans(self, trades: TradePair, spans: list[TradeSpan], now_ms: int) -> list[TradeSpan]:
+        """Store the published whole days of ``spans`` from files; the spans left for REST."""
+
+    async def close(self) -> None: ...
+
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -121,7 +141,8 @@ class BackfillRun:
         self.symbols = asyncio.Semaphore(settings.concurrent_symbols)
         self.page_slots = asyncio.Semaphore(settings.pages_in_flight)
         self.write_error: BaseException | None = None
-        self.archives = ArchiveSource.from_config(owner.config)
+        archives = adapter_for(owner.config.exchange.id).archive_source()
+        self.archives: ArchiveSource | None = None if archives is None else archives.from_config(owner.config)
 
     async def execute(
         self, symbols: list[str], timeframes: list[str], data_types: Sequence[str] = (OHLCV,)

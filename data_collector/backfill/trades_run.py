@@ -25,7 +25,6 @@ from data_collector.backfill.trades_plan import (
 )
 from data_collector.datatypes import TRADES
 from data_collector.storage.trades import TradeBatch, TradeCoverage
-from data_collector.venues.binance.archive_trades import archive_trade_spans
 
 #: Trades younger than this (by the exchange's clock) are left for the next run.
 SETTLE_MS = 10_000
@@ -44,7 +43,7 @@ class TradePair(PairFetch):
         end_ms = min(run.end_ms, now_ms - SETTLE_MS)
         spans = plan_trade_spans(run.start_ms, end_ms, covered)
         if run.archives is not None:
-            spans = await archive_trade_spans(self, spans, now_ms)
+            spans = await run.archives.trade_spans(self, spans, now_ms)
         self.pair.gaps_found = sum(1 for s in spans if s.first_id is not None and s.end_id is not None)
         for span in spans:
             if self._stopping():

@@ -1,13 +1,11 @@
-"""One Binance combined-stream WebSocket connection that keeps itself alive.
+"""The WebSocket connection every native venue's connection builds on: it keeps itself alive.
 
-It connects to ``<ws_url>/stream?streams=a/b/...`` (streams that do not fit in the URL are added
-with ``SUBSCRIBE``, at most ``subscribe_per_s`` control messages a second: Binance allows 5, and
-counts pongs too). It reconnects on any close, the 24 h drop and ``serverShutdown`` included,
-after a capped exponential backoff with jitter; a watchdog aborts a connection silent for
-``watchdog_s``. websockets answers the server's pings by itself.
-
-Each frame is decoded with orjson, normalised and handed to the writer; a frame that does not fit
-is counted as malformed and skipped, and the connection stays up.
+:class:`StreamConnection` reconnects on any close after a capped exponential backoff with jitter;
+a watchdog aborts a connection silent for ``watchdog_s``. websockets answers the server's pings by
+itself. What a venue sends and how it reads a frame are its subclass's
+(``venues/binance/connection.py``: the combined streams, ``venues/okx/connection.py``); each
+frame's events go through :func:`deliver` to the writer. A frame that does not fit is counted as
+malformed and skipped, and the connection stays up.
 """
 
 from __future__ import annotations
@@ -22,24 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from data_collector.backoff import backoff_delay
 from data_collector.streaming.metrics import StreamMetrics
-from data_collector.streaming.normalize import Event, MalformedEvent, Normalizer
+from data_collector.streaming.normalize import Event, Normalizer
 from data_collector.streaming.writer import Entry
 
 log = logging.getLogger(__name__)
 
-#: Binance's limit of streams on one connection.
-MAX_STREAMS_PER_CONNECTION = 1024
-
 
 @dataclass(slots=True)
 class Route:
-    """Where the events of one Binance stream go."""
+    """Where the events of one stream go."""
 
     symbol: str
     channel: str
@@ -75,33 +69,6 @@ class ConnectionSettings:
     subscribe_per_s: float = 4.0
     subscribe_chunk: int = 100
     open_timeout_s: float = 10.0
-
-
-def ws_base(url: str) -> str:
-    """``ws://host:port`` from a base URL given with or without ``/ws`` or ``/stream``."""
-    base = url.rstrip("/")
-    changed = True
-    while changed:
-        changed = False
-        for suffix in ("/stream", "/ws"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
-                changed = True
-    return base
-
-
-def split_for_url(base: str, streams: list[str], url_max_chars: int) -> tuple[str, list[str]]:
-    """The combined-stream URL holding as many streams as fit, and the streams left to SUBSCRIBE."""
-    url = f"{ws_base(base)}/stream?streams="
-    taken: list[str] = []
-    length = len(url)
-    for stream in streams:
-        extra = len(stream) + (1 if taken else 0)
-        if taken and length + extra > url_max_chars:
-            break
-        taken.append(stream)
-        length += extra
-    return url + "/".join(taken), streams[len(taken) :]
 
 
 def deliver(
@@ -195,13 +162,10 @@ class StreamConnection(Feed):
     #: data flows (the watchdog ignores it).
     keepalive_reply: bytes | None = None
 
-    def __init__(
-        self, name: str, base_url: str, streams: list[str], routes: dict[str, Route], **hooks: Any
-    ) -> None:
+    def __init__(self, name: str, url: str, routes: dict[str, Route], **hooks: Any) -> None:
         """``hooks``: :class:`Feed`'s keyword arguments."""
         super().__init__(name, routes, **hooks)
-        self.streams = list(streams)
-        self.url, self._to_subscribe = split_for_url(base_url, self.streams, self._settings.url_max_chars)
+        self.url = url
         self._ws: ClientConnection | None = None
         self._last_rx = 0.0
         #: Newest frame of any kind (keepalive replies included).
@@ -254,8 +218,9 @@ class StreamConnection(Feed):
             await asyncio.sleep(delay)
 
     def _helpers(self, ws: ClientConnection) -> list[asyncio.Task[None]]:
-        """Tasks beside the reader for one connection (cancelled when it ends): SUBSCRIBE here."""
-        return [asyncio.create_task(self._subscribe(ws))] if self._to_subscribe else []
+        """Tasks beside the reader for one connection (cancelled when it ends): subscribing,
+        keepalives (the venue's)."""
+        return []
 
     async def _read(self, ws: ClientConnection) -> None:
         metrics = self._metrics
@@ -286,49 +251,8 @@ class StreamConnection(Feed):
                 return
 
     def _frame(self, raw: bytes, now: float, recv_ms: int) -> bool:
-        """Route one Binance frame; True when the server asked us to reconnect."""
-        try:
-            msg = orjson.loads(raw)
-            route = self.routes[msg["stream"]]
-            entry_id, event = route.normalize(msg["data"], recv_ms)
-        except (MalformedEvent, ValueError, KeyError, TypeError, IndexError, AttributeError):
-            if self._control_frame(raw):
-                self._metrics.received -= 1
-                return self._shutdown_requested
-            self._metrics.malformed += 1
-            return False
-        deliver(route, entry_id, event, now, self._submit, self._on_resume)
-        return False
-
-    def _control_frame(self, raw: bytes) -> bool:
-        """Answers to SUBSCRIBE and ``serverShutdown`` notices: not data, not malformed."""
-        try:
-            msg: Any = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(msg, dict):
-            return False
-        if "id" in msg and ("result" in msg or "error" in msg):
-            if msg.get("error"):
-                log.warning("%s: the server refused a control message: %s", self.name, msg["error"])
-            return True
-        data = msg.get("data", msg)
-        if isinstance(data, dict) and data.get("e") == "serverShutdown":
-            log.info("%s: serverShutdown received; reconnecting", self.name)
-            self._shutdown_requested = True
-            return True
-        return False
-
-    async def _subscribe(self, ws: ClientConnection) -> None:
-        pending = list(self._to_subscribe)
-        chunk = self._settings.subscribe_chunk
-        interval = 1.0 / self._settings.subscribe_per_s
-        request_id = 1
-        while pending:
-            params, pending = pending[:chunk], pending[chunk:]
-            await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": request_id}).decode())
-            request_id += 1
-            await asyncio.sleep(interval)
+        """Route one frame (the venue's); True when the server asked us to reconnect."""
+        raise NotImplementedError
 
     async def _watchdog(self, ws: ClientConnection) -> None:
         limit = self._settings.watchdog_s

@@ -26,17 +26,14 @@ from data_collector.markets import (
     candle_open_ms,
     next_open_ms,
     normalize_markets,
-    stream_symbol,
 )
 from data_collector.redis.client import RedisEndpoint, pack
 from data_collector.redis.keys import gaps_key, latest_key, stream_key
 from data_collector.streaming.candles import CandleSink
 from data_collector.streaming.connection import (
-    MAX_STREAMS_PER_CONNECTION,
     ConnectionSettings,
     Feed,
     Route,
-    StreamConnection,
 )
 from data_collector.streaming.funding import FundingWatcher
 from data_collector.streaming.metrics import StreamMetrics
@@ -44,10 +41,8 @@ from data_collector.streaming.normalize import (
     SEQUENCED_CHANNELS,
     Event,
     MalformedEvent,
-    binance_stream_name,
     kline_entry_id,
     kline_event,
-    make_normalizer,
     validate_channel,
 )
 from data_collector.streaming.order_book import BookKeeper
@@ -56,14 +51,6 @@ from data_collector.streaming.trades_store import TradeStoreSink
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
 from data_collector.venues import stream_venue
 from data_collector.venues.binance.rest import BACKGROUND_WEIGHT_PER_MIN, BinanceRest
-from data_collector.venues.ccxt_generic.connection import CcxtBookKeeper
-from data_collector.venues.ccxt_generic.connection import build_connections as build_ccxt_connections
-from data_collector.venues.okx.book import OkxBookKeeper
-from data_collector.venues.okx.connection import OkxConnection
-from data_collector.venues.okx.connection import build_connections as build_okx_connections
-from data_collector.venues.okx.connection import route_key as okx_route_key
-from data_collector.venues.okx.protocol import inst_id as okx_inst_id
-from data_collector.venues.okx.protocol import make_normalizer as okx_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +143,8 @@ class StreamService:
         trade_store: TradeStoreSink | None = None,
     ) -> None:
         self.venue = venue = stream_venue(options.protocol, options.adapter)
+        #: What the venue's folder builds: the book keeper, the connections, the normalisers.
+        self.parts = venue.stream_parts()
         self.options = options
         self.metrics = metrics
         self._endpoint = endpoint
@@ -211,18 +200,7 @@ class StreamService:
                 "publish_interval_ms": options.book_publish_interval_ms,
                 "on_break": self._on_book_break,
             }
-            if venue.kind == "okx":
-                self.books = OkxBookKeeper(self.symbols, resubscribe=self._okx_resubscribe, **book_args)
-            elif venue.kind == "ccxt":
-                self.books = CcxtBookKeeper(self.symbols, **book_args)
-            else:
-                self.books = BookKeeper(
-                    self.symbols,
-                    rest=self.rest,
-                    snapshot_limit=venue.snapshot_limit(options.book_snapshot_limit),
-                    chained_by_pu=venue.chained_by_pu,
-                    **book_args,
-                )
+            self.books = self.parts.books(self, book_args)
         self.candles = candle_sink
         #: Stores each settled funding rate (perpetuals with a markPrice channel and a store).
         self.funding: FundingWatcher | None = None
@@ -247,7 +225,7 @@ class StreamService:
         self._heartbeat_task: asyncio.Task[Any] | None = None
         self._closed = False
 
-    def _route(self, symbol: str, channel: str) -> Route:
+    def route(self, symbol: str, channel: str) -> Route:
         opts = self.options
         skey = stream_key(opts.prefix, opts.exchange, channel, symbol)
         on_event: Callable[[Event], None] | None = None
@@ -294,9 +272,7 @@ class StreamService:
             symbol=symbol,
             channel=channel,
             stream_key=skey,
-            normalize=(okx_normalizer if self.venue.kind == "okx" else make_normalizer)(
-                opts.exchange, symbol, channel
-            ),
+            normalize=self.parts.normalizer(opts.exchange, symbol, channel),
             xadd_head=head,
             set_head=set_prefix(latest_key(opts.prefix, opts.exchange, channel, symbol)),
             on_event=on_event,
@@ -320,13 +296,6 @@ class StreamService:
 
         return both
 
-    def _okx_resubscribe(self, symbol: str) -> None:
-        """A broken OKX book: ask its connection for a new ``books`` snapshot."""
-        inst = okx_inst_id(symbol)
-        for conn in self.connections:
-            if isinstance(conn, OkxConnection) and okx_route_key("books", inst) in conn.routes:
-                conn.resubscribe("books", inst)
-
     def _build_connections(self) -> list[Feed]:
         hooks: dict[str, Any] = {
             "submit": self.writer.submit,
@@ -336,67 +305,7 @@ class StreamService:
             "on_disconnect": self._on_disconnect,
             "on_resume": self._on_resume,
         }
-        if self.venue.kind == "okx":
-            watchdog = self.options.connection.watchdog_s
-            return [
-                *build_okx_connections(
-                    self.symbols,
-                    self.channels,
-                    self._route,
-                    self.options.ws_url,
-                    per_connection=self.options.max_streams_per_connection,
-                    # OKX drops a connection after 30 s without traffic.
-                    ping_interval_s=min(20.0, watchdog / 2),
-                    **hooks,
-                )
-            ]
-        if self.venue.kind == "ccxt":
-            books = self.books if isinstance(self.books, CcxtBookKeeper) else None
-            return [
-                *build_ccxt_connections(
-                    self.options.protocol,
-                    self.options.ccxt_config,
-                    self.options.exchange,
-                    self.symbols,
-                    self.channels,
-                    self._route,
-                    books,
-                    **hooks,
-                )
-            ]
-        return [*self._build_binance_connections()]
-
-    def _build_binance_connections(self) -> list[StreamConnection]:
-        per_conn = min(self.options.max_streams_per_connection, MAX_STREAMS_PER_CONNECTION)
-        symbols_per_conn = max(1, per_conn // len(self.channels))
-        connections: list[StreamConnection] = []
-        for start in range(0, len(self.symbols), symbols_per_conn):
-            group = self.symbols[start : start + symbols_per_conn]
-            streams: list[str] = []
-            routes: dict[str, Route] = {}
-            for symbol in group:
-                for channel in self.channels:
-                    name = binance_stream_name(stream_symbol(symbol), channel)
-                    route = self._route(symbol, channel)
-                    streams.append(name)
-                    routes[name] = route
-                    if channel == "depth":
-                        routes[f"{stream_symbol(symbol)}@depth"] = route
-            connections.append(
-                StreamConnection(
-                    f"ws-{len(connections)}",
-                    self.options.ws_url,
-                    streams,
-                    routes,
-                    submit=self.writer.submit,
-                    metrics=self.metrics,
-                    settings=self.options.connection,
-                    on_connect=self._on_connect,
-                    on_disconnect=self._on_disconnect,
-                    on_resume=self._on_resume,
-                )
-            )
-        return connections
+        return self.parts.connections(self, hooks)
 
     async def start(self) -> None:
         """Start the writer, the candle sink and every connection (returns at once)."""

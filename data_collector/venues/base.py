@@ -89,18 +89,21 @@ class VenueAdapter:
     trade_pair: str | None = None
     #: ccxt ids whose every market is a future (klines weigh by their limit there).
     futures_ids: tuple[str, ...] = ()
-    #: Monthly and daily archive files as a backfill source (Binance's data.binance.vision).
-    archives: bool = False
+    #: Its bulk archive files as a backfill source, the source class as ``module:Class`` with a
+    #: ``from_config(config)`` classmethod (``None``: REST only); imported when a backfill
+    #: starts, as ``trade_pair`` is (Binance's data.binance.vision).
+    archives: str | None = None
     #: The streamer's native protocols, by the ccxt id that selects each.
     streams: Mapping[str, StreamVenue] = field(default_factory=dict)
 
     def trade_pair_class(self) -> type | None:
         """The class ``trade_pair`` names, imported now (``None``: the shared one)."""
-        if self.trade_pair is None:
-            return None
-        module, _, name = self.trade_pair.partition(":")
-        found: type = getattr(importlib.import_module(module), name)
+        found: type | None = _imported(self.trade_pair)
         return found
+
+    def archive_source(self) -> Any:
+        """The archive source class ``archives`` names, imported now (``None``: no archives)."""
+        return _imported(self.archives)
 
     def serves(self, exchange_id: str) -> bool:
         return exchange_id in self.ids
@@ -110,3 +113,11 @@ class VenueAdapter:
         if self.data_types is None:
             return []
         return [t for t in data_types if t not in self.data_types]
+
+
+def _imported(path: str | None) -> Any:
+    """The object ``module:name`` names, imported now (``None`` for ``None``)."""
+    if path is None:
+        return None
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

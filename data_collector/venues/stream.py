@@ -7,6 +7,7 @@ command line read these fields instead of branching on the venue's id.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,12 +16,29 @@ from data_collector.errors import UsageError
 from data_collector.markets import exchange_symbol, is_perpetual
 
 if TYPE_CHECKING:
+    from data_collector.streaming.connection import Feed
+    from data_collector.streaming.normalize import Normalizer
+    from data_collector.streaming.order_book import BookKeeper
     from data_collector.streaming.trade_sources import TradeSource
     from data_collector.venues.binance.rest import BinanceRest
 
 #: The venue's ccxt constructor config (``urls``, ``options``, ``timeout``) -> (where it asked,
 #: as "the exchange at <url>", and the venue's ids of what it lists).
 ListedIds = Callable[[Mapping[str, Any], "StreamVenue"], Awaitable[tuple[str, set[str]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParts:
+    """What a venue folder builds for a running streamer (``StreamVenue.parts`` names it)."""
+
+    #: (the :class:`~data_collector.streaming.service.StreamService`, not imported here: it
+    #: reaches the backfill; the keeper's shared keyword arguments) -> the book keeper of ``depth``.
+    books: Callable[[Any, dict[str, Any]], BookKeeper]
+    #: (the service, the connection hooks: ``submit``, ``metrics``, ``settings``, ``on_connect``,
+    #: ``on_disconnect``, ``on_resume``) -> its connections, routes from ``service.route``.
+    connections: Callable[[Any, dict[str, Any]], list[Feed]]
+    #: (exchange, canonical symbol, channel) -> the payload normaliser of that stream.
+    normalizer: Callable[[str, str, str], Normalizer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,16 @@ class StreamVenue:
     listed_ids: ListedIds | None = None
     #: A canonical symbol -> the venue's id of it (what ``listed_ids`` returns).
     native_id: Callable[[str], str] = exchange_symbol
+    #: Its :class:`StreamParts` as ``module:NAME``, imported when a streamer starts. A path, not
+    #: an import: the config reads this registry, and the streaming package (which the parts
+    #: import) reads the config.
+    parts: str = "data_collector.venues.binance.parts:PARTS"
+
+    def stream_parts(self) -> StreamParts:
+        """The :class:`StreamParts` that ``parts`` names, imported now."""
+        module, _, name = self.parts.partition(":")
+        found: StreamParts = getattr(importlib.import_module(module), name)
+        return found
 
     def snapshot_limit(self, wanted: int) -> int:
         """The smallest snapshot size the venue serves that holds ``wanted`` levels (else its largest)."""

@@ -168,7 +168,7 @@ def _mutated(draw: st.DrawFn) -> tuple[str, Any]:
 @example(("kline_1m", {**_good_payload("kline_1m"), "k": {**_good_payload("kline_1m")["k"], "h": "1.0"}}))
 @FUZZ
 def test_ws_payloads_are_normalised_or_malformed(case: tuple[str, Any]) -> None:
-    normalize = pytest.importorskip("data_collector.streaming.normalize")
+    normalize = pytest.importorskip("data_collector.venues.binance.normalize")
     msgpack = pytest.importorskip("msgpack")
     channel, payload = case
     fn = normalize.make_normalizer("binance", "SOL/USDT", channel)
@@ -177,7 +177,9 @@ def test_ws_payloads_are_normalised_or_malformed(case: tuple[str, Any]) -> None:
     except _CAUGHT_BY_READER:
         return  # counted as malformed by the connection, which stays up
     ms, _, seq = entry_id.partition("-")
-    assert int(ms) >= normalize.MIN_TS_MS and int(seq) >= 0 and int(seq) < 2**64
+    from data_collector.streaming.normalize import MIN_TS_MS
+
+    assert int(ms) >= MIN_TS_MS and int(seq) >= 0 and int(seq) < 2**64
     assert event["symbol"] == "SOL/USDT" and event["channel"] == channel
     for key, value in event.items():
         if isinstance(value, float):
@@ -189,7 +191,7 @@ def test_ws_payloads_are_normalised_or_malformed(case: tuple[str, Any]) -> None:
 
 
 def test_ws_kline_open_time_must_be_on_the_grid() -> None:
-    normalize = pytest.importorskip("data_collector.streaming.normalize")
+    normalize = pytest.importorskip("data_collector.venues.binance.normalize")
     payload = _good_payload("kline_1m")
     payload["k"]["t"] += 7  # 7 ms past the minute: a corrupt candle key downstream (Redis id, ohlcv ts)
     with pytest.raises(_CAUGHT_BY_READER):
@@ -197,7 +199,7 @@ def test_ws_kline_open_time_must_be_on_the_grid() -> None:
 
 
 def test_ws_boolean_prices_are_malformed() -> None:
-    normalize = pytest.importorskip("data_collector.streaming.normalize")
+    normalize = pytest.importorskip("data_collector.venues.binance.normalize")
     payload = {**_good_payload("trade"), "p": True, "q": False}
     with pytest.raises(_CAUGHT_BY_READER):
         normalize.make_normalizer("binance", "SOL/USDT", "trade")(payload, _NOW_MS)

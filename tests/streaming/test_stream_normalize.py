@@ -6,14 +6,14 @@ import pytest
 
 from data_collector.backoff import backoff_delay
 from data_collector.errors import UsageError
-from data_collector.streaming.connection import split_for_url, ws_base
 from data_collector.streaming.normalize import (
     MalformedEvent,
     kline_entry_id,
-    make_normalizer,
     validate_channel,
 )
 from data_collector.streaming.order_book import OrderBook
+from data_collector.venues.binance.connection import split_for_url, ws_base
+from data_collector.venues.binance.normalize import make_normalizer
 
 NOW = 1_700_000_000_000
 

@@ -2,6 +2,10 @@
 
 - :mod:`.venue`: the streaming protocols (hosts, channels, the depth-diff book rule, snapshot
   sizes, the symbol list from ``exchangeInfo``);
+- :mod:`.connection`: the combined-stream connection (URL, ``SUBSCRIBE``, frames);
+- :mod:`.normalize`: its payloads -> the shared event shapes and entry ids;
+- :mod:`.parts`: what a streamer builds (the depth-diff book keeper, combined-stream
+  connections, normalisers);
 - :mod:`.rest`: the streamer's REST calls (depth snapshots, kline and aggTrade repair, funding);
 - ``archive_*``: data.binance.vision's monthly and daily files as a backfill source
   (:mod:`.archive_plan` -> :mod:`.archive_fetch` -> :mod:`.archive_run`; :mod:`.archive_trades`,
@@ -30,6 +34,6 @@ BINANCE = VenueAdapter(
     weight_headers=True,
     raw_rows=True,
     futures_ids=("binanceusdm",),
-    archives=True,
+    archives="data_collector.venues.binance.archive_run:ArchiveSource",
     streams=STREAMS,
 )

@@ -29,6 +29,8 @@ from data_collector.venues.binance.archive_plan import ArchiveFile, archive_time
 
 if TYPE_CHECKING:
     from data_collector.backfill.run import BackfillRun
+    from data_collector.backfill.trades_plan import TradeSpan
+    from data_collector.backfill.trades_run import TradePair
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,13 @@ class ArchiveSource:
                 f"{len(fallback)} archive file(s) unusable and source is 'archive': {notes[0]}"
             )
         return sorted(fallback)
+
+    async def trade_spans(self, trades: TradePair, spans: list[TradeSpan], now_ms: int) -> list[TradeSpan]:
+        """:func:`.archive_trades.archive_trade_spans`: the published whole days of ``spans``
+        stored from files; the spans left for REST."""
+        from data_collector.venues.binance.archive_trades import archive_trade_spans  # it imports this module
+
+        return await archive_trade_spans(self, trades, spans, now_ms)
 
     def _failed(self, run: BackfillRun, pair: PairReport, file: ArchiveFile, failure: ArchiveFailure) -> str:
         if failure.unreachable and self.down is None:

@@ -32,7 +32,7 @@ from data_collector.storage.ranges import subtract_spans
 from data_collector.storage.trades import Trade, TradeBatch, TradeCoverage
 from data_collector.venues.binance.archive_fetch import ArchiveFailure
 from data_collector.venues.binance.archive_plan import ArchiveFile, split_for_archives
-from data_collector.venues.binance.archive_run import archive_symbol
+from data_collector.venues.binance.archive_run import ArchiveSource, archive_symbol
 
 if TYPE_CHECKING:
     from data_collector.backfill.trades_run import TradePair
@@ -118,15 +118,15 @@ def agg_trades_path(exchange_symbol: str, file: ArchiveFile, futures: bool) -> s
     return f"{root}/{file.period}/aggTrades/{exchange_symbol}/{exchange_symbol}-aggTrades-{file.date}.zip"
 
 
-async def archive_trade_spans(trades: TradePair, spans: list[TradeSpan], now_ms: int) -> list[TradeSpan]:
-    """Store the published whole days of ``spans`` from files; the spans left for REST.
+async def archive_trade_spans(
+    source: ArchiveSource, trades: TradePair, spans: list[TradeSpan], now_ms: int
+) -> list[TradeSpan]:
+    """Store the published whole days of ``spans`` from ``source``'s files; the spans left for REST.
 
     Raises:
         PermanentError: ``source: archive`` and a file could not be used.
     """
     run, pair = trades.run, trades.pair
-    source = run.archives
-    assert source is not None
     files, _ = split_for_archives(
         [(s.start_ms, s.end_ms) for s in spans],
         now_ms,
@@ -154,7 +154,7 @@ async def archive_trade_spans(trades: TradePair, spans: list[TradeSpan], now_ms:
             except ArchiveFailure as failure:
                 notes.append(source._failed(run, pair, file, failure))
                 return
-            await _queue(trades, file, got)
+            await _queue(source, trades, file, got)
             bounds[file.start_ms] = int(got.ids[0])
             bounds[file.end_ms] = int(got.ids[-1]) + 1
             stored.append((file.start_ms, file.end_ms))
@@ -184,7 +184,7 @@ def batch_coverage(file: ArchiveFile, got: TradeColumns, lo: int, hi: int) -> Tr
     return TradeCoverage(first, end_id, min(start_ms, end_ms), end_ms)
 
 
-async def _queue(trades: TradePair, file: ArchiveFile, got: TradeColumns) -> None:
+async def _queue(source: ArchiveSource, trades: TradePair, file: ArchiveFile, got: TradeColumns) -> None:
     """Queue a verified file's trades in batches, each with the coverage it proves."""
     run, pair = trades.run, trades.pair
     for lo in range(0, len(got), BATCH_TRADES):
@@ -193,5 +193,5 @@ async def _queue(trades: TradePair, file: ArchiveFile, got: TradeColumns) -> Non
         await run.queue.put((batch, pair))
     pair.trades_fetched += len(got)
     run.report.archive_files += 1
-    run.report.archive_bytes = run.archives.client.bytes if run.archives is not None else 0
+    run.report.archive_bytes = source.client.bytes
     run._progress(pair)

@@ -1,8 +1,8 @@
 """Binance's streaming protocols: spot (``binance``) and USDⓈ-M futures (``binanceusdm``).
 
-The combined-stream connection, the payload normalisers and the depth-diff book they drive are
-the streamer's shared defaults (:mod:`data_collector.streaming.connection`, ``normalize`` and
-``order_book``), written for Binance first.
+:mod:`.parts` builds a streamer's combined-stream connections, book keeper and normalisers from
+the shared machinery (:mod:`data_collector.streaming.connection`, ``normalize`` and
+``order_book``, written for Binance first).
 
 The venue follows ``exchange.id`` (the ccxt class): ``binance`` streams spot symbols
 (``SOL/USDT``) from ``stream.binance.com`` and ``api.binance.com``; ``binanceusdm`` streams

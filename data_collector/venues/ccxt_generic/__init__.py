@@ -68,6 +68,7 @@ def stream(protocol: str) -> StreamVenue:
         repairs_klines=False,
         listed_ids=listed_ids,
         native_id=_same,
+        parts="data_collector.venues.ccxt_generic.parts:PARTS",
     )
 
 

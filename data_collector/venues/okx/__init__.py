@@ -8,7 +8,8 @@
   ids, the channel map, ``op: subscribe`` messages and the payload -> event normalisers;
 - :mod:`.book`: the ``books`` rules (``seqId``/``prevSeqId`` continuity and the CRC32 checksum of
   the best 25 levels, verified on every message) and the resync on a break;
-- :mod:`.connection`: one OKX WebSocket (subscribe, text ``ping``/``pong`` keepalive, routing).
+- :mod:`.connection`: one OKX WebSocket (subscribe, text ``ping``/``pong`` keepalive, routing);
+- :mod:`.parts`: what a streamer builds from these (book keeper, connections, normalisers).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ STREAM = StreamVenue(
     trade_job_limits={"market/history-trades": rules.HISTORY_TRADES_JOB_PER_2S},
     listed_ids=listed_ids,
     native_id=inst_id,
+    parts="data_collector.venues.okx.parts:PARTS",
 )
 
 

@@ -61,8 +61,7 @@ class OkxConnection(StreamConnection):
         **hooks: Any,
     ) -> None:
         """``hooks``: :class:`StreamConnection`'s keyword arguments (submit, metrics, settings, ...)."""
-        super().__init__(name, url, [], routes, **hooks)
-        self.url = url
+        super().__init__(name, url, routes, **hooks)
         self.subscriptions = subscriptions
         self.ping_interval_s = ping_interval_s
         self._sends: set[asyncio.Task[None]] = set()
