@@ -356,7 +356,7 @@ async def sigkill_recovery(engine: str, candidate: Any, tmp: Path) -> float:
 async def run(ctx: BenchContext) -> list[Table]:
     import tempfile
 
-    n = 200 if ctx.quick else 2000
+    n = 50 if ctx.quick else 2000
     repeats = 1 if ctx.quick else ctx.repeats
     speed = Table(
         f"{n} no-op jobs: enqueued {BATCH} at a time, then run by 1 worker (concurrency {CONCURRENCY})"
@@ -379,8 +379,11 @@ async def run(ctx: BenchContext) -> list[Table]:
                 speeds = [await candidate.throughput(n) for _ in range(repeats)]
                 speed.add(Row(f"{candidate.label}: enqueue", [s[0] for s in speeds], "jobs/s"))
                 speed.add(Row(f"{candidate.label}: run", [s[1] for s in speeds], "jobs/s"))
-                kills = [await sigkill_recovery(engine, candidate, Path(tmp)) for _ in range(repeats)]
-                kill.add(Row(candidate.label, kills, "s", higher_is_better=False))
+                # The quick form (CI's smoke run) kills the chosen engine's worker only: saq's
+                # recovery waits for its sweep (7.5 s), and the full form measures both.
+                if not ctx.quick or engine == "procrastinate":
+                    kills = [await sigkill_recovery(engine, candidate, Path(tmp)) for _ in range(repeats)]
+                    kill.add(Row(candidate.label, kills, "s", higher_is_better=False))
                 periodic.add(Row(candidate.label, [float(await candidate.periodic(window))], "runs"))
                 dedup.append(f"{candidate.label}: same key enqueued twice: {await candidate.dedup()}")
     speed.notes += [
