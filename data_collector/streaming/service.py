@@ -130,6 +130,14 @@ class _Activity:
         self._service.metrics.heartbeat_written(ts_ms)
 
 
+def _opens_before(row: list[Any], ms: int) -> bool:
+    """A REST kline row that opens before ``ms`` (a malformed one is left to the writer's checks)."""
+    try:
+        return int(row[0]) < ms
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
 class StreamService:
     """Runs the streams of :class:`ServiceOptions` into Redis until :meth:`close`."""
 
@@ -791,6 +799,10 @@ class StreamService:
         # and is then rejected by Redis as a duplicate.
         # Frames wait unread meanwhile, so the repair is bounded; what it misses stays marked in
         # the gaps stream for the backfill.
+        # A live close can land while REST answers (a minute boundary during the repair): the
+        # candles it overtook are older than the live stream's top, which Redis refuses, so they
+        # go to the kline's companion stream, which the reader merges.
+        seen = {id(r): self._last_closed_open.get((r.symbol, r.channel[6:]), 0) for r in kline_routes}
         try:
             async with asyncio.timeout(REPAIR_TIMEOUT_S):
                 try:
@@ -805,6 +817,11 @@ class StreamService:
         now = time.time()
         recv_ms = int(now * 1000)
         for route, rows in zip(kline_routes, results, strict=True):
+            live_last = self._last_closed_open.get((route.symbol, route.channel[6:]), 0)
+            heads = self._repair_heads.get(id(route))
+            if live_last > seen[id(route)] and heads is not None:
+                overtaken = [row for row in rows if _opens_before(row, live_last)]
+                self._write_repaired(route, overtaken, cutoff_ms, recv_ms, now, heads, seen[id(route)])
             self._write_repaired(route, rows, cutoff_ms, recv_ms, now)
 
     def _write_repaired(
