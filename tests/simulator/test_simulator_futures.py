@@ -390,7 +390,9 @@ async def test_pro_watchers_short(sim: SimulatedExchange, pro: Any) -> None:
     assert agg[-1]["symbol"] == "SOL/USDT:USDT" and agg[-1]["price"] > 0
     mark = await asyncio.wait_for(pro.watch_mark_price("BTC/USDT:USDT"), 10)
     assert mark["symbol"] == "BTC/USDT:USDT" and mark["markPrice"] > 0 and mark["indexPrice"] > 0
-    liquidations = await asyncio.wait_for(pro.watch_liquidations("BTC/USDT:USDT"), 15)
+    # A forced order comes in about one second of four, at random: 60 s bounds the wait (a
+    # quiet 15 s, which CI once saw, has a chance of about 1 in 75).
+    liquidations = await asyncio.wait_for(pro.watch_liquidations("BTC/USDT:USDT"), 60)
     assert liquidations[0]["symbol"] == "BTC/USDT:USDT" and liquidations[0]["contracts"] > 0
 
 

@@ -135,8 +135,10 @@ VENUES = pytest.mark.parametrize("venue", [BINANCE_SPOT, BINANCE_USDM, OKX_SPOT]
 async def _stored(
     database: dict[str, Any], symbol: str, venue: str
 ) -> tuple[list[Trade], list[TradeCoverage]]:
-    """Every stored trade of ``symbol`` and its coverage rows."""
-    store = open_store(load_config({"database": database, "logging": {"file": None}}))
+    """Every stored trade of ``symbol`` and its coverage rows (read with the default command
+    timeout: the streamer's may be short on purpose, and this read can wait on its DDL)."""
+    reading = {key: value for key, value in database.items() if key != "command_timeout_s"}
+    store = open_store(load_config({"database": reading, "logging": {"file": None}}))
     await store.initialize()
     try:
         base, quote = symbol.split(":")[0].split("/")
