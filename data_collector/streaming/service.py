@@ -215,6 +215,10 @@ class StreamService:
         if candle_sink is not None and options.store_funding:
             self.funding = FundingWatcher(self.rest, candle_sink, metrics)
         self._last_closed_open: dict[tuple[str, str], int] = {}
+        #: ``id(route)`` -> the open of the first candle a (re)connect's kline repair left to the
+        #: live feed: the first live candle must open there, or the candles between are fetched.
+        self._kline_seams: dict[int, int] = {}
+        self._seam_fills: set[asyncio.Task[None]] = set()
         #: Whether what Redis held at start has been read (once, before the first connection reads).
         self._loaded = False
         self._load_lock = asyncio.Lock()
@@ -533,6 +537,12 @@ class StreamService:
         # Venues that allow it (Binance, OKX) repair klines by REST; the others leave the gap marker.
         if kline_routes and self.venue.repairs_klines:
             await self._repair_klines(kline_routes)
+            for route in kline_routes:
+                if id(route) in self._repair_heads:
+                    timeframe = route.channel[6:]
+                    last = self._last_closed_open.get((route.symbol, timeframe))
+                    due = next_open_ms(last, timeframe) if last else candle_open_ms(route.last_ms, timeframe)
+                    self._kline_seams[id(route)] = due
 
     @classmethod
     def _stored_seq(cls, reply: Any) -> int:
@@ -545,6 +555,9 @@ class StreamService:
         """The first event of a stream after a (re)connect or a restart, or after a skipped id
         (trades): record the gap before it."""
         from_ms, to_ms = route.last_ms, int(event["event_ms"])
+        seam = self._kline_seams.pop(id(route), None)
+        if seam is not None:
+            self._check_kline_seam(route, seam, int(event["open_ms"]))
         if id(route) in self._unresolved and id(route) not in self._unresolved_first:
             self._unresolved_first[id(route)] = (entry_id, to_ms)
             if self._resolver is None:
@@ -737,7 +750,9 @@ class StreamService:
             log.warning("Redis lost data in a restart: %d streams marked", len(lost))
         return refills
 
-    async def _refill_klines(self, route: Route, after_open_ms: int, before_ms: int) -> None:
+    async def _refill_klines(
+        self, route: Route, after_open_ms: int, before_ms: int, why: str = "after a Redis restart"
+    ) -> None:
         """The closed candles opening after ``after_open_ms`` (-1: the last ``stream_maxlen``, the
         retention) and before ``before_ms``, fetched over REST (in the background, a page of 1,000
         at a time, each handed to the writer only while it is nearly idle: memory stays one page)
@@ -754,9 +769,7 @@ class StreamService:
                 rows = await self.kline_rest.klines(route.symbol, timeframe, cursor, end_ms, background=True)
             except CollectorError as exc:
                 self.metrics.rest_errors += 1
-                log.warning(
-                    "could not refill %s %s klines after a Redis restart: %s", route.symbol, timeframe, exc
-                )
+                log.warning("could not refill %s %s klines %s: %s", route.symbol, timeframe, why, exc)
                 return
             now = time.time()
             written += self._write_repaired(
@@ -777,6 +790,22 @@ class StreamService:
             repaired=written,
         )
         self.writer.submit_gap(marker)
+
+    def _check_kline_seam(self, route: Route, due_open: int, first_open: int) -> None:
+        """The first live candle after a (re)connect opens at ``first_open``; the repair before it
+        left the candles from ``due_open`` on to the live feed. Candles between the two closed
+        after the repair's cutoff but before the venue began sending: when a subscription takes
+        effect only after the connection opened (OKX's ``op: subscribe``), a candle can close in
+        between, and neither the repair nor the live feed carries it. Fetch them into the
+        companion stream (they are older than the live top)."""
+        if due_open <= 0 or first_open <= due_open or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._refill_klines(route, due_open - 1, first_open, "after a late subscription"),
+            name=f"kline-seam:{route.symbol}",
+        )
+        self._seam_fills.add(task)
+        task.add_done_callback(self._seam_fills.discard)
 
     async def _repair_klines(self, kline_routes: list[Route]) -> None:
         semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
@@ -896,7 +925,7 @@ class StreamService:
         if self._closed:
             return
         self._closed = True
-        for task in (self._resolver, self._refill):
+        for task in (self._resolver, self._refill, *self._seam_fills):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -46,3 +46,49 @@ async def test_okx_restart_gap_is_exact_and_repaired(redis_prefix: str) -> None:
         assert got == truth[truth.index(got[0]) :], "every trade of the tape once, in id order"
         assert first > got[0] and last < got[-1]
     client.close()
+
+
+async def test_okx_candle_closing_between_the_repair_and_the_subscription_is_fetched(
+    redis_prefix: str,
+) -> None:
+    """A reconnect's kline repair runs when the socket opens, before OKX acts on ``op: subscribe``.
+    A minute boundary in between closes a candle that neither the repair (its cutoff was before
+    the close) nor the live feed (it starts at the next candle) carries: the first live candle
+    shows the hole, and it is fetched into the companion stream."""
+    client = redis.Redis.from_url(REDIS_URL)
+    key = f"{redis_prefix}:stream:sim-okx:kline_1m:{SYMBOL}"
+    async with SimulatedExchange(symbols=[SYMBOL], seed=4, gaps={}, okx=OkxSettings()) as sim:
+        hub, clock = sim.okx.hub, sim.clock
+        async with okx_streamer_on(sim, redis_prefix, [SYMBOL], ["kline_1m"]) as streamer:
+            assert await streamer.wait_connected()
+
+            await wait_for(lambda: stored_count(client, key) > 0, 30, "the forming candle")
+            start_ms = clock.now_ms()
+            boundary = start_ms - start_ms % 60_000 + 60_000
+            clock.advance(boundary - 5_000 - start_ms)  # 5 s before a minute closes
+            hub.hold_subscribes()
+            hub.drop_all()
+            await wait_for(
+                lambda: bool(hub.held_subscribes), 30, "the reconnect's subscribe (its repair done)"
+            )
+            clock.advance(6_000)  # the candle closes while OKX has not acted on the subscribe yet
+            hub.release_subscribes()
+            missed_open = boundary - 60_000
+
+            def next_closed_live() -> bool:  # the candle after the missed one closes on the live feed
+                clock.advance(2_000)
+                return clock.now_ms() > boundary + 62_000
+
+            await wait_for(next_closed_live, 30, "the next candle's close")
+            await wait_for(
+                lambda: streamer.get_metrics()["repaired_klines"] >= 1, 30, "the missed candle fetched"
+            )
+            await settle_quietly(streamer, sim)
+        end_ms = clock.now_ms()
+        async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-okx") as reader:
+            got = [e["open_ms"] for e in await reader.range(SYMBOL, "kline_1m", 0, 2**62) if e["closed"]]
+        rows = sim.okx.venue.ohlcv(SYMBOL, "1m", start_ms - start_ms % 60_000, end_ms)
+        want = sorted(int(r[0]) for r in rows if r[8] == "1")
+        assert missed_open in want
+        assert got == want, f"closed candles {got} != {want} (the one opening at {missed_open} is the seam)"
+    client.close()

@@ -105,6 +105,8 @@ class OkxHub:
         self._corrupt: Counter[str] = Counter()
         #: instId -> ``trades`` frames still to lose (the trades stay on the tape and REST).
         self._skip_trades: Counter[str] = Counter()
+        #: ``(connection, request text)`` of the subscribe requests held (:meth:`hold_subscribes`).
+        self.held_subscribes: list[tuple[OkxConnection, str]] | None = None
         #: Connections dropped because their backlog passed MAX_BACKLOG.
         self.dropped_for_backlog = 0
         #: Per instrument: the seqId of the book state the last snapshot or update described.
@@ -171,6 +173,19 @@ class OkxHub:
         """Lose the next ``count`` ``trades`` frames of ``inst_id`` (its ids stay on the tape and
         REST: a client sees an id hole)."""
         self._skip_trades[inst_id] += count
+
+    def hold_subscribes(self) -> None:
+        """Take ``subscribe`` requests in but act on them only at :meth:`release_subscribes`, as
+        when the venue is slow to process them: the connection is open, nothing is sent yet."""
+        if self.held_subscribes is None:
+            self.held_subscribes = []
+
+    def release_subscribes(self) -> None:
+        """Act on the held ``subscribe`` requests (those of open connections) now, in order."""
+        held, self.held_subscribes = self.held_subscribes or [], None
+        for conn, text in held:
+            if conn in self.connections:
+                self._control(conn, text)
 
     def corrupt_checksum(self, inst_id: str, count: int = 1) -> None:
         """Send the next ``count`` book updates of ``inst_id`` with a wrong checksum."""
@@ -263,6 +278,9 @@ class OkxHub:
                 raise ValueError(op)
         except (ValueError, KeyError, TypeError):
             self._error(conn, "60012", f"Invalid request: {text}")
+            return
+        if op == "subscribe" and self.held_subscribes is not None:
+            self.held_subscribes.append((conn, text))
             return
         for arg in args:
             channel = arg.get("channel") if isinstance(arg, dict) else None
