@@ -368,6 +368,11 @@ class StreamingConfig(_Section):
     #: Trades waiting for the database at most; past it new ones are dropped and left as a hole
     #: for the trade backfill.
     store_trades_queue: int = Field(default=200_000, ge=10, le=10_000_000)
+    #: Sharded streaming (``stream --shard-group``): symbols per shard, in the configured order.
+    shard_symbols: int = Field(default=1, ge=1, le=1024)
+    #: Sharded streaming: a shard's lease. A dead host's shards move on within this plus a third
+    #: of it; a live host renews every third and stops writing once two thirds passed unrenewed.
+    shard_lease_s: float = Field(default=3.0, ge=0.3, le=600)
 
 
 class MetricsConfig(_Section):

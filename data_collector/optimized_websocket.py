@@ -34,6 +34,7 @@ from data_collector.streaming.connection import ConnectionSettings
 from data_collector.streaming.metrics import BatchHook, EventHook, StreamMetrics
 from data_collector.streaming.service import ServiceOptions, StreamService
 from data_collector.streaming.trades_store import check_store_trades, trade_store_sink
+from data_collector.streaming.writer import WriteLease
 from data_collector.venues import stream_venue
 from data_collector.venues.binance.rest import rest_base_from_urls
 
@@ -144,6 +145,9 @@ class OptimizedWebSocketStreamer:
         on_mark_price: called on the streamer's loop with every ``markPrice`` event (mark and
             index price, ``funding_rate``, ``next_funding_ms``): the hook for a funding store.
             It must not block.
+        lease: the shard lease of a sharded run (:mod:`data_collector.distributed.shards`):
+            nothing is written to Redis once it is no longer valid, and every stream entry
+            carries its stamp (field ``o``).
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class OptimizedWebSocketStreamer:
         store_funding: bool | None = None,
         adapter: str | None = None,
         store_trades: bool | None = None,
+        lease: WriteLease | None = None,
     ) -> None:
         cfg = load_config(config)
         adapter = adapter or cfg.streaming.adapter
@@ -212,6 +217,7 @@ class OptimizedWebSocketStreamer:
                 "enableRateLimit": True,
                 "timeout": int(cfg.exchange.timeout_s * 1000),
             },
+            lease=lease,
         )
         self.metrics = StreamMetrics()
         self.metrics.on_batch = _chain(on_batch, monitor_hook(monitor) if monitor is not None else None)

@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from data_collector.cli.exits import (
@@ -82,6 +84,8 @@ async def run_stream_cli(
     stop: asyncio.Event | None = None,
     monitor: Any = None,
     metrics_port: int | None = None,
+    shard_group: str | None = None,
+    host_id: str | None = None,
 ) -> dict[str, Any]:
     """Stream until Ctrl-C/SIGTERM, ``duration_s`` or ``stop``; return the final metrics.
 
@@ -99,6 +103,10 @@ async def run_stream_cli(
             process-wide one when ``/metrics`` is served and none is given.
         metrics_port: serve Prometheus ``/metrics`` on this port (0: any free port), on
             ``metrics.host``; default ``metrics.port`` (unset: not served).
+        shard_group: stream as one host of this shard group (:mod:`data_collector.distributed.shards`):
+            only the shards of the symbols this host holds a lease on; the final metrics are
+            then the sums over its shard streamers.
+        host_id: this host's name in the shard group; default ``<hostname>-<pid>``.
 
     Raises:
         UsageError: bad symbols, channels or config.
@@ -111,6 +119,8 @@ async def run_stream_cli(
         raise UsageError("spot symbols and perpetuals stream in separate runs: one venue per streamer")
     for symbol in wanted:
         venue.check_symbol(symbol)
+    if shard_group is not None and demo:
+        raise UsageError("--shard-group streams from the configured exchange, not --demo")
     for channel in channels or cfg.streaming.channels:
         try:
             validate_channel(channel, venue.channels)
@@ -161,6 +171,22 @@ async def run_stream_cli(
             else:
                 cfg = with_exchange(cfg, sim.exchange_config())
                 print(f"demo: simulator at {sim.rest_url}", file=out, flush=True)
+        ccxt_config = {"urls": cfg.exchange.urls, "options": cfg.exchange.options}
+        if shard_group is not None:
+            listed = [venue.check_symbol(s) for s in wanted]
+            await check_listed({**ccxt_config, "timeout": int(cfg.exchange.timeout_s * 1000)}, listed, venue)
+            return await _run_shard_host(
+                cfg,
+                endpoint,
+                listed,
+                channels,
+                shard_group,
+                host_id,
+                stop,
+                out,
+                status_interval_s,
+                duration_s,
+            )
         streamer = OptimizedWebSocketStreamer(
             symbols=symbols,
             channels=channels,
@@ -168,7 +194,6 @@ async def run_stream_cli(
             store_candles=False if demo else None,
             monitor=monitor,
         )
-        ccxt_config = {"urls": cfg.exchange.urls, "options": cfg.exchange.options}
         await check_listed(
             {**ccxt_config, "timeout": int(cfg.exchange.timeout_s * 1000)}, streamer.symbols, venue
         )
@@ -179,19 +204,15 @@ async def run_stream_cli(
             flush=True,
         )
         streamer.start()
-        deadline = None if duration_s is None else loop.time() + duration_s
         try:
-            while not stop.is_set():
-                wait = status_interval_s if status_interval_s > 0 else 3600.0
-                if deadline is not None:
-                    wait = min(wait, deadline - loop.time())
-                    if wait <= 0:
-                        break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await stop.wait()
-                if status_interval_s > 0 and not stop.is_set():
-                    print(status_line(streamer.get_metrics()), file=out, flush=True)
+            await _run_until(
+                stop.wait,
+                lambda: not stop.is_set(),
+                duration_s,
+                status_interval_s,
+                lambda: status_line(streamer.get_metrics()),
+                out,
+            )
         finally:
             await streamer.astop()
         metrics = streamer.get_metrics()
@@ -203,6 +224,104 @@ async def run_stream_cli(
         if server is not None:
             server.close()
         remove_signals(loop, installed)
+
+
+async def _run_until(
+    wait_for: Callable[[], Awaitable[Any]],
+    running: Callable[[], bool],
+    duration_s: float | None,
+    status_interval_s: float,
+    status: Callable[[], str],
+    out: TextIO,
+) -> None:
+    """Await ``wait_for()`` while ``running()`` and until ``duration_s``, printing ``status()``
+    every ``status_interval_s`` (0: never)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if duration_s is None else loop.time() + duration_s
+    while running():
+        wait = status_interval_s if status_interval_s > 0 else 3600.0
+        if deadline is not None:
+            wait = min(wait, deadline - loop.time())
+            if wait <= 0:
+                return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await wait_for()
+        if status_interval_s > 0 and running():
+            print(status(), file=out, flush=True)
+
+
+async def _run_shard_host(
+    cfg: Config,
+    endpoint: RedisEndpoint,
+    symbols: list[str],
+    channels: Sequence[str] | None,
+    group: str,
+    host_id: str | None,
+    stop: asyncio.Event,
+    out: TextIO,
+    status_interval_s: float,
+    duration_s: float | None,
+) -> dict[str, Any]:
+    """One host of shard group ``group``: streams the shards it holds a lease on until ``stop``
+    (or ``duration_s``); the sums of its shard streamers' counters."""
+    from data_collector.distributed.shards import ShardHost, ShardKeys, plan_shards
+
+    host_name = host_id or f"{socket.gethostname()}-{os.getpid()}"
+    streamers: list[OptimizedWebSocketStreamer] = []
+
+    async def start_shard(shard_symbols: list[str], lease: Any) -> OptimizedWebSocketStreamer:
+        streamer = OptimizedWebSocketStreamer(
+            symbols=shard_symbols, channels=channels, config=cfg, lease=lease, heartbeat=False
+        )
+        streamer.start()
+        streamers.append(streamer)
+        return streamer
+
+    shards = plan_shards(symbols, cfg.streaming.shard_symbols)
+    loop = asyncio.get_running_loop()
+    client = endpoint.async_client()
+    host = ShardHost(
+        client,
+        ShardKeys(cfg.redis.prefix, group),
+        shards,
+        host_name,
+        cfg.streaming.shard_lease_s,
+        start_shard,
+    )
+    print(
+        f"shard group {group}: host {host_name}, {len(shards)} shards of {len(symbols)} symbols, "
+        f"lease {cfg.streaming.shard_lease_s:g} s; Ctrl-C stops",
+        file=out,
+        flush=True,
+    )
+    task = loop.create_task(host.run(stop), name="shard-host")
+
+    def status() -> str:
+        written = sum(s.metrics.written for s in streamers)
+        return f"{time.strftime('%H:%M:%S')} {host_name} holds shards {host.owned()} | written {written:,}"
+
+    try:
+        await _run_until(
+            lambda: asyncio.shield(task), lambda: not task.done(), duration_s, status_interval_s, status, out
+        )
+    finally:
+        stop.set()
+        try:
+            await task
+        finally:
+            await client.aclose()
+    totals: dict[str, Any] = {"shard_streamers": len(streamers)}
+    for streamer in streamers:
+        for key, value in streamer.metrics.snapshot(0).items():
+            if isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+    print(
+        "\n".join(["shard host summary:", *(f"  {k.replace('_', ' ')}: {v:,}" for k, v in totals.items())]),
+        file=out,
+        flush=True,
+    )
+    return totals
 
 
 async def check_listed(config: Mapping[str, Any], symbols: Sequence[str], venue: StreamVenue) -> None:
@@ -295,6 +414,15 @@ def parse_args(argv: list[str] | None = None, prog: str = "stream_market_data.py
         help="serve Prometheus /metrics on this port (default: metrics.port of the config; unset: off)",
     )
     parser.add_argument(
+        "--shard-group",
+        metavar="NAME",
+        help="stream as one host of this shard group: the symbols are shared out over the group's "
+        "live hosts by Redis leases (streaming.shard_symbols, streaming.shard_lease_s)",
+    )
+    parser.add_argument(
+        "--host-id", metavar="NAME", help="this host's name in the shard group (default: <hostname>-<pid>)"
+    )
+    parser.add_argument(
         "--log-level", type=log_level, default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
     )
     args = parser.parse_args(argv)
@@ -311,5 +439,5 @@ def main(argv: list[str] | None = None, prog: str = "stream_market_data.py") -> 
     """Run the stream command; ``prog`` names it in ``--help`` and errors."""
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    named = pick(args, "config", "symbols", "channels", "demo", "metrics_port")
+    named = pick(args, "config", "symbols", "channels", "demo", "metrics_port", "shard_group", "host_id")
     return run_stream_main(**named, status_interval_s=args.status_interval, duration_s=args.duration)

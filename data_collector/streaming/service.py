@@ -48,7 +48,14 @@ from data_collector.streaming.normalize import (
 from data_collector.streaming.order_book import BookKeeper
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, WRITER_IDLE_DEPTH, RepairJob, TradeRepairer
 from data_collector.streaming.trades_store import TradeStoreSink
-from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
+from data_collector.streaming.writer import (
+    GapMarker,
+    RedisWriter,
+    StreamName,
+    WriteLease,
+    set_prefix,
+    xadd_prefix,
+)
 from data_collector.venues import stream_venue
 from data_collector.venues.binance.rest import BACKGROUND_WEIGHT_PER_MIN, BinanceRest
 
@@ -110,6 +117,8 @@ class ServiceOptions:
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
     ccxt_config: dict[str, Any] = field(default_factory=dict)
+    #: The shard lease these streams are written under (a sharded run); None: no lease.
+    lease: WriteLease | None = None
 
 
 class _Activity:
@@ -172,6 +181,7 @@ class StreamService:
             gaps_key=gaps_key(options.prefix, options.exchange),
             stream_maxlen=options.stream_maxlen,
             max_batch=options.max_batch,
+            lease=options.lease,
         )
         self.rest = BinanceRest(
             options.rest_url,

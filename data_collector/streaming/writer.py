@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import hiredis
 import redis
@@ -52,6 +53,17 @@ Entry = tuple[bytes, bytes, str, bytes, int, float]
 _DUPLICATE_ID = "equal or smaller"
 _RECONNECT_MIN_S = 0.05
 _RECONNECT_MAX_S = 2.0
+
+
+class WriteLease(Protocol):
+    """What a sharded streamer writes under (:mod:`data_collector.distributed.shards`): the
+    writer sends nothing once :meth:`valid` is false, and stamps each entry it writes with
+    :attr:`stamp` (field ``o``), which proves afterwards who wrote it."""
+
+    #: ``<host>:<fencing token>``, written as field ``o`` of every stream entry.
+    stamp: bytes
+
+    def valid(self) -> bool: ...
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -206,8 +218,16 @@ class RedisWriter:
         gaps_key: str,
         stream_maxlen: int,
         max_batch: int = 10_000,
+        lease: WriteLease | None = None,
     ) -> None:
         self._endpoint = endpoint
+        #: Held while writing a shard of a sharded run; None: the writer owns its streams alone.
+        self._lease = lease
+        self._stamp = b"$1\r\no\r\n" + _bulk(lease.stamp) if lease is not None else b""
+        #: The lease ran out: everything was discarded and nothing is written any more.
+        self.fenced = False
+        #: A new gap marker was refused (another writer's is newer): read the top before the next.
+        self._gaps_behind = False
         self._metrics = metrics
         self._batch_size = max(1, batch_size)
         self._interval_s = batch_interval_s
@@ -371,11 +391,7 @@ class RedisWriter:
             )
             while self._queue:
                 self._drop_oldest()
-            self._control.clear()
-            self._markers.clear()
-            self._n_markers = 0
-            self._runs.clear()
-            self._unsure.clear()
+            self._clear_markers()
         self._books.clear()
         await self._drop_connection()
 
@@ -496,17 +512,72 @@ class RedisWriter:
         gap_id = f"{self._gap_id[0]}-{self._gap_id[1]}"
         return pack("XADD", self._gaps_key, "MAXLEN", "~", self._stream_maxlen, gap_id, *marker.fields())
 
+    def _remark(self, marker: GapMarker) -> None:
+        """Queue a refused new marker again, to go out above the gaps stream's top."""
+        self._markers.setdefault(marker.stream, []).append(marker)
+        self._n_markers += 1
+        self._gaps_behind = True
+        self._wake.set()
+
+    async def _catch_up_gap_ids(self, conn: FastConnection) -> bool:
+        """Read the gaps stream's newest id, so new marker ids go above it; False: Redis failed."""
+        try:
+            (top,) = await conn.execute(pack("XREVRANGE", self._gaps_key, "+", "-", "COUNT", 1), 1)
+        except (TimeoutError, ConnectionError, OSError, redis.RedisError) as exc:
+            self._metrics.redis_errors += 1
+            log.warning("Redis read of the gaps stream failed (%s); retrying", type(exc).__name__)
+            await self._drop_connection()
+            return False
+        if isinstance(top, list) and top:
+            self.note_gap_id(top[0][0].decode())
+        self._gaps_behind = False
+        return True
+
+    def _lease_lost(self) -> bool:
+        """Whether the shard's lease ran out: then drop everything, unwritten and unmarked (the
+        shard's next owner repairs from what Redis holds), and write nothing from now on."""
+        if self._lease is None or self._lease.valid():
+            return False
+        if not self.fenced:
+            log.warning(
+                "shard lease lost: %d queued entries not written (the next owner repairs)", len(self._queue)
+            )
+            self.fenced = True
+        self._queue.clear()
+        self._clear_markers()
+        self._books.clear()
+        self._unconfirmed = 0
+        return True
+
+    def _clear_markers(self) -> None:
+        """Forget every gap marker waiting (and every dropped run still to be marked)."""
+        self._control.clear()
+        self._markers.clear()
+        self._n_markers = 0
+        self._runs.clear()
+        self._unsure.clear()
+
     async def _flush_once(self) -> None:
+        if self._lease_lost():
+            return
         conn = await self._connection()
+        if self._lease_lost():
+            return
         if (self._to_fence or self._unsure) and not await self._check_unsure(conn):
             return
         # Each stream's dropped run ends here: the entries after it may be written from now on.
         runs, self._runs = self._runs, {}
         for head, run in runs.items():
             self._mark_dropped(head, run)
-        if len(self._control) < self._buffer_max:
+        if self._gaps_behind and not await self._catch_up_gap_ids(conn):
+            return
+        # Markers sent before (their write went unanswered) come first, then the new ones.
+        resent = len(self._control)
+        fresh: list[GapMarker] = []
+        if resent < self._buffer_max:
             for waiting in self._markers.values():
-                self._control.extend(self._pack_gap(m) for m in waiting)
+                fresh.extend(waiting)
+            self._control.extend(self._pack_gap(m) for m in fresh)
             self._markers.clear()
             self._n_markers = 0
         queue = self._queue
@@ -520,17 +591,22 @@ class RedisWriter:
         parts = control[:]
         latest: dict[bytes, bytes] = {}
         tops: dict[bytes, str] = {}
+        stamp = self._stamp
         for head, set_head, entry_id, payload, _, _ in batch:
             raw_id = entry_id.encode()
+            if stamp:  # two more arguments: field ``o``, the writer's lease
+                head = b"*10" + head[2:]
             parts.append(
-                b"%s$%d\r\n%s\r\n$1\r\nd\r\n$%d\r\n%s\r\n"
-                % (head, len(raw_id), raw_id, len(payload), payload)
+                b"%s$%d\r\n%s\r\n$1\r\nd\r\n$%d\r\n%s\r\n%s"
+                % (head, len(raw_id), raw_id, len(payload), payload, stamp)
             )
             latest[set_head] = payload
             tops[head] = entry_id
         for set_head, payload in latest.items():
             parts.append(set_head + _bulk(payload))
         parts.extend(books.values())
+        if self._lease_lost():  # checked last before the write goes out
+            return
         try:
             replies = await conn.execute(b"".join(parts), len(parts))
         except (TimeoutError, ConnectionError, OSError, redis.RedisError) as exc:
@@ -559,13 +635,15 @@ class RedisWriter:
             else:
                 metrics.rejected += 1
                 log.warning("Redis refused a stream entry: %s", reply)
-        for reply in replies[:n_control] + replies[n_control + len(batch) :]:
-            if isinstance(reply, hiredis.ReplyError):
-                if _DUPLICATE_ID in str(reply):
-                    metrics.deduplicated += 1
-                else:
-                    metrics.rejected += 1
-                    log.warning("Redis refused a command: %s", reply)
+        for k, reply in enumerate(replies[:n_control]):
+            if k >= resent and isinstance(reply, hiredis.ReplyError) and _DUPLICATE_ID in str(reply):
+                # A new marker below another writer's newer one (streamers sharing the gaps
+                # stream: a shard group's hosts): sent again above the stream's top.
+                self._remark(fresh[k - resent])
+            else:
+                self._count_refused(reply)
+        for reply in replies[n_control + len(batch) :]:
+            self._count_refused(reply)
         metrics.record_batch(
             len(batch),
             written,
@@ -574,6 +652,15 @@ class RedisWriter:
             else [now_ms - e[4] for e in batch],
             [(now - e[5]) * 1000.0 for e in batch],
         )
+
+    def _count_refused(self, reply: object) -> None:
+        """Count a command Redis refused: a resend that had landed, or a real refusal (logged)."""
+        if isinstance(reply, hiredis.ReplyError):
+            if _DUPLICATE_ID in str(reply):
+                self._metrics.deduplicated += 1
+            else:
+                self._metrics.rejected += 1
+                log.warning("Redis refused a command: %s", reply)
 
     def _requeue(self, batch: list[Entry], control: list[bytes], books: dict[str, bytes]) -> None:
         queue = self._queue
