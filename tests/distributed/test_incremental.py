@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from data_collector.distributed.incremental import TASK
+from data_collector.config import load_config
+from data_collector.distributed.incremental import TASK, _series
 from data_collector.distributed.jobs import TASK as BACKFILL_TASK
 from data_collector.markets import MINUTE_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -150,3 +151,12 @@ def test_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "--incremental 'every 5 minutes' is not a cron expression" in done.stderr
+
+
+def test_series_of_a_tick_skip_what_a_market_lacks(base_config: dict[str, Any]) -> None:
+    types = ["ohlcv", "funding_rates", "open_interest", "trades"]
+    config = load_config({**base_config, "timeframes": ["1m", "5m"], "data_types": types})
+    assert _series(config, "BTC/USDT") == [("ohlcv", "1m"), ("ohlcv", "5m"), ("trades", "-")]
+    assert _series(config, "BTC/USDT:USDT") == [
+        ("ohlcv", "1m"), ("ohlcv", "5m"), ("funding_rates", "-"), ("open_interest", "5m"), ("trades", "-"),
+    ]  # fmt: skip
