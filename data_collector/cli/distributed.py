@@ -2,12 +2,16 @@
 
     data-collector worker [--config config.yaml] [--source-address 127.0.0.2] [--share-budget]
         [--queue URL] [--queue-schema dc_jobs] [--concurrency 4] [--name NAME] [--log-level INFO]
+        [--incremental CRON [--window-days 30]]
 
 The queue is procrastinate on PostgreSQL: by default the config's database, in schema dc_jobs.
 The worker runs until stopped. Exit codes: 1 the queue or a server is unreachable; 2 usage or
 configuration error (a config version other than the waiting jobs'); 130 Ctrl-C. However it stops
 (Ctrl-C, SIGTERM, SIGKILL, the host dying), the jobs it was running go back to the queue once its
 heartbeat has been silent for --stalled seconds, and another worker runs them.
+--incremental CRON (e.g. '*/5 * * * *'; a 6th field is seconds) also brings every series of the
+config up to date on that schedule: one run per tick however many workers have the flag. A bad
+cron is a usage error (one line, exit 2).
 The producer (``collect --distributed``) exits 0 when every job succeeded, 1 when some did not
 (listed), 2 on usage errors.
 """
@@ -26,7 +30,7 @@ from data_collector.cli.parser import LOG_LEVELS, OneLineParser, log_level
 from data_collector.config import DEFAULT_CONFIG_PATH, Config, load_config
 from data_collector.distributed.engine import EngineSettings
 from data_collector.distributed.ledger import libpq_dsn
-from data_collector.errors import CollectorError, ConfigError
+from data_collector.errors import CollectorError, ConfigError, UsageError
 
 #: Days of one job's window (``collect --window-days``).
 DEFAULT_WINDOW_DAYS = 30.0
@@ -83,11 +87,24 @@ def parse_worker_args(argv: list[str] | None, prog: str | None) -> argparse.Name
         "--stalled", type=float, default=10.0, help="a worker silent this long is dead (default 10)"
     )
     parser.add_argument("--name", help="the worker's name in reports (default host:pid@address)")
+    parser.add_argument(
+        "--incremental", metavar="CRON", help="bring every series up to date on this cron (default: never)"
+    )
+    parser.add_argument(
+        "--window-days", type=float, default=DEFAULT_WINDOW_DAYS, help="days per incremental job (default 30)"
+    )
     parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", type=log_level, help=", ".join(LOG_LEVELS))
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if args.incremental is not None:
+        from data_collector.distributed.incremental import check_cron
+
+        try:
+            check_cron(args.incremental)
+        except UsageError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -105,7 +122,13 @@ def worker_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return EXIT_USAGE
     setup_logging(config, args.log_level)
     settings = WorkerSettings(
-        engine, args.source_address, args.share_budget, name=args.name, ready_file=args.ready_file
+        engine,
+        args.source_address,
+        args.share_budget,
+        name=args.name,
+        ready_file=args.ready_file,
+        incremental=args.incremental,
+        window_days=args.window_days,
     )
     try:
         asyncio.run(run_worker(config, settings))

@@ -26,7 +26,7 @@ import procrastinate
 from data_collector.backfill.shared_budget import SharedWeightBudget
 from data_collector.backfill.venues import Venues
 from data_collector.config import Config
-from data_collector.distributed import ledger
+from data_collector.distributed import incremental, ledger
 from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app, worker_options
 from data_collector.distributed.jobs import (
     NO_TIMEFRAME,
@@ -58,6 +58,8 @@ class WorkerSettings:
             through the config's Redis.
         name: the worker's name in the report (default ``host:pid[@address]``).
         ready_file: written with the pid once the worker takes jobs (tests wait on it).
+        incremental: cron of the periodic incremental run (:mod:`.incremental`); None: none.
+        window_days: days of one incremental job's window.
     """
 
     engine: EngineSettings
@@ -65,6 +67,8 @@ class WorkerSettings:
     share_budget: bool = False
     name: str | None = None
     ready_file: Path | None = None
+    incremental: str | None = None
+    window_days: float = 30.0
 
     def worker_name(self) -> str:
         base = self.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -215,6 +219,8 @@ async def run_worker(config: Config, settings: WorkerSettings) -> None:
         )
         await stack.enter_async_context(collector)
         register(app, config, collector, name)
+        if settings.incremental is not None:
+            incremental.register(app, config, collector, settings.incremental, mine, settings.window_days)
         if settings.ready_file is not None:
             settings.ready_file.write_text(str(os.getpid()), encoding="utf-8")
         log.info("worker %s takes jobs of config version %s", name, version)
