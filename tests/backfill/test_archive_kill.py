@@ -46,7 +46,7 @@ async def test_sigkill_during_archive_ingest_then_restart_converges(
     clean, killed = schemas
     end = START_MS + DAYS * DAY_MS
     async with SimulatedExchange(
-        symbols=[SYMBOL], seed=13, gaps={}, archive=ArchiveSettings(slow_s=0.3)
+        symbols=[SYMBOL], seed=13, gaps={}, archive=ArchiveSettings(slow_s=0.15)
     ) as sim:
         sim.archive.inject("slow")  # every file: the run lasts long enough to be killed twice
 

@@ -47,11 +47,11 @@ async def test_sigkill_at_three_points_then_restart_leaves_funding_as_an_uninter
         SimulatedExchange(symbols=["BTC/USDT"], perpetuals=PERPS, seed=5) as sim,
     ):
         # Slow answers, one symbol and one page at a time: the run lasts long enough to be
-        # killed three times. A symbol's candles take about 5 s and its funding page arrives
-        # after 4 s, so each kill (at 60 %, 35 % and 10 % of a symbol) strikes while the funding
-        # of the symbol is asked for and not yet stored.
-        sim.set_latency(200.0, endpoint="fapi/v1/markPriceKlines")
-        sim.set_latency(4000.0, endpoint="fapi/v1/fundingRate")
+        # killed three times. A symbol's candles take about 2.5 s and its funding page arrives
+        # after 2 s, so each kill (at 60 %, 35 % and 10 % of a symbol: 1.5, 0.9 and 0.25 s into
+        # it) strikes while the funding of the symbol is asked for and not yet stored.
+        sim.set_latency(100.0, endpoint="fapi/v1/markPriceKlines")
+        sim.set_latency(2000.0, endpoint="fapi/v1/fundingRate")
         start = (sim.clock.now_ms() - 120 * DAY_MS) // HOUR_MS * HOUR_MS + 4321
         end = start + 100 * DAY_MS
 
