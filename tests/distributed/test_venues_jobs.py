@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from data_collector.markets import DAY_MS, MINUTE_MS
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from tests.support import two_venues as two
 from tests.support.backfill import RANGE_START_MS, local_iso, pg_rows, write_config
-from tests.support.distributed import engine, spawn, workers_ready
+from tests.support.distributed import ROOT, engine, spawn, workers_ready
 
 TIMEFRAMES = ["15m", "1h"]
 
@@ -63,9 +64,16 @@ async def test_two_workers_collect_both_venues_exactly_then_a_rerun_asks_nothing
         rows = await pg_rows(cfg["database"]["schema"])
         assert len(rows) == len(set(rows))  # nothing twice
         okx_before, binance_before = two.candle_requests(sim), two.binance_candle_requests(sim)
-        rerun = await asyncio.wait_for(run_distributed(config, engine(queue_schema), window_days=1), 600)
-        assert not rerun.failed and rerun.requests == 0, rerun.summary()
-        assert rerun.total("written", rerun.workers) == 0, rerun.summary()
+        # The re-run through the command: every job runs again, and asks neither venue anything.
+        rerun = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "data_collector.cli.main", "collect", "--config", str(path), "--distributed",
+            "--window-days", "1", "--queue-schema", queue_schema,
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(rerun.communicate(), 600)
+        assert rerun.returncode == 0, err.decode()[-2000:]
+        assert f"{len(jobs)} jobs, 0 not done" in out.decode(), out.decode()[-2000:]
+        assert "total: 0 rows written, 0 requests, 0 x 429, 0 x 418" in out.decode(), out.decode()[-2000:]
         assert (two.candle_requests(sim), two.binance_candle_requests(sim)) == (okx_before, binance_before)
         assert await pg_rows(cfg["database"]["schema"]) == rows
 
