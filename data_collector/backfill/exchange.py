@@ -327,6 +327,10 @@ class ExchangeClient:
                 ):
                     self.limiter.set_weight_limit(int(limit["limit"]))
                     log.info("weight budget from exchangeInfo: %s per minute", limit["limit"])
+                    if self.shared_budget is not None:
+                        # Shared from here on at the exchange's limit; until now (this exchangeInfo
+                        # and nothing else) at the configured or default one.
+                        self.shared_budget.set_weight_limit(self.limiter.budget)
 
     async def close(self) -> None:
         """Close the HTTP session; safe to call twice."""

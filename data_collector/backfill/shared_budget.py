@@ -3,14 +3,19 @@
 Binance counts REQUEST_WEIGHT per client IP and fixed calendar minute of its clock. Workers on one
 host (or behind one NAT) spend one budget, so each :class:`~data_collector.backfill.rate_limit.RateLimiter`
 pacing to the full budget on its own would overrun it together. This module is the shared part
-(issue 17); it is not yet wired into the collector.
+(issue 17); ``data-collector worker --share-budget`` gives one to every weight-budget client
+(Binance spot and USDⓈ-M each their own: separate budgets at the exchange, separate keys here).
 
 The algorithm is the ``limits`` library's fixed window on Redis (an atomic ``INCRBY`` with expiry
 in one Lua script): chosen over its moving and sliding windows, whose windows do not reset where
 Binance's do. Its fixed window starts at a key's first hit, not on the minute, so the key here
 names the exchange's minute (``…/<minute>``): one counter per calendar minute, exactly Binance's.
-A refused hit still adds its weight to that minute's counter (``limits`` increments, then
-compares); that only wastes the rest of a minute that was nearly spent, it never lets more through.
+The counter's key does not hold the limit (``limits`` puts an item's amount in its keys): holders
+that know the limit at different moments (a client adopts the exchange's from ``exchangeInfo``
+when it opens, :meth:`SharedWeightBudget.set_weight_limit`) or with other margins still count in
+one counter, each refusing at its own limit. A refused hit still adds its weight to that minute's
+counter (increment, then compare); that only wastes the rest of a minute that was nearly spent,
+it never lets more through.
 
 A request is only sent well inside its minute: not in the first or last ``guard_s`` of it, so
 neither the error of the measured clock offset nor the request's trip to the server can carry it
@@ -26,7 +31,6 @@ from collections.abc import Awaitable, Callable
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
-from limits.aio.strategies import FixedWindowRateLimiter
 
 from data_collector.errors import ClosedError, UsageError
 from data_collector.redis.client import RedisSettings, async_pool
@@ -74,15 +78,15 @@ class SharedWeightBudget:
         self.guard_s = guard_s
         self._clock = clock
         self._sleep = sleep
-        self._item = RateLimitItemPerMinute(weight_per_min)
+        #: Names the counters and gives their expiry; its amount (1) is not the limit.
+        self._slot = RateLimitItemPerMinute(1)
         self._pool = async_pool(settings)
-        storage = RedisStorage(
+        self._storage = RedisStorage(
             settings.url,
             implementation="redispy",
             key_prefix=key_prefix,
             connection_pool=self._pool,  # type: ignore[arg-type]  # limits passes it on to redis-py
         )
-        self._limiter = FixedWindowRateLimiter(storage)
         self._closed = False
         #: Minutes in which a request was refused and waited for the next one.
         self.waits = 0
@@ -99,6 +103,16 @@ class SharedWeightBudget:
             return
         self._closed = True
         await self._pool.disconnect()
+
+    def set_weight_limit(self, weight_per_min: int) -> None:
+        """Refuse at ``weight_per_min`` from now on (the exchange's limit, once the client read it);
+        the minute's counter is the same one."""
+        if weight_per_min <= 0:
+            raise UsageError(f"weight_per_min must be > 0, got {weight_per_min}")
+        self.weight_per_min = weight_per_min
+
+    def _key(self, minute: int) -> str:
+        return self._slot.key_for(self.name, str(minute))
 
     def _minute(self) -> tuple[int, float]:
         """The exchange's current minute and the seconds into it."""
@@ -123,7 +137,8 @@ class SharedWeightBudget:
             if into > MINUTE_S - self.guard_s:
                 await self._to_next_minute(into)
                 continue
-            if await self._limiter.hit(self._item, self.name, str(minute), cost=weight):
+            spent = await self._storage.incr(self._key(minute), self._slot.get_expiry(), amount=weight)
+            if spent <= self.weight_per_min:
                 return
             self.waits += 1
             await self._to_next_minute(self._minute()[1])
@@ -131,5 +146,4 @@ class SharedWeightBudget:
     async def used(self) -> int:
         """Weight spent (or refused) in the current minute, by every holder."""
         minute, _ = self._minute()
-        stats = await self._limiter.get_window_stats(self._item, self.name, str(minute))
-        return self.weight_per_min - stats.remaining
+        return int(await self._storage.get(self._key(minute)))

@@ -14,7 +14,7 @@ through the spot client (one limiter) and carry its label (the symbols, ``BTC/US
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -40,13 +40,14 @@ class Venues:
         spot: ExchangeClient | None = None,
         futures: ExchangeClient | None = None,
         source_address: str | None = None,
-        shared_budget: Any = None,
+        budget_for: Callable[[str, ExchangeClient], Any] | None = None,
     ) -> None:
         self.config = config
-        #: Issue 17: the local address of this worker's requests, and the spot budget it shares
-        #: with workers behind the same IP (the futures venue's is its own, not yet shared).
+        #: Issue 17: the local address of this worker's requests, and the budget each client it
+        #: builds shares with workers behind the same IP: ``budget_for(label, client)`` (a
+        #: ``SharedWeightBudget`` or ``None``), asked once per client (spot and futures apart).
         self.source_address = source_address
-        self.shared_budget = shared_budget
+        self.budget_for = budget_for
         self.monitor = monitor
         self.given = {c for c in (spot, futures) if c is not None}
         self.given_futures = futures
@@ -60,7 +61,9 @@ class Venues:
     async def open_spot(self) -> ExchangeClient:
         if self.spot is None:
             settings = replace(ExchangeSettings.from_config(self.config), source_address=self.source_address)
-            self.spot = self._shared(ExchangeClient(settings, monitor=self.monitor))
+            self.spot = self._shared(
+                self.config.exchange.name, ExchangeClient(settings, monitor=self.monitor)
+            )
         if self.spot.monitor is None:
             self.spot.monitor = self.monitor
         await self.spot.open()
@@ -74,7 +77,8 @@ class Venues:
                     section="futures_exchange",
                     source_address=self.source_address,
                 )
-                self.futures = ExchangeClient(settings, monitor=self.monitor)
+                futures = ExchangeClient(settings, monitor=self.monitor)
+                self.futures = self._shared(self.config.futures_venue().name, futures)
             if self.futures.monitor is None:
                 self.futures.monitor = self.monitor
             if not self._futures_opened:
@@ -82,8 +86,9 @@ class Venues:
                 self._futures_opened = True
             return self.futures
 
-    def _shared(self, client: ExchangeClient) -> ExchangeClient:
-        client.shared_budget = self.shared_budget
+    def _shared(self, label: str, client: ExchangeClient) -> ExchangeClient:
+        if self.budget_for is not None:
+            client.shared_budget = self.budget_for(label, client)
         return client
 
     def futures_section(self) -> dict[str, object]:

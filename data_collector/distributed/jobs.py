@@ -72,16 +72,26 @@ class WindowJob:
 def config_version(config: Config) -> str:
     """12 hex digits naming the settings producer and workers must share (venues, URLs, schema).
 
-    Secrets and the database URL are left out: hosts reach the same database by other names.
+    With ``venues``, every venue's exchange and futures sections count (in order): a worker whose
+    venues differ is refused like one with another ``exchange``. Secrets and the database URL are
+    left out: hosts reach the same database by other names.
     """
     picked: dict[str, Any] = {}
     for section, keys in _VERSIONED.items():
         values = getattr(config, section)
         picked[section] = {k: getattr(values, k) for k in keys}
-    futures = config.futures_venue()
-    picked["futures"] = {k: getattr(futures, k) for k in _VERSIONED["exchange"]}
+    picked["futures"] = _exchange_keys(config.futures_venue())
+    if config.venues:  # absent without venues: one-exchange configs keep their version
+        picked["venues"] = [
+            {"exchange": _exchange_keys(c.exchange), "futures": _exchange_keys(c.futures_venue())}
+            for _, c in config.venue_configs()
+        ]
     text = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _exchange_keys(section: Any) -> dict[str, Any]:
+    return {k: getattr(section, k) for k in _VERSIONED["exchange"]}
 
 
 def queue_name(version: str) -> str:
@@ -109,13 +119,30 @@ def _whole_pages(span_ms: int, timeframe: str, page_limit: int) -> int:
     return max(1, round(span_ms / page_ms)) * page_ms
 
 
+def _one_client(config: Config) -> bool:
+    return adapter_for(config.exchange.id).one_client and config.futures_exchange is None
+
+
 def venue_of(config: Config, symbol: str) -> str:
     """The venue label of ``symbol``'s rows (the spot or the futures venue; one label where the
-    venue serves both from one client, as :class:`~data_collector.backfill.venues.Venues` does)."""
-    one_client = adapter_for(config.exchange.id).one_client and config.futures_exchange is None
-    if is_perpetual_symbol(symbol) and not one_client:
+    venue serves both from one client, as :class:`~data_collector.backfill.venues.Venues` does).
+
+    ``config`` is one venue's (an entry of :meth:`~data_collector.config.Config.venue_configs`)."""
+    if is_perpetual_symbol(symbol) and not _one_client(config):
         return config.futures_venue().name
     return config.exchange.name
+
+
+def venue_labels(config: Config) -> dict[str, int]:
+    """Every venue label the jobs of ``config`` may name -> the index of its venue in
+    :meth:`~data_collector.config.Config.venue_configs` (a Binance venue has two labels, spot
+    and USDⓈ-M; OKX one)."""
+    out: dict[str, int] = {}
+    for i, (_, venue) in enumerate(config.venue_configs()):
+        out[venue.exchange.name] = i
+        if not _one_client(venue):
+            out[venue.futures_venue().name] = i
+    return out
 
 
 def cut_jobs(
@@ -127,9 +154,13 @@ def cut_jobs(
     start_ms: int,
     end_ms: int,
     window_days: float,
+    version: str | None = None,
 ) -> list[WindowJob]:
-    """The jobs of one run: every symbol, data type (each timeframe of OHLCV) and window."""
-    version = config_version(config)
+    """The jobs of one run: every symbol, data type (each timeframe of OHLCV) and window.
+
+    ``config`` is one venue's; ``version`` the whole config's (default: ``config``'s own).
+    """
+    version = version if version is not None else config_version(config)
     span = max(1, int(window_days * DAY_MS))
     jobs: list[WindowJob] = []
     for symbol in symbols:

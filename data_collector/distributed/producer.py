@@ -1,6 +1,8 @@
 """The producer: ``data-collector collect --distributed`` plans a run, enqueues it, waits, reports.
 
-It resolves the symbols and the range as ``collect`` does (and creates the data schema, so the
+It resolves the symbols and the range as ``collect`` does, per venue with ``venues:`` (each
+venue opened and checked first, as :class:`~data_collector.backfill.multi_venue.MultiVenueCollector`
+does, so a refused venue stops the run before a job is queued; and the data schema created, so the
 workers never race on DDL), cuts the run into jobs (:func:`~data_collector.distributed.jobs.cut_jobs`),
 defers each under its key as queueing lock (a job of the same key still waiting is taken as this
 run's own), waits until none is waiting or running, and prints what every worker did.
@@ -16,11 +18,11 @@ from typing import IO
 import procrastinate
 from procrastinate.exceptions import AlreadyEnqueued
 
+from data_collector.backfill.multi_venue import MultiVenueCollector
 from data_collector.config import Config
 from data_collector.distributed import ledger
 from data_collector.distributed.engine import EngineSettings, ensure_schema, make_app
-from data_collector.distributed.jobs import TASK, WindowJob, cut_jobs, queue_name
-from data_collector.errors import UsageError
+from data_collector.distributed.jobs import TASK, WindowJob, config_version, cut_jobs, queue_name
 from data_collector.optimized_collector import OptimizedDataCollector
 
 #: Seconds between looks at the jobs' statuses while waiting.
@@ -94,6 +96,32 @@ async def wait_done(app: procrastinate.App, ids: list[int], out: IO[str] | None 
         await asyncio.sleep(POLL_S)
 
 
+async def plan_jobs(config: Config, run_id: str, window_days: float) -> list[WindowJob]:
+    """Every venue's jobs of one run: its symbols, data types and timeframes over the range.
+
+    A config without ``venues`` is its one venue (``exchange``); with them, each venue's symbols
+    are resolved by its own collector, and all jobs carry the whole config's version.
+    """
+    version = config_version(config)
+    if not config.venues:
+        async with OptimizedDataCollector(config) as collector:
+            symbols = (await collector.resolve_symbols()).symbols
+            plans = [(config, symbols, collector._resolve_range(None, None))]
+    else:
+        async with MultiVenueCollector(config) as multi:
+            plans = [
+                (c.config, (await c.resolve_symbols()).symbols, c._resolve_range(None, None))
+                for _, _, c in multi.venues
+            ]
+    jobs: list[WindowJob] = []
+    for venue, symbols, (start_ms, end_ms) in plans:
+        jobs += cut_jobs(
+            venue, run_id, list(symbols), list(venue.timeframes), list(venue.data_types),
+            start_ms, end_ms, window_days, version,
+        )  # fmt: skip
+    return jobs
+
+
 async def run_distributed(
     config: Config, engine: EngineSettings, *, window_days: float, out: IO[str] | None = None
 ) -> DistributedReport:
@@ -101,21 +129,11 @@ async def run_distributed(
 
     Raises:
         ServerUnavailableError: the queue's or the data's server cannot be reached.
-        UsageError: a config with ``venues`` (one venue per run for now).
+        CollectorError: a venue refused (its symbols, timeframes), as ``collect`` says it.
     """
-    if config.venues:
-        raise UsageError(
-            "collect --distributed: a config with venues: is not supported yet; use one exchange"
-        )
     await ledger.check_reachable(engine.dsn)
-    async with OptimizedDataCollector(config) as collector:
-        symbols = (await collector.resolve_symbols()).symbols
-        start_ms, end_ms = collector._resolve_range(None, None)
     run_id = uuid.uuid4().hex[:12]
-    jobs = cut_jobs(
-        config, run_id, list(symbols), list(config.timeframes), list(config.data_types),
-        start_ms, end_ms, window_days,
-    )  # fmt: skip
+    jobs = await plan_jobs(config, run_id, window_days)
     app = make_app(engine)
     async with app.open_async():
         async with ledger.setup_lock(engine.dsn, engine.schema):

@@ -1,10 +1,15 @@
 """The consumer: ``data-collector worker`` pulls backfill jobs and runs each through ``collect``.
 
-One :class:`~data_collector.optimized_collector.OptimizedDataCollector` per worker, opened once:
-its clients leave from ``source_address`` (this host's IP, so it paces against its own budget)
-and, when several workers share that IP, spend one :class:`SharedWeightBudget` through Redis. A
-job is ``collect`` of its one series over its window: the coverage record skips what is stored,
-the writes are idempotent, so a job run twice (a dead worker's, retried) is harmless.
+One :class:`~data_collector.optimized_collector.OptimizedDataCollector` per venue of the
+worker's config (one without ``venues:``; one per entry with them, as the in-process collector
+has), opened once over one store: a job runs on the collector of the venue label it names. Their
+clients leave from ``source_address`` (this host's IP, so it paces against its own budget) and,
+when several workers share that IP (``--share-budget``), every client whose limit is a weight
+budget a minute (Binance spot, Binance USDⓈ-M: each its own) spends one :class:`SharedWeightBudget`
+of that label and IP through Redis. Venues paced otherwise (OKX: requests per endpoint and 2 s
+window) are not shared: each worker paces itself to the venue's full limits. A job is ``collect``
+of its one series over its window: the coverage record skips what is stored, the writes are
+idempotent, so a job run twice (a dead worker's, retried) is harmless.
 
 A job this worker cannot run fails with one line and stays in the queue as ``failed`` (visible to
 the producer's report, re-queued by the next run): a job of another config version (the worker
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,8 @@ from typing import Any
 
 import procrastinate
 
+from data_collector.backfill.exchange import ExchangeClient
+from data_collector.backfill.monitor import default_monitor
 from data_collector.backfill.shared_budget import SharedWeightBudget
 from data_collector.backfill.venues import Venues
 from data_collector.config import Config
@@ -35,10 +43,12 @@ from data_collector.distributed.jobs import (
     WindowJob,
     config_version,
     queue_name,
+    venue_labels,
 )
 from data_collector.errors import PermanentError, UsageError
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.redis.client import RedisSettings
+from data_collector.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +64,8 @@ class WorkerSettings:
     Args:
         engine: where the queue is.
         source_address: local IP the exchange requests leave from; None: the system's choice.
-        share_budget: spend the spot budget of ``source_address`` with every worker behind it,
-            through the config's Redis.
+        share_budget: spend each weight budget of ``source_address`` (per venue label) with every
+            worker behind it, through the config's Redis.
         name: the worker's name in the report (default ``host:pid[@address]``).
         ready_file: written with the pid once the worker takes jobs (tests wait on it).
         incremental: cron of the periodic incremental run (:mod:`.incremental`); None: none.
@@ -83,19 +93,19 @@ class _Figures:
         self.jobs: dict[str, int] = {}
 
     @staticmethod
-    def now(collector: OptimizedDataCollector) -> tuple[int, int, int, int]:
+    def now(collectors: list[OptimizedDataCollector]) -> tuple[int, int, int, int]:
         out = (0, 0, 0, 0)
-        for c in collector.venues.opened():
+        for c in (client for collector in collectors for client in collector.venues.opened()):
             row = (c.stats.requests, c.stats.http_429, c.stats.http_418, c.limiter.stats.weight)
             out = (out[0] + row[0], out[1] + row[1], out[2] + row[2], out[3] + row[3])
         return out
 
-    def start(self, run_id: str, collector: OptimizedDataCollector) -> None:
-        self.base.setdefault(run_id, self.now(collector))
+    def start(self, run_id: str, collectors: list[OptimizedDataCollector]) -> None:
+        self.base.setdefault(run_id, self.now(collectors))
 
-    def finish(self, run_id: str, collector: OptimizedDataCollector) -> dict[str, int]:
+    def finish(self, run_id: str, collectors: list[OptimizedDataCollector]) -> dict[str, int]:
         self.jobs[run_id] = self.jobs.get(run_id, 0) + 1
-        now, base = self.now(collector), self.base[run_id]
+        now, base = self.now(collectors), self.base[run_id]
         d = [a - b for a, b in zip(now, base, strict=True)]
         return {
             "jobs": self.jobs[run_id],
@@ -115,12 +125,15 @@ class _OneLine(logging.Filter):
         return True
 
 
-def register(app: procrastinate.App, config: Config, collector: OptimizedDataCollector, worker: str) -> None:
-    """The backfill task on ``app``, run by ``collector``."""
+def register(
+    app: procrastinate.App, config: Config, collectors: list[OptimizedDataCollector], worker: str
+) -> None:
+    """The backfill task on ``app``, run by the collector of the job's venue label (``collectors``
+    are the config's venues, in :meth:`~data_collector.config.Config.venue_configs` order)."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(_OneLine())
     version = config_version(config)
-    venues = {config.exchange.name, config.futures_venue().name}
+    venues = {label: collectors[i] for label, i in venue_labels(config).items()}
     figures = _Figures()
 
     @app.task(name=TASK, pass_context=True)
@@ -135,12 +148,18 @@ def register(app: procrastinate.App, config: Config, collector: OptimizedDataCol
                     f"job {job.key}: config version {job.config_version}, this worker's is {version}; "
                     "start the worker with the producer's config"
                 )
-            if job.venue not in venues:
+            collector = venues.get(job.venue)
+            if collector is None:
                 raise JobRefused(
                     f"job {job.key}: unknown venue {job.venue!r}; this worker's config collects "
                     f"{', '.join(sorted(venues))}: fix exchange.name or the producer's config"
                 )
-            figures.start(job.run_id, collector)
+            if collector.venues.label(job.symbol) != job.venue:
+                raise JobRefused(
+                    f"job {job.key}: {job.symbol} is stored under {collector.venues.label(job.symbol)!r} "
+                    f"in this worker's config, not {job.venue!r}: start it with the producer's config"
+                )
+            figures.start(job.run_id, collectors)
             report = await collector.collect(
                 symbols=[job.symbol],
                 timeframes=None if job.timeframe == NO_TIMEFRAME else [job.timeframe],
@@ -151,7 +170,7 @@ def register(app: procrastinate.App, config: Config, collector: OptimizedDataCol
             written, skipped = report.rows_written, report.rows_skipped
             if report.failures:
                 error = "; ".join(f"{k}: {v}" for k, v in report.failures.items())
-            await ledger.record_worker(app, job.run_id, worker, figures.finish(job.run_id, collector))
+            await ledger.record_worker(app, job.run_id, worker, figures.finish(job.run_id, collectors))
         except (UsageError, PermanentError) as exc:
             error = str(exc)
         await ledger.record_job(app, job_id, job.run_id, job.key, worker, written, skipped, error)
@@ -169,6 +188,30 @@ async def _other_versions(app: procrastinate.App, mine: str) -> list[str]:
         mine=mine,
     )
     return [str(r["queue_name"]) for r in rows]
+
+
+def _budgets(
+    config: Config, settings: WorkerSettings, stack: AsyncExitStack
+) -> Callable[[str, ExchangeClient], SharedWeightBudget | None]:
+    """Builds the shared budget of each client with a weight budget a minute: named by its venue
+    label and this worker's address, so Binance spot and USDⓈ-M (budgets of their own at the
+    exchange) never share a counter; at the client's limit less its margin, followed when the
+    client reads the exchange's limit. Other clients (OKX) get none and pace themselves."""
+    address = settings.source_address or socket.gethostname()
+
+    def budget_for(label: str, client: ExchangeClient) -> SharedWeightBudget | None:
+        if not client.weight_mode:
+            return None
+        budget = SharedWeightBudget(
+            RedisSettings.from_config(config),
+            f"{label}:{address}",
+            client.limiter.budget,
+            key_prefix=f"{config.redis.prefix}:budget",
+        )
+        stack.push_async_callback(budget.close)
+        return budget
+
+    return budget_for
 
 
 async def run_worker(config: Config, settings: WorkerSettings) -> None:
@@ -201,26 +244,21 @@ async def run_worker(config: Config, settings: WorkerSettings) -> None:
                     f"worker config version {version} differs from the waiting jobs' ({theirs}): "
                     "start the worker with the producer's config"
                 )
-        budget: SharedWeightBudget | None = None
-        if settings.share_budget:
-            address = settings.source_address or socket.gethostname()
-            weight = config.exchange.weight_limit or 6000
-            limit = int(weight * (1 - config.exchange.rate_limit_margin))
-            budget = SharedWeightBudget(
-                RedisSettings.from_config(config),
-                f"{config.exchange.name}:{address}",
-                limit,
-                key_prefix=f"{config.redis.prefix}:budget",
+        store = open_store(config)
+        stack.push_async_callback(store.close)
+        monitor = default_monitor()
+        collectors: list[OptimizedDataCollector] = []
+        budget_for = _budgets(config, settings, stack) if settings.share_budget else None
+        for _, venue in config.venue_configs():
+            collector = OptimizedDataCollector(venue, store=store, monitor=monitor)
+            collector.venues = Venues(
+                venue, monitor, source_address=settings.source_address, budget_for=budget_for
             )
-            await stack.enter_async_context(budget)
-        collector = OptimizedDataCollector(config)
-        collector.venues = Venues(
-            config, collector.monitor, source_address=settings.source_address, shared_budget=budget
-        )
-        await stack.enter_async_context(collector)
-        register(app, config, collector, name)
-        if settings.incremental is not None:
-            incremental.register(app, config, collector, settings.incremental, mine, settings.window_days)
+            await stack.enter_async_context(collector)
+            collectors.append(collector)
+        register(app, config, collectors, name)
+        if settings.incremental is not None:  # one exchange (it refuses venues:): the one collector
+            incremental.register(app, config, collectors[0], settings.incremental, mine, settings.window_days)
         if settings.ready_file is not None:
             settings.ready_file.write_text(str(os.getpid()), encoding="utf-8")
         log.info("worker %s takes jobs of config version %s", name, version)

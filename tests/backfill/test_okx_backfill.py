@@ -19,25 +19,30 @@ import pytest
 from data_collector.backfill.multi_venue import MultiVenueCollector
 from data_collector.backfill.report import PairReport
 from data_collector.config import load_config
-from data_collector.markets import CODE_TIMEFRAMES, DAY_MS, HOUR_MS, MINUTE_MS
+from data_collector.markets import DAY_MS, HOUR_MS, MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from tests.support.backfill import (
     RANGE_START_MS,
     count_rows,
-    floats,
     kill_when_stored,
-    pg_rows,
     run_script,
     write_config,
 )
 from tests.support.okx_truth import model_candles, model_trades
 from tests.support.services import PG_ADMIN_DSN
+from tests.support.two_venues import (
+    OKX_SYMBOLS,
+    binance_candle_requests,
+    binance_venue,
+    candle_requests,
+    okx_venue,
+    stored_rows,
+    truth_rows,
+    venues_config,
+)
 
 SPOT = ["BTC/USDT", "ETH/USDT"]
-OKX_SYMBOLS = ["BTC/USDT", "BTC/USDT:USDT"]
-BINANCE_SYMBOLS = ["BTC/USDT", "BTC/USDT:USDT"]
-CANDLE_ENDPOINTS = ("market/candles", "market/history-candles")
 
 
 @pytest.fixture
@@ -45,44 +50,6 @@ async def sim() -> AsyncIterator[SimulatedExchange]:
     settings = OkxSettings(swaps=["BTC/USDT"])
     async with SimulatedExchange(symbols=SPOT, perpetuals=["BTC/USDT:USDT"], seed=7, okx=settings) as s:
         yield s
-
-
-def okx_venue(sim: SimulatedExchange, **extra: Any) -> dict[str, Any]:
-    """The OKX venue's section, pointing at the simulator (labelled ``sim-okx``)."""
-    return {
-        "id": "okx",
-        "name": "sim-okx",
-        "urls": {"api": {"rest": sim.okx_rest_url}},
-        "options": {"fetchMarkets": {"types": ["spot", "swap"]}},
-        "timeout_s": 2.0,
-        "symbols": OKX_SYMBOLS,
-        **extra,
-    }
-
-
-def binance_venue(sim: SimulatedExchange) -> dict[str, Any]:
-    futures = {**sim.futures_exchange_config(), "timeout_s": 2.0}
-    return {
-        **sim.exchange_config(),
-        "timeout_s": 2.0,
-        "symbols": BINANCE_SYMBOLS,
-        "futures_exchange": futures,
-    }
-
-
-def venues_config(base: dict[str, Any], venues: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {
-        **base,
-        "venues": venues,
-        "data_types": ["ohlcv"],
-        "performance": {"api_rate_limit": 100_000},
-        **extra,
-    }
-
-
-def candle_requests(sim: SimulatedExchange) -> int:
-    endpoints = sim.okx.requests()["endpoints"]
-    return sum(int(endpoints.get(e, 0)) for e in CANDLE_ENDPOINTS)
 
 
 async def okx_rows_equal_truth(
@@ -198,30 +165,6 @@ async def test_okx_trades_walked_back_exact_resumed_and_rerun_asks_nothing(
         again = await collector.collect(start=start - MINUTE_MS, end=end + MINUTE_MS)
         assert again.ok and again.rows_written == 0, again.summary()
         assert sim.okx.requests()["endpoints"]["market/history-trades"] == asked
-
-
-def truth_rows(sim: SimulatedExchange, timeframes: list[str], start: int, end: int) -> list[tuple[Any, ...]]:
-    """Every candle the four venues' pairs must store, as ``pg_rows`` gives them, sorted."""
-    out: list[tuple[Any, ...]] = []
-    for tf in timeframes:
-        out += [("sim-binance", "BTC/USDT", tf, *floats(k)) for k in sim.klines("BTC/USDT", tf, start, end)]
-        perp = sim.usdm.klines("BTC/USDT:USDT", tf, start, end)
-        out += [("sim-binanceusdm", "BTC/USDT:USDT", tf, *floats(k)) for k in perp]
-        for symbol in OKX_SYMBOLS:
-            out += [("sim-okx", symbol, tf, *c) for c in model_candles(sim, symbol, tf, start, end)]
-    return sorted(out)
-
-
-async def stored_rows(schema: str) -> list[tuple[Any, ...]]:
-    rows = [
-        (r[0], r[1], CODE_TIMEFRAMES[r[2]], r[3], *(float(x) for x in r[4:])) for r in await pg_rows(schema)
-    ]
-    return sorted(rows)
-
-
-def binance_candle_requests(sim: SimulatedExchange) -> int:
-    endpoints = sim.stats()["endpoints"]
-    return int(endpoints.get("klines", 0)) + int(endpoints.get("fapi/v1/klines", 0))
 
 
 async def test_binance_and_okx_spot_and_perpetual_in_one_run(

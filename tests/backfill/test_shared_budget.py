@@ -12,6 +12,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 import ccxt.async_support as ccxt
@@ -145,3 +146,32 @@ async def test_bad_weights_and_closed_budget(redis_prefix: str) -> None:
     await budget.close()  # idempotent
     with pytest.raises(ClosedError):
         await budget.acquire(1)
+
+
+class _Refused(Exception):
+    """Raised by the test's sleep: the budget refused and would wait for the next minute."""
+
+
+async def test_holders_with_other_limits_count_in_one_counter(redis_prefix: str) -> None:
+    """A worker that has read the exchange's limit (20) and one still at the default (6000) spend
+    one counter; moving the second to 20 makes it refuse what the minute no longer holds."""
+    now = 29_000_000 * 60 + 30.0  # the middle of a minute, for every holder
+
+    async def refuse(seconds: float) -> None:
+        raise _Refused
+
+    settings = RedisSettings(url=REDIS_URL)
+    kwargs: dict[str, Any] = {"key_prefix": redis_prefix, "clock": lambda: now, "sleep": refuse}
+    async with (
+        SharedWeightBudget(settings, "sim-binanceusdm:127.0.0.2", 20, **kwargs) as read,
+        SharedWeightBudget(settings, "sim-binanceusdm:127.0.0.2", 6000, **kwargs) as default,
+    ):
+        await default.acquire(15)
+        assert await read.used() == await default.used() == 15
+        with pytest.raises(_Refused):
+            await read.acquire(10)
+        default.set_weight_limit(20)
+        with pytest.raises(_Refused):
+            await default.acquire(1)
+        with pytest.raises(UsageError, match="weight_per_min"):
+            default.set_weight_limit(0)

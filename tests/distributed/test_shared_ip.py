@@ -1,8 +1,9 @@
 """Two workers behind one IP share its budget through Redis (issue 17, acceptance 4).
 
 Both ``data-collector worker --source-address 127.0.0.2 --share-budget`` processes spend the
-simulator's per-IP budget together. CI form: the Redis budget counted every weight the simulator
-received (the wiring) and nothing was refused. The ``slow`` form needs 3 minutes of budget.
+simulator's per-IP budget together: spot's, and the USDⓈ-M futures venue's (a budget of its own,
+a Redis counter of its own). CI forms: the Redis budgets counted every weight the simulator
+received (the wiring) and nothing was refused. The ``slow`` forms need 3 minutes of budget.
 """
 
 from __future__ import annotations
@@ -25,27 +26,30 @@ from tests.support.distributed import SYMBOLS, engine, setup, spawn, workers_rea
 from tests.support.services import REDIS_URL
 
 
-def budget_spent(prefix: str) -> int:
-    """Weight counted in the shared budget's Redis keys (every minute's)."""
+def budget_spent(prefix: str, name: str = "") -> int:
+    """Weight counted in the shared budget's Redis keys (every minute's; of budget ``name`` if given:
+    a venue label and address)."""
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    match = f"{prefix}:budget*" + (f"/{name}/*" if name else "")
     try:
-        return sum(int(client.get(k) or 0) for k in client.scan_iter(match=f"*{prefix}:budget*"))
+        return sum(int(client.get(k) or 0) for k in client.scan_iter(match=match))
     finally:
         client.close()
 
 
 async def run_two_behind_one_ip(
-    base_config: dict[str, Any],
     sim: SimulatedExchange,
+    base_config: dict[str, Any],
     queue_schema: str,
     procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
     days: int,
     limit: int,
+    symbols: list[str] = SYMBOLS,
+    **extra: Any,
 ) -> dict[str, Any]:
-    cfg, path, start, end = setup(
-        base_config, sim, tmp_path, days=days, exchange={"weight_limit": limit, "rate_limit_margin": 0}
-    )
+    extra.setdefault("exchange", {"weight_limit": limit, "rate_limit_margin": 0})
+    cfg, path, start, end = setup(base_config, sim, tmp_path, days, symbols, **extra)
     readies = [spawn(procs, path, queue_schema, "127.0.0.2", "--share-budget")[1] for _ in range(2)]
     await workers_ready(readies)
     config = load_config(cfg)
@@ -53,20 +57,29 @@ async def run_two_behind_one_ip(
     async with app.open_async():
         await ensure_schema(app, engine(queue_schema))
         await ensure_tables(app)
-        jobs = cut_jobs(config, "r", SYMBOLS, ["1h", "4h"], ["ohlcv"], start, end, 1)
+        jobs = cut_jobs(config, "r", symbols, ["1h", "4h"], ["ohlcv"], start, end, 1)
         ids = await enqueue(app, jobs)
         await asyncio.wait_for(wait_done(app, ids), 400)
         assert await job_statuses(app, ids) == {"succeeded": len(ids)}
     return sim.stats()
 
 
+PERP = "BTC/USDT:USDT"
+#: Candles a futures page (weight 1 at Binance and in the simulator), and a day of 1h candles.
+PAGE = 24
+
+
 @pytest.mark.parametrize(
-    ("days", "limit"),
+    ("market", "days", "limit"),
     [
-        (4, 6000),
+        ("spot", 4, 6000),
         # slow: 2 symbols x 2 timeframes x 30 one-day jobs, 120 klines requests (240 weight) + 2 x 21
         # to start; at 100 weight a minute, 3 minutes of budget.
-        pytest.param(30, 100, marks=pytest.mark.slow),
+        pytest.param("spot", 30, 100, marks=pytest.mark.slow),
+        ("usdm", 4, 2400),
+        # slow: 100 days in pages of 24 candles (weight 1 each): 100 one-day 1h jobs and 25 4h ones
+        # of a page each, + 2 x 2 to start; at 40 weight a minute, more than 3 minutes of budget.
+        pytest.param("usdm", 100, 40, marks=pytest.mark.slow),
     ],
 )
 async def test_two_workers_behind_one_ip_spend_one_budget(
@@ -75,16 +88,40 @@ async def test_two_workers_behind_one_ip_spend_one_budget(
     procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
     redis_prefix: str,
+    market: str,
     days: int,
     limit: int,
 ) -> None:
-    async with SimulatedExchange(symbols=SYMBOLS, seed=4, gaps={}, weight_limit=limit) as sim:
-        stats = await run_two_behind_one_ip(base_config, sim, queue_schema, procs, tmp_path, days, limit)
+    """Spot, or USD-M perpetuals: the futures venue's budget is shared too, apart from spot's. Its
+    limit is not configured: the workers read it from the futures exchangeInfo, as in production."""
+    run = (base_config, queue_schema, procs, tmp_path, days, limit)
+    if market == "spot":
+        async with SimulatedExchange(symbols=SYMBOLS, seed=4, gaps={}, weight_limit=limit) as sim:
+            stats = await run_two_behind_one_ip(sim, *run)
+        assert set(stats["used_weight_1m_by_ip"]) <= {"127.0.0.2"}
+    else:
+        async with SimulatedExchange(
+            symbols=["BTC/USDT"], perpetuals=[PERP], seed=5, gaps={}, futures_weight_limit=limit
+        ) as sim:
+            page = {"ohlcv_page_limit": PAGE}  # the jobs' windows are whole pages of exchange's
+            futures = {**sim.futures_exchange_config(), "timeout_s": 2.0, "rate_limit_margin": 0, **page}
+            stats = await run_two_behind_one_ip(sim, *run, [PERP], exchange=page, futures_exchange=futures)
+        assert set(stats["futures"]["used_weight_1m_by_ip"]) <= {"127.0.0.2"}
     assert stats["429"] == 0 and stats["418"] == 0
-    assert set(stats["used_weight_1m_by_ip"]) <= {"127.0.0.2"}
-    if stats["weight"] <= limit:
+    klines_weight = stats["endpoints"].get("fapi/v1/klines", 0)  # 1 a page of 24
+    if stats["weight"] > limit:
+        # 3 minutes of budget spent, none refused
+        assert (stats["weight"] > 2 * limit) if market == "spot" else (klines_weight > 3 * limit)
+    elif market == "spot":
         # Within a minute's keys (each expires a minute after its first hit): every weight the
         # simulator charged went through the shared budget first.
         assert budget_spent(redis_prefix) == stats["weight"] > 0
     else:
-        assert stats["weight"] > 2 * limit  # 3 minutes of budget spent, none refused
+        # Every weight the simulator charged (spot's and futures') went through a shared budget
+        # first, each venue's through its own: the spot client only started (markets, clock), the
+        # futures one also fetched every page. (The client charges the futures exchangeInfo as
+        # spot's, 20 where the simulator charges 1: the budgets count at least what was charged.)
+        spot_spent = budget_spent(redis_prefix, "sim-binance:127.0.0.2")
+        futures_spent = budget_spent(redis_prefix, "sim-binanceusdm:127.0.0.2")
+        assert spot_spent + futures_spent >= stats["weight"]
+        assert 0 < spot_spent and 0 < klines_weight < futures_spent
