@@ -10,7 +10,9 @@ what to fetch. The repaired trades are written with the entry ids they would hav
 refuses an explicit id older than a stream's top, and the live stream has moved on by the time the
 repair arrives. Holding the live tail until the repair lands would make live writes wait behind
 REST; the companion stream never does, and ``MarketDataReader`` (``range``, ``last``, ``tail``)
-merges both by entry id.
+merges both by entry id. Holding is built too (``streaming.repair_mode: hold``,
+:mod:`.repair_hold`) and measured against it: about 4.7x the live p99 with a drop every 30 s
+(PERFORMANCE.md, *Repair mode*), so the companion stream is the default.
 When a gap is repaired a ``repaired`` marker follows (same ``first_seq``/``last_seq``, and
 ``repaired``: how many trades were written).
 
