@@ -361,6 +361,15 @@ class StreamingConfig(_Section):
     #: Request weight the REST repairs (trades, klines after a Redis restart) may spend a minute;
     #: they go out only while no live request (depth snapshot, kline repair) waits.
     repair_weight_per_min: int = Field(default=1200, ge=1)
+    #: Where repaired trades go: ``companion`` (the ``<channel>@repair`` stream the reader merges)
+    #: or ``hold`` (the live stream itself; its live entries wait meanwhile, issue 15's option (a),
+    #: :mod:`data_collector.streaming.repair_hold`).
+    repair_mode: Literal["companion", "hold"] = "companion"
+    #: Repair mode ``hold``: live entries one held stream keeps at most, and the widest gap held
+    #: for; past it the gap goes to the companion stream.
+    repair_hold_max: int = Field(default=10_000, ge=1)
+    #: Repair mode ``hold``: longest a stream is held; past it the gap goes to the companion stream.
+    repair_hold_max_s: float = Field(default=2.0, gt=0)
     #: Write the streamed trades (Binance aggTrades, OKX trades; the repaired ones too) to the
     #: database's trades table, and close its holes with the trade backfill
     #: (:mod:`data_collector.streaming.trades_store`).

@@ -204,6 +204,7 @@ class OptimizedWebSocketStreamer:
             **pick(st, "max_batch", "buffer_max", "stream_maxlen", "max_streams_per_connection"),
             **pick(st, "book_depth", "book_publish_interval_ms", "book_snapshot_limit", "repair_max_ids"),
             repair_weight_per_min=st.repair_weight_per_min,
+            **pick(st, "repair_mode", "repair_hold_max", "repair_hold_max_s"),
             connection=ConnectionSettings(
                 **pick(st, "watchdog_s", "max_frame_bytes"),
                 **pick(st, min_backoff_s="reconnect_min_backoff_s", max_backoff_s="reconnect_max_backoff_s"),

@@ -44,6 +44,10 @@ class StreamMetrics:
         self.repaired_klines = 0
         #: Aggregate trades fetched back over REST for sequence gaps (issue 15).
         self.repaired_trades = 0
+        #: Repair mode ``hold``: streams held for a repair, and holds that fell back (bound,
+        #: timeout) to the companion stream (:mod:`.repair_hold`).
+        self.repair_holds = 0
+        self.repair_hold_fallbacks = 0
         self.rest_errors = 0
         self.candles_stored = 0
         self.funding_stored = 0
@@ -133,6 +137,8 @@ class StreamMetrics:
             "rejected": self.rejected,
             "repaired_klines": self.repaired_klines,
             "repaired_trades": self.repaired_trades,
+            "repair_holds": self.repair_holds,
+            "repair_hold_fallbacks": self.repair_hold_fallbacks,
             "rest_errors": self.rest_errors,
             "candles_stored": self.candles_stored,
             "funding_stored": self.funding_stored,

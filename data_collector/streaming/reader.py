@@ -325,7 +325,9 @@ class MarketDataReader:
                     seq, id_key = event.get("id"), _id_key(event["entry_id"])
                     if type(seq) is not int:
                         continue
-                    if name == rkey:
+                    # A hole's ids come back repaired: in the companion stream, or in the live
+                    # one itself (repair mode ``hold``; never live there otherwise).
+                    if name == rkey or event.get("repaired"):
                         for bounds, hole in holes.items():
                             if bounds[0] <= seq <= bounds[1]:
                                 hole[1] = max(hole[1], seq)

@@ -46,6 +46,7 @@ from data_collector.streaming.normalize import (
     validate_channel,
 )
 from data_collector.streaming.order_book import BookKeeper
+from data_collector.streaming.repair_hold import REPAIR_MODES, LiveHold, repaired_head
 from data_collector.streaming.trade_repair import REPAIR_SUFFIX, WRITER_IDLE_DEPTH, RepairJob, TradeRepairer
 from data_collector.streaming.trades_store import TradeStoreSink
 from data_collector.streaming.writer import (
@@ -113,6 +114,13 @@ class ServiceOptions:
     repair_max_ids: int = 100_000
     #: Request weight the REST repairs may spend a minute (:class:`~data_collector.venues.binance.rest.RequestGate`).
     repair_weight_per_min: int = BACKGROUND_WEIGHT_PER_MIN
+    #: Where repaired trades go (:mod:`.repair_hold`): ``companion`` (the ``@repair`` stream) or
+    #: ``hold`` (the live stream itself, its live entries held meanwhile).
+    repair_mode: str = "companion"
+    #: Repair mode ``hold``: live entries one held stream keeps at most (and the widest gap held).
+    repair_hold_max: int = 10_000
+    #: Repair mode ``hold``: longest a stream is held.
+    repair_hold_max_s: float = 2.0
     #: ``native`` (Binance's or OKX's own adapter) or ``ccxt`` (the generic one, :mod:`data_collector.venues.ccxt_generic`).
     adapter: str = "native"
     #: Constructor config of the ccxt.pro exchange (the generic adapter only).
@@ -195,6 +203,12 @@ class StreamService:
             venue.kline_rest(self.rest) if venue.kline_rest is not None else self.rest
         )
         self.repairer = TradeRepairer(sources, self.writer, metrics, options.repair_max_ids)
+        #: Repair mode ``hold``: the held live streams, in front of the writer.
+        self.holds: LiveHold | None = None
+        if options.repair_mode == "hold":
+            self.holds = LiveHold(self.writer, metrics, options.repair_hold_max, options.repair_hold_max_s)
+        elif options.repair_mode != "companion":
+            raise UsageError(f"streaming.repair_mode must be one of {', '.join(REPAIR_MODES)}")
         self.writer.on_server_restart = self._on_redis_restart
         self._refill: asyncio.Task[None] | None = None
         self._restart_again = False
@@ -290,6 +304,10 @@ class StreamService:
                 rhead,
                 set_prefix(latest_key(opts.prefix, opts.exchange, channel + REPAIR_SUFFIX, symbol)),
             )
+            if self.holds is not None:  # repaired entries written into the live stream itself
+                self.writer.register_stream(
+                    repaired_head(head), StreamName(skey, channel, symbol), repaired=True
+                )
         route = Route(
             symbol=symbol,
             channel=channel,
@@ -320,7 +338,7 @@ class StreamService:
 
     def _build_connections(self) -> list[Feed]:
         hooks: dict[str, Any] = {
-            "submit": self.writer.submit,
+            "submit": self.writer.submit if self.holds is None else self.holds.submit,
             "metrics": self.metrics,
             "settings": self.options.connection,
             "on_connect": self._on_connect,
@@ -620,8 +638,19 @@ class StreamService:
         )
         heads = self._repair_heads.get(id(route))
         if heads is not None and not self._closed:
-            job = RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads)
+            hold = None
+            if (
+                self.holds is not None
+                and not first
+                and route.sequenced
+                and route.channel in self.repairer.channels
+            ):
+                # The "latest" key stays the live one's: repaired entries SET the companion's.
+                hold = self.holds.start(route, last_seq + 1, next_seq - 1, heads[1])
+            job = RepairJob(route, last_seq + 1, next_seq - 1, from_ms, to_ms, *heads, hold=hold)
             queued = self.repairer.submit(job, first=first)
+            if not queued and hold is not None:
+                hold.fall_back("not queued for repair")
             # The trades table holds the venue's stored channel: only its repair is its business.
             if queued and self.trades is not None and route.channel == self.venue.stored_trades:
                 self.trades.expect_repair(route.symbol, last_seq + 1, next_seq - 1)
@@ -943,6 +972,8 @@ class StreamService:
         for conn in self.connections:
             await conn.close()
         await self.repairer.close()  # what is still queued stays marked as a gap
+        if self.holds is not None:
+            self.holds.close()  # held live entries go on before the writer's last flush
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

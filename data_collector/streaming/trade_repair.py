@@ -10,7 +10,9 @@ what to fetch. The repaired trades are written with the entry ids they would hav
 refuses an explicit id older than a stream's top, and the live stream has moved on by the time the
 repair arrives. Holding the live tail until the repair lands would make live writes wait behind
 REST; the companion stream never does, and ``MarketDataReader`` (``range``, ``last``, ``tail``)
-merges both by entry id.
+merges both by entry id. Holding is built too (``streaming.repair_mode: hold``,
+:mod:`.repair_hold`) and measured against it: about 4.7x the live p99 with a drop every 30 s
+(PERFORMANCE.md, *Repair mode*), so the companion stream is the default.
 When a gap is repaired a ``repaired`` marker follows (same ``first_seq``/``last_seq``, and
 ``repaired``: how many trades were written).
 
@@ -30,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -39,6 +42,9 @@ from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.normalize import Event, MalformedEvent
 from data_collector.streaming.trade_sources import TradeSource
 from data_collector.streaming.writer import GapMarker, RedisWriter
+
+if TYPE_CHECKING:
+    from data_collector.streaming.repair_hold import Hold
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,9 @@ class RepairJob:
     #: The companion stream's XADD head and its "latest" SET head.
     xadd_head: bytes
     set_head: bytes
+    #: Repair mode ``hold``: the live stream held for this gap; its pages go there while it is
+    #: active (:mod:`.repair_hold`), to the companion stream once it fell back.
+    hold: Hold | None = None
 
 
 class TradeRepairer:
@@ -136,7 +145,13 @@ class TradeRepairer:
     def drop_below(self, stream_key: str, seq: int) -> None:
         """Forget the queued jobs of ``stream_key`` whose ids all lie below ``seq`` (a refill
         covers them)."""
-        self._jobs = deque(j for j in self._jobs if j.route.stream_key != stream_key or j.last_seq >= seq)
+        kept: deque[RepairJob] = deque()
+        for job in self._jobs:
+            if job.route.stream_key != stream_key or job.last_seq >= seq:
+                kept.append(job)
+            elif job.hold is not None:
+                job.hold.fall_back("a Redis-restart refill covers the gap")
+        self._jobs = kept
 
     @property
     def pending(self) -> int:
@@ -154,12 +169,16 @@ class TradeRepairer:
             except PermanentError as exc:  # asking again would get the same answer
                 log.warning("%s: trade repair refused (%s); the gap stays marked", job.route.stream_key, exc)
                 self._jobs.popleft()
+                if job.hold is not None:
+                    job.hold.fall_back("trade repair refused")
                 continue
             except (CollectorError, TimeoutError, OSError) as exc:
                 log.warning("%s: trade repair failed (%s); retrying", job.route.stream_key, exc)
                 await asyncio.sleep(1.0)
                 continue
             self._jobs.popleft()
+            if job.hold is not None:  # its repair and marker are queued: the held entries follow
+                job.hold.release()
 
     async def _repair(self, job: RepairJob) -> None:
         route = job.route
@@ -167,10 +186,15 @@ class TradeRepairer:
         source = self._sources[route.channel]  # jobs come only for these channels' streams
         on_trade = self.on_trade if route.channel == self.on_trade_channel else None
         cursor, written = job.first_seq, 0
+        hold = job.hold
         while cursor <= job.last_seq:
             rows = await source.fetch(route.symbol, cursor, job.last_seq)
             if not rows:
                 break
+            # Into the held live stream, or (default, or a hold that fell back) the companion.
+            xadd_head, set_head = (
+                hold.heads if hold is not None and hold.active else (job.xadd_head, job.set_head)
+            )
             now = time.time()
             recv_ms = int(now * 1000)
             for seq, raw in rows:
@@ -181,9 +205,7 @@ class TradeRepairer:
                 except (MalformedEvent, ValueError, KeyError, TypeError):
                     continue
                 event["repaired"] = True
-                self._writer.submit(
-                    (job.xadd_head, job.set_head, entry_id, packb(event), event["event_ms"], now)
-                )
+                self._writer.submit((xadd_head, set_head, entry_id, packb(event), event["event_ms"], now))
                 if on_trade is not None:
                     on_trade(route.symbol, event)
                 written += 1

@@ -278,11 +278,23 @@ class RedisWriter:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def register_stream(self, xadd_head: bytes, name: StreamName) -> None:
-        """Name the stream that entries with ``xadd_head`` go to (for gap markers)."""
+    def register_stream(self, xadd_head: bytes, name: StreamName, *, repaired: bool = False) -> None:
+        """Name the stream that entries with ``xadd_head`` go to (for gap markers); ``repaired``:
+        its entries are old events fetched back (no latency samples), as on a companion stream."""
         self._streams[xadd_head] = name
-        if name.channel.endswith("@repair"):  # old events fetched back: not live latency samples
+        if repaired or name.channel.endswith("@repair"):  # old events fetched back: not live latency samples
             self._backfilled_heads.add(xadd_head)
+
+    def take_newest(self, xadd_head: bytes, seq: int) -> Entry | None:
+        """Take back the newest queued entry if it is ``xadd_head``'s with entry id ``<ms>-<seq>``
+        and was never sent (repair mode ``hold``: the entry after a gap waits for the repair)."""
+        queue = self._queue
+        if len(queue) <= self._unconfirmed:
+            return None
+        newest = queue[-1]
+        if newest[0] != xadd_head or newest[2].rpartition("-")[2] != str(seq):
+            return None
+        return queue.pop()
 
     def note_gap_id(self, entry_id: str) -> None:
         """An id the gaps stream already holds: new markers get larger ones."""
