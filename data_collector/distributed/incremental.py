@@ -6,7 +6,8 @@ tick (procrastinate's periodic defers are unique by task and scheduled time), so
 one run per tick; its queueing lock skips a tick while the previous one still waits, and its lock
 runs the ticks one at a time.
 
-A tick plans, per (symbol, data type, timeframe) of the config, the range from the end of the
+A tick plans, per (symbol, data type, timeframe) of the config (of each venue, under its label,
+with ``venues:``), the range from the end of the
 series' coverage record (the config's ``start`` when nothing is stored) to now: candles up to the
 candle still forming, other series up to the current minute. Each range is cut by the producer's
 planning (:func:`~data_collector.distributed.jobs.cut_jobs`: epoch-aligned windows, the job's key
@@ -27,7 +28,7 @@ from croniter import croniter
 
 from data_collector.config import Config
 from data_collector.datatypes import CANDLE_PRICES, FUNDING_RATES, OPEN_INTEREST, PERPETUAL_ONLY, TRADES
-from data_collector.distributed.jobs import NO_TIMEFRAME, WindowJob, cut_jobs
+from data_collector.distributed.jobs import NO_TIMEFRAME, WindowJob, config_version, cut_jobs
 from data_collector.distributed.jobs import TASK as BACKFILL_TASK
 from data_collector.distributed.producer import enqueue
 from data_collector.errors import UsageError
@@ -92,10 +93,17 @@ async def _coverage_end(
 
 
 async def plan_tick(
-    collector: OptimizedDataCollector, config: Config, run_id: str, window_days: float, busy: set[str]
+    collector: OptimizedDataCollector,
+    config: Config,
+    run_id: str,
+    window_days: float,
+    busy: set[str],
+    version: str | None = None,
 ) -> list[WindowJob]:
-    """The jobs that bring every series up to date now, but none of a series in ``busy``
-    (``venue|symbol|data type|timeframe`` prefixes of backfill jobs waiting or running)."""
+    """The jobs that bring every series of ``collector``'s venue (``config``: its one-venue
+    config) up to date now, but none of a series in ``busy`` (``venue|symbol|data type|timeframe``
+    prefixes of backfill jobs waiting or running); ``version``: the jobs' config version (the
+    whole config's, with ``venues``; default ``config``'s)."""
     symbols = (await collector.resolve_symbols()).symbols
     jobs: list[WindowJob] = []
     for symbol in await collector.venues.listed(list(symbols)):
@@ -111,7 +119,7 @@ async def plan_tick(
             begin = max(start_ms, since) if since is not None else start_ms
             if begin >= end_ms:
                 continue
-            cut = cut_jobs(config, run_id, [symbol], [tf], [data_type], begin, end_ms, window_days)
+            cut = cut_jobs(config, run_id, [symbol], [tf], [data_type], begin, end_ms, window_days, version)
             if cut and _series_of(cut[0].key) in busy:
                 continue
             jobs.extend(cut)
@@ -132,27 +140,39 @@ def _series_of(key: str) -> str:
     return "|".join(key.split("|")[:4])
 
 
+async def plan_venues(
+    venues: list[tuple[Config, OptimizedDataCollector]],
+    config: Config,
+    run_id: str,
+    window_days: float,
+    busy: set[str],
+) -> list[WindowJob]:
+    """One tick's jobs over every venue of ``config`` (``venues``: each venue's one-venue config
+    and collector, as :meth:`Config.venue_configs` gives them), under the whole config's version,
+    as the producer plans them."""
+    version = config_version(config)
+    jobs: list[WindowJob] = []
+    for venue, collector in venues:
+        jobs += await plan_tick(collector, venue, run_id, window_days, busy, version)
+    return jobs
+
+
 def register(
     app: procrastinate.App,
     config: Config,
-    collector: OptimizedDataCollector,
+    venues: list[tuple[Config, OptimizedDataCollector]],
     cron: str,
     queue: str,
     window_days: float,
 ) -> None:
-    """The periodic incremental task on ``app`` (``cron`` checked by :func:`check_cron`).
-
-    Raises:
-        UsageError: a config with ``venues`` (one exchange per distributed run for now).
-    """
-    if config.venues:
-        raise UsageError("worker --incremental: a config with venues: is not supported yet; use one exchange")
+    """The periodic incremental task on ``app`` (``cron`` checked by :func:`check_cron`) over
+    ``venues`` (each venue's one-venue config and collector)."""
 
     @app.periodic(cron=cron, periodic_id="incremental")
     @app.task(name=TASK, queue=queue, queueing_lock=TASK, lock=TASK, pass_context=True)
     async def incremental(context: procrastinate.JobContext, timestamp: int) -> None:
         run_id = "inc-" + datetime.fromtimestamp(timestamp, UTC).strftime("%Y%m%dT%H%M%S")
         busy = await _busy_series(context.app)
-        jobs = await plan_tick(collector, config, run_id, window_days, busy)
+        jobs = await plan_venues(venues, config, run_id, window_days, busy)
         ids = await enqueue(context.app, jobs)
         log.info("incremental %s: %d jobs queued", run_id, len(ids))

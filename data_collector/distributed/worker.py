@@ -248,6 +248,7 @@ async def run_worker(config: Config, settings: WorkerSettings) -> None:
         stack.push_async_callback(store.close)
         monitor = default_monitor()
         collectors: list[OptimizedDataCollector] = []
+        venues: list[tuple[Config, OptimizedDataCollector]] = []
         budget_for = _budgets(config, settings, stack) if settings.share_budget else None
         for _, venue in config.venue_configs():
             collector = OptimizedDataCollector(venue, store=store, monitor=monitor)
@@ -256,9 +257,10 @@ async def run_worker(config: Config, settings: WorkerSettings) -> None:
             )
             await stack.enter_async_context(collector)
             collectors.append(collector)
+            venues.append((venue, collector))
         register(app, config, collectors, name)
-        if settings.incremental is not None:  # one exchange (it refuses venues:): the one collector
-            incremental.register(app, config, collectors[0], settings.incremental, mine, settings.window_days)
+        if settings.incremental is not None:
+            incremental.register(app, config, venues, settings.incremental, mine, settings.window_days)
         if settings.ready_file is not None:
             settings.ready_file.write_text(str(os.getpid()), encoding="utf-8")
         log.info("worker %s takes jobs of config version %s", name, version)

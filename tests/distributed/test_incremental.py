@@ -11,6 +11,7 @@ nothing, and every tick run once.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -20,11 +21,13 @@ from typing import Any
 import asyncpg
 
 from data_collector.config import load_config
-from data_collector.distributed.incremental import TASK, _series
+from data_collector.distributed.incremental import TASK, _series, _series_of, plan_venues
 from data_collector.distributed.jobs import TASK as BACKFILL_TASK
-from data_collector.markets import MINUTE_MS, candle_open_ms
+from data_collector.distributed.jobs import config_version
+from data_collector.markets import HOUR_MS, MINUTE_MS, candle_open_ms
 from data_collector.optimized_collector import OptimizedDataCollector
-from data_collector.simulator import SimulatedExchange
+from data_collector.simulator import OkxSettings, SimulatedExchange
+from tests.support import two_venues as two
 from tests.support.backfill import config_for, local_iso, pg_rows, stored_equals_sim, write_config
 from tests.support.distributed import ROOT, SYMBOLS, spawn, workers_ready
 from tests.support.services import PG_ADMIN_DSN
@@ -160,3 +163,42 @@ def test_series_of_a_tick_skip_what_a_market_lacks(base_config: dict[str, Any]) 
     assert _series(config, "BTC/USDT:USDT") == [
         ("ohlcv", "1m"), ("ohlcv", "5m"), ("funding_rates", "-"), ("open_interest", "5m"), ("trades", "-"),
     ]  # fmt: skip
+
+
+async def test_a_tick_plans_every_venue_under_its_label_then_nothing_once_collected(
+    base_config: dict[str, Any],
+) -> None:
+    """With ``venues:`` a tick plans every venue's series under its own label and the whole
+    config's version (as the producer does); once they are collected it plans nothing, and a
+    series with a job waiting is left to it."""
+    settings = OkxSettings(swaps=["BTC/USDT"])
+    async with SimulatedExchange(
+        symbols=["BTC/USDT"], perpetuals=["BTC/USDT:USDT"], seed=9, gaps={}, okx=settings
+    ) as sim:
+        sim.clock.freeze()  # no candle closes between the collection and the next tick
+        now = sim.clock.now_ms()
+        cfg = two.venues_config(base_config, [two.binance_venue(sim), two.okx_venue(sim)], timeframes=["1h"])
+        cfg["start"] = local_iso(now - 5 * HOUR_MS)
+        config = load_config(cfg)
+        async with contextlib.AsyncExitStack() as stack:
+            venues = [
+                (venue, await stack.enter_async_context(OptimizedDataCollector(venue)))
+                for _, venue in config.venue_configs()
+            ]
+            jobs = await plan_venues(venues, config, "inc-1", 1, set())
+            assert {(j.venue, j.symbol) for j in jobs} == {
+                ("sim-binance", "BTC/USDT"),
+                ("sim-binanceusdm", "BTC/USDT:USDT"),
+                ("sim-okx", "BTC/USDT"),
+                ("sim-okx", "BTC/USDT:USDT"),
+            }
+            assert {j.config_version for j in jobs} == {config_version(config)}
+            busy = {_series_of(jobs[0].key)}
+            assert {j.key for j in await plan_venues(venues, config, "inc-2", 1, busy)} == {
+                j.key for j in jobs[1:]
+            }
+            for _, collector in venues:
+                await collector.collect()
+            requests = (two.candle_requests(sim), two.binance_candle_requests(sim))
+            assert await plan_venues(venues, config, "inc-3", 1, set()) == []
+            assert (two.candle_requests(sim), two.binance_candle_requests(sim)) == requests
