@@ -209,7 +209,7 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
             await wait_for(
                 lambda: all(stored("trade")) and all(stored("aggTrade")), timeout_s=60, what="trades written"
             )
-            table.past_settle(sim)
+            await table.past_settle(sim)
             await sigstop_redis(server.proc.pid, streamer, stop_s, report)
             before = stored("trade")
             await wait_for(

@@ -216,14 +216,17 @@ class TradesTable:
         self.start_ms = start_ms
 
     @staticmethod
-    def past_settle(sim: SimulatedExchange) -> None:
+    async def past_settle(sim: SimulatedExchange) -> None:
         """Move the market on by the trade backfill's settle time, once the stream has stored its
         first trades: the seam between the backfill's last trade and the stream's first is then old
         enough for the streamer's trade backfill job to close now rather than 10 s later (a
-        scenario on the real-time clock)."""
+        scenario on the real-time clock). A simulated second a tick (100 ms), as a market ten
+        times as fast: the trades it adds come spread over ticks, not in one burst."""
         from data_collector.backfill.trades_run import SETTLE_MS
 
-        sim.clock.advance(SETTLE_MS)
+        for _ in range(SETTLE_MS // 1000):
+            sim.clock.advance(1000)
+            await asyncio.sleep(0.1)  # the market's pace, not a synchronisation
 
     async def whole(self, end_ms: int) -> bool:
         """Whether every symbol's table runs under one coverage row to REST's last trade before ``end_ms``."""
