@@ -209,7 +209,6 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
             await wait_for(
                 lambda: all(stored("trade")) and all(stored("aggTrade")), timeout_s=60, what="trades written"
             )
-            await table.past_settle(sim)
             await sigstop_redis(server.proc.pid, streamer, stop_s, report)
             before = stored("trade")
             await wait_for(
@@ -328,7 +327,7 @@ async def test_trades_gap_free_through_streamer_sigkills(
     ):
         # The trades table: the two minutes before backfilled, then the streamer runs' aggTrades.
         table = TradesTable.binance(base_config["database"], sim, symbols)
-        await table.backfill(base_config, sim, sim.clock.now_ms() - 120_000, keep_frozen=True)
+        await table.backfill(base_config, sim, sim.clock.now_ms() - 120_000, freeze=True)
         config = stream_config(sim, redis_prefix, watchdog_s=30.0, store_trades=True)
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
         config["database"] = base_config["database"]

@@ -43,6 +43,7 @@ from tests.support.gapfree import (
     okx_streamer_on,
     open_trade_gaps,
     restart_marked,
+    restart_state,
     restart_unmarked,
     thaw_when_connected,
     unmarked_holes,
@@ -251,11 +252,11 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
 
     # Real time: 400 trades a second per instrument, 2,000 msg/s on 5 (CI: 40 on 2).
     async with SimulatedExchange(symbols=symbols, seed=16, okx=OkxSettings()) as sim:
-        sim.okx.hub.ws_rate = 400 if full else 40
-        # The trades table: the tape's first 10 s backfilled (4 history-trades pages a symbol in
-        # CI: its 2 s windows pace them), then the stream's.
+        # The tape began 10 s ago (the clock stays the streamer's real time): the trades table is
+        # those 10 s backfilled (4 history-trades pages a symbol in CI, paced by its 2 s
+        # windows), then the stream's.
+        sim.okx.venue.tape.set_rate(400 if full else 40, sim.clock.now_ms() - 10_000)
         table = TradesTable.okx(base_config["database"], sim, symbols)
-        sim.clock.advance(10_000)
         await table.backfill(base_config, sim, sim.clock.now_ms() - 10_000)
         config = okx_stream_config(
             sim, prefix, redis_url=server.url, stream_maxlen=retention, store_trades=True
@@ -266,7 +267,6 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
         ) as streamer:
             assert await streamer.wait_connected()
             await wait_for(lambda: all(stored("trade")), timeout_s=60, what="trades written")
-            await table.past_settle(sim)
             await sigstop_redis(server.proc.pid, streamer, stop_s, report)
             before = stored("trade")
             await wait_for(
@@ -285,11 +285,14 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
             server.restart()  # killed: it comes back empty
             report.fault("redis_restart")
             streams = {key(c, s) for c in channels for s in symbols}
-            await wait_for(
-                lambda: restart_marked(client, prefix, VENUE, streams, len(symbols)),
-                timeout_s=120,
-                what="every stream marked, every trade gap and kline refilled",
-            )
+            try:
+                await wait_for(
+                    lambda: restart_marked(client, prefix, VENUE, streams, len(symbols)),
+                    timeout_s=120,
+                    what="every stream marked, every trade gap and kline refilled",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {restart_state(client, prefix, VENUE, streams)}") from None
             await settle_quietly(streamer, sim)
             end_ms = sim.clock.now_ms()
             await wait_for_async(lambda: table.whole(end_ms), timeout_s=60, what="the trades table whole")
@@ -414,7 +417,7 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
         table = TradesTable.okx(base_config["database"], sim, symbols)
         table_start = sim.clock.now_ms()
         sim.clock.advance(30_000)
-        await table.backfill(base_config, sim, table_start, keep_frozen=True)
+        await table.backfill(base_config, sim, table_start, freeze=True)
         config = okx_stream_config(sim, redis_prefix, watchdog_s=30.0, store_trades=True)
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
         config["database"] = base_config["database"]

@@ -103,14 +103,26 @@ def restart_marked(
 ) -> bool:
     """Whether each of ``streams`` has a ``redis_restart`` marker, every exact gap its
     ``repaired`` one, and ``kline_streams`` kline streams their refill's ``repaired`` marker."""
+    state = restart_state(client, prefix, venue, streams)
+    return (
+        not state["unmarked"] and state["opened"] == state["repaired"] and state["refilled"] == kline_streams
+    )
+
+
+def restart_state(client: redis.Redis, prefix: str, venue: str, streams: set[str]) -> dict[str, Any]:
+    """What :func:`restart_marked` checks: ``streams`` without a ``redis_restart`` marker, exact
+    gaps opened and repaired, kline streams refilled (shown when the wait times out)."""
     markers = gap_entries(client, prefix, venue)
     marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
-    opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
-    repaired = sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired")
     refilled = {
         m["stream"] for m in markers if m["channel"].startswith("kline_") and m["reason"] == "repaired"
     }
-    return marked >= streams and opened == repaired and len(refilled) == kline_streams
+    return {
+        "unmarked": sorted(streams - marked),
+        "opened": sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired"),
+        "repaired": sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired"),
+        "refilled": len(refilled),
+    }
 
 
 def restart_unmarked(client: redis.Redis, markers: list[dict[str, str]], key: str) -> bool:
@@ -193,40 +205,26 @@ class TradesTable:
         return cls(database, "sim-okx", symbols, truth)
 
     async def backfill(
-        self, base_config: dict[str, Any], sim: SimulatedExchange, start_ms: int, keep_frozen: bool = False
+        self, base_config: dict[str, Any], sim: SimulatedExchange, start_ms: int, freeze: bool = False
     ) -> None:
         """The trade backfill (through the collector) of ``start_ms`` to now: the table's first
-        part. The market stands still meanwhile (and after, with ``keep_frozen``, until the
-        scenario's streamer is up): a fast clock would widen the seam between it and the stream,
-        which the streamer's own trade backfill job has to close."""
+        part. ``freeze`` (a scenario on a fast clock) stops the market for it and leaves it
+        stopped until the scenario's streamer is up (see :func:`thaw_when_connected`): a fast
+        clock would widen the seam between the backfill and the stream, which the streamer's own
+        trade backfill job has to close. A scenario on real time keeps its clock untouched (the
+        streamer's clock is real time too)."""
         from data_collector.optimized_collector import OptimizedDataCollector
         from tests.support.backfill import config_for
 
         extra: dict[str, Any] = {"symbols": self.symbols, "data_types": ["trades"], "timeframes": ["1m"]}
         if self.venue == "sim-okx":
             extra["exchange"] = {**okx_stream_config(sim, "")["exchange"], "timeout_s": 2.0}
-        sim.clock.freeze()
-        try:
-            async with OptimizedDataCollector(config_for(base_config, sim, **extra)) as collector:
-                done = await collector.collect(symbols=self.symbols, start=start_ms, end=sim.clock.now_ms())
-        finally:
-            if not keep_frozen:
-                sim.clock.unfreeze()
+        if freeze:
+            sim.clock.freeze()
+        async with OptimizedDataCollector(config_for(base_config, sim, **extra)) as collector:
+            done = await collector.collect(symbols=self.symbols, start=start_ms, end=sim.clock.now_ms())
         assert done.rows_by_type.get("trades", 0) > 0, done
         self.start_ms = start_ms
-
-    @staticmethod
-    async def past_settle(sim: SimulatedExchange) -> None:
-        """Move the market on by the trade backfill's settle time, once the stream has stored its
-        first trades: the seam between the backfill's last trade and the stream's first is then old
-        enough for the streamer's trade backfill job to close now rather than 10 s later (a
-        scenario on the real-time clock). A simulated second a tick (100 ms), as a market ten
-        times as fast: the trades it adds come spread over ticks, not in one burst."""
-        from data_collector.backfill.trades_run import SETTLE_MS
-
-        for _ in range(SETTLE_MS // 1000):
-            sim.clock.advance(1000)
-            await asyncio.sleep(0.1)  # the market's pace, not a synchronisation
 
     async def whole(self, end_ms: int) -> bool:
         """Whether every symbol's table runs under one coverage row to REST's last trade before ``end_ms``."""
