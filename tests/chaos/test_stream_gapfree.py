@@ -234,7 +234,9 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
             )
             await settle_quietly(streamer, sim)
             end_ms = sim.clock.now_ms()
-            await wait_for_async(lambda: table.whole(end_ms), timeout_s=60, what="the trades table whole")
+            await wait_for_async(
+                lambda: table.whole(end_ms), timeout_s=300 if full else 60, what="the trades table whole"
+            )
             metrics = streamer.get_metrics()
         sent = sent_by_stream(sim, symbols)
         stored = await table.account(end_ms)

@@ -295,7 +295,9 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
                 raise AssertionError(f"{exc}: {restart_state(client, prefix, VENUE, streams)}") from None
             await settle_quietly(streamer, sim)
             end_ms = sim.clock.now_ms()
-            await wait_for_async(lambda: table.whole(end_ms), timeout_s=60, what="the trades table whole")
+            await wait_for_async(
+                lambda: table.whole(end_ms), timeout_s=300 if full else 60, what="the trades table whole"
+            )
             metrics = streamer.get_metrics()
         stored = await table.account(end_ms)
 
