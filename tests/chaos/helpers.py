@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from data_collector.markets import CODE_TIMEFRAMES
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_for_async
 
 #: Stored or true candles: (symbol, timeframe, open ms) -> (open, high, low, close, volume).
 Candles = dict[tuple[str, str, int], tuple[float, ...]]
@@ -230,6 +230,11 @@ class KillPlan:
     repair_timeout_s: float
     #: Awaited after kill ``n`` before the next start (a candle closing meanwhile, say).
     downtime: Callable[[int], Awaitable[None]] | None = None
+    #: Whether what the last run still owes elsewhere is in (the trades table), once the flow stopped.
+    settled: Callable[[], Awaitable[bool]] | None = None
+    #: Awaited once run ``n``'s process is up, before it must write (the scenario may start the
+    #: market then, say).
+    started: Callable[[int], Awaitable[None]] | None = None
 
 
 async def run_with_kills(config: Path, logs: Path, kills: int, report: Any, plan: KillPlan) -> list[int]:
@@ -240,6 +245,8 @@ async def run_with_kills(config: Path, logs: Path, kills: int, report: Any, plan
     for run in range(kills + 1):
         before = plan.stored()
         async with streamer_process(config, logs / f"stream{run}.out", report) as proc:
+            if plan.started is not None:
+                await plan.started(run)
             await wait_for(lambda b=before: plan.stored() >= b + 400, timeout_s=60, what=f"run {run} writing")
             if run == kills:
                 await wait_for(
@@ -258,6 +265,8 @@ async def run_with_kills(config: Path, logs: Path, kills: int, report: Any, plan
                 # What was sent is in before the stop: frames still in flight at a SIGINT are
                 # never read (the clean stop's loss, not a fault's).
                 await wait_for(plan.caught_up, timeout_s=30, what="the last frames stored")
+                if plan.settled is not None:
+                    await wait_for_async(plan.settled, timeout_s=plan.repair_timeout_s, what="all settled")
             codes.append(await end_streamer(proc, run < kills, report))
         await wait_for(lambda: plan.connections() == 0, what="the old connection closed")
         if run < kills and plan.downtime is not None:

@@ -13,13 +13,17 @@ form; its full form (5 symbols at 2,000 trade msg/s) is ``-m slow`` (or ``--long
   loses nothing, the restart's loss is refilled for the retention (``stream_maxlen``) on the
   trade channels and marked ``redis_restart`` on the others.
 
-Not covered here: OKX (its own file), the trades table in PostgreSQL.
+The SIGKILL and Redis-restart scenarios store aggTrades into PostgreSQL too
+(``streaming.store_trades``) after a trade backfill of the two minutes before the stream: the
+trades table equals REST's for the whole window, backfilled part included, under one coverage row
+(the ``table_*`` figures). OKX has its own file.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import redis
@@ -31,11 +35,14 @@ from tests.chaos.helpers import KillPlan, run_with_kills, sigstop_redis
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
 from tests.support.gapfree import (
+    TradesTable,
+    assert_table_equals_rest,
     drop_and_reconnect,
     fast_clock,
     open_trade_gaps,
     restart_marked,
     restart_unmarked,
+    thaw_when_connected,
 )
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import account_by_id, holes_and_markers
@@ -47,6 +54,7 @@ from tests.support.streaming import (
     stream_config,
     streamer_on,
     wait_for,
+    wait_for_async,
 )
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
@@ -159,7 +167,10 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
 
 
 async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persistence(
-    scenario_report: ScenarioReport, full: bool, restartable_redis: RestartableRedis
+    scenario_report: ScenarioReport,
+    full: bool,
+    restartable_redis: RestartableRedis,
+    base_config: dict[str, Any],
 ) -> None:
     """The private Redis SIGSTOPped (10 s in the full form, 3 s in CI), then restarted once with no
     persistence: nothing the simulator sent on ``trade``/``aggTrade`` is lost or doubled (the
@@ -186,7 +197,11 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
         return [int(client.xlen(key(channel, s))) for s in symbols]
 
     async with SimulatedExchange(symbols=symbols, seed=16, ws_rate=400 if full else 40) as sim:
-        config = stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention)
+        # The trades table: the two minutes before backfilled, then the stream's aggTrades.
+        table = TradesTable.binance(base_config["database"], sim, symbols)
+        await table.backfill(base_config, sim, sim.clock.now_ms() - 120_000)
+        config = stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention, store_trades=True)
+        config["database"] = base_config["database"]
         async with OptimizedWebSocketStreamer(
             symbols=symbols, redis_client=server.url, channels=channels, config=config
         ) as streamer:
@@ -218,8 +233,13 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
                 what="every stream marked and every trade gap refilled",
             )
             await settle_quietly(streamer, sim)
+            end_ms = sim.clock.now_ms()
+            await wait_for_async(
+                lambda: table.whole(end_ms), timeout_s=300 if full else 60, what="the trades table whole"
+            )
             metrics = streamer.get_metrics()
         sent = sent_by_stream(sim, symbols)
+        stored = await table.account(end_ms)
 
     unmarked = 0
     klines = {"closed": 0, "missing": 0, "duplicated": 0}
@@ -249,8 +269,10 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
         stop_s=stop_s,
         retention=retention,
         **{f"klines_{k}": v for k, v in klines.items()},
+        **stored,
     )
     assert lost == 0 and dup == 0, (lost, dup)
+    assert_table_equals_rest(stored)
     assert report.extra["stop_lost"] == 0 and report.extra["stop_dup"] == 0
     assert unmarked == 0
     assert klines["closed"] >= retention and klines["missing"] == 0 and klines["duplicated"] == 0, klines
@@ -260,7 +282,11 @@ async def test_trades_gap_free_through_redis_sigstop_and_restart_without_persist
 
 
 async def test_trades_gap_free_through_streamer_sigkills(
-    redis_prefix: str, scenario_report: ScenarioReport, full: bool, tmp_path: Path
+    redis_prefix: str,
+    scenario_report: ScenarioReport,
+    full: bool,
+    tmp_path: Path,
+    base_config: dict[str, Any],
 ) -> None:
     """The streamer (scripts/stream_market_data.py, a subprocess) SIGKILLed three times (ten in
     the full form) and restarted while the market runs 10× fast: each restart reads the newest stored id
@@ -301,8 +327,12 @@ async def test_trades_gap_free_through_streamer_sigkills(
         SimulatedExchange(symbols=symbols, seed=17, ws_rate=14 if full else 8) as sim,
         fast_clock(sim, 30),
     ):
-        config = stream_config(sim, redis_prefix, watchdog_s=30.0)
+        # The trades table: the two minutes before backfilled, then the streamer runs' aggTrades.
+        table = TradesTable.binance(base_config["database"], sim, symbols)
+        await table.backfill(base_config, sim, sim.clock.now_ms() - 120_000, freeze=True)
+        config = stream_config(sim, redis_prefix, watchdog_s=30.0, store_trades=True)
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
+        config["database"] = base_config["database"]
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         # Repairs spend at most streaming.repair_weight_per_min (1,200): ten kills of five symbols
@@ -315,9 +345,12 @@ async def test_trades_gap_free_through_streamer_sigkills(
             connections=sim.ws_connections,
             freeze=sim.clock.freeze,
             repair_timeout_s=300 if full else 120,
+            settled=lambda: table.whole(sim.clock.now_ms()),
+            started=thaw_when_connected(sim, sim.ws_connections),
         )
         codes = await run_with_kills(path, tmp_path, kills, report, plan)
         sent = sent_by_stream(sim, symbols)
+        stored = await table.account(sim.clock.now_ms())
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
             expected, found, lost, dup = await _account_trades(reader, symbols, ["trade", "aggTrade"], sent)
             # Through the reader: a candle a live close overtook during a restart's REST repair is
@@ -359,9 +392,10 @@ async def test_trades_gap_free_through_streamer_sigkills(
                 {int(r[0]) for r in sim.klines(symbol, "1m", closed[0], closed[-1] + 1)} if closed else set()
             )
             seams["klines_missing"] += len(truth - set(closed))
-    report.tally(expected, found, lost, dup, exit_codes=",".join(map(str, codes)), **seams)
+    report.tally(expected, found, lost, dup, exit_codes=",".join(map(str, codes)), **seams, **stored)
     assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
     assert lost == 0 and dup == 0, (lost, dup)
+    assert_table_equals_rest(stored)
     assert seams["klines_closed"] >= 2 * kills, seams  # candles closed, some of them while down
     assert seams["klines_missing"] == 0 and seams["klines_duplicated"] == 0, seams
     assert seams["holes"] >= 2 * kills and seams["unmarked"] == 0 and seams["stray_markers"] == 0, seams

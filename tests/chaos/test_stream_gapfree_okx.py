@@ -34,21 +34,33 @@ from tests.chaos.helpers import KillPlan, run_with_kills, sigstop_redis
 from tests.chaos.report import ScenarioReport
 from tests.chaos.servers import RestartableRedis
 from tests.support.gapfree import (
+    TradesTable,
     all_repaired,
+    assert_table_equals_rest,
     drop_and_reconnect,
     fast_clock,
+    okx_depth_seams,
     okx_streamer_on,
     open_trade_gaps,
     restart_marked,
+    restart_state,
     restart_unmarked,
+    thaw_when_connected,
     unmarked_holes,
 )
 from tests.support.services import REDIS_URL
 from tests.support.stream_accounting import holes_and_markers
-from tests.support.streaming import entries, gap_entries, okx_stream_config, settle_quietly, wait_for
+from tests.support.streaming import (
+    entries,
+    gap_entries,
+    okx_stream_config,
+    settle_quietly,
+    wait_for,
+    wait_for_async,
+)
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"]
-CHANNELS = ["trade", "kline_1m", "bookTicker", "ticker"]
+CHANNELS = ["trade", "kline_1m", "bookTicker", "ticker", "depth"]
 VENUE = "sim-okx"
 #: Simulated ms per wall ms.
 SPEED = 10
@@ -85,6 +97,11 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
                     if i in (1, 3):
                         hub.skip_trade_id(venue.instrument(SYMBOLS[i]).inst_id, 2)
                         report.fault("skip_id")
+                        # A lost book update and a wrong checksum: each a resync from a new snapshot.
+                        hub.skip_seq(venue.instrument(SYMBOLS[i - 1]).inst_id)
+                        report.fault("skip_seq")
+                        hub.corrupt_checksum(venue.instrument(SYMBOLS[i + 1]).inst_id)
+                        report.fault("bad_checksum")
                         await asyncio.sleep(0.5)
                     if i == 2:  # drop just before a minute closes: its candle is missed, then repaired
                         await wait_for(lambda: sim.clock.now_ms() % 60_000 > 58_500, 10, "a minute's end")
@@ -117,6 +134,7 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
 
         markers = gap_entries(client, redis_prefix, VENUE)
         kline_missing = kline_dup = holes = 0
+        depth = {"depth_holes": 0, "depth_unmarked": 0, "depth_stray_markers": 0}
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=VENUE) as reader:
             expected, found, lost, dup, wrong = await account_okx_trades(reader, venue, SYMBOLS, end_ms)
             for symbol in SYMBOLS:
@@ -134,6 +152,12 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
                     times = [e["event_ms"] for _, e in entries(client, key(channel, symbol))]
                     mine = [m for m in markers if m["stream"] == key(channel, symbol)]
                     holes += unmarked_holes(times, mine, HOLE_MS)
+                # Depth: a broken seqId chain is a hole, and it must lie under a marker at its seam.
+                for name, n in zip(
+                    depth, okx_depth_seams(client, key("depth", symbol), markers), strict=True
+                ):
+                    depth[name] += n
+        book_markers = sum(1 for m in markers if m["channel"] == "depth" and m["reason"] == "book")
 
     report.tally(
         expected,
@@ -148,12 +172,18 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
         klines_missing=kline_missing,
         klines_duplicated=kline_dup,
         book_holes_unmarked=holes,
+        book_markers=book_markers,
+        **depth,
         stall_s=stall_s,
         msg_per_s=rate * SPEED * len(SYMBOLS),
     )
     assert lost == 0 and dup == 0 and wrong == 0, (lost, dup, wrong)
     assert kline_missing == 0 and kline_dup == 0, (kline_missing, kline_dup)
     assert holes == 0
+    # Each drop and the stall broke the chains, and so did the two lost updates.
+    assert depth["depth_holes"] >= 2 + len(SYMBOLS), depth
+    assert depth["depth_unmarked"] == 0 and depth["depth_stray_markers"] == 0, depth
+    assert book_markers >= 4, book_markers  # two sequence breaks, two checksum mismatches
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
     client.close()
@@ -194,7 +224,10 @@ async def account_okx_trades(
 
 
 async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_persistence(
-    scenario_report: ScenarioReport, full: bool, restartable_redis: RestartableRedis
+    scenario_report: ScenarioReport,
+    full: bool,
+    restartable_redis: RestartableRedis,
+    base_config: dict[str, Any],
 ) -> None:
     """The private Redis SIGSTOPped (10 s in the full form, 3 s in CI), then restarted once with no
     persistence: nothing the simulator sent on OKX ``trade`` is lost or doubled (the stop is
@@ -207,7 +240,7 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
     server = restartable_redis
     client = redis.Redis.from_url(server.url)
     symbols, prefix = (SYMBOLS if full else SYMBOLS[:2]), "gfokx"
-    channels = ["trade", "bookTicker", "ticker", "kline_1m"]
+    channels = ["trade", "bookTicker", "ticker", "kline_1m", "depth"]
     stop_s = 10.0 if full else 3.0
     retention = 3000
 
@@ -219,8 +252,16 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
 
     # Real time: 400 trades a second per instrument, 2,000 msg/s on 5 (CI: 40 on 2).
     async with SimulatedExchange(symbols=symbols, seed=16, okx=OkxSettings()) as sim:
-        sim.okx.hub.ws_rate = 400 if full else 40
-        config = okx_stream_config(sim, prefix, redis_url=server.url, stream_maxlen=retention)
+        # The tape began 10 s ago (the clock stays the streamer's real time): the trades table is
+        # those 10 s backfilled (4 history-trades pages a symbol in CI, paced by its 2 s
+        # windows), then the stream's.
+        sim.okx.venue.tape.set_rate(400 if full else 40, sim.clock.now_ms() - 10_000)
+        table = TradesTable.okx(base_config["database"], sim, symbols)
+        await table.backfill(base_config, sim, sim.clock.now_ms() - 10_000)
+        config = okx_stream_config(
+            sim, prefix, redis_url=server.url, stream_maxlen=retention, store_trades=True
+        )
+        config["database"] = base_config["database"]
         async with OptimizedWebSocketStreamer(
             symbols=symbols, redis_client=server.url, channels=channels, config=config
         ) as streamer:
@@ -244,17 +285,25 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
             server.restart()  # killed: it comes back empty
             report.fault("redis_restart")
             streams = {key(c, s) for c in channels for s in symbols}
-            await wait_for(
-                lambda: restart_marked(client, prefix, VENUE, streams, len(symbols)),
-                timeout_s=120,
-                what="every stream marked, every trade gap and kline refilled",
-            )
+            try:
+                await wait_for(
+                    lambda: restart_marked(client, prefix, VENUE, streams, len(symbols)),
+                    timeout_s=120,
+                    what="every stream marked, every trade gap and kline refilled",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {restart_state(client, prefix, VENUE, streams)}") from None
             await settle_quietly(streamer, sim)
+            end_ms = sim.clock.now_ms()
+            await wait_for_async(
+                lambda: table.whole(end_ms), timeout_s=300 if full else 60, what="the trades table whole"
+            )
             metrics = streamer.get_metrics()
-        end_ms = sim.clock.now_ms()
+        stored = await table.account(end_ms)
 
         unmarked = 0
         klines = {"closed": 0, "missing": 0, "duplicated": 0}
+        depth = {"depth_holes": 0, "depth_unmarked": 0, "depth_stray_markers": 0}
         markers = gap_entries(client, prefix, VENUE)
         async with MarketDataReader(server.url, prefix=prefix, exchange=VENUE) as reader:
             expected, found, lost, dup, wrong = await account_okx_trades(
@@ -275,8 +324,14 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
                 want = set(range(max(first_before[symbol], top + 1 - retention), top + 1)) if gap else {-1}
                 refilled = {e["id"] for _, e in entries(client, key("trade@repair", symbol))}
                 refill_short += len(want - refilled) + (top < last_before[symbol])
-                channels_kept = ("bookTicker", "ticker", "kline_1m")
+                channels_kept = ("bookTicker", "ticker", "kline_1m", "depth")
                 unmarked += sum(restart_unmarked(client, markers, key(c, symbol)) for c in channels_kept)
+                # What the depth stream holds since the restart breaks its seqId chain only under a
+                # marker at the seam (the restart's own, from 0, is checked above).
+                seam_markers = [m for m in markers if m["reason"] != "redis_restart"]
+                depth_seams = okx_depth_seams(client, key("depth", symbol), seam_markers)
+                for name, n in zip(depth, depth_seams, strict=True):
+                    depth[name] += n
                 # Closed candles: the live ones and those refilled after the restart, merged.
                 candles = await reader.range(symbol, "kline_1m", 0, 2**62)
                 closed = [e["open_ms"] for e in candles if e["closed"]]
@@ -302,11 +357,15 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
         retention=retention,
         msg_per_s=sim.okx.hub.ws_rate * len(symbols),
         **{f"klines_{k}": v for k, v in klines.items()},
+        **depth,
+        **stored,
     )
     assert lost == 0 and dup == 0 and wrong == 0, (lost, dup, wrong)
     assert stop_lost == 0 and stop_dup == 0, (stop_lost, stop_dup)
     assert refill_short == 0, refill_short
     assert unmarked == 0
+    assert_table_equals_rest(stored)
+    assert depth["depth_unmarked"] == 0 and depth["depth_stray_markers"] == 0, depth
     assert klines["closed"] >= retention and klines["missing"] == 0 and klines["duplicated"] == 0, klines
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
@@ -314,7 +373,11 @@ async def test_okx_trades_gap_free_through_redis_sigstop_and_restart_without_per
 
 
 async def test_okx_trades_gap_free_through_streamer_sigkills(
-    redis_prefix: str, scenario_report: ScenarioReport, full: bool, tmp_path: Path
+    redis_prefix: str,
+    scenario_report: ScenarioReport,
+    full: bool,
+    tmp_path: Path,
+    base_config: dict[str, Any],
 ) -> None:
     """The streamer (scripts/stream_market_data.py, a subprocess) on OKX SIGKILLed three times
     (ten in the full form) and restarted while the market runs 30× fast: each restart reads the
@@ -327,7 +390,7 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
     kills = 10 if full else 3
     symbols = SYMBOLS if full else SYMBOLS[:2]
     speed = 30
-    channels = ["trade", "bookTicker", "ticker", "kline_1m"]
+    channels = ["trade", "bookTicker", "ticker", "kline_1m", "depth"]
     client = redis.Redis.from_url(REDIS_URL)
 
     def key(channel: str, symbol: str) -> str:
@@ -352,8 +415,14 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
     async with SimulatedExchange(symbols=symbols, seed=17, okx=OkxSettings()) as sim, fast_clock(sim, speed):
         hub = sim.okx.hub
         hub.ws_rate = 14 if full else 8
-        config = okx_stream_config(sim, redis_prefix, watchdog_s=30.0)
+        # The trades table: the tape's first half minute backfilled, then the streamer runs'.
+        table = TradesTable.okx(base_config["database"], sim, symbols)
+        table_start = sim.clock.now_ms()
+        sim.clock.advance(30_000)
+        await table.backfill(base_config, sim, table_start, freeze=True)
+        config = okx_stream_config(sim, redis_prefix, watchdog_s=30.0, store_trades=True)
         config.update(symbols=symbols, streaming={**config["streaming"], "channels": channels})
+        config["database"] = base_config["database"]
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
 
@@ -372,9 +441,12 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
             freeze=sim.clock.freeze,
             repair_timeout_s=300 if full else 120,
             downtime=downtime,
+            settled=lambda: table.whole(sim.clock.now_ms()),
+            started=thaw_when_connected(sim, lambda: len(hub.connections)),
         )
         codes = await run_with_kills(path, tmp_path, kills, report, plan)
         end_ms = sim.clock.now_ms()
+        stored = await table.account(end_ms)
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange=VENUE) as reader:
             expected, found, lost, dup, wrong = await account_okx_trades(
                 reader, sim.okx.venue, symbols, end_ms
@@ -385,6 +457,7 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
         markers = gap_entries(client, redis_prefix, VENUE)
         seams = {"holes": 0, "unmarked": 0, "stray_markers": 0, "klines_closed": 0}
         seams.update(klines_missing=0, klines_duplicated=0, klines_repaired=0)
+        seams.update(depth_holes=0, depth_unmarked=0, depth_stray_markers=0)
         for symbol in symbols:
             for channel in ("bookTicker", "ticker"):
                 windows = [
@@ -401,6 +474,11 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
                     strict=True,
                 ):
                     seams[name] += value
+            depth = okx_depth_seams(client, key("depth", symbol), markers)
+            for name, value in zip(
+                ("depth_holes", "depth_unmarked", "depth_stray_markers"), depth, strict=True
+            ):
+                seams[name] += value
             closed = [e["open_ms"] for e in klines[symbol] if e["closed"]]
             seams["klines_closed"] += len(set(closed))
             seams["klines_repaired"] += sum(1 for e in klines[symbol] if e["closed"] and e.get("repaired"))
@@ -416,6 +494,7 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
         exit_codes=",".join(map(str, codes)),
         msg_per_s=hub.ws_rate * speed * len(symbols),
         **seams,
+        **stored,
     )
     assert codes[-1] in (0, 130), (tmp_path / f"stream{kills}.out").read_text()[-1500:]
     assert lost == 0 and dup == 0 and wrong == 0, (lost, dup, wrong)
@@ -423,6 +502,9 @@ async def test_okx_trades_gap_free_through_streamer_sigkills(
     assert seams["klines_missing"] == 0 and seams["klines_duplicated"] == 0, seams
     assert seams["klines_repaired"] >= kills * len(symbols), seams  # one closed while down, each kill
     assert seams["holes"] >= 2 * kills and seams["unmarked"] == 0 and seams["stray_markers"] == 0, seams
+    assert seams["depth_holes"] >= kills, seams
+    assert seams["depth_unmarked"] == 0 and seams["depth_stray_markers"] == 0, seams
+    assert_table_equals_rest(stored)
     report.faults_survived = report.faults_injected
     report.outcome = "ok"
     client.close()

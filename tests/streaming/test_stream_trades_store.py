@@ -27,16 +27,15 @@ import asyncpg
 import pytest
 import yaml
 
-from data_collector.config import load_config
 from data_collector.errors import UsageError
 from data_collector.markets import MINUTE_MS
 from data_collector.optimized_collector import OptimizedDataCollector
 from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 from data_collector.simulator import OkxSettings, SimulatedExchange
-from data_collector.storage import open_store
 from data_collector.storage.trades import Trade, TradeCoverage
 from data_collector.venues.okx.protocol import inst_id
 from tests.support.backfill import config_for
+from tests.support.gapfree import stored_trades as _stored
 from tests.support.services import PG_ADMIN_DSN
 from tests.support.streaming import okx_stream_config, stream_config, wait_for, wait_for_async
 
@@ -142,24 +141,6 @@ def venues(slow: Venue) -> pytest.MarkDecorator:
         ],
         ids=["spot", "usdm", "okx"],
     )
-
-
-async def _stored(
-    database: dict[str, Any], symbol: str, venue: str
-) -> tuple[list[Trade], list[TradeCoverage]]:
-    """Every stored trade of ``symbol`` and its coverage rows (read with the default command
-    timeout: the streamer's may be short on purpose, and this read can wait on its DDL)."""
-    reading = {key: value for key, value in database.items() if key != "command_timeout_s"}
-    store = open_store(load_config({"database": reading, "logging": {"file": None}}))
-    await store.initialize()
-    try:
-        base, quote = symbol.split(":")[0].split("/")
-        inst = await store.ensure_instrument(
-            venue, symbol, base=base, quote=quote, market_type="swap" if ":" in symbol else "spot"
-        )
-        return await store.load_trades(inst.id, 0, 2**62), await store.trade_coverage(inst.id)
-    finally:
-        await store.close()
 
 
 def _assert_no_seam(

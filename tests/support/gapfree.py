@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from data_collector.simulator import SimulatedExchange
+from data_collector.storage.trades import Trade, TradeCoverage
 from tests.chaos.report import ScenarioReport
 from tests.support.services import REDIS_URL
-from tests.support.streaming import gap_entries, okx_stream_config, wait_for
+from tests.support.stream_accounting import holes_and_markers
+from tests.support.streaming import entries, gap_entries, okx_stream_config, wait_for
 
 
 @asynccontextmanager
@@ -100,14 +103,26 @@ def restart_marked(
 ) -> bool:
     """Whether each of ``streams`` has a ``redis_restart`` marker, every exact gap its
     ``repaired`` one, and ``kline_streams`` kline streams their refill's ``repaired`` marker."""
+    state = restart_state(client, prefix, venue, streams)
+    return (
+        not state["unmarked"] and state["opened"] == state["repaired"] and state["refilled"] == kline_streams
+    )
+
+
+def restart_state(client: redis.Redis, prefix: str, venue: str, streams: set[str]) -> dict[str, Any]:
+    """What :func:`restart_marked` checks: ``streams`` without a ``redis_restart`` marker, exact
+    gaps opened and repaired, kline streams refilled (shown when the wait times out)."""
     markers = gap_entries(client, prefix, venue)
     marked = {m["stream"] for m in markers if m["reason"] == "redis_restart"}
-    opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
-    repaired = sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired")
     refilled = {
         m["stream"] for m in markers if m["channel"].startswith("kline_") and m["reason"] == "repaired"
     }
-    return marked >= streams and opened == repaired and len(refilled) == kline_streams
+    return {
+        "unmarked": sorted(streams - marked),
+        "opened": sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired"),
+        "repaired": sum(1 for m in markers if m.get("first_seq") and m["reason"] == "repaired"),
+        "refilled": len(refilled),
+    }
 
 
 def restart_unmarked(client: redis.Redis, markers: list[dict[str, str]], key: str) -> bool:
@@ -117,3 +132,152 @@ def restart_unmarked(client: redis.Redis, markers: list[dict[str, str]], key: st
     first_ms = int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
     mine = [m for m in markers if m["stream"] == key and m["reason"] == "redis_restart"]
     return not any(int(m["from_ms"]) == 0 and int(m["to_ms"]) >= first_ms - 60_000 for m in mine)
+
+
+def okx_depth_seams(client: redis.Redis, key: str, markers: list[dict[str, str]]) -> tuple[int, int, int]:
+    """``(holes, unmarked holes, stray markers)`` of the OKX ``books`` stream ``key`` (see
+    :func:`~tests.support.stream_accounting.holes_and_markers`; ``markers`` may be every
+    venue's). Events were lost before a message whose ``prevSeqId`` is not the ``seqId`` of the
+    message stored before it; a snapshot that restates the state stored just before it (the same
+    ``seqId``) lost nothing."""
+    book = [e for _, e in entries(client, key)]
+    breaks = [
+        i > 0
+        and book[i]["prev_update_id"] != book[i - 1]["update_id"]
+        and not (book[i]["snapshot"] and book[i]["update_id"] == book[i - 1]["update_id"])
+        for i in range(len(book))
+    ]
+    windows = [(int(m["from_ms"]), int(m["to_ms"])) for m in markers if m["stream"] == key]
+    return holes_and_markers([e["event_ms"] for e in book], breaks, windows)
+
+
+#: REST's trades of a symbol with ``start_ms <= time < end_ms``: ``(id, time, price, amount)``.
+Truth = Callable[[str, int, int], list[tuple[int, int, float, float]]]
+
+
+async def stored_trades(
+    database: dict[str, Any], symbol: str, venue: str
+) -> tuple[list[Trade], list[TradeCoverage]]:
+    """Every stored trade of ``symbol`` (labelled ``venue``) and its coverage rows, merged (read
+    with the default command timeout: the streamer's may be short on purpose, and this read can
+    wait on its DDL)."""
+    from data_collector.config import load_config
+    from data_collector.storage import open_store
+
+    reading = {key: value for key, value in database.items() if key != "command_timeout_s"}
+    store = open_store(load_config({"database": reading, "logging": {"file": None}}))
+    await store.initialize()
+    try:
+        base, quote = symbol.split(":")[0].split("/")
+        inst = await store.ensure_instrument(
+            venue, symbol, base=base, quote=quote, market_type="swap" if ":" in symbol else "spot"
+        )
+        return await store.load_trades(inst.id, 0, 2**62), await store.trade_coverage(inst.id)
+    finally:
+        await store.close()
+
+
+@dataclass
+class TradesTable:
+    """The trades table a fault scenario streams into (``streaming.store_trades``) after a trade
+    backfill of the window before it, and the REST truth it must equal from ``start_ms`` on."""
+
+    database: dict[str, Any]
+    venue: str
+    symbols: list[str]
+    truth: Truth
+    start_ms: int = 0
+
+    @classmethod
+    def binance(cls, database: dict[str, Any], sim: SimulatedExchange, symbols: list[str]) -> TradesTable:
+        def truth(symbol: str, start_ms: int, end_ms: int) -> list[tuple[int, int, float, float]]:
+            rows = sim.agg_trades(symbol, start_ms, end_ms)
+            return [(t["a"], t["T"], float(t["p"]), float(t["q"])) for t in rows]
+
+        return cls(database, "sim-binance", symbols, truth)
+
+    @classmethod
+    def okx(cls, database: dict[str, Any], sim: SimulatedExchange, symbols: list[str]) -> TradesTable:
+        def truth(symbol: str, start_ms: int, end_ms: int) -> list[tuple[int, int, float, float]]:
+            rows = sim.okx.venue.trades(symbol, start_ms, end_ms)
+            return [(int(t["tradeId"]), int(t["ts"]), float(t["px"]), float(t["sz"])) for t in rows]
+
+        return cls(database, "sim-okx", symbols, truth)
+
+    async def backfill(
+        self, base_config: dict[str, Any], sim: SimulatedExchange, start_ms: int, freeze: bool = False
+    ) -> None:
+        """The trade backfill (through the collector) of ``start_ms`` to now: the table's first
+        part. ``freeze`` (a scenario on a fast clock) stops the market for it and leaves it
+        stopped until the scenario's streamer is up (see :func:`thaw_when_connected`): a fast
+        clock would widen the seam between the backfill and the stream, which the streamer's own
+        trade backfill job has to close. A scenario on real time keeps its clock untouched (the
+        streamer's clock is real time too)."""
+        from data_collector.optimized_collector import OptimizedDataCollector
+        from tests.support.backfill import config_for
+
+        extra: dict[str, Any] = {"symbols": self.symbols, "data_types": ["trades"], "timeframes": ["1m"]}
+        if self.venue == "sim-okx":
+            extra["exchange"] = {**okx_stream_config(sim, "")["exchange"], "timeout_s": 2.0}
+        if freeze:
+            sim.clock.freeze()
+        async with OptimizedDataCollector(config_for(base_config, sim, **extra)) as collector:
+            done = await collector.collect(symbols=self.symbols, start=start_ms, end=sim.clock.now_ms())
+        assert done.rows_by_type.get("trades", 0) > 0, done
+        self.start_ms = start_ms
+
+    async def whole(self, end_ms: int) -> bool:
+        """Whether every symbol's table runs under one coverage row to REST's last trade before ``end_ms``."""
+        for symbol in self.symbols:
+            trades, cover = await stored_trades(self.database, symbol, self.venue)
+            want = self.truth(symbol, end_ms - 60_000, end_ms)
+            if len(cover) != 1 or not trades or (want and cover[0].end_id <= want[-1][0]):
+                return False
+        return True
+
+    async def account(self, end_ms: int) -> dict[str, int]:
+        """The ``table_*`` figures over ``[start_ms, end_ms)``: REST's trades expected, found, lost,
+        duplicated, stored ones that differ from REST's (or that REST lacks), and seams (coverage
+        rows past one, or one that does not span the window)."""
+        out = dict.fromkeys(("expected", "found", "lost", "duplicated", "wrong", "seams"), 0)
+        for symbol in self.symbols:
+            trades, cover = await stored_trades(self.database, symbol, self.venue)
+            got = [(t[0], t[1], t[2], t[3]) for t in trades if self.start_ms <= t[1] < end_ms]
+            want = self.truth(symbol, self.start_ms, end_ms)
+            ids, truth = [g[0] for g in got], {w[0]: w for w in want}
+            out["expected"] += len(truth)
+            out["found"] += len(set(ids) & set(truth))
+            out["lost"] += len(set(truth) - set(ids))
+            out["duplicated"] += len(ids) - len(set(ids))
+            out["wrong"] += sum(1 for g in got if truth.get(g[0]) != g)
+            spans = (
+                bool(want) and bool(cover) and cover[0].first_id <= want[0][0] < want[-1][0] < cover[0].end_id
+            )
+            out["seams"] += max(len(cover) - 1, 0) + (not spans)
+            if set(truth) - set(ids):
+                missing = sorted(set(truth) - set(ids))
+                print(
+                    f"TABLE LOST {symbol}: {len(missing)} ids, {missing[0]}..{missing[-1]}; coverage {cover}"
+                )
+        return {f"table_{k}": v for k, v in out.items()}
+
+
+def assert_table_equals_rest(figures: dict[str, int]) -> None:
+    """The :meth:`TradesTable.account` figures of a table that equals REST's truth: something
+    expected, every trade found once, none differing, no seam."""
+    lost, dup, wrong, seams = (figures[f"table_{k}"] for k in ("lost", "duplicated", "wrong", "seams"))
+    assert figures["table_expected"] > 0 and figures["table_found"] == figures["table_expected"], figures
+    assert lost == 0 and dup == 0 and wrong == 0 and seams == 0, figures
+
+
+def thaw_when_connected(sim: SimulatedExchange, connections: Callable[[], int]) -> Callable[[int], Any]:
+    """A :class:`~tests.chaos.helpers.KillPlan` ``started`` hook: the first run's WebSockets are
+    open (``connections`` counts them), so the market frozen by :meth:`TradesTable.backfill`
+    runs again; the seam between the backfill and the stream stays a few simulated seconds."""
+
+    async def started(run: int) -> None:
+        if run == 0:
+            await wait_for(lambda: connections() > 0, timeout_s=30, what="the first run connected")
+            sim.clock.unfreeze()
+
+    return started

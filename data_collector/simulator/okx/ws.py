@@ -301,6 +301,8 @@ class OkxHub:
                 self._push(conn, json.dumps(ack))
                 continue
             self._push(conn, json.dumps(ack))
+            if channel == "books":  # what changed so far goes to the others: this one starts at a snapshot
+                self._flush_book(self.venue.instruments[inst_id], self.venue.clock.now_ms())
             conn.subs.add(key)
             if channel == "trades":
                 conn.trade_from[inst_id] = self.venue.tape.count(self.venue.clock.now_ms())

@@ -7,7 +7,10 @@ Every message is checked, the snapshot included: an update whose ``prevSeqId`` i
 ``seqId`` (a lost message, or a sequence reset) or a checksum that does not match breaks the book.
 The book then leaves Redis at once (its key is deleted: no wrong book is ever published), a
 ``book`` gap marker covers the depth stream from the last good message to the breaking one, and
-the channel is resubscribed for a new snapshot. Updates that arrive before it are ignored. A
+the channel is resubscribed for a new snapshot. Updates that arrive before it are ignored (the
+stream still holds them); if the snapshot's ``seqId`` is not that of the last of them, the updates
+between were never sent (unsubscribed meanwhile), and a second marker covers the stream from that
+last message to the snapshot. A
 message with no levels and ``seqId == prevSeqId`` is OKX's keepalive for a quiet book.
 
 Publishing (the top N, at most every interval) is :class:`BookKeeper`'s.
@@ -79,6 +82,9 @@ class OkxBookKeeper(BookKeeper):
         #: unless :data:`SNAPSHOT_WAIT_S` passes without one).
         self._awaiting: dict[str, float] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        #: Books resyncing on their connection -> ``(seqId, ts)`` of the last message since the
+        #: break: the depth stream holds it, and a snapshot with another seqId lost what came between.
+        self._tail: dict[str, tuple[int, int]] = {}
         #: Checksum mismatches and sequence breaks seen (each forced a resync).
         self.checksum_errors = 0
         self.sequence_breaks = 0
@@ -88,7 +94,12 @@ class OkxBookKeeper(BookKeeper):
         bids, asks = diff.pop("raw")
         book = self.books[symbol]
         assert isinstance(book, OkxBook)
+        # The last good message's time: a break's marker runs from it to the breaking message.
+        good_ms = book.event_ms
+        tail = self._tail.pop(symbol, None)
         if diff["snapshot"]:
+            if tail is not None and tail[0] != diff["update_id"]:
+                self._broken(symbol, tail[1], diff)  # the diffs between were never sent to us
             self._stop_retry(symbol)
             if book.synced:
                 self.invalidate(symbol)
@@ -98,13 +109,15 @@ class OkxBookKeeper(BookKeeper):
                 self.checksum_errors += 1
                 log.warning("%s OKX book snapshot fails its checksum; resubscribing", symbol)
                 book.reset()
-                self._resync(symbol, diff)
+                self._resync(symbol, good_ms, diff)
                 return
             book.synced = True
             self._last_publish.pop(symbol, None)
             self._schedule_publish(symbol)
             return
         if not book.synced:
+            if tail is not None:
+                self._tail[symbol] = (diff["update_id"], int(diff["event_ms"]))
             return  # waiting for the snapshot asked for
         if diff["prev_update_id"] != book.last_update_id:
             self.sequence_breaks += 1
@@ -114,20 +127,22 @@ class OkxBookKeeper(BookKeeper):
                 diff["prev_update_id"],
                 book.last_update_id,
             )
-            self._resync(symbol, diff)
+            self._resync(symbol, good_ms, diff)
             return
         book.apply_raw(diff, bids, asks)
         if book.checksum() != diff["checksum"]:
             self.checksum_errors += 1
             log.warning("%s OKX book checksum mismatch at seqId %d; resyncing", symbol, diff["update_id"])
-            self._resync(symbol, diff)
+            self._resync(symbol, good_ms, diff)
             return
         self._schedule_publish(symbol)
 
-    def _resync(self, symbol: str, diff: dict[str, Any]) -> None:
-        book = self.books[symbol]
-        self._broken(symbol, book.event_ms or int(diff["event_ms"]), diff)
+    def _resync(self, symbol: str, good_ms: int, diff: dict[str, Any]) -> None:
+        """Mark the depth stream from ``good_ms`` (the last good message's time) to ``diff``'s,
+        drop the book, and ask for a new snapshot."""
+        self._broken(symbol, good_ms or int(diff["event_ms"]), diff)
         self.invalidate(symbol)
+        self._tail[symbol] = (diff["update_id"], int(diff["event_ms"]))
         if symbol not in self._awaiting and not self._closed:
             self._ask(symbol)
 
@@ -150,9 +165,11 @@ class OkxBookKeeper(BookKeeper):
             retry.cancel()
 
     def invalidate(self, symbol: str, resync: bool = True) -> None:
-        """Forget the book (a dropped connection's resubscription brings a new snapshot)."""
+        """Forget the book (a dropped connection's resubscription brings a new snapshot; its
+        reconnect marker covers what came between)."""
         super().invalidate(symbol, resync)
         self._stop_retry(symbol)
+        self._tail.pop(symbol, None)
 
     async def close(self) -> None:
         for symbol in list(self._retries):
