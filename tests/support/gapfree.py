@@ -94,7 +94,9 @@ def open_trade_gaps(client: redis.Redis, prefix: str, venue: str) -> set[tuple[s
     markers = gap_entries(client, prefix, venue)
     opened = {(m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m.get("first_seq")}
     return opened - {
-        (m["stream"], m["first_seq"], m["last_seq"]) for m in markers if m["reason"] == "repaired"
+        (m["stream"], m["first_seq"], m["last_seq"])
+        for m in markers
+        if m["reason"] == "repaired" and m.get("first_seq")  # a kline refill's names no ids
     }
 
 
