@@ -142,6 +142,7 @@ class RestApi:
         self.sim._by_endpoint[key] += 1
         if self.sim.request_log is not None:
             self.sim.request_log.append((key, dict(request.query)))
+        await self.sim.rest_gate()
         f = self.sim._endpoint_faults.get(key, self.sim._global_faults)
         if f.latency_ms or f.jitter_ms:
             await asyncio.sleep((f.latency_ms + f.jitter_ms * self.sim._rng.random()) / 1000.0)

@@ -283,6 +283,11 @@ class SimulatedExchange:
         self._hanging: set[asyncio.Future[None]] = set()
         self._scheduled: list[asyncio.TimerHandle] = []
         self._rolling: dict[str, tuple[int, tuple[int, ...] | None]] = {}
+        #: ``hold_rest``: requests past this count wait on ``_rest_gate`` until ``release_rest``.
+        self._rest_hold_after: int | None = None
+        self._rest_gate = asyncio.Event()
+        #: REST requests waiting at the gate now.
+        self.rest_held = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -339,6 +344,7 @@ class SimulatedExchange:
             fut.cancel()
         for handle in self._scheduled:
             handle.cancel()
+        self.release_rest()
         await self.hub.close()
         if self.futures is not None:
             await self.futures.hub.close()
@@ -631,6 +637,30 @@ class SimulatedExchange:
         if rate < 0:
             raise UsageError(f"ws_rate must be >= 0, got {rate}")
         self.ws_rate = float(rate)
+
+    def hold_rest(self, after: int = 0) -> None:
+        """Answer the first ``after`` REST requests (counted from the simulator's start) and hold
+        every later one, unanswered, until :meth:`release_rest`: a run is then surely mid-way
+        whatever the machine's speed, for a test that must interrupt it there."""
+        if after < 0:
+            raise UsageError(f"hold_rest: after must be >= 0, got {after}")
+        self._rest_gate.clear()
+        self._rest_hold_after = after
+
+    def release_rest(self) -> None:
+        """Answer the held REST requests, and every later one, at once."""
+        self._rest_hold_after = None
+        self._rest_gate.set()
+
+    async def rest_gate(self) -> None:
+        """Wait here while :meth:`hold_rest` holds this request (the REST middleware's call)."""
+        if self._rest_hold_after is None or self._stats["requests"] <= self._rest_hold_after:
+            return
+        self.rest_held += 1
+        try:
+            await self._rest_gate.wait()
+        finally:
+            self.rest_held -= 1
 
     def start_outage(self) -> None:
         """Every request fails (503) and WebSocket connections drop until ``end_outage``."""

@@ -36,6 +36,7 @@ from tests.support.backfill import (
     write_config,
 )
 from tests.support.services import PG_ADMIN_DSN, free_port
+from tests.support.streaming import read_until
 
 TIMEFRAME_CODE_1M = TIMEFRAME_CODES["1m"]
 
@@ -321,11 +322,20 @@ async def test_sigint_stops_gracefully_and_the_next_run_resumes(
         start, end = RANGE_START_MS, RANGE_START_MS + 10 * DAY_MS
         config = config_for(base_config, sim, start=local_iso(start), end=local_iso(end))
         path = write_config(tmp_path / "config.yaml", config)
+        # The simulator answers 30 of the run's ~70 requests and holds the rest: the SIGINT then
+        # surely lands mid-run, however slow or fast this machine is (a poll on the row count
+        # alone once saw the 1.2 s run finish first, and the run rightly exited 0).
+        sim.hold_rest(after=30)
         proc = await start_script(path, tmp_path, capture=True)
-        while proc.returncode is None and await count_rows(pg_schema) < 1000:  # noqa: ASYNC110
+        while proc.returncode is None and (  # noqa: ASYNC110
+            sim.rest_held == 0 or await count_rows(pg_schema) == 0
+        ):
             await asyncio.sleep(0.01)
         proc.send_signal(signal.SIGINT)
+        stopping = await read_until(proc.stderr, b"stopping:", timeout_s=60)
+        sim.release_rest()
         out, err = await asyncio.wait_for(proc.communicate(), 60)
+        err = stopping + err
         assert proc.returncode == 130, out.decode() + err.decode()
         assert "interrupted" in out.decode() and "Traceback" not in err.decode()
         stored = await count_rows(pg_schema)
