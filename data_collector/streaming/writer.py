@@ -224,6 +224,8 @@ class RedisWriter:
         #: Held while writing a shard of a sharded run; None: the writer owns its streams alone.
         self._lease = lease
         self._stamp = b"$1\r\no\r\n" + _bulk(lease.stamp) if lease is not None else b""
+        #: A stream's XADD head -> the same head with two more arguments (the stamp), built once.
+        self._stamped_heads: dict[bytes, bytes] = {}
         #: The lease ran out: everything was discarded and nothing is written any more.
         self.fenced = False
         #: A new gap marker was refused (another writer's is newer): read the top before the next.
@@ -604,16 +606,28 @@ class RedisWriter:
         latest: dict[bytes, bytes] = {}
         tops: dict[bytes, str] = {}
         stamp = self._stamp
-        for head, set_head, entry_id, payload, _, _ in batch:
-            raw_id = entry_id.encode()
-            if stamp:  # two more arguments: field ``o``, the writer's lease
-                head = b"*10" + head[2:]
-            parts.append(
-                b"%s$%d\r\n%s\r\n$1\r\nd\r\n$%d\r\n%s\r\n%s"
-                % (head, len(raw_id), raw_id, len(payload), payload, stamp)
-            )
-            latest[set_head] = payload
-            tops[head] = entry_id
+        if not stamp:
+            for head, set_head, entry_id, payload, _, _ in batch:
+                raw_id = entry_id.encode()
+                parts.append(
+                    b"%s$%d\r\n%s\r\n$1\r\nd\r\n$%d\r\n%s\r\n"
+                    % (head, len(raw_id), raw_id, len(payload), payload)
+                )
+                latest[set_head] = payload
+                tops[head] = entry_id
+        else:  # a shard's writer: two more arguments, field ``o`` with the lease's stamp
+            stamped = self._stamped_heads
+            for head, set_head, entry_id, payload, _, _ in batch:
+                raw_id = entry_id.encode()
+                wire = stamped.get(head)
+                if wire is None:
+                    wire = stamped[head] = b"*10" + head[2:]
+                parts.append(
+                    b"%s$%d\r\n%s\r\n$1\r\nd\r\n$%d\r\n%s\r\n%s"
+                    % (wire, len(raw_id), raw_id, len(payload), payload, stamp)
+                )
+                latest[set_head] = payload
+                tops[head] = entry_id  # keyed by the stream's own head, as the restart check looks
         for set_head, payload in latest.items():
             parts.append(set_head + _bulk(payload))
         parts.extend(books.values())

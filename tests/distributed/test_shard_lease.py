@@ -120,6 +120,8 @@ async def test_the_writer_stamps_its_entries_and_writes_nothing_once_its_lease_r
     client.close()
     if valid:
         assert [(i, f[b"o"]) for i, f in stored] == [(f"{n}-0".encode(), b"h9:7") for n in (1, 2, 3)]
+        # Each stream's newest entry, under its own head: what a Redis restart is checked against.
+        assert writer.tops == {head: "3-0"}
     else:
         assert stored == [] and writer.fenced
 
