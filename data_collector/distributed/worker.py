@@ -207,6 +207,8 @@ def _budgets(
             f"{label}:{address}",
             client.limiter.budget,
             key_prefix=f"{config.redis.prefix}:budget",
+            # The exchange's minutes, not this host's: the offset the client measures as it opens.
+            clock=client.limiter.server_now,
         )
         stack.push_async_callback(budget.close)
         return budget

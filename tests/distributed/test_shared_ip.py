@@ -37,6 +37,23 @@ def budget_spent(prefix: str, name: str = "") -> int:
         client.close()
 
 
+def budget_by_minute(prefix: str) -> dict[int, int]:
+    """Weight the shared budget's Redis keys count, by minute (ms since the epoch // 60,000)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        # ``limits`` names a counter ``LIMITER/<name>/<minute>/<amount>/<multiple>/minute``.
+        return {
+            int(k.decode().split("/")[-4]): int(client.get(k) or 0)
+            for k in client.scan_iter(match=f"{prefix}:budget*")
+        }
+    finally:
+        client.close()
+
+
+#: How far the simulator's clock runs ahead of the workers' in the spot form.
+SKEW_MS = 10 * 60_000
+
+
 async def run_two_behind_one_ip(
     sim: SimulatedExchange,
     base_config: dict[str, Any],
@@ -97,8 +114,19 @@ async def test_two_workers_behind_one_ip_spend_one_budget(
     run = (base_config, queue_schema, procs, tmp_path, days, limit)
     if market == "spot":
         async with SimulatedExchange(symbols=SYMBOLS, seed=4, gaps={}, weight_limit=limit) as sim:
+            # The exchange's clock runs 10 minutes ahead of this host's: the budget counts in its
+            # minutes (the offset the clients measure), or two hosts would split one exchange minute.
+            sim.clock.advance(SKEW_MS)
+            minutes = {sim.clock.now_ms() // 60_000}
             stats = await run_two_behind_one_ip(sim, *run)
+            minutes |= {sim.clock.now_ms() // 60_000}
         assert set(stats["used_weight_1m_by_ip"]) <= {"127.0.0.2"}
+        spent = budget_by_minute(redis_prefix)
+        exchange_minutes = range(min(minutes), max(minutes) + 1)
+        # Only each client's opening requests (exchangeInfo 20, time 1), sent before the offset is
+        # measured, count in this host's minute; every page after them in the exchange's.
+        assert sum(w for m, w in spent.items() if m not in exchange_minutes) <= 2 * (20 + 1), spent
+        assert sum(w for m, w in spent.items() if m in exchange_minutes) > 0, spent
     else:
         async with SimulatedExchange(
             symbols=["BTC/USDT"], perpetuals=[PERP], seed=5, gaps={}, futures_weight_limit=limit
