@@ -72,6 +72,9 @@ REPAIR_TIMEOUT_S = 5.0
 RESOLVE_INTERVAL_S = 1.0
 #: Newest gap markers read at start for the trade gaps a previous run left unrepaired.
 OPEN_GAPS_READ = 10_000
+#: Reason of the marker over candles that closed between a reconnect's REST repair and the first
+#: live candle (a subscription acted on late): its ``repaired`` marker has the same bounds.
+KLINE_SEAM = "late_subscription"
 
 
 @dataclass
@@ -517,9 +520,14 @@ class StreamService:
         """Queue again the trade gaps a previous process marked and had not repaired yet (it was
         killed with its repair queue): the newest ``OPEN_GAPS_READ`` markers are read, and each
         ``first_seq``..``last_seq`` with no ``repaired`` marker of the same bounds is a job, oldest
-        id first (a page it had already written is refused as a duplicate, not written twice)."""
+        id first (a page it had already written is refused as a duplicate, not written twice).
+        Kline seams (``late_subscription`` markers) with no ``repaired`` marker of the same bounds
+        are fetched again the same way."""
         by_key = {r.stream_key: r for r in routes if id(r) in self._repair_heads and r.sequenced}
-        if not by_key:
+        klines = {
+            r.stream_key: r for r in routes if id(r) in self._repair_heads and r.channel.startswith("kline_")
+        }
+        if not by_key and not klines:
             return
         gkey = gaps_key(self.options.prefix, self.options.exchange)
         try:
@@ -529,8 +537,17 @@ class StreamService:
             return
         opened: dict[tuple[str, int, int], tuple[int, int]] = {}
         closed: set[tuple[str, int, int]] = set()
+        seams: set[tuple[str, int, int]] = set()
+        filled: set[tuple[str, int, int]] = set()
         for _entry_id, flat in rows or []:
             fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat) - 1, 2)}
+            if fields.get("stream") in klines:
+                span = (fields["stream"], int(fields["from_ms"]), int(fields["to_ms"]))
+                if fields.get("reason") == KLINE_SEAM:
+                    seams.add(span)
+                elif fields.get("reason") == "repaired":
+                    filled.add(span)
+                continue
             if fields.get("stream") not in by_key or "first_seq" not in fields:
                 continue
             bounds = (fields["stream"], int(fields["first_seq"]), int(fields["last_seq"]))
@@ -544,6 +561,10 @@ class StreamService:
             self.repairer.submit(job)
         if set(opened) - closed:
             log.info("%d trade gaps a previous run left open queued for repair", len(set(opened) - closed))
+        for key, due_open, first_open in sorted(seams - filled, key=lambda b: b[1]):
+            self._fill_kline_seam(klines[key], due_open, first_open, "a previous run left unfilled")
+        if seams - filled:
+            log.info("%d kline seams a previous run left open queued for refill", len(seams - filled))
 
     async def _on_connect(self, conn: Feed) -> None:
         """Every (re)connect: mark the streams with a known past, repair their closed klines."""
@@ -839,9 +860,19 @@ class StreamService:
         companion stream (they are older than the live top)."""
         if due_open <= 0 or first_open <= due_open or self._closed:
             return
+        # Marked first, in the same write as the live candle that revealed it (markers go first):
+        # a process killed before its refill lands leaves the seam open, and the next one fills
+        # it (:meth:`_resume_open_repairs`); the live candle above it would hide it otherwise.
+        self.writer.submit_gap(
+            GapMarker(route.stream_key, route.channel, route.symbol, due_open, first_open, KLINE_SEAM)
+        )
+        self._fill_kline_seam(route, due_open, first_open, "after a late subscription")
+
+    def _fill_kline_seam(self, route: Route, due_open: int, first_open: int, why: str) -> None:
+        """Fetch the candles opening in ``[due_open, first_open)`` into the companion stream, in
+        the background; its ``repaired`` marker has the seam marker's bounds."""
         task = asyncio.get_running_loop().create_task(
-            self._refill_klines(route, due_open - 1, first_open, "after a late subscription"),
-            name=f"kline-seam:{route.symbol}",
+            self._refill_klines(route, due_open - 1, first_open, why), name=f"kline-seam:{route.symbol}"
         )
         self._seam_fills.add(task)
         task.add_done_callback(self._seam_fills.discard)
