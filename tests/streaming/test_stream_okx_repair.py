@@ -4,6 +4,7 @@ every trade of the tape once, in id order."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from data_collector.simulator import OkxSettings, SimulatedExchange
@@ -48,13 +49,19 @@ async def test_okx_restart_gap_is_exact_and_repaired(redis_prefix: str) -> None:
     client.close()
 
 
+@pytest.mark.parametrize("refill", ["at_once", "next_run"])
 async def test_okx_candle_closing_between_the_repair_and_the_subscription_is_fetched(
-    redis_prefix: str,
+    redis_prefix: str, refill: str
 ) -> None:
     """A reconnect's kline repair runs when the socket opens, before OKX acts on ``op: subscribe``.
     A minute boundary in between closes a candle that neither the repair (its cutoff was before
     the close) nor the live feed (it starts at the next candle) carries: the first live candle
-    shows the hole, and it is fetched into the companion stream."""
+    shows the hole, and it is fetched into the companion stream.
+
+    ``next_run``: the seam is marked (``late_subscription``) in the same write as the live candle
+    that revealed it, so a run that never fills it (here REST answers 503 until it stops; in CI a
+    SIGKILL came first) leaves it open in Redis, and the next run fetches it. Without the marker
+    the live candle above the hole hid it from every later start."""
     client = redis.Redis.from_url(REDIS_URL)
     key = f"{redis_prefix}:stream:sim-okx:kline_1m:{SYMBOL}"
     async with SimulatedExchange(symbols=[SYMBOL], seed=4, gaps={}, okx=OkxSettings()) as sim:
@@ -72,6 +79,8 @@ async def test_okx_candle_closing_between_the_repair_and_the_subscription_is_fet
                 lambda: bool(hub.held_subscribes), 30, "the reconnect's subscribe (its repair done)"
             )
             clock.advance(6_000)  # the candle closes while OKX has not acted on the subscribe yet
+            if refill == "next_run":
+                sim.start_outage()  # REST answers 503 from here on (the WebSocket goes on)
             hub.release_subscribes()
             missed_open = boundary - 60_000
 
@@ -80,64 +89,31 @@ async def test_okx_candle_closing_between_the_repair_and_the_subscription_is_fet
                 return clock.now_ms() > boundary + 62_000
 
             await wait_for(next_closed_live, 30, "the next candle's close")
-            await wait_for(
-                lambda: streamer.get_metrics()["repaired_klines"] >= 1, 30, "the missed candle fetched"
-            )
-            await settle_quietly(streamer, sim)
-        end_ms = clock.now_ms()
-        async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-okx") as reader:
-            got = [e["open_ms"] for e in await reader.range(SYMBOL, "kline_1m", 0, 2**62) if e["closed"]]
-        rows = sim.okx.venue.ohlcv(SYMBOL, "1m", start_ms - start_ms % 60_000, end_ms)
-        want = sorted(int(r[0]) for r in rows if r[8] == "1")
-        assert missed_open in want
-        assert got == want, f"closed candles {got} != {want} (the one opening at {missed_open} is the seam)"
-    client.close()
-
-
-async def test_okx_kline_seam_left_unfilled_is_filled_by_the_next_run(redis_prefix: str) -> None:
-    """The seam of the test above is marked (``late_subscription``) in the same write as the live
-    candle that revealed it, so a run that never fills it (here REST answers 503 until it stops;
-    in CI a SIGKILL came first) leaves it open in Redis, and the next run fetches it. Without
-    the marker the live candle above the hole hid it from every later start."""
-    client = redis.Redis.from_url(REDIS_URL)
-    key = f"{redis_prefix}:stream:sim-okx:kline_1m:{SYMBOL}"
-    async with SimulatedExchange(symbols=[SYMBOL], seed=4, gaps={}, okx=OkxSettings()) as sim:
-        hub, clock = sim.okx.hub, sim.clock
-        async with okx_streamer_on(sim, redis_prefix, [SYMBOL], ["kline_1m"]) as streamer:
-            assert await streamer.wait_connected()
-            await wait_for(lambda: stored_count(client, key) > 0, 30, "the forming candle")
-            start_ms = clock.now_ms()
-            boundary = start_ms - start_ms % 60_000 + 60_000
-            clock.advance(boundary - 5_000 - start_ms)
-            hub.hold_subscribes()
-            hub.drop_all()
-            await wait_for(lambda: bool(hub.held_subscribes), 30, "the reconnect's subscribe")
-            clock.advance(6_000)  # the candle closes before OKX acts on the subscribe
-            sim.start_outage()  # REST answers 503 from here on (the WebSocket goes on)
-            hub.release_subscribes()
-            missed_open = boundary - 60_000
-
-            def next_closed_live() -> bool:
-                clock.advance(2_000)
-                return clock.now_ms() > boundary + 62_000
-
-            await wait_for(next_closed_live, 30, "the next candle's close")
-            await wait_for(
-                lambda: streamer.get_metrics()["rest_errors"] >= 1, 60, "the seam's refill refused"
-            )
-            await wait_for(lambda: not streamer._service._seam_fills, 60, "the seam's refill given up")
-            assert streamer.get_metrics()["repaired_klines"] == 0
-        sim.end_outage()
+            if refill == "next_run":
+                await wait_for(
+                    lambda: streamer.get_metrics()["rest_errors"] >= 1, 60, "the seam's refill refused"
+                )
+                await wait_for(lambda: not streamer._service._seam_fills, 60, "the seam's refill given up")
+                assert streamer.get_metrics()["repaired_klines"] == 0
+            else:
+                await wait_for(
+                    lambda: streamer.get_metrics()["repaired_klines"] >= 1, 30, "the missed candle fetched"
+                )
+                await settle_quietly(streamer, sim)
         seams = [
-            m for m in gap_entries(client, redis_prefix, "sim-okx") if m["reason"] == "late_subscription"
+            (int(m["from_ms"]), int(m["to_ms"]))
+            for m in gap_entries(client, redis_prefix, "sim-okx")
+            if m["reason"] == "late_subscription"
         ]
-        assert [(int(m["from_ms"]), int(m["to_ms"])) for m in seams] == [(missed_open, boundary)], seams
-        async with okx_streamer_on(sim, redis_prefix, [SYMBOL], ["kline_1m"]) as streamer:
-            assert await streamer.wait_connected()
-            await wait_for(
-                lambda: streamer.get_metrics()["repaired_klines"] >= 1, 30, "the open seam fetched"
-            )
-            await settle_quietly(streamer, sim)
+        assert seams == [(missed_open, boundary)], seams
+        if refill == "next_run":
+            sim.end_outage()
+            async with okx_streamer_on(sim, redis_prefix, [SYMBOL], ["kline_1m"]) as streamer:
+                assert await streamer.wait_connected()
+                await wait_for(
+                    lambda: streamer.get_metrics()["repaired_klines"] >= 1, 30, "the open seam fetched"
+                )
+                await settle_quietly(streamer, sim)
         end_ms = clock.now_ms()
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-okx") as reader:
             got = [e["open_ms"] for e in await reader.range(SYMBOL, "kline_1m", 0, 2**62) if e["closed"]]
