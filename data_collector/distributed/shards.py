@@ -18,6 +18,9 @@ Redis keys, under ``<prefix>:shards:<group>:``
   (``shard``, ``host``, ``fence``, ``event``);
 * ``plan``: the group's shards; a host started with other symbols is refused.
 
+Each host also keeps a streamer heartbeat, ``<prefix>:heartbeat:streamer:<group>@<host>``
+(:func:`heartbeat_instance`), which the health check lists like any streamer's.
+
 One owner at a time, and the proof of it: a host writes a shard only while its lease is valid by
 its own clock, counted from *before* the request that took or renewed it, less a third of the
 lease (so its writes stop before Redis can let the lease go to another host), and the writer
@@ -55,11 +58,23 @@ import redis.asyncio
 from redis.exceptions import LockError
 
 from data_collector.errors import UsageError
+from data_collector.redis.keys import key_part
 
 log = logging.getLogger(__name__)
 
 #: Ownership log entries kept (``XADD MAXLEN ~``).
 LOG_MAXLEN = 100_000
+
+
+def heartbeat_instance(group: str, host: str) -> str:
+    """The instance a shard host's streamer heartbeat is named by, ``<group>@<host>``: the hosts
+    of a group, and the groups, each keep their own. ``UsageError`` when not fit for a Redis key."""
+    instance = f"{key_part('shard group', group)}@{key_part('host id', host)}"
+    if len(instance) > 64:
+        raise UsageError(
+            f"shard group and host id name the heartbeat {instance[:80]!r}: at most 64 characters together"
+        )
+    return instance
 
 
 def plan_shards(symbols: Sequence[str], per_shard: int) -> list[list[str]]:
