@@ -389,7 +389,8 @@ class MetricsConfig(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)
     #: Address the ``/metrics`` endpoint listens on (``0.0.0.0`` inside a container).
     host: str = "127.0.0.1"
-    #: Heartbeat key TTL; the health check reports a writer whose heartbeat expired.
+    #: Heartbeat key TTL; a beat every third of it. The health check calls a heartbeat stale once
+    #: two beats are missed; the key is gone (the writer died) once the TTL passes.
     heartbeat_ttl_s: int = Field(default=60, ge=1)
     #: This process's name in its heartbeat key (``<prefix>:heartbeat:<component>:<instance>``),
     #: so that two collectors on one Redis prefix keep a heartbeat each; ``None``: ``<host>-<pid>``.

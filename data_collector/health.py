@@ -22,8 +22,10 @@ Checks, each bounded by ``metrics.check_timeout_s``:
                     stream IDs) or that venue's streamer heartbeat; stale after
                     ``metrics.stream_stale_s``.
 ``heartbeat:<c>``   one row per running collector and streamer, ``heartbeat:<c>:<instance>``
-                    (``metrics.instance``); ``warn`` when none runs or when one is another
-                    venue's (e.g. the demo's ``sim-binance``).
+                    (``metrics.instance``; a shard host's ``<group>@<host id>``); ``warn`` when
+                    none runs, when one is stale (two beats missed, by Redis's clock: dead or
+                    stuck; its key expires at its TTL) or another venue's (e.g. the demo's
+                    ``sim-binance``).
 ``disk``            free space where the data lives.
 ==================  ===========================================================================
 
@@ -62,7 +64,7 @@ from data_collector.errors import (
     StoreNotInitializedError,
     UsageError,
 )
-from data_collector.heartbeat import read_heartbeats
+from data_collector.heartbeat import beat_interval_s, read_heartbeats, since_beat_s
 from data_collector.markets import DAY_MS, TIMEFRAME_MS
 from data_collector.redis.client import RedisSettings, async_client
 from data_collector.redis.keys import stream_key
@@ -375,8 +377,16 @@ async def check_heartbeats(
 def _heartbeat_row(
     config: Config, name: str, component: str, beat: dict[str, Any], now_ms: int
 ) -> CheckResult:
-    age_s = max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
+    age_s = since_beat_s(beat, now_ms)
     detail = f"pid {beat.get('pid')} on {beat.get('host')}, {_age_text(age_s)} ago"
+    interval_s = beat_interval_s(beat, config.metrics.heartbeat_ttl_s)
+    if age_s > 2 * interval_s:
+        return CheckResult(
+            name,
+            "warn",
+            f"stale: no beat for {_age_text(age_s)} (one every {interval_s:g}s): dead or stuck? ({detail})",
+            data=beat,
+        )
     if not _same_venue(beat, config):
         venue = f"{beat.get('exchange')!r}, not {config.exchange.name!r}"
         return CheckResult(name, "warn", f"the {component} running is for {venue} ({detail})", data=beat)

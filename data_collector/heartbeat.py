@@ -5,10 +5,11 @@ The key is :func:`data_collector.redis.keys.heartbeat_key`
 keep two keys); its value is JSON::
 
     {"component": "streamer", "instance": "box-4242", "pid": 4242, "host": "box", "started_ms": ..., "ts_ms": ...,
-     "last_write_ms": ..., "last_message_ms": ..., ...extra}
+     "heartbeat_ttl_s": 60, "interval_s": 20.0, "last_write_ms": ..., "last_message_ms": ..., ...extra}
 
 written with ``SET ... EX metrics.heartbeat_ttl_s`` every third of the TTL, so the key vanishes
-on its own when the process dies. ``last_write_ms`` and ``last_message_ms`` come from the
+on its own when the process dies; before that, the health check calls it stale once two beats
+are missed (:func:`since_beat_s`, by Redis's clock). ``last_write_ms`` and ``last_message_ms`` come from the
 component's :class:`~utils.performance_monitor.PerformanceMonitor`.
 
 Example:
@@ -115,6 +116,9 @@ class Heartbeat:
             "host": socket.gethostname(),
             "started_ms": self._started_ms,
             "ts_ms": _now_ms(),
+            # What the key was set with: the TTL Redis counts down from, and the beat's period.
+            "heartbeat_ttl_s": self.ttl_s,
+            "interval_s": self.interval_s,
             "last_write_ms": self._monitor.last_write_ms if self._monitor else None,
             "last_message_ms": self._monitor.last_message_ms if self._monitor else None,
         }
@@ -203,7 +207,8 @@ async def running_heartbeat(
 
 
 async def read_heartbeats(client: aioredis.Redis, prefix: str, component: str) -> dict[str, dict[str, Any]]:
-    """Every live heartbeat of ``component`` by instance name (each with ``ttl_s`` left).
+    """Every live heartbeat of ``component`` by instance name (each with the TTL left: ``ttl_s``
+    as Redis's ``TTL`` rounds it, ``ttl_ms`` exact).
 
     Unreadable values are left out.
     """
@@ -215,16 +220,18 @@ async def read_heartbeats(client: aioredis.Redis, prefix: str, component: str) -
     async with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.get(key)
-            pipe.ttl(key)
+            pipe.pttl(key)
         replies = await pipe.execute()
     beats: dict[str, dict[str, Any]] = {}
-    for key, raw, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
+    for key, raw, ttl_ms in zip(keys, replies[::2], replies[1::2], strict=True):
         try:
             data = json.loads(raw) if raw is not None else None
         except ValueError:
             continue
         if isinstance(data, dict):
-            data["ttl_s"] = ttl
+            data["ttl_ms"] = ttl_ms
+            # Redis's TTL: the milliseconds rounded to seconds (-1 no TTL, -2 gone meanwhile).
+            data["ttl_s"] = (ttl_ms + 500) // 1000 if ttl_ms >= 0 else ttl_ms
             name = key.decode() if isinstance(key, bytes) else str(key)
             beats[name.rsplit(":", 1)[1]] = data
     return beats
@@ -234,3 +241,22 @@ async def read_heartbeat(client: aioredis.Redis, prefix: str, component: str) ->
     """The newest heartbeat of ``component`` among its instances, or None when there is none."""
     beats = await read_heartbeats(client, prefix, component)
     return max(beats.values(), key=lambda beat: int(beat.get("ts_ms", 0)), default=None)
+
+
+def since_beat_s(beat: Mapping[str, Any], now_ms: int) -> float:
+    """Seconds since ``beat`` (from :func:`read_heartbeats`) was written.
+
+    By Redis's own clock when the beat says what TTL it was set with (that TTL less the TTL left),
+    so the clocks of the writer's and the reader's hosts need not agree; else by the wall clocks
+    (``now_ms`` less the beat's ``ts_ms``).
+    """
+    set_s, left_ms = beat.get("heartbeat_ttl_s"), beat.get("ttl_ms")
+    if isinstance(set_s, int | float) and isinstance(left_ms, int) and left_ms >= 0:
+        return max(0.0, set_s - left_ms / 1000)
+    return max(0.0, (now_ms - int(beat.get("ts_ms", 0))) / 1000)
+
+
+def beat_interval_s(beat: Mapping[str, Any], ttl_s: float) -> float:
+    """The period ``beat``'s writer beats at (a third of ``ttl_s`` for a beat that does not say)."""
+    interval = beat.get("interval_s")
+    return float(interval) if isinstance(interval, int | float) and interval > 0 else ttl_s / 3

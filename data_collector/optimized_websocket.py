@@ -289,6 +289,11 @@ class OptimizedWebSocketStreamer:
         """True while every WebSocket connection and the Redis writer are up."""
         return self._service.connected
 
+    @property
+    def last_message_ms(self) -> int | None:
+        """Wall-clock ms of the newest WebSocket message received (None: none yet)."""
+        return self._service.last_message_ms
+
     def _claim(self) -> None:
         if self._state == "closed":
             raise ClosedError("this streamer was stopped; create a new one")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 import redis.asyncio as aioredis
 
 from data_collector.config import load_config
-from data_collector.health import run_checks
+from data_collector.health import check_heartbeats, run_checks
 from data_collector.heartbeat import Heartbeat, read_heartbeat
 from data_collector.redis.keys import heartbeat_key
 from tests.support.services import REDIS_URL, PrivateRedis
@@ -88,4 +89,28 @@ async def test_heartbeat_survives_redis_outage(private_redis: PrivateRedis) -> N
         assert beat.beats > before
         await beat.close()
     finally:
+        await client.aclose()
+
+
+async def test_a_heartbeat_is_stale_after_two_missed_beats_by_redis_clock(redis_prefix: str) -> None:
+    """Stale once two beats are missed, timed by the TTL Redis counts down (the key was set with
+    ``heartbeat_ttl_s``), so a writer whose wall clock is an hour off is still judged right."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    config = load_config({"redis": {"url": REDIS_URL, "prefix": redis_prefix}, "logging": {"file": None}})
+    now_ms = int(time.time() * 1000)
+    beat = Heartbeat(client, redis_prefix, "streamer", ttl_s=60, instance="skewed")
+    try:
+        skewed = {**beat.payload(), "ts_ms": now_ms - 3_600_000}  # its host's clock: an hour behind
+        key = heartbeat_key(redis_prefix, "streamer", "skewed")
+        await client.set(key, json.dumps(skewed), ex=60)
+        (row,) = await check_heartbeats(config, client, "streamer", now_ms)
+        assert (row.name, row.status) == ("heartbeat:streamer:skewed", "ok"), row.line()
+        # 45 s since the beat by Redis's clock (15 s of its 60 left): two beats of 20 s missed.
+        await client.pexpire(key, 15_000)
+        (row,) = await check_heartbeats(config, client, "streamer", now_ms)
+        assert row.status == "warn" and row.detail.startswith("stale: no beat for 45s (one every 20s)"), (
+            row.line()
+        )
+    finally:
+        await beat.close()
         await client.aclose()

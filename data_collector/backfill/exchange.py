@@ -42,7 +42,11 @@ from data_collector.picking import pick
 from data_collector.retrying import http_status_of, is_transient, retry_policy
 from data_collector.storage.base import Candle
 from data_collector.venues import adapter_for
-from data_collector.venues.binance.weights import BINANCE_WEIGHTS, futures_kline_weight
+from data_collector.venues.binance.weights import (
+    BINANCE_FUTURES_WEIGHTS,
+    BINANCE_WEIGHTS,
+    futures_kline_weight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -291,13 +295,13 @@ class ExchangeClient:
         exchange = self.exchange
         exchange.enableLastJsonResponse = True
         try:
-            await self.call(exchange.load_markets, weight=BINANCE_WEIGHTS["exchangeInfo"], attempts=3)
+            await self.call(exchange.load_markets, weight=self.weight("exchangeInfo"), attempts=3)
             info = exchange.last_json_response
             self._configure_weight_limit(info)
             if exchange.has.get("fetchTime"):
                 asked = self._clock()
                 offset = await measure_server_offset(
-                    lambda: self.call(exchange.fetch_time, weight=BINANCE_WEIGHTS["time"], attempts=3),
+                    lambda: self.call(exchange.fetch_time, weight=self.weight("time"), attempts=3),
                     clock=self._clock,
                 )
                 self.limiter.set_server_offset(offset)
@@ -461,6 +465,11 @@ class ExchangeClient:
         self.stats.retries += 1
         if self.monitor is not None:
             self.monitor.record_retry()
+
+    def weight(self, endpoint: str) -> int:
+        """The weight of ``endpoint`` (``exchangeInfo``, ``time``) on the budget this client paces:
+        USDⓈ-M futures' own table, or spot's."""
+        return (BINANCE_FUTURES_WEIGHTS if self.futures else BINANCE_WEIGHTS)[endpoint]
 
     def kline_weight(self, limit: int) -> int:
         """The weight of one klines request of ``limit`` candles on this venue."""

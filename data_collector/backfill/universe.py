@@ -215,7 +215,9 @@ async def _quote_volumes(client: ExchangeClient, symbols: list[str]) -> dict[str
         )
     if client.futures:
         # USDⓈ-M's /fapi/v1/ticker/24hr takes one symbol or none: ccxt asks for all (weight 40).
-        tickers: dict[str, Any] = await client.call(client.exchange.fetch_tickers, None, weight=40)
+        tickers: dict[str, Any] = await client.call(
+            client.exchange.fetch_tickers, None, weight=client.weight("ticker/24hr")
+        )
     else:
         named = symbols if len(symbols) <= MAX_NAMED_TICKERS else None
         tickers = await client.call(client.exchange.fetch_tickers, named, weight=ticker_weight(len(symbols)))

@@ -130,7 +130,8 @@ def render_table(report: HealthReport) -> Any:
 
 
 def changes(previous: HealthReport | None, current: HealthReport) -> list[str]:
-    """Lines for checks whose status changed since ``previous`` (all of them when None)."""
+    """Lines for checks whose status changed since ``previous`` (all of them when None), and for
+    rows that are gone (a heartbeat's key expired, or a clean stop removed it)."""
     before = {c.name: c.status for c in previous.checks} if previous else {}
     out = []
     for c in current.checks:
@@ -138,6 +139,12 @@ def changes(previous: HealthReport | None, current: HealthReport) -> list[str]:
         if old != c.status:
             arrow = f"{old} -> {c.status}" if old else c.status
             out.append(f"{c.name}: {arrow}: {c.detail}")
+    now = {c.name for c in current.checks}
+    for name, status in before.items():
+        # A process's own heartbeat row (heartbeat:<component>:<instance>); the row that said
+        # none runs goes quietly when one starts (its own row appears).
+        if name not in now and name.count(":") >= 2:
+            out.append(f"{name}: {status} -> gone: its heartbeat key expired (dead) or was removed (stopped)")
     return out
 
 

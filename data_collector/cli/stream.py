@@ -119,8 +119,14 @@ async def run_stream_cli(
         raise UsageError("spot symbols and perpetuals stream in separate runs: one venue per streamer")
     for symbol in wanted:
         venue.check_symbol(symbol)
-    if shard_group is not None and demo:
-        raise UsageError("--shard-group streams from the configured exchange, not --demo")
+    if shard_group is not None:
+        from data_collector.distributed.shards import heartbeat_instance
+        from data_collector.heartbeat import default_instance
+
+        host_id = host_id or default_instance()
+        heartbeat_instance(shard_group, host_id)  # refused here, before anything connects
+        if demo:
+            raise UsageError("--shard-group streams from the configured exchange, not --demo")
     for channel in channels or cfg.streaming.channels:
         try:
             validate_channel(channel, venue.channels)
@@ -264,10 +270,13 @@ async def _run_shard_host(
     duration_s: float | None,
 ) -> dict[str, Any]:
     """One host of shard group ``group``: streams the shards it holds a lease on until ``stop``
-    (or ``duration_s``); the sums of its shard streamers' counters."""
-    from data_collector.distributed.shards import ShardHost, ShardKeys, plan_shards
+    (or ``duration_s``), keeping its streamer heartbeat (``<group>@<host>``); the sums of its
+    shard streamers' counters."""
+    from data_collector.distributed.shards import ShardHost, ShardKeys, heartbeat_instance, plan_shards
+    from data_collector.heartbeat import Heartbeat
 
     host_name = host_id or f"{socket.gethostname()}-{os.getpid()}"
+    instance = heartbeat_instance(group, host_name)
     streamers: list[OptimizedWebSocketStreamer] = []
 
     async def start_shard(shard_symbols: list[str], lease: Any) -> OptimizedWebSocketStreamer:
@@ -295,22 +304,49 @@ async def _run_shard_host(
         file=out,
         flush=True,
     )
-    task = loop.create_task(host.run(stop), name="shard-host")
+    # The host's heartbeat, not one per shard streamer: it lives as long as the host, holding
+    # shards or not, and the health check tells the group's hosts apart by it.
+    heartbeat = Heartbeat(
+        client,
+        cfg.redis.prefix,
+        "streamer",
+        ttl_s=cfg.metrics.heartbeat_ttl_s,
+        monitor=_ShardHostActivity(streamers),
+        instance=instance,
+        extra=lambda: {
+            "exchange": cfg.exchange.name,
+            "shard_group": group,
+            "host_id": host_name,
+            "shards": host.owned(),
+            "symbols": sum(len(shards[i]) for i in host.owned()),
+            "written": sum(s.metrics.written for s in streamers),
+            "dropped": sum(s.metrics.dropped for s in streamers),
+            "gaps": sum(s.metrics.gaps for s in streamers),
+            "reconnects": sum(s.metrics.reconnects for s in streamers),
+        },
+    )
 
     def status() -> str:
         written = sum(s.metrics.written for s in streamers)
         return f"{time.strftime('%H:%M:%S')} {host_name} holds shards {host.owned()} | written {written:,}"
 
     try:
-        await _run_until(
-            lambda: asyncio.shield(task), lambda: not task.done(), duration_s, status_interval_s, status, out
-        )
+        async with heartbeat:  # removed on the way out, once the shards are given back
+            task = loop.create_task(host.run(stop), name="shard-host")
+            try:
+                await _run_until(
+                    lambda: asyncio.shield(task),
+                    lambda: not task.done(),
+                    duration_s,
+                    status_interval_s,
+                    status,
+                    out,
+                )
+            finally:
+                stop.set()
+                await task
     finally:
-        stop.set()
-        try:
-            await task
-        finally:
-            await client.aclose()
+        await client.aclose()
     totals: dict[str, Any] = {"shard_streamers": len(streamers)}
     for streamer in streamers:
         for key, value in streamer.metrics.snapshot(0).items():
@@ -322,6 +358,25 @@ async def _run_shard_host(
         flush=True,
     )
     return totals
+
+
+class _ShardHostActivity:
+    """A shard host's heartbeat view: the newest message and write of any of its shard streamers
+    (those it gave back or lost included: their times are only older)."""
+
+    def __init__(self, streamers: list[OptimizedWebSocketStreamer]) -> None:
+        self._streamers = streamers
+
+    @property
+    def last_message_ms(self) -> int | None:
+        return max((s.last_message_ms or 0 for s in self._streamers), default=0) or None
+
+    @property
+    def last_write_ms(self) -> int | None:
+        return max((s.metrics.last_write_ms or 0 for s in self._streamers), default=0) or None
+
+    def record_heartbeat(self, ts_ms: int) -> None:
+        """No monitor is fed in a sharded run."""
 
 
 async def check_listed(config: Mapping[str, Any], symbols: Sequence[str], venue: StreamVenue) -> None:

@@ -12,11 +12,15 @@ REST (the gap-free restart path).
 Redis keys, under ``<prefix>:shards:<group>:``
 
 * ``lease:<n>``: shard ``n``'s lease, ``<host>:<random>``, with a TTL (SET NX PX);
-* ``fence``: the fencing counter; each acquisition takes the next value after its SET NX won;
+* ``fence``: the fencing counter; each acquisition takes the next value after its SET NX won,
+  never below Redis's clock in microseconds (:data:`NEXT_FENCE`);
 * ``members``: sorted set, host -> when its membership runs out (Redis time, ms);
 * ``log``: the ownership log, one entry per acquisition, release and loss
   (``shard``, ``host``, ``fence``, ``event``);
 * ``plan``: the group's shards; a host started with other symbols is refused.
+
+Each host also keeps a streamer heartbeat, ``<prefix>:heartbeat:streamer:<group>@<host>``
+(:func:`heartbeat_instance`), which the health check lists like any streamer's.
 
 One owner at a time, and the proof of it: a host writes a shard only while its lease is valid by
 its own clock, counted from *before* the request that took or renewed it, less a third of the
@@ -55,11 +59,41 @@ import redis.asyncio
 from redis.exceptions import LockError
 
 from data_collector.errors import UsageError
+from data_collector.redis.keys import key_part
 
 log = logging.getLogger(__name__)
 
 #: Ownership log entries kept (``XADD MAXLEN ~``).
 LOG_MAXLEN = 100_000
+
+#: The next fencing token: one above the last, and never below Redis's clock in microseconds.
+#: A restart loses the counter (no persistence) or rolls it back to the last save, together
+#: with the lease keys, while hosts still hold (and write under) fences taken before it; a plain
+#: INCR would then hand the next owner a lower fence than theirs and a sequential handover would
+#: read as two writers interleaved. The clock carries the tokens past every one taken before the
+#: restart (they were at most the clock then: two acquisitions never share a microsecond), with
+#: or without persistence. Built as a string: Lua's numbers print 16 digits in exponent form.
+NEXT_FENCE = """
+local t = redis.call('TIME')
+local floor = t[1] .. string.format('%06d', tonumber(t[2]))
+local n = redis.call('INCR', KEYS[1])
+if n < tonumber(floor) then
+    redis.call('SET', KEYS[1], floor)
+    return tonumber(floor)
+end
+return n
+"""
+
+
+def heartbeat_instance(group: str, host: str) -> str:
+    """The instance a shard host's streamer heartbeat is named by, ``<group>@<host>``: the hosts
+    of a group, and the groups, each keep their own. ``UsageError`` when not fit for a Redis key."""
+    instance = f"{key_part('shard group', group)}@{key_part('host id', host)}"
+    if len(instance) > 64:
+        raise UsageError(
+            f"shard group and host id name the heartbeat {instance[:80]!r}: at most 64 characters together"
+        )
+    return instance
 
 
 def plan_shards(symbols: Sequence[str], per_shard: int) -> list[list[str]]:
@@ -159,6 +193,10 @@ class ShardHost:
     held: dict[int, _Held] = field(default_factory=dict)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        # redis-py sends it by EVALSHA, and loads it again into a restarted server's empty cache.
+        self._next_fence = self.client.register_script(NEXT_FENCE)
+
     @property
     def round_s(self) -> float:
         """Seconds between rounds (renewals, membership, taking and giving shards)."""
@@ -246,7 +284,7 @@ class ShardHost:
             if not await lock.acquire(blocking=False, token=token):
                 return
             # The fence comes after the SET NX won, so fences follow the order of acquisitions.
-            fence = int(await self.client.incr(self.keys.fence))
+            fence = int(await self._next_fence(keys=[self.keys.fence]))
         except (redis.RedisError, OSError, TimeoutError) as exc:
             log.warning("could not take shard %d (%s)", shard, type(exc).__name__)
             return

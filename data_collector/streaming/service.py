@@ -140,7 +140,7 @@ class _Activity:
 
     @property
     def last_message_ms(self) -> int | None:
-        return max((c.last_rx_ms for c in self._service.connections), default=0) or None
+        return self._service.last_message_ms
 
     @property
     def last_write_ms(self) -> int | None:
@@ -399,6 +399,11 @@ class StreamService:
     @property
     def connected(self) -> bool:
         return all(c.connected for c in self.connections) and self.writer.connected
+
+    @property
+    def last_message_ms(self) -> int | None:
+        """Wall-clock ms of the newest message any connection received (None: none yet)."""
+        return max((c.last_rx_ms for c in self.connections), default=0) or None
 
     def _on_closed_kline(self, symbol: str, timeframe: str, event: Event) -> None:
         key = (symbol, timeframe)

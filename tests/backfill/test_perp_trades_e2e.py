@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from data_collector.backfill.exchange import ExchangeClient, ExchangeSettings
 from data_collector.backfill.trades_fetch import FAPI_AGG_TRADES_WEIGHT, fetch_trades_from
 from data_collector.markets import DAY_MS, HOUR_MS
 from data_collector.optimized_collector import OptimizedDataCollector
@@ -77,3 +78,21 @@ async def test_a_perpetual_trades_page_weighs_20_on_both_sides(
         assert len(page) == 1000
         assert futures.limiter.stats.weight - ours == FAPI_AGG_TRADES_WEIGHT == 20
         assert sim.stats()["futures"]["used_weight_1m"] - theirs == 20
+
+
+@pytest.mark.parametrize(("market", "weight"), [("spot", 20 + 1), ("usdm", 1 + 1)])
+async def test_opening_a_client_charges_what_the_venue_charges(
+    sim: SimulatedExchange, market: str, weight: int
+) -> None:
+    """Opening loads the markets (one exchangeInfo: 20 on spot, 1 on USDⓈ-M futures) and reads the
+    clock (one time: 1 on both). The client charges its budget what the venue's budget counts."""
+    config = sim.exchange_config() if market == "spot" else sim.futures_exchange_config()
+    settings = ExchangeSettings(id=config["id"], urls=config["urls"], options=config["options"])
+    stats = (lambda: sim.stats()) if market == "spot" else (lambda: sim.stats()["futures"])
+    # Frozen, the server's minute cannot roll over between the two readings.
+    sim.clock.freeze(sim.clock.now_ms())
+    theirs = stats()["used_weight_1m"]
+    async with ExchangeClient(settings) as client:
+        assert client.futures is (market == "usdm")
+        assert client.limiter.stats.weight == weight
+    assert stats()["used_weight_1m"] - theirs == weight

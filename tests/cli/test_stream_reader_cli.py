@@ -125,10 +125,14 @@ async def test_script_stops_on_ctrl_c_with_a_summary_and_rejects_bad_input(redis
     assert proc.returncode == 130, err.decode()  # stopped by Ctrl-C
     assert b"stream summary:" in rest and b"Traceback" not in err
 
-    for args in (
-        ["--symbols", "SOL-USDT", "--demo"],
-        ["--channels", "kline_7m", "--demo"],
-        ["--duration", "-1"],
+    for args, said in (
+        (["--symbols", "SOL-USDT", "--demo"], b""),
+        (["--channels", "kline_7m", "--demo"], b""),
+        (["--duration", "-1"], b""),
+        # A shard host's heartbeat is <group>@<host id>: both must be fit for a Redis key (said
+        # before --demo is refused with them, so nothing here could connect anywhere).
+        (["--shard-group", "g", "--host-id", "h:1", "--demo"], b"invalid host id 'h:1' for a Redis key"),
+        (["--shard-group", "g" * 40, "--host-id", "h" * 40, "--demo"], b"at most 64 characters together"),
     ):
         bad = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -142,3 +146,4 @@ async def test_script_stops_on_ctrl_c_with_a_summary_and_rejects_bad_input(redis
         _, err = await asyncio.wait_for(bad.communicate(), 30)
         assert bad.returncode == 2, (args, err)
         assert err.startswith(b"error: ") and err.strip().count(b"\n") == 0, err
+        assert said in err, (args, err)

@@ -10,17 +10,25 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
 
-from data_collector.distributed.shards import Lease, ShardHost, ShardKeys, plan_shards
+from data_collector.distributed.shards import (
+    Lease,
+    ShardHost,
+    ShardKeys,
+    check_single_writer,
+    ownership_log,
+    plan_shards,
+)
 from data_collector.errors import UsageError
 from data_collector.redis.client import RedisEndpoint
 from data_collector.streaming.metrics import StreamMetrics
 from data_collector.streaming.writer import GapMarker, RedisWriter, StreamName, set_prefix, xadd_prefix
-from tests.support.services import REDIS_URL
+from tests.support.services import REDIS_URL, PrivateRedis
 from tests.support.streaming import wait_for
 
 
@@ -80,6 +88,20 @@ async def test_a_host_with_other_symbols_is_refused(redis_prefix: str) -> None:
     await client.aclose()
 
 
+def quick_writer(url: str, gaps_key: str, lease: Any = None) -> RedisWriter:
+    """A Redis writer that sends each entry at once (a shard's when given its ``lease``)."""
+    return RedisWriter(
+        RedisEndpoint.from_any(url, socket_timeout_s=1.0, connect_timeout_s=1.0),
+        StreamMetrics(),
+        batch_size=1,
+        batch_interval_s=0.01,
+        buffer_max=100,
+        gaps_key=gaps_key,
+        stream_maxlen=1000,
+        lease=lease,
+    )
+
+
 class ClockLease:
     """A lease valid until ``until`` (monotonic)."""
 
@@ -98,16 +120,7 @@ async def test_the_writer_stamps_its_entries_and_writes_nothing_once_its_lease_r
 ) -> None:
     key = f"{redis_prefix}:stream:sim-binance:trade:S/USDT"
     lease = ClockLease(time.monotonic() + (60 if valid else -1))
-    writer = RedisWriter(
-        RedisEndpoint.from_any(REDIS_URL, socket_timeout_s=1.0, connect_timeout_s=1.0),
-        StreamMetrics(),
-        batch_size=1,
-        batch_interval_s=0.01,
-        buffer_max=100,
-        gaps_key=f"{redis_prefix}:gaps:sim-binance",
-        stream_maxlen=1000,
-        lease=lease,
-    )
+    writer = quick_writer(REDIS_URL, f"{redis_prefix}:gaps:sim-binance", lease)
     head = xadd_prefix(key, 1000)
     writer.register_stream(head, StreamName(key, "trade", "S/USDT"))
     task = asyncio.create_task(writer.run())
@@ -132,15 +145,7 @@ async def test_a_gap_marker_below_another_writers_newer_one_still_lands(redis_pr
     gaps = f"{redis_prefix}:gaps:sim-binance"
 
     def writer() -> RedisWriter:
-        return RedisWriter(
-            RedisEndpoint.from_any(REDIS_URL, socket_timeout_s=1.0, connect_timeout_s=1.0),
-            StreamMetrics(),
-            batch_size=1,
-            batch_interval_s=0.01,
-            buffer_max=100,
-            gaps_key=gaps,
-            stream_maxlen=1000,
-        )
+        return quick_writer(REDIS_URL, gaps)
 
     client = redis.Redis.from_url(REDIS_URL)
     for to_ms, name in ((2000, "A"), (1000, "B")):
@@ -157,3 +162,65 @@ async def test_a_gap_marker_below_another_writers_newer_one_still_lands(redis_pr
     ids = [i.decode() for i, _ in client.xrange(gaps)]
     client.close()
     assert ids == ["2000-0", "2000-1"], ids
+
+
+async def _write_one(url: str, key: str, lease: Lease, entry_id: str) -> None:
+    """One entry on ``key`` through a shard's Redis writer under ``lease`` (stamped with it)."""
+    writer = quick_writer(url, key.replace(":stream:", ":gaps:"), lease)
+    head = xadd_prefix(key, 1000)
+    writer.register_stream(head, StreamName(key, "trade", "S/USDT"))
+    task = asyncio.create_task(writer.run())
+    writer.submit((head, set_prefix(key + ":latest"), entry_id, b"\x80", 1, time.time()))
+    await wait_for(lambda: writer.queue_depth == 0 and head in writer.tops, what=f"{entry_id} written")
+    await writer.close(task, 5.0)
+    assert not writer.fenced
+
+
+@pytest.mark.parametrize("persistence", ["none", "snapshot"])
+async def test_fences_keep_rising_across_a_redis_restart(
+    private_redis: PrivateRedis, persistence: str
+) -> None:
+    """A Redis restart loses the fencing counter (no persistence), or rolls it back to the last
+    snapshot, together with the lease keys; the hosts' leases live on by their own clocks. Host a
+    holds a shard under the group's highest fence; Redis crashes and restarts; a still writes it
+    (its lease valid by its clock), then b takes it (its key is gone) and writes. The handover is
+    sequential, so the stream must read as one writer after another: b's fence above a's."""
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    keys = ShardKeys("p", "g")
+    started: list[FakeStream] = []
+    a = shard_host(client, "p", "a", started)
+    a.lease_s = 30.0  # a's lease outlives the restart by its clock
+    await a.check_plan()
+    for shard in range(3):
+        await a._take(shard)  # noqa: SLF001
+    if persistence == "snapshot":
+        await client.save()  # what a restart will load: the counter at 3, three leases
+    for shard in range(3, 6):
+        await a._take(shard)  # noqa: SLF001
+    shard = max(a.held, key=lambda s: a.held[s].lease.fence)
+    lease_a = a.held[shard].lease
+    await client.aclose()
+    private_redis.stop()  # SIGKILL: a crash, nothing saved on the way down
+    private_redis.start()
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    key = f"p:stream:sim-binance:trade:S{shard}/USDT"
+    await _write_one(private_redis.url, key, lease_a, "1-0")
+    b = shard_host(client, "p", "b", started)
+    await b._take(shard)  # noqa: SLF001
+    lease_b = b.held[shard].lease
+    await _write_one(private_redis.url, key, lease_b, "2-0")
+    sync = redis.Redis.from_url(private_redis.url)
+    try:
+        acquisitions = {
+            int(row["fence"]): row["host"]
+            for row in ownership_log(sync, keys)
+            if row["event"] == "acquired" and int(row["shard"]) == shard
+        }
+        check = check_single_writer(sync, key, acquisitions)
+    finally:
+        sync.close()
+        await client.aclose()
+    assert check.entries == 2 and check.interleaved == 0, (lease_a.fence, lease_b.fence, check)
+    assert check.writers == [lease_a.stamp.decode(), lease_b.stamp.decode()], check
+    # a's acquisition is not in the log: it was written after the last save, or never saved.
+    assert check.foreign == 1, check

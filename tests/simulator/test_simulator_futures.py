@@ -266,6 +266,9 @@ async def test_futures_weights_and_their_own_budget(sim: SimulatedExchange) -> N
     async with aiohttp.ClientSession() as http:
         used = 0
         for path, weight in (
+            ("ping", 1),
+            ("time", 1),
+            ("exchangeInfo", 1),  # spot's weighs 20
             ("klines?symbol=BTCUSDT&interval=1m&limit=99", 1),
             ("klines?symbol=BTCUSDT&interval=1m&limit=100", 2),
             ("markPriceKlines?symbol=BTCUSDT&interval=1m", 5),

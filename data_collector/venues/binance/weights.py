@@ -4,6 +4,10 @@ from __future__ import annotations
 
 #: Request weights of the Binance spot endpoints we call.
 BINANCE_WEIGHTS = {"klines": 2, "exchangeInfo": 20, "time": 1}
+#: The same on USDⓈ-M futures (``/fapi/v1``, a budget of its own): ``exchangeInfo`` weighs 1 there,
+#: not spot's 20 (Binance's USDⓈ-M docs; ccxt's ``fapiPublic`` costs agree); ``ticker/24hr`` of all
+#: symbols (the only form naming more than one) weighs 40.
+BINANCE_FUTURES_WEIGHTS = {"exchangeInfo": 1, "time": 1, "ticker/24hr": 40}
 #: Symbols one ``ticker/24hr?symbols=[...]`` may name before the request asks for all tickers.
 MAX_NAMED_TICKERS = 100
 
