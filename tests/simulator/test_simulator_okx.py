@@ -183,6 +183,31 @@ async def test_okx_rate_limit_answers_429_code_50011(sim: SimulatedExchange) -> 
     assert set(sim.okx.requests()["429_by_endpoint"]) == {"public/time"}
 
 
+async def test_okx_limits_count_per_client_ip(sim: SimulatedExchange) -> None:
+    """OKX counts its public limits per IP (issue 17): three addresses each send public/time's full
+    10 at once and none is refused (one count for all would hold 30 in at most two windows, so at
+    least 15 in one); two clients behind a fourth address share its 10 and are refused."""
+    url = sim.okx_rest_url + "/api/v5/public/time"
+
+    async def burst(address: str, n: int) -> list[int]:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            statuses = []
+            for _ in range(n):
+                async with http.get(url) as r:
+                    statuses.append(r.status)
+            return statuses
+
+    apart = await asyncio.gather(*(burst(f"127.0.0.{i}", 10) for i in (2, 3, 4)))
+    assert [s for statuses in apart for s in statuses] == [200] * 30
+    behind_one = await asyncio.gather(burst("127.0.0.5", 15), burst("127.0.0.5", 15))
+    refused = sum(s == 429 for statuses in behind_one for s in statuses)
+    assert refused > 0
+    counts = sim.okx.requests()
+    assert counts["429_by_ip"] == {"127.0.0.5": refused}
+    assert counts["by_ip"] == {"127.0.0.2": 10, "127.0.0.3": 10, "127.0.0.4": 10, "127.0.0.5": 30}
+
+
 async def test_okx_funding_and_trade_history_paging(sim: SimulatedExchange) -> None:
     """Raw answers: newest first, ``after`` and ``before`` exclusive (fundingTime, trade id)."""
     now = sim.clock.now_ms()

@@ -1,6 +1,6 @@
 """OKX v5 public REST: instruments, time, candles, trades, books, funding, open interest.
 
-Rate limits are OKX's: a count per endpoint (per IP) over 2-second windows, with no weight
+Rate limits are OKX's: a count per client IP and endpoint over 2-second windows, with no weight
 header; one request too many gets HTTP 429 and ``{"code": "50011", "msg": "Too Many Requests"}``.
 The windows run on real (monotonic) time, not the simulated clock: a frozen test clock would
 never refill them.
@@ -51,21 +51,28 @@ class OkxError(Exception):
 
 
 class EndpointLimiter:
-    """Counts per endpoint over fixed 2 s windows of real time."""
+    """Counts per client IP and endpoint over fixed 2 s windows of real time.
+
+    OKX's public limits are per IP ("Rate limit rule: IP"), so two clients behind one address
+    spend one count and clients on two addresses (127.0.0.2, 127.0.0.3) one each, as the Binance
+    side's :class:`~data_collector.simulator.limits.IpBudgets` does for request weight.
+    """
 
     def __init__(self, limits: dict[str, int]) -> None:
         self.limits = dict(limits)
         self._window = -1
-        self._used: Counter[str] = Counter()
+        self._used: Counter[tuple[str, str]] = Counter()
 
-    def admit(self, endpoint: str) -> bool:
-        """Count one request; False when it is over ``endpoint``'s budget for this window."""
+    def admit(self, endpoint: str, ip: str | None = None) -> bool:
+        """Count one request from ``ip`` (``None``: an unknown peer, one count); False when it is
+        over ``endpoint``'s budget for this window and address."""
         window = int(time.monotonic() * 1000) // WINDOW_MS
         if window != self._window:
             self._window = window
             self._used.clear()
-        self._used[endpoint] += 1
-        return self._used[endpoint] <= self.limits.get(endpoint, 20)
+        key = (ip or "unknown", endpoint)
+        self._used[key] += 1
+        return self._used[key] <= self.limits.get(endpoint, 20)
 
 
 def _int(request: web.Request, name: str) -> int | None:
@@ -123,9 +130,12 @@ class OkxRestApi:
         if self.server.sim.in_outage():
             stats["503"] += 1
             return web.Response(status=503, text="<html>503</html>", content_type="text/html")
-        if not self.server.limiter.admit(key):
+        ip = request.remote or "unknown"
+        self.server.by_ip[ip] += 1
+        if not self.server.limiter.admit(key, ip):
             stats["429"] += 1
             self.server.status_429[key] += 1
+            self.server.status_429_by_ip[ip] += 1
             return self._json(envelope([], "50011", "Too Many Requests"), 429)
         try:
             return await handler(request)

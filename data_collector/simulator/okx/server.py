@@ -43,7 +43,7 @@ class OkxServer:
         sim: the owning simulator (outages, host).
         venue: the instruments.
         port: TCP port, 0 for any free one.
-        limits: per-endpoint requests per 2 s window, over :data:`LIMITS`.
+        limits: per-endpoint requests per 2 s window and client IP, over :data:`LIMITS`.
         history_candles_max: the most candles one ``history-candles`` answer holds.
         idle_timeout_s: a WebSocket with no traffic either way this long is closed (OKX: 30).
     """
@@ -66,6 +66,9 @@ class OkxServer:
         self.stats: Counter[str] = Counter()
         self.by_endpoint: Counter[str] = Counter()
         self.status_429: Counter[str] = Counter()
+        #: Requests and 429s by client IP (the limits count per IP).
+        self.by_ip: Counter[str] = Counter()
+        self.status_429_by_ip: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -119,10 +122,13 @@ class OkxServer:
         }
 
     def requests(self) -> dict[str, Any]:
-        """Counters: requests, 429s (total and per endpoint), requests per endpoint."""
+        """Counters: requests, 429s (total, per endpoint and per client IP), requests per endpoint
+        and per client IP."""
         return {
             "requests": self.stats["requests"],
             "429": self.stats["429"],
             "429_by_endpoint": dict(self.status_429),
+            "429_by_ip": dict(self.status_429_by_ip),
             "endpoints": dict(self.by_endpoint),
+            "by_ip": dict(self.by_ip),
         }
