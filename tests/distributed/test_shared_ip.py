@@ -164,9 +164,11 @@ async def test_two_okx_workers_behind_one_ip_share_each_endpoints_window(
 ) -> None:
     """OKX counts each public endpoint per IP over 2 s windows: two workers on 127.0.0.2 with
     ``--share-budget`` take every request's slot in one Redis window per endpoint and get 0 x 429
-    (code 50011), and the rows are exactly the simulator's. The control, the same run without
-    ``--share-budget``, is refused: each worker paces to the whole window."""
-    settings = OkxSettings(swaps=["BTC/USDT"], limits=limits)
+    (code 50011), and the rows are exactly the simulator's. The simulator counts the stricter way
+    here, the 2 s before each request (a fixed window then never holds more either). The control,
+    the same run without ``--share-budget``, is refused even by fixed windows: each worker paces
+    to the whole window."""
+    settings = OkxSettings(swaps=["BTC/USDT"], limits=limits, sliding_limits=share)
     async with SimulatedExchange(symbols=["BTC/USDT"], seed=11, gaps={}, okx=settings) as sim:
         venue = two.okx_venue(sim, endpoint_limits=limits or {})
         cfg = two.venues_config(base_config, [venue], timeframes=["1m"])

@@ -14,6 +14,7 @@ import pytest
 
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from data_collector.simulator.okx.formats import OKX_TIMEFRAMES, approx_ms
+from data_collector.simulator.okx.rest import EndpointLimiter
 from tests.support.ccxt_clients import ccxt_client
 from tests.support.okx_truth import model_candles, model_trades
 
@@ -255,3 +256,19 @@ async def test_okx_fetch_open_interest_history(sim: SimulatedExchange, rest: Any
     perp = sim.okx.venue.perp(sim.okx.venue.instrument(SWAP))
     want = perp.open_interest(np.array(times, dtype=np.int64)).tolist()
     assert [(r["timestamp"], r["openInterestAmount"]) for r in got] == list(zip(times, want, strict=True))
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_okx_limit_windows_fixed_or_sliding(sliding: bool) -> None:
+    """N just before a fixed 2 s boundary and N just after: fixed windows admit all 2N; the
+    sliding count (the 2 s before each request) refuses the second N. Per IP either way."""
+    now = [1001.9]
+    limiter = EndpointLimiter({"market/history-candles": 3}, sliding=sliding, clock=lambda: now[0])
+    before = [limiter.admit("market/history-candles", "127.0.0.2") for _ in range(3)]
+    now[0] = 1002.1
+    after = [limiter.admit("market/history-candles", "127.0.0.2") for _ in range(3)]
+    other_ip = limiter.admit("market/history-candles", "127.0.0.3")
+    assert before == [True] * 3 and other_ip
+    assert after == ([False] * 3 if sliding else [True] * 3)
+    now[0] = 1004.15  # 2 s after the refused ones too (they count): a new window either way
+    assert limiter.admit("market/history-candles", "127.0.0.2")

@@ -30,6 +30,7 @@ class OkxSettings:
     limits: dict[str, int] | None = None
     history_candles_max: int = 100
     idle_timeout_s: float = 30.0
+    sliding_limits: bool = False
 
 
 #: ccxt options that keep ``okx.load_markets`` to two requests (SPOT and SWAP instruments).
@@ -46,6 +47,7 @@ class OkxServer:
         limits: per-endpoint requests per 2 s window and client IP, over :data:`LIMITS`.
         history_candles_max: the most candles one ``history-candles`` answer holds.
         idle_timeout_s: a WebSocket with no traffic either way this long is closed (OKX: 30).
+        sliding_limits: count the limits over the 2 s before each request, not fixed 2 s windows.
     """
 
     def __init__(
@@ -56,11 +58,12 @@ class OkxServer:
         limits: dict[str, int] | None = None,
         history_candles_max: int = 100,
         idle_timeout_s: float = 30.0,
+        sliding_limits: bool = False,
     ) -> None:
         self.sim = sim
         self.venue = venue
         self.port = port
-        self.limiter = EndpointLimiter({**LIMITS, **(limits or {})})
+        self.limiter = EndpointLimiter({**LIMITS, **(limits or {})}, sliding=sliding_limits)
         self.history_candles_max = history_candles_max
         self.hub = OkxHub(self, idle_timeout_s=idle_timeout_s)
         self.stats: Counter[str] = Counter()
