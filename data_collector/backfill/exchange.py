@@ -160,8 +160,10 @@ class ExchangeClient:
             clock=clock,
         )
         self.exchange: Any = None
-        #: A weight budget shared with other workers behind this IP (``SharedWeightBudget``),
-        #: spent after the local limiter's reservation; None: this client's IP is its own.
+        #: What this client shares with other workers behind its IP, through Redis: a weight
+        #: budget (``SharedWeightBudget``, weight mode), spent after the local limiter's
+        #: reservation, or per-endpoint windows (``SharedEndpointWindows``, window mode), a slot
+        #: of which each HTTP request takes after its local window; None: this IP is its own.
         self.shared_budget: Any = None
         self._session: Any = None
         self._given_exchange: Any = exchange
@@ -232,12 +234,14 @@ class ExchangeClient:
 
     def _paced_fetch2(self, fetch2: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """ccxt's ``fetch2`` behind the limiter's window of its endpoint (every HTTP request of a
-        ccxt call, ``load_markets``' several included, waits for its own endpoint's window)."""
+        ccxt call, ``load_markets``' several included, waits for its own endpoint's window), and
+        for its slot in the endpoint's shared window when workers behind this IP share them."""
 
         async def paced(
             path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
         ) -> Any:
-            await self.limiter.acquire_endpoint(path)
+            shared = None if self.weight_mode else self.shared_budget  # a budget is spent in ``_one``
+            await self.limiter.acquire_endpoint(path, shared=shared)
             token = _endpoint.set(path)
             try:
                 # The in-flight bound and the timeout start once the window lets it go: a page

@@ -15,7 +15,9 @@ Two modes:
   were sent in the last ``window_s`` (plus ``boundary_guard_s``, so a request that reaches the
   server a little late never lands in the same server window as N others). Each endpoint has its
   own queue: history candles waiting for their window never hold up the trades endpoint. A 429
-  there closes that endpoint's gate for one window (:meth:`pause_endpoint`).
+  there closes that endpoint's gate for one window (:meth:`pause_endpoint`). Workers behind one
+  IP also take each request's slot in a window shared through Redis (``shared``: issue 17,
+  :mod:`data_collector.backfill.shared_windows`), at the endpoint's configured N.
 
 In both modes a sliding 60 s window caps the number of requests at ``requests_per_min``
 (``performance.api_rate_limit``), and a 429's ``Retry-After`` closes one shared gate so every task
@@ -32,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from data_collector.errors import UsageError
 
@@ -41,6 +44,12 @@ RETRY_AFTER_HEADER = "retry-after"
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class SharedWindows(Protocol):
+    """Per-endpoint windows shared with other clients behind the same IP (through Redis)."""
+
+    async def acquire(self, endpoint: str, limit: int, guard_s: float = ...) -> None: ...
 
 
 @dataclass(slots=True)
@@ -142,19 +151,25 @@ class RateLimiter:
         """Whether requests are paced per endpoint (``endpoint_limits``)."""
         return self.endpoint_limits is not None
 
+    def _configured_limit(self, endpoint: str) -> int:
+        """``endpoint``'s requests per window as configured (an endpoint not listed: the smallest)."""
+        limits = self.endpoint_limits or {}
+        return limits.get(endpoint, min(limits.values(), default=1))
+
     def _window(self, endpoint: str) -> _Window:
         window = self._windows.get(endpoint)
         if window is None:
-            limits = self.endpoint_limits or {}
-            limit = limits.get(endpoint, min(limits.values(), default=1))
-            window = self._windows[endpoint] = _Window(limit)
+            window = self._windows[endpoint] = _Window(self._configured_limit(endpoint))
         return window
 
-    async def acquire_endpoint(self, endpoint: str) -> Reservation:
+    async def acquire_endpoint(self, endpoint: str, shared: SharedWindows | None = None) -> Reservation:
         """Wait until one request to ``endpoint`` may be sent (window mode), and reserve it.
 
         The requests of one endpoint are served in order; other endpoints do not wait for it.
-        The ``requests_per_min`` cap and the shared gate apply as in the other modes.
+        The ``requests_per_min`` cap and the shared gate apply as in the other modes. With
+        ``shared``, the request then also takes a slot of the endpoint's shared window, at the
+        endpoint's configured limit (the one every worker of the config gives it, not this
+        client's halved one after a 429), while this endpoint's queue waits behind it.
         """
         window = self._window(endpoint)
         async with window.lock:
@@ -175,6 +190,9 @@ class RateLimiter:
                 self.stats.waits += 1
                 self.stats.waited_s += wait
                 await self._sleep(wait)
+            if shared is not None:
+                await shared.acquire(endpoint, self._configured_limit(endpoint), self.boundary_guard_s)
+                now = self._clock()
             window.sent.append(now)
             if self.requests_per_min is not None:
                 self._sent.append(now)

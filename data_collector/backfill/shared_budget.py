@@ -28,6 +28,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Self
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
@@ -42,7 +43,44 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class SharedWeightBudget:
+class LimitsOnRedis:
+    """A ``limits`` storage on one Redis pool, closed once: what the shared limits stand on.
+
+    Args:
+        settings: where Redis is (the client comes from :func:`data_collector.redis.client.async_pool`).
+        key_prefix: prefix of every key the storage writes.
+    """
+
+    def __init__(self, settings: RedisSettings, key_prefix: str) -> None:
+        self._pool = async_pool(settings)
+        self._storage = RedisStorage(
+            settings.url,
+            implementation="redispy",
+            key_prefix=key_prefix,
+            connection_pool=self._pool,  # type: ignore[arg-type]  # limits passes it on to redis-py
+        )
+        self._key_prefix = key_prefix
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the Redis connections; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.disconnect()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"this {type(self).__name__} was closed")
+
+
+class SharedWeightBudget(LimitsOnRedis):
     """``weight_per_min`` per exchange minute for every holder of ``name`` on one Redis.
 
     Use as ``async with SharedWeightBudget(settings, "binance:203.0.113.7", 6000) as budget:``, then
@@ -73,6 +111,7 @@ class SharedWeightBudget:
             raise UsageError(f"weight_per_min must be > 0, got {weight_per_min}")
         if not 0 <= guard_s < MINUTE_S / 4:
             raise UsageError(f"guard_s must be in [0, 15) seconds, got {guard_s}")
+        super().__init__(settings, key_prefix)
         self.name = name
         self.weight_per_min = weight_per_min
         self.guard_s = guard_s
@@ -80,29 +119,8 @@ class SharedWeightBudget:
         self._sleep = sleep
         #: Names the counters and gives their expiry; its amount (1) is not the limit.
         self._slot = RateLimitItemPerMinute(1)
-        self._pool = async_pool(settings)
-        self._storage = RedisStorage(
-            settings.url,
-            implementation="redispy",
-            key_prefix=key_prefix,
-            connection_pool=self._pool,  # type: ignore[arg-type]  # limits passes it on to redis-py
-        )
-        self._closed = False
         #: Minutes in which a request was refused and waited for the next one.
         self.waits = 0
-
-    async def __aenter__(self) -> SharedWeightBudget:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Release the Redis connections; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._pool.disconnect()
 
     def set_weight_limit(self, weight_per_min: int) -> None:
         """Refuse at ``weight_per_min`` from now on (the exchange's limit, once the client read it);
@@ -125,8 +143,7 @@ class SharedWeightBudget:
 
     async def acquire(self, weight: int) -> None:
         """Wait until ``weight`` fits in a minute's shared budget, and spend it there."""
-        if self._closed:
-            raise ClosedError("this SharedWeightBudget was closed")
+        self._check_open()
         if not 0 < weight <= self.weight_per_min:
             raise UsageError(f"weight must be in 1..{self.weight_per_min}, got {weight}")
         while True:

@@ -45,7 +45,8 @@ class Venues:
         self.config = config
         #: Issue 17: the local address of this worker's requests, and the budget each client it
         #: builds shares with workers behind the same IP: ``budget_for(label, client)`` (a
-        #: ``SharedWeightBudget`` or ``None``), asked once per client (spot and futures apart).
+        #: ``SharedWeightBudget``, ``SharedEndpointWindows`` or ``None``), asked once per client
+        #: (spot and futures apart).
         self.source_address = source_address
         self.budget_for = budget_for
         self.monitor = monitor

@@ -78,7 +78,8 @@ def parse_worker_args(argv: list[str] | None, prog: str | None) -> argparse.Name
     parser.add_argument(
         "--share-budget",
         action="store_true",
-        help="share the IP's weight budget with other workers via Redis",
+        help="share the IP's rate limits (Binance's weight budget, OKX's per-endpoint windows) "
+        "with other workers via Redis",
     )
     add_queue_options(parser)
     parser.add_argument("--concurrency", type=int, default=4, help="jobs run at once (default 4)")

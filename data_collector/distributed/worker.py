@@ -6,8 +6,9 @@ has), opened once over one store: a job runs on the collector of the venue label
 clients leave from ``source_address`` (this host's IP, so it paces against its own budget) and,
 when several workers share that IP (``--share-budget``), every client whose limit is a weight
 budget a minute (Binance spot, Binance USDⓈ-M: each its own) spends one :class:`SharedWeightBudget`
-of that label and IP through Redis. Venues paced otherwise (OKX: requests per endpoint and 2 s
-window) are not shared: each worker paces itself to the venue's full limits. A job is ``collect``
+of that label and IP through Redis, and every client paced per endpoint and 2 s window (OKX) takes
+each request's slot in one :class:`SharedEndpointWindows` of that label and IP, an endpoint's
+window at its own limit. A job is ``collect``
 of its one series over its window: the coverage record skips what is stored, the writes are
 idempotent, so a job run twice (a dead worker's, retried) is harmless.
 
@@ -32,6 +33,7 @@ import procrastinate
 from data_collector.backfill.exchange import ExchangeClient
 from data_collector.backfill.monitor import default_monitor
 from data_collector.backfill.shared_budget import SharedWeightBudget
+from data_collector.backfill.shared_windows import SharedEndpointWindows
 from data_collector.backfill.venues import Venues
 from data_collector.config import Config
 from data_collector.distributed import incremental, ledger
@@ -192,26 +194,37 @@ async def _other_versions(app: procrastinate.App, mine: str) -> list[str]:
 
 def _budgets(
     config: Config, settings: WorkerSettings, stack: AsyncExitStack
-) -> Callable[[str, ExchangeClient], SharedWeightBudget | None]:
-    """Builds the shared budget of each client with a weight budget a minute: named by its venue
-    label and this worker's address, so Binance spot and USDⓈ-M (budgets of their own at the
-    exchange) never share a counter; at the client's limit less its margin, followed when the
-    client reads the exchange's limit. Other clients (OKX) get none and pace themselves."""
+) -> Callable[[str, ExchangeClient], SharedWeightBudget | SharedEndpointWindows | None]:
+    """Builds what each client shares with the workers behind this worker's address, named by its
+    venue label and that address: a client with a weight budget a minute (Binance) gets a shared
+    budget at its limit less its margin, followed when the client reads the exchange's limit, so
+    Binance spot and USDⓈ-M (budgets of their own at the exchange) never share a counter; a client
+    paced per endpoint and window (OKX) gets shared windows, one per endpoint at its configured
+    limit. A client paced otherwise gets none and paces itself."""
     address = settings.source_address or socket.gethostname()
 
-    def budget_for(label: str, client: ExchangeClient) -> SharedWeightBudget | None:
-        if not client.weight_mode:
+    def budget_for(label: str, client: ExchangeClient) -> SharedWeightBudget | SharedEndpointWindows | None:
+        shared: SharedWeightBudget | SharedEndpointWindows
+        if client.weight_mode:
+            shared = SharedWeightBudget(
+                RedisSettings.from_config(config),
+                f"{label}:{address}",
+                client.limiter.budget,
+                key_prefix=f"{config.redis.prefix}:budget",
+                # The exchange's minutes, not this host's: the offset the client measures as it opens.
+                clock=client.limiter.server_now,
+            )
+        elif client.window_mode:
+            shared = SharedEndpointWindows(
+                RedisSettings.from_config(config),
+                f"{label}:{address}",
+                window_s=client.limiter.window_s,
+                key_prefix=f"{config.redis.prefix}:windows",
+            )
+        else:
             return None
-        budget = SharedWeightBudget(
-            RedisSettings.from_config(config),
-            f"{label}:{address}",
-            client.limiter.budget,
-            key_prefix=f"{config.redis.prefix}:budget",
-            # The exchange's minutes, not this host's: the offset the client measures as it opens.
-            clock=client.limiter.server_now,
-        )
-        stack.push_async_callback(budget.close)
-        return budget
+        stack.push_async_callback(shared.close)
+        return shared
 
     return budget_for
 

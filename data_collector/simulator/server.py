@@ -271,7 +271,13 @@ class SimulatedExchange:
                 day_cache,
             )
             self.okx_server = OkxServer(
-                self, okx_venue, okx.port, okx.limits, okx.history_candles_max, okx.idle_timeout_s
+                self,
+                okx_venue,
+                okx.port,
+                okx.limits,
+                okx.history_candles_max,
+                okx.idle_timeout_s,
+                okx.sliding_limits,
             )
         #: WebSocket fault switches: ``drop_all``, ``shutdown_all``, ``stall``, ``malformed``, ``skip_depth_id``.
         self.ws_faults = WsFaults(self)

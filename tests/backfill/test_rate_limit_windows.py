@@ -79,3 +79,32 @@ def test_bad_endpoint_limits_are_refused() -> None:
         RateLimiter(endpoint_limits={"market/candles": 0})
     with pytest.raises(UsageError):
         RateLimiter(endpoint_limits={})
+
+
+class FakeShared:
+    """Shared windows that make every request wait ``wait_s`` on the fake clock, and record them."""
+
+    def __init__(self, clock: FakeClock, wait_s: float) -> None:
+        self.clock = clock
+        self.wait_s = wait_s
+        self.calls: list[tuple[str, int, float]] = []
+
+    async def acquire(self, endpoint: str, limit: int, guard_s: float = 0.05) -> None:
+        self.calls.append((endpoint, limit, guard_s))
+        await self.clock.sleep(self.wait_s)
+
+
+async def test_a_request_takes_its_shared_slot_at_the_configured_limit_after_its_local_window() -> None:
+    """Issue 17: behind a shared IP each request also takes a slot of its endpoint's shared window,
+    at the limit every worker of the config gives it (not this client's halved one after a 429),
+    with the limiter's guard; its send time is when the shared window let it go."""
+    clock = FakeClock(1000.0)
+    limiter = windowed(clock, {"market/history-candles": 4, "market/trades": 10}, guard_s=0.3)
+    shared = FakeShared(clock, wait_s=0.5)
+    limiter.pause_endpoint("market/history-candles")  # a 429: this client now sends 2 a window
+    clock.now += 2.5
+    reservation = await limiter.acquire_endpoint("market/history-candles", shared=shared)
+    assert shared.calls == [("market/history-candles", 4, 0.3)]
+    assert reservation.sent_at == pytest.approx(1003.0)
+    await limiter.acquire_endpoint("public/time", shared=shared)  # not listed: the smallest
+    assert shared.calls[-1] == ("public/time", 4, 0.3)

@@ -4,6 +4,10 @@ Both ``data-collector worker --source-address 127.0.0.2 --share-budget`` process
 simulator's per-IP budget together: spot's, and the USDⓈ-M futures venue's (a budget of its own,
 a Redis counter of its own). CI forms: the Redis budgets counted every weight the simulator
 received (the wiring) and nothing was refused. The ``slow`` forms need 3 minutes of budget.
+
+OKX: two workers on 127.0.0.2 with ``--share-budget`` share each endpoint's 2 s window (the
+simulator counts OKX's limits per client IP too): 0 x 429 and exact rows; without the flag, the
+same run is refused.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from data_collector.config import load_config
 from data_collector.distributed.engine import ensure_schema, make_app
 from data_collector.distributed.jobs import cut_jobs
 from data_collector.distributed.ledger import ensure_tables, job_statuses
-from data_collector.distributed.producer import enqueue, wait_done
-from data_collector.simulator import SimulatedExchange
+from data_collector.distributed.producer import enqueue, run_distributed, wait_done
+from data_collector.markets import HOUR_MS
+from data_collector.simulator import OkxSettings, SimulatedExchange
+from tests.support import two_venues as two
+from tests.support.backfill import RANGE_START_MS, local_iso, write_config
 from tests.support.distributed import SYMBOLS, engine, setup, spawn, workers_ready
+from tests.support.okx_truth import model_candles
 from tests.support.services import REDIS_URL
 
 
@@ -153,3 +161,71 @@ async def test_two_workers_behind_one_ip_spend_one_budget(
         futures_spent = budget_spent(redis_prefix, "sim-binanceusdm:127.0.0.2")
         assert spot_spent + futures_spent == stats["weight"]
         assert 0 < spot_spent and 0 < klines_weight < futures_spent
+
+
+#: OKX's per-endpoint limits, lowered for the CI form (simulator and clients alike): 4 a 2 s window.
+OKX_CI_LIMITS = {"market/history-candles": 4, "market/candles": 4}
+
+
+@pytest.mark.parametrize(
+    ("share", "hours", "limits"),
+    [
+        # 2 symbols x 12 h of 1m candles: two jobs each (the 1-day windows are whole pages from the
+        # epoch), 8 pages of 100: 16 candle requests, 8 s at 4 a window shared; each worker pacing
+        # to all 4 on its own sends up to 8 a window together, for several windows.
+        (True, 12, OKX_CI_LIMITS),
+        (False, 12, OKX_CI_LIMITS),
+        # slow: at OKX's own limits (history-candles 20 a window), 8 days: 240 candle requests.
+        pytest.param(True, 8 * 24, None, marks=pytest.mark.slow),
+    ],
+    ids=["shared", "control-unshared", "shared-okx-limits"],
+)
+async def test_two_okx_workers_behind_one_ip_share_each_endpoints_window(
+    base_config: dict[str, Any],
+    queue_schema: str,
+    procs: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    redis_prefix: str,
+    share: bool,
+    hours: int,
+    limits: dict[str, int] | None,
+) -> None:
+    """OKX counts each public endpoint per IP over 2 s windows: two workers on 127.0.0.2 with
+    ``--share-budget`` take every request's slot in one Redis window per endpoint and get 0 x 429
+    (code 50011), and the rows are exactly the simulator's. The simulator counts the stricter way
+    here, the 2 s before each request (a fixed window then never holds more either). The control,
+    the same run without ``--share-budget``, is refused even by fixed windows: each worker paces
+    to the whole window."""
+    settings = OkxSettings(swaps=["BTC/USDT"], limits=limits, sliding_limits=share)
+    async with SimulatedExchange(symbols=["BTC/USDT"], seed=11, gaps={}, okx=settings) as sim:
+        venue = two.okx_venue(sim, endpoint_limits=limits or {})
+        cfg = two.venues_config(base_config, [venue], timeframes=["1m"])
+        start, end = RANGE_START_MS, RANGE_START_MS + hours * HOUR_MS
+        cfg["start"], cfg["end"] = local_iso(start), local_iso(end)
+        path = write_config(tmp_path / "config.yaml", cfg)
+        flags = ["--concurrency", "1", *(["--share-budget"] if share else [])]
+        readies = [spawn(procs, path, queue_schema, "127.0.0.2", *flags)[1] for _ in range(2)]
+        await workers_ready(readies)
+        report = await asyncio.wait_for(
+            run_distributed(load_config(cfg), engine(queue_schema), window_days=1), 300
+        )
+        counts = sim.okx.requests()
+        assert not report.failed, report.summary()
+        assert len(report.workers) == 2, report.summary()  # both workers took jobs
+        assert await two.stored_rows(cfg["database"]["schema"]) == sorted(
+            ("sim-okx", symbol, "1m", *c)
+            for symbol in two.OKX_SYMBOLS
+            for c in model_candles(sim, symbol, "1m", start, end)
+        )
+    assert two.candle_requests(sim) >= 2 * hours * 60 // 100
+    if share:
+        assert counts["429"] == 0 and report.total("http_429") == 0, counts
+        windows = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        try:
+            keys = [k.decode() for k in windows.scan_iter(match=f"{redis_prefix}:windows:*")]
+        finally:
+            windows.close()
+        # The windows are the venue label's and the address's, one per endpoint.
+        assert any("/sim-okx:127.0.0.2/market/history-candles/" in k for k in keys), keys
+    else:
+        assert counts["429_by_ip"].get("127.0.0.2", 0) > 0, counts

@@ -14,6 +14,7 @@ import pytest
 
 from data_collector.simulator import OkxSettings, SimulatedExchange
 from data_collector.simulator.okx.formats import OKX_TIMEFRAMES, approx_ms
+from data_collector.simulator.okx.rest import EndpointLimiter
 from tests.support.ccxt_clients import ccxt_client
 from tests.support.okx_truth import model_candles, model_trades
 
@@ -183,6 +184,31 @@ async def test_okx_rate_limit_answers_429_code_50011(sim: SimulatedExchange) -> 
     assert set(sim.okx.requests()["429_by_endpoint"]) == {"public/time"}
 
 
+async def test_okx_limits_count_per_client_ip(sim: SimulatedExchange) -> None:
+    """OKX counts its public limits per IP (issue 17): three addresses each send public/time's full
+    10 at once and none is refused (one count for all would hold 30 in at most two windows, so at
+    least 15 in one); two clients behind a fourth address share its 10 and are refused."""
+    url = sim.okx_rest_url + "/api/v5/public/time"
+
+    async def burst(address: str, n: int) -> list[int]:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            statuses = []
+            for _ in range(n):
+                async with http.get(url) as r:
+                    statuses.append(r.status)
+            return statuses
+
+    apart = await asyncio.gather(*(burst(f"127.0.0.{i}", 10) for i in (2, 3, 4)))
+    assert [s for statuses in apart for s in statuses] == [200] * 30
+    behind_one = await asyncio.gather(burst("127.0.0.5", 15), burst("127.0.0.5", 15))
+    refused = sum(s == 429 for statuses in behind_one for s in statuses)
+    assert refused > 0
+    counts = sim.okx.requests()
+    assert counts["429_by_ip"] == {"127.0.0.5": refused}
+    assert counts["by_ip"] == {"127.0.0.2": 10, "127.0.0.3": 10, "127.0.0.4": 10, "127.0.0.5": 30}
+
+
 async def test_okx_funding_and_trade_history_paging(sim: SimulatedExchange) -> None:
     """Raw answers: newest first, ``after`` and ``before`` exclusive (fundingTime, trade id)."""
     now = sim.clock.now_ms()
@@ -230,3 +256,19 @@ async def test_okx_fetch_open_interest_history(sim: SimulatedExchange, rest: Any
     perp = sim.okx.venue.perp(sim.okx.venue.instrument(SWAP))
     want = perp.open_interest(np.array(times, dtype=np.int64)).tolist()
     assert [(r["timestamp"], r["openInterestAmount"]) for r in got] == list(zip(times, want, strict=True))
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_okx_limit_windows_fixed_or_sliding(sliding: bool) -> None:
+    """N just before a fixed 2 s boundary and N just after: fixed windows admit all 2N; the
+    sliding count (the 2 s before each request) refuses the second N. Per IP either way."""
+    now = [1001.9]
+    limiter = EndpointLimiter({"market/history-candles": 3}, sliding=sliding, clock=lambda: now[0])
+    before = [limiter.admit("market/history-candles", "127.0.0.2") for _ in range(3)]
+    now[0] = 1002.1
+    after = [limiter.admit("market/history-candles", "127.0.0.2") for _ in range(3)]
+    other_ip = limiter.admit("market/history-candles", "127.0.0.3")
+    assert before == [True] * 3 and other_ip
+    assert after == ([False] * 3 if sliding else [True] * 3)
+    now[0] = 1004.15  # 2 s after the refused ones too (they count): a new window either way
+    assert limiter.admit("market/history-candles", "127.0.0.2")

@@ -1,7 +1,7 @@
 """OKX v5 public REST: instruments, time, candles, trades, books, funding, open interest.
 
-Rate limits are OKX's: a count per endpoint (per IP) over 2-second windows, with no weight
-header; one request too many gets HTTP 429 and ``{"code": "50011", "msg": "Too Many Requests"}``.
+Rate limits are OKX's: a count per client IP and endpoint over 2-second windows (fixed, or sliding
+with ``OkxSettings.sliding_limits``), with no weight header; one request too many gets HTTP 429 and ``{"code": "50011", "msg": "Too Many Requests"}``.
 The windows run on real (monotonic) time, not the simulated clock: a frozen test clock would
 never refill them.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -51,21 +51,44 @@ class OkxError(Exception):
 
 
 class EndpointLimiter:
-    """Counts per endpoint over fixed 2 s windows of real time."""
+    """Counts per client IP and endpoint over 2 s windows of real time: fixed ones (aligned to
+    multiples of 2 s) or, with ``sliding``, the 2 s before each request.
 
-    def __init__(self, limits: dict[str, int]) -> None:
+    OKX's public limits are per IP ("Rate limit rule: IP"), so two clients behind one address
+    spend one count and clients on two addresses (127.0.0.2, 127.0.0.3) one each, as the Binance
+    side's :class:`~data_collector.simulator.limits.IpBudgets` does for request weight. OKX does
+    not say which windows it counts; the sliding count is the stricter (a client that never puts
+    more than N in any 2 s passes both). A refused request counts too, in both.
+    """
+
+    def __init__(
+        self, limits: dict[str, int], sliding: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limits = dict(limits)
+        self.sliding = sliding
+        self._clock = clock
         self._window = -1
-        self._used: Counter[str] = Counter()
+        self._used: Counter[tuple[str, str]] = Counter()
+        self._times: dict[tuple[str, str], deque[int]] = {}
 
-    def admit(self, endpoint: str) -> bool:
-        """Count one request; False when it is over ``endpoint``'s budget for this window."""
-        window = int(time.monotonic() * 1000) // WINDOW_MS
+    def admit(self, endpoint: str, ip: str | None = None) -> bool:
+        """Count one request from ``ip`` (``None``: an unknown peer, one count); False when it is
+        over ``endpoint``'s budget for this window and address."""
+        now = int(self._clock() * 1000)
+        key = (ip or "unknown", endpoint)
+        limit = self.limits.get(endpoint, 20)
+        if self.sliding:
+            times = self._times.setdefault(key, deque())
+            while times and times[0] <= now - WINDOW_MS:
+                times.popleft()
+            times.append(now)
+            return len(times) <= limit
+        window = now // WINDOW_MS
         if window != self._window:
             self._window = window
             self._used.clear()
-        self._used[endpoint] += 1
-        return self._used[endpoint] <= self.limits.get(endpoint, 20)
+        self._used[key] += 1
+        return self._used[key] <= limit
 
 
 def _int(request: web.Request, name: str) -> int | None:
@@ -123,9 +146,12 @@ class OkxRestApi:
         if self.server.sim.in_outage():
             stats["503"] += 1
             return web.Response(status=503, text="<html>503</html>", content_type="text/html")
-        if not self.server.limiter.admit(key):
+        ip = request.remote or "unknown"
+        self.server.by_ip[ip] += 1
+        if not self.server.limiter.admit(key, ip):
             stats["429"] += 1
             self.server.status_429[key] += 1
+            self.server.status_429_by_ip[ip] += 1
             return self._json(envelope([], "50011", "Too Many Requests"), 429)
         try:
             return await handler(request)

@@ -30,6 +30,7 @@ class OkxSettings:
     limits: dict[str, int] | None = None
     history_candles_max: int = 100
     idle_timeout_s: float = 30.0
+    sliding_limits: bool = False
 
 
 #: ccxt options that keep ``okx.load_markets`` to two requests (SPOT and SWAP instruments).
@@ -43,9 +44,10 @@ class OkxServer:
         sim: the owning simulator (outages, host).
         venue: the instruments.
         port: TCP port, 0 for any free one.
-        limits: per-endpoint requests per 2 s window, over :data:`LIMITS`.
+        limits: per-endpoint requests per 2 s window and client IP, over :data:`LIMITS`.
         history_candles_max: the most candles one ``history-candles`` answer holds.
         idle_timeout_s: a WebSocket with no traffic either way this long is closed (OKX: 30).
+        sliding_limits: count the limits over the 2 s before each request, not fixed 2 s windows.
     """
 
     def __init__(
@@ -56,16 +58,20 @@ class OkxServer:
         limits: dict[str, int] | None = None,
         history_candles_max: int = 100,
         idle_timeout_s: float = 30.0,
+        sliding_limits: bool = False,
     ) -> None:
         self.sim = sim
         self.venue = venue
         self.port = port
-        self.limiter = EndpointLimiter({**LIMITS, **(limits or {})})
+        self.limiter = EndpointLimiter({**LIMITS, **(limits or {})}, sliding=sliding_limits)
         self.history_candles_max = history_candles_max
         self.hub = OkxHub(self, idle_timeout_s=idle_timeout_s)
         self.stats: Counter[str] = Counter()
         self.by_endpoint: Counter[str] = Counter()
         self.status_429: Counter[str] = Counter()
+        #: Requests and 429s by client IP (the limits count per IP).
+        self.by_ip: Counter[str] = Counter()
+        self.status_429_by_ip: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -119,10 +125,13 @@ class OkxServer:
         }
 
     def requests(self) -> dict[str, Any]:
-        """Counters: requests, 429s (total and per endpoint), requests per endpoint."""
+        """Counters: requests, 429s (total, per endpoint and per client IP), requests per endpoint
+        and per client IP."""
         return {
             "requests": self.stats["requests"],
             "429": self.stats["429"],
             "429_by_endpoint": dict(self.status_429),
+            "429_by_ip": dict(self.status_429_by_ip),
             "endpoints": dict(self.by_endpoint),
+            "by_ip": dict(self.by_ip),
         }
