@@ -63,6 +63,24 @@ _reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVa
 _endpoint: contextvars.ContextVar[str | None] = contextvars.ContextVar("dc_endpoint", default=None)
 
 
+@dataclass(slots=True)
+class CallFigures:
+    """What the calls made under one context cost: requests, 429s, 418s and weight (a distributed
+    job's own, whatever else its worker runs meanwhile)."""
+
+    requests: int = 0
+    http_429: int = 0
+    http_418: int = 0
+    weight: int = 0
+
+
+#: Set by whoever wants the figures of the calls made under it (the distributed worker, per job):
+#: every client adds to it too. The tasks a call starts copy the context, so they count here.
+call_figures: contextvars.ContextVar[CallFigures | None] = contextvars.ContextVar(
+    "dc_call_figures", default=None
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeSettings:
     """What :class:`ExchangeClient` uses: the ``exchange`` section and two ``performance`` keys.
@@ -242,6 +260,9 @@ class ExchangeClient:
         ) -> Any:
             shared = None if self.weight_mode else self.shared_budget  # a budget is spent in ``_one``
             await self.limiter.acquire_endpoint(path, shared=shared)
+            figures = call_figures.get()
+            if figures is not None:
+                figures.weight += 1  # what the window counts, as the limiter's own figure
             token = _endpoint.set(path)
             try:
                 # The in-flight bound and the timeout start once the window lets it go: a page
@@ -266,14 +287,19 @@ class ExchangeClient:
         request_body: Any,
     ) -> str:
         reservation = _reservation.get()
+        figures = call_figures.get()
         if code == 429:
             self.stats.http_429 += 1
+            if figures is not None:
+                figures.http_429 += 1
             endpoint = _endpoint.get()
             if endpoint is not None and self.limiter.window_mode:
                 log.warning("%s answered 429 on %s: that endpoint pauses one window", self.id, endpoint)
                 self.limiter.pause_endpoint(endpoint)
         elif code == 418:
             self.stats.http_418 += 1
+            if figures is not None:
+                figures.http_418 += 1
         self.limiter.observe_headers(
             headers, reservation_minute=reservation.minute if reservation is not None else None
         )
@@ -431,6 +457,11 @@ class ExchangeClient:
         started = time.perf_counter()
         status: int | None = None
         ok = False
+        figures = call_figures.get()
+        if figures is not None:
+            figures.requests += 1
+            if not self.window_mode:  # in window mode each HTTP request counts in ``fetch2``
+                figures.weight += weight if self.weight_mode else 1
         try:
             self.stats.requests += 1
             async with asyncio.timeout(None if timeout_s is None else self._call_timeout_s()):

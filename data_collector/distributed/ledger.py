@@ -16,6 +16,7 @@ from typing import Any
 import procrastinate
 import psycopg
 
+from data_collector.backfill.exchange import CallFigures
 from data_collector.errors import ServerUnavailableError
 
 _SCHEMA = """
@@ -29,16 +30,11 @@ CREATE TABLE IF NOT EXISTS dc_job_reports (
     error text,
     finished_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS dc_worker_stats (
-    run_id text NOT NULL,
-    worker text NOT NULL,
-    jobs bigint NOT NULL,
-    requests bigint NOT NULL,
-    http_429 bigint NOT NULL,
-    http_418 bigint NOT NULL,
-    weight bigint NOT NULL,
-    PRIMARY KEY (run_id, worker)
-);
+ALTER TABLE dc_job_reports
+    ADD COLUMN IF NOT EXISTS requests bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS http_429 bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS http_418 bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS weight bigint NOT NULL DEFAULT 0;
 """
 
 
@@ -84,13 +80,19 @@ async def record_job(
     written: int,
     skipped: int,
     error: str | None,
+    figures: CallFigures | None = None,
 ) -> None:
+    """Record a job's outcome and what its own calls cost (a job run again keeps its last run's)."""
+    cost = figures if figures is not None else CallFigures()
     await app.connector.execute_query_async(
-        """INSERT INTO dc_job_reports (job_id, run_id, job_key, worker, rows_written, rows_skipped, error)
-           VALUES (%(job_id)s, %(run_id)s, %(job_key)s, %(worker)s, %(written)s, %(skipped)s, %(error)s)
+        """INSERT INTO dc_job_reports (job_id, run_id, job_key, worker, rows_written, rows_skipped, error,
+             requests, http_429, http_418, weight)
+           VALUES (%(job_id)s, %(run_id)s, %(job_key)s, %(worker)s, %(written)s, %(skipped)s, %(error)s,
+             %(requests)s, %(http_429)s, %(http_418)s, %(weight)s)
            ON CONFLICT (job_id) DO UPDATE SET worker = EXCLUDED.worker,
              rows_written = EXCLUDED.rows_written, rows_skipped = EXCLUDED.rows_skipped,
-             error = EXCLUDED.error, finished_at = now()""",
+             error = EXCLUDED.error, requests = EXCLUDED.requests, http_429 = EXCLUDED.http_429,
+             http_418 = EXCLUDED.http_418, weight = EXCLUDED.weight, finished_at = now()""",
         job_id=job_id,
         run_id=run_id,
         job_key=job_key,
@@ -98,19 +100,10 @@ async def record_job(
         written=written,
         skipped=skipped,
         error=error,
-    )
-
-
-async def record_worker(app: procrastinate.App, run_id: str, worker: str, figures: dict[str, int]) -> None:
-    """Set (run, worker)'s totals so far: ``jobs``, ``requests``, ``http_429``, ``http_418``, ``weight``."""
-    await app.connector.execute_query_async(
-        """INSERT INTO dc_worker_stats (run_id, worker, jobs, requests, http_429, http_418, weight)
-           VALUES (%(run_id)s, %(worker)s, %(jobs)s, %(requests)s, %(http_429)s, %(http_418)s, %(weight)s)
-           ON CONFLICT (run_id, worker) DO UPDATE SET jobs = EXCLUDED.jobs, requests = EXCLUDED.requests,
-             http_429 = EXCLUDED.http_429, http_418 = EXCLUDED.http_418, weight = EXCLUDED.weight""",
-        run_id=run_id,
-        worker=worker,
-        **figures,
+        requests=cost.requests,
+        http_429=cost.http_429,
+        http_418=cost.http_418,
+        weight=cost.weight,
     )
 
 
@@ -123,21 +116,27 @@ async def job_statuses(app: procrastinate.App, ids: list[int]) -> dict[str, int]
     return {str(r["status"]): int(r["n"]) for r in rows}
 
 
-async def run_figures(
-    app: procrastinate.App, run_id: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per worker: (jobs, rows written, skipped) and (requests, 429, 418, weight) of ``run_id``."""
+async def run_figures(app: procrastinate.App, ids: list[int]) -> list[dict[str, Any]]:
+    """Per worker, over the jobs ``ids`` (a run's, those another run had queued first included):
+    jobs, rows written and skipped, requests, 429s, 418s and weight."""
     rows = await app.connector.execute_query_all_async(
-        """SELECT r.worker, count(*) AS jobs, sum(r.rows_written) AS written, sum(r.rows_skipped) AS skipped
-           FROM dc_job_reports r WHERE r.run_id = %(run_id)s GROUP BY r.worker ORDER BY r.worker""",
+        """SELECT r.worker, count(*) AS jobs, sum(r.rows_written) AS written, sum(r.rows_skipped) AS skipped,
+                  sum(r.requests) AS requests, sum(r.http_429) AS http_429, sum(r.http_418) AS http_418,
+                  sum(r.weight) AS weight
+           FROM dc_job_reports r WHERE r.job_id = ANY(%(ids)s) GROUP BY r.worker ORDER BY r.worker""",
+        ids=ids,
+    )
+    return [dict(r) for r in rows]
+
+
+async def queued_by_others(app: procrastinate.App, ids: list[int], run_id: str) -> int:
+    """How many of ``ids`` another run than ``run_id`` had queued (their arguments name it)."""
+    row = await app.connector.execute_query_one_async(
+        "SELECT count(*) AS n FROM procrastinate_jobs WHERE id = ANY(%(ids)s) AND args->>'run_id' <> %(run_id)s",
+        ids=ids,
         run_id=run_id,
     )
-    stats = await app.connector.execute_query_all_async(
-        "SELECT worker, requests, http_429, http_418, weight FROM dc_worker_stats WHERE run_id = %(run_id)s "
-        "ORDER BY worker",
-        run_id=run_id,
-    )
-    return [dict(r) for r in rows], [dict(r) for r in stats]
+    return int(row["n"]) if row is not None else 0
 
 
 async def failed_jobs(app: procrastinate.App, ids: list[int]) -> list[dict[str, Any]]:

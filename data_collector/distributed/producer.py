@@ -31,32 +31,35 @@ POLL_S = 0.5
 
 @dataclass
 class DistributedReport:
-    """What the run's jobs did: per worker, and the jobs that did not succeed."""
+    """What the jobs a run waited for did, per worker (each job's own requests, whichever run had
+    queued it first), and the jobs that did not succeed."""
 
     run_id: str
     jobs: int
     workers: list[dict[str, object]]
-    stats: list[dict[str, object]]
     failed: list[dict[str, object]]
+    #: Of ``jobs``, those another run had queued first (this run waited for them too).
+    shared: int = 0
 
     @property
     def requests(self) -> int:
-        return sum(int(str(s["requests"])) for s in self.stats)
+        return self.total("requests")
 
     def total(self, column: str, rows: list[dict[str, object]] | None = None) -> int:
-        return sum(int(str(r[column] or 0)) for r in (rows if rows is not None else self.stats))
+        return sum(int(str(r[column] or 0)) for r in (rows if rows is not None else self.workers))
 
     def summary(self) -> str:
-        lines = [f"distributed run {self.run_id}: {self.jobs} jobs, {len(self.failed)} not done"]
-        by_worker = {str(s["worker"]): s for s in self.stats}
+        head = f"distributed run {self.run_id}: {self.jobs} jobs, {len(self.failed)} not done"
+        if self.shared:
+            head += f" ({self.shared} queued first by another run, counted here too)"
+        lines = [head]
         for w in self.workers:
-            s = by_worker.get(str(w["worker"]), {})
             lines.append(
                 f"  {w['worker']}: {w['jobs']} jobs, {w['written']} rows written, {w['skipped']} skipped, "
-                f"{s.get('requests', 0)} requests, {s.get('http_429', 0)} x 429, {s.get('http_418', 0)} x 418"
+                f"{w['requests']} requests, {w['http_429']} x 429, {w['http_418']} x 418"
             )
         lines.append(
-            f"  total: {self.total('written', self.workers)} rows written, {self.requests} requests, "
+            f"  total: {self.total('written')} rows written, {self.requests} requests, "
             f"{self.total('http_429')} x 429, {self.total('http_418')} x 418"
         )
         for f in self.failed:
@@ -141,6 +144,7 @@ async def run_distributed(
             await ledger.ensure_tables(app)
         ids = await enqueue(app, jobs)
         await wait_done(app, ids, out)
-        workers, stats = await ledger.run_figures(app, run_id)
+        workers = await ledger.run_figures(app, ids)
         failed = await ledger.failed_jobs(app, ids)
-    return DistributedReport(run_id, len(ids), workers, stats, failed)
+        shared = await ledger.queued_by_others(app, ids, run_id)
+    return DistributedReport(run_id, len(ids), workers, failed, shared)

@@ -30,7 +30,7 @@ from typing import Any
 
 import procrastinate
 
-from data_collector.backfill.exchange import ExchangeClient
+from data_collector.backfill.exchange import CallFigures, ExchangeClient, call_figures
 from data_collector.backfill.monitor import default_monitor
 from data_collector.backfill.shared_budget import SharedWeightBudget
 from data_collector.backfill.shared_windows import SharedEndpointWindows
@@ -87,37 +87,6 @@ class WorkerSettings:
         return f"{base}@{self.source_address}" if self.source_address and not self.name else base
 
 
-class _Figures:
-    """Request figures of one run's jobs on this worker (client totals minus a baseline)."""
-
-    def __init__(self) -> None:
-        self.base: dict[str, tuple[int, int, int, int]] = {}
-        self.jobs: dict[str, int] = {}
-
-    @staticmethod
-    def now(collectors: list[OptimizedDataCollector]) -> tuple[int, int, int, int]:
-        out = (0, 0, 0, 0)
-        for c in (client for collector in collectors for client in collector.venues.opened()):
-            row = (c.stats.requests, c.stats.http_429, c.stats.http_418, c.limiter.stats.weight)
-            out = (out[0] + row[0], out[1] + row[1], out[2] + row[2], out[3] + row[3])
-        return out
-
-    def start(self, run_id: str, collectors: list[OptimizedDataCollector]) -> None:
-        self.base.setdefault(run_id, self.now(collectors))
-
-    def finish(self, run_id: str, collectors: list[OptimizedDataCollector]) -> dict[str, int]:
-        self.jobs[run_id] = self.jobs.get(run_id, 0) + 1
-        now, base = self.now(collectors), self.base[run_id]
-        d = [a - b for a, b in zip(now, base, strict=True)]
-        return {
-            "jobs": self.jobs[run_id],
-            "requests": d[0],
-            "http_429": d[1],
-            "http_418": d[2],
-            "weight": d[3],
-        }
-
-
 class _OneLine(logging.Filter):
     """procrastinate logs a failed job with its traceback; a refused job's one line says it all."""
 
@@ -136,7 +105,6 @@ def register(
         handler.addFilter(_OneLine())
     version = config_version(config)
     venues = {label: collectors[i] for label, i in venue_labels(config).items()}
-    figures = _Figures()
 
     @app.task(name=TASK, pass_context=True)
     async def backfill_window(context: procrastinate.JobContext, /, **args: Any) -> None:
@@ -144,6 +112,10 @@ def register(
         job_id = context.job.id if context.job is not None and context.job.id is not None else -1
         error: str | None = None
         written = skipped = 0
+        # This job's own requests, 429s, 418s and weight: every client call under it adds here,
+        # whatever other jobs this worker runs meanwhile.
+        figures = CallFigures()
+        token = call_figures.set(figures)
         try:
             if job.config_version != version:
                 raise JobRefused(
@@ -161,7 +133,6 @@ def register(
                     f"job {job.key}: {job.symbol} is stored under {collector.venues.label(job.symbol)!r} "
                     f"in this worker's config, not {job.venue!r}: start it with the producer's config"
                 )
-            figures.start(job.run_id, collectors)
             report = await collector.collect(
                 symbols=[job.symbol],
                 timeframes=None if job.timeframe == NO_TIMEFRAME else [job.timeframe],
@@ -172,10 +143,11 @@ def register(
             written, skipped = report.rows_written, report.rows_skipped
             if report.failures:
                 error = "; ".join(f"{k}: {v}" for k, v in report.failures.items())
-            await ledger.record_worker(app, job.run_id, worker, figures.finish(job.run_id, collectors))
         except (UsageError, PermanentError) as exc:
             error = str(exc)
-        await ledger.record_job(app, job_id, job.run_id, job.key, worker, written, skipped, error)
+        finally:
+            call_figures.reset(token)
+        await ledger.record_job(app, job_id, job.run_id, job.key, worker, written, skipped, error, figures)
         if error is not None:
             log.error("%s", error)
             raise JobRefused(error)

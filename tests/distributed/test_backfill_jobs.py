@@ -89,6 +89,38 @@ async def test_three_workers_collect_the_truth_then_a_rerun_asks_nothing(
         assert await pg_rows(cfg["database"]["schema"]) == rows
 
 
+async def test_a_run_reports_the_jobs_another_run_queued_first_with_their_own_requests(
+    base_config: dict[str, Any],
+    queue_schema: str,
+    procs: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """Run "a" queues every window first; run "b" asks for the same windows, gets a's jobs (one
+    queueing lock a window) and waits for them: b's report counts them, rows and requests, as its
+    own, and says another run queued them. Each job records its own requests (the calls made
+    under it), so the report's total is exactly what the simulator served."""
+    async with SimulatedExchange(symbols=SYMBOLS, seed=23, gaps={}, latency_ms=5) as sim:
+        cfg, path, start, end = setup(base_config, sim, tmp_path, 20, SYMBOLS, TIMEFRAMES)
+        config = load_config(cfg)
+        app = make_app(engine(queue_schema))
+        async with app.open_async():
+            await ensure_schema(app, engine(queue_schema))
+            await ensure_tables(app)
+            first = await enqueue(app, cut_jobs(config, "a", SYMBOLS, TIMEFRAMES, ["ohlcv"], start, end, 10))
+        before = klines_requests(sim)
+        run_b = asyncio.create_task(run_distributed(config, engine(queue_schema), window_days=10))
+        await workers_ready([spawn(procs, path, queue_schema, "127.0.0.2")[1]])
+        report = await asyncio.wait_for(run_b, 300)
+        assert not report.failed, report.summary()
+        assert report.jobs == len(first) == report.shared, report.summary()
+        assert "queued first by another run" in report.summary()
+        total = sum(len(sim.klines(s, tf, start, end)) for s in SYMBOLS for tf in TIMEFRAMES)
+        assert report.total("written") == total, report.summary()
+        assert report.requests == klines_requests(sim) - before > 0, report.summary()
+        async with OptimizedDataCollector(cfg) as collector:
+            await stored_equals_sim(collector, sim, start, end, SYMBOLS, TIMEFRAMES)
+
+
 async def test_sigkilled_worker_jobs_finish_elsewhere_identical_to_a_clean_run(
     base_config: dict[str, Any],
     sim: SimulatedExchange,
