@@ -96,6 +96,10 @@ class TradeRepairer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._paused = False
+        #: The job in hand, the next id it fetches and how many it wrote: a retry after a REST
+        #: failure goes on from there (a held stream that fell back meanwhile would otherwise get
+        #: its pages already in the live stream written again, to the companion stream).
+        self._progress: tuple[RepairJob, int, int] | None = None
         #: Gaps wider than ``max_ids``, left open: (stream key, first id, last id).
         self.too_wide: list[tuple[str, int, int]] = []
         #: Called with ``(symbol, event)`` for every repaired trade of ``on_trade_channel`` (the
@@ -133,9 +137,11 @@ class TradeRepairer:
         return True
 
     async def pause(self) -> None:
-        """Stop between pages (the job in hand starts again from its first id on :meth:`resume`)."""
+        """Stop between pages (the job in hand starts again from its first id on :meth:`resume`:
+        what it wrote may be gone with a restarted Redis)."""
         self._paused = True
         await self.close()
+        self._progress = None
 
     def resume(self) -> None:
         self._paused = False
@@ -169,6 +175,7 @@ class TradeRepairer:
             except PermanentError as exc:  # asking again would get the same answer
                 log.warning("%s: trade repair refused (%s); the gap stays marked", job.route.stream_key, exc)
                 self._jobs.popleft()
+                self._progress = None
                 if job.hold is not None:
                     job.hold.fall_back("trade repair refused")
                 continue
@@ -177,6 +184,7 @@ class TradeRepairer:
                 await asyncio.sleep(1.0)
                 continue
             self._jobs.popleft()
+            self._progress = None
             if job.hold is not None:  # its repair and marker are queued: the held entries follow
                 job.hold.release()
 
@@ -186,6 +194,8 @@ class TradeRepairer:
         source = self._sources[route.channel]  # jobs come only for these channels' streams
         on_trade = self.on_trade if route.channel == self.on_trade_channel else None
         cursor, written = job.first_seq, 0
+        if self._progress is not None and self._progress[0] is job:  # a retry: on from there
+            _, cursor, written = self._progress
         hold = job.hold
         while cursor <= job.last_seq:
             rows = await source.fetch(route.symbol, cursor, job.last_seq)
@@ -211,6 +221,7 @@ class TradeRepairer:
                 written += 1
                 cursor = seq + 1
             self._metrics.repaired_trades += len(rows)
+            self._progress = (job, cursor, written)
             # Low priority: live entries go first; the next page waits while the writer drains.
             depth = self._writer.queue_depth
             if depth > WRITER_IDLE_DEPTH:

@@ -5,7 +5,9 @@ form; its full form (5 symbols at 2,000 trade msg/s) is ``-m slow`` (or ``--long
   on (the simulator's clock runs 10× fast, so aggregate trades are dense): the aggTrade streams
   (live + repaired, read with ``MarketDataReader.range``) hold every trade REST serves for the
   window exactly once, in id order; the trade streams' gaps are marked exactly by id; closed
-  klines are all there once.
+  klines are all there once. Run in both repair modes (``streaming.repair_mode``): ``companion``
+  and ``hold``, whose repaired trades land in the live streams themselves (checked: holds made,
+  repaired trades in the live streams, no id stored both there and in a companion stream).
 * The streamer (a subprocess) SIGKILLed ×3 (×10 full) and restarted: ``trade`` and ``aggTrade``
   hold every trade sent, once, in id order; closed klines every candle once; ``bookTicker`` and
   ``depth`` holes each under a marker at their exact seam.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import redis
 import yaml
 
@@ -42,6 +45,8 @@ from tests.support.gapfree import (
     open_trade_gaps,
     restart_marked,
     restart_unmarked,
+    short_repairs,
+    stored_twice,
     thaw_when_connected,
 )
 from tests.support.services import REDIS_URL
@@ -63,15 +68,16 @@ CHANNELS = ["trade", "aggTrade", "kline_1m"]
 SPEED = 10
 
 
+@pytest.mark.parametrize("repair_mode", ["companion", "hold"])
 async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
-    redis_prefix: str, scenario_report: ScenarioReport, full: bool
+    redis_prefix: str, scenario_report: ScenarioReport, full: bool, repair_mode: str
 ) -> None:
     report = scenario_report
     client = redis.Redis.from_url(REDIS_URL)
     stall_s = 20.0 if full else 3.0
     async with SimulatedExchange(symbols=SYMBOLS, seed=15, ws_rate=40) as sim:  # 2,000 trade msg/s
         async with fast_clock(sim, SPEED):
-            async with streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS) as streamer:
+            async with streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS, repair_mode=repair_mode) as streamer:
                 assert await streamer.wait_connected()
                 start_ms = sim.clock.now_ms()
 
@@ -101,12 +107,15 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                 )
                 sim.clock.freeze()  # the flow stops
 
-                def all_repaired() -> bool:
-                    markers = gap_entries(client, redis_prefix)
-                    opened = sum(1 for m in markers if m.get("first_seq") and m["reason"] != "repaired")
-                    return opened == sum(1 for m in markers if m["reason"] == "repaired")
-
-                await wait_for(all_repaired, timeout_s=240 if full else 120, what="every trade gap repaired")
+                # Each trade gap by its ids, not by counting ``repaired`` markers: a kline
+                # refill's (a candle closed between a reconnect's kline repair and the first live
+                # one) names no ids, and counted with the trade gaps' it could end this wait, and
+                # the streamer, with a trade gap still open.
+                await wait_for(
+                    lambda: not open_trade_gaps(client, redis_prefix, "sim-binance"),
+                    timeout_s=240 if full else 120,
+                    what="every trade gap repaired",
+                )
                 await settle_quietly(streamer, sim)
                 metrics = streamer.get_metrics()
             end_ms = sim.clock.now_ms()
@@ -114,7 +123,8 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
 
         markers = gap_entries(client, redis_prefix)
         agg_expected = agg_found = agg_dup = agg_lost = trade_unmarked = trade_wrong = kline_dup = 0
-        kline_missing = 0
+        kline_missing = repaired_live = doubled = 0
+        short = short_repairs(markers)
         async with MarketDataReader(REDIS_URL, prefix=redis_prefix, exchange="sim-binance") as reader:
             # Raw trades too: live and repaired, every id once from the first stored to the last sent.
             trade_counts = await _account_trades(reader, SYMBOLS, ["trade"], sent)
@@ -128,11 +138,19 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
                 agg_dup += len(ids) - len(set(ids))
                 agg_lost += len(set(truth) - set(ids))
                 assert ids == sorted(ids), f"{symbol}: aggTrades out of id order"
-                trade_ids = [e["id"] for _, e in entries(client, key("trade", symbol))]
+                # The ids received live (repair mode ``hold`` writes repaired ones among them):
+                # the markers must name exactly the others.
+                live = [e for _, e in entries(client, key("trade", symbol))]
+                trade_ids = [e["id"] for e in live if not e.get("repaired")]
                 mine = [m for m in markers if m["stream"] == key("trade", symbol)]
                 _, dup, unmarked, wrong = account_by_id(trade_ids, mine)
                 trade_unmarked += unmarked
                 trade_wrong += wrong + dup
+                # Stored, not merged: no id both live and repaired, nor twice in either stream.
+                for channel in ("trade", "aggTrade"):
+                    twice, in_live = stored_twice(client, key(channel, symbol))
+                    doubled += twice
+                    repaired_live += in_live
                 # Through the reader: candles a live close overtook during a reconnect's REST
                 # repair are in the kline's companion stream, which the reader merges.
                 klines = await reader.range(symbol, "kline_1m", 0, 2**62)
@@ -156,10 +174,25 @@ async def test_aggregate_trades_gap_free_through_drops_stalls_and_skips(
         klines_missing=kline_missing,
         klines_duplicated=kline_dup,
         stall_s=stall_s,
+        repair_mode=repair_mode,
+        repair_holds=metrics["repair_holds"],
+        repair_hold_fallbacks=metrics["repair_hold_fallbacks"],
+        trades_repaired_live=repaired_live,
+        stored_twice=doubled,
+        # Should a trade go missing: entries Redis refused as older than their stream's top, and
+        # repairs that wrote fewer trades than their gap had.
+        entries_deduplicated=metrics["deduplicated"],
+        repairs_short=len(short),
+        kline_refills=sum(1 for m in markers if m["reason"] == "repaired" and not m.get("first_seq")),
     )
     assert agg_lost == 0 and agg_dup == 0, (agg_lost, agg_dup)
     assert trade_counts[2] == 0 and trade_counts[3] == 0, trade_counts
     assert trade_unmarked == 0 and trade_wrong == 0
+    assert doubled == 0 and short == [], (doubled, short)
+    if repair_mode == "hold":  # gaps were held and repaired into the live streams themselves
+        assert metrics["repair_holds"] > 0 and repaired_live > 0, metrics
+    else:
+        assert metrics["repair_holds"] == 0 and repaired_live == 0, metrics
     assert kline_missing == 0 and kline_dup == 0
     report.faults_survived = report.faults_injected
     report.outcome = "ok"

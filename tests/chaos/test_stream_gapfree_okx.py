@@ -6,6 +6,7 @@ After the flow stops: the trade streams (live + repaired over ``history-trades``
 ``MarketDataReader.range``) hold every trade of the tape from the first one stored, exactly once,
 in id order, with REST's content; closed 1-minute candles are all there once (lost ones repaired
 over ``history-candles``); ``bbo-tbt`` and ``tickers`` carry a gap marker over every hole.
+Repair mode ``hold`` too, with -m slow (the Binance scenario runs it in CI).
 
 The streamer (a subprocess) SIGKILLed ×3 (×10 full) and restarted: ``trade`` holds every trade
 of the tape once, in id order (each restart reads the newest stored id from Redis and fetches
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import redis
 import yaml
 
@@ -45,6 +47,8 @@ from tests.support.gapfree import (
     restart_marked,
     restart_state,
     restart_unmarked,
+    short_repairs,
+    stored_twice,
     thaw_when_connected,
     unmarked_holes,
 )
@@ -68,8 +72,10 @@ SPEED = 10
 HOLE_MS = 5 * 100 * SPEED
 
 
+# Repair mode ``hold`` here only with -m slow: the Binance scenario runs it in CI.
+@pytest.mark.parametrize("repair_mode", ["companion", pytest.param("hold", marks=pytest.mark.slow)])
 async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
-    redis_prefix: str, scenario_report: ScenarioReport, long_run: bool
+    redis_prefix: str, scenario_report: ScenarioReport, long_run: bool, repair_mode: str
 ) -> None:
     report = scenario_report
     client = redis.Redis.from_url(REDIS_URL)
@@ -80,7 +86,7 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
         hub = sim.okx.hub
         venue = sim.okx.venue
         hub.ws_rate = rate
-        async with okx_streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS) as streamer:
+        async with okx_streamer_on(sim, redis_prefix, SYMBOLS, CHANNELS, repair_mode=repair_mode) as streamer:
             assert await streamer.wait_connected()
             start_ms = sim.clock.now_ms()
 
@@ -158,6 +164,12 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
                 ):
                     depth[name] += n
         book_markers = sum(1 for m in markers if m["channel"] == "depth" and m["reason"] == "book")
+        # Stored, not merged: no trade both live and repaired, nor twice in either stream.
+        doubled = repaired_live = 0
+        for symbol in SYMBOLS:
+            twice, in_live = stored_twice(client, key("trade", symbol))
+            doubled, repaired_live = doubled + twice, repaired_live + in_live
+        short = short_repairs(markers)
 
     report.tally(
         expected,
@@ -176,8 +188,18 @@ async def test_okx_trades_gap_free_through_drops_stalls_and_skips(
         **depth,
         stall_s=stall_s,
         msg_per_s=rate * SPEED * len(SYMBOLS),
+        repair_mode=repair_mode,
+        repair_holds=metrics["repair_holds"],
+        repair_hold_fallbacks=metrics["repair_hold_fallbacks"],
+        trades_repaired_live=repaired_live,
+        stored_twice=doubled,
     )
     assert lost == 0 and dup == 0 and wrong == 0, (lost, dup, wrong)
+    assert doubled == 0 and short == [], (doubled, short)
+    if repair_mode == "hold":  # gaps were held and repaired into the live streams themselves
+        assert metrics["repair_holds"] > 0 and repaired_live > 0, metrics
+    else:
+        assert metrics["repair_holds"] == 0 and repaired_live == 0, metrics
     assert kline_missing == 0 and kline_dup == 0, (kline_missing, kline_dup)
     assert holes == 0
     # Each drop and the stall broke the chains, and so did the two lost updates.

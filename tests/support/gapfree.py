@@ -77,16 +77,37 @@ def unmarked_holes(
     return holes
 
 
-def okx_streamer_on(sim: SimulatedExchange, prefix: str, symbols: list[str], channels: list[str]) -> Any:
-    """An ``OptimizedWebSocketStreamer`` of ``channels`` × ``symbols`` from ``sim``'s OKX venue."""
+def okx_streamer_on(
+    sim: SimulatedExchange, prefix: str, symbols: list[str], channels: list[str], **streaming: Any
+) -> Any:
+    """An ``OptimizedWebSocketStreamer`` of ``channels`` × ``symbols`` from ``sim``'s OKX venue;
+    ``streaming``: more ``streaming`` settings."""
     from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 
     return OptimizedWebSocketStreamer(
         symbols=symbols,
         redis_client=REDIS_URL,
         channels=channels,
-        config=okx_stream_config(sim, prefix),
+        config=okx_stream_config(sim, prefix, **streaming),
     )
+
+
+def short_repairs(markers: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The ``repaired`` markers of exact gaps that wrote back fewer trades than the gap had
+    (every exact gap should be fetched back whole)."""
+    return [
+        m for m in markers if m["reason"] == "repaired" and m.get("first_seq") and m["repaired"] != m["count"]
+    ]
+
+
+def stored_twice(client: redis.Redis, stream_key: str) -> tuple[int, int]:
+    """``(ids stored twice, repaired ids in the live stream)`` of one trade stream, read raw (not
+    merged by the reader): an id both in the live stream and in its companion ``@repair`` stream,
+    or twice in either, counts; repair mode ``hold`` writes repaired ids into the live stream."""
+    head, _, symbol = stream_key.rpartition(":")
+    live = [e for _, e in entries(client, stream_key)]
+    ids = [e["id"] for e in live] + [e["id"] for _, e in entries(client, f"{head}@repair:{symbol}")]
+    return len(ids) - len(set(ids)), sum(1 for e in live if e.get("repaired"))
 
 
 def open_trade_gaps(client: redis.Redis, prefix: str, venue: str) -> set[tuple[str, str, str]]:

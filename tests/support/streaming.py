@@ -78,17 +78,22 @@ def gap_entries(client: redis.Redis, prefix: str, venue: str = "sim-binance") ->
 
 
 def streamer_on(
-    sim: SimulatedExchange, prefix: str, symbols: list[str], channels: list[str], futures: bool = False
+    sim: SimulatedExchange,
+    prefix: str,
+    symbols: list[str],
+    channels: list[str],
+    futures: bool = False,
+    **streaming: Any,
 ) -> Any:
     """An ``OptimizedWebSocketStreamer`` of ``channels`` × ``symbols`` from ``sim`` (its USDⓈ-M
-    futures with ``futures``) into the shared Redis."""
+    futures with ``futures``) into the shared Redis; ``streaming``: more ``streaming`` settings."""
     from data_collector.optimized_websocket import OptimizedWebSocketStreamer
 
     return OptimizedWebSocketStreamer(
         symbols=symbols,
         redis_client=REDIS_URL,
         channels=channels,
-        config=stream_config(sim, prefix, futures=futures),
+        config=stream_config(sim, prefix, futures=futures, **streaming),
     )
 
 
