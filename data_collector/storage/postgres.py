@@ -57,6 +57,7 @@ from data_collector.storage.postgres_partitions import (
     PARTITIONED_TABLES,
     MonthlyPartitions,
     create_partitions,
+    lock_partitions,
     relkind,
 )
 from data_collector.storage.postgres_trades import TRADE_DDL, PostgresTrades
@@ -528,6 +529,10 @@ class PostgresCandleStore(CandleStore):
         async with self._connect() as (_, conn):
             async with conn.transaction():
                 await self._bounded(conn.execute(_INIT_LOCK, f"data_collector.initialize:{self._schema}"))
+                # The DDL below locks each table and then makes its default partition, which takes
+                # the partitions' lock: taken now, before any table, as every partition maker does.
+                for table in PARTITIONED_TABLES:
+                    await self._bounded(lock_partitions(conn, self._schema, table))
                 for table in PARTITIONED_TABLES:
                     if await self._bounded(relkind(conn, self._schema, next_table(table))) is not None:
                         raise PermanentError(

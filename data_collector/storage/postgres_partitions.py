@@ -105,6 +105,14 @@ async def existing_months(conn: asyncpg.Connection, schema: str, table: str) -> 
     return out
 
 
+async def lock_partitions(conn: asyncpg.Connection, schema: str, table: str) -> None:
+    """Take the lock that serialises making ``schema.table``'s partitions, until the end of the
+    caller's transaction. A transaction that will make partitions takes it before it touches the
+    table: the maker holds it while it waits for the table, so one that held the table first and
+    then waited for it would deadlock with the maker."""
+    await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
+
+
 async def create_partitions(
     conn: asyncpg.Connection,
     schema: str,
@@ -125,7 +133,7 @@ async def create_partitions(
             await create_partitions(conn, schema, table, months, prefix=prefix)
         return
     prefix = prefix or table
-    await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
+    await lock_partitions(conn, schema, table)
     schema_q, table_ident = quote_ident(schema), quote_ident(table)
     default_ident = quote_ident(f"{prefix}_default")
     await conn.execute(

@@ -479,3 +479,37 @@ async def test_making_a_partition_waits_on_the_parent_before_it_touches_a_partit
     finally:
         await holder.close()
         await maker.close()
+
+
+@pytest.mark.parametrize("table", ["ohlcv", "trades"])
+async def test_a_store_starting_while_a_partition_is_made_does_not_deadlock(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, table: str
+) -> None:
+    """A store's start runs the schema's DDL (``CREATE INDEX IF NOT EXISTS`` locks the table) and
+    then makes the default partition (the partitions' lock); a writer making a month's partition
+    holds that lock and then waits for the table. A start that took the table first deadlocked
+    with it, and PostgreSQL aborted one of the two (seen under load in CI: a streamer's trade
+    writes beside a backfill starting). Here the maker's side holds the lock; the start must wait
+    for it before it touches the table, so the maker gets the table and both finish."""
+    maker = await asyncpg.connect(PG_ADMIN_DSN)
+    starting = _store(pg_schema)
+    try:
+        await maker.execute("BEGIN")
+        await maker.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))", f"data_collector.partitions:{pg_schema}:{table}"
+        )
+        task = asyncio.create_task(starting.initialize())
+        while not await admin.fetchval(  # the condition: the start waits on an advisory lock
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid <> $1",
+            maker.get_server_pid(),
+        ):
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(
+            maker.execute(f'LOCK TABLE ONLY "{pg_schema}".{table} IN ACCESS EXCLUSIVE MODE'), 30
+        )
+        await maker.execute("COMMIT")
+        await asyncio.wait_for(task, 30)
+    finally:
+        await maker.close()
+        await starting.close()
