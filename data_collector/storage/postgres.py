@@ -57,6 +57,7 @@ from data_collector.storage.postgres_partitions import (
     PARTITIONED_TABLES,
     MonthlyPartitions,
     create_partitions,
+    lock_partitions,
     relkind,
 )
 from data_collector.storage.postgres_trades import TRADE_DDL, PostgresTrades
@@ -477,7 +478,9 @@ class PostgresCandleStore(CandleStore):
         """Create the database (when missing and allowed), the schema, tables and view, idempotently.
 
         Safe when several processes initialise at once: a transaction-scoped advisory lock
-        serialises the DDL.
+        serialises the DDL. Safe beside writers too: the partition locks are taken before any
+        table is touched, so a writer making a month's partition meanwhile waits or is waited for,
+        never deadlocks with it.
 
         Raises:
             ServerUnavailableError: the server cannot be reached (one line naming host:port).
@@ -528,6 +531,11 @@ class PostgresCandleStore(CandleStore):
         async with self._connect() as (_, conn):
             async with conn.transaction():
                 await self._bounded(conn.execute(_INIT_LOCK, f"data_collector.initialize:{self._schema}"))
+                # The partition locks before the DDL below locks the tables: a writer making a
+                # month's partition holds its table's and then locks the parent, so taking it
+                # later (in create_partitions) would deadlock with that writer.
+                for table in PARTITIONED_TABLES:
+                    await self._bounded(lock_partitions(conn, self._schema, table))
                 for table in PARTITIONED_TABLES:
                     if await self._bounded(relkind(conn, self._schema, next_table(table))) is not None:
                         raise PermanentError(

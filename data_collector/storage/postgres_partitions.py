@@ -105,6 +105,14 @@ async def existing_months(conn: asyncpg.Connection, schema: str, table: str) -> 
     return out
 
 
+async def lock_partitions(conn: asyncpg.Connection, schema: str, table: str) -> None:
+    """Take the advisory lock that serialises making partitions of ``schema.table``, until the
+    end of ``conn``'s transaction. A maker takes it before any lock on the table (it then locks
+    the parent), so whoever takes it inside a transaction must hold no lock on the table yet, or
+    the two deadlock (``initialize`` takes it first thing)."""
+    await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
+
+
 async def create_partitions(
     conn: asyncpg.Connection,
     schema: str,
@@ -125,7 +133,7 @@ async def create_partitions(
             await create_partitions(conn, schema, table, months, prefix=prefix)
         return
     prefix = prefix or table
-    await conn.execute(_PARTITION_LOCK, f"data_collector.partitions:{schema}:{table}")
+    await lock_partitions(conn, schema, table)
     schema_q, table_ident = quote_ident(schema), quote_ident(table)
     default_ident = quote_ident(f"{prefix}_default")
     await conn.execute(

@@ -479,3 +479,34 @@ async def test_making_a_partition_waits_on_the_parent_before_it_touches_a_partit
     finally:
         await holder.close()
         await maker.close()
+
+
+@pytest.mark.parametrize("table", ["ohlcv", "trades"])
+async def test_initialize_beside_a_writer_making_a_partition_does_not_deadlock(
+    store: PostgresCandleStore, admin: asyncpg.Connection, pg_schema: str, table: str
+) -> None:
+    """A writer making a month's partition holds the table's partition lock and then locks the
+    parent; a store initialising meanwhile (another process starting, a reader) must not hold a
+    lock on the parent while it waits for that partition lock, or the two deadlock (a streamer's
+    first write of a month beside a starting reader: "deadlock detected"). Here the writer holds
+    the partition lock until ``initialize()`` waits on it, then locks the parent: both go through."""
+    key = f"data_collector.partitions:{pg_schema}:{table}"
+    maker = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await maker.execute("BEGIN")
+        await maker.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+        starting = _store(pg_schema)
+        task = asyncio.create_task(starting.initialize())
+        while not await admin.fetchval(  # the condition: the initialiser waits on that lock
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND objid = (hashtext($1)::bigint & 4294967295)::oid",
+            key,
+        ):
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        await maker.execute(f'LOCK TABLE ONLY "{pg_schema}".{table} IN ACCESS EXCLUSIVE MODE')
+        await maker.execute("COMMIT")
+        await asyncio.wait_for(task, 30)
+        await starting.close()
+    finally:
+        await maker.close()
