@@ -207,6 +207,34 @@ async def _closed_past(
 
 
 @contextlib.asynccontextmanager
+async def _stalled(
+    sim: SimulatedExchange, streamer: OptimizedWebSocketStreamer, pg_schema: str
+) -> AsyncIterator[None]:
+    """The trades table locked (the database stalled for the sink) until a write has timed out
+    on it (its retry is what must lose nothing), the sink's queue has overflowed and Redis has
+    gone on; unlocked when the block ends."""
+    lock = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        async with lock.transaction():
+            await lock.execute(f'LOCK TABLE "{pg_schema}".trades IN ACCESS EXCLUSIVE MODE')
+            before = streamer.get_metrics()
+
+            async def dropping() -> bool:
+                sim.clock.advance(1_000)
+                m = streamer.get_metrics()
+                return bool(
+                    m["store_errors"] > before["store_errors"]
+                    and m["trades_store_dropped"] > before["trades_store_dropped"]
+                    and m["written"] > before["written"] + 20
+                )
+
+            await wait_for_async(dropping, timeout_s=60, what="a write timed out and trades dropped")
+            yield
+    finally:
+        await lock.close()
+
+
+@contextlib.asynccontextmanager
 async def _storing(
     sim: SimulatedExchange, config: dict[str, Any], database: dict[str, Any], symbol: str, venue: str
 ) -> AsyncIterator[tuple[OptimizedWebSocketStreamer, Trade]]:
@@ -356,32 +384,49 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
     async with venue.simulator(seed=17) as sim:
         config = venue.stream_config(sim, redis_prefix, database, store_trades_queue=10)
         async with _storing(sim, config, database, symbol, label) as (streamer, first):
-            lock = await asyncpg.connect(PG_ADMIN_DSN)
-            try:
-                tx = lock.transaction()
-                await tx.start()
-                await lock.execute(f'LOCK TABLE "{pg_schema}".trades IN ACCESS EXCLUSIVE MODE')
-                before = streamer.get_metrics()
-
-                async def dropping() -> bool:
-                    sim.clock.advance(1_000)
-                    m = streamer.get_metrics()
-                    # A write timed out on the lock (its retry is what must lose nothing), the
-                    # queue overflowed, and Redis went on.
-                    return bool(
-                        m["store_errors"] > before["store_errors"]
-                        and m["trades_store_dropped"] > 0
-                        and m["written"] > before["written"] + 20
-                    )
-
-                await wait_for_async(dropping, timeout_s=60, what="a write timed out and trades dropped")
-                await tx.rollback()
-            finally:
-                await lock.close()
-
+            async with _stalled(sim, streamer, pg_schema):
+                pass
             trades, cover = await _closed_past(sim, streamer, database, symbol, label)
             metrics = streamer.get_metrics()
             assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
+        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
+
+
+async def test_repaired_trades_a_full_sink_drops_are_closed_by_the_trade_backfill(
+    base_config: dict[str, Any], redis_prefix: str, pg_schema: str
+) -> None:
+    """A gap the REST repair fetches while the sink's queue is full: the live trades past the gap
+    are stored first (the sink leaves the gap's ids to the repair), then the table stalls, and
+    the repaired trades come while the queue overflows. They are dropped like live ones and must
+    be a hole the backfill closes too, or their ids are a seam for good."""
+    venue = BINANCE_SPOT
+    symbol, label = venue.symbol, venue.label
+    database = {**base_config["database"], "command_timeout_s": 1.0}
+    async with venue.simulator(seed=19) as sim:
+        config = venue.stream_config(sim, redis_prefix, database, store_trades_queue=10)
+        async with _storing(sim, config, database, symbol, label) as (streamer, first):
+            repaired = streamer.get_metrics()["repaired_trades"]
+            sim.hold_rest(after=sim.stats()["requests"])  # the repair's page waits
+            try:
+                venue.skip_trades(sim, 3)
+
+                async def past_the_gap() -> bool:
+                    sim.clock.advance(1_000)
+                    _, cover = await _stored(database, symbol, label)
+                    return len(cover) > 1 and sim.rest_held > 0
+
+                await wait_for_async(
+                    past_the_gap, timeout_s=30, what="trades past the gap stored, its repair held"
+                )
+                async with _stalled(sim, streamer, pg_schema):
+                    sim.release_rest()
+                    # Repaired while the queue is full (nothing drains it while the lock holds).
+                    await wait_for(
+                        lambda: streamer.get_metrics()["repaired_trades"] >= repaired + 3, 60, "the repair"
+                    )
+            finally:
+                sim.release_rest()
+            trades, cover = await _closed_past(sim, streamer, database, symbol, label)
         _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
 
 
