@@ -207,6 +207,22 @@ async def _closed_past(
 
 
 @contextlib.asynccontextmanager
+async def _small_queue(
+    base_config: dict[str, Any], redis_prefix: str, seed: int
+) -> AsyncIterator[tuple[SimulatedExchange, dict[str, Any], OptimizedWebSocketStreamer, Trade]]:
+    """A Binance spot streamer storing trades through a sink whose queue holds 10 and whose
+    database answers within 1 s (a lock stalls it quickly), once it has stored a live trade."""
+    database = {**base_config["database"], "command_timeout_s": 1.0}
+    async with BINANCE_SPOT.simulator(seed=seed) as sim:
+        config = BINANCE_SPOT.stream_config(sim, redis_prefix, database, store_trades_queue=10)
+        async with _storing(sim, config, database, BINANCE_SPOT.symbol, BINANCE_SPOT.label) as (
+            streamer,
+            first,
+        ):
+            yield sim, database, streamer, first
+
+
+@contextlib.asynccontextmanager
 async def _stalled(
     sim: SimulatedExchange, streamer: OptimizedWebSocketStreamer, pg_schema: str
 ) -> AsyncIterator[None]:
@@ -362,7 +378,7 @@ async def test_a_gap_the_rest_repair_fetches_reaches_the_store_without_a_backfil
         venue.start_tape(sim)
         config = venue.stream_config(sim, redis_prefix, database)
         async with _storing(sim, config, database, symbol, label) as (streamer, first):
-            venue.skip_trades(sim, 3)
+            BINANCE_SPOT.skip_trades(sim, 3)
             await wait_for(lambda: streamer.get_metrics()["repaired_trades"] >= 3, 60, "the REST repair")
             await _whole(sim, database, symbol, label)
             closer = streamer._service.trades.closer  # type: ignore[union-attr]
@@ -378,18 +394,14 @@ async def test_a_locked_trades_table_drops_no_trade_for_good(
     out and is retried, Redis goes on, the sink's queue (10 here) overflows, and once the lock is
     gone the dropped ids are a hole the trade backfill closes: the table again equals REST's,
     under one coverage row."""
-    venue = BINANCE_SPOT
-    symbol, label = venue.symbol, venue.label
-    database = {**base_config["database"], "command_timeout_s": 1.0}
-    async with venue.simulator(seed=17) as sim:
-        config = venue.stream_config(sim, redis_prefix, database, store_trades_queue=10)
-        async with _storing(sim, config, database, symbol, label) as (streamer, first):
-            async with _stalled(sim, streamer, pg_schema):
-                pass
-            trades, cover = await _closed_past(sim, streamer, database, symbol, label)
-            metrics = streamer.get_metrics()
-            assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
-        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
+    symbol, label = BINANCE_SPOT.symbol, BINANCE_SPOT.label
+    async with _small_queue(base_config, redis_prefix, seed=17) as (sim, database, streamer, first):
+        async with _stalled(sim, streamer, pg_schema):
+            pass
+        trades, cover = await _closed_past(sim, streamer, database, symbol, label)
+        metrics = streamer.get_metrics()
+        assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
+        _assert_no_seam(sim, BINANCE_SPOT, trades, cover, first[1] + 1)
 
 
 async def test_repaired_trades_a_full_sink_drops_are_closed_by_the_trade_backfill(
@@ -399,35 +411,31 @@ async def test_repaired_trades_a_full_sink_drops_are_closed_by_the_trade_backfil
     are stored first (the sink leaves the gap's ids to the repair), then the table stalls, and
     the repaired trades come while the queue overflows. They are dropped like live ones and must
     be a hole the backfill closes too, or their ids are a seam for good."""
-    venue = BINANCE_SPOT
-    symbol, label = venue.symbol, venue.label
-    database = {**base_config["database"], "command_timeout_s": 1.0}
-    async with venue.simulator(seed=19) as sim:
-        config = venue.stream_config(sim, redis_prefix, database, store_trades_queue=10)
-        async with _storing(sim, config, database, symbol, label) as (streamer, first):
-            repaired = streamer.get_metrics()["repaired_trades"]
-            sim.hold_rest(after=sim.stats()["requests"])  # the repair's page waits
-            try:
-                venue.skip_trades(sim, 3)
+    symbol, label = BINANCE_SPOT.symbol, BINANCE_SPOT.label
+    async with _small_queue(base_config, redis_prefix, seed=19) as (sim, database, streamer, first):
+        repaired = streamer.get_metrics()["repaired_trades"]
+        sim.hold_rest(after=sim.stats()["requests"])  # the repair's page waits
+        try:
+            BINANCE_SPOT.skip_trades(sim, 3)
 
-                async def past_the_gap() -> bool:
-                    sim.clock.advance(1_000)
-                    _, cover = await _stored(database, symbol, label)
-                    return len(cover) > 1 and sim.rest_held > 0
+            async def past_the_gap() -> bool:
+                sim.clock.advance(1_000)
+                _, cover = await _stored(database, symbol, label)
+                return len(cover) > 1 and sim.rest_held > 0
 
-                await wait_for_async(
-                    past_the_gap, timeout_s=30, what="trades past the gap stored, its repair held"
-                )
-                async with _stalled(sim, streamer, pg_schema):
-                    sim.release_rest()
-                    # Repaired while the queue is full (nothing drains it while the lock holds).
-                    await wait_for(
-                        lambda: streamer.get_metrics()["repaired_trades"] >= repaired + 3, 60, "the repair"
-                    )
-            finally:
+            await wait_for_async(
+                past_the_gap, timeout_s=30, what="trades past the gap stored, its repair held"
+            )
+            async with _stalled(sim, streamer, pg_schema):
                 sim.release_rest()
-            trades, cover = await _closed_past(sim, streamer, database, symbol, label)
-        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
+                # Repaired while the queue is full (nothing drains it while the lock holds).
+                await wait_for(
+                    lambda: streamer.get_metrics()["repaired_trades"] >= repaired + 3, 60, "the repair"
+                )
+        finally:
+            sim.release_rest()
+        trades, cover = await _closed_past(sim, streamer, database, symbol, label)
+        _assert_no_seam(sim, BINANCE_SPOT, trades, cover, first[1] + 1)
 
 
 @pytest.mark.parametrize(
