@@ -258,7 +258,12 @@ async def _storing(
     streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
     streamer.start()
     try:
-        assert await streamer.wait_connected()
+
+        async def up() -> bool:  # the market moving, so the 1 s watchdog never finds it silent
+            sim.clock.advance(1_000)
+            return streamer.connected
+
+        await wait_for_async(up, timeout_s=30, what="the streamer connected")
 
         async def stored_some() -> bool:
             sim.clock.advance(1_000)
