@@ -679,7 +679,7 @@ class StreamService:
                 hold.fall_back("not queued for repair")
             # The trades table holds the venue's stored channel: only its repair is its business.
             if queued and self.trades is not None and route.channel == self.venue.stored_trades:
-                self.trades.expect_repair(route.symbol, last_seq + 1, next_seq - 1)
+                self.trades.expect_repair(route.symbol, last_seq + 1, next_seq - 1, from_ms, to_ms)
 
     async def _resolve_restart_gaps(self) -> None:
         """Redis was unreadable at start: once it answers, the newest entry before each stream's

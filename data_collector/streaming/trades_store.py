@@ -24,7 +24,8 @@ streamer that was killed, left), and the holes between the stored rows of the la
 frontier leaves the hole ``[frontier, a)``. The parts of it that the streamer's REST repair
 fetches anyway (a sequence, reconnect or restart gap of at most ``streaming.repair_max_ids``,
 announced with :meth:`TradeStoreSink.expect_repair`) come back through
-:meth:`TradeStoreSink.submit` like live trades. The rest (a wider gap, what a killed streamer had
+:meth:`TradeStoreSink.submit` like live trades; one that the sink drops (its queue full) makes
+the rest of its repair's ids a hole, even when the live trades past them are stored already. The rest (a wider gap, what a killed streamer had
 not stored yet, what was dropped here) goes to the trade backfill
 (:class:`~data_collector.streaming.trade_holes.TradeGapCloser`).
 """
@@ -121,6 +122,16 @@ def subtract_ids(first: int, end: int, taken: list[tuple[int, int]]) -> list[tup
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Repair:
+    """Ids ``[first_id, end_id)`` the REST repair fetches, traded between ``from_ms`` and ``to_ms``."""
+
+    first_id: int
+    end_id: int
+    from_ms: int
+    to_ms: int
+
+
 @dataclass(slots=True)
 class _Frontier:
     next_id: int
@@ -164,7 +175,7 @@ class TradeStoreSink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._frontiers: dict[str, _Frontier] = {}
-        self._repairing: dict[str, list[tuple[int, int]]] = {}
+        self._repairing: dict[str, list[_Repair]] = {}
         self._task: asyncio.Task[None] | None = None
         self._retry = StoreRetry("streamed trades", metrics)
         #: The permanent error that stopped the sink (trades are then left to the backfill).
@@ -178,6 +189,8 @@ class TradeStoreSink:
         """Queue one trade event, live or repaired (never blocks)."""
         if self.failed is not None or len(self._queue) >= self._queue_max:
             self._metrics.trades_store_dropped += 1
+            if self.failed is None and event.get("repaired"):
+                self._repair_dropped(symbol, event)
             return
         try:
             trade = event_trade(event)
@@ -188,12 +201,33 @@ class TradeStoreSink:
         self._idle.clear()
         self._wake.set()
 
-    def expect_repair(self, symbol: str, first_id: int, last_id: int) -> None:
-        """The REST repair fetches ids ``first_id..last_id`` of ``symbol``: no job for them."""
+    def expect_repair(self, symbol: str, first_id: int, last_id: int, from_ms: int, to_ms: int) -> None:
+        """The REST repair fetches ids ``first_id..last_id`` of ``symbol`` (traded between
+        ``from_ms`` and ``to_ms``): no job for them, unless this sink drops them."""
         ranges = self._repairing.setdefault(symbol, [])
-        ranges.append((first_id, last_id + 1))
+        ranges.append(_Repair(first_id, last_id + 1, from_ms, to_ms))
         if len(ranges) > 1000:  # bounded: the oldest are long repaired (or left to the backfill)
             del ranges[:-1000]
+
+    def _repair_dropped(self, symbol: str, event: Event) -> None:
+        """A repaired trade dropped (the queue full): the rest of its repair's ids are a hole
+        (a hole that ends past them no longer leaves them out), whether or not the frontier has
+        passed them already. Once per repair: the range is cut where the first drop was."""
+        try:
+            trade_id = int(event["id"])
+        except (KeyError, TypeError, ValueError):
+            return
+        ranges = self._repairing.get(symbol, [])
+        for i in range(len(ranges) - 1, -1, -1):  # the newest first: a repair is recent
+            r = ranges[i]
+            if r.first_id <= trade_id < r.end_id:
+                if trade_id > r.first_id:
+                    ranges[i] = _Repair(r.first_id, trade_id, r.from_ms, r.to_ms)
+                else:
+                    del ranges[i]
+                if self.closer is not None:
+                    self.closer.submit(Hole(symbol, trade_id, r.end_id, r.from_ms, r.to_ms))
+                return
 
     def start(self) -> None:
         if self._task is None:
@@ -274,11 +308,11 @@ class TradeStoreSink:
                 frontier.next_id, frontier.last_ms = last[0] + 1, last[1]
 
     def _hole(self, symbol: str, first_id: int, end_id: int, from_ms: int, to_ms: int) -> None:
-        repairing = self._repairing.get(symbol, [])
-        rest = subtract_ids(first_id, end_id, repairing)
-        if repairing:
-            # Ranges wholly below the frontier are done with (repaired, or part of a hole).
-            self._repairing[symbol] = [r for r in repairing if r[1] > end_id]
+        # The repairs' ranges stay (bounded) after the frontier passes them: their trades come
+        # later than the live ones past them, and one dropped then is a hole of its own.
+        rest = subtract_ids(
+            first_id, end_id, [(r.first_id, r.end_id) for r in self._repairing.get(symbol, [])]
+        )
         if self.closer is None:
             return
         for a, b in rest:

@@ -177,6 +177,79 @@ async def _whole(sim: SimulatedExchange, database: dict[str, Any], symbol: str, 
     await wait_for_async(one_row, timeout_s=90, what="the trades table without a seam")
 
 
+async def _closed_past(
+    sim: SimulatedExchange,
+    streamer: OptimizedWebSocketStreamer,
+    database: dict[str, Any],
+    symbol: str,
+    venue: str,
+) -> tuple[list[Trade], list[TradeCoverage]]:
+    """The stored trades and coverage once the sink has found a hole, the backfill has closed
+    every hole it was given (the job that stored one says so once it has seen its ids covered),
+    and the table runs past the newest closed hole under one coverage row; the market trades on
+    meanwhile (each poll a second on, so holes settle for the backfill whatever the machine's
+    speed). One coverage row alone proves nothing here: the table has one before the sink is
+    back and has seen its hole."""
+    closer = streamer._service.trades.closer  # type: ignore[union-attr]
+    assert closer is not None
+    seen: list[tuple[list[Trade], list[TradeCoverage]]] = []
+
+    async def closed_past() -> bool:
+        sim.clock.advance(1_000)
+        if not closer.closed or closer.pending:
+            return False
+        trades, cover = await _stored(database, symbol, venue)
+        seen[:] = [(trades, cover)]
+        return len(cover) == 1 and trades[-1][0] >= closer.closed[-1].end_id
+
+    await wait_for_async(closed_past, timeout_s=90, what="the sink's hole closed and the table whole past it")
+    return seen[0]
+
+
+@contextlib.asynccontextmanager
+async def _small_queue(
+    base_config: dict[str, Any], redis_prefix: str, seed: int
+) -> AsyncIterator[tuple[SimulatedExchange, dict[str, Any], OptimizedWebSocketStreamer, Trade]]:
+    """A Binance spot streamer storing trades through a sink whose queue holds 10 and whose
+    database answers within 1 s (a lock stalls it quickly), once it has stored a live trade."""
+    database = {**base_config["database"], "command_timeout_s": 1.0}
+    async with BINANCE_SPOT.simulator(seed=seed) as sim:
+        config = BINANCE_SPOT.stream_config(sim, redis_prefix, database, store_trades_queue=10)
+        async with _storing(sim, config, database, BINANCE_SPOT.symbol, BINANCE_SPOT.label) as (
+            streamer,
+            first,
+        ):
+            yield sim, database, streamer, first
+
+
+@contextlib.asynccontextmanager
+async def _stalled(
+    sim: SimulatedExchange, streamer: OptimizedWebSocketStreamer, pg_schema: str
+) -> AsyncIterator[None]:
+    """The trades table locked (the database stalled for the sink) until a write has timed out
+    on it (its retry is what must lose nothing), the sink's queue has overflowed and Redis has
+    gone on; unlocked when the block ends."""
+    lock = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        async with lock.transaction():
+            await lock.execute(f'LOCK TABLE "{pg_schema}".trades IN ACCESS EXCLUSIVE MODE')
+            before = streamer.get_metrics()
+
+            async def dropping() -> bool:
+                sim.clock.advance(1_000)
+                m = streamer.get_metrics()
+                return bool(
+                    m["store_errors"] > before["store_errors"]
+                    and m["trades_store_dropped"] > before["trades_store_dropped"]
+                    and m["written"] > before["written"] + 20
+                )
+
+            await wait_for_async(dropping, timeout_s=60, what="a write timed out and trades dropped")
+            yield
+    finally:
+        await lock.close()
+
+
 @contextlib.asynccontextmanager
 async def _storing(
     sim: SimulatedExchange, config: dict[str, Any], database: dict[str, Any], symbol: str, venue: str
@@ -185,7 +258,12 @@ async def _storing(
     streamer = OptimizedWebSocketStreamer(symbols=[symbol], config=config)
     streamer.start()
     try:
-        assert await streamer.wait_connected()
+
+        async def up() -> bool:  # the market moving, so the 1 s watchdog never finds it silent
+            sim.clock.advance(1_000)
+            return streamer.connected
+
+        await wait_for_async(up, timeout_s=30, what="the streamer connected")
 
         async def stored_some() -> bool:
             sim.clock.advance(1_000)
@@ -317,39 +395,52 @@ async def test_a_gap_the_rest_repair_fetches_reaches_the_store_without_a_backfil
 async def test_a_locked_trades_table_drops_no_trade_for_good(
     base_config: dict[str, Any], redis_prefix: str, pg_schema: str
 ) -> None:
-    """The database stalls (the trades table locked) while trades flow: Redis goes on, the
-    sink's queue (10 here) overflows, and once the lock is gone the dropped ids are a hole the
-    trade backfill closes: the table again equals REST's, under one coverage row."""
-    venue = BINANCE_SPOT
-    symbol, label = venue.symbol, venue.label
-    database = {**base_config["database"], "command_timeout_s": 1.0}
-    async with venue.simulator(seed=17) as sim:
-        config = venue.stream_config(sim, redis_prefix, database, store_trades_queue=10)
-        async with _storing(sim, config, database, symbol, label) as (streamer, first):
-            lock = await asyncpg.connect(PG_ADMIN_DSN)
-            try:
-                tx = lock.transaction()
-                await tx.start()
-                await lock.execute(f'LOCK TABLE "{pg_schema}".trades IN ACCESS EXCLUSIVE MODE')
-                written = streamer.get_metrics()["written"]
+    """The database stalls (the trades table locked) while trades flow: the write in hand times
+    out and is retried, Redis goes on, the sink's queue (10 here) overflows, and once the lock is
+    gone the dropped ids are a hole the trade backfill closes: the table again equals REST's,
+    under one coverage row."""
+    symbol, label = BINANCE_SPOT.symbol, BINANCE_SPOT.label
+    async with _small_queue(base_config, redis_prefix, seed=17) as (sim, database, streamer, first):
+        async with _stalled(sim, streamer, pg_schema):
+            pass
+        trades, cover = await _closed_past(sim, streamer, database, symbol, label)
+        metrics = streamer.get_metrics()
+        assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
+        _assert_no_seam(sim, BINANCE_SPOT, trades, cover, first[1] + 1)
 
-                async def dropping() -> bool:
-                    sim.clock.advance(1_000)
-                    m = streamer.get_metrics()
-                    return bool(m["trades_store_dropped"] > 0 and m["written"] > written + 20)
 
-                await wait_for_async(dropping, timeout_s=60, what="trades dropped by the stalled sink")
-                await tx.rollback()
-            finally:
-                await lock.close()
+async def test_repaired_trades_a_full_sink_drops_are_closed_by_the_trade_backfill(
+    base_config: dict[str, Any], redis_prefix: str, pg_schema: str
+) -> None:
+    """A gap the REST repair fetches while the sink's queue is full: the live trades past the gap
+    are stored first (the sink leaves the gap's ids to the repair), then the table stalls, and
+    the repaired trades come while the queue overflows. They are dropped like live ones and must
+    be a hole the backfill closes too, or their ids are a seam for good."""
+    symbol, label = BINANCE_SPOT.symbol, BINANCE_SPOT.label
+    async with _small_queue(base_config, redis_prefix, seed=17) as (sim, database, streamer, first):
+        repaired = streamer.get_metrics()["repaired_trades"]
+        sim.hold_rest(after=sim.stats()["requests"])  # the repair's page waits
+        try:
+            BINANCE_SPOT.skip_trades(sim, 3)
 
-            await _whole(sim, database, symbol, label)
-            # The job that stored them says so once it has seen its ids covered.
-            await wait_for(lambda: streamer.get_metrics()["trade_holes_closed"] >= 1, 30, "the hole closed")
-            metrics = streamer.get_metrics()
-            assert metrics["dropped"] == 0 and metrics["trades_store_dropped"] > 0
-        trades, cover = await _stored(database, symbol, label)
-        _assert_no_seam(sim, venue, trades, cover, first[1] + 1)
+            async def past_the_gap() -> bool:
+                sim.clock.advance(1_000)
+                _, cover = await _stored(database, symbol, label)
+                return len(cover) > 1 and sim.rest_held > 0
+
+            await wait_for_async(
+                past_the_gap, timeout_s=30, what="trades past the gap stored, its repair held"
+            )
+            async with _stalled(sim, streamer, pg_schema):
+                sim.release_rest()
+                # Repaired while the queue is full (nothing drains it while the lock holds).
+                await wait_for(
+                    lambda: streamer.get_metrics()["repaired_trades"] >= repaired + 3, 60, "the repair"
+                )
+        finally:
+            sim.release_rest()
+        trades, cover = await _closed_past(sim, streamer, database, symbol, label)
+        _assert_no_seam(sim, BINANCE_SPOT, trades, cover, first[1] + 1)
 
 
 @pytest.mark.parametrize(
