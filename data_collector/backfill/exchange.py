@@ -259,10 +259,10 @@ class ExchangeClient:
             path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
         ) -> Any:
             shared = None if self.weight_mode else self.shared_budget  # a budget is spent in ``_one``
-            await self.limiter.acquire_endpoint(path, shared=shared)
+            reservation = await self.limiter.acquire_endpoint(path, shared=shared)
             figures = call_figures.get()
             if figures is not None:
-                figures.weight += 1  # what the window counts, as the limiter's own figure
+                figures.weight += reservation.weight
             token = _endpoint.set(path)
             try:
                 # The in-flight bound and the timeout start once the window lets it go: a page
@@ -460,8 +460,8 @@ class ExchangeClient:
         figures = call_figures.get()
         if figures is not None:
             figures.requests += 1
-            if not self.window_mode:  # in window mode each HTTP request counts in ``fetch2``
-                figures.weight += weight if self.weight_mode else 1
+            if reservation is not None:  # None in window mode: each HTTP request counts in ``fetch2``
+                figures.weight += reservation.weight
         try:
             self.stats.requests += 1
             async with asyncio.timeout(None if timeout_s is None else self._call_timeout_s()):

@@ -647,7 +647,8 @@ class SimulatedExchange:
     def hold_rest(self, after: int = 0) -> None:
         """Answer the first ``after`` REST requests (counted from the simulator's start) and hold
         every later one, unanswered, until :meth:`release_rest`: a run is then surely mid-way
-        whatever the machine's speed, for a test that must interrupt it there."""
+        whatever the machine's speed, for a test that must interrupt it there. Binance's REST,
+        spot and USDⓈ-M; the OKX server's requests are not held."""
         if after < 0:
             raise UsageError(f"hold_rest: after must be >= 0, got {after}")
         self._rest_gate.clear()

@@ -25,8 +25,9 @@ frontier leaves the hole ``[frontier, a)``. The parts of it that the streamer's 
 fetches anyway (a sequence, reconnect or restart gap of at most ``streaming.repair_max_ids``,
 announced with :meth:`TradeStoreSink.expect_repair`) come back through
 :meth:`TradeStoreSink.submit` like live trades; one that the sink drops (its queue full) makes
-the rest of its repair's ids a hole, even when the live trades past them are stored already. The rest (a wider gap, what a killed streamer had
-not stored yet, what was dropped here) goes to the trade backfill
+the rest of its repair's ids a hole, even when the live trades past them are stored already. The
+rest (a wider gap, what a killed streamer had not stored yet, what was dropped here) goes to the
+trade backfill
 (:class:`~data_collector.streaming.trade_holes.TradeGapCloser`).
 """
 

@@ -21,7 +21,12 @@ from data_collector.storage import archive as tiers
 from data_collector.storage.archive import ArchiveSettings, ParquetArchive, load_ohlcv_tiers
 from data_collector.storage.postgres import OHLCV_COLUMNS, PostgresCandleStore
 from data_collector.storage.postgres_migrate import migrate_ohlcv
-from data_collector.storage.postgres_partitions import create_partitions, month_start_ms, next_month
+from data_collector.storage.postgres_partitions import (
+    create_partitions,
+    lock_partitions,
+    month_start_ms,
+    next_month,
+)
 from data_collector.storage.trades import TRADE_COLUMNS
 from tests.storage.test_storage_postgres import _blocked_pid
 from tests.storage.test_trades_tables import EARLIER as OLD_TRADES_DDL
@@ -495,9 +500,7 @@ async def test_a_store_starting_while_a_partition_is_made_does_not_deadlock(
     starting = _store(pg_schema)
     try:
         await maker.execute("BEGIN")
-        await maker.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))", f"data_collector.partitions:{pg_schema}:{table}"
-        )
+        await lock_partitions(maker, pg_schema, table)  # as a maker of a month's partition holds it
         task = asyncio.create_task(starting.initialize())
         while not await admin.fetchval(  # the condition: the start waits on an advisory lock
             "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid <> $1",

@@ -1,7 +1,8 @@
 """OKX v5 public REST: instruments, time, candles, trades, books, funding, open interest.
 
 Rate limits are OKX's: a count per client IP and endpoint over 2-second windows (fixed, or sliding
-with ``OkxSettings.sliding_limits``), with no weight header; one request too many gets HTTP 429 and ``{"code": "50011", "msg": "Too Many Requests"}``.
+with ``OkxSettings.sliding_limits``), with no weight header; one request too many gets HTTP 429
+and ``{"code": "50011", "msg": "Too Many Requests"}``.
 The windows run on real (monotonic) time, not the simulated clock: a frozen test clock would
 never refill them.
 """
